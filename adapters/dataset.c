@@ -1,0 +1,2 @@
+/* dataset.c: work in progress. */
+#include "rk_adapters.h"

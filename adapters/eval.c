@@ -1,0 +1,2 @@
+/* eval.c: work in progress. */
+#include "rk_adapters.h"

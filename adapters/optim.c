@@ -1,0 +1,2 @@
+/* optim.c: work in progress. */
+#include "rk_adapters.h"

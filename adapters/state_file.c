@@ -1,0 +1,2 @@
+/* state_file.c: work in progress. */
+#include "rk_adapters.h"

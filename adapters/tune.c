@@ -1,0 +1,2 @@
+/* tune.c: work in progress. */
+#include "rk_adapters.h"

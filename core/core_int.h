@@ -1,0 +1,155 @@
+/*
+ * core_int.h - private structures shared by the files of core/.
+ *
+ * Nothing outside core/ includes this header except white-box tests (through
+ * core_internal_dep). The model struct is filled by the loaders (load_*.c) and
+ * read by the forward/backward code (rwkv7.c, rwkv7_backward.c).
+ */
+#ifndef RK_CORE_INT_H
+#define RK_CORE_INT_H
+
+#include "rk_core.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Programmer errors only, never user input. Always on. */
+#define RK_ASSERT(cond)                                                                   \
+    do {                                                                                  \
+        if (!(cond)) {                                                                    \
+            fprintf(stderr, "RK_ASSERT(%s) failed at %s:%d\n", #cond, __FILE__, __LINE__); \
+            abort();                                                                      \
+        }                                                                                 \
+    } while (0)
+
+#define RK_HEAD_SIZE 64
+
+/* --- allocation (one wrapper so tests can inject failures) ---------------- */
+
+void *rk__malloc(size_t n);
+void *rk__calloc(size_t n, size_t sz);
+void *rk__realloc(void *p, size_t n);
+void rk__free(void *p);
+/* 64-byte aligned; free with rk__free_aligned. */
+void *rk__malloc_aligned(size_t n);
+void rk__free_aligned(void *p);
+/* Test hook: the Nth allocation from now fails (0 = never). */
+void rk__alloc_fail_after(long n);
+
+/* --- bf16 / f16 conversion ------------------------------------------------ */
+
+static inline float rk__bf16_to_f32(uint16_t h)
+{
+    union {
+        uint32_t u;
+        float f;
+    } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
+/* Round to nearest even; NaN stays NaN. */
+static inline uint16_t rk__f32_to_bf16(float f)
+{
+    union {
+        uint32_t u;
+        float f;
+    } v = {.f = f};
+    if ((v.u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((v.u >> 16) | 0x40);
+    uint32_t r = 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)((v.u + r) >> 16);
+}
+float rk__f16_to_f32(uint16_t h);
+uint16_t rk__f32_to_f16(float f);
+
+/* --- weights -------------------------------------------------------------- */
+
+/* A matrix in nn.Linear orientation: y[rows] = W[rows][cols] x[cols].
+ * `data` points into the mapped file or into model-owned memory; elements of
+ * `dtype` (F32, F16 or BF16), row-major, rows contiguous. */
+struct rk_weight {
+    enum rk_dtype dtype;
+    const void *data;
+    int rows; /* out */
+    int cols; /* in */
+};
+
+struct rk_layer {
+    float *ln1_w, *ln1_b, *ln2_w, *ln2_b;         /* [C] */
+    float *x_r, *x_w, *x_k, *x_v, *x_a, *x_g;     /* [C] token-shift mixes */
+    float *w0, *a0, *v0;                          /* [C] (v0 unused in layer 0) */
+    struct rk_weight w1, w2, a1, a2, v1, v2, g1, g2; /* fp32, Linear form:
+                                                    w1 [Dw][C], w2 [C][Dw], ... */
+    float *k_k, *k_a;                             /* [C] */
+    float *r_k;                                   /* [H][N] */
+    struct rk_weight wr, wk, wv, wo;              /* [C][C] receptance key value output */
+    float *lnx_w, *lnx_b;                         /* [C] GroupNorm */
+    float *ffn_x_k;                               /* [C] */
+    struct rk_weight ffn_key;                     /* [F][C] */
+    struct rk_weight ffn_value;                   /* [C][F] */
+};
+
+struct rk_model {
+    char *path;
+    enum rk_format format;
+    enum rk_dtype wtype; /* precision of the large matrices */
+    int L, C, H, N, V, F;
+    int Dw, Da, Dv, Dg; /* low-rank sizes, from tensor shapes */
+
+    struct rk_weight emb;  /* [V][C] rows are embeddings (ln0 applied at lookup) */
+    float *ln0_w, *ln0_b;  /* [C] */
+    float *lnout_w, *lnout_b; /* [C] */
+    struct rk_weight head; /* [V][C] */
+    struct rk_layer *layers; /* [L] */
+
+    /* storage */
+    void *map;       /* read-only mmap of the file, or NULL */
+    size_t map_len;
+    void **owned;    /* blocks owned by the model (converted tensors), freed at free */
+    size_t n_owned, cap_owned;
+    size_t weight_bytes;
+    uint64_t fingerprint;
+};
+
+/* Allocate `n` bytes owned by the model (64-byte aligned), freed by
+ * rk_model_free. NULL on failure. */
+void *rk__model_alloc(struct rk_model *m, size_t n);
+
+/* After a loader has filled every field: check shapes for consistency and
+ * compute the fingerprint. Names the file and tensor on error. */
+int rk__model_finish(struct rk_model *m, struct rk_errbuf *eb);
+
+/* Format-specific loaders (load_safetensors.c, load_pth.c, load_rwkvcpp.c).
+ * Each receives the mapped file and fills `m` (m->map/map_len/path are set). */
+int rk__load_safetensors(struct rk_model *m, const struct rk_model_params *p,
+                         struct rk_errbuf *eb);
+int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
+int rk__load_rwkvcpp(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
+
+/* --- thread pool (pool.c) ------------------------------------------------- */
+
+/* fn is called once per thread index ith in [0, nth) in parallel; the caller
+ * runs ith = 0. Returns when all have finished. */
+typedef void rk__pool_fn(int ith, int nth, void *arg);
+struct rk__pool;
+int rk__pool_create(int n_threads, struct rk__pool **out);
+void rk__pool_free(struct rk__pool *p);
+int rk__pool_n_threads(const struct rk__pool *p);
+void rk__pool_run(struct rk__pool *p, rk__pool_fn *fn, void *arg);
+
+/* --- kernels (ops.c) ------------------------------------------------------ */
+
+/* Y[n][W.rows] = X[n][W.cols] * W^T, fp32 accumulation, any weight dtype.
+ * `ref` selects the plain scalar reference loop. `pool` may be NULL. */
+void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+                const struct rk_weight *W);
+/* Same, but only rows [r0, r1) of W (Y has r1-r0 columns). Used by the head
+ * and the tests. */
+void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+                     const struct rk_weight *W, int r0, int r1);
+/* Row `r` of W as fp32 into out[W.cols]. */
+void rk__weight_row(const struct rk_weight *W, int r, float *out);
+/* Layer norm over n with population variance. */
+void rk__layernorm(float *out, const float *x, const float *w, const float *b, int n,
+                   float eps);
+
+#endif /* RK_CORE_INT_H */

@@ -1,0 +1,333 @@
+/*
+ * rk_core.h - the public interface of rwkvd's core layer.
+ *
+ * The core owns the RWKV-7 ("x070") model: loading every supported file format,
+ * the forward pass (one token, a whole sequence, a batched decode step), the
+ * backward pass into the initial state, the tokenizers and the sampler. It uses
+ * only libc, libm, pthreads and OpenBLAS; it knows nothing of JSON, HTTP or libuv.
+ *
+ * Usage:
+ *
+ *     struct rk_errbuf eb;
+ *     struct rk_model *m = NULL;
+ *     if (rk_model_load("model.safetensors", NULL, &m, &eb) != RK_OK) {
+ *         fprintf(stderr, "%s\n", eb.msg);
+ *         return 1;
+ *     }
+ *     struct rk_ctx *ctx = NULL;
+ *     rk_ctx_create(m, NULL, &ctx);               // one per thread
+ *     float *state = calloc(rk_state_len(m), sizeof(float));   // zero state
+ *     float *logits = malloc(rk_model_n_vocab(m) * sizeof(float));
+ *     uint32_t prompt[] = {34, 105, 110};
+ *     rk_forward_seq(ctx, prompt, 3, state, logits, false);    // prefill
+ *     struct rk_sampler *s = NULL;
+ *     rk_sampler_create(NULL, rk_model_n_vocab(m), &s);        // greedy
+ *     uint32_t tok;
+ *     for (int i = 0; i < 16; i++) {
+ *         rk_sampler_sample(s, logits, &tok);
+ *         rk_forward_token(ctx, tok, state, logits);
+ *     }
+ *     rk_sampler_free(s); rk_ctx_free(ctx); rk_model_free(m);
+ *
+ * Conventions: every fallible function returns RK_OK (0) or a negative RK_E*
+ * code. Pointer parameters are borrowed (used only during the call) unless the
+ * comment says "kept" (stored by the callee) or "takes" (ownership moves).
+ * Functions that parse external input take an optional struct rk_errbuf that
+ * receives a human-readable message naming the file, tensor or line at fault.
+ */
+#ifndef RK_CORE_H
+#define RK_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RK_API __attribute__((visibility("default")))
+
+/* --- errors --------------------------------------------------------------- */
+
+enum rk_err {
+    RK_OK = 0,
+    RK_ENOMEM = -1,     /* allocation failed */
+    RK_EINVAL = -2,     /* invalid argument or request */
+    RK_EIO = -3,        /* file system error */
+    RK_EFORMAT = -4,    /* bad magic, version, shape, or truncated file */
+    RK_EMISMATCH = -5,  /* state and model are incompatible */
+    RK_ERANGE = -6,     /* token id, length or count out of range */
+    RK_ENOTFOUND = -7,  /* no such object */
+    RK_EEXIST = -8,     /* object already exists */
+    RK_EBUSY = -9,      /* queue full or resource busy */
+    RK_ECANCELED = -10, /* cancelled by the caller's callback */
+    RK_ENUMERIC = -11,  /* NaN or Inf in loss or gradients */
+    RK_EINTERNAL = -12, /* a bug */
+};
+
+/* Detail for humans. `code` repeats the return code; `msg` is NUL-terminated. */
+struct rk_errbuf {
+    int code;
+    char msg[256];
+};
+
+/* Short description of an error code ("out of memory"); never NULL. */
+RK_API const char *rk_strerror(int code);
+/* Stable symbolic name of an error code ("RK_ENOMEM" -> "enomem"); never NULL. */
+RK_API const char *rk_errname(int code);
+/* Fill `eb` (may be NULL) with `code` and a printf-style message; returns `code`. */
+RK_API int rk_errbuf_set(struct rk_errbuf *eb, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* --- logging -------------------------------------------------------------- */
+
+enum rk_log_level { RK_LOG_DEBUG = 0, RK_LOG_INFO, RK_LOG_WARN, RK_LOG_ERROR };
+typedef void rk_log_cb(enum rk_log_level level, const char *msg, void *user);
+/* Route core/adapters log lines to `fn` (NULL restores the default: stderr for
+ * WARN and above). Not thread-safe against concurrent logging; call at start-up. */
+RK_API void rk_log_set(rk_log_cb *fn, void *user);
+RK_API void rk_log(enum rk_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* --- cancellation and progress -------------------------------------------- */
+
+/* Returns true to stop a long operation at the next step boundary. */
+typedef bool rk_cancel_cb(void *user);
+
+/* --- model ---------------------------------------------------------------- */
+
+enum rk_dtype {
+    RK_DTYPE_AUTO = 0, /* keep the file's precision (load) */
+    RK_DTYPE_F32 = 1,
+    RK_DTYPE_F16 = 2,
+    RK_DTYPE_BF16 = 3,
+};
+/* "f32", "f16", "bf16", "auto". */
+RK_API const char *rk_dtype_name(enum rk_dtype t);
+/* Parses the names above; returns RK_EINVAL for anything else. */
+RK_API int rk_dtype_parse(const char *s, enum rk_dtype *out);
+
+enum rk_format {
+    RK_FORMAT_UNKNOWN = 0,
+    RK_FORMAT_SAFETENSORS, /* official names or Hugging Face (fla) names */
+    RK_FORMAT_PTH,         /* torch.save zip: pickle + raw storages */
+    RK_FORMAT_RWKVCPP,     /* rwkv.cpp .bin (FP32/FP16) */
+};
+RK_API const char *rk_format_name(enum rk_format f);
+
+struct rk_model_params {
+    /* Precision of the large matrices (att r/k/v/o, ffn key/value, emb, head).
+     * AUTO keeps what the file holds (f32, f16 or bf16) and maps it without a
+     * copy where possible; any other value converts at load time. Small
+     * tensors (vectors, LoRA factors) are always held in fp32. */
+    enum rk_dtype wtype;
+};
+
+struct rk_model; /* immutable after load; safe to share between threads */
+
+/* Load a model; the format is detected from the file's bytes. `p` may be NULL
+ * (defaults). On failure *out stays NULL and `eb` names the file, the tensor
+ * and the problem. Returns RK_EIO, RK_EFORMAT, RK_ENOMEM. */
+RK_API int rk_model_load(const char *path, const struct rk_model_params *p,
+                         struct rk_model **out, struct rk_errbuf *eb);
+/* NULL is a no-op. No context made from `m` may be used afterwards. */
+RK_API void rk_model_free(struct rk_model *m);
+
+RK_API int rk_model_n_layer(const struct rk_model *m); /* L */
+RK_API int rk_model_n_embd(const struct rk_model *m);  /* C */
+RK_API int rk_model_n_head(const struct rk_model *m);  /* H = C / N */
+RK_API int rk_model_head_size(const struct rk_model *m); /* N = 64 */
+RK_API int rk_model_n_vocab(const struct rk_model *m); /* V */
+RK_API enum rk_format rk_model_format(const struct rk_model *m);
+/* Precision in which the large matrices are held. */
+RK_API enum rk_dtype rk_model_wtype(const struct rk_model *m);
+/* Bytes of weights the model holds (mapped or owned). */
+RK_API size_t rk_model_weight_bytes(const struct rk_model *m);
+/* A 64-bit fingerprint of the weights: FNV-1a over (L, C, H, V) and a sample of
+ * weight bytes (every tensor's shape plus up to 4 KiB of each tensor's data,
+ * as fp32), identical for the same weights in any file format or precision
+ * that represents them exactly in fp32. Computed once at load. */
+RK_API uint64_t rk_model_fingerprint(const struct rk_model *m);
+
+/* Write the model as safetensors with official RWKV-7 names, large matrices in
+ * `wtype` (AUTO = as held). Written atomically (temp file, fsync, rename). */
+RK_API int rk_model_save_safetensors(const struct rk_model *m, const char *path,
+                                     enum rk_dtype wtype, struct rk_errbuf *eb);
+
+/* --- state ---------------------------------------------------------------- */
+
+/*
+ * The recurrent state of one sequence is a flat fp32 buffer of rk_state_len()
+ * floats. Per layer i (layer stride = 2*C + H*N*N):
+ *     att_shift[C]     last LN1 output of the time-mix
+ *     wkv[H][N][N]     row = value channel, column = key channel
+ *     ffn_shift[C]     last LN2 output of the channel-mix
+ * All zeros is the fresh state. Gradients and optimizer moments use the same
+ * layout.
+ */
+struct rk_state_layout {
+    size_t layer_stride; /* floats per layer */
+    size_t att_shift;    /* offset of att_shift within a layer */
+    size_t wkv;          /* offset of wkv within a layer */
+    size_t ffn_shift;    /* offset of ffn_shift within a layer */
+    size_t wkv_len;      /* H*N*N */
+    size_t shift_len;    /* C */
+};
+RK_API size_t rk_state_len(const struct rk_model *m);
+RK_API void rk_state_layout(const struct rk_model *m, struct rk_state_layout *out);
+
+/* --- context and forward -------------------------------------------------- */
+
+struct rk_ctx_params {
+    int n_threads; /* compute threads incl. the caller; 0 = number of CPUs */
+    int rows_max;  /* largest prefill chunk / decode batch handled in one
+                      pass (0 = 64); longer sequences are chunked */
+};
+
+struct rk_ctx; /* per-thread scratch; use from one thread at a time */
+
+/* `m` is kept: it must outlive the context. `p` may be NULL. */
+RK_API int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p,
+                         struct rk_ctx **out);
+RK_API void rk_ctx_free(struct rk_ctx *ctx);
+RK_API const struct rk_model *rk_ctx_model(const struct rk_ctx *ctx);
+
+/* Select the plain fp32 reference kernels (true) or the fast paths (false, the
+ * default). Tests use this to compare the two on the same inputs. */
+RK_API void rk_ctx_set_reference(struct rk_ctx *ctx, bool reference);
+
+/* One token. `state` [rk_state_len] is read and updated in place. `logits`
+ * [V] receives the logits after the token, or NULL to skip the head.
+ * Returns RK_ERANGE for a token id >= V. */
+RK_API int rk_forward_token(struct rk_ctx *ctx, uint32_t token, float *state, float *logits);
+
+/* A sequence of n >= 1 tokens (prefill), processed in chunks with GEMMs over
+ * each chunk and the WKV recurrence in order. `logits`: NULL, [V] (logits
+ * after the last token, all_logits=false) or [n][V] (after every token,
+ * all_logits=true). Gives the same result as n calls of rk_forward_token up to
+ * rounding. */
+RK_API int rk_forward_seq(struct rk_ctx *ctx, const uint32_t *tokens, size_t n, float *state,
+                          float *logits, bool all_logits);
+
+/* One decode step over B sequences, each with its own state: tokens[b] is fed
+ * to states[b] (distinct buffers), logits [B][V] (or NULL) receives each
+ * sequence's logits. B may exceed rows_max (it is then processed in parts). */
+RK_API int rk_forward_batch(struct rk_ctx *ctx, size_t B, const uint32_t *tokens,
+                            float *const *states, float *logits);
+
+/* --- backward into the initial state -------------------------------------- */
+
+/*
+ * Loss = mean over selected positions t of -log softmax(logits_t)[targets[t]],
+ * where logits_t is the output after tokens[0..t] starting from `state0`.
+ * mask[t] (NULL = all) selects the positions. Writes the loss and
+ * dstate0 [rk_state_len] = dLoss/dstate0 (wkv parts and both token-shift
+ * parts). `cancel` (may be NULL) is checked between layers.
+ * Memory: see core/FORMAT.md ("backward memory").
+ */
+struct rk_backward_params {
+    int checkpoint_every; /* tokens between stored WKV checkpoints (0 = 16) */
+};
+RK_API int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
+                           const uint32_t *tokens, const uint32_t *targets, const uint8_t *mask,
+                           size_t n, const float *state0, double *loss, float *dstate0,
+                           rk_cancel_cb *cancel, void *cancel_user);
+
+/* --- tokenizers ----------------------------------------------------------- */
+
+struct rk_tokenizer; /* immutable after load; safe to share */
+
+/* The RWKV World vocabulary (rwkv_vocab_v20230424.txt format). */
+RK_API int rk_tok_load_world(const char *path, struct rk_tokenizer **out, struct rk_errbuf *eb);
+/* The byte tokenizer: id = byte value, vocab 256. */
+RK_API int rk_tok_create_bytes(struct rk_tokenizer **out);
+RK_API void rk_tok_free(struct rk_tokenizer *t);
+RK_API size_t rk_tok_n_vocab(const struct rk_tokenizer *t);
+/* True for the byte tokenizer (id 0 is then the NUL byte, not end-of-text). */
+RK_API bool rk_tok_is_bytes(const struct rk_tokenizer *t);
+
+/* Encode `len` bytes of `text`. Writes at most `cap` ids; *n_out receives the
+ * number of ids the full encoding needs (never more than len). Returns
+ * RK_ERANGE if cap < *n_out. */
+RK_API int rk_tok_encode(const struct rk_tokenizer *t, const char *text, size_t len,
+                         uint32_t *ids, size_t cap, size_t *n_out);
+/* The bytes of one token (not NUL-terminated); NULL with *len 0 for an id
+ * outside the vocabulary or the end-of-text id. */
+RK_API const uint8_t *rk_tok_bytes(const struct rk_tokenizer *t, uint32_t id, size_t *len);
+
+/* Streaming decoder: holds back an incomplete UTF-8 sequence until the next
+ * token completes it, so output is always valid UTF-8. Invalid bytes become
+ * U+FFFD. Caller-provided storage; zero-initialise or call _init. */
+struct rk_utf8_stream {
+    uint8_t pend[4];
+    int n_pend;
+};
+RK_API void rk_utf8_stream_init(struct rk_utf8_stream *s);
+/* Append the valid UTF-8 produced by `id` to out (cap bytes; needs at most
+ * token length * 3 + 8). Returns the number of bytes written, or RK_ERANGE. */
+RK_API int rk_tok_decode_stream(const struct rk_tokenizer *t, struct rk_utf8_stream *s,
+                                uint32_t id, char *out, size_t cap);
+/* Flush what is held back (as U+FFFD) at the end of a stream. */
+RK_API int rk_utf8_stream_flush(struct rk_utf8_stream *s, char *out, size_t cap);
+
+/* --- sampler -------------------------------------------------------------- */
+
+struct rk_logit_bias {
+    uint32_t token;
+    float bias;
+};
+
+struct rk_sampler_params {
+    float temperature;        /* 0 = greedy (argmax); default 1 */
+    int top_k;                /* 0 = off */
+    float top_p;              /* 1 = off */
+    float min_p;              /* 0 = off */
+    float presence_penalty;   /* OpenAI semantics, 0 = off */
+    float frequency_penalty;  /* OpenAI semantics, 0 = off */
+    float repetition_penalty; /* CTRL-style divisor, 1 = off */
+    int penalty_last_n;       /* window of past tokens for penalties; 0 = all */
+    uint64_t seed;            /* same seed and inputs -> same tokens */
+    const struct rk_logit_bias *bias; /* borrowed during create (copied) */
+    size_t n_bias;
+};
+/* Defaults: temperature 1, top_p 1, everything else off, seed 0. */
+RK_API void rk_sampler_params_default(struct rk_sampler_params *p);
+
+struct rk_sampler;
+/* `p` may be NULL (greedy). Returns RK_EINVAL for out-of-range parameters
+ * (negative temperature, top_p outside (0,1], bias token >= n_vocab, ...). */
+RK_API int rk_sampler_create(const struct rk_sampler_params *p, size_t n_vocab,
+                             struct rk_sampler **out);
+RK_API void rk_sampler_free(struct rk_sampler *s);
+/* Record a token as part of the context for the penalties (prompt tokens
+ * may be accepted too; rk_sampler_sample accepts what it picks). */
+RK_API void rk_sampler_accept(struct rk_sampler *s, uint32_t token);
+/* Pick the next token from `logits` [n_vocab] (modified in place: penalties,
+ * bias, temperature). */
+RK_API int rk_sampler_sample(struct rk_sampler *s, float *logits, uint32_t *out);
+
+/* log-softmax helpers for logprobs: the log-probability of `token`, and the
+ * k most likely tokens (ids and log-probabilities, most likely first). */
+RK_API float rk_logprob(const float *logits, size_t n_vocab, uint32_t token);
+RK_API void rk_logprobs_top(const float *logits, size_t n_vocab, size_t k, uint32_t *ids,
+                            float *lps);
+
+/* Stop sequences over generated text. Feed each newly decoded piece of text;
+ * the matcher tells how many bytes are safe to emit now (it holds back a
+ * suffix that may still become a stop sequence) and whether a stop sequence
+ * was hit (the emitted text then ends right before it). */
+struct rk_stopper;
+RK_API int rk_stopper_create(const char *const *stops, size_t n_stops, struct rk_stopper **out);
+RK_API void rk_stopper_free(struct rk_stopper *s);
+/* Returns true when a stop sequence was found. *emit/*emit_len: text to send
+ * now (points into the stopper, valid until the next call). */
+RK_API bool rk_stopper_feed(struct rk_stopper *s, const char *piece, size_t len,
+                            const char **emit, size_t *emit_len);
+/* End of generation: returns whatever was held back. */
+RK_API void rk_stopper_finish(struct rk_stopper *s, const char **emit, size_t *emit_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RK_CORE_H */

@@ -1,0 +1,2 @@
+/* load_rwkvcpp.c: work in progress. */
+#include "core_int.h"

@@ -1,0 +1,2 @@
+/* load_safetensors.c: work in progress. */
+#include "core_int.h"

@@ -1,0 +1,2 @@
+/* model.c: work in progress. */
+#include "core_int.h"

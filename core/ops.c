@@ -1,0 +1,2 @@
+/* ops.c: work in progress. */
+#include "core_int.h"

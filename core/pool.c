@@ -1,0 +1,2 @@
+/* pool.c: work in progress. */
+#include "core_int.h"

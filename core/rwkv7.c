@@ -1,0 +1,2 @@
+/* rwkv7.c: work in progress. */
+#include "core_int.h"

@@ -1,0 +1,2 @@
+/* rwkv7_backward.c: work in progress. */
+#include "core_int.h"

@@ -1,0 +1,2 @@
+/* sampler.c: work in progress. */
+#include "core_int.h"

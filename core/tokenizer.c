@@ -1,0 +1,2 @@
+/* tokenizer.c: work in progress. */
+#include "core_int.h"

@@ -1,0 +1,2 @@
+/* dataset_jsonl.c: work in progress. */
+#include "cmd.h"

@@ -1,0 +1,59 @@
+/*
+ * check_common.h - shared helpers for the Check test binaries.
+ *
+ * A test file registers its suite with RK_TEST_SUITE; check_main.c collects every
+ * registered suite from the "rk_suites" linker section into one runner, so adding
+ * a test file means editing only tests/meson.build.
+ *
+ *     RK_TEST_SUITE(tokenizer_suite, RK_NEEDS_SHARED)
+ *     {
+ *         Suite *s = suite_create("tokenizer");
+ *         ...
+ *         return s;
+ *     }
+ */
+#ifndef RK_CHECK_COMMON_H
+#define RK_CHECK_COMMON_H
+
+#include <check.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct rk_test_suite {
+    const char *name;
+    Suite *(*make)(void);
+    bool needs_shared; /* skipped (exit 77 if nothing else ran) without ../shared */
+};
+
+#define RK_NEEDS_SHARED true
+#define RK_SELF_CONTAINED false
+
+#define RK_TEST_SUITE(fn, needs)                                                        \
+    static Suite *fn(void);                                                             \
+    static const struct rk_test_suite rk_suite_desc_##fn                                \
+        __attribute__((used, section("rk_suites"), aligned(sizeof(void *)))) = {#fn, fn, \
+                                                                                 needs}; \
+    static Suite *fn(void)
+
+/* Path of a file under ../shared (e.g. "fixtures/models/x.bin"), or NULL when
+ * it does not exist. Static buffer per call slot: copy if you keep it. */
+const char *rk_test_shared(const char *rel);
+/* Path of a file under the project's tests/data (always returned). */
+const char *rk_test_data(const char *rel);
+/* A fresh temporary directory for this test process (created on first use). */
+const char *rk_test_tmpdir(void);
+
+/* Compare float arrays element-wise: |a-b| <= atol + rtol*|b|. On failure,
+ * fails the test naming `what`, the first bad index, both values and the
+ * largest difference. */
+void rk_check_close(const float *a, const float *b, size_t n, double atol, double rtol,
+                    const char *what);
+/* Largest absolute difference. */
+double rk_max_abs_diff(const float *a, const float *b, size_t n);
+
+/* Read a whole file into a malloc'd buffer (NULL on error). */
+void *rk_test_read_file(const char *path, size_t *len);
+/* Write a buffer to a file; returns 0 on success. */
+int rk_test_write_file(const char *path, const void *data, size_t len);
+
+#endif

@@ -1,0 +1,2 @@
+/* test_backward.c: work in progress. */
+#include "check_common.h"

@@ -1,0 +1,2 @@
+/* test_http.c: work in progress. */
+#include "check_common.h"
