@@ -125,6 +125,62 @@ int rk__load_safetensors(struct rk_model *m, const struct rk_model_params *p,
 int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
 int rk__load_rwkvcpp(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
 
+/* --- loader internals (model.c; see core/FORMAT.md) ----------------------- */
+
+#define RK_LOAD_MAX_TENSORS 65536 /* tensors (or zip entries) in one file */
+#define RK_LOAD_MAX_NAME 255      /* bytes in a tensor name */
+#define RK_LOAD_MAX_DIMS 8        /* dimensions of one tensor */
+#define RK_LOAD_MAX_LAYERS 4096   /* blocks.N: N < this */
+
+/* One tensor as a container parser found it, before it is placed into the
+ * model. `data` points into the mapped file; `shape` is row-major as stored
+ * (PyTorch order, last dimension contiguous). */
+struct rk__tensor {
+    char name[RK_LOAD_MAX_NAME + 1]; /* the file's name, for messages */
+    char key[64];     /* official name it stands for ("" = not used) */
+    bool linear_form; /* a LoRA factor stored transposed w.r.t. the official
+                         layout, i.e. already in nn.Linear form */
+    enum rk_dtype dtype; /* F32, F16 or BF16 */
+    int ndim;
+    int64_t shape[RK_LOAD_MAX_DIMS];
+    const void *data;
+    size_t nbytes; /* = elements * element size (checked by the parser) */
+};
+
+struct rk__tensor_list {
+    struct rk__tensor *v;
+    size_t n, cap;
+};
+/* Append a zeroed entry; RK_ENOMEM, or RK_EFORMAT past RK_LOAD_MAX_TENSORS
+ * (the message names the file). */
+int rk__tensor_push(struct rk__tensor_list *l, const struct rk_model *m, struct rk__tensor **out,
+                    struct rk_errbuf *eb);
+void rk__tensor_list_free(struct rk__tensor_list *l);
+/* Fill t->key/t->linear_form from t->name: official names map to themselves,
+ * Hugging Face (fla) names to their official equivalent; unknown names leave
+ * key "". */
+void rk__tensor_map_name(struct rk__tensor *t);
+/* Bytes per element of F32/F16/BF16 (0 for anything else). */
+size_t rk__dtype_size(enum rk_dtype t);
+/* Place the listed tensors into `m` (dimensions, shape checks, conversions).
+ * Fills everything but the fingerprint. */
+int rk__model_build(struct rk_model *m, const struct rk__tensor_list *l,
+                    const struct rk_model_params *p, struct rk_errbuf *eb);
+/* The file's base name, for error messages. */
+const char *rk__model_file(const struct rk_model *m);
+
+/* A read-only view of one held tensor, in the canonical order used by the
+ * fingerprint and the safetensors writer (emb, ln0, blocks..., ln_out, head).
+ * Used by tests to compare models tensor by tensor. */
+struct rk__tensor_view {
+    char name[64];       /* official name */
+    enum rk_dtype dtype; /* as held */
+    const void *data;    /* NULL when absent (layer-0 v0/v1/v2) */
+    int rows, cols;      /* as held: vectors 1 x C, r_k H x N, LoRA in Linear form */
+};
+size_t rk__model_n_tensors(const struct rk_model *m);
+void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view *out);
+
 /* --- thread pool (pool.c) ------------------------------------------------- */
 
 /* fn is called once per thread index ith in [0, nth) in parallel; the caller
@@ -149,6 +205,9 @@ void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, 
 /* Row `r` of W as fp32 into out[W.cols]. */
 void rk__weight_row(const struct rk_weight *W, int r, float *out);
 /* Layer norm over n with population variance. */
+struct rk_ctx;
+/* The context's thread pool (for the backward pass). */
+struct rk__pool *rk__ctx_pool(struct rk_ctx *ctx);
 void rk__layernorm(float *out, const float *x, const float *w, const float *b, int n,
                    float eps);
 

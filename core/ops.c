@@ -1,2 +1,359 @@
-/* ops.c: work in progress. */
+/*
+ * ops.c - the matrix kernels: Y[n][rows] = X[n][cols] * W^T for weights held
+ * in f32, f16 or bf16, with fp32 accumulation. This is the only file that calls
+ * cblas_*.
+ *
+ * Three paths, all computing the same thing:
+ *   reference  plain scalar loops, single thread (the numerical yardstick);
+ *   dot        for few rows of X (decode, small batches): each weight row is
+ *              read once and dotted with every row of X; AVX-512 when the CPU
+ *              has it (runtime check), portable C otherwise; rows of W are
+ *              split across the pool's threads;
+ *   gemm       for many rows of X (prefill, large batches): each thread
+ *              converts a block of W rows to fp32 (kept in its L2 cache) and
+ *              calls single-threaded OpenBLAS sgemm on it.
+ */
 #include "core_int.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define RK_X86 1
+#endif
+
+/* Rows of X up to which the dot path is used; measured in BENCHMARKS.md. */
+#define DOT_ROWS_MAX 4
+/* Weight elements below which a matmul runs on the calling thread only. */
+#define PAR_MIN_ELEMS (1 << 16)
+/* Weight rows converted per gemm block (~256 KiB of fp32 at C = 768). */
+#define GEMM_BLOCK_BYTES (256 * 1024)
+
+extern void openblas_set_num_threads(int);
+
+void rk__weight_row(const struct rk_weight *W, int r, float *out)
+{
+    size_t off = (size_t)r * (size_t)W->cols;
+    switch (W->dtype) {
+    case RK_DTYPE_F32:
+        memcpy(out, (const float *)W->data + off, sizeof(float) * (size_t)W->cols);
+        break;
+    case RK_DTYPE_BF16: {
+        const uint16_t *p = (const uint16_t *)W->data + off;
+        for (int i = 0; i < W->cols; i++)
+            out[i] = rk__bf16_to_f32(p[i]);
+        break;
+    }
+    case RK_DTYPE_F16: {
+        const uint16_t *p = (const uint16_t *)W->data + off;
+        for (int i = 0; i < W->cols; i++)
+            out[i] = rk__f16_to_f32(p[i]);
+        break;
+    }
+    default:
+        RK_ASSERT(!"bad weight dtype");
+    }
+}
+
+static inline float weight_at(const struct rk_weight *W, size_t idx)
+{
+    switch (W->dtype) {
+    case RK_DTYPE_F32: return ((const float *)W->data)[idx];
+    case RK_DTYPE_BF16: return rk__bf16_to_f32(((const uint16_t *)W->data)[idx]);
+    default: return rk__f16_to_f32(((const uint16_t *)W->data)[idx]);
+    }
+}
+
+/* --- reference ------------------------------------------------------------ */
+
+static void matmul_ref(float *Y, size_t ldy, const float *X, size_t n, const struct rk_weight *W,
+                       int r0, int r1)
+{
+    size_t cols = (size_t)W->cols;
+    for (size_t i = 0; i < n; i++)
+        for (int r = r0; r < r1; r++) {
+            float acc = 0.0f;
+            for (size_t c = 0; c < cols; c++)
+                acc += X[i * cols + c] * weight_at(W, (size_t)r * cols + c);
+            Y[i * ldy + (size_t)(r - r0)] = acc;
+        }
+}
+
+/* --- dot path ------------------------------------------------------------- */
+
+/* Portable: rows [r0, r1) of W against n <= DOT_ROWS_MAX rows of X. */
+static void dot_portable(float *Y, size_t ldy, int yoff, const float *X, size_t n,
+                         const struct rk_weight *W, int r0, int r1, float *rowbuf)
+{
+    size_t cols = (size_t)W->cols;
+    for (int r = r0; r < r1; r++) {
+        const float *w;
+        if (W->dtype == RK_DTYPE_F32) {
+            w = (const float *)W->data + (size_t)r * cols;
+        } else {
+            rk__weight_row(W, r, rowbuf);
+            w = rowbuf;
+        }
+        for (size_t i = 0; i < n; i++) {
+            float acc = 0.0f;
+            const float *x = X + i * cols;
+            for (size_t c = 0; c < cols; c++)
+                acc += x[c] * w[c];
+            Y[i * ldy + (size_t)(r - yoff)] = acc;
+        }
+    }
+}
+
+#ifdef RK_X86
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+
+AVX512 static inline __m512 load16(enum rk_dtype t, const void *base, size_t idx)
+{
+    if (t == RK_DTYPE_BF16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + idx));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    if (t == RK_DTYPE_F16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + idx));
+        return _mm512_cvtph_ps(h);
+    }
+    return _mm512_loadu_ps((const float *)base + idx);
+}
+
+AVX512 static inline __m512 load16_mask(enum rk_dtype t, const void *base, size_t idx,
+                                        __mmask16 m)
+{
+    if (t == RK_DTYPE_BF16) {
+        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)base + idx);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    if (t == RK_DTYPE_F16) {
+        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)base + idx);
+        return _mm512_cvtph_ps(h);
+    }
+    return _mm512_maskz_loadu_ps(m, (const float *)base + idx);
+}
+
+/* One weight row against NX rows of X; NX is a compile-time constant per
+ * instantiation so the accumulators live in registers. */
+#define DOT_AVX512(NX)                                                                      \
+    AVX512 static void dot_avx512_##NX(float *Y, size_t ldy, int yoff, const float *X,      \
+                                       const struct rk_weight *W, int r0, int r1)           \
+    {                                                                                       \
+        size_t cols = (size_t)W->cols;                                                      \
+        size_t cmain = cols & ~(size_t)31;                                                  \
+        enum rk_dtype t = W->dtype;                                                         \
+        for (int r = r0; r < r1; r++) {                                                     \
+            size_t base = (size_t)r * cols;                                                 \
+            __m512 acc0[NX], acc1[NX];                                                      \
+            for (int i = 0; i < NX; i++) {                                                  \
+                acc0[i] = _mm512_setzero_ps();                                              \
+                acc1[i] = _mm512_setzero_ps();                                              \
+            }                                                                               \
+            size_t c = 0;                                                                   \
+            for (; c < cmain; c += 32) {                                                    \
+                __m512 w0 = load16(t, W->data, base + c);                                   \
+                __m512 w1 = load16(t, W->data, base + c + 16);                              \
+                for (int i = 0; i < NX; i++) {                                              \
+                    acc0[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(X + i * cols + c), acc0[i]); \
+                    acc1[i] =                                                               \
+                        _mm512_fmadd_ps(w1, _mm512_loadu_ps(X + i * cols + c + 16), acc1[i]); \
+                }                                                                           \
+            }                                                                               \
+            for (; c < cols; c += 16) {                                                     \
+                size_t left = cols - c;                                                     \
+                __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); \
+                __m512 w0 = load16_mask(t, W->data, base + c, m);                           \
+                for (int i = 0; i < NX; i++)                                                \
+                    acc0[i] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, X + i * cols + c), \
+                                              acc0[i]);                                     \
+            }                                                                               \
+            for (int i = 0; i < NX; i++)                                                    \
+                Y[(size_t)i * ldy + (size_t)(r - yoff)] =                                   \
+                    _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i]));                  \
+        }                                                                                   \
+    }
+DOT_AVX512(1)
+DOT_AVX512(2)
+DOT_AVX512(3)
+DOT_AVX512(4)
+
+AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, int r0, int r1)
+{
+    size_t cols = (size_t)W->cols;
+    size_t total = (size_t)(r1 - r0) * cols, base = (size_t)r0 * cols, i = 0;
+    for (; i + 16 <= total; i += 16)
+        _mm512_storeu_ps(dst + i, load16(W->dtype, W->data, base + i));
+    for (; i < total; i++)
+        dst[i] = weight_at(W, base + i);
+}
+#endif
+
+static int have_avx512(void)
+{
+#ifdef RK_X86
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+        const char *env = getenv("RWKVD_NO_AVX512");
+        if (env && *env && *env != '0')
+            cached = 0;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
+                     const struct rk_weight *W, int r0, int r1, float *rowbuf)
+{
+#ifdef RK_X86
+    if (have_avx512()) {
+        switch (n) {
+        case 1: dot_avx512_1(Y, ldy, yoff, X, W, r0, r1); return;
+        case 2: dot_avx512_2(Y, ldy, yoff, X, W, r0, r1); return;
+        case 3: dot_avx512_3(Y, ldy, yoff, X, W, r0, r1); return;
+        case 4: dot_avx512_4(Y, ldy, yoff, X, W, r0, r1); return;
+        default: break;
+        }
+    }
+#endif
+    dot_portable(Y, ldy, yoff, X, n, W, r0, r1, rowbuf);
+}
+
+/* --- gemm path ------------------------------------------------------------ */
+
+/* Per-thread conversion buffer, grown on first use and kept for the thread's
+ * lifetime (pool threads live as long as their context). */
+static _Thread_local float *tl_buf;
+static _Thread_local size_t tl_cap;
+
+static float *thread_buf(size_t n)
+{
+    if (n > tl_cap) {
+        float *nb = rk__malloc_aligned(n * sizeof(float));
+        if (!nb)
+            return NULL;
+        rk__free_aligned(tl_buf);
+        tl_buf = nb;
+        tl_cap = n;
+    }
+    return tl_buf;
+}
+
+static void gemm_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
+                      const struct rk_weight *W, int r0, int r1)
+{
+    int cols = W->cols;
+    if (W->dtype == RK_DTYPE_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, r1 - r0, cols, 1.0f, X, cols,
+                    (const float *)W->data + (size_t)r0 * (size_t)cols, cols, 0.0f,
+                    Y + (r0 - yoff), (int)ldy);
+        return;
+    }
+    int rb = (int)(GEMM_BLOCK_BYTES / (sizeof(float) * (size_t)cols));
+    if (rb < 16)
+        rb = 16;
+    float *buf = thread_buf((size_t)rb * (size_t)cols);
+    if (!buf) { /* no memory for the block: fall back to the reference loop */
+        matmul_ref(Y + (r0 - yoff), ldy, X, n, W, r0, r1);
+        return;
+    }
+    for (int b0 = r0; b0 < r1; b0 += rb) {
+        int b1 = b0 + rb < r1 ? b0 + rb : r1;
+#ifdef RK_X86
+        if (have_avx512())
+            convert_block_avx512(buf, W, b0, b1);
+        else
+#endif
+            for (int r = b0; r < b1; r++)
+                rk__weight_row(W, r, buf + (size_t)(r - b0) * (size_t)cols);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, b1 - b0, cols, 1.0f, X, cols,
+                    buf, cols, 0.0f, Y + (b0 - yoff), (int)ldy);
+    }
+}
+
+/* --- dispatch ------------------------------------------------------------- */
+
+struct mm_job {
+    float *Y;
+    size_t ldy;
+    const float *X;
+    size_t n;
+    const struct rk_weight *W;
+    int r0, r1;
+};
+
+static void mm_worker(int ith, int nth, void *arg)
+{
+    const struct mm_job *j = arg;
+    int rows = j->r1 - j->r0;
+    /* split rows in multiples of 16 so AVX-512 tails stay rare */
+    int per = ((rows + nth - 1) / nth + 15) & ~15;
+    int a = j->r0 + ith * per, b = a + per;
+    if (b > j->r1)
+        b = j->r1;
+    if (a >= b)
+        return;
+    if (j->n <= DOT_ROWS_MAX) {
+        float *rowbuf = j->W->dtype == RK_DTYPE_F32 ? NULL : thread_buf((size_t)j->W->cols);
+        if (j->W->dtype != RK_DTYPE_F32 && !rowbuf && !have_avx512()) {
+            matmul_ref(j->Y + (a - j->r0), j->ldy, j->X, j->n, j->W, a, b);
+            return;
+        }
+        dot_rows(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b, rowbuf);
+    } else {
+        gemm_rows(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b);
+    }
+}
+
+void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+                     const struct rk_weight *W, int r0, int r1)
+{
+    RK_ASSERT(W->data && r0 >= 0 && r1 <= W->rows && r0 <= r1);
+    size_t ldy = (size_t)(r1 - r0);
+    if (ref) {
+        matmul_ref(Y, ldy, X, n, W, r0, r1);
+        return;
+    }
+    static int blas_threads_set;
+    if (!blas_threads_set) {
+        /* The pool parallelises; each sgemm call runs on its calling thread. */
+        openblas_set_num_threads(1);
+        blas_threads_set = 1;
+    }
+    struct mm_job j = {Y, ldy, X, n, W, r0, r1};
+    size_t elems = (size_t)(r1 - r0) * (size_t)W->cols * (n > DOT_ROWS_MAX ? n : 1);
+    if (!pool || elems < PAR_MIN_ELEMS)
+        mm_worker(0, 1, &j);
+    else
+        rk__pool_run(pool, mm_worker, &j);
+}
+
+void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+                const struct rk_weight *W)
+{
+    rk__matmul_rows(pool, ref, Y, X, n, W, 0, W->rows);
+}
+
+void rk__layernorm(float *out, const float *x, const float *w, const float *b, int n, float eps)
+{
+    double mean = 0, var = 0;
+    for (int i = 0; i < n; i++)
+        mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++) {
+        double d = x[i] - mean;
+        var += d * d;
+    }
+    var /= n;
+    float inv = (float)(1.0 / sqrt(var + eps));
+    float mf = (float)mean;
+    for (int i = 0; i < n; i++)
+        out[i] = (x[i] - mf) * inv * w[i] + b[i];
+}

@@ -1,2 +1,463 @@
-/* rwkv7.c: work in progress. */
+/*
+ * rwkv7.c - the RWKV-7 ("x070") forward pass: contexts, one token, a sequence
+ * (prefill) and a batched decode step.
+ *
+ * Follows the per-token math of RWKV-v7/rwkv_v7_numpy.py (time_mixing and
+ * channel_mixing), written here for R rows at once so that every linear layer
+ * is one matmul over the rows:
+ *   - sequence mode: the R rows are consecutive tokens of ONE sequence; token
+ *     shift reads the previous row, and the WKV recurrence runs over the rows
+ *     in order on the single state;
+ *   - batch mode: the R rows are the next tokens of R different sequences;
+ *     every row has its own state for both token shift and WKV.
+ * Scratch lives in one block per context (no allocation per token).
+ * Orientation: wkv state S[h][i][j], i = value channel, j = key channel.
+ */
 #include "core_int.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define RK_X86 1
+#endif
+
+#define N RK_HEAD_SIZE
+#define LN_EPS 1e-5f
+#define GN_EPS (64e-5f)
+#define DECAY_SCALE 0.6065306597126334f /* e^-0.5 */
+
+struct rk_ctx {
+    const struct rk_model *m;
+    struct rk__pool *pool;
+    bool ref;
+    int rows_max;
+    void *block;
+    /* scratch, each [rows_max][dim] */
+    float *x, *u, *prev;                  /* [R][C] */
+    float *xr, *xw, *xk, *xv, *xa, *xg;   /* [R][C] */
+    float *r, *k, *v, *w, *a, *g, *kk, *y; /* [R][C] */
+    float *vfirst, *tmp;                  /* [R][C] */
+    float *lora;                          /* [R][Dmax] */
+    float *hidden;                        /* [R][F] */
+};
+
+const struct rk_model *rk_ctx_model(const struct rk_ctx *ctx) { return ctx->m; }
+struct rk__pool *rk__ctx_pool(struct rk_ctx *ctx) { return ctx->pool; }
+int rk_ctx_n_threads(const struct rk_ctx *ctx) { return rk__pool_n_threads(ctx->pool); }
+void rk_ctx_set_reference(struct rk_ctx *ctx, bool reference) { ctx->ref = reference; }
+
+int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struct rk_ctx **out)
+{
+    *out = NULL;
+    if (!m)
+        return RK_EINVAL;
+    int n_threads = p ? p->n_threads : 0;
+    int rows = p && p->rows_max > 0 ? p->rows_max : 64;
+    if (rows > 4096 || n_threads < 0)
+        return RK_EINVAL;
+    struct rk_ctx *c = rk__calloc(1, sizeof *c);
+    if (!c)
+        return RK_ENOMEM;
+    c->m = m;
+    c->rows_max = rows;
+    int dmax = m->Dw;
+    if (m->Da > dmax)
+        dmax = m->Da;
+    if (m->Dv > dmax)
+        dmax = m->Dv;
+    if (m->Dg > dmax)
+        dmax = m->Dg;
+    size_t C = (size_t)m->C, R = (size_t)rows;
+    size_t nC = 20, total = R * (C * nC + (size_t)dmax + (size_t)m->F) + 64 * 24;
+    c->block = rk__malloc_aligned(total * sizeof(float));
+    if (!c->block) {
+        rk__free(c);
+        return RK_ENOMEM;
+    }
+    float *q = c->block;
+    float **slots[] = {&c->x,  &c->u,  &c->prev, &c->xr, &c->xw, &c->xk, &c->xv,
+                       &c->xa, &c->xg, &c->r,    &c->k,  &c->v,  &c->w,  &c->a,
+                       &c->g,  &c->kk, &c->y,    &c->vfirst, &c->tmp};
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
+        *slots[i] = q;
+        q += (R * C + 15) & ~(size_t)15;
+    }
+    c->lora = q;
+    q += (R * (size_t)dmax + 15) & ~(size_t)15;
+    c->hidden = q;
+    int rc = rk__pool_create(n_threads, &c->pool);
+    if (rc != RK_OK) {
+        rk__free_aligned(c->block);
+        rk__free(c);
+        return rc;
+    }
+    *out = c;
+    return RK_OK;
+}
+
+void rk_ctx_free(struct rk_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    rk__pool_free(ctx->pool);
+    rk__free_aligned(ctx->block);
+    rk__free(ctx);
+}
+
+/* --- small helpers -------------------------------------------------------- */
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void matmul(struct rk_ctx *c, float *Y, const float *X, size_t n, const struct rk_weight *W)
+{
+    rk__matmul(c->pool, c->ref, Y, X, n, W);
+}
+
+/* --- WKV ------------------------------------------------------------------ */
+
+/* One head, one token: sa = S a; S = S diag(w) + sa b^T + v k^T; y = S r. */
+static void wkv_head_ref(float *S, const float *r, const float *w, const float *k, const float *v,
+                         const float *a, const float *b, float *y)
+{
+    for (int i = 0; i < N; i++) {
+        float *Si = S + i * N;
+        float sa = 0.0f;
+        for (int j = 0; j < N; j++)
+            sa += Si[j] * a[j];
+        float vi = v[i], yi = 0.0f;
+        for (int j = 0; j < N; j++) {
+            float s = Si[j] * w[j] + sa * b[j] + vi * k[j];
+            Si[j] = s;
+            yi += s * r[j];
+        }
+        y[i] = yi;
+    }
+}
+
+#ifdef RK_X86
+__attribute__((target("avx512f,fma"))) static void
+wkv_head_avx512(float *S, const float *r, const float *w, const float *k, const float *v,
+                const float *a, const float *b, float *y)
+{
+    __m512 A[4], B[4], W[4], K[4], Rv[4];
+    for (int q = 0; q < 4; q++) {
+        A[q] = _mm512_loadu_ps(a + 16 * q);
+        B[q] = _mm512_loadu_ps(b + 16 * q);
+        W[q] = _mm512_loadu_ps(w + 16 * q);
+        K[q] = _mm512_loadu_ps(k + 16 * q);
+        Rv[q] = _mm512_loadu_ps(r + 16 * q);
+    }
+    for (int i = 0; i < N; i++) {
+        float *Si = S + i * N;
+        __m512 s0 = _mm512_loadu_ps(Si), s1 = _mm512_loadu_ps(Si + 16);
+        __m512 s2 = _mm512_loadu_ps(Si + 32), s3 = _mm512_loadu_ps(Si + 48);
+        __m512 p = _mm512_mul_ps(s0, A[0]);
+        p = _mm512_fmadd_ps(s1, A[1], p);
+        p = _mm512_fmadd_ps(s2, A[2], p);
+        p = _mm512_fmadd_ps(s3, A[3], p);
+        __m512 sa = _mm512_set1_ps(_mm512_reduce_add_ps(p));
+        __m512 vi = _mm512_set1_ps(v[i]);
+        s0 = _mm512_fmadd_ps(vi, K[0], _mm512_fmadd_ps(sa, B[0], _mm512_mul_ps(s0, W[0])));
+        s1 = _mm512_fmadd_ps(vi, K[1], _mm512_fmadd_ps(sa, B[1], _mm512_mul_ps(s1, W[1])));
+        s2 = _mm512_fmadd_ps(vi, K[2], _mm512_fmadd_ps(sa, B[2], _mm512_mul_ps(s2, W[2])));
+        s3 = _mm512_fmadd_ps(vi, K[3], _mm512_fmadd_ps(sa, B[3], _mm512_mul_ps(s3, W[3])));
+        _mm512_storeu_ps(Si, s0);
+        _mm512_storeu_ps(Si + 16, s1);
+        _mm512_storeu_ps(Si + 32, s2);
+        _mm512_storeu_ps(Si + 48, s3);
+        __m512 o = _mm512_mul_ps(s0, Rv[0]);
+        o = _mm512_fmadd_ps(s1, Rv[1], o);
+        o = _mm512_fmadd_ps(s2, Rv[2], o);
+        o = _mm512_fmadd_ps(s3, Rv[3], o);
+        y[i] = _mm512_reduce_add_ps(o);
+    }
+}
+#endif
+
+static bool use_avx512(void)
+{
+#ifdef RK_X86
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        const char *env = getenv("RWKVD_NO_AVX512");
+        cached = __builtin_cpu_supports("avx512f") && !(env && *env && *env != '0');
+    }
+    return cached;
+#else
+    return false;
+#endif
+}
+
+struct wkv_job {
+    struct rk_ctx *c;
+    int layer, R, H;
+    bool seq;
+    float *const *st;
+};
+
+/* Heads are independent, so threads split the (row-state, head) pairs: in
+ * sequence mode each thread runs all rows in order for its heads. */
+static void wkv_worker(int ith, int nth, void *arg)
+{
+    const struct wkv_job *j = arg;
+    struct rk_ctx *c = j->c;
+    const struct rk_model *m = c->m;
+    size_t C = (size_t)m->C, lstride = 2 * C + (size_t)m->H * N * N;
+    bool fast = !c->ref && use_avx512();
+    float bvec[N], avec[N];
+    int units = j->seq ? j->H : j->R * j->H;
+    for (int u = ith; u < units; u += nth) {
+        int h = u % j->H;
+        int r0 = j->seq ? 0 : u / j->H, r1 = j->seq ? j->R : r0 + 1;
+        float *S = (j->seq ? j->st[0] : j->st[r0]) + (size_t)j->layer * lstride + C +
+                   (size_t)h * N * N;
+        for (int t = r0; t < r1; t++) {
+            size_t o = (size_t)t * C + (size_t)h * N;
+            for (int i = 0; i < N; i++) {
+                avec[i] = -c->kk[o + i];
+                bvec[i] = c->kk[o + i] * c->a[o + i];
+            }
+#ifdef RK_X86
+            if (fast)
+                wkv_head_avx512(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o);
+            else
+#endif
+                wkv_head_ref(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o);
+        }
+    }
+    (void)fast;
+}
+
+/* --- one layer over R rows ------------------------------------------------ */
+
+/* Token shift: fill prev[R][C] with the previous normalised input of each row
+ * and store this step's last input back into the state. */
+static void token_shift(struct rk_ctx *c, int R, bool seq, float *const *st, size_t off,
+                        const float *u, float *prev)
+{
+    size_t C = (size_t)c->m->C;
+    if (seq) {
+        memcpy(prev, st[0] + off, C * sizeof(float));
+        if (R > 1)
+            memcpy(prev + C, u, (size_t)(R - 1) * C * sizeof(float));
+        memcpy(st[0] + off, u + (size_t)(R - 1) * C, C * sizeof(float));
+    } else {
+        for (int b = 0; b < R; b++) {
+            memcpy(prev + (size_t)b * C, st[b] + off, C * sizeof(float));
+            memcpy(st[b] + off, u + (size_t)b * C, C * sizeof(float));
+        }
+    }
+}
+
+static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
+{
+    const struct rk_model *m = c->m;
+    const struct rk_layer *ly = &m->layers[l];
+    int C = m->C, H = m->H;
+    size_t RC = (size_t)R * (size_t)C;
+    size_t lstride = 2 * (size_t)C + (size_t)H * N * N, loff = (size_t)l * lstride;
+
+    for (int t = 0; t < R; t++)
+        rk__layernorm(c->u + (size_t)t * C, c->x + (size_t)t * C, ly->ln1_w, ly->ln1_b, C, LN_EPS);
+    token_shift(c, R, seq, st, loff, c->u, c->prev);
+
+    // six lerps: x_c = u + (prev - u) * mu_c
+    for (size_t i = 0; i < RC; i++) {
+        size_t ch = i % (size_t)C;
+        float u = c->u[i], d = c->prev[i] - u;
+        c->xr[i] = u + d * ly->x_r[ch];
+        c->xw[i] = u + d * ly->x_w[ch];
+        c->xk[i] = u + d * ly->x_k[ch];
+        c->xv[i] = u + d * ly->x_v[ch];
+        c->xa[i] = u + d * ly->x_a[ch];
+        c->xg[i] = u + d * ly->x_g[ch];
+    }
+    matmul(c, c->r, c->xr, R, &ly->wr); // r [R][C]
+    matmul(c, c->k, c->xk, R, &ly->wk); // k-hat [R][C]
+    matmul(c, c->v, c->xv, R, &ly->wv); // v-hat [R][C]
+
+    // decay: w = exp(-e^-0.5 * sigmoid(w0 + tanh(x_w w1) w2))
+    matmul(c, c->lora, c->xw, R, &ly->w1);
+    for (size_t i = 0; i < (size_t)R * (size_t)ly->w1.rows; i++)
+        c->lora[i] = tanhf(c->lora[i]);
+    matmul(c, c->w, c->lora, R, &ly->w2);
+    for (size_t i = 0; i < RC; i++)
+        c->w[i] = expf(-DECAY_SCALE * sigmoidf(ly->w0[i % (size_t)C] + c->w[i]));
+
+    // in-context learning rate: a = sigmoid(a0 + (x_a a1) a2)
+    matmul(c, c->lora, c->xa, R, &ly->a1);
+    matmul(c, c->a, c->lora, R, &ly->a2);
+    for (size_t i = 0; i < RC; i++)
+        c->a[i] = sigmoidf(ly->a0[i % (size_t)C] + c->a[i]);
+
+    // value residual: layer 0 defines v_first, later layers mix towards it
+    if (l == 0) {
+        memcpy(c->vfirst, c->v, RC * sizeof(float));
+    } else {
+        matmul(c, c->lora, c->xv, R, &ly->v1);
+        matmul(c, c->tmp, c->lora, R, &ly->v2);
+        for (size_t i = 0; i < RC; i++) {
+            float nu = sigmoidf(ly->v0[i % (size_t)C] + c->tmp[i]);
+            c->v[i] += (c->vfirst[i] - c->v[i]) * nu;
+        }
+    }
+
+    // gate: g = sigmoid(x_g g1) g2
+    matmul(c, c->lora, c->xg, R, &ly->g1);
+    for (size_t i = 0; i < (size_t)R * (size_t)ly->g1.rows; i++)
+        c->lora[i] = sigmoidf(c->lora[i]);
+    matmul(c, c->g, c->lora, R, &ly->g2);
+
+    // removal key kk = normalize(k_hat * k_k) per head; replacement key k
+    for (int t = 0; t < R; t++)
+        for (int h = 0; h < H; h++) {
+            size_t o = (size_t)t * C + (size_t)h * N;
+            float ss = 0.0f;
+            for (int i = 0; i < N; i++) {
+                float q = c->k[o + i] * ly->k_k[h * N + i];
+                c->kk[o + i] = q;
+                ss += q * q;
+            }
+            float inv = 1.0f / fmaxf(sqrtf(ss), 1e-12f);
+            for (int i = 0; i < N; i++)
+                c->kk[o + i] *= inv;
+        }
+    for (size_t i = 0; i < RC; i++) {
+        size_t ch = i % (size_t)C;
+        c->k[i] *= 1.0f + (c->a[i] - 1.0f) * ly->k_a[ch];
+    }
+
+    struct wkv_job wj = {c, l, R, H, seq, st};
+    if (c->ref)
+        wkv_worker(0, 1, &wj);
+    else
+        rk__pool_run(c->pool, wkv_worker, &wj);
+
+    // per-head GroupNorm, bonus (r . k . r_k) v, gate
+    for (int t = 0; t < R; t++)
+        for (int h = 0; h < H; h++) {
+            size_t o = (size_t)t * C + (size_t)h * N;
+            float mean = 0.0f, var = 0.0f, bonus = 0.0f;
+            for (int i = 0; i < N; i++)
+                mean += c->y[o + i];
+            mean /= N;
+            for (int i = 0; i < N; i++) {
+                float d = c->y[o + i] - mean;
+                var += d * d;
+            }
+            var /= N;
+            float inv = 1.0f / sqrtf(var + GN_EPS);
+            for (int i = 0; i < N; i++)
+                bonus += c->r[o + i] * c->k[o + i] * ly->r_k[h * N + i];
+            for (int i = 0; i < N; i++) {
+                size_t ch = (size_t)h * N + (size_t)i;
+                float on = (c->y[o + i] - mean) * inv * ly->lnx_w[ch] + ly->lnx_b[ch];
+                c->tmp[o + i] = (on + bonus * c->v[o + i]) * c->g[o + i];
+            }
+        }
+    matmul(c, c->xr, c->tmp, R, &ly->wo);
+    for (size_t i = 0; i < RC; i++)
+        c->x[i] += c->xr[i];
+}
+
+static void channel_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
+{
+    const struct rk_model *m = c->m;
+    const struct rk_layer *ly = &m->layers[l];
+    int C = m->C;
+    size_t RC = (size_t)R * (size_t)C;
+    size_t lstride = 2 * (size_t)C + (size_t)m->H * N * N;
+    size_t off = (size_t)l * lstride + (size_t)C + (size_t)m->H * N * N;
+
+    for (int t = 0; t < R; t++)
+        rk__layernorm(c->u + (size_t)t * C, c->x + (size_t)t * C, ly->ln2_w, ly->ln2_b, C, LN_EPS);
+    token_shift(c, R, seq, st, off, c->u, c->prev);
+    for (size_t i = 0; i < RC; i++) {
+        float u = c->u[i];
+        c->xk[i] = u + (c->prev[i] - u) * ly->ffn_x_k[i % (size_t)C];
+    }
+    matmul(c, c->hidden, c->xk, R, &ly->ffn_key); // [R][F]
+    for (size_t i = 0; i < (size_t)R * (size_t)m->F; i++) {
+        float h = c->hidden[i] > 0.0f ? c->hidden[i] : 0.0f;
+        c->hidden[i] = h * h;
+    }
+    matmul(c, c->xr, c->hidden, R, &ly->ffn_value); // [R][C]
+    for (size_t i = 0; i < RC; i++)
+        c->x[i] += c->xr[i];
+}
+
+/* logits_mode: 0 none, 1 last row only, 2 every row. */
+static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, float *const *st, bool seq,
+                        float *logits, int logits_mode)
+{
+    const struct rk_model *m = c->m;
+    int C = m->C;
+    for (int t = 0; t < R; t++)
+        if (tokens[t] >= (uint32_t)m->V)
+            return RK_ERANGE;
+    for (int t = 0; t < R; t++) {
+        rk__weight_row(&m->emb, (int)tokens[t], c->tmp + (size_t)t * C);
+        rk__layernorm(c->x + (size_t)t * C, c->tmp + (size_t)t * C, m->ln0_w, m->ln0_b, C, LN_EPS);
+    }
+    for (int l = 0; l < m->L; l++) {
+        time_mix(c, l, R, seq, st);
+        channel_mix(c, l, R, seq, st);
+    }
+    if (!logits || logits_mode == 0)
+        return RK_OK;
+    int first = logits_mode == 1 ? R - 1 : 0;
+    for (int t = first; t < R; t++)
+        rk__layernorm(c->u + (size_t)(t - first) * C, c->x + (size_t)t * C, m->lnout_w, m->lnout_b,
+                      C, LN_EPS);
+    rk__matmul(c->pool, c->ref, logits, c->u, (size_t)(R - first), &m->head);
+    return RK_OK;
+}
+
+int rk_forward_seq(struct rk_ctx *ctx, const uint32_t *tokens, size_t n, float *state,
+                   float *logits, bool all_logits)
+{
+    if (!ctx || !tokens || !state || n == 0)
+        return RK_EINVAL;
+    size_t V = (size_t)ctx->m->V;
+    float *st[1] = {state};
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] >= (uint32_t)V)
+            return RK_ERANGE;
+    for (size_t t0 = 0; t0 < n; t0 += (size_t)ctx->rows_max) {
+        size_t R = n - t0 < (size_t)ctx->rows_max ? n - t0 : (size_t)ctx->rows_max;
+        bool last = t0 + R == n;
+        int mode = !logits ? 0 : all_logits ? 2 : last ? 1 : 0;
+        float *lg = !logits ? NULL : all_logits ? logits + t0 * V : logits;
+        int rc = forward_rows(ctx, (int)R, tokens + t0, st, true, lg, mode);
+        if (rc != RK_OK)
+            return rc;
+    }
+    return RK_OK;
+}
+
+int rk_forward_batch(struct rk_ctx *ctx, size_t B, const uint32_t *tokens, float *const *states,
+                     float *logits)
+{
+    if (!ctx || !tokens || !states || B == 0)
+        return RK_EINVAL;
+    size_t V = (size_t)ctx->m->V;
+    for (size_t i = 0; i < B; i++)
+        if (tokens[i] >= (uint32_t)V)
+            return RK_ERANGE;
+    for (size_t b0 = 0; b0 < B; b0 += (size_t)ctx->rows_max) {
+        size_t R = B - b0 < (size_t)ctx->rows_max ? B - b0 : (size_t)ctx->rows_max;
+        int rc = forward_rows(ctx, (int)R, tokens + b0, states + b0, false,
+                              logits ? logits + b0 * V : NULL, logits ? 2 : 0);
+        if (rc != RK_OK)
+            return rc;
+    }
+    return RK_OK;
+}
+
+int rk_forward_token(struct rk_ctx *ctx, uint32_t token, float *state, float *logits)
+{
+    return rk_forward_seq(ctx, &token, 1, state, logits, false);
+}

@@ -1,2 +1,888 @@
-/* rwkv7_backward.c: work in progress. */
+/*
+ * rwkv7_backward.c - dLoss/d(initial state) of RWKV-7 by backpropagation
+ * through time (rk_backward_seq), weights frozen.
+ *
+ * The math is Part 2 (forward) and Part 3 (backward) of the project's RWKV-7
+ * spec; tools/ref_backward_torch.py is an independent float64 autograd version
+ * of the same function and tests/golden/test_backward.c compares the two and
+ * checks both against central finite differences.
+ *
+ * Plan (spec 3.3):
+ *   1. forward over the whole sequence, one layer at a time (GEMMs over all T
+ *      rows), keeping only each layer's residual input xs[l] [T][C] and the
+ *      layer-0 value v_first [T][C];
+ *   2. loss over the selected positions, backward through head and ln_out
+ *      (in token chunks, so the [T][V] logits never exist at once);
+ *   3. for l = L-1..0: recompute layer l from xs[l] and state0, keeping its
+ *      per-token intermediates and a WKV checkpoint every K tokens; backprop
+ *      the channel-mix, then the time-mix, with the WKV recurrence run in
+ *      reverse chunk by chunk (each chunk's states recomputed from its
+ *      checkpoint). The reverse WKV leaves dLoss/dS0 of every head; the two
+ *      token-shift gradients fall out of the lerps at t = 0.
+ *
+ * Self-contained: it uses only the model struct and the shared kernels of
+ * core_int.h (rk__matmul, rk__weight_row), not the forward pass's internals.
+ * Products with a transposed weight (every backward linear map) go through
+ * matmul_t below, which transposes the weight block by block into fp32
+ * scratch and calls rk__matmul on it. Memory: docs/TUNING.md.
+ */
 #include "core_int.h"
+
+#include <math.h>
+#include <string.h>
+
+#define DECAY_C 0.60653065971263342 /* e^{-1/2}: w = exp(-e^{-1/2} sigmoid(z)) */
+#define LN_EPS 1e-5
+#define GN_EPS 64e-5
+#define TRANSPOSE_FLOATS_MAX (4u << 20) /* fp32 scratch for one transposed weight block */
+
+/* --- one backward call: sizes, buffers ------------------------------------ */
+
+struct bwd {
+    const struct rk_model *m;
+    struct rk__pool *pool;
+    size_t T;
+    int L, C, H, N, F, V;
+    int K; /* tokens between WKV checkpoints */
+    struct rk_state_layout lay;
+
+    /* whole sequence */
+    float *xs;      /* [L+1][T][C] residual input of layer l; xs[L] feeds ln_out */
+    float *vfirst;  /* [T][C] layer-0 value */
+    float *dvfirst; /* [T][C] dLoss/dv_first summed over layers >= 1 */
+    float *dx;      /* [T][C] gradient w.r.t. the current layer's output, then input */
+
+    /* one layer's activations, [T][...] */
+    float *mu1, *rs1;            /* [T] LN1 mean and 1/std */
+    float *u;                    /* [T][C] LN1 output */
+    float *xr, *xw, *xk, *xv, *xa, *xg; /* [T][C] lerps (reused as their gradients) */
+    float *r, *kh, *vh;          /* [T][C] receptance, raw key, raw value */
+    float *sz, *w;               /* [T][C] sigmoid(z) and decay */
+    float *tw;                   /* [T][Dw] tanh(x_w w1) */
+    float *alpha, *nu;           /* [T][C] in-context rate, value-residual mix */
+    float *gh, *g;               /* [T][Dg] sigmoid(x_g g1), [T][C] gate */
+    float *kk, *qn;              /* [T][C] removal key, [T][H] its pre-norm length */
+    float *k, *v;                /* [T][C] replacement key, mixed value */
+    float *y;                    /* [T][C] WKV output */
+    float *gmu, *grs;            /* [T][H] GroupNorm mean and 1/std */
+    float *sb;                   /* [T][H] bonus scalar sum_j r k r_k */
+    float *o;                    /* [T][C] GroupNorm + bonus output */
+    float *xm;                   /* [T][C] residual after time-mix (LN2 input) */
+    float *mu2, *rs2;            /* [T] */
+    float *u2;                   /* [T][C] LN2 output */
+    float *fs;                   /* [T][F] ffn key pre-activation */
+    float *ck;                   /* [T/K+1][H][N][N] WKV state before token c*K */
+
+    /* backward / scratch */
+    float *t0, *t1, *t2, *t3;    /* [T][C] */
+    float *tf;                   /* [T][F] */
+    float *tlr;                  /* [T][Dmax] */
+    float *sbuf;                 /* [K+1][H][N][N] states of one chunk */
+    float *sabuf;                /* [K][H][N] sa of one chunk */
+    float *G;                    /* [H][N][N] dLoss/dS */
+    float *wt;                   /* transposed weight block, <= TRANSPOSE_FLOATS_MAX */
+    float *wrows;                /* same size: rows of that block before transposing */
+    float *ybuf;                 /* [T][max(C,F)] product of one block */
+    float *yblk;                 /* [T][Bmax] contiguous slice of dY */
+    size_t blk_rows_max;
+
+    /* head */
+    size_t Tc;                   /* selected positions per head chunk */
+    float *logits;               /* [Tc][V] */
+    float *hx;                   /* [Tc][C] ln_out input rows */
+    float *hn;                   /* [Tc][C] ln_out output rows, then their gradient */
+    float *hmu, *hrs;            /* [Tc] */
+};
+
+static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* Layer norm of n values with population variance; writes the output and
+ * returns mean and 1/std (accumulated in double). */
+static void ln_fwd(float *out, const float *x, const float *w, const float *b, int n, double eps,
+                   float *mu_out, float *rs_out)
+{
+    double s = 0, ss = 0;
+    for (int i = 0; i < n; i++)
+        s += x[i];
+    double mu = s / n;
+    for (int i = 0; i < n; i++) {
+        double d = x[i] - mu;
+        ss += d * d;
+    }
+    double rs = 1.0 / sqrt(ss / n + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = (float)((x[i] - mu) * rs) * w[i] + b[i];
+    *mu_out = (float)mu;
+    *rs_out = (float)rs;
+}
+
+/* dx += d(LN)/dx applied to dout: with xhat = (x-mu)*rs and h = dout*w,
+ * dx = (h - mean(h) - xhat*mean(h*xhat)) * rs. */
+static void ln_bwd(float *dx, const float *dout, const float *x, const float *w, int n, float mu,
+                   float rs)
+{
+    double sh = 0, shx = 0;
+    for (int i = 0; i < n; i++) {
+        double h = (double)dout[i] * w[i];
+        double xh = ((double)x[i] - mu) * rs;
+        sh += h;
+        shx += h * xh;
+    }
+    double mh = sh / n, mhx = shx / n;
+    for (int i = 0; i < n; i++) {
+        double h = (double)dout[i] * w[i];
+        double xh = ((double)x[i] - mu) * rs;
+        dx[i] += (float)((h - mh - xh * mhx) * rs);
+    }
+}
+
+/* Y[n][W.rows] = X[n][W.cols] W^T (the forward product). */
+static void matmul(struct bwd *b, float *Y, const float *X, size_t n, const struct rk_weight *W)
+{
+    rk__matmul(b->pool, false, Y, X, n, W);
+}
+
+/* dX[n][W.cols] (+)= dY[n][W.rows] W, the product with the transposed weight.
+ * Rows of W are taken in blocks; each block is converted to fp32, transposed
+ * into b->wt as a [cols][B] matrix and handed to rk__matmul. The extra work is
+ * one pass over the weight per call, small next to the n*rows*cols product. */
+static void matmul_t(struct bwd *b, float *dX, const float *dY, size_t n,
+                     const struct rk_weight *W, bool accumulate)
+{
+    const int rows = W->rows, cols = W->cols;
+    size_t B = TRANSPOSE_FLOATS_MAX / (size_t)cols;
+    if (B > b->blk_rows_max)
+        B = b->blk_rows_max;
+    if (B >= (size_t)rows)
+        B = (size_t)rows;
+    RK_ASSERT(B >= 1);
+    for (int r0 = 0; r0 < rows; r0 += (int)B) {
+        int nb = rows - r0 < (int)B ? rows - r0 : (int)B;
+        /* rows [r0, r0+nb) as fp32, then transposed to wt[c][i] */
+        for (int i = 0; i < nb; i++) {
+            float *dst = b->wrows + (size_t)i * cols;
+            if (W->dtype == RK_DTYPE_F32)
+                memcpy(dst, (const float *)W->data + (size_t)(r0 + i) * cols,
+                       sizeof(float) * cols);
+            else
+                rk__weight_row(W, r0 + i, dst);
+        }
+        enum { TB = 32 };
+        for (int c0 = 0; c0 < cols; c0 += TB)
+            for (int i0 = 0; i0 < nb; i0 += TB) {
+                int c1 = c0 + TB < cols ? c0 + TB : cols;
+                int i1 = i0 + TB < nb ? i0 + TB : nb;
+                for (int c = c0; c < c1; c++)
+                    for (int i = i0; i < i1; i++)
+                        b->wt[(size_t)c * nb + i] = b->wrows[(size_t)i * cols + c];
+            }
+        struct rk_weight wt = {.dtype = RK_DTYPE_F32, .data = b->wt, .rows = cols, .cols = nb};
+        const float *src = dY;
+        if (nb != rows) {
+            for (size_t t = 0; t < n; t++)
+                memcpy(b->yblk + t * nb, dY + t * rows + r0, sizeof(float) * nb);
+            src = b->yblk;
+        }
+        if (!accumulate && r0 == 0) {
+            rk__matmul(b->pool, false, dX, src, n, &wt);
+        } else {
+            rk__matmul(b->pool, false, b->ybuf, src, n, &wt);
+            size_t tot = n * (size_t)cols;
+            for (size_t i = 0; i < tot; i++)
+                dX[i] += b->ybuf[i];
+        }
+    }
+}
+
+/* --- memory plan ---------------------------------------------------------- */
+
+/* Every buffer is carved from one aligned block; `plan` computes offsets in
+ * floats (rounded to 16 so each slice stays 64-byte aligned). */
+struct plan {
+    size_t off;
+    float *base;
+};
+
+static float *carve(struct plan *p, size_t n)
+{
+    float *r = p->base ? p->base + p->off : NULL;
+    p->off += (n + 15) & ~(size_t)15;
+    return r;
+}
+
+static void layout(struct bwd *b, struct plan *p)
+{
+    const size_t T = b->T, C = b->C, H = b->H, NN = (size_t)b->N * b->N, F = b->F;
+    const struct rk_model *m = b->m;
+    size_t dmax = m->Dw;
+    if ((size_t)m->Da > dmax) dmax = m->Da;
+    if ((size_t)m->Dv > dmax) dmax = m->Dv;
+    if ((size_t)m->Dg > dmax) dmax = m->Dg;
+    size_t nck = (T + b->K - 1) / b->K + 1;
+
+    b->xs = carve(p, (size_t)(b->L + 1) * T * C);
+    b->vfirst = carve(p, T * C);
+    b->dvfirst = carve(p, T * C);
+    b->dx = carve(p, T * C);
+    b->mu1 = carve(p, T);
+    b->rs1 = carve(p, T);
+    b->u = carve(p, T * C);
+    b->xr = carve(p, T * C);
+    b->xw = carve(p, T * C);
+    b->xk = carve(p, T * C);
+    b->xv = carve(p, T * C);
+    b->xa = carve(p, T * C);
+    b->xg = carve(p, T * C);
+    b->r = carve(p, T * C);
+    b->kh = carve(p, T * C);
+    b->vh = carve(p, T * C);
+    b->sz = carve(p, T * C);
+    b->w = carve(p, T * C);
+    b->tw = carve(p, T * (size_t)m->Dw);
+    b->alpha = carve(p, T * C);
+    b->nu = carve(p, T * C);
+    b->gh = carve(p, T * (size_t)m->Dg);
+    b->g = carve(p, T * C);
+    b->kk = carve(p, T * C);
+    b->qn = carve(p, T * H);
+    b->k = carve(p, T * C);
+    b->v = carve(p, T * C);
+    b->y = carve(p, T * C);
+    b->gmu = carve(p, T * H);
+    b->grs = carve(p, T * H);
+    b->sb = carve(p, T * H);
+    b->o = carve(p, T * C);
+    b->xm = carve(p, T * C);
+    b->mu2 = carve(p, T);
+    b->rs2 = carve(p, T);
+    b->u2 = carve(p, T * C);
+    b->fs = carve(p, T * F);
+    b->ck = carve(p, nck * H * NN);
+    b->t0 = carve(p, T * C);
+    b->t1 = carve(p, T * C);
+    b->t2 = carve(p, T * C);
+    b->t3 = carve(p, T * C);
+    b->tf = carve(p, T * F);
+    b->tlr = carve(p, T * dmax);
+    b->sbuf = carve(p, (size_t)(b->K + 1) * H * NN);
+    b->sabuf = carve(p, (size_t)b->K * C);
+    b->G = carve(p, H * NN);
+    b->wt = carve(p, TRANSPOSE_FLOATS_MAX);
+    b->wrows = carve(p, TRANSPOSE_FLOATS_MAX);
+    size_t wide = (size_t)b->V > F ? (size_t)b->V : F;
+    if (wide < C)
+        wide = C;
+    b->ybuf = carve(p, (T > b->Tc ? T : b->Tc) * (F > C ? F : C));
+    b->blk_rows_max = TRANSPOSE_FLOATS_MAX / (size_t)(C < F ? C : F);
+    if (b->blk_rows_max > wide)
+        b->blk_rows_max = wide;
+    b->yblk = carve(p, (T > b->Tc ? T : b->Tc) * b->blk_rows_max);
+    b->logits = carve(p, b->Tc * (size_t)b->V);
+    b->hx = carve(p, b->Tc * C);
+    b->hn = carve(p, b->Tc * C);
+    b->hmu = carve(p, b->Tc);
+    b->hrs = carve(p, b->Tc);
+}
+
+/* --- forward of one layer over all T tokens, keeping activations ---------- */
+
+/* One WKV step for all heads: S [H][N][N] is updated in place from S_{t-1} to
+ * S_t; sa [C] receives S_{t-1} a per head; y [C] (may be NULL) gets S_t r.
+ * a = -kk, b = kk*alpha (spec 2.2 step 10). */
+static void wkv_step(int H, int N, float *S, const float *r, const float *w, const float *k,
+                     const float *v, const float *kk, const float *alpha, float *sa, float *y)
+{
+    for (int h = 0; h < H; h++) {
+        float *Sh = S + (size_t)h * N * N;
+        const float *rh = r + h * N, *wh = w + h * N, *kh = k + h * N, *vh = v + h * N;
+        const float *kkh = kk + h * N, *ah = alpha + h * N;
+        float bb[RK_HEAD_SIZE], aa[RK_HEAD_SIZE];
+        for (int j = 0; j < N; j++) {
+            aa[j] = -kkh[j];
+            bb[j] = kkh[j] * ah[j];
+        }
+        for (int i = 0; i < N; i++) {
+            float *row = Sh + (size_t)i * N;
+            float s = 0;
+            for (int j = 0; j < N; j++)
+                s += row[j] * aa[j];
+            sa[h * N + i] = s;
+            float acc = 0;
+            for (int j = 0; j < N; j++) {
+                row[j] = row[j] * wh[j] + s * bb[j] + vh[i] * kh[j];
+                acc += row[j] * rh[j];
+            }
+            if (y)
+                y[h * N + i] = acc;
+        }
+    }
+}
+
+/* Layer l over all tokens from xs[l] and the layer's part of state0. With
+ * `out` non-NULL the layer output is written there (the first forward);
+ * otherwise the ffn value product is skipped (the recompute of backward). */
+static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
+{
+    const struct rk_model *m = b->m;
+    const struct rk_layer *ly = &m->layers[l];
+    const size_t T = b->T;
+    const int C = b->C, H = b->H, N = b->N, F = b->F;
+    const float *x = b->xs + (size_t)l * T * C;
+    const float *p_att0 = st0 + b->lay.att_shift;
+    const float *S0 = st0 + b->lay.wkv;
+    const float *p_ffn0 = st0 + b->lay.ffn_shift;
+
+    for (size_t t = 0; t < T; t++)
+        ln_fwd(b->u + t * C, x + t * C, ly->ln1_w, ly->ln1_b, C, LN_EPS, &b->mu1[t], &b->rs1[t]);
+    for (size_t t = 0; t < T; t++) {
+        const float *u = b->u + t * C;
+        const float *p = t ? b->u + (t - 1) * C : p_att0;
+        for (int c = 0; c < C; c++) {
+            float d = p[c] - u[c];
+            b->xr[t * C + c] = u[c] + d * ly->x_r[c];
+            b->xw[t * C + c] = u[c] + d * ly->x_w[c];
+            b->xk[t * C + c] = u[c] + d * ly->x_k[c];
+            b->xv[t * C + c] = u[c] + d * ly->x_v[c];
+            b->xa[t * C + c] = u[c] + d * ly->x_a[c];
+            b->xg[t * C + c] = u[c] + d * ly->x_g[c];
+        }
+    }
+    matmul(b, b->r, b->xr, T, &ly->wr);
+    matmul(b, b->kh, b->xk, T, &ly->wk);
+    matmul(b, b->vh, b->xv, T, &ly->wv);
+
+    /* decay: z = w0 + tanh(x_w w1) w2, w = exp(-e^{-1/2} sigmoid(z)) */
+    matmul(b, b->tw, b->xw, T, &ly->w1);
+    for (size_t i = 0; i < T * (size_t)m->Dw; i++)
+        b->tw[i] = tanhf(b->tw[i]);
+    matmul(b, b->t0, b->tw, T, &ly->w2);
+    for (size_t t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) {
+            size_t i = t * C + c;
+            float s = sigmoidf_(ly->w0[c] + b->t0[i]);
+            b->sz[i] = s;
+            b->w[i] = expf((float)(-DECAY_C) * s);
+        }
+    /* in-context learning rate */
+    matmul(b, b->tlr, b->xa, T, &ly->a1);
+    matmul(b, b->t0, b->tlr, T, &ly->a2);
+    for (size_t t = 0; t < T; t++)
+        for (int c = 0; c < C; c++)
+            b->alpha[t * C + c] = sigmoidf_(ly->a0[c] + b->t0[t * C + c]);
+    /* value residual */
+    if (l == 0) {
+        memcpy(b->v, b->vh, sizeof(float) * T * C);
+        memcpy(b->vfirst, b->vh, sizeof(float) * T * C);
+    } else {
+        matmul(b, b->tlr, b->xv, T, &ly->v1);
+        matmul(b, b->t0, b->tlr, T, &ly->v2);
+        for (size_t i = 0; i < T * (size_t)C; i++) {
+            float nu = sigmoidf_(ly->v0[i % C] + b->t0[i]);
+            b->nu[i] = nu;
+            b->v[i] = b->vh[i] + (b->vfirst[i] - b->vh[i]) * nu;
+        }
+    }
+    /* gate */
+    matmul(b, b->gh, b->xg, T, &ly->g1);
+    for (size_t i = 0; i < T * (size_t)m->Dg; i++)
+        b->gh[i] = sigmoidf_(b->gh[i]);
+    matmul(b, b->g, b->gh, T, &ly->g2);
+    /* removal key kk = normalize(kh * k_k) per head; replacement key k */
+    for (size_t t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++) {
+            double ss = 0;
+            for (int j = 0; j < N; j++) {
+                int c = h * N + j;
+                double q = (double)b->kh[t * C + c] * ly->k_k[c];
+                ss += q * q;
+            }
+            double nrm = sqrt(ss);
+            if (nrm < 1e-12)
+                nrm = 1e-12;
+            b->qn[t * H + h] = (float)nrm;
+            for (int j = 0; j < N; j++) {
+                int c = h * N + j;
+                b->kk[t * C + c] = (float)(b->kh[t * C + c] * ly->k_k[c] / nrm);
+            }
+        }
+        for (int c = 0; c < C; c++) {
+            size_t i = t * C + c;
+            b->k[i] = b->kh[i] * (1.0f + (b->alpha[i] - 1.0f) * ly->k_a[c]);
+        }
+    }
+    /* WKV with a checkpoint every K tokens */
+    const size_t HNN = (size_t)H * N * N;
+    float *S = b->G; /* G is free during the forward */
+    memcpy(S, S0, sizeof(float) * HNN);
+    for (size_t t = 0; t < T; t++) {
+        if (t % b->K == 0)
+            memcpy(b->ck + (t / b->K) * HNN, S, sizeof(float) * HNN);
+        wkv_step(H, N, S, b->r + t * C, b->w + t * C, b->k + t * C, b->v + t * C,
+                 b->kk + t * C, b->alpha + t * C, b->sabuf, b->y + t * C);
+    }
+    /* GroupNorm per head, bonus, gate, output */
+    for (size_t t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++) {
+            const float *yh = b->y + t * C + h * N;
+            double s = 0, ss = 0, bon = 0;
+            for (int j = 0; j < N; j++)
+                s += yh[j];
+            double mu = s / N;
+            for (int j = 0; j < N; j++)
+                ss += ((double)yh[j] - mu) * ((double)yh[j] - mu);
+            double rs = 1.0 / sqrt(ss / N + GN_EPS);
+            for (int j = 0; j < N; j++) {
+                int c = h * N + j;
+                bon += (double)b->r[t * C + c] * b->k[t * C + c] * ly->r_k[c];
+            }
+            b->gmu[t * H + h] = (float)mu;
+            b->grs[t * H + h] = (float)rs;
+            b->sb[t * H + h] = (float)bon;
+            for (int j = 0; j < N; j++) {
+                int c = h * N + j;
+                float gn = (float)((yh[j] - mu) * rs) * ly->lnx_w[c] + ly->lnx_b[c];
+                b->o[t * C + c] = gn + (float)bon * b->v[t * C + c];
+            }
+        }
+        for (int c = 0; c < C; c++)
+            b->t1[t * C + c] = b->o[t * C + c] * b->g[t * C + c];
+    }
+    matmul(b, b->t0, b->t1, T, &ly->wo);
+    for (size_t i = 0; i < T * (size_t)C; i++)
+        b->xm[i] = x[i] + b->t0[i];
+
+    /* channel mix */
+    for (size_t t = 0; t < T; t++)
+        ln_fwd(b->u2 + t * C, b->xm + t * C, ly->ln2_w, ly->ln2_b, C, LN_EPS, &b->mu2[t],
+               &b->rs2[t]);
+    for (size_t t = 0; t < T; t++) {
+        const float *u2 = b->u2 + t * C;
+        const float *p = t ? b->u2 + (t - 1) * C : p_ffn0;
+        for (int c = 0; c < C; c++)
+            b->t1[t * C + c] = u2[c] + (p[c] - u2[c]) * ly->ffn_x_k[c];
+    }
+    matmul(b, b->fs, b->t1, T, &ly->ffn_key);
+    if (!out)
+        return;
+    for (size_t i = 0; i < T * (size_t)F; i++) {
+        float s = b->fs[i] > 0 ? b->fs[i] : 0;
+        b->tf[i] = s * s;
+    }
+    matmul(b, out, b->tf, T, &ly->ffn_value);
+    for (size_t i = 0; i < T * (size_t)C; i++)
+        out[i] += b->xm[i];
+}
+
+/* --- backward of one layer ------------------------------------------------ */
+
+/* Reverse WKV over all T tokens for all heads (spec 3.1). Inputs: dy [T][C]
+ * (b->t0). Outputs accumulated into: dr (b->t1, already holding the bonus
+ * part), and written: dw -> b->xw, dk -> b->xk (added to bonus part held
+ * there), dv -> b->xv (added), da -> b->xa, db -> b->xg. dS0 -> dS0. */
+static void wkv_bwd(struct bwd *b, const float *dy, float *dr, float *dw, float *dk, float *dv,
+                    float *da, float *db, float *dS0)
+{
+    const size_t T = b->T;
+    const int C = b->C, H = b->H, N = b->N, K = b->K;
+    const size_t HNN = (size_t)H * N * N;
+    float *G = b->G;
+    memset(G, 0, sizeof(float) * HNN);
+    memset(dw, 0, sizeof(float) * T * C);
+    memset(da, 0, sizeof(float) * T * C);
+    memset(db, 0, sizeof(float) * T * C);
+    size_t nchunk = (T + K - 1) / K;
+    for (size_t ci = nchunk; ci-- > 0;) {
+        size_t ta = ci * K, tb = ta + K < T ? ta + K : T;
+        /* states S_{ta-1} .. S_{tb-1} and sa of the chunk */
+        memcpy(b->sbuf, b->ck + ci * HNN, sizeof(float) * HNN);
+        for (size_t t = ta; t < tb; t++) {
+            float *Sn = b->sbuf + (t - ta + 1) * HNN;
+            memcpy(Sn, Sn - HNN, sizeof(float) * HNN);
+            wkv_step(H, N, Sn, b->r + t * C, b->w + t * C, b->k + t * C, b->v + t * C,
+                     b->kk + t * C, b->alpha + t * C, b->sabuf + (t - ta) * C, NULL);
+        }
+        for (size_t t = tb; t-- > ta;) {
+            const float *Sold_all = b->sbuf + (t - ta) * HNN;
+            const float *Snew_all = Sold_all + HNN;
+            const float *sa_all = b->sabuf + (t - ta) * C;
+            for (int h = 0; h < H; h++) {
+                size_t o = t * C + h * N;
+                const float *Sold = Sold_all + (size_t)h * N * N;
+                const float *Snew = Snew_all + (size_t)h * N * N;
+                const float *sa = sa_all + h * N;
+                const float *r = b->r + o, *w = b->w + o, *k = b->k + o, *v = b->v + o;
+                const float *kk = b->kk + o, *al = b->alpha + o, *dyh = dy + o;
+                float *Gh = G + (size_t)h * N * N;
+                float aa[RK_HEAD_SIZE], bb[RK_HEAD_SIZE];
+                float cdr[RK_HEAD_SIZE] = {0}, cdw[RK_HEAD_SIZE] = {0}, cdb[RK_HEAD_SIZE] = {0};
+                float cdk[RK_HEAD_SIZE] = {0}, cda[RK_HEAD_SIZE] = {0};
+                for (int j = 0; j < N; j++) {
+                    aa[j] = -kk[j];
+                    bb[j] = kk[j] * al[j];
+                }
+                for (int i = 0; i < N; i++) {
+                    float *Gr = Gh + (size_t)i * N;
+                    const float *So = Sold + (size_t)i * N, *Sn = Snew + (size_t)i * N;
+                    const float dyi = dyh[i], sai = sa[i], vi = v[i];
+                    float dsa = 0, dvi = 0;
+                    for (int j = 0; j < N; j++) {
+                        float gij = Gr[j] + dyi * r[j]; /* full dL/dS_t */
+                        Gr[j] = gij;
+                        cdr[j] += Sn[j] * dyi;
+                        cdw[j] += gij * So[j];
+                        cdb[j] += gij * sai;
+                        cdk[j] += gij * vi;
+                        dsa += gij * bb[j];
+                        dvi += gij * k[j];
+                    }
+                    for (int j = 0; j < N; j++) {
+                        cda[j] += So[j] * dsa;
+                        Gr[j] = Gr[j] * w[j] + dsa * aa[j]; /* dL/dS_{t-1} */
+                    }
+                    dv[o + i] += dvi;
+                }
+                for (int j = 0; j < N; j++) {
+                    dr[o + j] += cdr[j];
+                    dw[o + j] = cdw[j];
+                    db[o + j] = cdb[j];
+                    dk[o + j] += cdk[j];
+                    da[o + j] = cda[j];
+                }
+            }
+        }
+    }
+    memcpy(dS0, G, sizeof(float) * HNN);
+}
+
+/* Backward of layer l. On entry b->dx holds dLoss/d(layer output) and the
+ * activations of layer l are in place (layer_fwd with out = NULL); on exit
+ * b->dx holds dLoss/d(layer input) and dst0 (this layer's part of dstate0)
+ * is written. */
+static void layer_bwd(struct bwd *b, int l, float *dst0)
+{
+    const struct rk_model *m = b->m;
+    const struct rk_layer *ly = &m->layers[l];
+    const size_t T = b->T, TC = b->T * (size_t)b->C;
+    const int C = b->C, H = b->H, N = b->N, F = b->F;
+    const float *x = b->xs + (size_t)l * T * C;
+    float *dx = b->dx;
+
+    /* channel mix: out = xm + Wv relu(Wk xk2)^2, xk2 = u2 + (p2 - u2) mu_k */
+    matmul_t(b, b->tf, dx, T, &ly->ffn_value, false); /* d hidden [T][F] */
+    for (size_t i = 0; i < T * (size_t)F; i++)
+        b->tf[i] = b->fs[i] > 0 ? b->tf[i] * 2.0f * b->fs[i] : 0.0f;
+    float *dxk2 = b->t0;
+    matmul_t(b, dxk2, b->tf, T, &ly->ffn_key, false);
+    float *dffn0 = dst0 + b->lay.ffn_shift;
+    float *du2 = b->t1;
+    for (size_t t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) {
+            float mk = ly->ffn_x_k[c];
+            float g = dxk2[t * C + c] * (1.0f - mk);
+            if (t + 1 < T)
+                g += dxk2[(t + 1) * C + c] * mk;
+            du2[t * C + c] = g;
+        }
+    for (int c = 0; c < C; c++)
+        dffn0[c] = dxk2[c] * ly->ffn_x_k[c];
+    /* dxm = dx (residual) + LN2 backward */
+    float *dxm = dx; /* updated in place */
+    for (size_t t = 0; t < T; t++)
+        ln_bwd(dxm + t * C, du2 + t * C, b->xm + t * C, ly->ln2_w, C, b->mu2[t], b->rs2[t]);
+
+    /* time mix output: xm = x + Wo (o * g) */
+    float *dmo = b->t0;
+    matmul_t(b, dmo, dxm, T, &ly->wo, false);
+    float *dg = b->t2, *dO = b->t1;
+    for (size_t i = 0; i < TC; i++) {
+        dg[i] = dmo[i] * b->o[i];
+        dO[i] = dmo[i] * b->g[i];
+    }
+    /* bonus o += sb * v, sb = sum_j r k r_k; GroupNorm backward into dy (t0) */
+    float *dr = b->xr, *dk = b->xk, *dv = b->xv;
+    float *dy = b->t0; /* dmo is no longer needed */
+    for (size_t t = 0; t < T; t++)
+        for (int h = 0; h < H; h++) {
+            size_t o = t * C + h * N;
+            double dsb = 0;
+            for (int j = 0; j < N; j++)
+                dsb += (double)dO[o + j] * b->v[o + j];
+            float sbv = b->sb[t * H + h];
+            for (int j = 0; j < N; j++) {
+                int c = h * N + j;
+                dv[o + j] = dO[o + j] * sbv;
+                dr[o + j] = (float)dsb * b->k[o + j] * ly->r_k[c];
+                dk[o + j] = (float)dsb * b->r[o + j] * ly->r_k[c];
+            }
+            /* GroupNorm: input y, weight lnx_w */
+            double sh = 0, shx = 0;
+            float mu = b->gmu[t * H + h], rs = b->grs[t * H + h];
+            for (int j = 0; j < N; j++) {
+                double hh = (double)dO[o + j] * ly->lnx_w[h * N + j];
+                double xh = ((double)b->y[o + j] - mu) * rs;
+                sh += hh;
+                shx += hh * xh;
+            }
+            double mh = sh / N, mhx = shx / N;
+            for (int j = 0; j < N; j++) {
+                double hh = (double)dO[o + j] * ly->lnx_w[h * N + j];
+                double xh = ((double)b->y[o + j] - mu) * rs;
+                dy[o + j] = (float)((hh - mh - xh * mhx) * rs);
+            }
+        }
+    float *dw = b->xw, *da = b->xa, *db = b->xg;
+    /* dg (t2) must survive; da/db/dw reuse the lerp buffers of w, a, g
+     * whose forward values are no longer needed. */
+    wkv_bwd(b, dy, dr, dw, dk, dv, da, db, dst0 + b->lay.wkv);
+
+    /* chain back to kh, alpha, v-hat, z (spec 3.2) */
+    float *dkh = b->t1, *dal = b->t3;
+    for (size_t t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++) {
+            size_t o = t * C + h * N;
+            double dot = 0;
+            float dkk[RK_HEAD_SIZE];
+            for (int j = 0; j < N; j++) {
+                dkk[j] = -da[o + j] + db[o + j] * b->alpha[o + j];
+                dot += (double)b->kk[o + j] * dkk[j];
+            }
+            float qn = b->qn[t * H + h];
+            for (int j = 0; j < N; j++) {
+                int c = h * N + j;
+                size_t i = o + j;
+                float dq = (dkk[j] - b->kk[i] * (float)dot) / qn;
+                float al = b->alpha[i];
+                dkh[i] = dk[i] * (1.0f + (al - 1.0f) * ly->k_a[c]) + dq * ly->k_k[c];
+                dal[i] = db[i] * b->kk[i] + dk[i] * b->kh[i] * ly->k_a[c];
+            }
+        }
+    }
+    /* matrices r, k (dkh complete), then free dr/dk buffers for dx_r/dx_k */
+    float *dxr = b->t0;
+    matmul_t(b, dxr, dr, T, &ly->wr, false);
+    memcpy(b->xr, dxr, sizeof(float) * TC);
+    matmul_t(b, b->xk, dkh, T, &ly->wk, false); /* dk (xk) was consumed into dkh */
+    /* value: l >= 1 mixes with v_first */
+    float *dvh = b->t0;
+    if (l == 0) {
+        for (size_t i = 0; i < TC; i++)
+            dvh[i] = dv[i] + b->dvfirst[i];
+        matmul_t(b, b->xv, dvh, T, &ly->wv, false);
+    } else {
+        float *dzv = b->t1; /* dkh consumed */
+        for (size_t i = 0; i < TC; i++) {
+            float nu = b->nu[i];
+            dvh[i] = dv[i] * (1.0f - nu);
+            b->dvfirst[i] += dv[i] * nu;
+            float dnu = dv[i] * (b->vfirst[i] - b->vh[i]);
+            dzv[i] = dnu * nu * (1.0f - nu);
+        }
+        matmul_t(b, b->xv, dvh, T, &ly->wv, false);
+        matmul_t(b, b->tlr, dzv, T, &ly->v2, false);
+        matmul_t(b, b->xv, b->tlr, T, &ly->v1, true);
+    }
+    /* decay: dz = dw * w * (-c) * s(1-s); z = w0 + tanh(xw w1) w2 */
+    float *dz = b->t0;
+    for (size_t i = 0; i < TC; i++) {
+        float s = b->sz[i];
+        dz[i] = dw[i] * b->w[i] * (float)(-DECAY_C) * s * (1.0f - s);
+    }
+    matmul_t(b, b->tlr, dz, T, &ly->w2, false);
+    for (size_t i = 0; i < T * (size_t)m->Dw; i++)
+        b->tlr[i] *= 1.0f - b->tw[i] * b->tw[i];
+    matmul_t(b, b->xw, b->tlr, T, &ly->w1, false);
+    /* alpha = sigmoid(a0 + (xa a1) a2) */
+    for (size_t i = 0; i < TC; i++)
+        dz[i] = dal[i] * b->alpha[i] * (1.0f - b->alpha[i]);
+    matmul_t(b, b->tlr, dz, T, &ly->a2, false);
+    matmul_t(b, b->xa, b->tlr, T, &ly->a1, false);
+    /* gate g = sigmoid(xg g1) g2 */
+    matmul_t(b, b->tlr, dg, T, &ly->g2, false);
+    for (size_t i = 0; i < T * (size_t)m->Dg; i++)
+        b->tlr[i] *= b->gh[i] * (1.0f - b->gh[i]);
+    matmul_t(b, b->xg, b->tlr, T, &ly->g1, false);
+
+    /* lerps x_c = u + (p - u) mu_c, p_t = u_{t-1} (or the shift state) */
+    float *du = b->t0;
+    float *datt0 = dst0 + b->lay.att_shift;
+    const float *mus[6] = {ly->x_r, ly->x_w, ly->x_k, ly->x_v, ly->x_a, ly->x_g};
+    float *dxs[6] = {b->xr, b->xw, b->xk, b->xv, b->xa, b->xg};
+    for (size_t t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) {
+            float g = 0, gp = 0;
+            for (int q = 0; q < 6; q++) {
+                g += dxs[q][t * C + c] * (1.0f - mus[q][c]);
+                if (t + 1 < T)
+                    gp += dxs[q][(t + 1) * C + c] * mus[q][c];
+            }
+            du[t * C + c] = g + gp;
+        }
+    for (int c = 0; c < C; c++) {
+        float gp = 0;
+        for (int q = 0; q < 6; q++)
+            gp += dxs[q][c] * mus[q][c];
+        datt0[c] = gp;
+    }
+    /* dx_in = dxm (residual, already in dx) + LN1 backward */
+    for (size_t t = 0; t < T; t++)
+        ln_bwd(dx + t * C, du + t * C, x + t * C, ly->ln1_w, C, b->mu1[t], b->rs1[t]);
+}
+
+/* --- loss and head -------------------------------------------------------- */
+
+/* Loss over the selected positions and dLoss/dxs[L] into b->dx. */
+static int head_fwd_bwd(struct bwd *b, const uint32_t *targets, const size_t *sel, size_t nsel,
+                        double *loss)
+{
+    const struct rk_model *m = b->m;
+    const int C = b->C, V = b->V;
+    const float *xL = b->xs + (size_t)b->L * b->T * C;
+    double total = 0;
+    memset(b->dx, 0, sizeof(float) * b->T * C);
+    for (size_t s0 = 0; s0 < nsel; s0 += b->Tc) {
+        size_t n = nsel - s0 < b->Tc ? nsel - s0 : b->Tc;
+        for (size_t i = 0; i < n; i++) {
+            memcpy(b->hx + i * C, xL + sel[s0 + i] * C, sizeof(float) * C);
+            ln_fwd(b->hn + i * C, b->hx + i * C, m->lnout_w, m->lnout_b, C, LN_EPS, &b->hmu[i],
+                   &b->hrs[i]);
+        }
+        matmul(b, b->logits, b->hn, n, &m->head);
+        for (size_t i = 0; i < n; i++) {
+            float *lg = b->logits + i * (size_t)V;
+            float mx = lg[0];
+            for (int v = 1; v < V; v++)
+                mx = lg[v] > mx ? lg[v] : mx;
+            double se = 0;
+            for (int v = 0; v < V; v++)
+                se += exp((double)lg[v] - mx);
+            double lse = mx + log(se);
+            uint32_t tg = targets[sel[s0 + i]];
+            total += lse - lg[tg];
+            double scale = 1.0 / (double)nsel;
+            for (int v = 0; v < V; v++)
+                lg[v] = (float)(exp((double)lg[v] - lse) * scale);
+            lg[tg] -= (float)scale;
+        }
+        matmul_t(b, b->hn, b->logits, n, &m->head, false); /* d ln_out output */
+        for (size_t i = 0; i < n; i++)
+            ln_bwd(b->dx + sel[s0 + i] * C, b->hn + i * C, b->hx + i * C, m->lnout_w, C,
+                   b->hmu[i], b->hrs[i]);
+    }
+    *loss = total / (double)nsel;
+    return RK_OK;
+}
+
+/* --- entry point ---------------------------------------------------------- */
+
+int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
+                    const uint32_t *tokens, const uint32_t *targets, const uint8_t *mask,
+                    size_t n, const float *state0, double *loss, float *dstate0,
+                    rk_cancel_cb *cancel, void *cancel_user)
+{
+    if (!ctx || !tokens || !targets || !loss || !dstate0 || n == 0)
+        return RK_EINVAL;
+    const struct rk_model *m = rk_ctx_model(ctx);
+    struct bwd b = {0};
+    b.m = m;
+    b.pool = rk__ctx_pool(ctx);
+    b.T = n;
+    b.L = m->L;
+    b.C = m->C;
+    b.H = m->H;
+    b.N = m->N;
+    b.F = m->F;
+    b.V = m->V;
+    RK_ASSERT(b.N == RK_HEAD_SIZE && b.H * b.N == b.C);
+    b.K = p && p->checkpoint_every > 0 ? p->checkpoint_every : 16;
+    if ((size_t)b.K > n)
+        b.K = (int)n;
+    rk_state_layout(m, &b.lay);
+    const size_t slen = rk_state_len(m);
+
+    size_t nsel = 0;
+    for (size_t t = 0; t < n; t++) {
+        if (tokens[t] >= (uint32_t)b.V)
+            return RK_ERANGE;
+        if (!mask || mask[t]) {
+            if (targets[t] >= (uint32_t)b.V)
+                return RK_ERANGE;
+            nsel++;
+        }
+    }
+    /* head chunk: at most ~16M logits at once */
+    size_t tc = ((size_t)16 << 20) / (size_t)b.V;
+    if (tc < 1)
+        tc = 1;
+    if (tc > 256)
+        tc = 256;
+    b.Tc = tc < n ? tc : n;
+
+    struct plan pl = {0};
+    layout(&b, &pl);
+    size_t nfloats = pl.off;
+    size_t *sel = rk__malloc(sizeof(size_t) * (nsel ? nsel : 1));
+    float *zero = NULL;
+    float *mem = rk__malloc_aligned(sizeof(float) * nfloats);
+    if (!state0)
+        zero = rk__calloc(slen, sizeof(float));
+    if (!sel || !mem || (!state0 && !zero)) {
+        rk__free(sel);
+        rk__free_aligned(mem);
+        rk__free(zero);
+        return RK_ENOMEM;
+    }
+    pl.off = 0;
+    pl.base = mem;
+    layout(&b, &pl);
+    if (!state0)
+        state0 = zero;
+    nsel = 0;
+    for (size_t t = 0; t < n; t++)
+        if (!mask || mask[t])
+            sel[nsel++] = t;
+
+    int rc = RK_OK;
+    memset(dstate0, 0, sizeof(float) * slen);
+    *loss = 0;
+    if (nsel == 0)
+        goto out;
+
+    /* 1. forward, keeping the residual stream */
+    for (size_t t = 0; t < n; t++) {
+        float *x0 = b.xs + t * b.C;
+        rk__weight_row(&m->emb, (int)tokens[t], b.t0);
+        float mu, rs;
+        ln_fwd(x0, b.t0, m->ln0_w, m->ln0_b, b.C, LN_EPS, &mu, &rs);
+    }
+    for (int l = 0; l < b.L; l++) {
+        if (cancel && cancel(cancel_user)) {
+            rc = RK_ECANCELED;
+            goto out;
+        }
+        layer_fwd(&b, l, state0 + (size_t)l * b.lay.layer_stride,
+                  b.xs + (size_t)(l + 1) * n * b.C);
+    }
+    /* 2. loss, head and ln_out */
+    rc = head_fwd_bwd(&b, targets, sel, nsel, loss);
+    if (rc != RK_OK)
+        goto out;
+    /* 3. layers in reverse */
+    memset(b.dvfirst, 0, sizeof(float) * n * b.C);
+    for (int l = b.L - 1; l >= 0; l--) {
+        if (cancel && cancel(cancel_user)) {
+            rc = RK_ECANCELED;
+            goto out;
+        }
+        layer_fwd(&b, l, state0 + (size_t)l * b.lay.layer_stride, NULL);
+        layer_bwd(&b, l, dstate0 + (size_t)l * b.lay.layer_stride);
+    }
+out:
+    if (rc != RK_OK) {
+        memset(dstate0, 0, sizeof(float) * slen);
+        *loss = 0;
+    }
+    rk__free(sel);
+    rk__free_aligned(mem);
+    rk__free(zero);
+    return rc;
+}

@@ -1,3 +1,307 @@
-/* bench.c: work in progress. */
+/*
+ * bench.c - `rwkvd bench`: prefill, single-stream decode and batched decode
+ * throughput plus peak RSS, and (with --limits) the machine's read bandwidth
+ * and sgemm rate measured in the same run, so results can be reported as
+ * ratios against what the hardware allows.
+ */
+#include "cli_common.h"
 #include "cmd.h"
-int rk_cmd_bench(int argc, char **argv) { (void)argc; (void)argv; return 1; }
+
+#include <cblas.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+extern void openblas_set_num_threads(int);
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s += 0x9e3779b97f4a7c15ull;
+    uint64_t z = *s;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double peak_rss_mb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+/* --- hardware limits ------------------------------------------------------ */
+
+struct bw_arg {
+    const float *buf;
+    size_t n;
+    int reps;
+    double sum;
+};
+
+static void *bw_thread(void *p)
+{
+    struct bw_arg *a = p;
+    float acc[16] = {0};
+    for (int r = 0; r < a->reps; r++)
+        for (size_t i = 0; i + 16 <= a->n; i += 16)
+            for (int k = 0; k < 16; k++)
+                acc[k] += a->buf[i + k];
+    double s = 0;
+    for (int k = 0; k < 16; k++)
+        s += acc[k];
+    a->sum = s;
+    return NULL;
+}
+
+/* Read bandwidth in GB/s with `threads` readers over a 1 GiB buffer. */
+static double measure_bandwidth(int threads)
+{
+    size_t total = (size_t)1 << 28; /* floats = 1 GiB */
+    float *buf = malloc(total * sizeof(float));
+    if (!buf)
+        return 0;
+    for (size_t i = 0; i < total; i++)
+        buf[i] = (float)(i & 7);
+    pthread_t th[64];
+    struct bw_arg args[64];
+    if (threads > 64)
+        threads = 64;
+    int reps = 3;
+    double t0 = rk_cli_now();
+    for (int i = 0; i < threads; i++) {
+        args[i] = (struct bw_arg){buf + total / (size_t)threads * (size_t)i,
+                                  total / (size_t)threads, reps, 0};
+        pthread_create(&th[i], NULL, bw_thread, &args[i]);
+    }
+    for (int i = 0; i < threads; i++)
+        pthread_join(th[i], NULL);
+    double dt = rk_cli_now() - t0;
+    free(buf);
+    return (double)total * sizeof(float) * reps / dt / 1e9;
+}
+
+/* OpenBLAS sgemm GFLOP/s on a prefill-like shape (512 x 768 x 3072). */
+static double measure_sgemm(int threads)
+{
+    int M = 512, K = 768, Nn = 3072;
+    float *A = calloc((size_t)M * K, sizeof(float)), *B = calloc((size_t)Nn * K, sizeof(float));
+    float *Cm = calloc((size_t)M * Nn, sizeof(float));
+    if (!A || !B || !Cm) {
+        free(A), free(B), free(Cm);
+        return 0;
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        A[i] = (float)(i % 13) * 0.01f;
+    for (size_t i = 0; i < (size_t)Nn * K; i++)
+        B[i] = (float)(i % 7) * 0.01f;
+    openblas_set_num_threads(threads);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, Nn, K, 1, A, K, B, K, 0, Cm, Nn);
+    int reps = 10;
+    double t0 = rk_cli_now();
+    for (int r = 0; r < reps; r++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, Nn, K, 1, A, K, B, K, 0, Cm, Nn);
+    double dt = rk_cli_now() - t0;
+    openblas_set_num_threads(1);
+    free(A), free(B), free(Cm);
+    return 2.0 * M * K * Nn * reps / dt / 1e9;
+}
+
+/* --- the benchmark -------------------------------------------------------- */
+
+int rk_cmd_bench(int argc, char **argv)
+{
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"threads", required_argument, 0, 'j'},
+                                         {"prompt-tokens", required_argument, 0, 'p'},
+                                         {"decode-tokens", required_argument, 0, 'n'},
+                                         {"chunk", required_argument, 0, 'c'},
+                                         {"batch", required_argument, 0, 'b'},
+                                         {"wtype", required_argument, 0, 'w'},
+                                         {"json", no_argument, 0, 'J'},
+                                         {"limits", no_argument, 0, 'L'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *model = NULL, *batch_list = "1,4,16";
+    long threads = 0, ptoks = 512, dtoks = 64, chunk = 128;
+    bool json = false, limits = false;
+    enum rk_dtype wtype = RK_DTYPE_AUTO;
+    int o;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "m:j:p:n:c:b:w:JLh", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'j':
+            if (!rk_cli_parse_long(optarg, 0, 256, &threads))
+                goto bad;
+            break;
+        case 'p':
+            if (!rk_cli_parse_long(optarg, 1, 1 << 20, &ptoks))
+                goto bad;
+            break;
+        case 'n':
+            if (!rk_cli_parse_long(optarg, 1, 1 << 20, &dtoks))
+                goto bad;
+            break;
+        case 'c':
+            if (!rk_cli_parse_long(optarg, 1, 4096, &chunk))
+                goto bad;
+            break;
+        case 'b': batch_list = optarg; break;
+        case 'w':
+            if (rk_dtype_parse(optarg, &wtype) != RK_OK)
+                goto bad;
+            break;
+        case 'J': json = true; break;
+        case 'L': limits = true; break;
+        case 'h':
+            printf("usage: rwkvd bench --model FILE [options]\n\n"
+                   "  --threads N         compute threads (default: all CPUs)\n"
+                   "  --prompt-tokens N   prefill length (default 512)\n"
+                   "  --decode-tokens N   decode steps per measurement (default 64)\n"
+                   "  --chunk N           prefill rows per pass (default 128)\n"
+                   "  --batch LIST        batch sizes for batched decode (default 1,4,16)\n"
+                   "  --wtype T           convert large matrices at load (f32|f16|bf16)\n"
+                   "  --limits            also measure read bandwidth and sgemm GFLOP/s\n"
+                   "  --json              print one JSON object\n");
+            return 0;
+        default: return 2;
+        }
+    }
+    if (!model) {
+        fprintf(stderr, "rwkvd bench: --model is required (see --help)\n");
+        return 2;
+    }
+    uint32_t *blist = NULL;
+    size_t nb = 0;
+    if (!rk_cli_parse_ids(batch_list, &blist, &nb) || nb > 16) {
+        fprintf(stderr, "rwkvd bench: --batch must be a list of up to 16 sizes\n");
+        return 2;
+    }
+    for (size_t i = 0; i < nb; i++)
+        if (blist[i] < 1 || blist[i] > 1024) {
+            fprintf(stderr, "rwkvd bench: batch sizes must be 1..1024\n");
+            free(blist);
+            return 2;
+        }
+    int status = 1;
+    struct rk_model *m = rk_cli_load_model(model, wtype);
+    struct rk_ctx *ctx = NULL;
+    float *logits = NULL, *states = NULL;
+    uint32_t *toks = NULL;
+    float **sp = NULL;
+    if (!m)
+        goto out;
+    size_t V = (size_t)rk_model_n_vocab(m), SL = rk_state_len(m);
+    size_t bmax = 1;
+    for (size_t i = 0; i < nb; i++)
+        if (blist[i] > bmax)
+            bmax = blist[i];
+    struct rk_ctx_params cp = {.n_threads = (int)threads,
+                               .rows_max = (int)(chunk > (long)bmax ? chunk : (long)bmax)};
+    logits = malloc(bmax * V * sizeof(float));
+    states = calloc(bmax * SL, sizeof(float));
+    toks = malloc((size_t)(ptoks > (long)bmax ? ptoks : (long)bmax) * sizeof *toks);
+    sp = malloc(bmax * sizeof *sp);
+    if (!logits || !states || !toks || !sp || rk_ctx_create(m, &cp, &ctx) != RK_OK) {
+        fprintf(stderr, "rwkvd bench: out of memory\n");
+        goto out;
+    }
+    uint64_t seed = 42;
+    for (long i = 0; i < ptoks; i++)
+        toks[i] = (uint32_t)(rng_next(&seed) % V);
+
+    // prefill: best of 3 runs from the zero state, logits for the last token
+    double best = 1e30;
+    struct rk_ctx_params cp_pf = cp;
+    cp_pf.rows_max = (int)chunk;
+    struct rk_ctx *pctx = NULL;
+    if (rk_ctx_create(m, &cp_pf, &pctx) != RK_OK)
+        goto out;
+    for (int rep = 0; rep < 3; rep++) {
+        memset(states, 0, SL * sizeof(float));
+        double t0 = rk_cli_now();
+        rk_forward_seq(pctx, toks, (size_t)ptoks, states, logits, false);
+        double dt = rk_cli_now() - t0;
+        if (dt < best)
+            best = dt;
+    }
+    rk_ctx_free(pctx);
+    double prefill = (double)ptoks / best;
+
+    // single-stream decode with logits every step
+    memset(states, 0, SL * sizeof(float));
+    uint32_t tk = toks[0];
+    rk_forward_token(ctx, tk, states, logits); /* warm-up */
+    double t0 = rk_cli_now();
+    for (long i = 0; i < dtoks; i++) {
+        tk = toks[(size_t)(i + 1) % (size_t)ptoks];
+        rk_forward_token(ctx, tk, states, logits);
+    }
+    double decode = (double)dtoks / (rk_cli_now() - t0);
+
+    // batched decode: B sequences with their own states, logits for each
+    double batched[16];
+    for (size_t bi = 0; bi < nb; bi++) {
+        size_t B = blist[bi];
+        for (size_t b = 0; b < B; b++)
+            sp[b] = states + b * SL;
+        memset(states, 0, B * SL * sizeof(float));
+        rk_forward_batch(ctx, B, toks, sp, logits);
+        long steps = dtoks / (long)(B > 4 ? 4 : B);
+        if (steps < 8)
+            steps = 8;
+        double tb = rk_cli_now();
+        for (long s = 0; s < steps; s++)
+            rk_forward_batch(ctx, B, toks + (size_t)s % 64, sp, logits);
+        batched[bi] = (double)B * (double)steps / (rk_cli_now() - tb);
+    }
+    double rss = peak_rss_mb();
+    double bw = 0, gf = 0;
+    if (limits) {
+        int nt = threads > 0 ? (int)threads : 2;
+        bw = measure_bandwidth(nt);
+        gf = measure_sgemm(nt);
+    }
+    double wbytes = (double)rk_model_weight_bytes(m);
+    if (json) {
+        printf("{\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"batched_tok_s\":{", prefill, decode);
+        for (size_t bi = 0; bi < nb; bi++)
+            printf("%s\"%u\":%.2f", bi ? "," : "", blist[bi], batched[bi]);
+        printf("},\"peak_rss_mb\":%.1f", rss);
+        printf(",\"model_mb\":%.1f,\"wtype\":\"%s\",\"threads\":%d", wbytes / 1048576.0,
+               rk_dtype_name(rk_model_wtype(m)), rk_ctx_n_threads(ctx));
+        if (limits)
+            printf(",\"read_gb_s\":%.2f,\"sgemm_gflop_s\":%.1f,\"decode_bw_line_tok_s\":%.2f", bw, gf,
+                   bw * 1e9 / wbytes);
+        printf("}\n");
+    } else {
+        printf("model        %s (L=%d C=%d V=%zu, %s, %.1f MB of weights)\n", model,
+               rk_model_n_layer(m), rk_model_n_embd(m), V, rk_dtype_name(rk_model_wtype(m)),
+               wbytes / 1048576.0);
+        printf("prefill      %.1f tok/s (%ld tokens, chunk %ld)\n", prefill, ptoks, chunk);
+        printf("decode       %.2f tok/s (single stream)\n", decode);
+        for (size_t bi = 0; bi < nb; bi++)
+            printf("batched B=%-3u %.2f tok/s (aggregate)\n", blist[bi], batched[bi]);
+        printf("peak RSS     %.1f MB\n", rss);
+        if (limits)
+            printf("limits       read %.2f GB/s (decode line %.1f tok/s), sgemm %.1f GFLOP/s\n", bw,
+                   bw * 1e9 / wbytes, gf);
+    }
+    status = 0;
+out:
+    free(blist);
+    free(logits);
+    free(states);
+    free(toks);
+    free(sp);
+    rk_ctx_free(ctx);
+    rk_model_free(m);
+    return status;
+bad:
+    fprintf(stderr, "rwkvd bench: invalid value '%s' for %s\n", optarg, argv[optind - 1]);
+    return 2;
+}

@@ -192,6 +192,8 @@ RK_API int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p
                          struct rk_ctx **out);
 RK_API void rk_ctx_free(struct rk_ctx *ctx);
 RK_API const struct rk_model *rk_ctx_model(const struct rk_ctx *ctx);
+/* Number of compute threads the context uses (including the caller). */
+RK_API int rk_ctx_n_threads(const struct rk_ctx *ctx);
 
 /* Select the plain fp32 reference kernels (true) or the fast paths (false, the
  * default). Tests use this to compare the two on the same inputs. */
@@ -238,18 +240,26 @@ RK_API int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *
 
 struct rk_tokenizer; /* immutable after load; safe to share */
 
-/* The RWKV World vocabulary (rwkv_vocab_v20230424.txt format). */
+/* The RWKV World vocabulary (rwkv_vocab_v20230424.txt format): one token per
+ * line, `<id> <python str or bytes literal> <byte length>`. Ids must be 1..N
+ * without gaps (any order), every single byte must be a token, and no two
+ * tokens may have the same bytes. Returns RK_EIO, RK_ENOMEM, or RK_EFORMAT with
+ * `eb` naming the file and line. Id 0 is end-of-text and has no bytes. */
 RK_API int rk_tok_load_world(const char *path, struct rk_tokenizer **out, struct rk_errbuf *eb);
 /* The byte tokenizer: id = byte value, vocab 256. */
 RK_API int rk_tok_create_bytes(struct rk_tokenizer **out);
 RK_API void rk_tok_free(struct rk_tokenizer *t);
+/* Largest id + 1: 65530 for rwkv_vocab_v20230424.txt (the model's V is padded
+ * further, to 65536), 256 for the byte tokenizer. */
 RK_API size_t rk_tok_n_vocab(const struct rk_tokenizer *t);
 /* True for the byte tokenizer (id 0 is then the NUL byte, not end-of-text). */
 RK_API bool rk_tok_is_bytes(const struct rk_tokenizer *t);
 
-/* Encode `len` bytes of `text`. Writes at most `cap` ids; *n_out receives the
- * number of ids the full encoding needs (never more than len). Returns
- * RK_ERANGE if cap < *n_out. */
+/* Encode `len` bytes of `text` (any bytes, NUL included) by greedy longest
+ * match; special strings such as "<|endoftext|>" are plain text. Writes at
+ * most `cap` ids (`ids` may be NULL when cap is 0); *n_out receives the number
+ * of ids the full encoding needs (never more than len). Returns RK_ERANGE if
+ * cap < *n_out. */
 RK_API int rk_tok_encode(const struct rk_tokenizer *t, const char *text, size_t len,
                          uint32_t *ids, size_t cap, size_t *n_out);
 /* The bytes of one token (not NUL-terminated); NULL with *len 0 for an id
@@ -265,7 +275,9 @@ struct rk_utf8_stream {
 };
 RK_API void rk_utf8_stream_init(struct rk_utf8_stream *s);
 /* Append the valid UTF-8 produced by `id` to out (cap bytes; needs at most
- * token length * 3 + 8). Returns the number of bytes written, or RK_ERANGE. */
+ * token length * 3 + 8). World: id 0 and ids outside the vocabulary produce
+ * nothing. Returns the number of bytes written, or RK_ERANGE (the stream is
+ * then unchanged). */
 RK_API int rk_tok_decode_stream(const struct rk_tokenizer *t, struct rk_utf8_stream *s,
                                 uint32_t id, char *out, size_t cap);
 /* Flush what is held back (as U+FFFD) at the end of a stream. */
@@ -295,8 +307,14 @@ struct rk_sampler_params {
 RK_API void rk_sampler_params_default(struct rk_sampler_params *p);
 
 struct rk_sampler;
-/* `p` may be NULL (greedy). Returns RK_EINVAL for out-of-range parameters
- * (negative temperature, top_p outside (0,1], bias token >= n_vocab, ...). */
+/* `p` may be NULL (greedy). Returns RK_EINVAL for out-of-range parameters:
+ * temperature negative or not finite, top_k < 0, top_p outside (0,1], min_p
+ * outside [0,1], presence/frequency penalties outside [-2,2], repetition
+ * penalty <= 0, penalty_last_n outside [0, 2^24], bias token >= n_vocab or
+ * non-finite bias. All memory is allocated here; sampling does not allocate.
+ * Random stream: xoshiro256** seeded by splitmix64(seed), the softmax uses a
+ * libm-independent exp, so results are the same on every IEEE-754 machine.
+ * One sampler per sequence; not thread-safe. */
 RK_API int rk_sampler_create(const struct rk_sampler_params *p, size_t n_vocab,
                              struct rk_sampler **out);
 RK_API void rk_sampler_free(struct rk_sampler *s);
@@ -304,11 +322,17 @@ RK_API void rk_sampler_free(struct rk_sampler *s);
  * may be accepted too; rk_sampler_sample accepts what it picks). */
 RK_API void rk_sampler_accept(struct rk_sampler *s, uint32_t token);
 /* Pick the next token from `logits` [n_vocab] (modified in place: penalties,
- * bias, temperature). */
+ * bias, temperature). Order: logit bias, repetition penalty, presence and
+ * frequency penalties (logit -= count*frequency + (count>0)*presence), then
+ * temperature 0 -> argmax (lowest id on ties), else temperature, top-k,
+ * softmax, top-p, min-p (relative to the most likely token), renormalise,
+ * draw. NaN logits are never picked; RK_ENUMERIC if every logit is NaN. */
 RK_API int rk_sampler_sample(struct rk_sampler *s, float *logits, uint32_t *out);
 
-/* log-softmax helpers for logprobs: the log-probability of `token`, and the
- * k most likely tokens (ids and log-probabilities, most likely first). */
+/* log-softmax helpers for logprobs: the log-probability of `token` (-inf for
+ * token >= n_vocab), and the k most likely tokens (ids and log-probabilities,
+ * most likely first, lower id first on ties; entries beyond n_vocab get id
+ * UINT32_MAX and -inf). Thread-safe; no allocation. */
 RK_API float rk_logprob(const float *logits, size_t n_vocab, uint32_t token);
 RK_API void rk_logprobs_top(const float *logits, size_t n_vocab, size_t k, uint32_t *ids,
                             float *lps);
@@ -316,15 +340,24 @@ RK_API void rk_logprobs_top(const float *logits, size_t n_vocab, size_t k, uint3
 /* Stop sequences over generated text. Feed each newly decoded piece of text;
  * the matcher tells how many bytes are safe to emit now (it holds back a
  * suffix that may still become a stop sequence) and whether a stop sequence
- * was hit (the emitted text then ends right before it). */
+ * was hit (the emitted text then ends right before it). The first occurrence
+ * to end wins, whatever the split into pieces. Limits: at most
+ * RK_STOPPER_MAX_STOPS stop strings of 1..RK_STOPPER_STOP_MAX bytes (an empty
+ * one is RK_EINVAL; n_stops 0 passes all text through), pieces of at most
+ * RK_STOPPER_PIECE_MAX bytes per feed (more is a programmer error). Create
+ * allocates everything; feed does not allocate. */
+#define RK_STOPPER_MAX_STOPS 16
+#define RK_STOPPER_STOP_MAX 256
+#define RK_STOPPER_PIECE_MAX 65536
 struct rk_stopper;
 RK_API int rk_stopper_create(const char *const *stops, size_t n_stops, struct rk_stopper **out);
 RK_API void rk_stopper_free(struct rk_stopper *s);
-/* Returns true when a stop sequence was found. *emit/*emit_len: text to send
- * now (points into the stopper, valid until the next call). */
+/* Returns true when a stop sequence was found (and on every later call, then
+ * emitting nothing). emit and emit_len: text to send now (points into the
+ * stopper, valid until the next call). */
 RK_API bool rk_stopper_feed(struct rk_stopper *s, const char *piece, size_t len,
                             const char **emit, size_t *emit_len);
-/* End of generation: returns whatever was held back. */
+/* End of generation: returns whatever was held back (nothing after a stop). */
 RK_API void rk_stopper_finish(struct rk_stopper *s, const char **emit, size_t *emit_len);
 
 #ifdef __cplusplus

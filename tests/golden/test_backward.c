@@ -1,2 +1,639 @@
-/* test_backward.c: work in progress. */
+/*
+ * test_backward.c - rk_backward_seq (dLoss/dstate0) checked three ways:
+ *
+ *   1. central finite differences of an independent double-precision forward
+ *      (ref_loss below, written straight from the spec's per-token equations,
+ *      sharing no code with core/rwkv7_backward.c) on sampled state elements
+ *      of every kind (wkv of every head, both token shifts), on the shared
+ *      tiny model (L12 C64 H1) and the multi-head random fixtures;
+ *   2. the committed output of tools/ref_backward_torch.py (float64 autograd
+ *      in PyTorch) for the same model, tokens and state: loss and the full
+ *      gradient, tests/data/grad-*.bin;
+ *   3. invariances: the WKV checkpoint interval does not change the result,
+ *      masks select positions, cancel stops the pass.
+ */
 #include "check_common.h"
+#include "core_int.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- deterministic inputs ------------------------------------------------- */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double rng_unif(uint64_t *s) { return (double)(rng_next(s) >> 11) / 9007199254740992.0; }
+static double rng_normal(uint64_t *s)
+{
+    double u1 = rng_unif(s), u2 = rng_unif(s);
+    if (u1 < 1e-300)
+        u1 = 1e-300;
+    return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* --- independent double forward (loss only) ------------------------------- */
+
+struct dmat {
+    int rows, cols;
+    double *d;
+};
+static struct dmat dm_load(const struct rk_weight *w)
+{
+    struct dmat m = {w->rows, w->cols, malloc(sizeof(double) * (size_t)w->rows * w->cols)};
+    float *row = malloc(sizeof(float) * (size_t)w->cols);
+    for (int r = 0; r < w->rows; r++) {
+        rk__weight_row(w, r, row);
+        for (int c = 0; c < w->cols; c++)
+            m.d[(size_t)r * w->cols + c] = row[c];
+    }
+    free(row);
+    return m;
+}
+/* y[rows] = W x[cols] */
+static void dm_mv(const struct dmat *m, const double *x, double *y)
+{
+    for (int r = 0; r < m->rows; r++) {
+        const double *w = m->d + (size_t)r * m->cols;
+        double s = 0;
+        for (int c = 0; c < m->cols; c++)
+            s += w[c] * x[c];
+        y[r] = s;
+    }
+}
+
+struct dlayer {
+    struct dmat w1, w2, a1, a2, v1, v2, g1, g2, wr, wk, wv, wo, fk, fv;
+};
+struct dmodel {
+    const struct rk_model *m;
+    struct dlayer *ly;
+    struct dmat emb, head;
+};
+static void dmodel_init(struct dmodel *d, const struct rk_model *m)
+{
+    d->m = m;
+    d->ly = calloc((size_t)m->L, sizeof *d->ly);
+    for (int l = 0; l < m->L; l++) {
+        const struct rk_layer *s = &m->layers[l];
+        struct dlayer *t = &d->ly[l];
+        t->w1 = dm_load(&s->w1), t->w2 = dm_load(&s->w2), t->a1 = dm_load(&s->a1);
+        t->a2 = dm_load(&s->a2), t->g1 = dm_load(&s->g1), t->g2 = dm_load(&s->g2);
+        t->wr = dm_load(&s->wr), t->wk = dm_load(&s->wk), t->wv = dm_load(&s->wv);
+        t->wo = dm_load(&s->wo), t->fk = dm_load(&s->ffn_key), t->fv = dm_load(&s->ffn_value);
+        if (l > 0)
+            t->v1 = dm_load(&s->v1), t->v2 = dm_load(&s->v2);
+    }
+    d->emb = dm_load(&m->emb);
+    d->head = dm_load(&m->head);
+}
+static void dmat_free(struct dmat *m) { free(m->d); }
+static void dmodel_free(struct dmodel *d)
+{
+    for (int l = 0; l < d->m->L; l++) {
+        struct dlayer *t = &d->ly[l];
+        struct dmat *all[] = {&t->w1, &t->w2, &t->a1, &t->a2, &t->v1, &t->v2, &t->g1,
+                              &t->g2, &t->wr,  &t->wk, &t->wv, &t->wo, &t->fk, &t->fv};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+            dmat_free(all[i]);
+    }
+    free(d->ly);
+    dmat_free(&d->emb);
+    dmat_free(&d->head);
+}
+
+static void d_ln(double *o, const double *x, const float *w, const float *b, int n, double eps)
+{
+    double mu = 0, var = 0;
+    for (int i = 0; i < n; i++)
+        mu += x[i];
+    mu /= n;
+    for (int i = 0; i < n; i++)
+        var += (x[i] - mu) * (x[i] - mu);
+    var /= n;
+    double rs = 1 / sqrt(var + eps);
+    for (int i = 0; i < n; i++)
+        o[i] = (x[i] - mu) * rs * w[i] + b[i];
+}
+static double d_sig(double x) { return 1 / (1 + exp(-x)); }
+
+/* Mean CE over selected positions, token by token (RNN form), all in double.
+ * `st` [rk_state_len] is the initial state (double), consumed (updated). */
+static double ref_loss(const struct dmodel *d, const uint32_t *tok, const uint32_t *tgt,
+                       const uint8_t *mask, size_t n, double *st)
+{
+    const struct rk_model *m = d->m;
+    const int C = m->C, H = m->H, N = m->N, F = m->F, V = m->V;
+    struct rk_state_layout lay;
+    rk_state_layout(m, &lay);
+    double *x = malloc(sizeof(double) * C), *u = malloc(sizeof(double) * C);
+    double *xs[6], *r = malloc(sizeof(double) * C), *kh = malloc(sizeof(double) * C);
+    for (int q = 0; q < 6; q++)
+        xs[q] = malloc(sizeof(double) * C);
+    double *vh = malloc(sizeof(double) * C), *w = malloc(sizeof(double) * C);
+    double *al = malloc(sizeof(double) * C), *g = malloc(sizeof(double) * C);
+    double *kk = malloc(sizeof(double) * C), *k = malloc(sizeof(double) * C);
+    double *v = malloc(sizeof(double) * C), *y = malloc(sizeof(double) * C);
+    double *vf = malloc(sizeof(double) * C), *tmp = malloc(sizeof(double) * C);
+    double *lr = malloc(sizeof(double) * 1024), *o = malloc(sizeof(double) * C);
+    double *hid = malloc(sizeof(double) * F), *lg = malloc(sizeof(double) * V);
+    double total = 0;
+    size_t nsel = 0;
+    for (size_t t = 0; t < n; t++) {
+        const double *e = d->emb.d + (size_t)tok[t] * C;
+        d_ln(x, e, m->ln0_w, m->ln0_b, C, 1e-5);
+        for (int l = 0; l < m->L; l++) {
+            const struct rk_layer *ly = &m->layers[l];
+            const struct dlayer *dl = &d->ly[l];
+            double *pa = st + (size_t)l * lay.layer_stride + lay.att_shift;
+            double *S = st + (size_t)l * lay.layer_stride + lay.wkv;
+            double *pf = st + (size_t)l * lay.layer_stride + lay.ffn_shift;
+            d_ln(u, x, ly->ln1_w, ly->ln1_b, C, 1e-5);
+            const float *mus[6] = {ly->x_r, ly->x_w, ly->x_k, ly->x_v, ly->x_a, ly->x_g};
+            for (int q = 0; q < 6; q++)
+                for (int c = 0; c < C; c++)
+                    xs[q][c] = u[c] + (pa[c] - u[c]) * mus[q][c];
+            memcpy(pa, u, sizeof(double) * C);
+            dm_mv(&dl->wr, xs[0], r);
+            dm_mv(&dl->wk, xs[2], kh);
+            dm_mv(&dl->wv, xs[3], vh);
+            dm_mv(&dl->w1, xs[1], lr);
+            for (int i = 0; i < dl->w1.rows; i++)
+                lr[i] = tanh(lr[i]);
+            dm_mv(&dl->w2, lr, tmp);
+            for (int c = 0; c < C; c++)
+                w[c] = exp(-exp(-0.5) * d_sig(ly->w0[c] + tmp[c]));
+            dm_mv(&dl->a1, xs[4], lr);
+            dm_mv(&dl->a2, lr, tmp);
+            for (int c = 0; c < C; c++)
+                al[c] = d_sig(ly->a0[c] + tmp[c]);
+            if (l == 0) {
+                memcpy(v, vh, sizeof(double) * C);
+                memcpy(vf, vh, sizeof(double) * C);
+            } else {
+                dm_mv(&dl->v1, xs[3], lr);
+                dm_mv(&dl->v2, lr, tmp);
+                for (int c = 0; c < C; c++) {
+                    double nu = d_sig(ly->v0[c] + tmp[c]);
+                    v[c] = vh[c] + (vf[c] - vh[c]) * nu;
+                }
+            }
+            dm_mv(&dl->g1, xs[5], lr);
+            for (int i = 0; i < dl->g1.rows; i++)
+                lr[i] = d_sig(lr[i]);
+            dm_mv(&dl->g2, lr, g);
+            for (int h = 0; h < H; h++) {
+                double ss = 0;
+                for (int j = 0; j < N; j++) {
+                    double q = kh[h * N + j] * ly->k_k[h * N + j];
+                    ss += q * q;
+                }
+                double nr = sqrt(ss) > 1e-12 ? sqrt(ss) : 1e-12;
+                for (int j = 0; j < N; j++)
+                    kk[h * N + j] = kh[h * N + j] * ly->k_k[h * N + j] / nr;
+            }
+            for (int c = 0; c < C; c++)
+                k[c] = kh[c] * (1 + (al[c] - 1) * ly->k_a[c]);
+            for (int h = 0; h < H; h++) {
+                double *Sh = S + (size_t)h * N * N;
+                for (int i = 0; i < N; i++) {
+                    double *row = Sh + (size_t)i * N, sa = 0, acc = 0;
+                    for (int j = 0; j < N; j++)
+                        sa += row[j] * -kk[h * N + j];
+                    for (int j = 0; j < N; j++) {
+                        int c = h * N + j;
+                        row[j] = row[j] * w[c] + sa * kk[c] * al[c] + v[h * N + i] * k[c];
+                        acc += row[j] * r[c];
+                    }
+                    y[h * N + i] = acc;
+                }
+                double mu = 0, var = 0, bon = 0;
+                for (int j = 0; j < N; j++)
+                    mu += y[h * N + j];
+                mu /= N;
+                for (int j = 0; j < N; j++)
+                    var += (y[h * N + j] - mu) * (y[h * N + j] - mu);
+                var /= N;
+                for (int j = 0; j < N; j++)
+                    bon += r[h * N + j] * k[h * N + j] * ly->r_k[h * N + j];
+                for (int j = 0; j < N; j++) {
+                    int c = h * N + j;
+                    o[c] = (y[c] - mu) / sqrt(var + 64e-5) * ly->lnx_w[c] + ly->lnx_b[c] +
+                           bon * v[c];
+                }
+            }
+            for (int c = 0; c < C; c++)
+                o[c] *= g[c];
+            dm_mv(&dl->wo, o, tmp);
+            for (int c = 0; c < C; c++)
+                x[c] += tmp[c];
+            d_ln(u, x, ly->ln2_w, ly->ln2_b, C, 1e-5);
+            for (int c = 0; c < C; c++) {
+                tmp[c] = u[c] + (pf[c] - u[c]) * ly->ffn_x_k[c];
+                pf[c] = u[c];
+            }
+            dm_mv(&dl->fk, tmp, hid);
+            for (int i = 0; i < F; i++)
+                hid[i] = hid[i] > 0 ? hid[i] * hid[i] : 0;
+            dm_mv(&dl->fv, hid, tmp);
+            for (int c = 0; c < C; c++)
+                x[c] += tmp[c];
+        }
+        if (mask && !mask[t])
+            continue;
+        d_ln(u, x, m->lnout_w, m->lnout_b, C, 1e-5);
+        dm_mv(&d->head, u, lg);
+        double mx = lg[0], se = 0;
+        for (int i = 1; i < V; i++)
+            mx = lg[i] > mx ? lg[i] : mx;
+        for (int i = 0; i < V; i++)
+            se += exp(lg[i] - mx);
+        total += mx + log(se) - lg[tgt[t]];
+        nsel++;
+    }
+    free(x), free(u), free(r), free(kh), free(vh), free(w), free(al), free(g), free(kk);
+    free(k), free(v), free(y), free(vf), free(tmp), free(lr), free(o), free(hid), free(lg);
+    for (int q = 0; q < 6; q++)
+        free(xs[q]);
+    return nsel ? total / (double)nsel : 0;
+}
+
+/* --- helpers -------------------------------------------------------------- */
+
+struct fixture {
+    struct rk_model *m;
+    struct rk_ctx *ctx;
+    size_t slen;
+};
+
+static bool fixture_open(struct fixture *f, const char *path)
+{
+    memset(f, 0, sizeof *f);
+    if (!path)
+        return false;
+    struct rk_errbuf eb;
+    int rc = rk_model_load(path, NULL, &f->m, &eb);
+    ck_assert_msg(rc == RK_OK, "load %s: %s", path, eb.msg);
+    struct rk_ctx_params cp = {.n_threads = 2};
+    ck_assert_int_eq(rk_ctx_create(f->m, &cp, &f->ctx), RK_OK);
+    f->slen = rk_state_len(f->m);
+    return true;
+}
+static void fixture_close(struct fixture *f)
+{
+    rk_ctx_free(f->ctx);
+    rk_model_free(f->m);
+}
+
+/* Random state with the scales a tuned state has: shifts are LN outputs
+ * (O(1)), wkv entries O(0.1..1). */
+static void rand_state(const struct rk_model *m, uint64_t seed, float *st)
+{
+    struct rk_state_layout lay;
+    rk_state_layout(m, &lay);
+    for (int l = 0; l < m->L; l++) {
+        float *p = st + (size_t)l * lay.layer_stride;
+        for (size_t i = 0; i < lay.shift_len; i++) {
+            p[lay.att_shift + i] = (float)(0.5 * rng_normal(&seed));
+            p[lay.ffn_shift + i] = (float)(0.5 * rng_normal(&seed));
+        }
+        for (size_t i = 0; i < lay.wkv_len; i++)
+            p[lay.wkv + i] = (float)(0.3 * rng_normal(&seed));
+    }
+}
+
+static void rand_seq(uint32_t V, uint64_t seed, size_t n, uint32_t *tok, uint32_t *tgt,
+                     uint8_t *mask)
+{
+    for (size_t t = 0; t < n; t++)
+        tok[t] = (uint32_t)(rng_next(&seed) % V);
+    for (size_t t = 0; t < n; t++) {
+        tgt[t] = t + 1 < n ? tok[t + 1] : (uint32_t)(rng_next(&seed) % V);
+        mask[t] = (t % 5) != 1; /* some unselected positions */
+    }
+}
+
+/* Central differences of ref_loss at `idx` elements; compares with `g`.
+ * Relative error per element: |g - fd| / max(|fd|, floor) with floor =
+ * 1e-2 * max|fd| over the samples, so elements whose gradient is tiny next
+ * to the others are judged on an absolute scale. Returns the worst. */
+static double fd_check(const struct dmodel *dm, const uint32_t *tok, const uint32_t *tgt,
+                       const uint8_t *mask, size_t n, const float *st0, const float *g,
+                       const size_t *idx, size_t nidx, double step, const char *what)
+{
+    size_t slen = rk_state_len(dm->m);
+    double *base = malloc(sizeof(double) * slen), *work = malloc(sizeof(double) * slen);
+    double *fd = malloc(sizeof(double) * nidx);
+    for (size_t i = 0; i < slen; i++)
+        base[i] = st0[i];
+    double fdmax = 0;
+    for (size_t s = 0; s < nidx; s++) {
+        memcpy(work, base, sizeof(double) * slen);
+        work[idx[s]] += step;
+        double lp = ref_loss(dm, tok, tgt, mask, n, work);
+        memcpy(work, base, sizeof(double) * slen);
+        work[idx[s]] -= step;
+        double lm = ref_loss(dm, tok, tgt, mask, n, work);
+        fd[s] = (lp - lm) / (2 * step);
+        if (fabs(fd[s]) > fdmax)
+            fdmax = fabs(fd[s]);
+    }
+    double worst = 0, floor = 1e-2 * fdmax;
+    size_t worst_i = 0;
+    for (size_t s = 0; s < nidx; s++) {
+        double den = fabs(fd[s]) > floor ? fabs(fd[s]) : floor;
+        double e = fabs((double)g[idx[s]] - fd[s]) / den;
+        if (e > worst || isnan(e))
+            worst = isnan(e) ? INFINITY : e, worst_i = s;
+    }
+    fprintf(stderr, "%s: %zu samples, max |fd| %.3e, max rel err %.2e (elem %zu: %.6e vs fd %.6e)\n",
+            what, nidx, fdmax, worst, idx[worst_i], (double)g[idx[worst_i]], fd[worst_i]);
+    free(base), free(work), free(fd);
+    return worst;
+}
+
+/* Sample indices: per layer a few wkv entries of every head, a few of each
+ * shift, plus the largest gradients overall. */
+static size_t pick_samples(const struct rk_model *m, const float *g, uint64_t seed, size_t *idx,
+                           size_t cap)
+{
+    struct rk_state_layout lay;
+    rk_state_layout(m, &lay);
+    size_t n = 0;
+    for (int l = 0; l < m->L && n + 4 + 2 * m->H <= cap; l++) {
+        size_t base = (size_t)l * lay.layer_stride;
+        for (int h = 0; h < m->H; h++)
+            for (int q = 0; q < 2; q++)
+                idx[n++] = base + lay.wkv + (size_t)h * 4096 + rng_next(&seed) % 4096;
+        for (int q = 0; q < 2; q++) {
+            idx[n++] = base + lay.att_shift + rng_next(&seed) % lay.shift_len;
+            idx[n++] = base + lay.ffn_shift + rng_next(&seed) % lay.shift_len;
+        }
+    }
+    /* the largest |g| of the whole state (they exercise the dominant paths) */
+    size_t slen = rk_state_len(m);
+    for (int q = 0; q < 6 && n < cap; q++) {
+        size_t best = 0;
+        float bv = -1;
+        for (size_t i = 0; i < slen; i++) {
+            bool taken = false;
+            for (size_t s = 0; s < n; s++)
+                taken |= idx[s] == i;
+            if (!taken && fabsf(g[i]) > bv)
+                bv = fabsf(g[i]), best = i;
+        }
+        idx[n++] = best;
+    }
+    return n;
+}
+
+static void run_fd(const char *path, size_t T, uint64_t seed, int K)
+{
+    struct fixture f;
+    ck_assert(fixture_open(&f, path));
+    const struct rk_model *m = f.m;
+    uint32_t *tok = malloc(4 * T), *tgt = malloc(4 * T);
+    uint8_t *mask = malloc(T);
+    rand_seq((uint32_t)m->V, seed, T, tok, tgt, mask);
+    float *st0 = malloc(sizeof(float) * f.slen), *g = malloc(sizeof(float) * f.slen);
+    rand_state(m, seed + 1, st0);
+    double loss = 0;
+    struct rk_backward_params bp = {.checkpoint_every = K};
+    int rc = rk_backward_seq(f.ctx, &bp, tok, tgt, mask, T, st0, &loss, g, NULL, NULL);
+    ck_assert_msg(rc == RK_OK, "backward: %s", rk_strerror(rc));
+
+    struct dmodel dm;
+    dmodel_init(&dm, m);
+    double *work = malloc(sizeof(double) * f.slen);
+    for (size_t i = 0; i < f.slen; i++)
+        work[i] = st0[i];
+    double lref = ref_loss(&dm, tok, tgt, mask, T, work);
+    fprintf(stderr, "%s T=%zu: loss %.9f, double reference %.9f\n", path, T, loss, lref);
+    ck_assert_msg(fabs(loss - lref) <= 1e-5 * fabs(lref), "loss %.9g vs %.9g", loss, lref);
+
+    size_t idx[256];
+    size_t nidx = pick_samples(m, g, seed + 2, idx, 256);
+    double worst = fd_check(&dm, tok, tgt, mask, T, st0, g, idx, nidx, 1e-4, path);
+    ck_assert_msg(worst <= 1e-3, "finite differences: max relative error %.3e", worst);
+    dmodel_free(&dm);
+    free(work), free(tok), free(tgt), free(mask), free(st0), free(g);
+    fixture_close(&f);
+}
+
+/* --- tests: finite differences -------------------------------------------- */
+
+START_TEST(test_fd_tiny)
+{
+    run_fd(rk_test_shared("fixtures/models/tiny-rwkv7-834K.safetensors"), 24, 11, 5);
+}
+END_TEST
+
+START_TEST(test_fd_rand_mh)
+{
+    run_fd(rk_test_data("rand-mh.safetensors"), 40, 21, 16);
+}
+END_TEST
+
+START_TEST(test_fd_rand_mh_bf16)
+{
+    run_fd(rk_test_data("rand-mh-bf16.safetensors"), 33, 31, 7);
+}
+END_TEST
+
+/* --- tests: PyTorch autograd reference ------------------------------------ */
+
+/* tests/data/grad-NAME.bin, written by tools/ref_backward_torch.py:
+ *   "RKGRAD01", u32 T, u32 state_len, u32 tokens[T], u32 targets[T],
+ *   u8 mask[T] (zero-padded to a multiple of 4), f32 state0[state_len],
+ *   f64 loss, f32 dstate0[state_len]; little-endian. */
+static void run_torch(const char *model_path, const char *grad_name, int K)
+{
+    size_t len = 0;
+    unsigned char *buf = rk_test_read_file(rk_test_data(grad_name), &len);
+    ck_assert_msg(buf != NULL, "missing %s", grad_name);
+    ck_assert(len >= 16 && memcmp(buf, "RKGRAD01", 8) == 0);
+    uint32_t T, slen;
+    memcpy(&T, buf + 8, 4);
+    memcpy(&slen, buf + 12, 4);
+    size_t mpad = (T + 3) & ~3u;
+    size_t off = 16;
+    ck_assert(len == off + 8 * (size_t)T + mpad + 8 * (size_t)slen + 8);
+    uint32_t *tok = malloc(4 * (size_t)T), *tgt = malloc(4 * (size_t)T);
+    uint8_t *mask = malloc(T);
+    float *st0 = malloc(4 * (size_t)slen), *gref = malloc(4 * (size_t)slen);
+    float *g = malloc(4 * (size_t)slen);
+    memcpy(tok, buf + off, 4 * (size_t)T), off += 4 * (size_t)T;
+    memcpy(tgt, buf + off, 4 * (size_t)T), off += 4 * (size_t)T;
+    memcpy(mask, buf + off, T), off += mpad;
+    memcpy(st0, buf + off, 4 * (size_t)slen), off += 4 * (size_t)slen;
+    double lref;
+    memcpy(&lref, buf + off, 8), off += 8;
+    memcpy(gref, buf + off, 4 * (size_t)slen);
+    free(buf);
+
+    struct fixture f;
+    ck_assert(fixture_open(&f, model_path));
+    ck_assert_uint_eq(f.slen, slen);
+    double loss;
+    struct rk_backward_params bp = {.checkpoint_every = K};
+    ck_assert_int_eq(rk_backward_seq(f.ctx, &bp, tok, tgt, mask, T, st0, &loss, g, NULL, NULL),
+                     RK_OK);
+    double gmax = 0, dmax = 0, num = 0, den = 0;
+    for (size_t i = 0; i < slen; i++) {
+        double d = fabs((double)g[i] - gref[i]);
+        gmax = fabs(gref[i]) > gmax ? fabs(gref[i]) : gmax;
+        dmax = d > dmax ? d : dmax;
+        num += d * d;
+        den += (double)gref[i] * gref[i];
+    }
+    fprintf(stderr,
+            "%s vs torch: loss %.9f vs %.9f; gradient max |diff| %.3e (max |g| %.3e), "
+            "relative L2 error %.3e\n",
+            grad_name, loss, lref, dmax, gmax, sqrt(num / den));
+    ck_assert_msg(fabs(loss - lref) <= 1e-5 * fabs(lref), "loss %.9g vs torch %.9g", loss, lref);
+    ck_assert_msg(sqrt(num / den) <= 1e-4, "relative L2 error %.3e", sqrt(num / den));
+    /* element-wise: within 1e-3 relative, or 1e-4 of the largest gradient */
+    rk_check_close(g, gref, slen, 1e-4 * gmax, 1e-3, grad_name);
+    free(tok), free(tgt), free(mask), free(st0), free(gref), free(g);
+    fixture_close(&f);
+}
+
+START_TEST(test_torch_tiny)
+{
+    run_torch(rk_test_shared("fixtures/models/tiny-rwkv7-834K.safetensors"), "grad-tiny.bin", 16);
+}
+END_TEST
+
+START_TEST(test_torch_rand_mh)
+{
+    run_torch(rk_test_data("rand-mh.safetensors"), "grad-rand-mh.bin", 16);
+}
+END_TEST
+
+START_TEST(test_torch_rand_mh_bf16)
+{
+    run_torch(rk_test_data("rand-mh-bf16.safetensors"), "grad-rand-mh-bf16.bin", 16);
+}
+END_TEST
+
+/* --- tests: invariances --------------------------------------------------- */
+
+START_TEST(test_checkpoint_interval)
+{
+    struct fixture f;
+    ck_assert(fixture_open(&f, rk_test_data("rand-mh.safetensors")));
+    const size_t T = 37;
+    uint32_t tok[37], tgt[37];
+    uint8_t mask[37];
+    rand_seq((uint32_t)f.m->V, 5, T, tok, tgt, mask);
+    float *st0 = malloc(sizeof(float) * f.slen);
+    rand_state(f.m, 6, st0);
+    float *g0 = malloc(sizeof(float) * f.slen), *g1 = malloc(sizeof(float) * f.slen);
+    double l0, l1;
+    struct rk_backward_params bp = {.checkpoint_every = 1};
+    ck_assert_int_eq(rk_backward_seq(f.ctx, &bp, tok, tgt, mask, T, st0, &l0, g0, NULL, NULL),
+                     RK_OK);
+    const int Ks[] = {3, 16, 37, 100};
+    for (size_t i = 0; i < 4; i++) {
+        bp.checkpoint_every = Ks[i];
+        ck_assert_int_eq(
+            rk_backward_seq(f.ctx, &bp, tok, tgt, mask, T, st0, &l1, g1, NULL, NULL), RK_OK);
+        ck_assert(l0 == l1);
+        ck_assert_msg(memcmp(g0, g1, sizeof(float) * f.slen) == 0,
+                      "gradient differs with checkpoint_every %d", Ks[i]);
+    }
+    /* NULL state0 means the zero state */
+    memset(st0, 0, sizeof(float) * f.slen);
+    ck_assert_int_eq(rk_backward_seq(f.ctx, NULL, tok, tgt, mask, T, st0, &l0, g0, NULL, NULL),
+                     RK_OK);
+    ck_assert_int_eq(rk_backward_seq(f.ctx, NULL, tok, tgt, mask, T, NULL, &l1, g1, NULL, NULL),
+                     RK_OK);
+    ck_assert(l0 == l1);
+    ck_assert(memcmp(g0, g1, sizeof(float) * f.slen) == 0);
+    free(st0), free(g0), free(g1);
+    fixture_close(&f);
+}
+END_TEST
+
+static bool cancel_now(void *user)
+{
+    int *calls = user;
+    return ++*calls >= 3;
+}
+
+START_TEST(test_mask_and_errors)
+{
+    struct fixture f;
+    ck_assert(fixture_open(&f, rk_test_data("rand-mh.safetensors")));
+    const size_t T = 12;
+    uint32_t tok[12], tgt[12];
+    uint8_t mask[12] = {0};
+    rand_seq((uint32_t)f.m->V, 9, T, tok, tgt, mask);
+    float *g = malloc(sizeof(float) * f.slen);
+    double loss = 1;
+    uint8_t none[12] = {0};
+    ck_assert_int_eq(rk_backward_seq(f.ctx, NULL, tok, tgt, none, T, NULL, &loss, g, NULL, NULL),
+                     RK_OK);
+    ck_assert(loss == 0);
+    for (size_t i = 0; i < f.slen; i++)
+        ck_assert(g[i] == 0);
+    /* one selected position: loss equals that position's CE (the last one) */
+    uint8_t last[12] = {0};
+    last[T - 1] = 1;
+    ck_assert_int_eq(rk_backward_seq(f.ctx, NULL, tok, tgt, last, T, NULL, &loss, g, NULL, NULL),
+                     RK_OK);
+    float *logits = malloc(sizeof(float) * (size_t)f.m->V);
+    float *st = calloc(f.slen, sizeof(float));
+    ck_assert_int_eq(rk_forward_seq(f.ctx, tok, T, st, logits, false), RK_OK);
+    double ce = -rk_logprob(logits, (size_t)f.m->V, tgt[T - 1]);
+    ck_assert_msg(fabs(ce - loss) < 1e-4 * fabs(ce), "CE %.7f vs backward loss %.7f", ce, loss);
+    /* errors */
+    uint32_t bad[12];
+    memcpy(bad, tok, sizeof bad);
+    bad[3] = (uint32_t)f.m->V;
+    ck_assert_int_eq(rk_backward_seq(f.ctx, NULL, bad, tgt, NULL, T, NULL, &loss, g, NULL, NULL),
+                     RK_ERANGE);
+    ck_assert_int_eq(rk_backward_seq(f.ctx, NULL, tok, bad, NULL, T, NULL, &loss, g, NULL, NULL),
+                     RK_ERANGE);
+    ck_assert_int_eq(rk_backward_seq(f.ctx, NULL, tok, tgt, NULL, 0, NULL, &loss, g, NULL, NULL),
+                     RK_EINVAL);
+    int calls = 0;
+    ck_assert_int_eq(
+        rk_backward_seq(f.ctx, NULL, tok, tgt, NULL, T, NULL, &loss, g, cancel_now, &calls),
+        RK_ECANCELED);
+    free(g), free(logits), free(st);
+    fixture_close(&f);
+}
+END_TEST
+
+RK_TEST_SUITE(backward_shared_suite, RK_NEEDS_SHARED)
+{
+    Suite *s = suite_create("backward-tiny");
+    TCase *tc = tcase_create("tiny");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_fd_tiny);
+    tcase_add_test(tc, test_torch_tiny);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
+{
+    Suite *s = suite_create("backward");
+    TCase *tc = tcase_create("random-fixtures");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_fd_rand_mh);
+    tcase_add_test(tc, test_fd_rand_mh_bf16);
+    tcase_add_test(tc, test_torch_rand_mh);
+    tcase_add_test(tc, test_torch_rand_mh_bf16);
+    tcase_add_test(tc, test_checkpoint_interval);
+    tcase_add_test(tc, test_mask_and_errors);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,2 +1,294 @@
-/* test_forward.c: work in progress. */
+/*
+ * test_forward.c - numerical golden tests of the forward pass.
+ *
+ *  - the real tiny RWKV-7 (../shared/fixtures) in all three files must give
+ *    the expected logits within 1e-4, on the reference and the fast kernels;
+ *  - the multi-head random-weight fixtures (tests/data, made by
+ *    tools/gen_model.py, expected outputs from the independent NumPy
+ *    implementation tools/ref_rwkv7.py) must match logits after every token
+ *    and the final state, also when starting from a non-zero state;
+ *  - token-by-token, whole-sequence, chunked and batched runs must agree, and
+ *    the fast kernels must agree with the reference kernels.
+ */
 #include "check_common.h"
+#include "core_int.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct rk_model *load(const char *path)
+{
+    struct rk_errbuf eb = {0};
+    struct rk_model *m = NULL;
+    int rc = rk_model_load(path, NULL, &m, &eb);
+    ck_assert_msg(rc == RK_OK, "load %s: %s (%s)", path, rk_strerror(rc), eb.msg);
+    return m;
+}
+
+static struct rk_ctx *make_ctx(const struct rk_model *m, int threads, int rows, bool ref)
+{
+    struct rk_ctx *c = NULL;
+    struct rk_ctx_params p = {.n_threads = threads, .rows_max = rows};
+    ck_assert_int_eq(rk_ctx_create(m, &p, &c), RK_OK);
+    rk_ctx_set_reference(c, ref);
+    return c;
+}
+
+static float *read_f32(const char *rel, size_t n_expect)
+{
+    size_t len = 0;
+    float *v = rk_test_read_file(rk_test_data(rel), &len);
+    ck_assert_msg(v != NULL, "cannot read tests/data/%s", rel);
+    ck_assert_msg(len == n_expect * sizeof(float), "%s: %zu bytes, expected %zu", rel, len,
+                  n_expect * sizeof(float));
+    return v;
+}
+
+static uint32_t *read_tokens(const char *rel, size_t *n)
+{
+    size_t len = 0;
+    char *txt = rk_test_read_file(rk_test_data(rel), &len);
+    ck_assert(txt != NULL);
+    uint32_t *ids = malloc((len + 1) * sizeof *ids);
+    size_t k = 0;
+    char *p = txt, *end;
+    while (p < txt + len) {
+        unsigned long v = strtoul(p, &end, 10);
+        if (end == p)
+            break;
+        ids[k++] = (uint32_t)v;
+        p = end;
+        while (p < txt + len && (*p == ',' || *p == ' ' || *p == '\n'))
+            p++;
+    }
+    free(txt);
+    *n = k;
+    return ids;
+}
+
+/* --- the shared tiny model ------------------------------------------------ */
+
+static const char *tiny_files[] = {
+    "fixtures/models/tiny-rwkv7-834K-FP32.bin",
+    "fixtures/models/tiny-rwkv7-834K-FP16.bin",
+    "fixtures/models/tiny-rwkv7-834K.safetensors",
+};
+
+START_TEST(test_tiny_expected_logits)
+{
+    const char *path = rk_test_shared(tiny_files[_i / 2]);
+    bool ref = _i % 2;
+    ck_assert_msg(path != NULL, "missing %s", tiny_files[_i / 2]);
+    const char *exp_path = rk_test_shared("fixtures/models/tiny-rwkv7-834K.expected-logits.f32");
+    ck_assert(exp_path != NULL);
+    size_t len = 0;
+    float *expected = rk_test_read_file(exp_path, &len);
+    ck_assert_uint_eq(len, 256 * sizeof(float));
+
+    struct rk_model *m = load(path);
+    ck_assert_int_eq(rk_model_n_vocab(m), 256);
+    struct rk_ctx *c = make_ctx(m, 2, 64, ref);
+    float *state = calloc(rk_state_len(m), sizeof(float));
+    float logits[256];
+    uint32_t toks[] = {34, 105, 110};
+    ck_assert_int_eq(rk_forward_seq(c, toks, 3, state, logits, false), RK_OK);
+    char what[256];
+    snprintf(what, sizeof what, "%s (%s kernels)", tiny_files[_i / 2], ref ? "reference" : "fast");
+    rk_check_close(logits, expected, 256, 1e-4, 0, what);
+    free(state);
+    free(expected);
+    rk_ctx_free(c);
+    rk_model_free(m);
+}
+END_TEST
+
+/* --- the random multi-head fixtures --------------------------------------- */
+
+static const char *rand_models[] = {"rand-mh", "rand-mh-bf16"};
+
+START_TEST(test_rand_reference_outputs)
+{
+    const char *name = rand_models[_i / 2];
+    bool ref = _i % 2;
+    char rel[256];
+    snprintf(rel, sizeof rel, "%s.safetensors", name);
+    struct rk_model *m = load(rk_test_data(rel));
+    ck_assert_int_gt(rk_model_n_head(m), 1);
+    size_t V = (size_t)rk_model_n_vocab(m), SL = rk_state_len(m), T;
+    snprintf(rel, sizeof rel, "%s.tokens.txt", name);
+    uint32_t *toks = read_tokens(rel, &T);
+    ck_assert_uint_gt(T, 8);
+    snprintf(rel, sizeof rel, "%s.logits-all.f32", name);
+    float *exp_all = read_f32(rel, T * V);
+    snprintf(rel, sizeof rel, "%s.state.f32", name);
+    float *exp_state = read_f32(rel, SL);
+
+    struct rk_ctx *c = make_ctx(m, 2, 7, ref); /* odd chunk size: several chunks */
+    float *state = calloc(SL, sizeof(float));
+    float *logits = malloc(T * V * sizeof(float));
+    ck_assert_int_eq(rk_forward_seq(c, toks, T, state, logits, true), RK_OK);
+    char what[256];
+    snprintf(what, sizeof what, "%s logits after every token (%s)", name, ref ? "ref" : "fast");
+    rk_check_close(logits, exp_all, T * V, 2e-4, 2e-4, what);
+    snprintf(what, sizeof what, "%s final state (%s)", name, ref ? "ref" : "fast");
+    rk_check_close(state, exp_state, SL, 2e-4, 2e-4, what);
+
+    // from a non-zero initial state
+    snprintf(rel, sizeof rel, "%s.state-in.f32", name);
+    float *sin = read_f32(rel, SL);
+    snprintf(rel, sizeof rel, "%s.logits-from-state.f32", name);
+    float *exp_lfs = read_f32(rel, V);
+    snprintf(rel, sizeof rel, "%s.state-out-from-state.f32", name);
+    float *exp_sfs = read_f32(rel, SL);
+    ck_assert_int_eq(rk_forward_seq(c, toks, T, sin, logits, false), RK_OK);
+    snprintf(what, sizeof what, "%s logits from a given state (%s)", name, ref ? "ref" : "fast");
+    rk_check_close(logits, exp_lfs, V, 2e-4, 2e-4, what);
+    snprintf(what, sizeof what, "%s state from a given state (%s)", name, ref ? "ref" : "fast");
+    rk_check_close(sin, exp_sfs, SL, 2e-4, 2e-4, what);
+
+    free(sin), free(exp_lfs), free(exp_sfs), free(toks), free(exp_all), free(exp_state);
+    free(state), free(logits);
+    rk_ctx_free(c);
+    rk_model_free(m);
+}
+END_TEST
+
+/* --- agreement between run shapes ----------------------------------------- */
+
+/* Token-by-token, whole sequence (one chunk), chunked (chunk 3) and batched
+ * (each step of B different sequences in one call) must agree. */
+START_TEST(test_run_shapes_agree)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "%s.safetensors", rand_models[_i]);
+    struct rk_model *m = load(rk_test_data(rel));
+    size_t V = (size_t)rk_model_n_vocab(m), SL = rk_state_len(m);
+    enum { T = 13, B = 5 };
+    uint32_t toks[B][T];
+    uint64_t s = 12345;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            toks[b][t] = (uint32_t)((s >> 33) % V);
+        }
+    struct rk_ctx *one = make_ctx(m, 2, 64, false), *chunk3 = make_ctx(m, 2, 3, false);
+    float *st_tok = calloc(B * SL, sizeof(float)), *st_seq = calloc(SL, sizeof(float));
+    float *st_chk = calloc(SL, sizeof(float)), *st_bat = calloc(B * SL, sizeof(float));
+    float *lg_tok = malloc(B * V * sizeof(float)), *lg_seq = malloc(T * V * sizeof(float));
+    float *lg_chk = malloc(T * V * sizeof(float)), *lg_bat = malloc(B * V * sizeof(float));
+    float *ptrs[B];
+    for (int b = 0; b < B; b++)
+        ptrs[b] = st_bat + b * SL;
+    for (int t = 0; t < T; t++) {
+        uint32_t step[B];
+        for (int b = 0; b < B; b++) {
+            ck_assert_int_eq(rk_forward_token(one, toks[b][t], st_tok + b * SL, lg_tok + b * V),
+                             RK_OK);
+            step[b] = toks[b][t];
+        }
+        ck_assert_int_eq(rk_forward_batch(chunk3, B, step, ptrs, lg_bat), RK_OK);
+        rk_check_close(lg_bat, lg_tok, B * V, 1e-4, 1e-4, "batched vs token-by-token logits");
+    }
+    rk_check_close(st_bat, st_tok, B * SL, 1e-4, 1e-4, "batched vs token-by-token state");
+    ck_assert_int_eq(rk_forward_seq(one, toks[B - 1], T, st_seq, lg_seq, true), RK_OK);
+    ck_assert_int_eq(rk_forward_seq(chunk3, toks[B - 1], T, st_chk, lg_chk, true), RK_OK);
+    rk_check_close(lg_seq + (T - 1) * V, lg_tok + (B - 1) * V, V, 1e-4, 1e-4,
+                   "sequence vs token-by-token logits");
+    rk_check_close(st_seq, st_tok + (B - 1) * SL, SL, 1e-4, 1e-4, "sequence vs token state");
+    rk_check_close(lg_chk, lg_seq, T * V, 1e-4, 1e-4, "chunked vs whole-sequence logits");
+    rk_check_close(st_chk, st_seq, SL, 1e-4, 1e-4, "chunked vs whole-sequence state");
+
+    // continuing from a saved state equals one longer run
+    float *st_a = calloc(SL, sizeof(float)), *lg_a = malloc(V * sizeof(float));
+    ck_assert_int_eq(rk_forward_seq(one, toks[0], 6, st_a, NULL, false), RK_OK);
+    ck_assert_int_eq(rk_forward_seq(one, toks[0] + 6, T - 6, st_a, lg_a, false), RK_OK);
+    float *st_b = calloc(SL, sizeof(float)), *lg_b = malloc(V * sizeof(float));
+    ck_assert_int_eq(rk_forward_seq(one, toks[0], T, st_b, lg_b, false), RK_OK);
+    rk_check_close(lg_a, lg_b, V, 1e-5, 1e-5, "split run vs one run");
+
+    free(st_a), free(lg_a), free(st_b), free(lg_b);
+    free(st_tok), free(st_seq), free(st_chk), free(st_bat);
+    free(lg_tok), free(lg_seq), free(lg_chk), free(lg_bat);
+    rk_ctx_free(one);
+    rk_ctx_free(chunk3);
+    rk_model_free(m);
+}
+END_TEST
+
+/* The fast kernels (AVX-512 dot products, converted-block sgemm, threaded
+ * WKV) against the plain reference kernels, for every weight precision and
+ * for the row counts that select each matmul path. */
+START_TEST(test_fast_matches_reference)
+{
+    static const enum rk_dtype types[] = {RK_DTYPE_F32, RK_DTYPE_BF16, RK_DTYPE_F16};
+    struct rk_model_params p = {.wtype = types[_i]};
+    struct rk_model *m = NULL;
+    struct rk_errbuf eb = {0};
+    ck_assert_int_eq(rk_model_load(rk_test_data("rand-mh.safetensors"), &p, &m, &eb), RK_OK);
+    ck_assert_int_eq(rk_model_wtype(m), types[_i]);
+    size_t V = (size_t)rk_model_n_vocab(m), SL = rk_state_len(m);
+    struct rk_ctx *fast = make_ctx(m, 2, 64, false), *ref = make_ctx(m, 1, 64, true);
+    static const size_t lens[] = {1, 2, 3, 4, 5, 17};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        size_t T = lens[li];
+        uint32_t toks[17];
+        for (size_t t = 0; t < T; t++)
+            toks[t] = (uint32_t)((t * 97 + 13) % V);
+        float *s1 = calloc(SL, sizeof(float)), *s2 = calloc(SL, sizeof(float));
+        float *l1 = malloc(T * V * sizeof(float)), *l2 = malloc(T * V * sizeof(float));
+        ck_assert_int_eq(rk_forward_seq(fast, toks, T, s1, l1, true), RK_OK);
+        ck_assert_int_eq(rk_forward_seq(ref, toks, T, s2, l2, true), RK_OK);
+        char what[128];
+        snprintf(what, sizeof what, "fast vs reference logits (%s, T=%zu)",
+                 rk_dtype_name(types[_i]), T);
+        rk_check_close(l1, l2, T * V, 1e-4, 1e-4, what);
+        rk_check_close(s1, s2, SL, 1e-4, 1e-4, "fast vs reference state");
+        free(s1), free(s2), free(l1), free(l2);
+    }
+    rk_ctx_free(fast);
+    rk_ctx_free(ref);
+    rk_model_free(m);
+}
+END_TEST
+
+START_TEST(test_bad_tokens_rejected)
+{
+    struct rk_model *m = load(rk_test_data("rand-mh.safetensors"));
+    struct rk_ctx *c = make_ctx(m, 1, 8, false);
+    float *state = calloc(rk_state_len(m), sizeof(float));
+    float *copy = calloc(rk_state_len(m), sizeof(float));
+    uint32_t toks[] = {1, 2, (uint32_t)rk_model_n_vocab(m)};
+    ck_assert_int_eq(rk_forward_seq(c, toks, 3, state, NULL, false), RK_ERANGE);
+    ck_assert_msg(memcmp(state, copy, rk_state_len(m) * sizeof(float)) == 0,
+                  "a rejected sequence must leave the state untouched");
+    ck_assert_int_eq(rk_forward_token(c, 0xffffffffu, state, NULL), RK_ERANGE);
+    ck_assert_int_eq(rk_forward_seq(c, toks, 0, state, NULL, false), RK_EINVAL);
+    free(state), free(copy);
+    rk_ctx_free(c);
+    rk_model_free(m);
+}
+END_TEST
+
+RK_TEST_SUITE(forward_tiny_suite, RK_NEEDS_SHARED)
+{
+    Suite *s = suite_create("forward-tiny");
+    TCase *tc = tcase_create("expected-logits");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_tiny_expected_logits, 0, 6);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+RK_TEST_SUITE(forward_rand_suite, RK_SELF_CONTAINED)
+{
+    Suite *s = suite_create("forward-random");
+    TCase *tc = tcase_create("reference-outputs");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_rand_reference_outputs, 0, 4);
+    tcase_add_loop_test(tc, test_run_shapes_agree, 0, 2);
+    tcase_add_loop_test(tc, test_fast_matches_reference, 0, 3);
+    tcase_add_test(tc, test_bad_tokens_rejected);
+    suite_add_tcase(s, tc);
+    return s;
+}
