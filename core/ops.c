@@ -24,8 +24,10 @@
 #define RK_X86 1
 #endif
 
-/* Rows of X up to which the dot path is used; measured in BENCHMARKS.md. */
+/* Rows of X up to which the dot path is used, and up to which the tiled
+ * AVX-512 path beats converted-block sgemm; measured in BENCHMARKS.md. */
 #define DOT_ROWS_MAX 4
+#define TILED_ROWS_MAX 48
 /* Weight elements below which a matmul runs on the calling thread only. */
 #define PAR_MIN_ELEMS (1 << 16)
 /* Weight rows converted per gemm block (~256 KiB of fp32 at C = 768). */
@@ -180,6 +182,58 @@ DOT_AVX512(2)
 DOT_AVX512(3)
 DOT_AVX512(4)
 
+/* A 4x4 tile: 4 weight rows against 4 rows of X, 16 accumulators. Each
+ * weight vector loaded (and widened) once feeds 4 FMAs, and each X vector 4,
+ * so the loop is bound by FMAs rather than loads. Needs cols % 16 == 0. */
+AVX512 static void tile4x4_avx512(float *Y, size_t ldy, int yoff, const float *X, size_t cols,
+                                  const struct rk_weight *W, int r)
+{
+    enum rk_dtype t = W->dtype;
+    __m512 acc[4][4];
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 4; b++)
+            acc[a][b] = _mm512_setzero_ps();
+    size_t base = (size_t)r * cols;
+    for (size_t c = 0; c < cols; c += 16) {
+        __m512 w0 = load16(t, W->data, base + c);
+        __m512 w1 = load16(t, W->data, base + cols + c);
+        __m512 w2 = load16(t, W->data, base + 2 * cols + c);
+        __m512 w3 = load16(t, W->data, base + 3 * cols + c);
+        for (int i = 0; i < 4; i++) {
+            __m512 x = _mm512_loadu_ps(X + (size_t)i * cols + c);
+            acc[0][i] = _mm512_fmadd_ps(w0, x, acc[0][i]);
+            acc[1][i] = _mm512_fmadd_ps(w1, x, acc[1][i]);
+            acc[2][i] = _mm512_fmadd_ps(w2, x, acc[2][i]);
+            acc[3][i] = _mm512_fmadd_ps(w3, x, acc[3][i]);
+        }
+    }
+    for (int a = 0; a < 4; a++)
+        for (int i = 0; i < 4; i++)
+            Y[(size_t)i * ldy + (size_t)(r + a - yoff)] = _mm512_reduce_add_ps(acc[a][i]);
+}
+
+static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
+                     const struct rk_weight *W, int r0, int r1, float *rowbuf);
+
+/* Rows [r0, r1) of W against any number of rows of X, in 4x4 tiles; blocks of
+ * 4 weight rows stay in L1 while all of X streams past them. */
+AVX512 static void tiled_avx512(float *Y, size_t ldy, int yoff, const float *X, size_t n,
+                                const struct rk_weight *W, int r0, int r1)
+{
+    size_t cols = (size_t)W->cols;
+    int r = r0;
+    size_t n4 = n & ~(size_t)3;
+    for (; r + 4 <= r1; r += 4) {
+        for (size_t i = 0; i < n4; i += 4)
+            tile4x4_avx512(Y + i * ldy, ldy, yoff, X + i * cols, cols, W, r);
+        if (n4 < n)
+            dot_rows(Y + n4 * ldy, ldy, yoff, X + n4 * cols, n - n4, W, r, r + 4, NULL);
+    }
+    if (r < r1)
+        for (size_t i = 0; i < n; i += 4)
+            dot_rows(Y + i * ldy, ldy, yoff, X + i * cols, n - i < 4 ? n - i : 4, W, r, r1, NULL);
+}
+
 AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, int r0, int r1)
 {
     size_t cols = (size_t)W->cols;
@@ -280,6 +334,16 @@ static void gemm_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 
 /* --- dispatch ------------------------------------------------------------- */
 
+static size_t tiled_rows_max(void)
+{
+    static long cached = -1;
+    if (cached < 0) {
+        const char *env = getenv("RWKVD_TILED_ROWS_MAX"); /* for measurements */
+        cached = env && *env ? atol(env) : TILED_ROWS_MAX;
+    }
+    return (size_t)cached;
+}
+
 struct mm_job {
     float *Y;
     size_t ldy;
@@ -300,6 +364,12 @@ static void mm_worker(int ith, int nth, void *arg)
         b = j->r1;
     if (a >= b)
         return;
+#ifdef RK_X86
+    if (j->n > DOT_ROWS_MAX && j->n <= tiled_rows_max() && have_avx512() && j->W->cols % 16 == 0) {
+        tiled_avx512(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b);
+        return;
+    }
+#endif
     if (j->n <= DOT_ROWS_MAX) {
         float *rowbuf = j->W->dtype == RK_DTYPE_F32 ? NULL : thread_buf((size_t)j->W->cols);
         if (j->W->dtype != RK_DTYPE_F32 && !rowbuf && !have_avx512()) {

@@ -265,16 +265,16 @@ static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
     token_shift(c, R, seq, st, loff, c->u, c->prev);
 
     // six lerps: x_c = u + (prev - u) * mu_c
-    for (size_t i = 0; i < RC; i++) {
-        size_t ch = i % (size_t)C;
-        float u = c->u[i], d = c->prev[i] - u;
-        c->xr[i] = u + d * ly->x_r[ch];
-        c->xw[i] = u + d * ly->x_w[ch];
-        c->xk[i] = u + d * ly->x_k[ch];
-        c->xv[i] = u + d * ly->x_v[ch];
-        c->xa[i] = u + d * ly->x_a[ch];
-        c->xg[i] = u + d * ly->x_g[ch];
-    }
+    for (size_t t = 0, i = 0; t < (size_t)R; t++)
+        for (int ch = 0; ch < C; ch++, i++) {
+            float u = c->u[i], d = c->prev[i] - u;
+            c->xr[i] = u + d * ly->x_r[ch];
+            c->xw[i] = u + d * ly->x_w[ch];
+            c->xk[i] = u + d * ly->x_k[ch];
+            c->xv[i] = u + d * ly->x_v[ch];
+            c->xa[i] = u + d * ly->x_a[ch];
+            c->xg[i] = u + d * ly->x_g[ch];
+        }
     matmul(c, c->r, c->xr, R, &ly->wr); // r [R][C]
     matmul(c, c->k, c->xk, R, &ly->wk); // k-hat [R][C]
     matmul(c, c->v, c->xv, R, &ly->wv); // v-hat [R][C]
@@ -284,14 +284,16 @@ static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
     for (size_t i = 0; i < (size_t)R * (size_t)ly->w1.rows; i++)
         c->lora[i] = tanhf(c->lora[i]);
     matmul(c, c->w, c->lora, R, &ly->w2);
-    for (size_t i = 0; i < RC; i++)
-        c->w[i] = expf(-DECAY_SCALE * sigmoidf(ly->w0[i % (size_t)C] + c->w[i]));
+    for (size_t t = 0, i = 0; t < (size_t)R; t++)
+        for (int ch = 0; ch < C; ch++, i++)
+            c->w[i] = expf(-DECAY_SCALE * sigmoidf(ly->w0[ch] + c->w[i]));
 
     // in-context learning rate: a = sigmoid(a0 + (x_a a1) a2)
     matmul(c, c->lora, c->xa, R, &ly->a1);
     matmul(c, c->a, c->lora, R, &ly->a2);
-    for (size_t i = 0; i < RC; i++)
-        c->a[i] = sigmoidf(ly->a0[i % (size_t)C] + c->a[i]);
+    for (size_t t = 0, i = 0; t < (size_t)R; t++)
+        for (int ch = 0; ch < C; ch++, i++)
+            c->a[i] = sigmoidf(ly->a0[ch] + c->a[i]);
 
     // value residual: layer 0 defines v_first, later layers mix towards it
     if (l == 0) {
@@ -299,10 +301,11 @@ static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
     } else {
         matmul(c, c->lora, c->xv, R, &ly->v1);
         matmul(c, c->tmp, c->lora, R, &ly->v2);
-        for (size_t i = 0; i < RC; i++) {
-            float nu = sigmoidf(ly->v0[i % (size_t)C] + c->tmp[i]);
-            c->v[i] += (c->vfirst[i] - c->v[i]) * nu;
-        }
+        for (size_t t = 0, i = 0; t < (size_t)R; t++)
+            for (int ch = 0; ch < C; ch++, i++) {
+                float nu = sigmoidf(ly->v0[ch] + c->tmp[i]);
+                c->v[i] += (c->vfirst[i] - c->v[i]) * nu;
+            }
     }
 
     // gate: g = sigmoid(x_g g1) g2
@@ -325,10 +328,9 @@ static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
             for (int i = 0; i < N; i++)
                 c->kk[o + i] *= inv;
         }
-    for (size_t i = 0; i < RC; i++) {
-        size_t ch = i % (size_t)C;
-        c->k[i] *= 1.0f + (c->a[i] - 1.0f) * ly->k_a[ch];
-    }
+    for (size_t t = 0, i = 0; t < (size_t)R; t++)
+        for (int ch = 0; ch < C; ch++, i++)
+            c->k[i] *= 1.0f + (c->a[i] - 1.0f) * ly->k_a[ch];
 
     struct wkv_job wj = {c, l, R, H, seq, st};
     if (c->ref)
@@ -375,10 +377,11 @@ static void channel_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *
     for (int t = 0; t < R; t++)
         rk__layernorm(c->u + (size_t)t * C, c->x + (size_t)t * C, ly->ln2_w, ly->ln2_b, C, LN_EPS);
     token_shift(c, R, seq, st, off, c->u, c->prev);
-    for (size_t i = 0; i < RC; i++) {
-        float u = c->u[i];
-        c->xk[i] = u + (c->prev[i] - u) * ly->ffn_x_k[i % (size_t)C];
-    }
+    for (size_t t = 0, i = 0; t < (size_t)R; t++)
+        for (int ch = 0; ch < C; ch++, i++) {
+            float u = c->u[i];
+            c->xk[i] = u + (c->prev[i] - u) * ly->ffn_x_k[ch];
+        }
     matmul(c, c->hidden, c->xk, R, &ly->ffn_key); // [R][F]
     for (size_t i = 0; i < (size_t)R * (size_t)m->F; i++) {
         float h = c->hidden[i] > 0.0f ? c->hidden[i] : 0.0f;

@@ -3,7 +3,9 @@
 #include "rk_config.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct subcmd {
     const char *name;
@@ -32,8 +34,39 @@ static void usage(FILE *f)
         fprintf(f, "  %-10s %s\n", subcmds[i].name, subcmds[i].help);
 }
 
+/*
+ * OpenBLAS picks its kernels from the CPU model at library load. Inside some
+ * virtual machines it does not recognise the CPU and falls back to its oldest
+ * x86-64 kernels (about 8x slower sgemm here). When the user has not chosen a
+ * core type, choose one from the CPU's feature flags and restart the process
+ * once so that the library starts with it. RWKVD_BLAS_AUTO=0 disables this.
+ */
+static void choose_blas_core(char **argv)
+{
+#if defined(__x86_64__)
+    const char *off = getenv("RWKVD_BLAS_AUTO");
+    if (getenv("OPENBLAS_CORETYPE") || (off && !strcmp(off, "0")))
+        return;
+    __builtin_cpu_init();
+    const char *core = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        core = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        core = "Haswell";
+    if (!core)
+        return;
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed: carry on with the library's own choice */
+#else
+    (void)argv;
+#endif
+}
+
 int main(int argc, char **argv)
 {
+    choose_blas_core(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
