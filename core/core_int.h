@@ -211,4 +211,10 @@ struct rk__pool *rk__ctx_pool(struct rk_ctx *ctx);
 void rk__layernorm(float *out, const float *x, const float *w, const float *b, int n,
                    float eps);
 
+/* --- backward (rwkv7_backward.c) ---------------------------------------- */
+
+/* Test hook: the backward keeps every layer's activations when they fit in
+ * `bytes` and recomputes layer by layer otherwise (default 1 GiB). */
+void rk__backward_set_store_max(size_t bytes);
+
 #endif /* RK_CORE_INT_H */

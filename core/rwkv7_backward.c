@@ -35,27 +35,17 @@
 #define LN_EPS 1e-5
 #define GN_EPS 64e-5
 #define TRANSPOSE_FLOATS_MAX (4u << 20) /* fp32 scratch for one transposed weight block */
+/* Keep all layers' activations from the first forward when they fit here
+ * (bytes). Tests lower it to exercise the recompute path. */
+static size_t store_bytes_max = (size_t)1 << 30;
+void rk__backward_set_store_max(size_t bytes) { store_bytes_max = bytes; }
 
 /* --- one backward call: sizes, buffers ------------------------------------ */
 
-struct bwd {
-    const struct rk_model *m;
-    struct rk__pool *pool;
-    size_t T;
-    int L, C, H, N, F, V;
-    int K; /* tokens between WKV checkpoints */
-    struct rk_state_layout lay;
-
-    /* whole sequence */
-    float *xs;      /* [L+1][T][C] residual input of layer l; xs[L] feeds ln_out */
-    float *vfirst;  /* [T][C] layer-0 value */
-    float *dvfirst; /* [T][C] dLoss/dv_first summed over layers >= 1 */
-    float *dx;      /* [T][C] gradient w.r.t. the current layer's output, then input */
-
-    /* one layer's activations, [T][...] */
+/* What the backward of one layer needs from its forward, [T][...]. */
+struct act {
     float *mu1, *rs1;            /* [T] LN1 mean and 1/std */
     float *u;                    /* [T][C] LN1 output */
-    float *xr, *xw, *xk, *xv, *xa, *xg; /* [T][C] lerps (reused as their gradients) */
     float *r, *kh, *vh;          /* [T][C] receptance, raw key, raw value */
     float *sz, *w;               /* [T][C] sigmoid(z) and decay */
     float *tw;                   /* [T][Dw] tanh(x_w w1) */
@@ -72,6 +62,28 @@ struct bwd {
     float *u2;                   /* [T][C] LN2 output */
     float *fs;                   /* [T][F] ffn key pre-activation */
     float *ck;                   /* [T/K+1][H][N][N] WKV state before token c*K */
+
+};
+
+struct bwd {
+    const struct rk_model *m;
+    struct rk__pool *pool;
+    size_t T;
+    int L, C, H, N, F, V;
+    int K; /* tokens between WKV checkpoints */
+    struct rk_state_layout lay;
+
+    /* whole sequence */
+    float *xs;      /* [L+1][T][C] residual input of layer l; xs[L] feeds ln_out */
+    float *vfirst;  /* [T][C] layer-0 value */
+    float *dvfirst; /* [T][C] dLoss/dv_first summed over layers >= 1 */
+    float *dx;      /* [T][C] gradient w.r.t. the current layer's output, then input */
+
+    /* the activations of the layer being processed: one of acts[] */
+    struct act a;
+    struct act *acts; /* [n_acts]: L when every layer is kept, else 1 */
+    int n_acts;
+    float *xr, *xw, *xk, *xv, *xa, *xg; /* [T][C] lerps (reused as their gradients) */
 
     /* backward / scratch */
     float *t0, *t1, *t2, *t3;    /* [T][C] */
@@ -210,6 +222,42 @@ static float *carve(struct plan *p, size_t n)
     return r;
 }
 
+/* One activation set (struct act) for T tokens. */
+static void layout_act(const struct bwd *b, struct plan *p, struct act *a)
+{
+    const size_t T = b->T, C = b->C, H = b->H, NN = (size_t)b->N * b->N, F = b->F;
+    size_t nck = (T + b->K - 1) / b->K + 1;
+    a->mu1 = carve(p, T);
+    a->rs1 = carve(p, T);
+    a->u = carve(p, T * C);
+    a->r = carve(p, T * C);
+    a->kh = carve(p, T * C);
+    a->vh = carve(p, T * C);
+    a->sz = carve(p, T * C);
+    a->w = carve(p, T * C);
+    a->tw = carve(p, T * (size_t)b->m->Dw);
+    a->alpha = carve(p, T * C);
+    a->nu = carve(p, T * C);
+    a->gh = carve(p, T * (size_t)b->m->Dg);
+    a->g = carve(p, T * C);
+    a->kk = carve(p, T * C);
+    a->qn = carve(p, T * H);
+    a->k = carve(p, T * C);
+    a->v = carve(p, T * C);
+    a->y = carve(p, T * C);
+    a->gmu = carve(p, T * H);
+    a->grs = carve(p, T * H);
+    a->sb = carve(p, T * H);
+    a->o = carve(p, T * C);
+    a->xm = carve(p, T * C);
+    a->mu2 = carve(p, T);
+    a->rs2 = carve(p, T);
+    a->u2 = carve(p, T * C);
+    a->fs = carve(p, T * F);
+    a->ck = carve(p, nck * H * NN);
+}
+
+/* Everything but the activation sets (whose count is decided from this size). */
 static void layout(struct bwd *b, struct plan *p)
 {
     const size_t T = b->T, C = b->C, H = b->H, NN = (size_t)b->N * b->N, F = b->F;
@@ -218,46 +266,17 @@ static void layout(struct bwd *b, struct plan *p)
     if ((size_t)m->Da > dmax) dmax = m->Da;
     if ((size_t)m->Dv > dmax) dmax = m->Dv;
     if ((size_t)m->Dg > dmax) dmax = m->Dg;
-    size_t nck = (T + b->K - 1) / b->K + 1;
 
     b->xs = carve(p, (size_t)(b->L + 1) * T * C);
     b->vfirst = carve(p, T * C);
     b->dvfirst = carve(p, T * C);
     b->dx = carve(p, T * C);
-    b->mu1 = carve(p, T);
-    b->rs1 = carve(p, T);
-    b->u = carve(p, T * C);
     b->xr = carve(p, T * C);
     b->xw = carve(p, T * C);
     b->xk = carve(p, T * C);
     b->xv = carve(p, T * C);
     b->xa = carve(p, T * C);
     b->xg = carve(p, T * C);
-    b->r = carve(p, T * C);
-    b->kh = carve(p, T * C);
-    b->vh = carve(p, T * C);
-    b->sz = carve(p, T * C);
-    b->w = carve(p, T * C);
-    b->tw = carve(p, T * (size_t)m->Dw);
-    b->alpha = carve(p, T * C);
-    b->nu = carve(p, T * C);
-    b->gh = carve(p, T * (size_t)m->Dg);
-    b->g = carve(p, T * C);
-    b->kk = carve(p, T * C);
-    b->qn = carve(p, T * H);
-    b->k = carve(p, T * C);
-    b->v = carve(p, T * C);
-    b->y = carve(p, T * C);
-    b->gmu = carve(p, T * H);
-    b->grs = carve(p, T * H);
-    b->sb = carve(p, T * H);
-    b->o = carve(p, T * C);
-    b->xm = carve(p, T * C);
-    b->mu2 = carve(p, T);
-    b->rs2 = carve(p, T);
-    b->u2 = carve(p, T * C);
-    b->fs = carve(p, T * F);
-    b->ck = carve(p, nck * H * NN);
     b->t0 = carve(p, T * C);
     b->t1 = carve(p, T * C);
     b->t2 = carve(p, T * C);
@@ -282,6 +301,8 @@ static void layout(struct bwd *b, struct plan *p)
     b->hn = carve(p, b->Tc * C);
     b->hmu = carve(p, b->Tc);
     b->hrs = carve(p, b->Tc);
+    for (int i = 0; i < b->n_acts; i++)
+        layout_act(b, p, &b->acts[i]);
 }
 
 /* --- forward of one layer over all T tokens, keeping activations ---------- */
@@ -333,10 +354,10 @@ static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
     const float *p_ffn0 = st0 + b->lay.ffn_shift;
 
     for (size_t t = 0; t < T; t++)
-        ln_fwd(b->u + t * C, x + t * C, ly->ln1_w, ly->ln1_b, C, LN_EPS, &b->mu1[t], &b->rs1[t]);
+        ln_fwd(b->a.u + t * C, x + t * C, ly->ln1_w, ly->ln1_b, C, LN_EPS, &b->a.mu1[t], &b->a.rs1[t]);
     for (size_t t = 0; t < T; t++) {
-        const float *u = b->u + t * C;
-        const float *p = t ? b->u + (t - 1) * C : p_att0;
+        const float *u = b->a.u + t * C;
+        const float *p = t ? b->a.u + (t - 1) * C : p_att0;
         for (int c = 0; c < C; c++) {
             float d = p[c] - u[c];
             b->xr[t * C + c] = u[c] + d * ly->x_r[c];
@@ -347,67 +368,67 @@ static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
             b->xg[t * C + c] = u[c] + d * ly->x_g[c];
         }
     }
-    matmul(b, b->r, b->xr, T, &ly->wr);
-    matmul(b, b->kh, b->xk, T, &ly->wk);
-    matmul(b, b->vh, b->xv, T, &ly->wv);
+    matmul(b, b->a.r, b->xr, T, &ly->wr);
+    matmul(b, b->a.kh, b->xk, T, &ly->wk);
+    matmul(b, b->a.vh, b->xv, T, &ly->wv);
 
     /* decay: z = w0 + tanh(x_w w1) w2, w = exp(-e^{-1/2} sigmoid(z)) */
-    matmul(b, b->tw, b->xw, T, &ly->w1);
+    matmul(b, b->a.tw, b->xw, T, &ly->w1);
     for (size_t i = 0; i < T * (size_t)m->Dw; i++)
-        b->tw[i] = tanhf(b->tw[i]);
-    matmul(b, b->t0, b->tw, T, &ly->w2);
+        b->a.tw[i] = tanhf(b->a.tw[i]);
+    matmul(b, b->t0, b->a.tw, T, &ly->w2);
     for (size_t t = 0; t < T; t++)
         for (int c = 0; c < C; c++) {
             size_t i = t * C + c;
             float s = sigmoidf_(ly->w0[c] + b->t0[i]);
-            b->sz[i] = s;
-            b->w[i] = expf((float)(-DECAY_C) * s);
+            b->a.sz[i] = s;
+            b->a.w[i] = expf((float)(-DECAY_C) * s);
         }
     /* in-context learning rate */
     matmul(b, b->tlr, b->xa, T, &ly->a1);
     matmul(b, b->t0, b->tlr, T, &ly->a2);
     for (size_t t = 0; t < T; t++)
         for (int c = 0; c < C; c++)
-            b->alpha[t * C + c] = sigmoidf_(ly->a0[c] + b->t0[t * C + c]);
+            b->a.alpha[t * C + c] = sigmoidf_(ly->a0[c] + b->t0[t * C + c]);
     /* value residual */
     if (l == 0) {
-        memcpy(b->v, b->vh, sizeof(float) * T * C);
-        memcpy(b->vfirst, b->vh, sizeof(float) * T * C);
+        memcpy(b->a.v, b->a.vh, sizeof(float) * T * C);
+        memcpy(b->vfirst, b->a.vh, sizeof(float) * T * C);
     } else {
         matmul(b, b->tlr, b->xv, T, &ly->v1);
         matmul(b, b->t0, b->tlr, T, &ly->v2);
         for (size_t i = 0; i < T * (size_t)C; i++) {
             float nu = sigmoidf_(ly->v0[i % C] + b->t0[i]);
-            b->nu[i] = nu;
-            b->v[i] = b->vh[i] + (b->vfirst[i] - b->vh[i]) * nu;
+            b->a.nu[i] = nu;
+            b->a.v[i] = b->a.vh[i] + (b->vfirst[i] - b->a.vh[i]) * nu;
         }
     }
     /* gate */
-    matmul(b, b->gh, b->xg, T, &ly->g1);
+    matmul(b, b->a.gh, b->xg, T, &ly->g1);
     for (size_t i = 0; i < T * (size_t)m->Dg; i++)
-        b->gh[i] = sigmoidf_(b->gh[i]);
-    matmul(b, b->g, b->gh, T, &ly->g2);
+        b->a.gh[i] = sigmoidf_(b->a.gh[i]);
+    matmul(b, b->a.g, b->a.gh, T, &ly->g2);
     /* removal key kk = normalize(kh * k_k) per head; replacement key k */
     for (size_t t = 0; t < T; t++) {
         for (int h = 0; h < H; h++) {
             double ss = 0;
             for (int j = 0; j < N; j++) {
                 int c = h * N + j;
-                double q = (double)b->kh[t * C + c] * ly->k_k[c];
+                double q = (double)b->a.kh[t * C + c] * ly->k_k[c];
                 ss += q * q;
             }
             double nrm = sqrt(ss);
             if (nrm < 1e-12)
                 nrm = 1e-12;
-            b->qn[t * H + h] = (float)nrm;
+            b->a.qn[t * H + h] = (float)nrm;
             for (int j = 0; j < N; j++) {
                 int c = h * N + j;
-                b->kk[t * C + c] = (float)(b->kh[t * C + c] * ly->k_k[c] / nrm);
+                b->a.kk[t * C + c] = (float)(b->a.kh[t * C + c] * ly->k_k[c] / nrm);
             }
         }
         for (int c = 0; c < C; c++) {
             size_t i = t * C + c;
-            b->k[i] = b->kh[i] * (1.0f + (b->alpha[i] - 1.0f) * ly->k_a[c]);
+            b->a.k[i] = b->a.kh[i] * (1.0f + (b->a.alpha[i] - 1.0f) * ly->k_a[c]);
         }
     }
     /* WKV with a checkpoint every K tokens */
@@ -416,14 +437,14 @@ static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
     memcpy(S, S0, sizeof(float) * HNN);
     for (size_t t = 0; t < T; t++) {
         if (t % b->K == 0)
-            memcpy(b->ck + (t / b->K) * HNN, S, sizeof(float) * HNN);
-        wkv_step(H, N, S, b->r + t * C, b->w + t * C, b->k + t * C, b->v + t * C,
-                 b->kk + t * C, b->alpha + t * C, b->sabuf, b->y + t * C);
+            memcpy(b->a.ck + (t / b->K) * HNN, S, sizeof(float) * HNN);
+        wkv_step(H, N, S, b->a.r + t * C, b->a.w + t * C, b->a.k + t * C, b->a.v + t * C,
+                 b->a.kk + t * C, b->a.alpha + t * C, b->sabuf, b->a.y + t * C);
     }
     /* GroupNorm per head, bonus, gate, output */
     for (size_t t = 0; t < T; t++) {
         for (int h = 0; h < H; h++) {
-            const float *yh = b->y + t * C + h * N;
+            const float *yh = b->a.y + t * C + h * N;
             double s = 0, ss = 0, bon = 0;
             for (int j = 0; j < N; j++)
                 s += yh[j];
@@ -433,44 +454,44 @@ static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
             double rs = 1.0 / sqrt(ss / N + GN_EPS);
             for (int j = 0; j < N; j++) {
                 int c = h * N + j;
-                bon += (double)b->r[t * C + c] * b->k[t * C + c] * ly->r_k[c];
+                bon += (double)b->a.r[t * C + c] * b->a.k[t * C + c] * ly->r_k[c];
             }
-            b->gmu[t * H + h] = (float)mu;
-            b->grs[t * H + h] = (float)rs;
-            b->sb[t * H + h] = (float)bon;
+            b->a.gmu[t * H + h] = (float)mu;
+            b->a.grs[t * H + h] = (float)rs;
+            b->a.sb[t * H + h] = (float)bon;
             for (int j = 0; j < N; j++) {
                 int c = h * N + j;
                 float gn = (float)((yh[j] - mu) * rs) * ly->lnx_w[c] + ly->lnx_b[c];
-                b->o[t * C + c] = gn + (float)bon * b->v[t * C + c];
+                b->a.o[t * C + c] = gn + (float)bon * b->a.v[t * C + c];
             }
         }
         for (int c = 0; c < C; c++)
-            b->t1[t * C + c] = b->o[t * C + c] * b->g[t * C + c];
+            b->t1[t * C + c] = b->a.o[t * C + c] * b->a.g[t * C + c];
     }
     matmul(b, b->t0, b->t1, T, &ly->wo);
     for (size_t i = 0; i < T * (size_t)C; i++)
-        b->xm[i] = x[i] + b->t0[i];
+        b->a.xm[i] = x[i] + b->t0[i];
 
     /* channel mix */
     for (size_t t = 0; t < T; t++)
-        ln_fwd(b->u2 + t * C, b->xm + t * C, ly->ln2_w, ly->ln2_b, C, LN_EPS, &b->mu2[t],
-               &b->rs2[t]);
+        ln_fwd(b->a.u2 + t * C, b->a.xm + t * C, ly->ln2_w, ly->ln2_b, C, LN_EPS, &b->a.mu2[t],
+               &b->a.rs2[t]);
     for (size_t t = 0; t < T; t++) {
-        const float *u2 = b->u2 + t * C;
-        const float *p = t ? b->u2 + (t - 1) * C : p_ffn0;
+        const float *u2 = b->a.u2 + t * C;
+        const float *p = t ? b->a.u2 + (t - 1) * C : p_ffn0;
         for (int c = 0; c < C; c++)
             b->t1[t * C + c] = u2[c] + (p[c] - u2[c]) * ly->ffn_x_k[c];
     }
-    matmul(b, b->fs, b->t1, T, &ly->ffn_key);
+    matmul(b, b->a.fs, b->t1, T, &ly->ffn_key);
     if (!out)
         return;
     for (size_t i = 0; i < T * (size_t)F; i++) {
-        float s = b->fs[i] > 0 ? b->fs[i] : 0;
+        float s = b->a.fs[i] > 0 ? b->a.fs[i] : 0;
         b->tf[i] = s * s;
     }
     matmul(b, out, b->tf, T, &ly->ffn_value);
     for (size_t i = 0; i < T * (size_t)C; i++)
-        out[i] += b->xm[i];
+        out[i] += b->a.xm[i];
 }
 
 /* --- backward of one layer ------------------------------------------------ */
@@ -494,12 +515,12 @@ static void wkv_bwd(struct bwd *b, const float *dy, float *dr, float *dw, float 
     for (size_t ci = nchunk; ci-- > 0;) {
         size_t ta = ci * K, tb = ta + K < T ? ta + K : T;
         /* states S_{ta-1} .. S_{tb-1} and sa of the chunk */
-        memcpy(b->sbuf, b->ck + ci * HNN, sizeof(float) * HNN);
+        memcpy(b->sbuf, b->a.ck + ci * HNN, sizeof(float) * HNN);
         for (size_t t = ta; t < tb; t++) {
             float *Sn = b->sbuf + (t - ta + 1) * HNN;
             memcpy(Sn, Sn - HNN, sizeof(float) * HNN);
-            wkv_step(H, N, Sn, b->r + t * C, b->w + t * C, b->k + t * C, b->v + t * C,
-                     b->kk + t * C, b->alpha + t * C, b->sabuf + (t - ta) * C, NULL);
+            wkv_step(H, N, Sn, b->a.r + t * C, b->a.w + t * C, b->a.k + t * C, b->a.v + t * C,
+                     b->a.kk + t * C, b->a.alpha + t * C, b->sabuf + (t - ta) * C, NULL);
         }
         for (size_t t = tb; t-- > ta;) {
             const float *Sold_all = b->sbuf + (t - ta) * HNN;
@@ -510,8 +531,8 @@ static void wkv_bwd(struct bwd *b, const float *dy, float *dr, float *dw, float 
                 const float *Sold = Sold_all + (size_t)h * N * N;
                 const float *Snew = Snew_all + (size_t)h * N * N;
                 const float *sa = sa_all + h * N;
-                const float *r = b->r + o, *w = b->w + o, *k = b->k + o, *v = b->v + o;
-                const float *kk = b->kk + o, *al = b->alpha + o, *dyh = dy + o;
+                const float *r = b->a.r + o, *w = b->a.w + o, *k = b->a.k + o, *v = b->a.v + o;
+                const float *kk = b->a.kk + o, *al = b->a.alpha + o, *dyh = dy + o;
                 float *Gh = G + (size_t)h * N * N;
                 float aa[RK_HEAD_SIZE], bb[RK_HEAD_SIZE];
                 float cdr[RK_HEAD_SIZE] = {0}, cdw[RK_HEAD_SIZE] = {0}, cdb[RK_HEAD_SIZE] = {0};
@@ -570,7 +591,7 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
     /* channel mix: out = xm + Wv relu(Wk xk2)^2, xk2 = u2 + (p2 - u2) mu_k */
     matmul_t(b, b->tf, dx, T, &ly->ffn_value, false); /* d hidden [T][F] */
     for (size_t i = 0; i < T * (size_t)F; i++)
-        b->tf[i] = b->fs[i] > 0 ? b->tf[i] * 2.0f * b->fs[i] : 0.0f;
+        b->tf[i] = b->a.fs[i] > 0 ? b->tf[i] * 2.0f * b->a.fs[i] : 0.0f;
     float *dxk2 = b->t0;
     matmul_t(b, dxk2, b->tf, T, &ly->ffn_key, false);
     float *dffn0 = dst0 + b->lay.ffn_shift;
@@ -588,15 +609,15 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
     /* dxm = dx (residual) + LN2 backward */
     float *dxm = dx; /* updated in place */
     for (size_t t = 0; t < T; t++)
-        ln_bwd(dxm + t * C, du2 + t * C, b->xm + t * C, ly->ln2_w, C, b->mu2[t], b->rs2[t]);
+        ln_bwd(dxm + t * C, du2 + t * C, b->a.xm + t * C, ly->ln2_w, C, b->a.mu2[t], b->a.rs2[t]);
 
     /* time mix output: xm = x + Wo (o * g) */
     float *dmo = b->t0;
     matmul_t(b, dmo, dxm, T, &ly->wo, false);
     float *dg = b->t2, *dO = b->t1;
     for (size_t i = 0; i < TC; i++) {
-        dg[i] = dmo[i] * b->o[i];
-        dO[i] = dmo[i] * b->g[i];
+        dg[i] = dmo[i] * b->a.o[i];
+        dO[i] = dmo[i] * b->a.g[i];
     }
     /* bonus o += sb * v, sb = sum_j r k r_k; GroupNorm backward into dy (t0) */
     float *dr = b->xr, *dk = b->xk, *dv = b->xv;
@@ -606,27 +627,27 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
             size_t o = t * C + h * N;
             double dsb = 0;
             for (int j = 0; j < N; j++)
-                dsb += (double)dO[o + j] * b->v[o + j];
-            float sbv = b->sb[t * H + h];
+                dsb += (double)dO[o + j] * b->a.v[o + j];
+            float sbv = b->a.sb[t * H + h];
             for (int j = 0; j < N; j++) {
                 int c = h * N + j;
                 dv[o + j] = dO[o + j] * sbv;
-                dr[o + j] = (float)dsb * b->k[o + j] * ly->r_k[c];
-                dk[o + j] = (float)dsb * b->r[o + j] * ly->r_k[c];
+                dr[o + j] = (float)dsb * b->a.k[o + j] * ly->r_k[c];
+                dk[o + j] = (float)dsb * b->a.r[o + j] * ly->r_k[c];
             }
             /* GroupNorm: input y, weight lnx_w */
             double sh = 0, shx = 0;
-            float mu = b->gmu[t * H + h], rs = b->grs[t * H + h];
+            float mu = b->a.gmu[t * H + h], rs = b->a.grs[t * H + h];
             for (int j = 0; j < N; j++) {
                 double hh = (double)dO[o + j] * ly->lnx_w[h * N + j];
-                double xh = ((double)b->y[o + j] - mu) * rs;
+                double xh = ((double)b->a.y[o + j] - mu) * rs;
                 sh += hh;
                 shx += hh * xh;
             }
             double mh = sh / N, mhx = shx / N;
             for (int j = 0; j < N; j++) {
                 double hh = (double)dO[o + j] * ly->lnx_w[h * N + j];
-                double xh = ((double)b->y[o + j] - mu) * rs;
+                double xh = ((double)b->a.y[o + j] - mu) * rs;
                 dy[o + j] = (float)((hh - mh - xh * mhx) * rs);
             }
         }
@@ -643,17 +664,17 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
             double dot = 0;
             float dkk[RK_HEAD_SIZE];
             for (int j = 0; j < N; j++) {
-                dkk[j] = -da[o + j] + db[o + j] * b->alpha[o + j];
-                dot += (double)b->kk[o + j] * dkk[j];
+                dkk[j] = -da[o + j] + db[o + j] * b->a.alpha[o + j];
+                dot += (double)b->a.kk[o + j] * dkk[j];
             }
-            float qn = b->qn[t * H + h];
+            float qn = b->a.qn[t * H + h];
             for (int j = 0; j < N; j++) {
                 int c = h * N + j;
                 size_t i = o + j;
-                float dq = (dkk[j] - b->kk[i] * (float)dot) / qn;
-                float al = b->alpha[i];
+                float dq = (dkk[j] - b->a.kk[i] * (float)dot) / qn;
+                float al = b->a.alpha[i];
                 dkh[i] = dk[i] * (1.0f + (al - 1.0f) * ly->k_a[c]) + dq * ly->k_k[c];
-                dal[i] = db[i] * b->kk[i] + dk[i] * b->kh[i] * ly->k_a[c];
+                dal[i] = db[i] * b->a.kk[i] + dk[i] * b->a.kh[i] * ly->k_a[c];
             }
         }
     }
@@ -671,10 +692,10 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
     } else {
         float *dzv = b->t1; /* dkh consumed */
         for (size_t i = 0; i < TC; i++) {
-            float nu = b->nu[i];
+            float nu = b->a.nu[i];
             dvh[i] = dv[i] * (1.0f - nu);
             b->dvfirst[i] += dv[i] * nu;
-            float dnu = dv[i] * (b->vfirst[i] - b->vh[i]);
+            float dnu = dv[i] * (b->vfirst[i] - b->a.vh[i]);
             dzv[i] = dnu * nu * (1.0f - nu);
         }
         matmul_t(b, b->xv, dvh, T, &ly->wv, false);
@@ -684,22 +705,22 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
     /* decay: dz = dw * w * (-c) * s(1-s); z = w0 + tanh(xw w1) w2 */
     float *dz = b->t0;
     for (size_t i = 0; i < TC; i++) {
-        float s = b->sz[i];
-        dz[i] = dw[i] * b->w[i] * (float)(-DECAY_C) * s * (1.0f - s);
+        float s = b->a.sz[i];
+        dz[i] = dw[i] * b->a.w[i] * (float)(-DECAY_C) * s * (1.0f - s);
     }
     matmul_t(b, b->tlr, dz, T, &ly->w2, false);
     for (size_t i = 0; i < T * (size_t)m->Dw; i++)
-        b->tlr[i] *= 1.0f - b->tw[i] * b->tw[i];
+        b->tlr[i] *= 1.0f - b->a.tw[i] * b->a.tw[i];
     matmul_t(b, b->xw, b->tlr, T, &ly->w1, false);
     /* alpha = sigmoid(a0 + (xa a1) a2) */
     for (size_t i = 0; i < TC; i++)
-        dz[i] = dal[i] * b->alpha[i] * (1.0f - b->alpha[i]);
+        dz[i] = dal[i] * b->a.alpha[i] * (1.0f - b->a.alpha[i]);
     matmul_t(b, b->tlr, dz, T, &ly->a2, false);
     matmul_t(b, b->xa, b->tlr, T, &ly->a1, false);
     /* gate g = sigmoid(xg g1) g2 */
     matmul_t(b, b->tlr, dg, T, &ly->g2, false);
     for (size_t i = 0; i < T * (size_t)m->Dg; i++)
-        b->tlr[i] *= b->gh[i] * (1.0f - b->gh[i]);
+        b->tlr[i] *= b->a.gh[i] * (1.0f - b->a.gh[i]);
     matmul_t(b, b->xg, b->tlr, T, &ly->g1, false);
 
     /* lerps x_c = u + (p - u) mu_c, p_t = u_{t-1} (or the shift state) */
@@ -725,7 +746,7 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
     }
     /* dx_in = dxm (residual, already in dx) + LN1 backward */
     for (size_t t = 0; t < T; t++)
-        ln_bwd(dx + t * C, du + t * C, x + t * C, ly->ln1_w, C, b->mu1[t], b->rs1[t]);
+        ln_bwd(dx + t * C, du + t * C, x + t * C, ly->ln1_w, C, b->a.mu1[t], b->a.rs1[t]);
 }
 
 /* --- loss and head -------------------------------------------------------- */
@@ -817,7 +838,17 @@ int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
         tc = 256;
     b.Tc = tc < n ? tc : n;
 
+    /* Keep every layer's activations when they fit in store_bytes_max (no
+     * recompute: about a quarter less work), else one set, recomputed per
+     * layer in the backward sweep. */
+    struct act probe;
+    struct plan pa = {0};
+    layout_act(&b, &pa, &probe);
+    size_t act_floats = pa.off;
+    b.n_acts = (size_t)b.L * act_floats * sizeof(float) <= store_bytes_max ? b.L : 1;
+    struct act *acts = rk__calloc((size_t)b.n_acts, sizeof *acts);
     struct plan pl = {0};
+    b.acts = acts;
     layout(&b, &pl);
     size_t nfloats = pl.off;
     size_t *sel = rk__malloc(sizeof(size_t) * (nsel ? nsel : 1));
@@ -825,7 +856,8 @@ int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
     float *mem = rk__malloc_aligned(sizeof(float) * nfloats);
     if (!state0)
         zero = rk__calloc(slen, sizeof(float));
-    if (!sel || !mem || (!state0 && !zero)) {
+    if (!acts || !sel || !mem || (!state0 && !zero)) {
+        rk__free(acts);
         rk__free(sel);
         rk__free_aligned(mem);
         rk__free(zero);
@@ -859,6 +891,7 @@ int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
             rc = RK_ECANCELED;
             goto out;
         }
+        b.a = b.acts[b.n_acts > 1 ? l : 0];
         layer_fwd(&b, l, state0 + (size_t)l * b.lay.layer_stride,
                   b.xs + (size_t)(l + 1) * n * b.C);
     }
@@ -873,7 +906,10 @@ int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
             rc = RK_ECANCELED;
             goto out;
         }
-        layer_fwd(&b, l, state0 + (size_t)l * b.lay.layer_stride, NULL);
+        if (b.n_acts > 1)
+            b.a = b.acts[l];
+        else
+            layer_fwd(&b, l, state0 + (size_t)l * b.lay.layer_stride, NULL);
         layer_bwd(&b, l, dstate0 + (size_t)l * b.lay.layer_stride);
     }
 out:
@@ -881,6 +917,7 @@ out:
         memset(dstate0, 0, sizeof(float) * slen);
         *loss = 0;
     }
+    rk__free(acts);
     rk__free(sel);
     rk__free_aligned(mem);
     rk__free(zero);

@@ -4,9 +4,11 @@
  * rk_sampler_sample applies, in order: logit bias, repetition penalty,
  * presence/frequency penalties, then either argmax (temperature 0) or
  * temperature, top-k, softmax, top-p, min-p and a draw from what is left.
- * Selection never sorts the whole vocabulary: top-k and top-p use a
- * quickselect over the strict order (logit descending, id ascending), so ties
- * are broken towards the lower id everywhere.
+ * Selection never sorts the whole vocabulary: top-k keeps a heap of k
+ * entries while scanning the logits; top-p bins the probabilities by their
+ * float bits, so only the candidates of one bin need a (weighted) quickselect.
+ * Everything ranks by the strict order (value descending, id ascending), so
+ * ties are broken towards the lower id.
  *
  * Determinism: the random stream is xoshiro256** seeded through splitmix64
  * from the seed, one 53-bit uniform per sampled token. The softmax uses the
@@ -28,6 +30,12 @@
 #define PENALTY_LAST_N_MAX (1 << 24)
 /* Ranges shorter than this are insertion-sorted instead of partitioned. */
 #define SMALL_RANGE 16
+/* top_k up to this uses a heap over the logits; larger k a quickselect. */
+#define HEAP_K_MAX 1024
+/* top-p over more candidates than this first narrows them with a histogram. */
+#define NUCLEUS_HIST_MIN 256
+/* Histogram bins over the bits of a probability in [0, 1]: 0x3F800000 >> 20. */
+#define HIST_BINS 1017
 
 /* --- random numbers ------------------------------------------------------- */
 
@@ -62,33 +70,134 @@ static double rng_uniform(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * 
 
 /*
  * e^x for x <= 0, relative error about 2e-7. x = k ln2 + r with |r| <= ln2/2
- * (Cody-Waite split of ln2), e^r by its degree-7 Taylor polynomial, then an
- * exact scaling by 2^k. Results below 2^-126 are flushed to 0, which only
- * drops candidates e^-87 times less likely than the best.
+ * (Cody-Waite split of ln2; adding 1.5 * 2^23 rounds to the nearest
+ * integer), e^r by its degree-7 Taylor polynomial, then an exact scaling by
+ * 2^k. Inputs at or below -87 give 0, which only drops candidates e^-87 times
+ * less likely than the best. The 4-lane version performs the same IEEE
+ * operations per lane, so both give bit-identical results.
  */
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HI 0.693145751953125f /* exact in 16 bits */
+#define EXP_LN2_LO 1.42860682030941723e-6f
+#define EXP_ROUND 12582912.0f
+#define EXP_MIN -87.0f
+
+#define EXP_POLY(p, r)                                                                             \
+    do {                                                                                           \
+        p = (1.0f / 5040.0f) * r + 1.0f / 720.0f;                                                  \
+        p = p * r + 1.0f / 120.0f;                                                                 \
+        p = p * r + 1.0f / 24.0f;                                                                  \
+        p = p * r + 1.0f / 6.0f;                                                                   \
+        p = p * r + 0.5f;                                                                          \
+        p = p * r + 1.0f;                                                                          \
+        p = p * r + 1.0f;                                                                          \
+    } while (0)
+
 static inline float exp_det(float x)
 {
-    if (!(x > -87.0f))
-        return 0.0f;
-    const float log2e = 1.44269504088896341f;
-    const float ln2_hi = 0.693145751953125f; /* exact in 16 bits */
-    const float ln2_lo = 1.42860682030941723e-6f;
-    float kf = floorf(x * log2e + 0.5f);
-    float r = (x - kf * ln2_hi) - kf * ln2_lo;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int k = (int)kf; /* -126 <= k <= 0 */
+    float xc = x > EXP_MIN ? x : EXP_MIN;
+    float kf = (xc * EXP_LOG2E + EXP_ROUND) - EXP_ROUND;
+    float r = (xc - kf * EXP_LN2_HI) - kf * EXP_LN2_LO;
+    float p;
+    EXP_POLY(p, r);
+    int32_t k = (int32_t)kf; /* -126 <= k <= 0 */
     union {
         uint32_t u;
         float f;
     } scale = {.u = (uint32_t)(k + 127) << 23};
-    return p * scale.f;
+    float y = p * scale.f;
+    return x > EXP_MIN ? y : 0.0f;
+}
+
+/* GCC/clang vector extensions: plain SSE2 on x86-64, NEON on arm64. */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+typedef double v2d __attribute__((vector_size(16)));
+
+static inline v4f exp_det4(v4f x)
+{
+    const v4f min = {EXP_MIN, EXP_MIN, EXP_MIN, EXP_MIN};
+    v4i keep = x > min;
+    v4f xc = (v4f)(((v4i)x & keep) | ((v4i)min & ~keep));
+    v4f kf = (xc * EXP_LOG2E + EXP_ROUND) - EXP_ROUND;
+    v4f r = (xc - kf * EXP_LN2_HI) - kf * EXP_LN2_LO;
+    v4f p;
+    EXP_POLY(p, r);
+    v4i k = __builtin_convertvector(kf, v4i);
+    v4f scale = (v4f)((k + 127) << 23);
+    v4f y = p * scale;
+    return (v4f)((v4i)y & keep);
+}
+
+/* v[i] = exp(v[i] - m) for i < n; returns the sum, taken in four lanes
+ * (lane j holds the elements i with i % 4 == j) in double. */
+static double softmax_num(float *v, size_t n, float m)
+{
+    v2d lo = {0, 0}, hi = {0, 0};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        v4f x;
+        memcpy(&x, v + i, sizeof x);
+        x = exp_det4(x - m);
+        memcpy(v + i, &x, sizeof x);
+        lo += (v2d){x[0], x[1]};
+        hi += (v2d){x[2], x[3]};
+    }
+    double lane[4] = {lo[0], lo[1], hi[0], hi[1]};
+    for (; i < n; i++) {
+        v[i] = exp_det(v[i] - m);
+        lane[i & 3] += v[i];
+    }
+    return (lane[0] + lane[1]) + (lane[2] + lane[3]);
+}
+
+/* Sum of v[0..16) in a fixed order. */
+static inline double sum16(const float *v)
+{
+    double a = 0, b = 0, c = 0, d = 0;
+    for (int j = 0; j < 16; j += 4) {
+        a += v[j];
+        b += v[j + 1];
+        c += v[j + 2];
+        d += v[j + 3];
+    }
+    return (a + b) + (c + d);
+}
+
+/* Sum of v[0..n) in blocks of 16 (the order draw_index walks in). */
+static double sum_blocks(const float *v, size_t n)
+{
+    double acc = 0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        acc += sum16(v + i);
+    for (; i < n; i++)
+        acc += v[i];
+    return acc;
+}
+
+/* The first i whose running sum exceeds target; skips whole blocks of 16 by
+ * their sums so the dependent chain is n/16 long. If rounding keeps the sum
+ * below target, the last element with non-zero weight. */
+static size_t draw_index(const float *v, size_t n, double target)
+{
+    double acc = 0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        double b = sum16(v + i);
+        if (target < acc + b)
+            break;
+        acc += b;
+    }
+    for (; i < n; i++) {
+        acc += v[i];
+        if (target < acc)
+            return i;
+    }
+    size_t last = n - 1;
+    while (last > 0 && !(v[last] > 0.0f))
+        last--;
+    return last;
 }
 
 /* --- selection over (id, value) pairs ------------------------------------- */
@@ -147,6 +256,132 @@ static size_t partition(uint32_t *id, float *v, size_t lo, size_t hi)
     return store;
 }
 
+/* Min-heap on the ranking order: the root is the worst kept entry. */
+static void heap_down(uint32_t *id, float *v, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, w = i;
+        if (l < n && before(v[w], id[w], v[l], id[l]))
+            w = l;
+        if (r < n && before(v[w], id[w], v[r], id[r]))
+            w = r;
+        if (w == i)
+            return;
+        swap2(id, v, i, w);
+        i = w;
+    }
+}
+
+static void heap_up(uint32_t *id, float *v, size_t i)
+{
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!before(v[parent], id[parent], v[i], id[i]))
+            return;
+        swap2(id, v, parent, i);
+        i = parent;
+    }
+}
+
+static inline v4f vload(const float *p)
+{
+    v4f x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+
+static inline void vstore(float *p, v4f x) { memcpy(p, &x, sizeof x); }
+
+/* Lane-wise max that ignores NaN in x (acc never holds NaN). */
+static inline v4f vmax(v4f x, v4f acc)
+{
+    v4i c = x > acc;
+    return (v4f)(((v4i)x & c) | ((v4i)acc & ~c));
+}
+
+static inline float hmax(v4f x)
+{
+    float a = x[0] > x[1] ? x[0] : x[1], b = x[2] > x[3] ? x[2] : x[3];
+    return a > b ? a : b;
+}
+
+/* Scale logits[V] by inv_T in place (skipped when inv_T is 1), copy them to
+ * v with id[i] = i, and return their maximum (NaN ignored). */
+static float scan_all(float *logits, size_t V, float inv_T, uint32_t *id, float *v)
+{
+    v4f mx = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    v4i idx = {0, 1, 2, 3};
+    size_t i = 0;
+    for (; i + 4 <= V; i += 4) {
+        v4f x = vload(logits + i);
+        if (inv_T != 1.0f) {
+            x *= inv_T;
+            vstore(logits + i, x);
+        }
+        vstore(v + i, x);
+        memcpy(id + i, &idx, sizeof idx);
+        idx += 4;
+        mx = vmax(x, mx);
+    }
+    float m = hmax(mx);
+    for (; i < V; i++) {
+        if (inv_T != 1.0f)
+            logits[i] *= inv_T;
+        v[i] = logits[i];
+        id[i] = (uint32_t)i;
+        m = v[i] > m ? v[i] : m;
+    }
+    return m;
+}
+
+static inline void heap_offer(uint32_t *id, float *v, size_t *n, size_t k, float l, uint32_t i)
+{
+    if (!(l > -INFINITY))
+        return;
+    if (*n < k) {
+        id[*n] = i;
+        v[*n] = l;
+        heap_up(id, v, (*n)++);
+    } else if (l > v[0]) { /* a later id never wins a tie */
+        id[0] = i;
+        v[0] = l;
+        heap_down(id, v, *n, 0);
+    }
+}
+
+/* Scale logits in place as scan_all does and keep the best k above -inf (by
+ * the ranking order) in id/v as a heap (unordered); returns how many were
+ * kept (<= k). Once the heap is full, blocks of 16 with nothing above its
+ * root are skipped after one vector compare, so this is one fast pass. */
+static size_t scan_top(float *logits, size_t V, float inv_T, size_t k, uint32_t *id, float *v)
+{
+    size_t n = 0, i = 0;
+    for (; i + 16 <= V; i += 16) {
+        v4f x[4];
+        for (int j = 0; j < 4; j++) {
+            x[j] = vload(logits + i + 4 * j);
+            if (inv_T != 1.0f) {
+                x[j] *= inv_T;
+                vstore(logits + i + 4 * j, x[j]);
+            }
+        }
+        if (n == k) {
+            v4f root = {v[0], v[0], v[0], v[0]};
+            v4i any = (x[0] > root) | (x[1] > root) | (x[2] > root) | (x[3] > root);
+            if (!(any[0] | any[1] | any[2] | any[3]))
+                continue;
+        }
+        for (int j = 0; j < 16; j++)
+            heap_offer(id, v, &n, k, logits[i + j], (uint32_t)(i + j));
+    }
+    for (; i < V; i++) {
+        if (inv_T != 1.0f)
+            logits[i] *= inv_T;
+        heap_offer(id, v, &n, k, logits[i], (uint32_t)i);
+    }
+    return n;
+}
+
 /* Reorder so that [0, k) holds the k first elements of the order (0 < k < n). */
 static void select_top(uint32_t *id, float *v, size_t n, size_t k)
 {
@@ -195,6 +430,49 @@ static size_t select_nucleus(uint32_t *id, float *v, size_t n, double target)
     return hi;
 }
 
+static inline uint32_t prob_bin(float p)
+{
+    union {
+        float f;
+        uint32_t u;
+    } b = {.f = p};
+    return b.u >> 20; /* monotonic in p >= 0: exponent and 3 mantissa bits */
+}
+
+/* select_nucleus for many candidates: hist[b] holds the mass of the
+ * probabilities in bin b. Bins above the boundary bin are wholly in the
+ * nucleus, bins below wholly out; only the boundary bin is selected. */
+static size_t nucleus_hist(const double *hist, uint32_t *id, float *v, size_t n, double target)
+{
+    double acc = 0;
+    long B = -1;
+    for (long b = HIST_BINS - 1; b >= 0; b--) {
+        if (acc + hist[b] >= target) {
+            B = b;
+            break;
+        }
+        acc += hist[b];
+    }
+    if (B < 0)
+        return n; /* rounding left the target out of reach: keep everything */
+    /* Two branch-free Lomuto passes: bins above B first, then bin B. Both
+     * sides of each swap are unchosen when the predicate fails, so always
+     * swapping is safe. */
+    size_t above = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool c = prob_bin(v[i]) > (uint32_t)B;
+        swap2(id, v, i, above);
+        above += c;
+    }
+    size_t end = above;
+    for (size_t i = above; i < n; i++) {
+        bool c = prob_bin(v[i]) == (uint32_t)B;
+        swap2(id, v, i, end);
+        end += c;
+    }
+    return above + select_nucleus(id + above, v + above, end - above, target - acc);
+}
+
 /* --- sampler -------------------------------------------------------------- */
 
 struct rk_sampler {
@@ -212,6 +490,7 @@ struct rk_sampler {
     /* Per-call scratch. */
     uint32_t *cand_id; /* [V] */
     float *cand_v;     /* [V] */
+    double hist[HIST_BINS];
     uint64_t rng[4];
 };
 
@@ -362,15 +641,41 @@ static void apply_penalties(struct rk_sampler *s, float *logits)
     }
 }
 
-/* Index of the largest logit, lowest id on ties, NaN skipped; -1 if all NaN. */
+/* Index of the largest logit, lowest id on ties, NaN skipped; -1 if all NaN.
+ * Four lanes each keep their first maximum; the lanes are merged by value,
+ * then by lower index. */
 static long argmax(const float *logits, size_t n)
 {
+    v4f mx = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    v4i at = {-1, -1, -1, -1}, idx = {0, 1, 2, 3};
+    size_t i = 0;
+    for (; n <= INT32_MAX && i + 4 <= n; i += 4) {
+        v4f x = vload(logits + i);
+        v4i c = x > mx;
+        mx = (v4f)(((v4i)x & c) | ((v4i)mx & ~c));
+        at = (idx & c) | (at & ~c);
+        idx += 4;
+    }
     long best = -1;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(logits[i]))
+    float bv = -INFINITY;
+    for (int j = 0; j < 4; j++) {
+        if (at[j] >= 0 && (best < 0 || mx[j] > bv || (mx[j] == bv && at[j] < best))) {
+            best = at[j];
+            bv = mx[j];
+        }
+    }
+    /* Lanes only see values above -inf; if they found none, rescan so that
+     * the first -inf (lowest id) can win. */
+    if (best < 0)
+        i = 0;
+    for (; i < n; i++) {
+        float l = logits[i];
+        if (isnan(l))
             continue;
-        if (best < 0 || logits[i] > logits[best])
+        if (best < 0 || l > bv || (l == bv && (long)i < best)) {
             best = (long)i;
+            bv = l;
+        }
     }
     return best;
 }
@@ -379,74 +684,75 @@ static long sample_dist(struct rk_sampler *s, float *logits)
 {
     const size_t V = s->n_vocab;
     const float T = s->p.temperature;
-    if (T != 1.0f)
-        for (size_t i = 0; i < V; i++)
-            logits[i] /= T;
+    const float top_p = s->p.top_p, min_p = s->p.min_p;
+    const size_t top_k = (size_t)s->p.top_k;
+    const float inv_T = T == 1.0f ? 1.0f : 1.0f / T;
+    double u = rng_uniform(s->rng); /* one draw per call keeps streams aligned */
 
-    /* Candidates: every token with a logit above -inf (NaN excluded). */
+    /* Candidates, after scaling the logits in place. With top-k: the best k
+     * above -inf. Without: every token; -inf and NaN get weight 0 from
+     * exp_det below, so they are never drawn. */
     uint32_t *id = s->cand_id;
     float *v = s->cand_v;
-    size_t n = 0;
-    float m = -INFINITY;
-    for (size_t i = 0; i < V; i++) {
-        float l = logits[i];
-        if (!(l > -INFINITY))
-            continue;
-        id[n] = (uint32_t)i;
-        v[n] = l;
-        n++;
-        if (l > m)
-            m = l;
-    }
-    double u = rng_uniform(s->rng); /* one draw per call keeps streams aligned */
-    if (n == 0 || m == INFINITY)
-        return argmax(logits, V); /* degenerate: nothing or +inf to weigh */
-
-    if (s->p.top_k > 0 && (size_t)s->p.top_k < n) {
-        select_top(id, v, n, (size_t)s->p.top_k);
-        n = (size_t)s->p.top_k;
-    }
-
-    /* Softmax numerators relative to the best (which becomes exactly 1). */
-    double sum = 0;
-    for (size_t i = 0; i < n; i++) {
-        v[i] = exp_det(v[i] - m);
-        sum += v[i];
-    }
-
-    /* min-p: keep p >= min_p * p_max. Both min-p and top-p keep a prefix of
-     * the ranking, so applying min-p first and then top-p with the mass
-     * target taken from the full softmax gives their intersection, the same
-     * as top-p then min-p. */
-    if (s->p.min_p > 0.0f) {
-        size_t w = 0;
-        double kept = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (v[i] >= s->p.min_p) {
+    size_t n;
+    float m;
+    if (top_k > 0 && top_k <= HEAP_K_MAX && top_k < V) {
+        n = scan_top(logits, V, inv_T, top_k, id, v);
+        m = -INFINITY;
+        for (size_t i = 0; i < n; i++)
+            m = v[i] > m ? v[i] : m;
+    } else {
+        m = scan_all(logits, V, inv_T, id, v);
+        n = V;
+        if (top_k > 0 && top_k < n) {
+            /* large k: drop -inf and NaN, then quickselect */
+            size_t w = 0;
+            for (size_t i = 0; i < n; i++) {
                 id[w] = id[i];
                 v[w] = v[i];
-                kept += v[i];
-                w++;
+                w += v[i] > -INFINITY;
+            }
+            n = w;
+            if (top_k < n) {
+                select_top(id, v, n, top_k);
+                n = top_k;
             }
         }
+    }
+    if (n == 0 || !(m > -INFINITY) || m == INFINITY)
+        return argmax(logits, V); /* degenerate: nothing or +inf to weigh */
+
+    /* Softmax numerators relative to the best (which becomes exactly 1). */
+    double sum = softmax_num(v, n, m);
+    const size_t n_soft = n;
+
+    /* top-p: the shortest prefix of the ranking with mass >= top_p * sum. */
+    if (top_p < 1.0f) {
+        double target = (double)top_p * sum;
+        if (n > NUCLEUS_HIST_MIN) {
+            memset(s->hist, 0, sizeof s->hist);
+            for (size_t k = 0; k < n; k++)
+                s->hist[prob_bin(v[k])] += v[k];
+            n = nucleus_hist(s->hist, id, v, n, target);
+        } else {
+            n = select_nucleus(id, v, n, target);
+        }
+    }
+    /* min-p: keep p >= min_p * p_max, i.e. numerators >= min_p. The best
+     * token (numerator 1) always stays. */
+    if (min_p > 0.0f) {
+        size_t w = 0;
+        for (size_t k = 0; k < n; k++) {
+            id[w] = id[k];
+            v[w] = v[k];
+            w += v[k] >= min_p;
+        }
         n = w;
-        if (s->p.top_p < 1.0f && kept >= (double)s->p.top_p * sum)
-            n = select_nucleus(id, v, n, (double)s->p.top_p * sum);
-    } else if (s->p.top_p < 1.0f) {
-        n = select_nucleus(id, v, n, (double)s->p.top_p * sum);
     }
 
     /* Renormalise over what is left and draw. */
-    double total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += v[i];
-    double target = u * total, acc = 0;
-    for (size_t i = 0; i < n; i++) {
-        acc += v[i];
-        if (target < acc)
-            return id[i];
-    }
-    return id[n - 1];
+    double total = n == n_soft ? sum : sum_blocks(v, n);
+    return id[draw_index(v, n, u * total)];
 }
 
 int rk_sampler_sample(struct rk_sampler *s, float *logits, uint32_t *out)
@@ -507,33 +813,6 @@ float rk_logprob(const float *logits, size_t n_vocab, uint32_t token)
     size_t n_inf;
     double lse = log_sum_exp(logits, n_vocab, &m, &n_inf);
     return logprob_of(logits[token], lse, n_inf);
-}
-
-/* Min-heap on the ranking order: the root is the worst kept entry. */
-static void heap_down(uint32_t *id, float *v, size_t n, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, w = i;
-        if (l < n && before(v[w], id[w], v[l], id[l]))
-            w = l;
-        if (r < n && before(v[w], id[w], v[r], id[r]))
-            w = r;
-        if (w == i)
-            return;
-        swap2(id, v, i, w);
-        i = w;
-    }
-}
-
-static void heap_up(uint32_t *id, float *v, size_t i)
-{
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!before(v[parent], id[parent], v[i], id[i]))
-            return;
-        swap2(id, v, parent, i);
-        i = parent;
-    }
 }
 
 void rk_logprobs_top(const float *logits, size_t n_vocab, size_t k, uint32_t *ids, float *lps)

@@ -635,8 +635,7 @@ int rk_tok_load_world(const char *path, struct rk_tokenizer **out, struct rk_err
     for (int c = 0; c < 256; c++) {
         uint32_t node = trie_child(t, 0, (uint8_t)c);
         if (!node || !t->nodes[node].tok) {
-            rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: no token for the single byte 0x%02x", path,
-                               c);
+            rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: no token for the single byte 0x%02x", path, c);
             goto fail;
         }
     }

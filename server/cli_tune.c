@@ -1,5 +1,549 @@
-/* cli_tune.c: work in progress (rwkvd tune, rwkvd eval). */
+/*
+ * cli_tune.c - `rwkvd tune` (a state-tuning job run offline, through the same
+ * rk_tune_run the job worker uses) and `rwkvd eval` (loss, perplexity and
+ * multiple-choice accuracy of a state on a JSONL dataset).
+ *
+ * Checkpoint files written by --checkpoint (and read by --resume) are raw:
+ * "RKTCKPT1", u64 step, u64 len, f64 best_val, i64 bad_evals, then f32
+ * state[len], m[len], v[len], best[len], little-endian. They resume only with
+ * the same model, dataset and options.
+ */
+#include "cli_common.h"
 #include "cmd.h"
+#include "dataset_jsonl.h"
+#include "rk_adapters.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
-int rk_cmd_tune(int argc, char **argv) { (void)argc; (void)argv; fprintf(stderr, "rwkvd tune: not built yet\n"); return 1; }
-int rk_cmd_eval(int argc, char **argv) { (void)argc; (void)argv; fprintf(stderr, "rwkvd eval: not built yet\n"); return 1; }
+#include <stdlib.h>
+#include <string.h>
+
+/* --- progress bar and checkpoints ----------------------------------------- */
+
+struct tune_ui {
+    bool quiet;
+    const struct rk_model *m;
+    const char *ckpt_path;
+};
+
+static void fmt_eta(double s, char *buf, size_t cap)
+{
+    if (!(s >= 0) || s > 1e7)
+        snprintf(buf, cap, "?");
+    else if (s >= 3600)
+        snprintf(buf, cap, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    else
+        snprintf(buf, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+}
+
+static void on_progress(const struct rk_tune_progress *p, void *user)
+{
+    struct tune_ui *ui = user;
+    if (ui->quiet)
+        return;
+    if (!isnan(p->val_loss)) {
+        fprintf(stderr, "\r\033[Kstep %ld/%ld: validation loss %.4f (ppl %.2f)\n", p->step,
+                p->steps, p->val_loss, exp(p->val_loss));
+        return;
+    }
+    enum { W = 24 };
+    int fill = (int)((double)W * (double)p->step / (double)p->steps);
+    char bar[W + 1];
+    for (int i = 0; i < W; i++)
+        bar[i] = i < fill ? '=' : ' ';
+    bar[W] = 0;
+    char eta[32];
+    double per = p->step ? p->elapsed_s / (double)p->step : 0;
+    fmt_eta(per * (double)(p->steps - p->step), eta, sizeof eta);
+    fprintf(stderr, "\r\033[K[%s] %ld/%ld loss %.4f |g| %.3g lr %.3g %.0f tok/s ETA %s", bar,
+            p->step, p->steps, p->loss, p->grad_norm, p->lr, p->tokens_per_s, eta);
+    fflush(stderr);
+}
+
+static int on_checkpoint(const struct rk_tune_checkpoint *ck, void *user)
+{
+    struct tune_ui *ui = user;
+    if (!ui->ckpt_path)
+        return RK_OK;
+    size_t len = 8 + 8 + 8 + 8 + 8 + 4 * sizeof(float) * ck->len;
+    unsigned char *buf = malloc(len);
+    if (!buf)
+        return RK_ENOMEM;
+    uint64_t step = (uint64_t)ck->step, n = ck->len;
+    int64_t bad = ck->bad_evals;
+    unsigned char *p = buf;
+    memcpy(p, "RKTCKPT1", 8), p += 8;
+    memcpy(p, &step, 8), p += 8;
+    memcpy(p, &n, 8), p += 8;
+    memcpy(p, &ck->best_val, 8), p += 8;
+    memcpy(p, &bad, 8), p += 8;
+    const float *parts[4] = {ck->state, ck->m, ck->v, ck->best};
+    for (int i = 0; i < 4; i++)
+        memcpy(p, parts[i], sizeof(float) * n), p += sizeof(float) * n;
+    struct rk_errbuf eb = {0};
+    int rc = rk_file_write_atomic(ui->ckpt_path, buf, len, &eb);
+    if (rc != RK_OK)
+        fprintf(stderr, "\nrwkvd tune: checkpoint: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
+    free(buf);
+    return rc;
+}
+
+/* Read a checkpoint into `ck`; *mem holds its arrays (free it). */
+static int load_checkpoint(const char *path, size_t slen, struct rk_tune_checkpoint *ck,
+                           float **mem)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    struct rk_errbuf eb = {0};
+    int rc = rk_file_read_all(path, (size_t)1 << 34, &buf, &len, &eb);
+    if (rc != RK_OK) {
+        fprintf(stderr, "rwkvd tune: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
+        return rc;
+    }
+    const unsigned char *p = buf;
+    uint64_t step, n;
+    int64_t bad;
+    if (len < 40 || memcmp(p, "RKTCKPT1", 8) != 0)
+        goto bad;
+    memcpy(&step, p + 8, 8);
+    memcpy(&n, p + 16, 8);
+    memcpy(&ck->best_val, p + 24, 8);
+    memcpy(&bad, p + 32, 8);
+    if (n != slen || len != 40 + 4 * sizeof(float) * n)
+        goto bad;
+    *mem = malloc(4 * sizeof(float) * n);
+    if (!*mem) {
+        free(buf);
+        return RK_ENOMEM;
+    }
+    memcpy(*mem, p + 40, 4 * sizeof(float) * n);
+    ck->step = (long)step;
+    ck->len = n;
+    ck->bad_evals = (int)bad;
+    ck->state = *mem;
+    ck->m = *mem + n;
+    ck->v = *mem + 2 * n;
+    ck->best = *mem + 3 * n;
+    free(buf);
+    return RK_OK;
+bad:
+    fprintf(stderr, "rwkvd tune: %s is not a checkpoint of this model\n", path);
+    free(buf);
+    return RK_EFORMAT;
+}
+
+/* --- rwkvd tune ----------------------------------------------------------- */
+
+/* dLoss/dstate0 at `init` over every sequence of `ds` (token-weighted mean),
+ * written like a state file whose tensors hold the gradient. */
+static int dump_gradient(const struct rk_model *m, const struct rk_dataset *ds, const float *init,
+                         int threads, int bptt, const char *path)
+{
+    size_t slen = rk_state_len(m);
+    struct rk_ctx *ctx = NULL;
+    struct rk_ctx_params cp = {.n_threads = threads};
+    float *g = malloc(sizeof(float) * slen), *acc = calloc(slen, sizeof(float));
+    double *accd = calloc(slen, sizeof(double));
+    uint32_t *tgt = NULL;
+    uint8_t *msk = NULL;
+    int rc = RK_ENOMEM;
+    if (!g || !acc || !accd || (rc = rk_ctx_create(m, &cp, &ctx)) != RK_OK)
+        goto out;
+    double lsum = 0;
+    size_t ksum = 0;
+    struct rk_backward_params bp = {.checkpoint_every = bptt};
+    for (size_t i = 0; i < rk_dataset_len(ds); i++) {
+        const uint32_t *tok;
+        const uint8_t *mask;
+        size_t n, k = 0;
+        rk_dataset_get(ds, i, &tok, &mask, &n);
+        free(tgt), free(msk);
+        tgt = malloc(sizeof(uint32_t) * n);
+        msk = malloc(n);
+        if (!tgt || !msk) {
+            rc = RK_ENOMEM;
+            goto out;
+        }
+        for (size_t t = 0; t + 1 < n; t++) {
+            tgt[t] = tok[t + 1];
+            msk[t] = mask[t + 1];
+            k += mask[t + 1] != 0;
+        }
+        double l;
+        if ((rc = rk_backward_seq(ctx, &bp, tok, tgt, msk, n - 1, init, &l, g, NULL, NULL)) !=
+            RK_OK)
+            goto out;
+        for (size_t j = 0; j < slen; j++)
+            accd[j] += (double)k * g[j];
+        lsum += l * (double)k;
+        ksum += k;
+    }
+    for (size_t j = 0; j < slen; j++)
+        acc[j] = (float)(accd[j] / (double)ksum);
+    double loss = lsum / (double)ksum;
+    struct rk_state_meta meta;
+    rk_state_meta_init(&meta, m);
+    snprintf(meta.method, sizeof meta.method, "gradient");
+    snprintf(meta.note, sizeof meta.note, "loss=%.17g targets=%zu sequences=%zu", loss, ksum,
+             rk_dataset_len(ds));
+    struct rk_errbuf eb = {0};
+    rc = rk_state_file_save(path, m, acc, &meta, &eb);
+    if (rc != RK_OK)
+        fprintf(stderr, "rwkvd tune: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
+    else
+        printf("{\"loss\": %.17g, \"targets\": %zu, \"gradient_norm\": %.9g, \"file\": \"%s\"}\n",
+               loss, ksum, rk_grad_norm(acc, slen), path);
+out:
+    if (rc == RK_ENOMEM)
+        fprintf(stderr, "rwkvd tune: out of memory\n");
+    rk_ctx_free(ctx);
+    free(g), free(acc), free(accd), free(tgt), free(msk);
+    return rc;
+}
+
+static void tune_usage(void)
+{
+    struct rk_tune_params d;
+    rk_tune_params_default(&d);
+    printf("usage: rwkvd tune --model FILE --data FILE.jsonl --out STATE.safetensors [options]\n\n"
+           "Tune the initial state of a frozen model on a JSONL dataset ({\"text\"},\n"
+           "{\"prompt\",\"completion\"} or {\"messages\"} lines; see docs/TUNING.md).\n\n"
+           "  --vocab FILE          World vocabulary (byte models need none)\n"
+           "  --init STATE          start from this state file (default: zero state)\n"
+           "  --method NAME         tuning method (default standard)\n"
+           "  --steps N             optimizer steps (default %ld)\n"
+           "  --batch N             sequences per step (default %d)\n"
+           "  --lr X                peak learning rate (default %g)\n"
+           "  --lr-final X          final learning rate (default %g)\n"
+           "  --warmup N            warmup steps (default %ld)\n"
+           "  --decay cosine|linear|constant (default cosine)\n"
+           "  --beta1 X --beta2 X --eps X --weight-decay X  Adam (default %g %g %g %g)\n"
+           "  --clip X              gradient-norm clip, 0 = off (default %g)\n"
+           "  --tune-shift          also tune the token-shift vectors\n"
+           "  --seed N              shuffling and split seed (default 0)\n"
+           "  --val-split F         held-out fraction (default %g)\n"
+           "  --eval-every N        steps between validations (default %ld)\n"
+           "  --patience N          early stop after N validations without progress\n"
+           "  --seq-len-max N       cut longer examples (default: no cut; the JSONL limit\n"
+           "                        is --max-tokens, default 8192)\n"
+           "  --bptt-checkpoint N   WKV checkpoint interval of the backward (default 16)\n"
+           "  --threads N           compute threads (default: all CPUs)\n"
+           "  --checkpoint FILE     save a resumable checkpoint here\n"
+           "  --checkpoint-every N  steps between checkpoints (default: end only)\n"
+           "  --resume FILE         continue from a checkpoint (same options and data)\n"
+           "  --dump-gradient FILE  write the loss and dLoss/dstate at the starting state\n"
+           "                        (safetensors, adapter tensor names) and exit\n"
+           "  --quiet               no progress bar\n",
+           d.steps, d.batch, d.lr, d.lr_final, d.warmup, d.beta1, d.beta2, d.eps,
+           d.weight_decay, d.clip_norm, d.val_split, d.eval_every);
+}
+
+enum {
+    OPT_LR_FINAL = 256, OPT_WARMUP, OPT_DECAY, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_WD, OPT_CLIP,
+    OPT_TUNE_SHIFT, OPT_VAL_SPLIT, OPT_EVAL_EVERY, OPT_PATIENCE, OPT_SEQ_LEN, OPT_BPTT,
+    OPT_CKPT, OPT_CKPT_EVERY, OPT_RESUME, OPT_DUMP, OPT_QUIET, OPT_METHOD, OPT_MAX_TOKENS,
+    OPT_JSON,
+};
+
+int rk_cmd_tune(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},      {"data", required_argument, 0, 'd'},
+        {"out", required_argument, 0, 'o'},        {"vocab", required_argument, 0, 'V'},
+        {"init", required_argument, 0, 'i'},       {"steps", required_argument, 0, 's'},
+        {"batch", required_argument, 0, 'b'},      {"lr", required_argument, 0, 'l'},
+        {"seed", required_argument, 0, 'S'},       {"threads", required_argument, 0, 't'},
+        {"lr-final", required_argument, 0, OPT_LR_FINAL},
+        {"warmup", required_argument, 0, OPT_WARMUP},
+        {"decay", required_argument, 0, OPT_DECAY},
+        {"beta1", required_argument, 0, OPT_BETA1},
+        {"beta2", required_argument, 0, OPT_BETA2},
+        {"eps", required_argument, 0, OPT_EPS},
+        {"weight-decay", required_argument, 0, OPT_WD},
+        {"clip", required_argument, 0, OPT_CLIP},
+        {"tune-shift", no_argument, 0, OPT_TUNE_SHIFT},
+        {"val-split", required_argument, 0, OPT_VAL_SPLIT},
+        {"eval-every", required_argument, 0, OPT_EVAL_EVERY},
+        {"patience", required_argument, 0, OPT_PATIENCE},
+        {"seq-len-max", required_argument, 0, OPT_SEQ_LEN},
+        {"max-tokens", required_argument, 0, OPT_MAX_TOKENS},
+        {"bptt-checkpoint", required_argument, 0, OPT_BPTT},
+        {"checkpoint", required_argument, 0, OPT_CKPT},
+        {"checkpoint-every", required_argument, 0, OPT_CKPT_EVERY},
+        {"resume", required_argument, 0, OPT_RESUME},
+        {"dump-gradient", required_argument, 0, OPT_DUMP},
+        {"method", required_argument, 0, OPT_METHOD},
+        {"quiet", no_argument, 0, OPT_QUIET},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *model = NULL, *data = NULL, *out = NULL, *vocab = NULL, *init_path = NULL;
+    const char *resume = NULL, *dump = NULL;
+    struct rk_tune_params tp;
+    rk_tune_params_default(&tp);
+    struct rk_jsonl_limits lim;
+    rk_jsonl_limits_default(&lim);
+    struct tune_ui ui = {0};
+    long v;
+    int c, status = 1;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        bool ok = true;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'd': data = optarg; break;
+        case 'o': out = optarg; break;
+        case 'V': vocab = optarg; break;
+        case 'i': init_path = optarg; break;
+        case 's': ok = rk_cli_parse_long(optarg, 1, 100000000, &tp.steps); break;
+        case 'b': ok = rk_cli_parse_long(optarg, 1, 65536, &v) && ((tp.batch = (int)v), 1); break;
+        case 'l': ok = rk_cli_parse_float(optarg, 1e-12, 1e6, &tp.lr); break;
+        case 'S': ok = rk_cli_parse_long(optarg, 0, LONG_MAX, &v) && ((tp.seed = (uint64_t)v), 1); break;
+        case 't': ok = rk_cli_parse_long(optarg, 0, 1024, &v) && ((tp.n_threads = (int)v), 1); break;
+        case OPT_LR_FINAL: ok = rk_cli_parse_float(optarg, 0, 1e6, &tp.lr_final); break;
+        case OPT_WARMUP: ok = rk_cli_parse_long(optarg, 0, 100000000, &tp.warmup); break;
+        case OPT_DECAY:
+            if (strcmp(optarg, "cosine") == 0)
+                tp.decay = RK_LR_COSINE;
+            else if (strcmp(optarg, "linear") == 0)
+                tp.decay = RK_LR_LINEAR;
+            else if (strcmp(optarg, "constant") == 0)
+                tp.decay = RK_LR_CONSTANT;
+            else
+                ok = false;
+            break;
+        case OPT_BETA1: ok = rk_cli_parse_float(optarg, 0, 0.999999, &tp.beta1); break;
+        case OPT_BETA2: ok = rk_cli_parse_float(optarg, 0, 0.999999, &tp.beta2); break;
+        case OPT_EPS: ok = rk_cli_parse_float(optarg, 1e-30, 1, &tp.eps); break;
+        case OPT_WD: ok = rk_cli_parse_float(optarg, 0, 10, &tp.weight_decay); break;
+        case OPT_CLIP: ok = rk_cli_parse_float(optarg, 0, 1e12, &tp.clip_norm); break;
+        case OPT_TUNE_SHIFT: tp.tune_shift = true; break;
+        case OPT_VAL_SPLIT: ok = rk_cli_parse_float(optarg, 0, 0.9, &tp.val_split); break;
+        case OPT_EVAL_EVERY: ok = rk_cli_parse_long(optarg, 0, 100000000, &tp.eval_every); break;
+        case OPT_PATIENCE: ok = rk_cli_parse_long(optarg, 0, 1000000, &v) && ((tp.patience = (int)v), 1); break;
+        case OPT_SEQ_LEN: ok = rk_cli_parse_long(optarg, 2, 1 << 24, &v) && ((tp.seq_len_max = (size_t)v), 1); break;
+        case OPT_MAX_TOKENS: ok = rk_cli_parse_long(optarg, 2, 1 << 24, &v) && ((lim.seq_len_max = (size_t)v), 1); break;
+        case OPT_BPTT: ok = rk_cli_parse_long(optarg, 1, 4096, &v) && ((tp.bptt_checkpoint = (int)v), 1); break;
+        case OPT_CKPT: ui.ckpt_path = optarg; break;
+        case OPT_CKPT_EVERY: ok = rk_cli_parse_long(optarg, 0, 100000000, &tp.checkpoint_every); break;
+        case OPT_RESUME: resume = optarg; break;
+        case OPT_DUMP: dump = optarg; break;
+        case OPT_METHOD: ok = rk_tune_method_parse(optarg, &tp.method) == RK_OK; break;
+        case OPT_QUIET: ui.quiet = true; break;
+        case 'h': tune_usage(); return 0;
+        default: return 2;
+        }
+        if (!ok) {
+            fprintf(stderr, "rwkvd tune: bad value '%s' for %s\n", optarg ? optarg : "",
+                    argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (!model || !data || (!out && !dump)) {
+        fprintf(stderr, "rwkvd tune: --model, --data and --out (or --dump-gradient) are "
+                        "required; see --help\n");
+        return 2;
+    }
+    struct rk_model *m = NULL;
+    struct rk_tokenizer *tok = NULL;
+    struct rk_dataset *ds = NULL;
+    float *init = NULL, *st = NULL, *ckmem = NULL;
+    struct rk_tune_checkpoint ck = {0};
+    struct rk_errbuf eb = {0};
+    int rc;
+    if (!(m = rk_cli_load_model(model, RK_DTYPE_AUTO)) || !(tok = rk_cli_load_tokenizer(vocab, m)))
+        goto out;
+    size_t slen = rk_state_len(m);
+    if (rk_dataset_create(&ds) != RK_OK)
+        goto out;
+    if ((rc = rk_jsonl_load(data, tok, &lim, ds, &eb)) != RK_OK) {
+        fprintf(stderr, "rwkvd tune: %s: %s\n", data, eb.msg[0] ? eb.msg : rk_strerror(rc));
+        goto out;
+    }
+    if (rk_dataset_len(ds) == 0) {
+        fprintf(stderr, "rwkvd tune: %s has no training sequences\n", data);
+        goto out;
+    }
+    if (init_path) {
+        init = malloc(sizeof(float) * slen);
+        if (!init || (rc = rk_state_file_load(init_path, m, init, NULL, &eb)) != RK_OK) {
+            fprintf(stderr, "rwkvd tune: %s: %s\n", init_path,
+                    eb.msg[0] ? eb.msg : "out of memory");
+            goto out;
+        }
+    }
+    if (dump) {
+        status = dump_gradient(m, ds, init, tp.n_threads, tp.bptt_checkpoint, dump) == RK_OK ? 0
+                                                                                              : 1;
+        goto out;
+    }
+    if (resume) {
+        if (load_checkpoint(resume, slen, &ck, &ckmem) != RK_OK)
+            goto out;
+        tp.resume = &ck;
+    }
+    ui.m = m;
+    tp.checkpoint_cb = on_checkpoint;
+    if (!ui.quiet)
+        fprintf(stderr,
+                "rwkvd tune: %zu sequences (%zu tokens, %zu scored), method %s, %ld steps of "
+                "%d, lr %g -> %g\n",
+                rk_dataset_len(ds), rk_dataset_n_tokens(ds), rk_dataset_n_targets(ds),
+                rk_tune_method_name(tp.method), tp.steps, tp.batch, tp.lr, tp.lr_final);
+    st = malloc(sizeof(float) * slen);
+    if (!st)
+        goto out;
+    struct rk_tune_result res;
+    rc = rk_tune_run(m, &tp, ds, init, NULL, on_progress, &ui, st, &res);
+    if (!ui.quiet)
+        fprintf(stderr, "\n");
+    if (rc != RK_OK) {
+        if (rc == RK_ENUMERIC)
+            fprintf(stderr, "rwkvd tune: NaN or Inf in the loss or gradient at step %ld\n",
+                    res.steps_done + 1);
+        else
+            fprintf(stderr, "rwkvd tune: %s\n", rk_strerror(rc));
+        goto out;
+    }
+    struct rk_state_meta meta;
+    rk_state_meta_init(&meta, m);
+    snprintf(meta.method, sizeof meta.method, "%s", rk_tune_method_name(tp.method));
+    snprintf(meta.note, sizeof meta.note, "steps=%ld loss=%.6g val_loss=%.6g lr=%g batch=%d",
+             res.steps_done, res.loss_last, res.val_loss_best, tp.lr, tp.batch);
+    meta.has_shift = tp.tune_shift;
+    if ((rc = rk_state_file_save(out, m, st, &meta, &eb)) != RK_OK) {
+        fprintf(stderr, "rwkvd tune: %s: %s\n", out, eb.msg[0] ? eb.msg : rk_strerror(rc));
+        goto out;
+    }
+    printf("{\"steps\": %ld, \"loss\": %.6g, \"val_loss_init\": %.6g, \"val_loss_best\": %.6g, "
+           "\"best_step\": %ld, \"stopped_early\": %s, \"tokens_per_s\": %.1f, \"out\": \"%s\"}\n",
+           res.steps_done, res.loss_last, res.val_loss_init, res.val_loss_best, res.best_step,
+           res.stopped_early ? "true" : "false", res.tokens_per_s, out);
+    status = 0;
+out:
+    free(init), free(st), free(ckmem);
+    rk_dataset_free(ds);
+    rk_tok_free(tok);
+    rk_model_free(m);
+    return status;
+}
+
+/* --- rwkvd eval ----------------------------------------------------------- */
+
+int rk_cmd_eval(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"data", required_argument, 0, 'd'},
+        {"state", required_argument, 0, 's'}, {"vocab", required_argument, 0, 'V'},
+        {"threads", required_argument, 0, 't'}, {"max-tokens", required_argument, 0, OPT_MAX_TOKENS},
+        {"json", no_argument, 0, OPT_JSON},    {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *model = NULL, *data = NULL, *state_path = NULL, *vocab = NULL;
+    long threads = 0, v;
+    bool json = false;
+    struct rk_jsonl_limits lim;
+    rk_jsonl_limits_default(&lim);
+    int c, status = 1;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'd': data = optarg; break;
+        case 's': state_path = optarg; break;
+        case 'V': vocab = optarg; break;
+        case 't':
+            if (!rk_cli_parse_long(optarg, 0, 1024, &threads)) {
+                fprintf(stderr, "rwkvd eval: bad --threads\n");
+                return 2;
+            }
+            break;
+        case OPT_MAX_TOKENS:
+            if (!rk_cli_parse_long(optarg, 2, 1 << 24, &v)) {
+                fprintf(stderr, "rwkvd eval: bad --max-tokens\n");
+                return 2;
+            }
+            lim.seq_len_max = (size_t)v;
+            break;
+        case OPT_JSON: json = true; break;
+        case 'h':
+            printf("usage: rwkvd eval --model FILE [--state STATE] --data FILE.jsonl [--json]\n\n"
+                   "Loss and perplexity over the dataset's sequences and accuracy over its\n"
+                   "multiple-choice lines ({\"prompt\",\"choices\",\"answer\"}: the choice with\n"
+                   "the highest summed log-likelihood wins), from the zero state or STATE.\n\n"
+                   "  --vocab FILE      World vocabulary (byte models need none)\n"
+                   "  --threads N       compute threads (default: all CPUs)\n"
+                   "  --max-tokens N    longest example accepted (default 8192)\n"
+                   "  --json            print one JSON object\n");
+            return 0;
+        default: return 2;
+        }
+    }
+    if (!model || !data) {
+        fprintf(stderr, "rwkvd eval: --model and --data are required; see --help\n");
+        return 2;
+    }
+    struct rk_model *m = NULL;
+    struct rk_tokenizer *tok = NULL;
+    struct rk_dataset *ds = NULL;
+    struct rk_ctx *ctx = NULL;
+    float *st = NULL;
+    struct rk_errbuf eb = {0};
+    int rc;
+    if (!(m = rk_cli_load_model(model, RK_DTYPE_AUTO)) || !(tok = rk_cli_load_tokenizer(vocab, m)))
+        goto out;
+    if (rk_dataset_create(&ds) != RK_OK)
+        goto out;
+    if ((rc = rk_jsonl_load(data, tok, &lim, ds, &eb)) != RK_OK) {
+        fprintf(stderr, "rwkvd eval: %s: %s\n", data, eb.msg[0] ? eb.msg : rk_strerror(rc));
+        goto out;
+    }
+    if (state_path) {
+        st = malloc(sizeof(float) * rk_state_len(m));
+        if (!st || (rc = rk_state_file_load(state_path, m, st, NULL, &eb)) != RK_OK) {
+            fprintf(stderr, "rwkvd eval: %s: %s\n", state_path,
+                    eb.msg[0] ? eb.msg : "out of memory");
+            goto out;
+        }
+    }
+    struct rk_ctx_params cp = {.n_threads = (int)threads};
+    if (rk_ctx_create(m, &cp, &ctx) != RK_OK) {
+        fprintf(stderr, "rwkvd eval: cannot create a context\n");
+        goto out;
+    }
+    struct rk_eval_result r;
+    if ((rc = rk_eval_run(ctx, ds, st, NULL, NULL, &r)) != RK_OK) {
+        fprintf(stderr, "rwkvd eval: %s\n", rk_strerror(rc));
+        goto out;
+    }
+    if (json) {
+        printf("{\"sequences\": %zu, \"targets\": %zu", r.n_seq, r.n_targets);
+        if (r.n_targets)
+            printf(", \"loss\": %.9g, \"perplexity\": %.9g", r.loss, r.ppl);
+        else
+            printf(", \"loss\": null, \"perplexity\": null");
+        printf(", \"mc_items\": %zu, \"mc_correct\": %zu, \"accuracy\": ", r.n_mc,
+               r.n_mc_correct);
+        if (r.n_mc)
+            printf("%.9g}\n", r.accuracy);
+        else
+            printf("null}\n");
+    } else {
+        if (r.n_targets)
+            printf("loss %.6f  perplexity %.4f  (%zu sequences, %zu scored tokens)\n", r.loss,
+                   r.ppl, r.n_seq, r.n_targets);
+        if (r.n_mc)
+            printf("accuracy %.4f  (%zu of %zu multiple-choice items)\n", r.accuracy,
+                   r.n_mc_correct, r.n_mc);
+    }
+    status = 0;
+out:
+    free(st);
+    rk_ctx_free(ctx);
+    rk_dataset_free(ds);
+    rk_tok_free(tok);
+    rk_model_free(m);
+    return status;
+}

@@ -169,6 +169,221 @@ RK_API void rk_state_ref_release(struct rk_state_ref *r);
 
 /* === tuning, datasets, evaluation ========================================= */
 
+/*
+ * Tuning a state adapter ("standard" method): Adam(W) on the initial state of
+ * a frozen model, with gradients from rk_backward_seq. Everything here works
+ * on token ids; turning JSONL or text into token sequences is the server's
+ * job. Usage:
+ *
+ *     struct rk_dataset *ds = NULL;
+ *     rk_dataset_create(&ds);
+ *     rk_dataset_add(ds, tokens, loss_mask, n);      // once per example
+ *     struct rk_tune_params tp;
+ *     rk_tune_params_default(&tp);
+ *     tp.steps = 200;
+ *     float *st = malloc(rk_state_len(m) * sizeof(float));
+ *     struct rk_tune_result res;
+ *     int rc = rk_tune_run(m, &tp, ds, NULL, NULL, NULL, NULL, st, &res);
+ *
+ * Determinism: the same model, dataset, parameters (seed included) and
+ * thread count give bit-identical states.
+ */
+
+/* --- datasets: token sequences and multiple-choice items in memory -------- */
+
+/*
+ * A sequence of n tokens trains or scores the prediction of token t from
+ * tokens[0..t-1] wherever loss_mask[t] is non-zero (t >= 1; mask[0] is
+ * ignored because nothing precedes the first token). A multiple-choice item
+ * is a prompt and several continuations, one of them right.
+ */
+struct rk_dataset;
+
+struct rk_mc_item {
+    const uint32_t *prompt; /* [n_prompt], n_prompt >= 1 */
+    size_t n_prompt;
+    size_t n_choices;               /* >= 2 */
+    const uint32_t *const *choices; /* [n_choices][n_choice[i]] */
+    const size_t *n_choice;         /* each >= 1 */
+    size_t answer;                  /* index of the right choice */
+};
+
+RK_API int rk_dataset_create(struct rk_dataset **out);
+/* NULL is a no-op. */
+RK_API void rk_dataset_free(struct rk_dataset *d);
+/* Append a copy of tokens[n] with loss_mask[n] (NULL: every position t >= 1).
+ * RK_EINVAL unless n >= 2 and at least one position t >= 1 is selected. */
+RK_API int rk_dataset_add(struct rk_dataset *d, const uint32_t *tokens, const uint8_t *loss_mask,
+                          size_t n);
+/* Append a copy of a multiple-choice item. RK_EINVAL for an empty prompt or
+ * choice, fewer than 2 choices, or answer >= n_choices. */
+RK_API int rk_dataset_add_mc(struct rk_dataset *d, const struct rk_mc_item *item);
+RK_API size_t rk_dataset_len(const struct rk_dataset *d);      /* sequences */
+RK_API size_t rk_dataset_n_mc(const struct rk_dataset *d);     /* mc items */
+RK_API size_t rk_dataset_n_tokens(const struct rk_dataset *d); /* over sequences */
+RK_API size_t rk_dataset_n_targets(const struct rk_dataset *d); /* selected positions */
+/* Borrow sequence i (valid until the dataset is freed). */
+RK_API void rk_dataset_get(const struct rk_dataset *d, size_t i, const uint32_t **tokens,
+                           const uint8_t **loss_mask, size_t *n);
+/* Borrow mc item i (pointers valid until the dataset is freed). */
+RK_API void rk_dataset_get_mc(const struct rk_dataset *d, size_t i, struct rk_mc_item *out);
+/* Largest token id + 1 over everything held (0 when empty). */
+RK_API uint32_t rk_dataset_vocab_used(const struct rk_dataset *d);
+/* Split the sequences (not the mc items) at random: round(val_frac * len)
+ * sequences, at least 1 when val_frac > 0 and len >= 2, go to *val, the rest
+ * to *train, both in their original order. mc items are not copied.
+ * The same seed gives the same split. */
+RK_API int rk_dataset_split(const struct rk_dataset *d, double val_frac, uint64_t seed,
+                            struct rk_dataset **train, struct rk_dataset **val);
+/* Fisher-Yates shuffle of idx[n] driven by a splitmix64 generator whose
+ * state is *rng (advanced). */
+RK_API void rk_shuffle(size_t *idx, size_t n, uint64_t *rng);
+
+/* --- optimizer over flat float buffers ------------------------------------ */
+
+enum rk_lr_decay {
+    RK_LR_COSINE = 0, /* lr_init -> lr_final along half a cosine */
+    RK_LR_LINEAR,     /* straight line */
+    RK_LR_CONSTANT,   /* lr_init throughout (after warmup) */
+};
+struct rk_lr_schedule {
+    double lr_init, lr_final;
+    long warmup; /* steps of linear ramp from lr_init/warmup to lr_init */
+    long total;  /* steps in all; decay runs over [warmup, total) */
+    enum rk_lr_decay decay;
+};
+/* Learning rate of step `step` (0-based). */
+RK_API double rk_lr_at(const struct rk_lr_schedule *s, long step);
+
+struct rk_adamw_params {
+    double lr;
+    double beta1, beta2, eps;
+    double weight_decay; /* decoupled (AdamW); 0 = Adam */
+};
+/* One AdamW update of n parameters in place, llm.c style: g = grad *
+ * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; param -= lr (m_hat /
+ * (sqrt(v_hat) + eps) + wd param), with bias correction for step t (1-based).
+ * Deterministic and element-wise (any split of the buffer gives the same). */
+RK_API void rk_adamw_update(float *param, const float *grad, float *m, float *v, size_t n, long t,
+                            const struct rk_adamw_params *p, double grad_scale);
+/* Euclidean norm (accumulated in double, fixed order). */
+RK_API double rk_grad_norm(const float *g, size_t n);
+/* Factor that scales a gradient of norm `norm` to at most `max_norm`
+ * (1 when max_norm <= 0 or norm <= max_norm). */
+RK_API double rk_clip_scale(double norm, double max_norm);
+
+/* --- tuning ---------------------------------------------------------------- */
+
+enum rk_tune_method {
+    RK_TUNE_STANDARD = 0, /* Adam on the initial state (wkv; shifts optionally) */
+};
+/* "standard" -> RK_TUNE_STANDARD; RK_EINVAL otherwise. */
+RK_API int rk_tune_method_parse(const char *s, enum rk_tune_method *out);
+RK_API const char *rk_tune_method_name(enum rk_tune_method m);
+
+/* Saved between steps so that an interrupted job can resume bit-identically
+ * (same parameters, dataset and thread count). Arrays are [len] floats in
+ * the core state layout; `m`/`v` are the Adam moments. */
+struct rk_tune_checkpoint {
+    long step;          /* optimizer steps done */
+    size_t len;         /* rk_state_len */
+    const float *state; /* current state */
+    const float *m, *v;
+    const float *best;  /* state with the best validation loss so far */
+    double best_val;    /* INFINITY when none yet */
+    int bad_evals;      /* evaluations since best_val improved */
+};
+/* Called every checkpoint_every steps and at the end (borrowed pointers,
+ * valid during the call). A non-zero return stops the run with that code. */
+typedef int rk_tune_checkpoint_cb(const struct rk_tune_checkpoint *ck, void *user);
+
+struct rk_tune_progress {
+    long step, steps;   /* steps done, steps planned */
+    double loss;        /* training loss of this step (token-weighted) */
+    double grad_norm;   /* before clipping */
+    double lr;
+    double val_loss;    /* NAN unless this report follows an evaluation */
+    double tokens_per_s; /* forward+backward tokens per second, this run */
+    size_t tokens;      /* tokens processed, this run */
+    double elapsed_s;
+};
+typedef void rk_tune_progress_cb(const struct rk_tune_progress *p, void *user);
+
+struct rk_tune_params {
+    enum rk_tune_method method;
+    long steps;            /* optimizer steps (default 100) */
+    int batch;             /* sequences per step; gradients are token-weighted means (4) */
+    double lr, lr_final;   /* schedule ends (default 1 -> 0.01, see docs/TUNING.md) */
+    long warmup;           /* (default 10) */
+    enum rk_lr_decay decay; /* (default cosine) */
+    double beta1, beta2, eps, weight_decay; /* (0.9, 0.99, 1e-8, 0) */
+    double clip_norm;      /* clip the gradient norm to this (default 1; 0 = off) */
+    bool tune_shift;       /* also tune both token-shift vectors (default false) */
+    uint64_t seed;         /* shuffling and the validation split (default 0) */
+    double val_split;      /* fraction of sequences held out (default 0.1; 0 = none) */
+    long eval_every;       /* steps between validation evaluations (default 10) */
+    int patience;          /* stop after this many evaluations without a new
+                              best validation loss (default 0 = never) */
+    size_t seq_len_max;    /* longer sequences are cut to this (0 = none) */
+    int bptt_checkpoint;   /* WKV checkpoint interval of the backward (0 = 16) */
+    int n_threads;         /* compute threads (0 = all CPUs) */
+    long checkpoint_every; /* steps between checkpoint_cb calls (0 = end only) */
+    rk_tune_checkpoint_cb *checkpoint_cb; /* may be NULL */
+    const struct rk_tune_checkpoint *resume; /* borrowed; NULL = fresh start */
+};
+/* Fill the defaults listed above. */
+RK_API void rk_tune_params_default(struct rk_tune_params *p);
+
+struct rk_tune_result {
+    long steps_done;
+    double loss_last;      /* training loss of the last step */
+    double val_loss_init;  /* validation loss of the starting state (NAN: no split) */
+    double val_loss_best;  /* best validation loss seen (NAN: no split) */
+    long best_step;        /* step of the best validation loss */
+    bool stopped_early;
+    double tokens_per_s;
+};
+
+/*
+ * Tune an initial state of `m` on the sequences of `ds`. `init` [rk_state_len]
+ * is the starting state (NULL = zero). On success `out` [rk_state_len]
+ * receives the state with the best validation loss when a validation split
+ * exists, else the final state. `cancel` is checked between sequences,
+ * `progress` is called after every step and after every evaluation; `user`
+ * goes to every callback. `res` may be NULL. Errors: RK_EINVAL (bad
+ * parameters, empty dataset, token ids >= V), RK_ENOMEM, RK_ECANCELED,
+ * RK_ENUMERIC (NaN or Inf in loss or gradient; res->steps_done tells the
+ * step), or the checkpoint callback's code. Thread-safe for distinct outputs
+ * (the model is shared read-only).
+ */
+RK_API int rk_tune_run(const struct rk_model *m, const struct rk_tune_params *p,
+                       const struct rk_dataset *ds, const float *init, rk_cancel_cb *cancel,
+                       rk_tune_progress_cb *progress, void *user, float *out,
+                       struct rk_tune_result *res);
+
+/* --- evaluation ------------------------------------------------------------ */
+
+struct rk_eval_result {
+    double loss;         /* mean CE over selected positions of all sequences */
+    double ppl;          /* exp(loss) */
+    size_t n_targets;    /* positions scored */
+    size_t n_seq;
+    size_t n_mc, n_mc_correct;
+    double accuracy;     /* n_mc_correct / n_mc (NAN when no mc items) */
+};
+/*
+ * Score `d` with the model of `ctx` from initial state `state` (NULL = zero):
+ * loss and perplexity over the sequences, and for mc items the accuracy of
+ * picking the choice whose summed log-likelihood (given the prompt) is
+ * highest. Uses rk_forward_seq; `cancel` (may be NULL) is checked between
+ * sequences.
+ */
+RK_API int rk_eval_run(struct rk_ctx *ctx, const struct rk_dataset *d, const float *state,
+                       rk_cancel_cb *cancel, void *cancel_user, struct rk_eval_result *out);
+/* Summed log-likelihood of each choice of `item` [n_choices] into lls. */
+RK_API int rk_eval_mc_item(struct rk_ctx *ctx, const struct rk_mc_item *item, const float *state,
+                           double *lls);
+
 /* === end of tuning, datasets, evaluation ================================== */
 
 #ifdef __cplusplus

@@ -226,7 +226,7 @@ RK_API int rk_forward_batch(struct rk_ctx *ctx, size_t B, const uint32_t *tokens
  * mask[t] (NULL = all) selects the positions. Writes the loss and
  * dstate0 [rk_state_len] = dLoss/dstate0 (wkv parts and both token-shift
  * parts). `cancel` (may be NULL) is checked between layers.
- * Memory: see core/FORMAT.md ("backward memory").
+ * Memory: see docs/TUNING.md (the memory formula of the backward pass).
  */
 struct rk_backward_params {
     int checkpoint_every; /* tokens between stored WKV checkpoints (0 = 16) */

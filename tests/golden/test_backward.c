@@ -524,6 +524,9 @@ END_TEST
 
 /* --- tests: invariances --------------------------------------------------- */
 
+/* core/rwkv7_backward.c: activation-store budget (bytes); 0 forces the
+ * recompute-per-layer path. */
+
 START_TEST(test_checkpoint_interval)
 {
     struct fixture f;
@@ -539,8 +542,10 @@ START_TEST(test_checkpoint_interval)
     struct rk_backward_params bp = {.checkpoint_every = 1};
     ck_assert_int_eq(rk_backward_seq(f.ctx, &bp, tok, tgt, mask, T, st0, &l0, g0, NULL, NULL),
                      RK_OK);
-    const int Ks[] = {3, 16, 37, 100};
-    for (size_t i = 0; i < 4; i++) {
+    const int Ks[] = {3, 16, 37, 100, 1, 7};
+    for (size_t i = 0; i < 6; i++) {
+        /* the last two recompute each layer instead of keeping all */
+        rk__backward_set_store_max(i >= 4 ? 0 : (size_t)1 << 30);
         bp.checkpoint_every = Ks[i];
         ck_assert_int_eq(
             rk_backward_seq(f.ctx, &bp, tok, tgt, mask, T, st0, &l1, g1, NULL, NULL), RK_OK);
@@ -548,6 +553,7 @@ START_TEST(test_checkpoint_interval)
         ck_assert_msg(memcmp(g0, g1, sizeof(float) * f.slen) == 0,
                       "gradient differs with checkpoint_every %d", Ks[i]);
     }
+    rk__backward_set_store_max((size_t)1 << 30);
     /* NULL state0 means the zero state */
     memset(st0, 0, sizeof(float) * f.slen);
     ck_assert_int_eq(rk_backward_seq(f.ctx, NULL, tok, tgt, mask, T, st0, &l0, g0, NULL, NULL),

@@ -1,2 +1,1003 @@
-/* test_http.c: work in progress. */
+/*
+ * test_http.c - end-to-end tests of `rwkvd serve` over real sockets.
+ *
+ * Each test starts the real server (rk_cmd_serve from server_lib) in a
+ * forked child on 127.0.0.1 with port 0, reads "listening on http://...:PORT"
+ * from its stdout, talks HTTP through a small blocking client written for
+ * these tests (so that malformed requests can be sent byte for byte), and
+ * stops it with SIGTERM, checking the exit status. Model: tests/data/
+ * rand-mh.safetensors (V=384, served with the byte tokenizer).
+ */
 #include "check_common.h"
+#include "cmd.h"
+#include "http/state_fixture.h"
+#include "rk_adapters.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* --- server process -------------------------------------------------------- */
+
+struct server {
+    pid_t pid;
+    int port;
+    char dir[512];
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Start rwkvd serve with the given extra arguments (NULL-terminated). */
+static struct server start_server_v(const char *const *extra)
+{
+    struct server s = {0};
+    static int seq;
+    snprintf(s.dir, sizeof s.dir, "%s/data-%d-%d", rk_test_tmpdir(), (int)getpid(), seq++);
+    const char *argv[64];
+    int argc = 0;
+    argv[argc++] = "serve";
+    argv[argc++] = "--model";
+    argv[argc++] = rk_test_data("rand-mh.safetensors");
+    argv[argc++] = "--port";
+    argv[argc++] = "0";
+    argv[argc++] = "--threads";
+    argv[argc++] = "1";
+    argv[argc++] = "--data-dir";
+    argv[argc++] = s.dir;
+    for (int i = 0; extra && extra[i] && argc < 62; i++)
+        argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    fflush(NULL);
+    s.pid = fork();
+    ck_assert_int_ge(s.pid, 0);
+    if (s.pid == 0) {
+        dup2(p[1], 1);
+        close(p[0]);
+        close(p[1]);
+        if (!getenv("RK_TEST_SERVER_LOG")) {
+            char log[600];
+            snprintf(log, sizeof log, "%s.log", s.dir);
+            FILE *f = freopen(log, "w", stderr);
+            (void)f;
+        }
+        _exit(rk_cmd_serve(argc, (char **)argv));
+    }
+    close(p[1]);
+    char line[256];
+    size_t n = 0;
+    int64_t t0 = now_ms();
+    while (n < sizeof line - 1 && now_ms() - t0 < 20000) {
+        struct pollfd pf = {p[0], POLLIN, 0};
+        if (poll(&pf, 1, 200) <= 0)
+            continue;
+        ssize_t r = read(p[0], line + n, 1);
+        if (r <= 0)
+            break;
+        if (line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = 0;
+    close(p[0]);
+    const char *colon = strrchr(line, ':');
+    ck_assert_msg(strstr(line, "listening on http://127.0.0.1:") && colon,
+                  "server did not start: '%s'", line);
+    s.port = atoi(colon + 1);
+    return s;
+}
+
+#define START(...) start_server_v((const char *const[]){__VA_ARGS__, NULL})
+
+/* SIGTERM and wait; returns the exit status (or -1 after a timeout). */
+static int stop_server(struct server *s)
+{
+    if (s->pid <= 0)
+        return 0;
+    kill(s->pid, SIGTERM);
+    int st = 0;
+    for (int i = 0; i < 600; i++) {
+        pid_t r = waitpid(s->pid, &st, WNOHANG);
+        if (r == s->pid) {
+            s->pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        usleep(50000);
+    }
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &st, 0);
+    s->pid = 0;
+    return -1;
+}
+
+/* --- a small HTTP client ----------------------------------------------------- */
+
+static int dial(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static void send_all(int fd, const void *b, size_t n)
+{
+    const char *p = b;
+    while (n) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w <= 0)
+            return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+struct resp {
+    int status;
+    char *head; /* status line + headers */
+    char *body; /* de-chunked */
+    size_t body_len;
+};
+
+static void resp_free(struct resp *r)
+{
+    free(r->head);
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}
+
+/* Read a whole response until the server closes (requests use
+ * Connection: close). timeout_ms bounds the wait. */
+static struct resp read_resp(int fd, int timeout_ms)
+{
+    struct resp r = {0};
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    int64_t t0 = now_ms();
+    for (;;) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        int left = timeout_ms - (int)(now_ms() - t0);
+        if (left <= 0 || poll(&pf, 1, left) <= 0)
+            break;
+        if (n + 4096 > cap)
+            buf = realloc(buf, cap *= 2);
+        ssize_t k = recv(fd, buf + n, cap - n - 1, 0);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    buf[n] = 0;
+    char *sep = strstr(buf, "\r\n\r\n");
+    if (!sep) {
+        r.head = buf;
+        return r;
+    }
+    *sep = 0;
+    r.head = strdup(buf);
+    sscanf(buf, "HTTP/1.%*d %d", &r.status);
+    char *body = sep + 4;
+    size_t blen = n - (size_t)(body - buf);
+    if (strcasestr(r.head, "Transfer-Encoding: chunked")) {
+        char *out = malloc(blen + 1);
+        size_t o = 0;
+        char *p = body, *end = body + blen;
+        while (p < end) {
+            unsigned long sz = strtoul(p, NULL, 16);
+            char *nl = strstr(p, "\r\n");
+            if (!nl || sz == 0)
+                break;
+            p = nl + 2;
+            if (p + sz > end)
+                sz = (unsigned long)(end - p);
+            memcpy(out + o, p, sz);
+            o += sz;
+            p += sz + 2;
+        }
+        out[o] = 0;
+        r.body = out;
+        r.body_len = o;
+    } else {
+        r.body = malloc(blen + 1);
+        memcpy(r.body, body, blen);
+        r.body[blen] = 0;
+        r.body_len = blen;
+    }
+    free(buf);
+    return r;
+}
+
+static struct resp request(int port, const char *method, const char *path, const char *hdrs,
+                           const void *body, size_t blen)
+{
+    int fd = dial(port);
+    ck_assert_int_ge(fd, 0);
+    char head[2048];
+    int hn = snprintf(head, sizeof head,
+                      "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s"
+                      "Content-Length: %zu\r\n\r\n",
+                      method, path, hdrs ? hdrs : "", blen);
+    send_all(fd, head, (size_t)hn);
+    if (blen)
+        send_all(fd, body, blen);
+    struct resp r = read_resp(fd, 30000);
+    close(fd);
+    return r;
+}
+
+static struct resp get(int port, const char *path, const char *hdrs)
+{
+    return request(port, "GET", path, hdrs, NULL, 0);
+}
+
+static struct resp post(int port, const char *path, const char *hdrs, const char *json)
+{
+    return request(port, "POST", path, hdrs, json, strlen(json));
+}
+
+/* Send raw bytes, return the response. */
+static struct resp raw(int port, const char *bytes, size_t n)
+{
+    int fd = dial(port);
+    ck_assert_int_ge(fd, 0);
+    send_all(fd, bytes, n);
+    struct resp r = read_resp(fd, 10000);
+    close(fd);
+    return r;
+}
+
+/* Extract the token ids from a native response with "logprobs": 0, in
+ * order (both the non-streaming JSON and the SSE events carry "token":N). */
+static int tokens_of(const char *body, uint32_t *out, int cap)
+{
+    int n = 0;
+    for (const char *p = body; (p = strstr(p, "\"token\":")) && n < cap; p += 8)
+        out[n++] = (uint32_t)strtoul(p + 8, NULL, 10);
+    return n;
+}
+
+/* All "logprob":V values of a response, concatenated (a signature that
+ * changes with the initial state even where greedy tokens do not). */
+static char *lp_sig(const char *body)
+{
+    size_t cap = strlen(body) + 1, n = 0;
+    char *out = malloc(cap);
+    out[0] = 0;
+    for (const char *p = body; (p = strstr(p, "\"logprob\":")); p += 10) {
+        size_t k = strcspn(p + 10, ",}]");
+        memcpy(out + n, p + 10, k);
+        n += k;
+        out[n++] = ' ';
+        out[n] = 0;
+    }
+    return out;
+}
+
+/* --- states helpers ---------------------------------------------------------- */
+
+static struct rk_model *test_model(void)
+{
+    static struct rk_model *m;
+    if (!m)
+        ck_assert_int_eq(rk_model_load(rk_test_data("rand-mh.safetensors"), NULL, &m, NULL),
+                         RK_OK);
+    return m;
+}
+
+static void put_state(int port, const char *hdrs, const char *id, uint64_t seed, int want)
+{
+    struct rk_model *m = test_model();
+    float *st = malloc(rk_state_len(m) * 4);
+    fx_random_state(m, seed, st);
+    void *buf;
+    size_t len;
+    ck_assert_int_eq(rk_state_file_encode(m, st, NULL, &buf, &len), RK_OK);
+    char path[128];
+    snprintf(path, sizeof path, "/states/%s", id);
+    struct resp r = request(port, "PUT", path, hdrs, buf, len);
+    ck_assert_msg(r.status == want, "PUT %s: %d %s", id, r.status, r.body);
+    resp_free(&r);
+    free(buf);
+    free(st);
+}
+
+static const char *GEN_FMT = "{\"prompt\":\"Hello there\",\"max_tokens\":%d,\"temperature\":0,"
+                             "\"logprobs\":0%s%s%s}";
+
+static char *gen_body(int max_tokens, const char *state, bool stream)
+{
+    static char b[512];
+    char st[128] = "";
+    if (state)
+        snprintf(st, sizeof st, ",\"state\":\"%s\"", state);
+    snprintf(b, sizeof b, GEN_FMT, max_tokens, st, stream ? ",\"stream\":true" : "", "");
+    return b;
+}
+
+/* --- tests ----------------------------------------------------------------- */
+
+START_TEST(test_basic_routes)
+{
+    struct server s = START("--health-public");
+    struct resp r = get(s.port, "/health", NULL);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(strstr(r.body, "\"status\":\"ok\""));
+    resp_free(&r);
+
+    r = post(s.port, "/generate", NULL, gen_body(8, NULL, false));
+    ck_assert_msg(r.status == 200, "%d %s", r.status, r.body);
+    ck_assert(strstr(r.body, "\"finish_reason\":\"length\""));
+    ck_assert(strstr(r.body, "\"completion_tokens\":8"));
+    resp_free(&r);
+
+    r = post(s.port, "/generate", NULL, gen_body(5, NULL, true));
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(strcasestr(r.head, "Content-Type: text/event-stream"));
+    ck_assert(strstr(r.body, "data: {\"index\":0,"));
+    ck_assert(strstr(r.body, "\"done\":true"));
+    resp_free(&r);
+
+    // OpenAI completions, streaming with usage and [DONE]
+    r = post(s.port, "/v1/completions", NULL,
+             "{\"model\":\"rand-mh\",\"prompt\":\"abc\",\"max_tokens\":4,\"stream\":true,"
+             "\"stream_options\":{\"include_usage\":true}}");
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(strstr(r.body, "\"object\":\"text_completion\""));
+    ck_assert(strstr(r.body, "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4"));
+    ck_assert(strstr(r.body, "data: [DONE]\n\n"));
+    ck_assert_msg(strlen(strstr(r.body, "data: [DONE]")) == 14, "[DONE] must be last");
+    resp_free(&r);
+
+    // chat, n=2, logprobs
+    r = post(s.port, "/v1/chat/completions", NULL,
+             "{\"model\":\"rand-mh\",\"messages\":[{\"role\":\"system\",\"content\":\"x\"},"
+             "{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":3,\"n\":2,\"logprobs\":true,"
+             "\"top_logprobs\":2,\"seed\":1}");
+    ck_assert_msg(r.status == 200, "%d %s", r.status, r.body);
+    ck_assert(strstr(r.body, "\"object\":\"chat.completion\""));
+    ck_assert(strstr(r.body, "\"index\":1"));
+    ck_assert(strstr(r.body, "\"top_logprobs\":[{"));
+    // "System: x\n\nUser: hi\n\nAssistant:" is 31 bytes = 31 byte tokens
+    ck_assert_msg(strstr(r.body, "\"prompt_tokens\":31"), "%s", r.body);
+    resp_free(&r);
+
+    r = post(s.port, "/v1/chat/completions", NULL,
+             "{\"model\":\"rand-mh\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+             "\"max_tokens\":3,\"stream\":true}");
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(strstr(r.body, "\"object\":\"chat.completion.chunk\""));
+    ck_assert(strstr(r.body, "\"delta\":{\"role\":\"assistant\""));
+    ck_assert(strstr(r.body, "\"finish_reason\":\"length\""));
+    ck_assert(strstr(r.body, "data: [DONE]"));
+    resp_free(&r);
+
+    r = get(s.port, "/v1/models", NULL);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(strstr(r.body, "\"id\":\"rand-mh\""));
+    resp_free(&r);
+    r = get(s.port, "/v1/models/rand-mh", NULL);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+
+    r = get(s.port, "/metrics", NULL);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(strstr(r.body, "rwkvd_http_requests_total{route=\"/generate\",code=\"200\"} 2"));
+    ck_assert(strstr(r.body, "rwkvd_time_to_first_token_seconds_bucket"));
+    ck_assert(strstr(r.body, "rwkvd_token_latency_seconds_count"));
+    ck_assert(strstr(r.body, "rwkvd_adapter_cache_hits_total"));
+    ck_assert(strstr(r.body, "rwkvd_queue_depth 0"));
+    resp_free(&r);
+
+    r = get(s.port, "/nope", NULL);
+    ck_assert_int_eq(r.status, 404);
+    ck_assert(strstr(r.body, "\"error\":{\"message\""));
+    resp_free(&r);
+    r = request(s.port, "DELETE", "/generate", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 405);
+    ck_assert(strcasestr(r.head, "Allow: POST"));
+    resp_free(&r);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_states_crud)
+{
+    struct server s = START("--max-state-bytes", "64M");
+    put_state(s.port, NULL, "alpha", 1, 201);
+    put_state(s.port, NULL, "alpha", 2, 200); // replace -> version 2
+    struct resp r = get(s.port, "/states/alpha", NULL);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(strstr(r.body, "\"version\":2"), "%s", r.body);
+    resp_free(&r);
+    r = get(s.port, "/states", NULL);
+    ck_assert(strstr(r.body, "\"id\":\"alpha\""));
+    resp_free(&r);
+
+    // the file comes back byte for byte as the store wrote it, and parses
+    r = get(s.port, "/states/alpha/file", NULL);
+    ck_assert_int_eq(r.status, 200);
+    struct rk_model *m = test_model();
+    float *a = malloc(rk_state_len(m) * 4), *b = malloc(rk_state_len(m) * 4);
+    ck_assert_int_eq(rk_state_file_parse(r.body, r.body_len, m, true, a, NULL, NULL), RK_OK);
+    fx_random_state(m, 2, b);
+    ck_assert(memcmp(a, b, rk_state_len(m) * 4) == 0);
+    resp_free(&r);
+
+    // .pth import (RWKV-PEFT layout, bf16)
+    void *pth;
+    size_t plen;
+    fx_build_pth(m, b, true, &pth, &plen);
+    r = request(s.port, "PUT", "/states/peft", NULL, pth, plen);
+    ck_assert_msg(r.status == 201, "%d %s", r.status, r.body);
+    ck_assert(strstr(r.body, "\"method\":\"import-pth\""));
+    resp_free(&r);
+    free(pth);
+
+    // a state made for another model is refused with 422
+    struct rk_model *m2 = NULL;
+    ck_assert_int_eq(rk_model_load(rk_test_data("rand-mh-bf16.safetensors"), NULL, &m2, NULL),
+                     RK_OK);
+    float *z = calloc(rk_state_len(m2), 4);
+    void *other;
+    size_t olen;
+    ck_assert_int_eq(rk_state_file_encode(m2, z, NULL, &other, &olen), RK_OK);
+    r = request(s.port, "PUT", "/states/other", NULL, other, olen);
+    ck_assert_msg(r.status == 422, "%d %s", r.status, r.body);
+    resp_free(&r);
+    free(other);
+    free(z);
+    rk_model_free(m2);
+
+    // garbage and bad ids
+    r = request(s.port, "PUT", "/states/junk", NULL, "not a state file", 16);
+    ck_assert_int_eq(r.status, 422);
+    resp_free(&r);
+    r = request(s.port, "PUT", "/states/Bad.Id", NULL, "x", 1);
+    ck_assert_int_eq(r.status, 400);
+    resp_free(&r);
+    r = get(s.port, "/states/..", NULL);
+    ck_assert_int_eq(r.status, 404);
+    resp_free(&r);
+
+    // generate with the state; OpenAI model "<base>:<state>" too
+    r = post(s.port, "/generate", NULL, gen_body(4, "alpha", false));
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(strstr(r.body, "\"state\":\"alpha\""));
+    resp_free(&r);
+    r = post(s.port, "/v1/completions", NULL,
+             "{\"model\":\"rand-mh:alpha\",\"prompt\":\"x\",\"max_tokens\":2}");
+    ck_assert_int_eq(r.status, 200);
+    ck_assert(strstr(r.body, "\"model\":\"rand-mh:alpha\""));
+    resp_free(&r);
+    r = get(s.port, "/v1/models", NULL);
+    ck_assert(strstr(r.body, "\"id\":\"rand-mh:alpha\""));
+    ck_assert(strstr(r.body, "\"id\":\"rand-mh:peft\""));
+    resp_free(&r);
+    r = post(s.port, "/v1/completions", NULL,
+             "{\"model\":\"rand-mh:missing\",\"prompt\":\"x\",\"max_tokens\":2}");
+    ck_assert_int_eq(r.status, 404);
+    ck_assert(strstr(r.body, "\"code\":\"model_not_found\""));
+    resp_free(&r);
+    r = post(s.port, "/v1/completions", NULL,
+             "{\"model\":\"gpt-4\",\"prompt\":\"x\",\"max_tokens\":2}");
+    ck_assert_int_eq(r.status, 404);
+    resp_free(&r);
+
+    r = request(s.port, "DELETE", "/states/alpha", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    r = get(s.port, "/states/alpha", NULL);
+    ck_assert_int_eq(r.status, 404);
+    resp_free(&r);
+    r = request(s.port, "DELETE", "/states/alpha", NULL, NULL, 0);
+    ck_assert_int_eq(r.status, 404);
+    resp_free(&r);
+    free(a);
+    free(b);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+struct gen_arg {
+    int port;
+    const char *hdrs;
+    const char *body;
+    struct resp r;
+};
+
+static void *gen_thread(void *p)
+{
+    struct gen_arg *g = p;
+    g->r = post(g->port, "/generate", g->hdrs, g->body);
+    return NULL;
+}
+
+static char *write_keys(void)
+{
+    static char path[600];
+    snprintf(path, sizeof path, "%s/keys-%d.txt", rk_test_tmpdir(), (int)getpid());
+    const char *k = "# test keys\nkey-aaaaaaaa alice\nkey-bbbbbbbb bob\n";
+    ck_assert_int_eq(rk_test_write_file(path, k, strlen(k)), 0);
+    return path;
+}
+
+START_TEST(test_tenants_concurrent)
+{
+    struct server s = START("--api-keys", write_keys());
+    const char *A = "Authorization: Bearer key-aaaaaaaa\r\n", *B = "X-Api-Key: key-bbbbbbbb\r\n";
+    // No key / wrong key: 401 on every route.
+    struct resp r = get(s.port, "/health", NULL);
+    ck_assert_int_eq(r.status, 401);
+    resp_free(&r);
+    r = post(s.port, "/generate", "Authorization: Bearer key-aaaaaaab\r\n", gen_body(2, NULL, 0));
+    ck_assert_int_eq(r.status, 401);
+    resp_free(&r);
+    r = get(s.port, "/metrics", NULL);
+    ck_assert_int_eq(r.status, 401);
+    resp_free(&r);
+
+    // Same id, different content per tenant; a private id of bob's.
+    put_state(s.port, A, "s", 101, 201);
+    put_state(s.port, B, "s", 202, 201);
+    put_state(s.port, B, "bobonly", 303, 201);
+    r = get(s.port, "/states/bobonly", A);
+    ck_assert_int_eq(r.status, 404);
+    char *b404 = strdup(r.body);
+    resp_free(&r);
+    r = get(s.port, "/states/nosuch", A);
+    ck_assert_int_eq(r.status, 404);
+    resp_free(&r);
+    free(b404);
+    r = post(s.port, "/generate", A, gen_body(2, "bobonly", false));
+    ck_assert_int_eq(r.status, 404);
+    resp_free(&r);
+    r = get(s.port, "/states", A);
+    ck_assert(!strstr(r.body, "bobonly"));
+    resp_free(&r);
+
+    // Solo greedy runs.
+    uint32_t solo_a[64], solo_b[64], ta[64], tb[64];
+    char body_a[512], body_b[512];
+    snprintf(body_a, sizeof body_a, "%s", gen_body(48, "s", false));
+    snprintf(body_b, sizeof body_b, "%s", gen_body(48, "s", false));
+    r = post(s.port, "/generate", A, body_a);
+    ck_assert_int_eq(r.status, 200);
+    int na = tokens_of(r.body, solo_a, 64);
+    char *sig_a = lp_sig(r.body);
+    resp_free(&r);
+    r = post(s.port, "/generate", B, body_b);
+    int nb = tokens_of(r.body, solo_b, 64);
+    char *sig_b = lp_sig(r.body);
+    resp_free(&r);
+    ck_assert_int_eq(na, 48);
+    ck_assert_int_eq(nb, 48);
+    ck_assert_msg(strcmp(sig_a, sig_b), "different states must give different distributions");
+
+    // Concurrently, several times: each equals its solo run.
+    for (int round = 0; round < 3; round++) {
+        struct gen_arg ga = {s.port, A, body_a, {0}}, gb = {s.port, B, body_b, {0}};
+        pthread_t t1, t2;
+        pthread_create(&t1, NULL, gen_thread, &ga);
+        pthread_create(&t2, NULL, gen_thread, &gb);
+        pthread_join(t1, NULL);
+        pthread_join(t2, NULL);
+        ck_assert_int_eq(ga.r.status, 200);
+        ck_assert_int_eq(gb.r.status, 200);
+        ck_assert_int_eq(tokens_of(ga.r.body, ta, 64), 48);
+        ck_assert_int_eq(tokens_of(gb.r.body, tb, 64), 48);
+        int d = 0;
+        while (d < 48 && ta[d] == solo_a[d])
+            d++;
+        ck_assert_msg(!memcmp(ta, solo_a, 48 * 4), "tenant a differs from its solo run at %d "
+                      "(round %d): %s", d, round, ga.r.body);
+        ck_assert_msg(!memcmp(tb, solo_b, 48 * 4), "tenant b differs from its solo run");
+        char *ca = lp_sig(ga.r.body), *cb = lp_sig(gb.r.body);
+        ck_assert_msg(!strcmp(ca, sig_a) && !strcmp(cb, sig_b),
+                      "batched logprobs differ from the solo runs");
+        free(ca);
+        free(cb);
+        resp_free(&ga.r);
+        resp_free(&gb.r);
+    }
+    free(sig_a);
+    free(sig_b);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_state_replaced_during_generation)
+{
+    struct server s = START("--max-tokens", "100000");
+    put_state(s.port, NULL, "v", 11, 201);
+    // Solo run with version 1, long enough to overlap the replace.
+    const int T = 1500;
+    char body[512];
+    snprintf(body, sizeof body, "%s", gen_body(T, "v", true));
+    struct resp r = post(s.port, "/generate", NULL, body);
+    ck_assert_int_eq(r.status, 200);
+    uint32_t *solo = malloc(T * 4), *got = malloc(T * 4);
+    ck_assert_int_eq(tokens_of(r.body, solo, T), T);
+    char *solo_sig = lp_sig(r.body);
+    resp_free(&r);
+
+    // Stream with version 1; replace the state after the first event.
+    int fd = dial(s.port);
+    char head[1024];
+    int hn = snprintf(head, sizeof head, "POST /generate HTTP/1.1\r\nHost: x\r\nConnection: "
+                      "close\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    send_all(fd, head, (size_t)hn);
+    char first[256];
+    ssize_t k = recv(fd, first, sizeof first, 0);
+    ck_assert_int_gt(k, 0);
+    put_state(s.port, NULL, "v", 12, 200);
+    struct resp rest = read_resp(fd, 60000);
+    close(fd);
+    // first bytes were the head; the rest holds the remaining events
+    size_t total = (size_t)k + strlen(rest.head ? rest.head : "") + rest.body_len + 8;
+    char *all = malloc(total + 1);
+    snprintf(all, total + 1, "%.*s%s%s", (int)k, first, rest.head ? rest.head : "",
+             rest.body ? rest.body : "");
+    int n = tokens_of(all, got, T);
+    ck_assert_int_eq(n, T);
+    ck_assert_msg(!memcmp(got, solo, (size_t)T * 4), "a replace changed a running generation");
+    char *sig = lp_sig(all);
+    ck_assert_msg(!strcmp(sig, solo_sig), "a replace changed a running generation's logprobs");
+    free(sig);
+    free(all);
+    resp_free(&rest);
+    // A new request sees version 2.
+    snprintf(body, sizeof body, "%s", gen_body(T, "v", true));
+    r = post(s.port, "/generate", NULL, body);
+    sig = lp_sig(r.body);
+    ck_assert_msg(strcmp(sig, solo_sig), "new requests must use the new version");
+    free(sig);
+    free(solo_sig);
+    resp_free(&r);
+    free(solo);
+    free(got);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_hostile_requests)
+{
+    struct server s = START("--max-body-bytes", "4096", "--max-n", "4", "--max-logprobs", "5",
+                            "--max-tokens", "100", "--max-prompt-tokens", "64");
+    const struct {
+        const char *body;
+        int status;
+    } cases[] = {
+        {"{\"prompt\":\"a\",\"max_tokens\":1,\"max_tokens\":99999}", 400}, // duplicate key
+        {"{\"prompt\":\"a\",\"max_tokens\":1e30}", 400},
+        {"{\"prompt\":\"a\",\"max_tokens\":99999999999999999999999}", 400},
+        {"{\"prompt\":\"a\",\"max_tokens\":101}", 400},
+        {"{\"prompt\":\"a\",\"max_tokens\":0}", 400},
+        {"{\"prompt\":\"a\",\"n\":-1}", 400},
+        {"{\"prompt\":\"a\",\"n\":5}", 400},
+        {"{\"prompt\":\"a\",\"logprobs\":6}", 400},
+        {"{\"prompt\":\"a\",\"temperature\":-0.5}", 400},
+        {"{\"prompt\":\"a\",\"temperature\":\"hot\"}", 400},
+        {"{\"prompt\":\"a\",\"top_p\":0}", 400},
+        {"{\"prompt\":\"a\",\"top_k\":-3}", 400},
+        {"{\"prompt\":\"a\",\"logit_bias\":{\"999\":1}}", 400},
+        {"{\"prompt\":\"a\",\"logit_bias\":{\"-1\":1}}", 400},
+        {"{\"prompt\":\"a\",\"stop\":[1,2]}", 400},
+        {"{\"prompt\":\"\"}", 400},
+        {"{\"prompt\":12}", 400},
+        {"{\"prompt\":[1,2,99999]}", 400},
+        {"{\"prompt\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
+         400}, // 74 tokens > 64
+        {"{\"prompt\":\"a\",\"state\":\"../../etc\"}", 404},
+        {"{\"prompt\":\"a\"", 400},
+        {"[1,2,3]", 400},
+        {"", 400},
+        {"{\"prompt\":\"a\",\"max_tokens\":2}", 200},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct resp r = post(s.port, "/generate", NULL, cases[i].body);
+        ck_assert_msg(r.status == cases[i].status, "case %zu (%s): got %d %s", i, cases[i].body,
+                      r.status, r.body);
+        if (r.status >= 400)
+            ck_assert_msg(strstr(r.body, "\"error\":{\"message\":") &&
+                              strstr(r.body, "\"type\":"),
+                          "case %zu: not an error object: %s", i, r.body);
+        resp_free(&r);
+    }
+    // Oversized body: 413 from Content-Length alone.
+    char *big = malloc(8192);
+    memset(big, ' ', 8192);
+    big[0] = '{';
+    big[8191] = '}';
+    struct resp r = request(s.port, "POST", "/generate", NULL, big, 8192);
+    ck_assert_int_eq(r.status, 413);
+    resp_free(&r);
+    // Chunked upload past the cap: 413 or a closed connection, never accepted.
+    {
+        int fd = dial(s.port);
+        const char *h = "POST /generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        send_all(fd, h, strlen(h));
+        for (int c = 0; c < 4; c++) {
+            char ch[16];
+            int n = snprintf(ch, sizeof ch, "%x\r\n", 2048);
+            send_all(fd, ch, (size_t)n);
+            send_all(fd, big, 2048);
+            send_all(fd, "\r\n", 2);
+        }
+        send_all(fd, "0\r\n\r\n", 5);
+        struct resp cr = read_resp(fd, 5000);
+        close(fd);
+        ck_assert_msg(cr.status == 413 || cr.status == 0, "chunked over cap: %d", cr.status);
+        resp_free(&cr);
+    }
+    free(big);
+    // Smuggling-prone framing.
+    const char *dup_cl = "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                         "Content-Length: 40\r\nConnection: close\r\n\r\n{}";
+    r = raw(s.port, dup_cl, strlen(dup_cl));
+    ck_assert_msg(r.status == 400, "two Content-Length: %d", r.status);
+    resp_free(&r);
+    const char *cl_te = "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n";
+    r = raw(s.port, cl_te, strlen(cl_te));
+    ck_assert_msg(r.status == 400, "CL + TE: %d", r.status);
+    resp_free(&r);
+    const char nul_path[] = "GET /hea\0lth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    r = raw(s.port, nul_path, sizeof nul_path - 1);
+    ck_assert_msg(r.status == 400 || r.status == 0, "raw NUL in path: %d", r.status);
+    resp_free(&r);
+    r = get(s.port, "/states/a%00b", NULL);
+    ck_assert_int_eq(r.status, 404);
+    resp_free(&r);
+    // The server is still fine.
+    r = get(s.port, "/health", NULL);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+static long metric(int port, const char *name)
+{
+    struct resp r = get(port, "/metrics", NULL);
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *p = r.body ? strstr(r.body, key) : NULL;
+    long v = p ? strtol(p + strlen(key), NULL, 10) : -1;
+    resp_free(&r);
+    return v;
+}
+
+START_TEST(test_disconnect_mid_stream)
+{
+    struct server s = START("--max-tokens", "1000000");
+    const char *body = "{\"prompt\":\"abc\",\"max_tokens\":1000000,\"stream\":true}";
+    int fd = dial(s.port);
+    char head[512];
+    int hn = snprintf(head, sizeof head, "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                      "%zu\r\n\r\n%s", strlen(body), body);
+    send_all(fd, head, (size_t)hn);
+    char buf[4096];
+    ck_assert_int_gt(recv(fd, buf, sizeof buf, 0), 0);
+    ck_assert_int_eq(metric(s.port, "rwkvd_active_sequences"), 1);
+    close(fd);
+    int64_t t0 = now_ms();
+    while (metric(s.port, "rwkvd_active_sequences") != 0 && now_ms() - t0 < 5000)
+        usleep(10000);
+    ck_assert_int_eq(metric(s.port, "rwkvd_active_sequences"), 0);
+    ck_assert_int_eq(metric(s.port, "rwkvd_sequences_canceled_total"), 1);
+
+    // Same for a non-streaming request (suspended while the client leaves).
+    body = "{\"prompt\":\"abc\",\"max_tokens\":1000000}";
+    fd = dial(s.port);
+    hn = snprintf(head, sizeof head, "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                  "%zu\r\n\r\n%s", strlen(body), body);
+    send_all(fd, head, (size_t)hn);
+    t0 = now_ms();
+    while (metric(s.port, "rwkvd_active_sequences") != 1 && now_ms() - t0 < 5000)
+        usleep(5000);
+    close(fd);
+    t0 = now_ms();
+    while (metric(s.port, "rwkvd_active_sequences") != 0 && now_ms() - t0 < 5000)
+        usleep(10000);
+    ck_assert_int_eq(metric(s.port, "rwkvd_active_sequences"), 0);
+    ck_assert_int_eq(metric(s.port, "rwkvd_sequences_canceled_total"), 2);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_sigterm_drain)
+{
+    struct server s = START("--max-tokens", "100000", "--drain-timeout", "30");
+    struct gen_arg g = {s.port, NULL, "{\"prompt\":\"abc\",\"max_tokens\":3000,\"logprobs\":0}",
+                        {0}};
+    pthread_t t;
+    pthread_create(&t, NULL, gen_thread, &g);
+    int64_t t0 = now_ms();
+    while (metric(s.port, "rwkvd_active_sequences") != 1 && now_ms() - t0 < 5000)
+        usleep(2000);
+    kill(s.pid, SIGTERM);
+    usleep(100000);
+    // No new connections once draining.
+    int fd = dial(s.port);
+    if (fd >= 0) {
+        const char *h = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        send_all(fd, h, strlen(h));
+        struct resp r = read_resp(fd, 2000);
+        ck_assert_msg(r.status == 0 || r.status == 503, "accepted while draining: %d", r.status);
+        resp_free(&r);
+        close(fd);
+    }
+    pthread_join(t, NULL);
+    ck_assert_msg(g.r.status == 200, "in-flight request: %d %s", g.r.status, g.r.body);
+    uint32_t *toks = malloc(3000 * 4);
+    ck_assert_int_eq(tokens_of(g.r.body, toks, 3000), 3000);
+    free(toks);
+    resp_free(&g.r);
+    int st = 0;
+    for (int i = 0; i < 200 && waitpid(s.pid, &st, WNOHANG) == 0; i++)
+        usleep(50000);
+    ck_assert(WIFEXITED(st));
+    ck_assert_int_eq(WEXITSTATUS(st), 0);
+    s.pid = 0;
+}
+END_TEST
+
+START_TEST(test_connection_burst)
+{
+    // RELIABILITY.md 1: a burst of half-open clients over the limit, all
+    // closing, must not lock the server up.
+    struct server s = START("--conn-limit", "8", "--conn-timeout", "2");
+    int fds[64];
+    for (int i = 0; i < 64; i++) {
+        fds[i] = dial(s.port);
+        if (fds[i] >= 0)
+            send_all(fds[i], "GET /health HTTP/1.1\r\nHost: x\r\n", 30);
+    }
+    usleep(200000);
+    for (int i = 0; i < 64; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    int64_t t0 = now_ms();
+    int status = 0;
+    while (now_ms() - t0 < 10000) {
+        struct resp r = get(s.port, "/health", NULL);
+        status = r.status;
+        resp_free(&r);
+        if (status == 200)
+            break;
+        usleep(100000);
+    }
+    ck_assert_int_eq(status, 200);
+    // Half-open clients that stay are timed out; the server keeps answering.
+    for (int i = 0; i < 16; i++) {
+        fds[i] = dial(s.port);
+        if (fds[i] >= 0)
+            send_all(fds[i], "GET /health HTTP/1.1\r\n", 22);
+    }
+    t0 = now_ms();
+    status = 0;
+    while (now_ms() - t0 < 15000) {
+        struct resp r = get(s.port, "/health", NULL);
+        status = r.status;
+        resp_free(&r);
+        if (status == 200)
+            break;
+        usleep(200000);
+    }
+    ck_assert_int_eq(status, 200);
+    for (int i = 0; i < 16; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_limits_queue_deadline)
+{
+    struct server s = START("--max-seqs", "1", "--max-queue", "1", "--max-n", "1",
+                            "--max-tokens", "1000000", "--request-timeout", "2");
+    // One running, one queued, the third gets 429 with Retry-After.
+    const char *longb = "{\"prompt\":\"abc\",\"max_tokens\":1000000}";
+    struct gen_arg g1 = {s.port, NULL, longb, {0}}, g2 = {s.port, NULL, longb, {0}};
+    pthread_t t1, t2;
+    pthread_create(&t1, NULL, gen_thread, &g1);
+    int64_t t0 = now_ms();
+    while (metric(s.port, "rwkvd_active_sequences") != 1 && now_ms() - t0 < 5000)
+        usleep(2000);
+    pthread_create(&t2, NULL, gen_thread, &g2);
+    while (metric(s.port, "rwkvd_queue_depth") != 1 && now_ms() - t0 < 5000)
+        usleep(2000);
+    struct resp r = post(s.port, "/generate", NULL, "{\"prompt\":\"a\",\"max_tokens\":1}");
+    ck_assert_int_eq(r.status, 429);
+    ck_assert(strcasestr(r.head, "Retry-After: 1"));
+    ck_assert(strstr(r.body, "\"type\":\"rate_limit_error\""));
+    resp_free(&r);
+    // Both long requests hit the 2 s deadline: 504.
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    ck_assert_msg(g1.r.status == 504, "%d %s", g1.r.status, g1.r.body);
+    ck_assert_msg(g2.r.status == 504, "%d %s", g2.r.status, g2.r.body);
+    ck_assert(now_ms() - t0 < 10000);
+    resp_free(&g1.r);
+    resp_free(&g2.r);
+    r = post(s.port, "/generate", NULL, "{\"prompt\":\"a\",\"max_tokens\":1}");
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+START_TEST(test_config_errors)
+{
+    // Without keys only loopback may be bound; bad values are refused.
+    const char *argv1[] = {"serve", "--model", rk_test_data("rand-mh.safetensors"), "--host",
+                           "0.0.0.0", "--port", "0", NULL};
+    pid_t p = fork();
+    if (p == 0) {
+        FILE *f = freopen("/dev/null", "w", stderr);
+        (void)f;
+        _exit(rk_cmd_serve(7, (char **)argv1));
+    }
+    int st;
+    waitpid(p, &st, 0);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    const char *argv2[] = {"serve", "--model", "x", "--max-n", "-3", NULL};
+    p = fork();
+    if (p == 0) {
+        FILE *f = freopen("/dev/null", "w", stderr);
+        (void)f;
+        _exit(rk_cmd_serve(5, (char **)argv2));
+    }
+    waitpid(p, &st, 0);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+}
+END_TEST
+
+RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
+{
+    signal(SIGPIPE, SIG_IGN);
+    Suite *s = suite_create("http");
+    TCase *tc = tcase_create("serve");
+    tcase_set_timeout(tc, 120);
+    const char *only = getenv("RK_HTTP_ONLY"); // run one test by name while debugging
+#define ADD(t)                                                                                     \
+    if (!only || !strcmp(only, #t))                                                                \
+        tcase_add_test(tc, t);
+    ADD(test_basic_routes)
+    ADD(test_states_crud)
+    ADD(test_tenants_concurrent)
+    ADD(test_state_replaced_during_generation)
+    ADD(test_hostile_requests)
+    ADD(test_disconnect_mid_stream)
+    ADD(test_sigterm_drain)
+    ADD(test_connection_burst)
+    ADD(test_limits_queue_deadline)
+    ADD(test_config_errors)
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -365,11 +365,7 @@ class Gen:
         r = self.r
         if r.random() < 0.6:
             name, pr = self.c(NAMES)
-            kind = self.c(["girl", "boy"]) if r.random() < 0.3 else None
-            if kind:
-                pr = "she" if kind == "girl" else "he"
-            desc = a_an(self.c(ADJ) + " " + (kind or "child")) if kind else None
-            return dict(name=name, pr=pr, desc=desc, animal=None)
+            return dict(name=name, pr=pr, desc=None, animal=None)
         an = self.c(ANIMALS)
         name, pr = self.c(NAMES)
         return dict(name=name, pr=pr, desc=a_an(self.c(ADJ) + " " + an[0]), animal=an)
@@ -409,8 +405,8 @@ class Gen:
             "{N} was {d} who lived near a {place2}.",
             "Long ago, {d} named {N} lived in a {adj} {place2}.",
         ])
-        d = h["desc"] or a_an(self.c(ADJ) + " " + self.c(["girl", "boy"] if True else []))
-        if h["desc"] is None:
+        d = h["desc"]
+        if d is None:
             d = a_an(self.c(["kind", "little", "happy", "clever", "curious", "brave", "quiet"])) + " " + ("girl" if pr == "she" else "boy")
         s.append(opening.format(d=d, N=N, adj=self.c(ADJ), place2=self.c(["town", "village", "house", "forest", "farm", "city"])))
         s.append(self.c(["{P} loved to {act}.", "Every day, {N} liked to {act}.", "{N}'s favorite thing was to {act}.",

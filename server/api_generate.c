@@ -1,0 +1,760 @@
+/*
+ * api_generate.c - POST /generate (native), POST /v1/completions and
+ * POST /v1/chat/completions (OpenAI-compatible), GET /v1/models.
+ *
+ * Every handler runs on the loop thread: it parses and range-checks every
+ * field (RELIABILITY.md 5) before any work starts, tokenizes the prompt,
+ * resolves the state adapter (taking a reference to one immutable version),
+ * builds a struct rk_job and hands it to the engine. Streaming requests
+ * answer at once with an SSE response fed by the engine; the others suspend
+ * until the job is done and then answer in one piece.
+ */
+#include "srv.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Shared with engine.c: the logprobs JSON of one token. */
+void rk_engine_lp_json(const struct rk_tokenizer *tok, enum rk_api api,
+                       const struct rk_tok_lp *rec, int top, size_t text_off, struct rk_buf *b);
+
+/* --- typed field readers (each prepares a 400 naming the field) ----------- */
+
+static bool get_int(struct rk_http_req *r, json_t *o, const char *key, long long lo,
+                    long long hi, long long *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_integer(v)) {
+        rk_http_error(r, 400, "invalid_type", key, "'%s' must be an integer", key);
+        return false;
+    }
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi) {
+        rk_http_error(r, 400, "out_of_range", key, "'%s' must be between %lld and %lld, got %lld",
+                      key, lo, hi, x);
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+static bool get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, double hi,
+                    bool lo_open, float *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_number(v)) {
+        rk_http_error(r, 400, "invalid_type", key, "'%s' must be a number", key);
+        return false;
+    }
+    double x = json_number_value(v);
+    if (!isfinite(x) || x < lo || x > hi || (lo_open && x == lo)) {
+        rk_http_error(r, 400, "out_of_range", key, "'%s' must be in %s%g, %g], got %g", key,
+                      lo_open ? "(" : "[", lo, hi, x);
+        return false;
+    }
+    *out = (float)x;
+    return true;
+}
+
+static bool get_bool(struct rk_http_req *r, json_t *o, const char *key, bool *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_boolean(v)) {
+        rk_http_error(r, 400, "invalid_type", key, "'%s' must be true or false", key);
+        return false;
+    }
+    *out = json_is_true(v);
+    return true;
+}
+
+static bool get_str(struct rk_http_req *r, json_t *o, const char *key, const char **out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_string(v)) {
+        rk_http_error(r, 400, "invalid_type", key, "'%s' must be a string", key);
+        return false;
+    }
+    *out = json_string_value(v);
+    return true;
+}
+
+/* --- request -> job -------------------------------------------------------- */
+
+static bool parse_stop(struct rk_http_req *r, json_t *o, struct rk_job *j, const char *extra)
+{
+    json_t *v = json_object_get(o, "stop");
+    size_t n = 0, max = (size_t)r->srv->cfg.stops_max;
+    if (v && !json_is_null(v)) {
+        if (json_is_string(v))
+            n = 1;
+        else if (json_is_array(v))
+            n = json_array_size(v);
+        else {
+            rk_http_error(r, 400, "invalid_type", "stop", "'stop' must be a string or an array "
+                          "of strings");
+            return false;
+        }
+        if (n > max) {
+            rk_http_error(r, 400, "out_of_range", "stop", "at most %zu stop sequences", max);
+            return false;
+        }
+    }
+    j->stops = calloc(n + 1, sizeof *j->stops);
+    if (!j->stops)
+        goto oom;
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = json_is_string(v) ? v : json_array_get(v, i);
+        if (!json_is_string(s) || json_string_length(s) == 0 || json_string_length(s) > 256) {
+            rk_http_error(r, 400, "invalid_value", "stop", "each stop sequence must be a "
+                          "string of 1 to 256 bytes");
+            return false;
+        }
+        if (!(j->stops[j->n_stops] = strdup(json_string_value(s))))
+            goto oom;
+        j->n_stops++;
+    }
+    if (extra && !(j->stops[j->n_stops++] = strdup(extra)))
+        goto oom;
+    return true;
+oom:
+    rk_http_error(r, 503, "enomem", NULL, "out of memory");
+    return false;
+}
+
+static bool parse_bias(struct rk_http_req *r, json_t *o, struct rk_job *j)
+{
+    json_t *v = json_object_get(o, "logit_bias");
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_object(v) || json_object_size(v) > 1024) {
+        rk_http_error(r, 400, "invalid_value", "logit_bias", "'logit_bias' must be an object of "
+                      "at most 1024 token ids");
+        return false;
+    }
+    size_t n = json_object_size(v), i = 0;
+    j->bias = calloc(n ? n : 1, sizeof *j->bias);
+    if (!j->bias) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    const char *k;
+    json_t *b;
+    size_t V = (size_t)rk_model_n_vocab(r->srv->model);
+    json_object_foreach(v, k, b)
+    {
+        char *end;
+        unsigned long id = strtoul(k, &end, 10);
+        if (!*k || *end || *k == '-' || id >= V || !json_is_number(b) ||
+            !(fabs(json_number_value(b)) <= 100)) {
+            rk_http_error(r, 400, "invalid_value", "logit_bias", "logit_bias: keys must be token "
+                          "ids below %zu and values numbers in [-100, 100]", V);
+            return false;
+        }
+        j->bias[i++] = (struct rk_logit_bias){(uint32_t)id, (float)json_number_value(b)};
+    }
+    j->sp.bias = j->bias;
+    j->sp.n_bias = i;
+    return true;
+}
+
+/* Sampling fields shared by every API. */
+static bool parse_sampling(struct rk_http_req *r, json_t *o, struct rk_job *j)
+{
+    const struct rk_srv_config *c = &r->srv->cfg;
+    long long x;
+    x = c->max_tokens_default;
+    if (!get_int(r, o, "max_tokens", 1, c->max_tokens_max, &x))
+        return false;
+    if (j->api == RK_API_CHAT && !get_int(r, o, "max_completion_tokens", 1, c->max_tokens_max, &x))
+        return false;
+    j->max_tokens = (int)x;
+    x = 1;
+    if (!get_int(r, o, "n", 1, c->n_max, &x))
+        return false;
+    j->n = (int)x;
+    struct rk_sampler_params *sp = &j->sp;
+    if (!get_num(r, o, "temperature", 0, 2, false, &sp->temperature) ||
+        !get_num(r, o, "top_p", 0, 1, true, &sp->top_p) ||
+        !get_num(r, o, "min_p", 0, 1, false, &sp->min_p) ||
+        !get_num(r, o, "presence_penalty", -2, 2, false, &sp->presence_penalty) ||
+        !get_num(r, o, "frequency_penalty", -2, 2, false, &sp->frequency_penalty) ||
+        !get_num(r, o, "repetition_penalty", 0, 10, true, &sp->repetition_penalty))
+        return false;
+    x = 0;
+    if (!get_int(r, o, "top_k", 0, rk_model_n_vocab(r->srv->model), &x))
+        return false;
+    sp->top_k = (int)x;
+    x = 0;
+    if (!get_int(r, o, "penalty_last_n", 0, 1 << 20, &x))
+        return false;
+    sp->penalty_last_n = (int)x;
+    json_t *seed = json_object_get(o, "seed");
+    if (seed && !json_is_null(seed)) {
+        if (!json_is_integer(seed)) {
+            rk_http_error(r, 400, "invalid_type", "seed", "'seed' must be an integer");
+            return false;
+        }
+        sp->seed = (uint64_t)json_integer_value(seed);
+        j->seed_given = true;
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        sp->seed = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^
+                   atomic_fetch_add(&r->srv->id_seq, 1) * 0xbf58476d1ce4e5b9ull;
+    }
+    if (!get_bool(r, o, "stream", &j->stream))
+        return false;
+    json_t *so = json_object_get(o, "stream_options");
+    if (so && !json_is_null(so)) {
+        if (!json_is_object(so) || !get_bool(r, so, "include_usage", &j->include_usage)) {
+            if (!r->resp)
+                rk_http_error(r, 400, "invalid_type", "stream_options",
+                              "'stream_options' must be an object");
+            return false;
+        }
+    }
+    if (!parse_bias(r, o, j))
+        return false;
+    // Check the sampler accepts the combination now rather than in the engine.
+    struct rk_sampler *s = NULL;
+    int rc = rk_sampler_create(sp, (size_t)rk_model_n_vocab(r->srv->model), &s);
+    rk_sampler_free(s);
+    if (rc != RK_OK) {
+        rk_http_error_rk(r, rc, NULL, "invalid sampling parameters");
+        return false;
+    }
+    return true;
+}
+
+/* Resolve "model" ("<base>" or "<base>:<state>") and/or "state". */
+static bool parse_model_state(struct rk_http_req *r, json_t *o, struct rk_job *j, bool openai)
+{
+    struct rk_srv *srv = r->srv;
+    const char *model = NULL, *state = NULL, *mstate = NULL;
+    if (!get_str(r, o, "model", &model) || !get_str(r, o, "state", &state))
+        return false;
+    if (model) {
+        size_t bl = strlen(srv->model_name);
+        if (!strncmp(model, srv->model_name, bl) && (model[bl] == 0 || model[bl] == ':')) {
+            mstate = model[bl] ? model + bl + 1 : NULL;
+        } else {
+            rk_http_error(r, 404, "model_not_found", "model", "the model '%.100s' does not exist "
+                          "(use '%s' or '%s:<state>')", model, srv->model_name, srv->model_name);
+            return false;
+        }
+    }
+    if (mstate && state && strcmp(mstate, state)) {
+        rk_http_error(r, 400, "invalid_value", "state", "'state' disagrees with the state named "
+                      "in 'model'");
+        return false;
+    }
+    const char *sid = state && *state ? state : mstate;
+    if (sid && *sid) {
+        struct rk_errbuf eb = {0};
+        int rc = rk_store_get(srv->store, r->tenant, sid, &j->state, &eb);
+        if (rc == RK_ENOTFOUND) {
+            rk_http_error(r, 404, openai && !state ? "model_not_found" : "state_not_found",
+                          state ? "state" : "model", "state '%.80s' does not exist", sid);
+            return false;
+        }
+        if (rc != RK_OK) {
+            rk_http_error_rk(r, rc, "state", eb.msg);
+            return false;
+        }
+        snprintf(j->model, sizeof j->model, "%s:%s", srv->model_name, sid);
+    } else {
+        snprintf(j->model, sizeof j->model, "%s", srv->model_name);
+    }
+    return true;
+}
+
+static bool tokenize(struct rk_http_req *r, struct rk_job *j, const char *text, size_t len)
+{
+    size_t lim = (size_t)r->srv->cfg.prompt_tokens_max;
+    if (len == 0) {
+        rk_http_error(r, 400, "invalid_value", "prompt", "the prompt is empty");
+        return false;
+    }
+    // Each id covers at least one byte, so len ids always suffice; refuse
+    // early when even one byte per token would not fit the limit... only
+    // after encoding can we tell, but the byte count bounds the work.
+    if (len > lim * 64) {
+        rk_http_error(r, 400, "context_length_exceeded", "prompt",
+                      "the prompt is longer than %zu tokens", lim);
+        return false;
+    }
+    j->prompt = malloc(len * sizeof *j->prompt);
+    if (!j->prompt) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    size_t n = 0;
+    int rc = rk_tok_encode(r->srv->tok, text, len, j->prompt, len, &n);
+    if (rc != RK_OK) {
+        rk_http_error_rk(r, rc, "prompt", "cannot tokenize the prompt");
+        return false;
+    }
+    if (n > lim) {
+        rk_http_error(r, 400, "context_length_exceeded", "prompt",
+                      "the prompt is %zu tokens; the limit is %zu", n, lim);
+        return false;
+    }
+    if (n == 0) {
+        rk_http_error(r, 400, "invalid_value", "prompt", "the prompt is empty");
+        return false;
+    }
+    j->n_prompt = n;
+    return true;
+}
+
+/* "prompt": a string, [string], [int...] or [[int...]]. */
+static bool parse_prompt(struct rk_http_req *r, json_t *o, struct rk_job *j)
+{
+    json_t *p = json_object_get(o, "prompt");
+    if (json_is_array(p) && json_array_size(p) == 1 &&
+        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
+        p = json_array_get(p, 0);
+    if (json_is_string(p))
+        return tokenize(r, j, json_string_value(p), json_string_length(p));
+    if (json_is_array(p) && json_array_size(p) > 0) {
+        size_t n = json_array_size(p), V = (size_t)rk_model_n_vocab(r->srv->model);
+        if (n > (size_t)r->srv->cfg.prompt_tokens_max) {
+            rk_http_error(r, 400, "context_length_exceeded", "prompt",
+                          "the prompt is %zu tokens; the limit is %d", n,
+                          r->srv->cfg.prompt_tokens_max);
+            return false;
+        }
+        j->prompt = malloc(n * sizeof *j->prompt);
+        if (!j->prompt) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return false;
+        }
+        for (size_t i = 0; i < n; i++) {
+            json_t *t = json_array_get(p, i);
+            if (!json_is_integer(t) || json_integer_value(t) < 0 ||
+                (size_t)json_integer_value(t) >= V) {
+                rk_http_error(r, 400, "invalid_value", "prompt", "prompt token %zu is not a "
+                              "token id below %zu", i, V);
+                return false;
+            }
+            j->prompt[i] = (uint32_t)json_integer_value(t);
+        }
+        j->n_prompt = n;
+        return true;
+    }
+    rk_http_error(r, 400, "invalid_value", "prompt", "'prompt' must be a non-empty string, a "
+                  "one-element array of a string, or an array of token ids");
+    return false;
+}
+
+/* Append a chat message's text: CRLF -> LF, blank lines collapsed (a blank
+ * line ends a turn in the RWKV chat format), surrounding space trimmed. */
+static void chat_text(struct rk_buf *b, const char *s, size_t n)
+{
+    while (n && (*s == ' ' || *s == '\n' || *s == '\r' || *s == '\t'))
+        s++, n--;
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == '\t'))
+        n--;
+    bool nl = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '\r')
+            continue;
+        if (c == '\n') {
+            if (nl)
+                continue;
+            nl = true;
+        } else {
+            nl = false;
+        }
+        rk_buf_put(b, &c, 1);
+    }
+}
+
+static bool parse_messages(struct rk_http_req *r, json_t *o, struct rk_job *j)
+{
+    json_t *msgs = json_object_get(o, "messages");
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
+        rk_http_error(r, 400, "invalid_value", "messages", "'messages' must be a non-empty "
+                      "array");
+        return false;
+    }
+    struct rk_buf b = {0};
+    size_t i;
+    json_t *m;
+    bool ok = true;
+    json_array_foreach(msgs, i, m)
+    {
+        const char *role = json_string_value(json_object_get(m, "role"));
+        json_t *content = json_object_get(m, "content");
+        const char *name = !role ? NULL
+                           : !strcmp(role, "system") || !strcmp(role, "developer") ? "System"
+                           : !strcmp(role, "user") ? "User"
+                           : !strcmp(role, "assistant") ? "Assistant"
+                                                        : NULL;
+        if (!json_is_object(m) || !name) {
+            rk_http_error(r, 400, "invalid_value", "messages", "messages[%zu]: role must be "
+                          "system, developer, user or assistant", i);
+            ok = false;
+            break;
+        }
+        rk_buf_puts(&b, name);
+        rk_buf_puts(&b, ": ");
+        if (json_is_string(content)) {
+            chat_text(&b, json_string_value(content), json_string_length(content));
+        } else if (json_is_array(content)) {
+            size_t k;
+            json_t *part;
+            json_array_foreach(content, k, part)
+            {
+                json_t *t = json_object_get(part, "text");
+                if (!json_is_string(t)) {
+                    rk_http_error(r, 400, "invalid_value", "messages", "messages[%zu]: only "
+                                  "text content parts are supported", i);
+                    ok = false;
+                    break;
+                }
+                if (k)
+                    rk_buf_put(&b, "\n", 1);
+                chat_text(&b, json_string_value(t), json_string_length(t));
+            }
+            if (!ok)
+                break;
+        } else if (!json_is_null(content) || strcmp(name, "Assistant")) {
+            rk_http_error(r, 400, "invalid_value", "messages", "messages[%zu]: content must be "
+                          "a string or an array of text parts", i);
+            ok = false;
+            break;
+        }
+        rk_buf_puts(&b, "\n\n");
+    }
+    if (ok) {
+        rk_buf_puts(&b, "Assistant:");
+        ok = b.p && tokenize(r, j, b.p, b.len);
+        if (!b.p && !r->resp)
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+    }
+    rk_buf_free(&b);
+    return ok;
+}
+
+/* --- responses ------------------------------------------------------------- */
+
+static json_t *usage_obj(struct rk_job *j)
+{
+    long long c = 0;
+    for (int i = 0; i < j->n; i++)
+        c += j->choices[i].n_tokens;
+    return json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)j->n_prompt,
+                     "completion_tokens", (json_int_t)c, "total_tokens",
+                     (json_int_t)(j->n_prompt + (size_t)c));
+}
+
+static json_t *text_of(const struct rk_buf *b) { return json_stringn(b->p ? b->p : "", b->len); }
+
+static double lp_val(float v) { return isfinite(v) ? (double)v : -9999.0; }
+
+static json_t *tok_str(struct rk_srv *srv, uint32_t id)
+{
+    size_t n;
+    const uint8_t *b = rk_tok_bytes(srv->tok, id, &n);
+    char tmp[1024];
+    size_t o = rk_utf8_sanitize(b ? b : (const uint8_t *)"", b ? n : 0, tmp, sizeof tmp);
+    return json_stringn(tmp, o);
+}
+
+/* logprobs of a finished choice, in the API's format, or json null. */
+static json_t *choice_logprobs(struct rk_srv *srv, struct rk_job *j, struct rk_choice *ch)
+{
+    int top = j->top_logprobs;
+    if (top < 0 || !ch->lps)
+        return json_null();
+    if (j->api == RK_API_CHAT) {
+        json_t *content = json_array();
+        struct rk_buf b = {0};
+        for (int t = 0; t < ch->n_tokens; t++) {
+            b.len = 0;
+            rk_engine_lp_json(srv->tok, j->api, ch->lps + (size_t)t * (size_t)(1 + top), top, 0,
+                              &b);
+            json_t *x = b.p ? json_loadb(b.p, b.len, 0, NULL) : NULL;
+            if (x)
+                json_array_append_new(content, x);
+        }
+        rk_buf_free(&b);
+        return json_pack("{s:o}", "content", content);
+    }
+    json_t *toks = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    size_t off = 0;
+    for (int t = 0; t < ch->n_tokens; t++) {
+        const struct rk_tok_lp *rec = ch->lps + (size_t)t * (size_t)(1 + top);
+        json_array_append_new(toks, tok_str(srv, rec[0].token));
+        json_array_append_new(lps, json_real(lp_val(rec[0].lp)));
+        json_t *alt = json_object();
+        for (int k = 0; k < top; k++) {
+            json_t *ks = tok_str(srv, rec[1 + k].token);
+            json_object_set_new(alt, json_string_value(ks), json_real(lp_val(rec[1 + k].lp)));
+            json_decref(ks);
+        }
+        json_array_append_new(tops, alt);
+        json_array_append_new(offs, json_integer((json_int_t)off));
+        size_t n;
+        rk_tok_bytes(srv->tok, rec[0].token, &n);
+        off += n;
+    }
+    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", toks, "token_logprobs", lps, "top_logprobs",
+                     tops, "text_offset", offs);
+}
+
+/* A job that failed as a whole (deadline, shutdown, engine error). */
+static bool job_error(struct rk_http_req *r, struct rk_job *j)
+{
+    if (j->err == RK_OK)
+        return false;
+    if (j->err == RK_ERANGE)
+        rk_http_error(r, 504, "deadline_exceeded", NULL, "%s", j->errmsg);
+    else if (j->err == RK_ECANCELED)
+        rk_http_error(r, 503, "canceled", NULL, "%s", j->errmsg);
+    else
+        rk_http_error(r, 500, rk_errname(j->err), NULL, "%s", j->errmsg);
+    return true;
+}
+
+static void done_native(struct rk_http_req *r, struct rk_job *j)
+{
+    if (job_error(r, j))
+        return;
+    json_t *choices = json_array();
+    for (int i = 0; i < j->n; i++) {
+        struct rk_choice *ch = &j->choices[i];
+        json_t *c = json_pack("{s:i,s:o,s:s,s:i}", "index", i, "text", text_of(&ch->text),
+                              "finish_reason", rk_finish_name(ch->finish), "tokens",
+                              ch->n_tokens);
+        if (j->top_logprobs >= 0 && ch->lps) {
+            int top = j->top_logprobs;
+            json_t *arr = json_array();
+            for (int t = 0; t < ch->n_tokens; t++) {
+                const struct rk_tok_lp *rec = ch->lps + (size_t)t * (size_t)(1 + top);
+                json_t *alts = json_array();
+                for (int k = 0; k < top; k++)
+                    json_array_append_new(alts, json_pack("{s:I,s:f}", "token",
+                                                          (json_int_t)rec[1 + k].token, "logprob",
+                                                          lp_val(rec[1 + k].lp)));
+                json_array_append_new(arr, json_pack("{s:I,s:f,s:o}", "token",
+                                                     (json_int_t)rec[0].token, "logprob",
+                                                     lp_val(rec[0].lp), "top_logprobs", alts));
+            }
+            json_object_set_new(c, "logprobs", arr);
+        }
+        json_array_append_new(choices, c);
+    }
+    const char *colon = strchr(j->model, ':');
+    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o,s:o,s:{s:f,s:f}}", "id", j->id, "object",
+                          "generation", "created", (json_int_t)j->created_s, "model", j->model,
+                          "state", colon ? json_string(colon + 1) : json_null(), "choices",
+                          choices, "usage", usage_obj(j), "timings", "ttft_ms",
+                          j->t_first_us ? (double)(j->t_first_us - j->t_submit_us) / 1000 : 0.0,
+                          "total_ms", (double)(rk_now_us() - j->t_submit_us) / 1000);
+    if (o)
+        json_object_set_new(o, "text", text_of(&j->choices[0].text));
+    rk_http_json(r, 200, o);
+}
+
+static void done_openai(struct rk_http_req *r, struct rk_job *j)
+{
+    if (job_error(r, j))
+        return;
+    bool chat = j->api == RK_API_CHAT;
+    json_t *choices = json_array();
+    for (int i = 0; i < j->n; i++) {
+        struct rk_choice *ch = &j->choices[i];
+        const char *fr = ch->finish == RK_FINISH_LENGTH ? "length" : "stop";
+        json_t *c;
+        if (chat)
+            c = json_pack("{s:i,s:{s:s,s:o,s:n},s:o,s:s}", "index", i, "message", "role",
+                          "assistant", "content", text_of(&ch->text), "refusal", "logprobs",
+                          choice_logprobs(r->srv, j, ch), "finish_reason", fr);
+        else
+            c = json_pack("{s:o,s:i,s:o,s:s}", "text", text_of(&ch->text), "index", i,
+                          "logprobs", choice_logprobs(r->srv, j, ch), "finish_reason", fr);
+        json_array_append_new(choices, c);
+    }
+    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:n,s:o,s:o}", "id", j->id, "object",
+                          chat ? "chat.completion" : "text_completion", "created",
+                          (json_int_t)j->created_s, "model", j->model, "system_fingerprint",
+                          "choices", choices, "usage", usage_obj(j));
+    rk_http_json(r, 200, o);
+}
+
+/* --- handlers ---------------------------------------------------------------- */
+
+static void handle(struct rk_http_req *r, enum rk_api api)
+{
+    struct rk_srv *srv = r->srv;
+    json_t *o = rk_http_body_json(r);
+    if (!o)
+        return;
+    struct rk_job *j = rk_job_create(srv, api);
+    if (!j) {
+        json_decref(o);
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    j->t_submit_us = rk_now_us();
+    j->deadline_us = j->t_submit_us + (int64_t)srv->cfg.request_timeout_s * 1000000;
+    j->created_s = (int64_t)time(NULL);
+    snprintf(j->id, sizeof j->id, "%s%016" PRIx64 "%04x",
+             api == RK_API_CHAT ? "chatcmpl-" : api == RK_API_COMPLETION ? "cmpl-" : "gen-",
+             (uint64_t)((uint64_t)j->t_submit_us * 0x9e3779b97f4a7c15ull ^ (uintptr_t)j),
+             (unsigned)(atomic_fetch_add(&srv->id_seq, 1) & 0xffff));
+
+    bool ok = parse_model_state(r, o, j, api != RK_API_NATIVE) && parse_sampling(r, o, j);
+    long long lp = -1;
+    if (ok) {
+        if (api == RK_API_CHAT) {
+            bool want = false;
+            long long top = 0;
+            ok = get_bool(r, o, "logprobs", &want) &&
+                 get_int(r, o, "top_logprobs", 0, srv->cfg.logprobs_max, &top);
+            if (ok && top > 0 && !want) {
+                rk_http_error(r, 400, "invalid_value", "top_logprobs",
+                              "'top_logprobs' needs 'logprobs': true");
+                ok = false;
+            }
+            lp = want ? top : -1;
+        } else {
+            ok = get_int(r, o, "logprobs", 0, srv->cfg.logprobs_max, &lp);
+        }
+        j->top_logprobs = (int)lp;
+    }
+    if (ok && api == RK_API_COMPLETION) {
+        bool echo = false;
+        long long best_of = 1;
+        ok = get_bool(r, o, "echo", &echo) && get_int(r, o, "best_of", 1, srv->cfg.n_max, &best_of);
+        if (ok && (echo || best_of != 1)) {
+            rk_http_error(r, 400, "unsupported", echo ? "echo" : "best_of",
+                          "'%s' is not supported", echo ? "echo" : "best_of");
+            ok = false;
+        }
+        json_t *suffix = json_object_get(o, "suffix");
+        if (ok && suffix && !json_is_null(suffix)) {
+            rk_http_error(r, 400, "unsupported", "suffix", "'suffix' is not supported");
+            ok = false;
+        }
+    }
+    if (ok)
+        ok = parse_stop(r, o, j, api == RK_API_CHAT ? "\n\nUser:" : NULL);
+    if (ok)
+        ok = api == RK_API_CHAT ? parse_messages(r, o, j) : parse_prompt(r, o, j);
+    json_decref(o);
+    if (ok) {
+        j->choices = calloc((size_t)j->n, sizeof *j->choices);
+        ok = j->choices != NULL;
+        for (int i = 0; ok && i < j->n && j->top_logprobs >= 0; i++) {
+            j->choices[i].lps = malloc((size_t)j->max_tokens * (size_t)(1 + j->top_logprobs) *
+                                       sizeof(struct rk_tok_lp));
+            ok = j->choices[i].lps != NULL;
+        }
+        if (!ok)
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+    }
+    if (!ok) {
+        rk_job_release(j);
+        return;
+    }
+    int rc = rk_engine_submit(srv->engine, j);
+    if (rc == RK_EBUSY) {
+        rk_http_error(r, 429, "queue_full", NULL, "the server is busy (%d requests waiting); "
+                      "retry later", srv->cfg.queue_max);
+    } else if (rc != RK_OK) {
+        rk_http_error(r, 503, "unavailable", NULL, "the engine is not accepting requests");
+    } else if (j->stream) {
+        rk_http_stream(r, j);
+    } else {
+        rk_http_wait_job(r, j, api == RK_API_NATIVE ? done_native : done_openai);
+    }
+    rk_job_release(j);
+}
+
+static void h_generate(struct rk_http_req *r) { handle(r, RK_API_NATIVE); }
+static void h_completions(struct rk_http_req *r) { handle(r, RK_API_COMPLETION); }
+static void h_chat(struct rk_http_req *r) { handle(r, RK_API_CHAT); }
+
+struct models_ctx {
+    json_t *arr;
+    const char *base;
+};
+
+static bool model_entry(const char *id, const struct rk_state_meta *meta, size_t bytes, bool ok,
+                        void *user)
+{
+    struct models_ctx *c = user;
+    (void)bytes;
+    if (!ok)
+        return true;
+    char name[256];
+    snprintf(name, sizeof name, "%s:%s", c->base, id);
+    json_array_append_new(c->arr, json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", name, "object",
+                                            "model", "created",
+                                            (json_int_t)(meta->created_ms / 1000), "owned_by",
+                                            "tenant", "root", c->base));
+    return true;
+}
+
+static void h_models(struct rk_http_req *r)
+{
+    struct rk_srv *srv = r->srv;
+    json_t *arr = json_array();
+    json_array_append_new(arr, json_pack("{s:s,s:s,s:I,s:s}", "id", srv->model_name, "object",
+                                         "model", "created", (json_int_t)0, "owned_by", "rwkvd"));
+    struct models_ctx c = {arr, srv->model_name};
+    rk_store_list(srv->store, r->tenant, model_entry, &c);
+    rk_http_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", arr));
+}
+
+static void h_model_one(struct rk_http_req *r)
+{
+    struct rk_srv *srv = r->srv;
+    const char *id = r->params[0];
+    size_t bl = strlen(srv->model_name);
+    if (!strcmp(id, srv->model_name)) {
+        rk_http_json(r, 200, json_pack("{s:s,s:s,s:I,s:s}", "id", id, "object", "model",
+                                       "created", (json_int_t)0, "owned_by", "rwkvd"));
+        return;
+    }
+    if (!strncmp(id, srv->model_name, bl) && id[bl] == ':') {
+        struct rk_state_ref *ref = NULL;
+        if (rk_store_get(srv->store, r->tenant, id + bl + 1, &ref, NULL) == RK_OK) {
+            json_int_t created = (json_int_t)(rk_state_ref_meta(ref)->created_ms / 1000);
+            rk_state_ref_release(ref);
+            rk_http_json(r, 200, json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", id, "object", "model",
+                                           "created", created, "owned_by", "tenant", "root",
+                                           srv->model_name));
+            return;
+        }
+    }
+    rk_http_error(r, 404, "model_not_found", "model", "the model '%s' does not exist", id);
+}
+
+void rk_api_generate_register(struct rk_srv *srv)
+{
+    static const struct rk_route routes[] = {
+        {"POST", "/generate", h_generate, 0, NULL},
+        {"POST", "/v1/completions", h_completions, 0, NULL},
+        {"POST", "/v1/chat/completions", h_chat, 0, NULL},
+        {"GET", "/v1/models", h_models, 0, NULL},
+        {"GET", "/v1/models/{id}", h_model_one, 0, NULL},
+    };
+    rk_routes_add(srv, routes, sizeof routes / sizeof routes[0]);
+}

@@ -1,0 +1,209 @@
+/*
+ * config.c - `rwkvd serve` configuration: defaults, then RWKVD_* environment
+ * variables, then command-line flags (the later wins). One table describes
+ * every option, so --help, the start-up print and docs/API.md stay in step.
+ */
+#include "srv.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum opt_type { OPT_STR, OPT_INT, OPT_SIZE, OPT_BOOL };
+
+struct opt {
+    const char *flag; /* without the leading -- */
+    const char *env;
+    enum opt_type type;
+    size_t off;
+    long long lo, hi; /* range for numbers */
+    const char *help;
+};
+
+#define F(x) offsetof(struct rk_srv_config, x)
+static const struct opt opts[] = {
+    {"model", "RWKVD_MODEL", OPT_STR, F(model), 0, 0, "model file (safetensors, .pth, rwkv.cpp .bin); required"},
+    {"vocab", "RWKVD_VOCAB", OPT_STR, F(vocab), 0, 0, "World vocabulary file; default: byte tokenizer when the model has 256 tokens"},
+    {"model-name", "RWKVD_MODEL_NAME", OPT_STR, F(model_name), 0, 0, "base model id in the API (default: model file name without extension)"},
+    {"host", "RWKVD_HOST", OPT_STR, F(host), 0, 0, "address to bind (default 127.0.0.1; without --api-keys only loopback is allowed)"},
+    {"port", "RWKVD_PORT", OPT_INT, F(port), 0, 65535, "port (0 = pick a free port and print it)"},
+    {"data-dir", "RWKVD_DATA_DIR", OPT_STR, F(data_dir), 0, 0, "state store directory (default ./rwkvd-data)"},
+    {"api-keys", "RWKVD_API_KEYS", OPT_STR, F(api_keys), 0, 0, "file of 'KEY TENANT' lines; every route then needs a key"},
+    {"threads", "RWKVD_THREADS", OPT_INT, F(threads), 0, 1024, "compute threads (0 = all CPUs)"},
+    {"max-body-bytes", "RWKVD_MAX_BODY_BYTES", OPT_SIZE, F(body_bytes_max), 1024, 1ll << 30, "largest JSON request body (413 beyond)"},
+    {"max-state-bytes", "RWKVD_MAX_STATE_BYTES", OPT_SIZE, F(state_bytes_max), 1024, 1ll << 34, "largest state upload (PUT /states/{id}; 413 beyond)"},
+    {"max-prompt-tokens", "RWKVD_MAX_PROMPT_TOKENS", OPT_INT, F(prompt_tokens_max), 1, 1 << 24, "longest prompt in tokens (400 beyond)"},
+    {"max-tokens", "RWKVD_MAX_TOKENS", OPT_INT, F(max_tokens_max), 1, 1 << 24, "largest max_tokens a request may ask for"},
+    {"default-max-tokens", "RWKVD_DEFAULT_MAX_TOKENS", OPT_INT, F(max_tokens_default), 1, 1 << 24, "max_tokens when a request gives none"},
+    {"max-n", "RWKVD_MAX_N", OPT_INT, F(n_max), 1, 128, "largest n (choices per request)"},
+    {"max-logprobs", "RWKVD_MAX_LOGPROBS", OPT_INT, F(logprobs_max), 0, 100, "largest logprobs / top_logprobs"},
+    {"max-stops", "RWKVD_MAX_STOPS", OPT_INT, F(stops_max), 0, 64, "most stop sequences per request"},
+    {"max-seqs", "RWKVD_MAX_SEQS", OPT_INT, F(seqs_max), 1, 4096, "concurrent sequences in the engine (continuous batch size)"},
+    {"max-queue", "RWKVD_MAX_QUEUE", OPT_INT, F(queue_max), 0, 1 << 20, "requests waiting for a slot before 429 + Retry-After"},
+    {"conn-limit", "RWKVD_CONN_LIMIT", OPT_INT, F(conn_limit), 1, 1 << 20, "open connections"},
+    {"conn-timeout", "RWKVD_CONN_TIMEOUT", OPT_INT, F(conn_timeout_s), 1, 86400, "idle connection timeout in seconds"},
+    {"request-timeout", "RWKVD_REQUEST_TIMEOUT", OPT_INT, F(request_timeout_s), 1, 86400, "per-request deadline in seconds (queue wait included)"},
+    {"drain-timeout", "RWKVD_DRAIN_TIMEOUT", OPT_INT, F(drain_timeout_s), 0, 3600, "seconds SIGTERM/SIGINT waits for in-flight requests"},
+    {"prefill-chunk", "RWKVD_PREFILL_CHUNK", OPT_INT, F(prefill_chunk), 1, 65536, "prompt tokens processed per engine step (bounds decode stalls)"},
+    {"cache-bytes", "RWKVD_CACHE_BYTES", OPT_SIZE, F(cache_bytes), 1 << 16, 1ll << 40, "adapter LRU cache bound in bytes"},
+    {"health-stall-ms", "RWKVD_HEALTH_STALL_MS", OPT_INT, F(health_stall_ms), 100, 3600000, "engine heartbeat age at which /health reports not ready"},
+    {"health-public", "RWKVD_HEALTH_PUBLIC", OPT_BOOL, F(health_public), 0, 1, "serve GET /health without an API key (for probes)"},
+};
+#undef F
+#define N_OPTS (sizeof opts / sizeof opts[0])
+
+static void defaults(struct rk_srv_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->host = "127.0.0.1";
+    c->port = 8080;
+    c->data_dir = "./rwkvd-data";
+    c->body_bytes_max = (size_t)1 << 20;
+    c->state_bytes_max = (size_t)256 << 20;
+    c->prompt_tokens_max = 16384;
+    c->max_tokens_max = 4096;
+    c->max_tokens_default = 256;
+    c->n_max = 8;
+    c->logprobs_max = 20;
+    c->stops_max = 8;
+    c->seqs_max = 64;
+    c->queue_max = 256;
+    c->conn_limit = 1024;
+    c->conn_timeout_s = 30;
+    c->request_timeout_s = 600;
+    c->drain_timeout_s = 30;
+    c->prefill_chunk = 256;
+    c->cache_bytes = (size_t)512 << 20;
+    c->health_stall_ms = 15000;
+}
+
+/* Numbers accept an optional K/M/G suffix for sizes. */
+static int set_opt(struct rk_srv_config *c, const struct opt *o, const char *v, const char *src)
+{
+    char *p = (char *)c + o->off;
+    if (o->type == OPT_STR) {
+        *(const char **)p = v;
+        return 0;
+    }
+    if (o->type == OPT_BOOL) {
+        if (!v || !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes"))
+            *(bool *)p = true;
+        else if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no"))
+            *(bool *)p = false;
+        else
+            goto bad;
+        return 0;
+    }
+    errno = 0;
+    char *end;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v)
+        goto bad;
+    if (o->type == OPT_SIZE && *end) {
+        long long mul = *end == 'K' || *end == 'k' ? 1ll << 10
+                        : *end == 'M' || *end == 'm' ? 1ll << 20
+                        : *end == 'G' || *end == 'g' ? 1ll << 30 : 0;
+        if (!mul || end[1] || x > LLONG_MAX / mul)
+            goto bad;
+        x *= mul;
+        end++;
+    }
+    if (*end || x < o->lo || x > o->hi)
+        goto bad;
+    if (o->type == OPT_INT)
+        *(int *)p = (int)x;
+    else
+        *(size_t *)p = (size_t)x;
+    return 0;
+bad:
+    fprintf(stderr, "rwkvd serve: %s: invalid value '%s' for --%s (range %lld..%lld)\n", src,
+            v ? v : "", o->flag, o->lo, o->hi);
+    return -1;
+}
+
+static void help(FILE *f)
+{
+    fprintf(f, "usage: rwkvd serve --model FILE [options]\n\n"
+               "Serve the model over HTTP (native API, OpenAI-compatible API, state store).\n"
+               "Every option can also be set by its environment variable; flags win.\n\n");
+    for (size_t i = 0; i < N_OPTS; i++)
+        fprintf(f, "  --%-20s %s%s\n  %22s (env %s)\n", opts[i].flag,
+                opts[i].type == OPT_BOOL ? "" : "", opts[i].help, "", opts[i].env);
+    fprintf(f, "  --%-20s %s\n", "help", "show this help");
+}
+
+int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
+{
+    defaults(c);
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const char *v = getenv(opts[i].env);
+        if (v && *v && set_opt(c, &opts[i], v, opts[i].env) != 0)
+            return -1;
+    }
+    for (int a = 1; a < argc; a++) {
+        const char *arg = argv[a];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+            help(stdout);
+            return 1;
+        }
+        if (strncmp(arg, "--", 2) != 0) {
+            fprintf(stderr, "rwkvd serve: unexpected argument '%s' (see --help)\n", arg);
+            return -1;
+        }
+        const char *name = arg + 2, *val = NULL;
+        const char *eq = strchr(name, '=');
+        size_t nl = eq ? (size_t)(eq - name) : strlen(name);
+        const struct opt *o = NULL;
+        for (size_t i = 0; i < N_OPTS; i++)
+            if (strlen(opts[i].flag) == nl && !strncmp(opts[i].flag, name, nl))
+                o = &opts[i];
+        if (!o) {
+            fprintf(stderr, "rwkvd serve: unknown option '%s' (see --help)\n", arg);
+            return -1;
+        }
+        if (eq) {
+            val = eq + 1;
+        } else if (o->type != OPT_BOOL) {
+            if (a + 1 >= argc) {
+                fprintf(stderr, "rwkvd serve: --%s needs a value\n", o->flag);
+                return -1;
+            }
+            val = argv[++a];
+        }
+        if (set_opt(c, o, val, "command line") != 0)
+            return -1;
+    }
+    if (!c->model) {
+        fprintf(stderr, "rwkvd serve: --model is required (see --help)\n");
+        return -1;
+    }
+    if (c->max_tokens_default > c->max_tokens_max)
+        c->max_tokens_default = c->max_tokens_max;
+    if (c->n_max > c->seqs_max) {
+        fprintf(stderr, "rwkvd serve: --max-n (%d) must not exceed --max-seqs (%d)\n", c->n_max,
+                c->seqs_max);
+        return -1;
+    }
+    return 0;
+}
+
+void rk_srv_config_print(const struct rk_srv_config *c, FILE *f)
+{
+    fprintf(f, "rwkvd serve configuration:\n");
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const char *p = (const char *)c + opts[i].off;
+        switch (opts[i].type) {
+        case OPT_STR: {
+            const char *s = *(const char *const *)p;
+            fprintf(f, "  %-20s %s\n", opts[i].flag, s ? s : "(unset)");
+            break;
+        }
+        case OPT_INT: fprintf(f, "  %-20s %d\n", opts[i].flag, *(const int *)p); break;
+        case OPT_SIZE: fprintf(f, "  %-20s %zu\n", opts[i].flag, *(const size_t *)p); break;
+        case OPT_BOOL: fprintf(f, "  %-20s %s\n", opts[i].flag, *(const bool *)p ? "true" : "false"); break;
+        }
+    }
+}

@@ -1,0 +1,43 @@
+/*
+ * dataset_jsonl.h - JSONL datasets for tuning and evaluation: one JSON object
+ * per line, tokenised into an rk_dataset (adapters layer). Formats:
+ *
+ *   {"text": "..."}                          loss on every token after the first
+ *   {"prompt": "...", "completion": "..."}   loss on the completion only
+ *   {"messages": [{"role": "user"|"assistant"|"system", "content": "..."}]}
+ *        chat template "User: ...\n\nAssistant: ...\n\n" ("System: ..." for
+ *        system turns); loss on each assistant reply and its closing "\n\n"
+ *   {"prompt": "...", "choices": ["...", ...], "answer": 0}
+ *        a multiple-choice item (answer: index, or the text of a choice)
+ *
+ * Text is tokenised piecewise (prompt and completion separately), exactly as
+ * the server tokenises a prompt and then continues it. Blank lines are
+ * skipped. Errors name the line: "line 7: \"completion\" must be a string".
+ */
+#ifndef RK_DATASET_JSONL_H
+#define RK_DATASET_JSONL_H
+
+#include "rk_adapters.h"
+
+struct rk_jsonl_limits {
+    size_t bytes_max;   /* whole input (default 256 MiB) */
+    size_t lines_max;   /* examples (default 1,000,000) */
+    size_t seq_len_max; /* tokens per example (default 8192) */
+};
+void rk_jsonl_limits_default(struct rk_jsonl_limits *l);
+
+/* Parse `len` bytes of JSONL into `ds` (appending). `lim` may be NULL
+ * (defaults). RK_EINVAL (malformed line, wrong field types, nothing to
+ * learn from), RK_ERANGE (a limit exceeded), RK_ENOMEM; `eb` gets the line
+ * number and the reason. On error `ds` may hold the lines before the bad
+ * one. Thread-safe for distinct datasets. */
+int rk_jsonl_parse(const char *buf, size_t len, const struct rk_tokenizer *tok,
+                   const struct rk_jsonl_limits *lim, struct rk_dataset *ds,
+                   struct rk_errbuf *eb);
+
+/* Read `path` (at most lim->bytes_max bytes) and parse it as above. */
+int rk_jsonl_load(const char *path, const struct rk_tokenizer *tok,
+                  const struct rk_jsonl_limits *lim, struct rk_dataset *ds,
+                  struct rk_errbuf *eb);
+
+#endif

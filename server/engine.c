@@ -1,0 +1,997 @@
+/*
+ * engine.c - the inference engine thread: continuous batching over one
+ * frozen model, each sequence with its own state.
+ *
+ * DESIGN. The loop thread submits jobs (rk_engine_submit) into a bounded
+ * FIFO guarded by `mu`. The engine thread owns every sequence slot, the
+ * compute context and all scratch buffers; one step is:
+ *
+ *   1. drop sequences whose job was cancelled (client gone, shutdown) or
+ *      whose deadline passed, and expire queued jobs the same way;
+ *   2. admit queued jobs while enough slots are free (a job with n choices
+ *      needs n slots): copy the adapter state into the slot (the "swap":
+ *      one memcpy), create its sampler and stop matcher;
+ *   3. prefill: feed prompt chunks (rk_forward_seq) to sequences still in
+ *      their prompt, at most `prefill_chunk` tokens per step in admission
+ *      order; a finished prompt samples its first token (the n-1 sibling
+ *      choices copy the leader's state and logits instead of re-reading the
+ *      prompt);
+ *   4. decode: ONE rk_forward_batch over every sequence holding a pending
+ *      token, then sample each and append its text to its job.
+ *
+ * Output reaches the loop through struct rk_job: text/SSE bytes are appended
+ * under job->mu, the job is put on the wake list (wmu) and `wake` (a
+ * uv_async_send) is called once per step; the loop drains the whole list.
+ * The per-token path allocates nothing once buffers have grown: logits,
+ * batch arrays and the decode scratch are made at start, SSE chunks are
+ * formatted into the job's reusable buffer.
+ *
+ * Shutdown: rk_engine_stop sets `stop`, wakes the thread, which cancels what
+ * is left, finishes every job (so the loop can answer or close) and exits.
+ * A heartbeat (monotonic µs) is updated at every iteration for /health.
+ */
+#include "srv.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum phase { SEQ_FREE, SEQ_PREFILL, SEQ_WAIT, SEQ_DECODE };
+
+struct seq {
+    enum phase phase;
+    struct rk_job *job;
+    int idx;        /* choice index within the job */
+    uint64_t order; /* admission order (prefill FIFO) */
+    float *state;   /* [state_len] */
+    float *logits;  /* [V] prefill logits */
+    struct rk_sampler *smp;
+    struct rk_stopper *stop;
+    struct rk_utf8_stream u8;
+    size_t pos;       /* prompt tokens fed */
+    uint32_t pending; /* sampled, not yet fed */
+    int64_t t_last_us;
+    size_t text_off;  /* bytes of text emitted (completions logprobs text_offset) */
+};
+
+struct rk_engine {
+    struct rk_srv *srv;
+    pthread_t th;
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct rk_job *q_head, *q_tail; /* mu */
+    int q_len;                      /* mu */
+    bool stop, cancel_all;          /* mu */
+    atomic_int n_queued, n_active;
+    atomic_int_fast64_t heartbeat_us;
+    atomic_bool alive;
+
+    pthread_mutex_t wmu;
+    struct rk_job *w_head; /* jobs with news for the loop */
+    void (*wake)(void *);
+    void *wake_user;
+
+    struct rk_ctx *ctx;
+    size_t state_len;
+    int V;
+    bool bytes_tok;
+    struct seq *seqs;
+    int n_seqs;
+    uint64_t order_seq;
+    uint32_t *btok;  /* [n_seqs] */
+    float **bstate;  /* [n_seqs] */
+    int *bidx;       /* [n_seqs] */
+    float *blogits;  /* [n_seqs][V] */
+    float *raw;      /* [V] logits before sampling (logprobs) */
+    uint32_t *top_ids; /* [logprobs_max] */
+    float *top_lps;
+    struct rk_job **touched; /* jobs with output this step */
+    int n_touched;
+    char piece[1024];
+};
+
+/* --- jobs ---------------------------------------------------------------- */
+
+const char *rk_finish_name(enum rk_finish f)
+{
+    switch (f) {
+    case RK_FINISH_STOP: return "stop";
+    case RK_FINISH_LENGTH: return "length";
+    case RK_FINISH_CANCEL: return "cancelled";
+    case RK_FINISH_TIMEOUT: return "timeout";
+    default: return "null";
+    }
+}
+
+struct rk_job *rk_job_create(struct rk_srv *srv, enum rk_api api)
+{
+    struct rk_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    atomic_init(&j->refs, 1);
+    atomic_init(&j->cancel, false);
+    j->srv = srv;
+    j->api = api;
+    j->top_logprobs = -1;
+    j->n = 1;
+    pthread_mutex_init(&j->mu, NULL);
+    rk_sampler_params_default(&j->sp);
+    return j;
+}
+
+struct rk_job *rk_job_retain(struct rk_job *j)
+{
+    atomic_fetch_add_explicit(&j->refs, 1, memory_order_relaxed);
+    return j;
+}
+
+void rk_job_release(struct rk_job *j)
+{
+    if (!j || atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    rk_state_ref_release(j->state);
+    free(j->prompt);
+    free(j->bias);
+    for (size_t i = 0; i < j->n_stops; i++)
+        free(j->stops[i]);
+    free(j->stops);
+    if (j->choices)
+        for (int i = 0; i < j->n; i++) {
+            rk_buf_free(&j->choices[i].text);
+            free(j->choices[i].lps);
+        }
+    free(j->choices);
+    rk_buf_free(&j->out);
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+/* --- queue (loop side) --------------------------------------------------- */
+
+int rk_engine_submit(struct rk_engine *e, struct rk_job *j)
+{
+    int rc = RK_OK;
+    pthread_mutex_lock(&e->mu);
+    if (e->stop || !atomic_load(&e->alive))
+        rc = RK_ECANCELED;
+    else if (e->q_len >= e->srv->cfg.queue_max)
+        rc = RK_EBUSY;
+    if (rc == RK_OK) {
+        rk_job_retain(j);
+        j->q_next = NULL;
+        if (e->q_tail)
+            e->q_tail->q_next = j;
+        else
+            e->q_head = j;
+        e->q_tail = j;
+        e->q_len++;
+        atomic_store(&e->n_queued, e->q_len);
+        pthread_cond_signal(&e->cv);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+int rk_engine_queued(const struct rk_engine *e) { return atomic_load(&e->n_queued); }
+int rk_engine_active(const struct rk_engine *e) { return atomic_load(&e->n_active); }
+bool rk_engine_busy(const struct rk_engine *e)
+{
+    return atomic_load(&e->n_queued) > 0 || atomic_load(&e->n_active) > 0;
+}
+
+bool rk_engine_healthy(const struct rk_engine *e, int stall_ms, char *why, size_t cap)
+{
+    if (!atomic_load(&e->alive)) {
+        snprintf(why, cap, "engine thread is not running");
+        return false;
+    }
+    int64_t age = rk_now_us() - atomic_load(&e->heartbeat_us);
+    if (age > (int64_t)stall_ms * 1000) {
+        snprintf(why, cap, "engine heartbeat is %" PRId64 " ms old", age / 1000);
+        return false;
+    }
+    return true;
+}
+
+void rk_engine_cancel_all(struct rk_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    e->cancel_all = true;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void rk_engine_drain_wakes(struct rk_engine *e, void (*fn)(struct rk_job *j, void *u), void *u)
+{
+    pthread_mutex_lock(&e->wmu);
+    struct rk_job *list = e->w_head;
+    e->w_head = NULL;
+    for (struct rk_job *j = list; j; j = j->wake_next)
+        j->wake_queued = false;
+    pthread_mutex_unlock(&e->wmu);
+    while (list) {
+        struct rk_job *next = list->wake_next;
+        fn(list, u); // takes the wake list's reference
+        list = next;
+    }
+}
+
+/* --- engine side: output ------------------------------------------------- */
+
+static void flush_wakes(struct rk_engine *e);
+
+static void touch(struct rk_engine *e, struct rk_job *j)
+{
+    for (int i = 0; i < e->n_touched; i++)
+        if (e->touched[i] == j)
+            return;
+    if (e->n_touched == e->n_seqs * 2)
+        flush_wakes(e);
+    e->touched[e->n_touched++] = rk_job_retain(j);
+}
+
+/* Hand the touched jobs to the loop and wake it once. */
+static void flush_wakes(struct rk_engine *e)
+{
+    if (!e->n_touched)
+        return;
+    pthread_mutex_lock(&e->wmu);
+    for (int i = 0; i < e->n_touched; i++) {
+        struct rk_job *j = e->touched[i];
+        if (j->wake_queued) {
+            rk_job_release(j); // already listed; that entry carries a reference
+            continue;
+        }
+        j->wake_queued = true;
+        j->wake_next = e->w_head;
+        e->w_head = j; // the list keeps the reference taken in touch()
+    }
+    pthread_mutex_unlock(&e->wmu);
+    e->n_touched = 0;
+    if (e->wake)
+        e->wake(e->wake_user);
+}
+
+/* Append a token string as valid UTF-8 JSON (invalid bytes become U+FFFD). */
+static void json_lossy(struct rk_buf *b, const uint8_t *s, size_t n)
+{
+    char tmp[512];
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 4 < sizeof tmp;) {
+        uint8_t c = s[i];
+        size_t l = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = l && i + l <= n;
+        for (size_t k = 1; ok && k < l; k++)
+            ok = (s[i + k] & 0xc0) == 0x80;
+        if (ok) {
+            memcpy(tmp + o, s + i, l);
+            o += l;
+            i += l;
+        } else {
+            memcpy(tmp + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    rk_buf_json_str(b, tmp, o);
+}
+
+static void json_bytes(struct rk_buf *b, const uint8_t *s, size_t n)
+{
+    rk_buf_put(b, "[", 1);
+    for (size_t i = 0; i < n; i++)
+        rk_buf_printf(b, i ? ",%u" : "%u", s[i]);
+    rk_buf_put(b, "]", 1);
+}
+
+static void json_float(struct rk_buf *b, float v)
+{
+    if (isfinite(v))
+        rk_buf_printf(b, "%.6g", (double)v);
+    else
+        rk_buf_puts(b, "-9999"); // JSON has no -Inf; OpenAI uses -9999 for "impossible"
+}
+
+/* The logprobs of one token record (chosen + `top` alternatives) in the
+ * API's format: completions {"tokens":..} or chat {"content":[..]}. Also
+ * used for the non-streaming response (one call per token, merged there). */
+void rk_engine_lp_json(const struct rk_tokenizer *tok, enum rk_api api,
+                       const struct rk_tok_lp *rec, int top, size_t text_off, struct rk_buf *b);
+void rk_engine_lp_json(const struct rk_tokenizer *tok, enum rk_api api,
+                       const struct rk_tok_lp *rec, int top, size_t text_off, struct rk_buf *b)
+{
+    size_t tl;
+    const uint8_t *tb = rk_tok_bytes(tok, rec[0].token, &tl);
+    if (api == RK_API_CHAT) {
+        rk_buf_puts(b, "{\"token\":");
+        json_lossy(b, tb, tl);
+        rk_buf_puts(b, ",\"logprob\":");
+        json_float(b, rec[0].lp);
+        rk_buf_puts(b, ",\"bytes\":");
+        json_bytes(b, tb, tl);
+        rk_buf_puts(b, ",\"top_logprobs\":[");
+        for (int k = 0; k < top; k++) {
+            const uint8_t *ab = rk_tok_bytes(tok, rec[1 + k].token, &tl);
+            rk_buf_puts(b, k ? ",{\"token\":" : "{\"token\":");
+            json_lossy(b, ab, tl);
+            rk_buf_puts(b, ",\"logprob\":");
+            json_float(b, rec[1 + k].lp);
+            rk_buf_puts(b, ",\"bytes\":");
+            json_bytes(b, ab, tl);
+            rk_buf_puts(b, "}");
+        }
+        rk_buf_puts(b, "]}");
+    } else {
+        // completions: the four parallel arrays for one token
+        rk_buf_puts(b, "{\"tokens\":[");
+        json_lossy(b, tb, tl);
+        rk_buf_puts(b, "],\"token_logprobs\":[");
+        json_float(b, rec[0].lp);
+        rk_buf_puts(b, "],\"top_logprobs\":[{");
+        for (int k = 0; k < top; k++) {
+            const uint8_t *ab = rk_tok_bytes(tok, rec[1 + k].token, &tl);
+            if (k)
+                rk_buf_put(b, ",", 1);
+            json_lossy(b, ab, tl);
+            rk_buf_put(b, ":", 1);
+            json_float(b, rec[1 + k].lp);
+        }
+        rk_buf_printf(b, "}],\"text_offset\":[%zu]}", text_off);
+    }
+}
+
+/* Head of an OpenAI chunk up to and including `"choices":[`. */
+static void oai_chunk_head(struct rk_buf *o, struct rk_job *j)
+{
+    rk_buf_puts(o, "data: {\"id\":");
+    rk_buf_json_str(o, j->id, strlen(j->id));
+    rk_buf_printf(o, ",\"object\":\"%s\",\"created\":%" PRId64 ",\"model\":",
+                  j->api == RK_API_CHAT ? "chat.completion.chunk" : "text_completion",
+                  j->created_s);
+    rk_buf_json_str(o, j->model, strlen(j->model));
+    rk_buf_puts(o, j->api == RK_API_CHAT ? ",\"system_fingerprint\":null,\"choices\":["
+                                         : ",\"choices\":[");
+}
+
+static void usage_json(struct rk_buf *o, struct rk_job *j)
+{
+    long long c = 0;
+    for (int i = 0; i < j->n; i++)
+        c += j->choices[i].n_tokens;
+    rk_buf_printf(o, "{\"prompt_tokens\":%zu,\"completion_tokens\":%lld,\"total_tokens\":%lld}",
+                  j->n_prompt, c, (long long)j->n_prompt + c);
+}
+
+/* One streamed piece of text for choice `idx` (caller holds j->mu). */
+static void sse_piece(struct rk_engine *e, struct rk_job *j, struct seq *s, const char *text,
+                      size_t len, const struct rk_tok_lp *rec)
+{
+    struct rk_buf *o = &j->out;
+    int top = j->top_logprobs;
+    if (j->api == RK_API_NATIVE) {
+        rk_buf_printf(o, "data: {\"index\":%d,\"text\":", s->idx);
+        rk_buf_json_str(o, text, len);
+        if (rec) {
+            rk_buf_printf(o, ",\"token\":%u,\"logprob\":", rec[0].token);
+            json_float(o, rec[0].lp);
+            if (top > 0) {
+                rk_buf_puts(o, ",\"top_logprobs\":[");
+                for (int k = 0; k < top; k++) {
+                    rk_buf_printf(o, k ? ",{\"token\":%u,\"logprob\":" : "{\"token\":%u,\"logprob\":",
+                                  rec[1 + k].token);
+                    json_float(o, rec[1 + k].lp);
+                    rk_buf_puts(o, "}");
+                }
+                rk_buf_puts(o, "]");
+            }
+        }
+        rk_buf_puts(o, "}\n\n");
+        return;
+    }
+    oai_chunk_head(o, j);
+    rk_buf_printf(o, "{\"index\":%d,", s->idx);
+    struct rk_choice *ch = &j->choices[s->idx];
+    if (j->api == RK_API_CHAT) {
+        if (!ch->sent_role) {
+            rk_buf_puts(o, "\"delta\":{\"role\":\"assistant\",\"content\":");
+            ch->sent_role = true;
+        } else {
+            rk_buf_puts(o, "\"delta\":{\"content\":");
+        }
+        rk_buf_json_str(o, text, len);
+        rk_buf_puts(o, "},\"logprobs\":");
+        if (rec) {
+            rk_buf_puts(o, "{\"content\":[");
+            rk_engine_lp_json(e->srv->tok, j->api, rec, top, 0, o);
+            rk_buf_puts(o, "]}");
+        } else {
+            rk_buf_puts(o, "null");
+        }
+    } else {
+        rk_buf_puts(o, "\"text\":");
+        rk_buf_json_str(o, text, len);
+        rk_buf_puts(o, ",\"logprobs\":");
+        if (rec)
+            rk_engine_lp_json(e->srv->tok, j->api, rec, top, s->text_off, o);
+        else
+            rk_buf_puts(o, "null");
+    }
+    rk_buf_puts(o, ",\"finish_reason\":null}]}\n\n");
+}
+
+/* The end of choice idx (caller holds j->mu). */
+static void sse_finish(struct rk_job *j, int idx, enum rk_finish f)
+{
+    struct rk_buf *o = &j->out;
+    const char *fr = f == RK_FINISH_LENGTH ? "length" : "stop";
+    if (j->api == RK_API_NATIVE) {
+        rk_buf_printf(o, "data: {\"index\":%d,\"finish_reason\":\"%s\",\"tokens\":%d}\n\n", idx,
+                      rk_finish_name(f), j->choices[idx].n_tokens);
+        return;
+    }
+    if (f == RK_FINISH_CANCEL || f == RK_FINISH_TIMEOUT)
+        return; // reported once for the whole job in sse_end
+    oai_chunk_head(o, j);
+    if (j->api == RK_API_CHAT) {
+        struct rk_choice *ch = &j->choices[idx];
+        rk_buf_printf(o, "{\"index\":%d,\"delta\":%s,\"logprobs\":null,\"finish_reason\":\"%s\"}]}"
+                      "\n\n", idx, ch->sent_role ? "{}" : "{\"role\":\"assistant\",\"content\":\"\"}",
+                      fr);
+        ch->sent_role = true;
+    } else {
+        rk_buf_printf(o, "{\"index\":%d,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"%s\"}]}"
+                      "\n\n", idx, fr);
+    }
+}
+
+/* The end of the stream (caller holds j->mu). */
+static void sse_end(struct rk_job *j)
+{
+    struct rk_buf *o = &j->out;
+    if (j->err != RK_OK) {
+        bool timeout = j->err == RK_ERANGE;
+        rk_buf_puts(o, "data: {\"error\":{\"message\":");
+        rk_buf_json_str(o, j->errmsg, strlen(j->errmsg));
+        rk_buf_printf(o, ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}\n\n",
+                      timeout ? "timeout" : "server_error",
+                      timeout ? "deadline_exceeded" : "canceled");
+    }
+    if (j->api == RK_API_NATIVE) {
+        rk_buf_puts(o, "data: {\"done\":true,\"usage\":");
+        usage_json(o, j);
+        rk_buf_puts(o, "}\n\n");
+        return;
+    }
+    if (j->include_usage) {
+        oai_chunk_head(o, j);
+        rk_buf_puts(o, "],\"usage\":");
+        usage_json(o, j);
+        rk_buf_puts(o, "}\n\n");
+    }
+    rk_buf_puts(o, "data: [DONE]\n\n");
+}
+
+/* --- engine side: sequences ---------------------------------------------- */
+
+static void finish_job_if_done(struct rk_engine *e, struct rk_job *j)
+{
+    if (j->n_finished < j->n)
+        return;
+    pthread_mutex_lock(&j->mu);
+    if (j->stream)
+        sse_end(j);
+    j->done = true;
+    pthread_mutex_unlock(&j->mu);
+    rk_hist_observe(&e->srv->metrics.request_time, (double)(rk_now_us() - j->t_submit_us) / 1e6);
+    touch(e, j);
+    rk_job_release(j); // the engine's reference
+}
+
+/* Emit text (and the token's logprobs) for a sequence. */
+static void emit(struct rk_engine *e, struct seq *s, const char *text, size_t len,
+                 const struct rk_tok_lp *rec)
+{
+    struct rk_job *j = s->job;
+    struct rk_choice *ch = &j->choices[s->idx];
+    rk_buf_put(&ch->text, text, len);
+    if (j->stream && (len || rec)) {
+        pthread_mutex_lock(&j->mu);
+        sse_piece(e, j, s, text, len, rec);
+        pthread_mutex_unlock(&j->mu);
+        touch(e, j);
+    }
+    s->text_off += len;
+}
+
+static void seq_release(struct rk_engine *e, struct seq *s)
+{
+    rk_sampler_free(s->smp);
+    rk_stopper_free(s->stop);
+    s->smp = NULL;
+    s->stop = NULL;
+    s->phase = SEQ_FREE;
+    s->job = NULL;
+    atomic_fetch_sub(&e->n_active, 1);
+}
+
+static void seq_finish(struct rk_engine *e, struct seq *s, enum rk_finish f)
+{
+    struct rk_job *j = s->job;
+    if (f == RK_FINISH_STOP || f == RK_FINISH_LENGTH) {
+        // Whatever the UTF-8 decoder and the stop matcher still hold is text.
+        const char *t;
+        size_t tl;
+        int n = rk_utf8_stream_flush(&s->u8, e->piece, sizeof e->piece);
+        bool hit = false;
+        if (n > 0)
+            hit = rk_stopper_feed(s->stop, e->piece, (size_t)n, &t, &tl), emit(e, s, t, tl, NULL);
+        if (!hit) {
+            rk_stopper_finish(s->stop, &t, &tl);
+            emit(e, s, t, tl, NULL);
+        }
+    } else {
+        atomic_fetch_add(&e->srv->metrics.seqs_canceled, 1);
+    }
+    j->choices[s->idx].finish = f;
+    if (f == RK_FINISH_TIMEOUT && j->err == RK_OK) {
+        j->err = RK_ERANGE;
+        snprintf(j->errmsg, sizeof j->errmsg, "request deadline of %d s exceeded",
+                 e->srv->cfg.request_timeout_s);
+    } else if (f == RK_FINISH_CANCEL && j->err == RK_OK) {
+        j->err = RK_ECANCELED;
+        snprintf(j->errmsg, sizeof j->errmsg, "generation was cancelled (client gone or server "
+                 "shutting down)");
+    }
+    if (j->stream) {
+        pthread_mutex_lock(&j->mu);
+        sse_finish(j, s->idx, f);
+        pthread_mutex_unlock(&j->mu);
+        touch(e, j);
+    }
+    j->n_finished++;
+    seq_release(e, s);
+    finish_job_if_done(e, j);
+}
+
+/* Sample the next token of `s` from `logits` [V] (modified in place). */
+static void seq_sample(struct rk_engine *e, struct seq *s, float *logits)
+{
+    struct rk_job *j = s->job;
+    struct rk_choice *ch = &j->choices[s->idx];
+    int top = j->top_logprobs;
+    if (top >= 0)
+        memcpy(e->raw, logits, (size_t)e->V * sizeof(float));
+    uint32_t tok = 0;
+    if (rk_sampler_sample(s->smp, logits, &tok) != RK_OK) {
+        seq_finish(e, s, RK_FINISH_STOP);
+        return;
+    }
+    int64_t now = rk_now_us();
+    struct rk_metrics *m = &e->srv->metrics;
+    if (!j->t_first_us) {
+        j->t_first_us = now;
+        rk_hist_observe(&m->ttft, (double)(now - j->t_submit_us) / 1e6);
+    } else if (s->t_last_us) {
+        rk_hist_observe(&m->token_latency, (double)(now - s->t_last_us) / 1e6);
+    }
+    s->t_last_us = now;
+    atomic_fetch_add_explicit(&m->tokens_out, 1, memory_order_relaxed);
+
+    struct rk_tok_lp *rec = NULL;
+    if (top >= 0) {
+        rec = ch->lps + (size_t)ch->n_tokens * (size_t)(1 + top);
+        rec[0].token = tok;
+        rec[0].lp = rk_logprob(e->raw, (size_t)e->V, tok);
+        if (top > 0) {
+            rk_logprobs_top(e->raw, (size_t)e->V, (size_t)top, e->top_ids, e->top_lps);
+            for (int k = 0; k < top; k++)
+                rec[1 + k] = (struct rk_tok_lp){e->top_ids[k], e->top_lps[k]};
+        }
+    }
+    ch->n_tokens++;
+    // End of text: id 0 of the World vocabulary (the byte vocabulary has none).
+    if (!e->bytes_tok && tok == 0) {
+        if (rec)
+            emit(e, s, "", 0, rec);
+        seq_finish(e, s, RK_FINISH_STOP);
+        return;
+    }
+    int n = rk_tok_decode_stream(e->srv->tok, &s->u8, tok, e->piece, sizeof e->piece);
+    const char *t = "";
+    size_t tl = 0;
+    bool hit = false;
+    if (n > 0)
+        hit = rk_stopper_feed(s->stop, e->piece, (size_t)n, &t, &tl);
+    emit(e, s, t, tl, rec);
+    if (hit) {
+        j->choices[s->idx].finish = RK_FINISH_STOP;
+        if (j->stream) {
+            pthread_mutex_lock(&j->mu);
+            sse_finish(j, s->idx, RK_FINISH_STOP);
+            pthread_mutex_unlock(&j->mu);
+        }
+        j->n_finished++;
+        seq_release(e, s);
+        finish_job_if_done(e, j);
+        return;
+    }
+    if (ch->n_tokens >= j->max_tokens) {
+        seq_finish(e, s, RK_FINISH_LENGTH);
+        return;
+    }
+    s->pending = tok;
+    s->phase = SEQ_DECODE;
+}
+
+/* A job that never got a slot: finish it without sequences. */
+static void job_fail_unstarted(struct rk_engine *e, struct rk_job *j, enum rk_finish f)
+{
+    j->err = f == RK_FINISH_TIMEOUT ? RK_ERANGE : RK_ECANCELED;
+    snprintf(j->errmsg, sizeof j->errmsg, "%s",
+             f == RK_FINISH_TIMEOUT ? "request deadline exceeded while queued"
+                                    : "request cancelled before it started");
+    for (int i = 0; i < j->n; i++)
+        j->choices[i].finish = f;
+    j->n_finished = j->n;
+    finish_job_if_done(e, j);
+}
+
+static int admit(struct rk_engine *e, struct rk_job *j)
+{
+    struct rk_metrics *m = &e->srv->metrics;
+    int leader = -1;
+    for (int i = 0; i < j->n; i++) {
+        struct seq *s = NULL;
+        for (int k = 0; k < e->n_seqs; k++)
+            if (e->seqs[k].phase == SEQ_FREE) {
+                s = &e->seqs[k];
+                break;
+            }
+        if (!s)
+            return RK_EINTERNAL; // admission checked the free count
+        struct rk_sampler_params sp = j->sp;
+        sp.seed = j->sp.seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
+        if (rk_sampler_create(&sp, (size_t)e->V, &s->smp) != RK_OK ||
+            rk_stopper_create((const char *const *)j->stops, j->n_stops, &s->stop) != RK_OK) {
+            rk_sampler_free(s->smp);
+            s->smp = NULL;
+            return RK_ENOMEM;
+        }
+        s->job = j;
+        s->idx = i;
+        s->order = e->order_seq++;
+        s->pos = 0;
+        s->t_last_us = 0;
+        s->text_off = 0;
+        rk_utf8_stream_init(&s->u8);
+        atomic_fetch_add(&e->n_active, 1);
+        atomic_fetch_add(&m->seqs_started, 1);
+        if (i == 0) {
+            // The adapter swap: one copy of the tuned initial state.
+            int64_t t0 = rk_now_us();
+            if (j->state)
+                memcpy(s->state, rk_state_ref_data(j->state), e->state_len * sizeof(float));
+            else
+                memset(s->state, 0, e->state_len * sizeof(float));
+            atomic_fetch_add(&m->copy_us_sum, (uint64_t)(rk_now_us() - t0));
+            atomic_fetch_add(&m->copy_count, 1);
+            s->phase = SEQ_PREFILL;
+            leader = (int)(s - e->seqs);
+        } else {
+            s->phase = SEQ_WAIT;
+        }
+        (void)leader;
+    }
+    return RK_OK;
+}
+
+/* Prefill of the leader finished: its logits are in s->logits. */
+static void prefill_done(struct rk_engine *e, struct seq *lead)
+{
+    struct rk_job *j = lead->job;
+    atomic_fetch_add(&e->srv->metrics.tokens_in, j->n_prompt);
+    for (int k = 0; k < e->n_seqs; k++) {
+        struct seq *s = &e->seqs[k];
+        if (s->phase == SEQ_WAIT && s->job == j) {
+            memcpy(s->state, lead->state, e->state_len * sizeof(float));
+            memcpy(s->logits, lead->logits, (size_t)e->V * sizeof(float));
+            seq_sample(e, s, s->logits);
+        }
+    }
+    seq_sample(e, lead, lead->logits);
+}
+
+static void step(struct rk_engine *e)
+{
+    int64_t t0 = rk_now_us();
+    const struct rk_srv_config *cfg = &e->srv->cfg;
+
+    // 1. cancellations and deadlines of running sequences
+    for (int k = 0; k < e->n_seqs; k++) {
+        struct seq *s = &e->seqs[k];
+        if (s->phase == SEQ_FREE)
+            continue;
+        if (atomic_load_explicit(&s->job->cancel, memory_order_relaxed))
+            seq_finish(e, s, RK_FINISH_CANCEL);
+        else if (t0 > s->job->deadline_us)
+            seq_finish(e, s, RK_FINISH_TIMEOUT);
+    }
+
+    // 2. prefill, FIFO by admission, bounded per step
+    long budget = cfg->prefill_chunk;
+    while (budget > 0) {
+        struct seq *s = NULL;
+        for (int k = 0; k < e->n_seqs; k++)
+            if (e->seqs[k].phase == SEQ_PREFILL && (!s || e->seqs[k].order < s->order))
+                s = &e->seqs[k];
+        if (!s)
+            break;
+        struct rk_job *j = s->job;
+        size_t take = j->n_prompt - s->pos;
+        if (take > (size_t)budget)
+            take = (size_t)budget;
+        bool last = s->pos + take == j->n_prompt;
+        int rc = rk_forward_seq(e->ctx, j->prompt + s->pos, take, s->state,
+                                last ? s->logits : NULL, false);
+        budget -= (long)take;
+        s->pos += take;
+        if (rc != RK_OK) {
+            rk_log(RK_LOG_ERROR, "engine: prefill failed: %s", rk_strerror(rc));
+            j->err = rc;
+            snprintf(j->errmsg, sizeof j->errmsg, "prefill failed: %s", rk_strerror(rc));
+            for (int k = 0; k < e->n_seqs; k++)
+                if (e->seqs[k].phase != SEQ_FREE && e->seqs[k].job == j)
+                    seq_finish(e, &e->seqs[k], RK_FINISH_CANCEL);
+            continue;
+        }
+        if (last)
+            prefill_done(e, s);
+    }
+
+    // 3. one batched decode step over every sequence with a pending token
+    int B = 0;
+    for (int k = 0; k < e->n_seqs; k++)
+        if (e->seqs[k].phase == SEQ_DECODE) {
+            e->btok[B] = e->seqs[k].pending;
+            e->bstate[B] = e->seqs[k].state;
+            e->bidx[B] = k;
+            B++;
+        }
+    if (B) {
+        int rc = rk_forward_batch(e->ctx, (size_t)B, e->btok, e->bstate, e->blogits);
+        for (int b = 0; b < B; b++) {
+            struct seq *s = &e->seqs[e->bidx[b]];
+            if (rc != RK_OK) {
+                if (s->phase != SEQ_FREE) {
+                    s->job->err = rc;
+                    snprintf(s->job->errmsg, sizeof s->job->errmsg, "decode failed: %s",
+                             rk_strerror(rc));
+                    seq_finish(e, s, RK_FINISH_CANCEL);
+                }
+                continue;
+            }
+            if (s->phase == SEQ_DECODE)
+                seq_sample(e, s, e->blogits + (size_t)b * (size_t)e->V);
+        }
+        if (rc != RK_OK)
+            rk_log(RK_LOG_ERROR, "engine: batched decode failed: %s", rk_strerror(rc));
+    }
+    atomic_fetch_add(&e->srv->metrics.steps, 1);
+    rk_hist_observe(&e->srv->metrics.step_time, (double)(rk_now_us() - t0) / 1e6);
+    flush_wakes(e);
+}
+
+static int n_free(struct rk_engine *e)
+{
+    int n = 0;
+    for (int k = 0; k < e->n_seqs; k++)
+        n += e->seqs[k].phase == SEQ_FREE;
+    return n;
+}
+
+static void *engine_main(void *arg)
+{
+    struct rk_engine *e = arg;
+    for (;;) {
+        atomic_store(&e->heartbeat_us, rk_now_us());
+        // Take admissible jobs and expired/cancelled ones off the queue.
+        struct rk_job *admitted = NULL, **atail = &admitted, *dropped = NULL;
+        int64_t now = rk_now_us();
+        pthread_mutex_lock(&e->mu);
+        bool stop = e->stop, cancel_all = e->cancel_all;
+        int free_slots = n_free(e);
+        for (struct rk_job **pp = &e->q_head; *pp;) {
+            struct rk_job *j = *pp;
+            bool drop = stop || cancel_all || atomic_load(&j->cancel) || now > j->deadline_us;
+            bool take = !drop && j == e->q_head && j->n <= free_slots;
+            if (drop || take) {
+                *pp = j->q_next;
+                if (e->q_tail == j) {
+                    e->q_tail = NULL;
+                    for (struct rk_job *x = e->q_head; x; x = x->q_next)
+                        e->q_tail = x;
+                }
+                e->q_len--;
+                j->q_next = NULL;
+                if (drop) {
+                    j->q_next = dropped;
+                    dropped = j;
+                } else {
+                    free_slots -= j->n;
+                    *atail = j;
+                    atail = &j->q_next;
+                }
+                continue;
+            }
+            pp = &j->q_next;
+        }
+        atomic_store(&e->n_queued, e->q_len);
+        if (!admitted && !dropped && atomic_load(&e->n_active) == 0 && !stop && !cancel_all) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 200 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+            pthread_mutex_unlock(&e->mu);
+            continue;
+        }
+        e->cancel_all = false;
+        pthread_mutex_unlock(&e->mu);
+
+        while (dropped) {
+            struct rk_job *j = dropped;
+            dropped = j->q_next;
+            bool expired = !stop && !cancel_all && !atomic_load(&j->cancel);
+            job_fail_unstarted(e, j, expired ? RK_FINISH_TIMEOUT : RK_FINISH_CANCEL);
+        }
+        while (admitted) {
+            struct rk_job *j = admitted;
+            admitted = j->q_next;
+            j->q_next = NULL;
+            int rc = admit(e, j);
+            if (rc != RK_OK) {
+                j->err = rc;
+                snprintf(j->errmsg, sizeof j->errmsg, "admission failed: %s", rk_strerror(rc));
+                for (int k = 0; k < e->n_seqs; k++)
+                    if (e->seqs[k].phase != SEQ_FREE && e->seqs[k].job == j)
+                        seq_finish(e, &e->seqs[k], RK_FINISH_CANCEL);
+                if (j->n_finished < j->n) {
+                    j->n_finished = j->n;
+                    finish_job_if_done(e, j);
+                }
+            }
+        }
+        if (stop || cancel_all)
+            for (int k = 0; k < e->n_seqs; k++)
+                if (e->seqs[k].phase != SEQ_FREE)
+                    seq_finish(e, &e->seqs[k], RK_FINISH_CANCEL);
+        if (atomic_load(&e->n_active) > 0)
+            step(e);
+        flush_wakes(e);
+        if (stop)
+            break;
+    }
+    atomic_store(&e->alive, false);
+    return NULL;
+}
+
+/* --- start / stop -------------------------------------------------------- */
+
+static void engine_free(struct rk_engine *e)
+{
+    if (e->seqs)
+        for (int k = 0; k < e->n_seqs; k++) {
+            free(e->seqs[k].state);
+            free(e->seqs[k].logits);
+        }
+    free(e->seqs);
+    free(e->btok);
+    free(e->bstate);
+    free(e->bidx);
+    free(e->blogits);
+    free(e->raw);
+    free(e->top_ids);
+    free(e->top_lps);
+    free(e->touched);
+    rk_ctx_free(e->ctx);
+    pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->wmu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
+int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
+                    struct rk_engine **out, struct rk_errbuf *eb)
+{
+    *out = NULL;
+    struct rk_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return rk_errbuf_set(eb, RK_ENOMEM, "engine: out of memory");
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->wmu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_cond_init(&e->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    e->srv = srv;
+    e->wake = wake;
+    e->wake_user = user;
+    e->state_len = rk_state_len(srv->model);
+    e->V = rk_model_n_vocab(srv->model);
+    e->bytes_tok = rk_tok_is_bytes(srv->tok);
+    e->n_seqs = srv->cfg.seqs_max;
+    size_t V = (size_t)e->V, S = (size_t)e->n_seqs;
+    struct rk_ctx_params cp = {.n_threads = srv->cfg.threads,
+                               .rows_max = srv->cfg.prefill_chunk > e->n_seqs
+                                               ? (srv->cfg.prefill_chunk > 512 ? 512 : srv->cfg.prefill_chunk)
+                                               : (e->n_seqs > 512 ? 512 : e->n_seqs)};
+    int rc = rk_ctx_create(srv->model, &cp, &e->ctx);
+    if (rc != RK_OK) {
+        engine_free(e);
+        return rk_errbuf_set(eb, rc, "engine: cannot create a compute context: %s",
+                             rk_strerror(rc));
+    }
+    e->seqs = calloc(S, sizeof *e->seqs);
+    e->btok = calloc(S, sizeof *e->btok);
+    e->bstate = calloc(S, sizeof *e->bstate);
+    e->bidx = calloc(S, sizeof *e->bidx);
+    e->blogits = malloc(S * V * sizeof(float));
+    e->raw = malloc(V * sizeof(float));
+    e->top_ids = calloc((size_t)srv->cfg.logprobs_max + 1, sizeof *e->top_ids);
+    e->top_lps = calloc((size_t)srv->cfg.logprobs_max + 1, sizeof *e->top_lps);
+    e->touched = calloc(S * 2, sizeof *e->touched);
+    bool ok = e->seqs && e->btok && e->bstate && e->bidx && e->blogits && e->raw && e->top_ids &&
+              e->top_lps && e->touched;
+    for (size_t k = 0; ok && k < S; k++) {
+        e->seqs[k].state = malloc(e->state_len * sizeof(float));
+        e->seqs[k].logits = malloc(V * sizeof(float));
+        ok = e->seqs[k].state && e->seqs[k].logits;
+    }
+    if (!ok) {
+        engine_free(e);
+        return rk_errbuf_set(eb, RK_ENOMEM, "engine: out of memory for %zu sequences", S);
+    }
+    atomic_store(&e->heartbeat_us, rk_now_us());
+    atomic_store(&e->alive, true);
+    if (pthread_create(&e->th, NULL, engine_main, e) != 0) {
+        engine_free(e);
+        return rk_errbuf_set(eb, RK_EINTERNAL, "engine: cannot start the thread");
+    }
+    e->started = true;
+    *out = e;
+    return RK_OK;
+}
+
+void rk_engine_join(struct rk_engine *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->stop = true;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    if (e->started)
+        pthread_join(e->th, NULL);
+    e->started = false;
+}
+
+void rk_engine_stop(struct rk_engine *e)
+{
+    if (!e)
+        return;
+    rk_engine_join(e);
+    // Jobs nobody drained from the wake list.
+    while (e->w_head) {
+        struct rk_job *j = e->w_head;
+        e->w_head = j->wake_next;
+        rk_job_release(j);
+    }
+    engine_free(e);
+}

@@ -1,0 +1,852 @@
+/*
+ * http.c - the loop thread: libuv drives libmicrohttpd in external-epoll
+ * mode, plus the per-request glue (body limits, hostile-request checks,
+ * auth, routing, responses, SSE streaming, suspend/resume, drain).
+ *
+ * DESIGN. MHD runs with MHD_USE_EPOLL and no thread of its own: its epoll fd
+ * is watched by a uv_poll and its timeout by a uv_timer, and every MHD call
+ * happens on this thread. A request that waits for the engine is suspended
+ * (MHD_suspend_connection) and resumed from the uv_async callback that
+ * drains the engine's wake list; after any resume we call MHD_run so MHD
+ * picks the connection up again. While suspended MHD does not notice a
+ * client going away, so a uv_poll on the connection's socket watches for
+ * EOF and cancels the job (the engine stops it within one step).
+ *
+ * Streaming responses read from job->out under job->mu; when it is empty
+ * the content reader suspends the connection and returns 0, and the next
+ * wake resumes it.
+ *
+ * Shutdown (SIGTERM/SIGINT): stop accepting (MHD_quiesce_daemon), answer new
+ * requests on open connections with 503, wait for in-flight generations up
+ * to --drain-timeout, then cancel the rest; finally join the engine, resume
+ * every connection so it is answered or closed, stop MHD, close handles.
+ */
+#include "srv.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+struct loopctx {
+    uv_loop_t loop;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer;
+    uv_async_t wake;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain_timer;
+    int64_t drain_deadline_us;
+    bool drain_cancelled;
+    bool stopping;
+    struct rk_srv *srv;
+};
+
+struct rk_disconnect_watch {
+    uv_poll_t poll;
+    struct rk_http_req *r; /* NULL once the request is gone */
+    int fd;
+    bool active;
+};
+
+static void mhd_kick(struct loopctx *lc);
+
+/* --- responses ----------------------------------------------------------- */
+
+static void set_resp(struct rk_http_req *r, int status, struct MHD_Response *resp)
+{
+    if (r->resp)
+        MHD_destroy_response(r->resp);
+    r->resp = resp;
+    r->status = status;
+}
+
+void rk_http_bytes(struct rk_http_req *r, int status, const char *ctype, const void *buf,
+                   size_t len)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)buf, MHD_RESPMEM_MUST_COPY);
+    if (!resp)
+        return;
+    MHD_add_response_header(resp, "Content-Type", ctype);
+    set_resp(r, status, resp);
+}
+
+void rk_http_json(struct rk_http_req *r, int status, json_t *body)
+{
+    char *s = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(body);
+    if (!s) {
+        rk_http_bytes(r, 500, "application/json",
+                      "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                      "\"param\":null,\"code\":\"enomem\"}}", 86);
+        return;
+    }
+    size_t n = strlen(s);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, s, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(s);
+        return;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    set_resp(r, status, resp);
+}
+
+static const char *error_type(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 429: return "rate_limit_error";
+    case 504: return "timeout";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+void rk_http_error(struct rk_http_req *r, int status, const char *code, const char *param,
+                   const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *e = json_pack("{s:{s:s,s:s,s:s?,s:s?}}", "error", "message", msg, "type",
+                          error_type(status), "param", param, "code", code);
+    rk_http_json(r, status, e);
+    if (r->resp) {
+        if (status == 429 || status == 503)
+            MHD_add_response_header(r->resp, "Retry-After", "1");
+        if (status == 401)
+            MHD_add_response_header(r->resp, "WWW-Authenticate", "Bearer");
+    }
+}
+
+/* The one table from rk error codes to HTTP. */
+int rk_http_status_of(int rc)
+{
+    switch (rc) {
+    case RK_OK: return 200;
+    case RK_EINVAL: case RK_ERANGE: return 400;
+    case RK_ENOTFOUND: return 404;
+    case RK_EEXIST: return 409;
+    case RK_EMISMATCH: case RK_EFORMAT: case RK_ENUMERIC: return 422;
+    case RK_EBUSY: return 429;
+    case RK_ENOMEM: case RK_ECANCELED: return 503;
+    default: return 500;
+    }
+}
+
+void rk_http_error_rk(struct rk_http_req *r, int rc, const char *param, const char *msg)
+{
+    rk_http_error(r, rk_http_status_of(rc), rk_errname(rc), param, "%s",
+                  msg && *msg ? msg : rk_strerror(rc));
+}
+
+const char *rk_http_header(struct rk_http_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+json_t *rk_http_body_json(struct rk_http_req *r)
+{
+    json_error_t je;
+    if (!r->body.len) {
+        rk_http_error(r, 400, "invalid_json", NULL, "request body must be a JSON object");
+        return NULL;
+    }
+    json_t *j = json_loadb(r->body.p, r->body.len, JSON_REJECT_DUPLICATES, &je);
+    if (!j) {
+        rk_http_error(r, 400, "invalid_json", NULL, "invalid JSON: %s (line %d, column %d)",
+                      je.text, je.line, je.column);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        rk_http_error(r, 400, "invalid_json", NULL, "request body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+/* --- disconnect watch ---------------------------------------------------- */
+
+static void watch_closed(uv_handle_t *h) { free(h->data); }
+
+static void watch_stop(struct rk_http_req *r)
+{
+    if (r->watch && r->watch->active) {
+        uv_poll_stop(&r->watch->poll);
+        r->watch->active = false;
+    }
+}
+
+static void resume(struct rk_http_req *r)
+{
+    if (!r->suspended)
+        return;
+    watch_stop(r);
+    r->suspended = false;
+    MHD_resume_connection(r->conn);
+}
+
+static void on_watch(uv_poll_t *h, int status, int events)
+{
+    struct rk_disconnect_watch *w = h->data;
+    struct rk_http_req *r = w->r;
+    if (!r)
+        return;
+    char c;
+    ssize_t n = recv(w->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 && status == 0 && !(events & UV_DISCONNECT)) {
+        // Pipelined bytes, not a disconnect: stop watching (MHD reads them later).
+        watch_stop(r);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !(events & UV_DISCONNECT))
+        return;
+    // The client is gone: stop its generation and let MHD close the connection.
+    if (r->job)
+        atomic_store(&r->job->cancel, true);
+    resume(r);
+    mhd_kick(r->srv->loop_priv);
+}
+
+static void watch_start(struct rk_http_req *r)
+{
+    struct loopctx *lc = r->srv->loop_priv;
+    if (!r->watch) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci)
+            return;
+        struct rk_disconnect_watch *w = calloc(1, sizeof *w);
+        if (!w)
+            return;
+        w->fd = ci->connect_fd;
+        w->r = r;
+        if (uv_poll_init_socket(&lc->loop, &w->poll, w->fd) != 0) {
+            free(w);
+            return;
+        }
+        w->poll.data = w;
+        r->watch = w;
+    }
+    if (!r->watch->active && uv_poll_start(&r->watch->poll, UV_READABLE | UV_DISCONNECT,
+                                           on_watch) == 0)
+        r->watch->active = true;
+}
+
+static void suspend(struct rk_http_req *r)
+{
+    if (r->suspended)
+        return;
+    MHD_suspend_connection(r->conn);
+    r->suspended = true;
+    watch_start(r);
+}
+
+/* --- streaming ----------------------------------------------------------- */
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct rk_job *j = cls;
+    (void)pos;
+    pthread_mutex_lock(&j->mu);
+    size_t avail = j->out.len - j->out_pos;
+    if (avail) {
+        size_t n = avail < max ? avail : max;
+        memcpy(buf, j->out.p + j->out_pos, n);
+        j->out_pos += n;
+        if (j->out_pos == j->out.len)
+            j->out_pos = j->out.len = 0;
+        pthread_mutex_unlock(&j->mu);
+        return (ssize_t)n;
+    }
+    bool done = j->done;
+    pthread_mutex_unlock(&j->mu);
+    if (done)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    if (!j->req)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    suspend(j->req); // the engine's next wake resumes us
+    return 0;
+}
+
+static void sse_free(void *cls) { rk_job_release(cls); }
+
+void rk_http_stream(struct rk_http_req *r, struct rk_job *job)
+{
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read,
+                                                                  rk_job_retain(job), sse_free);
+    if (!resp) {
+        rk_job_release(job);
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    r->job = rk_job_retain(job);
+    job->req = r;
+    job->conn = r->conn;
+    r->srv->n_jobs_inflight++;
+    if (MHD_queue_response(r->conn, 200, resp) != MHD_YES)
+        atomic_store(&job->cancel, true);
+    MHD_destroy_response(resp);
+    r->status = 200;
+    r->stream_queued = true;
+}
+
+void rk_http_wait_job(struct rk_http_req *r, struct rk_job *job,
+                      void (*done_fn)(struct rk_http_req *r, struct rk_job *job))
+{
+    r->job = rk_job_retain(job);
+    r->done_fn = done_fn;
+    job->req = r;
+    job->conn = r->conn;
+    r->srv->n_jobs_inflight++;
+    suspend(r);
+}
+
+/* --- request lifecycle --------------------------------------------------- */
+
+struct hdr_scan {
+    int n_cl, n_te;
+    bool bad;
+};
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    struct hdr_scan *h = cls;
+    (void)kind;
+    if (!strcasecmp(key, "Content-Length"))
+        h->n_cl++;
+    else if (!strcasecmp(key, "Transfer-Encoding"))
+        h->n_te++;
+    for (const char *p = value ? value : ""; *p; p++)
+        if ((unsigned char)*p < 0x20 && *p != '\t')
+            h->bad = true;
+    return MHD_YES;
+}
+
+static void req_free(struct rk_http_req *r)
+{
+    struct rk_srv *srv = r->srv;
+    if (r->watch) {
+        watch_stop(r);
+        r->watch->r = NULL;
+        uv_close((uv_handle_t *)&r->watch->poll, watch_closed);
+    }
+    if (r->job) {
+        if (!r->job->done)
+            atomic_store(&r->job->cancel, true); // client gone: stop within one step
+        r->job->req = NULL;
+        r->job->conn = NULL;
+        rk_job_release(r->job);
+        srv->n_jobs_inflight--;
+    }
+    if (r->resp)
+        MHD_destroy_response(r->resp);
+    if (r->user_free)
+        r->user_free(r->user);
+    if (r->all_prev)
+        r->all_prev->all_next = r->all_next;
+    else
+        srv->reqs = r->all_next;
+    if (r->all_next)
+        r->all_next->all_prev = r->all_prev;
+    rk_buf_free(&r->body);
+    free(r->path);
+    free(r);
+}
+
+static struct rk_http_req *req_new(struct rk_srv *srv, struct MHD_Connection *conn);
+
+static enum MHD_Result queue_prepared(struct rk_http_req *r)
+{
+    struct MHD_Response *resp = r->resp;
+    r->resp = NULL;
+    if (!resp)
+        return MHD_NO;
+    if (r->srv->draining)
+        MHD_add_response_header(resp, "Connection", "close");
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+/* Checks made once the headers are in; prepares an error response or
+ * decides the body limit. */
+static void first_call(struct rk_http_req *r, const char *version)
+{
+    struct rk_srv *srv = r->srv;
+    if (strcmp(version, "HTTP/1.1") && strcmp(version, "HTTP/1.0")) {
+        rk_http_error(r, 400, "bad_request", NULL, "unsupported HTTP version");
+        return;
+    }
+    // The version follows the target after one space in MHD's buffer; a
+    // shorter target string means a NUL byte inside it.
+    if (r->raw_uri && version > r->raw_uri && version - r->raw_uri < 65536 &&
+        (size_t)(version - r->raw_uri - 1) != r->raw_uri_len) {
+        rk_http_error(r, 400, "bad_request", NULL, "NUL byte in the request target");
+        return;
+    }
+    struct hdr_scan hs = {0};
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, scan_header, &hs);
+    if (hs.n_cl > 1 || (hs.n_cl && hs.n_te) || hs.n_te > 1 || hs.bad) {
+        rk_http_error(r, 400, "bad_request", NULL, "ambiguous request framing (repeated "
+                      "Content-Length, or Content-Length with Transfer-Encoding)");
+        return;
+    }
+    for (const char *p = r->path; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            rk_http_error(r, 400, "bad_request", NULL, "control character in the path");
+            return;
+        }
+    if (srv->draining) {
+        rk_http_error(r, 503, "shutting_down", NULL, "server is shutting down");
+        return;
+    }
+    int status;
+    char allow[64];
+    r->route = rk_routes_match(srv, r, &status, allow, sizeof allow);
+    if (!r->route) {
+        if (status == 405) {
+            rk_http_error(r, 405, "method_not_allowed", NULL, "method %s is not allowed on %s",
+                          r->method, r->path);
+            if (r->resp)
+                MHD_add_response_header(r->resp, "Allow", allow);
+        } else {
+            rk_http_error(r, 404, "not_found", NULL, "no route for %s %s", r->method, r->path);
+        }
+        return;
+    }
+    // Authentication: every route unless explicitly public.
+    if (srv->auth) {
+        bool pub = (r->route->flags & RK_ROUTE_PUBLIC) && srv->cfg.health_public;
+        const char *h = rk_http_header(r, "Authorization");
+        const char *key = NULL;
+        if (h && !strncasecmp(h, "Bearer ", 7))
+            key = h + 7;
+        else
+            key = rk_http_header(r, "X-Api-Key");
+        if (!key || !rk_auth_check(srv->auth, key, strlen(key), r->tenant, sizeof r->tenant)) {
+            if (!pub) {
+                rk_http_error(r, 401, "invalid_api_key", NULL,
+                              "missing or invalid API key (use Authorization: Bearer KEY)");
+                return;
+            }
+            snprintf(r->tenant, sizeof r->tenant, "public");
+        }
+    } else {
+        snprintf(r->tenant, sizeof r->tenant, "default");
+    }
+    r->body_max = (r->route->flags & RK_ROUTE_BIG_BODY) ? srv->cfg.state_bytes_max
+                                                        : srv->cfg.body_bytes_max;
+    const char *cl = rk_http_header(r, "Content-Length");
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(cl, &end, 10);
+        if (errno || *end || end == cl || *cl == '-') {
+            rk_http_error(r, 400, "bad_request", NULL, "invalid Content-Length");
+            return;
+        }
+        if (v > r->body_max) {
+            rk_http_error(r, 413, "request_too_large", NULL,
+                          "request body of %llu bytes exceeds the limit of %zu bytes", v,
+                          r->body_max);
+            return;
+        }
+    }
+}
+
+static struct rk_http_req *req_new(struct rk_srv *srv, struct MHD_Connection *conn)
+{
+    struct rk_http_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->srv = srv;
+    r->conn = conn;
+    r->t_start_us = rk_now_us();
+    r->all_next = srv->reqs;
+    if (srv->reqs)
+        srv->reqs->all_prev = r;
+    srv->reqs = r;
+    return r;
+}
+
+/* Called by MHD with the raw request target, before any other callback of
+ * the request; its result becomes *req_cls. The raw pointer and length let
+ * first_call() notice a NUL byte inside the target (MHD would silently cut
+ * the path there). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    struct rk_http_req *r = req_new(cls, conn);
+    if (r) {
+        r->raw_uri = uri;
+        r->raw_uri_len = strlen(uri);
+    }
+    return r;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_data_size,
+                                 void **req_cls)
+{
+    struct rk_srv *srv = cls;
+    struct rk_http_req *r = *req_cls;
+    if (!r) {
+        if (!(r = req_new(srv, conn)))
+            return MHD_NO;
+        *req_cls = r;
+    }
+    if (!r->started) {
+        r->started = true;
+        snprintf(r->method, sizeof r->method, "%s", method);
+        r->path = strdup(url ? url : "/");
+        if (!r->path)
+            return MHD_NO;
+        first_call(r, version);
+        if (r->resp)
+            return queue_prepared(r);
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (r->body_too_large || r->body.len + n > r->body_max) {
+            // A chunked upload past the cap: discard a little (so the 413 can
+            // be sent), then drop the connection.
+            r->body_too_large = true;
+            r->body_discarded += n;
+            return r->body_discarded > ((size_t)1 << 20) ? MHD_NO : MHD_YES;
+        }
+        if (!rk_buf_reserve(&r->body, n))
+            return MHD_NO;
+        rk_buf_put(&r->body, upload_data, n);
+        return MHD_YES;
+    }
+    (void)upload_data;
+    if (r->resp)
+        return queue_prepared(r);
+    if (!r->dispatched) {
+        r->dispatched = true;
+        if (r->body_too_large) {
+            rk_http_error(r, 413, "request_too_large", NULL,
+                          "request body exceeds the limit of %zu bytes", r->body_max);
+            return queue_prepared(r);
+        }
+        r->route->fn(r);
+    } else if (r->job && r->done_fn) {
+        bool done;
+        pthread_mutex_lock(&r->job->mu);
+        done = r->job->done;
+        pthread_mutex_unlock(&r->job->mu);
+        if (done) {
+            void (*fn)(struct rk_http_req *, struct rk_job *) = r->done_fn;
+            r->done_fn = NULL;
+            fn(r, r->job);
+        } else if (atomic_load(&r->job->cancel)) {
+            return MHD_NO; // the client left; close
+        } else {
+            suspend(r); // woken early: wait on
+            return MHD_YES;
+        }
+    }
+    if (r->resp)
+        return queue_prepared(r);
+    if (r->stream_queued || r->suspended)
+        return MHD_YES;
+    // A handler that prepared nothing is a bug; answer rather than hang.
+    rk_http_error(r, 500, "einternal", NULL, "handler produced no response");
+    return queue_prepared(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct rk_srv *srv = cls;
+    struct rk_http_req *r = *req_cls;
+    (void)conn;
+    if (!r)
+        return;
+    *req_cls = NULL;
+    int status = r->status ? r->status : 499;
+    if (r->stream_queued && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        status = 499; // client went away mid-stream
+    rk_metrics_count_request(&srv->metrics, r->route ? (r->route->name ? r->route->name
+                                                                         : r->route->pattern)
+                                                     : "other",
+                             status);
+    req_free(r);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct rk_srv *srv = cls;
+    (void)conn;
+    (void)socket_ctx;
+    srv->n_conns += toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1;
+}
+
+/* Percent-decoding that refuses to produce NUL or control bytes: such
+ * escapes stay literal, so they can never match a route or an id. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    char *w = s;
+    for (char *p = s; *p; p++) {
+        if (p[0] == '%' && p[1] && p[2]) {
+            char hx[3] = {p[1], p[2], 0}, *end;
+            long v = strtol(hx, &end, 16);
+            if (!*end && v >= 0x20 && v != 0x7f) {
+                *w++ = (char)v;
+                p += 2;
+                continue;
+            }
+        }
+        *w++ = *p;
+    }
+    *w = 0;
+    return (size_t)(w - s);
+}
+
+/* --- loop ---------------------------------------------------------------- */
+
+static void on_mhd_timer(uv_timer_t *t) { mhd_kick(t->data); }
+
+static void mhd_kick(struct loopctx *lc)
+{
+    struct rk_srv *srv = lc->srv;
+    if (!srv->mhd)
+        return;
+    MHD_run(srv->mhd);
+    MHD_UNSIGNED_LONG_LONG to;
+    if (MHD_get_timeout(srv->mhd, &to) == MHD_YES)
+        uv_timer_start(&lc->mhd_timer, on_mhd_timer, to > 60000 ? 60000 : to, 0);
+    else
+        uv_timer_start(&lc->mhd_timer, on_mhd_timer, 1000, 0);
+}
+
+static void on_mhd_poll(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    mhd_kick(h->data);
+}
+
+static void wake_one(struct rk_job *j, void *u)
+{
+    (void)u;
+    if (j->req)
+        resume(j->req);
+    rk_job_release(j);
+}
+
+static void on_wake(uv_async_t *a)
+{
+    struct loopctx *lc = a->data;
+    rk_engine_drain_wakes(lc->srv->engine, wake_one, NULL);
+    mhd_kick(lc);
+}
+
+static void engine_wake(void *user) { uv_async_send(user); }
+
+static void on_drain_timer(uv_timer_t *t)
+{
+    struct loopctx *lc = t->data;
+    struct rk_srv *srv = lc->srv;
+    int64_t now = rk_now_us();
+    if (srv->n_jobs_inflight == 0 || now > lc->drain_deadline_us + 5000000) {
+        uv_stop(&lc->loop);
+        return;
+    }
+    if (now > lc->drain_deadline_us && !lc->drain_cancelled) {
+        fprintf(stderr, "rwkvd: drain deadline passed; cancelling %d request(s)\n",
+                srv->n_jobs_inflight);
+        lc->drain_cancelled = true;
+        rk_engine_cancel_all(srv->engine);
+    }
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct loopctx *lc = s->data;
+    struct rk_srv *srv = lc->srv;
+    if (srv->draining) {
+        // A second signal: stop waiting.
+        lc->drain_deadline_us = 0;
+        return;
+    }
+    fprintf(stderr, "rwkvd: %s received; draining %d in-flight request(s) (up to %d s)\n",
+            signum == SIGTERM ? "SIGTERM" : "SIGINT", srv->n_jobs_inflight,
+            srv->cfg.drain_timeout_s);
+    srv->draining = true;
+    MHD_socket fd = MHD_quiesce_daemon(srv->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    lc->drain_deadline_us = rk_now_us() + (int64_t)srv->cfg.drain_timeout_s * 1000000;
+    uv_timer_start(&lc->drain_timer, on_drain_timer, 0, 20);
+}
+
+static int parse_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len,
+                      bool *loopback)
+{
+    memset(ss, 0, sizeof *ss);
+    if (!strcmp(host, "localhost"))
+        host = "127.0.0.1";
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof *a4;
+        *loopback = (ntohl(a4->sin_addr.s_addr) >> 24) == 127;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *a6;
+        *loopback = IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr);
+        return 0;
+    }
+    return -1;
+}
+
+int rk_srv_run(struct rk_srv *srv)
+{
+    struct loopctx *lc = calloc(1, sizeof *lc);
+    if (!lc)
+        return 1;
+    lc->srv = srv;
+    srv->loop_priv = lc;
+    srv->loop = (struct uv_loop_s *)&lc->loop;
+    int rc = 1;
+
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    bool loopback;
+    if (parse_addr(srv->cfg.host, srv->cfg.port, &ss, &sl, &loopback) != 0) {
+        fprintf(stderr, "rwkvd serve: --host '%s' is not an IPv4/IPv6 address\n", srv->cfg.host);
+        free(lc);
+        return 1;
+    }
+    if (!loopback && !srv->auth) {
+        fprintf(stderr, "rwkvd serve: refusing to bind %s without --api-keys (only loopback "
+                "addresses may be served without keys)\n", srv->cfg.host);
+        free(lc);
+        return 1;
+    }
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    srv->mhd = MHD_start_daemon(
+        flags, (uint16_t)srv->cfg.port, NULL, NULL, on_access, srv, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)srv->cfg.conn_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)srv->cfg.conn_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024, MHD_OPTION_URI_LOG_CALLBACK,
+        on_uri, srv, MHD_OPTION_UNESCAPE_CALLBACK,
+        unescape, NULL, MHD_OPTION_END);
+    if (!srv->mhd) {
+        fprintf(stderr, "rwkvd serve: cannot listen on %s:%d\n", srv->cfg.host, srv->cfg.port);
+        free(lc);
+        return 1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = di ? di->port : srv->cfg.port;
+    di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di) {
+        fprintf(stderr, "rwkvd serve: libmicrohttpd has no epoll fd\n");
+        MHD_stop_daemon(srv->mhd);
+        srv->mhd = NULL;
+        free(lc);
+        return 1;
+    }
+
+    uv_loop_init(&lc->loop);
+    uv_poll_init(&lc->loop, &lc->mhd_poll, di->epoll_fd);
+    lc->mhd_poll.data = lc;
+    uv_poll_start(&lc->mhd_poll, UV_READABLE, on_mhd_poll);
+    uv_timer_init(&lc->loop, &lc->mhd_timer);
+    lc->mhd_timer.data = lc;
+    uv_timer_init(&lc->loop, &lc->drain_timer);
+    lc->drain_timer.data = lc;
+    uv_async_init(&lc->loop, &lc->wake, on_wake);
+    lc->wake.data = lc;
+    uv_signal_init(&lc->loop, &lc->sigterm);
+    uv_signal_init(&lc->loop, &lc->sigint);
+    lc->sigterm.data = lc->sigint.data = lc;
+    uv_signal_start(&lc->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&lc->sigint, on_signal, SIGINT);
+
+    struct rk_errbuf eb = {0};
+    if (rk_engine_start(srv, engine_wake, &lc->wake, &srv->engine, &eb) != RK_OK) {
+        fprintf(stderr, "rwkvd serve: %s\n", eb.msg);
+        goto shutdown;
+    }
+
+    char hostbuf[64];
+    if (ss.ss_family == AF_INET6)
+        snprintf(hostbuf, sizeof hostbuf, "[%s]", srv->cfg.host);
+    else
+        snprintf(hostbuf, sizeof hostbuf, "%s", srv->cfg.host);
+    printf("listening on http://%s:%d\n", hostbuf, srv->port);
+    fflush(stdout);
+    fprintf(stderr, "rwkvd: listening on http://%s:%d\n", hostbuf, srv->port);
+
+    mhd_kick(lc);
+    uv_run(&lc->loop, UV_RUN_DEFAULT);
+    rc = 0;
+
+shutdown:
+    // Stop the engine (every job ends), answer or close every connection.
+    if (srv->engine) {
+        rk_engine_join(srv->engine);
+        rk_engine_drain_wakes(srv->engine, wake_one, NULL);
+    }
+    for (struct rk_http_req *r = srv->reqs; r; r = r->all_next)
+        resume(r);
+    for (int i = 0; i < 20 && srv->mhd; i++) {
+        MHD_run(srv->mhd);
+        uv_run(&lc->loop, UV_RUN_NOWAIT);
+        bool any = false;
+        for (struct rk_http_req *r = srv->reqs; r; r = r->all_next)
+            any = true;
+        if (!any)
+            break;
+        usleep(10000);
+    }
+    for (struct rk_http_req *r = srv->reqs; r; r = r->all_next)
+        resume(r);
+    MHD_stop_daemon(srv->mhd);
+    srv->mhd = NULL;
+    uv_close((uv_handle_t *)&lc->mhd_poll, NULL);
+    uv_close((uv_handle_t *)&lc->mhd_timer, NULL);
+    uv_close((uv_handle_t *)&lc->drain_timer, NULL);
+    uv_close((uv_handle_t *)&lc->wake, NULL);
+    uv_close((uv_handle_t *)&lc->sigterm, NULL);
+    uv_close((uv_handle_t *)&lc->sigint, NULL);
+    uv_run(&lc->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&lc->loop);
+    rk_engine_stop(srv->engine);
+    srv->engine = NULL;
+    free(lc);
+    srv->loop_priv = NULL;
+    srv->loop = NULL;
+    return rc;
+}

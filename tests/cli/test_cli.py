@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""End-to-end checks of the rwkvd command line: the conformance commands print
+exactly one JSON array that matches the reference outputs, `convert` round-trips,
+every subcommand answers --help, and bad arguments fail with exit code 2.
+
+Usage: test_cli.py RWKVD SOURCE_ROOT. Exit 77 (skip) parts need ../shared."""
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+RWKVD, ROOT = sys.argv[1], sys.argv[2]
+SHARED = os.environ.get("RK_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
+DATA = os.path.join(ROOT, "tests", "data")
+failures = []
+
+
+def run(*args, ok=True):
+    p = subprocess.run([RWKVD, *args], capture_output=True, text=True, timeout=300)
+    if ok and p.returncode != 0:
+        failures.append(f"{args}: exit {p.returncode}: {p.stderr.strip()}")
+    return p
+
+
+def read_f32(path):
+    with open(path, "rb") as f:
+        b = f.read()
+    return list(struct.unpack(f"<{len(b) // 4}f", b))
+
+
+def check_close(got, want, atol, what):
+    if len(got) != len(want):
+        failures.append(f"{what}: length {len(got)} != {len(want)}")
+        return
+    worst = max(abs(a - b) for a, b in zip(got, want))
+    if worst > atol:
+        failures.append(f"{what}: max |diff| {worst:.3g} > {atol}")
+
+
+# --help everywhere, usage errors are exit 2
+for cmd in ["serve", "generate", "tune", "eval", "bench", "convert", "logits", "tokenize"]:
+    p = run(cmd, "--help")
+    if "usage" not in p.stdout.lower():
+        failures.append(f"{cmd} --help prints no usage")
+p = run("logits", "--model", os.path.join(DATA, "rand-mh.safetensors"), "--tokens", "1,x", ok=False)
+if p.returncode != 2:
+    failures.append(f"logits with a bad token list: exit {p.returncode}, want 2")
+p = run("nosuchcommand", ok=False)
+if p.returncode != 2:
+    failures.append("unknown command must exit 2")
+p = run("logits", "--model", "/nonexistent.safetensors", "--tokens", "1", ok=False)
+if p.returncode != 1 or "/nonexistent.safetensors" not in p.stderr:
+    failures.append("a missing model must exit 1 naming the file")
+
+# logits on the multi-head random fixture = NumPy reference (last row of logits-all)
+toks = open(os.path.join(DATA, "rand-mh.tokens.txt")).read().strip()
+p = run("logits", "--model", os.path.join(DATA, "rand-mh.safetensors"), "--tokens", toks)
+got = json.loads(p.stdout)
+allv = read_f32(os.path.join(DATA, "rand-mh.logits-all.f32"))
+V = len(got)
+check_close(got, allv[-V:], 2e-4, "rwkvd logits vs NumPy reference (rand-mh)")
+p = run("logits", "--reference", "--model", os.path.join(DATA, "rand-mh.safetensors"), "--tokens", toks)
+check_close(json.loads(p.stdout), allv[-V:], 2e-4, "rwkvd logits --reference (rand-mh)")
+
+# convert: f32 round trip is exact; bf16 stays close
+with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "conv.safetensors")
+    run("convert", "--model", os.path.join(DATA, "rand-mh.safetensors"), "--out", out, "--dtype", "f32")
+    p = run("logits", "--model", out, "--tokens", toks)
+    check_close(json.loads(p.stdout), got, 0.0, "logits after f32 convert round trip")
+    run("convert", "--model", os.path.join(DATA, "rand-mh.safetensors"), "--out", out, "--dtype", "bf16")
+    p = run("logits", "--model", out, "--tokens", toks)
+    check_close(json.loads(p.stdout), got, 0.5, "logits after bf16 convert")
+
+# the shared fixtures: the tiny model and the World tokenizer case
+tiny = os.path.join(SHARED, "fixtures", "models")
+if os.path.isdir(tiny):
+    want = read_f32(os.path.join(tiny, "tiny-rwkv7-834K.expected-logits.f32"))
+    for name in ["tiny-rwkv7-834K-FP32.bin", "tiny-rwkv7-834K-FP16.bin", "tiny-rwkv7-834K.safetensors"]:
+        p = run("logits", "--model", os.path.join(tiny, name), "--tokens", "34,105,110")
+        check_close(json.loads(p.stdout), want, 1e-4, f"rwkvd logits {name}")
+    vocab = os.path.join(SHARED, "fixtures", "tokenizer", "rwkv_vocab_v20230424.txt")
+    cases = json.load(open(os.path.join(SHARED, "fixtures", "tokenizer", "world_tokenizer_cases.json")))
+    for case in cases:
+        p = run("tokenize", "--vocab", vocab, "--text", case["text"])
+        if json.loads(p.stdout) != case["tokens"]:
+            failures.append(f"tokenize {case['text']!r}: {p.stdout.strip()} != {case['tokens']}")
+    p = run("generate", "--model", os.path.join(tiny, "tiny-rwkv7-834K.safetensors"),
+            "--prompt", "The", "--max-tokens", "8", "--temperature", "0")
+    p2 = run("generate", "--model", os.path.join(tiny, "tiny-rwkv7-834K.safetensors"),
+             "--prompt", "The", "--max-tokens", "8", "--temperature", "0")
+    if p.stdout != p2.stdout:
+        failures.append("greedy generate is not deterministic")
+    p3 = run("generate", "--model", os.path.join(tiny, "tiny-rwkv7-834K.safetensors"),
+             "--prompt", "The", "--max-tokens", "40", "--temperature", "0.9", "--seed", "5")
+    p4 = run("generate", "--model", os.path.join(tiny, "tiny-rwkv7-834K.safetensors"),
+             "--prompt", "The", "--max-tokens", "40", "--temperature", "0.9", "--seed", "5")
+    if p3.stdout != p4.stdout:
+        failures.append("seeded sampling is not deterministic")
+else:
+    print("../shared/fixtures absent: shared-fixture checks skipped")
+
+for f in failures:
+    print("FAIL:", f)
+print(f"{len(failures)} failure(s)")
+sys.exit(1 if failures else 0)
