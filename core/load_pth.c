@@ -21,6 +21,7 @@
 #define ZIP_MAX_ENTRIES (2 * RK_LOAD_MAX_TENSORS + 64)
 #define PKL_MAX_BYTES (64u << 20) /* size of data.pkl */
 #define PKL_MAX_LINE 256          /* GLOBAL module / name lines */
+#define PKL_MAX_CELLS (1u << 23)  /* objects + stack + tuple, dict and memo entries */
 
 static uint16_t rd16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
 static uint32_t rd32(const unsigned char *p)
@@ -257,6 +258,8 @@ static int perr(struct pvm *vm, const char *what)
 
 static int grow(struct pvm *vm, void **p, size_t *cap, size_t need, size_t esz)
 {
+    if (vm->n_obj + vm->sp + vm->n_kids + vm->n_items + vm->n_memo >= PKL_MAX_CELLS)
+        return perr(vm, "pickle holds too many objects");
     if (need <= *cap)
         return RK_OK;
     size_t c = *cap ? *cap : 64;

@@ -146,6 +146,12 @@ static int slot_of(const char *suffix)
     return s;
 }
 
+/* att.x_r .. att.x_g, which a fused x_rwkvag tensor may provide */
+static bool is_mix_slot(const struct slot *s)
+{
+    return s >= &layer_slots[SLOT_X_R] && s < &layer_slots[SLOT_X_R + 6];
+}
+
 static void *slot_field(struct rk_model *m, int layer, const struct slot *s)
 {
     char *base = layer < 0 ? (char *)m : (char *)&m->layers[layer];
@@ -211,8 +217,27 @@ static float elem_f32(const void *src, enum rk_dtype dt, size_t i)
 static void convert(void *dst, enum rk_dtype ddt, const void *src, enum rk_dtype sdt, size_t n)
 {
     unsigned char *d = dst;
+    const unsigned char *s = src;
     if (ddt == sdt) {
         memcpy(dst, src, n * rk__dtype_size(sdt));
+        return;
+    }
+    if (sdt == RK_DTYPE_BF16 && ddt == RK_DTYPE_F32) { /* the common case: a shift */
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            uint32_t u = (uint32_t)h << 16;
+            memcpy(d + 4 * i, &u, 4);
+        }
+        return;
+    }
+    if (sdt == RK_DTYPE_F32 && ddt == RK_DTYPE_BF16) {
+        for (size_t i = 0; i < n; i++) {
+            float f;
+            memcpy(&f, s + 4 * i, 4);
+            uint16_t h = rk__f32_to_bf16(f);
+            memcpy(d + 2 * i, &h, 2);
+        }
         return;
     }
     for (size_t i = 0; i < n; i++) {
@@ -610,9 +635,7 @@ int rk__model_build(struct rk_model *m, const struct rk__tensor_list *l,
             idx[i] = NULL;
             continue;
         }
-        bool mixed = layer >= 0 && mix[layer] && s >= &layer_slots[SLOT_X_R] &&
-                     s < &layer_slots[SLOT_X_R + 6];
-        if (!idx[i] && !mixed) {
+        if (!idx[i] && !(layer >= 0 && mix[layer] && is_mix_slot(s))) {
             canon_name(name, sizeof name, layer, s);
             rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: missing tensor %s", file, name);
             goto out;
@@ -621,8 +644,8 @@ int rk__model_build(struct rk_model *m, const struct rk__tensor_list *l,
 
     /* dimensions, from emb.weight, layer 0 (and layer 1 for Dv) */
     const struct rk__tensor *t = idx[G_EMB];
-    if (t->ndim != 2 || t->shape[0] < 1 || t->shape[0] > MAX_VOCAB || t->shape[1] < 1 || t->shape[1] > MAX_EMBD ||
-        t->shape[1] % RK_HEAD_SIZE) {
+    if (t->ndim != 2 || t->shape[0] < 1 || t->shape[0] > MAX_VOCAB || t->shape[1] < 1 ||
+        t->shape[1] > MAX_EMBD || t->shape[1] % RK_HEAD_SIZE) {
         char g[96];
         fmt_shape(g, sizeof g, t->shape, t->ndim);
         rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: shape %s is not [vocab, embd] with "
@@ -685,8 +708,7 @@ int rk__model_build(struct rk_model *m, const struct rk__tensor_list *l,
         void *field = slot_field(m, layer, s);
         t = idx[i];
         const void *src = t ? t->data : NULL;
-        if (!t && layer >= 0 && mix[layer] && s >= &layer_slots[SLOT_X_R] &&
-            s < &layer_slots[SLOT_X_R + 6]) {
+        if (!t && layer >= 0 && mix[layer] && is_mix_slot(s)) {
             t = mix[layer];
             size_t k = (size_t)(s - &layer_slots[SLOT_X_R]);
             src = (const char *)t->data + k * (size_t)m->C * rk__dtype_size(t->dtype);
@@ -968,7 +990,10 @@ int rk_model_n_embd(const struct rk_model *m) { return m ? m->C : 0; }
 int rk_model_n_head(const struct rk_model *m) { return m ? m->H : 0; }
 int rk_model_head_size(const struct rk_model *m) { return m ? m->N : 0; }
 int rk_model_n_vocab(const struct rk_model *m) { return m ? m->V : 0; }
-enum rk_format rk_model_format(const struct rk_model *m) { return m ? m->format : RK_FORMAT_UNKNOWN; }
+enum rk_format rk_model_format(const struct rk_model *m)
+{
+    return m ? m->format : RK_FORMAT_UNKNOWN;
+}
 enum rk_dtype rk_model_wtype(const struct rk_model *m) { return m ? m->wtype : RK_DTYPE_AUTO; }
 size_t rk_model_weight_bytes(const struct rk_model *m) { return m ? m->weight_bytes : 0; }
 uint64_t rk_model_fingerprint(const struct rk_model *m) { return m ? m->fingerprint : 0; }

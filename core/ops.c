@@ -30,8 +30,10 @@
 #define TILED_ROWS_MAX 48
 /* Weight elements below which a matmul runs on the calling thread only. */
 #define PAR_MIN_ELEMS (1 << 16)
-/* Weight rows converted per gemm block (~256 KiB of fp32 at C = 768). */
-#define GEMM_BLOCK_BYTES (256 * 1024)
+/* Bytes of fp32 weight rows converted per gemm block: large enough that the
+ * activations are packed by sgemm only a few times per matrix, small enough
+ * to stay in L2. */
+#define GEMM_BLOCK_BYTES (1024 * 1024)
 
 extern void openblas_set_num_threads(int);
 

@@ -233,6 +233,35 @@ static void wkv_worker(int ith, int nth, void *arg)
 
 /* --- one layer over R rows ------------------------------------------------ */
 
+/* Element-wise work is split by rows across the pool when there are enough
+ * rows (prefill); a phase function handles rows [t0, t1). */
+struct phase {
+    struct rk_ctx *c;
+    const struct rk_layer *ly;
+    int l;
+    void (*fn)(const struct phase *ph, int t0, int t1);
+    int R;
+};
+
+static void phase_worker(int ith, int nth, void *arg)
+{
+    const struct phase *ph = arg;
+    int per = (ph->R + nth - 1) / nth;
+    int t0 = ith * per, t1 = t0 + per < ph->R ? t0 + per : ph->R;
+    if (t0 < t1)
+        ph->fn(ph, t0, t1);
+}
+
+static void run_phase(struct rk_ctx *c, const struct rk_layer *ly, int l, int R,
+                      void (*fn)(const struct phase *, int, int))
+{
+    struct phase ph = {c, ly, l, fn, R};
+    if (R >= 8 && !c->ref)
+        rk__pool_run(c->pool, phase_worker, &ph);
+    else
+        fn(&ph, 0, R);
+}
+
 /* Token shift: fill prev[R][C] with the previous normalised input of each row
  * and store this step's last input back into the state. */
 static void token_shift(struct rk_ctx *c, int R, bool seq, float *const *st, size_t off,
@@ -252,20 +281,29 @@ static void token_shift(struct rk_ctx *c, int R, bool seq, float *const *st, siz
     }
 }
 
-static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
+/* x += delta (the previous block's output, if any), then u = LN(x). */
+static void ph_ln1(const struct phase *ph, int t0, int t1)
 {
-    const struct rk_model *m = c->m;
-    const struct rk_layer *ly = &m->layers[l];
-    int C = m->C, H = m->H;
-    size_t RC = (size_t)R * (size_t)C;
-    size_t lstride = 2 * (size_t)C + (size_t)H * N * N, loff = (size_t)l * lstride;
+    struct rk_ctx *c = ph->c;
+    int C = c->m->C;
+    for (int t = t0; t < t1; t++) {
+        float *x = c->x + (size_t)t * C;
+        if (ph->l > 0) {
+            const float *d = c->xr + (size_t)t * C; /* previous channel-mix output */
+            for (int i = 0; i < C; i++)
+                x[i] += d[i];
+        }
+        rk__layernorm(c->u + (size_t)t * C, x, ph->ly->ln1_w, ph->ly->ln1_b, C, LN_EPS);
+    }
+}
 
-    for (int t = 0; t < R; t++)
-        rk__layernorm(c->u + (size_t)t * C, c->x + (size_t)t * C, ly->ln1_w, ly->ln1_b, C, LN_EPS);
-    token_shift(c, R, seq, st, loff, c->u, c->prev);
-
-    // six lerps: x_c = u + (prev - u) * mu_c
-    for (size_t t = 0, i = 0; t < (size_t)R; t++)
+/* six lerps: x_c = u + (prev - u) * mu_c */
+static void ph_lerp6(const struct phase *ph, int t0, int t1)
+{
+    struct rk_ctx *c = ph->c;
+    const struct rk_layer *ly = ph->ly;
+    int C = c->m->C;
+    for (size_t t = (size_t)t0, i = (size_t)t0 * C; t < (size_t)t1; t++)
         for (int ch = 0; ch < C; ch++, i++) {
             float u = c->u[i], d = c->prev[i] - u;
             c->xr[i] = u + d * ly->x_r[ch];
@@ -275,71 +313,55 @@ static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
             c->xa[i] = u + d * ly->x_a[ch];
             c->xg[i] = u + d * ly->x_g[ch];
         }
-    matmul(c, c->r, c->xr, R, &ly->wr); // r [R][C]
-    matmul(c, c->k, c->xk, R, &ly->wk); // k-hat [R][C]
-    matmul(c, c->v, c->xv, R, &ly->wv); // v-hat [R][C]
+}
 
-    // decay: w = exp(-e^-0.5 * sigmoid(w0 + tanh(x_w w1) w2))
-    matmul(c, c->lora, c->xw, R, &ly->w1);
-    for (size_t i = 0; i < (size_t)R * (size_t)ly->w1.rows; i++)
-        c->lora[i] = tanhf(c->lora[i]);
-    matmul(c, c->w, c->lora, R, &ly->w2);
-    for (size_t t = 0, i = 0; t < (size_t)R; t++)
-        for (int ch = 0; ch < C; ch++, i++)
-            c->w[i] = expf(-DECAY_SCALE * sigmoidf(ly->w0[ch] + c->w[i]));
-
-    // in-context learning rate: a = sigmoid(a0 + (x_a a1) a2)
-    matmul(c, c->lora, c->xa, R, &ly->a1);
-    matmul(c, c->a, c->lora, R, &ly->a2);
-    for (size_t t = 0, i = 0; t < (size_t)R; t++)
-        for (int ch = 0; ch < C; ch++, i++)
-            c->a[i] = sigmoidf(ly->a0[ch] + c->a[i]);
-
-    // value residual: layer 0 defines v_first, later layers mix towards it
-    if (l == 0) {
-        memcpy(c->vfirst, c->v, RC * sizeof(float));
-    } else {
-        matmul(c, c->lora, c->xv, R, &ly->v1);
-        matmul(c, c->tmp, c->lora, R, &ly->v2);
-        for (size_t t = 0, i = 0; t < (size_t)R; t++)
-            for (int ch = 0; ch < C; ch++, i++) {
-                float nu = sigmoidf(ly->v0[ch] + c->tmp[i]);
-                c->v[i] += (c->vfirst[i] - c->v[i]) * nu;
+/* After the projections: decay w, in-context rate a, value residual, the
+ * normalised removal key kk and the replacement key k. On entry w, a and tmp
+ * hold the raw LoRA outputs (before w0/a0/v0). */
+static void ph_post(const struct phase *ph, int t0, int t1)
+{
+    struct rk_ctx *c = ph->c;
+    const struct rk_layer *ly = ph->ly;
+    int C = c->m->C, H = c->m->H;
+    for (size_t t = (size_t)t0; t < (size_t)t1; t++) {
+        size_t o = t * (size_t)C;
+        float *w = c->w + o, *a = c->a + o, *v = c->v + o, *k = c->k + o, *kk = c->kk + o;
+        for (int ch = 0; ch < C; ch++) {
+            w[ch] = expf(-DECAY_SCALE * sigmoidf(ly->w0[ch] + w[ch]));
+            a[ch] = sigmoidf(ly->a0[ch] + a[ch]);
+        }
+        if (ph->l == 0) {
+            memcpy(c->vfirst + o, v, (size_t)C * sizeof(float));
+        } else {
+            const float *nu_raw = c->tmp + o, *vf = c->vfirst + o;
+            for (int ch = 0; ch < C; ch++) {
+                float nu = sigmoidf(ly->v0[ch] + nu_raw[ch]);
+                v[ch] += (vf[ch] - v[ch]) * nu;
             }
-    }
-
-    // gate: g = sigmoid(x_g g1) g2
-    matmul(c, c->lora, c->xg, R, &ly->g1);
-    for (size_t i = 0; i < (size_t)R * (size_t)ly->g1.rows; i++)
-        c->lora[i] = sigmoidf(c->lora[i]);
-    matmul(c, c->g, c->lora, R, &ly->g2);
-
-    // removal key kk = normalize(k_hat * k_k) per head; replacement key k
-    for (int t = 0; t < R; t++)
+        }
         for (int h = 0; h < H; h++) {
-            size_t o = (size_t)t * C + (size_t)h * N;
             float ss = 0.0f;
-            for (int i = 0; i < N; i++) {
-                float q = c->k[o + i] * ly->k_k[h * N + i];
-                c->kk[o + i] = q;
+            for (int i = h * N; i < (h + 1) * N; i++) {
+                float q = k[i] * ly->k_k[i];
+                kk[i] = q;
                 ss += q * q;
             }
             float inv = 1.0f / fmaxf(sqrtf(ss), 1e-12f);
-            for (int i = 0; i < N; i++)
-                c->kk[o + i] *= inv;
+            for (int i = h * N; i < (h + 1) * N; i++)
+                kk[i] *= inv;
         }
-    for (size_t t = 0, i = 0; t < (size_t)R; t++)
-        for (int ch = 0; ch < C; ch++, i++)
-            c->k[i] *= 1.0f + (c->a[i] - 1.0f) * ly->k_a[ch];
+        for (int ch = 0; ch < C; ch++)
+            k[ch] *= 1.0f + (a[ch] - 1.0f) * ly->k_a[ch];
+    }
+}
 
-    struct wkv_job wj = {c, l, R, H, seq, st};
-    if (c->ref)
-        wkv_worker(0, 1, &wj);
-    else
-        rk__pool_run(c->pool, wkv_worker, &wj);
-
-    // per-head GroupNorm, bonus (r . k . r_k) v, gate
-    for (int t = 0; t < R; t++)
+/* per-head GroupNorm, bonus (r . k . r_k) v, gate -> tmp */
+static void ph_out(const struct phase *ph, int t0, int t1)
+{
+    struct rk_ctx *c = ph->c;
+    const struct rk_layer *ly = ph->ly;
+    int C = c->m->C, H = c->m->H;
+    for (int t = t0; t < t1; t++)
         for (int h = 0; h < H; h++) {
             size_t o = (size_t)t * C + (size_t)h * N;
             float mean = 0.0f, var = 0.0f, bonus = 0.0f;
@@ -360,36 +382,107 @@ static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
                 c->tmp[o + i] = (on + bonus * c->v[o + i]) * c->g[o + i];
             }
         }
-    matmul(c, c->xr, c->tmp, R, &ly->wo);
-    for (size_t i = 0; i < RC; i++)
-        c->x[i] += c->xr[i];
 }
 
+/* x += time-mix output, u = LN2(x) */
+static void ph_ln2(const struct phase *ph, int t0, int t1)
+{
+    struct rk_ctx *c = ph->c;
+    int C = c->m->C;
+    for (int t = t0; t < t1; t++) {
+        float *x = c->x + (size_t)t * C;
+        const float *d = c->xr + (size_t)t * C;
+        for (int i = 0; i < C; i++)
+            x[i] += d[i];
+        rk__layernorm(c->u + (size_t)t * C, x, ph->ly->ln2_w, ph->ly->ln2_b, C, LN_EPS);
+    }
+}
+
+static void ph_lerp_ffn(const struct phase *ph, int t0, int t1)
+{
+    struct rk_ctx *c = ph->c;
+    int C = c->m->C;
+    for (size_t t = (size_t)t0, i = (size_t)t0 * C; t < (size_t)t1; t++)
+        for (int ch = 0; ch < C; ch++, i++) {
+            float u = c->u[i];
+            c->xk[i] = u + (c->prev[i] - u) * ph->ly->ffn_x_k[ch];
+        }
+}
+
+static void ph_relu2(const struct phase *ph, int t0, int t1)
+{
+    struct rk_ctx *c = ph->c;
+    size_t F = (size_t)c->m->F;
+    for (size_t i = (size_t)t0 * F; i < (size_t)t1 * F; i++) {
+        float h = c->hidden[i] > 0.0f ? c->hidden[i] : 0.0f;
+        c->hidden[i] = h * h;
+    }
+}
+
+/* Time-mix of layer l. On entry x holds the residual stream (minus the
+ * previous layer's channel-mix output, still in xr); on exit xr holds this
+ * time-mix's output, not yet added. */
+static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
+{
+    const struct rk_model *m = c->m;
+    const struct rk_layer *ly = &m->layers[l];
+    int C = m->C, H = m->H;
+    size_t lstride = 2 * (size_t)C + (size_t)H * N * N, loff = (size_t)l * lstride;
+
+    run_phase(c, ly, l, R, ph_ln1);
+    token_shift(c, R, seq, st, loff, c->u, c->prev);
+    run_phase(c, ly, l, R, ph_lerp6);
+
+    matmul(c, c->r, c->xr, R, &ly->wr); // r [R][C]
+    matmul(c, c->k, c->xk, R, &ly->wk); // k-hat [R][C]
+    matmul(c, c->v, c->xv, R, &ly->wv); // v-hat [R][C]
+    // decay LoRA: w_raw = tanh(x_w w1) w2
+    matmul(c, c->lora, c->xw, R, &ly->w1);
+    for (size_t i = 0; i < (size_t)R * (size_t)ly->w1.rows; i++)
+        c->lora[i] = tanhf(c->lora[i]);
+    matmul(c, c->w, c->lora, R, &ly->w2);
+    // in-context learning rate LoRA: a_raw = (x_a a1) a2
+    matmul(c, c->lora, c->xa, R, &ly->a1);
+    matmul(c, c->a, c->lora, R, &ly->a2);
+    // value-residual LoRA (layers >= 1): nu_raw = (x_v v1) v2
+    if (l > 0) {
+        matmul(c, c->lora, c->xv, R, &ly->v1);
+        matmul(c, c->tmp, c->lora, R, &ly->v2);
+    }
+    // gate: g = sigmoid(x_g g1) g2
+    matmul(c, c->lora, c->xg, R, &ly->g1);
+    for (size_t i = 0; i < (size_t)R * (size_t)ly->g1.rows; i++)
+        c->lora[i] = sigmoidf(c->lora[i]);
+    matmul(c, c->g, c->lora, R, &ly->g2);
+
+    run_phase(c, ly, l, R, ph_post);
+
+    struct wkv_job wj = {c, l, R, H, seq, st};
+    if (c->ref)
+        wkv_worker(0, 1, &wj);
+    else
+        rk__pool_run(c->pool, wkv_worker, &wj);
+
+    run_phase(c, ly, l, R, ph_out);
+    matmul(c, c->xr, c->tmp, R, &ly->wo);
+}
+
+/* Channel-mix of layer l: adds the time-mix output to x, leaves its own
+ * output in xr (added by the next layer or by finish_rows). */
 static void channel_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
 {
     const struct rk_model *m = c->m;
     const struct rk_layer *ly = &m->layers[l];
     int C = m->C;
-    size_t RC = (size_t)R * (size_t)C;
     size_t lstride = 2 * (size_t)C + (size_t)m->H * N * N;
     size_t off = (size_t)l * lstride + (size_t)C + (size_t)m->H * N * N;
 
-    for (int t = 0; t < R; t++)
-        rk__layernorm(c->u + (size_t)t * C, c->x + (size_t)t * C, ly->ln2_w, ly->ln2_b, C, LN_EPS);
+    run_phase(c, ly, l, R, ph_ln2);
     token_shift(c, R, seq, st, off, c->u, c->prev);
-    for (size_t t = 0, i = 0; t < (size_t)R; t++)
-        for (int ch = 0; ch < C; ch++, i++) {
-            float u = c->u[i];
-            c->xk[i] = u + (c->prev[i] - u) * ly->ffn_x_k[ch];
-        }
+    run_phase(c, ly, l, R, ph_lerp_ffn);
     matmul(c, c->hidden, c->xk, R, &ly->ffn_key); // [R][F]
-    for (size_t i = 0; i < (size_t)R * (size_t)m->F; i++) {
-        float h = c->hidden[i] > 0.0f ? c->hidden[i] : 0.0f;
-        c->hidden[i] = h * h;
-    }
+    run_phase(c, ly, l, R, ph_relu2);
     matmul(c, c->xr, c->hidden, R, &ly->ffn_value); // [R][C]
-    for (size_t i = 0; i < RC; i++)
-        c->x[i] += c->xr[i];
 }
 
 /* logits_mode: 0 none, 1 last row only, 2 every row. */
@@ -409,6 +502,8 @@ static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, float *
         time_mix(c, l, R, seq, st);
         channel_mix(c, l, R, seq, st);
     }
+    for (size_t i = 0; i < (size_t)R * (size_t)C; i++) /* last channel-mix output */
+        c->x[i] += c->xr[i];
     if (!logits || logits_mode == 0)
         return RK_OK;
     int first = logits_mode == 1 ? R - 1 : 0;

@@ -658,6 +658,12 @@ START_TEST(pth_equals_its_safetensors)
     ck_assert_ptr_null(b->layers[0].v0);
     rk_model_free(a);
     rk_model_free(b);
+    a = load_ok(rk_test_data(DATA_ST), RK_DTYPE_F32);
+    b = load_ok(rk_test_data(DATA_PTH), RK_DTYPE_F32);
+    ck_assert_int_eq(rk_model_wtype(b), RK_DTYPE_F32);
+    compare_exact(a, b);
+    rk_model_free(a);
+    rk_model_free(b);
 }
 END_TEST
 
@@ -1093,7 +1099,9 @@ struct zent {
     unsigned method;
 };
 
-static void write_zip(const char *path, const struct zent *e, size_t n)
+/* A zip of stored entries; `z64` writes the central directory with zip64
+ * fields (saturated 32-bit values, extra field 0x0001, zip64 end records). */
+static void write_zip_ex(const char *path, const struct zent *e, size_t n, bool z64)
 {
     struct buf f = {0};
     size_t *lho = calloc(n, sizeof *lho);
@@ -1116,36 +1124,65 @@ static void write_zip(const char *path, const struct zent *e, size_t n)
     size_t cd = f.n;
     for (size_t i = 0; i < n; i++) {
         put32(&f, 0x02014b50);
-        put16(&f, 20);
-        put16(&f, 20);
+        put16(&f, z64 ? 45 : 20);
+        put16(&f, z64 ? 45 : 20);
         put16(&f, 0);
         put16(&f, e[i].method);
         put16(&f, 0);
         put16(&f, 0x21);
         put32(&f, 0);
-        put32(&f, (uint32_t)e[i].len);
-        put32(&f, (uint32_t)e[i].len);
+        put32(&f, z64 ? 0xffffffffu : (uint32_t)e[i].len);
+        put32(&f, z64 ? 0xffffffffu : (uint32_t)e[i].len);
         put16(&f, (unsigned)strlen(e[i].name));
-        put16(&f, 0);
+        put16(&f, z64 ? 28 : 0);
         put16(&f, 0);
         put16(&f, 0);
         put16(&f, 0);
         put32(&f, 0);
-        put32(&f, (uint32_t)lho[i]);
+        put32(&f, z64 ? 0xffffffffu : (uint32_t)lho[i]);
         put_s(&f, e[i].name);
+        if (z64) {
+            put16(&f, 0x0001);
+            put16(&f, 24);
+            put64(&f, e[i].len); /* uncompressed, compressed, local header offset */
+            put64(&f, e[i].len);
+            put64(&f, lho[i]);
+        }
     }
     size_t cd_size = f.n - cd;
+    if (z64) {
+        size_t rec = f.n;
+        put32(&f, 0x06064b50);
+        put64(&f, 44);
+        put16(&f, 45);
+        put16(&f, 45);
+        put32(&f, 0);
+        put32(&f, 0);
+        put64(&f, n);
+        put64(&f, n);
+        put64(&f, cd_size);
+        put64(&f, cd);
+        put32(&f, 0x07064b50);
+        put32(&f, 0);
+        put64(&f, rec);
+        put32(&f, 1);
+    }
     put32(&f, 0x06054b50);
     put16(&f, 0);
     put16(&f, 0);
-    put16(&f, (unsigned)n);
-    put16(&f, (unsigned)n);
-    put32(&f, (uint32_t)cd_size);
-    put32(&f, (uint32_t)cd);
+    put16(&f, z64 ? 0xffff : (unsigned)n);
+    put16(&f, z64 ? 0xffff : (unsigned)n);
+    put32(&f, z64 ? 0xffffffffu : (uint32_t)cd_size);
+    put32(&f, z64 ? 0xffffffffu : (uint32_t)cd);
     put16(&f, 0);
     write_buf(path, &f);
     free(f.p);
     free(lho);
+}
+
+static void write_zip(const char *path, const struct zent *e, size_t n)
+{
+    write_zip_ex(path, e, n, false);
 }
 
 static void pk_str(struct buf *b, const char *s)
@@ -1186,6 +1223,8 @@ static void pk_one_tensor(struct buf *b, const char *name, const char *st_class,
     put_s(b, "t\x89}tRu.");
 }
 
+static bool pth_zip64;
+
 static const char *pth_case(const char *path, const void *pkl, size_t pkl_len,
                             const char *key, size_t data_len, unsigned method,
                             const char *byteorder)
@@ -1195,7 +1234,7 @@ static const char *pth_case(const char *path, const void *pkl, size_t pkl_len,
     snprintf(dname, sizeof dname, "ck/data/%s", key);
     struct zent e[3] = {{"ck/data.pkl", pkl, pkl_len, method}, {dname, zeros, data_len, 0},
                         {"ck/byteorder", byteorder, byteorder ? strlen(byteorder) : 0, 0}};
-    write_zip(path, e, byteorder ? 3 : 2);
+    write_zip_ex(path, e, byteorder ? 3 : 2, pth_zip64);
     return load_fail(path, RK_EFORMAT);
 }
 
@@ -1208,6 +1247,10 @@ START_TEST(hostile_pth)
     /* a well-formed one-tensor archive gets through zip and pickle */
     pk_one_tensor(&b, "emb.weight", "FloatStorage", "0", 8, 0, shape, stride, 2);
     expect_msg(pth_case(p, b.p, b.n, "0", 32, 0, "little"), "no RWKV-7 layer tensors");
+    pth_zip64 = true; /* the same through zip64 records */
+    expect_msg(pth_case(p, b.p, b.n, "0", 32, 0, "little"), "no RWKV-7 layer tensors");
+    expect_msg(pth_case(p, b.p, b.n, "0", 16, 0, NULL), "holds 16 bytes");
+    pth_zip64 = false;
     expect_msg(pth_case(p, b.p, b.n, "0", 32, 8, NULL), "compressed");
     expect_msg(pth_case(p, b.p, b.n, "0", 32, 0, "big"), "little-endian");
     expect_msg(pth_case(p, b.p, b.n, "1", 32, 0, NULL), "not in the archive");
@@ -1260,6 +1303,15 @@ START_TEST(hostile_pth)
         ck_assert_msg(strstr(msg, pk[i].msg), "pickle case %zu: \"%s\" lacks \"%s\"", i, msg,
                       pk[i].msg);
     }
+
+    /* a pickle that only grows its stack hits the object budget */
+    struct buf big = {0};
+    put_s(&big, "\x80\x02");
+    for (size_t i = 0; i < (1u << 23) + 8; i++)
+        put8(&big, '(');
+    put8(&big, '.');
+    expect_msg(pth_case(p, big.p, big.n, "0", 32, 0, NULL), "too many objects");
+    free(big.p);
 
     /* zip-level damage */
     struct zent none[1] = {{"ck/other", "x", 1, 0}};
