@@ -289,7 +289,7 @@ struct entry {
 static int parse_entry(struct jp *j, const char *name, struct entry *e)
 {
     int rc, have = 0;
-    char field[32];
+    char field[64];
     if ((rc = expect(j, '{')))
         return rc;
     ws(j);

@@ -141,45 +141,76 @@ AVX512 static inline __m512 load16_mask(enum rk_dtype t, const void *base, size_
 }
 
 /* One weight row against NX rows of X; NX is a compile-time constant per
- * instantiation so the accumulators live in registers. */
+ * instantiation so the accumulators live in registers. Every AVX-512 path for
+ * few rows of X (this one, dot1_rows4 and the 4x4 tiles) sums each output in
+ * the same order (one accumulator over 16-column steps, then one horizontal
+ * sum), so a sequence's result does not depend on how many other sequences
+ * share its decode step. */
 #define DOT_AVX512(NX)                                                                      \
     AVX512 static void dot_avx512_##NX(float *Y, size_t ldy, int yoff, const float *X,      \
                                        const struct rk_weight *W, int r0, int r1)           \
     {                                                                                       \
         size_t cols = (size_t)W->cols;                                                      \
-        size_t cmain = cols & ~(size_t)31;                                                  \
         enum rk_dtype t = W->dtype;                                                         \
         for (int r = r0; r < r1; r++) {                                                     \
             size_t base = (size_t)r * cols;                                                 \
-            __m512 acc0[NX], acc1[NX];                                                      \
-            for (int i = 0; i < NX; i++) {                                                  \
-                acc0[i] = _mm512_setzero_ps();                                              \
-                acc1[i] = _mm512_setzero_ps();                                              \
-            }                                                                               \
-            size_t c = 0;                                                                   \
-            for (; c < cmain; c += 32) {                                                    \
-                __m512 w0 = load16(t, W->data, base + c);                                   \
-                __m512 w1 = load16(t, W->data, base + c + 16);                              \
-                for (int i = 0; i < NX; i++) {                                              \
-                    acc0[i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(X + i * cols + c), acc0[i]); \
-                    acc1[i] =                                                               \
-                        _mm512_fmadd_ps(w1, _mm512_loadu_ps(X + i * cols + c + 16), acc1[i]); \
-                }                                                                           \
-            }                                                                               \
-            for (; c < cols; c += 16) {                                                     \
+            __m512 acc[NX];                                                                 \
+            for (int i = 0; i < NX; i++)                                                    \
+                acc[i] = _mm512_setzero_ps();                                               \
+            for (size_t c = 0; c < cols; c += 16) {                                         \
                 size_t left = cols - c;                                                     \
                 __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); \
-                __m512 w0 = load16_mask(t, W->data, base + c, m);                           \
+                __m512 w0 = left >= 16 ? load16(t, W->data, base + c)                       \
+                                       : load16_mask(t, W->data, base + c, m);              \
                 for (int i = 0; i < NX; i++)                                                \
-                    acc0[i] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, X + i * cols + c), \
-                                              acc0[i]);                                     \
+                    acc[i] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, X + i * cols + c), \
+                                             acc[i]);                                       \
             }                                                                               \
             for (int i = 0; i < NX; i++)                                                    \
-                Y[(size_t)i * ldy + (size_t)(r - yoff)] =                                   \
-                    _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i]));                  \
+                Y[(size_t)i * ldy + (size_t)(r - yoff)] = _mm512_reduce_add_ps(acc[i]);     \
         }                                                                                   \
     }
 DOT_AVX512(1)
+
+/* Decode (one row of X): four weight rows at a time, so four independent
+ * accumulator chains hide FMA latency and the horizontal sums are shared;
+ * software prefetch runs a few rows ahead of the hardware streamer. */
+AVX512 static void dot1_rows4_avx512(float *Y, int yoff, const float *X,
+                                     const struct rk_weight *W, int r0, int r1)
+{
+    size_t cols = (size_t)W->cols;
+    enum rk_dtype t = W->dtype;
+    size_t esz = t == RK_DTYPE_F32 ? 4 : 2;
+    const char *bytes = W->data;
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        size_t base = (size_t)r * cols;
+        const char *pf = bytes + (base + 8 * cols) * esz;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        for (size_t c = 0; c < cols; c += 16) {
+            __m512 x = _mm512_loadu_ps(X + c);
+            if ((c & 31) == 0) {
+                size_t o = c * esz;
+                _mm_prefetch(pf + o, _MM_HINT_T0);
+                _mm_prefetch(pf + cols * esz + o, _MM_HINT_T0);
+                _mm_prefetch(pf + 2 * cols * esz + o, _MM_HINT_T0);
+                _mm_prefetch(pf + 3 * cols * esz + o, _MM_HINT_T0);
+            }
+            a0 = _mm512_fmadd_ps(load16(t, W->data, base + c), x, a0);
+            a1 = _mm512_fmadd_ps(load16(t, W->data, base + cols + c), x, a1);
+            a2 = _mm512_fmadd_ps(load16(t, W->data, base + 2 * cols + c), x, a2);
+            a3 = _mm512_fmadd_ps(load16(t, W->data, base + 3 * cols + c), x, a3);
+        }
+        Y[r - yoff] = _mm512_reduce_add_ps(a0);
+        Y[r + 1 - yoff] = _mm512_reduce_add_ps(a1);
+        Y[r + 2 - yoff] = _mm512_reduce_add_ps(a2);
+        Y[r + 3 - yoff] = _mm512_reduce_add_ps(a3);
+    }
+    if (r < r1)
+        dot_avx512_1(Y, 1, yoff, X, W, r, r1);
+}
+
 DOT_AVX512(2)
 DOT_AVX512(3)
 DOT_AVX512(4)
@@ -225,6 +256,11 @@ AVX512 static void tiled_avx512(float *Y, size_t ldy, int yoff, const float *X, 
     size_t cols = (size_t)W->cols;
     int r = r0;
     size_t n4 = n & ~(size_t)3;
+    if (cols % 16 != 0) { /* no tiles: groups of up to 4 rows of X */
+        for (size_t i = 0; i < n; i += 4)
+            dot_rows(Y + i * ldy, ldy, yoff, X + i * cols, n - i < 4 ? n - i : 4, W, r0, r1, NULL);
+        return;
+    }
     for (; r + 4 <= r1; r += 4) {
         for (size_t i = 0; i < n4; i += 4)
             tile4x4_avx512(Y + i * ldy, ldy, yoff, X + i * cols, cols, W, r);
@@ -271,7 +307,12 @@ static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 #ifdef RK_X86
     if (have_avx512()) {
         switch (n) {
-        case 1: dot_avx512_1(Y, ldy, yoff, X, W, r0, r1); return;
+        case 1:
+            if (W->cols % 16 == 0)
+                dot1_rows4_avx512(Y, yoff, X, W, r0, r1);
+            else
+                dot_avx512_1(Y, ldy, yoff, X, W, r0, r1);
+            return;
         case 2: dot_avx512_2(Y, ldy, yoff, X, W, r0, r1); return;
         case 3: dot_avx512_3(Y, ldy, yoff, X, W, r0, r1); return;
         case 4: dot_avx512_4(Y, ldy, yoff, X, W, r0, r1); return;
@@ -367,7 +408,7 @@ static void mm_worker(int ith, int nth, void *arg)
     if (a >= b)
         return;
 #ifdef RK_X86
-    if (j->n > DOT_ROWS_MAX && j->n <= tiled_rows_max() && have_avx512() && j->W->cols % 16 == 0) {
+    if (j->n > DOT_ROWS_MAX && j->n <= tiled_rows_max() && have_avx512()) {
         tiled_avx512(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b);
         return;
     }

@@ -52,3 +52,7 @@ fixture rand-mh \
 fixture rand-mh-bf16 \
     0,299,3,141,59,26,53,58,97,93,238,46,26,43,38,32,79,50,288,41,97,169,39,9 \
     8002
+
+# the .pth copy of the bf16 model (see README.md)
+"$PY" tools/make_pth.py $D/rand-mh-bf16.safetensors $D/rand-mh-bf16.pth \
+    --f32 'ln[0-9x_]*\.(weight|bias)$|ln_out' --f16 'att\.(k_k|r_k)$'

@@ -270,6 +270,44 @@ START_TEST(test_bad_tokens_rejected)
 }
 END_TEST
 
+/* With the AVX-512 kernels, a sequence's logits in a batched decode step are
+ * bit-identical to its solo step for batches up to the tiled limit, so output
+ * does not depend on concurrent load. (The portable kernels are only close.) */
+START_TEST(test_batch_invariance)
+{
+    if (getenv("RWKVD_NO_AVX512") || !__builtin_cpu_supports("avx512f"))
+        return;
+    struct rk_model *m = load(rk_test_data("rand-mh-bf16.safetensors"));
+    size_t V = (size_t)rk_model_n_vocab(m), SL = rk_state_len(m);
+    struct rk_ctx *c = make_ctx(m, 2, 64, false);
+    enum { B = 11 };
+    float *solo_st = calloc(SL, sizeof(float)), *solo_lg = malloc(V * sizeof(float));
+    float *st = calloc(B * SL, sizeof(float)), *lg = malloc(B * V * sizeof(float));
+    float *ptrs[B];
+    uint32_t toks[B];
+    for (int b = 0; b < B; b++) {
+        ptrs[b] = st + b * SL;
+        toks[b] = (uint32_t)(b * 31 + 7) % V;
+    }
+    // direct comparison: the same inputs through B=1 and B=nb give equal bits
+    for (size_t nb = 2; nb <= B; nb++) {
+        for (size_t b = 0; b < nb; b++)
+            for (size_t i = 0; i < SL; i++)
+                st[b * SL + i] = (float)((b + 1) * (i % 13)) * 0.01f;
+        memcpy(solo_st, st + (nb - 1) * SL, SL * sizeof(float));
+        ck_assert_int_eq(rk_forward_batch(c, nb, toks, ptrs, lg), RK_OK);
+        ck_assert_int_eq(rk_forward_token(c, toks[nb - 1], solo_st, solo_lg), RK_OK);
+        ck_assert_msg(memcmp(solo_lg, lg + (nb - 1) * V, V * sizeof(float)) == 0,
+                      "batch of %zu: logits of its last sequence differ from its solo step", nb);
+        ck_assert_msg(memcmp(solo_st, st + (nb - 1) * SL, SL * sizeof(float)) == 0,
+                      "batch of %zu: state differs from the solo step", nb);
+    }
+    free(solo_st), free(solo_lg), free(st), free(lg);
+    rk_ctx_free(c);
+    rk_model_free(m);
+}
+END_TEST
+
 RK_TEST_SUITE(forward_tiny_suite, RK_NEEDS_SHARED)
 {
     Suite *s = suite_create("forward-tiny");
@@ -289,6 +327,89 @@ RK_TEST_SUITE(forward_rand_suite, RK_SELF_CONTAINED)
     tcase_add_loop_test(tc, test_run_shapes_agree, 0, 2);
     tcase_add_loop_test(tc, test_fast_matches_reference, 0, 3);
     tcase_add_test(tc, test_bad_tokens_rejected);
+    tcase_add_test(tc, test_batch_invariance);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+/* --- the bundled demo model ------------------------------------------------ */
+
+#include "rk_config.h"
+
+static const char *demo_path(const char *name)
+{
+    static char buf[2][4096];
+    static int slot;
+    char *b = buf[slot++ % 2];
+    snprintf(b, 4096, "%s/models/%s", RK_SOURCE_ROOT, name);
+    return b;
+}
+
+/* models/README.md: logits after each byte of the prompt below, from the zero
+ * state, computed by the PyTorch recipe (tools/pretrain). */
+START_TEST(test_demo_reference_logits)
+{
+    const char *prompt = "User: What color is the sky?\n\nAssistant:";
+    size_t T = strlen(prompt);
+    ck_assert_uint_eq(T, 40);
+    struct rk_model *m = load(demo_path("demo.safetensors"));
+    ck_assert_int_eq(rk_model_n_vocab(m), 256);
+    float *want = read_f32("../../models/demo.ref-logits.f32", T * 256);
+    uint32_t toks[64];
+    for (size_t i = 0; i < T; i++)
+        toks[i] = (uint8_t)prompt[i];
+    struct rk_ctx *c = make_ctx(m, 2, 64, false);
+    float *state = calloc(rk_state_len(m), sizeof(float)), *lg = malloc(T * 256 * sizeof(float));
+    ck_assert_int_eq(rk_forward_seq(c, toks, T, state, lg, true), RK_OK);
+    rk_check_close(lg, want, T * 256, 1e-4, 1e-4, "demo model vs its PyTorch reference logits");
+    free(want), free(state), free(lg);
+    rk_ctx_free(c);
+    rk_model_free(m);
+}
+END_TEST
+
+/* models/README.md: mean next-byte cross-entropy over models/heldout.txt in 8
+ * chunks of 512 bytes, each from the zero state = 0.756815 nats/byte. */
+START_TEST(test_demo_heldout_loss)
+{
+    struct rk_model *m = load(demo_path("demo.safetensors"));
+    size_t len = 0;
+    unsigned char *txt = rk_test_read_file(demo_path("heldout.txt"), &len);
+    ck_assert(txt != NULL);
+    ck_assert_uint_eq(len, 4096);
+    struct rk_ctx *c = make_ctx(m, 2, 128, false);
+    size_t SL = rk_state_len(m), CH = 512;
+    float *state = malloc(SL * sizeof(float)), *lg = malloc(CH * 256 * sizeof(float));
+    uint32_t toks[512];
+    double sum = 0;
+    size_t count = 0;
+    for (size_t c0 = 0; c0 < len; c0 += CH) {
+        memset(state, 0, SL * sizeof(float));
+        for (size_t i = 0; i < CH; i++)
+            toks[i] = txt[c0 + i];
+        ck_assert_int_eq(rk_forward_seq(c, toks, CH, state, lg, true), RK_OK);
+        for (size_t t = 0; t + 1 < CH; t++) {
+            sum -= rk_logprob(lg + t * 256, 256, toks[t + 1]);
+            count++;
+        }
+    }
+    double loss = sum / (double)count;
+    ck_assert_uint_eq(count, 4088);
+    ck_assert_msg(fabs(loss - 0.756815) < 1e-3, "held-out loss %.6f, the card says 0.756815",
+                  loss);
+    free(txt), free(state), free(lg);
+    rk_ctx_free(c);
+    rk_model_free(m);
+}
+END_TEST
+
+RK_TEST_SUITE(demo_model_suite, RK_SELF_CONTAINED)
+{
+    Suite *s = suite_create("demo-model");
+    TCase *tc = tcase_create("demo");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_demo_reference_logits);
+    tcase_add_test(tc, test_demo_heldout_loss);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,209 @@
+/*
+ * jobs.h - state-tuning jobs of `rwkvd serve`: the job table, the FIFO queue,
+ * the one background worker that runs jobs through rk_tune_run (the code
+ * path of `rwkvd tune`), the journal in the data directory, and uploaded
+ * training files. The HTTP side (POST /tune, /jobs, /v1/files,
+ * /v1/fine_tuning/jobs) is in api_jobs.c; docs/JOBS.md is the user-facing
+ * description.
+ *
+ * Threads: every function here is called on the loop thread unless it says
+ * otherwise; the worker thread is internal to jobs.c. Jobs are never freed
+ * while the table exists, so a `struct rk_tjob *` stays valid until
+ * rk_jobs_free; its fields are read through rk_jobs_lock/unlock or the
+ * snapshot functions.
+ */
+#ifndef RK_JOBS_H
+#define RK_JOBS_H
+
+#include "srv.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Status as the native API shows it. */
+enum rk_tjob_status {
+    RK_TJOB_QUEUED = 0,
+    RK_TJOB_RUNNING,
+    RK_TJOB_SUCCEEDED,
+    RK_TJOB_FAILED,
+    RK_TJOB_CANCELLED,
+};
+const char *rk_tjob_status_name(enum rk_tjob_status s);
+/* Parse a journal status name; false when unknown. */
+bool rk_tjob_status_parse(const char *s, enum rk_tjob_status *out);
+
+/* Limits of the jobs API (docs/JOBS.md). Defaults, then RWKVD_JOB_* environment
+ * variables (see rk_jobs_limits_from_env). */
+struct rk_jobs_limits {
+    size_t dataset_bytes_max; /* JSONL bytes per dataset (inline or file) */
+    size_t examples_max;      /* lines per dataset */
+    size_t seq_tokens_max;    /* tokens per example */
+    long steps_max;           /* optimizer steps per job */
+    int batch_max;            /* sequences per step */
+    int active_per_tenant_max; /* queued + running jobs per tenant (429 beyond) */
+    int files_per_tenant_max; /* uploaded files per tenant (429 beyond) */
+    long checkpoint_every;    /* default steps between checkpoints (0 = end only) */
+    int threads;              /* compute threads of the worker (0 = --threads) */
+    bool yield;               /* pause between layers while the engine is busy */
+    int yield_idle_ms;        /* engine idle this long before the worker resumes */
+};
+void rk_jobs_limits_default(struct rk_jobs_limits *l);
+/* Apply RWKVD_JOB_* variables; on a bad value prints to `err` and returns -1. */
+int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap);
+
+/* Hyperparameters of a job as submitted (after defaults). */
+struct rk_tjob_hparams {
+    long steps;
+    double epochs; /* > 0 when steps were derived from epochs */
+    double lr, lr_final;
+    long warmup;
+    int batch;
+    uint64_t seed;
+    double val_split;
+    long eval_every;
+    int patience;
+    bool tune_shift;
+    long checkpoint_every;
+    double lr_multiplier; /* OpenAI learning_rate_multiplier (1 = native lr) */
+    char init_state[RK_STATE_ID_MAX + 1]; /* "" = zero state */
+};
+
+/* One tuning job. Fields are guarded by the table's mutex. */
+struct rk_tjob;
+
+/* The read-only view handlers work with (copied under the lock). */
+struct rk_tjob_view {
+    char id[32];
+    char tenant[RK_STATE_ID_MAX + 1];
+    char output_state[RK_STATE_ID_MAX + 1];
+    char training_file[32]; /* "" for inline datasets */
+    char suffix[RK_STATE_ID_MAX + 1];
+    bool openai;            /* created through /v1/fine_tuning/jobs */
+    enum rk_tjob_status status;
+    bool loading;           /* running, still reading its dataset */
+    bool cancel_requested;
+    int64_t created_ms, started_ms, finished_ms;
+    struct rk_tjob_hparams hp;
+    size_t n_examples, n_tokens, n_targets;
+    long step, steps, resumed_from;
+    int attempts;
+    double loss, val_loss, val_loss_init, val_loss_best, grad_norm, lr_now, tokens_per_s;
+    double run_elapsed_s; /* wall time of the current or last run */
+    long run_steps;       /* steps done in the current or last run */
+    uint64_t trained_tokens;
+    uint64_t result_version;
+    int queue_pos;        /* 0-based position in the queue (-1 when not queued) */
+    char err_code[32];
+    char err_msg[200];
+};
+
+struct rk_jobs;
+
+/* Open the journal at DATA/jobs (creating it), load every job and file, and
+ * recover: jobs that were running are resumed from their last checkpoint,
+ * re-run from the start when none was written yet, or failed with a
+ * reason; queued jobs stay queued. Then start the worker thread. `srv` is
+ * kept (it must outlive the table). Main thread, before the loop runs. */
+int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct rk_jobs **out,
+                  struct rk_errbuf *eb);
+/* Interrupt the running job (it stays resumable from its last checkpoint and
+ * is journaled as queued) and join the worker. Safe to call twice. */
+void rk_jobs_stop(struct rk_jobs *js);
+/* Stop if needed and free everything. NULL is a no-op. */
+void rk_jobs_free(struct rk_jobs *js);
+
+const struct rk_jobs_limits *rk_jobs_limits(const struct rk_jobs *js);
+
+/* Loop-thread plumbing for SSE followers: creates the uv handles on first
+ * use (the loop exists only once rk_srv_run runs) and closes them when the
+ * server starts draining. Called by every jobs handler. */
+void rk_jobs_attach_loop(struct rk_jobs *js);
+
+/* A new job: `data`/`len` is the validated JSONL (copied to the journal), the
+ * counts describe it. RK_EBUSY when the tenant has too many active jobs,
+ * RK_EIO when the journal cannot be written. *view (may be NULL) gets the
+ * new job. */
+struct rk_tjob_new {
+    const char *tenant, *output_state, *training_file, *suffix;
+    bool openai;
+    const struct rk_tjob_hparams *hp;
+    const char *data;
+    size_t len;
+    size_t n_examples, n_tokens, n_targets;
+};
+int rk_jobs_submit(struct rk_jobs *js, const struct rk_tjob_new *nj, struct rk_tjob_view *view,
+                   struct rk_errbuf *eb);
+
+/* Copy the job `id` of `tenant` into *view; RK_ENOTFOUND when missing or of
+ * another tenant. */
+int rk_jobs_get(struct rk_jobs *js, const char *tenant, const char *id, struct rk_tjob_view *view);
+/* Views of the tenant's jobs, newest first (malloc'd array, caller frees).
+ * `openai_only`: only those created through the OpenAI API. */
+int rk_jobs_list(struct rk_jobs *js, const char *tenant, bool openai_only,
+                 struct rk_tjob_view **out, size_t *n);
+/* Cancel: a queued job is cancelled at once, a running one stops within one
+ * layer of the backward pass; a finished one is left as it is. Idempotent.
+ * *view gets the job after the request. */
+int rk_jobs_cancel(struct rk_jobs *js, const char *tenant, const char *id,
+                   struct rk_tjob_view *view);
+
+/* --- events ---------------------------------------------------------------- */
+
+enum rk_tjob_ev_type { RK_EV_STATUS, RK_EV_STEP, RK_EV_EVAL };
+const char *rk_tjob_ev_name(enum rk_tjob_ev_type t);
+
+struct rk_tjob_ev {
+    enum rk_tjob_ev_type type;
+    int64_t t_ms;
+    char *data; /* JSON object text */
+};
+
+/* Copy events [from, from+max) of a job (data strings malloc'd; free with
+ * rk_tjob_evs_free). *total gets the number of events so far, *ended whether
+ * the job has reached a final status (no more events will come).
+ * RK_ENOTFOUND as rk_jobs_get. */
+int rk_jobs_events(struct rk_jobs *js, const char *tenant, const char *id, size_t from,
+                   size_t max, struct rk_tjob_ev **out, size_t *n, size_t *total, bool *ended);
+void rk_tjob_evs_free(struct rk_tjob_ev *ev, size_t n);
+
+/* Follow job events from the loop thread: `fn(user, false)` is called on the
+ * loop thread whenever any job has new events or ends (and once when the
+ * server starts draining), `fn(user, true)` every 10 s (time for an SSE
+ * keepalive). Returns a handle for rk_jobs_unfollow (NULL: out of memory). */
+struct rk_jobs_follower;
+struct rk_jobs_follower *rk_jobs_follow(struct rk_jobs *js, void (*fn)(void *user, bool keepalive),
+                                        void *user);
+void rk_jobs_unfollow(struct rk_jobs *js, struct rk_jobs_follower *f);
+/* True once the loop handles are closed (the server is draining). */
+bool rk_jobs_loop_closed(const struct rk_jobs *js);
+
+/* --- uploaded files (OpenAI /v1/files) -------------------------------------- */
+
+struct rk_tfile {
+    char id[32];
+    char tenant[RK_STATE_ID_MAX + 1];
+    char filename[128];
+    char purpose[32];
+    size_t bytes;
+    int64_t created_ms;
+    size_t n_examples;
+};
+
+/* Store a validated JSONL file for `tenant` (atomic writes). RK_EBUSY when
+ * the tenant has files_per_tenant_max files. */
+int rk_files_add(struct rk_jobs *js, const char *tenant, const char *filename,
+                 const char *purpose, const void *data, size_t len, size_t n_examples,
+                 struct rk_tfile *out, struct rk_errbuf *eb);
+int rk_files_get(struct rk_jobs *js, const char *tenant, const char *id, struct rk_tfile *out);
+/* Read the contents (malloc'd). */
+int rk_files_read(struct rk_jobs *js, const char *tenant, const char *id, void **data,
+                  size_t *len, struct rk_errbuf *eb);
+/* Newest first; malloc'd array. */
+int rk_files_list(struct rk_jobs *js, const char *tenant, struct rk_tfile **out, size_t *n);
+int rk_files_delete(struct rk_jobs *js, const char *tenant, const char *id);
+
+/* Route registration (api_jobs.c). */
+void rk_api_jobs_register(struct rk_srv *srv, struct rk_jobs *js);
+
+#endif
