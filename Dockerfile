@@ -7,8 +7,9 @@
 # The build stage compiles with the same commands as scripts/test.sh (which
 # .ci/run calls) and fails the image on a failing unit, golden or CLI test.
 # The runtime stage holds the binary, its shared libraries and the bundled
-# demo model; real models and the state store are volumes. Every setting is
-# an RWKVD_* environment variable (deploy/ENVIRONMENT.md).
+# demo model; real models and the state store are volumes (a bind-mounted
+# data directory must be writable by uid 10001). Every setting is an RWKVD_*
+# environment variable (deploy/ENVIRONMENT.md).
 
 # --- build + test ------------------------------------------------------------
 FROM debian:12 AS build

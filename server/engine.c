@@ -260,24 +260,7 @@ static void flush_wakes(struct rk_engine *e)
 static void json_lossy(struct rk_buf *b, const uint8_t *s, size_t n)
 {
     char tmp[512];
-    size_t o = 0;
-    for (size_t i = 0; i < n && o + 4 < sizeof tmp;) {
-        uint8_t c = s[i];
-        size_t l = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        bool ok = l && i + l <= n;
-        for (size_t k = 1; ok && k < l; k++)
-            ok = (s[i + k] & 0xc0) == 0x80;
-        if (ok) {
-            memcpy(tmp + o, s + i, l);
-            o += l;
-            i += l;
-        } else {
-            memcpy(tmp + o, "\xef\xbf\xbd", 3);
-            o += 3;
-            i++;
-        }
-    }
-    rk_buf_json_str(b, tmp, o);
+    rk_buf_json_str(b, tmp, rk_utf8_sanitize(s, n, tmp, sizeof tmp));
 }
 
 static void json_bytes(struct rk_buf *b, const uint8_t *s, size_t n)

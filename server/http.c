@@ -431,7 +431,8 @@ static void first_call(struct rk_http_req *r, const char *version)
     }
     // Authentication: every route unless explicitly public.
     if (srv->auth) {
-        bool pub = (r->route->flags & RK_ROUTE_PUBLIC) && srv->cfg.health_public;
+        bool pub = ((r->route->flags & RK_ROUTE_PUBLIC) && srv->cfg.health_public) ||
+                   (r->route->flags & RK_ROUTE_STATIC);
         const char *h = rk_http_header(r, "Authorization");
         const char *key = NULL;
         if (h && !strncasecmp(h, "Bearer ", 7))

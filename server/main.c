@@ -47,6 +47,10 @@ static void choose_blas_core(char **argv)
     const char *off = getenv("RWKVD_BLAS_AUTO");
     if (getenv("OPENBLAS_CORETYPE") || (off && !strcmp(off, "0")))
         return;
+    /* rwkvd parallelises around single-threaded sgemm calls itself; OpenBLAS's
+     * own worker threads would only spin next to ours. */
+    if (!getenv("OPENBLAS_NUM_THREADS"))
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
     __builtin_cpu_init();
     const char *core = NULL;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

@@ -114,6 +114,7 @@ int rk_cmd_serve(int argc, char **argv)
             rk_tok_is_bytes(srv->tok) ? "byte tokenizer" : "World tokenizer",
             rk_auth_n_keys(srv->auth));
     rk_api_health_register(srv);
+    rk_api_web_register(srv);
     rk_api_generate_register(srv);
     rk_api_states_register(srv);
     status = rk_srv_run(srv);

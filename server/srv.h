@@ -267,6 +267,7 @@ json_t *rk_http_body_json(struct rk_http_req *r);
 enum {
     RK_ROUTE_BIG_BODY = 1 << 0, /* body cap is state_bytes_max, not body_bytes_max */
     RK_ROUTE_PUBLIC = 1 << 1,   /* no API key needed (only /health with --health-public) */
+    RK_ROUTE_STATIC = 1 << 2,   /* the web UI's static files: no API key, no data */
 };
 
 typedef void rk_route_fn(struct rk_http_req *r);
@@ -292,6 +293,7 @@ const struct rk_route *rk_routes_match(struct rk_srv *srv, struct rk_http_req *r
 void rk_api_generate_register(struct rk_srv *srv);
 void rk_api_states_register(struct rk_srv *srv);
 void rk_api_health_register(struct rk_srv *srv);
+void rk_api_web_register(struct rk_srv *srv);
 
 /* --- auth (auth.c) ------------------------------------------------------- */
 
