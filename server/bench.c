@@ -157,7 +157,7 @@ int rk_cmd_bench(int argc, char **argv)
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = NULL, *batch_list = "1,4,16";
-    long threads = 0, ptoks = 512, dtoks = 64, chunk = 128;
+    long threads = 0, ptoks = 512, dtoks = 64, chunk = 256;
     bool json = false, limits = false;
     enum rk_dtype wtype = RK_DTYPE_AUTO;
     int o;
@@ -193,7 +193,7 @@ int rk_cmd_bench(int argc, char **argv)
                    "  --threads N         compute threads (default: all CPUs)\n"
                    "  --prompt-tokens N   prefill length (default 512)\n"
                    "  --decode-tokens N   decode steps per measurement (default 64)\n"
-                   "  --chunk N           prefill rows per pass (default 128)\n"
+                   "  --chunk N           prefill rows per pass (default 256)\n"
                    "  --batch LIST        batch sizes for batched decode (default 1,4,16)\n"
                    "  --wtype T           convert large matrices at load (f32|f16|bf16)\n"
                    "  --limits            also measure read bandwidth and sgemm GFLOP/s\n"
@@ -274,6 +274,21 @@ int rk_cmd_bench(int argc, char **argv)
     }
     double decode = (double)dtoks / (rk_cli_now() - t0);
 
+    // adapter swap: one copy of a stored state into a sequence's state buffer
+    float *adapter = calloc(SL, sizeof(float));
+    if (!adapter)
+        goto out;
+    for (size_t i = 0; i < SL; i++)
+        adapter[i] = (float)(i % 97) * 1e-3f;
+    int swaps = 200;
+    double ts = rk_cli_now();
+    for (int i = 0; i < swaps; i++) {
+        memcpy(states + (size_t)(i % 2) * 0, adapter, SL * sizeof(float));
+        adapter[i % SL] += 1e-6f; /* keep the copies from being merged */
+    }
+    double swap_s = (rk_cli_now() - ts) / swaps;
+    free(adapter);
+
     // batched decode: B sequences with their own states, logits for each
     double batched[16];
     for (size_t bi = 0; bi < nb; bi++) {
@@ -308,6 +323,8 @@ int rk_cmd_bench(int argc, char **argv)
         for (size_t bi = 0; bi < nb; bi++)
             printf("%s\"%u\":%.2f", bi ? "," : "", blist[bi], batched[bi]);
         printf("},\"peak_rss_mb\":%.1f", rss);
+        printf(",\"adapter_swap_us\":%.2f,\"adapter_swap_vs_step\":%.5f", swap_s * 1e6,
+               swap_s * decode);
         printf(",\"model_mb\":%.1f,\"wtype\":\"%s\",\"threads\":%d", wbytes / 1048576.0,
                rk_dtype_name(rk_model_wtype(m)), rk_ctx_n_threads(ctx));
         if (limits)
@@ -324,6 +341,8 @@ int rk_cmd_bench(int argc, char **argv)
         for (size_t bi = 0; bi < nb; bi++)
             printf("batched B=%-3u %.2f tok/s (aggregate)\n", blist[bi], batched[bi]);
         printf("peak RSS     %.1f MB\n", rss);
+        printf("adapter swap %.1f us per state copy (%zu KiB) = %.3f%% of one decode step\n",
+               swap_s * 1e6, SL * sizeof(float) / 1024, 100.0 * swap_s * decode);
         if (limits)
             printf("limits       read %.2f GB/s (decode line %.1f tok/s, decode at %.0f%% of it), "
                    "sgemm %.1f GFLOP/s\n",

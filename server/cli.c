@@ -5,6 +5,7 @@
  */
 #include "cli_common.h"
 #include "cmd.h"
+#include "rk_adapters.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -350,9 +351,10 @@ int rk_cmd_generate(int argc, char **argv)
                                          {"repetition-penalty", required_argument, 0, O_REP},
                                          {"seed", required_argument, 0, O_SEED},
                                          {"stop", required_argument, 0, O_STOP},
+                                         {"state", required_argument, 0, 's'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *model = NULL, *vocab = NULL, *prompt = NULL;
+    const char *model = NULL, *vocab = NULL, *prompt = NULL, *state_path = NULL;
     const char *stops[16];
     size_t n_stops = 0;
     long max_tokens = 128, threads = 0, topk = 0, seed = 0;
@@ -361,11 +363,12 @@ int rk_cmd_generate(int argc, char **argv)
     double d;
     int o;
     optind = 1;
-    while ((o = getopt_long(argc, argv, "m:v:p:n:j:h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "m:v:p:n:j:s:h", opts, NULL)) != -1) {
         switch (o) {
         case 'm': model = optarg; break;
         case 'v': vocab = optarg; break;
         case 'p': prompt = optarg; break;
+        case 's': state_path = optarg; break;
         case 'n':
             if (!rk_cli_parse_long(optarg, 1, 1000000, &max_tokens))
                 goto badarg;
@@ -431,6 +434,7 @@ int rk_cmd_generate(int argc, char **argv)
                    "  --repetition-penalty X   (1 = off)\n"
                    "  --seed N                 same seed, same output\n"
                    "  --stop STRING            stop before STRING (repeatable, up to 16)\n"
+                   "  --state FILE             start from a tuned state (adapter file)\n"
                    "  --threads N              compute threads (default: all CPUs)\n"
                    "  --vocab FILE             World vocabulary; byte models need none\n");
             return 0;
@@ -463,6 +467,13 @@ int rk_cmd_generate(int argc, char **argv)
     if (!state || !logits || !ids || rk_ctx_create(m, &cp, &ctx) != RK_OK) {
         fprintf(stderr, "rwkvd generate: out of memory\n");
         goto out;
+    }
+    if (state_path) {
+        struct rk_errbuf eb = {0};
+        if ((rc = rk_state_file_load(state_path, m, state, NULL, &eb)) != RK_OK) {
+            fprintf(stderr, "rwkvd generate: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
+            goto out;
+        }
     }
     if ((rc = rk_sampler_create(&sp, V, &smp)) != RK_OK) {
         fprintf(stderr, "rwkvd generate: invalid sampling parameters: %s\n", rk_strerror(rc));

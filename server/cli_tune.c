@@ -417,10 +417,19 @@ int rk_cmd_tune(int argc, char **argv)
         fprintf(stderr, "rwkvd tune: %s: %s\n", out, eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }
-    printf("{\"steps\": %ld, \"loss\": %.6g, \"val_loss_init\": %.6g, \"val_loss_best\": %.6g, "
+    /* JSON has no NaN: a run without a validation split reports null */
+    char vinit[32] = "null", vbest[32] = "null";
+    if (isfinite(res.val_loss_init))
+        snprintf(vinit, sizeof vinit, "%.6g", res.val_loss_init);
+    if (isfinite(res.val_loss_best))
+        snprintf(vbest, sizeof vbest, "%.6g", res.val_loss_best);
+    printf("{\"steps\": %ld, \"loss\": %.6g, \"val_loss_init\": %s, \"val_loss_best\": %s, "
            "\"best_step\": %ld, \"stopped_early\": %s, \"tokens_per_s\": %.1f, \"out\": \"%s\"}\n",
-           res.steps_done, res.loss_last, res.val_loss_init, res.val_loss_best, res.best_step,
+           res.steps_done, res.loss_last, vinit, vbest, res.best_step,
            res.stopped_early ? "true" : "false", res.tokens_per_s, out);
+    if (isfinite(res.val_loss_init) && res.best_step == 0)
+        fprintf(stderr, "rwkvd tune: warning: the validation loss never went below its starting "
+                        "value, so the saved state is the starting state; try a lower --lr\n");
     status = 0;
 out:
     free(init), free(st), free(ckmem);

@@ -87,8 +87,8 @@ struct rk_jobs_follower {
 struct rk_jobs {
     struct rk_srv *srv;
     struct rk_jobs_limits lim;
-    char dir[1024];      /* DATA/jobs */
-    char data_dir[1024]; /* DATA */
+    char dir[512];      /* DATA/jobs */
+    char data_dir[512]; /* DATA */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct rk_tjob **jobs; /* mu; creation order */
@@ -713,7 +713,7 @@ static void finish(struct rk_jobs *js, struct rk_tjob *j, enum rk_tjob_status st
 }
 
 static void fail(struct rk_jobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 4, 5)));
 static void fail(struct rk_jobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
 {
     char msg[200];
@@ -951,7 +951,15 @@ static void call_followers(struct rk_jobs *js, bool keepalive)
     }
 }
 
-static void on_async(uv_async_t *a) { call_followers(a->data, false); }
+static void on_async(uv_async_t *a)
+{
+    struct rk_jobs *js = a->data;
+    call_followers(js, false);
+    // Resumed connections are picked up by MHD's next run (its inter-thread
+    // pipe also wakes the loop; running now saves a loop iteration).
+    if (js->srv->mhd)
+        MHD_run(js->srv->mhd);
+}
 static void on_keepalive(uv_timer_t *t) { call_followers(t->data, true); }
 
 static void close_loop(struct rk_jobs *js)
@@ -1614,6 +1622,11 @@ int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct r
         js->lim = *lim;
     else
         rk_jobs_limits_default(&js->lim);
+    if (strlen(srv->cfg.data_dir) > 400) {
+        rk_errbuf_set(eb, RK_EINVAL, "the data directory path is too long for the job journal");
+        free(js);
+        return RK_EINVAL;
+    }
     snprintf(js->data_dir, sizeof js->data_dir, "%s", srv->cfg.data_dir);
     snprintf(js->dir, sizeof js->dir, "%s/jobs", srv->cfg.data_dir);
     pthread_mutex_init(&js->mu, NULL);

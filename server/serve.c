@@ -8,6 +8,7 @@
  * loop returns after SIGTERM/SIGINT and the drain.
  */
 #include "cmd.h"
+#include "jobs.h" /* tuning jobs (jobs.c, api_jobs.c) */
 #include "rk_config.h"
 #include "srv.h"
 
@@ -55,6 +56,7 @@ int rk_cmd_serve(int argc, char **argv)
     }
     int status = 1;
     struct rk_errbuf eb = {0};
+    struct rk_jobs *jobs = NULL; /* tuning jobs: worker + journal (jobs.c) */
     signal(SIGPIPE, SIG_IGN);
     rk_log_set(log_line, NULL);
     rk_srv_config_print(&srv->cfg, stderr);
@@ -117,10 +119,29 @@ int rk_cmd_serve(int argc, char **argv)
     rk_api_web_register(srv);
     rk_api_generate_register(srv);
     rk_api_states_register(srv);
+    /* --- tuning jobs (jobs.c, api_jobs.c): recover the journal, start the
+     * worker, register the routes; stopped right after the loop returns. */
+    {
+        struct rk_jobs_limits jl;
+        char jerr[256];
+        rk_jobs_limits_default(&jl);
+        if (rk_jobs_limits_from_env(&jl, jerr, sizeof jerr) != 0) {
+            fprintf(stderr, "rwkvd serve: %s\n", jerr);
+            goto out;
+        }
+        if (rk_jobs_start(srv, &jl, &jobs, &eb) != RK_OK) {
+            fprintf(stderr, "rwkvd serve: %s\n", eb.msg);
+            goto out;
+        }
+        rk_api_jobs_register(srv, jobs);
+    }
+    /* --- end of tuning jobs start-up */
     status = rk_srv_run(srv);
+    rk_jobs_stop(jobs); /* tuning jobs: interrupt (resumable) and join the worker */
     if (status == 0)
         fprintf(stderr, "rwkvd: stopped\n");
 out:
+    rk_jobs_free(jobs); /* tuning jobs */
     rk_store_free(srv->store);
     rk_auth_free(srv->auth);
     rk_tok_free(srv->tok);
