@@ -202,6 +202,8 @@ void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_
  * and the tests. */
 void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
                      const struct rk_weight *W, int r0, int r1);
+/* Free the calling thread's kernel scratch (pool workers call it on exit). */
+void rk__ops_thread_exit(void);
 /* Row `r` of W as fp32 into out[W.cols]. */
 void rk__weight_row(const struct rk_weight *W, int r, float *out);
 /* Layer norm over n with population variance. */

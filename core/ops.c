@@ -330,6 +330,13 @@ static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 static _Thread_local float *tl_buf;
 static _Thread_local size_t tl_cap;
 
+void rk__ops_thread_exit(void)
+{
+    rk__free_aligned(tl_buf);
+    tl_buf = NULL;
+    tl_cap = 0;
+}
+
 static float *thread_buf(size_t n)
 {
     if (n > tl_cap) {

@@ -72,6 +72,7 @@ static void *worker_main(void *p)
         pool->fn(wa.ith, pool->n_threads, pool->arg);
         atomic_fetch_sub(&pool->pending, 1);
     }
+    rk__ops_thread_exit();
     return NULL;
 }
 

@@ -62,6 +62,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -210,6 +212,7 @@ void rk_jobs_limits_default(struct rk_jobs_limits *l)
     l->threads = 0;
     l->yield = true;
     l->yield_idle_ms = 50;
+    l->nice = 19;
 }
 
 int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap)
@@ -236,6 +239,7 @@ int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap)
         {"RWKVD_JOB_THREADS", 0, 1024, 2, offsetof(struct rk_jobs_limits, threads)},
         {"RWKVD_JOB_YIELD", 0, 1, 3, offsetof(struct rk_jobs_limits, yield)},
         {"RWKVD_JOB_YIELD_IDLE_MS", 1, 60000, 2, offsetof(struct rk_jobs_limits, yield_idle_ms)},
+        {"RWKVD_JOB_NICE", 0, 19, 2, offsetof(struct rk_jobs_limits, nice)},
     };
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char *s = getenv(vars[i].name);
@@ -505,6 +509,25 @@ static int journal_write(struct rk_jobs *js, struct rk_tjob *j, struct rk_errbuf
     }
     pthread_mutex_unlock(&js->jmu);
     return rc;
+}
+
+/* Forget step and eval events after step k: a resumed run does them again. */
+static void drop_events_after(struct rk_tjob *j, long k)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < j->n_ev; i++) {
+        bool drop = j->ev[i].type != RK_EV_STATUS;
+        if (drop) {
+            json_t *e = json_loads(j->ev[i].data, 0, NULL);
+            drop = int_of(e, "step") > k;
+            json_decref(e);
+        }
+        if (drop)
+            free(j->ev[i].data);
+        else
+            j->ev[w++] = j->ev[i];
+    }
+    j->n_ev = w;
 }
 
 /* --- checkpoints ------------------------------------------------------------ */
@@ -823,8 +846,10 @@ static void run_job(struct rk_jobs *js, struct rk_tjob *j)
     j->v.run_elapsed_s = 0;
     r.tokens0 = j->v.trained_tokens;
     char msg[128];
-    if (resumed)
+    if (resumed) {
+        drop_events_after(j, ck.step);
         snprintf(msg, sizeof msg, "resumed from the checkpoint at step %ld", ck.step);
+    }
     else
         snprintf(msg, sizeof msg, "training on %zu examples", j->v.n_examples);
     struct pending_ev pe = status_event(j, msg);
@@ -917,6 +942,12 @@ out:
 static void *worker_main(void *arg)
 {
     struct rk_jobs *js = arg;
+    // Lower this thread's priority; the compute threads rk_tune_run starts
+    // from it inherit the nice value, so when a tuning layer overlaps with an
+    // engine step the scheduler favours the engine.
+    if (js->lim.nice > 0 &&
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), js->lim.nice) != 0)
+        rk_log(RK_LOG_WARN, "jobs: cannot lower the worker's priority: %s", strerror(errno));
     for (;;) {
         pthread_mutex_lock(&js->mu);
         while (!js->stopping && !js->q_head)
@@ -1453,23 +1484,8 @@ static void load_events(struct rk_jobs *js, struct rk_tjob *j)
         enum rk_tjob_ev_type t = !strcmp(type, "step") ? RK_EV_STEP
                                  : !strcmp(type, "eval") ? RK_EV_EVAL : RK_EV_STATUS;
         const char *msg = json_string_value(json_object_get(d, "message"));
-        if (t == RK_EV_STATUS && msg && !strncmp(msg, "resumed from", 12)) {
-            long k = (long)int_of(d, "step");
-            size_t w = 0;
-            for (size_t i = 0; i < j->n_ev; i++) {
-                bool drop = j->ev[i].type != RK_EV_STATUS;
-                if (drop) {
-                    json_t *e = json_loads(j->ev[i].data, 0, NULL);
-                    drop = int_of(e, "step") > k;
-                    json_decref(e);
-                }
-                if (drop)
-                    free(j->ev[i].data);
-                else
-                    j->ev[w++] = j->ev[i];
-            }
-            j->n_ev = w;
-        }
+        if (t == RK_EV_STATUS && msg && !strncmp(msg, "resumed from", 12))
+            drop_events_after(j, (long)int_of(d, "step"));
         ev_push(j, t, int_of(o, "t"), json_dumps(d, JSON_COMPACT | JSON_REAL_PRECISION(9)));
         json_decref(o);
     }

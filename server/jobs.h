@@ -47,6 +47,7 @@ struct rk_jobs_limits {
     int threads;              /* compute threads of the worker (0 = --threads) */
     bool yield;               /* pause between layers while the engine is busy */
     int yield_idle_ms;        /* engine idle this long before the worker resumes */
+    int nice;                 /* nice value of the worker and its compute threads */
 };
 void rk_jobs_limits_default(struct rk_jobs_limits *l);
 /* Apply RWKVD_JOB_* variables; on a bad value prints to `err` and returns -1. */

@@ -150,6 +150,7 @@ START_TEST(test_dataset_split_shuffle)
         differs |= a[0] != b[0];
     }
     ck_assert(differs);
+    rk_dataset_free(tr), rk_dataset_free(va);
     ck_assert_int_eq(rk_dataset_split(d, 1.0, 8, &tr, &va), RK_EINVAL);
     rk_dataset_free(tr2), rk_dataset_free(va2), rk_dataset_free(d);
 
