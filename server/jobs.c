@@ -1584,7 +1584,8 @@ static int load_jobs(struct rk_jobs *js)
         }
     }
     closedir(d);
-    qsort(js->jobs, js->n_jobs, sizeof *js->jobs, cmp_created);
+    if (js->n_jobs > 1)
+        qsort(js->jobs, js->n_jobs, sizeof *js->jobs, cmp_created);
     // Recover in creation order: unfinished jobs are queued again.
     for (size_t i = 0; i < js->n_jobs; i++) {
         struct rk_tjob *j = js->jobs[i];
