@@ -13,6 +13,10 @@
  *              converts a block of W rows to fp32 (kept in its L2 cache) and
  *              calls single-threaded OpenBLAS sgemm on it.
  */
+/* The register-blocked kernels below rely on full unrolling of their small
+ * constant-trip loops so that accumulators stay in registers. */
+#pragma GCC optimize("O3")
+
 #include "core_int.h"
 
 #include <cblas.h>
@@ -26,7 +30,7 @@
 
 /* Rows of X up to which the dot path is used, and up to which the tiled
  * AVX-512 path beats converted-block sgemm; measured in BENCHMARKS.md. */
-#define DOT_ROWS_MAX 4
+#define DOT_ROWS_MAX 3
 #define TILED_ROWS_MAX 48
 /* Weight elements below which a matmul runs on the calling thread only. */
 #define PAR_MIN_ELEMS (1 << 16)
@@ -214,39 +218,100 @@ AVX512 static void dot1_rows4_avx512(float *Y, int yoff, const float *X,
 DOT_AVX512(2)
 DOT_AVX512(3)
 DOT_AVX512(4)
-
-/* A 4x4 tile: 4 weight rows against 4 rows of X, 16 accumulators. Each
- * weight vector loaded (and widened) once feeds 4 FMAs, and each X vector 4,
- * so the loop is bound by FMAs rather than loads. Needs cols % 16 == 0. */
-AVX512 static void tile4x4_avx512(float *Y, size_t ldy, int yoff, const float *X, size_t cols,
-                                  const struct rk_weight *W, int r)
-{
-    enum rk_dtype t = W->dtype;
-    __m512 acc[4][4];
-    for (int a = 0; a < 4; a++)
-        for (int b = 0; b < 4; b++)
-            acc[a][b] = _mm512_setzero_ps();
-    size_t base = (size_t)r * cols;
-    for (size_t c = 0; c < cols; c += 16) {
-        __m512 w0 = load16(t, W->data, base + c);
-        __m512 w1 = load16(t, W->data, base + cols + c);
-        __m512 w2 = load16(t, W->data, base + 2 * cols + c);
-        __m512 w3 = load16(t, W->data, base + 3 * cols + c);
-        for (int i = 0; i < 4; i++) {
-            __m512 x = _mm512_loadu_ps(X + (size_t)i * cols + c);
-            acc[0][i] = _mm512_fmadd_ps(w0, x, acc[0][i]);
-            acc[1][i] = _mm512_fmadd_ps(w1, x, acc[1][i]);
-            acc[2][i] = _mm512_fmadd_ps(w2, x, acc[2][i]);
-            acc[3][i] = _mm512_fmadd_ps(w3, x, acc[3][i]);
-        }
+/* Two or three rows of X: four weight rows at a time as in dot1_rows4, so
+ * 8 or 12 independent accumulator chains keep the FMA units busy. */
+#define DOT_ROWS4(NX)                                                                       \
+    AVX512 static void dot_rows4_avx512_##NX(float *Y, size_t ldy, int yoff, const float *X, \
+                                             const struct rk_weight *W, int r0, int r1)     \
+    {                                                                                       \
+        size_t cols = (size_t)W->cols;                                                      \
+        enum rk_dtype t = W->dtype;                                                         \
+        size_t esz = t == RK_DTYPE_F32 ? 4 : 2;                                             \
+        int r = r0;                                                                         \
+        for (; r + 4 <= r1; r += 4) {                                                       \
+            size_t base = (size_t)r * cols;                                                 \
+            __m512 acc[4][NX];                                                              \
+            for (int q = 0; q < 4; q++)                                                     \
+                for (int i = 0; i < NX; i++)                                                \
+                    acc[q][i] = _mm512_setzero_ps();                                        \
+            const char *pf = (const char *)W->data + (base + 8 * cols) * esz;               \
+            for (size_t c = 0; c < cols; c += 16) {                                         \
+                if (((c * esz) & 63) == 0)                                                  \
+                    for (int q = 0; q < 4; q++)                                             \
+                        _mm_prefetch(pf + ((size_t)q * cols + c) * esz, _MM_HINT_T0);       \
+                __m512 w[4];                                                                \
+                for (int q = 0; q < 4; q++)                                                 \
+                    w[q] = load16(t, W->data, base + (size_t)q * cols + c);                 \
+                for (int i = 0; i < NX; i++) {                                              \
+                    __m512 x = _mm512_loadu_ps(X + (size_t)i * cols + c);                   \
+                    for (int q = 0; q < 4; q++)                                             \
+                        acc[q][i] = _mm512_fmadd_ps(w[q], x, acc[q][i]);                    \
+                }                                                                           \
+            }                                                                               \
+            for (int q = 0; q < 4; q++)                                                     \
+                for (int i = 0; i < NX; i++)                                                \
+                    Y[(size_t)i * ldy + (size_t)(r + q - yoff)] =                           \
+                        _mm512_reduce_add_ps(acc[q][i]);                                    \
+        }                                                                                   \
+        if (r < r1)                                                                         \
+            dot_avx512_##NX(Y, ldy, yoff, X, W, r, r1);                                     \
     }
-    for (int a = 0; a < 4; a++)
-        for (int i = 0; i < 4; i++)
-            Y[(size_t)i * ldy + (size_t)(r + a - yoff)] = _mm512_reduce_add_ps(acc[a][i]);
+DOT_ROWS4(2)
+DOT_ROWS4(3)
+
+/* A 4x4 tile: 4 fp32 weight rows (w, row stride `cols`) against 4 rows of X,
+ * 16 accumulators. Each weight vector feeds 4 FMAs and each X vector 4, so
+ * the loop is bound by FMAs rather than loads. Needs cols % 16 == 0. Output
+ * (a, i) goes to Y[i * ldy + a]. */
+AVX512 static void tile4x4_f32(float *Y, size_t ldy, const float *X, size_t cols, const float *w)
+{
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+    __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    const float *w0 = w, *w1 = w + cols, *w2 = w + 2 * cols, *w3 = w + 3 * cols;
+    const float *x0 = X, *x1 = X + cols, *x2 = X + 2 * cols, *x3 = X + 3 * cols;
+    for (size_t c = 0; c < cols; c += 16) {
+        __m512 v0 = _mm512_loadu_ps(w0 + c), v1 = _mm512_loadu_ps(w1 + c);
+        __m512 v2 = _mm512_loadu_ps(w2 + c), v3 = _mm512_loadu_ps(w3 + c);
+        __m512 x = _mm512_loadu_ps(x0 + c);
+        a00 = _mm512_fmadd_ps(v0, x, a00);
+        a10 = _mm512_fmadd_ps(v1, x, a10);
+        a20 = _mm512_fmadd_ps(v2, x, a20);
+        a30 = _mm512_fmadd_ps(v3, x, a30);
+        x = _mm512_loadu_ps(x1 + c);
+        a01 = _mm512_fmadd_ps(v0, x, a01);
+        a11 = _mm512_fmadd_ps(v1, x, a11);
+        a21 = _mm512_fmadd_ps(v2, x, a21);
+        a31 = _mm512_fmadd_ps(v3, x, a31);
+        x = _mm512_loadu_ps(x2 + c);
+        a02 = _mm512_fmadd_ps(v0, x, a02);
+        a12 = _mm512_fmadd_ps(v1, x, a12);
+        a22 = _mm512_fmadd_ps(v2, x, a22);
+        a32 = _mm512_fmadd_ps(v3, x, a32);
+        x = _mm512_loadu_ps(x3 + c);
+        a03 = _mm512_fmadd_ps(v0, x, a03);
+        a13 = _mm512_fmadd_ps(v1, x, a13);
+        a23 = _mm512_fmadd_ps(v2, x, a23);
+        a33 = _mm512_fmadd_ps(v3, x, a33);
+    }
+    Y[0] = _mm512_reduce_add_ps(a00), Y[1] = _mm512_reduce_add_ps(a10);
+    Y[2] = _mm512_reduce_add_ps(a20), Y[3] = _mm512_reduce_add_ps(a30);
+    Y += ldy;
+    Y[0] = _mm512_reduce_add_ps(a01), Y[1] = _mm512_reduce_add_ps(a11);
+    Y[2] = _mm512_reduce_add_ps(a21), Y[3] = _mm512_reduce_add_ps(a31);
+    Y += ldy;
+    Y[0] = _mm512_reduce_add_ps(a02), Y[1] = _mm512_reduce_add_ps(a12);
+    Y[2] = _mm512_reduce_add_ps(a22), Y[3] = _mm512_reduce_add_ps(a32);
+    Y += ldy;
+    Y[0] = _mm512_reduce_add_ps(a03), Y[1] = _mm512_reduce_add_ps(a13);
+    Y[2] = _mm512_reduce_add_ps(a23), Y[3] = _mm512_reduce_add_ps(a33);
 }
 
 static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
                      const struct rk_weight *W, int r0, int r1, float *rowbuf);
+static float *thread_buf(size_t n);
+AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, int r0, int r1);
 
 /* Rows [r0, r1) of W against any number of rows of X, in 4x4 tiles; blocks of
  * 4 weight rows stay in L1 while all of X streams past them. */
@@ -261,9 +326,24 @@ AVX512 static void tiled_avx512(float *Y, size_t ldy, int yoff, const float *X, 
             dot_rows(Y + i * ldy, ldy, yoff, X + i * cols, n - i < 4 ? n - i : 4, W, r0, r1, NULL);
         return;
     }
+    /* 16-bit weights: widen each block of 4 rows to fp32 once (it stays in
+     * L1) and reuse it for every group of 4 rows of X */
+    float *wbuf = W->dtype != RK_DTYPE_F32 ? thread_buf(4 * cols) : NULL;
+    if (W->dtype != RK_DTYPE_F32 && !wbuf) { /* no scratch: untiled */
+        for (size_t i = 0; i < n; i += 4)
+            dot_rows(Y + i * ldy, ldy, yoff, X + i * cols, n - i < 4 ? n - i : 4, W, r0, r1, NULL);
+        return;
+    }
     for (; r + 4 <= r1; r += 4) {
+        const float *w;
+        if (wbuf) {
+            convert_block_avx512(wbuf, W, r, r + 4);
+            w = wbuf;
+        } else {
+            w = (const float *)W->data + (size_t)r * cols;
+        }
         for (size_t i = 0; i < n4; i += 4)
-            tile4x4_avx512(Y + i * ldy, ldy, yoff, X + i * cols, cols, W, r);
+            tile4x4_f32(Y + i * ldy + (size_t)(r - yoff), ldy, X + i * cols, cols, w);
         if (n4 < n)
             dot_rows(Y + n4 * ldy, ldy, yoff, X + n4 * cols, n - n4, W, r, r + 4, NULL);
     }
@@ -276,8 +356,15 @@ AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, i
 {
     size_t cols = (size_t)W->cols;
     size_t total = (size_t)(r1 - r0) * cols, base = (size_t)r0 * cols, i = 0;
-    for (; i + 16 <= total; i += 16)
+    size_t esz = W->dtype == RK_DTYPE_F32 ? 4 : 2;
+    /* the block after this one is next: fetch it ahead (past the end of W
+     * on the last block, which prefetch tolerates) */
+    const char *pf = (const char *)W->data + (base + total) * esz;
+    for (; i + 16 <= total; i += 16) {
+        if (((i * esz) & 63) == 0)
+            _mm_prefetch(pf + i * esz, _MM_HINT_T0);
         _mm512_storeu_ps(dst + i, load16(W->dtype, W->data, base + i));
+    }
     for (; i < total; i++)
         dst[i] = weight_at(W, base + i);
 }
@@ -313,8 +400,18 @@ static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
             else
                 dot_avx512_1(Y, ldy, yoff, X, W, r0, r1);
             return;
-        case 2: dot_avx512_2(Y, ldy, yoff, X, W, r0, r1); return;
-        case 3: dot_avx512_3(Y, ldy, yoff, X, W, r0, r1); return;
+        case 2:
+            if (W->cols % 16 == 0)
+                dot_rows4_avx512_2(Y, ldy, yoff, X, W, r0, r1);
+            else
+                dot_avx512_2(Y, ldy, yoff, X, W, r0, r1);
+            return;
+        case 3:
+            if (W->cols % 16 == 0)
+                dot_rows4_avx512_3(Y, ldy, yoff, X, W, r0, r1);
+            else
+                dot_avx512_3(Y, ldy, yoff, X, W, r0, r1);
+            return;
         case 4: dot_avx512_4(Y, ldy, yoff, X, W, r0, r1); return;
         default: break;
         }

@@ -235,14 +235,15 @@ int rk_cmd_bench(int argc, char **argv)
                                .rows_max = (int)(chunk > (long)bmax ? chunk : (long)bmax)};
     logits = malloc(bmax * V * sizeof(float));
     states = calloc(bmax * SL, sizeof(float));
-    toks = malloc((size_t)(ptoks > (long)bmax ? ptoks : (long)bmax) * sizeof *toks);
+    size_t n_toks = (size_t)ptoks > 64 + bmax ? (size_t)ptoks : 64 + bmax;
+    toks = malloc(n_toks * sizeof *toks);
     sp = malloc(bmax * sizeof *sp);
     if (!logits || !states || !toks || !sp || rk_ctx_create(m, &cp, &ctx) != RK_OK) {
         fprintf(stderr, "rwkvd bench: out of memory\n");
         goto out;
     }
     uint64_t seed = 42;
-    for (long i = 0; i < ptoks; i++)
+    for (size_t i = 0; i < n_toks; i++)
         toks[i] = (uint32_t)(rng_next(&seed) % V);
 
     // prefill: best of 3 runs from the zero state, logits for the last token
@@ -255,7 +256,8 @@ int rk_cmd_bench(int argc, char **argv)
     for (int rep = 0; rep < 3; rep++) {
         memset(states, 0, SL * sizeof(float));
         double t0 = rk_cli_now();
-        rk_forward_seq(pctx, toks, (size_t)ptoks, states, logits, false);
+        if (rk_forward_seq(pctx, toks, (size_t)ptoks, states, logits, false) != RK_OK)
+            goto fail;
         double dt = rk_cli_now() - t0;
         if (dt < best)
             best = dt;
@@ -269,8 +271,9 @@ int rk_cmd_bench(int argc, char **argv)
     rk_forward_token(ctx, tk, states, logits); /* warm-up */
     double t0 = rk_cli_now();
     for (long i = 0; i < dtoks; i++) {
-        tk = toks[(size_t)(i + 1) % (size_t)ptoks];
-        rk_forward_token(ctx, tk, states, logits);
+        tk = toks[(size_t)(i + 1) % n_toks];
+        if (rk_forward_token(ctx, tk, states, logits) != RK_OK)
+            goto fail;
     }
     double decode = (double)dtoks / (rk_cli_now() - t0);
 
@@ -302,7 +305,8 @@ int rk_cmd_bench(int argc, char **argv)
             steps = 8;
         double tb = rk_cli_now();
         for (long s = 0; s < steps; s++)
-            rk_forward_batch(ctx, B, toks + (size_t)s % 64, sp, logits);
+            if (rk_forward_batch(ctx, B, toks + (size_t)s % 64, sp, logits) != RK_OK)
+                goto fail;
         batched[bi] = (double)B * (double)steps / (rk_cli_now() - tb);
     }
     double rss = peak_rss_mb();
@@ -358,6 +362,10 @@ out:
     rk_ctx_free(ctx);
     rk_model_free(m);
     return status;
+fail:
+    fprintf(stderr, "rwkvd bench: a forward pass failed\n");
+    status = 1;
+    goto out;
 bad:
     fprintf(stderr, "rwkvd bench: invalid value '%s' for %s\n", optarg, argv[optind - 1]);
     return 2;
