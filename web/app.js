@@ -121,7 +121,7 @@ async function loadJobs() {
     for (const j of d.data) {
       const tr = document.createElement('tr');
       tr.innerHTML = '<td>' + esc(j.id) + '</td><td>' + esc(j.status) + '</td><td>' + (j.step || 0) + '/' +
-        (j.total_steps || '?') + '</td><td>' + (j.loss != null ? Number(j.loss).toFixed(4) : '') + '</td><td>' +
+        (j.steps || '?') + '</td><td>' + (j.loss != null ? Number(j.loss).toFixed(4) : '') + '</td><td>' +
         esc(j.output_state || '') + '</td><td><a href="#" data-ev>events</a> · <a href="#" data-cancel>cancel</a></td>';
       tr.querySelector('[data-cancel]').onclick = async (e) => { e.preventDefault();
         await api('POST', '/jobs/' + j.id + '/cancel'); loadJobs(); };
@@ -153,7 +153,7 @@ $('tune').onclick = async () => {
   try {
     const data = lines.map((l, i) => { try { return JSON.parse(l); } catch (e) { throw new Error('line ' + (i + 1) + ': ' + e.message); } });
     const j = await api('POST', '/tune', { dataset: data, output_state: $('job_out').value.trim(),
-      method: 'standard', hyperparameters: { steps: +$('job_steps').value, lr: +$('job_lr').value } });
+      method: 'standard', steps: +$('job_steps').value, lr: +$('job_lr').value, val_split: 0 });
     loadJobs(); follow(j.id);
   } catch (e) { alert(e.message); }
 };
