@@ -206,6 +206,11 @@ void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, 
 void rk__ops_thread_exit(void);
 /* Row `r` of W as fp32 into out[W.cols]. */
 void rk__weight_row(const struct rk_weight *W, int r, float *out);
+/* One WKV step of one head (rwkv7.c): sa = S a; S = S diag(w) + sa b^T + v k^T;
+ * y = S r. y [N] is always written; `sa` [N] receives S a (before the update)
+ * when non-NULL. `ref` selects the plain loop. */
+void rk__wkv_head(bool ref, float *S, const float *r, const float *w, const float *k,
+                  const float *v, const float *a, const float *b, float *y, float *sa);
 /* Layer norm over n with population variance. */
 struct rk_ctx;
 /* The context's thread pool (for the backward pass). */

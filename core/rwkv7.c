@@ -119,13 +119,15 @@ static void matmul(struct rk_ctx *c, float *Y, const float *X, size_t n, const s
 
 /* One head, one token: sa = S a; S = S diag(w) + sa b^T + v k^T; y = S r. */
 static void wkv_head_ref(float *S, const float *r, const float *w, const float *k, const float *v,
-                         const float *a, const float *b, float *y)
+                         const float *a, const float *b, float *y, float *sa_out)
 {
     for (int i = 0; i < N; i++) {
         float *Si = S + i * N;
         float sa = 0.0f;
         for (int j = 0; j < N; j++)
             sa += Si[j] * a[j];
+        if (sa_out)
+            sa_out[i] = sa;
         float vi = v[i], yi = 0.0f;
         for (int j = 0; j < N; j++) {
             float s = Si[j] * w[j] + sa * b[j] + vi * k[j];
@@ -139,7 +141,7 @@ static void wkv_head_ref(float *S, const float *r, const float *w, const float *
 #ifdef RK_X86
 __attribute__((target("avx512f,fma"))) static void
 wkv_head_avx512(float *S, const float *r, const float *w, const float *k, const float *v,
-                const float *a, const float *b, float *y)
+                const float *a, const float *b, float *y, float *sa_out)
 {
     __m512 A[4], B[4], W[4], K[4], Rv[4];
     for (int q = 0; q < 4; q++) {
@@ -157,7 +159,10 @@ wkv_head_avx512(float *S, const float *r, const float *w, const float *k, const 
         p = _mm512_fmadd_ps(s1, A[1], p);
         p = _mm512_fmadd_ps(s2, A[2], p);
         p = _mm512_fmadd_ps(s3, A[3], p);
-        __m512 sa = _mm512_set1_ps(_mm512_reduce_add_ps(p));
+        float sa1 = _mm512_reduce_add_ps(p);
+        if (sa_out)
+            sa_out[i] = sa1;
+        __m512 sa = _mm512_set1_ps(sa1);
         __m512 vi = _mm512_set1_ps(v[i]);
         s0 = _mm512_fmadd_ps(vi, K[0], _mm512_fmadd_ps(sa, B[0], _mm512_mul_ps(s0, W[0])));
         s1 = _mm512_fmadd_ps(vi, K[1], _mm512_fmadd_ps(sa, B[1], _mm512_mul_ps(s1, W[1])));
@@ -191,6 +196,18 @@ static bool use_avx512(void)
 #endif
 }
 
+void rk__wkv_head(bool ref, float *S, const float *r, const float *w, const float *k,
+                  const float *v, const float *a, const float *b, float *y, float *sa)
+{
+#ifdef RK_X86
+    if (!ref && use_avx512()) {
+        wkv_head_avx512(S, r, w, k, v, a, b, y, sa);
+        return;
+    }
+#endif
+    wkv_head_ref(S, r, w, k, v, a, b, y, sa);
+}
+
 struct wkv_job {
     struct rk_ctx *c;
     int layer, R, H;
@@ -222,10 +239,11 @@ static void wkv_worker(int ith, int nth, void *arg)
             }
 #ifdef RK_X86
             if (fast)
-                wkv_head_avx512(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o);
+                wkv_head_avx512(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o,
+                                NULL);
             else
 #endif
-                wkv_head_ref(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o);
+                wkv_head_ref(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o, NULL);
         }
     }
     (void)fast;

@@ -310,32 +310,68 @@ static void layout(struct bwd *b, struct plan *p)
 /* One WKV step for all heads: S [H][N][N] is updated in place from S_{t-1} to
  * S_t; sa [C] receives S_{t-1} a per head; y [C] (may be NULL) gets S_t r.
  * a = -kk, b = kk*alpha (spec 2.2 step 10). */
+#ifdef __x86_64__
+#include <immintrin.h>
+
+static bool bwd_avx512(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+        const char *env = getenv("RWKVD_NO_AVX512");
+        cached = __builtin_cpu_supports("avx512f") && !(env && *env && *env != '0');
+    }
+    return cached;
+}
+
+/* One row i of the reverse WKV step for N = 64 (the scalar loop below is the
+ * reference): G_i += dy_i r; accumulates the per-column gradients of r, w,
+ * b, k and a; G_i <- G_i * w + dsa * a. Returns dL/dv_i. */
+__attribute__((target("avx512f,fma"))) static float
+wkv_bwd_row_avx512(float *Gr, const float *So, const float *Sn, float dyi, float sai, float vi,
+                   const float *r, const float *w, const float *k, const float *aa,
+                   const float *bb, float *cdr, float *cdw, float *cdb, float *cdk, float *cda)
+{
+    __m512 vdy = _mm512_set1_ps(dyi), vsa = _mm512_set1_ps(sai), vv = _mm512_set1_ps(vi);
+    __m512 g[4], psa = _mm512_setzero_ps(), pv = _mm512_setzero_ps();
+    for (int q = 0; q < 4; q++) {
+        int j = 16 * q;
+        __m512 gij = _mm512_fmadd_ps(vdy, _mm512_loadu_ps(r + j), _mm512_loadu_ps(Gr + j));
+        g[q] = gij;
+        __m512 so = _mm512_loadu_ps(So + j);
+        _mm512_storeu_ps(cdr + j, _mm512_fmadd_ps(_mm512_loadu_ps(Sn + j), vdy, _mm512_loadu_ps(cdr + j)));
+        _mm512_storeu_ps(cdw + j, _mm512_fmadd_ps(gij, so, _mm512_loadu_ps(cdw + j)));
+        _mm512_storeu_ps(cdb + j, _mm512_fmadd_ps(gij, vsa, _mm512_loadu_ps(cdb + j)));
+        _mm512_storeu_ps(cdk + j, _mm512_fmadd_ps(gij, vv, _mm512_loadu_ps(cdk + j)));
+        psa = _mm512_fmadd_ps(gij, _mm512_loadu_ps(bb + j), psa);
+        pv = _mm512_fmadd_ps(gij, _mm512_loadu_ps(k + j), pv);
+    }
+    float dsa = _mm512_reduce_add_ps(psa);
+    __m512 vdsa = _mm512_set1_ps(dsa);
+    for (int q = 0; q < 4; q++) {
+        int j = 16 * q;
+        _mm512_storeu_ps(cda + j, _mm512_fmadd_ps(_mm512_loadu_ps(So + j), vdsa, _mm512_loadu_ps(cda + j)));
+        _mm512_storeu_ps(Gr + j, _mm512_fmadd_ps(g[q], _mm512_loadu_ps(w + j),
+                                                 _mm512_mul_ps(vdsa, _mm512_loadu_ps(aa + j))));
+    }
+    return _mm512_reduce_add_ps(pv);
+}
+#endif
+
+/* One WKV step for every head (see rk__wkv_head); sa [C] receives S a per head
+ * for the backward, y [C] (or NULL) the output. */
 static void wkv_step(int H, int N, float *S, const float *r, const float *w, const float *k,
                      const float *v, const float *kk, const float *alpha, float *sa, float *y)
 {
+    float yb[RK_HEAD_SIZE];
     for (int h = 0; h < H; h++) {
-        float *Sh = S + (size_t)h * N * N;
-        const float *rh = r + h * N, *wh = w + h * N, *kh = k + h * N, *vh = v + h * N;
         const float *kkh = kk + h * N, *ah = alpha + h * N;
         float bb[RK_HEAD_SIZE], aa[RK_HEAD_SIZE];
         for (int j = 0; j < N; j++) {
             aa[j] = -kkh[j];
             bb[j] = kkh[j] * ah[j];
         }
-        for (int i = 0; i < N; i++) {
-            float *row = Sh + (size_t)i * N;
-            float s = 0;
-            for (int j = 0; j < N; j++)
-                s += row[j] * aa[j];
-            sa[h * N + i] = s;
-            float acc = 0;
-            for (int j = 0; j < N; j++) {
-                row[j] = row[j] * wh[j] + s * bb[j] + vh[i] * kh[j];
-                acc += row[j] * rh[j];
-            }
-            if (y)
-                y[h * N + i] = acc;
-        }
+        rk__wkv_head(false, S + (size_t)h * N * N, r + h * N, w + h * N, k + h * N, v + h * N, aa,
+                     bb, y ? y + h * N : yb, sa + h * N);
     }
 }
 
@@ -541,6 +577,14 @@ static void wkv_bwd(struct bwd *b, const float *dy, float *dr, float *dw, float 
                     aa[j] = -kk[j];
                     bb[j] = kk[j] * al[j];
                 }
+#ifdef __x86_64__
+                if (N == 64 && bwd_avx512()) {
+                    for (int i = 0; i < N; i++)
+                        dv[o + i] += wkv_bwd_row_avx512(Gh + (size_t)i * N, Sold + (size_t)i * N,
+                                                        Snew + (size_t)i * N, dyh[i], sa[i], v[i],
+                                                        r, w, k, aa, bb, cdr, cdw, cdb, cdk, cda);
+                } else
+#endif
                 for (int i = 0; i < N; i++) {
                     float *Gr = Gh + (size_t)i * N;
                     const float *So = Sold + (size_t)i * N, *Sn = Snew + (size_t)i * N;

@@ -25,10 +25,12 @@ static char *shared_root(void)
 
 const char *rk_test_shared(const char *rel)
 {
-    static char bufs[8][4096];
+    static char bufs[8][8192];
     static int slot;
     char *b = bufs[slot++ % 8];
-    snprintf(b, 4096, "%s/%s", shared_root(), rel);
+    int n = snprintf(b, 8192, "%s/%s", shared_root(), rel);
+    if (n < 0 || n >= 8192)
+        return NULL;
     return access(b, R_OK) == 0 ? b : NULL;
 }
 
