@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 extern void openblas_set_num_threads(int);
 
@@ -276,6 +277,9 @@ int rk_cmd_bench(int argc, char **argv)
             goto fail;
     }
     double decode = (double)dtoks / (rk_cli_now() - t0);
+    /* peak RSS of prefill + single-stream decode, before the batched runs
+     * allocate one state per sequence */
+    double rss_single = peak_rss_mb();
 
     // adapter swap: one copy of a stored state into a sequence's state buffer
     float *adapter = calloc(SL, sizeof(float));
@@ -317,6 +321,8 @@ int rk_cmd_bench(int argc, char **argv)
         gf = measure_sgemm(nt);
     }
     double wbytes = (double)rk_model_weight_bytes(m);
+    struct stat fst;
+    double file_mb = stat(model, &fst) == 0 ? (double)fst.st_size / 1048576.0 : 0;
     /* A decode step reads every weight once except the embedding table, of
      * which it reads one row. */
     double emb_bytes = (double)V * rk_model_n_embd(m) *
@@ -326,7 +332,8 @@ int rk_cmd_bench(int argc, char **argv)
         printf("{\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"batched_tok_s\":{", prefill, decode);
         for (size_t bi = 0; bi < nb; bi++)
             printf("%s\"%u\":%.2f", bi ? "," : "", blist[bi], batched[bi]);
-        printf("},\"peak_rss_mb\":%.1f", rss);
+        printf("},\"peak_rss_mb\":%.1f,\"peak_rss_single_mb\":%.1f,\"file_mb\":%.1f", rss,
+               rss_single, file_mb);
         printf(",\"adapter_swap_us\":%.2f,\"adapter_swap_vs_step\":%.5f", swap_s * 1e6,
                swap_s * decode);
         printf(",\"model_mb\":%.1f,\"wtype\":\"%s\",\"threads\":%d", wbytes / 1048576.0,
@@ -344,7 +351,8 @@ int rk_cmd_bench(int argc, char **argv)
         printf("decode       %.2f tok/s (single stream)\n", decode);
         for (size_t bi = 0; bi < nb; bi++)
             printf("batched B=%-3u %.2f tok/s (aggregate)\n", blist[bi], batched[bi]);
-        printf("peak RSS     %.1f MB\n", rss);
+        printf("peak RSS     %.1f MiB (%.1f MiB before the batched runs; file %.1f MiB)\n", rss,
+               rss_single, file_mb);
         printf("adapter swap %.1f us per state copy (%zu KiB) = %.3f%% of one decode step\n",
                swap_s * 1e6, SL * sizeof(float) / 1024, 100.0 * swap_s * decode);
         if (limits)
