@@ -9,6 +9,7 @@
  * rand-mh.safetensors (V=384, served with the byte tokenizer).
  */
 #include "check_common.h"
+#include "http_client.h"
 #include "cmd.h"
 #include "http/state_fixture.h"
 #include "rk_adapters.h"
@@ -37,13 +38,6 @@ struct server {
     int port;
     char dir[512];
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Start rwkvd serve with the given extra arguments (NULL-terminated). */
 static struct server start_server_v(const char *const *extra)
@@ -130,135 +124,6 @@ static int stop_server(struct server *s)
 }
 
 /* --- a small HTTP client ----------------------------------------------------- */
-
-static int dial(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_int_ge(fd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
-
-static void send_all(int fd, const void *b, size_t n)
-{
-    const char *p = b;
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w <= 0)
-            return;
-        p += w;
-        n -= (size_t)w;
-    }
-}
-
-struct resp {
-    int status;
-    char *head; /* status line + headers */
-    char *body; /* de-chunked */
-    size_t body_len;
-};
-
-static void resp_free(struct resp *r)
-{
-    free(r->head);
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
-
-/* Read a whole response until the server closes (requests use
- * Connection: close). timeout_ms bounds the wait. */
-static struct resp read_resp(int fd, int timeout_ms)
-{
-    struct resp r = {0};
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap);
-    int64_t t0 = now_ms();
-    for (;;) {
-        struct pollfd pf = {fd, POLLIN, 0};
-        int left = timeout_ms - (int)(now_ms() - t0);
-        if (left <= 0 || poll(&pf, 1, left) <= 0)
-            break;
-        if (n + 4096 > cap)
-            buf = realloc(buf, cap *= 2);
-        ssize_t k = recv(fd, buf + n, cap - n - 1, 0);
-        if (k <= 0)
-            break;
-        n += (size_t)k;
-    }
-    buf[n] = 0;
-    char *sep = strstr(buf, "\r\n\r\n");
-    if (!sep) {
-        r.head = buf;
-        return r;
-    }
-    *sep = 0;
-    r.head = strdup(buf);
-    sscanf(buf, "HTTP/1.%*d %d", &r.status);
-    char *body = sep + 4;
-    size_t blen = n - (size_t)(body - buf);
-    if (strcasestr(r.head, "Transfer-Encoding: chunked")) {
-        char *out = malloc(blen + 1);
-        size_t o = 0;
-        char *p = body, *end = body + blen;
-        while (p < end) {
-            unsigned long sz = strtoul(p, NULL, 16);
-            char *nl = strstr(p, "\r\n");
-            if (!nl || sz == 0)
-                break;
-            p = nl + 2;
-            if (p + sz > end)
-                sz = (unsigned long)(end - p);
-            memcpy(out + o, p, sz);
-            o += sz;
-            p += sz + 2;
-        }
-        out[o] = 0;
-        r.body = out;
-        r.body_len = o;
-    } else {
-        r.body = malloc(blen + 1);
-        memcpy(r.body, body, blen);
-        r.body[blen] = 0;
-        r.body_len = blen;
-    }
-    free(buf);
-    return r;
-}
-
-static struct resp request(int port, const char *method, const char *path, const char *hdrs,
-                           const void *body, size_t blen)
-{
-    int fd = dial(port);
-    ck_assert_int_ge(fd, 0);
-    char head[2048];
-    int hn = snprintf(head, sizeof head,
-                      "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s"
-                      "Content-Length: %zu\r\n\r\n",
-                      method, path, hdrs ? hdrs : "", blen);
-    send_all(fd, head, (size_t)hn);
-    if (blen)
-        send_all(fd, body, blen);
-    struct resp r = read_resp(fd, 30000);
-    close(fd);
-    return r;
-}
-
-static struct resp get(int port, const char *path, const char *hdrs)
-{
-    return request(port, "GET", path, hdrs, NULL, 0);
-}
-
-static struct resp post(int port, const char *path, const char *hdrs, const char *json)
-{
-    return request(port, "POST", path, hdrs, json, strlen(json));
-}
 
 /* Send raw bytes, return the response. */
 static struct resp raw(int port, const char *bytes, size_t n)
