@@ -23,6 +23,11 @@
  */
 #include "srv.h"
 
+/* Oversized bodies up to this size (by Content-Length) are read and dropped
+ * before the 413 is sent; larger ones get the 413 at once and the connection
+ * is closed. */
+#define RK_HTTP_DRAIN_MAX ((size_t)16 << 20)
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -462,6 +467,14 @@ static void first_call(struct rk_http_req *r, const char *version)
             return;
         }
         if (v > r->body_max) {
+            if (v <= RK_HTTP_DRAIN_MAX) {
+                // Read and drop the body, then answer 413: a client that is
+                // still sending would otherwise see the connection reset
+                // before it reads the answer.
+                r->body_too_large = true;
+                r->body_drain_max = (size_t)v;
+                return;
+            }
             rk_http_error(r, 413, "request_too_large", NULL,
                           "request body of %llu bytes exceeds the limit of %zu bytes", v,
                           r->body_max);
@@ -530,7 +543,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             // be sent), then drop the connection.
             r->body_too_large = true;
             r->body_discarded += n;
-            return r->body_discarded > ((size_t)1 << 20) ? MHD_NO : MHD_YES;
+            size_t lim = r->body_drain_max ? r->body_drain_max : ((size_t)1 << 20);
+            return r->body_discarded > lim ? MHD_NO : MHD_YES;
         }
         if (!rk_buf_reserve(&r->body, n))
             return MHD_NO;

@@ -224,6 +224,7 @@ struct rk_http_req {
     size_t body_max;
     bool body_too_large;
     size_t body_discarded;
+    size_t body_drain_max; /* drop up to this many body bytes before the 413 */
     bool dispatched;
     bool suspended;
     int64_t t_start_us;
