@@ -4,6 +4,7 @@
  * every option, so --help, the start-up print and docs/API.md stay in step.
  */
 #include "srv.h"
+#include "jobs.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -133,6 +134,7 @@ static void help(FILE *f)
         fprintf(f, "  --%-20s %s%s\n  %22s (env %s)\n", opts[i].flag,
                 opts[i].type == OPT_BOOL ? "" : "", opts[i].help, "", opts[i].env);
     fprintf(f, "  --%-20s %s\n", "help", "show this help");
+    rk_jobs_env_help(f);
 }
 
 int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)

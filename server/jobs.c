@@ -215,32 +215,34 @@ void rk_jobs_limits_default(struct rk_jobs_limits *l)
     l->nice = 19;
 }
 
+/* The tuning-job settings, read from the environment only. */
+static const struct job_env_var {
+    const char *name;
+    long long lo, hi;
+    int kind; /* 0 size_t, 1 long, 2 int, 3 bool */
+    size_t off;
+} vars[] = {
+    {"RWKVD_JOB_MAX_DATASET_BYTES", 1024, 1ll << 34, 0,
+     offsetof(struct rk_jobs_limits, dataset_bytes_max)},
+    {"RWKVD_JOB_MAX_EXAMPLES", 1, 100000000, 0, offsetof(struct rk_jobs_limits, examples_max)},
+    {"RWKVD_JOB_MAX_SEQ_TOKENS", 2, 1 << 24, 0,
+     offsetof(struct rk_jobs_limits, seq_tokens_max)},
+    {"RWKVD_JOB_MAX_STEPS", 1, 100000000, 1, offsetof(struct rk_jobs_limits, steps_max)},
+    {"RWKVD_JOB_MAX_BATCH", 1, 65536, 2, offsetof(struct rk_jobs_limits, batch_max)},
+    {"RWKVD_JOB_MAX_ACTIVE", 1, 1 << 20, 2,
+     offsetof(struct rk_jobs_limits, active_per_tenant_max)},
+    {"RWKVD_JOB_MAX_FILES", 1, 1 << 20, 2,
+     offsetof(struct rk_jobs_limits, files_per_tenant_max)},
+    {"RWKVD_JOB_CHECKPOINT_EVERY", 0, 100000000, 1,
+     offsetof(struct rk_jobs_limits, checkpoint_every)},
+    {"RWKVD_JOB_THREADS", 0, 1024, 2, offsetof(struct rk_jobs_limits, threads)},
+    {"RWKVD_JOB_YIELD", 0, 1, 3, offsetof(struct rk_jobs_limits, yield)},
+    {"RWKVD_JOB_YIELD_IDLE_MS", 1, 60000, 2, offsetof(struct rk_jobs_limits, yield_idle_ms)},
+    {"RWKVD_JOB_NICE", 0, 19, 2, offsetof(struct rk_jobs_limits, nice)},
+};
+
 int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap)
 {
-    static const struct {
-        const char *name;
-        long long lo, hi;
-        int kind; /* 0 size_t, 1 long, 2 int, 3 bool */
-        size_t off;
-    } vars[] = {
-        {"RWKVD_JOB_MAX_DATASET_BYTES", 1024, 1ll << 34, 0,
-         offsetof(struct rk_jobs_limits, dataset_bytes_max)},
-        {"RWKVD_JOB_MAX_EXAMPLES", 1, 100000000, 0, offsetof(struct rk_jobs_limits, examples_max)},
-        {"RWKVD_JOB_MAX_SEQ_TOKENS", 2, 1 << 24, 0,
-         offsetof(struct rk_jobs_limits, seq_tokens_max)},
-        {"RWKVD_JOB_MAX_STEPS", 1, 100000000, 1, offsetof(struct rk_jobs_limits, steps_max)},
-        {"RWKVD_JOB_MAX_BATCH", 1, 65536, 2, offsetof(struct rk_jobs_limits, batch_max)},
-        {"RWKVD_JOB_MAX_ACTIVE", 1, 1 << 20, 2,
-         offsetof(struct rk_jobs_limits, active_per_tenant_max)},
-        {"RWKVD_JOB_MAX_FILES", 1, 1 << 20, 2,
-         offsetof(struct rk_jobs_limits, files_per_tenant_max)},
-        {"RWKVD_JOB_CHECKPOINT_EVERY", 0, 100000000, 1,
-         offsetof(struct rk_jobs_limits, checkpoint_every)},
-        {"RWKVD_JOB_THREADS", 0, 1024, 2, offsetof(struct rk_jobs_limits, threads)},
-        {"RWKVD_JOB_YIELD", 0, 1, 3, offsetof(struct rk_jobs_limits, yield)},
-        {"RWKVD_JOB_YIELD_IDLE_MS", 1, 60000, 2, offsetof(struct rk_jobs_limits, yield_idle_ms)},
-        {"RWKVD_JOB_NICE", 0, 19, 2, offsetof(struct rk_jobs_limits, nice)},
-    };
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char *s = getenv(vars[i].name);
         if (!s || !*s)
@@ -262,6 +264,22 @@ int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap)
         }
     }
     return 0;
+}
+
+void rk_jobs_env_help(FILE *f)
+{
+    struct rk_jobs_limits d;
+    rk_jobs_limits_default(&d);
+    fprintf(f, "\nTuning jobs are configured by environment variables only (docs/JOBS.md):\n");
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *p = (const char *)&d + vars[i].off;
+        long long v = vars[i].kind == 0   ? (long long)*(const size_t *)p
+                      : vars[i].kind == 1 ? (long long)*(const long *)p
+                      : vars[i].kind == 2 ? (long long)*(const int *)p
+                                          : (long long)*(const bool *)p;
+        fprintf(f, "  %-30s default %lld, range %lld..%lld\n", vars[i].name, v, vars[i].lo,
+                vars[i].hi);
+    }
 }
 
 const struct rk_jobs_limits *rk_jobs_limits(const struct rk_jobs *js) { return &js->lim; }

@@ -15,6 +15,7 @@
 #ifndef RK_JOBS_H
 #define RK_JOBS_H
 
+#include <stdio.h>
 #include "srv.h"
 
 #include <stdbool.h>
@@ -52,6 +53,8 @@ struct rk_jobs_limits {
 void rk_jobs_limits_default(struct rk_jobs_limits *l);
 /* Apply RWKVD_JOB_* variables; on a bad value prints to `err` and returns -1. */
 int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap);
+/* List the RWKVD_JOB_* variables with defaults and ranges (for --help). */
+void rk_jobs_env_help(FILE *f);
 
 /* Hyperparameters of a job as submitted (after defaults). */
 struct rk_tjob_hparams {
