@@ -259,12 +259,35 @@ DOT_AVX512(4)
 DOT_ROWS4(2)
 DOT_ROWS4(3)
 
+/* Sixteen horizontal sums at once, each grouped exactly as
+ * _mm512_reduce_add_ps groups its lanes (lane j + lane j+8, then + 4, then
+ * lanes 0+2 and 1+3, then those two), so the results are bit-identical to
+ * sixteen separate reductions. Lane 4q+t of the result is the sum of
+ * a[4t+q]. Each level adds the matching halves of two vectors at once. */
+AVX512 static inline __m512 reduce16_avx512(const __m512 a[16])
+{
+    __m512 c[8], e[4], g[2];
+    for (int p = 0; p < 8; p++) /* [a.T3 | b.T3]: lanes j + j+8 */
+        c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
+                             _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xee));
+    for (int s = 0; s < 4; s++) /* quarter q: a[4s+q].T6, lanes j + j+4 */
+        e[s] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * s], c[2 * s + 1], 0x88),
+                             _mm512_shuffle_f32x4(c[2 * s], c[2 * s + 1], 0xdd));
+    for (int h = 0; h < 2; h++) /* per quarter: lanes 0+2 and 1+3 of two vectors */
+        g[h] = _mm512_add_ps(_mm512_shuffle_ps(e[2 * h], e[2 * h + 1], 0x44),
+                             _mm512_shuffle_ps(e[2 * h], e[2 * h + 1], 0xee));
+    return _mm512_add_ps(_mm512_shuffle_ps(g[0], g[1], 0x88), _mm512_shuffle_ps(g[0], g[1], 0xdd));
+}
+
 /* A 4x4 tile: 4 fp32 weight rows (w, row stride `cols`) against 4 rows of X,
  * 16 accumulators. Each weight vector feeds 4 FMAs and each X vector 4, so
  * the loop is bound by FMAs rather than loads. Needs cols % 16 == 0. Output
  * (a, i) goes to Y[i * ldy + a]. */
-AVX512 static void tile4x4_f32(float *Y, size_t ldy, const float *X, size_t cols, const float *w)
+AVX512 static void tile4x4_f32(float *Y, size_t ldy, const float *X, size_t cols, const float *w,
+                               const char *pf, size_t pf_lines)
 {
+    /* spread the prefetches of pf_lines cache lines over the loop */
+    size_t steps = cols / 16, per = (pf_lines + steps - 1) / steps, line = 0;
     __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
     __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
     __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
@@ -272,6 +295,8 @@ AVX512 static void tile4x4_f32(float *Y, size_t ldy, const float *X, size_t cols
     const float *w0 = w, *w1 = w + cols, *w2 = w + 2 * cols, *w3 = w + 3 * cols;
     const float *x0 = X, *x1 = X + cols, *x2 = X + 2 * cols, *x3 = X + 3 * cols;
     for (size_t c = 0; c < cols; c += 16) {
+        for (size_t q = 0; q < per && line < pf_lines; q++, line++)
+            _mm_prefetch(pf + line * 64, _MM_HINT_T1);
         __m512 v0 = _mm512_loadu_ps(w0 + c), v1 = _mm512_loadu_ps(w1 + c);
         __m512 v2 = _mm512_loadu_ps(w2 + c), v3 = _mm512_loadu_ps(w3 + c);
         __m512 x = _mm512_loadu_ps(x0 + c);
@@ -295,17 +320,12 @@ AVX512 static void tile4x4_f32(float *Y, size_t ldy, const float *X, size_t cols
         a23 = _mm512_fmadd_ps(v2, x, a23);
         a33 = _mm512_fmadd_ps(v3, x, a33);
     }
-    Y[0] = _mm512_reduce_add_ps(a00), Y[1] = _mm512_reduce_add_ps(a10);
-    Y[2] = _mm512_reduce_add_ps(a20), Y[3] = _mm512_reduce_add_ps(a30);
-    Y += ldy;
-    Y[0] = _mm512_reduce_add_ps(a01), Y[1] = _mm512_reduce_add_ps(a11);
-    Y[2] = _mm512_reduce_add_ps(a21), Y[3] = _mm512_reduce_add_ps(a31);
-    Y += ldy;
-    Y[0] = _mm512_reduce_add_ps(a02), Y[1] = _mm512_reduce_add_ps(a12);
-    Y[2] = _mm512_reduce_add_ps(a22), Y[3] = _mm512_reduce_add_ps(a32);
-    Y += ldy;
-    Y[0] = _mm512_reduce_add_ps(a03), Y[1] = _mm512_reduce_add_ps(a13);
-    Y[2] = _mm512_reduce_add_ps(a23), Y[3] = _mm512_reduce_add_ps(a33);
+    /* a_{4r+i} = acc(weight row r, X row i) */
+    __m512 acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
+                      a20, a21, a22, a23, a30, a31, a32, a33};
+    __m512 sums = reduce16_avx512(acc); /* lane 4i+r = Y(i, r) */
+    for (int i = 0; i < 4; i++)
+        _mm_storeu_ps(Y + (size_t)i * ldy, _mm512_extractf32x4_ps(sums, i));
 }
 
 static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
@@ -334,8 +354,15 @@ AVX512 static void tiled_avx512(float *Y, size_t ldy, int yoff, const float *X, 
             dot_rows(Y + i * ldy, ldy, yoff, X + i * cols, n - i < 4 ? n - i : 4, W, r0, r1, NULL);
         return;
     }
+    /* While a block's tiles run, the weights two blocks ahead are fetched
+     * into L2, so streaming them from memory overlaps the FMAs; the lines
+     * are shared out over the block's tiles. (Past the end of W on the last
+     * blocks, which prefetch tolerates.) */
+    size_t esz = W->dtype == RK_DTYPE_F32 ? 4 : 2, blk = 4 * cols * esz;
+    size_t tiles = n4 / 4, pf_lines = tiles ? (blk / 64 + tiles - 1) / tiles : 0;
     for (; r + 4 <= r1; r += 4) {
         const float *w;
+        const char *pf = (const char *)W->data + (size_t)(r + 8) * cols * esz;
         if (wbuf) {
             convert_block_avx512(wbuf, W, r, r + 4);
             w = wbuf;
@@ -343,7 +370,8 @@ AVX512 static void tiled_avx512(float *Y, size_t ldy, int yoff, const float *X, 
             w = (const float *)W->data + (size_t)r * cols;
         }
         for (size_t i = 0; i < n4; i += 4)
-            tile4x4_f32(Y + i * ldy + (size_t)(r - yoff), ldy, X + i * cols, cols, w);
+            tile4x4_f32(Y + i * ldy + (size_t)(r - yoff), ldy, X + i * cols, cols, w,
+                        pf + (i / 4) * pf_lines * 64, pf_lines);
         if (n4 < n)
             dot_rows(Y + n4 * ldy, ldy, yoff, X + n4 * cols, n - n4, W, r, r + 4, NULL);
     }
