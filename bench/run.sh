@@ -46,8 +46,15 @@ $RWKVD serve --model $M01 --vocab "$VOCAB" --port 0 --threads "$T" --data-dir "$
 pid=$!
 for _ in $(seq 100); do grep -q listening "$tmp/serve.out" 2>/dev/null && break; sleep 0.2; done
 url=$(sed -n 's/^listening on //p' "$tmp/serve.out" | head -1)
-node bench/load.mjs --url "$url" --concurrency 1,4,16,64 --duration 20 --max-tokens 64 \
-    --state-file "$tmp/st.safetensors" --states 64
+# one level at a time, with /health also probed from a separate process
+for c in 1 4 16 64; do
+    $PY bench/health_probe.py "$url" 20 --label "$c streams" > "$tmp/probe.out" &
+    probe=$!
+    node bench/load.mjs --url "$url" --concurrency $c --duration 20 --max-tokens 64 \
+        --state-file "$tmp/st.safetensors" --states 64
+    wait $probe
+    cat "$tmp/probe.out"
+done
 kill -TERM $pid
 wait $pid || true
 rm -rf "$tmp"

@@ -187,7 +187,7 @@ void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view
  * runs ith = 0. Returns when all have finished. */
 typedef void rk__pool_fn(int ith, int nth, void *arg);
 struct rk__pool;
-int rk__pool_create(int n_threads, struct rk__pool **out);
+int rk__pool_create(int n_threads, int nice, struct rk__pool **out);
 void rk__pool_free(struct rk__pool *p);
 int rk__pool_n_threads(const struct rk__pool *p);
 void rk__pool_run(struct rk__pool *p, rk__pool_fn *fn, void *arg);

@@ -17,6 +17,10 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -43,6 +47,7 @@ struct rk__pool {
 struct worker_arg {
     struct rk__pool *pool;
     int ith;
+    int nice;
 };
 
 static void *worker_main(void *p)
@@ -51,6 +56,11 @@ static void *worker_main(void *p)
     rk__free(p);
     struct rk__pool *pool = wa.pool;
     unsigned seen = 0;
+#ifdef __linux__
+    /* best effort: a failure leaves the inherited priority */
+    if (wa.nice > 0)
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), wa.nice);
+#endif
     for (;;) {
         int spins = 0;
         while (atomic_load(&pool->gen) == seen && !atomic_load(&pool->stop) &&
@@ -76,7 +86,7 @@ static void *worker_main(void *p)
     return NULL;
 }
 
-int rk__pool_create(int n_threads, struct rk__pool **out)
+int rk__pool_create(int n_threads, int nice, struct rk__pool **out)
 {
     *out = NULL;
     if (n_threads <= 0) {
@@ -102,6 +112,7 @@ int rk__pool_create(int n_threads, struct rk__pool **out)
             goto fail;
         wa->pool = p;
         wa->ith = i;
+        wa->nice = nice;
         if (pthread_create(&p->threads[i - 1], NULL, worker_main, wa) != 0) {
             rk__free(wa);
             goto fail;

@@ -87,7 +87,7 @@ int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struc
     c->lora = q;
     q += (R * (size_t)dmax + 15) & ~(size_t)15;
     c->hidden = q;
-    int rc = rk__pool_create(n_threads, &c->pool);
+    int rc = rk__pool_create(n_threads, p ? p->nice : 0, &c->pool);
     if (rc != RK_OK) {
         rk__free_aligned(c->block);
         rk__free(c);

@@ -34,6 +34,7 @@ static const struct opt opts[] = {
     {"data-dir", "RWKVD_DATA_DIR", OPT_STR, F(data_dir), 0, 0, "state store directory (default ./rwkvd-data)"},
     {"api-keys", "RWKVD_API_KEYS", OPT_STR, F(api_keys), 0, 0, "file of 'KEY TENANT' lines; every route then needs a key"},
     {"threads", "RWKVD_THREADS", OPT_INT, F(threads), 0, 1024, "compute threads (0 = all CPUs)"},
+    {"compute-nice", "RWKVD_COMPUTE_NICE", OPT_INT, F(compute_nice), 0, 19, "nice value of the engine's compute threads, so the HTTP loop stays responsive on busy cores (0 = unchanged)"},
     {"max-body-bytes", "RWKVD_MAX_BODY_BYTES", OPT_SIZE, F(body_bytes_max), 1024, 1ll << 30, "largest JSON request body (413 beyond)"},
     {"max-state-bytes", "RWKVD_MAX_STATE_BYTES", OPT_SIZE, F(state_bytes_max), 1024, 1ll << 34, "largest state upload (PUT /states/{id}; 413 beyond)"},
     {"max-prompt-tokens", "RWKVD_MAX_PROMPT_TOKENS", OPT_INT, F(prompt_tokens_max), 1, 1 << 24, "longest prompt in tokens (400 beyond)"},

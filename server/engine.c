@@ -32,12 +32,16 @@
  */
 #include "srv.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 enum phase { SEQ_FREE, SEQ_PREFILL, SEQ_WAIT, SEQ_DECODE };
 
@@ -779,6 +783,11 @@ static int n_free(struct rk_engine *e)
 static void *engine_main(void *arg)
 {
     struct rk_engine *e = arg;
+    // The engine's own thread computes too: same priority as its helpers.
+    if (e->srv->cfg.compute_nice > 0 &&
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), e->srv->cfg.compute_nice) != 0)
+        rk_log(RK_LOG_WARN, "engine: cannot lower the compute threads' priority: %s",
+               strerror(errno));
     for (;;) {
         atomic_store(&e->heartbeat_us, rk_now_us());
         // Take admissible jobs and expired/cancelled ones off the queue.
@@ -912,6 +921,7 @@ int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
     e->n_seqs = srv->cfg.seqs_max;
     size_t V = (size_t)e->V, S = (size_t)e->n_seqs;
     struct rk_ctx_params cp = {.n_threads = srv->cfg.threads,
+                               .nice = srv->cfg.compute_nice,
                                .rows_max = srv->cfg.prefill_chunk > e->n_seqs
                                                ? (srv->cfg.prefill_chunk > 512 ? 512 : srv->cfg.prefill_chunk)
                                                : (e->n_seqs > 512 ? 512 : e->n_seqs)};

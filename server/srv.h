@@ -31,6 +31,7 @@ struct rk_srv_config {
     const char *model, *vocab, *model_name, *host, *data_dir, *api_keys;
     int port;
     int threads;
+    int compute_nice;            /* nice value of the engine's compute threads */
     size_t body_bytes_max;       /* JSON request bodies (413 beyond) */
     size_t state_bytes_max;      /* PUT /states/{id} bodies */
     int prompt_tokens_max;

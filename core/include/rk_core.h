@@ -183,6 +183,8 @@ struct rk_ctx_params {
     int n_threads; /* compute threads incl. the caller; 0 = number of CPUs */
     int rows_max;  /* largest prefill chunk / decode batch handled in one
                       pass (0 = 64); longer sequences are chunked */
+    int nice;      /* 1..19: the helper threads lower their scheduling
+                      priority to this nice value (Linux); 0 = inherit */
 };
 
 struct rk_ctx; /* per-thread scratch; use from one thread at a time */

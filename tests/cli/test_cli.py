@@ -74,6 +74,38 @@ with tempfile.TemporaryDirectory() as tmp:
     p = run("logits", "--model", out, "--tokens", toks)
     check_close(json.loads(p.stdout), got, 0.5, "logits after bf16 convert")
 
+# serve --compute-nice: the compute helper threads run at that nice value and
+# the HTTP loop keeps its own (Linux only: read from /proc)
+if sys.platform.startswith("linux"):
+    import time
+    with tempfile.TemporaryDirectory() as d:
+        srv = subprocess.Popen([RWKVD, "serve", "--model", os.path.join(DATA, "rand-mh.safetensors"),
+                                "--port", "0", "--threads", "3", "--compute-nice", "7",
+                                "--data-dir", os.path.join(d, "data")],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            line = ""
+            deadline = time.time() + 60
+            while "listening" not in line and time.time() < deadline:
+                line = srv.stdout.readline() or line
+                if srv.poll() is not None:
+                    break
+            nices = {}
+            time.sleep(0.5)  # the engine thread lowers its priority when it starts
+            for tid in os.listdir(f"/proc/{srv.pid}/task"):
+                with open(f"/proc/{srv.pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                nices[int(tid)] = int(fields[16])  # field 19 of stat: nice
+            n7 = sum(1 for v in nices.values() if v == 7)
+            if "listening" not in line:
+                failures.append("serve --compute-nice 7 did not start")
+            elif n7 != 3 or nices.get(srv.pid) != 0:
+                failures.append(f"--compute-nice 7: thread nice values {sorted(nices.values())}, "
+                                "want three compute threads at 7 and the main thread at 0")
+        finally:
+            srv.terminate()
+            srv.wait(timeout=60)
+
 # the shared fixtures: the tiny model and the World tokenizer case
 tiny = os.path.join(SHARED, "fixtures", "models")
 if os.path.isdir(tiny):
