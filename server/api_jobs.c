@@ -8,9 +8,10 @@
  *   POST|GET /v1/fine_tuning/jobs, GET /v1/fine_tuning/jobs/{id},
  *   POST /v1/fine_tuning/jobs/{id}/cancel, GET /v1/fine_tuning/jobs/{id}/events
  *
- * Every handler runs on the loop thread. Datasets are validated here, before
- * a job exists (JSONL errors name the line), so a queued job can only fail
- * for reasons found while it runs. A job or file of another tenant answers
+ * Every handler runs on the loop thread. Datasets are validated before a job
+ * exists (JSONL errors name the line), so a queued job can only fail for
+ * reasons found while it runs; a large dataset is validated on the thread
+ * pool while the request waits, and its handler then runs a second time. A job or file of another tenant answers
  * exactly like a missing one (404). docs/JOBS.md is the contract.
  */
 #include "dataset_jsonl.h"
@@ -137,7 +138,53 @@ struct dataset_info {
     char training_file[32];
 };
 
-/* Validate JSONL text exactly as the worker will read it. */
+/* One dataset check: the JSONL text, and what parsing it found. */
+struct vcheck {
+    const char *text;
+    char *owned; /* the copy an offloaded check works on */
+    size_t len;
+    const struct rk_tokenizer *tok;
+    struct rk_jsonl_limits jl;
+    bool done;
+    int rc;
+    struct rk_errbuf eb;
+    size_t n_examples, n_tokens, n_targets;
+    uint32_t vocab;
+};
+
+/* Datasets from this size on are checked on the thread pool (tokenising
+ * 64 MiB takes about a second, which the loop thread must not spend). */
+#define VCHECK_OFFLOAD_BYTES ((size_t)256 << 10)
+
+static void vcheck_run(void *arg)
+{
+    struct vcheck *vc = arg;
+    struct rk_dataset *ds = NULL;
+    vc->rc = rk_dataset_create(&ds);
+    if (vc->rc == RK_OK)
+        vc->rc = rk_jsonl_parse(vc->text, vc->len, vc->tok, &vc->jl, ds, &vc->eb);
+    if (vc->rc == RK_OK) {
+        vc->n_examples = rk_dataset_len(ds);
+        vc->n_tokens = rk_dataset_n_tokens(ds);
+        vc->n_targets = rk_dataset_n_targets(ds);
+        vc->vocab = rk_dataset_vocab_used(ds);
+    }
+    rk_dataset_free(ds);
+    vc->done = true;
+}
+
+static void vcheck_free(void *p)
+{
+    struct vcheck *vc = p;
+    if (vc)
+        free(vc->owned);
+    free(vc);
+}
+
+/* Validate JSONL text exactly as the worker will read it. A large text is
+ * checked on the thread pool: then this returns false with the request
+ * suspended and no answer yet, and the handler runs again once the check is
+ * done, meeting its result here (the handler must rebuild the same text). */
 static bool validate_jsonl(struct rk_http_req *r, struct rk_jobs *js, const char *param,
                            const char *text, size_t len, struct dataset_info *di)
 {
@@ -147,33 +194,51 @@ static bool validate_jsonl(struct rk_http_req *r, struct rk_jobs *js, const char
                       "the dataset has %zu bytes; the limit is %zu", len, lim->dataset_bytes_max);
         return false;
     }
-    struct rk_jsonl_limits jl = {lim->dataset_bytes_max, lim->examples_max, lim->seq_tokens_max};
-    struct rk_dataset *ds = NULL;
-    struct rk_errbuf eb = {0};
-    int rc = rk_dataset_create(&ds);
-    if (rc == RK_OK)
-        rc = rk_jsonl_parse(text, len, r->srv->tok, &jl, ds, &eb);
-    if (rc != RK_OK) {
-        rk_dataset_free(ds);
-        if (rc == RK_ENOMEM)
+    struct vcheck local = {0}, *vc = r->user_free == vcheck_free ? r->user : NULL;
+    if (vc && !(vc->done && vc->len == len && !memcmp(vc->owned, text, len)))
+        vc = NULL; /* not this text (changed meanwhile): check it here */
+    if (!vc && len >= VCHECK_OFFLOAD_BYTES && !r->user) {
+        vc = calloc(1, sizeof *vc);
+        char *copy = malloc(len ? len : 1);
+        if (!vc || !copy) {
+            free(vc), free(copy);
             rk_http_error(r, 503, "enomem", NULL, "out of memory");
-        else
-            rk_http_error(r, 400, rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param,
-                          "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
+            return false;
+        }
+        memcpy(copy, text, len);
+        *vc = (struct vcheck){.text = copy, .owned = copy, .len = len, .tok = r->srv->tok,
+                              .jl = {lim->dataset_bytes_max, lim->examples_max,
+                                     lim->seq_tokens_max}};
+        r->user = vc;
+        r->user_free = vcheck_free;
+        rk_http_offload(r, vcheck_run, vc); /* answers 503 itself on failure */
         return false;
     }
-    di->n_examples = rk_dataset_len(ds);
-    di->n_tokens = rk_dataset_n_tokens(ds);
-    di->n_targets = rk_dataset_n_targets(ds);
-    uint32_t vocab = rk_dataset_vocab_used(ds);
-    rk_dataset_free(ds);
+    if (!vc) {
+        local = (struct vcheck){.text = text, .len = len, .tok = r->srv->tok,
+                                .jl = {lim->dataset_bytes_max, lim->examples_max,
+                                       lim->seq_tokens_max}};
+        vcheck_run(&local);
+        vc = &local;
+    }
+    if (vc->rc != RK_OK) {
+        if (vc->rc == RK_ENOMEM)
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        else
+            rk_http_error(r, 400, vc->rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param,
+                          "%s", vc->eb.msg[0] ? vc->eb.msg : rk_strerror(vc->rc));
+        return false;
+    }
+    di->n_examples = vc->n_examples;
+    di->n_tokens = vc->n_tokens;
+    di->n_targets = vc->n_targets;
     if (di->n_examples == 0) {
         rk_http_error(r, 400, "invalid_dataset", param,
                       "the dataset has no training examples ({\"text\"}, {\"prompt\","
                       "\"completion\"} or {\"messages\"} lines)");
         return false;
     }
-    if (vocab > (uint32_t)rk_model_n_vocab(r->srv->model)) {
+    if (vc->vocab > (uint32_t)rk_model_n_vocab(r->srv->model)) {
         rk_http_error(r, 400, "invalid_dataset", param, "token ids exceed the model's vocabulary");
         return false;
     }

@@ -342,9 +342,77 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
     return MHD_YES;
 }
 
+/* --- offloaded work ------------------------------------------------------- */
+
+struct rk_offload {
+    uv_work_t w;
+    struct rk_http_req *r; /* NULL once the request is gone */
+    void (*work)(void *arg);
+    void *arg;
+    /* the request's user data, kept here when the request ends first */
+    void *orphan;
+    void (*orphan_free)(void *);
+};
+
+static void offload_run(uv_work_t *w)
+{
+    struct rk_offload *o = w->data;
+    o->work(o->arg);
+}
+
+static void offload_done(uv_work_t *w, int status)
+{
+    struct rk_offload *o = w->data;
+    (void)status;
+    struct rk_http_req *r = o->r;
+    if (r) {
+        struct rk_srv *srv = r->srv;
+        r->offload = NULL;
+        r->redispatch = true;
+        srv->n_jobs_inflight--;
+        resume(r);
+        mhd_kick(srv->loop_priv);
+    } else {
+        if (o->orphan_free)
+            o->orphan_free(o->orphan);
+    }
+    free(o);
+}
+
+bool rk_http_offload(struct rk_http_req *r, void (*work)(void *arg), void *arg)
+{
+    struct loopctx *lc = r->srv->loop_priv;
+    struct rk_offload *o = calloc(1, sizeof *o);
+    if (!o) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    o->r = r;
+    o->work = work;
+    o->arg = arg;
+    o->w.data = o;
+    if (uv_queue_work(&lc->loop, &o->w, offload_run, offload_done) != 0) {
+        free(o);
+        rk_http_error(r, 503, "unavailable", NULL, "cannot queue the work");
+        return false;
+    }
+    r->offload = o;
+    r->srv->n_jobs_inflight++;
+    suspend(r);
+    return true;
+}
+
 static void req_free(struct rk_http_req *r)
 {
     struct rk_srv *srv = r->srv;
+    if (r->offload) { /* still running: its completion frees the user data */
+        r->offload->r = NULL;
+        r->offload->orphan = r->user;
+        r->offload->orphan_free = r->user_free;
+        r->user = NULL;
+        r->user_free = NULL;
+        srv->n_jobs_inflight--;
+    }
     if (r->watch) {
         watch_stop(r);
         r->watch->r = NULL;
@@ -562,6 +630,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return queue_prepared(r);
         }
         r->route->fn(r);
+    } else if (r->redispatch) {
+        r->redispatch = false;
+        r->route->fn(r);
+    } else if (r->offload) {
+        suspend(r); // woken early: wait on
+        return MHD_YES;
     } else if (r->job && r->done_fn) {
         bool done;
         pthread_mutex_lock(&r->job->mu);

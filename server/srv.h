@@ -236,6 +236,8 @@ struct rk_http_req {
     struct rk_job *job;      /* a generation in flight (reference held) */
     struct rk_disconnect_watch *watch;
     void (*done_fn)(struct rk_http_req *r, struct rk_job *job);
+    struct rk_offload *offload; /* work on the thread pool for this request */
+    bool redispatch;         /* offloaded work done: call the handler again */
     /* handlers may keep a pointer to per-route data */
     void *user;
     void (*user_free)(void *user);
@@ -255,6 +257,15 @@ void rk_http_error_rk(struct rk_http_req *r, int rc, const char *param, const ch
 int rk_http_status_of(int rc);
 /* Start streaming `job` as server-sent events (the engine writes job->out). */
 void rk_http_stream(struct rk_http_req *r, struct rk_job *job);
+/* Run work(arg) on libuv's thread pool with the request suspended, so slow
+ * work (validating a large dataset) does not hold up the loop thread. When
+ * it is done the route handler is called again, on the loop thread, and
+ * finds its result in `arg`, which it keeps in r->user (with r->user_free):
+ * the handler sets those before calling this. If the client leaves first,
+ * the request's user data is freed only after the work has finished. Counts
+ * as in flight for the SIGTERM drain. Returns false (and answers 503) when
+ * the work cannot be queued. */
+bool rk_http_offload(struct rk_http_req *r, void (*work)(void *arg), void *arg);
 /* Suspend until the job finishes; `done_fn` then builds the response. */
 void rk_http_wait_job(struct rk_http_req *r, struct rk_job *job,
                       void (*done_fn)(struct rk_http_req *r, struct rk_job *job));

@@ -1025,6 +1025,73 @@ START_TEST(test_tenants_and_files)
 }
 END_TEST
 
+/* Datasets from 256 KiB on are validated on the thread pool while the
+ * request waits; the answers must be the same as for small ones, and a
+ * client that leaves meanwhile must not disturb the server. */
+START_TEST(test_large_dataset)
+{
+    struct server s = start_server(ARGS("--max-body-bytes", "4194304"), NULL);
+    enum { N = 8000 }; /* about 360 KB of JSONL */
+    char *data = kiwi_jsonl(5, N);
+    ck_assert_uint_gt(strlen(data), (size_t)300000);
+    // A bad last line: 400 naming it.
+    size_t dl = strlen(data);
+    char *bad = malloc(dl + 64);
+    snprintf(bad, dl + 64, "%s{\"prompt\":\"p\",\"completion\":7}\n", data);
+    char *q = json_quote(bad);
+    size_t cap = strlen(q) + 256;
+    char *body = malloc(cap);
+    snprintf(body, cap, "{\"dataset\":%s,\"output_state\":\"big\",\"steps\":1}", q);
+    struct resp r = post(s.port, "/tune", NULL, body);
+    ck_assert_msg(r.status == 400 && strstr(r.body, "line 8001"), "%d %s", r.status, r.body);
+    resp_free(&r);
+    free(q);
+    // Valid: accepted, with every example counted.
+    q = json_quote(data);
+    snprintf(body, cap, "{\"dataset\":%s,\"output_state\":\"big\",\"steps\":1}", q);
+    r = post(s.port, "/tune", NULL, body);
+    ck_assert_msg(r.status == 202, "%d %s", r.status, r.body);
+    json_t *j = body_json(&r);
+    json_t *ds = json_object_get(j, "dataset");
+    ck_assert_msg(ds && (int)json_integer_value(json_object_get(ds, "examples")) == N, "%s",
+                  r.body);
+    json_decref(j);
+    resp_free(&r);
+    // The same through /v1/files and a fine-tuning job from the file.
+    r = upload(s.port, NULL, "fine-tune", data);
+    ck_assert_msg(r.status == 200, "%d %s", r.status, r.body);
+    j = body_json(&r);
+    char fb[256];
+    snprintf(fb, sizeof fb, "{\"training_file\":\"%s\",\"model\":\"rand-mh\",\"hyperparameters\":"
+             "{\"n_epochs\":1}}", jstr(j, "id"));
+    json_decref(j);
+    resp_free(&r);
+    r = post(s.port, "/v1/fine_tuning/jobs", NULL, fb);
+    ck_assert_msg(r.status == 200, "%d %s", r.status, r.body);
+    resp_free(&r);
+    // Clients that send a large dataset and leave at once, several times:
+    // the server stays up and answers.
+    char head[256];
+    size_t bl = strlen(body);
+    snprintf(head, sizeof head, "POST /tune HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+             "\r\nContent-Length: %zu\r\n\r\n", bl);
+    for (int i = 0; i < 5; i++) {
+        int fd = dial(s.port);
+        send_all(fd, head, strlen(head));
+        send_all(fd, body, bl);
+        close(fd);
+    }
+    r = get(s.port, "/health", NULL);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    r = get(s.port, "/jobs", NULL);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    free(q), free(body), free(bad), free(data);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
 RK_TEST_SUITE(jobs_suite, RK_SELF_CONTAINED)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1042,6 +1109,7 @@ RK_TEST_SUITE(jobs_suite, RK_SELF_CONTAINED)
     ADD(test_restart_recovery)
     ADD(test_inference_while_tuning)
     ADD(test_tenants_and_files)
+    ADD(test_large_dataset)
 #undef ADD
     suite_add_tcase(s, tc);
     return s;
