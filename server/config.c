@@ -163,6 +163,18 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
         for (size_t i = 0; i < N_OPTS; i++)
             if (strlen(opts[i].flag) == nl && !strncmp(opts[i].flag, name, nl))
                 o = &opts[i];
+        const char *job_env = o ? NULL : rk_jobs_flag_env(name, nl);
+        if (job_env) {
+            // A tuning-job flag: it overrides its environment variable, which
+            // the jobs layer reads (and range-checks) at start-up.
+            if (!eq && a + 1 >= argc) {
+                fprintf(stderr, "rwkvd serve: --%.*s needs a value\n", (int)nl, name);
+                return -1;
+            }
+            if (setenv(job_env, eq ? eq + 1 : argv[++a], 1) != 0)
+                return -1;
+            continue;
+        }
         if (!o) {
             fprintf(stderr, "rwkvd serve: unknown option '%s' (see --help)\n", arg);
             return -1;

@@ -241,6 +241,15 @@ static const struct job_env_var {
     {"RWKVD_JOB_NICE", 0, 19, 2, offsetof(struct rk_jobs_limits, nice)},
 };
 
+/* "job-max-steps" for RWKVD_JOB_MAX_STEPS */
+static void flag_of(const char *env, char *out, size_t cap)
+{
+    size_t i = 0;
+    for (const char *p = env + 6; *p && i + 1 < cap; p++)
+        out[i++] = *p == '_' ? '-' : (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+    out[i] = 0;
+}
+
 int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap)
 {
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
@@ -251,8 +260,10 @@ int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap)
         errno = 0;
         long long x = strtoll(s, &end, 10);
         if (errno || *end || end == s || x < vars[i].lo || x > vars[i].hi) {
-            snprintf(err, cap, "%s=%s: expected an integer in [%lld, %lld]", vars[i].name, s,
-                     vars[i].lo, vars[i].hi);
+            char flag[64];
+            flag_of(vars[i].name, flag, sizeof flag);
+            snprintf(err, cap, "%s=%s (--%s): expected an integer in [%lld, %lld]", vars[i].name,
+                     s, flag, vars[i].lo, vars[i].hi);
             return -1;
         }
         char *p = (char *)l + vars[i].off;
@@ -266,19 +277,32 @@ int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap)
     return 0;
 }
 
+const char *rk_jobs_flag_env(const char *flag, size_t len)
+{
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        char f[64];
+        flag_of(vars[i].name, f, sizeof f);
+        if (strlen(f) == len && !strncmp(f, flag, len))
+            return vars[i].name;
+    }
+    return NULL;
+}
+
 void rk_jobs_env_help(FILE *f)
 {
     struct rk_jobs_limits d;
     rk_jobs_limits_default(&d);
-    fprintf(f, "\nTuning jobs are configured by environment variables only (docs/JOBS.md):\n");
+    fprintf(f, "\nTuning jobs (docs/JOBS.md), each by flag or environment variable:\n");
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char *p = (const char *)&d + vars[i].off;
         long long v = vars[i].kind == 0   ? (long long)*(const size_t *)p
                       : vars[i].kind == 1 ? (long long)*(const long *)p
                       : vars[i].kind == 2 ? (long long)*(const int *)p
                                           : (long long)*(const bool *)p;
-        fprintf(f, "  %-30s default %lld, range %lld..%lld\n", vars[i].name, v, vars[i].lo,
-                vars[i].hi);
+        char flag[64];
+        flag_of(vars[i].name, flag, sizeof flag);
+        fprintf(f, "  --%-26s default %lld, range %lld..%lld\n  %28s (env %s)\n", flag, v,
+                vars[i].lo, vars[i].hi, "", vars[i].name);
     }
 }
 

@@ -55,6 +55,9 @@ void rk_jobs_limits_default(struct rk_jobs_limits *l);
 int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap);
 /* List the RWKVD_JOB_* variables with defaults and ranges (for --help). */
 void rk_jobs_env_help(FILE *f);
+/* The environment variable behind a `rwkvd serve` job flag ("job-max-steps",
+ * without the dashes, `len` bytes), or NULL when there is none. */
+const char *rk_jobs_flag_env(const char *flag, size_t len);
 
 /* Hyperparameters of a job as submitted (after defaults). */
 struct rk_tjob_hparams {

@@ -1030,7 +1030,12 @@ END_TEST
  * client that leaves meanwhile must not disturb the server. */
 START_TEST(test_large_dataset)
 {
-    struct server s = start_server(ARGS("--max-body-bytes", "4194304"), NULL);
+    // (--job-max-steps also shows that a job flag wins over its variable)
+    struct server s = start_server(ARGS("--max-body-bytes", "4194304", "--job-max-steps", "2000"),
+                                   ARGS("RWKVD_JOB_MAX_STEPS=1000"));
+    struct resp r0 = tune(s.port, NULL, "flagged", ",\"steps\":2001");
+    ck_assert_msg(r0.status == 400 && strstr(r0.body, "[1, 2000]"), "%d %s", r0.status, r0.body);
+    resp_free(&r0);
     enum { N = 8000 }; /* about 360 KB of JSONL */
     char *data = kiwi_jsonl(5, N);
     ck_assert_uint_gt(strlen(data), (size_t)300000);
