@@ -196,6 +196,11 @@ void rk__pool_run(struct rk__pool *p, rk__pool_fn *fn, void *arg);
 
 /* Y[n][W.rows] = X[n][W.cols] * W^T, fp32 accumulation, any weight dtype.
  * `ref` selects the plain scalar reference loop. `pool` may be NULL. */
+/* dX[n][W.cols] = dY[n][W.rows] W, or += with `accumulate`: the product with
+ * the transposed weight (backward). 16-bit weights are widened block by
+ * block into wbuf (wbuf_floats >= W.cols); fp32 weights need none. */
+void rk__matmul_t(struct rk__pool *pool, float *dX, const float *dY, size_t n,
+                  const struct rk_weight *W, bool accumulate, float *wbuf, size_t wbuf_floats);
 void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
                 const struct rk_weight *W);
 /* Same, but only rows [r0, r1) of W (Y has r1-r0 columns). Used by the head

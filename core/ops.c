@@ -519,6 +519,16 @@ static size_t tiled_rows_max(void)
     return (size_t)cached;
 }
 
+/* The pool parallelises; each sgemm call runs on its calling thread. */
+static void blas_single_threaded(void)
+{
+    static int done;
+    if (!done) {
+        openblas_set_num_threads(1);
+        done = 1;
+    }
+}
+
 struct mm_job {
     float *Y;
     size_t ldy;
@@ -566,12 +576,7 @@ void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, 
         matmul_ref(Y, ldy, X, n, W, r0, r1);
         return;
     }
-    static int blas_threads_set;
-    if (!blas_threads_set) {
-        /* The pool parallelises; each sgemm call runs on its calling thread. */
-        openblas_set_num_threads(1);
-        blas_threads_set = 1;
-    }
+    blas_single_threaded();
     struct mm_job j = {Y, ldy, X, n, W, r0, r1};
     size_t elems = (size_t)(r1 - r0) * (size_t)W->cols * (n > DOT_ROWS_MAX ? n : 1);
     if (!pool || elems < PAR_MIN_ELEMS)
@@ -584,6 +589,69 @@ void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_
                 const struct rk_weight *W)
 {
     rk__matmul_rows(pool, ref, Y, X, n, W, 0, W->rows);
+}
+
+/* --- product with the transposed weight ------------------------------------ */
+
+struct mt_job {
+    float *dX;
+    const float *dY;
+    size_t n;
+    const struct rk_weight *W;
+    float *wbuf;
+    int r0, nb;
+    float beta;
+};
+
+/* Each thread owns a range of dX's columns (multiples of 16): it widens
+ * that part of the block of weight rows, then one sgemm with K = the block's
+ * rows accumulates into its columns. */
+static void mt_worker(int ith, int nth, void *arg)
+{
+    const struct mt_job *j = arg;
+    const struct rk_weight *W = j->W;
+    int cols = W->cols, per = ((cols + nth - 1) / nth + 15) & ~15;
+    int c0 = ith * per, c1 = c0 + per < cols ? c0 + per : cols;
+    if (c0 >= c1)
+        return;
+    const float *B;
+    if (W->dtype == RK_DTYPE_F32) {
+        B = (const float *)W->data + (size_t)j->r0 * (size_t)cols;
+    } else {
+        for (int i = 0; i < j->nb; i++) {
+            const uint16_t *src = (const uint16_t *)W->data + (size_t)(j->r0 + i) * (size_t)cols;
+            float *dst = j->wbuf + (size_t)i * (size_t)cols;
+            if (W->dtype == RK_DTYPE_BF16)
+                for (int c = c0; c < c1; c++)
+                    dst[c] = rk__bf16_to_f32(src[c]);
+            else
+                for (int c = c0; c < c1; c++)
+                    dst[c] = rk__f16_to_f32(src[c]);
+        }
+        B = j->wbuf;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)j->n, c1 - c0, j->nb, 1.0f,
+                j->dY + j->r0, W->rows, B + c0, cols, j->beta, j->dX + c0, cols);
+}
+
+void rk__matmul_t(struct rk__pool *pool, float *dX, const float *dY, size_t n,
+                  const struct rk_weight *W, bool accumulate, float *wbuf, size_t wbuf_floats)
+{
+    const int rows = W->rows, cols = W->cols;
+    /* fp32 weights need no scratch: one block of all rows */
+    int B = W->dtype == RK_DTYPE_F32 ? rows : (int)(wbuf_floats / (size_t)cols);
+    if (B > rows)
+        B = rows;
+    RK_ASSERT(B >= 1 && (W->dtype == RK_DTYPE_F32 || wbuf));
+    blas_single_threaded();
+    for (int r0 = 0; r0 < rows; r0 += B) {
+        struct mt_job j = {dX, dY, n, W, wbuf, r0, rows - r0 < B ? rows - r0 : B,
+                           accumulate || r0 > 0 ? 1.0f : 0.0f};
+        if (!pool || n * (size_t)j.nb * (size_t)cols < PAR_MIN_ELEMS)
+            mt_worker(0, 1, &j);
+        else
+            rk__pool_run(pool, mt_worker, &j);
+    }
 }
 
 void rk__layernorm(float *out, const float *x, const float *w, const float *b, int n, float eps)

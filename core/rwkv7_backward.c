@@ -34,7 +34,7 @@
 #define DECAY_C 0.60653065971263342 /* e^{-1/2}: w = exp(-e^{-1/2} sigmoid(z)) */
 #define LN_EPS 1e-5
 #define GN_EPS 64e-5
-#define TRANSPOSE_FLOATS_MAX (4u << 20) /* fp32 scratch for one transposed weight block */
+#define WBLOCK_FLOATS (1u << 20) /* fp32 scratch for a block of 16-bit weight rows */
 /* Keep all layers' activations from the first forward when they fit here
  * (bytes). Tests lower it to exercise the recompute path. */
 static size_t store_bytes_max = (size_t)1 << 30;
@@ -92,11 +92,7 @@ struct bwd {
     float *sbuf;                 /* [K+1][H][N][N] states of one chunk */
     float *sabuf;                /* [K][H][N] sa of one chunk */
     float *G;                    /* [H][N][N] dLoss/dS */
-    float *wt;                   /* transposed weight block, <= TRANSPOSE_FLOATS_MAX */
-    float *wrows;                /* same size: rows of that block before transposing */
-    float *ybuf;                 /* [T][max(C,F)] product of one block */
-    float *yblk;                 /* [T][Bmax] contiguous slice of dY */
-    size_t blk_rows_max;
+    float *wrows;                /* WBLOCK_FLOATS: a block of weight rows as fp32 */
 
     /* head */
     size_t Tc;                   /* selected positions per head chunk */
@@ -154,56 +150,12 @@ static void matmul(struct bwd *b, float *Y, const float *X, size_t n, const stru
     rk__matmul(b->pool, false, Y, X, n, W);
 }
 
-/* dX[n][W.cols] (+)= dY[n][W.rows] W, the product with the transposed weight.
- * Rows of W are taken in blocks; each block is converted to fp32, transposed
- * into b->wt as a [cols][B] matrix and handed to rk__matmul. The extra work is
- * one pass over the weight per call, small next to the n*rows*cols product. */
+/* dX[n][W.cols] (+)= dY[n][W.rows] W, the product with the transposed weight:
+ * one sgemm per block of weight rows, widened into b->wrows when 16-bit. */
 static void matmul_t(struct bwd *b, float *dX, const float *dY, size_t n,
                      const struct rk_weight *W, bool accumulate)
 {
-    const int rows = W->rows, cols = W->cols;
-    size_t B = TRANSPOSE_FLOATS_MAX / (size_t)cols;
-    if (B > b->blk_rows_max)
-        B = b->blk_rows_max;
-    if (B >= (size_t)rows)
-        B = (size_t)rows;
-    RK_ASSERT(B >= 1);
-    for (int r0 = 0; r0 < rows; r0 += (int)B) {
-        int nb = rows - r0 < (int)B ? rows - r0 : (int)B;
-        /* rows [r0, r0+nb) as fp32, then transposed to wt[c][i] */
-        for (int i = 0; i < nb; i++) {
-            float *dst = b->wrows + (size_t)i * cols;
-            if (W->dtype == RK_DTYPE_F32)
-                memcpy(dst, (const float *)W->data + (size_t)(r0 + i) * cols,
-                       sizeof(float) * cols);
-            else
-                rk__weight_row(W, r0 + i, dst);
-        }
-        enum { TB = 32 };
-        for (int c0 = 0; c0 < cols; c0 += TB)
-            for (int i0 = 0; i0 < nb; i0 += TB) {
-                int c1 = c0 + TB < cols ? c0 + TB : cols;
-                int i1 = i0 + TB < nb ? i0 + TB : nb;
-                for (int c = c0; c < c1; c++)
-                    for (int i = i0; i < i1; i++)
-                        b->wt[(size_t)c * nb + i] = b->wrows[(size_t)i * cols + c];
-            }
-        struct rk_weight wt = {.dtype = RK_DTYPE_F32, .data = b->wt, .rows = cols, .cols = nb};
-        const float *src = dY;
-        if (nb != rows) {
-            for (size_t t = 0; t < n; t++)
-                memcpy(b->yblk + t * nb, dY + t * rows + r0, sizeof(float) * nb);
-            src = b->yblk;
-        }
-        if (!accumulate && r0 == 0) {
-            rk__matmul(b->pool, false, dX, src, n, &wt);
-        } else {
-            rk__matmul(b->pool, false, b->ybuf, src, n, &wt);
-            size_t tot = n * (size_t)cols;
-            for (size_t i = 0; i < tot; i++)
-                dX[i] += b->ybuf[i];
-        }
-    }
+    rk__matmul_t(b->pool, dX, dY, n, W, accumulate, b->wrows, WBLOCK_FLOATS);
 }
 
 /* --- memory plan ---------------------------------------------------------- */
@@ -286,16 +238,7 @@ static void layout(struct bwd *b, struct plan *p)
     b->sbuf = carve(p, (size_t)(b->K + 1) * H * NN);
     b->sabuf = carve(p, (size_t)b->K * C);
     b->G = carve(p, H * NN);
-    b->wt = carve(p, TRANSPOSE_FLOATS_MAX);
-    b->wrows = carve(p, TRANSPOSE_FLOATS_MAX);
-    size_t wide = (size_t)b->V > F ? (size_t)b->V : F;
-    if (wide < C)
-        wide = C;
-    b->ybuf = carve(p, (T > b->Tc ? T : b->Tc) * (F > C ? F : C));
-    b->blk_rows_max = TRANSPOSE_FLOATS_MAX / (size_t)(C < F ? C : F);
-    if (b->blk_rows_max > wide)
-        b->blk_rows_max = wide;
-    b->yblk = carve(p, (T > b->Tc ? T : b->Tc) * b->blk_rows_max);
+    b->wrows = carve(p, WBLOCK_FLOATS);
     b->logits = carve(p, b->Tc * (size_t)b->V);
     b->hx = carve(p, b->Tc * C);
     b->hn = carve(p, b->Tc * C);
@@ -817,16 +760,22 @@ static int head_fwd_bwd(struct bwd *b, const uint32_t *targets, const size_t *se
             float mx = lg[0];
             for (int v = 1; v < V; v++)
                 mx = lg[v] > mx ? lg[v] : mx;
-            double se = 0;
-            for (int v = 0; v < V; v++)
-                se += exp((double)lg[v] - mx);
-            double lse = mx + log(se);
+            /* fp32 exponentials (every term is <= 1 after the shift), summed
+             * in double; the softmax divides by the sum instead of taking
+             * a second exponential */
             uint32_t tg = targets[sel[s0 + i]];
-            total += lse - lg[tg];
-            double scale = 1.0 / (double)nsel;
+            float ltg = lg[tg];
+            double se = 0;
+            for (int v = 0; v < V; v++) {
+                float e = expf(lg[v] - mx);
+                lg[v] = e;
+                se += e;
+            }
+            total += (double)mx + log(se) - (double)ltg;
+            float scale = (float)(1.0 / ((double)nsel * se));
             for (int v = 0; v < V; v++)
-                lg[v] = (float)(exp((double)lg[v] - lse) * scale);
-            lg[tg] -= (float)scale;
+                lg[v] *= scale;
+            lg[tg] -= (float)(1.0 / (double)nsel);
         }
         matmul_t(b, b->hn, b->logits, n, &m->head, false); /* d ln_out output */
         for (size_t i = 0; i < n; i++)

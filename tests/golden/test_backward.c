@@ -629,6 +629,65 @@ RK_TEST_SUITE(backward_shared_suite, RK_NEEDS_SHARED)
     return s;
 }
 
+/* The transposed product every backward linear map uses, against a double
+ * loop: f32, bf16 and f16 weights, odd shapes, a scratch that forces many
+ * blocks, accumulation, one and three threads. */
+START_TEST(test_matmul_t)
+{
+    enum { N = 33, ROWS = 301, COLS = 200 }; /* big enough for the threads to split */
+    uint64_t seed = 99;
+    float *dY = malloc(sizeof(float) * N * ROWS), *w = malloc(sizeof(float) * ROWS * COLS);
+    uint16_t *w16 = malloc(sizeof(uint16_t) * ROWS * COLS);
+    float *dX = malloc(sizeof(float) * N * COLS), *wbuf = malloc(sizeof(float) * 50 * COLS);
+    for (int i = 0; i < N * ROWS; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        dY[i] = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+    }
+    for (int i = 0; i < ROWS * COLS; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        w[i] = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+    }
+    for (int threads = 1; threads <= 3; threads += 2) {
+        struct rk__pool *pool = NULL;
+        ck_assert_int_eq(rk__pool_create(threads, 0, &pool), RK_OK);
+        for (int dt = 0; dt < 3; dt++) {
+            struct rk_weight W = {.rows = ROWS, .cols = COLS};
+            float *wq = malloc(sizeof(float) * ROWS * COLS); /* the weight as stored */
+            for (int i = 0; i < ROWS * COLS; i++) {
+                if (dt == 0) {
+                    wq[i] = w[i];
+                } else if (dt == 1) {
+                    w16[i] = rk__f32_to_bf16(w[i]);
+                    wq[i] = rk__bf16_to_f32(w16[i]);
+                } else {
+                    w16[i] = rk__f32_to_f16(w[i]);
+                    wq[i] = rk__f16_to_f32(w16[i]);
+                }
+            }
+            W.dtype = dt == 0 ? RK_DTYPE_F32 : dt == 1 ? RK_DTYPE_BF16 : RK_DTYPE_F16;
+            W.data = dt == 0 ? (void *)w : (void *)w16;
+            for (int acc = 0; acc < 2; acc++) {
+                for (int i = 0; i < N * COLS; i++)
+                    dX[i] = acc ? 0.25f * (float)(i % 5) : 1e30f;
+                rk__matmul_t(pool, dX, dY, N, &W, acc, wbuf, 50 * COLS);
+                for (int t = 0; t < N; t++)
+                    for (int c = 0; c < COLS; c++) {
+                        double want = acc ? 0.25 * (double)((t * COLS + c) % 5) : 0;
+                        for (int r = 0; r < ROWS; r++)
+                            want += (double)dY[t * ROWS + r] * (double)wq[r * COLS + c];
+                        ck_assert_msg(fabs(dX[t * COLS + c] - want) < 1e-4,
+                                      "dtype %d acc %d threads %d: [%d][%d] %g vs %g", dt, acc,
+                                      threads, t, c, dX[t * COLS + c], want);
+                    }
+            }
+            free(wq);
+        }
+        rk__pool_free(pool);
+    }
+    free(dY), free(w), free(w16), free(dX), free(wbuf);
+}
+END_TEST
+
 RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("backward");
@@ -640,6 +699,7 @@ RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_torch_rand_mh_bf16);
     tcase_add_test(tc, test_checkpoint_interval);
     tcase_add_test(tc, test_mask_and_errors);
+    tcase_add_test(tc, test_matmul_t);
     suite_add_tcase(s, tc);
     return s;
 }
