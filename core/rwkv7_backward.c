@@ -23,9 +23,11 @@
  * Self-contained: it uses only the model struct and the shared kernels of
  * core_int.h (rk__matmul, rk__weight_row), not the forward pass's internals.
  * Products with a transposed weight (every backward linear map) go through
- * matmul_t below, which transposes the weight block by block into fp32
- * scratch and calls rk__matmul on it. Memory: docs/TUNING.md.
+ * matmul_t below: one sgemm per block of weight rows (rk__matmul_t), 16-bit
+ * rows widened into fp32 scratch first. Memory: docs/TUNING.md.
  */
+/* vectorise the element-wise loops (no fast-math: results are unchanged) */
+#pragma GCC optimize("O3")
 #include "core_int.h"
 
 #include <math.h>
@@ -577,8 +579,12 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
 
     /* channel mix: out = xm + Wv relu(Wk xk2)^2, xk2 = u2 + (p2 - u2) mu_k */
     matmul_t(b, b->tf, dx, T, &ly->ffn_value, false); /* d hidden [T][F] */
-    for (size_t i = 0; i < T * (size_t)F; i++)
-        b->tf[i] = b->a.fs[i] > 0 ? b->tf[i] * 2.0f * b->a.fs[i] : 0.0f;
+    {
+        float *restrict tf = b->tf;
+        const float *restrict fs = b->a.fs;
+        for (size_t i = 0; i < T * (size_t)F; i++)
+            tf[i] = fs[i] > 0 ? tf[i] * 2.0f * fs[i] : 0.0f;
+    }
     float *dxk2 = b->t0;
     matmul_t(b, dxk2, b->tf, T, &ly->ffn_key, false);
     float *dffn0 = dst0 + b->lay.ffn_shift;
