@@ -34,10 +34,11 @@
 #define TILED_ROWS_MAX 48
 /* Weight elements below which a matmul runs on the calling thread only. */
 #define PAR_MIN_ELEMS (1 << 16)
-/* Bytes of fp32 weight rows converted per gemm block: large enough that the
- * activations are packed by sgemm only a few times per matrix, small enough
- * to stay in L2. */
-#define GEMM_BLOCK_BYTES (1024 * 1024)
+/* Bytes of fp32 weight rows converted per gemm block: sgemm packs the
+ * activations again for every block, so fewer, larger blocks win; measured
+ * on 0.1B prefill (512 tokens), 4 MiB beat 1 MiB by 8-10 % (8 MiB: no
+ * further gain). Each compute thread keeps one such buffer. */
+#define GEMM_BLOCK_BYTES (4 * 1024 * 1024)
 
 extern void openblas_set_num_threads(int);
 

@@ -158,7 +158,7 @@ int rk_cmd_bench(int argc, char **argv)
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = NULL, *batch_list = "1,4,16";
-    long threads = 0, ptoks = 512, dtoks = 64, chunk = 256;
+    long threads = 0, ptoks = 512, dtoks = 64, chunk = 512;
     bool json = false, limits = false;
     enum rk_dtype wtype = RK_DTYPE_AUTO;
     int o;
@@ -194,7 +194,8 @@ int rk_cmd_bench(int argc, char **argv)
                    "  --threads N         compute threads (default: all CPUs)\n"
                    "  --prompt-tokens N   prefill length (default 512)\n"
                    "  --decode-tokens N   decode steps per measurement (default 64)\n"
-                   "  --chunk N           prefill rows per pass (default 256)\n"
+                   "  --chunk N           prefill rows per pass (default 512; serve uses\n"
+                   "                      --prefill-chunk, default 256)\n"
                    "  --batch LIST        batch sizes for batched decode (default 1,4,16)\n"
                    "  --wtype T           convert large matrices at load (f32|f16|bf16)\n"
                    "  --limits            also measure read bandwidth and sgemm GFLOP/s\n"
