@@ -786,10 +786,24 @@ static double log_sum_exp(const float *logits, size_t n, float *max_out, size_t 
     }
     if (m == -INFINITY)
         return -INFINITY;
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
+    /* the sampler's exponential (each term <= 1), four lanes summed in
+     * double; NaN logits count as -inf */
+    const v4f ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    v2d lo = {0, 0}, hi = {0, 0};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        v4f x;
+        memcpy(&x, logits + i, sizeof x);
+        v4i ok = x == x;
+        x = (v4f)(((v4i)x & ok) | ((v4i)ninf & ~ok));
+        v4f e = exp_det4(x - m);
+        lo += (v2d){e[0], e[1]};
+        hi += (v2d){e[2], e[3]};
+    }
+    double s = (lo[0] + lo[1]) + (hi[0] + hi[1]);
+    for (; i < n; i++)
         if (!isnan(logits[i]))
-            s += exp((double)logits[i] - (double)m);
+            s += exp_det(logits[i] - m);
     return (double)m + log(s);
 }
 
