@@ -41,6 +41,17 @@ struct rk_ctx {
     float *vfirst, *tmp;                  /* [R][C] */
     float *lora;                          /* [R][Dmax] */
     float *hidden;                        /* [R][F] */
+    /* rows -> sequences: segment s is rows [seg[s], seg[s+1]) and continues
+     * state segst[s]; lrow lists the rows whose logits are wanted */
+    int *seg, *lrow;
+    float **segst;
+};
+
+/* The segments of one pass (points into the context's arrays). */
+struct rowmap {
+    int nseg;
+    const int *seg;
+    float *const *st;
 };
 
 const struct rk_model *rk_ctx_model(const struct rk_ctx *ctx) { return ctx->m; }
@@ -87,8 +98,13 @@ int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struc
     c->lora = q;
     q += (R * (size_t)dmax + 15) & ~(size_t)15;
     c->hidden = q;
-    int rc = rk__pool_create(n_threads, p ? p->nice : 0, &c->pool);
+    c->seg = rk__calloc((size_t)rows + 1, sizeof *c->seg);
+    c->lrow = rk__calloc((size_t)rows, sizeof *c->lrow);
+    c->segst = rk__calloc((size_t)rows, sizeof *c->segst);
+    int rc = c->seg && c->lrow && c->segst ? rk__pool_create(n_threads, p ? p->nice : 0, &c->pool)
+                                           : RK_ENOMEM;
     if (rc != RK_OK) {
+        rk__free(c->seg), rk__free(c->lrow), rk__free(c->segst);
         rk__free_aligned(c->block);
         rk__free(c);
         return rc;
@@ -102,6 +118,7 @@ void rk_ctx_free(struct rk_ctx *ctx)
     if (!ctx)
         return;
     rk__pool_free(ctx->pool);
+    rk__free(ctx->seg), rk__free(ctx->lrow), rk__free(ctx->segst);
     rk__free_aligned(ctx->block);
     rk__free(ctx);
 }
@@ -210,13 +227,12 @@ void rk__wkv_head(bool ref, float *S, const float *r, const float *w, const floa
 
 struct wkv_job {
     struct rk_ctx *c;
-    int layer, R, H;
-    bool seq;
-    float *const *st;
+    int layer, H;
+    const struct rowmap *rm;
 };
 
-/* Heads are independent, so threads split the (row-state, head) pairs: in
- * sequence mode each thread runs all rows in order for its heads. */
+/* Heads are independent, so threads split the (segment, head) pairs; each
+ * runs its segment's rows in order. */
 static void wkv_worker(int ith, int nth, void *arg)
 {
     const struct wkv_job *j = arg;
@@ -225,12 +241,11 @@ static void wkv_worker(int ith, int nth, void *arg)
     size_t C = (size_t)m->C, lstride = 2 * C + (size_t)m->H * N * N;
     bool fast = !c->ref && use_avx512();
     float bvec[N], avec[N];
-    int units = j->seq ? j->H : j->R * j->H;
+    int units = j->rm->nseg * j->H;
     for (int u = ith; u < units; u += nth) {
-        int h = u % j->H;
-        int r0 = j->seq ? 0 : u / j->H, r1 = j->seq ? j->R : r0 + 1;
-        float *S = (j->seq ? j->st[0] : j->st[r0]) + (size_t)j->layer * lstride + C +
-                   (size_t)h * N * N;
+        int h = u % j->H, s = u / j->H;
+        int r0 = j->rm->seg[s], r1 = j->rm->seg[s + 1];
+        float *S = j->rm->st[s] + (size_t)j->layer * lstride + C + (size_t)h * N * N;
         for (int t = r0; t < r1; t++) {
             size_t o = (size_t)t * C + (size_t)h * N;
             for (int i = 0; i < N; i++) {
@@ -282,20 +297,16 @@ static void run_phase(struct rk_ctx *c, const struct rk_layer *ly, int l, int R,
 
 /* Token shift: fill prev[R][C] with the previous normalised input of each row
  * and store this step's last input back into the state. */
-static void token_shift(struct rk_ctx *c, int R, bool seq, float *const *st, size_t off,
-                        const float *u, float *prev)
+static void token_shift(struct rk_ctx *c, const struct rowmap *rm, size_t off, const float *u,
+                        float *prev)
 {
     size_t C = (size_t)c->m->C;
-    if (seq) {
-        memcpy(prev, st[0] + off, C * sizeof(float));
-        if (R > 1)
-            memcpy(prev + C, u, (size_t)(R - 1) * C * sizeof(float));
-        memcpy(st[0] + off, u + (size_t)(R - 1) * C, C * sizeof(float));
-    } else {
-        for (int b = 0; b < R; b++) {
-            memcpy(prev + (size_t)b * C, st[b] + off, C * sizeof(float));
-            memcpy(st[b] + off, u + (size_t)b * C, C * sizeof(float));
-        }
+    for (int s = 0; s < rm->nseg; s++) {
+        size_t r0 = (size_t)rm->seg[s], n = (size_t)(rm->seg[s + 1] - rm->seg[s]);
+        memcpy(prev + r0 * C, rm->st[s] + off, C * sizeof(float));
+        if (n > 1)
+            memcpy(prev + (r0 + 1) * C, u + r0 * C, (n - 1) * C * sizeof(float));
+        memcpy(rm->st[s] + off, u + (r0 + n - 1) * C, C * sizeof(float));
     }
 }
 
@@ -539,7 +550,7 @@ static void ph_relu2(const struct phase *ph, int t0, int t1)
 /* Time-mix of layer l. On entry x holds the residual stream (minus the
  * previous layer's channel-mix output, still in xr); on exit xr holds this
  * time-mix's output, not yet added. */
-static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
+static void time_mix(struct rk_ctx *c, int l, int R, const struct rowmap *rm)
 {
     const struct rk_model *m = c->m;
     const struct rk_layer *ly = &m->layers[l];
@@ -547,7 +558,7 @@ static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
     size_t lstride = 2 * (size_t)C + (size_t)H * N * N, loff = (size_t)l * lstride;
 
     run_phase(c, ly, l, R, ph_ln1);
-    token_shift(c, R, seq, st, loff, c->u, c->prev);
+    token_shift(c, rm, loff, c->u, c->prev);
     run_phase(c, ly, l, R, ph_lerp6);
 
     matmul(c, c->r, c->xr, R, &ly->wr); // r [R][C]
@@ -574,7 +585,7 @@ static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
 
     run_phase(c, ly, l, R, ph_post);
 
-    struct wkv_job wj = {c, l, R, H, seq, st};
+    struct wkv_job wj = {c, l, H, rm};
     if (c->ref)
         wkv_worker(0, 1, &wj);
     else
@@ -586,7 +597,7 @@ static void time_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
 
 /* Channel-mix of layer l: adds the time-mix output to x, leaves its own
  * output in xr (added by the next layer or by finish_rows). */
-static void channel_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *st)
+static void channel_mix(struct rk_ctx *c, int l, int R, const struct rowmap *rm)
 {
     const struct rk_model *m = c->m;
     const struct rk_layer *ly = &m->layers[l];
@@ -595,16 +606,17 @@ static void channel_mix(struct rk_ctx *c, int l, int R, bool seq, float *const *
     size_t off = (size_t)l * lstride + (size_t)C + (size_t)m->H * N * N;
 
     run_phase(c, ly, l, R, ph_ln2);
-    token_shift(c, R, seq, st, off, c->u, c->prev);
+    token_shift(c, rm, off, c->u, c->prev);
     run_phase(c, ly, l, R, ph_lerp_ffn);
     matmul(c, c->hidden, c->xk, R, &ly->ffn_key); // [R][F]
     run_phase(c, ly, l, R, ph_relu2);
     matmul(c, c->xr, c->hidden, R, &ly->ffn_value); // [R][C]
 }
 
-/* logits_mode: 0 none, 1 last row only, 2 every row. */
-static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, float *const *st, bool seq,
-                        float *logits, int logits_mode)
+/* R rows split into the segments of `rm`; logits for the nl rows listed in
+ * lrow (ascending), written as [nl][V]. */
+static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, const struct rowmap *rm,
+                        float *logits, const int *lrow, int nl)
 {
     const struct rk_model *m = c->m;
     int C = m->C;
@@ -616,18 +628,17 @@ static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, float *
         rk__layernorm(c->x + (size_t)t * C, c->tmp + (size_t)t * C, m->ln0_w, m->ln0_b, C, LN_EPS);
     }
     for (int l = 0; l < m->L; l++) {
-        time_mix(c, l, R, seq, st);
-        channel_mix(c, l, R, seq, st);
+        time_mix(c, l, R, rm);
+        channel_mix(c, l, R, rm);
     }
     for (size_t i = 0; i < (size_t)R * (size_t)C; i++) /* last channel-mix output */
         c->x[i] += c->xr[i];
-    if (!logits || logits_mode == 0)
+    if (!logits || nl == 0)
         return RK_OK;
-    int first = logits_mode == 1 ? R - 1 : 0;
-    for (int t = first; t < R; t++)
-        rk__layernorm(c->u + (size_t)(t - first) * C, c->x + (size_t)t * C, m->lnout_w, m->lnout_b,
-                      C, LN_EPS);
-    rk__matmul(c->pool, c->ref, logits, c->u, (size_t)(R - first), &m->head);
+    for (int i = 0; i < nl; i++)
+        rk__layernorm(c->u + (size_t)i * C, c->x + (size_t)lrow[i] * C, m->lnout_w, m->lnout_b, C,
+                      LN_EPS);
+    rk__matmul(c->pool, c->ref, logits, c->u, (size_t)nl, &m->head);
     return RK_OK;
 }
 
@@ -644,9 +655,14 @@ int rk_forward_seq(struct rk_ctx *ctx, const uint32_t *tokens, size_t n, float *
     for (size_t t0 = 0; t0 < n; t0 += (size_t)ctx->rows_max) {
         size_t R = n - t0 < (size_t)ctx->rows_max ? n - t0 : (size_t)ctx->rows_max;
         bool last = t0 + R == n;
-        int mode = !logits ? 0 : all_logits ? 2 : last ? 1 : 0;
+        int nl = !logits ? 0 : all_logits ? (int)R : last ? 1 : 0;
         float *lg = !logits ? NULL : all_logits ? logits + t0 * V : logits;
-        int rc = forward_rows(ctx, (int)R, tokens + t0, st, true, lg, mode);
+        ctx->seg[0] = 0;
+        ctx->seg[1] = (int)R;
+        for (int i = 0; i < nl; i++)
+            ctx->lrow[i] = (int)R - nl + i;
+        struct rowmap rm = {1, ctx->seg, st};
+        int rc = forward_rows(ctx, (int)R, tokens + t0, &rm, lg, ctx->lrow, nl);
         if (rc != RK_OK)
             return rc;
     }
@@ -664,11 +680,55 @@ int rk_forward_batch(struct rk_ctx *ctx, size_t B, const uint32_t *tokens, float
             return RK_ERANGE;
     for (size_t b0 = 0; b0 < B; b0 += (size_t)ctx->rows_max) {
         size_t R = B - b0 < (size_t)ctx->rows_max ? B - b0 : (size_t)ctx->rows_max;
-        int rc = forward_rows(ctx, (int)R, tokens + b0, states + b0, false,
-                              logits ? logits + b0 * V : NULL, logits ? 2 : 0);
+        for (size_t i = 0; i <= R; i++)
+            ctx->seg[i] = (int)i;
+        for (size_t i = 0; i < R; i++)
+            ctx->lrow[i] = (int)i;
+        struct rowmap rm = {(int)R, ctx->seg, states + b0};
+        int rc = forward_rows(ctx, (int)R, tokens + b0, &rm, logits ? logits + b0 * V : NULL,
+                              ctx->lrow, logits ? (int)R : 0);
         if (rc != RK_OK)
             return rc;
     }
+    return RK_OK;
+}
+
+int rk_forward_multi(struct rk_ctx *ctx, size_t nseg, const uint32_t *tokens, const size_t *n,
+                     float *const *states, const bool *want, float *logits)
+{
+    if (!ctx || !tokens || !n || !states || nseg == 0)
+        return RK_EINVAL;
+    size_t V = (size_t)ctx->m->V, total = 0;
+    for (size_t i = 0; i < nseg; i++) {
+        if (n[i] == 0 || !states[i] || n[i] > (size_t)ctx->rows_max)
+            return RK_EINVAL;
+        total += n[i];
+        if (total > (size_t)ctx->rows_max)
+            return RK_EINVAL;
+    }
+    for (size_t t = 0; t < total; t++)
+        if (tokens[t] >= (uint32_t)V)
+            return RK_ERANGE;
+    int nl = 0;
+    ctx->seg[0] = 0;
+    for (size_t i = 0; i < nseg; i++) {
+        ctx->seg[i + 1] = ctx->seg[i] + (int)n[i];
+        ctx->segst[i] = states[i];
+        if (logits && (!want || want[i]))
+            ctx->lrow[nl++] = ctx->seg[i + 1] - 1;
+    }
+    struct rowmap rm = {(int)nseg, ctx->seg, ctx->segst};
+    int rc = forward_rows(ctx, (int)total, tokens, &rm, logits, ctx->lrow, nl);
+    if (rc != RK_OK || !logits || nl == (int)nseg)
+        return rc;
+    /* the head wrote nl rows in order; move each to its sequence's row,
+     * last first (a row's target is never before its source) */
+    for (size_t i = nseg, k = (size_t)nl; i-- > 0;)
+        if (!want || want[i]) {
+            k--;
+            if (k != i)
+                memmove(logits + i * V, logits + k * V, V * sizeof(float));
+        }
     return RK_OK;
 }
 

@@ -220,6 +220,19 @@ RK_API int rk_forward_seq(struct rk_ctx *ctx, const uint32_t *tokens, size_t n, 
 RK_API int rk_forward_batch(struct rk_ctx *ctx, size_t B, const uint32_t *tokens,
                             float *const *states, float *logits);
 
+/* Several sequences in one pass, e.g. prompt chunks together with decode
+ * tokens: sequence i takes the next n[i] >= 1 tokens of `tokens`
+ * (concatenated in order) and continues states[i] (distinct buffers). With
+ * `logits` [nseg][V], row i receives the logits after sequence i's last
+ * token when want is NULL or want[i] (other rows may be overwritten). The total
+ * token count must not exceed rows_max (RK_EINVAL). Each sequence's result
+ * is that of rk_forward_seq on its tokens with the same row-count kernel
+ * path, so with at most 48 rows in all (AVX-512) it is bit-identical to
+ * running the sequences one by one in chunks of at most 48. */
+RK_API int rk_forward_multi(struct rk_ctx *ctx, size_t nseg, const uint32_t *tokens,
+                            const size_t *n, float *const *states, const bool *want,
+                            float *logits);
+
 /* --- backward into the initial state -------------------------------------- */
 
 /*

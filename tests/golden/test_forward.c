@@ -318,6 +318,78 @@ RK_TEST_SUITE(forward_tiny_suite, RK_NEEDS_SHARED)
     return s;
 }
 
+/* rk_forward_multi: prompt chunks and decode tokens of several sequences in
+ * one pass give each sequence what rk_forward_seq gives it alone:
+ * bit-identical with the AVX-512 kernels within the tiled row limit, close
+ * otherwise (portable kernels, or past 48 rows, where sgemm sums in another
+ * order). */
+START_TEST(test_multi_matches_solo)
+{
+    struct rk_model *m = load(rk_test_data("rand-mh-bf16.safetensors"));
+    size_t V = (size_t)rk_model_n_vocab(m), SL = rk_state_len(m);
+    bool exact = !getenv("RWKVD_NO_AVX512") && __builtin_cpu_supports("avx512f");
+    struct rk_ctx *c = make_ctx(m, 2, 96, false);
+    static const size_t shapes[2][4] = {{5, 1, 7, 1}, {40, 1, 30, 1}}; /* 14 and 72 rows */
+    static const bool want[4] = {true, true, false, true};
+    for (int sh = 0; sh < 2; sh++) {
+        const size_t *n = shapes[sh];
+        size_t total = n[0] + n[1] + n[2] + n[3];
+        uint32_t *tok = malloc(total * sizeof *tok);
+        for (size_t t = 0; t < total; t++)
+            tok[t] = (uint32_t)(t * 37 + 11) % V;
+        float *st = malloc(4 * SL * sizeof(float)), *solo = malloc(SL * sizeof(float));
+        float *lg = malloc(4 * V * sizeof(float)), *slg = malloc(V * sizeof(float));
+        float *ptr[4];
+        for (int s = 0; s < 4; s++) {
+            ptr[s] = st + (size_t)s * SL;
+            for (size_t i = 0; i < SL; i++)
+                ptr[s][i] = (float)((s + 1) * (int)(i % 11)) * 0.02f - 0.05f;
+        }
+        float *st0 = malloc(4 * SL * sizeof(float));
+        memcpy(st0, st, 4 * SL * sizeof(float));
+        ck_assert_int_eq(rk_forward_multi(c, 4, tok, n, ptr, want, lg), RK_OK);
+        size_t off = 0;
+        for (int s = 0; s < 4; s++) {
+            memcpy(solo, st0 + (size_t)s * SL, SL * sizeof(float));
+            ck_assert_int_eq(rk_forward_seq(c, tok + off, n[s], solo, slg, false), RK_OK);
+            off += n[s];
+            bool bits = exact && total <= 48;
+            if (bits) {
+                ck_assert_msg(!memcmp(solo, ptr[s], SL * sizeof(float)), "shape %d seq %d: state", sh, s);
+            } else {
+                for (size_t i = 0; i < SL; i++)
+                    ck_assert_msg(fabsf(solo[i] - ptr[s][i]) <= 1e-4f * (1 + fabsf(solo[i])),
+                                  "shape %d seq %d state[%zu] %g vs %g", sh, s, i, ptr[s][i], solo[i]);
+            }
+            const float *row = lg + (size_t)s * V;
+            if (!want[s]) {
+                continue;
+            } else if (bits) {
+                ck_assert_msg(!memcmp(slg, row, V * sizeof(float)), "shape %d seq %d: logits", sh, s);
+            } else {
+                for (size_t v = 0; v < V; v++)
+                    ck_assert_msg(fabsf(slg[v] - row[v]) <= 1e-4f * (1 + fabsf(slg[v])),
+                                  "shape %d seq %d logit %zu %g vs %g", sh, s, v, row[v], slg[v]);
+            }
+        }
+        free(tok), free(st), free(st0), free(solo), free(lg), free(slg);
+    }
+    // bad calls
+    uint32_t t1[2] = {1, 2};
+    float *s1 = calloc(SL, sizeof(float));
+    float *p1[1] = {s1};
+    size_t n0[1] = {0}, n97[1] = {97}, n2[1] = {2};
+    ck_assert_int_eq(rk_forward_multi(c, 1, t1, n0, p1, NULL, NULL), RK_EINVAL);
+    uint32_t *many = calloc(97, sizeof *many);
+    ck_assert_int_eq(rk_forward_multi(c, 1, many, n97, p1, NULL, NULL), RK_EINVAL);
+    t1[1] = (uint32_t)V;
+    ck_assert_int_eq(rk_forward_multi(c, 1, t1, n2, p1, NULL, NULL), RK_ERANGE);
+    free(many), free(s1);
+    rk_ctx_free(c);
+    rk_model_free(m);
+}
+END_TEST
+
 RK_TEST_SUITE(forward_rand_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("forward-random");
@@ -328,6 +400,7 @@ RK_TEST_SUITE(forward_rand_suite, RK_SELF_CONTAINED)
     tcase_add_loop_test(tc, test_fast_matches_reference, 0, 3);
     tcase_add_test(tc, test_bad_tokens_rejected);
     tcase_add_test(tc, test_batch_invariance);
+    tcase_add_test(tc, test_multi_matches_solo);
     suite_add_tcase(s, tc);
     return s;
 }
