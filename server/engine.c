@@ -18,6 +18,10 @@
  *      prompt);
  *   4. decode: ONE rk_forward_batch over every sequence holding a pending
  *      token, then sample each and append its text to its job.
+ *   When this step's prompt tokens and decode tokens together fit in 48
+ *   rows, 3 and 4 are one rk_forward_multi pass instead (step_one_pass):
+ *   the weights are read once per step, and within 48 rows the kernels give
+ *   the same bits as separate passes.
  *
  * Output reaches the loop through struct rk_job: text/SSE bytes are appended
  * under job->mu, the job is put on the wake list (wmu) and `wake` (a
