@@ -58,3 +58,6 @@ done
 kill -TERM $pid
 wait $pid || true
 rm -rf "$tmp"
+
+echo "== HTTP overhead per generated token (CLI vs POST /generate vs SSE), 0.1B shape"
+bench/http_overhead.sh "$M01" "$VOCAB" 256 "$T" 3

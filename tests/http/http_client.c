@@ -144,3 +144,11 @@ struct resp post(int port, const char *path, const char *hdrs, const char *body)
 {
     return request(port, "POST", path, hdrs, body, strlen(body));
 }
+
+int get_status(int port, const char *path, const char *hdrs)
+{
+    struct resp r = get(port, path, hdrs);
+    int status = r.status;
+    resp_free(&r);
+    return status;
+}

@@ -27,6 +27,8 @@ struct resp request_t(int port, const char *method, const char *path, const char
 struct resp request(int port, const char *method, const char *path, const char *hdrs,
                     const void *body, size_t blen);
 struct resp get(int port, const char *path, const char *hdrs);
+/* GET and return only the status (0 when no answer came) */
+int get_status(int port, const char *path, const char *hdrs);
 struct resp post(int port, const char *path, const char *hdrs, const char *body);
 
 #endif

@@ -1086,12 +1086,8 @@ START_TEST(test_large_dataset)
         send_all(fd, body, bl);
         close(fd);
     }
-    r = get(s.port, "/health", NULL);
-    ck_assert_int_eq(r.status, 200);
-    resp_free(&r);
-    r = get(s.port, "/jobs", NULL);
-    ck_assert_int_eq(r.status, 200);
-    resp_free(&r);
+    ck_assert_int_eq(get_status(s.port, "/health", NULL), 200);
+    ck_assert_int_eq(get_status(s.port, "/jobs", NULL), 200);
     free(q), free(body), free(bad), free(data);
     ck_assert_int_eq(stop_server(&s), 0);
 }
