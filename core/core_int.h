@@ -201,6 +201,9 @@ void rk__pool_run(struct rk__pool *p, rk__pool_fn *fn, void *arg);
  * block into wbuf (wbuf_floats >= W.cols); fp32 weights need none. */
 void rk__matmul_t(struct rk__pool *pool, float *dX, const float *dY, size_t n,
                   const struct rk_weight *W, bool accumulate, float *wbuf, size_t wbuf_floats);
+/* Row counts up to this take the same summation order whatever the count
+ * (AVX-512 dot and tile paths); more rows go to sgemm. */
+size_t rk__tiled_rows(void);
 void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
                 const struct rk_weight *W);
 /* Same, but only rows [r0, r1) of W (Y has r1-r0 columns). Used by the head

@@ -510,6 +510,9 @@ static void gemm_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 
 /* --- dispatch ------------------------------------------------------------- */
 
+static size_t tiled_rows_max(void);
+size_t rk__tiled_rows(void) { return tiled_rows_max(); }
+
 static size_t tiled_rows_max(void)
 {
     static long cached = -1;

@@ -45,6 +45,7 @@ struct rk_ctx {
      * state segst[s]; lrow lists the rows whose logits are wanted */
     int *seg, *lrow;
     float **segst;
+    bool row_invariant; /* rk_forward_multi: slice matmuls at the tiled limit */
 };
 
 /* The segments of one pass (points into the context's arrays). */
@@ -127,9 +128,20 @@ void rk_ctx_free(struct rk_ctx *ctx)
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* In a multi-sequence pass (c->row_invariant) more rows than the tiled
+ * limit go in slices of that limit, so each row's result is the one it gets
+ * in any pass of up to that many rows: what a sequence computes does not
+ * depend on what shares its pass. */
 static void matmul(struct rk_ctx *c, float *Y, const float *X, size_t n, const struct rk_weight *W)
 {
-    rk__matmul(c->pool, c->ref, Y, X, n, W);
+    size_t lim = rk__tiled_rows();
+    if (!c->row_invariant || n <= lim || lim == 0) {
+        rk__matmul(c->pool, c->ref, Y, X, n, W);
+        return;
+    }
+    for (size_t r0 = 0; r0 < n; r0 += lim)
+        rk__matmul(c->pool, c->ref, Y + r0 * (size_t)W->rows, X + r0 * (size_t)W->cols,
+                   n - r0 < lim ? n - r0 : lim, W);
 }
 
 /* --- WKV ------------------------------------------------------------------ */
@@ -638,7 +650,7 @@ static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, const s
     for (int i = 0; i < nl; i++)
         rk__layernorm(c->u + (size_t)i * C, c->x + (size_t)lrow[i] * C, m->lnout_w, m->lnout_b, C,
                       LN_EPS);
-    rk__matmul(c->pool, c->ref, logits, c->u, (size_t)nl, &m->head);
+    matmul(c, logits, c->u, (size_t)nl, &m->head);
     return RK_OK;
 }
 
@@ -718,7 +730,9 @@ int rk_forward_multi(struct rk_ctx *ctx, size_t nseg, const uint32_t *tokens, co
             ctx->lrow[nl++] = ctx->seg[i + 1] - 1;
     }
     struct rowmap rm = {(int)nseg, ctx->seg, ctx->segst};
+    ctx->row_invariant = true;
     int rc = forward_rows(ctx, (int)total, tokens, &rm, logits, ctx->lrow, nl);
+    ctx->row_invariant = false;
     if (rc != RK_OK || !logits || nl == (int)nseg)
         return rc;
     /* the head wrote nl rows in order; move each to its sequence's row,

@@ -18,10 +18,10 @@
  *      prompt);
  *   4. decode: ONE rk_forward_batch over every sequence holding a pending
  *      token, then sample each and append its text to its job.
- *   When this step's prompt tokens and decode tokens together fit in 48
- *   rows, 3 and 4 are one rk_forward_multi pass instead (step_one_pass):
- *   the weights are read once per step, and within 48 rows the kernels give
- *   the same bits as separate passes.
+ *   When this step's prompt tokens and decode tokens fit in 48 rows, or
+ *   are short prompts, 3 and 4 are one rk_forward_multi pass instead
+ *   (step_one_pass): the weights are read once per 48 rows, and every
+ *   sequence gets the same bits as in separate passes.
  *
  * Output reaches the loop through struct rk_job: text/SSE bytes are appended
  * under job->mu, the job is put on the wake list (wmu) and `wake` (a
@@ -94,6 +94,12 @@ struct rk_engine {
     float **bstate;  /* [n_seqs] */
     int *bidx;       /* [n_seqs] */
     float *blogits;  /* [n_seqs][V] */
+    /* one-pass steps (prompt chunks with the decode tokens) */
+    int mix_rows;    /* most rows of such a pass (the context's rows_max) */
+    uint32_t *mtok;  /* [mix_rows] */
+    size_t *mn;      /* [n_seqs] tokens per sequence */
+    bool *mwant;     /* [n_seqs] */
+    int *pidx;       /* [n_seqs] sequences in their prompt, by admission */
     float *raw;      /* [V] logits before sampling (logprobs) */
     uint32_t *top_ids; /* [logprobs_max] */
     float *top_lps;
@@ -696,6 +702,99 @@ static void prefill_done(struct rk_engine *e, struct seq *lead)
     seq_sample(e, lead, lead->logits);
 }
 
+static int cmp_order(const void *a, const void *b, void *u)
+{
+    const struct rk_engine *e = u;
+    uint64_t x = e->seqs[*(const int *)a].order, y = e->seqs[*(const int *)b].order;
+    return x < y ? -1 : x > y;
+}
+
+/* Steps 2 and 3 as ONE rk_forward_multi pass, when this step's prompt
+ * tokens (FIFO, within --prefill-chunk) and decode tokens fit in the
+ * context and either fit in 48 rows or are short prompts (48 rows or fewer
+ * per prompt on average, e.g. many new chat requests at once): the weights
+ * are then read once per 48 rows instead of once per prompt plus once for
+ * the batch. rk_forward_multi slices its products at 48 rows, so every
+ * sequence gets the same bits as alone. Long prompts keep the separate
+ * sgemm prefill, which is faster per token. A prompt that finishes here
+ * samples its first token, decoded next step. Returns false (nothing done)
+ * when the step does not qualify. */
+static bool step_one_pass(struct rk_engine *e)
+{
+    int np = 0, B = 0;
+    for (int k = 0; k < e->n_seqs; k++) {
+        if (e->seqs[k].phase == SEQ_PREFILL)
+            e->pidx[np++] = k;
+        B += e->seqs[k].phase == SEQ_DECODE;
+    }
+    if (np == 0 || B + 1 > e->mix_rows)
+        return false;
+    qsort_r(e->pidx, (size_t)np, sizeof *e->pidx, cmp_order, e);
+    long budget = e->srv->cfg.prefill_chunk;
+    int rows = B, nseg = 0;
+    for (int k = 0; k < e->n_seqs; k++) {
+        struct seq *s = &e->seqs[k];
+        if (s->phase != SEQ_DECODE)
+            continue;
+        e->mtok[nseg] = s->pending;
+        e->mn[nseg] = 1;
+        e->mwant[nseg] = true;
+        e->bstate[nseg] = s->state;
+        e->bidx[nseg] = k;
+        nseg++;
+    }
+    int ndec = nseg;
+    for (int i = 0; i < np && budget > 0; i++) {
+        struct seq *s = &e->seqs[e->pidx[i]];
+        size_t take = s->job->n_prompt - s->pos;
+        if (take > (size_t)budget)
+            take = (size_t)budget;
+        if (rows + (long)take > e->mix_rows)
+            break; /* the rest waits for the next step */
+        memcpy(e->mtok + rows, s->job->prompt + s->pos, take * sizeof *e->mtok);
+        e->mn[nseg] = take;
+        e->mwant[nseg] = s->pos + take == s->job->n_prompt;
+        e->bstate[nseg] = s->state;
+        e->bidx[nseg] = e->pidx[i];
+        nseg++;
+        rows += (int)take;
+        budget -= (long)take;
+    }
+    int nprompt = nseg - ndec, prows = rows - ndec;
+    if (nprompt == 0 || (rows > 48 && prows > 48 * nprompt))
+        return false;
+    int rc = rk_forward_multi(e->ctx, (size_t)nseg, e->mtok, e->mn, e->bstate, e->mwant,
+                              e->blogits);
+    if (rc != RK_OK) {
+        rk_log(RK_LOG_ERROR, "engine: step failed: %s", rk_strerror(rc));
+        for (int i = 0; i < nseg; i++) {
+            struct seq *s = &e->seqs[e->bidx[i]];
+            if (s->phase == SEQ_FREE)
+                continue;
+            s->job->err = rc;
+            snprintf(s->job->errmsg, sizeof s->job->errmsg, "%s failed: %s",
+                     i < ndec ? "decode" : "prefill", rk_strerror(rc));
+            seq_finish(e, s, RK_FINISH_CANCEL);
+        }
+        return true;
+    }
+    for (int i = 0; i < nseg; i++) {
+        struct seq *s = &e->seqs[e->bidx[i]];
+        float *lg = e->blogits + (size_t)i * (size_t)e->V;
+        if (i < ndec) {
+            if (s->phase == SEQ_DECODE)
+                seq_sample(e, s, lg);
+            continue;
+        }
+        s->pos += e->mn[i];
+        if (e->mwant[i]) {
+            memcpy(s->logits, lg, (size_t)e->V * sizeof(float));
+            prefill_done(e, s);
+        }
+    }
+    return true;
+}
+
 static void step(struct rk_engine *e)
 {
     int64_t t0 = rk_now_us();
@@ -711,6 +810,9 @@ static void step(struct rk_engine *e)
         else if (t0 > s->job->deadline_us)
             seq_finish(e, s, RK_FINISH_TIMEOUT);
     }
+
+    if (step_one_pass(e))
+        goto done;
 
     // 2. prefill, FIFO by admission, bounded per step
     long budget = cfg->prefill_chunk;
@@ -771,6 +873,7 @@ static void step(struct rk_engine *e)
         if (rc != RK_OK)
             rk_log(RK_LOG_ERROR, "engine: batched decode failed: %s", rk_strerror(rc));
     }
+done:
     atomic_fetch_add(&e->srv->metrics.steps, 1);
     rk_hist_observe(&e->srv->metrics.step_time, (double)(rk_now_us() - t0) / 1e6);
     flush_wakes(e);
@@ -892,6 +995,10 @@ static void engine_free(struct rk_engine *e)
     free(e->bstate);
     free(e->bidx);
     free(e->blogits);
+    free(e->mtok);
+    free(e->mn);
+    free(e->mwant);
+    free(e->pidx);
     free(e->raw);
     free(e->top_ids);
     free(e->top_lps);
@@ -940,12 +1047,17 @@ int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
     e->bstate = calloc(S, sizeof *e->bstate);
     e->bidx = calloc(S, sizeof *e->bidx);
     e->blogits = malloc(S * V * sizeof(float));
+    e->mix_rows = cp.rows_max;
+    e->mtok = malloc((size_t)e->mix_rows * sizeof *e->mtok);
+    e->mn = malloc(S * sizeof *e->mn);
+    e->mwant = malloc(S * sizeof *e->mwant);
+    e->pidx = malloc(S * sizeof *e->pidx);
     e->raw = malloc(V * sizeof(float));
     e->top_ids = calloc((size_t)srv->cfg.logprobs_max + 1, sizeof *e->top_ids);
     e->top_lps = calloc((size_t)srv->cfg.logprobs_max + 1, sizeof *e->top_lps);
     e->touched = calloc(S * 2, sizeof *e->touched);
     bool ok = e->seqs && e->btok && e->bstate && e->bidx && e->blogits && e->raw && e->top_ids &&
-              e->top_lps && e->touched;
+              e->top_lps && e->touched && e->mtok && e->mn && e->mwant && e->pidx;
     for (size_t k = 0; ok && k < S; k++) {
         e->seqs[k].state = malloc(e->state_len * sizeof(float));
         e->seqs[k].logits = malloc(V * sizeof(float));

@@ -225,10 +225,11 @@ RK_API int rk_forward_batch(struct rk_ctx *ctx, size_t B, const uint32_t *tokens
  * (concatenated in order) and continues states[i] (distinct buffers). With
  * `logits` [nseg][V], row i receives the logits after sequence i's last
  * token when want is NULL or want[i] (other rows may be overwritten). The total
- * token count must not exceed rows_max (RK_EINVAL). Each sequence's result
- * is that of rk_forward_seq on its tokens with the same row-count kernel
- * path, so with at most 48 rows in all (AVX-512) it is bit-identical to
- * running the sequences one by one in chunks of at most 48. */
+ * token count must not exceed rows_max (RK_EINVAL). Products over more than
+ * 48 rows go in slices of 48, so with the AVX-512 kernels each sequence's
+ * result is bit-identical to running it alone in chunks of at most 48 rows
+ * (rk_forward_token, or rk_forward_seq with rows_max <= 48), whatever else
+ * shares the pass. */
 RK_API int rk_forward_multi(struct rk_ctx *ctx, size_t nseg, const uint32_t *tokens,
                             const size_t *n, float *const *states, const bool *want,
                             float *logits);
