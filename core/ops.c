@@ -510,9 +510,6 @@ static void gemm_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 
 /* --- dispatch ------------------------------------------------------------- */
 
-static size_t tiled_rows_max(void);
-size_t rk__tiled_rows(void) { return tiled_rows_max(); }
-
 static size_t tiled_rows_max(void)
 {
     static long cached = -1;
@@ -522,6 +519,8 @@ static size_t tiled_rows_max(void)
     }
     return (size_t)cached;
 }
+
+size_t rk__tiled_rows(void) { return tiled_rows_max(); }
 
 /* The pool parallelises; each sgemm call runs on its calling thread. */
 static void blas_single_threaded(void)
