@@ -427,32 +427,26 @@ static void ph_post(const struct phase *ph, int t0, int t1)
     for (size_t t = (size_t)t0; t < (size_t)t1; t++) {
         size_t o = t * (size_t)C;
         float *w = c->w + o, *a = c->a + o, *v = c->v + o, *k = c->k + o, *kk = c->kk + o;
+        if (ph->l == 0)
+            memcpy(c->vfirst + o, v, (size_t)C * sizeof(float));
 #ifdef RK_X86
         if (fast) {
             gates_avx512(w, a, ly->w0, ly->a0, C);
-            if (ph->l == 0)
-                memcpy(c->vfirst + o, v, (size_t)C * sizeof(float));
-            else
+            if (ph->l > 0)
                 vres_avx512(v, c->vfirst + o, ly->v0, c->tmp + o, C);
-            goto keys;
-        }
+        } else
 #endif
-        for (int ch = 0; ch < C; ch++) {
-            w[ch] = expf(-DECAY_SCALE * sigmoidf(ly->w0[ch] + w[ch]));
-            a[ch] = sigmoidf(ly->a0[ch] + a[ch]);
-        }
-        if (ph->l == 0) {
-            memcpy(c->vfirst + o, v, (size_t)C * sizeof(float));
-        } else {
-            const float *nu_raw = c->tmp + o, *vf = c->vfirst + o;
+        {
             for (int ch = 0; ch < C; ch++) {
+                w[ch] = expf(-DECAY_SCALE * sigmoidf(ly->w0[ch] + w[ch]));
+                a[ch] = sigmoidf(ly->a0[ch] + a[ch]);
+            }
+            const float *nu_raw = c->tmp + o, *vf = c->vfirst + o;
+            for (int ch = 0; ph->l > 0 && ch < C; ch++) {
                 float nu = sigmoidf(ly->v0[ch] + nu_raw[ch]);
                 v[ch] += (vf[ch] - v[ch]) * nu;
             }
         }
-#ifdef RK_X86
-    keys:
-#endif
         for (int h = 0; h < H; h++) {
             float ss = 0.0f;
             for (int i = h * N; i < (h + 1) * N; i++) {

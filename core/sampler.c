@@ -129,9 +129,10 @@ static inline v4f exp_det4(v4f x)
     return (v4f)((v4i)y & keep);
 }
 
-/* v[i] = exp(v[i] - m) for i < n; returns the sum, taken in four lanes
- * (lane j holds the elements i with i % 4 == j) in double. */
-static double softmax_num(float *v, size_t n, float m)
+/* The sum of exp(v[i] - m) for i < n (m >= every v[i]; NaN counts as
+ * zero), taken in four lanes (lane j holds the elements i with i % 4 == j)
+ * in double. With `out`, out[i] receives each term (out may be v). */
+static double exp_sum(float *out, const float *v, size_t n, float m)
 {
     v2d lo = {0, 0}, hi = {0, 0};
     size_t i = 0;
@@ -139,14 +140,17 @@ static double softmax_num(float *v, size_t n, float m)
         v4f x;
         memcpy(&x, v + i, sizeof x);
         x = exp_det4(x - m);
-        memcpy(v + i, &x, sizeof x);
+        if (out)
+            memcpy(out + i, &x, sizeof x);
         lo += (v2d){x[0], x[1]};
         hi += (v2d){x[2], x[3]};
     }
     double lane[4] = {lo[0], lo[1], hi[0], hi[1]};
     for (; i < n; i++) {
-        v[i] = exp_det(v[i] - m);
-        lane[i & 3] += v[i];
+        float e = exp_det(v[i] - m);
+        if (out)
+            out[i] = e;
+        lane[i & 3] += e;
     }
     return (lane[0] + lane[1]) + (lane[2] + lane[3]);
 }
@@ -723,7 +727,7 @@ static long sample_dist(struct rk_sampler *s, float *logits)
         return argmax(logits, V); /* degenerate: nothing or +inf to weigh */
 
     /* Softmax numerators relative to the best (which becomes exactly 1). */
-    double sum = softmax_num(v, n, m);
+    double sum = exp_sum(v, v, n, m);
     const size_t n_soft = n;
 
     /* top-p: the shortest prefix of the ranking with mass >= top_p * sum. */
@@ -786,25 +790,8 @@ static double log_sum_exp(const float *logits, size_t n, float *max_out, size_t 
     }
     if (m == -INFINITY)
         return -INFINITY;
-    /* the sampler's exponential (each term <= 1), four lanes summed in
-     * double; NaN logits count as -inf */
-    const v4f ninf = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    v2d lo = {0, 0}, hi = {0, 0};
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        v4f x;
-        memcpy(&x, logits + i, sizeof x);
-        v4i ok = x == x;
-        x = (v4f)(((v4i)x & ok) | ((v4i)ninf & ~ok));
-        v4f e = exp_det4(x - m);
-        lo += (v2d){e[0], e[1]};
-        hi += (v2d){e[2], e[3]};
-    }
-    double s = (lo[0] + lo[1]) + (hi[0] + hi[1]);
-    for (; i < n; i++)
-        if (!isnan(logits[i]))
-            s += exp_det(logits[i] - m);
-    return (double)m + log(s);
+    /* the sampler's exponential; NaN logits add nothing */
+    return (double)m + log(exp_sum(NULL, logits, n, m));
 }
 
 /* log-softmax of one logit given the log-sum-exp computed above. */
