@@ -219,10 +219,19 @@ void rk__weight_row(const struct rk_weight *W, int r, float *out);
  * when non-NULL. `ref` selects the plain loop. */
 void rk__wkv_head(bool ref, float *S, const float *r, const float *w, const float *k,
                   const float *v, const float *a, const float *b, float *y, float *sa);
+/* The sum of exp(v[i] - m) for i < n (m >= every v[i]), fp32 exponentials
+ * (relative error about 2e-7) summed in double in a fixed order; NaN terms
+ * count as zero. With `out` (may be v), out[i] receives each term
+ * (sampler.c). */
+double rk__exp_sum(float *out, const float *v, size_t n, float m);
 /* Layer norm over n with population variance. */
 struct rk_ctx;
 /* The context's thread pool (for the backward pass). */
 struct rk__pool *rk__ctx_pool(struct rk_ctx *ctx);
+/* At least `bytes` of 64-byte aligned scratch owned by the context, kept
+ * between calls so repeated backward passes do not fault fresh pages in;
+ * grows as needed, freed with the context. NULL when out of memory. */
+void *rk__ctx_workspace(struct rk_ctx *ctx, size_t bytes);
 void rk__layernorm(float *out, const float *x, const float *w, const float *b, int n,
                    float eps);
 

@@ -46,6 +46,9 @@ struct rk_ctx {
     int *seg, *lrow;
     float **segst;
     bool row_invariant; /* rk_forward_multi: slice matmuls at the tiled limit */
+    /* the backward pass's buffers, kept between calls (rk__ctx_workspace) */
+    void *ws;
+    size_t ws_bytes;
 };
 
 /* The segments of one pass (points into the context's arrays). */
@@ -121,7 +124,18 @@ void rk_ctx_free(struct rk_ctx *ctx)
     rk__pool_free(ctx->pool);
     rk__free(ctx->seg), rk__free(ctx->lrow), rk__free(ctx->segst);
     rk__free_aligned(ctx->block);
+    rk__free_aligned(ctx->ws);
     rk__free(ctx);
+}
+
+void *rk__ctx_workspace(struct rk_ctx *ctx, size_t bytes)
+{
+    if (ctx->ws_bytes < bytes) {
+        rk__free_aligned(ctx->ws);
+        ctx->ws = rk__malloc_aligned(bytes);
+        ctx->ws_bytes = ctx->ws ? bytes : 0;
+    }
+    return ctx->ws;
 }
 
 /* --- small helpers -------------------------------------------------------- */

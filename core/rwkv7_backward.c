@@ -102,6 +102,7 @@ struct bwd {
     float *hx;                   /* [Tc][C] ln_out input rows */
     float *hn;                   /* [Tc][C] ln_out output rows, then their gradient */
     float *hmu, *hrs;            /* [Tc] */
+    double *hloss;               /* [Tc] loss of each row */
 };
 
 static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -246,6 +247,7 @@ static void layout(struct bwd *b, struct plan *p)
     b->hn = carve(p, b->Tc * C);
     b->hmu = carve(p, b->Tc);
     b->hrs = carve(p, b->Tc);
+    b->hloss = (double *)carve(p, 2 * b->Tc);
     for (int i = 0; i < b->n_acts; i++)
         layout_act(b, p, &b->acts[i]);
 }
@@ -302,43 +304,70 @@ wkv_bwd_row_avx512(float *Gr, const float *So, const float *Sn, float dyi, float
 }
 #endif
 
-/* One WKV step for every head (see rk__wkv_head); sa [C] receives S a per head
- * for the backward, y [C] (or NULL) the output. */
-static void wkv_step(int H, int N, float *S, const float *r, const float *w, const float *k,
-                     const float *v, const float *kk, const float *alpha, float *sa, float *y)
+/* --- parallel loops ------------------------------------------------------- */
+
+/* The element-wise work between the products is split over token rows (the
+ * WKV recurrence over heads) between the context's threads. Each row or head
+ * runs the same code whatever the split, so the results do not depend on the
+ * thread count (test_backward_threads). */
+typedef void range_fn(struct bwd *b, void *arg, size_t i0, size_t i1);
+
+struct par {
+    struct bwd *b;
+    void *arg;
+    size_t n;
+    range_fn *fn;
+};
+
+static void par_worker(int ith, int nth, void *p)
 {
-    float yb[RK_HEAD_SIZE];
-    for (int h = 0; h < H; h++) {
-        const float *kkh = kk + h * N, *ah = alpha + h * N;
-        float bb[RK_HEAD_SIZE], aa[RK_HEAD_SIZE];
-        for (int j = 0; j < N; j++) {
-            aa[j] = -kkh[j];
-            bb[j] = kkh[j] * ah[j];
-        }
-        rk__wkv_head(false, S + (size_t)h * N * N, r + h * N, w + h * N, k + h * N, v + h * N, aa,
-                     bb, y ? y + h * N : yb, sa + h * N);
-    }
+    const struct par *j = p;
+    size_t i0 = j->n * (size_t)ith / (size_t)nth, i1 = j->n * (size_t)(ith + 1) / (size_t)nth;
+    if (i0 < i1)
+        j->fn(j->b, j->arg, i0, i1);
 }
 
-/* Layer l over all tokens from xs[l] and the layer's part of state0. With
- * `out` non-NULL the layer output is written there (the first forward);
- * otherwise the ffn value product is skipped (the recompute of backward). */
-static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
+/* fn(b, arg, i0, i1) over a partition of [0, n). */
+static void par_for(struct bwd *b, size_t n, range_fn *fn, void *arg)
 {
-    const struct rk_model *m = b->m;
-    const struct rk_layer *ly = &m->layers[l];
-    const size_t T = b->T;
-    const int C = b->C, H = b->H, N = b->N, F = b->F;
-    const float *x = b->xs + (size_t)l * T * C;
-    const float *p_att0 = st0 + b->lay.att_shift;
-    const float *S0 = st0 + b->lay.wkv;
-    const float *p_ffn0 = st0 + b->lay.ffn_shift;
+    if (!b->pool || rk__pool_n_threads(b->pool) < 2 || n < 2) {
+        fn(b, arg, 0, n);
+        return;
+    }
+    struct par j = {b, arg, n, fn};
+    rk__pool_run(b->pool, par_worker, &j);
+}
 
-    for (size_t t = 0; t < T; t++)
-        ln_fwd(b->a.u + t * C, x + t * C, ly->ln1_w, ly->ln1_b, C, LN_EPS, &b->a.mu1[t], &b->a.rs1[t]);
-    for (size_t t = 0; t < T; t++) {
+/* What the range functions of one layer share. */
+struct lctx {
+    int l;
+    const struct rk_layer *ly;
+    const float *x;   /* [T][C] the layer input */
+    const float *st0; /* the layer's part of state0 */
+    float *out;       /* forward: the layer output; NULL in a recompute */
+    float *dst0;      /* backward: the layer's part of dstate0 */
+};
+
+/* --- forward of one layer over all T tokens, keeping activations ---------- */
+
+static void f_ln1(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const int C = b->C;
+    for (size_t t = t0; t < t1; t++)
+        ln_fwd(b->a.u + t * C, lc->x + t * C, lc->ly->ln1_w, lc->ly->ln1_b, C, LN_EPS,
+               &b->a.mu1[t], &b->a.rs1[t]);
+}
+
+/* the six token-shift lerps x_c = u + (p - u) mu_c, p = previous row's u */
+static void f_lerp(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const struct rk_layer *ly = lc->ly;
+    const int C = b->C;
+    for (size_t t = t0; t < t1; t++) {
         const float *u = b->a.u + t * C;
-        const float *p = t ? b->a.u + (t - 1) * C : p_att0;
+        const float *p = t ? b->a.u + (t - 1) * C : lc->st0 + b->lay.att_shift;
         for (int c = 0; c < C; c++) {
             float d = p[c] - u[c];
             b->xr[t * C + c] = u[c] + d * ly->x_r[c];
@@ -349,48 +378,72 @@ static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
             b->xg[t * C + c] = u[c] + d * ly->x_g[c];
         }
     }
-    matmul(b, b->a.r, b->xr, T, &ly->wr);
-    matmul(b, b->a.kh, b->xk, T, &ly->wk);
-    matmul(b, b->a.vh, b->xv, T, &ly->wv);
+}
 
-    /* decay: z = w0 + tanh(x_w w1) w2, w = exp(-e^{-1/2} sigmoid(z)) */
-    matmul(b, b->a.tw, b->xw, T, &ly->w1);
-    for (size_t i = 0; i < T * (size_t)m->Dw; i++)
+static void f_tanh(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    (void)arg;
+    const size_t D = (size_t)b->m->Dw;
+    for (size_t i = t0 * D; i < t1 * D; i++)
         b->a.tw[i] = tanhf(b->a.tw[i]);
-    matmul(b, b->t0, b->a.tw, T, &ly->w2);
-    for (size_t t = 0; t < T; t++)
+}
+
+/* decay: z = w0 + tanh(x_w w1) w2 (in t0), w = exp(-e^{-1/2} sigmoid(z)) */
+static void f_decay(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const int C = b->C;
+    for (size_t t = t0; t < t1; t++)
         for (int c = 0; c < C; c++) {
             size_t i = t * C + c;
-            float s = sigmoidf_(ly->w0[c] + b->t0[i]);
+            float s = sigmoidf_(lc->ly->w0[c] + b->t0[i]);
             b->a.sz[i] = s;
             b->a.w[i] = expf((float)(-DECAY_C) * s);
         }
-    /* in-context learning rate */
-    matmul(b, b->tlr, b->xa, T, &ly->a1);
-    matmul(b, b->t0, b->tlr, T, &ly->a2);
-    for (size_t t = 0; t < T; t++)
+}
+
+/* in-context learning rate alpha = sigmoid(a0 + (x_a a1) a2) */
+static void f_alpha(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const int C = b->C;
+    for (size_t t = t0; t < t1; t++)
         for (int c = 0; c < C; c++)
-            b->a.alpha[t * C + c] = sigmoidf_(ly->a0[c] + b->t0[t * C + c]);
-    /* value residual */
-    if (l == 0) {
-        memcpy(b->a.v, b->a.vh, sizeof(float) * T * C);
-        memcpy(b->vfirst, b->a.vh, sizeof(float) * T * C);
-    } else {
-        matmul(b, b->tlr, b->xv, T, &ly->v1);
-        matmul(b, b->t0, b->tlr, T, &ly->v2);
-        for (size_t i = 0; i < T * (size_t)C; i++) {
-            float nu = sigmoidf_(ly->v0[i % C] + b->t0[i]);
-            b->a.nu[i] = nu;
-            b->a.v[i] = b->a.vh[i] + (b->vfirst[i] - b->a.vh[i]) * nu;
-        }
+            b->a.alpha[t * C + c] = sigmoidf_(lc->ly->a0[c] + b->t0[t * C + c]);
+}
+
+/* value residual: layer 0 keeps its value as v_first; later layers mix */
+static void f_value(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const size_t C = (size_t)b->C;
+    if (lc->l == 0) {
+        memcpy(b->a.v + t0 * C, b->a.vh + t0 * C, sizeof(float) * (t1 - t0) * C);
+        memcpy(b->vfirst + t0 * C, b->a.vh + t0 * C, sizeof(float) * (t1 - t0) * C);
+        return;
     }
-    /* gate */
-    matmul(b, b->a.gh, b->xg, T, &ly->g1);
-    for (size_t i = 0; i < T * (size_t)m->Dg; i++)
+    for (size_t i = t0 * C; i < t1 * C; i++) {
+        float nu = sigmoidf_(lc->ly->v0[i % C] + b->t0[i]);
+        b->a.nu[i] = nu;
+        b->a.v[i] = b->a.vh[i] + (b->vfirst[i] - b->a.vh[i]) * nu;
+    }
+}
+
+static void f_gate(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    (void)arg;
+    const size_t D = (size_t)b->m->Dg;
+    for (size_t i = t0 * D; i < t1 * D; i++)
         b->a.gh[i] = sigmoidf_(b->a.gh[i]);
-    matmul(b, b->a.g, b->a.gh, T, &ly->g2);
-    /* removal key kk = normalize(kh * k_k) per head; replacement key k */
-    for (size_t t = 0; t < T; t++) {
+}
+
+/* removal key kk = normalize(kh * k_k) per head; replacement key k */
+static void f_keys(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const struct rk_layer *ly = lc->ly;
+    const int C = b->C, H = b->H, N = b->N;
+    for (size_t t = t0; t < t1; t++) {
         for (int h = 0; h < H; h++) {
             double ss = 0;
             for (int j = 0; j < N; j++) {
@@ -412,18 +465,47 @@ static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
             b->a.k[i] = b->a.kh[i] * (1.0f + (b->a.alpha[i] - 1.0f) * ly->k_a[c]);
         }
     }
-    /* WKV with a checkpoint every K tokens */
-    const size_t HNN = (size_t)H * N * N;
-    float *S = b->G; /* G is free during the forward */
-    memcpy(S, S0, sizeof(float) * HNN);
-    for (size_t t = 0; t < T; t++) {
-        if (t % b->K == 0)
-            memcpy(b->a.ck + (t / b->K) * HNN, S, sizeof(float) * HNN);
-        wkv_step(H, N, S, b->a.r + t * C, b->a.w + t * C, b->a.k + t * C, b->a.v + t * C,
-                 b->a.kk + t * C, b->a.alpha + t * C, b->sabuf, b->a.y + t * C);
+}
+
+/* a = -kk, b = kk * alpha of one head at one token (spec 2.2 step 10) */
+static inline void wkv_ab(int N, const float *kk, const float *al, float *aa, float *bb)
+{
+    for (int j = 0; j < N; j++) {
+        aa[j] = -kk[j];
+        bb[j] = kk[j] * al[j];
     }
-    /* GroupNorm per head, bonus, gate, output */
-    for (size_t t = 0; t < T; t++) {
+}
+
+/* WKV of heads [h0, h1) over all tokens, a checkpoint every K tokens; the
+ * running state lives in G (free during the forward). */
+static void f_wkv(struct bwd *b, void *arg, size_t h0, size_t h1)
+{
+    const struct lctx *lc = arg;
+    const int C = b->C, N = b->N;
+    const size_t NN = (size_t)N * N, HNN = (size_t)b->H * NN;
+    const float *S0 = lc->st0 + b->lay.wkv;
+    for (size_t h = h0; h < h1; h++) {
+        float *S = b->G + h * NN;
+        memcpy(S, S0 + h * NN, sizeof(float) * NN);
+        for (size_t t = 0; t < b->T; t++) {
+            if (t % b->K == 0)
+                memcpy(b->a.ck + (t / b->K) * HNN + h * NN, S, sizeof(float) * NN);
+            size_t o = t * C + h * N;
+            float aa[RK_HEAD_SIZE], bb[RK_HEAD_SIZE];
+            wkv_ab(N, b->a.kk + o, b->a.alpha + o, aa, bb);
+            rk__wkv_head(false, S, b->a.r + o, b->a.w + o, b->a.k + o, b->a.v + o, aa, bb,
+                         b->a.y + o, NULL);
+        }
+    }
+}
+
+/* GroupNorm per head, bonus, then o * g into t1 */
+static void f_out(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const struct rk_layer *ly = lc->ly;
+    const int C = b->C, H = b->H, N = b->N;
+    for (size_t t = t0; t < t1; t++) {
         for (int h = 0; h < H; h++) {
             const float *yh = b->a.y + t * C + h * N;
             double s = 0, ss = 0, bon = 0;
@@ -449,79 +531,136 @@ static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
         for (int c = 0; c < C; c++)
             b->t1[t * C + c] = b->a.o[t * C + c] * b->a.g[t * C + c];
     }
-    matmul(b, b->t0, b->t1, T, &ly->wo);
-    for (size_t i = 0; i < T * (size_t)C; i++)
-        b->a.xm[i] = x[i] + b->t0[i];
+}
 
-    /* channel mix */
-    for (size_t t = 0; t < T; t++)
-        ln_fwd(b->a.u2 + t * C, b->a.xm + t * C, ly->ln2_w, ly->ln2_b, C, LN_EPS, &b->a.mu2[t],
-               &b->a.rs2[t]);
-    for (size_t t = 0; t < T; t++) {
+/* residual after the time mix (t0 holds its output), then LN2 */
+static void f_ln2(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const int C = b->C;
+    for (size_t i = t0 * C; i < t1 * C; i++)
+        b->a.xm[i] = lc->x[i] + b->t0[i];
+    for (size_t t = t0; t < t1; t++)
+        ln_fwd(b->a.u2 + t * C, b->a.xm + t * C, lc->ly->ln2_w, lc->ly->ln2_b, C, LN_EPS,
+               &b->a.mu2[t], &b->a.rs2[t]);
+}
+
+static void f_ffn_lerp(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const int C = b->C;
+    for (size_t t = t0; t < t1; t++) {
         const float *u2 = b->a.u2 + t * C;
-        const float *p = t ? b->a.u2 + (t - 1) * C : p_ffn0;
+        const float *p = t ? b->a.u2 + (t - 1) * C : lc->st0 + b->lay.ffn_shift;
         for (int c = 0; c < C; c++)
-            b->t1[t * C + c] = u2[c] + (p[c] - u2[c]) * ly->ffn_x_k[c];
+            b->t1[t * C + c] = u2[c] + (p[c] - u2[c]) * lc->ly->ffn_x_k[c];
     }
-    matmul(b, b->a.fs, b->t1, T, &ly->ffn_key);
-    if (!out)
-        return;
-    for (size_t i = 0; i < T * (size_t)F; i++) {
+}
+
+static void f_relu2(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    (void)arg;
+    const size_t F = (size_t)b->F;
+    for (size_t i = t0 * F; i < t1 * F; i++) {
         float s = b->a.fs[i] > 0 ? b->a.fs[i] : 0;
         b->tf[i] = s * s;
     }
+}
+
+static void f_resid(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const size_t C = (size_t)b->C;
+    for (size_t i = t0 * C; i < t1 * C; i++)
+        lc->out[i] += b->a.xm[i];
+}
+
+/* Layer l over all tokens from xs[l] and the layer's part of state0. With
+ * `out` non-NULL the layer output is written there (the first forward);
+ * otherwise the ffn value product is skipped (the recompute of backward). */
+static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
+{
+    const struct rk_layer *ly = &b->m->layers[l];
+    const size_t T = b->T;
+    struct lctx lc = {.l = l, .ly = ly, .x = b->xs + (size_t)l * T * b->C, .st0 = st0, .out = out};
+
+    par_for(b, T, f_ln1, &lc);
+    par_for(b, T, f_lerp, &lc);
+    matmul(b, b->a.r, b->xr, T, &ly->wr);
+    matmul(b, b->a.kh, b->xk, T, &ly->wk);
+    matmul(b, b->a.vh, b->xv, T, &ly->wv);
+    matmul(b, b->a.tw, b->xw, T, &ly->w1);
+    par_for(b, T, f_tanh, &lc);
+    matmul(b, b->t0, b->a.tw, T, &ly->w2);
+    par_for(b, T, f_decay, &lc);
+    matmul(b, b->tlr, b->xa, T, &ly->a1);
+    matmul(b, b->t0, b->tlr, T, &ly->a2);
+    par_for(b, T, f_alpha, &lc);
+    if (l > 0) {
+        matmul(b, b->tlr, b->xv, T, &ly->v1);
+        matmul(b, b->t0, b->tlr, T, &ly->v2);
+    }
+    par_for(b, T, f_value, &lc);
+    matmul(b, b->a.gh, b->xg, T, &ly->g1);
+    par_for(b, T, f_gate, &lc);
+    matmul(b, b->a.g, b->a.gh, T, &ly->g2);
+    par_for(b, T, f_keys, &lc);
+    par_for(b, (size_t)b->H, f_wkv, &lc);
+    par_for(b, T, f_out, &lc);
+    matmul(b, b->t0, b->t1, T, &ly->wo);
+    par_for(b, T, f_ln2, &lc);
+    par_for(b, T, f_ffn_lerp, &lc);
+    matmul(b, b->a.fs, b->t1, T, &ly->ffn_key);
+    if (!out)
+        return;
+    par_for(b, T, f_relu2, &lc);
     matmul(b, out, b->tf, T, &ly->ffn_value);
-    for (size_t i = 0; i < T * (size_t)C; i++)
-        out[i] += b->a.xm[i];
+    par_for(b, T, f_resid, &lc);
 }
 
 /* --- backward of one layer ------------------------------------------------ */
 
-/* Reverse WKV over all T tokens for all heads (spec 3.1). Inputs: dy [T][C]
- * (b->t0). Outputs accumulated into: dr (b->t1, already holding the bonus
- * part), and written: dw -> b->xw, dk -> b->xk (added to bonus part held
- * there), dv -> b->xv (added), da -> b->xa, db -> b->xg. dS0 -> dS0. */
-static void wkv_bwd(struct bwd *b, const float *dy, float *dr, float *dw, float *dk, float *dv,
-                    float *da, float *db, float *dS0)
+/* Reverse WKV of heads [h0, h1) over all T tokens (spec 3.1). Input: dy
+ * [T][C] in t0. Accumulated into: dr (xr, holding the bonus part), dk (xk,
+ * likewise), dv (xv). Written: dw -> xw, da -> xa, db -> xg, and dS0 (arg)
+ * for these heads. Each chunk's states are recomputed from its checkpoint
+ * into sbuf [K+1][H][N][N] (this head's slices only). */
+static void wkv_bwd(struct bwd *b, void *arg, size_t h0, size_t h1)
 {
+    float *dS0 = arg;
+    const float *dy = b->t0;
+    float *dr = b->xr, *dw = b->xw, *dk = b->xk, *dv = b->xv, *da = b->xa, *db = b->xg;
     const size_t T = b->T;
-    const int C = b->C, H = b->H, N = b->N, K = b->K;
-    const size_t HNN = (size_t)H * N * N;
-    float *G = b->G;
-    memset(G, 0, sizeof(float) * HNN);
-    memset(dw, 0, sizeof(float) * T * C);
-    memset(da, 0, sizeof(float) * T * C);
-    memset(db, 0, sizeof(float) * T * C);
+    const int C = b->C, N = b->N, K = b->K;
+    const size_t NN = (size_t)N * N, HNN = (size_t)b->H * NN;
     size_t nchunk = (T + K - 1) / K;
-    for (size_t ci = nchunk; ci-- > 0;) {
-        size_t ta = ci * K, tb = ta + K < T ? ta + K : T;
-        /* states S_{ta-1} .. S_{tb-1} and sa of the chunk */
-        memcpy(b->sbuf, b->a.ck + ci * HNN, sizeof(float) * HNN);
-        for (size_t t = ta; t < tb; t++) {
-            float *Sn = b->sbuf + (t - ta + 1) * HNN;
-            memcpy(Sn, Sn - HNN, sizeof(float) * HNN);
-            wkv_step(H, N, Sn, b->a.r + t * C, b->a.w + t * C, b->a.k + t * C, b->a.v + t * C,
-                     b->a.kk + t * C, b->a.alpha + t * C, b->sabuf + (t - ta) * C, NULL);
-        }
-        for (size_t t = tb; t-- > ta;) {
-            const float *Sold_all = b->sbuf + (t - ta) * HNN;
-            const float *Snew_all = Sold_all + HNN;
-            const float *sa_all = b->sabuf + (t - ta) * C;
-            for (int h = 0; h < H; h++) {
+    for (size_t h = h0; h < h1; h++) {
+        float *Gh = b->G + h * NN;
+        memset(Gh, 0, sizeof(float) * NN);
+        for (size_t ci = nchunk; ci-- > 0;) {
+            size_t ta = ci * K, tb = ta + K < T ? ta + K : T;
+            /* states S_{ta-1} .. S_{tb-1} and sa of the chunk */
+            memcpy(b->sbuf + h * NN, b->a.ck + ci * HNN + h * NN, sizeof(float) * NN);
+            for (size_t t = ta; t < tb; t++) {
                 size_t o = t * C + h * N;
-                const float *Sold = Sold_all + (size_t)h * N * N;
-                const float *Snew = Snew_all + (size_t)h * N * N;
-                const float *sa = sa_all + h * N;
+                float *Sn = b->sbuf + (t - ta + 1) * HNN + h * NN;
+                float aa[RK_HEAD_SIZE], bb[RK_HEAD_SIZE], yb[RK_HEAD_SIZE];
+                memcpy(Sn, Sn - HNN, sizeof(float) * NN);
+                wkv_ab(N, b->a.kk + o, b->a.alpha + o, aa, bb);
+                rk__wkv_head(false, Sn, b->a.r + o, b->a.w + o, b->a.k + o, b->a.v + o, aa, bb,
+                             yb, b->sabuf + (t - ta) * C + h * N);
+            }
+            for (size_t t = tb; t-- > ta;) {
+                size_t o = t * C + h * N;
+                const float *Sold = b->sbuf + (t - ta) * HNN + h * NN;
+                const float *Snew = Sold + HNN;
+                const float *sa = b->sabuf + (t - ta) * C + h * N;
                 const float *r = b->a.r + o, *w = b->a.w + o, *k = b->a.k + o, *v = b->a.v + o;
-                const float *kk = b->a.kk + o, *al = b->a.alpha + o, *dyh = dy + o;
-                float *Gh = G + (size_t)h * N * N;
+                const float *dyh = dy + o;
                 float aa[RK_HEAD_SIZE], bb[RK_HEAD_SIZE];
                 float cdr[RK_HEAD_SIZE] = {0}, cdw[RK_HEAD_SIZE] = {0}, cdb[RK_HEAD_SIZE] = {0};
                 float cdk[RK_HEAD_SIZE] = {0}, cda[RK_HEAD_SIZE] = {0};
-                for (int j = 0; j < N; j++) {
-                    aa[j] = -kk[j];
-                    bb[j] = kk[j] * al[j];
-                }
+                wkv_ab(N, b->a.kk + o, b->a.alpha + o, aa, bb);
 #ifdef __x86_64__
                 if (N == 64 && bwd_avx512()) {
                     for (int i = 0; i < N; i++)
@@ -560,36 +699,30 @@ static void wkv_bwd(struct bwd *b, const float *dy, float *dr, float *dw, float 
                 }
             }
         }
+        memcpy(dS0 + h * NN, Gh, sizeof(float) * NN);
     }
-    memcpy(dS0, G, sizeof(float) * HNN);
 }
 
-/* Backward of layer l. On entry b->dx holds dLoss/d(layer output) and the
- * activations of layer l are in place (layer_fwd with out = NULL); on exit
- * b->dx holds dLoss/d(layer input) and dst0 (this layer's part of dstate0)
- * is written. */
-static void layer_bwd(struct bwd *b, int l, float *dst0)
+static void b_relu2(struct bwd *b, void *arg, size_t t0, size_t t1)
 {
-    const struct rk_model *m = b->m;
-    const struct rk_layer *ly = &m->layers[l];
-    const size_t T = b->T, TC = b->T * (size_t)b->C;
-    const int C = b->C, H = b->H, N = b->N, F = b->F;
-    const float *x = b->xs + (size_t)l * T * C;
-    float *dx = b->dx;
+    (void)arg;
+    const size_t F = (size_t)b->F;
+    float *restrict tf = b->tf;
+    const float *restrict fs = b->a.fs;
+    for (size_t i = t0 * F; i < t1 * F; i++)
+        tf[i] = fs[i] > 0 ? tf[i] * 2.0f * fs[i] : 0.0f;
+}
 
-    /* channel mix: out = xm + Wv relu(Wk xk2)^2, xk2 = u2 + (p2 - u2) mu_k */
-    matmul_t(b, b->tf, dx, T, &ly->ffn_value, false); /* d hidden [T][F] */
-    {
-        float *restrict tf = b->tf;
-        const float *restrict fs = b->a.fs;
-        for (size_t i = 0; i < T * (size_t)F; i++)
-            tf[i] = fs[i] > 0 ? tf[i] * 2.0f * fs[i] : 0.0f;
-    }
-    float *dxk2 = b->t0;
-    matmul_t(b, dxk2, b->tf, T, &ly->ffn_key, false);
-    float *dffn0 = dst0 + b->lay.ffn_shift;
+/* dxk2 (t0) -> du2 (t1) through the ffn lerp, then dx += LN2 backward */
+static void b_ln2(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const struct rk_layer *ly = lc->ly;
+    const size_t T = b->T;
+    const int C = b->C;
+    const float *dxk2 = b->t0;
     float *du2 = b->t1;
-    for (size_t t = 0; t < T; t++)
+    for (size_t t = t0; t < t1; t++) {
         for (int c = 0; c < C; c++) {
             float mk = ly->ffn_x_k[c];
             float g = dxk2[t * C + c] * (1.0f - mk);
@@ -597,25 +730,26 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
                 g += dxk2[(t + 1) * C + c] * mk;
             du2[t * C + c] = g;
         }
-    for (int c = 0; c < C; c++)
-        dffn0[c] = dxk2[c] * ly->ffn_x_k[c];
-    /* dxm = dx (residual) + LN2 backward */
-    float *dxm = dx; /* updated in place */
-    for (size_t t = 0; t < T; t++)
-        ln_bwd(dxm + t * C, du2 + t * C, b->a.xm + t * C, ly->ln2_w, C, b->a.mu2[t], b->a.rs2[t]);
-
-    /* time mix output: xm = x + Wo (o * g) */
-    float *dmo = b->t0;
-    matmul_t(b, dmo, dxm, T, &ly->wo, false);
-    float *dg = b->t2, *dO = b->t1;
-    for (size_t i = 0; i < TC; i++) {
-        dg[i] = dmo[i] * b->a.o[i];
-        dO[i] = dmo[i] * b->a.g[i];
+        ln_bwd(b->dx + t * C, du2 + t * C, b->a.xm + t * C, ly->ln2_w, C, b->a.mu2[t],
+               b->a.rs2[t]);
     }
-    /* bonus o += sb * v, sb = sum_j r k r_k; GroupNorm backward into dy (t0) */
+}
+
+/* from d(o * g) (t0): dg -> t2; the bonus o += sb * v, sb = sum_j r k r_k
+ * (dv -> xv, dr -> xr, dk -> xk); GroupNorm backward into dy (t0) */
+static void b_out(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const struct rk_layer *ly = lc->ly;
+    const int C = b->C, H = b->H, N = b->N;
+    float *dmo = b->t0, *dg = b->t2, *dO = b->t1;
     float *dr = b->xr, *dk = b->xk, *dv = b->xv;
-    float *dy = b->t0; /* dmo is no longer needed */
-    for (size_t t = 0; t < T; t++)
+    float *dy = b->t0; /* each row of dmo is consumed before its dy is written */
+    for (size_t t = t0; t < t1; t++) {
+        for (size_t i = t * C; i < (t + 1) * C; i++) {
+            dg[i] = dmo[i] * b->a.o[i];
+            dO[i] = dmo[i] * b->a.g[i];
+        }
         for (int h = 0; h < H; h++) {
             size_t o = t * C + h * N;
             double dsb = 0;
@@ -628,7 +762,6 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
                 dr[o + j] = (float)dsb * b->a.k[o + j] * ly->r_k[c];
                 dk[o + j] = (float)dsb * b->a.r[o + j] * ly->r_k[c];
             }
-            /* GroupNorm: input y, weight lnx_w */
             double sh = 0, shx = 0;
             float mu = b->a.gmu[t * H + h], rs = b->a.grs[t * H + h];
             for (int j = 0; j < N; j++) {
@@ -644,14 +777,18 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
                 dy[o + j] = (float)((hh - mh - xh * mhx) * rs);
             }
         }
-    float *dw = b->xw, *da = b->xa, *db = b->xg;
-    /* dg (t2) must survive; da/db/dw reuse the lerp buffers of w, a, g
-     * whose forward values are no longer needed. */
-    wkv_bwd(b, dy, dr, dw, dk, dv, da, db, dst0 + b->lay.wkv);
+    }
+}
 
-    /* chain back to kh, alpha, v-hat, z (spec 3.2) */
+/* chain back to kh (t1) and alpha (t3) (spec 3.2) */
+static void b_keys(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const struct rk_layer *ly = lc->ly;
+    const int C = b->C, H = b->H, N = b->N;
+    const float *dk = b->xk, *da = b->xa, *db = b->xg;
     float *dkh = b->t1, *dal = b->t3;
-    for (size_t t = 0; t < T; t++) {
+    for (size_t t = t0; t < t1; t++) {
         for (int h = 0; h < H; h++) {
             size_t o = t * C + h * N;
             double dot = 0;
@@ -671,57 +808,79 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
             }
         }
     }
-    /* matrices r, k (dkh complete), then free dr/dk buffers for dx_r/dx_k */
-    float *dxr = b->t0;
-    matmul_t(b, dxr, dr, T, &ly->wr, false);
-    memcpy(b->xr, dxr, sizeof(float) * TC);
-    matmul_t(b, b->xk, dkh, T, &ly->wk, false); /* dk (xk) was consumed into dkh */
-    /* value: l >= 1 mixes with v_first */
-    float *dvh = b->t0;
-    if (l == 0) {
-        for (size_t i = 0; i < TC; i++)
-            dvh[i] = dv[i] + b->dvfirst[i];
-        matmul_t(b, b->xv, dvh, T, &ly->wv, false);
-    } else {
-        float *dzv = b->t1; /* dkh consumed */
-        for (size_t i = 0; i < TC; i++) {
-            float nu = b->a.nu[i];
-            dvh[i] = dv[i] * (1.0f - nu);
-            b->dvfirst[i] += dv[i] * nu;
-            float dnu = dv[i] * (b->vfirst[i] - b->a.vh[i]);
-            dzv[i] = dnu * nu * (1.0f - nu);
-        }
-        matmul_t(b, b->xv, dvh, T, &ly->wv, false);
-        matmul_t(b, b->tlr, dzv, T, &ly->v2, false);
-        matmul_t(b, b->xv, b->tlr, T, &ly->v1, true);
-    }
-    /* decay: dz = dw * w * (-c) * s(1-s); z = w0 + tanh(xw w1) w2 */
-    float *dz = b->t0;
-    for (size_t i = 0; i < TC; i++) {
-        float s = b->a.sz[i];
-        dz[i] = dw[i] * b->a.w[i] * (float)(-DECAY_C) * s * (1.0f - s);
-    }
-    matmul_t(b, b->tlr, dz, T, &ly->w2, false);
-    for (size_t i = 0; i < T * (size_t)m->Dw; i++)
-        b->tlr[i] *= 1.0f - b->a.tw[i] * b->a.tw[i];
-    matmul_t(b, b->xw, b->tlr, T, &ly->w1, false);
-    /* alpha = sigmoid(a0 + (xa a1) a2) */
-    for (size_t i = 0; i < TC; i++)
-        dz[i] = dal[i] * b->a.alpha[i] * (1.0f - b->a.alpha[i]);
-    matmul_t(b, b->tlr, dz, T, &ly->a2, false);
-    matmul_t(b, b->xa, b->tlr, T, &ly->a1, false);
-    /* gate g = sigmoid(xg g1) g2 */
-    matmul_t(b, b->tlr, dg, T, &ly->g2, false);
-    for (size_t i = 0; i < T * (size_t)m->Dg; i++)
-        b->tlr[i] *= b->a.gh[i] * (1.0f - b->a.gh[i]);
-    matmul_t(b, b->xg, b->tlr, T, &ly->g1, false);
+}
 
-    /* lerps x_c = u + (p - u) mu_c, p_t = u_{t-1} (or the shift state) */
-    float *du = b->t0;
-    float *datt0 = dst0 + b->lay.att_shift;
+/* value: dv (xv) -> d v-hat (t0); later layers also feed v_first and the
+ * mix's pre-activation (t1) */
+static void b_value(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const size_t C = (size_t)b->C;
+    const float *dv = b->xv;
+    float *dvh = b->t0, *dzv = b->t1;
+    for (size_t i = t0 * C; i < t1 * C; i++) {
+        if (lc->l == 0) {
+            dvh[i] = dv[i] + b->dvfirst[i];
+            continue;
+        }
+        float nu = b->a.nu[i];
+        dvh[i] = dv[i] * (1.0f - nu);
+        b->dvfirst[i] += dv[i] * nu;
+        float dnu = dv[i] * (b->vfirst[i] - b->a.vh[i]);
+        dzv[i] = dnu * nu * (1.0f - nu);
+    }
+}
+
+/* decay: dz = dw * w * (-c) * s(1-s) into t0 */
+static void b_decay(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    (void)arg;
+    const size_t C = (size_t)b->C;
+    const float *dw = b->xw;
+    for (size_t i = t0 * C; i < t1 * C; i++) {
+        float s = b->a.sz[i];
+        b->t0[i] = dw[i] * b->a.w[i] * (float)(-DECAY_C) * s * (1.0f - s);
+    }
+}
+
+static void b_tanh(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    (void)arg;
+    const size_t D = (size_t)b->m->Dw;
+    for (size_t i = t0 * D; i < t1 * D; i++)
+        b->tlr[i] *= 1.0f - b->a.tw[i] * b->a.tw[i];
+}
+
+/* alpha = sigmoid(...): d pre-activation into t0 from dal (t3) */
+static void b_alpha(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    (void)arg;
+    const size_t C = (size_t)b->C;
+    const float *dal = b->t3;
+    for (size_t i = t0 * C; i < t1 * C; i++)
+        b->t0[i] = dal[i] * b->a.alpha[i] * (1.0f - b->a.alpha[i]);
+}
+
+static void b_gate(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    (void)arg;
+    const size_t D = (size_t)b->m->Dg;
+    for (size_t i = t0 * D; i < t1 * D; i++)
+        b->tlr[i] *= b->a.gh[i] * (1.0f - b->a.gh[i]);
+}
+
+/* lerps x_c = u + (p - u) mu_c, p_t = u_{t-1}: du (t0) from the six lerp
+ * gradients, then dx += LN1 backward */
+static void b_ln1(struct bwd *b, void *arg, size_t t0, size_t t1)
+{
+    const struct lctx *lc = arg;
+    const struct rk_layer *ly = lc->ly;
+    const size_t T = b->T;
+    const int C = b->C;
     const float *mus[6] = {ly->x_r, ly->x_w, ly->x_k, ly->x_v, ly->x_a, ly->x_g};
-    float *dxs[6] = {b->xr, b->xw, b->xk, b->xv, b->xa, b->xg};
-    for (size_t t = 0; t < T; t++)
+    const float *dxs[6] = {b->xr, b->xw, b->xk, b->xv, b->xa, b->xg};
+    float *du = b->t0;
+    for (size_t t = t0; t < t1; t++) {
         for (int c = 0; c < C; c++) {
             float g = 0, gp = 0;
             for (int q = 0; q < 6; q++) {
@@ -731,62 +890,150 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
             }
             du[t * C + c] = g + gp;
         }
+        ln_bwd(b->dx + t * C, du + t * C, lc->x + t * C, ly->ln1_w, C, b->a.mu1[t],
+               b->a.rs1[t]);
+    }
+}
+
+/* Backward of layer l. On entry b->dx holds dLoss/d(layer output) and the
+ * activations of layer l are in place (layer_fwd with out = NULL); on exit
+ * b->dx holds dLoss/d(layer input) and dst0 (this layer's part of dstate0)
+ * is written. */
+static void layer_bwd(struct bwd *b, int l, float *dst0)
+{
+    const struct rk_layer *ly = &b->m->layers[l];
+    const size_t T = b->T, TC = b->T * (size_t)b->C;
+    const int C = b->C;
+    struct lctx lc = {.l = l, .ly = ly, .x = b->xs + (size_t)l * TC, .dst0 = dst0};
+
+    /* channel mix: out = xm + Wv relu(Wk xk2)^2, xk2 = u2 + (p2 - u2) mu_k */
+    matmul_t(b, b->tf, b->dx, T, &ly->ffn_value, false); /* d hidden [T][F] */
+    par_for(b, T, b_relu2, &lc);
+    matmul_t(b, b->t0, b->tf, T, &ly->ffn_key, false); /* dxk2 */
+    float *dffn0 = dst0 + b->lay.ffn_shift;
+    for (int c = 0; c < C; c++)
+        dffn0[c] = b->t0[c] * ly->ffn_x_k[c];
+    par_for(b, T, b_ln2, &lc); /* dx is now dLoss/dxm */
+
+    /* time mix output: xm = x + Wo (o * g) */
+    matmul_t(b, b->t0, b->dx, T, &ly->wo, false);
+    par_for(b, T, b_out, &lc);
+    par_for(b, (size_t)b->H, wkv_bwd, dst0 + b->lay.wkv);
+    par_for(b, T, b_keys, &lc);
+
+    /* r and k (dkh complete); their input gradients go to xr and xk */
+    matmul_t(b, b->t0, b->xr, T, &ly->wr, false);
+    memcpy(b->xr, b->t0, sizeof(float) * TC);
+    matmul_t(b, b->xk, b->t1, T, &ly->wk, false);
+    /* value */
+    par_for(b, T, b_value, &lc);
+    matmul_t(b, b->xv, b->t0, T, &ly->wv, false);
+    if (l > 0) {
+        matmul_t(b, b->tlr, b->t1, T, &ly->v2, false);
+        matmul_t(b, b->xv, b->tlr, T, &ly->v1, true);
+    }
+    /* decay: z = w0 + tanh(xw w1) w2 */
+    par_for(b, T, b_decay, &lc);
+    matmul_t(b, b->tlr, b->t0, T, &ly->w2, false);
+    par_for(b, T, b_tanh, &lc);
+    matmul_t(b, b->xw, b->tlr, T, &ly->w1, false);
+    /* alpha = sigmoid(a0 + (xa a1) a2) */
+    par_for(b, T, b_alpha, &lc);
+    matmul_t(b, b->tlr, b->t0, T, &ly->a2, false);
+    matmul_t(b, b->xa, b->tlr, T, &ly->a1, false);
+    /* gate g = sigmoid(xg g1) g2 */
+    matmul_t(b, b->tlr, b->t2, T, &ly->g2, false);
+    par_for(b, T, b_gate, &lc);
+    matmul_t(b, b->xg, b->tlr, T, &ly->g1, false);
+
+    /* token shift at t = 0 reads the shift state */
+    float *datt0 = dst0 + b->lay.att_shift;
+    const float *mus[6] = {ly->x_r, ly->x_w, ly->x_k, ly->x_v, ly->x_a, ly->x_g};
+    const float *dxs[6] = {b->xr, b->xw, b->xk, b->xv, b->xa, b->xg};
     for (int c = 0; c < C; c++) {
         float gp = 0;
         for (int q = 0; q < 6; q++)
             gp += dxs[q][c] * mus[q][c];
         datt0[c] = gp;
     }
-    /* dx_in = dxm (residual, already in dx) + LN1 backward */
-    for (size_t t = 0; t < T; t++)
-        ln_bwd(dx + t * C, du + t * C, x + t * C, ly->ln1_w, C, b->a.mu1[t], b->a.rs1[t]);
+    /* dx_in = dxm (residual, already in dx) + LN1 backward of the lerps */
+    par_for(b, T, b_ln1, &lc);
 }
 
 /* --- loss and head -------------------------------------------------------- */
+
+struct hctx {
+    const uint32_t *targets;
+    const size_t *sel;
+    size_t s0, nsel;
+};
+
+/* ln_out of the selected rows s0 + [i0, i1) */
+static void h_ln(struct bwd *b, void *arg, size_t i0, size_t i1)
+{
+    const struct hctx *hc = arg;
+    const struct rk_model *m = b->m;
+    const int C = b->C;
+    const float *xL = b->xs + (size_t)b->L * b->T * C;
+    for (size_t i = i0; i < i1; i++) {
+        memcpy(b->hx + i * C, xL + hc->sel[hc->s0 + i] * C, sizeof(float) * C);
+        ln_fwd(b->hn + i * C, b->hx + i * C, m->lnout_w, m->lnout_b, C, LN_EPS, &b->hmu[i],
+               &b->hrs[i]);
+    }
+}
+
+/* Each row's loss into hloss[i]; its logits become dLoss/dlogits. The
+ * exponentials are fp32 (every term is <= 1 after the shift), summed in
+ * double; the softmax divides by that sum. A NaN logit makes the loss NaN
+ * (the caller fails the job); rk__exp_sum alone would count it as zero. */
+static void h_softmax(struct bwd *b, void *arg, size_t i0, size_t i1)
+{
+    const struct hctx *hc = arg;
+    const int V = b->V;
+    for (size_t i = i0; i < i1; i++) {
+        float *lg = b->logits + i * (size_t)V;
+        float mx = lg[0];
+        int nan = 0;
+        for (int v = 0; v < V; v++) {
+            mx = lg[v] > mx ? lg[v] : mx;
+            nan |= lg[v] != lg[v];
+        }
+        uint32_t tg = hc->targets[hc->sel[hc->s0 + i]];
+        float ltg = lg[tg];
+        double se = rk__exp_sum(lg, lg, (size_t)V, mx);
+        b->hloss[i] = nan ? NAN : (double)mx + log(se) - (double)ltg;
+        float scale = (float)(1.0 / ((double)hc->nsel * se));
+        for (int v = 0; v < V; v++)
+            lg[v] *= scale;
+        lg[tg] -= (float)(1.0 / (double)hc->nsel);
+    }
+}
+
+static void h_ln_bwd(struct bwd *b, void *arg, size_t i0, size_t i1)
+{
+    const struct hctx *hc = arg;
+    const int C = b->C;
+    for (size_t i = i0; i < i1; i++)
+        ln_bwd(b->dx + hc->sel[hc->s0 + i] * C, b->hn + i * C, b->hx + i * C, b->m->lnout_w, C,
+               b->hmu[i], b->hrs[i]);
+}
 
 /* Loss over the selected positions and dLoss/dxs[L] into b->dx. */
 static int head_fwd_bwd(struct bwd *b, const uint32_t *targets, const size_t *sel, size_t nsel,
                         double *loss)
 {
-    const struct rk_model *m = b->m;
-    const int C = b->C, V = b->V;
-    const float *xL = b->xs + (size_t)b->L * b->T * C;
     double total = 0;
-    memset(b->dx, 0, sizeof(float) * b->T * C);
-    for (size_t s0 = 0; s0 < nsel; s0 += b->Tc) {
-        size_t n = nsel - s0 < b->Tc ? nsel - s0 : b->Tc;
-        for (size_t i = 0; i < n; i++) {
-            memcpy(b->hx + i * C, xL + sel[s0 + i] * C, sizeof(float) * C);
-            ln_fwd(b->hn + i * C, b->hx + i * C, m->lnout_w, m->lnout_b, C, LN_EPS, &b->hmu[i],
-                   &b->hrs[i]);
-        }
-        matmul(b, b->logits, b->hn, n, &m->head);
-        for (size_t i = 0; i < n; i++) {
-            float *lg = b->logits + i * (size_t)V;
-            float mx = lg[0];
-            for (int v = 1; v < V; v++)
-                mx = lg[v] > mx ? lg[v] : mx;
-            /* fp32 exponentials (every term is <= 1 after the shift), summed
-             * in double; the softmax divides by the sum instead of taking
-             * a second exponential */
-            uint32_t tg = targets[sel[s0 + i]];
-            float ltg = lg[tg];
-            double se = 0;
-            for (int v = 0; v < V; v++) {
-                float e = expf(lg[v] - mx);
-                lg[v] = e;
-                se += e;
-            }
-            total += (double)mx + log(se) - (double)ltg;
-            float scale = (float)(1.0 / ((double)nsel * se));
-            for (int v = 0; v < V; v++)
-                lg[v] *= scale;
-            lg[tg] -= (float)(1.0 / (double)nsel);
-        }
-        matmul_t(b, b->hn, b->logits, n, &m->head, false); /* d ln_out output */
+    memset(b->dx, 0, sizeof(float) * b->T * b->C);
+    struct hctx hc = {.targets = targets, .sel = sel, .nsel = nsel};
+    for (hc.s0 = 0; hc.s0 < nsel; hc.s0 += b->Tc) {
+        size_t n = nsel - hc.s0 < b->Tc ? nsel - hc.s0 : b->Tc;
+        par_for(b, n, h_ln, &hc);
+        matmul(b, b->logits, b->hn, n, &b->m->head);
+        par_for(b, n, h_softmax, &hc);
         for (size_t i = 0; i < n; i++)
-            ln_bwd(b->dx + sel[s0 + i] * C, b->hn + i * C, b->hx + i * C, m->lnout_w, C,
-                   b->hmu[i], b->hrs[i]);
+            total += b->hloss[i];
+        matmul_t(b, b->hn, b->logits, n, &b->m->head, false); /* d ln_out output */
+        par_for(b, n, h_ln_bwd, &hc);
     }
     *loss = total / (double)nsel;
     return RK_OK;
@@ -852,13 +1099,12 @@ int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
     size_t nfloats = pl.off;
     size_t *sel = rk__malloc(sizeof(size_t) * (nsel ? nsel : 1));
     float *zero = NULL;
-    float *mem = rk__malloc_aligned(sizeof(float) * nfloats);
+    float *mem = rk__ctx_workspace(ctx, sizeof(float) * nfloats);
     if (!state0)
         zero = rk__calloc(slen, sizeof(float));
     if (!acts || !sel || !mem || (!state0 && !zero)) {
         rk__free(acts);
         rk__free(sel);
-        rk__free_aligned(mem);
         rk__free(zero);
         return RK_ENOMEM;
     }
@@ -918,7 +1164,6 @@ out:
     }
     rk__free(acts);
     rk__free(sel);
-    rk__free_aligned(mem);
     rk__free(zero);
     return rc;
 }

@@ -132,7 +132,7 @@ static inline v4f exp_det4(v4f x)
 /* The sum of exp(v[i] - m) for i < n (m >= every v[i]; NaN counts as
  * zero), taken in four lanes (lane j holds the elements i with i % 4 == j)
  * in double. With `out`, out[i] receives each term (out may be v). */
-static double exp_sum(float *out, const float *v, size_t n, float m)
+double rk__exp_sum(float *out, const float *v, size_t n, float m)
 {
     v2d lo = {0, 0}, hi = {0, 0};
     size_t i = 0;
@@ -727,7 +727,7 @@ static long sample_dist(struct rk_sampler *s, float *logits)
         return argmax(logits, V); /* degenerate: nothing or +inf to weigh */
 
     /* Softmax numerators relative to the best (which becomes exactly 1). */
-    double sum = exp_sum(v, v, n, m);
+    double sum = rk__exp_sum(v, v, n, m);
     const size_t n_soft = n;
 
     /* top-p: the shortest prefix of the ranking with mass >= top_p * sum. */
@@ -791,7 +791,7 @@ static double log_sum_exp(const float *logits, size_t n, float *max_out, size_t 
     if (m == -INFINITY)
         return -INFINITY;
     /* the sampler's exponential; NaN logits add nothing */
-    return (double)m + log(exp_sum(NULL, logits, n, m));
+    return (double)m + log(rk__exp_sum(NULL, logits, n, m));
 }
 
 /* log-softmax of one logit given the log-sum-exp computed above. */

@@ -567,6 +567,49 @@ START_TEST(test_checkpoint_interval)
 }
 END_TEST
 
+/* The element-wise work and the WKV are split over rows and heads between
+ * threads: one and three threads must give the same bits, and a NaN in the
+ * state must reach the loss (the tuning loop fails the job on it). */
+START_TEST(test_backward_threads)
+{
+    struct fixture f;
+    ck_assert(fixture_open(&f, rk_test_data("rand-mh.safetensors")));
+    ck_assert_int_ge(f.m->H, 3);
+    const size_t T = 45;
+    uint32_t tok[45], tgt[45];
+    uint8_t mask[45];
+    rand_seq((uint32_t)f.m->V, 11, T, tok, tgt, mask);
+    float *st0 = malloc(sizeof(float) * f.slen);
+    rand_state(f.m, 12, st0);
+    float *g[2] = {malloc(sizeof(float) * f.slen), malloc(sizeof(float) * f.slen)};
+    double loss[2];
+    const int threads[2] = {1, 3};
+    for (int i = 0; i < 2; i++) {
+        struct rk_ctx *ctx;
+        struct rk_ctx_params cp = {.n_threads = threads[i]};
+        ck_assert_int_eq(rk_ctx_create(f.m, &cp, &ctx), RK_OK);
+        struct rk_backward_params bp = {.checkpoint_every = 8};
+        ck_assert_int_eq(rk_backward_seq(ctx, &bp, tok, tgt, mask, T, st0, &loss[i], g[i], NULL,
+                                         NULL),
+                         RK_OK);
+        rk_ctx_free(ctx);
+    }
+    ck_assert(loss[0] == loss[1]);
+    ck_assert_msg(memcmp(g[0], g[1], sizeof(float) * f.slen) == 0,
+                  "gradient differs between 1 and 3 threads");
+    /* a NaN in layer 0's WKV state */
+    struct rk_state_layout lay;
+    rk_state_layout(f.m, &lay);
+    st0[lay.wkv + 5] = NAN;
+    ck_assert_int_eq(rk_backward_seq(f.ctx, NULL, tok, tgt, mask, T, st0, &loss[0], g[0], NULL,
+                                     NULL),
+                     RK_OK);
+    ck_assert_msg(isnan(loss[0]), "loss %g with a NaN state", loss[0]);
+    free(st0), free(g[0]), free(g[1]);
+    fixture_close(&f);
+}
+END_TEST
+
 static bool cancel_now(void *user)
 {
     int *calls = user;
@@ -699,6 +742,7 @@ RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_torch_rand_mh_bf16);
     tcase_add_test(tc, test_checkpoint_interval);
     tcase_add_test(tc, test_mask_and_errors);
+    tcase_add_test(tc, test_backward_threads);
     tcase_add_test(tc, test_matmul_t);
     suite_add_tcase(s, tc);
     return s;
