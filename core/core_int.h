@@ -224,6 +224,8 @@ void rk__wkv_head(bool ref, float *S, const float *r, const float *w, const floa
  * count as zero. With `out` (may be v), out[i] receives each term
  * (sampler.c). */
 double rk__exp_sum(float *out, const float *v, size_t n, float m);
+/* The same without AVX-512 (the tests compare the two bit for bit). */
+double rk__exp_sum_portable(float *out, const float *v, size_t n, float m);
 /* Layer norm over n with population variance. */
 struct rk_ctx;
 /* The context's thread pool (for the backward pass). */

@@ -129,13 +129,12 @@ static inline v4f exp_det4(v4f x)
     return (v4f)((v4i)y & keep);
 }
 
-/* The sum of exp(v[i] - m) for i < n (m >= every v[i]; NaN counts as
- * zero), taken in four lanes (lane j holds the elements i with i % 4 == j)
- * in double. With `out`, out[i] receives each term (out may be v). */
-double rk__exp_sum(float *out, const float *v, size_t n, float m)
+/* The four-lane part of rk__exp_sum from element i on, continuing the lane
+ * sums in lane[4] (lane j holds the elements with index % 4 == j). */
+static double exp_sum_from(float *out, const float *v, size_t i, size_t n, float m,
+                           double lane[4])
 {
-    v2d lo = {0, 0}, hi = {0, 0};
-    size_t i = 0;
+    v2d lo = {lane[0], lane[1]}, hi = {lane[2], lane[3]};
     for (; i + 4 <= n; i += 4) {
         v4f x;
         memcpy(&x, v + i, sizeof x);
@@ -145,7 +144,7 @@ double rk__exp_sum(float *out, const float *v, size_t n, float m)
         lo += (v2d){x[0], x[1]};
         hi += (v2d){x[2], x[3]};
     }
-    double lane[4] = {lo[0], lo[1], hi[0], hi[1]};
+    lane[0] = lo[0], lane[1] = lo[1], lane[2] = hi[0], lane[3] = hi[1];
     for (; i < n; i++) {
         float e = exp_det(v[i] - m);
         if (out)
@@ -153,6 +152,86 @@ double rk__exp_sum(float *out, const float *v, size_t n, float m)
         lane[i & 3] += e;
     }
     return (lane[0] + lane[1]) + (lane[2] + lane[3]);
+}
+
+double rk__exp_sum_portable(float *out, const float *v, size_t n, float m)
+{
+    double lane[4] = {0, 0, 0, 0};
+    return exp_sum_from(out, v, 0, n, m, lane);
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* 16 lanes of exp_det4: the same IEEE operations in the same order (no FMA:
+ * separate multiplies and adds), so every lane gets the same bits. */
+__attribute__((target("avx512f"))) static inline __m512 exp_det16(__m512 x)
+{
+    const __m512 min = _mm512_set1_ps(EXP_MIN), rnd = _mm512_set1_ps(EXP_ROUND);
+    __mmask16 keep = _mm512_cmp_ps_mask(x, min, _CMP_GT_OQ);
+    __m512 xc = _mm512_mask_blend_ps(keep, min, x);
+    __m512 kf = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(EXP_LOG2E)), rnd),
+                              rnd);
+    __m512 r = _mm512_sub_ps(_mm512_sub_ps(xc, _mm512_mul_ps(kf, _mm512_set1_ps(EXP_LN2_HI))),
+                             _mm512_mul_ps(kf, _mm512_set1_ps(EXP_LN2_LO)));
+    __m512 p = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(1.0f / 5040.0f), r),
+                             _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+    __m512i k = _mm512_cvttps_epi32(kf);
+    __m512 scale = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_add_epi32(k, _mm512_set1_epi32(127)), 23));
+    return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, scale));
+}
+
+/* Sixteen elements per step; each quarter of the vector is added to the four
+ * double lanes in turn, which is the order of the four-lane loop. */
+__attribute__((target("avx512f"))) static double exp_sum_avx512(float *out, const float *v,
+                                                                  size_t n, float m)
+{
+    __m256d acc = _mm256_setzero_pd();
+    const __m512 vm = _mm512_set1_ps(m);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = exp_det16(_mm512_sub_ps(_mm512_loadu_ps(v + i), vm));
+        if (out)
+            _mm512_storeu_ps(out + i, e);
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 0)));
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 1)));
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 2)));
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 3)));
+    }
+    double lane[4];
+    _mm256_storeu_pd(lane, acc);
+    return exp_sum_from(out, v, i, n, m, lane);
+}
+
+static bool exp_avx512(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+        const char *env = getenv("RWKVD_NO_AVX512");
+        cached = __builtin_cpu_supports("avx512f") && !(env && *env && *env != '0');
+    }
+    return cached;
+}
+#endif
+
+/* The sum of exp(v[i] - m) for i < n (m >= every v[i]; NaN counts as
+ * zero), taken in four lanes (lane j holds the elements i with i % 4 == j)
+ * in double. With `out`, out[i] receives each term (out may be v). The
+ * AVX-512 path gives the same bits as the portable one. */
+double rk__exp_sum(float *out, const float *v, size_t n, float m)
+{
+#if defined(__x86_64__)
+    if (exp_avx512())
+        return exp_sum_avx512(out, v, n, m);
+#endif
+    return rk__exp_sum_portable(out, v, n, m);
 }
 
 /* Sum of v[0..16) in a fixed order. */

@@ -812,6 +812,53 @@ START_TEST(stopper_random)
 }
 END_TEST
 
+/* The exponential sum behind softmax and log-sum-exp: the vectorised path
+ * (AVX-512 where the CPU has it) must give the portable path's bits, terms
+ * and sum, for every length and for NaN, -inf and underflowing inputs. */
+START_TEST(exp_sum_paths_agree)
+{
+    uint64_t seed = 99;
+    enum { NMAX = 300 };
+    float v[NMAX] = {0}, o1[NMAX], o2[NMAX];
+    for (size_t n = 0; n <= NMAX; n += (n < 40 ? 1 : 37)) {
+        float m = -INFINITY;
+        for (size_t i = 0; i < n; i++) {
+            float x = 30.0f * test_unit(&seed);
+            switch (test_rng(&seed) % 16) {
+            case 0: x = NAN; break;
+            case 1: x = -INFINITY; break;
+            case 2: x = -200.0f; break;
+            default: break;
+            }
+            v[i] = x;
+            if (x > m)
+                m = x;
+        }
+        if (!(m > -INFINITY))
+            m = 0;
+        double s1 = rk__exp_sum(o1, v, n, m), s2 = rk__exp_sum_portable(o2, v, n, m);
+        ck_assert_msg(s1 == s2, "n %zu: sum %.17g vs %.17g", n, s1, s2);
+        ck_assert_msg(memcmp(o1, o2, n * sizeof(float)) == 0, "n %zu: terms differ", n);
+        ck_assert(rk__exp_sum(NULL, v, n, m) == s2);
+    }
+    /* a vocabulary-sized vector: rounding differences (a fused multiply-add
+     * in place of a multiply and an add, say) show up in a few terms only */
+    const size_t big = 65536 + 7;
+    float *bv = malloc(big * sizeof(float)), *b1 = malloc(big * sizeof(float)),
+          *b2 = malloc(big * sizeof(float));
+    for (size_t i = 0; i < big; i++)
+        bv[i] = 30.0f * (test_unit(&seed) - 1.0f) / 2.0f; /* [-30, 0) */
+    bv[17] = NAN;
+    bv[1000] = -INFINITY;
+    ck_assert(rk__exp_sum(b1, bv, big, 0.0f) == rk__exp_sum_portable(b2, bv, big, 0.0f));
+    ck_assert(memcmp(b1, b2, big * sizeof(float)) == 0);
+    free(bv), free(b1), free(b2);
+    /* exp(0) = 1 exactly, exp(-1) near e^-1 */
+    float one[2] = {0.0f, -1.0f};
+    ck_assert(fabs(rk__exp_sum(NULL, one, 2, 0.0f) - (1.0 + exp(-1.0))) < 1e-6);
+}
+END_TEST
+
 RK_TEST_SUITE(sampler_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("sampler");
@@ -826,6 +873,7 @@ RK_TEST_SUITE(sampler_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, penalties_exact);
     tcase_add_test(tc, bias_bans_and_forces);
     tcase_add_test(tc, logprobs);
+    tcase_add_test(tc, exp_sum_paths_agree);
     suite_add_tcase(s, tc);
     tc = tcase_create("stopper");
     tcase_add_test(tc, stopper_cases);
