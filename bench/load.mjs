@@ -6,6 +6,12 @@
 // usage: node bench/load.mjs --url http://127.0.0.1:8080 --concurrency 1,4,16,64
 //          [--duration 20] [--max-tokens 128] [--key KEY] [--states N]
 //          [--state-file FILE]   (uploaded as states bench-0..N-1 first)
+//          [--stagger-ms S]      (each stream starts after a random delay in
+//                                 [0, S) ms, so streams do not run in lock-step)
+//          [--warmup W]          (seconds at the start of each level whose
+//                                 tokens and latencies are not counted)
+// Tokens are counted when they arrive inside the measured window (after the
+// warm-up, before the deadline); the rate is those tokens over the window.
 import { readFileSync } from 'node:fs';
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((a, v, i, all) => {
@@ -19,6 +25,8 @@ const maxTokens = Number(args['max-tokens'] ?? 128);
 const headers = { 'content-type': 'application/json' };
 if (args.key) headers.authorization = `Bearer ${args.key}`;
 const nStates = Number(args.states ?? Math.max(...levels));
+const staggerMs = Number(args['stagger-ms'] ?? 0);
+const warmupMs = Number(args.warmup ?? 0) * 1000;
 
 const pct = (xs, p) => {
   if (!xs.length) return NaN;
@@ -35,6 +43,7 @@ if (args['state-file']) {
 }
 
 async function stream(i, stats, deadline) {
+  if (staggerMs > 0) await new Promise((res) => setTimeout(res, Math.random() * staggerMs));
   while (Date.now() < deadline) {
     const t0 = performance.now();
     const body = { prompt: `Request ${i}: tell me a story about the number ${i}.`,
@@ -52,10 +61,11 @@ async function stream(i, stats, deadline) {
         buf = buf.slice(k + 2);
         if (!ev.includes('"token":')) continue;
         const now = performance.now();
-        if (first) { stats.ttft.push(now - t0); first = false; }
-        else stats.itl.push(now - last);
+        const counted = Date.now() >= stats.from && Date.now() < deadline;
+        if (first) { if (counted) stats.ttft.push(now - t0); first = false; }
+        else if (counted) stats.itl.push(now - last);
         last = now;
-        stats.tokens++;
+        if (counted) stats.tokens++;
       }
     }
     stats.requests++;
@@ -67,18 +77,19 @@ async function healthProbe(stats, deadline) {
     const t0 = performance.now();
     const r = await fetch(`${url}/health`, { headers });
     await r.text();
-    stats.health.push(performance.now() - t0);
+    if (Date.now() >= stats.from) stats.health.push(performance.now() - t0);
     await new Promise((res) => setTimeout(res, 50));
   }
 }
 
 console.log('streams  tok/s   per-stream  ttft_p50  ttft_p99  itl_p50  itl_p99  health_p50  health_p99  errors');
 for (const c of levels) {
-  const stats = { tokens: 0, requests: 0, errors: 0, ttft: [], itl: [], health: [] };
-  const t0 = Date.now(), deadline = t0 + duration;
+  const t0 = Date.now(), deadline = t0 + warmupMs + duration;
+  const stats = { tokens: 0, requests: 0, errors: 0, ttft: [], itl: [], health: [],
+    from: t0 + warmupMs };
   await Promise.all([...Array.from({ length: c }, (_, i) => stream(i, stats, deadline)),
     healthProbe(stats, deadline)]);
-  const secs = (Date.now() - t0) / 1000;
+  const secs = duration / 1000;
   const f = (x) => x.toFixed(1).padStart(8);
   console.log(`${String(c).padStart(7)} ${f(stats.tokens / secs)} ${f(stats.tokens / secs / c)}   ` +
     `${f(pct(stats.ttft, 50))}  ${f(pct(stats.ttft, 99))} ${f(pct(stats.itl, 50))} ` +
