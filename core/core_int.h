@@ -212,6 +212,9 @@ void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, 
                      const struct rk_weight *W, int r0, int r1);
 /* Free the calling thread's kernel scratch (pool workers call it on exit). */
 void rk__ops_thread_exit(void);
+/* Whether the AVX-512 kernels run: the CPU has AVX-512 F/BW/VL/DQ and
+ * RWKVD_NO_AVX512 is unset or "0" (the portable runs of the tests set it). */
+bool rk__use_avx512(void);
 /* Row `r` of W as fp32 into out[W.cols]. */
 void rk__weight_row(const struct rk_weight *W, int r, float *out);
 /* One WKV step of one head (rwkv7.c): sa = S a; S = S diag(w) + sa b^T + v k^T;

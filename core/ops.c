@@ -417,6 +417,8 @@ static int have_avx512(void)
 #endif
 }
 
+bool rk__use_avx512(void) { return have_avx512(); }
+
 static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
                      const struct rk_weight *W, int r0, int r1, float *rowbuf)
 {

@@ -224,26 +224,11 @@ wkv_head_avx512(float *S, const float *r, const float *w, const float *k, const 
 }
 #endif
 
-static bool use_avx512(void)
-{
-#ifdef RK_X86
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        const char *env = getenv("RWKVD_NO_AVX512");
-        cached = __builtin_cpu_supports("avx512f") && !(env && *env && *env != '0');
-    }
-    return cached;
-#else
-    return false;
-#endif
-}
-
 void rk__wkv_head(bool ref, float *S, const float *r, const float *w, const float *k,
                   const float *v, const float *a, const float *b, float *y, float *sa)
 {
 #ifdef RK_X86
-    if (!ref && use_avx512()) {
+    if (!ref && rk__use_avx512()) {
         wkv_head_avx512(S, r, w, k, v, a, b, y, sa);
         return;
     }
@@ -265,7 +250,7 @@ static void wkv_worker(int ith, int nth, void *arg)
     struct rk_ctx *c = j->c;
     const struct rk_model *m = c->m;
     size_t C = (size_t)m->C, lstride = 2 * C + (size_t)m->H * N * N;
-    bool fast = !c->ref && use_avx512();
+    bool fast = !c->ref && rk__use_avx512();
     float bvec[N], avec[N];
     int units = j->rm->nseg * j->H;
     for (int u = ith; u < units; u += nth) {
@@ -436,7 +421,7 @@ static void ph_post(const struct phase *ph, int t0, int t1)
     const struct rk_layer *ly = ph->ly;
     int C = c->m->C, H = c->m->H;
 #ifdef RK_X86
-    bool fast = !c->ref && use_avx512();
+    bool fast = !c->ref && rk__use_avx512();
 #endif
     for (size_t t = (size_t)t0; t < (size_t)t1; t++) {
         size_t o = t * (size_t)C;
@@ -556,7 +541,7 @@ static void ph_relu2(const struct phase *ph, int t0, int t1)
     float *hd = c->hidden + (size_t)t0 * F;
     size_t n = (size_t)(t1 - t0) * F;
 #ifdef RK_X86
-    if (!c->ref && use_avx512()) {
+    if (!c->ref && rk__use_avx512()) {
         relu2_avx512(hd, n);
         return;
     }

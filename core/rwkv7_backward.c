@@ -254,21 +254,8 @@ static void layout(struct bwd *b, struct plan *p)
 
 /* --- forward of one layer over all T tokens, keeping activations ---------- */
 
-/* One WKV step for all heads: S [H][N][N] is updated in place from S_{t-1} to
- * S_t; sa [C] receives S_{t-1} a per head; y [C] (may be NULL) gets S_t r.
- * a = -kk, b = kk*alpha (spec 2.2 step 10). */
 #ifdef __x86_64__
 #include <immintrin.h>
-
-static bool bwd_avx512(void)
-{
-    static int cached = -1;
-    if (cached < 0) {
-        const char *env = getenv("RWKVD_NO_AVX512");
-        cached = __builtin_cpu_supports("avx512f") && !(env && *env && *env != '0');
-    }
-    return cached;
-}
 
 /* One row i of the reverse WKV step for N = 64 (the scalar loop below is the
  * reference): G_i += dy_i r; accumulates the per-column gradients of r, w,
@@ -662,7 +649,7 @@ static void wkv_bwd(struct bwd *b, void *arg, size_t h0, size_t h1)
                 float cdk[RK_HEAD_SIZE] = {0}, cda[RK_HEAD_SIZE] = {0};
                 wkv_ab(N, b->a.kk + o, b->a.alpha + o, aa, bb);
 #ifdef __x86_64__
-                if (N == 64 && bwd_avx512()) {
+                if (N == 64 && rk__use_avx512()) {
                     for (int i = 0; i < N; i++)
                         dv[o + i] += wkv_bwd_row_avx512(Gh + (size_t)i * N, Sold + (size_t)i * N,
                                                         Snew + (size_t)i * N, dyh[i], sa[i], v[i],

@@ -209,16 +209,6 @@ __attribute__((target("avx512f"))) static double exp_sum_avx512(float *out, cons
     _mm256_storeu_pd(lane, acc);
     return exp_sum_from(out, v, i, n, m, lane);
 }
-
-static bool exp_avx512(void)
-{
-    static int cached = -1;
-    if (cached < 0) {
-        const char *env = getenv("RWKVD_NO_AVX512");
-        cached = __builtin_cpu_supports("avx512f") && !(env && *env && *env != '0');
-    }
-    return cached;
-}
 #endif
 
 /* The sum of exp(v[i] - m) for i < n (m >= every v[i]; NaN counts as
@@ -228,7 +218,7 @@ static bool exp_avx512(void)
 double rk__exp_sum(float *out, const float *v, size_t n, float m)
 {
 #if defined(__x86_64__)
-    if (exp_avx512())
+    if (rk__use_avx512())
         return exp_sum_avx512(out, v, n, m);
 #endif
     return rk__exp_sum_portable(out, v, n, m);
