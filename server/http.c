@@ -298,6 +298,7 @@ void rk_http_stream(struct rk_http_req *r, struct rk_job *job)
     MHD_add_response_header(resp, "Content-Type", "text/event-stream");
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    rk_http_conn_headers(r->srv, resp);
     r->job = rk_job_retain(job);
     job->req = r;
     job->conn = r->conn;
@@ -443,14 +444,27 @@ static void req_free(struct rk_http_req *r)
 
 static struct rk_http_req *req_new(struct rk_srv *srv, struct MHD_Connection *conn);
 
+void rk_http_conn_headers(const struct rk_srv *srv, struct MHD_Response *resp)
+{
+    if (srv->draining) {
+        MHD_add_response_header(resp, "Connection", "close");
+        return;
+    }
+    /* Tell keep-alive clients when an idle connection will be closed, so
+     * they stop reusing it before then instead of racing the close (a
+     * request sent on a socket the server is closing is lost). */
+    char ka[32];
+    snprintf(ka, sizeof ka, "timeout=%d", srv->cfg.conn_timeout_s);
+    MHD_add_response_header(resp, "Keep-Alive", ka);
+}
+
 static enum MHD_Result queue_prepared(struct rk_http_req *r)
 {
     struct MHD_Response *resp = r->resp;
     r->resp = NULL;
     if (!resp)
         return MHD_NO;
-    if (r->srv->draining)
-        MHD_add_response_header(resp, "Connection", "close");
+    rk_http_conn_headers(r->srv, resp);
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ok;

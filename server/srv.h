@@ -257,6 +257,10 @@ void rk_http_error_rk(struct rk_http_req *r, int rc, const char *param, const ch
 int rk_http_status_of(int rc);
 /* Start streaming `job` as server-sent events (the engine writes job->out). */
 void rk_http_stream(struct rk_http_req *r, struct rk_job *job);
+/* Connection headers every response carries: "Connection: close" while
+ * draining, else "Keep-Alive: timeout=<conn-timeout>". */
+struct MHD_Response;
+void rk_http_conn_headers(const struct rk_srv *srv, struct MHD_Response *resp);
 /* Run work(arg) on libuv's thread pool with the request suspended, so slow
  * work (validating a large dataset) does not hold up the loop thread. When
  * it is done the route handler is called again, on the loop thread, and

@@ -778,6 +778,21 @@ START_TEST(test_connection_burst)
     for (int i = 0; i < 16; i++)
         if (fds[i] >= 0)
             close(fds[i]);
+    // Responses announce the idle timeout, so keep-alive clients stop
+    // reusing a connection before the server closes it, and it does close
+    // an idle one about then.
+    int fd = dial(s.port);
+    ck_assert_int_ge(fd, 0);
+    send_all(fd, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 35);
+    t0 = now_ms();
+    struct resp r = read_resp(fd, 6000); /* returns at EOF or after 6 s */
+    int64_t idle = now_ms() - t0;
+    close(fd);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(strcasestr(r.head, "Keep-Alive: timeout=2") != NULL, "head: %s", r.head);
+    ck_assert_msg(idle >= 1500 && idle < 5000, "idle connection closed after %lld ms",
+                  (long long)idle);
+    resp_free(&r);
     ck_assert_int_eq(stop_server(&s), 0);
 }
 END_TEST
