@@ -21,6 +21,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -457,9 +458,19 @@ static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
  * lifetime (pool threads live as long as their context). */
 static _Thread_local float *tl_buf;
 static _Thread_local size_t tl_cap;
+/* Frees a thread's buffer when the thread exits, whichever thread it is
+ * (pool workers, but also callers such as the server's engine thread). */
+static pthread_key_t tl_key;
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
+static bool tl_key_ok;
+
+static void tl_destroy(void *p) { rk__free_aligned(p); }
+static void tl_key_init(void) { tl_key_ok = pthread_key_create(&tl_key, tl_destroy) == 0; }
 
 void rk__ops_thread_exit(void)
 {
+    if (tl_key_ok)
+        pthread_setspecific(tl_key, NULL);
     rk__free_aligned(tl_buf);
     tl_buf = NULL;
     tl_cap = 0;
@@ -468,12 +479,15 @@ void rk__ops_thread_exit(void)
 static float *thread_buf(size_t n)
 {
     if (n > tl_cap) {
+        pthread_once(&tl_once, tl_key_init);
         float *nb = rk__malloc_aligned(n * sizeof(float));
         if (!nb)
             return NULL;
         rk__free_aligned(tl_buf);
         tl_buf = nb;
         tl_cap = n;
+        if (tl_key_ok)
+            pthread_setspecific(tl_key, nb);
     }
     return tl_buf;
 }
