@@ -560,6 +560,7 @@ struct rk_sampler {
     size_t n_present;
     uint32_t *ring; /* [penalty_last_n] last tokens, when the window is finite */
     size_t ring_head, ring_len;
+    size_t ring_cap, bias_cap; /* allocated lengths (rk_sampler_reset reuses them) */
     /* Per-call scratch. */
     uint32_t *cand_id; /* [V] */
     float *cand_v;     /* [V] */
@@ -593,17 +594,9 @@ void rk_sampler_free(struct rk_sampler *s)
     rk__free(s);
 }
 
-int rk_sampler_create(const struct rk_sampler_params *p, size_t n_vocab, struct rk_sampler **out)
+/* RK_OK when the parameters are valid for a vocabulary of n_vocab. */
+static int params_check(const struct rk_sampler_params *p, size_t n_vocab)
 {
-    if (!out)
-        return RK_EINVAL;
-    *out = NULL;
-    struct rk_sampler_params d;
-    rk_sampler_params_default(&d);
-    if (!p) {
-        d.temperature = 0.0f; /* NULL means greedy */
-        p = &d;
-    }
     if (n_vocab == 0 || n_vocab > UINT32_MAX)
         return RK_EINVAL;
     if (!isfinite(p->temperature) || p->temperature < 0.0f)
@@ -625,39 +618,91 @@ int rk_sampler_create(const struct rk_sampler_params *p, size_t n_vocab, struct 
     for (size_t i = 0; i < p->n_bias; i++)
         if (p->bias[i].token >= n_vocab || !isfinite(p->bias[i].bias))
             return RK_EINVAL;
+    return RK_OK;
+}
 
+/* Take on valid parameters `p`: the bias list and the penalty window grow
+ * their buffers when needed (on failure nothing changes), then the penalty
+ * context is emptied and the random stream reseeded. */
+static int configure(struct rk_sampler *s, const struct rk_sampler_params *p)
+{
+    struct rk_logit_bias *nb = NULL;
+    uint32_t *nr = NULL;
+    if (p->n_bias > s->bias_cap && !(nb = rk__malloc(p->n_bias * sizeof *nb)))
+        return RK_ENOMEM;
+    if ((size_t)p->penalty_last_n > s->ring_cap &&
+        !(nr = rk__malloc((size_t)p->penalty_last_n * sizeof *nr))) {
+        rk__free(nb);
+        return RK_ENOMEM;
+    }
+    if (nb) {
+        rk__free(s->bias);
+        s->bias = nb;
+        s->bias_cap = p->n_bias;
+    }
+    if (nr) {
+        rk__free(s->ring);
+        s->ring = nr;
+        s->ring_cap = (size_t)p->penalty_last_n;
+    }
+    if (p->n_bias)
+        memcpy(s->bias, p->bias, p->n_bias * sizeof *s->bias);
+    s->p = *p;
+    s->p.bias = s->bias;
+    for (size_t i = 0; i < s->n_present; i++)
+        s->count[s->present[i]] = 0;
+    s->n_present = 0;
+    s->ring_head = s->ring_len = 0;
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++)
+        s->rng[i] = splitmix64(&x);
+    return RK_OK;
+}
+
+int rk_sampler_create(const struct rk_sampler_params *p, size_t n_vocab, struct rk_sampler **out)
+{
+    if (!out)
+        return RK_EINVAL;
+    *out = NULL;
+    struct rk_sampler_params d;
+    rk_sampler_params_default(&d);
+    if (!p) {
+        d.temperature = 0.0f; /* NULL means greedy */
+        p = &d;
+    }
+    int rc = params_check(p, n_vocab);
+    if (rc != RK_OK)
+        return rc;
     struct rk_sampler *s = rk__calloc(1, sizeof *s);
     if (!s)
         return RK_ENOMEM;
-    s->p = *p;
     s->n_vocab = n_vocab;
     s->count = rk__calloc(n_vocab, sizeof *s->count);
     s->present = rk__malloc(n_vocab * sizeof *s->present);
     s->pos = rk__malloc(n_vocab * sizeof *s->pos);
     s->cand_id = rk__malloc(n_vocab * sizeof *s->cand_id);
     s->cand_v = rk__malloc(n_vocab * sizeof *s->cand_v);
-    if (!s->count || !s->present || !s->pos || !s->cand_id || !s->cand_v)
-        goto nomem;
-    if (p->n_bias) {
-        s->bias = rk__malloc(p->n_bias * sizeof *s->bias);
-        if (!s->bias)
-            goto nomem;
-        memcpy(s->bias, p->bias, p->n_bias * sizeof *s->bias);
+    if (!s->count || !s->present || !s->pos || !s->cand_id || !s->cand_v ||
+        configure(s, p) != RK_OK) {
+        rk_sampler_free(s);
+        return RK_ENOMEM;
     }
-    s->p.bias = s->bias;
-    if (p->penalty_last_n > 0) {
-        s->ring = rk__malloc((size_t)p->penalty_last_n * sizeof *s->ring);
-        if (!s->ring)
-            goto nomem;
-    }
-    uint64_t x = p->seed;
-    for (int i = 0; i < 4; i++)
-        s->rng[i] = splitmix64(&x);
     *out = s;
     return RK_OK;
-nomem:
-    rk_sampler_free(s);
-    return RK_ENOMEM;
+}
+
+int rk_sampler_reset(struct rk_sampler *s, const struct rk_sampler_params *p)
+{
+    if (!s)
+        return RK_EINVAL;
+    struct rk_sampler_params d;
+    rk_sampler_params_default(&d);
+    if (!p) {
+        d.temperature = 0.0f;
+        p = &d;
+    }
+    int rc = params_check(p, s->n_vocab);
+    return rc != RK_OK ? rc : configure(s, p);
 }
 
 static void count_add(struct rk_sampler *s, uint32_t tok)

@@ -506,9 +506,9 @@ static void emit(struct rk_engine *e, struct seq *s, const char *text, size_t le
 
 static void seq_release(struct rk_engine *e, struct seq *s)
 {
-    rk_sampler_free(s->smp);
+    /* the sampler stays with the slot (rk_sampler_reset on the next
+     * admission): its vocabulary-sized buffers are not allocated per request */
     rk_stopper_free(s->stop);
-    s->smp = NULL;
     s->stop = NULL;
     s->phase = SEQ_FREE;
     s->job = NULL;
@@ -652,12 +652,11 @@ static int admit(struct rk_engine *e, struct rk_job *j)
             return RK_EINTERNAL; // admission checked the free count
         struct rk_sampler_params sp = j->sp;
         sp.seed = j->sp.seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
-        if (rk_sampler_create(&sp, (size_t)e->V, &s->smp) != RK_OK ||
-            rk_stopper_create((const char *const *)j->stops, j->n_stops, &s->stop) != RK_OK) {
-            rk_sampler_free(s->smp);
-            s->smp = NULL;
+        int src = s->smp ? rk_sampler_reset(s->smp, &sp)
+                         : rk_sampler_create(&sp, (size_t)e->V, &s->smp);
+        if (src != RK_OK ||
+            rk_stopper_create((const char *const *)j->stops, j->n_stops, &s->stop) != RK_OK)
             return RK_ENOMEM;
-        }
         s->job = j;
         s->idx = i;
         s->order = e->order_seq++;
@@ -989,6 +988,8 @@ static void engine_free(struct rk_engine *e)
         for (int k = 0; k < e->n_seqs; k++) {
             free(e->seqs[k].state);
             free(e->seqs[k].logits);
+            rk_sampler_free(e->seqs[k].smp);
+            rk_stopper_free(e->seqs[k].stop);
         }
     free(e->seqs);
     free(e->btok);

@@ -334,6 +334,10 @@ struct rk_sampler;
 RK_API int rk_sampler_create(const struct rk_sampler_params *p, size_t n_vocab,
                              struct rk_sampler **out);
 RK_API void rk_sampler_free(struct rk_sampler *s);
+/* Start over with new parameters (NULL: greedy), keeping the buffers: the
+ * state afterwards is that of a sampler just created with `p`. RK_EINVAL
+ * (parameters as for rk_sampler_create) or RK_ENOMEM leave it unchanged. */
+RK_API int rk_sampler_reset(struct rk_sampler *s, const struct rk_sampler_params *p);
 /* Record a token as part of the context for the penalties (prompt tokens
  * may be accepted too; rk_sampler_sample accepts what it picks). */
 RK_API void rk_sampler_accept(struct rk_sampler *s, uint32_t token);

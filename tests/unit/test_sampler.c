@@ -448,6 +448,64 @@ START_TEST(determinism)
 }
 END_TEST
 
+/* rk_sampler_reset: a reused sampler behaves exactly like a new one made
+ * with the new parameters (penalty context emptied, bias and window sized
+ * anew, stream reseeded), and bad parameters change nothing. */
+START_TEST(reset_equals_create)
+{
+    enum { V = 300, N = 120 };
+    float l[V], tmp[V];
+    uint64_t x = 23;
+    for (int i = 0; i < V; i++)
+        l[i] = 2.0f * test_unit(&x);
+    struct rk_logit_bias bias1[1] = {{7, 3.0f}};
+    struct rk_logit_bias bias2[3] = {{5, 2.0f}, {9, -100.0f}, {11, 1.5f}};
+    struct rk_sampler_params a, b;
+    rk_sampler_params_default(&a);
+    a.top_k = 50;
+    a.frequency_penalty = 0.5f;
+    a.penalty_last_n = 4;
+    a.bias = bias1;
+    a.n_bias = 1;
+    a.seed = 1;
+    b = a;
+    b.top_p = 0.9f;
+    b.presence_penalty = 0.7f;
+    b.penalty_last_n = 64; /* a larger window and more biases than before */
+    b.bias = bias2;
+    b.n_bias = 3;
+    b.seed = 2;
+    struct rk_sampler *used = make(&a, V), *fresh = make(&b, V);
+    for (int i = 0; i < N; i++)
+        (void)draw(used, l, V, tmp);
+    ck_assert_int_eq(rk_sampler_reset(used, &b), RK_OK);
+    uint32_t u[N], f[N];
+    for (int i = 0; i < N; i++) {
+        u[i] = draw(used, l, V, tmp);
+        f[i] = draw(fresh, l, V, tmp);
+    }
+    ck_assert_mem_eq(u, f, sizeof u);
+    /* invalid parameters: RK_EINVAL, and the stream goes on untouched */
+    struct rk_sampler_params bad = b;
+    bad.top_p = 0.0f;
+    ck_assert_int_eq(rk_sampler_reset(used, &bad), RK_EINVAL);
+    bad = b;
+    bias2[1].token = V;
+    ck_assert_int_eq(rk_sampler_reset(used, &bad), RK_EINVAL);
+    for (int i = 0; i < N; i++)
+        ck_assert_uint_eq(draw(used, l, V, tmp), draw(fresh, l, V, tmp));
+    /* NULL: greedy, like rk_sampler_create(NULL) */
+    ck_assert_int_eq(rk_sampler_reset(used, NULL), RK_OK);
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < V; i++)
+        best = l[i] > l[best] ? i : best;
+    ck_assert_uint_eq(draw(used, l, V, tmp), best);
+    ck_assert_int_eq(rk_sampler_reset(NULL, &b), RK_EINVAL);
+    rk_sampler_free(used);
+    rk_sampler_free(fresh);
+}
+END_TEST
+
 /* The stream is specified (xoshiro256** from splitmix64(seed), one 53-bit
  * uniform per token, cumulative walk in id order when nothing is filtered), so
  * the draws are the same on every machine. Expected values were computed
@@ -870,6 +928,7 @@ RK_TEST_SUITE(sampler_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, filters_large_vocab);
     tcase_add_test(tc, determinism);
     tcase_add_test(tc, determinism_golden);
+    tcase_add_test(tc, reset_equals_create);
     tcase_add_test(tc, penalties_exact);
     tcase_add_test(tc, bias_bans_and_forces);
     tcase_add_test(tc, logprobs);
