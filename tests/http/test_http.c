@@ -783,7 +783,8 @@ START_TEST(test_connection_burst)
     // an idle one about then.
     int fd = dial(s.port);
     ck_assert_int_ge(fd, 0);
-    send_all(fd, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 35);
+    const char *get_health = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    send_all(fd, get_health, strlen(get_health));
     t0 = now_ms();
     struct resp r = read_resp(fd, 6000); /* returns at EOF or after 6 s */
     int64_t idle = now_ms() - t0;
