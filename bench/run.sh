@@ -20,8 +20,8 @@ echo "== $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) CPUs, threads $T"
 grep -m1 "model name" /proc/cpuinfo || true
 
 echo "== engine: 0.1B shape, bf16 (two runs), f16 and f32 (converted at load)"
-$RWKVD bench --model $M01 --threads "$T" --limits --json
-$RWKVD bench --model $M01 --threads "$T" --limits --json
+$RWKVD bench --model $M01 --threads "$T" --limits --tune --json
+$RWKVD bench --model $M01 --threads "$T" --limits --tune --json
 $RWKVD bench --model $M01 --threads "$T" --wtype f16 --json
 $RWKVD bench --model $M01 --threads "$T" --wtype f32 --json
 echo "== engine: 1.5B shape, bf16"

@@ -144,6 +144,18 @@ static double measure_sgemm(int threads)
 
 /* --- the benchmark -------------------------------------------------------- */
 
+/* Seconds of one prefill of n tokens from the zero state (logits for the
+ * last token only), or -1 on failure. */
+static double prefill_once(struct rk_ctx *ctx, const uint32_t *toks, size_t n, float *state,
+                           size_t state_len, float *logits)
+{
+    memset(state, 0, state_len * sizeof(float));
+    double t0 = rk_cli_now();
+    if (rk_forward_seq(ctx, toks, n, state, logits, false) != RK_OK)
+        return -1;
+    return rk_cli_now() - t0;
+}
+
 int rk_cmd_bench(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -155,15 +167,16 @@ int rk_cmd_bench(int argc, char **argv)
                                          {"wtype", required_argument, 0, 'w'},
                                          {"json", no_argument, 0, 'J'},
                                          {"limits", no_argument, 0, 'L'},
+                                         {"tune", no_argument, 0, 'T'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = NULL, *batch_list = "1,4,16";
     long threads = 0, ptoks = 512, dtoks = 64, chunk = 512;
-    bool json = false, limits = false;
+    bool json = false, limits = false, tune = false;
     enum rk_dtype wtype = RK_DTYPE_AUTO;
     int o;
     optind = 1;
-    while ((o = getopt_long(argc, argv, "m:j:p:n:c:b:w:JLh", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "m:j:p:n:c:b:w:JLTh", opts, NULL)) != -1) {
         switch (o) {
         case 'm': model = optarg; break;
         case 'j':
@@ -189,6 +202,7 @@ int rk_cmd_bench(int argc, char **argv)
             break;
         case 'J': json = true; break;
         case 'L': limits = true; break;
+        case 'T': tune = true; break;
         case 'h':
             printf("usage: rwkvd bench --model FILE [options]\n\n"
                    "  --threads N         compute threads (default: all CPUs)\n"
@@ -199,6 +213,9 @@ int rk_cmd_bench(int argc, char **argv)
                    "  --batch LIST        batch sizes for batched decode (default 1,4,16)\n"
                    "  --wtype T           convert large matrices at load (f32|f16|bf16)\n"
                    "  --limits            also measure read bandwidth and sgemm GFLOP/s\n"
+                   "  --tune              also measure state tuning (forward + backward over\n"
+                   "                      the prompt, every position scored), alternating\n"
+                   "                      with prefill runs so the two compare in one run\n"
                    "  --json              print one JSON object\n");
             return 0;
         default: return 2;
@@ -222,7 +239,8 @@ int rk_cmd_bench(int argc, char **argv)
         }
     int status = 1;
     struct rk_model *m = rk_cli_load_model(model, wtype);
-    struct rk_ctx *ctx = NULL;
+    struct rk_ctx *ctx = NULL, *pctx = NULL, *tctx = NULL;
+    float *grad = NULL;
     float *logits = NULL, *states = NULL;
     uint32_t *toks = NULL;
     float **sp = NULL;
@@ -237,7 +255,7 @@ int rk_cmd_bench(int argc, char **argv)
                                .rows_max = (int)(chunk > (long)bmax ? chunk : (long)bmax)};
     logits = malloc(bmax * V * sizeof(float));
     states = calloc(bmax * SL, sizeof(float));
-    size_t n_toks = (size_t)ptoks > 64 + bmax ? (size_t)ptoks : 64 + bmax;
+    size_t n_toks = (size_t)ptoks + 1 > 64 + bmax ? (size_t)ptoks + 1 : 64 + bmax;
     toks = malloc(n_toks * sizeof *toks);
     sp = malloc(bmax * sizeof *sp);
     if (!logits || !states || !toks || !sp || rk_ctx_create(m, &cp, &ctx) != RK_OK) {
@@ -252,19 +270,15 @@ int rk_cmd_bench(int argc, char **argv)
     double best = 1e30;
     struct rk_ctx_params cp_pf = cp;
     cp_pf.rows_max = (int)chunk;
-    struct rk_ctx *pctx = NULL;
     if (rk_ctx_create(m, &cp_pf, &pctx) != RK_OK)
         goto out;
     for (int rep = 0; rep < 3; rep++) {
-        memset(states, 0, SL * sizeof(float));
-        double t0 = rk_cli_now();
-        if (rk_forward_seq(pctx, toks, (size_t)ptoks, states, logits, false) != RK_OK)
+        double dt = prefill_once(pctx, toks, (size_t)ptoks, states, SL, logits);
+        if (dt < 0)
             goto fail;
-        double dt = rk_cli_now() - t0;
         if (dt < best)
             best = dt;
     }
-    rk_ctx_free(pctx);
     double prefill = (double)ptoks / best;
 
     // single-stream decode with logits every step
@@ -321,6 +335,29 @@ int rk_cmd_bench(int argc, char **argv)
         bw = measure_bandwidth(nt);
         gf = measure_sgemm(nt);
     }
+    /* tuning: rk_backward_seq over the prompt (targets = next tokens, all
+     * scored), each run after a prefill run, best of 3 of each */
+    double tune_s = 1e30, tune_pf_s = 1e30, tune_rss = 0;
+    if (tune) {
+        grad = malloc(SL * sizeof(float));
+        if (!grad || rk_ctx_create(m, &cp, &tctx) != RK_OK) {
+            fprintf(stderr, "rwkvd bench: out of memory\n");
+            goto out;
+        }
+        for (int rep = 0; rep < 3; rep++) {
+            double dt = prefill_once(pctx, toks, (size_t)ptoks, states, SL, logits);
+            if (dt < 0)
+                goto fail;
+            tune_pf_s = dt < tune_pf_s ? dt : tune_pf_s;
+            double loss, tb0 = rk_cli_now();
+            if (rk_backward_seq(tctx, NULL, toks, toks + 1, NULL, (size_t)ptoks, NULL, &loss,
+                                grad, NULL, NULL) != RK_OK)
+                goto fail;
+            dt = rk_cli_now() - tb0;
+            tune_s = dt < tune_s ? dt : tune_s;
+        }
+        tune_rss = peak_rss_mb();
+    }
     double wbytes = (double)rk_model_weight_bytes(m);
     struct stat fst;
     double file_mb = stat(model, &fst) == 0 ? (double)fst.st_size / 1048576.0 : 0;
@@ -343,6 +380,10 @@ int rk_cmd_bench(int argc, char **argv)
             printf(",\"read_gb_s\":%.2f,\"sgemm_gflop_s\":%.1f,\"decode_bw_line_tok_s\":%.2f,"
                    "\"decode_vs_line\":%.3f", bw, gf, bw * 1e9 / step_bytes,
                    decode / (bw * 1e9 / step_bytes));
+        if (tune)
+            printf(",\"tune_tok_s\":%.2f,\"tune_prefill_tok_s\":%.2f,\"tune_vs_prefill\":%.3f,"
+                   "\"tune_peak_rss_mb\":%.1f",
+                   (double)ptoks / tune_s, (double)ptoks / tune_pf_s, tune_pf_s / tune_s, tune_rss);
         printf("}\n");
     } else {
         printf("model        %s (L=%d C=%d V=%zu, %s, %.1f MB of weights)\n", model,
@@ -360,6 +401,11 @@ int rk_cmd_bench(int argc, char **argv)
             printf("limits       read %.2f GB/s (decode line %.1f tok/s, decode at %.0f%% of it), "
                    "sgemm %.1f GFLOP/s\n",
                    bw, bw * 1e9 / step_bytes, 100.0 * decode / (bw * 1e9 / step_bytes), gf);
+        if (tune)
+            printf("tuning       %.1f tok/s forward + backward (%ld tokens, all scored) = "
+                   "%.1f%% of the prefill runs between them (%.1f tok/s); peak RSS %.1f MiB\n",
+                   (double)ptoks / tune_s, ptoks, 100.0 * tune_pf_s / tune_s,
+                   (double)ptoks / tune_pf_s, tune_rss);
     }
     status = 0;
 out:
@@ -368,7 +414,10 @@ out:
     free(states);
     free(toks);
     free(sp);
+    free(grad);
     rk_ctx_free(ctx);
+    rk_ctx_free(pctx);
+    rk_ctx_free(tctx);
     rk_model_free(m);
     return status;
 fail:

@@ -106,6 +106,24 @@ if sys.platform.startswith("linux"):
             srv.terminate()
             srv.wait(timeout=60)
 
+# bench --json prints one object with every documented field; --tune adds
+# the tuning fields (forward + backward against prefill in the same run)
+p = run("bench", "--model", os.path.join(DATA, "rand-mh.safetensors"), "--json", "--tune",
+        "--threads", "2", "--prompt-tokens", "24", "--decode-tokens", "4", "--batch", "1,4")
+try:
+    b = json.loads(p.stdout)
+    for k in ["prefill_tok_s", "decode_tok_s", "peak_rss_mb", "adapter_swap_vs_step",
+              "tune_tok_s", "tune_prefill_tok_s", "tune_vs_prefill", "tune_peak_rss_mb"]:
+        if not (isinstance(b.get(k), (int, float)) and b[k] > 0):
+            failures.append(f"bench --json: {k} missing or not positive: {b.get(k)}")
+    if sorted(b.get("batched_tok_s", {})) != ["1", "4"]:
+        failures.append(f"bench --json: batched_tok_s keys {b.get('batched_tok_s')}")
+    ratio = b["tune_prefill_tok_s"] and b["tune_tok_s"] / b["tune_prefill_tok_s"]
+    if abs(ratio - b["tune_vs_prefill"]) > 0.01:
+        failures.append(f"bench --json: tune_vs_prefill {b['tune_vs_prefill']} != {ratio:.3f}")
+except (ValueError, KeyError, TypeError) as e:
+    failures.append(f"bench --json --tune: {e}: {p.stdout[:200]}")
+
 # the shared fixtures: the tiny model and the World tokenizer case
 tiny = os.path.join(SHARED, "fixtures", "models")
 if os.path.isdir(tiny):
