@@ -18,7 +18,7 @@ static const struct subcmd subcmds[] = {
     {"generate", rk_cmd_generate, "generate text from a prompt, streaming to stdout"},
     {"tune", rk_cmd_tune, "run a state-tuning job offline"},
     {"eval", rk_cmd_eval, "report loss, perplexity and accuracy on a dataset"},
-    {"bench", rk_cmd_bench, "measure prefill, decode and batched decode speed"},
+    {"bench", rk_cmd_bench, "measure prefill, decode, batched decode and tuning speed"},
     {"convert", rk_cmd_convert, "convert a model to safetensors with official names"},
     {"logits", rk_cmd_logits, "print the logits after a token sequence as JSON"},
     {"tokenize", rk_cmd_tokenize, "print the token ids of a text as JSON"},
