@@ -329,14 +329,9 @@ int rk_cmd_bench(int argc, char **argv)
         batched[bi] = (double)B * (double)steps / (rk_cli_now() - tb);
     }
     double rss = peak_rss_mb();
-    double bw = 0, gf = 0;
-    if (limits) {
-        int nt = threads > 0 ? (int)threads : 2;
-        bw = measure_bandwidth(nt);
-        gf = measure_sgemm(nt);
-    }
     /* tuning: rk_backward_seq over the prompt (targets = next tokens, all
-     * scored), each run after a prefill run, best of 3 of each */
+     * scored), each run after a prefill run, best of 3 of each; before the
+     * limits, whose 1 GiB bandwidth buffer would count in the peak RSS */
     double tune_s = 1e30, tune_pf_s = 1e30, tune_rss = 0;
     if (tune) {
         grad = malloc(SL * sizeof(float));
@@ -357,6 +352,12 @@ int rk_cmd_bench(int argc, char **argv)
             tune_s = dt < tune_s ? dt : tune_s;
         }
         tune_rss = peak_rss_mb();
+    }
+    double bw = 0, gf = 0;
+    if (limits) {
+        int nt = threads > 0 ? (int)threads : 2;
+        bw = measure_bandwidth(nt);
+        gf = measure_sgemm(nt);
     }
     double wbytes = (double)rk_model_weight_bytes(m);
     struct stat fst;
