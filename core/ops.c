@@ -400,22 +400,29 @@ AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, i
 }
 #endif
 
-static int have_avx512(void)
+/* Decided once for the process (pthread_once): every thread must take the
+ * same path, or a product split between threads would mix kernels whose
+ * scratch requirements differ. */
+static int avx512_on;
+static pthread_once_t avx512_once = PTHREAD_ONCE_INIT;
+
+static void avx512_decide(void)
 {
 #ifdef RK_X86
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-        const char *env = getenv("RWKVD_NO_AVX512");
-        if (env && *env && *env != '0')
-            cached = 0;
-    }
-    return cached;
-#else
-    return 0;
+    __builtin_cpu_init();
+    int on = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    const char *env = getenv("RWKVD_NO_AVX512");
+    if (env && *env && *env != '0')
+        on = 0;
+    avx512_on = on;
 #endif
+}
+
+static int have_avx512(void)
+{
+    pthread_once(&avx512_once, avx512_decide);
+    return avx512_on;
 }
 
 bool rk__use_avx512(void) { return have_avx512(); }
@@ -526,27 +533,28 @@ static void gemm_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 
 /* --- dispatch ------------------------------------------------------------- */
 
+static long tiled_max = TILED_ROWS_MAX;
+static pthread_once_t tiled_once = PTHREAD_ONCE_INIT;
+
+static void tiled_decide(void)
+{
+    const char *env = getenv("RWKVD_TILED_ROWS_MAX"); /* for measurements */
+    if (env && *env)
+        tiled_max = atol(env);
+}
+
 static size_t tiled_rows_max(void)
 {
-    static long cached = -1;
-    if (cached < 0) {
-        const char *env = getenv("RWKVD_TILED_ROWS_MAX"); /* for measurements */
-        cached = env && *env ? atol(env) : TILED_ROWS_MAX;
-    }
-    return (size_t)cached;
+    pthread_once(&tiled_once, tiled_decide);
+    return (size_t)tiled_max;
 }
 
 size_t rk__tiled_rows(void) { return tiled_rows_max(); }
 
 /* The pool parallelises; each sgemm call runs on its calling thread. */
-static void blas_single_threaded(void)
-{
-    static int done;
-    if (!done) {
-        openblas_set_num_threads(1);
-        done = 1;
-    }
-}
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_one_thread(void) { openblas_set_num_threads(1); }
+static void blas_single_threaded(void) { pthread_once(&blas_once, blas_one_thread); }
 
 struct mm_job {
     float *Y;
