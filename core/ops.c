@@ -326,8 +326,11 @@ AVX512 static void tile4x4_f32(float *Y, size_t ldy, const float *X, size_t cols
     __m512 acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
                       a20, a21, a22, a23, a30, a31, a32, a33};
     __m512 sums = reduce16_avx512(acc); /* lane 4i+r = Y(i, r) */
-    for (int i = 0; i < 4; i++)
-        _mm_storeu_ps(Y + (size_t)i * ldy, _mm512_extractf32x4_ps(sums, i));
+    /* the lane index of the extract must be a constant at any optimisation */
+    _mm_storeu_ps(Y, _mm512_extractf32x4_ps(sums, 0));
+    _mm_storeu_ps(Y + ldy, _mm512_extractf32x4_ps(sums, 1));
+    _mm_storeu_ps(Y + 2 * ldy, _mm512_extractf32x4_ps(sums, 2));
+    _mm_storeu_ps(Y + 3 * ldy, _mm512_extractf32x4_ps(sums, 3));
 }
 
 static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
