@@ -420,7 +420,10 @@ static void req_free(struct rk_http_req *r)
         uv_close((uv_handle_t *)&r->watch->poll, watch_closed);
     }
     if (r->job) {
-        if (!r->job->done)
+        pthread_mutex_lock(&r->job->mu); // `done` is written by the engine under mu
+        bool done = r->job->done;
+        pthread_mutex_unlock(&r->job->mu);
+        if (!done)
             atomic_store(&r->job->cancel, true); // client gone: stop within one step
         r->job->req = NULL;
         r->job->conn = NULL;

@@ -1705,15 +1705,16 @@ int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct r
         return rc;
     }
     load_files(js);
+    /* counted before the worker starts taking jobs off the queue */
+    size_t queued = 0;
+    for (struct rk_tjob *q = js->q_head; q; q = q->q_next)
+        queued++;
     if (pthread_create(&js->th, NULL, worker_main, js) != 0) {
         rk_errbuf_set(eb, RK_ENOMEM, "cannot start the tuning worker thread");
         rk_jobs_free(js);
         return RK_ENOMEM;
     }
     js->started = true;
-    size_t queued = 0;
-    for (struct rk_tjob *q = js->q_head; q; q = q->q_next)
-        queued++;
     rk_log(RK_LOG_INFO, "jobs: %zu job(s) in the journal, %zu queued, %zu file(s)", js->n_jobs,
            queued, js->n_files);
     *out = js;
