@@ -191,6 +191,10 @@ int rk__pool_create(int n_threads, int nice, struct rk__pool **out);
 void rk__pool_free(struct rk__pool *p);
 int rk__pool_n_threads(const struct rk__pool *p);
 void rk__pool_run(struct rk__pool *p, rk__pool_fn *fn, void *arg);
+/* fn(arg, i0, i1) over a partition of [0, n) into one contiguous range per
+ * thread (on the caller alone without a pool or with n < 2). */
+typedef void rk__range_fn(void *arg, size_t i0, size_t i1);
+void rk__pool_for(struct rk__pool *p, size_t n, rk__range_fn *fn, void *arg);
 
 /* --- kernels (ops.c) ------------------------------------------------------ */
 

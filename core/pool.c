@@ -165,3 +165,28 @@ void rk__pool_run(struct rk__pool *p, rk__pool_fn *fn, void *arg)
     while (atomic_load(&p->pending) > 0)
         cpu_relax();
 }
+
+struct pool_for {
+    rk__range_fn *fn;
+    void *arg;
+    size_t n;
+};
+
+static void pool_for_worker(int ith, int nth, void *p)
+{
+    const struct pool_for *j = p;
+    size_t i0 = j->n * (size_t)ith / (size_t)nth, i1 = j->n * (size_t)(ith + 1) / (size_t)nth;
+    if (i0 < i1)
+        j->fn(j->arg, i0, i1);
+}
+
+void rk__pool_for(struct rk__pool *p, size_t n, rk__range_fn *fn, void *arg)
+{
+    if (!p || p->n_threads < 2 || n < 2) {
+        if (n)
+            fn(arg, 0, n);
+        return;
+    }
+    struct pool_for j = {fn, arg, n};
+    rk__pool_run(p, pool_for_worker, &j);
+}

@@ -287,13 +287,10 @@ struct phase {
     int R;
 };
 
-static void phase_worker(int ith, int nth, void *arg)
+static void phase_range(void *arg, size_t t0, size_t t1)
 {
     const struct phase *ph = arg;
-    int per = (ph->R + nth - 1) / nth;
-    int t0 = ith * per, t1 = t0 + per < ph->R ? t0 + per : ph->R;
-    if (t0 < t1)
-        ph->fn(ph, t0, t1);
+    ph->fn(ph, (int)t0, (int)t1);
 }
 
 static void run_phase(struct rk_ctx *c, const struct rk_layer *ly, int l, int R,
@@ -301,7 +298,7 @@ static void run_phase(struct rk_ctx *c, const struct rk_layer *ly, int l, int R,
 {
     struct phase ph = {c, ly, l, fn, R};
     if (R >= 8 && !c->ref)
-        rk__pool_run(c->pool, phase_worker, &ph);
+        rk__pool_for(c->pool, (size_t)R, phase_range, &ph);
     else
         fn(&ph, 0, R);
 }

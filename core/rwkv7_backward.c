@@ -302,27 +302,20 @@ typedef void range_fn(struct bwd *b, void *arg, size_t i0, size_t i1);
 struct par {
     struct bwd *b;
     void *arg;
-    size_t n;
     range_fn *fn;
 };
 
-static void par_worker(int ith, int nth, void *p)
+static void par_range(void *p, size_t i0, size_t i1)
 {
     const struct par *j = p;
-    size_t i0 = j->n * (size_t)ith / (size_t)nth, i1 = j->n * (size_t)(ith + 1) / (size_t)nth;
-    if (i0 < i1)
-        j->fn(j->b, j->arg, i0, i1);
+    j->fn(j->b, j->arg, i0, i1);
 }
 
-/* fn(b, arg, i0, i1) over a partition of [0, n). */
+/* fn(b, arg, i0, i1) over a partition of [0, n) between the threads. */
 static void par_for(struct bwd *b, size_t n, range_fn *fn, void *arg)
 {
-    if (!b->pool || rk__pool_n_threads(b->pool) < 2 || n < 2) {
-        fn(b, arg, 0, n);
-        return;
-    }
-    struct par j = {b, arg, n, fn};
-    rk__pool_run(b->pool, par_worker, &j);
+    struct par j = {b, arg, fn};
+    rk__pool_for(b->pool, n, par_range, &j);
 }
 
 /* What the range functions of one layer share. */
