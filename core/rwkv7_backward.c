@@ -798,11 +798,12 @@ static void b_value(struct bwd *b, void *arg, size_t t0, size_t t1)
     const size_t C = (size_t)b->C;
     const float *dv = b->xv;
     float *dvh = b->t0, *dzv = b->t1;
-    for (size_t i = t0 * C; i < t1 * C; i++) {
-        if (lc->l == 0) {
+    if (lc->l == 0) {
+        for (size_t i = t0 * C; i < t1 * C; i++)
             dvh[i] = dv[i] + b->dvfirst[i];
-            continue;
-        }
+        return;
+    }
+    for (size_t i = t0 * C; i < t1 * C; i++) {
         float nu = b->a.nu[i];
         dvh[i] = dv[i] * (1.0f - nu);
         b->dvfirst[i] += dv[i] * nu;

@@ -594,6 +594,17 @@ void rk_sampler_free(struct rk_sampler *s)
     rk__free(s);
 }
 
+/* `p`, or greedy defaults in *d when p is NULL. */
+static const struct rk_sampler_params *params_or_greedy(const struct rk_sampler_params *p,
+                                                        struct rk_sampler_params *d)
+{
+    if (p)
+        return p;
+    rk_sampler_params_default(d);
+    d->temperature = 0.0f;
+    return d;
+}
+
 /* RK_OK when the parameters are valid for a vocabulary of n_vocab. */
 static int params_check(const struct rk_sampler_params *p, size_t n_vocab)
 {
@@ -665,11 +676,7 @@ int rk_sampler_create(const struct rk_sampler_params *p, size_t n_vocab, struct 
         return RK_EINVAL;
     *out = NULL;
     struct rk_sampler_params d;
-    rk_sampler_params_default(&d);
-    if (!p) {
-        d.temperature = 0.0f; /* NULL means greedy */
-        p = &d;
-    }
+    p = params_or_greedy(p, &d);
     int rc = params_check(p, n_vocab);
     if (rc != RK_OK)
         return rc;
@@ -696,11 +703,7 @@ int rk_sampler_reset(struct rk_sampler *s, const struct rk_sampler_params *p)
     if (!s)
         return RK_EINVAL;
     struct rk_sampler_params d;
-    rk_sampler_params_default(&d);
-    if (!p) {
-        d.temperature = 0.0f;
-        p = &d;
-    }
+    p = params_or_greedy(p, &d);
     int rc = params_check(p, s->n_vocab);
     return rc != RK_OK ? rc : configure(s, p);
 }
