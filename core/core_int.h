@@ -65,13 +65,31 @@ uint16_t rk__f32_to_f16(float f);
 
 /* A matrix in nn.Linear orientation: y[rows] = W[rows][cols] x[cols].
  * `data` points into the mapped file or into model-owned memory; elements of
- * `dtype` (F32, F16 or BF16), row-major, rows contiguous. */
+ * `dtype` (F32, F16 or BF16). Row-major (rows contiguous) unless `panel`:
+ * then the rows come in groups of 16 ("panels", rows % 16 == 0), and panel p
+ * holds, column after column, the 16 values W[16p .. 16p+15][k]; the AVX-512
+ * kernels stream that order (see ops.c). */
 struct rk_weight {
     enum rk_dtype dtype;
     const void *data;
     int rows; /* out */
     int cols; /* in */
+    bool panel;
 };
+
+/* Where element (r, k) of W lives in W.data, in elements. */
+static inline size_t rk__weight_index(const struct rk_weight *W, size_t r, size_t k)
+{
+    if (W->panel)
+        return (r >> 4) * (size_t)W->cols * 16 + k * 16 + (r & 15);
+    return r * (size_t)W->cols + k;
+}
+/* Whether the matrix kernels want W (row-major) repacked into panels: 16-bit
+ * weights, rows % 16 == 0, and the AVX-512 kernels in use. */
+bool rk__weight_wants_panels(const struct rk_weight *W);
+/* Copies row-major W into dst (rows * cols elements of W.dtype) in panel
+ * order; the caller then points a copy of W at dst with `panel` set. */
+void rk__weight_pack(void *dst, const struct rk_weight *W);
 
 struct rk_layer {
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;         /* [C] */
@@ -177,6 +195,7 @@ struct rk__tensor_view {
     enum rk_dtype dtype; /* as held */
     const void *data;    /* NULL when absent (layer-0 v0/v1/v2) */
     int rows, cols;      /* as held: vectors 1 x C, r_k H x N, LoRA in Linear form */
+    bool panel;          /* held in panels (struct rk_weight), not row-major */
 };
 size_t rk__model_n_tensors(const struct rk_model *m);
 void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view *out);
@@ -202,11 +221,13 @@ void rk__pool_for(struct rk__pool *p, size_t n, rk__range_fn *fn, void *arg);
  * `ref` selects the plain scalar reference loop. `pool` may be NULL. */
 /* dX[n][W.cols] = dY[n][W.rows] W, or += with `accumulate`: the product with
  * the transposed weight (backward). 16-bit weights are widened block by
- * block into wbuf (wbuf_floats >= W.cols); fp32 weights need none. */
+ * block into wbuf (wbuf_floats >= W.cols, >= 16 * W.cols for panels); fp32
+ * weights need none. */
 void rk__matmul_t(struct rk__pool *pool, float *dX, const float *dY, size_t n,
                   const struct rk_weight *W, bool accumulate, float *wbuf, size_t wbuf_floats);
 /* Row counts up to this take the same summation order whatever the count
- * (AVX-512 dot and tile paths); more rows go to sgemm. */
+ * (AVX-512 dot and tile paths for row-major weights); more rows go to sgemm.
+ * Panel-held weights take one order for every count. */
 size_t rk__tiled_rows(void);
 void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
                 const struct rk_weight *W);

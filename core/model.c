@@ -539,7 +539,7 @@ static int place_small(struct rk_model *m, const struct slot *s, void *field, co
     }
     if (s->kind == TK_LORA1 || s->kind == TK_LORA2) {
         struct rk_weight *w = field;
-        *w = (struct rk_weight){RK_DTYPE_F32, dst, (int)rows, (int)cols};
+        *w = (struct rk_weight){RK_DTYPE_F32, dst, (int)rows, (int)cols, false};
     } else {
         *(float **)field = dst;
     }
@@ -563,7 +563,7 @@ static int place_big(struct rk_model *m, const struct slot *s, void *field,
         data = dst;
     }
     struct rk_weight *w = field;
-    *w = (struct rk_weight){m->wtype, data, (int)rows, (int)cols};
+    *w = (struct rk_weight){m->wtype, data, (int)rows, (int)cols, false};
     m->weight_bytes += n * es;
     return RK_OK;
 }
@@ -739,6 +739,7 @@ void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view
     const struct slot *s = canon_slot(m->L, i, &layer);
     const void *field = slot_field((struct rk_model *)m, layer, s);
     canon_name(out->name, sizeof out->name, layer, s);
+    out->panel = false;
     switch (s->kind) {
     case TK_VEC:
     case TK_VEC3:
@@ -754,6 +755,7 @@ void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view
         out->data = w->data;
         out->rows = w->rows;
         out->cols = w->cols;
+        out->panel = w->panel;
         break;
     }
     }
@@ -848,6 +850,63 @@ int rk__model_finish(struct rk_model *m, struct rk_errbuf *eb)
                                  v.cols, rk_dtype_name(want_t), want_r, want_c);
     }
     m->fingerprint = fingerprint(m);
+    return RK_OK;
+}
+
+/* --- panels ---------------------------------------------------------------------- */
+
+/* Frees a block from the model's owned list (no-op for any other pointer). */
+static void release_owned(struct rk_model *m, const void *p)
+{
+    for (size_t i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == p) {
+            rk__free_aligned(m->owned[i]);
+            m->owned[i] = m->owned[--m->n_owned];
+            return;
+        }
+}
+
+static bool panels_disabled(const struct rk_model_params *p)
+{
+    const char *env = getenv("RWKVD_NO_PANELS"); /* for measurements */
+    return (p && p->no_panels) || (env && *env && *env != '0');
+}
+
+/* Repacks the large matrices that the kernels want in panels
+ * (rk__weight_wants_panels), after the fingerprint was taken on the file's
+ * order. The embedding table is looked up by row and stays as it is. A
+ * repacked matrix that came from the map gives its pages back (MADV_DONTNEED:
+ * it is not read there again, so resident memory holds one copy); a
+ * converted copy is freed. */
+static int repack_weights(struct rk_model *m, struct rk_errbuf *eb)
+{
+    size_t nt = rk__model_n_tensors(m), page = (size_t)sysconf(_SC_PAGESIZE);
+    const char *lo = m->map, *hi = lo + m->map_len;
+    for (size_t i = 0; i < nt; i++) {
+        int layer;
+        const struct slot *s = canon_slot(m->L, i, &layer);
+        if (s->kind != TK_BIG)
+            continue;
+        struct rk_weight *w = slot_field(m, layer, s);
+        if (w == &m->emb || !w->data || !rk__weight_wants_panels(w))
+            continue;
+        size_t bytes = (size_t)w->rows * (size_t)w->cols * rk__dtype_size(w->dtype);
+        void *dst = rk__model_alloc(m, bytes);
+        if (!dst)
+            return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", rk__model_file(m));
+        rk__weight_pack(dst, w);
+        const char *d = w->data;
+        if (d >= lo && d < hi) {
+            uintptr_t a = ((uintptr_t)d + page - 1) & ~(uintptr_t)(page - 1);
+            uintptr_t b = ((uintptr_t)d + bytes) & ~(uintptr_t)(page - 1);
+            if (b > a)
+                madvise((void *)a, b - a, MADV_DONTNEED);
+        } else {
+            release_owned(m, d);
+        }
+        w->data = dst;
+        w->panel = true;
+    }
     return RK_OK;
 }
 
@@ -948,6 +1007,8 @@ int rk_model_load(const char *path, const struct rk_model_params *p, struct rk_m
     if (rc)
         goto fail;
     if ((rc = rk__model_finish(m, eb)))
+        goto fail;
+    if (!panels_disabled(p) && (rc = repack_weights(m, eb)))
         goto fail;
     if (!uses_map(m)) { /* everything was copied: let the file go */
         munmap(m->map, m->map_len);
@@ -1179,6 +1240,23 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
                         k = 0;
                     }
                 }
+        } else if (v.panel) { /* back to the file's row order, a row at a time */
+            struct rk_weight w = {v.dtype, v.data, v.rows, v.cols, true};
+            size_t c = (size_t)v.cols;
+            float *row = rk__malloc(c * (sizeof(float) + 4));
+            if (!row) {
+                rc = rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", path);
+                goto out;
+            }
+            bool bad = false;
+            for (int r = 0; r < v.rows && !bad; r++) {
+                rk__weight_row(&w, r, row);
+                convert(row + c, dt, row, RK_DTYPE_F32, c);
+                bad = write_all(fd, row + c, c * rk__dtype_size(dt)) != 0;
+            }
+            rk__free(row);
+            if (bad)
+                goto io_error;
         } else if (dt == v.dtype) {
             if (write_all(fd, v.data, n * rk__dtype_size(dt)))
                 goto io_error;

@@ -3,15 +3,20 @@
  * in f32, f16 or bf16, with fp32 accumulation. This is the only file that calls
  * cblas_*.
  *
- * Three paths, all computing the same thing:
+ * The paths, all computing the same thing:
  *   reference  plain scalar loops, single thread (the numerical yardstick);
- *   dot        for few rows of X (decode, small batches): each weight row is
- *              read once and dotted with every row of X; AVX-512 when the CPU
- *              has it (runtime check), portable C otherwise; rows of W are
- *              split across the pool's threads;
- *   gemm       for many rows of X (prefill, large batches): each thread
- *              converts a block of W rows to fp32 (kept in its L2 cache) and
- *              calls single-threaded OpenBLAS sgemm on it.
+ *   panel      16-bit weights repacked at load into panels of 16 rows
+ *              (struct rk_weight.panel; only while AVX-512 runs): any number
+ *              of rows of X, from one decode token to a prefill chunk, in
+ *              register tiles of 3 panels x 8 rows with the weights widened
+ *              in registers; groups of panels split across the pool;
+ *   dot        row-major weights, few rows of X: each weight row is read once
+ *              and dotted with every row of X; AVX-512 when the CPU has it
+ *              (runtime check), portable C otherwise;
+ *   tiled      row-major weights, up to 48 rows of X (AVX-512): 4x4 tiles;
+ *   gemm       row-major weights, many rows of X: each thread converts a
+ *              block of W rows to fp32 (kept in its L2 cache) and calls
+ *              single-threaded OpenBLAS sgemm on it.
  */
 /* The register-blocked kernels below rely on full unrolling of their small
  * constant-trip loops so that accumulators stay in registers. */
@@ -45,21 +50,23 @@ extern void openblas_set_num_threads(int);
 
 void rk__weight_row(const struct rk_weight *W, int r, float *out)
 {
-    size_t off = (size_t)r * (size_t)W->cols;
+    size_t cols = (size_t)W->cols, off = rk__weight_index(W, (size_t)r, 0);
+    size_t step = W->panel ? 16 : 1; /* distance between neighbouring columns */
     switch (W->dtype) {
     case RK_DTYPE_F32:
-        memcpy(out, (const float *)W->data + off, sizeof(float) * (size_t)W->cols);
+        for (size_t i = 0; i < cols; i++)
+            out[i] = ((const float *)W->data)[off + i * step];
         break;
     case RK_DTYPE_BF16: {
         const uint16_t *p = (const uint16_t *)W->data + off;
-        for (int i = 0; i < W->cols; i++)
-            out[i] = rk__bf16_to_f32(p[i]);
+        for (size_t i = 0; i < cols; i++)
+            out[i] = rk__bf16_to_f32(p[i * step]);
         break;
     }
     case RK_DTYPE_F16: {
         const uint16_t *p = (const uint16_t *)W->data + off;
-        for (int i = 0; i < W->cols; i++)
-            out[i] = rk__f16_to_f32(p[i]);
+        for (size_t i = 0; i < cols; i++)
+            out[i] = rk__f16_to_f32(p[i * step]);
         break;
     }
     default:
@@ -67,12 +74,40 @@ void rk__weight_row(const struct rk_weight *W, int r, float *out)
     }
 }
 
+/* Element idx (row-major numbering) of W. */
 static inline float weight_at(const struct rk_weight *W, size_t idx)
 {
+    if (W->panel)
+        idx = rk__weight_index(W, idx / (size_t)W->cols, idx % (size_t)W->cols);
     switch (W->dtype) {
     case RK_DTYPE_F32: return ((const float *)W->data)[idx];
     case RK_DTYPE_BF16: return rk__bf16_to_f32(((const uint16_t *)W->data)[idx]);
     default: return rk__f16_to_f32(((const uint16_t *)W->data)[idx]);
+    }
+}
+
+bool rk__weight_wants_panels(const struct rk_weight *W)
+{
+    return (W->dtype == RK_DTYPE_BF16 || W->dtype == RK_DTYPE_F16) && !W->panel &&
+           W->rows > 0 && W->rows % 16 == 0 && W->cols > 0 && rk__use_avx512();
+}
+
+void rk__weight_pack(void *dst, const struct rk_weight *W)
+{
+    RK_ASSERT(W->dtype != RK_DTYPE_F32 && !W->panel && W->rows % 16 == 0);
+    size_t cols = (size_t)W->cols;
+    const uint16_t *src = W->data;
+    uint16_t *d = dst;
+    for (size_t p = 0; p < (size_t)W->rows / 16; p++) {
+        const uint16_t *s = src + p * 16 * cols;
+        uint16_t *o = d + p * 16 * cols;
+        /* a few columns at a time, so the 16 source rows stream together */
+        for (size_t k0 = 0; k0 < cols; k0 += 64) {
+            size_t k1 = k0 + 64 < cols ? k0 + 64 : cols;
+            for (size_t j = 0; j < 16; j++)
+                for (size_t k = k0; k < k1; k++)
+                    o[k * 16 + j] = s[j * cols + k];
+        }
     }
 }
 
@@ -403,6 +438,104 @@ AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, i
 }
 #endif
 
+#ifdef RK_X86
+/* --- panel kernels ---------------------------------------------------------
+ * For weights held in panels (struct rk_weight.panel). A kernel takes NP
+ * consecutive panels (16 * NP weight rows) and NB rows of X. For each column
+ * k in order it widens the panels' 16-value vectors once and adds w * x[b][k]
+ * (x broadcast to all lanes) into NP * NB accumulators, one per (panel, row
+ * of X), each holding 16 outputs. Every output is thus one FMA chain over
+ * k = 0, 1, ..., cols-1 whatever NP, NB, the number of rows of X or the split
+ * between threads: a sequence's result does not depend on what shares its
+ * pass, and prefill, chunked and token-by-token runs give the same bits.
+ * Each panel vector feeds NB FMAs and each broadcast NP, so the loop is bound
+ * by the FMA units, not by loads; the rows of X are read 16 * NP weight rows
+ * at a time instead of 4 (the row-major tiles above), which keeps them in L1.
+ * The first pass over a group (pfd != 0) prefetches each panel's stream pfd
+ * bytes ahead, which runs into the next group at the end; later passes over
+ * the same group find it in cache. */
+#define PANEL_PF_BYTES 4096
+#define PANEL_NP 3 /* panels per group: 3 x 8 = 24 accumulators */
+#define PANEL_NB 8 /* rows of X per pass */
+
+AVX512 static inline __m512 widen_bf16(const uint16_t *p)
+{
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+AVX512 static inline __m512 widen_f16(const uint16_t *p)
+{
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const uint16_t *P,
+                      size_t pfd);
+
+#define PANEL_KER(T, NP, NB)                                                                 \
+    AVX512 static void panel_##T##_##NP##x##NB(float *Y, size_t ldy, const float *X,         \
+                                               size_t cols, const uint16_t *P, size_t pfd)   \
+    {                                                                                        \
+        __m512 acc[NP][NB];                                                                  \
+        for (int p = 0; p < NP; p++)                                                         \
+            for (int b = 0; b < NB; b++)                                                     \
+                acc[p][b] = _mm512_setzero_ps();                                             \
+        const char *pf = (const char *)P + pfd;                                              \
+        size_t ps = cols * 16; /* elements per panel */                                      \
+        for (size_t k = 0; k < cols; k++) {                                                  \
+            if (pfd && (k & 1) == 0)                                                         \
+                for (int p = 0; p < NP; p++)                                                 \
+                    _mm_prefetch(pf + ((size_t)p * ps + k * 16) * 2, _MM_HINT_T0);           \
+            __m512 w[NP];                                                                    \
+            for (int p = 0; p < NP; p++)                                                     \
+                w[p] = widen_##T(P + (size_t)p * ps + k * 16);                               \
+            for (int b = 0; b < NB; b++) {                                                   \
+                __m512 x = _mm512_set1_ps(X[(size_t)b * cols + k]);                          \
+                for (int p = 0; p < NP; p++)                                                 \
+                    acc[p][b] = _mm512_fmadd_ps(w[p], x, acc[p][b]);                         \
+            }                                                                                \
+        }                                                                                    \
+        for (int p = 0; p < NP; p++)                                                         \
+            for (int b = 0; b < NB; b++)                                                     \
+                _mm512_storeu_ps(Y + (size_t)b * ldy + 16 * p, acc[p][b]);                   \
+    }
+#define PANEL_KERS(T, NP)                                                                    \
+    PANEL_KER(T, NP, 1) PANEL_KER(T, NP, 2) PANEL_KER(T, NP, 3) PANEL_KER(T, NP, 4)          \
+    PANEL_KER(T, NP, 5) PANEL_KER(T, NP, 6) PANEL_KER(T, NP, 7) PANEL_KER(T, NP, 8)
+PANEL_KERS(bf16, 1)
+PANEL_KERS(bf16, 2)
+PANEL_KERS(bf16, 3)
+PANEL_KERS(f16, 1)
+PANEL_KERS(f16, 2)
+PANEL_KERS(f16, 3)
+#define PANEL_ROW(T, NP)                                                                     \
+    {panel_##T##_##NP##x1, panel_##T##_##NP##x2, panel_##T##_##NP##x3, panel_##T##_##NP##x4, \
+     panel_##T##_##NP##x5, panel_##T##_##NP##x6, panel_##T##_##NP##x7, panel_##T##_##NP##x8}
+static panel_fn *const panel_bf16[PANEL_NP][PANEL_NB] = {
+    PANEL_ROW(bf16, 1), PANEL_ROW(bf16, 2), PANEL_ROW(bf16, 3)};
+static panel_fn *const panel_f16[PANEL_NP][PANEL_NB] = {
+    PANEL_ROW(f16, 1), PANEL_ROW(f16, 2), PANEL_ROW(f16, 3)};
+
+/* Rows [r0, r1) of a panel-held W (multiples of 16) against n rows of X:
+ * groups of PANEL_NP panels, each swept by the rows of X PANEL_NB at a time. */
+static void panel_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
+                       const struct rk_weight *W, int r0, int r1)
+{
+    size_t cols = (size_t)W->cols;
+    panel_fn *const(*tab)[PANEL_NB] = W->dtype == RK_DTYPE_BF16 ? panel_bf16 : panel_f16;
+    const uint16_t *base = W->data;
+    for (int r = r0; r < r1; r += 16 * PANEL_NP) {
+        int np = (r1 - r) / 16 < PANEL_NP ? (r1 - r) / 16 : PANEL_NP;
+        const uint16_t *P = base + (size_t)r * cols;
+        for (size_t i = 0; i < n; i += PANEL_NB) {
+            size_t nb = n - i < PANEL_NB ? n - i : PANEL_NB;
+            tab[np - 1][nb - 1](Y + i * ldy + (size_t)(r - yoff), ldy, X + i * cols, cols, P,
+                                i == 0 ? PANEL_PF_BYTES : 0);
+        }
+    }
+}
+#endif
+
 /* Decided once for the process (pthread_once): every thread must take the
  * same path, or a product split between threads would mix kernels whose
  * scratch requirements differ. */
@@ -572,6 +705,16 @@ static void mm_worker(int ith, int nth, void *arg)
 {
     const struct mm_job *j = arg;
     int rows = j->r1 - j->r0;
+#ifdef RK_X86
+    if (j->W->panel) { /* whole groups of panels per thread */
+        int g = 16 * PANEL_NP;
+        int per = ((rows + nth - 1) / nth + g - 1) / g * g;
+        int a = j->r0 + ith * per, b = a + per < j->r1 ? a + per : j->r1;
+        if (a < b)
+            panel_rows(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b);
+        return;
+    }
+#endif
     /* split rows in multiples of 16 so AVX-512 tails stay rare */
     int per = ((rows + nth - 1) / nth + 15) & ~15;
     int a = j->r0 + ith * per, b = a + per;
@@ -602,7 +745,9 @@ void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, 
 {
     RK_ASSERT(W->data && r0 >= 0 && r1 <= W->rows && r0 <= r1);
     size_t ldy = (size_t)(r1 - r0);
-    if (ref) {
+    /* panels are only held while the AVX-512 kernels run (rk__weight_wants_panels);
+     * a row range that splits a panel takes the reference loop */
+    if (ref || (W->panel && (!have_avx512() || r0 % 16 || r1 % 16))) {
         matmul_ref(Y, ldy, X, n, W, r0, r1);
         return;
     }
@@ -645,6 +790,29 @@ static void mt_worker(int ith, int nth, void *arg)
     if (c0 >= c1)
         return;
     const float *B;
+    if (W->panel) {
+        /* this thread's columns of the block, widened as the block's
+         * transpose (wbuf[c][r - r0], row stride nb): each panel's 16 values
+         * of a column are one contiguous run there */
+        size_t nb = (size_t)j->nb;
+        for (int p = 0; p < j->nb / 16; p++) {
+            const uint16_t *P = (const uint16_t *)W->data + (size_t)(j->r0 + 16 * p) * cols;
+            for (int c = c0; c < c1; c++) {
+                const uint16_t *src = P + (size_t)c * 16;
+                float *dst = j->wbuf + (size_t)c * nb + 16 * (size_t)p;
+                if (W->dtype == RK_DTYPE_BF16)
+                    for (int q = 0; q < 16; q++)
+                        dst[q] = rk__bf16_to_f32(src[q]);
+                else
+                    for (int q = 0; q < 16; q++)
+                        dst[q] = rk__f16_to_f32(src[q]);
+            }
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->n, c1 - c0, j->nb, 1.0f,
+                    j->dY + j->r0, W->rows, j->wbuf + (size_t)c0 * nb, j->nb, j->beta,
+                    j->dX + c0, cols);
+        return;
+    }
     if (W->dtype == RK_DTYPE_F32) {
         B = (const float *)W->data + (size_t)j->r0 * (size_t)cols;
     } else {
@@ -672,6 +840,8 @@ void rk__matmul_t(struct rk__pool *pool, float *dX, const float *dY, size_t n,
     int B = W->dtype == RK_DTYPE_F32 ? rows : (int)(wbuf_floats / (size_t)cols);
     if (B > rows)
         B = rows;
+    if (W->panel) /* whole panels */
+        B &= ~15;
     RK_ASSERT(B >= 1 && (W->dtype == RK_DTYPE_F32 || wbuf));
     blas_single_threaded();
     for (int r0 = 0; r0 < rows; r0 += B) {

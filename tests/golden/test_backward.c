@@ -731,6 +731,86 @@ START_TEST(test_matmul_t)
 }
 END_TEST
 
+/* Panel-held weights (rk__weight_pack): the forward product against a double
+ * loop for every group size the kernels have (1 to 3 panels, 1 to 8 rows of
+ * X and more), one and three threads; each row's result bit-identical to its
+ * solo product with the AVX-512 kernels; the transposed product too. */
+START_TEST(test_panel_products)
+{
+    static const int rows_v[] = {16, 48, 80, 112, 304}, cols_v[] = {24, 200};
+    static const size_t n_v[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 33};
+    enum { NMAX = 33, RMAX = 304, CMAX = 200 };
+    uint64_t seed = 7;
+    float *X = malloc(sizeof(float) * NMAX * CMAX), *Y = malloc(sizeof(float) * NMAX * RMAX);
+    float *Y1 = malloc(sizeof(float) * RMAX), *wq = malloc(sizeof(float) * RMAX * CMAX);
+    float *dX = malloc(sizeof(float) * NMAX * CMAX), *wbuf = malloc(sizeof(float) * 40 * CMAX);
+    uint16_t *w16 = malloc(2 * RMAX * CMAX), *p16 = malloc(2 * RMAX * CMAX);
+    for (int i = 0; i < NMAX * CMAX; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        X[i] = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+    }
+    bool exact = rk__use_avx512();
+    for (int threads = 1; threads <= 3; threads += 2) {
+        struct rk__pool *pool = NULL;
+        ck_assert_int_eq(rk__pool_create(threads, 0, &pool), RK_OK);
+        for (int dt = 0; dt < 2; dt++)
+            for (size_t ri = 0; ri < sizeof rows_v / sizeof rows_v[0]; ri++)
+                for (size_t ci = 0; ci < sizeof cols_v / sizeof cols_v[0]; ci++) {
+                    int R = rows_v[ri], C = cols_v[ci];
+                    for (int i = 0; i < R * C; i++) {
+                        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                        float f = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+                        w16[i] = dt == 0 ? rk__f32_to_bf16(f) : rk__f32_to_f16(f);
+                        wq[i] = dt == 0 ? rk__bf16_to_f32(w16[i]) : rk__f16_to_f32(w16[i]);
+                    }
+                    struct rk_weight W = {dt == 0 ? RK_DTYPE_BF16 : RK_DTYPE_F16, w16, R, C,
+                                          false};
+                    rk__weight_pack(p16, &W);
+                    W.data = p16;
+                    W.panel = true;
+                    for (size_t ni = 0; ni < sizeof n_v / sizeof n_v[0]; ni++) {
+                        size_t n = n_v[ni];
+                        rk__matmul(pool, false, Y, X, n, &W);
+                        for (size_t t = 0; t < n; t++) {
+                            for (int r = 0; r < R; r++) {
+                                double want = 0;
+                                for (int c = 0; c < C; c++)
+                                    want += (double)X[t * C + c] * wq[r * C + c];
+                                ck_assert_msg(fabs(Y[t * R + r] - want) < 1e-4,
+                                              "dt %d R %d C %d n %zu thr %d: [%zu][%d] %g vs %g",
+                                              dt, R, C, n, threads, t, r, Y[t * R + r], want);
+                            }
+                            if (exact) {
+                                rk__matmul(pool, false, Y1, X + t * C, 1, &W);
+                                ck_assert_msg(!memcmp(Y1, Y + t * R, sizeof(float) * R),
+                                              "R %d C %d: row %zu of %zu differs from solo",
+                                              R, C, t, n);
+                            }
+                        }
+                    }
+                    /* transposed, accumulated: dX[t][c] += sum_r dY[t][r] W[r][c], with
+                     * dY = the first 9 * R values of X; a scratch of 40 * CMAX floats
+                     * holds 32 rows of 200 columns, so R = 304 takes several blocks */
+                    enum { NT = 9 };
+                    for (int i = 0; i < NT * C; i++)
+                        dX[i] = 0.25f * (float)(i % 5);
+                    rk__matmul_t(pool, dX, X, NT, &W, true, wbuf, 40 * CMAX);
+                    for (int t = 0; t < NT; t++)
+                        for (int c = 0; c < C; c++) {
+                            double want = 0.25 * (double)((t * C + c) % 5);
+                            for (int r = 0; r < R; r++)
+                                want += (double)X[t * R + r] * wq[r * C + c];
+                            ck_assert_msg(fabs(dX[t * C + c] - want) < 1e-4,
+                                          "transposed dt %d R %d C %d: [%d][%d] %g vs %g", dt, R,
+                                          C, t, c, dX[t * C + c], want);
+                        }
+                }
+        rk__pool_free(pool);
+    }
+    free(X), free(Y), free(Y1), free(wq), free(dX), free(wbuf), free(w16), free(p16);
+}
+END_TEST
+
 RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("backward");
@@ -744,6 +824,7 @@ RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_mask_and_errors);
     tcase_add_test(tc, test_backward_threads);
     tcase_add_test(tc, test_matmul_t);
+    tcase_add_test(tc, test_panel_products);
     suite_add_tcase(s, tc);
     return s;
 }

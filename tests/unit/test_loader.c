@@ -55,15 +55,20 @@ static const char *tmp_path(const char *name)
     return b;
 }
 
-static struct rk_model *load_ok(const char *path, enum rk_dtype wt)
+static struct rk_model *load_with(const char *path, enum rk_dtype wt, bool no_panels)
 {
-    struct rk_model_params p = {wt};
+    struct rk_model_params p = {.wtype = wt, .no_panels = no_panels};
     struct rk_errbuf eb = {0};
     struct rk_model *m = NULL;
     int rc = rk_model_load(path, &p, &m, &eb);
     ck_assert_msg(rc == RK_OK, "load %s: %s (%s)", path, rk_strerror(rc), eb.msg);
     ck_assert_ptr_nonnull(m);
     return m;
+}
+
+static struct rk_model *load_ok(const char *path, enum rk_dtype wt)
+{
+    return load_with(path, wt, false);
 }
 
 /* A load that must fail with RK_EFORMAT or RK_EIO (want 0) or exactly `want`,
@@ -94,11 +99,18 @@ static void expect_msg(const char *msg, const char *sub)
     ck_assert_msg(strstr(msg, sub) != NULL, "message \"%s\" lacks \"%s\"", msg, sub);
 }
 
+/* A held tensor as row-major fp32 (whatever its order in memory). */
 static float *view_f32(const struct rk__tensor_view *v)
 {
     size_t n = (size_t)v->rows * (size_t)v->cols;
     float *o = malloc((n ? n : 1) * sizeof *o);
     ck_assert_ptr_nonnull(o);
+    if (v->panel) {
+        struct rk_weight w = {v->dtype, v->data, v->rows, v->cols, true};
+        for (int r = 0; r < v->rows; r++)
+            rk__weight_row(&w, r, o + (size_t)r * (size_t)v->cols);
+        return o;
+    }
     for (size_t i = 0; i < n; i++) {
         uint16_t h;
         switch (v->dtype) {
@@ -406,6 +418,49 @@ START_TEST(weights_aligned_and_mapped)
 }
 END_TEST
 
+/* Held in panels (the AVX-512 kernels' order) or in the file's row order,
+ * a model has the same tensors and fingerprint, saves the same file, and
+ * its forward pass agrees with the reference loop. */
+START_TEST(panels_hold_the_same_model)
+{
+    static const enum rk_dtype types[] = {RK_DTYPE_BF16, RK_DTYPE_F16};
+    for (int i = 0; i < 2; i++) {
+        struct rk_model *a = load_with(rk_test_data(DATA_ST), types[i], false);
+        struct rk_model *b = load_with(rk_test_data(DATA_ST), types[i], true);
+        ck_assert(!b->head.panel && !b->layers[0].wk.panel);
+        ck_assert_msg(a->layers[0].wk.panel == rk__use_avx512() &&
+                      a->layers[1].ffn_value.panel == rk__use_avx512(),
+                      "16-bit matrices are held in panels iff AVX-512 runs");
+        ck_assert(!a->emb.panel); /* looked up by row */
+        ck_assert(a->V % 16 != 0 && !a->head.panel); /* 300 rows: not whole panels */
+        compare_exact(a, b);
+        ck_assert(rk_model_fingerprint(a) == rk_model_fingerprint(b));
+        /* element (r, k) is where rk__weight_index says */
+        const struct rk_weight *w = &a->layers[1].ffn_key;
+        float *row = malloc(sizeof(float) * (size_t)w->cols);
+        rk__weight_row(&b->layers[1].ffn_key, 37, row);
+        for (int k = 0; k < w->cols; k++) {
+            uint16_t h = ((const uint16_t *)w->data)[rk__weight_index(w, 37, (size_t)k)];
+            float f = types[i] == RK_DTYPE_BF16 ? rk__bf16_to_f32(h) : rk__f16_to_f32(h);
+            ck_assert_msg(f == row[k], "ffn_key[37][%d]", k);
+        }
+        free(row);
+        /* both save the same bytes */
+        const char *pa = tmp_path("panels-a.safetensors"), *pb = tmp_path("panels-b.safetensors");
+        struct rk_errbuf eb = {0};
+        ck_assert_int_eq(rk_model_save_safetensors(a, pa, RK_DTYPE_AUTO, &eb), RK_OK);
+        ck_assert_int_eq(rk_model_save_safetensors(b, pb, RK_DTYPE_AUTO, &eb), RK_OK);
+        size_t la, lb;
+        unsigned char *da = rk_test_read_file(pa, &la), *db = rk_test_read_file(pb, &lb);
+        ck_assert(da && db && la == lb && memcmp(da, db, la) == 0);
+        free(da), free(db);
+        unlink(pa), unlink(pb);
+        rk_model_free(a);
+        rk_model_free(b);
+    }
+}
+END_TEST
+
 START_TEST(save_roundtrip_f32)
 {
     struct rk_model *a = load_ok(rk_test_shared(FIX_FP32), RK_DTYPE_AUTO);
@@ -490,7 +545,7 @@ START_TEST(load_time_precision)
     rk_model_free(h);
     rk_model_free(a);
 
-    struct rk_model_params bad = {(enum rk_dtype)9};
+    struct rk_model_params bad = {.wtype = (enum rk_dtype)9};
     struct rk_model *m = NULL;
     struct rk_errbuf eb = {0};
     ck_assert_int_eq(rk_model_load(rk_test_shared(FIX_ST), &bad, &m, &eb), RK_EINVAL);
@@ -710,7 +765,8 @@ static void hf_name(const char *off, char *out, size_t cap)
 
 START_TEST(hf_names_load_to_same_tensors)
 {
-    struct rk_model *a = load_ok(rk_test_data(DATA_ST), RK_DTYPE_AUTO);
+    /* the tensors are written out as held: keep the file's row order */
+    struct rk_model *a = load_with(rk_test_data(DATA_ST), RK_DTYPE_AUTO, true);
     size_t nt = rk__model_n_tensors(a), n = 0;
     struct st_tensor *t = calloc(nt, sizeof *t);
     size_t C = (size_t)a->C;
@@ -1476,6 +1532,7 @@ RK_TEST_SUITE(loader_data_suite, RK_SELF_CONTAINED)
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, pth_equals_its_safetensors);
     tcase_add_test(tc, hf_names_load_to_same_tensors);
+    tcase_add_test(tc, panels_hold_the_same_model);
     tcase_add_test(tc, rwkvcpp_multihead_roundtrip);
     tcase_add_test(tc, missing_and_odd_files);
     tcase_add_test(tc, hostile_safetensors);
