@@ -235,6 +235,21 @@ void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_
  * and the tests. */
 void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
                      const struct rk_weight *W, int r0, int r1);
+/* Y = max(X * W^T, 0)^2 (NaN gives 0), the square applied by each thread to
+ * its own part of Y. */
+void rk__matmul_relu2(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+                      const struct rk_weight *W);
+/* Several independent products over the same n rows of X, each
+ * Y[n][W.rows] = X[n][W.cols] * W^T, in one pass of the pool (one fork and
+ * join instead of one per product); each is split between the threads as
+ * rk__matmul splits it, so the results are the same bits. */
+struct rk__mm {
+    float *Y;
+    const float *X;
+    const struct rk_weight *W;
+};
+void rk__matmul_many(struct rk__pool *pool, bool ref, const struct rk__mm *mm, int count,
+                     size_t n);
 /* Free the calling thread's kernel scratch (pool workers call it on exit). */
 void rk__ops_thread_exit(void);
 /* Whether the AVX-512 kernels run: the CPU has AVX-512 F/BW/VL/DQ and

@@ -45,6 +45,9 @@
  * on 0.1B prefill (512 tokens), 4 MiB beat 1 MiB by 8-10 % (8 MiB: no
  * further gain). Each compute thread keeps one such buffer. */
 #define GEMM_BLOCK_BYTES (4 * 1024 * 1024)
+/* Panels per register tile of the panel kernel (3 panels x 8 rows of X = 24
+ * accumulators); the threads split a product in whole groups of these. */
+#define PANEL_GROUP_PANELS 3
 
 extern void openblas_set_num_threads(int);
 
@@ -455,7 +458,7 @@ AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, i
  * bytes ahead, which runs into the next group at the end; later passes over
  * the same group find it in cache. */
 #define PANEL_PF_BYTES 4096
-#define PANEL_NP 3 /* panels per group: 3 x 8 = 24 accumulators */
+#define PANEL_NP PANEL_GROUP_PANELS
 #define PANEL_NB 8 /* rows of X per pass */
 
 AVX512 static inline __m512 widen_bf16(const uint16_t *p)
@@ -699,30 +702,48 @@ struct mm_job {
     size_t n;
     const struct rk_weight *W;
     int r0, r1;
+    bool relu2; /* then Y = max(Y, 0)^2 */
 };
 
-static void mm_worker(int ith, int nth, void *arg)
-{
-    const struct mm_job *j = arg;
-    int rows = j->r1 - j->r0;
+/* Y[i][c0 - yoff .. c1 - yoff) = max(., 0)^2 for i < n; NaN becomes 0 on
+ * both paths. Branch-free: the sign of a pre-activation is unpredictable. */
 #ifdef RK_X86
-    if (j->W->panel) { /* whole groups of panels per thread */
-        int g = 16 * PANEL_NP;
-        int per = ((rows + nth - 1) / nth + g - 1) / g * g;
-        int a = j->r0 + ith * per, b = a + per < j->r1 ? a + per : j->r1;
-        if (a < b)
-            panel_rows(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b);
+AVX512 static void relu2_avx512(float *p, size_t len)
+{
+    __m512 z = _mm512_setzero_ps();
+    for (size_t i = 0; i < len; i += 16) {
+        __mmask16 m = len - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - i)) - 1);
+        __m512 h = _mm512_max_ps(_mm512_maskz_loadu_ps(m, p + i), z);
+        _mm512_mask_storeu_ps(p + i, m, _mm512_mul_ps(h, h));
+    }
+}
+#endif
+
+static void relu2_cols(float *Y, size_t ldy, size_t n, int c0, int c1)
+{
+    for (size_t i = 0; i < n; i++) {
+        float *p = Y + i * ldy + c0;
+        size_t len = (size_t)(c1 - c0);
+#ifdef RK_X86
+        if (have_avx512()) {
+            relu2_avx512(p, len);
+            continue;
+        }
+#endif
+        for (size_t k = 0; k < len; k++) {
+            float h = p[k] > 0.0f ? p[k] : 0.0f;
+            p[k] = h * h;
+        }
+    }
+}
+
+static void mm_range(const struct mm_job *j, int a, int b)
+{
+#ifdef RK_X86
+    if (j->W->panel) {
+        panel_rows(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b);
         return;
     }
-#endif
-    /* split rows in multiples of 16 so AVX-512 tails stay rare */
-    int per = ((rows + nth - 1) / nth + 15) & ~15;
-    int a = j->r0 + ith * per, b = a + per;
-    if (b > j->r1)
-        b = j->r1;
-    if (a >= b)
-        return;
-#ifdef RK_X86
     if (j->n > DOT_ROWS_MAX && j->n <= tiled_rows_max() && have_avx512()) {
         tiled_avx512(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b);
         return;
@@ -740,8 +761,24 @@ static void mm_worker(int ith, int nth, void *arg)
     }
 }
 
-void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
-                     const struct rk_weight *W, int r0, int r1)
+static void mm_worker(int ith, int nth, void *arg)
+{
+    const struct mm_job *j = arg;
+    int rows = j->r1 - j->r0;
+    /* panels: whole groups of panels per thread; otherwise multiples of 16
+     * rows, so AVX-512 tails stay rare */
+    int g = j->W->panel ? 16 * PANEL_GROUP_PANELS : 16;
+    int per = ((rows + nth - 1) / nth + g - 1) / g * g;
+    int a = j->r0 + ith * per, b = a + per < j->r1 ? a + per : j->r1;
+    if (a >= b)
+        return;
+    mm_range(j, a, b);
+    if (j->relu2)
+        relu2_cols(j->Y, j->ldy, j->n, a - j->r0, b - j->r0);
+}
+
+static void matmul_rows_act(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+                            const struct rk_weight *W, int r0, int r1, bool relu2)
 {
     RK_ASSERT(W->data && r0 >= 0 && r1 <= W->rows && r0 <= r1);
     size_t ldy = (size_t)(r1 - r0);
@@ -749,15 +786,61 @@ void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, 
      * a row range that splits a panel takes the reference loop */
     if (ref || (W->panel && (!have_avx512() || r0 % 16 || r1 % 16))) {
         matmul_ref(Y, ldy, X, n, W, r0, r1);
+        if (relu2)
+            relu2_cols(Y, ldy, n, 0, r1 - r0);
         return;
     }
     blas_single_threaded();
-    struct mm_job j = {Y, ldy, X, n, W, r0, r1};
+    struct mm_job j = {Y, ldy, X, n, W, r0, r1, relu2};
     size_t elems = (size_t)(r1 - r0) * (size_t)W->cols * (n > DOT_ROWS_MAX ? n : 1);
     if (!pool || elems < PAR_MIN_ELEMS)
         mm_worker(0, 1, &j);
     else
         rk__pool_run(pool, mm_worker, &j);
+}
+
+void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+                     const struct rk_weight *W, int r0, int r1)
+{
+    matmul_rows_act(pool, ref, Y, X, n, W, r0, r1, false);
+}
+
+void rk__matmul_relu2(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+                      const struct rk_weight *W)
+{
+    matmul_rows_act(pool, ref, Y, X, n, W, 0, W->rows, true);
+}
+
+struct many_job {
+    const struct rk__mm *mm;
+    int count;
+    size_t n;
+};
+
+static void many_worker(int ith, int nth, void *arg)
+{
+    const struct many_job *mj = arg;
+    for (int i = 0; i < mj->count; i++) {
+        const struct rk__mm *t = &mj->mm[i];
+        struct mm_job j = {t->Y, (size_t)t->W->rows, t->X, mj->n, t->W, 0, t->W->rows, false};
+        mm_worker(ith, nth, &j);
+    }
+}
+
+void rk__matmul_many(struct rk__pool *pool, bool ref, const struct rk__mm *mm, int count,
+                     size_t n)
+{
+    bool together = !ref && pool;
+    for (int i = 0; together && i < count; i++)
+        together = !(mm[i].W->panel && !have_avx512());
+    if (!together) {
+        for (int i = 0; i < count; i++)
+            rk__matmul(pool, ref, mm[i].Y, mm[i].X, n, mm[i].W);
+        return;
+    }
+    blas_single_threaded();
+    struct many_job mj = {mm, count, n};
+    rk__pool_run(pool, many_worker, &mj);
 }
 
 void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,

@@ -39,7 +39,7 @@ struct rk_ctx {
     float *xr, *xw, *xk, *xv, *xa, *xg;   /* [R][C] */
     float *r, *k, *v, *w, *a, *g, *kk, *y; /* [R][C] */
     float *vfirst, *tmp;                  /* [R][C] */
-    float *lora;                          /* [R][Dmax] */
+    float *lw, *la, *lv, *lg;             /* LoRA hidden rows [R][Dw], [R][Da], ... */
     float *hidden;                        /* [R][F] */
     /* rows -> sequences: segment s is rows [seg[s], seg[s+1]) and continues
      * state segst[s]; lrow lists the rows whose logits are wanted */
@@ -77,15 +77,9 @@ int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struc
         return RK_ENOMEM;
     c->m = m;
     c->rows_max = rows;
-    int dmax = m->Dw;
-    if (m->Da > dmax)
-        dmax = m->Da;
-    if (m->Dv > dmax)
-        dmax = m->Dv;
-    if (m->Dg > dmax)
-        dmax = m->Dg;
+    size_t dsum = (size_t)m->Dw + (size_t)m->Da + (size_t)m->Dv + (size_t)m->Dg;
     size_t C = (size_t)m->C, R = (size_t)rows;
-    size_t nC = 20, total = R * (C * nC + (size_t)dmax + (size_t)m->F) + 64 * 24;
+    size_t nC = 20, total = R * (C * nC + dsum + (size_t)m->F) + 64 * 28;
     c->block = rk__malloc_aligned(total * sizeof(float));
     if (!c->block) {
         rk__free(c);
@@ -99,8 +93,12 @@ int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struc
         *slots[i] = q;
         q += (R * C + 15) & ~(size_t)15;
     }
-    c->lora = q;
-    q += (R * (size_t)dmax + 15) & ~(size_t)15;
+    float **lora[] = {&c->lw, &c->la, &c->lv, &c->lg};
+    const int dims[] = {m->Dw, m->Da, m->Dv, m->Dg};
+    for (size_t i = 0; i < 4; i++) {
+        *lora[i] = q;
+        q += (R * (size_t)dims[i] + 15) & ~(size_t)15;
+    }
     c->hidden = q;
     c->seg = rk__calloc((size_t)rows + 1, sizeof *c->seg);
     c->lrow = rk__calloc((size_t)rows, sizeof *c->lrow);
@@ -146,16 +144,43 @@ static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
  * limit go in slices of that limit, so each row's result is the one it gets
  * in any pass of up to that many rows: what a sequence computes does not
  * depend on what shares its pass. */
+static void matmul_act(struct rk_ctx *c, float *Y, const float *X, size_t n,
+                       const struct rk_weight *W, bool relu2)
+{
+    size_t lim = rk__tiled_rows(), step = n;
+    if (c->row_invariant && n > lim && lim > 0 && !W->panel)
+        step = lim;
+    for (size_t r0 = 0; r0 < n; r0 += step) {
+        float *y = Y + r0 * (size_t)W->rows;
+        const float *x = X + r0 * (size_t)W->cols;
+        size_t k = n - r0 < step ? n - r0 : step;
+        if (relu2)
+            rk__matmul_relu2(c->pool, c->ref, y, x, k, W);
+        else
+            rk__matmul(c->pool, c->ref, y, x, k, W);
+    }
+}
+
 static void matmul(struct rk_ctx *c, float *Y, const float *X, size_t n, const struct rk_weight *W)
 {
+    matmul_act(c, Y, X, n, W, false);
+}
+
+/* Independent products over the same R rows in one pass of the pool; in a
+ * multi-sequence pass past the tiled limit with row-major weights, one by
+ * one through matmul()'s slicing. */
+static void matmul_many(struct rk_ctx *c, const struct rk__mm *mm, int count, size_t n)
+{
     size_t lim = rk__tiled_rows();
-    if (!c->row_invariant || n <= lim || lim == 0) {
-        rk__matmul(c->pool, c->ref, Y, X, n, W);
-        return;
-    }
-    for (size_t r0 = 0; r0 < n; r0 += lim)
-        rk__matmul(c->pool, c->ref, Y + r0 * (size_t)W->rows, X + r0 * (size_t)W->cols,
-                   n - r0 < lim ? n - r0 : lim, W);
+    bool sliced = c->row_invariant && n > lim && lim > 0;
+    for (int i = 0; sliced && i < count; i++)
+        if (!mm[i].W->panel)
+            goto one_by_one;
+    rk__matmul_many(c->pool, c->ref, mm, count, n);
+    return;
+one_by_one:
+    for (int i = 0; i < count; i++)
+        matmul(c, mm[i].Y, mm[i].X, n, mm[i].W);
 }
 
 /* --- WKV ------------------------------------------------------------------ */
@@ -242,8 +267,32 @@ struct wkv_job {
     const struct rowmap *rm;
 };
 
+/* Head h of row t after its WKV step: GroupNorm of y over the head, the
+ * bonus (r . k . r_k) v and the gate, into tmp. */
+static void wkv_out_head(struct rk_ctx *c, const struct rk_layer *ly, size_t t, int h)
+{
+    size_t o = t * (size_t)c->m->C + (size_t)h * N;
+    float mean = 0.0f, var = 0.0f, bonus = 0.0f;
+    for (int i = 0; i < N; i++)
+        mean += c->y[o + i];
+    mean /= N;
+    for (int i = 0; i < N; i++) {
+        float d = c->y[o + i] - mean;
+        var += d * d;
+    }
+    var /= N;
+    float inv = 1.0f / sqrtf(var + GN_EPS);
+    for (int i = 0; i < N; i++)
+        bonus += c->r[o + i] * c->k[o + i] * ly->r_k[h * N + i];
+    for (int i = 0; i < N; i++) {
+        size_t ch = (size_t)h * N + (size_t)i;
+        float on = (c->y[o + i] - mean) * inv * ly->lnx_w[ch] + ly->lnx_b[ch];
+        c->tmp[o + i] = (on + bonus * c->v[o + i]) * c->g[o + i];
+    }
+}
+
 /* Heads are independent, so threads split the (segment, head) pairs; each
- * runs its segment's rows in order. */
+ * runs its segment's rows in order, then the head's output (wkv_out_head). */
 static void wkv_worker(int ith, int nth, void *arg)
 {
     const struct wkv_job *j = arg;
@@ -271,6 +320,8 @@ static void wkv_worker(int ith, int nth, void *arg)
 #endif
                 wkv_head_ref(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o, NULL);
         }
+        for (int t = r0; t < r1; t++)
+            wkv_out_head(c, &m->layers[j->layer], (size_t)t, h);
     }
     (void)fast;
 }
@@ -459,35 +510,6 @@ static void ph_post(const struct phase *ph, int t0, int t1)
     }
 }
 
-/* per-head GroupNorm, bonus (r . k . r_k) v, gate -> tmp */
-static void ph_out(const struct phase *ph, int t0, int t1)
-{
-    struct rk_ctx *c = ph->c;
-    const struct rk_layer *ly = ph->ly;
-    int C = c->m->C, H = c->m->H;
-    for (int t = t0; t < t1; t++)
-        for (int h = 0; h < H; h++) {
-            size_t o = (size_t)t * C + (size_t)h * N;
-            float mean = 0.0f, var = 0.0f, bonus = 0.0f;
-            for (int i = 0; i < N; i++)
-                mean += c->y[o + i];
-            mean /= N;
-            for (int i = 0; i < N; i++) {
-                float d = c->y[o + i] - mean;
-                var += d * d;
-            }
-            var /= N;
-            float inv = 1.0f / sqrtf(var + GN_EPS);
-            for (int i = 0; i < N; i++)
-                bonus += c->r[o + i] * c->k[o + i] * ly->r_k[h * N + i];
-            for (int i = 0; i < N; i++) {
-                size_t ch = (size_t)h * N + (size_t)i;
-                float on = (c->y[o + i] - mean) * inv * ly->lnx_w[ch] + ly->lnx_b[ch];
-                c->tmp[o + i] = (on + bonus * c->v[o + i]) * c->g[o + i];
-            }
-        }
-}
-
 /* x += time-mix output, u = LN2(x) */
 static void ph_ln2(const struct phase *ph, int t0, int t1)
 {
@@ -513,42 +535,6 @@ static void ph_lerp_ffn(const struct phase *ph, int t0, int t1)
         }
 }
 
-/* h = max(x, 0)^2 in place; NaN becomes 0 on both paths. Branch-free: the
- * sign of a pre-activation is unpredictable. */
-#ifdef RK_X86
-__attribute__((target("avx512f"))) static void relu2_avx512(float *p, size_t n)
-{
-    __m512 z = _mm512_setzero_ps();
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 h = _mm512_max_ps(_mm512_loadu_ps(p + i), z);
-        _mm512_storeu_ps(p + i, _mm512_mul_ps(h, h));
-    }
-    for (; i < n; i++) {
-        float h = p[i] > 0.0f ? p[i] : 0.0f;
-        p[i] = h * h;
-    }
-}
-#endif
-
-static void ph_relu2(const struct phase *ph, int t0, int t1)
-{
-    struct rk_ctx *c = ph->c;
-    size_t F = (size_t)c->m->F;
-    float *hd = c->hidden + (size_t)t0 * F;
-    size_t n = (size_t)(t1 - t0) * F;
-#ifdef RK_X86
-    if (!c->ref && rk__use_avx512()) {
-        relu2_avx512(hd, n);
-        return;
-    }
-#endif
-    for (size_t i = 0; i < n; i++) {
-        float h = hd[i] > 0.0f ? hd[i] : 0.0f;
-        hd[i] = h * h;
-    }
-}
-
 /* Time-mix of layer l. On entry x holds the residual stream (minus the
  * previous layer's channel-mix output, still in xr); on exit xr holds this
  * time-mix's output, not yet added. */
@@ -563,27 +549,25 @@ static void time_mix(struct rk_ctx *c, int l, int R, const struct rowmap *rm)
     token_shift(c, rm, loff, c->u, c->prev);
     run_phase(c, ly, l, R, ph_lerp6);
 
-    matmul(c, c->r, c->xr, R, &ly->wr); // r [R][C]
-    matmul(c, c->k, c->xk, R, &ly->wk); // k-hat [R][C]
-    matmul(c, c->v, c->xv, R, &ly->wv); // v-hat [R][C]
-    // decay LoRA: w_raw = tanh(x_w w1) w2
-    matmul(c, c->lora, c->xw, R, &ly->w1);
+    /* everything that reads the mixed inputs, in one pass of the pool:
+     * r [R][C], k-hat, v-hat, and the first halves of the four LoRAs */
+    struct rk__mm in[7] = {
+        {c->r, c->xr, &ly->wr},  {c->k, c->xk, &ly->wk},  {c->v, c->xv, &ly->wv},
+        {c->lw, c->xw, &ly->w1}, {c->la, c->xa, &ly->a1}, {c->lg, c->xg, &ly->g1},
+        {c->lv, c->xv, &ly->v1}, /* value residual: layers >= 1 */
+    };
+    matmul_many(c, in, l > 0 ? 7 : 6, R);
+    // decay w_raw = tanh(x_w w1) w2; gate g = sigmoid(x_g g1) g2
     for (size_t i = 0; i < (size_t)R * (size_t)ly->w1.rows; i++)
-        c->lora[i] = tanhf(c->lora[i]);
-    matmul(c, c->w, c->lora, R, &ly->w2);
-    // in-context learning rate LoRA: a_raw = (x_a a1) a2
-    matmul(c, c->lora, c->xa, R, &ly->a1);
-    matmul(c, c->a, c->lora, R, &ly->a2);
-    // value-residual LoRA (layers >= 1): nu_raw = (x_v v1) v2
-    if (l > 0) {
-        matmul(c, c->lora, c->xv, R, &ly->v1);
-        matmul(c, c->tmp, c->lora, R, &ly->v2);
-    }
-    // gate: g = sigmoid(x_g g1) g2
-    matmul(c, c->lora, c->xg, R, &ly->g1);
+        c->lw[i] = tanhf(c->lw[i]);
     for (size_t i = 0; i < (size_t)R * (size_t)ly->g1.rows; i++)
-        c->lora[i] = sigmoidf(c->lora[i]);
-    matmul(c, c->g, c->lora, R, &ly->g2);
+        c->lg[i] = sigmoidf(c->lg[i]);
+    // in-context learning rate a_raw = (x_a a1) a2; value residual nu_raw = (x_v v1) v2
+    struct rk__mm out[4] = {
+        {c->w, c->lw, &ly->w2}, {c->a, c->la, &ly->a2}, {c->g, c->lg, &ly->g2},
+        {c->tmp, c->lv, &ly->v2},
+    };
+    matmul_many(c, out, l > 0 ? 4 : 3, R);
 
     run_phase(c, ly, l, R, ph_post);
 
@@ -593,7 +577,6 @@ static void time_mix(struct rk_ctx *c, int l, int R, const struct rowmap *rm)
     else
         rk__pool_run(c->pool, wkv_worker, &wj);
 
-    run_phase(c, ly, l, R, ph_out);
     matmul(c, c->xr, c->tmp, R, &ly->wo);
 }
 
@@ -610,8 +593,7 @@ static void channel_mix(struct rk_ctx *c, int l, int R, const struct rowmap *rm)
     run_phase(c, ly, l, R, ph_ln2);
     token_shift(c, rm, off, c->u, c->prev);
     run_phase(c, ly, l, R, ph_lerp_ffn);
-    matmul(c, c->hidden, c->xk, R, &ly->ffn_key); // [R][F]
-    run_phase(c, ly, l, R, ph_relu2);
+    matmul_act(c, c->hidden, c->xk, R, &ly->ffn_key, true); // relu(.)^2 [R][F]
     matmul(c, c->xr, c->hidden, R, &ly->ffn_value); // [R][C]
 }
 
