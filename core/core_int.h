@@ -67,8 +67,10 @@ uint16_t rk__f32_to_f16(float f);
  * `data` points into the mapped file or into model-owned memory; elements of
  * `dtype` (F32, F16 or BF16). Row-major (rows contiguous) unless `panel`:
  * then the rows come in groups of 16 ("panels", rows % 16 == 0), and panel p
- * holds, column after column, the 16 values W[16p .. 16p+15][k]; the AVX-512
- * kernels stream that order (see ops.c). */
+ * holds, column after column, the 16 values W[16p .. 16p+15][k]; for bf16,
+ * columns go in pairs (cols even), each row's two values side by side, so
+ * one 32-bit lane holds W[r][k] and W[r][k+1]. The AVX-512 kernels stream
+ * that order (see ops.c). */
 struct rk_weight {
     enum rk_dtype dtype;
     const void *data;
@@ -80,12 +82,16 @@ struct rk_weight {
 /* Where element (r, k) of W lives in W.data, in elements. */
 static inline size_t rk__weight_index(const struct rk_weight *W, size_t r, size_t k)
 {
-    if (W->panel)
-        return (r >> 4) * (size_t)W->cols * 16 + k * 16 + (r & 15);
-    return r * (size_t)W->cols + k;
+    if (!W->panel)
+        return r * (size_t)W->cols + k;
+    size_t base = (r >> 4) * (size_t)W->cols * 16;
+    if (W->dtype == RK_DTYPE_BF16)
+        return base + (k >> 1) * 32 + (r & 15) * 2 + (k & 1);
+    return base + k * 16 + (r & 15);
 }
 /* Whether the matrix kernels want W (row-major) repacked into panels: 16-bit
- * weights, rows % 16 == 0, and the AVX-512 kernels in use. */
+ * weights, rows % 16 == 0 (and even cols for bf16), and the AVX-512 kernels
+ * in use. */
 bool rk__weight_wants_panels(const struct rk_weight *W);
 /* Copies row-major W into dst (rows * cols elements of W.dtype) in panel
  * order; the caller then points a copy of W at dst with `panel` set. */

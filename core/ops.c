@@ -53,23 +53,24 @@ extern void openblas_set_num_threads(int);
 
 void rk__weight_row(const struct rk_weight *W, int r, float *out)
 {
-    size_t cols = (size_t)W->cols, off = rk__weight_index(W, (size_t)r, 0);
-    size_t step = W->panel ? 16 : 1; /* distance between neighbouring columns */
+    size_t cols = (size_t)W->cols;
     switch (W->dtype) {
-    case RK_DTYPE_F32:
+    case RK_DTYPE_F32: {
+        const float *p = W->data;
         for (size_t i = 0; i < cols; i++)
-            out[i] = ((const float *)W->data)[off + i * step];
+            out[i] = p[rk__weight_index(W, (size_t)r, i)];
         break;
+    }
     case RK_DTYPE_BF16: {
-        const uint16_t *p = (const uint16_t *)W->data + off;
+        const uint16_t *p = W->data;
         for (size_t i = 0; i < cols; i++)
-            out[i] = rk__bf16_to_f32(p[i * step]);
+            out[i] = rk__bf16_to_f32(p[rk__weight_index(W, (size_t)r, i)]);
         break;
     }
     case RK_DTYPE_F16: {
-        const uint16_t *p = (const uint16_t *)W->data + off;
+        const uint16_t *p = W->data;
         for (size_t i = 0; i < cols; i++)
-            out[i] = rk__f16_to_f32(p[i * step]);
+            out[i] = rk__f16_to_f32(p[rk__weight_index(W, (size_t)r, i)]);
         break;
     }
     default:
@@ -91,26 +92,36 @@ static inline float weight_at(const struct rk_weight *W, size_t idx)
 
 bool rk__weight_wants_panels(const struct rk_weight *W)
 {
-    return (W->dtype == RK_DTYPE_BF16 || W->dtype == RK_DTYPE_F16) && !W->panel &&
-           W->rows > 0 && W->rows % 16 == 0 && W->cols > 0 && rk__use_avx512();
+    return (W->dtype == RK_DTYPE_F16 || (W->dtype == RK_DTYPE_BF16 && W->cols % 2 == 0)) &&
+           !W->panel && W->rows > 0 && W->rows % 16 == 0 && W->cols > 0 && rk__use_avx512();
 }
+
+/* Panel order on elements of type T with `cols` columns: for bf16 this runs
+ * on 32-bit pairs of columns (cols / 2 of them), which is the paired order. */
+#define PACK_PANELS(T, dst, src, rows, cols)                                      \
+    do {                                                                          \
+        for (size_t p = 0; p < (size_t)(rows) / 16; p++) {                         \
+            const T *s_ = (const T *)(src) + p * 16 * (cols);                     \
+            T *o_ = (T *)(dst) + p * 16 * (cols);                                 \
+            /* a few columns at a time, so the 16 source rows stream together */ \
+            for (size_t k0 = 0; k0 < (cols); k0 += 64) {                          \
+                size_t k1 = k0 + 64 < (cols) ? k0 + 64 : (cols);                  \
+                for (size_t j = 0; j < 16; j++)                                   \
+                    for (size_t k = k0; k < k1; k++)                              \
+                        o_[k * 16 + j] = s_[j * (cols) + k];                      \
+            }                                                                     \
+        }                                                                         \
+    } while (0)
 
 void rk__weight_pack(void *dst, const struct rk_weight *W)
 {
     RK_ASSERT(W->dtype != RK_DTYPE_F32 && !W->panel && W->rows % 16 == 0);
     size_t cols = (size_t)W->cols;
-    const uint16_t *src = W->data;
-    uint16_t *d = dst;
-    for (size_t p = 0; p < (size_t)W->rows / 16; p++) {
-        const uint16_t *s = src + p * 16 * cols;
-        uint16_t *o = d + p * 16 * cols;
-        /* a few columns at a time, so the 16 source rows stream together */
-        for (size_t k0 = 0; k0 < cols; k0 += 64) {
-            size_t k1 = k0 + 64 < cols ? k0 + 64 : cols;
-            for (size_t j = 0; j < 16; j++)
-                for (size_t k = k0; k < k1; k++)
-                    o[k * 16 + j] = s[j * cols + k];
-        }
+    if (W->dtype == RK_DTYPE_BF16) {
+        RK_ASSERT(cols % 2 == 0);
+        PACK_PANELS(uint32_t, dst, W->data, W->rows, cols / 2);
+    } else {
+        PACK_PANELS(uint16_t, dst, W->data, W->rows, cols);
     }
 }
 
@@ -461,12 +472,6 @@ AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, i
 #define PANEL_NP PANEL_GROUP_PANELS
 #define PANEL_NB 8 /* rows of X per pass */
 
-AVX512 static inline __m512 widen_bf16(const uint16_t *p)
-{
-    __m256i h = _mm256_loadu_si256((const __m256i *)p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 AVX512 static inline __m512 widen_f16(const uint16_t *p)
 {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
@@ -502,12 +507,56 @@ typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const u
             for (int b = 0; b < NB; b++)                                                     \
                 _mm512_storeu_ps(Y + (size_t)b * ldy + 16 * p, acc[p][b]);                   \
     }
+/* bf16 panels hold column pairs: one 64-byte load gives columns k and k+1
+ * of 16 rows; a shift widens column k (the low halves) and a masked move
+ * column k+1 (the high halves), one instruction each where a plain panel
+ * needs two, and the FMAs still run over k in order. */
+#define PANEL_KER_BF16(NP, NB)                                                               \
+    AVX512 static void panel_bf16_##NP##x##NB(float *Y, size_t ldy, const float *X,          \
+                                              size_t cols, const uint16_t *P, size_t pfd)    \
+    {                                                                                        \
+        __m512 acc[NP][NB];                                                                  \
+        for (int p = 0; p < NP; p++)                                                         \
+            for (int b = 0; b < NB; b++)                                                     \
+                acc[p][b] = _mm512_setzero_ps();                                             \
+        const char *pf = (const char *)P + pfd;                                              \
+        size_t ps = cols * 16; /* elements per panel */                                      \
+        for (size_t k = 0; k < cols; k += 2) {                                               \
+            if (pfd)                                                                         \
+                for (int p = 0; p < NP; p++)                                                 \
+                    _mm_prefetch(pf + ((size_t)p * ps + k * 16) * 2, _MM_HINT_T0);           \
+            __m512i d[NP];                                                                   \
+            __m512 w[NP];                                                                    \
+            for (int p = 0; p < NP; p++) {                                                   \
+                d[p] = _mm512_loadu_si512((const void *)(P + (size_t)p * ps + k * 16));      \
+                w[p] = _mm512_castsi512_ps(_mm512_slli_epi32(d[p], 16));                     \
+            }                                                                                \
+            for (int b = 0; b < NB; b++) {                                                   \
+                __m512 x = _mm512_set1_ps(X[(size_t)b * cols + k]);                          \
+                for (int p = 0; p < NP; p++)                                                 \
+                    acc[p][b] = _mm512_fmadd_ps(w[p], x, acc[p][b]);                         \
+            }                                                                                \
+            for (int p = 0; p < NP; p++)                                                     \
+                w[p] = _mm512_castsi512_ps(_mm512_maskz_mov_epi16(0xAAAAAAAAu, d[p]));       \
+            for (int b = 0; b < NB; b++) {                                                   \
+                __m512 x = _mm512_set1_ps(X[(size_t)b * cols + k + 1]);                      \
+                for (int p = 0; p < NP; p++)                                                 \
+                    acc[p][b] = _mm512_fmadd_ps(w[p], x, acc[p][b]);                         \
+            }                                                                                \
+        }                                                                                    \
+        for (int p = 0; p < NP; p++)                                                         \
+            for (int b = 0; b < NB; b++)                                                     \
+                _mm512_storeu_ps(Y + (size_t)b * ldy + 16 * p, acc[p][b]);                   \
+    }
+#define PANEL_KERS_BF16(NP)                                                                  \
+    PANEL_KER_BF16(NP, 1) PANEL_KER_BF16(NP, 2) PANEL_KER_BF16(NP, 3) PANEL_KER_BF16(NP, 4)  \
+    PANEL_KER_BF16(NP, 5) PANEL_KER_BF16(NP, 6) PANEL_KER_BF16(NP, 7) PANEL_KER_BF16(NP, 8)
 #define PANEL_KERS(T, NP)                                                                    \
     PANEL_KER(T, NP, 1) PANEL_KER(T, NP, 2) PANEL_KER(T, NP, 3) PANEL_KER(T, NP, 4)          \
     PANEL_KER(T, NP, 5) PANEL_KER(T, NP, 6) PANEL_KER(T, NP, 7) PANEL_KER(T, NP, 8)
-PANEL_KERS(bf16, 1)
-PANEL_KERS(bf16, 2)
-PANEL_KERS(bf16, 3)
+PANEL_KERS_BF16(1)
+PANEL_KERS_BF16(2)
+PANEL_KERS_BF16(3)
 PANEL_KERS(f16, 1)
 PANEL_KERS(f16, 2)
 PANEL_KERS(f16, 3)
@@ -881,14 +930,13 @@ static void mt_worker(int ith, int nth, void *arg)
         for (int p = 0; p < j->nb / 16; p++) {
             const uint16_t *P = (const uint16_t *)W->data + (size_t)(j->r0 + 16 * p) * cols;
             for (int c = c0; c < c1; c++) {
-                const uint16_t *src = P + (size_t)c * 16;
                 float *dst = j->wbuf + (size_t)c * nb + 16 * (size_t)p;
-                if (W->dtype == RK_DTYPE_BF16)
+                if (W->dtype == RK_DTYPE_BF16) /* column pairs: c's values 2 apart */
                     for (int q = 0; q < 16; q++)
-                        dst[q] = rk__bf16_to_f32(src[q]);
+                        dst[q] = rk__bf16_to_f32(P[(size_t)(c >> 1) * 32 + 2 * q + (c & 1)]);
                 else
                     for (int q = 0; q < 16; q++)
-                        dst[q] = rk__f16_to_f32(src[q]);
+                        dst[q] = rk__f16_to_f32(P[(size_t)c * 16 + q]);
             }
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->n, c1 - c0, j->nb, 1.0f,
