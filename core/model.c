@@ -894,16 +894,26 @@ static int repack_weights(struct rk_model *m, struct rk_errbuf *eb)
         void *dst = rk__model_alloc(m, bytes);
         if (!dst)
             return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", rk__model_file(m));
-        rk__weight_pack(dst, w);
         const char *d = w->data;
-        if (d >= lo && d < hi) {
-            uintptr_t a = ((uintptr_t)d + page - 1) & ~(uintptr_t)(page - 1);
-            uintptr_t b = ((uintptr_t)d + bytes) & ~(uintptr_t)(page - 1);
-            if (b > a)
-                madvise((void *)a, b - a, MADV_DONTNEED);
-        } else {
-            release_owned(m, d);
+        bool mapped = d >= lo && d < hi;
+        size_t es = rk__dtype_size(w->dtype), row_bytes = (size_t)w->cols * es;
+        uintptr_t dropped = ((uintptr_t)d + page - 1) & ~(uintptr_t)(page - 1);
+        /* 64 panels at a time; the source pages already read go at once, so
+         * the two copies of a matrix never stand in memory together */
+        for (int r0 = 0; r0 < w->rows; r0 += 16 * 64) {
+            int n = w->rows - r0 < 16 * 64 ? w->rows - r0 : 16 * 64;
+            struct rk_weight part = *w;
+            part.data = d + (size_t)r0 * row_bytes;
+            part.rows = n;
+            rk__weight_pack((char *)dst + (size_t)r0 * row_bytes, &part);
+            uintptr_t done = ((uintptr_t)d + (size_t)(r0 + n) * row_bytes) & ~(uintptr_t)(page - 1);
+            if (mapped && done > dropped) {
+                madvise((void *)dropped, done - dropped, MADV_DONTNEED);
+                dropped = done;
+            }
         }
+        if (!mapped)
+            release_owned(m, d);
         w->data = dst;
         w->panel = true;
     }
