@@ -568,6 +568,18 @@ static panel_fn *const panel_bf16[PANEL_NP][PANEL_NB] = {
 static panel_fn *const panel_f16[PANEL_NP][PANEL_NB] = {
     PANEL_ROW(f16, 1), PANEL_ROW(f16, 2), PANEL_ROW(f16, 3)};
 
+/* Columns [c0, c1) (even) of one bf16 panel P, widened into dst[c * ld]
+ * (16 floats each): one 64-byte load holds two columns. */
+AVX512 static void widen_pairs_t(float *dst, size_t ld, const uint16_t *P, int c0, int c1)
+{
+    for (int c = c0; c < c1; c += 2) {
+        __m512i d = _mm512_loadu_si512((const void *)(P + (size_t)c * 16));
+        _mm512_storeu_ps(dst + (size_t)c * ld, _mm512_castsi512_ps(_mm512_slli_epi32(d, 16)));
+        _mm512_storeu_ps(dst + (size_t)(c + 1) * ld,
+                         _mm512_castsi512_ps(_mm512_maskz_mov_epi16(0xAAAAAAAAu, d)));
+    }
+}
+
 /* Rows [r0, r1) of a panel-held W (multiples of 16) against n rows of X:
  * groups of PANEL_NP panels, each swept by the rows of X PANEL_NB at a time. */
 static void panel_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
@@ -929,6 +941,12 @@ static void mt_worker(int ith, int nth, void *arg)
         size_t nb = (size_t)j->nb;
         for (int p = 0; p < j->nb / 16; p++) {
             const uint16_t *P = (const uint16_t *)W->data + (size_t)(j->r0 + 16 * p) * cols;
+#ifdef RK_X86
+            if (W->dtype == RK_DTYPE_BF16 && c0 % 2 == 0 && c1 % 2 == 0) {
+                widen_pairs_t(j->wbuf + 16 * (size_t)p, nb, P, c0, c1);
+                continue;
+            }
+#endif
             for (int c = c0; c < c1; c++) {
                 float *dst = j->wbuf + (size_t)c * nb + 16 * (size_t)p;
                 if (W->dtype == RK_DTYPE_BF16) /* column pairs: c's values 2 apart */
