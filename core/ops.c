@@ -45,9 +45,6 @@
  * on 0.1B prefill (512 tokens), 4 MiB beat 1 MiB by 8-10 % (8 MiB: no
  * further gain). Each compute thread keeps one such buffer. */
 #define GEMM_BLOCK_BYTES (4 * 1024 * 1024)
-/* Panels per register tile of the panel kernel (3 panels x 8 rows of X = 24
- * accumulators); the threads split a product in whole groups of these. */
-#define PANEL_GROUP_PANELS 3
 
 extern void openblas_set_num_threads(int);
 
@@ -469,7 +466,7 @@ AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, i
  * bytes ahead, which runs into the next group at the end; later passes over
  * the same group find it in cache. */
 #define PANEL_PF_BYTES 4096
-#define PANEL_NP PANEL_GROUP_PANELS
+#define PANEL_NP 3 /* panels per group: 3 x 8 = 24 accumulators */
 #define PANEL_NB 8 /* rows of X per pass */
 
 AVX512 static inline __m512 widen_f16(const uint16_t *p)
@@ -826,10 +823,8 @@ static void mm_worker(int ith, int nth, void *arg)
 {
     const struct mm_job *j = arg;
     int rows = j->r1 - j->r0;
-    /* panels: whole groups of panels per thread; otherwise multiples of 16
-     * rows, so AVX-512 tails stay rare */
-    int g = j->W->panel ? 16 * PANEL_GROUP_PANELS : 16;
-    int per = ((rows + nth - 1) / nth + g - 1) / g * g;
+    /* multiples of 16 rows: whole panels, and rare AVX-512 tails */
+    int per = ((rows + nth - 1) / nth + 15) & ~15;
     int a = j->r0 + ith * per, b = a + per < j->r1 ? a + per : j->r1;
     if (a >= b)
         return;
