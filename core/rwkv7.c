@@ -61,6 +61,23 @@ struct rowmap {
 const struct rk_model *rk_ctx_model(const struct rk_ctx *ctx) { return ctx->m; }
 struct rk__pool *rk__ctx_pool(struct rk_ctx *ctx) { return ctx->pool; }
 int rk_ctx_n_threads(const struct rk_ctx *ctx) { return rk__pool_n_threads(ctx->pool); }
+
+struct ctx_run {
+    void (*fn)(void *arg, int ith, int nth);
+    void *arg;
+};
+
+static void ctx_run_worker(int ith, int nth, void *p)
+{
+    const struct ctx_run *r = p;
+    r->fn(r->arg, ith, nth);
+}
+
+void rk_ctx_run(struct rk_ctx *ctx, void (*fn)(void *arg, int ith, int nth), void *arg)
+{
+    struct ctx_run r = {fn, arg};
+    rk__pool_run(ctx->pool, ctx_run_worker, &r);
+}
 void rk_ctx_set_reference(struct rk_ctx *ctx, bool reference) { ctx->ref = reference; }
 
 int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struct rk_ctx **out)

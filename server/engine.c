@@ -100,9 +100,13 @@ struct rk_engine {
     size_t *mn;      /* [n_seqs] tokens per sequence */
     bool *mwant;     /* [n_seqs] */
     int *pidx;       /* [n_seqs] sequences in their prompt, by admission */
-    float *raw;      /* [V] logits before sampling (logprobs) */
-    uint32_t *top_ids; /* [logprobs_max] */
+    /* sampling scratch, one row per compute thread: the batch's sequences
+     * are sampled in parallel (rk_ctx_run), then applied in order */
+    int n_threads;
+    float *raw;      /* [n_threads][V] logits before sampling (logprobs) */
+    uint32_t *top_ids; /* [n_threads][logprobs_max + 1] */
     float *top_lps;
+    struct pick *picks; /* [n_seqs] */
     struct rk_job **touched; /* jobs with output this step */
     int n_touched;
     char piece[1024];
@@ -554,16 +558,49 @@ static void seq_finish(struct rk_engine *e, struct seq *s, enum rk_finish f)
     finish_job_if_done(e, j);
 }
 
-/* Sample the next token of `s` from `logits` [V] (modified in place). */
-static void seq_sample(struct rk_engine *e, struct seq *s, float *logits)
+/* A sampled token, before it is applied to its sequence. */
+struct pick {
+    bool valid;
+    int rc;
+    uint32_t tok;
+};
+
+/* The numeric half of sampling `s` from `logits` [V] (modified in place):
+ * the token and, when asked, its log-probabilities, written into the
+ * choice's next record. Touches nothing shared but its scratch (raw [V],
+ * ids and lps [logprobs_max + 1]), so several sequences may be picked at
+ * once on different threads. */
+static void seq_pick(struct rk_engine *e, struct seq *s, float *logits, float *raw,
+                     uint32_t *ids, float *lps, struct pick *pk)
 {
     struct rk_job *j = s->job;
     struct rk_choice *ch = &j->choices[s->idx];
     int top = j->top_logprobs;
     if (top >= 0)
-        memcpy(e->raw, logits, (size_t)e->V * sizeof(float));
-    uint32_t tok = 0;
-    if (rk_sampler_sample(s->smp, logits, &tok) != RK_OK) {
+        memcpy(raw, logits, (size_t)e->V * sizeof(float));
+    pk->valid = true;
+    pk->tok = 0;
+    pk->rc = rk_sampler_sample(s->smp, logits, &pk->tok);
+    if (pk->rc != RK_OK || top < 0)
+        return;
+    struct rk_tok_lp *rec = ch->lps + (size_t)ch->n_tokens * (size_t)(1 + top);
+    rec[0].token = pk->tok;
+    rec[0].lp = rk_logprob(raw, (size_t)e->V, pk->tok);
+    if (top > 0) {
+        rk_logprobs_top(raw, (size_t)e->V, (size_t)top, ids, lps);
+        for (int k = 0; k < top; k++)
+            rec[1 + k] = (struct rk_tok_lp){ids[k], lps[k]};
+    }
+}
+
+/* The sequential half: metrics, text, stop sequences, limits. */
+static void seq_apply(struct rk_engine *e, struct seq *s, const struct pick *pk)
+{
+    struct rk_job *j = s->job;
+    struct rk_choice *ch = &j->choices[s->idx];
+    int top = j->top_logprobs;
+    uint32_t tok = pk->tok;
+    if (pk->rc != RK_OK) {
         seq_finish(e, s, RK_FINISH_STOP);
         return;
     }
@@ -578,17 +615,7 @@ static void seq_sample(struct rk_engine *e, struct seq *s, float *logits)
     s->t_last_us = now;
     atomic_fetch_add_explicit(&m->tokens_out, 1, memory_order_relaxed);
 
-    struct rk_tok_lp *rec = NULL;
-    if (top >= 0) {
-        rec = ch->lps + (size_t)ch->n_tokens * (size_t)(1 + top);
-        rec[0].token = tok;
-        rec[0].lp = rk_logprob(e->raw, (size_t)e->V, tok);
-        if (top > 0) {
-            rk_logprobs_top(e->raw, (size_t)e->V, (size_t)top, e->top_ids, e->top_lps);
-            for (int k = 0; k < top; k++)
-                rec[1 + k] = (struct rk_tok_lp){e->top_ids[k], e->top_lps[k]};
-        }
-    }
+    struct rk_tok_lp *rec = top >= 0 ? ch->lps + (size_t)ch->n_tokens * (size_t)(1 + top) : NULL;
     ch->n_tokens++;
     // End of text: id 0 of the World vocabulary (the byte vocabulary has none).
     if (!e->bytes_tok && tok == 0) {
@@ -622,6 +649,50 @@ static void seq_sample(struct rk_engine *e, struct seq *s, float *logits)
     }
     s->pending = tok;
     s->phase = SEQ_DECODE;
+}
+
+/* Sample the next token of `s` from `logits` [V] (modified in place). */
+static void seq_sample(struct rk_engine *e, struct seq *s, float *logits)
+{
+    struct pick pk;
+    seq_pick(e, s, logits, e->raw, e->top_ids, e->top_lps, &pk);
+    seq_apply(e, s, &pk);
+}
+
+struct pick_job {
+    struct rk_engine *e;
+    int n;
+};
+
+static void pick_worker(void *arg, int ith, int nth)
+{
+    const struct pick_job *pj = arg;
+    struct rk_engine *e = pj->e;
+    size_t lpn = (size_t)e->srv->cfg.logprobs_max + 1;
+    for (int i = ith; i < pj->n; i += nth) {
+        struct seq *s = &e->seqs[e->bidx[i]];
+        e->picks[i].valid = false;
+        if (s->phase == SEQ_DECODE)
+            seq_pick(e, s, e->blogits + (size_t)i * (size_t)e->V, e->raw + (size_t)ith * e->V,
+                     e->top_ids + (size_t)ith * lpn, e->top_lps + (size_t)ith * lpn,
+                     &e->picks[i]);
+    }
+}
+
+/* Samples the decode sequences bidx[0 .. n) from blogits: picked in
+ * parallel, then applied in order (the output is the same as one by one). */
+static void sample_batch(struct rk_engine *e, int n)
+{
+    struct pick_job pj = {e, n};
+    if (n >= 4 && e->n_threads > 1)
+        rk_ctx_run(e->ctx, pick_worker, &pj);
+    else
+        pick_worker(&pj, 0, 1);
+    for (int i = 0; i < n; i++) {
+        struct seq *s = &e->seqs[e->bidx[i]];
+        if (e->picks[i].valid && s->phase == SEQ_DECODE)
+            seq_apply(e, s, &e->picks[i]);
+    }
 }
 
 /* A job that never got a slot: finish it without sequences. */
@@ -777,14 +848,10 @@ static bool step_one_pass(struct rk_engine *e)
         }
         return true;
     }
-    for (int i = 0; i < nseg; i++) {
+    sample_batch(e, ndec);
+    for (int i = ndec; i < nseg; i++) {
         struct seq *s = &e->seqs[e->bidx[i]];
         float *lg = e->blogits + (size_t)i * (size_t)e->V;
-        if (i < ndec) {
-            if (s->phase == SEQ_DECODE)
-                seq_sample(e, s, lg);
-            continue;
-        }
         s->pos += e->mn[i];
         if (e->mwant[i]) {
             memcpy(s->logits, lg, (size_t)e->V * sizeof(float));
@@ -855,19 +922,16 @@ static void step(struct rk_engine *e)
         }
     if (B) {
         int rc = rk_forward_batch(e->ctx, (size_t)B, e->btok, e->bstate, e->blogits);
-        for (int b = 0; b < B; b++) {
+        if (rc == RK_OK)
+            sample_batch(e, B);
+        for (int b = 0; rc != RK_OK && b < B; b++) {
             struct seq *s = &e->seqs[e->bidx[b]];
-            if (rc != RK_OK) {
-                if (s->phase != SEQ_FREE) {
-                    s->job->err = rc;
-                    snprintf(s->job->errmsg, sizeof s->job->errmsg, "decode failed: %s",
-                             rk_strerror(rc));
-                    seq_finish(e, s, RK_FINISH_CANCEL);
-                }
-                continue;
+            if (s->phase != SEQ_FREE) {
+                s->job->err = rc;
+                snprintf(s->job->errmsg, sizeof s->job->errmsg, "decode failed: %s",
+                         rk_strerror(rc));
+                seq_finish(e, s, RK_FINISH_CANCEL);
             }
-            if (s->phase == SEQ_DECODE)
-                seq_sample(e, s, e->blogits + (size_t)b * (size_t)e->V);
         }
         if (rc != RK_OK)
             rk_log(RK_LOG_ERROR, "engine: batched decode failed: %s", rk_strerror(rc));
@@ -1003,6 +1067,7 @@ static void engine_free(struct rk_engine *e)
     free(e->raw);
     free(e->top_ids);
     free(e->top_lps);
+    free(e->picks);
     free(e->touched);
     rk_ctx_free(e->ctx);
     pthread_mutex_destroy(&e->mu);
@@ -1053,12 +1118,15 @@ int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
     e->mn = malloc(S * sizeof *e->mn);
     e->mwant = malloc(S * sizeof *e->mwant);
     e->pidx = malloc(S * sizeof *e->pidx);
-    e->raw = malloc(V * sizeof(float));
-    e->top_ids = calloc((size_t)srv->cfg.logprobs_max + 1, sizeof *e->top_ids);
-    e->top_lps = calloc((size_t)srv->cfg.logprobs_max + 1, sizeof *e->top_lps);
+    e->n_threads = rk_ctx_n_threads(e->ctx);
+    size_t nt = (size_t)e->n_threads, lpn = (size_t)srv->cfg.logprobs_max + 1;
+    e->raw = malloc(nt * V * sizeof(float));
+    e->top_ids = calloc(nt * lpn, sizeof *e->top_ids);
+    e->top_lps = calloc(nt * lpn, sizeof *e->top_lps);
+    e->picks = calloc(S, sizeof *e->picks);
     e->touched = calloc(S * 2, sizeof *e->touched);
     bool ok = e->seqs && e->btok && e->bstate && e->bidx && e->blogits && e->raw && e->top_ids &&
-              e->top_lps && e->touched && e->mtok && e->mn && e->mwant && e->pidx;
+              e->top_lps && e->picks && e->touched && e->mtok && e->mn && e->mwant && e->pidx;
     for (size_t k = 0; ok && k < S; k++) {
         e->seqs[k].state = malloc(e->state_len * sizeof(float));
         e->seqs[k].logits = malloc(V * sizeof(float));

@@ -201,6 +201,11 @@ RK_API void rk_ctx_free(struct rk_ctx *ctx);
 RK_API const struct rk_model *rk_ctx_model(const struct rk_ctx *ctx);
 /* Number of compute threads the context uses (including the caller). */
 RK_API int rk_ctx_n_threads(const struct rk_ctx *ctx);
+/* Runs fn(arg, ith, nth) once on each of the context's nth compute threads
+ * (the caller is ith 0) and returns when all have finished; for work of the
+ * caller's own, such as sampling several sequences at once. Not while the
+ * context is computing (one call at a time per context). */
+RK_API void rk_ctx_run(struct rk_ctx *ctx, void (*fn)(void *arg, int ith, int nth), void *arg);
 
 /* Select the plain fp32 reference kernels (true) or the fast paths (false, the
  * default). Tests use this to compare the two on the same inputs. */

@@ -413,7 +413,8 @@ static char *write_keys(void)
 
 START_TEST(test_tenants_concurrent)
 {
-    struct server s = START("--api-keys", write_keys());
+    /* two compute threads: batches of 4 or more are sampled in parallel */
+    struct server s = START("--api-keys", write_keys(), "--threads", "2");
     const char *A = "Authorization: Bearer key-aaaaaaaa\r\n", *B = "X-Api-Key: key-bbbbbbbb\r\n";
     // No key / wrong key: 401 on every route.
     struct resp r = get(s.port, "/health", NULL);
@@ -463,31 +464,34 @@ START_TEST(test_tenants_concurrent)
     ck_assert_int_eq(nb, 48);
     ck_assert_msg(strcmp(sig_a, sig_b), "different states must give different distributions");
 
-    // Concurrently, several times: each equals its solo run.
-    for (int round = 0; round < 3; round++) {
-        struct gen_arg ga = {s.port, A, body_a, {0}}, gb = {s.port, B, body_b, {0}};
-        pthread_t t1, t2;
-        pthread_create(&t1, NULL, gen_thread, &ga);
-        pthread_create(&t2, NULL, gen_thread, &gb);
-        pthread_join(t1, NULL);
-        pthread_join(t2, NULL);
-        ck_assert_int_eq(ga.r.status, 200);
-        ck_assert_int_eq(gb.r.status, 200);
-        ck_assert_int_eq(tokens_of(ga.r.body, ta, 64), 48);
-        ck_assert_int_eq(tokens_of(gb.r.body, tb, 64), 48);
-        int d = 0;
-        while (d < 48 && ta[d] == solo_a[d])
-            d++;
-        ck_assert_msg(!memcmp(ta, solo_a, 48 * 4), "tenant a differs from its solo run at %d "
-                      "(round %d): %s", d, round, ga.r.body);
-        ck_assert_msg(!memcmp(tb, solo_b, 48 * 4), "tenant b differs from its solo run");
-        char *ca = lp_sig(ga.r.body), *cb = lp_sig(gb.r.body);
-        ck_assert_msg(!strcmp(ca, sig_a) && !strcmp(cb, sig_b),
-                      "batched logprobs differ from the solo runs");
-        free(ca);
-        free(cb);
-        resp_free(&ga.r);
-        resp_free(&gb.r);
+    // Concurrently, several times, 2 and then 6 requests at once (3 per
+    // tenant): each equals its solo run, tokens and logprobs.
+    for (int round = 0; round < 4; round++) {
+        enum { MAXG = 6 };
+        int ng = round < 2 ? 2 : MAXG;
+        struct gen_arg g[MAXG];
+        pthread_t t[MAXG];
+        for (int i = 0; i < ng; i++) {
+            g[i] = (struct gen_arg){s.port, i % 2 ? B : A, i % 2 ? body_b : body_a, {0}};
+            pthread_create(&t[i], NULL, gen_thread, &g[i]);
+        }
+        for (int i = 0; i < ng; i++)
+            pthread_join(t[i], NULL);
+        for (int i = 0; i < ng; i++) {
+            uint32_t *tt = i % 2 ? tb : ta, *solo = i % 2 ? solo_b : solo_a;
+            ck_assert_int_eq(g[i].r.status, 200);
+            ck_assert_int_eq(tokens_of(g[i].r.body, tt, 64), 48);
+            int d = 0;
+            while (d < 48 && tt[d] == solo[d])
+                d++;
+            ck_assert_msg(d == 48, "tenant %c differs from its solo run at %d (round %d): %s",
+                          i % 2 ? 'b' : 'a', d, round, g[i].r.body);
+            char *c = lp_sig(g[i].r.body);
+            ck_assert_msg(!strcmp(c, i % 2 ? sig_b : sig_a),
+                          "batched logprobs differ from the solo run (round %d)", round);
+            free(c);
+            resp_free(&g[i].r);
+        }
     }
     free(sig_a);
     free(sig_b);
