@@ -78,6 +78,35 @@ void rk_ctx_run(struct rk_ctx *ctx, void (*fn)(void *arg, int ith, int nth), voi
     struct ctx_run r = {fn, arg};
     rk__pool_run(ctx->pool, ctx_run_worker, &r);
 }
+
+struct ctx_copy {
+    float *dst;
+    const float *src;
+    size_t n;
+};
+
+static void ctx_copy_worker(int ith, int nth, void *p)
+{
+    const struct ctx_copy *c = p;
+    size_t per = ((c->n + (size_t)nth - 1) / (size_t)nth + 15) & ~(size_t)15;
+    size_t a = (size_t)ith * per, b = a + per < c->n ? a + per : c->n;
+    if (a >= b)
+        return;
+    if (c->src)
+        memcpy(c->dst + a, c->src + a, (b - a) * sizeof(float));
+    else
+        memset(c->dst + a, 0, (b - a) * sizeof(float));
+}
+
+void rk_ctx_copy(struct rk_ctx *ctx, float *dst, const float *src, size_t n)
+{
+    struct ctx_copy c = {dst, src, n};
+    /* below a few pages one thread is faster than a fork-join */
+    if (n < (1u << 16))
+        ctx_copy_worker(0, 1, &c);
+    else
+        rk__pool_run(ctx->pool, ctx_copy_worker, &c);
+}
 void rk_ctx_set_reference(struct rk_ctx *ctx, bool reference) { ctx->ref = reference; }
 
 int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struct rk_ctx **out)

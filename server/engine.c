@@ -740,10 +740,8 @@ static int admit(struct rk_engine *e, struct rk_job *j)
         if (i == 0) {
             // The adapter swap: one copy of the tuned initial state.
             int64_t t0 = rk_now_us();
-            if (j->state)
-                memcpy(s->state, rk_state_ref_data(j->state), e->state_len * sizeof(float));
-            else
-                memset(s->state, 0, e->state_len * sizeof(float));
+            rk_ctx_copy(e->ctx, s->state, j->state ? rk_state_ref_data(j->state) : NULL,
+                        e->state_len);
             atomic_fetch_add(&m->copy_us_sum, (uint64_t)(rk_now_us() - t0));
             atomic_fetch_add(&m->copy_count, 1);
             s->phase = SEQ_PREFILL;

@@ -206,6 +206,10 @@ RK_API int rk_ctx_n_threads(const struct rk_ctx *ctx);
  * caller's own, such as sampling several sequences at once. Not while the
  * context is computing (one call at a time per context). */
 RK_API void rk_ctx_run(struct rk_ctx *ctx, void (*fn)(void *arg, int ith, int nth), void *arg);
+/* dst[0 .. n) = src[0 .. n) (or zeros when src is NULL), split over the
+ * context's compute threads: the adapter swap, a whole state copied into a
+ * sequence's slot. The ranges must not overlap. */
+RK_API void rk_ctx_copy(struct rk_ctx *ctx, float *dst, const float *src, size_t n);
 
 /* Select the plain fp32 reference kernels (true) or the fast paths (false, the
  * default). Tests use this to compare the two on the same inputs. */
