@@ -252,6 +252,50 @@ START_TEST(test_fast_matches_reference)
 }
 END_TEST
 
+/* rk_ctx_copy (the adapter swap) and rk_ctx_run over 1 and 3 threads: every
+ * element copied or zeroed, nothing past the end touched, every thread
+ * index run once. */
+static void mark_thread(void *arg, int ith, int nth)
+{
+    int *seen = arg;
+    seen[ith] += 1;
+    if (ith == 0)
+        seen[8] = nth;
+}
+
+START_TEST(test_ctx_copy_and_run)
+{
+    struct rk_model *m = load(rk_test_data("rand-mh.safetensors"));
+    static const size_t sizes[] = {1, 17, 65535, 65536, 300001};
+    for (int threads = 1; threads <= 3; threads += 2) {
+        struct rk_ctx *c = make_ctx(m, threads, 8, false);
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+            size_t n = sizes[si];
+            float *src = malloc((n + 1) * sizeof(float)), *dst = malloc((n + 1) * sizeof(float));
+            for (size_t i = 0; i <= n; i++) {
+                src[i] = (float)i * 0.5f + 1.0f;
+                dst[i] = -7.0f;
+            }
+            rk_ctx_copy(c, dst, src, n);
+            ck_assert_msg(!memcmp(dst, src, n * sizeof(float)) && dst[n] == -7.0f,
+                          "copy of %zu floats, %d threads", n, threads);
+            rk_ctx_copy(c, dst, NULL, n);
+            for (size_t i = 0; i < n; i++)
+                ck_assert_msg(dst[i] == 0.0f, "zeroing %zu floats: [%zu]", n, i);
+            ck_assert(dst[n] == -7.0f);
+            free(src), free(dst);
+        }
+        int seen[9] = {0};
+        rk_ctx_run(c, mark_thread, seen);
+        ck_assert_int_eq(seen[8], threads);
+        for (int i = 0; i < threads; i++)
+            ck_assert_int_eq(seen[i], 1);
+        rk_ctx_free(c);
+    }
+    rk_model_free(m);
+}
+END_TEST
+
 START_TEST(test_bad_tokens_rejected)
 {
     struct rk_model *m = load(rk_test_data("rand-mh.safetensors"));
@@ -400,6 +444,7 @@ RK_TEST_SUITE(forward_rand_suite, RK_SELF_CONTAINED)
     tcase_add_loop_test(tc, test_run_shapes_agree, 0, 2);
     tcase_add_loop_test(tc, test_fast_matches_reference, 0, 3);
     tcase_add_test(tc, test_bad_tokens_rejected);
+    tcase_add_test(tc, test_ctx_copy_and_run);
     tcase_add_test(tc, test_batch_invariance);
     tcase_add_test(tc, test_multi_matches_solo);
     suite_add_tcase(s, tc);
