@@ -89,9 +89,8 @@ static inline size_t rk__weight_index(const struct rk_weight *W, size_t r, size_
         return base + (k >> 1) * 32 + (r & 15) * 2 + (k & 1);
     return base + k * 16 + (r & 15);
 }
-/* Whether the matrix kernels want W (row-major) repacked into panels: 16-bit
- * weights, rows % 16 == 0 (and even cols for bf16), and the AVX-512 kernels
- * in use. */
+/* Whether the matrix kernels want W (row-major) repacked into panels:
+ * rows % 16 == 0 (and even cols for bf16), and the AVX-512 kernels in use. */
 bool rk__weight_wants_panels(const struct rk_weight *W);
 /* Copies row-major W into dst (rows * cols elements of W.dtype) in panel
  * order; the caller then points a copy of W at dst with `panel` set. */

@@ -872,9 +872,10 @@ static bool panels_disabled(const struct rk_model_params *p)
     return (p && p->no_panels) || (env && *env && *env != '0');
 }
 
-/* Repacks the large matrices that the kernels want in panels
- * (rk__weight_wants_panels), after the fingerprint was taken on the file's
- * order. The embedding table is looked up by row and stays as it is. A
+/* Repacks the matrices that the kernels want in panels
+ * (rk__weight_wants_panels): the large ones and the fp32 LoRA factors, after
+ * the fingerprint was taken on the file's order. The embedding table is
+ * looked up by row and stays as it is. A
  * repacked matrix that came from the map gives its pages back (MADV_DONTNEED:
  * it is not read there again, so resident memory holds one copy); a
  * converted copy is freed. */
@@ -885,7 +886,7 @@ static int repack_weights(struct rk_model *m, struct rk_errbuf *eb)
     for (size_t i = 0; i < nt; i++) {
         int layer;
         const struct slot *s = canon_slot(m->L, i, &layer);
-        if (s->kind != TK_BIG)
+        if (s->kind != TK_BIG && s->kind != TK_LORA1 && s->kind != TK_LORA2)
             continue;
         struct rk_weight *w = slot_field(m, layer, s);
         if (w == &m->emb || !w->data || !rk__weight_wants_panels(w))
@@ -1240,10 +1241,11 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
         if (s->kind == TK_LORA1 || s->kind == TK_LORA2) {
             /* official[a][b] = held[b][a], a = held cols */
             const float *h = v.data;
+            struct rk_weight hw = {RK_DTYPE_F32, v.data, v.rows, v.cols, v.panel};
             size_t a = (size_t)v.cols, b = (size_t)v.rows, k = 0;
             for (size_t r = 0; r < a; r++)
                 for (size_t c = 0; c < b; c++) {
-                    stage[k++] = h[c * a + r];
+                    stage[k++] = h[rk__weight_index(&hw, c, r)];
                     if (k == cap || (r == a - 1 && c == b - 1)) {
                         if (write_all(fd, stage, k * sizeof(float)))
                             goto io_error;

@@ -5,7 +5,7 @@
  *
  * The paths, all computing the same thing:
  *   reference  plain scalar loops, single thread (the numerical yardstick);
- *   panel      16-bit weights repacked at load into panels of 16 rows
+ *   panel      weights repacked at load into panels of 16 rows
  *              (struct rk_weight.panel; only while AVX-512 runs): any number
  *              of rows of X, from one decode token to a prefill chunk, in
  *              register tiles of 3 panels x 8 rows with the weights widened
@@ -89,7 +89,8 @@ static inline float weight_at(const struct rk_weight *W, size_t idx)
 
 bool rk__weight_wants_panels(const struct rk_weight *W)
 {
-    return (W->dtype == RK_DTYPE_F16 || (W->dtype == RK_DTYPE_BF16 && W->cols % 2 == 0)) &&
+    return (W->dtype == RK_DTYPE_F32 || W->dtype == RK_DTYPE_F16 ||
+            (W->dtype == RK_DTYPE_BF16 && W->cols % 2 == 0)) &&
            !W->panel && W->rows > 0 && W->rows % 16 == 0 && W->cols > 0 && rk__use_avx512();
 }
 
@@ -112,9 +113,11 @@ bool rk__weight_wants_panels(const struct rk_weight *W)
 
 void rk__weight_pack(void *dst, const struct rk_weight *W)
 {
-    RK_ASSERT(W->dtype != RK_DTYPE_F32 && !W->panel && W->rows % 16 == 0);
+    RK_ASSERT(!W->panel && W->rows % 16 == 0);
     size_t cols = (size_t)W->cols;
-    if (W->dtype == RK_DTYPE_BF16) {
+    if (W->dtype == RK_DTYPE_F32) {
+        PACK_PANELS(uint32_t, dst, W->data, W->rows, cols);
+    } else if (W->dtype == RK_DTYPE_BF16) {
         RK_ASSERT(cols % 2 == 0);
         PACK_PANELS(uint32_t, dst, W->data, W->rows, cols / 2);
     } else {
@@ -474,13 +477,16 @@ AVX512 static inline __m512 widen_f16(const uint16_t *p)
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
 
-typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const uint16_t *P,
+AVX512 static inline __m512 widen_f32(const float *p) { return _mm512_loadu_ps(p); }
+
+typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const void *P,
                       size_t pfd);
 
-#define PANEL_KER(T, NP, NB)                                                                 \
+#define PANEL_KER(T, ET, NP, NB)                                                             \
     AVX512 static void panel_##T##_##NP##x##NB(float *Y, size_t ldy, const float *X,         \
-                                               size_t cols, const uint16_t *P, size_t pfd)   \
+                                               size_t cols, const void *P_, size_t pfd)      \
     {                                                                                        \
+        const ET *P = P_;                                                                    \
         __m512 acc[NP][NB];                                                                  \
         for (int p = 0; p < NP; p++)                                                         \
             for (int b = 0; b < NB; b++)                                                     \
@@ -488,9 +494,9 @@ typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const u
         const char *pf = (const char *)P + pfd;                                              \
         size_t ps = cols * 16; /* elements per panel */                                      \
         for (size_t k = 0; k < cols; k++) {                                                  \
-            if (pfd && (k & 1) == 0)                                                         \
+            if (pfd && (k * 16 * sizeof(ET)) % 64 == 0)                                      \
                 for (int p = 0; p < NP; p++)                                                 \
-                    _mm_prefetch(pf + ((size_t)p * ps + k * 16) * 2, _MM_HINT_T0);           \
+                    _mm_prefetch(pf + ((size_t)p * ps + k * 16) * sizeof(ET), _MM_HINT_T0);  \
             __m512 w[NP];                                                                    \
             for (int p = 0; p < NP; p++)                                                     \
                 w[p] = widen_##T(P + (size_t)p * ps + k * 16);                               \
@@ -510,8 +516,9 @@ typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const u
  * needs two, and the FMAs still run over k in order. */
 #define PANEL_KER_BF16(NP, NB)                                                               \
     AVX512 static void panel_bf16_##NP##x##NB(float *Y, size_t ldy, const float *X,          \
-                                              size_t cols, const uint16_t *P, size_t pfd)    \
+                                              size_t cols, const void *P_, size_t pfd)       \
     {                                                                                        \
+        const uint16_t *P = P_;                                                              \
         __m512 acc[NP][NB];                                                                  \
         for (int p = 0; p < NP; p++)                                                         \
             for (int b = 0; b < NB; b++)                                                     \
@@ -548,15 +555,19 @@ typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const u
 #define PANEL_KERS_BF16(NP)                                                                  \
     PANEL_KER_BF16(NP, 1) PANEL_KER_BF16(NP, 2) PANEL_KER_BF16(NP, 3) PANEL_KER_BF16(NP, 4)  \
     PANEL_KER_BF16(NP, 5) PANEL_KER_BF16(NP, 6) PANEL_KER_BF16(NP, 7) PANEL_KER_BF16(NP, 8)
-#define PANEL_KERS(T, NP)                                                                    \
-    PANEL_KER(T, NP, 1) PANEL_KER(T, NP, 2) PANEL_KER(T, NP, 3) PANEL_KER(T, NP, 4)          \
-    PANEL_KER(T, NP, 5) PANEL_KER(T, NP, 6) PANEL_KER(T, NP, 7) PANEL_KER(T, NP, 8)
+#define PANEL_KERS(T, ET, NP)                                                                \
+    PANEL_KER(T, ET, NP, 1) PANEL_KER(T, ET, NP, 2) PANEL_KER(T, ET, NP, 3)                  \
+    PANEL_KER(T, ET, NP, 4) PANEL_KER(T, ET, NP, 5) PANEL_KER(T, ET, NP, 6)                  \
+    PANEL_KER(T, ET, NP, 7) PANEL_KER(T, ET, NP, 8)
 PANEL_KERS_BF16(1)
 PANEL_KERS_BF16(2)
 PANEL_KERS_BF16(3)
-PANEL_KERS(f16, 1)
-PANEL_KERS(f16, 2)
-PANEL_KERS(f16, 3)
+PANEL_KERS(f16, uint16_t, 1)
+PANEL_KERS(f16, uint16_t, 2)
+PANEL_KERS(f16, uint16_t, 3)
+PANEL_KERS(f32, float, 1)
+PANEL_KERS(f32, float, 2)
+PANEL_KERS(f32, float, 3)
 #define PANEL_ROW(T, NP)                                                                     \
     {panel_##T##_##NP##x1, panel_##T##_##NP##x2, panel_##T##_##NP##x3, panel_##T##_##NP##x4, \
      panel_##T##_##NP##x5, panel_##T##_##NP##x6, panel_##T##_##NP##x7, panel_##T##_##NP##x8}
@@ -564,6 +575,8 @@ static panel_fn *const panel_bf16[PANEL_NP][PANEL_NB] = {
     PANEL_ROW(bf16, 1), PANEL_ROW(bf16, 2), PANEL_ROW(bf16, 3)};
 static panel_fn *const panel_f16[PANEL_NP][PANEL_NB] = {
     PANEL_ROW(f16, 1), PANEL_ROW(f16, 2), PANEL_ROW(f16, 3)};
+static panel_fn *const panel_f32[PANEL_NP][PANEL_NB] = {
+    PANEL_ROW(f32, 1), PANEL_ROW(f32, 2), PANEL_ROW(f32, 3)};
 
 /* Columns [c0, c1) (even) of one bf16 panel P, widened into dst[c * ld]
  * (16 floats each): one 64-byte load holds two columns. */
@@ -583,11 +596,14 @@ static void panel_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
                        const struct rk_weight *W, int r0, int r1)
 {
     size_t cols = (size_t)W->cols;
-    panel_fn *const(*tab)[PANEL_NB] = W->dtype == RK_DTYPE_BF16 ? panel_bf16 : panel_f16;
-    const uint16_t *base = W->data;
+    panel_fn *const(*tab)[PANEL_NB] = W->dtype == RK_DTYPE_BF16  ? panel_bf16
+                                      : W->dtype == RK_DTYPE_F16 ? panel_f16
+                                                                 : panel_f32;
+    const char *base = W->data;
+    size_t esz = W->dtype == RK_DTYPE_F32 ? 4 : 2;
     for (int r = r0; r < r1; r += 16 * PANEL_NP) {
         int np = (r1 - r) / 16 < PANEL_NP ? (r1 - r) / 16 : PANEL_NP;
-        const uint16_t *P = base + (size_t)r * cols;
+        const char *P = base + (size_t)r * cols * esz;
         for (size_t i = 0; i < n; i += PANEL_NB) {
             size_t nb = n - i < PANEL_NB ? n - i : PANEL_NB;
             tab[np - 1][nb - 1](Y + i * ldy + (size_t)(r - yoff), ldy, X + i * cols, cols, P,
@@ -935,6 +951,13 @@ static void mt_worker(int ith, int nth, void *arg)
          * of a column are one contiguous run there */
         size_t nb = (size_t)j->nb;
         for (int p = 0; p < j->nb / 16; p++) {
+            if (W->dtype == RK_DTYPE_F32) {
+                const float *F = (const float *)W->data + (size_t)(j->r0 + 16 * p) * cols;
+                for (int c = c0; c < c1; c++)
+                    memcpy(j->wbuf + (size_t)c * nb + 16 * (size_t)p, F + (size_t)c * 16,
+                           16 * sizeof(float));
+                continue;
+            }
             const uint16_t *P = (const uint16_t *)W->data + (size_t)(j->r0 + 16 * p) * cols;
 #ifdef RK_X86
             if (W->dtype == RK_DTYPE_BF16 && c0 % 2 == 0 && c1 % 2 == 0) {
@@ -981,12 +1004,12 @@ void rk__matmul_t(struct rk__pool *pool, float *dX, const float *dY, size_t n,
 {
     const int rows = W->rows, cols = W->cols;
     /* fp32 weights need no scratch: one block of all rows */
-    int B = W->dtype == RK_DTYPE_F32 ? rows : (int)(wbuf_floats / (size_t)cols);
+    int B = W->dtype == RK_DTYPE_F32 && !W->panel ? rows : (int)(wbuf_floats / (size_t)cols);
     if (B > rows)
         B = rows;
     if (W->panel) /* whole panels */
         B &= ~15;
-    RK_ASSERT(B >= 1 && (W->dtype == RK_DTYPE_F32 || wbuf));
+    RK_ASSERT(B >= 1 && ((W->dtype == RK_DTYPE_F32 && !W->panel) || wbuf));
     blas_single_threaded();
     for (int r0 = 0; r0 < rows; r0 += B) {
         struct mt_job j = {dX, dY, n, W, wbuf, r0, rows - r0 < B ? rows - r0 : B,

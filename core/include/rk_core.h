@@ -122,10 +122,10 @@ struct rk_model_params {
      * copy where possible; any other value converts at load time. Small
      * tensors (vectors, LoRA factors) are always held in fp32. */
     enum rk_dtype wtype;
-    /* Keep the large matrices in the file's row order. By default the 16-bit
-     * ones are repacked at load into the order the AVX-512 kernels stream
-     * (when those run); the environment variable RWKVD_NO_PANELS=1 does the
-     * same as setting this. For measurements and tests. */
+    /* Keep the weight matrices in the file's row order. By default they are
+     * repacked at load into the order the AVX-512 kernels stream (when those
+     * run); the environment variable RWKVD_NO_PANELS=1 does the same as
+     * setting this. For measurements and tests. */
     bool no_panels;
 };
 

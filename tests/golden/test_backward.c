@@ -745,6 +745,7 @@ START_TEST(test_panel_products)
     float *Y1 = malloc(sizeof(float) * RMAX), *wq = malloc(sizeof(float) * RMAX * CMAX);
     float *dX = malloc(sizeof(float) * NMAX * CMAX), *wbuf = malloc(sizeof(float) * 40 * CMAX);
     uint16_t *w16 = malloc(2 * RMAX * CMAX), *p16 = malloc(2 * RMAX * CMAX);
+    float *w32 = malloc(4 * RMAX * CMAX), *p32 = malloc(4 * RMAX * CMAX);
     for (int i = 0; i < NMAX * CMAX; i++) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
         X[i] = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
@@ -753,20 +754,26 @@ START_TEST(test_panel_products)
     for (int threads = 1; threads <= 3; threads += 2) {
         struct rk__pool *pool = NULL;
         ck_assert_int_eq(rk__pool_create(threads, 0, &pool), RK_OK);
-        for (int dt = 0; dt < 2; dt++)
+        for (int dt = 0; dt < 3; dt++) /* bf16, f16, f32 */
             for (size_t ri = 0; ri < sizeof rows_v / sizeof rows_v[0]; ri++)
                 for (size_t ci = 0; ci < sizeof cols_v / sizeof cols_v[0]; ci++) {
                     int R = rows_v[ri], C = cols_v[ci];
                     for (int i = 0; i < R * C; i++) {
                         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
                         float f = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+                        if (dt == 2) {
+                            w32[i] = wq[i] = f;
+                            continue;
+                        }
                         w16[i] = dt == 0 ? rk__f32_to_bf16(f) : rk__f32_to_f16(f);
                         wq[i] = dt == 0 ? rk__bf16_to_f32(w16[i]) : rk__f16_to_f32(w16[i]);
                     }
-                    struct rk_weight W = {dt == 0 ? RK_DTYPE_BF16 : RK_DTYPE_F16, w16, R, C,
+                    static const enum rk_dtype dts[] = {RK_DTYPE_BF16, RK_DTYPE_F16,
+                                                        RK_DTYPE_F32};
+                    struct rk_weight W = {dts[dt], dt == 2 ? (void *)w32 : (void *)w16, R, C,
                                           false};
-                    rk__weight_pack(p16, &W);
-                    W.data = p16;
+                    rk__weight_pack(dt == 2 ? (void *)p32 : (void *)p16, &W);
+                    W.data = dt == 2 ? (void *)p32 : (void *)p16;
                     W.panel = true;
                     for (size_t ni = 0; ni < sizeof n_v / sizeof n_v[0]; ni++) {
                         size_t n = n_v[ni];
@@ -808,6 +815,7 @@ START_TEST(test_panel_products)
         rk__pool_free(pool);
     }
     free(X), free(Y), free(Y1), free(wq), free(dX), free(wbuf), free(w16), free(p16);
+    free(w32), free(p32);
 }
 END_TEST
 

@@ -432,6 +432,9 @@ START_TEST(panels_hold_the_same_model)
                       a->layers[1].ffn_value.panel == rk__use_avx512(),
                       "16-bit matrices are held in panels iff AVX-512 runs");
         ck_assert(!a->emb.panel); /* looked up by row */
+        /* fp32 LoRA factors with whole panels of rows: a1 (Da = 16), w2 (C rows) */
+        ck_assert(a->layers[1].a1.panel == rk__use_avx512() && a->layers[1].w2.panel ==
+                  rk__use_avx512() && !a->layers[1].w1.panel && !b->layers[1].a1.panel);
         ck_assert(a->V % 16 != 0 && !a->head.panel); /* 300 rows: not whole panels */
         compare_exact(a, b);
         ck_assert(rk_model_fingerprint(a) == rk_model_fingerprint(b));
