@@ -482,15 +482,30 @@ AVX512 static inline __m512 widen_f32(const float *p) { return _mm512_loadu_ps(p
 typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const void *P,
                       size_t pfd);
 
+/* The pieces every panel kernel shares: NP x NB accumulators, one column's
+ * FMAs (w[p] x the rows' broadcast column kk), the final stores. */
+#define PANEL_ZERO(NP, NB)                                                                   \
+    __m512 acc[NP][NB];                                                                      \
+    for (int p = 0; p < NP; p++)                                                             \
+        for (int b = 0; b < NB; b++)                                                         \
+            acc[p][b] = _mm512_setzero_ps()
+#define PANEL_FMA(NP, NB, kk)                                                                \
+    for (int b = 0; b < NB; b++) {                                                           \
+        __m512 x = _mm512_set1_ps(X[(size_t)b * cols + (kk)]);                               \
+        for (int p = 0; p < NP; p++)                                                         \
+            acc[p][b] = _mm512_fmadd_ps(w[p], x, acc[p][b]);                                 \
+    }
+#define PANEL_STORE(NP, NB)                                                                  \
+    for (int p = 0; p < NP; p++)                                                             \
+        for (int b = 0; b < NB; b++)                                                         \
+            _mm512_storeu_ps(Y + (size_t)b * ldy + 16 * p, acc[p][b])
+
 #define PANEL_KER(T, ET, NP, NB)                                                             \
     AVX512 static void panel_##T##_##NP##x##NB(float *Y, size_t ldy, const float *X,         \
                                                size_t cols, const void *P_, size_t pfd)      \
     {                                                                                        \
         const ET *P = P_;                                                                    \
-        __m512 acc[NP][NB];                                                                  \
-        for (int p = 0; p < NP; p++)                                                         \
-            for (int b = 0; b < NB; b++)                                                     \
-                acc[p][b] = _mm512_setzero_ps();                                             \
+        PANEL_ZERO(NP, NB);                                                                  \
         const char *pf = (const char *)P + pfd;                                              \
         size_t ps = cols * 16; /* elements per panel */                                      \
         for (size_t k = 0; k < cols; k++) {                                                  \
@@ -500,15 +515,9 @@ typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const v
             __m512 w[NP];                                                                    \
             for (int p = 0; p < NP; p++)                                                     \
                 w[p] = widen_##T(P + (size_t)p * ps + k * 16);                               \
-            for (int b = 0; b < NB; b++) {                                                   \
-                __m512 x = _mm512_set1_ps(X[(size_t)b * cols + k]);                          \
-                for (int p = 0; p < NP; p++)                                                 \
-                    acc[p][b] = _mm512_fmadd_ps(w[p], x, acc[p][b]);                         \
-            }                                                                                \
+            PANEL_FMA(NP, NB, k);                                                            \
         }                                                                                    \
-        for (int p = 0; p < NP; p++)                                                         \
-            for (int b = 0; b < NB; b++)                                                     \
-                _mm512_storeu_ps(Y + (size_t)b * ldy + 16 * p, acc[p][b]);                   \
+        PANEL_STORE(NP, NB);                                                                 \
     }
 /* bf16 panels hold column pairs: one 64-byte load gives columns k and k+1
  * of 16 rows; a shift widens column k (the low halves) and a masked move
@@ -519,10 +528,7 @@ typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const v
                                               size_t cols, const void *P_, size_t pfd)       \
     {                                                                                        \
         const uint16_t *P = P_;                                                              \
-        __m512 acc[NP][NB];                                                                  \
-        for (int p = 0; p < NP; p++)                                                         \
-            for (int b = 0; b < NB; b++)                                                     \
-                acc[p][b] = _mm512_setzero_ps();                                             \
+        PANEL_ZERO(NP, NB);                                                                  \
         const char *pf = (const char *)P + pfd;                                              \
         size_t ps = cols * 16; /* elements per panel */                                      \
         for (size_t k = 0; k < cols; k += 2) {                                               \
@@ -535,22 +541,12 @@ typedef void panel_fn(float *Y, size_t ldy, const float *X, size_t cols, const v
                 d[p] = _mm512_loadu_si512((const void *)(P + (size_t)p * ps + k * 16));      \
                 w[p] = _mm512_castsi512_ps(_mm512_slli_epi32(d[p], 16));                     \
             }                                                                                \
-            for (int b = 0; b < NB; b++) {                                                   \
-                __m512 x = _mm512_set1_ps(X[(size_t)b * cols + k]);                          \
-                for (int p = 0; p < NP; p++)                                                 \
-                    acc[p][b] = _mm512_fmadd_ps(w[p], x, acc[p][b]);                         \
-            }                                                                                \
+            PANEL_FMA(NP, NB, k);                                                            \
             for (int p = 0; p < NP; p++)                                                     \
                 w[p] = _mm512_castsi512_ps(_mm512_maskz_mov_epi16(0xAAAAAAAAu, d[p]));       \
-            for (int b = 0; b < NB; b++) {                                                   \
-                __m512 x = _mm512_set1_ps(X[(size_t)b * cols + k + 1]);                      \
-                for (int p = 0; p < NP; p++)                                                 \
-                    acc[p][b] = _mm512_fmadd_ps(w[p], x, acc[p][b]);                         \
-            }                                                                                \
+            PANEL_FMA(NP, NB, k + 1);                                                        \
         }                                                                                    \
-        for (int p = 0; p < NP; p++)                                                         \
-            for (int b = 0; b < NB; b++)                                                     \
-                _mm512_storeu_ps(Y + (size_t)b * ldy + 16 * p, acc[p][b]);                   \
+        PANEL_STORE(NP, NB);                                                                 \
     }
 #define PANEL_KERS_BF16(NP)                                                                  \
     PANEL_KER_BF16(NP, 1) PANEL_KER_BF16(NP, 2) PANEL_KER_BF16(NP, 3) PANEL_KER_BF16(NP, 4)  \
