@@ -9,7 +9,7 @@
  *              (struct rk_weight.panel; only while AVX-512 runs): any number
  *              of rows of X, from one decode token to a prefill chunk, in
  *              register tiles of 3 panels x 8 rows with the weights widened
- *              in registers; groups of panels split across the pool;
+ *              in registers; whole panels split across the pool;
  *   dot        row-major weights, few rows of X: each weight row is read once
  *              and dotted with every row of X; AVX-512 when the CPU has it
  *              (runtime check), portable C otherwise;
@@ -51,23 +51,25 @@ extern void openblas_set_num_threads(int);
 void rk__weight_row(const struct rk_weight *W, int r, float *out)
 {
     size_t cols = (size_t)W->cols;
+    /* a row-major row is contiguous (the embedding lookup of every token) */
+    size_t base = W->panel ? 0 : (size_t)r * cols;
     switch (W->dtype) {
     case RK_DTYPE_F32: {
-        const float *p = W->data;
+        const float *p = (const float *)W->data + base;
         for (size_t i = 0; i < cols; i++)
-            out[i] = p[rk__weight_index(W, (size_t)r, i)];
+            out[i] = W->panel ? p[rk__weight_index(W, (size_t)r, i)] : p[i];
         break;
     }
     case RK_DTYPE_BF16: {
-        const uint16_t *p = W->data;
+        const uint16_t *p = (const uint16_t *)W->data + base;
         for (size_t i = 0; i < cols; i++)
-            out[i] = rk__bf16_to_f32(p[rk__weight_index(W, (size_t)r, i)]);
+            out[i] = rk__bf16_to_f32(W->panel ? p[rk__weight_index(W, (size_t)r, i)] : p[i]);
         break;
     }
     case RK_DTYPE_F16: {
-        const uint16_t *p = W->data;
+        const uint16_t *p = (const uint16_t *)W->data + base;
         for (size_t i = 0; i < cols; i++)
-            out[i] = rk__f16_to_f32(p[rk__weight_index(W, (size_t)r, i)]);
+            out[i] = rk__f16_to_f32(W->panel ? p[rk__weight_index(W, (size_t)r, i)] : p[i]);
         break;
     }
     default:
