@@ -510,10 +510,36 @@ static int rank_of(const struct rk_model *m, const struct rk__tensor *t, int *ou
     return RK_OK;
 }
 
+/* LoRA factors stored in 16 bits are held in 16 bits (a decode step reads
+ * half the bytes; the values are the file's either way), in Linear form. */
+static int place_lora16(struct rk_model *m, const struct slot *s, void *field, const void *src,
+                        enum rk_dtype dt, const struct rk__tensor *t, struct rk_errbuf *eb)
+{
+    size_t rows = (size_t)dim_value(m, s->rows), cols = (size_t)dim_value(m, s->cols);
+    size_t n = rows * cols;
+    uint16_t *dst = rk__model_alloc(m, n * sizeof(uint16_t));
+    if (!dst)
+        return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", rk__model_file(m));
+    const unsigned char *b = src;
+    if (!t->linear_form) /* file [cols][rows] (official) -> held [rows][cols] */
+        for (size_t i = 0; i < cols; i++)
+            for (size_t j = 0; j < rows; j++)
+                memcpy(dst + j * cols + i, b + 2 * (i * rows + j), 2);
+    else
+        memcpy(dst, src, n * sizeof(uint16_t));
+    struct rk_weight *w = field;
+    *w = (struct rk_weight){dt, dst, (int)rows, (int)cols, false};
+    m->weight_bytes += n * sizeof(uint16_t);
+    return RK_OK;
+}
+
 /* Small tensors: fp32, model-owned, LoRA factors transposed into Linear form. */
 static int place_small(struct rk_model *m, const struct slot *s, void *field, const void *src,
                        enum rk_dtype dt, const struct rk__tensor *t, struct rk_errbuf *eb)
 {
+    if ((s->kind == TK_LORA1 || s->kind == TK_LORA2) &&
+        (dt == RK_DTYPE_BF16 || dt == RK_DTYPE_F16))
+        return place_lora16(m, s, field, src, dt, t, eb);
     size_t rows, cols;
     if (s->kind == TK_LORA1 || s->kind == TK_LORA2) {
         rows = (size_t)dim_value(m, s->rows);
@@ -844,7 +870,9 @@ int rk__model_finish(struct rk_model *m, struct rk_errbuf *eb)
             if (s->kind == TK_BIG)
                 want_t = m->wtype;
         }
-        if (v.rows != want_r || v.cols != want_c || v.dtype != want_t)
+        bool lora16 = (s->kind == TK_LORA1 || s->kind == TK_LORA2) &&
+                      (v.dtype == RK_DTYPE_BF16 || v.dtype == RK_DTYPE_F16);
+        if (v.rows != want_r || v.cols != want_c || (v.dtype != want_t && !lora16))
             return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: held as %s [%d, %d], expected "
                                  "%s [%d, %d]", file, v.name, rk_dtype_name(v.dtype), v.rows,
                                  v.cols, rk_dtype_name(want_t), want_r, want_c);
@@ -1240,12 +1268,11 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
         size_t n = (size_t)v.rows * (size_t)v.cols;
         if (s->kind == TK_LORA1 || s->kind == TK_LORA2) {
             /* official[a][b] = held[b][a], a = held cols */
-            const float *h = v.data;
-            struct rk_weight hw = {RK_DTYPE_F32, v.data, v.rows, v.cols, v.panel};
+            struct rk_weight hw = {v.dtype, v.data, v.rows, v.cols, v.panel};
             size_t a = (size_t)v.cols, b = (size_t)v.rows, k = 0;
             for (size_t r = 0; r < a; r++)
                 for (size_t c = 0; c < b; c++) {
-                    stage[k++] = h[rk__weight_index(&hw, c, r)];
+                    stage[k++] = elem_f32(v.data, v.dtype, rk__weight_index(&hw, c, r));
                     if (k == cap || (r == a - 1 && c == b - 1)) {
                         if (write_all(fd, stage, k * sizeof(float)))
                             goto io_error;

@@ -120,7 +120,8 @@ struct rk_model_params {
     /* Precision of the large matrices (att r/k/v/o, ffn key/value, emb, head).
      * AUTO keeps what the file holds (f32, f16 or bf16) and maps it without a
      * copy where possible; any other value converts at load time. Small
-     * tensors (vectors, LoRA factors) are always held in fp32. */
+     * tensors are held in fp32; LoRA factors in 16 bits when the file has
+     * them so (exactly the file's values), in fp32 otherwise. */
     enum rk_dtype wtype;
     /* Keep the weight matrices in the file's row order. By default they are
      * repacked at load into the order the AVX-512 kernels stream (when those

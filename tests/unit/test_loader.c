@@ -432,6 +432,9 @@ START_TEST(panels_hold_the_same_model)
                       a->layers[1].ffn_value.panel == rk__use_avx512(),
                       "16-bit matrices are held in panels iff AVX-512 runs");
         ck_assert(!a->emb.panel); /* looked up by row */
+        /* 16-bit LoRA factors of the file stay 16-bit (the file's bf16) */
+        ck_assert_int_eq(a->layers[1].w1.dtype, RK_DTYPE_BF16);
+        ck_assert_int_eq(b->layers[2].g2.dtype, RK_DTYPE_BF16);
         /* fp32 LoRA factors with whole panels of rows: a1 (Da = 16), w2 (C rows) */
         ck_assert(a->layers[1].a1.panel == rk__use_avx512() && a->layers[1].w2.panel ==
                   rk__use_avx512() && !a->layers[1].w1.panel && !b->layers[1].a1.panel);
