@@ -82,16 +82,11 @@ void rk_ctx_run(struct rk_ctx *ctx, void (*fn)(void *arg, int ith, int nth), voi
 struct ctx_copy {
     float *dst;
     const float *src;
-    size_t n;
 };
 
-static void ctx_copy_worker(int ith, int nth, void *p)
+static void ctx_copy_range(void *p, size_t a, size_t b)
 {
     const struct ctx_copy *c = p;
-    size_t per = ((c->n + (size_t)nth - 1) / (size_t)nth + 15) & ~(size_t)15;
-    size_t a = (size_t)ith * per, b = a + per < c->n ? a + per : c->n;
-    if (a >= b)
-        return;
     if (c->src)
         memcpy(c->dst + a, c->src + a, (b - a) * sizeof(float));
     else
@@ -100,12 +95,12 @@ static void ctx_copy_worker(int ith, int nth, void *p)
 
 void rk_ctx_copy(struct rk_ctx *ctx, float *dst, const float *src, size_t n)
 {
-    struct ctx_copy c = {dst, src, n};
+    struct ctx_copy c = {dst, src};
     /* below a few pages one thread is faster than a fork-join */
     if (n < (1u << 16))
-        ctx_copy_worker(0, 1, &c);
+        ctx_copy_range(&c, 0, n);
     else
-        rk__pool_run(ctx->pool, ctx_copy_worker, &c);
+        rk__pool_for(ctx->pool, n, ctx_copy_range, &c);
 }
 void rk_ctx_set_reference(struct rk_ctx *ctx, bool reference) { ctx->ref = reference; }
 
@@ -186,16 +181,21 @@ void *rk__ctx_workspace(struct rk_ctx *ctx, size_t bytes)
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* In a multi-sequence pass (c->row_invariant) more rows than the tiled
- * limit go in slices of that limit, so each row's result is the one it gets
- * in any pass of up to that many rows: what a sequence computes does not
- * depend on what shares its pass. */
+/* In a multi-sequence pass (c->row_invariant), a product with row-major
+ * weights over more rows than the tiled limit goes in slices of that limit,
+ * so each row's result is the one it gets in any pass of up to that many
+ * rows: what a sequence computes does not depend on what shares its pass.
+ * Panel-held weights give every row the same bits at any count. */
+static bool needs_slices(const struct rk_ctx *c, size_t n, const struct rk_weight *W)
+{
+    size_t lim = rk__tiled_rows();
+    return c->row_invariant && n > lim && lim > 0 && !W->panel;
+}
+
 static void matmul_act(struct rk_ctx *c, float *Y, const float *X, size_t n,
                        const struct rk_weight *W, bool relu2)
 {
-    size_t lim = rk__tiled_rows(), step = n;
-    if (c->row_invariant && n > lim && lim > 0 && !W->panel)
-        step = lim;
+    size_t step = needs_slices(c, n, W) ? rk__tiled_rows() : n;
     for (size_t r0 = 0; r0 < n; r0 += step) {
         float *y = Y + r0 * (size_t)W->rows;
         const float *x = X + r0 * (size_t)W->cols;
@@ -217,14 +217,13 @@ static void matmul(struct rk_ctx *c, float *Y, const float *X, size_t n, const s
  * one through matmul()'s slicing. */
 static void matmul_many(struct rk_ctx *c, const struct rk__mm *mm, int count, size_t n)
 {
-    size_t lim = rk__tiled_rows();
-    bool sliced = c->row_invariant && n > lim && lim > 0;
-    for (int i = 0; sliced && i < count; i++)
-        if (!mm[i].W->panel)
-            goto one_by_one;
-    rk__matmul_many(c->pool, c->ref, mm, count, n);
-    return;
-one_by_one:
+    bool sliced = false;
+    for (int i = 0; i < count; i++)
+        sliced |= needs_slices(c, n, mm[i].W);
+    if (!sliced) {
+        rk__matmul_many(c->pool, c->ref, mm, count, n);
+        return;
+    }
     for (int i = 0; i < count; i++)
         matmul(c, mm[i].Y, mm[i].X, n, mm[i].W);
 }

@@ -20,8 +20,12 @@
  *      token, then sample each and append its text to its job.
  *   When this step's prompt tokens and decode tokens fit in 48 rows, or
  *   are short prompts, 3 and 4 are one rk_forward_multi pass instead
- *   (step_one_pass): the weights are read once per 48 rows, and every
- *   sequence gets the same bits as in separate passes.
+ *   (step_one_pass): the weights are read once per pass (per 48 rows for
+ *   row-major weights), and every sequence gets the same bits as in
+ *   separate passes.
+ *   Sampling a batch (sample_batch): the token and log-probabilities of
+ *   each sequence are picked on the compute threads at once, then applied
+ *   (text, stops, output) in slot order on this thread.
  *
  * Output reaches the loop through struct rk_job: text/SSE bytes are appended
  * under job->mu, the job is put on the wake list (wmu) and `wake` (a
@@ -781,10 +785,10 @@ static int cmp_order(const void *a, const void *b, void *u)
  * tokens (FIFO, within --prefill-chunk) and decode tokens fit in the
  * context and either fit in 48 rows or are short prompts (48 rows or fewer
  * per prompt on average, e.g. many new chat requests at once): the weights
- * are then read once per 48 rows instead of once per prompt plus once for
- * the batch. rk_forward_multi slices its products at 48 rows, so every
- * sequence gets the same bits as alone. Long prompts keep the separate
- * sgemm prefill, which is faster per token. A prompt that finishes here
+ * are then read once per pass (per 48 rows for row-major weights, which
+ * rk_forward_multi slices there) instead of once per prompt plus once for
+ * the batch, and every sequence gets the same bits as alone. Long prompts
+ * keep their own prefill passes. A prompt that finishes here
  * samples its first token, decoded next step. Returns false (nothing done)
  * when the step does not qualify. */
 static bool step_one_pass(struct rk_engine *e)
