@@ -252,44 +252,81 @@ static void wkv_head_ref(float *S, const float *r, const float *w, const float *
 }
 
 #ifdef RK_X86
-__attribute__((target("avx512f,fma"))) static void
-wkv_head_avx512(float *S, const float *r, const float *w, const float *k, const float *v,
-                const float *a, const float *b, float *y, float *sa_out)
+#define WKV_AVX512 __attribute__((target("avx512f,avx512dq,fma")))
+/* Eight vectors in; lane i (i < 8) of the result is the sum of the lanes of
+ * p[i]. Pairs fold through unpacks, then 128-bit blocks through shuffles:
+ * 24 instructions for eight sums, where _mm512_reduce_add_ps costs about
+ * eight per vector, each a chain of dependent steps. */
+WKV_AVX512 static inline __m512 sum8_lanes(const __m512 p[8])
 {
-    __m512 A[4], B[4], W[4], K[4], Rv[4];
+    __m512 q[4], r[2];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) /* block L: p2i and p2i+1, two partials each */
+        q[i] = _mm512_add_ps(_mm512_unpacklo_ps(p[2 * i], p[2 * i + 1]),
+                             _mm512_unpackhi_ps(p[2 * i], p[2 * i + 1]));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) { /* block L: rows 4i .. 4i+3, one partial each */
+        __m512d c = _mm512_castps_pd(q[2 * i]), d = _mm512_castps_pd(q[2 * i + 1]);
+        r[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
+    }
+    /* blocks: rows 0-3 (L0+L1), rows 0-3 (L2+L3), rows 4-7 (L0+L1), (L2+L3) */
+    __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(r[0], r[1], 0x88),
+                             _mm512_shuffle_f32x4(r[0], r[1], 0xDD));
+    /* block 0: rows 0-3, block 1: rows 4-7 */
+    return _mm512_add_ps(_mm512_shuffle_f32x4(s, s, 0x08), _mm512_shuffle_f32x4(s, s, 0x0D));
+}
+
+/* The step of wkv_head_ref, eight rows of S at a time, with a, b, w, k and
+ * r held in registers: each row's products with a (then with r) are summed
+ * over its four vectors, and the eight rows' lane sums are finished together
+ * by sum8_lanes. One function serves every path (token, batch, prefill,
+ * backward), so all of them give the same bits. */
+WKV_AVX512 static void wkv_head_avx512(float *S, const float *r, const float *w, const float *k,
+                                       const float *v, const float *a, const float *b, float *y,
+                                       float *sa_out)
+{
+    __m512 A[4], W[4], B[4], K[4], R[4];
+#pragma GCC unroll 4
     for (int q = 0; q < 4; q++) {
         A[q] = _mm512_loadu_ps(a + 16 * q);
-        B[q] = _mm512_loadu_ps(b + 16 * q);
         W[q] = _mm512_loadu_ps(w + 16 * q);
+        B[q] = _mm512_loadu_ps(b + 16 * q);
         K[q] = _mm512_loadu_ps(k + 16 * q);
-        Rv[q] = _mm512_loadu_ps(r + 16 * q);
+        R[q] = _mm512_loadu_ps(r + 16 * q);
     }
-    for (int i = 0; i < N; i++) {
-        float *Si = S + i * N;
-        __m512 s0 = _mm512_loadu_ps(Si), s1 = _mm512_loadu_ps(Si + 16);
-        __m512 s2 = _mm512_loadu_ps(Si + 32), s3 = _mm512_loadu_ps(Si + 48);
-        __m512 p = _mm512_mul_ps(s0, A[0]);
-        p = _mm512_fmadd_ps(s1, A[1], p);
-        p = _mm512_fmadd_ps(s2, A[2], p);
-        p = _mm512_fmadd_ps(s3, A[3], p);
-        float sa1 = _mm512_reduce_add_ps(p);
+    for (int i0 = 0; i0 < N; i0 += 8) {
+        float *S0 = S + (size_t)i0 * N;
+        __m512 p[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            const float *Si = S0 + (size_t)i * N;
+            __m512 t = _mm512_mul_ps(_mm512_loadu_ps(Si), A[0]);
+            t = _mm512_fmadd_ps(_mm512_loadu_ps(Si + 16), A[1], t);
+            t = _mm512_fmadd_ps(_mm512_loadu_ps(Si + 32), A[2], t);
+            p[i] = _mm512_fmadd_ps(_mm512_loadu_ps(Si + 48), A[3], t);
+        }
+        __m512 sa = sum8_lanes(p);
         if (sa_out)
-            sa_out[i] = sa1;
-        __m512 sa = _mm512_set1_ps(sa1);
-        __m512 vi = _mm512_set1_ps(v[i]);
-        s0 = _mm512_fmadd_ps(vi, K[0], _mm512_fmadd_ps(sa, B[0], _mm512_mul_ps(s0, W[0])));
-        s1 = _mm512_fmadd_ps(vi, K[1], _mm512_fmadd_ps(sa, B[1], _mm512_mul_ps(s1, W[1])));
-        s2 = _mm512_fmadd_ps(vi, K[2], _mm512_fmadd_ps(sa, B[2], _mm512_mul_ps(s2, W[2])));
-        s3 = _mm512_fmadd_ps(vi, K[3], _mm512_fmadd_ps(sa, B[3], _mm512_mul_ps(s3, W[3])));
-        _mm512_storeu_ps(Si, s0);
-        _mm512_storeu_ps(Si + 16, s1);
-        _mm512_storeu_ps(Si + 32, s2);
-        _mm512_storeu_ps(Si + 48, s3);
-        __m512 o = _mm512_mul_ps(s0, Rv[0]);
-        o = _mm512_fmadd_ps(s1, Rv[1], o);
-        o = _mm512_fmadd_ps(s2, Rv[2], o);
-        o = _mm512_fmadd_ps(s3, Rv[3], o);
-        y[i] = _mm512_reduce_add_ps(o);
+            _mm256_storeu_ps(sa_out + i0, _mm512_castps512_ps256(sa));
+        __m512 vv = _mm512_castps256_ps512(_mm256_loadu_ps(v + i0));
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            float *Si = S0 + (size_t)i * N;
+            __m512i ix = _mm512_set1_epi32(i);
+            __m512 sai = _mm512_permutexvar_ps(ix, sa), vi = _mm512_permutexvar_ps(ix, vv);
+            __m512 o = _mm512_setzero_ps();
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++) {
+                __m512 s = _mm512_mul_ps(_mm512_loadu_ps(Si + 16 * q), W[q]);
+                s = _mm512_fmadd_ps(sai, B[q], s);
+                s = _mm512_fmadd_ps(vi, K[q], s);
+                _mm512_storeu_ps(Si + 16 * q, s);
+                o = q ? _mm512_fmadd_ps(s, R[q], o) : _mm512_mul_ps(s, R[0]);
+            }
+            p[i] = o;
+        }
+        _mm256_storeu_ps(y + i0, _mm512_castps512_ps256(sum8_lanes(p)));
     }
 }
 #endif
@@ -336,6 +373,48 @@ static void wkv_out_head(struct rk_ctx *c, const struct rk_layer *ly, size_t t, 
     }
 }
 
+#ifdef RK_X86
+/* wkv_out_head with the head's 64 values in four vectors. */
+WKV_AVX512 static void wkv_out_head_avx512(struct rk_ctx *c, const struct rk_layer *ly, size_t t,
+                                           int h)
+{
+    size_t o = t * (size_t)c->m->C + (size_t)h * N, ch = (size_t)h * N;
+    __m512 Y[4], sum = _mm512_setzero_ps(), bon = _mm512_setzero_ps();
+    for (int q = 0; q < 4; q++) {
+        Y[q] = _mm512_loadu_ps(c->y + o + 16 * q);
+        sum = _mm512_add_ps(sum, Y[q]);
+        __m512 rk = _mm512_mul_ps(_mm512_loadu_ps(c->r + o + 16 * q),
+                                  _mm512_loadu_ps(c->k + o + 16 * q));
+        bon = _mm512_fmadd_ps(rk, _mm512_loadu_ps(ly->r_k + ch + 16 * q), bon);
+    }
+    __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / N), dd = _mm512_setzero_ps();
+    for (int q = 0; q < 4; q++) {
+        Y[q] = _mm512_sub_ps(Y[q], mean);
+        dd = _mm512_fmadd_ps(Y[q], Y[q], dd);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(dd) / N + GN_EPS));
+    __m512 bonus = _mm512_set1_ps(_mm512_reduce_add_ps(bon));
+    for (int q = 0; q < 4; q++) {
+        __m512 on = _mm512_fmadd_ps(_mm512_mul_ps(Y[q], inv),
+                                    _mm512_loadu_ps(ly->lnx_w + ch + 16 * q),
+                                    _mm512_loadu_ps(ly->lnx_b + ch + 16 * q));
+        on = _mm512_fmadd_ps(bonus, _mm512_loadu_ps(c->v + o + 16 * q), on);
+        _mm512_storeu_ps(c->tmp + o + 16 * q,
+                         _mm512_mul_ps(on, _mm512_loadu_ps(c->g + o + 16 * q)));
+    }
+}
+
+/* The WKV vectors a = -kk and b = kk * a of one head and row. */
+WKV_AVX512 static void wkv_ab_avx512(float *avec, float *bvec, const float *kk, const float *a)
+{
+    for (int q = 0; q < 4; q++) {
+        __m512 x = _mm512_loadu_ps(kk + 16 * q);
+        _mm512_storeu_ps(avec + 16 * q, _mm512_sub_ps(_mm512_setzero_ps(), x));
+        _mm512_storeu_ps(bvec + 16 * q, _mm512_mul_ps(x, _mm512_loadu_ps(a + 16 * q)));
+    }
+}
+#endif
+
 /* Heads are independent, so threads split the (segment, head) pairs; each
  * runs its segment's rows in order, then the head's output (wkv_out_head). */
 static void wkv_worker(int ith, int nth, void *arg)
@@ -353,20 +432,37 @@ static void wkv_worker(int ith, int nth, void *arg)
         float *S = j->rm->st[s] + (size_t)j->layer * lstride + C + (size_t)h * N * N;
         for (int t = r0; t < r1; t++) {
             size_t o = (size_t)t * C + (size_t)h * N;
+#ifdef RK_X86
+            if (fast) {
+                /* rows lie C floats apart: fetch the row after next now */
+                if (t + 2 < r1) {
+                    size_t o2 = o + 2 * C;
+                    const float *rows[] = {c->r, c->w, c->k, c->v, c->kk, c->a};
+                    for (int q = 0; q < 6; q++)
+                        for (int l = 0; l < N; l += 16)
+                            _mm_prefetch((const char *)(rows[q] + o2 + l), _MM_HINT_T0);
+                }
+                wkv_ab_avx512(avec, bvec, c->kk + o, c->a + o);
+                wkv_head_avx512(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o,
+                                NULL);
+                continue;
+            }
+#endif
             for (int i = 0; i < N; i++) {
                 avec[i] = -c->kk[o + i];
                 bvec[i] = c->kk[o + i] * c->a[o + i];
             }
-#ifdef RK_X86
-            if (fast)
-                wkv_head_avx512(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o,
-                                NULL);
-            else
-#endif
-                wkv_head_ref(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o, NULL);
+            wkv_head_ref(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o, NULL);
         }
-        for (int t = r0; t < r1; t++)
+        for (int t = r0; t < r1; t++) {
+#ifdef RK_X86
+            if (fast) {
+                wkv_out_head_avx512(c, &m->layers[j->layer], (size_t)t, h);
+                continue;
+            }
+#endif
             wkv_out_head(c, &m->layers[j->layer], (size_t)t, h);
+        }
     }
     (void)fast;
 }

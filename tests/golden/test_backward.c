@@ -819,6 +819,46 @@ START_TEST(test_panel_products)
 }
 END_TEST
 
+/* One WKV step on one head, the fast kernel against a double-precision
+ * loop: y, sa and the new state, over random states and vectors, each of 64
+ * rows checked (the fast kernel folds eight rows' sums at once, so a wrong
+ * lane shows here as a wrong row). */
+START_TEST(test_wkv_head)
+{
+    enum { HN = 64 };
+    static float S[HN * HN], S0[HN * HN], vec[7][HN], y[HN], sa[HN];
+    uint64_t seed = 11;
+    for (int round = 0; round < 20; round++) {
+        for (int i = 0; i < HN * HN + 7 * HN; i++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            float f = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+            if (i < HN * HN)
+                S[i] = S0[i] = f * (float)(1 + round % 3);
+            else
+                vec[(i - HN * HN) / HN][(i - HN * HN) % HN] = f;
+        }
+        for (int j = 0; j < HN; j++) /* decay in (0, 1) as the model's w */
+            vec[1][j] = 0.5f + vec[1][j];
+        const float *r = vec[0], *w = vec[1], *k = vec[2], *v = vec[3], *a = vec[4], *b = vec[5];
+        rk__wkv_head(false, S, r, w, k, v, a, b, y, round % 2 ? sa : NULL);
+        for (int i = 0; i < HN; i++) {
+            double sai = 0, yi = 0;
+            for (int j = 0; j < HN; j++)
+                sai += (double)S0[i * HN + j] * a[j];
+            for (int j = 0; j < HN; j++) {
+                double s = (double)S0[i * HN + j] * w[j] + sai * b[j] + (double)v[i] * k[j];
+                ck_assert_msg(fabs(S[i * HN + j] - s) < 1e-5, "S[%d][%d] %g vs %g", i, j,
+                              S[i * HN + j], s);
+                yi += s * r[j];
+            }
+            ck_assert_msg(fabs(y[i] - yi) < 1e-5, "round %d y[%d] %g vs %g", round, i, y[i], yi);
+            if (round % 2)
+                ck_assert_msg(fabs(sa[i] - sai) < 1e-5, "sa[%d] %g vs %g", i, sa[i], sai);
+        }
+    }
+}
+END_TEST
+
 RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("backward");
@@ -833,6 +873,7 @@ RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_backward_threads);
     tcase_add_test(tc, test_matmul_t);
     tcase_add_test(tc, test_panel_products);
+    tcase_add_test(tc, test_wkv_head);
     suite_add_tcase(s, tc);
     return s;
 }
