@@ -223,7 +223,11 @@ void rk__pool_for(struct rk__pool *p, size_t n, rk__range_fn *fn, void *arg);
 /* --- kernels (ops.c) ------------------------------------------------------ */
 
 /* Y[n][W.rows] = X[n][W.cols] * W^T, fp32 accumulation, any weight dtype.
- * `ref` selects the plain scalar reference loop. `pool` may be NULL. */
+ * `kern` picks the kernels: RK_KERN_FAST (AVX-512 where the CPU has it),
+ * RK_KERN_REF (the plain scalar reference loop) or RK_KERN_AMX (as FAST,
+ * but bf16 panel weights run on AMX tiles with X rounded to bf16 where
+ * rk__amx_usable; amx.c). `pool` may be NULL. */
+enum { RK_KERN_FAST = 0, RK_KERN_REF = 1, RK_KERN_AMX = 2 };
 /* dX[n][W.cols] = dY[n][W.rows] W, or += with `accumulate`: the product with
  * the transposed weight (backward). 16-bit weights are widened block by
  * block into wbuf (wbuf_floats >= W.cols, >= 16 * W.cols for panels); fp32
@@ -234,15 +238,15 @@ void rk__matmul_t(struct rk__pool *pool, float *dX, const float *dY, size_t n,
  * (AVX-512 dot and tile paths for row-major weights); more rows go to sgemm.
  * Panel-held weights take one order for every count. */
 size_t rk__tiled_rows(void);
-void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+void rk__matmul(struct rk__pool *pool, int kern, float *Y, const float *X, size_t n,
                 const struct rk_weight *W);
 /* Same, but only rows [r0, r1) of W (Y has r1-r0 columns). Used by the head
  * and the tests. */
-void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+void rk__matmul_rows(struct rk__pool *pool, int kern, float *Y, const float *X, size_t n,
                      const struct rk_weight *W, int r0, int r1);
 /* Y = max(X * W^T, 0)^2 (NaN gives 0), the square applied by each thread to
  * its own part of Y. */
-void rk__matmul_relu2(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+void rk__matmul_relu2(struct rk__pool *pool, int kern, float *Y, const float *X, size_t n,
                       const struct rk_weight *W);
 /* Several independent products over the same n rows of X, each
  * Y[n][W.rows] = X[n][W.cols] * W^T, in one pass of the pool (one fork and
@@ -253,8 +257,18 @@ struct rk__mm {
     const float *X;
     const struct rk_weight *W;
 };
-void rk__matmul_many(struct rk__pool *pool, bool ref, const struct rk__mm *mm, int count,
+void rk__matmul_many(struct rk__pool *pool, int kern, const struct rk__mm *mm, int count,
                      size_t n);
+/* AMX (amx.c): whether products may run on AMX tiles in this process
+ * (decided once: CPU, OS permission, a probe product, RWKVD_NO_AMX);
+ * whether W suits them (bf16 panels, columns a multiple of 32); the floats
+ * of scratch rk__amx_rows needs for n rows; rows [r0, r1) (multiples of 16)
+ * of Y = X W^T, written as in rk__matmul_rows with Y's column 0 = row yoff. */
+bool rk__amx_usable(void);
+bool rk__amx_fits(const struct rk_weight *W);
+size_t rk__amx_scratch(size_t n, int cols);
+void rk__amx_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
+                  const struct rk_weight *W, int r0, int r1, float *scratch);
 /* Free the calling thread's kernel scratch (pool workers call it on exit). */
 void rk__ops_thread_exit(void);
 /* Whether the AVX-512 kernels run: the CPU has AVX-512 F/BW/VL/DQ and

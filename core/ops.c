@@ -775,6 +775,7 @@ struct mm_job {
     const struct rk_weight *W;
     int r0, r1;
     bool relu2; /* then Y = max(Y, 0)^2 */
+    bool amx;   /* bf16 panels that fit go to the AMX tiles */
 };
 
 /* Y[i][c0 - yoff .. c1 - yoff) = max(., 0)^2 for i < n; NaN becomes 0 on
@@ -812,6 +813,13 @@ static void relu2_cols(float *Y, size_t ldy, size_t n, int c0, int c1)
 static void mm_range(const struct mm_job *j, int a, int b)
 {
 #ifdef RK_X86
+    if (j->amx && rk__amx_fits(j->W)) {
+        float *scratch = thread_buf(rk__amx_scratch(j->n, j->W->cols));
+        if (scratch) {
+            rk__amx_rows(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b, scratch);
+            return;
+        }
+    }
     if (j->W->panel) {
         panel_rows(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b);
         return;
@@ -847,9 +855,10 @@ static void mm_worker(int ith, int nth, void *arg)
         relu2_cols(j->Y, j->ldy, j->n, a - j->r0, b - j->r0);
 }
 
-static void matmul_rows_act(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+static void matmul_rows_act(struct rk__pool *pool, int kern, float *Y, const float *X, size_t n,
                             const struct rk_weight *W, int r0, int r1, bool relu2)
 {
+    bool ref = kern == RK_KERN_REF;
     RK_ASSERT(W->data && r0 >= 0 && r1 <= W->rows && r0 <= r1);
     size_t ldy = (size_t)(r1 - r0);
     /* panels are only held while the AVX-512 kernels run (rk__weight_wants_panels);
@@ -861,7 +870,7 @@ static void matmul_rows_act(struct rk__pool *pool, bool ref, float *Y, const flo
         return;
     }
     blas_single_threaded();
-    struct mm_job j = {Y, ldy, X, n, W, r0, r1, relu2};
+    struct mm_job j = {Y, ldy, X, n, W, r0, r1, relu2, kern == RK_KERN_AMX && rk__amx_usable()};
     size_t elems = (size_t)(r1 - r0) * (size_t)W->cols * (n > DOT_ROWS_MAX ? n : 1);
     if (!pool || elems < PAR_MIN_ELEMS)
         mm_worker(0, 1, &j);
@@ -869,22 +878,23 @@ static void matmul_rows_act(struct rk__pool *pool, bool ref, float *Y, const flo
         rk__pool_run(pool, mm_worker, &j);
 }
 
-void rk__matmul_rows(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+void rk__matmul_rows(struct rk__pool *pool, int kern, float *Y, const float *X, size_t n,
                      const struct rk_weight *W, int r0, int r1)
 {
-    matmul_rows_act(pool, ref, Y, X, n, W, r0, r1, false);
+    matmul_rows_act(pool, kern, Y, X, n, W, r0, r1, false);
 }
 
-void rk__matmul_relu2(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+void rk__matmul_relu2(struct rk__pool *pool, int kern, float *Y, const float *X, size_t n,
                       const struct rk_weight *W)
 {
-    matmul_rows_act(pool, ref, Y, X, n, W, 0, W->rows, true);
+    matmul_rows_act(pool, kern, Y, X, n, W, 0, W->rows, true);
 }
 
 struct many_job {
     const struct rk__mm *mm;
     int count;
     size_t n;
+    bool amx;
 };
 
 static void many_worker(int ith, int nth, void *arg)
@@ -892,31 +902,32 @@ static void many_worker(int ith, int nth, void *arg)
     const struct many_job *mj = arg;
     for (int i = 0; i < mj->count; i++) {
         const struct rk__mm *t = &mj->mm[i];
-        struct mm_job j = {t->Y, (size_t)t->W->rows, t->X, mj->n, t->W, 0, t->W->rows, false};
+        struct mm_job j = {t->Y, (size_t)t->W->rows, t->X, mj->n, t->W, 0, t->W->rows, false,
+                           mj->amx};
         mm_worker(ith, nth, &j);
     }
 }
 
-void rk__matmul_many(struct rk__pool *pool, bool ref, const struct rk__mm *mm, int count,
+void rk__matmul_many(struct rk__pool *pool, int kern, const struct rk__mm *mm, int count,
                      size_t n)
 {
-    bool together = !ref && pool;
+    bool together = kern != RK_KERN_REF && pool;
     for (int i = 0; together && i < count; i++)
         together = !(mm[i].W->panel && !have_avx512());
     if (!together) {
         for (int i = 0; i < count; i++)
-            rk__matmul(pool, ref, mm[i].Y, mm[i].X, n, mm[i].W);
+            rk__matmul(pool, kern, mm[i].Y, mm[i].X, n, mm[i].W);
         return;
     }
     blas_single_threaded();
-    struct many_job mj = {mm, count, n};
+    struct many_job mj = {mm, count, n, kern == RK_KERN_AMX && rk__amx_usable()};
     rk__pool_run(pool, many_worker, &mj);
 }
 
-void rk__matmul(struct rk__pool *pool, bool ref, float *Y, const float *X, size_t n,
+void rk__matmul(struct rk__pool *pool, int kern, float *Y, const float *X, size_t n,
                 const struct rk_weight *W)
 {
-    rk__matmul_rows(pool, ref, Y, X, n, W, 0, W->rows);
+    rk__matmul_rows(pool, kern, Y, X, n, W, 0, W->rows);
 }
 
 /* --- product with the transposed weight ------------------------------------ */

@@ -32,6 +32,7 @@ struct rk_ctx {
     const struct rk_model *m;
     struct rk__pool *pool;
     bool ref;
+    bool amx; /* rk_ctx_set_amx: bf16 products on AMX tiles */
     int rows_max;
     void *block;
     /* scratch, each [rows_max][dim] */
@@ -103,6 +104,21 @@ void rk_ctx_copy(struct rk_ctx *ctx, float *dst, const float *src, size_t n)
         rk__pool_for(ctx->pool, n, ctx_copy_range, &c);
 }
 void rk_ctx_set_reference(struct rk_ctx *ctx, bool reference) { ctx->ref = reference; }
+
+bool rk_amx_available(void) { return rk__amx_usable(); }
+
+bool rk_ctx_set_amx(struct rk_ctx *ctx, bool on)
+{
+    /* the large matrices decide: bf16 panels with columns in 32s */
+    ctx->amx = on && rk__amx_usable() && rk__amx_fits(&ctx->m->layers[0].wk);
+    return ctx->amx;
+}
+
+/* The kernels of this context's products (rk__matmul's `kern`). */
+static int kern(const struct rk_ctx *c)
+{
+    return c->ref ? RK_KERN_REF : c->amx ? RK_KERN_AMX : RK_KERN_FAST;
+}
 
 int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struct rk_ctx **out)
 {
@@ -201,9 +217,9 @@ static void matmul_act(struct rk_ctx *c, float *Y, const float *X, size_t n,
         const float *x = X + r0 * (size_t)W->cols;
         size_t k = n - r0 < step ? n - r0 : step;
         if (relu2)
-            rk__matmul_relu2(c->pool, c->ref, y, x, k, W);
+            rk__matmul_relu2(c->pool, kern(c), y, x, k, W);
         else
-            rk__matmul(c->pool, c->ref, y, x, k, W);
+            rk__matmul(c->pool, kern(c), y, x, k, W);
     }
 }
 
@@ -221,7 +237,7 @@ static void matmul_many(struct rk_ctx *c, const struct rk__mm *mm, int count, si
     for (int i = 0; i < count; i++)
         sliced |= needs_slices(c, n, mm[i].W);
     if (!sliced) {
-        rk__matmul_many(c->pool, c->ref, mm, count, n);
+        rk__matmul_many(c->pool, kern(c), mm, count, n);
         return;
     }
     for (int i = 0; i < count; i++)

@@ -491,7 +491,12 @@ int rk_cmd_generate(int argc, char **argv)
     }
     for (size_t i = 0; i < n_ids; i++)
         rk_sampler_accept(smp, ids[i]);
-    if ((rc = rk_forward_seq(ctx, ids, n_ids, state, logits, false)) != RK_OK) {
+    /* as the server: the prompt on AMX tiles where available (bf16 models;
+     * RWKVD_NO_AMX=1 turns it off), generated tokens on the fp32 kernels */
+    rk_ctx_set_amx(ctx, true);
+    rc = rk_forward_seq(ctx, ids, n_ids, state, logits, false);
+    rk_ctx_set_amx(ctx, false);
+    if (rc != RK_OK) {
         fprintf(stderr, "rwkvd generate: %s\n", rk_strerror(rc));
         goto out;
     }

@@ -100,6 +100,7 @@ struct rk_engine {
     float *blogits;  /* [n_seqs][V] */
     /* one-pass steps (prompt chunks with the decode tokens) */
     int mix_rows;    /* most rows of such a pass (the context's rows_max) */
+    bool amx;        /* prompt passes run on AMX tiles (--amx-prefill) */
     uint32_t *mtok;  /* [mix_rows] */
     size_t *mn;      /* [n_seqs] tokens per sequence */
     bool *mwant;     /* [n_seqs] */
@@ -791,6 +792,15 @@ static int cmp_order(const void *a, const void *b, void *u)
  * keep their own prefill passes. A prompt that finishes here
  * samples its first token, decoded next step. Returns false (nothing done)
  * when the step does not qualify. */
+/* Prompt passes on AMX tiles, decode passes on the fp32 kernels: every
+ * prompt token and every generated token takes the same kernels whatever
+ * shares its pass, so a request's output does not depend on the traffic. */
+static void use_amx(struct rk_engine *e, bool on)
+{
+    if (e->amx)
+        rk_ctx_set_amx(e->ctx, on);
+}
+
 static bool step_one_pass(struct rk_engine *e)
 {
     int np = 0, B = 0;
@@ -799,7 +809,9 @@ static bool step_one_pass(struct rk_engine *e)
             e->pidx[np++] = k;
         B += e->seqs[k].phase == SEQ_DECODE;
     }
-    if (np == 0 || B + 1 > e->mix_rows)
+    /* with AMX prompt passes, prompt rows and decode rows never share a
+     * pass: each kind keeps its own kernels whatever else is running */
+    if (np == 0 || B + 1 > e->mix_rows || (e->amx && B > 0))
         return false;
     qsort_r(e->pidx, (size_t)np, sizeof *e->pidx, cmp_order, e);
     long budget = e->srv->cfg.prefill_chunk;
@@ -835,6 +847,7 @@ static bool step_one_pass(struct rk_engine *e)
     int nprompt = nseg - ndec, prows = rows - ndec;
     if (nprompt == 0 || (rows > 48 && prows > 48 * nprompt))
         return false;
+    use_amx(e, true);
     int rc = rk_forward_multi(e->ctx, (size_t)nseg, e->mtok, e->mn, e->bstate, e->mwant,
                               e->blogits);
     if (rc != RK_OK) {
@@ -884,6 +897,7 @@ static void step(struct rk_engine *e)
 
     // 2. prefill, FIFO by admission, bounded per step
     long budget = cfg->prefill_chunk;
+    use_amx(e, true);
     while (budget > 0) {
         struct seq *s = NULL;
         for (int k = 0; k < e->n_seqs; k++)
@@ -923,6 +937,7 @@ static void step(struct rk_engine *e)
             B++;
         }
     if (B) {
+        use_amx(e, false);
         int rc = rk_forward_batch(e->ctx, (size_t)B, e->btok, e->bstate, e->blogits);
         if (rc == RK_OK)
             sample_batch(e, B);
@@ -1116,6 +1131,8 @@ int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
     e->bidx = calloc(S, sizeof *e->bidx);
     e->blogits = malloc(S * V * sizeof(float));
     e->mix_rows = cp.rows_max;
+    e->amx = srv->cfg.amx_prefill && rk_ctx_set_amx(e->ctx, true);
+    rk_ctx_set_amx(e->ctx, false);
     e->mtok = malloc((size_t)e->mix_rows * sizeof *e->mtok);
     e->mn = malloc(S * sizeof *e->mn);
     e->mwant = malloc(S * sizeof *e->mwant);

@@ -47,6 +47,7 @@ struct rk_srv_config {
     int request_timeout_s;       /* per-request deadline */
     int drain_timeout_s;         /* SIGTERM drain deadline */
     int prefill_chunk;           /* prefill tokens per engine step */
+    bool amx_prefill;            /* prompt passes on AMX tiles (bf16 inputs) */
     size_t cache_bytes;          /* adapter LRU bound */
     int health_stall_ms;         /* engine heartbeat age that fails /health */
     bool health_public;          /* /health without an API key */

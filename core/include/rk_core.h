@@ -216,6 +216,21 @@ RK_API void rk_ctx_copy(struct rk_ctx *ctx, float *dst, const float *src, size_t
  * default). Tests use this to compare the two on the same inputs. */
 RK_API void rk_ctx_set_reference(struct rk_ctx *ctx, bool reference);
 
+/* Whether this process can run products on Intel AMX tiles: the CPU has
+ * AMX-BF16, the OS grants the tile state, a probe product runs (some virtual
+ * machines advertise AMX and fault), and RWKVD_NO_AMX is unset or "0". */
+RK_API bool rk_amx_available(void);
+/* With `on`, this context's products with bf16 weights (held in panels, the
+ * AVX-512 layout) round their input rows to bf16 and run on AMX tiles:
+ * several times the throughput of the fp32 kernels on long prefill chunks.
+ * Each row's result still depends only on that row (any chunking or batch
+ * gives the same bits), but it differs from the fp32 path by the rounding
+ * of the inputs (about 2^-9 relative each), so the context keeps the exact
+ * path unless asked. Returns whether the path is now on (false where AMX is
+ * unavailable or the model's matrices are not bf16). Off by default; a
+ * context in reference mode ignores it. */
+RK_API bool rk_ctx_set_amx(struct rk_ctx *ctx, bool on);
+
 /* One token. `state` [rk_state_len] is read and updated in place. `logits`
  * [V] receives the logits after the token, or NULL to skip the head.
  * Returns RK_ERANGE for a token id >= V. */

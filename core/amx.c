@@ -1,0 +1,263 @@
+/*
+ * amx.c - products with bf16 panel-held weights on Intel AMX tiles.
+ *
+ * A context turns this path on with rk_ctx_set_amx (off by default). The
+ * rows of X are rounded to bf16 (round to nearest even) and multiplied by
+ * the weights with TDPBF16PS, which sums pairs of bf16 products into fp32
+ * tiles. The panel layout of bf16 weights (16 rows, column pairs: one 64-byte
+ * line is columns k and k+1 of 16 rows, see rk__weight_pack) is the layout a
+ * tile B operand wants, so 16 such lines are loaded as they lie in memory.
+ * Each output row depends only on its own row of X, the weights and the
+ * fixed order over the columns (32 at a time), never on the rows it shares
+ * a tile with: results are the same bits for any number of rows in a pass.
+ * They differ from the fp32 path by the rounding of X (about 2^-9 relative
+ * per value), which is why the path is opt-in per context.
+ *
+ * Availability is decided once per process (rk__amx_usable): the CPU must
+ * report AMX-BF16 and AMX-TILE, the OS must enable the tile state in XCR0
+ * and grant it to the process (Linux arch_prctl ARCH_REQ_XCOMP_PERM), and a
+ * probe product must run and give the right answer with SIGILL and SIGSEGV
+ * caught, since some virtual machines advertise AMX but fault on it.
+ * RWKVD_NO_AMX=1 turns the path off.
+ */
+#include "core_int.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__linux__)
+#define RK_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* Tile configuration (palette 1): every tile 16 rows of 64 bytes. Tiles 0-3
+ * accumulate (fp32 16x16), 4-5 hold rows of X, 6-7 weight panels. */
+struct tilecfg {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed, aligned(64)));
+
+static _Thread_local bool tl_configured;
+
+AMX_TARGET static void configure_thread(void)
+{
+    if (tl_configured)
+        return;
+    struct tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.rows[i] = 16;
+        cfg.colsb[i] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    tl_configured = true;
+}
+
+static sigjmp_buf probe_jmp;
+static void probe_trap(int sig)
+{
+    (void)sig;
+    siglongjmp(probe_jmp, 1);
+}
+
+/* 16 rows of X all 1.0 and a panel of 0.5: every output is 32 * 0.5 = 16. */
+AMX_TARGET static bool probe_product(void)
+{
+    static uint16_t A[16 * 32], B[16 * 32];
+    static float Cout[16 * 16];
+    for (int i = 0; i < 16 * 32; i++) {
+        A[i] = 0x3F80; /* 1.0 */
+        B[i] = 0x3F00; /* 0.5 */
+    }
+    configure_thread();
+    _tile_zero(0);
+    _tile_loadd(4, A, 64);
+    _tile_loadd(6, B, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_stored(0, Cout, 64);
+    for (int i = 0; i < 16 * 16; i++)
+        if (Cout[i] != 16.0f)
+            return false;
+    return true;
+}
+
+static bool amx_on;
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+
+static void amx_decide(void)
+{
+    const char *env = getenv("RWKVD_NO_AMX");
+    if ((env && *env && *env != '0') || !rk__use_avx512())
+        return;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24)))
+        return; /* AMX-BF16, AMX-TILE */
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)))
+        return; /* OSXSAVE: xgetbv is allowed */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17))
+        return; /* XTILECFG and XTILEDATA enabled by the OS */
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0)
+        return;
+    struct sigaction sa, old_ill, old_segv;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = probe_trap;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGILL, &sa, &old_ill);
+    sigaction(SIGSEGV, &sa, &old_segv);
+    volatile bool ok = false;
+    if (sigsetjmp(probe_jmp, 1) == 0)
+        ok = probe_product();
+    else
+        tl_configured = false;
+    sigaction(SIGILL, &old_ill, NULL);
+    sigaction(SIGSEGV, &old_segv, NULL);
+    amx_on = ok;
+}
+
+bool rk__amx_usable(void)
+{
+    pthread_once(&amx_once, amx_decide);
+    return amx_on;
+}
+
+/* n rows of X (cols floats each) to bf16, round to nearest even (NaN stays
+ * NaN), into xb with the same row stride; rows up to the next multiple of 16
+ * are zero. */
+AMX_TARGET static void round_rows(uint16_t *xb, const float *X, size_t n, size_t cols)
+{
+    const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+    const __m512i quiet = _mm512_set1_epi32(0x00400000);
+    size_t total = n * cols, i = 0;
+    for (; i + 16 <= total; i += 16) {
+        __m512 x = _mm512_loadu_ps(X + i);
+        __m512i u = _mm512_castps_si512(x);
+        __m512i r = _mm512_add_epi32(
+            u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
+        __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+        _mm256_storeu_si256((__m256i *)(xb + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    }
+    for (; i < total; i++)
+        xb[i] = rk__f32_to_bf16(X[i]);
+    size_t pad = ((n + 15) & ~(size_t)15) - n;
+    memset(xb + total, 0, pad * cols * sizeof(uint16_t));
+}
+
+/* One block: np (1 or 2) panels at P0, P0 + 16 * cols against nx (1 or 2)
+ * tiles of 16 rows of xb from row t; results to Y rows t.. (only the first
+ * `valid` rows exist in Y), columns c0... */
+AMX_TARGET static void block(float *Y, size_t ldy, size_t c0, const uint16_t *xb, size_t cols,
+                             size_t t, size_t valid, const uint16_t *P0, int np, int nx,
+                             float *spill)
+{
+    const uint16_t *X0 = xb + t * cols, *X1 = X0 + 16 * cols, *P1 = P0 + 16 * cols;
+    size_t ldx = cols * sizeof(uint16_t);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (size_t kb = 0; kb < cols; kb += 32) {
+        _tile_loadd(4, X0 + kb, ldx);
+        _tile_loadd(6, P0 + kb * 16, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (np == 2) {
+            _tile_loadd(7, P1 + kb * 16, 64);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+        if (nx == 2) {
+            _tile_loadd(5, X1 + kb, ldx);
+            _tile_dpbf16ps(2, 5, 6);
+            if (np == 2)
+                _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    /* a tile of 16 rows whose rows are all in Y is stored in place; the
+     * last, partial one goes through `spill` */
+    for (int q = 0; q < 2 * nx; q++) {
+        int xi = q / 2, pi = q % 2;
+        if (pi >= np)
+            continue;
+        size_t r0 = t + 16 * (size_t)xi;
+        if (r0 >= valid)
+            continue;
+        float *dst = Y + r0 * ldy + c0 + 16 * (size_t)pi;
+        bool full = r0 + 16 <= valid;
+        float *to = full ? dst : spill;
+        size_t ld = full ? ldy * sizeof(float) : 64;
+        switch (q) {
+        case 0: _tile_stored(0, to, ld); break;
+        case 1: _tile_stored(1, to, ld); break;
+        case 2: _tile_stored(2, to, ld); break;
+        default: _tile_stored(3, to, ld); break;
+        }
+        if (!full)
+            for (size_t i = 0; i < valid - r0; i++)
+                memcpy(dst + i * ldy, spill + 16 * i, 16 * sizeof(float));
+    }
+}
+
+size_t rk__amx_scratch(size_t n, int cols)
+{
+    /* bf16 rows padded to 16, in floats, plus one 16x16 spill tile */
+    return (((n + 15) & ~(size_t)15) * (size_t)cols + 1) / 2 + 16 * 16 + 16;
+}
+
+AMX_TARGET void rk__amx_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
+                             const struct rk_weight *W, int r0, int r1, float *scratch)
+{
+    size_t cols = (size_t)W->cols;
+    configure_thread();
+    float *spill = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    uint16_t *xb = (uint16_t *)(spill + 16 * 16);
+    round_rows(xb, X, n, cols);
+    const uint16_t *base = W->data;
+    size_t n16 = (n + 15) & ~(size_t)15;
+    /* pairs of panels (32 weight rows) held while every row of X passes */
+    for (int r = r0; r < r1; r += 32) {
+        int np = r1 - r >= 32 ? 2 : 1;
+        const uint16_t *P0 = base + (size_t)r * cols;
+        for (size_t t = 0; t < n16; t += 32) {
+            int nx = n16 - t >= 32 ? 2 : 1;
+            block(Y, ldy, (size_t)(r - yoff), xb, cols, t, n, P0, np, nx, spill);
+        }
+    }
+}
+
+bool rk__amx_fits(const struct rk_weight *W)
+{
+    return W->panel && W->dtype == RK_DTYPE_BF16 && W->cols % 32 == 0 && W->rows % 16 == 0;
+}
+
+#else /* no AMX on this platform */
+
+bool rk__amx_usable(void) { return false; }
+bool rk__amx_fits(const struct rk_weight *W)
+{
+    (void)W;
+    return false;
+}
+size_t rk__amx_scratch(size_t n, int cols)
+{
+    (void)n, (void)cols;
+    return 0;
+}
+void rk__amx_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
+                  const struct rk_weight *W, int r0, int r1, float *scratch)
+{
+    (void)Y, (void)ldy, (void)yoff, (void)X, (void)n, (void)W, (void)r0, (void)r1, (void)scratch;
+}
+#endif
