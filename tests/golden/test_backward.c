@@ -859,6 +859,77 @@ START_TEST(test_wkv_head)
 }
 END_TEST
 
+/* AMX products (RK_KERN_AMX) with bf16 panels: every row against a double
+ * loop over its bf16-rounded inputs, for 1 to 33 rows of X (whole and
+ * partial tiles of 16), odd and even panel counts, 1 and 3 threads; each row
+ * bit-identical to its solo product. Weights that do not fit the tiles
+ * (columns not a multiple of 32) take the fp32 kernels: exact inputs. */
+START_TEST(test_amx_products)
+{
+    if (!rk__amx_usable()) {
+        printf("test_amx_products: no AMX here, nothing to check\n");
+        return;
+    }
+    static const int rows_v[] = {16, 48, 80, 304}, cols_v[] = {32, 224, 200};
+    static const size_t n_v[] = {1, 2, 15, 16, 17, 31, 32, 33};
+    enum { NMAX = 33, RMAX = 304, CMAX = 224 };
+    uint64_t seed = 9;
+    float *X = malloc(sizeof(float) * NMAX * CMAX), *Y = malloc(sizeof(float) * NMAX * RMAX);
+    float *Y1 = malloc(sizeof(float) * RMAX), *wq = malloc(sizeof(float) * RMAX * CMAX);
+    uint16_t *w16 = malloc(2 * RMAX * CMAX), *p16 = malloc(2 * RMAX * CMAX);
+    for (int i = 0; i < NMAX * CMAX; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        X[i] = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+    }
+    for (int threads = 1; threads <= 3; threads += 2) {
+        struct rk__pool *pool = NULL;
+        ck_assert_int_eq(rk__pool_create(threads, 0, &pool), RK_OK);
+        for (size_t ri = 0; ri < sizeof rows_v / sizeof rows_v[0]; ri++)
+            for (size_t ci = 0; ci < sizeof cols_v / sizeof cols_v[0]; ci++) {
+                int R = rows_v[ri], C = cols_v[ci];
+                for (int i = 0; i < R * C; i++) {
+                    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                    w16[i] = rk__f32_to_bf16(
+                        (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5));
+                    wq[i] = rk__bf16_to_f32(w16[i]);
+                }
+                struct rk_weight W = {RK_DTYPE_BF16, w16, R, C, false};
+                rk__weight_pack(p16, &W);
+                W.data = p16;
+                W.panel = true;
+                bool tiles = rk__amx_fits(&W);
+                ck_assert_int_eq(tiles, C % 32 == 0);
+                for (size_t ni = 0; ni < sizeof n_v / sizeof n_v[0]; ni++) {
+                    size_t n = n_v[ni];
+                    for (size_t i = 0; i < n * (size_t)R; i++)
+                        Y[i] = NAN; /* every output must be written */
+                    rk__matmul(pool, RK_KERN_AMX, Y, X, n, &W);
+                    for (size_t t = 0; t < n; t++) {
+                        for (int r = 0; r < R; r++) {
+                            double want = 0;
+                            for (int c = 0; c < C; c++) {
+                                float x = X[t * C + c];
+                                if (tiles)
+                                    x = rk__bf16_to_f32(rk__f32_to_bf16(x));
+                                want += (double)x * wq[r * C + c];
+                            }
+                            ck_assert_msg(fabs(Y[t * R + r] - want) < 1e-4,
+                                          "R %d C %d n %zu thr %d: [%zu][%d] %g vs %g", R, C,
+                                          n, threads, t, r, Y[t * R + r], want);
+                        }
+                        rk__matmul(pool, RK_KERN_AMX, Y1, X + t * C, 1, &W);
+                        ck_assert_msg(!memcmp(Y1, Y + t * R, sizeof(float) * R),
+                                      "R %d C %d: row %zu of %zu differs from solo", R, C, t,
+                                      n);
+                    }
+                }
+            }
+        rk__pool_free(pool);
+    }
+    free(X), free(Y), free(Y1), free(wq), free(w16), free(p16);
+}
+END_TEST
+
 RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("backward");
@@ -874,6 +945,7 @@ RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_matmul_t);
     tcase_add_test(tc, test_panel_products);
     tcase_add_test(tc, test_wkv_head);
+    tcase_add_test(tc, test_amx_products);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -435,6 +435,68 @@ START_TEST(test_multi_matches_solo)
 }
 END_TEST
 
+/* The AMX prefill path (rk_ctx_set_amx) on the bf16 fixture: against the
+ * independent float64 reference within the error of bf16 inputs, and bit-
+ * identical between one pass, chunks of 5 rows on 3 threads, token by token
+ * and rk_forward_multi beside another sequence. An fp32 model cannot turn it
+ * on. Where the CPU or OS offers no AMX the path must report itself off. */
+START_TEST(test_amx_prefill)
+{
+    struct rk_model *m = load(rk_test_data("rand-mh-bf16.safetensors"));
+    struct rk_model *mf = load(rk_test_data("rand-mh.safetensors"));
+    struct rk_ctx *a = make_ctx(m, 2, 64, false), *ch = make_ctx(m, 3, 5, false);
+    struct rk_ctx *f = make_ctx(mf, 2, 64, false);
+    ck_assert(!rk_ctx_set_amx(f, true)); /* fp32 weights never take it */
+    bool on = rk_ctx_set_amx(a, true);
+    ck_assert_int_eq(on, rk_amx_available());
+    if (!on) {
+        printf("test_amx_prefill: no AMX here, only the off switch was checked\n");
+        goto done;
+    }
+    ck_assert(rk_ctx_set_amx(ch, true));
+    size_t V = (size_t)rk_model_n_vocab(m), SL = rk_state_len(m), T;
+    uint32_t *toks = read_tokens("rand-mh-bf16.tokens.txt", &T);
+    float *exp_all = read_f32("rand-mh-bf16.logits-all.f32", T * V);
+    float *s1 = calloc(SL, sizeof(float)), *s2 = calloc(SL, sizeof(float));
+    float *s3 = calloc(SL, sizeof(float)), *s4 = calloc(SL, sizeof(float));
+    float *l1 = malloc(T * V * sizeof(float)), *l2 = malloc(T * V * sizeof(float));
+    float *l3 = malloc(2 * V * sizeof(float));
+    ck_assert_int_eq(rk_forward_seq(a, toks, T, s1, l1, true), RK_OK);
+    /* bf16 inputs: about 2^-9 relative per value, 0.03 at most here on
+     * logits of spread 2.5 (max 10.3); the fp32 path meets 2e-4 */
+    rk_check_close(l1, exp_all, T * V, 5e-2, 1e-2, "AMX prefill vs the float64 reference");
+    double d = rk_max_abs_diff(l1, exp_all, T * V);
+    ck_assert_msg(d > 0, "the AMX path gave the exact logits: it did not run");
+    ck_assert_int_eq(rk_forward_seq(ch, toks, T, s2, l2, true), RK_OK);
+    ck_assert_msg(!memcmp(l1, l2, T * V * sizeof(float)), "AMX: chunks of 5 differ");
+    ck_assert_msg(!memcmp(s1, s2, SL * sizeof(float)), "AMX: state after chunks differs");
+    for (size_t t = 0; t < T; t++) {
+        ck_assert_int_eq(rk_forward_token(a, toks[t], s3, l2), RK_OK);
+        ck_assert_msg(!memcmp(l1 + t * V, l2, V * sizeof(float)), "AMX: token %zu differs", t);
+    }
+    ck_assert_msg(!memcmp(s1, s3, SL * sizeof(float)), "AMX: token-by-token state differs");
+    /* beside a 3-token sequence in one pass */
+    size_t n[2] = {3, T};
+    uint32_t *mt = malloc((T + 3) * sizeof *mt);
+    mt[0] = 5, mt[1] = 6, mt[2] = 7;
+    memcpy(mt + 3, toks, T * sizeof *mt);
+    float *other = calloc(SL, sizeof(float)), *sts[2] = {other, s4};
+    ck_assert_int_eq(rk_forward_multi(a, 2, mt, n, sts, NULL, l3), RK_OK);
+    ck_assert_msg(!memcmp(l3 + V, l1 + (T - 1) * V, V * sizeof(float)), "AMX: multi differs");
+    ck_assert_msg(!memcmp(s1, s4, SL * sizeof(float)), "AMX: multi state differs");
+    /* switched off, the context is exact again */
+    ck_assert(!rk_ctx_set_amx(a, false));
+    memset(s2, 0, SL * sizeof(float));
+    ck_assert_int_eq(rk_forward_seq(a, toks, T, s2, l2, true), RK_OK);
+    rk_check_close(l2, exp_all, T * V, 2e-4, 2e-4, "after rk_ctx_set_amx(false)");
+    free(toks), free(exp_all), free(s1), free(s2), free(s3), free(s4), free(l1), free(l2);
+    free(l3), free(mt), free(other);
+done:
+    rk_ctx_free(a), rk_ctx_free(ch), rk_ctx_free(f);
+    rk_model_free(m), rk_model_free(mf);
+}
+END_TEST
+
 RK_TEST_SUITE(forward_rand_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("forward-random");
@@ -447,6 +509,7 @@ RK_TEST_SUITE(forward_rand_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_ctx_copy_and_run);
     tcase_add_test(tc, test_batch_invariance);
     tcase_add_test(tc, test_multi_matches_solo);
+    tcase_add_test(tc, test_amx_prefill);
     suite_add_tcase(s, tc);
     return s;
 }
