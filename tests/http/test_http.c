@@ -863,6 +863,72 @@ START_TEST(test_config_errors)
 }
 END_TEST
 
+/* Prompts on AMX tiles (--amx-prefill, the default) with the bf16 fixture:
+ * prompts of different lengths, alone and then six at once with a prefill
+ * chunk of 7 tokens (so how a prompt is cut into passes depends on what else
+ * is running), give the same tokens and logprobs. With AMX off the logprobs
+ * differ (the prompt's inputs are no longer rounded to bf16), which shows
+ * the path ran. Without AMX only the first half applies. */
+static void amx_bodies(char bodies[6][256])
+{
+    static const char *prompts[] = {"Hi", "The quick brown fox jumps over", "a",
+                                    "Once upon a time, in a land far away, there lived",
+                                    "0123456789", "State tuning of RWKV-7 models"};
+    for (int i = 0; i < 6; i++)
+        snprintf(bodies[i], 256,
+                 "{\"prompt\":\"%s\",\"max_tokens\":12,\"temperature\":0,\"logprobs\":0}",
+                 prompts[i]);
+}
+
+START_TEST(test_amx_prompts_traffic_independent)
+{
+    char bodies[6][256];
+    amx_bodies(bodies);
+    char *solo[6], *exact[6];
+    for (int pass = 0; pass < 2; pass++) {
+        struct server s = START("--model", rk_test_data("rand-mh-bf16.safetensors"), "--threads",
+                                "2", "--prefill-chunk", "7",
+                                pass ? "--amx-prefill=0" : "--amx-prefill=1");
+        for (int i = 0; i < 6; i++) {
+            struct resp r = post(s.port, "/generate", NULL, bodies[i]);
+            ck_assert_int_eq(r.status, 200);
+            (pass ? exact : solo)[i] = lp_sig(r.body);
+            resp_free(&r);
+        }
+        if (pass == 0)
+            for (int round = 0; round < 2; round++) {
+                struct gen_arg g[6];
+                pthread_t t[6];
+                for (int i = 0; i < 6; i++) {
+                    g[i] = (struct gen_arg){s.port, NULL, bodies[i], {0}};
+                    pthread_create(&t[i], NULL, gen_thread, &g[i]);
+                }
+                for (int i = 0; i < 6; i++)
+                    pthread_join(t[i], NULL);
+                for (int i = 0; i < 6; i++) {
+                    ck_assert_int_eq(g[i].r.status, 200);
+                    char *c = lp_sig(g[i].r.body);
+                    ck_assert_msg(!strcmp(c, solo[i]),
+                                  "prompt %d: concurrent run differs from solo (round %d)", i,
+                                  round);
+                    free(c);
+                    resp_free(&g[i].r);
+                }
+            }
+        ck_assert_int_eq(stop_server(&s), 0);
+    }
+    int differ = 0;
+    for (int i = 0; i < 6; i++)
+        differ += strcmp(solo[i], exact[i]) != 0;
+    if (rk_amx_available())
+        ck_assert_msg(differ > 0, "--amx-prefill 1 and 0 gave the same logprobs: AMX did not run");
+    else
+        ck_assert_int_eq(differ, 0);
+    for (int i = 0; i < 6; i++)
+        free(solo[i]), free(exact[i]);
+}
+END_TEST
+
 RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -876,6 +942,7 @@ RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
     ADD(test_basic_routes)
     ADD(test_states_crud)
     ADD(test_tenants_concurrent)
+    ADD(test_amx_prompts_traffic_independent)
     ADD(test_state_replaced_during_generation)
     ADD(test_hostile_requests)
     ADD(test_disconnect_mid_stream)
