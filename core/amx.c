@@ -37,6 +37,7 @@
 
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
 #define ARCH_REQ_XCOMP_PERM 0x1023
+#define AMX_PF_BYTES 4096 /* how far ahead the first sweep fetches weights */
 #define XFEATURE_XTILEDATA 18
 
 /* Tile configuration (palette 1): every tile 16 rows of 64 bytes. Tiles 0-3
@@ -171,6 +172,13 @@ AMX_TARGET static void block(float *Y, size_t ldy, size_t c0, const uint16_t *xb
     _tile_zero(2);
     _tile_zero(3);
     for (size_t kb = 0; kb < cols; kb += 32) {
+        if (t == 0) /* first sweep over these panels: fetch ahead from memory */
+            for (int l = 0; l < 16; l++) {
+                _mm_prefetch((const char *)(P0 + kb * 16) + AMX_PF_BYTES + 64 * l, _MM_HINT_T0);
+                if (np == 2)
+                    _mm_prefetch((const char *)(P1 + kb * 16) + AMX_PF_BYTES + 64 * l,
+                                 _MM_HINT_T0);
+            }
         _tile_loadd(4, X0 + kb, ldx);
         _tile_loadd(6, P0 + kb * 16, 64);
         _tile_dpbf16ps(0, 4, 6);

@@ -325,23 +325,28 @@ int rk_cmd_bench(int argc, char **argv)
     double swap_s = (rk_cli_now() - ts) / swaps;
     free(adapter);
 
-    // batched decode: B sequences with their own states, logits for each
-    double batched[16];
-    for (size_t bi = 0; bi < nb; bi++) {
-        size_t B = blist[bi];
-        for (size_t b = 0; b < B; b++)
-            sp[b] = states + b * SL;
-        memset(states, 0, B * SL * sizeof(float));
-        rk_forward_batch(ctx, B, toks, sp, logits);
-        long steps = dtoks / (long)(B > 4 ? 4 : B);
-        if (steps < 8)
-            steps = 8;
-        double tb = rk_cli_now();
-        for (long s = 0; s < steps; s++)
-            if (rk_forward_batch(ctx, B, toks + (size_t)s % 64, sp, logits) != RK_OK)
-                goto fail;
-        batched[bi] = (double)B * (double)steps / (rk_cli_now() - tb);
+    // batched decode: B sequences with their own states, logits for each;
+    // then the same on AMX tiles (serve --amx-decode) where available
+    double batched[16], batched_amx[16];
+    for (int pass = 0; pass < (amx ? 2 : 1); pass++) {
+        rk_ctx_set_amx(ctx, pass == 1);
+        for (size_t bi = 0; bi < nb; bi++) {
+            size_t B = blist[bi];
+            for (size_t b = 0; b < B; b++)
+                sp[b] = states + b * SL;
+            memset(states, 0, B * SL * sizeof(float));
+            rk_forward_batch(ctx, B, toks, sp, logits);
+            long steps = dtoks / (long)(B > 4 ? 4 : B);
+            if (steps < 8)
+                steps = 8;
+            double tb = rk_cli_now();
+            for (long s = 0; s < steps; s++)
+                if (rk_forward_batch(ctx, B, toks + (size_t)s % 64, sp, logits) != RK_OK)
+                    goto fail;
+            (pass ? batched_amx : batched)[bi] = (double)B * (double)steps / (rk_cli_now() - tb);
+        }
     }
+    rk_ctx_set_amx(ctx, false);
     double rss = peak_rss_mb();
     /* tuning: rk_backward_seq over the prompt (targets = next tokens, all
      * scored), each run after a prefill run, best of 3 of each; before the
@@ -393,6 +398,12 @@ int rk_cmd_bench(int argc, char **argv)
                rk_dtype_name(rk_model_wtype(m)), rk_ctx_n_threads(ctx));
         printf(",\"prefill_amx\":%s,\"prefill_fp32_tok_s\":%.2f", amx ? "true" : "false",
                prefill_exact);
+        if (amx) {
+            printf(",\"batched_amx_tok_s\":{");
+            for (size_t bi = 0; bi < nb; bi++)
+                printf("%s\"%u\":%.2f", bi ? "," : "", blist[bi], batched_amx[bi]);
+            printf("}");
+        }
         if (limits)
             printf(",\"read_gb_s\":%.2f,\"sgemm_gflop_s\":%.1f,\"decode_bw_line_tok_s\":%.2f,"
                    "\"decode_vs_line\":%.3f", bw, gf, bw * 1e9 / step_bytes,
@@ -413,6 +424,9 @@ int rk_cmd_bench(int argc, char **argv)
         printf("decode       %.2f tok/s (single stream)\n", decode);
         for (size_t bi = 0; bi < nb; bi++)
             printf("batched B=%-3u %.2f tok/s (aggregate)\n", blist[bi], batched[bi]);
+        for (size_t bi = 0; amx && bi < nb; bi++)
+            printf("batched B=%-3u %.2f tok/s on AMX tiles (serve --amx-decode)\n", blist[bi],
+                   batched_amx[bi]);
         printf("peak RSS     %.1f MiB (%.1f MiB before the batched runs; file %.1f MiB)\n", rss,
                rss_single, file_mb);
         printf("adapter swap %.1f us per state copy (%zu KiB) = %.3f%% of one decode step\n",

@@ -101,6 +101,7 @@ struct rk_engine {
     /* one-pass steps (prompt chunks with the decode tokens) */
     int mix_rows;    /* most rows of such a pass (the context's rows_max) */
     bool amx;        /* prompt passes run on AMX tiles (--amx-prefill) */
+    bool amx_dec;    /* decode passes too (--amx-decode) */
     uint32_t *mtok;  /* [mix_rows] */
     size_t *mn;      /* [n_seqs] tokens per sequence */
     bool *mwant;     /* [n_seqs] */
@@ -792,13 +793,14 @@ static int cmp_order(const void *a, const void *b, void *u)
  * keep their own prefill passes. A prompt that finishes here
  * samples its first token, decoded next step. Returns false (nothing done)
  * when the step does not qualify. */
-/* Prompt passes on AMX tiles, decode passes on the fp32 kernels: every
- * prompt token and every generated token takes the same kernels whatever
- * shares its pass, so a request's output does not depend on the traffic. */
-static void use_amx(struct rk_engine *e, bool on)
+/* Prompt passes on AMX tiles or not (--amx-prefill), decode passes on
+ * them or not (--amx-decode): every prompt token and every generated token
+ * takes the same kernels whatever shares its pass, so a request's output
+ * does not depend on the traffic. */
+static void use_amx(struct rk_engine *e, bool prompt)
 {
-    if (e->amx)
-        rk_ctx_set_amx(e->ctx, on);
+    if (e->amx || e->amx_dec)
+        rk_ctx_set_amx(e->ctx, prompt ? e->amx : e->amx_dec);
 }
 
 static bool step_one_pass(struct rk_engine *e)
@@ -809,9 +811,9 @@ static bool step_one_pass(struct rk_engine *e)
             e->pidx[np++] = k;
         B += e->seqs[k].phase == SEQ_DECODE;
     }
-    /* with AMX prompt passes, prompt rows and decode rows never share a
-     * pass: each kind keeps its own kernels whatever else is running */
-    if (np == 0 || B + 1 > e->mix_rows || (e->amx && B > 0))
+    /* prompt rows and decode rows share a pass only where both kinds take
+     * the same kernels */
+    if (np == 0 || B + 1 > e->mix_rows || (e->amx != e->amx_dec && B > 0))
         return false;
     qsort_r(e->pidx, (size_t)np, sizeof *e->pidx, cmp_order, e);
     long budget = e->srv->cfg.prefill_chunk;
@@ -1131,8 +1133,10 @@ int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
     e->bidx = calloc(S, sizeof *e->bidx);
     e->blogits = malloc(S * V * sizeof(float));
     e->mix_rows = cp.rows_max;
-    e->amx = srv->cfg.amx_prefill && rk_ctx_set_amx(e->ctx, true);
+    bool amx_ok = rk_ctx_set_amx(e->ctx, true);
     rk_ctx_set_amx(e->ctx, false);
+    e->amx = srv->cfg.amx_prefill && amx_ok;
+    e->amx_dec = srv->cfg.amx_decode && amx_ok;
     e->mtok = malloc((size_t)e->mix_rows * sizeof *e->mtok);
     e->mn = malloc(S * sizeof *e->mn);
     e->mwant = malloc(S * sizeof *e->mwant);

@@ -48,6 +48,7 @@ struct rk_srv_config {
     int drain_timeout_s;         /* SIGTERM drain deadline */
     int prefill_chunk;           /* prefill tokens per engine step */
     bool amx_prefill;            /* prompt passes on AMX tiles (bf16 inputs) */
+    bool amx_decode;             /* decode passes on AMX tiles too */
     size_t cache_bytes;          /* adapter LRU bound */
     int health_stall_ms;         /* engine heartbeat age that fails /health */
     bool health_public;          /* /health without an API key */

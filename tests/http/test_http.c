@@ -866,9 +866,10 @@ END_TEST
 /* Prompts on AMX tiles (--amx-prefill, the default) with the bf16 fixture:
  * prompts of different lengths, alone and then six at once with a prefill
  * chunk of 7 tokens (so how a prompt is cut into passes depends on what else
- * is running), give the same tokens and logprobs. With AMX off the logprobs
- * differ (the prompt's inputs are no longer rounded to bf16), which shows
- * the path ran. Without AMX only the first half applies. */
+ * is running), give the same tokens and logprobs; so do they with generated
+ * tokens on AMX too (--amx-decode), where prompt and decode rows may share
+ * passes. With AMX off, or on for decode too, the logprobs differ, which
+ * shows each setting took effect. Without AMX all three settings agree. */
 static void amx_bodies(char bodies[6][256])
 {
     static const char *prompts[] = {"Hi", "The quick brown fox jumps over", "a",
@@ -884,18 +885,22 @@ START_TEST(test_amx_prompts_traffic_independent)
 {
     char bodies[6][256];
     amx_bodies(bodies);
-    char *solo[6], *exact[6];
-    for (int pass = 0; pass < 2; pass++) {
+    char *solo[6], *exact[6], *alldec[6];
+    /* pass 0: prompts on AMX; 1: nothing on AMX; 2: decode on AMX too */
+    static const char *const flags[3][2] = {{"--amx-prefill=1", "--amx-decode=0"},
+                                            {"--amx-prefill=0", "--amx-decode=0"},
+                                            {"--amx-prefill=1", "--amx-decode=1"}};
+    for (int pass = 0; pass < 3; pass++) {
         struct server s = START("--model", rk_test_data("rand-mh-bf16.safetensors"), "--threads",
-                                "2", "--prefill-chunk", "7",
-                                pass ? "--amx-prefill=0" : "--amx-prefill=1");
+                                "2", "--prefill-chunk", "7", flags[pass][0], flags[pass][1]);
+        char **sig = pass == 0 ? solo : pass == 1 ? exact : alldec;
         for (int i = 0; i < 6; i++) {
             struct resp r = post(s.port, "/generate", NULL, bodies[i]);
             ck_assert_int_eq(r.status, 200);
-            (pass ? exact : solo)[i] = lp_sig(r.body);
+            sig[i] = lp_sig(r.body);
             resp_free(&r);
         }
-        if (pass == 0)
+        if (pass != 1)
             for (int round = 0; round < 2; round++) {
                 struct gen_arg g[6];
                 pthread_t t[6];
@@ -908,24 +913,28 @@ START_TEST(test_amx_prompts_traffic_independent)
                 for (int i = 0; i < 6; i++) {
                     ck_assert_int_eq(g[i].r.status, 200);
                     char *c = lp_sig(g[i].r.body);
-                    ck_assert_msg(!strcmp(c, solo[i]),
-                                  "prompt %d: concurrent run differs from solo (round %d)", i,
-                                  round);
+                    ck_assert_msg(!strcmp(c, sig[i]),
+                                  "prompt %d: concurrent run differs from solo (round %d, "
+                                  "pass %d)", i, round, pass);
                     free(c);
                     resp_free(&g[i].r);
                 }
             }
         ck_assert_int_eq(stop_server(&s), 0);
     }
-    int differ = 0;
-    for (int i = 0; i < 6; i++)
+    int differ = 0, differ_dec = 0;
+    for (int i = 0; i < 6; i++) {
         differ += strcmp(solo[i], exact[i]) != 0;
-    if (rk_amx_available())
+        differ_dec += strcmp(solo[i], alldec[i]) != 0;
+    }
+    if (rk_amx_available()) {
         ck_assert_msg(differ > 0, "--amx-prefill 1 and 0 gave the same logprobs: AMX did not run");
-    else
-        ck_assert_int_eq(differ, 0);
+        ck_assert_msg(differ_dec > 0, "--amx-decode 1 changed nothing: AMX did not run");
+    } else {
+        ck_assert_int_eq(differ + differ_dec, 0);
+    }
     for (int i = 0; i < 6; i++)
-        free(solo[i]), free(exact[i]);
+        free(solo[i]), free(exact[i]), free(alldec[i]);
 }
 END_TEST
 
