@@ -136,8 +136,9 @@ bool rk__amx_usable(void)
 }
 
 /* n rows of X (cols floats each) to bf16, round to nearest even (NaN stays
- * NaN), into xb with the same row stride; rows up to the next multiple of 16
- * are zero. */
+ * NaN), into xb with the same row stride. The rows after them, up to the
+ * next multiple of 16, are left as they are: a tile row only feeds its own
+ * output row, and those outputs are never stored. */
 AMX_TARGET static void round_rows(uint16_t *xb, const float *X, size_t n, size_t cols)
 {
     const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
@@ -154,8 +155,6 @@ AMX_TARGET static void round_rows(uint16_t *xb, const float *X, size_t n, size_t
     }
     for (; i < total; i++)
         xb[i] = rk__f32_to_bf16(X[i]);
-    size_t pad = ((n + 15) & ~(size_t)15) - n;
-    memset(xb + total, 0, pad * cols * sizeof(uint16_t));
 }
 
 /* One block: np (1 or 2) panels at P0, P0 + 16 * cols against nx (1 or 2)
