@@ -38,6 +38,7 @@
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define AMX_PF_BYTES 4096 /* how far ahead the first sweep fetches weights */
+#define AMX_CHUNK_BYTES (512 * 1024) /* weights kept in L2 per sweep of X */
 #define XFEATURE_XTILEDATA 18
 
 /* Tile configuration (palette 1): every tile 16 rows of 64 bytes. Tiles 0-3
@@ -136,10 +137,8 @@ bool rk__amx_usable(void)
 }
 
 /* n rows of X (cols floats each) to bf16, round to nearest even (NaN stays
- * NaN), into xb with the same row stride. The rows after them, up to the
- * next multiple of 16, are left as they are: a tile row only feeds its own
- * output row, and those outputs are never stored. */
-AMX_TARGET static void round_rows(uint16_t *xb, const float *X, size_t n, size_t cols)
+ * NaN), into xb with the same row stride. */
+AMX_TARGET void rk__amx_round(uint16_t *xb, const float *X, size_t n, size_t cols)
 {
     const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
     const __m512i quiet = _mm512_set1_epi32(0x00400000);
@@ -217,29 +216,32 @@ AMX_TARGET static void block(float *Y, size_t ldy, size_t c0, const uint16_t *xb
     }
 }
 
-size_t rk__amx_scratch(size_t n, int cols)
-{
-    /* bf16 rows padded to 16, in floats, plus one 16x16 spill tile */
-    return (((n + 15) & ~(size_t)15) * (size_t)cols + 1) / 2 + 16 * 16 + 16;
-}
-
-AMX_TARGET void rk__amx_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
-                             const struct rk_weight *W, int r0, int r1, float *scratch)
+AMX_TARGET void rk__amx_rows(float *Y, size_t ldy, int yoff, const uint16_t *xb, size_t n,
+                             const struct rk_weight *W, int r0, int r1)
 {
     size_t cols = (size_t)W->cols;
     configure_thread();
-    float *spill = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    uint16_t *xb = (uint16_t *)(spill + 16 * 16);
-    round_rows(xb, X, n, cols);
+    float spill[16 * 16] __attribute__((aligned(64)));
     const uint16_t *base = W->data;
+    /* xb holds n rows; the rows after them up to the next multiple of 16 are
+     * read by the last tile but left as they are: a tile row only feeds its
+     * own output row, and those outputs are never stored */
     size_t n16 = (n + 15) & ~(size_t)15;
-    /* pairs of panels (32 weight rows) held while every row of X passes */
-    for (int r = r0; r < r1; r += 32) {
-        int np = r1 - r >= 32 ? 2 : 1;
-        const uint16_t *P0 = base + (size_t)r * cols;
+    /* The weight rows in chunks of about AMX_CHUNK_BYTES (whole pairs of
+     * panels), which stay in L2 while every 32 rows of X pass over the
+     * chunk's pairs; X is thus read once per chunk, the weights once. */
+    int chunk = (int)(AMX_CHUNK_BYTES / (cols * sizeof(uint16_t))) & ~31;
+    if (chunk < 32)
+        chunk = 32;
+    for (int c0 = r0; c0 < r1; c0 += chunk) {
+        int c1 = c0 + chunk < r1 ? c0 + chunk : r1;
         for (size_t t = 0; t < n16; t += 32) {
             int nx = n16 - t >= 32 ? 2 : 1;
-            block(Y, ldy, (size_t)(r - yoff), xb, cols, t, n, P0, np, nx, spill);
+            for (int r = c0; r < c1; r += 32) {
+                int np = c1 - r >= 32 ? 2 : 1;
+                block(Y, ldy, (size_t)(r - yoff), xb, cols, t, n, base + (size_t)r * cols, np,
+                      nx, spill);
+            }
         }
     }
 }
@@ -257,14 +259,13 @@ bool rk__amx_fits(const struct rk_weight *W)
     (void)W;
     return false;
 }
-size_t rk__amx_scratch(size_t n, int cols)
+void rk__amx_round(uint16_t *xb, const float *X, size_t n, size_t cols)
 {
-    (void)n, (void)cols;
-    return 0;
+    (void)xb, (void)X, (void)n, (void)cols;
 }
-void rk__amx_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
-                  const struct rk_weight *W, int r0, int r1, float *scratch)
+void rk__amx_rows(float *Y, size_t ldy, int yoff, const uint16_t *xb, size_t n,
+                  const struct rk_weight *W, int r0, int r1)
 {
-    (void)Y, (void)ldy, (void)yoff, (void)X, (void)n, (void)W, (void)r0, (void)r1, (void)scratch;
+    (void)Y, (void)ldy, (void)yoff, (void)xb, (void)n, (void)W, (void)r0, (void)r1;
 }
 #endif

@@ -261,14 +261,16 @@ void rk__matmul_many(struct rk__pool *pool, int kern, const struct rk__mm *mm, i
                      size_t n);
 /* AMX (amx.c): whether products may run on AMX tiles in this process
  * (decided once: CPU, OS permission, a probe product, RWKVD_NO_AMX);
- * whether W suits them (bf16 panels, columns a multiple of 32); the floats
- * of scratch rk__amx_rows needs for n rows; rows [r0, r1) (multiples of 16)
- * of Y = X W^T, written as in rk__matmul_rows with Y's column 0 = row yoff. */
+ * whether W suits them (bf16 panels, columns a multiple of 32); n rows of X
+ * rounded to bf16 (round to nearest even) into xb; rows [r0, r1) (multiples
+ * of 16) of Y = X W^T from those bf16 rows, written as in rk__matmul_rows
+ * with Y's column 0 = row yoff (xb must have room for n rounded up to 16
+ * rows; the rows past n are read but do not matter). */
 bool rk__amx_usable(void);
 bool rk__amx_fits(const struct rk_weight *W);
-size_t rk__amx_scratch(size_t n, int cols);
-void rk__amx_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
-                  const struct rk_weight *W, int r0, int r1, float *scratch);
+void rk__amx_round(uint16_t *xb, const float *X, size_t n, size_t cols);
+void rk__amx_rows(float *Y, size_t ldy, int yoff, const uint16_t *xb, size_t n,
+                  const struct rk_weight *W, int r0, int r1);
 /* Free the calling thread's kernel scratch (pool workers call it on exit). */
 void rk__ops_thread_exit(void);
 /* Whether the AVX-512 kernels run: the CPU has AVX-512 F/BW/VL/DQ and

@@ -672,43 +672,54 @@ static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 
 /* --- gemm path ------------------------------------------------------------ */
 
-/* Per-thread conversion buffer, grown on first use and kept for the thread's
- * lifetime (pool threads live as long as their context). */
-static _Thread_local float *tl_buf;
-static _Thread_local size_t tl_cap;
-/* Frees a thread's buffer when the thread exits, whichever thread it is
+/* Per-thread buffers, grown on first use and kept for the thread's lifetime
+ * (pool threads live as long as their context): the kernels' scratch, and
+ * the bf16 rows of X that a thread rounds for an AMX product and shares
+ * with the pool for its length. */
+enum { TL_SCRATCH, TL_AMX_X, TL_N };
+static _Thread_local float *tl_buf[TL_N];
+static _Thread_local size_t tl_cap[TL_N];
+/* Frees a thread's buffers when the thread exits, whichever thread it is
  * (pool workers, but also callers such as the server's engine thread). */
-static pthread_key_t tl_key;
+static pthread_key_t tl_key[TL_N];
 static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
-static bool tl_key_ok;
+static bool tl_key_ok[TL_N];
 
 static void tl_destroy(void *p) { rk__free_aligned(p); }
-static void tl_key_init(void) { tl_key_ok = pthread_key_create(&tl_key, tl_destroy) == 0; }
+static void tl_key_init(void)
+{
+    for (int k = 0; k < TL_N; k++)
+        tl_key_ok[k] = pthread_key_create(&tl_key[k], tl_destroy) == 0;
+}
 
 void rk__ops_thread_exit(void)
 {
-    if (tl_key_ok)
-        pthread_setspecific(tl_key, NULL);
-    rk__free_aligned(tl_buf);
-    tl_buf = NULL;
-    tl_cap = 0;
+    for (int k = 0; k < TL_N; k++) {
+        if (tl_key_ok[k])
+            pthread_setspecific(tl_key[k], NULL);
+        rk__free_aligned(tl_buf[k]);
+        tl_buf[k] = NULL;
+        tl_cap[k] = 0;
+    }
 }
 
-static float *thread_buf(size_t n)
+static float *thread_buf_k(int k, size_t n)
 {
-    if (n > tl_cap) {
+    if (n > tl_cap[k]) {
         pthread_once(&tl_once, tl_key_init);
         float *nb = rk__malloc_aligned(n * sizeof(float));
         if (!nb)
             return NULL;
-        rk__free_aligned(tl_buf);
-        tl_buf = nb;
-        tl_cap = n;
-        if (tl_key_ok)
-            pthread_setspecific(tl_key, nb);
+        rk__free_aligned(tl_buf[k]);
+        tl_buf[k] = nb;
+        tl_cap[k] = n;
+        if (tl_key_ok[k])
+            pthread_setspecific(tl_key[k], nb);
     }
-    return tl_buf;
+    return tl_buf[k];
 }
+
+static float *thread_buf(size_t n) { return thread_buf_k(TL_SCRATCH, n); }
 
 static void gemm_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
                       const struct rk_weight *W, int r0, int r1)
@@ -774,8 +785,8 @@ struct mm_job {
     size_t n;
     const struct rk_weight *W;
     int r0, r1;
-    bool relu2; /* then Y = max(Y, 0)^2 */
-    bool amx;   /* bf16 panels that fit go to the AMX tiles */
+    bool relu2;         /* then Y = max(Y, 0)^2 */
+    const uint16_t *xb; /* X rounded to bf16: the product runs on AMX tiles */
 };
 
 /* Y[i][c0 - yoff .. c1 - yoff) = max(., 0)^2 for i < n; NaN becomes 0 on
@@ -813,12 +824,9 @@ static void relu2_cols(float *Y, size_t ldy, size_t n, int c0, int c1)
 static void mm_range(const struct mm_job *j, int a, int b)
 {
 #ifdef RK_X86
-    if (j->amx && rk__amx_fits(j->W)) {
-        float *scratch = thread_buf(rk__amx_scratch(j->n, j->W->cols));
-        if (scratch) {
-            rk__amx_rows(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b, scratch);
-            return;
-        }
+    if (j->xb) {
+        rk__amx_rows(j->Y, j->ldy, j->r0, j->xb, j->n, j->W, a, b);
+        return;
     }
     if (j->W->panel) {
         panel_rows(j->Y, j->ldy, j->r0, j->X, j->n, j->W, a, b);
@@ -855,6 +863,57 @@ static void mm_worker(int ith, int nth, void *arg)
         relu2_cols(j->Y, j->ldy, j->n, a - j->r0, b - j->r0);
 }
 
+/* AMX products: the rows of X of every product that runs on the tiles are
+ * rounded to bf16 once, into the calling thread's buffer, the rows split
+ * over the pool (each thread then reads all of them). */
+enum { AMX_MANY_MAX = 16 };
+struct amx_prep {
+    const struct rk__mm *mm;
+    int count;
+    size_t n;
+    uint16_t **xb;
+};
+
+static void amx_round_worker(int ith, int nth, void *arg)
+{
+    const struct amx_prep *a = arg;
+    size_t r0 = a->n * (size_t)ith / (size_t)nth, r1 = a->n * (size_t)(ith + 1) / (size_t)nth;
+    for (int i = 0; i < a->count && r1 > r0; i++) {
+        size_t cols = (size_t)a->mm[i].W->cols;
+        if (a->xb[i])
+            rk__amx_round(a->xb[i] + r0 * cols, a->mm[i].X + r0 * cols, r1 - r0, cols);
+    }
+}
+
+/* xb[i] = the rounded rows of product i, or NULL where it keeps the fp32
+ * kernels (W does not fit the tiles, AMX is off or memory is short). */
+static void amx_prepare(struct rk__pool *pool, int kern, const struct rk__mm *mm, int count,
+                        size_t n, uint16_t **xb)
+{
+    size_t n16 = (n + 15) & ~(size_t)15, total = 0;
+    bool on = kern == RK_KERN_AMX && rk__amx_usable();
+    for (int i = 0; i < count; i++) {
+        xb[i] = NULL;
+        if (on && rk__amx_fits(mm[i].W))
+            total += n16 * (size_t)mm[i].W->cols; /* a multiple of 32: 64-byte aligned */
+    }
+    if (total == 0)
+        return;
+    uint16_t *buf = (uint16_t *)thread_buf_k(TL_AMX_X, (total + 1) / 2);
+    if (!buf)
+        return;
+    for (int i = 0; i < count; i++)
+        if (on && rk__amx_fits(mm[i].W)) {
+            xb[i] = buf;
+            buf += n16 * (size_t)mm[i].W->cols;
+        }
+    struct amx_prep a = {mm, count, n, xb};
+    if (pool && n >= 16)
+        rk__pool_run(pool, amx_round_worker, &a);
+    else
+        amx_round_worker(0, 1, &a);
+}
+
 static void matmul_rows_act(struct rk__pool *pool, int kern, float *Y, const float *X, size_t n,
                             const struct rk_weight *W, int r0, int r1, bool relu2)
 {
@@ -870,7 +929,10 @@ static void matmul_rows_act(struct rk__pool *pool, int kern, float *Y, const flo
         return;
     }
     blas_single_threaded();
-    struct mm_job j = {Y, ldy, X, n, W, r0, r1, relu2, kern == RK_KERN_AMX && rk__amx_usable()};
+    uint16_t *xb = NULL;
+    struct rk__mm one = {Y, X, W};
+    amx_prepare(pool, kern, &one, 1, n, &xb);
+    struct mm_job j = {Y, ldy, X, n, W, r0, r1, relu2, xb};
     size_t elems = (size_t)(r1 - r0) * (size_t)W->cols * (n > DOT_ROWS_MAX ? n : 1);
     if (!pool || elems < PAR_MIN_ELEMS)
         mm_worker(0, 1, &j);
@@ -894,7 +956,7 @@ struct many_job {
     const struct rk__mm *mm;
     int count;
     size_t n;
-    bool amx;
+    uint16_t **xb;
 };
 
 static void many_worker(int ith, int nth, void *arg)
@@ -903,7 +965,7 @@ static void many_worker(int ith, int nth, void *arg)
     for (int i = 0; i < mj->count; i++) {
         const struct rk__mm *t = &mj->mm[i];
         struct mm_job j = {t->Y, (size_t)t->W->rows, t->X, mj->n, t->W, 0, t->W->rows, false,
-                           mj->amx};
+                           mj->xb[i]};
         mm_worker(ith, nth, &j);
     }
 }
@@ -911,7 +973,7 @@ static void many_worker(int ith, int nth, void *arg)
 void rk__matmul_many(struct rk__pool *pool, int kern, const struct rk__mm *mm, int count,
                      size_t n)
 {
-    bool together = kern != RK_KERN_REF && pool;
+    bool together = kern != RK_KERN_REF && pool && count <= AMX_MANY_MAX;
     for (int i = 0; together && i < count; i++)
         together = !(mm[i].W->panel && !have_avx512());
     if (!together) {
@@ -920,7 +982,9 @@ void rk__matmul_many(struct rk__pool *pool, int kern, const struct rk__mm *mm, i
         return;
     }
     blas_single_threaded();
-    struct many_job mj = {mm, count, n, kern == RK_KERN_AMX && rk__amx_usable()};
+    uint16_t *xb[AMX_MANY_MAX];
+    amx_prepare(pool, kern, mm, count, n, xb);
+    struct many_job mj = {mm, count, n, xb};
     rk__pool_run(pool, many_worker, &mj);
 }
 
