@@ -1137,6 +1137,9 @@ int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
     rk_ctx_set_amx(e->ctx, false);
     e->amx = srv->cfg.amx_prefill && amx_ok;
     e->amx_dec = srv->cfg.amx_decode && amx_ok;
+    rk_log(RK_LOG_INFO, "engine: %d compute threads; prompts on %s, generated tokens on %s",
+           rk_ctx_n_threads(e->ctx), e->amx ? "AMX tiles (bf16 inputs)" : "the fp32 kernels",
+           e->amx_dec ? "AMX tiles (bf16 inputs)" : "the fp32 kernels");
     e->mtok = malloc((size_t)e->mix_rows * sizeof *e->mtok);
     e->mn = malloc(S * sizeof *e->mn);
     e->mwant = malloc(S * sizeof *e->mwant);
