@@ -20,7 +20,8 @@
  *      token, then sample each and append its text to its job.
  *   When this step's prompt tokens and decode tokens fit in 48 rows, or
  *   are short prompts, 3 and 4 are one rk_forward_multi pass instead
- *   (step_one_pass): the weights are read once per pass (per 48 rows for
+ *   (step_one_pass; where prompts run on AMX tiles and decode does not,
+ *   the prompts get one such pass of their own and 4 follows): the weights are read once per pass (per 48 rows for
  *   row-major weights), and every sequence gets the same bits as in
  *   separate passes.
  *   Sampling a batch (sample_batch): the token and log-probabilities of
@@ -803,7 +804,9 @@ static void use_amx(struct rk_engine *e, bool prompt)
         rk_ctx_set_amx(e->ctx, prompt ? e->amx : e->amx_dec);
 }
 
-static bool step_one_pass(struct rk_engine *e)
+enum { ONE_PASS_NO, ONE_PASS_ALL, ONE_PASS_PROMPTS };
+
+static int step_one_pass(struct rk_engine *e)
 {
     int np = 0, B = 0;
     for (int k = 0; k < e->n_seqs; k++) {
@@ -812,13 +815,17 @@ static bool step_one_pass(struct rk_engine *e)
         B += e->seqs[k].phase == SEQ_DECODE;
     }
     /* prompt rows and decode rows share a pass only where both kinds take
-     * the same kernels */
-    if (np == 0 || B + 1 > e->mix_rows || (e->amx != e->amx_dec && B > 0))
-        return false;
+     * the same kernels; otherwise the prompts share one pass of their own
+     * and the decode step follows (ONE_PASS_PROMPTS) */
+    bool mix = e->amx == e->amx_dec;
+    if (!mix)
+        B = 0;
+    if (np == 0 || B + 1 > e->mix_rows)
+        return ONE_PASS_NO;
     qsort_r(e->pidx, (size_t)np, sizeof *e->pidx, cmp_order, e);
     long budget = e->srv->cfg.prefill_chunk;
     int rows = B, nseg = 0;
-    for (int k = 0; k < e->n_seqs; k++) {
+    for (int k = 0; k < e->n_seqs && mix; k++) {
         struct seq *s = &e->seqs[k];
         if (s->phase != SEQ_DECODE)
             continue;
@@ -848,7 +855,7 @@ static bool step_one_pass(struct rk_engine *e)
     }
     int nprompt = nseg - ndec, prows = rows - ndec;
     if (nprompt == 0 || (rows > 48 && prows > 48 * nprompt))
-        return false;
+        return ONE_PASS_NO;
     use_amx(e, true);
     int rc = rk_forward_multi(e->ctx, (size_t)nseg, e->mtok, e->mn, e->bstate, e->mwant,
                               e->blogits);
@@ -863,7 +870,7 @@ static bool step_one_pass(struct rk_engine *e)
                      i < ndec ? "decode" : "prefill", rk_strerror(rc));
             seq_finish(e, s, RK_FINISH_CANCEL);
         }
-        return true;
+        return ONE_PASS_ALL;
     }
     sample_batch(e, ndec);
     for (int i = ndec; i < nseg; i++) {
@@ -875,7 +882,7 @@ static bool step_one_pass(struct rk_engine *e)
             prefill_done(e, s);
         }
     }
-    return true;
+    return mix ? ONE_PASS_ALL : ONE_PASS_PROMPTS;
 }
 
 static void step(struct rk_engine *e)
@@ -894,11 +901,13 @@ static void step(struct rk_engine *e)
             seq_finish(e, s, RK_FINISH_TIMEOUT);
     }
 
-    if (step_one_pass(e))
+    int one = step_one_pass(e);
+    if (one == ONE_PASS_ALL)
         goto done;
 
-    // 2. prefill, FIFO by admission, bounded per step
-    long budget = cfg->prefill_chunk;
+    // 2. prefill, FIFO by admission, bounded per step (done above when the
+    // prompts had a pass of their own)
+    long budget = one == ONE_PASS_PROMPTS ? 0 : cfg->prefill_chunk;
     use_amx(e, true);
     while (budget > 0) {
         struct seq *s = NULL;
