@@ -867,7 +867,9 @@ static void mm_worker(int ith, int nth, void *arg)
  * rounded to bf16 once, into the calling thread's buffer, the rows split
  * over the pool (each thread then reads all of them). */
 enum { AMX_MANY_MAX = 16 };
-struct amx_prep {
+/* Products over the same n rows (rk__matmul_many, or one product), with the
+ * rounded rows of those on AMX tiles (xb[i], or NULL). */
+struct many_job {
     const struct rk__mm *mm;
     int count;
     size_t n;
@@ -876,7 +878,7 @@ struct amx_prep {
 
 static void amx_round_worker(int ith, int nth, void *arg)
 {
-    const struct amx_prep *a = arg;
+    const struct many_job *a = arg;
     size_t r0 = a->n * (size_t)ith / (size_t)nth, r1 = a->n * (size_t)(ith + 1) / (size_t)nth;
     for (int i = 0; i < a->count && r1 > r0; i++) {
         size_t cols = (size_t)a->mm[i].W->cols;
@@ -907,7 +909,7 @@ static void amx_prepare(struct rk__pool *pool, int kern, const struct rk__mm *mm
             xb[i] = buf;
             buf += n16 * (size_t)mm[i].W->cols;
         }
-    struct amx_prep a = {mm, count, n, xb};
+    struct many_job a = {mm, count, n, xb};
     if (pool && n >= 16)
         rk__pool_run(pool, amx_round_worker, &a);
     else
@@ -951,13 +953,6 @@ void rk__matmul_relu2(struct rk__pool *pool, int kern, float *Y, const float *X,
 {
     matmul_rows_act(pool, kern, Y, X, n, W, 0, W->rows, true);
 }
-
-struct many_job {
-    const struct rk__mm *mm;
-    int count;
-    size_t n;
-    uint16_t **xb;
-};
 
 static void many_worker(int ith, int nth, void *arg)
 {

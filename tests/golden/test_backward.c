@@ -672,6 +672,13 @@ RK_TEST_SUITE(backward_shared_suite, RK_NEEDS_SHARED)
     return s;
 }
 
+/* A uniform value in [-0.5, 0.5) from a 64-bit LCG (the kernel tests' data). */
+static float lcg_unit(uint64_t *seed)
+{
+    *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(*seed >> 40) / (double)(1ull << 24) - 0.5);
+}
+
 /* The transposed product every backward linear map uses, against a double
  * loop: f32, bf16 and f16 weights, odd shapes, a scratch that forces many
  * blocks, accumulation, one and three threads. */
@@ -683,12 +690,10 @@ START_TEST(test_matmul_t)
     uint16_t *w16 = malloc(sizeof(uint16_t) * ROWS * COLS);
     float *dX = malloc(sizeof(float) * N * COLS), *wbuf = malloc(sizeof(float) * 50 * COLS);
     for (int i = 0; i < N * ROWS; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        dY[i] = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+        dY[i] = lcg_unit(&seed);
     }
     for (int i = 0; i < ROWS * COLS; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        w[i] = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+        w[i] = lcg_unit(&seed);
     }
     for (int threads = 1; threads <= 3; threads += 2) {
         struct rk__pool *pool = NULL;
@@ -747,8 +752,7 @@ START_TEST(test_panel_products)
     uint16_t *w16 = malloc(2 * RMAX * CMAX), *p16 = malloc(2 * RMAX * CMAX);
     float *w32 = malloc(4 * RMAX * CMAX), *p32 = malloc(4 * RMAX * CMAX);
     for (int i = 0; i < NMAX * CMAX; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        X[i] = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+        X[i] = lcg_unit(&seed);
     }
     bool exact = rk__use_avx512();
     for (int threads = 1; threads <= 3; threads += 2) {
@@ -759,8 +763,7 @@ START_TEST(test_panel_products)
                 for (size_t ci = 0; ci < sizeof cols_v / sizeof cols_v[0]; ci++) {
                     int R = rows_v[ri], C = cols_v[ci];
                     for (int i = 0; i < R * C; i++) {
-                        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-                        float f = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+                        float f = lcg_unit(&seed);
                         if (dt == 2) {
                             w32[i] = wq[i] = f;
                             continue;
@@ -830,8 +833,7 @@ START_TEST(test_wkv_head)
     uint64_t seed = 11;
     for (int round = 0; round < 20; round++) {
         for (int i = 0; i < HN * HN + 7 * HN; i++) {
-            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-            float f = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+            float f = lcg_unit(&seed);
             if (i < HN * HN)
                 S[i] = S0[i] = f * (float)(1 + round % 3);
             else
@@ -878,8 +880,7 @@ START_TEST(test_amx_products)
     float *Y1 = malloc(sizeof(float) * RMAX), *wq = malloc(sizeof(float) * RMAX * CMAX);
     uint16_t *w16 = malloc(2 * RMAX * CMAX), *p16 = malloc(2 * RMAX * CMAX);
     for (int i = 0; i < NMAX * CMAX; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        X[i] = (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5);
+        X[i] = lcg_unit(&seed);
     }
     for (int threads = 1; threads <= 3; threads += 2) {
         struct rk__pool *pool = NULL;
@@ -888,9 +889,7 @@ START_TEST(test_amx_products)
             for (size_t ci = 0; ci < sizeof cols_v / sizeof cols_v[0]; ci++) {
                 int R = rows_v[ri], C = cols_v[ci];
                 for (int i = 0; i < R * C; i++) {
-                    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-                    w16[i] = rk__f32_to_bf16(
-                        (float)((double)(seed >> 40) / (double)(1ull << 24) - 0.5));
+                    w16[i] = rk__f32_to_bf16(lcg_unit(&seed));
                     wq[i] = rk__bf16_to_f32(w16[i]);
                 }
                 struct rk_weight W = {RK_DTYPE_BF16, w16, R, C, false};
