@@ -588,6 +588,13 @@ AVX512 static void widen_pairs_t(float *dst, size_t ld, const uint16_t *P, int c
     }
 }
 
+/* Columns [c0, c1) of one f16 panel P, widened into dst[c * ld]. */
+AVX512 static void widen_f16_t(float *dst, size_t ld, const uint16_t *P, int c0, int c1)
+{
+    for (int c = c0; c < c1; c++)
+        _mm512_storeu_ps(dst + (size_t)c * ld, widen_f16(P + (size_t)c * 16));
+}
+
 /* Rows [r0, r1) of a panel-held W (multiples of 16) against n rows of X:
  * groups of PANEL_NP panels, each swept by the rows of X PANEL_NB at a time. */
 static void panel_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
@@ -1030,6 +1037,10 @@ static void mt_worker(int ith, int nth, void *arg)
 #ifdef RK_X86
             if (W->dtype == RK_DTYPE_BF16 && c0 % 2 == 0 && c1 % 2 == 0) {
                 widen_pairs_t(j->wbuf + 16 * (size_t)p, nb, P, c0, c1);
+                continue;
+            }
+            if (W->dtype == RK_DTYPE_F16) {
+                widen_f16_t(j->wbuf + 16 * (size_t)p, nb, P, c0, c1);
                 continue;
             }
 #endif
