@@ -436,7 +436,10 @@ int rk_cmd_generate(int argc, char **argv)
                    "  --stop STRING            stop before STRING (repeatable, up to 16)\n"
                    "  --state FILE             start from a tuned state (adapter file)\n"
                    "  --threads N              compute threads (default: all CPUs)\n"
-                   "  --vocab FILE             World vocabulary; byte models need none\n");
+                   "  --vocab FILE             World vocabulary; byte models need none\n\n"
+                   "The prompt of a bf16 model runs on AMX tiles (inputs rounded to bf16) where\n"
+                   "the CPU offers them, as in serve; generated tokens use the fp32 kernels.\n"
+                   "RWKVD_NO_AMX=1 keeps the prompt on the fp32 kernels too.\n");
             return 0;
         default: return 2;
         }
