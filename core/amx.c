@@ -50,12 +50,12 @@ struct tilecfg {
     uint8_t rows[16];
 } __attribute__((packed, aligned(64)));
 
-static _Thread_local bool tl_configured;
-
+/* Loads the configuration into the calling thread's tile registers. Done at
+ * every product (a few hundred cycles against a product of microseconds at
+ * least), so that nothing else in the process that uses tiles can leave
+ * them configured otherwise under us. */
 AMX_TARGET static void configure_thread(void)
 {
-    if (tl_configured)
-        return;
     struct tilecfg cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -64,7 +64,6 @@ AMX_TARGET static void configure_thread(void)
         cfg.colsb[i] = 64;
     }
     _tile_loadconfig(&cfg);
-    tl_configured = true;
 }
 
 static sigjmp_buf probe_jmp;
@@ -123,8 +122,6 @@ static void amx_decide(void)
     volatile bool ok = false;
     if (sigsetjmp(probe_jmp, 1) == 0)
         ok = probe_product();
-    else
-        tl_configured = false;
     sigaction(SIGILL, &old_ill, NULL);
     sigaction(SIGSEGV, &old_segv, NULL);
     amx_on = ok;
