@@ -298,7 +298,7 @@ struct rk__pool *rk__ctx_pool(struct rk_ctx *ctx);
  * between calls so repeated backward passes do not fault fresh pages in;
  * grows as needed, freed with the context. NULL when out of memory. */
 void *rk__ctx_workspace(struct rk_ctx *ctx, size_t bytes);
-void rk__layernorm(float *out, const float *x, const float *w, const float *b, int n,
+void rk__layernorm(bool ref, float *out, const float *x, const float *w, const float *b, int n,
                    float eps);
 
 /* --- backward (rwkv7_backward.c) ---------------------------------------- */

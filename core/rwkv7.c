@@ -538,7 +538,7 @@ static void ph_ln1(const struct phase *ph, int t0, int t1)
             for (int i = 0; i < C; i++)
                 x[i] += d[i];
         }
-        rk__layernorm(c->u + (size_t)t * C, x, ph->ly->ln1_w, ph->ly->ln1_b, C, LN_EPS);
+        rk__layernorm(c->ref, c->u + (size_t)t * C, x, ph->ly->ln1_w, ph->ly->ln1_b, C, LN_EPS);
     }
 }
 
@@ -677,7 +677,7 @@ static void ph_ln2(const struct phase *ph, int t0, int t1)
         const float *d = c->xr + (size_t)t * C;
         for (int i = 0; i < C; i++)
             x[i] += d[i];
-        rk__layernorm(c->u + (size_t)t * C, x, ph->ly->ln2_w, ph->ly->ln2_b, C, LN_EPS);
+        rk__layernorm(c->ref, c->u + (size_t)t * C, x, ph->ly->ln2_w, ph->ly->ln2_b, C, LN_EPS);
     }
 }
 
@@ -766,7 +766,8 @@ static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, const s
             return RK_ERANGE;
     for (int t = 0; t < R; t++) {
         rk__weight_row(&m->emb, (int)tokens[t], c->tmp + (size_t)t * C);
-        rk__layernorm(c->x + (size_t)t * C, c->tmp + (size_t)t * C, m->ln0_w, m->ln0_b, C, LN_EPS);
+        rk__layernorm(c->ref, c->x + (size_t)t * C, c->tmp + (size_t)t * C, m->ln0_w, m->ln0_b, C,
+                      LN_EPS);
     }
     for (int l = 0; l < m->L; l++) {
         time_mix(c, l, R, rm);
@@ -777,8 +778,8 @@ static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, const s
     if (!logits || nl == 0)
         return RK_OK;
     for (int i = 0; i < nl; i++)
-        rk__layernorm(c->u + (size_t)i * C, c->x + (size_t)lrow[i] * C, m->lnout_w, m->lnout_b, C,
-                      LN_EPS);
+        rk__layernorm(c->ref, c->u + (size_t)i * C, c->x + (size_t)lrow[i] * C, m->lnout_w,
+                      m->lnout_b, C, LN_EPS);
     matmul(c, logits, c->u, (size_t)nl, &m->head);
     return RK_OK;
 }
