@@ -26,6 +26,9 @@
 #define N RK_HEAD_SIZE
 #define LN_EPS 1e-5f
 #define GN_EPS (64e-5f)
+#ifndef WKV_PF_ROWS
+#define WKV_PF_ROWS 2 /* rows ahead that the WKV pass fetches */
+#endif
 #define DECAY_SCALE 0.6065306597126334f /* e^-0.5 */
 
 struct rk_ctx {
@@ -451,8 +454,8 @@ static void wkv_worker(int ith, int nth, void *arg)
 #ifdef RK_X86
             if (fast) {
                 /* rows lie C floats apart: fetch the row after next now */
-                if (t + 2 < r1) {
-                    size_t o2 = o + 2 * C;
+                if (t + WKV_PF_ROWS < r1) {
+                    size_t o2 = o + WKV_PF_ROWS * C;
                     const float *rows[] = {c->r, c->w, c->k, c->v, c->kk, c->a};
                     for (int q = 0; q < 6; q++)
                         for (int l = 0; l < N; l += 16)
