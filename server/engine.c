@@ -21,9 +21,9 @@
  *   When this step's prompt tokens and decode tokens fit in 48 rows, or
  *   are short prompts, 3 and 4 are one rk_forward_multi pass instead
  *   (step_one_pass; where prompts run on AMX tiles and decode does not,
- *   the prompts get one such pass of their own and 4 follows): the weights are read once per pass (per 48 rows for
- *   row-major weights), and every sequence gets the same bits as in
- *   separate passes.
+ *   the prompts get one such pass of their own and 4 follows): the
+ *   weights are read once per pass (per 48 rows for row-major weights),
+ *   and every sequence gets the same bits as in separate passes.
  *   Sampling a batch (sample_batch): the token and log-probabilities of
  *   each sequence are picked on the compute threads at once, then applied
  *   (text, stops, output) in slot order on this thread.
