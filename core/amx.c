@@ -27,7 +27,6 @@
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__linux__)
-#define RK_AMX 1
 #include <cpuid.h>
 #include <immintrin.h>
 #include <setjmp.h>
