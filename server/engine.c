@@ -132,6 +132,10 @@ const char *rk_finish_name(enum rk_finish f)
     }
 }
 
+/* Generation jobs allocated and not yet freed, in this process (a leak and
+ * lifetime check for tests; also exported as a gauge). */
+static atomic_long g_jobs_live;
+
 struct rk_job *rk_job_create(struct rk_srv *srv, enum rk_api api)
 {
     struct rk_job *j = calloc(1, sizeof *j);
@@ -139,6 +143,7 @@ struct rk_job *rk_job_create(struct rk_srv *srv, enum rk_api api)
         return NULL;
     atomic_init(&j->refs, 1);
     atomic_init(&j->cancel, false);
+    atomic_fetch_add_explicit(&g_jobs_live, 1, memory_order_relaxed);
     j->srv = srv;
     j->api = api;
     j->top_logprobs = -1;
@@ -156,7 +161,17 @@ struct rk_job *rk_job_retain(struct rk_job *j)
 
 void rk_job_release(struct rk_job *j)
 {
-    if (!j || atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) != 1)
+    if (!j)
+        return;
+    int old = atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel);
+    // One release too many means another holder is using freed memory: stop
+    // here, where it shows, rather than in malloc later.
+    if (old < 1) {
+        fprintf(stderr, "rwkvd: internal error: generation job %p released once too often\n",
+                (void *)j);
+        abort();
+    }
+    if (old != 1)
         return;
     rk_state_ref_release(j->state);
     free(j->prompt);
@@ -173,7 +188,10 @@ void rk_job_release(struct rk_job *j)
     rk_buf_free(&j->out);
     pthread_mutex_destroy(&j->mu);
     free(j);
+    atomic_fetch_sub_explicit(&g_jobs_live, 1, memory_order_relaxed);
 }
+
+long rk_jobs_live(void) { return atomic_load(&g_jobs_live); }
 
 /* --- queue (loop side) --------------------------------------------------- */
 
@@ -230,19 +248,32 @@ void rk_engine_cancel_all(struct rk_engine *e)
     pthread_mutex_unlock(&e->mu);
 }
 
+/*
+ * The detached list is walked one job at a time, and each job's link is read
+ * and its `wake_queued` cleared under wmu just before the job is handed on.
+ * While `wake_queued` is set, flush_wakes never writes the job's `wake_next`,
+ * so every link read here is the one the list was built with. (Clearing all
+ * the flags first and walking the links unlocked let the engine queue a job
+ * that was still ahead in this walk: its `wake_next` then pointed into the
+ * new list, this walk went on into that list and handed its jobs over twice
+ * while the rest of the old list was never handed over; each double hand-over
+ * released one reference too many: a use after free.)
+ */
 void rk_engine_drain_wakes(struct rk_engine *e, void (*fn)(struct rk_job *j, void *u), void *u)
 {
     pthread_mutex_lock(&e->wmu);
     struct rk_job *list = e->w_head;
     e->w_head = NULL;
-    for (struct rk_job *j = list; j; j = j->wake_next)
-        j->wake_queued = false;
-    pthread_mutex_unlock(&e->wmu);
     while (list) {
-        struct rk_job *next = list->wake_next;
-        fn(list, u); // takes the wake list's reference
-        list = next;
+        struct rk_job *j = list;
+        list = j->wake_next;
+        j->wake_next = NULL;
+        j->wake_queued = false; // from here on the engine may list j again
+        pthread_mutex_unlock(&e->wmu);
+        fn(j, u); // takes the wake list's reference
+        pthread_mutex_lock(&e->wmu);
     }
+    pthread_mutex_unlock(&e->wmu);
 }
 
 /* --- engine side: output ------------------------------------------------- */

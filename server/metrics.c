@@ -98,6 +98,8 @@ void rk_metrics_render(struct rk_srv *srv, struct rk_buf *o)
     counter(o, "rwkvd_active_sequences", "Sequences in prefill or decode.", "gauge",
             srv->engine ? rk_engine_active(srv->engine) : 0);
     counter(o, "rwkvd_open_connections", "Open HTTP connections.", "gauge", srv->n_conns);
+    counter(o, "rwkvd_generation_jobs_live", "Generation requests held in memory (waiting, "
+            "running, or with output not yet sent).", "gauge", (double)rk_jobs_live());
     hist(o, "rwkvd_time_to_first_token_seconds", "Time from submission to the first token.",
          &m->ttft);
     hist(o, "rwkvd_token_latency_seconds", "Time between consecutive tokens of a sequence.",

@@ -177,6 +177,8 @@ struct rk_job {
 struct rk_job *rk_job_create(struct rk_srv *srv, enum rk_api api);
 struct rk_job *rk_job_retain(struct rk_job *j);
 void rk_job_release(struct rk_job *j); /* any thread */
+/* Jobs allocated by rk_job_create and not yet freed (whole process). */
+long rk_jobs_live(void);
 
 struct rk_engine;
 /* Start the engine thread. `wake(user)` is called from the engine thread
