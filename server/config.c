@@ -45,6 +45,7 @@ static const struct opt opts[] = {
     {"max-stops", "RWKVD_MAX_STOPS", OPT_INT, F(stops_max), 0, 64, "most stop sequences per request"},
     {"max-seqs", "RWKVD_MAX_SEQS", OPT_INT, F(seqs_max), 1, 4096, "concurrent sequences in the engine (continuous batch size)"},
     {"max-queue", "RWKVD_MAX_QUEUE", OPT_INT, F(queue_max), 0, 1 << 20, "requests waiting for a slot before 429 + Retry-After"},
+    {"max-stream-buffer", "RWKVD_MAX_STREAM_BUFFER", OPT_SIZE, F(stream_buffer_max), 4096, 1ll << 30, "unsent bytes a stream may hold; beyond it the request's sequences pause until the client reads"},
     {"conn-limit", "RWKVD_CONN_LIMIT", OPT_INT, F(conn_limit), 1, 1 << 20, "open connections"},
     {"conn-timeout", "RWKVD_CONN_TIMEOUT", OPT_INT, F(conn_timeout_s), 1, 86400, "idle connection timeout in seconds"},
     {"request-timeout", "RWKVD_REQUEST_TIMEOUT", OPT_INT, F(request_timeout_s), 1, 86400, "per-request deadline in seconds (queue wait included)"},
@@ -75,6 +76,7 @@ static void defaults(struct rk_srv_config *c)
     c->stops_max = 8;
     c->seqs_max = 64;
     c->queue_max = 256;
+    c->stream_buffer_max = (size_t)256 << 10;
     c->conn_limit = 1024;
     c->conn_timeout_s = 30;
     c->request_timeout_s = 600;

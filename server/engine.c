@@ -68,6 +68,7 @@ struct seq {
     uint32_t pending; /* sampled, not yet fed */
     int64_t t_last_us;
     size_t text_off;  /* bytes of text emitted (completions logprobs text_offset) */
+    bool held;        /* this step: a decode sequence whose client is behind */
 };
 
 struct rk_engine {
@@ -835,6 +836,37 @@ static void use_amx(struct rk_engine *e, bool prompt)
         rk_ctx_set_amx(e->ctx, prompt ? e->amx : e->amx_dec);
 }
 
+/* A decode sequence takes part in this step unless it is held back. */
+static bool runnable(const struct seq *s) { return s->phase == SEQ_DECODE && !s->held; }
+
+/*
+ * Back-pressure for streams: a stream whose unsent bytes exceed
+ * --max-stream-buffer has its sequences held (they keep their pending token
+ * and state, and skip decode steps) until the client has read enough. So a
+ * client that never reads costs at most that many bytes of output, not the
+ * whole generation; its request deadline and the idle timeout still end it.
+ * Returns how many decode sequences run this step.
+ */
+static int hold_slow_streams(struct rk_engine *e)
+{
+    size_t cap = e->srv->cfg.stream_buffer_max;
+    int n = 0;
+    for (int k = 0; k < e->n_seqs; k++) {
+        struct seq *s = &e->seqs[k];
+        s->held = false;
+        if (s->phase != SEQ_DECODE)
+            continue;
+        struct rk_job *j = s->job;
+        if (j->stream) {
+            pthread_mutex_lock(&j->mu);
+            s->held = j->out.len - j->out_pos > cap;
+            pthread_mutex_unlock(&j->mu);
+        }
+        n += !s->held;
+    }
+    return n;
+}
+
 enum { ONE_PASS_NO, ONE_PASS_ALL, ONE_PASS_PROMPTS };
 
 static int step_one_pass(struct rk_engine *e)
@@ -843,7 +875,7 @@ static int step_one_pass(struct rk_engine *e)
     for (int k = 0; k < e->n_seqs; k++) {
         if (e->seqs[k].phase == SEQ_PREFILL)
             e->pidx[np++] = k;
-        B += e->seqs[k].phase == SEQ_DECODE;
+        B += runnable(&e->seqs[k]);
     }
     /* prompt rows and decode rows share a pass only where both kinds take
      * the same kernels; otherwise the prompts share one pass of their own
@@ -858,7 +890,7 @@ static int step_one_pass(struct rk_engine *e)
     int rows = B, nseg = 0;
     for (int k = 0; k < e->n_seqs && mix; k++) {
         struct seq *s = &e->seqs[k];
-        if (s->phase != SEQ_DECODE)
+        if (!runnable(s))
             continue;
         e->mtok[nseg] = s->pending;
         e->mn[nseg] = 1;
@@ -916,12 +948,15 @@ static int step_one_pass(struct rk_engine *e)
     return mix ? ONE_PASS_ALL : ONE_PASS_PROMPTS;
 }
 
-static void step(struct rk_engine *e)
+/* One engine step; false when every live sequence is held back (nothing
+ * was computed). */
+static bool step(struct rk_engine *e)
 {
     int64_t t0 = rk_now_us();
     const struct rk_srv_config *cfg = &e->srv->cfg;
 
     // 1. cancellations and deadlines of running sequences
+    bool prompts = false;
     for (int k = 0; k < e->n_seqs; k++) {
         struct seq *s = &e->seqs[k];
         if (s->phase == SEQ_FREE)
@@ -930,6 +965,12 @@ static void step(struct rk_engine *e)
             seq_finish(e, s, RK_FINISH_CANCEL);
         else if (t0 > s->job->deadline_us)
             seq_finish(e, s, RK_FINISH_TIMEOUT);
+        else
+            prompts |= s->phase == SEQ_PREFILL;
+    }
+    if (hold_slow_streams(e) == 0 && !prompts) {
+        flush_wakes(e);
+        return false;
     }
 
     int one = step_one_pass(e);
@@ -972,7 +1013,7 @@ static void step(struct rk_engine *e)
     // 3. one batched decode step over every sequence with a pending token
     int B = 0;
     for (int k = 0; k < e->n_seqs; k++)
-        if (e->seqs[k].phase == SEQ_DECODE) {
+        if (runnable(&e->seqs[k])) {
             e->btok[B] = e->seqs[k].pending;
             e->bstate[B] = e->seqs[k].state;
             e->bidx[B] = k;
@@ -999,6 +1040,7 @@ done:
     atomic_fetch_add(&e->srv->metrics.steps, 1);
     rk_hist_observe(&e->srv->metrics.step_time, (double)(rk_now_us() - t0) / 1e6);
     flush_wakes(e);
+    return true;
 }
 
 static int n_free(struct rk_engine *e)
@@ -1093,9 +1135,23 @@ static void *engine_main(void *arg)
             for (int k = 0; k < e->n_seqs; k++)
                 if (e->seqs[k].phase != SEQ_FREE)
                     seq_finish(e, &e->seqs[k], RK_FINISH_CANCEL);
-        if (atomic_load(&e->n_active) > 0)
-            step(e);
+        bool idle = atomic_load(&e->n_active) > 0 && !step(e);
         flush_wakes(e);
+        if (idle && !stop) {
+            // Every sequence waits for its client to read: nap briefly (a
+            // new request's signal ends the nap at once).
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 2 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_mutex_lock(&e->mu);
+            if (!e->stop && !e->cancel_all)
+                pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+            pthread_mutex_unlock(&e->mu);
+        }
         if (stop)
             break;
     }

@@ -42,6 +42,7 @@ struct rk_srv_config {
     int stops_max;               /* stop sequences per request */
     int seqs_max;                /* concurrent sequences in the engine */
     int queue_max;               /* waiting requests before 429 */
+    size_t stream_buffer_max;    /* unsent SSE bytes per stream before its sequences pause */
     int conn_limit;              /* open connections */
     int conn_timeout_s;          /* idle connection timeout */
     int request_timeout_s;       /* per-request deadline */
