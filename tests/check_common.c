@@ -112,3 +112,9 @@ int rk_test_write_file(const char *path, const void *data, size_t len)
     int rc = fclose(f);
     return (w == len && rc == 0) ? 0 : -1;
 }
+
+bool rk_test_slow(void)
+{
+    const char *v = getenv("RWKVD_TEST_SLOW");
+    return v && *v && strcmp(v, "0") != 0;
+}

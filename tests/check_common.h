@@ -40,6 +40,10 @@ struct rk_test_suite {
 const char *rk_test_shared(const char *rel);
 /* Path of a file under the project's tests/data (always returned). */
 const char *rk_test_data(const char *rel);
+/* True under an instrumented build's test setup (asan, tsan: RWKVD_TEST_SLOW
+ * is set): code runs several times slower there, so tests shorten long
+ * generations and skip assertions about latency ratios. */
+bool rk_test_slow(void);
 /* A fresh temporary directory for this test process (created on first use). */
 const char *rk_test_tmpdir(void);
 

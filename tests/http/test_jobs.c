@@ -817,8 +817,9 @@ START_TEST(test_inference_while_tuning)
             (long long)base, (long long)busy);
     // The worker yields while the engine has work: the bound is +30% with a
     // few ms of slack for timer granularity on a loaded machine.
-    ck_assert_msg(busy <= base * 13 / 10 + 8, "p50 %lld ms with a job vs %lld ms idle",
-                  (long long)busy, (long long)base);
+    if (!rk_test_slow()) // no latency bound holds under sanitizers
+        ck_assert_msg(busy <= base * 13 / 10 + 8, "p50 %lld ms with a job vs %lld ms idle",
+                      (long long)busy, (long long)base);
     // ...and still makes progress between requests.
     long after = wait_step(s.port, NULL, id, before + 2, 30000);
     ck_assert(after >= before + 2);
