@@ -98,7 +98,7 @@ int rk_cmd_serve(int argc, char **argv)
         default_model_name(c->model, srv->model_name, sizeof srv->model_name);
     }
     if (c->api_keys) {
-        char err[256] = "";
+        char err[512] = "";
         if (rk_auth_load(c->api_keys, &srv->auth, err, sizeof err) != RK_OK) {
             fprintf(stderr, "rwkvd serve: %s\n", err);
             goto out;

@@ -137,6 +137,21 @@ def check_compose(root):
             print("note: no YAML parser (PyYAML or js-yaml); compose.yaml not parsed")
 
 
+def check_key_file(root):
+    """The README, compose.yaml and .dockerignore agree on deploy/api-keys."""
+    readme = read(root, "README.md")
+    compose = read(root, "deploy", "compose.yaml")
+    ignore = read(root, ".dockerignore").split()
+    if "> deploy/api-keys" not in readme or '"$PWD/deploy/api-keys:' not in readme:
+        fail("README.md must create and mount deploy/api-keys (the file compose.yaml reads)")
+    if not re.search(r"^\s*file: \./api-keys\s*$", compose, re.M):
+        fail("deploy/compose.yaml must read its key secret from ./api-keys (deploy/api-keys)")
+    for name in ["api-keys", "deploy/api-keys"]:
+        if name not in ignore:
+            fail(f".dockerignore must list {name} (an API key file must not enter an image)")
+    note("README, compose.yaml and .dockerignore agree on deploy/api-keys")
+
+
 def check_systemd(rwkvd, root):
     exe = shutil.which("systemd-analyze")
     if not exe:
@@ -182,6 +197,7 @@ def main():
     check_env(rwkvd, root)
     check_dockerfile(root)
     check_compose(root)
+    check_key_file(root)
     check_systemd(rwkvd, root)
     check_linters(root)
     if failures:
