@@ -137,6 +137,8 @@ static void help(FILE *f)
     for (size_t i = 0; i < N_OPTS; i++)
         fprintf(f, "  --%-20s %s%s\n  %22s (env %s)\n", opts[i].flag,
                 opts[i].type == OPT_BOOL ? "" : "", opts[i].help, "", opts[i].env);
+    fprintf(f, "  --%-20s %s\n", "print-config",
+            "print the effective configuration (defaults, environment, flags) and exit");
     fprintf(f, "  --%-20s %s\n", "help", "show this help");
     rk_jobs_env_help(f);
 }
@@ -144,6 +146,7 @@ static void help(FILE *f)
 int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
 {
     defaults(c);
+    bool print_only = false;
     for (size_t i = 0; i < N_OPTS; i++) {
         const char *v = getenv(opts[i].env);
         if (v && *v && set_opt(c, &opts[i], v, opts[i].env) != 0)
@@ -154,6 +157,10 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
         if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
             help(stdout);
             return 1;
+        }
+        if (!strcmp(arg, "--print-config")) {
+            print_only = true;
+            continue;
         }
         if (strncmp(arg, "--", 2) != 0) {
             fprintf(stderr, "rwkvd serve: unexpected argument '%s' (see --help)\n", arg);
@@ -193,6 +200,10 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
         }
         if (set_opt(c, o, val, "command line") != 0)
             return -1;
+    }
+    if (print_only) {
+        rk_srv_config_print(c, stdout);
+        return 1;
     }
     if (!c->model) {
         fprintf(stderr, "rwkvd serve: --model is required (see --help)\n");

@@ -63,14 +63,13 @@ def check_env(rwkvd, root):
             fail(f"{n} is read by rwkvd but missing from deploy/env.example")
     note(f"{len(names)} environment variables documented")
 
-    # Defaults: run `rwkvd serve` with a missing model; it prints its
-    # configuration before it fails to load the model.
+    # Defaults: `rwkvd serve --print-config` prints the configuration and exits.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RWKVD_")}
-    p = subprocess.run([rwkvd, "serve", "--model", "/nonexistent.safetensors"], env=env,
-                       capture_output=True, text=True)
-    printed = dict(re.findall(r"^  ([a-z0-9-]+) +(.*)$", p.stderr, re.M))
+    p = subprocess.run([rwkvd, "serve", "--print-config"], env=env, capture_output=True,
+                       text=True)
+    printed = dict(re.findall(r"^  ([a-z0-9-]+) +(.*)$", p.stdout, re.M))
     if not printed:
-        fail("rwkvd serve printed no configuration")
+        fail("rwkvd serve --print-config printed no configuration")
         return
     sizes = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     n_fail = len(failures)
