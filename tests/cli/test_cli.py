@@ -342,7 +342,7 @@ if os.path.isdir(tiny):
     if p3.stdout != p4.stdout:
         failures.append("seeded sampling is not deterministic")
 else:
-    print("../shared/fixtures absent: shared-fixture checks skipped")
+    print("SKIP part shared-fixture checks: ../shared/fixtures is not present")
 
 for f in failures:
     print("FAIL:", f)

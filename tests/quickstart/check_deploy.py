@@ -133,7 +133,8 @@ def check_compose(root):
             else:
                 note("compose.yaml parses (js-yaml)")
         else:
-            print("note: no YAML parser (PyYAML or js-yaml); compose.yaml not parsed")
+            print("SKIP part compose.yaml parse: no YAML parser (python3-yaml, or js-yaml from "
+                  "npm ci --prefix tests/quickstart)")
 
 
 def check_key_file(root):
@@ -154,7 +155,7 @@ def check_key_file(root):
 def check_systemd(rwkvd, root):
     exe = shutil.which("systemd-analyze")
     if not exe:
-        print("note: systemd-analyze not installed; unit not verified")
+        print("SKIP part systemd unit: systemd-analyze is not installed")
         return
     unit = read(root, "deploy", "rwkvd.service").replace("/usr/local/bin/rwkvd", rwkvd)
     with tempfile.TemporaryDirectory() as d:
@@ -178,7 +179,8 @@ def check_linters(root):
     for tool, args in lints:
         exe = os.path.join(bin_dir, tool)
         if not os.path.exists(exe):
-            print(f"note: {tool} not installed (npm install in tests/quickstart); skipped")
+            print(f"SKIP part {tool}: not installed (./scripts/test.sh installs it with node: "
+                  "npm ci --prefix tests/quickstart)")
             continue
         p = subprocess.run([exe] + args, capture_output=True, text=True, cwd=root)
         out = (p.stdout + p.stderr).strip()
