@@ -31,7 +31,7 @@ COPY . .
 RUN meson setup build --buildtype=debugoptimized -Dnative=false \
     && ninja -C build \
     && meson test -C build --print-errorlogs --num-processes 2 \
-        --suite unit --suite golden --suite cli \
+        --suite unit --suite unit-slow --suite golden --suite cli \
     && install -D -m 0755 -s build/server/rwkvd /out/usr/bin/rwkvd \
     && install -D -m 0644 models/demo.safetensors /out/usr/share/rwkvd/demo.safetensors
 
