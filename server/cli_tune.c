@@ -282,7 +282,8 @@ static void tune_usage(void)
            "  --resume FILE         continue from a checkpoint (same options and data)\n"
            "  --dump-gradient FILE  write the loss and dLoss/dstate at the starting state\n"
            "                        (safetensors, adapter tensor names) and exit\n"
-           "  --quiet               no progress bar\n",
+           "  --quiet               no progress output (on a terminal a redrawn progress\n"
+           "                        bar; otherwise, e.g. into a log, a plain line every 5%%)\n",
            d.steps, d.batch, d.lr, d.lr_final, d.warmup, d.beta1, d.beta2, d.eps,
            d.weight_decay, d.clip_norm, d.val_split, d.eval_every);
 }
