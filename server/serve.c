@@ -12,11 +12,10 @@
  */
 #include "cli_common.h"
 #include "cmd.h"
+#include "datadir_lock.h"
 #include "jobs.h" /* tuning jobs (jobs.c, api_jobs.c) */
 #include "rk_config.h"
 #include "srv.h"
-
-#include "datadir_lock.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -132,12 +131,18 @@ int rk_cmd_serve(int argc, char **argv)
      * a missing model, a bad key file, a data dir in use or a port in use is
      * the first thing printed; the configuration follows once it all worked. */
     struct rk_srv_config *c = &srv->cfg;
-    int mfd = open(c->model, O_RDONLY | O_CLOEXEC);
-    if (mfd < 0) {
-        fprintf(stderr, "rwkvd serve: cannot open the model %s: %s\n", c->model, strerror(errno));
-        goto out;
+    const char *files[2][2] = {{"model", c->model}, {"vocabulary", c->vocab}};
+    for (int i = 0; i < 2; i++) {
+        if (!files[i][1])
+            continue;
+        int fd = open(files[i][1], O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            fprintf(stderr, "rwkvd serve: cannot open the %s %s: %s\n", files[i][0], files[i][1],
+                    strerror(errno));
+            goto out;
+        }
+        close(fd);
     }
-    close(mfd);
     if (c->api_keys) {
         char err[512] = "";
         if (rk_auth_load(c->api_keys, &srv->auth, err, sizeof err) != RK_OK) {
