@@ -2,7 +2,9 @@
 #
 #   docker build -t rwkvd .
 #   docker run --rm -p 8080:8080 -v rwkvd-data:/var/lib/rwkvd \
-#       -v "$PWD/api-keys:/etc/rwkvd/api-keys:ro" rwkvd
+#       -v "$PWD/deploy/api-keys:/etc/rwkvd/api-keys:ro" rwkvd
+#   (deploy/api-keys: 'KEY TENANT' lines, readable by uid 10001, e.g. mode
+#   0644; .dockerignore keeps it out of the build context)
 #
 # The build stage compiles with the same commands as scripts/test.sh (which
 # .ci/run calls) and fails the image on a failing unit, golden or CLI test.
@@ -31,7 +33,7 @@ COPY . .
 RUN meson setup build --buildtype=debugoptimized -Dnative=false \
     && ninja -C build \
     && meson test -C build --print-errorlogs --num-processes 2 \
-        --suite unit --suite golden --suite cli \
+        --suite unit --suite unit-slow --suite golden --suite cli \
     && install -D -m 0755 -s build/server/rwkvd /out/usr/bin/rwkvd \
     && install -D -m 0644 models/demo.safetensors /out/usr/share/rwkvd/demo.safetensors
 

@@ -34,5 +34,6 @@ if [ ! -f "$MODEL" ]; then
 fi
 mkdir -p "$DATA_DIR"
 echo "serve-demo: serving $MODEL on http://$HOST:$PORT (data in $DATA_DIR); Ctrl-C stops" >&2
+echo "serve-demo: web UI at http://$HOST:$PORT/ (open it in a browser)" >&2
 exec "$BUILD_DIR/server/rwkvd" serve --model "$MODEL" --host "$HOST" --port "$PORT" \
     --data-dir "$DATA_DIR" "$@"

@@ -319,17 +319,40 @@ static bool tokenize(struct rk_http_req *r, struct rk_job *j, const char *text, 
     return true;
 }
 
-/* "prompt": a string, [string], [int...] or [[int...]]. */
+/* "prompt" in the forms OpenAI's completions accept: a string, an array of
+ * token ids, or a batch (an array of strings or of token-id arrays). A batch
+ * of one is its element; a larger batch is refused (400 unsupported): one
+ * prompt per request, `n` for several completions of it. */
 static bool parse_prompt(struct rk_http_req *r, json_t *o, struct rk_job *j)
 {
     json_t *p = json_object_get(o, "prompt");
-    if (json_is_array(p) && json_array_size(p) == 1 &&
-        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0))))
+    if (json_is_array(p) && json_array_size(p) > 0 &&
+        (json_is_string(json_array_get(p, 0)) || json_is_array(json_array_get(p, 0)))) {
+        size_t nb = json_array_size(p);
+        for (size_t i = 0; i < nb; i++) {
+            json_t *e = json_array_get(p, i);
+            if (!json_is_string(e) && !json_is_array(e)) {
+                rk_http_error(r, 400, "invalid_type", "prompt", "prompt[%zu] must be a string "
+                              "or an array of token ids, like prompt[0]", i);
+                return false;
+            }
+        }
+        if (nb > 1) {
+            rk_http_error(r, 400, "unsupported", "prompt", "a batch of %zu prompts is not "
+                          "supported; send one prompt per request (use 'n' for several "
+                          "completions of one prompt)", nb);
+            return false;
+        }
         p = json_array_get(p, 0);
+    }
     if (json_is_string(p))
         return tokenize(r, j, json_string_value(p), json_string_length(p));
-    if (json_is_array(p) && json_array_size(p) > 0) {
+    if (json_is_array(p)) {
         size_t n = json_array_size(p), V = (size_t)rk_model_n_vocab(r->srv->model);
+        if (n == 0) {
+            rk_http_error(r, 400, "invalid_value", "prompt", "the prompt is empty");
+            return false;
+        }
         if (n > (size_t)r->srv->cfg.prompt_tokens_max) {
             rk_http_error(r, 400, "context_length_exceeded", "prompt",
                           "the prompt is %zu tokens; the limit is %d", n,
@@ -343,10 +366,15 @@ static bool parse_prompt(struct rk_http_req *r, json_t *o, struct rk_job *j)
         }
         for (size_t i = 0; i < n; i++) {
             json_t *t = json_array_get(p, i);
-            if (!json_is_integer(t) || json_integer_value(t) < 0 ||
-                (size_t)json_integer_value(t) >= V) {
-                rk_http_error(r, 400, "invalid_value", "prompt", "prompt token %zu is not a "
-                              "token id below %zu", i, V);
+            if (!json_is_integer(t)) {
+                rk_http_error(r, 400, "invalid_type", "prompt", "a prompt of token ids holds "
+                              "integers only; element %zu is a %s", i,
+                              json_is_string(t) ? "string" : "non-integer");
+                return false;
+            }
+            if (json_integer_value(t) < 0 || (size_t)json_integer_value(t) >= V) {
+                rk_http_error(r, 400, "out_of_range", "prompt", "prompt token %zu is %" JSON_INTEGER_FORMAT
+                              "; token ids run from 0 to %zu", i, json_integer_value(t), V - 1);
                 return false;
             }
             j->prompt[i] = (uint32_t)json_integer_value(t);
@@ -354,9 +382,53 @@ static bool parse_prompt(struct rk_http_req *r, json_t *o, struct rk_job *j)
         j->n_prompt = n;
         return true;
     }
-    rk_http_error(r, 400, "invalid_value", "prompt", "'prompt' must be a non-empty string, a "
-                  "one-element array of a string, or an array of token ids");
+    rk_http_error(r, 400, p ? "invalid_type" : "invalid_value", "prompt",
+                  "'prompt' must be a string, an array of token ids, or an array of one "
+                  "string");
     return false;
+}
+
+/* Fields of the OpenAI API whose behaviour rwkvd does not have. Silently
+ * ignoring them would return output the client did not ask for (free text
+ * instead of JSON, no tool calls), so they are refused until supported;
+ * values that ask for the default are accepted. */
+static bool refuse_unsupported(struct rk_http_req *r, json_t *o)
+{
+    json_t *rf = json_object_get(o, "response_format");
+    if (rf && !json_is_null(rf)) {
+        json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
+        if (!json_is_string(t)) {
+            rk_http_error(r, 400, "invalid_type", "response_format",
+                          "'response_format' must be an object with a string 'type'");
+            return false;
+        }
+        if (strcmp(json_string_value(t), "text") != 0) {
+            rk_http_error(r, 400, "unsupported", "response_format", "'response_format' of type "
+                          "'%.40s' is not supported; only {\"type\": \"text\"} (the default)",
+                          json_string_value(t));
+            return false;
+        }
+    }
+    static const char *const lists[] = {"tools", "functions"};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        json_t *v = json_object_get(o, lists[i]);
+        if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0)) {
+            rk_http_error(r, 400, "unsupported", lists[i], "'%s' (tool and function calling) "
+                          "is not supported", lists[i]);
+            return false;
+        }
+    }
+    static const char *const choices[] = {"tool_choice", "function_call"};
+    for (size_t i = 0; i < sizeof choices / sizeof choices[0]; i++) {
+        json_t *v = json_object_get(o, choices[i]);
+        if (v && !json_is_null(v) &&
+            !(json_is_string(v) && !strcmp(json_string_value(v), "none"))) {
+            rk_http_error(r, 400, "unsupported", choices[i], "'%s' is not supported (tool and "
+                          "function calling); only \"none\"", choices[i]);
+            return false;
+        }
+    }
+    return true;
 }
 
 /* Append a chat message's text: CRLF -> LF, blank lines collapsed (a blank
@@ -597,6 +669,8 @@ static void done_openai(struct rk_http_req *r, struct rk_job *j)
     rk_http_json(r, 200, o);
 }
 
+#define RK_CHAT_END_OF_TURN "\n\n"
+
 /* --- handlers ---------------------------------------------------------------- */
 
 static void handle(struct rk_http_req *r, enum rk_api api)
@@ -653,8 +727,14 @@ static void handle(struct rk_http_req *r, enum rk_api api)
             ok = false;
         }
     }
+    if (ok && api != RK_API_NATIVE)
+        ok = refuse_unsupported(r, o);
+    // A chat answer is the assistant's turn, and in the template a turn ends
+    // at a blank line (each message's own blank lines are collapsed), so the
+    // end of the turn always stops it: a tuned state may never write the
+    // "User:" of the next turn.
     if (ok)
-        ok = parse_stop(r, o, j, api == RK_API_CHAT ? "\n\nUser:" : NULL);
+        ok = parse_stop(r, o, j, api == RK_API_CHAT ? RK_CHAT_END_OF_TURN : NULL);
     if (ok)
         ok = api == RK_API_CHAT ? parse_messages(r, o, j) : parse_prompt(r, o, j);
     json_decref(o);

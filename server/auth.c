@@ -6,9 +6,11 @@
  */
 #include "srv.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define KEY_MAX 256
 
@@ -28,7 +30,15 @@ int rk_auth_load(const char *path, struct rk_auth **out, char *err, size_t cap)
     *out = NULL;
     FILE *f = fopen(path, "r");
     if (!f) {
-        snprintf(err, cap, "cannot open API key file %s", path);
+        int e = errno;
+        const char *hint = "";
+        if (e == EACCES)
+            hint = "; make it readable by that uid (chmod 0644 the file, or chown it to the "
+                   "uid; the container runs as uid 10001)";
+        else if (e == ENOENT)
+            hint = "; create it with 'KEY TENANT' lines";
+        snprintf(err, cap, "cannot open API key file %s: %s (uid %ld)%s", path, strerror(e),
+                 (long)getuid(), hint);
         return RK_EIO;
     }
     struct rk_auth *a = calloc(1, sizeof *a);

@@ -100,6 +100,24 @@ struct rk_model *rk_cli_load_model(const char *path, enum rk_dtype wtype)
     return m;
 }
 
+int rk_cli_load_state(const char *path, const struct rk_model *m, float *state,
+                      struct rk_state_meta *meta)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    struct rk_errbuf eb = {0};
+    int rc = rk_file_read_all(path, (size_t)1 << 34, &buf, &len, &eb);
+    if (rc == RK_OK) {
+        // As PUT /states does: a file without a fingerprint (a community
+        // state, an RWKV-PEFT .pth) is checked by its shapes alone.
+        rc = rk_state_file_parse(buf, len, m, false, state, meta, &eb);
+        free(buf);
+    }
+    if (rc != RK_OK)
+        fprintf(stderr, "rwkvd: %s: %s\n", path, eb.msg[0] ? eb.msg : rk_strerror(rc));
+    return rc;
+}
+
 struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_model *m)
 {
     struct rk_tokenizer *t = NULL;
@@ -118,12 +136,20 @@ struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_mo
         }
         return t;
     }
-    if (m && rk_model_n_vocab(m) != 256) {
-        fprintf(stderr, "rwkvd: the model has %d tokens; pass --vocab with its vocabulary "
-                        "(e.g. rwkv_vocab_v20230424.txt)\n",
-                rk_model_n_vocab(m));
+    int V = m ? rk_model_n_vocab(m) : 256;
+    if (V < 256 || V >= 65536) {
+        // Below 256 the bytes do not fit; 65536 and more is the World
+        // vocabulary, which bytes would only turn into nonsense.
+        fprintf(stderr, "rwkvd: the model has %d tokens; %s\n", V,
+                V < 256 ? "the byte tokenizer needs at least 256, so pass --vocab with its "
+                          "vocabulary"
+                        : "pass --vocab with its vocabulary (e.g. rwkv_vocab_v20230424.txt)");
         return NULL;
     }
+    if (V != 256)
+        fprintf(stderr, "rwkvd: warning: no --vocab; using the byte tokenizer for a model with "
+                        "%d tokens (ids 256..%d are never produced by a prompt and decode to "
+                        "nothing)\n", V, V - 1);
     if (rk_tok_create_bytes(&t) != RK_OK) {
         fprintf(stderr, "rwkvd: out of memory\n");
         return NULL;
@@ -472,11 +498,8 @@ int rk_cmd_generate(int argc, char **argv)
         goto out;
     }
     if (state_path) {
-        struct rk_errbuf eb = {0};
-        if ((rc = rk_state_file_load(state_path, m, state, NULL, &eb)) != RK_OK) {
-            fprintf(stderr, "rwkvd generate: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
+        if ((rc = rk_cli_load_state(state_path, m, state, NULL)) != RK_OK)
             goto out;
-        }
     }
     if ((rc = rk_sampler_create(&sp, V, &smp)) != RK_OK) {
         fprintf(stderr, "rwkvd generate: invalid sampling parameters: %s\n", rk_strerror(rc));

@@ -2,6 +2,7 @@
 #ifndef RK_CLI_COMMON_H
 #define RK_CLI_COMMON_H
 
+#include "rk_adapters.h"
 #include "rk_core.h"
 
 #include <stdbool.h>
@@ -10,9 +11,15 @@
 /* Load a model, printing the error to stderr; NULL on failure. */
 struct rk_model *rk_cli_load_model(const char *path, enum rk_dtype wtype);
 /* The vocabulary for a model: a World vocab file when `vocab` is given, the
- * byte tokenizer for a 256-token model otherwise. NULL (error printed) if
- * neither applies. */
+ * byte tokenizer otherwise when the model has 256..65535 tokens (a warning
+ * unless exactly 256). NULL (error printed) if neither applies. One rule for
+ * every subcommand and serve. */
 struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_model *m);
+/* Read a state file into `state` [rk_state_len(m)] with the validation of
+ * PUT /states: safetensors with or without a fingerprint, or an RWKV-PEFT
+ * .pth; shapes must match `m`. `meta` may be NULL. Prints the error. */
+int rk_cli_load_state(const char *path, const struct rk_model *m, float *state,
+                      struct rk_state_meta *meta);
 /* Parse "1,2,3" into a malloc'd array. Returns false on a malformed list. */
 bool rk_cli_parse_ids(const char *s, uint32_t **out, size_t *n);
 /* Strict integer / float parsing with range checks; false on error. */

@@ -11,6 +11,7 @@
 #include "cli_common.h"
 #include "cmd.h"
 #include "dataset_jsonl.h"
+#include "datadir_lock.h"
 #include "rk_adapters.h"
 
 #include <getopt.h>
@@ -19,11 +20,49 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* --- the state store of a running server is not ours to write ------------ */
+
+/* True (error printed) when `out` lies inside the data dir of a running
+ * `rwkvd serve` (a directory, or an ancestor, whose rwkvd.lock is held): the
+ * server owns that store, and a file written behind its back would be served
+ * stale or overwritten. Upload the result with PUT /states/{id} instead. */
+static bool out_in_served_store(const char *out)
+{
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s", out) >= (int)sizeof dir)
+        return false;
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = 0;
+    else
+        *slash = 0;
+    char real[PATH_MAX];
+    if (!realpath(dir, real))
+        return false; /* a directory that does not exist holds no store */
+    for (;;) {
+        long pid = rk_datadir_lock_holder(real);
+        if (pid > 0) {
+            fprintf(stderr, "rwkvd tune: --out %s is inside the data dir %s of the running "
+                            "rwkvd (pid %ld); write the state elsewhere and upload it with "
+                            "PUT /states/{id}, or stop that server first\n", out, real, pid);
+            return true;
+        }
+        char *p = strrchr(real, '/');
+        if (!p || p == real)
+            return false;
+        *p = 0;
+    }
+}
 
 /* --- progress bar and checkpoints ----------------------------------------- */
 
 struct tune_ui {
     bool quiet;
+    bool tty; /* stderr is a terminal: one redrawn progress line, else plain lines */
     const struct rk_model *m;
     const char *ckpt_path;
 };
@@ -44,8 +83,16 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
     if (ui->quiet)
         return;
     if (!isnan(p->val_loss)) {
-        fprintf(stderr, "\r\033[Kstep %ld/%ld: validation loss %.4f (ppl %.2f)\n", p->step,
-                p->steps, p->val_loss, exp(p->val_loss));
+        fprintf(stderr, "%sstep %ld/%ld: validation loss %.4f (ppl %.2f)\n",
+                ui->tty ? "\r\033[K" : "", p->step, p->steps, p->val_loss, exp(p->val_loss));
+        return;
+    }
+    if (!ui->tty) {
+        // A log file or pipe: no cursor control, one line every 5% and at the end.
+        long every = p->steps >= 20 ? p->steps / 20 : 1;
+        if (p->step % every == 0 || p->step == p->steps)
+            fprintf(stderr, "rwkvd tune: step %ld/%ld loss %.4f |g| %.3g lr %.3g %.0f tok/s\n",
+                    p->step, p->steps, p->loss, p->grad_norm, p->lr, p->tokens_per_s);
         return;
     }
     enum { W = 24 };
@@ -235,7 +282,8 @@ static void tune_usage(void)
            "  --resume FILE         continue from a checkpoint (same options and data)\n"
            "  --dump-gradient FILE  write the loss and dLoss/dstate at the starting state\n"
            "                        (safetensors, adapter tensor names) and exit\n"
-           "  --quiet               no progress bar\n",
+           "  --quiet               no progress output (on a terminal a redrawn progress\n"
+           "                        bar; otherwise, e.g. into a log, a plain line every 5%%)\n",
            d.steps, d.batch, d.lr, d.lr_final, d.warmup, d.beta1, d.beta2, d.eps,
            d.weight_decay, d.clip_norm, d.val_split, d.eval_every);
 }
@@ -346,6 +394,8 @@ int rk_cmd_tune(int argc, char **argv)
                         "required; see --help\n");
         return 2;
     }
+    if (out && out_in_served_store(out))
+        return 1;
     struct rk_model *m = NULL;
     struct rk_tokenizer *tok = NULL;
     struct rk_dataset *ds = NULL;
@@ -368,11 +418,12 @@ int rk_cmd_tune(int argc, char **argv)
     }
     if (init_path) {
         init = malloc(sizeof(float) * slen);
-        if (!init || (rc = rk_state_file_load(init_path, m, init, NULL, &eb)) != RK_OK) {
-            fprintf(stderr, "rwkvd tune: %s: %s\n", init_path,
-                    eb.msg[0] ? eb.msg : "out of memory");
+        if (!init) {
+            fprintf(stderr, "rwkvd tune: out of memory\n");
             goto out;
         }
+        if (rk_cli_load_state(init_path, m, init, NULL) != RK_OK)
+            goto out;
     }
     if (dump) {
         status = dump_gradient(m, ds, init, tp.n_threads, tp.bptt_checkpoint, dump) == RK_OK ? 0
@@ -385,6 +436,7 @@ int rk_cmd_tune(int argc, char **argv)
         tp.resume = &ck;
     }
     ui.m = m;
+    ui.tty = isatty(STDERR_FILENO);
     tp.checkpoint_cb = on_checkpoint;
     if (!ui.quiet)
         fprintf(stderr,
@@ -397,7 +449,7 @@ int rk_cmd_tune(int argc, char **argv)
         goto out;
     struct rk_tune_result res;
     rc = rk_tune_run(m, &tp, ds, init, NULL, on_progress, &ui, st, &res);
-    if (!ui.quiet)
+    if (!ui.quiet && ui.tty)
         fprintf(stderr, "\n");
     if (rc != RK_OK) {
         if (rc == RK_ENUMERIC)
@@ -511,11 +563,12 @@ int rk_cmd_eval(int argc, char **argv)
     }
     if (state_path) {
         st = malloc(sizeof(float) * rk_state_len(m));
-        if (!st || (rc = rk_state_file_load(state_path, m, st, NULL, &eb)) != RK_OK) {
-            fprintf(stderr, "rwkvd eval: %s: %s\n", state_path,
-                    eb.msg[0] ? eb.msg : "out of memory");
+        if (!st) {
+            fprintf(stderr, "rwkvd eval: out of memory\n");
             goto out;
         }
+        if (rk_cli_load_state(state_path, m, st, NULL) != RK_OK)
+            goto out;
     }
     struct rk_ctx_params cp = {.n_threads = (int)threads};
     if (rk_ctx_create(m, &cp, &ctx) != RK_OK) {

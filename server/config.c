@@ -27,7 +27,7 @@ struct opt {
 #define F(x) offsetof(struct rk_srv_config, x)
 static const struct opt opts[] = {
     {"model", "RWKVD_MODEL", OPT_STR, F(model), 0, 0, "model file (safetensors, .pth, rwkv.cpp .bin); required"},
-    {"vocab", "RWKVD_VOCAB", OPT_STR, F(vocab), 0, 0, "World vocabulary file; default: byte tokenizer when the model has 256 tokens"},
+    {"vocab", "RWKVD_VOCAB", OPT_STR, F(vocab), 0, 0, "World vocabulary file; default: byte tokenizer when the model has 256..65535 tokens"},
     {"model-name", "RWKVD_MODEL_NAME", OPT_STR, F(model_name), 0, 0, "base model id in the API (default: model file name without extension)"},
     {"host", "RWKVD_HOST", OPT_STR, F(host), 0, 0, "address to bind (default 127.0.0.1; without --api-keys only loopback is allowed)"},
     {"port", "RWKVD_PORT", OPT_INT, F(port), 0, 65535, "port (0 = pick a free port and print it)"},
@@ -139,6 +139,8 @@ static void help(FILE *f)
     for (size_t i = 0; i < N_OPTS; i++)
         fprintf(f, "  --%-20s %s%s\n  %22s (env %s)\n", opts[i].flag,
                 opts[i].type == OPT_BOOL ? "" : "", opts[i].help, "", opts[i].env);
+    fprintf(f, "  --%-20s %s\n", "print-config",
+            "print the effective configuration (defaults, environment, flags) and exit");
     fprintf(f, "  --%-20s %s\n", "help", "show this help");
     rk_jobs_env_help(f);
 }
@@ -146,6 +148,7 @@ static void help(FILE *f)
 int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
 {
     defaults(c);
+    bool print_only = false;
     for (size_t i = 0; i < N_OPTS; i++) {
         const char *v = getenv(opts[i].env);
         if (v && *v && set_opt(c, &opts[i], v, opts[i].env) != 0)
@@ -156,6 +159,10 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
         if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
             help(stdout);
             return 1;
+        }
+        if (!strcmp(arg, "--print-config")) {
+            print_only = true;
+            continue;
         }
         if (strncmp(arg, "--", 2) != 0) {
             fprintf(stderr, "rwkvd serve: unexpected argument '%s' (see --help)\n", arg);
@@ -195,6 +202,10 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
         }
         if (set_opt(c, o, val, "command line") != 0)
             return -1;
+    }
+    if (print_only) {
+        rk_srv_config_print(c, stdout);
+        return 1;
     }
     if (!c->model) {
         fprintf(stderr, "rwkvd serve: --model is required (see --help)\n");

@@ -861,7 +861,8 @@ int rk_srv_run(struct rk_srv *srv)
         flags |= MHD_USE_IPv6;
     srv->mhd = MHD_start_daemon(
         flags, (uint16_t)srv->cfg.port, NULL, NULL, on_access, srv, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        (struct sockaddr *)&ss, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)srv->listen_fd,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)srv->cfg.conn_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)srv->cfg.conn_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,

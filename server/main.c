@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 struct subcmd {
     const char *name;
@@ -61,16 +64,43 @@ static void choose_blas_core(char **argv)
     if (!core)
         return;
     setenv("OPENBLAS_CORETYPE", core, 1);
-    execv("/proc/self/exe", argv);
+    /* exec the binary by its real path, not /proc/self/exe: the kernel names
+     * the process after the path's last component, and a process called
+     * "exe" is invisible to pidof, pkill and top's command column. argv[0]
+     * stays as the user typed it. */
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0 || (size_t)n >= sizeof self - 1)
+        return;
+    self[n] = 0;
+    execv(self, argv);
     /* exec failed: carry on with the library's own choice */
 #else
     (void)argv;
 #endif
 }
 
+/* The process name in ps/top/pidof (/proc/self/comm): the base name of
+ * argv[0], so a binary started through a symlink or a wrapper still shows as
+ * what the user ran. */
+static void set_process_name(const char *argv0)
+{
+#if defined(__linux__)
+    if (!argv0 || !*argv0)
+        return;
+    const char *b = strrchr(argv0, '/');
+    b = b ? b + 1 : argv0;
+    if (*b)
+        prctl(PR_SET_NAME, (unsigned long)b, 0, 0, 0);
+#else
+    (void)argv0;
+#endif
+}
+
 int main(int argc, char **argv)
 {
     choose_blas_core(argv);
+    set_process_name(argv[0]);
     if (argc < 2) {
         usage(stderr);
         return 2;

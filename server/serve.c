@@ -1,22 +1,35 @@
 /*
  * serve.c - `rwkvd serve`: configuration, start-up order, shutdown order.
  *
- * Start-up: seed jansson's hash (before any thread), parse the config, load
- * the model and tokenizer, the API keys and the state store, register the
- * routes, then hand over to the loop (http.c), which starts the engine and
- * prints "listening on http://HOST:PORT". Shutdown runs in reverse once the
+ * Start-up: seed jansson's hash (before any thread), parse the config; then
+ * the quick checks that fail for a reason the user can fix: the model file
+ * opens, the API keys load, the data dir lock (one server per data dir,
+ * datadir_lock.c), the port binds. Then the slow part: the model and
+ * tokenizer, the state store, the jobs journal, the routes; the configuration
+ * is printed, and the loop (http.c) starts the engine and prints
+ * "listening on http://HOST:PORT". Shutdown runs in reverse once the
  * loop returns after SIGTERM/SIGINT and the drain.
  */
+#include "cli_common.h"
 #include "cmd.h"
+#include "datadir_lock.h"
 #include "jobs.h" /* tuning jobs (jobs.c, api_jobs.c) */
 #include "rk_config.h"
 #include "srv.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 static void log_line(enum rk_log_level level, const char *msg, void *user)
 {
@@ -43,6 +56,58 @@ static void default_model_name(const char *path, char *out, size_t cap)
             *p = '-';
 }
 
+/* Bind and listen on --host/--port before anything slow, so a port in use
+ * (or a host that may not be served) is reported at once. The socket goes to
+ * libmicrohttpd (srv->listen_fd), which then takes it over. */
+static int listen_early(struct rk_srv *srv)
+{
+    const struct rk_srv_config *c = &srv->cfg;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    socklen_t sl;
+    bool loopback;
+    if (inet_pton(AF_INET, c->host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)c->port);
+        sl = sizeof *a4;
+        loopback = (ntohl(a4->sin_addr.s_addr) >> 24) == 127;
+    } else if (inet_pton(AF_INET6, c->host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)c->port);
+        sl = sizeof *a6;
+        loopback = IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr);
+    } else {
+        fprintf(stderr, "rwkvd serve: --host '%s' is not an IPv4/IPv6 address\n", c->host);
+        return -1;
+    }
+    if (!loopback && !srv->auth) {
+        fprintf(stderr, "rwkvd serve: refusing to bind %s without --api-keys (only loopback "
+                "addresses may be served without keys)\n", c->host);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        fprintf(stderr, "rwkvd serve: socket: %s\n", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
+        int e = errno;
+        fprintf(stderr, "rwkvd serve: cannot listen on %s:%d: %s%s\n", c->host, c->port,
+                strerror(e), e == EADDRINUSE ? " (another server has this port; stop it or "
+                                               "give another --port, 0 picks a free one)" : "");
+        close(fd);
+        return -1;
+    }
+    srv->listen_fd = fd;
+    return 0;
+}
+
 int rk_cmd_serve(int argc, char **argv)
 {
     json_object_seed(0); // before any thread exists (RELIABILITY.md 4)
@@ -54,37 +119,57 @@ int rk_cmd_serve(int argc, char **argv)
         free(srv);
         return rc > 0 ? 0 : 2;
     }
-    int status = 1;
+    int status = 1, lock_fd = -1;
     struct rk_errbuf eb = {0};
     struct rk_jobs *jobs = NULL; /* tuning jobs: worker + journal (jobs.c) */
+    srv->listen_fd = -1;
     signal(SIGPIPE, SIG_IGN);
     rk_log_set(log_line, NULL);
-    rk_srv_config_print(&srv->cfg, stderr);
 
+    /* Start-up order: what fails fast and for a reason the user can fix comes
+     * before what takes time (loading the model, recovering the journal), so
+     * a missing model, a bad key file, a data dir in use or a port in use is
+     * the first thing printed; the configuration follows once it all worked. */
     struct rk_srv_config *c = &srv->cfg;
+    const char *files[2][2] = {{"model", c->model}, {"vocabulary", c->vocab}};
+    for (int i = 0; i < 2; i++) {
+        if (!files[i][1])
+            continue;
+        int fd = open(files[i][1], O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            fprintf(stderr, "rwkvd serve: cannot open the %s %s: %s\n", files[i][0], files[i][1],
+                    strerror(errno));
+            goto out;
+        }
+        close(fd);
+    }
+    if (c->api_keys) {
+        char err[512] = "";
+        if (rk_auth_load(c->api_keys, &srv->auth, err, sizeof err) != RK_OK) {
+            fprintf(stderr, "rwkvd serve: %s\n", err[0] ? err : "cannot load the API keys");
+            goto out;
+        }
+    }
+    {
+        char err[PATH_MAX + 256];
+        if (rk_datadir_lock(c->data_dir, &lock_fd, err, sizeof err) != 0) {
+            fprintf(stderr, "rwkvd serve: %s\n", err);
+            goto out;
+        }
+    }
+    if (listen_early(srv) != 0)
+        goto out;
+
     if (rk_model_load(c->model, NULL, &srv->model, &eb) != RK_OK) {
         fprintf(stderr, "rwkvd serve: %s\n", eb.msg[0] ? eb.msg : "cannot load the model");
         goto out;
     }
     int V = rk_model_n_vocab(srv->model);
-    if (c->vocab) {
-        if (rk_tok_load_world(c->vocab, &srv->tok, &eb) != RK_OK) {
-            fprintf(stderr, "rwkvd serve: %s\n", eb.msg);
-            goto out;
-        }
-    } else if (V >= 256 && V < 65536) {
-        // Too small for the World vocabulary: bytes are the only sensible
-        // reading (ids >= 256 then decode to nothing).
-        if (V != 256)
-            fprintf(stderr, "rwkvd: warning: no --vocab; using the byte tokenizer for a model "
-                    "with %d tokens\n", V);
-        rk_tok_create_bytes(&srv->tok);
-    } else {
-        fprintf(stderr, "rwkvd serve: the model has %d tokens; give its vocabulary with "
-                "--vocab\n", V);
+    // The rule every subcommand follows (cli.c): --vocab, else bytes for
+    // 256..65535 tokens, else refused with the reason.
+    if (!(srv->tok = rk_cli_load_tokenizer(c->vocab, srv->model)))
         goto out;
-    }
-    if (!srv->tok || rk_tok_n_vocab(srv->tok) > (size_t)V) {
+    if (rk_tok_n_vocab(srv->tok) > (size_t)V) {
         fprintf(stderr, "rwkvd serve: the tokenizer has more tokens than the model (%d)\n", V);
         goto out;
     }
@@ -96,13 +181,6 @@ int rk_cmd_serve(int argc, char **argv)
         snprintf(srv->model_name, sizeof srv->model_name, "%s", c->model_name);
     } else {
         default_model_name(c->model, srv->model_name, sizeof srv->model_name);
-    }
-    if (c->api_keys) {
-        char err[256] = "";
-        if (rk_auth_load(c->api_keys, &srv->auth, err, sizeof err) != RK_OK) {
-            fprintf(stderr, "rwkvd serve: %s\n", err);
-            goto out;
-        }
     }
     struct rk_store_params sp = {.cache_bytes_max = c->cache_bytes,
                                  .file_bytes_max = c->state_bytes_max};
@@ -136,11 +214,15 @@ int rk_cmd_serve(int argc, char **argv)
         rk_api_jobs_register(srv, jobs);
     }
     /* --- end of tuning jobs start-up */
+    rk_srv_config_print(&srv->cfg, stderr);
     status = rk_srv_run(srv);
+    srv->listen_fd = -1; /* libmicrohttpd took it and closed it */
     rk_jobs_stop(jobs); /* tuning jobs: interrupt (resumable) and join the worker */
     if (status == 0)
         fprintf(stderr, "rwkvd: stopped\n");
 out:
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd); /* still ours: rk_srv_run never ran */
     rk_jobs_free(jobs); /* tuning jobs */
     rk_store_free(srv->store);
     rk_auth_free(srv->auth);
@@ -149,5 +231,7 @@ out:
     rk_metrics_free(&srv->metrics);
     free(srv->routes);
     free(srv);
+    if (lock_fd >= 0)
+        close(lock_fd); /* the process ends next; this is for the tests that fork */
     return status;
 }

@@ -347,6 +347,8 @@ struct rk_srv {
     struct uv_loop_s *loop;
     void *loop_priv; /* http.c's handles */
     int port;        /* bound port */
+    int listen_fd;   /* socket serve.c bound and listens on before loading the
+                        model (MHD takes it and closes it); -1: MHD binds */
     bool draining;
     int n_jobs_inflight; /* HTTP requests waiting on a job */
     int n_conns;
@@ -354,7 +356,7 @@ struct rk_srv {
     atomic_uint_fast64_t id_seq;
 };
 
-/* Start-up and run (http.c): bind, print "listening on http://HOST:PORT",
+/* Start-up and run (http.c): bind (or take srv->listen_fd), print "listening on http://HOST:PORT",
  * run the loop until SIGTERM/SIGINT and the drain finish. */
 int rk_srv_run(struct rk_srv *srv);
 

@@ -28,6 +28,13 @@ struct rk_test_suite {
 #define RK_NEEDS_SHARED true
 #define RK_SELF_CONTAINED false
 
+/* Check tag of test cases that take more than a fraction of a second (bulk
+ * fuzzing, statistics over many draws, throughput). tests/meson.build runs
+ * each unit binary twice: suite `unit` with CK_EXCLUDE_TAGS=slow (the few
+ * seconds to run after every change) and suite `unit-slow` with
+ * CK_INCLUDE_TAGS=slow. */
+#define RK_TEST_TAG_SLOW "slow"
+
 #define RK_TEST_SUITE(fn, needs)                                                        \
     static Suite *fn(void);                                                             \
     static const struct rk_test_suite rk_suite_desc_##fn                                \

@@ -942,6 +942,83 @@ START_TEST(test_amx_prompts_traffic_independent)
 }
 END_TEST
 
+/* The OpenAI request forms: every prompt form of /v1/completions answers
+ * clearly (a batch is refused as unsupported, not misread as token ids);
+ * fields whose behaviour rwkvd lacks (response_format other than text, tools,
+ * tool_choice, functions) are 400 unsupported, not ignored; a chat answer
+ * ends at the end of the assistant's turn (a blank line) with no 'stop'. */
+START_TEST(test_openai_request_forms)
+{
+    struct server s = START("--max-tokens", "50");
+    const struct {
+        const char *path, *body;
+        int status;
+        const char *want; /* in the body */
+    } cases[] = {
+        {"/v1/completions", "{\"prompt\":\"ab\",\"max_tokens\":1}", 200, "\"prompt_tokens\":2"},
+        {"/v1/completions", "{\"prompt\":[\"ab\"],\"max_tokens\":1}", 200, "\"prompt_tokens\":2"},
+        {"/v1/completions", "{\"prompt\":[97,98,99],\"max_tokens\":1}", 200,
+         "\"prompt_tokens\":3"},
+        {"/v1/completions", "{\"prompt\":[[97,98,99,100]],\"max_tokens\":1}", 200,
+         "\"prompt_tokens\":4"},
+        {"/v1/completions", "{\"prompt\":[\"a\",\"b\"]}", 400, "a batch of 2 prompts"},
+        {"/v1/completions", "{\"prompt\":[[1],[2],[3]]}", 400, "\"code\":\"unsupported\""},
+        {"/v1/completions", "{\"prompt\":[\"a\",3]}", 400, "prompt[1] must be a string"},
+        {"/v1/completions", "{\"prompt\":[1,\"b\"]}", 400, "element 1 is a string"},
+        {"/v1/completions", "{\"prompt\":[1,384]}", 400, "token ids run from 0 to 383"},
+        {"/v1/completions", "{\"prompt\":[]}", 400, "the prompt is empty"},
+        {"/v1/completions", "{\"prompt\":{}}", 400, "'prompt' must be a string"},
+        {"/v1/completions", "{\"prompt\":\"a\",\"response_format\":{\"type\":\"json_object\"}}",
+         400, "\"param\":\"response_format\",\"code\":\"unsupported\""},
+        {"/v1/completions",
+         "{\"prompt\":\"a\",\"max_tokens\":1,\"response_format\":{\"type\":\"text\"}}", 200,
+         "text_completion"},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"response_format\":"
+         "{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\"}}}",
+         400, "\"code\":\"unsupported\""},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"response_format\":\"json\"}",
+         400, "\"code\":\"invalid_type\""},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[{\"type\":"
+         "\"function\",\"function\":{\"name\":\"f\"}}]}",
+         400, "\"param\":\"tools\",\"code\":\"unsupported\""},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tool_choice\":\"required\"}",
+         400, "\"param\":\"tool_choice\""},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"functions\":[{\"name\":\"f\"}]}",
+         400, "\"param\":\"functions\""},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":1,\"tools\":[],"
+         "\"tool_choice\":\"none\"}",
+         200, "chat.completion"},
+        // A blank line ends the assistant's turn: token 10 ('\n') forced by
+        // logit_bias ends the answer after two tokens, with no 'stop' given.
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":40,"
+         "\"logit_bias\":{\"10\":100}}",
+         200, "\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\""},
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":40,"
+         "\"logit_bias\":{\"10\":100},\"stop\":[\"zz\"]}",
+         200, "\"finish_reason\":\"stop\""},
+        // Completions have no turns: the same bias runs to max_tokens.
+        {"/v1/completions", "{\"prompt\":\"hi\",\"max_tokens\":5,\"logit_bias\":{\"10\":100}}",
+         200, "\"finish_reason\":\"length\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct resp r = post(s.port, cases[i].path, NULL, cases[i].body);
+        ck_assert_msg(r.status == cases[i].status && strstr(r.body, cases[i].want),
+                      "case %zu (%s %s): got %d %s, want %d with %s", i, cases[i].path,
+                      cases[i].body, r.status, r.body, cases[i].status, cases[i].want);
+        resp_free(&r);
+    }
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
 RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -963,6 +1040,7 @@ RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
     ADD(test_connection_burst)
     ADD(test_limits_queue_deadline)
     ADD(test_config_errors)
+    ADD(test_openai_request_forms)
     suite_add_tcase(s, tc);
     return s;
 }

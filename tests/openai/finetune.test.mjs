@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 
 const here = dirname(fileURLToPath(import.meta.url));
 if (!existsSync(join(here, 'node_modules', 'openai'))) {
-  console.log('SKIP: run `npm ci --prefix tests/openai` first');
+  console.log('SKIP: the openai npm package is missing (./scripts/test.sh installs it: npm ci --prefix tests/openai)');
   process.exit(77);
 }
 const { default: OpenAI, toFile } = await import('openai');

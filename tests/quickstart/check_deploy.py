@@ -63,14 +63,13 @@ def check_env(rwkvd, root):
             fail(f"{n} is read by rwkvd but missing from deploy/env.example")
     note(f"{len(names)} environment variables documented")
 
-    # Defaults: run `rwkvd serve` with a missing model; it prints its
-    # configuration before it fails to load the model.
+    # Defaults: `rwkvd serve --print-config` prints the configuration and exits.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RWKVD_")}
-    p = subprocess.run([rwkvd, "serve", "--model", "/nonexistent.safetensors"], env=env,
-                       capture_output=True, text=True)
-    printed = dict(re.findall(r"^  ([a-z0-9-]+) +(.*)$", p.stderr, re.M))
+    p = subprocess.run([rwkvd, "serve", "--print-config"], env=env, capture_output=True,
+                       text=True)
+    printed = dict(re.findall(r"^  ([a-z0-9-]+) +(.*)$", p.stdout, re.M))
     if not printed:
-        fail("rwkvd serve printed no configuration")
+        fail("rwkvd serve --print-config printed no configuration")
         return
     sizes = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     n_fail = len(failures)
@@ -134,13 +133,29 @@ def check_compose(root):
             else:
                 note("compose.yaml parses (js-yaml)")
         else:
-            print("note: no YAML parser (PyYAML or js-yaml); compose.yaml not parsed")
+            print("SKIP part compose.yaml parse: no YAML parser (python3-yaml, or js-yaml from "
+                  "npm ci --prefix tests/quickstart)")
+
+
+def check_key_file(root):
+    """The README, compose.yaml and .dockerignore agree on deploy/api-keys."""
+    readme = read(root, "README.md")
+    compose = read(root, "deploy", "compose.yaml")
+    ignore = read(root, ".dockerignore").split()
+    if "> deploy/api-keys" not in readme or '"$PWD/deploy/api-keys:' not in readme:
+        fail("README.md must create and mount deploy/api-keys (the file compose.yaml reads)")
+    if not re.search(r"^\s*file: \./api-keys\s*$", compose, re.M):
+        fail("deploy/compose.yaml must read its key secret from ./api-keys (deploy/api-keys)")
+    for name in ["api-keys", "deploy/api-keys"]:
+        if name not in ignore:
+            fail(f".dockerignore must list {name} (an API key file must not enter an image)")
+    note("README, compose.yaml and .dockerignore agree on deploy/api-keys")
 
 
 def check_systemd(rwkvd, root):
     exe = shutil.which("systemd-analyze")
     if not exe:
-        print("note: systemd-analyze not installed; unit not verified")
+        print("SKIP part systemd unit: systemd-analyze is not installed")
         return
     unit = read(root, "deploy", "rwkvd.service").replace("/usr/local/bin/rwkvd", rwkvd)
     with tempfile.TemporaryDirectory() as d:
@@ -164,7 +179,8 @@ def check_linters(root):
     for tool, args in lints:
         exe = os.path.join(bin_dir, tool)
         if not os.path.exists(exe):
-            print(f"note: {tool} not installed (npm install in tests/quickstart); skipped")
+            print(f"SKIP part {tool}: not installed (./scripts/test.sh installs it with node: "
+                  "npm ci --prefix tests/quickstart)")
             continue
         p = subprocess.run([exe] + args, capture_output=True, text=True, cwd=root)
         out = (p.stdout + p.stderr).strip()
@@ -182,6 +198,7 @@ def main():
     check_env(rwkvd, root)
     check_dockerfile(root)
     check_compose(root)
+    check_key_file(root)
     check_systemd(rwkvd, root)
     check_linters(root)
     if failures:

@@ -181,7 +181,8 @@ def run_js(root, blocks, port, tmp):
         return
     mods = os.path.join(root, "tests", "openai", "node_modules")
     if not shutil.which("node") or not os.path.isdir(os.path.join(mods, "openai")):
-        print("note: OpenAI client blocks not run (needs node and tests/openai/node_modules)")
+        print("SKIP part README OpenAI block: needs node and the openai npm package "
+              "(./scripts/test.sh installs it: npm ci --prefix tests/openai)")
         return
     d = os.path.join(tmp, "js")
     os.makedirs(d, exist_ok=True)

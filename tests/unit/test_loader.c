@@ -1533,6 +1533,11 @@ RK_TEST_SUITE(loader_fixtures_suite, RK_NEEDS_SHARED)
     tcase_add_test(tc, save_roundtrip_f32);
     tcase_add_test(tc, save_roundtrip_bf16_f16);
     tcase_add_test(tc, load_time_precision);
+    suite_add_tcase(s, tc);
+    // Many truncations and bit flips: the suite unit-slow (check_common.h).
+    tc = tcase_create("fixtures_hostile");
+    tcase_set_tags(tc, RK_TEST_TAG_SLOW);
+    tcase_set_timeout(tc, 240);
     tcase_add_test(tc, truncated_fixtures_fail);
     tcase_add_test(tc, flipped_headers_fail_cleanly);
     suite_add_tcase(s, tc);
@@ -1553,9 +1558,13 @@ RK_TEST_SUITE(loader_data_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, wrong_shapes_and_missing_tensors);
     tcase_add_test(tc, hostile_rwkvcpp);
     tcase_add_test(tc, hostile_pth);
-    tcase_add_test(tc, pth_truncated_and_flipped);
     tcase_add_test(tc, allocation_failures);
     tcase_add_test(tc, save_errors_and_atomicity);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("data_hostile");
+    tcase_set_tags(tc, RK_TEST_TAG_SLOW);
+    tcase_set_timeout(tc, 240);
+    tcase_add_test(tc, pth_truncated_and_flipped);
     suite_add_tcase(s, tc);
     return s;
 }

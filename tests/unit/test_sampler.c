@@ -923,9 +923,6 @@ RK_TEST_SUITE(sampler_suite, RK_SELF_CONTAINED)
     TCase *tc = tcase_create("sampler");
     tcase_add_test(tc, params_defaults_and_validation);
     tcase_add_test(tc, greedy_is_argmax);
-    tcase_add_test(tc, filters_small_vocab);
-    tcase_add_test(tc, temperature_distribution);
-    tcase_add_test(tc, filters_large_vocab);
     tcase_add_test(tc, determinism);
     tcase_add_test(tc, determinism_golden);
     tcase_add_test(tc, reset_equals_create);
@@ -933,6 +930,12 @@ RK_TEST_SUITE(sampler_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, bias_bans_and_forces);
     tcase_add_test(tc, logprobs);
     tcase_add_test(tc, exp_sum_paths_agree);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("distributions"); // many draws: the suite unit-slow
+    tcase_set_tags(tc, RK_TEST_TAG_SLOW);
+    tcase_add_test(tc, filters_small_vocab);
+    tcase_add_test(tc, temperature_distribution);
+    tcase_add_test(tc, filters_large_vocab);
     suite_add_tcase(s, tc);
     tc = tcase_create("stopper");
     tcase_add_test(tc, stopper_cases);

@@ -839,6 +839,11 @@ RK_TEST_SUITE(tokenizer_world_suite, RK_NEEDS_SHARED)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, world_public_cases);
     tcase_add_test(tc, world_round_trip_texts);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("world_bulk"); // megabytes of text: the suite unit-slow
+    tcase_set_tags(tc, RK_TEST_TAG_SLOW);
+    tcase_add_checked_fixture(tc, world_setup, world_teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, world_round_trip_random);
     tcase_add_test(tc, world_stream_matches_bytes);
     tcase_add_test(tc, world_encode_speed);
