@@ -2,7 +2,11 @@
 """Print one line naming every test suite, or part of one, that did not run
 in the last `meson test`, and why; scripts/test.sh ends with it.
 
-Usage: not_run.py build/meson-logs/testlog.json
+Usage: not_run.py [--note "WHAT: WHY"]... TESTLOG.json...
+
+Several logs may be given (the plain build, then build-asan and build-tsan);
+tests of a log under a directory other than build/ are named with it, as
+"test-http [build-asan]". A --note adds a whole run that was left out.
 
 A test that skips (exit 77, meson's SKIP) and a test that passes while
 leaving a part out both print the reason on a line of their own, to stdout
@@ -16,16 +20,30 @@ SKIP_LINE = re.compile(r"^SKIP(?: (suite|part) ([^:]+))?: *(.*)$")
 
 
 def main():
-    if len(sys.argv) != 2:
+    args, notes = sys.argv[1:], []
+    while len(args) >= 2 and args[0] == "--note":
+        notes.append(args[1])
+        args = args[2:]
+    if not args:
         print(__doc__)
         return 2
-    try:
-        with open(sys.argv[1], encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError) as e:
-        print(f"not run: unknown (cannot read {sys.argv[1]}: {e})")
-        return 1
+    records = []
+    for path in args:
+        label = path.split("/meson-logs/")[0].rstrip("/").split("/")[-1]
+        try:
+            with open(path, encoding="utf-8") as f:
+                recs = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError) as e:
+            print(f"not run: unknown (cannot read {path}: {e})")
+            return 1
+        for rec in recs:
+            if label != "build":
+                rec["name"] = rec.get("name", "?").split(" / ")[-1] + f" [{label}]"
+        records += recs
     by_reason = {}  # reason -> [what], in first-seen order
+    for note in notes:
+        what, _, why = note.partition(": ")
+        by_reason.setdefault(why or "left out", []).append(what)
     for rec in records:
         name = rec.get("name", "?").split(" / ")[-1]
         out = (rec.get("stdout") or "") + "\n" + (rec.get("stderr") or "")

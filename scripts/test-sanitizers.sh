@@ -1,8 +1,9 @@
 #!/bin/sh
 # Builds rwkvd with AddressSanitizer+UBSan (build-asan) and ThreadSanitizer
-# (build-tsan) and runs the unit, http and stress suites under each (the
-# meson test setups 'asan' and 'tsan'; the stress tests run two minutes
-# each). Called by ./scripts/test.sh; extra arguments go to `meson test`.
+# (build-tsan) and runs the meson test setups asan and tsan there: the http
+# and stress suites under both, the unit suite under asan too, the stress
+# tests for 90 s each. Called by ./scripts/test.sh; extra arguments go to
+# `meson test`.
 set -eu
 cd "$(dirname "$0")/.."
 rc=0

@@ -3,7 +3,8 @@
 # npm packages of tests/openai and tests/quickstart), builds rwkvd in build/
 # and runs every test suite. Ends with one line naming every suite or part
 # that did not run, and why (tests that need ../shared/fixtures skip
-# without it). Extra arguments go to `meson test` (e.g. --suite unit).
+# without it), then the sanitizer runs (scripts/test-sanitizers.sh). Extra
+# arguments go to `meson test` (e.g. --suite unit) and leave those out.
 # NPM_OFFLINE=1 skips the npm step (the Node suites then say they skipped).
 set -eu
 cd "$(dirname "$0")/.."
@@ -37,5 +38,23 @@ fi
 ninja -C build
 status=0
 meson test -C build --print-errorlogs --num-processes 2 "$@" || status=$?
-python3 scripts/not_run.py build/meson-logs/testlog.json || true
+
+# The unit, http and stress suites again under AddressSanitizer+UBSan and
+# ThreadSanitizer (build-asan, build-tsan; minutes-long stress runs). Left
+# out when arguments filter the run or with RWKVD_SANITIZERS=0; the summary
+# line says so.
+note=""
+if [ $# -gt 0 ]; then
+    note="asan and tsan runs: arguments were given to meson test"
+elif [ "${RWKVD_SANITIZERS:-1}" = 0 ]; then
+    note="asan and tsan runs: RWKVD_SANITIZERS=0"
+else
+    ./scripts/test-sanitizers.sh || status=1
+fi
+if [ -n "$note" ]; then
+    python3 scripts/not_run.py --note "$note" build/meson-logs/testlog.json || true
+else
+    python3 scripts/not_run.py build/meson-logs/testlog.json \
+        build-asan/meson-logs/testlog.json build-tsan/meson-logs/testlog.json || true
+fi
 exit "$status"
