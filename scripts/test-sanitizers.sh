@@ -1,8 +1,8 @@
 #!/bin/sh
 # Builds rwkvd with AddressSanitizer+UBSan (build-asan) and ThreadSanitizer
 # (build-tsan) and runs the meson test setups asan and tsan there: the http
-# and stress suites under both, the unit suite under asan too, the stress
-# tests for 90 s each. Called by ./scripts/test.sh; extra arguments go to
+# and stress suites under both, the unit suite under asan too, two minutes
+# of stress tests in each. Called by ./scripts/test.sh; extra arguments go to
 # `meson test`.
 set -eu
 cd "$(dirname "$0")/.."
