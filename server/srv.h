@@ -244,6 +244,7 @@ struct rk_http_req {
     void *user;
     void (*user_free)(void *user);
     struct rk_http_req *all_next, *all_prev; /* srv->reqs list */
+    struct rk_conn *cc;      /* its connection (http.c), NULL if untracked */
 };
 
 /* Response helpers (loop thread). Each prepares the response that the
@@ -347,6 +348,10 @@ struct rk_srv {
     bool draining;
     int n_jobs_inflight; /* HTTP requests waiting on a job */
     int n_conns;
+    /* connections closed by the accept path (http.c): evicted at the limit
+     * to make room, refused with 503 when nothing could be evicted, reaped
+     * after the peer left */
+    uint64_t n_conns_evicted, n_conns_refused, n_conns_reaped;
     struct rk_http_req *reqs; /* live requests */
     atomic_uint_fast64_t id_seq;
 };
