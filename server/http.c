@@ -130,9 +130,9 @@ void rk_http_json(struct rk_http_req *r, int status, json_t *body)
     char *s = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(body);
     if (!s) {
-        rk_http_bytes(r, 500, "application/json",
-                      "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
-                      "\"param\":null,\"code\":\"enomem\"}}", 86);
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":"
+                                  "\"server_error\",\"param\":null,\"code\":\"enomem\"}}";
+        rk_http_bytes(r, 500, "application/json", oom, sizeof oom - 1);
         return;
     }
     size_t n = strlen(s);
@@ -160,12 +160,23 @@ static const char *error_type(int status)
 void rk_http_error(struct rk_http_req *r, int status, const char *code, const char *param,
                    const char *fmt, ...)
 {
-    char msg[512];
+    // Messages quote client input (ids, paths, field names), which may be
+    // any bytes: cut at a character boundary, then replace every byte that
+    // is not well-formed UTF-8 with U+FFFD, so the JSON encoder never fails.
+    char msg[512], clean[3 * sizeof msg + 4], pbuf[3 * 64 + 4];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    json_t *e = json_pack("{s:{s:s,s:s,s:s?,s:s?}}", "error", "message", msg, "type",
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : rk_utf8_cut(msg, sizeof msg - 1);
+    rk_utf8_sanitize((const uint8_t *)msg, len, clean, sizeof clean);
+    if (param) {
+        size_t pl = strlen(param);
+        pl = pl < 64 ? pl : rk_utf8_cut(param, 64);
+        rk_utf8_sanitize((const uint8_t *)param, pl, pbuf, sizeof pbuf);
+        param = pbuf;
+    }
+    json_t *e = json_pack("{s:{s:s,s:s,s:s?,s:s?}}", "error", "message", clean, "type",
                           error_type(status), "param", param, "code", code);
     rk_http_json(r, status, e);
     if (r->resp) {

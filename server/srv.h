@@ -75,6 +75,9 @@ void rk_buf_free(struct rk_buf *b);
 /* Copy s[0..n) to out as valid UTF-8 (invalid bytes become U+FFFD); out is
  * NUL-terminated; returns the bytes written (stops early if cap is short). */
 size_t rk_utf8_sanitize(const uint8_t *s, size_t n, char *out, size_t cap);
+/* The largest length <= n that does not end inside a multi-byte sequence:
+ * where to cut s[0..n) so that no character is split. */
+size_t rk_utf8_cut(const char *s, size_t n);
 
 /* --- metrics (metrics.c) ------------------------------------------------ */
 

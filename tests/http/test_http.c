@@ -15,6 +15,7 @@
 #include "rk_adapters.h"
 
 #include <arpa/inet.h>
+#include <jansson.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -896,6 +897,83 @@ START_TEST(test_connection_flood)
 }
 END_TEST
 
+/* An error answer: valid JSON (jansson is strict about UTF-8) in the OpenAI
+ * shape {"error":{"message":str,"type":str,"param":str|null,"code":str}},
+ * and no server path in it (the data directory is the test's tmpdir). */
+static void check_error_body(const struct resp *r, const char *what)
+{
+    ck_assert_msg(r->status >= 400, "%s: status %d", what, r->status);
+    ck_assert_msg(r->body && r->body_len, "%s: %d without a body", what, r->status);
+    json_error_t je;
+    json_t *j = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
+    ck_assert_msg(j, "%s: %d body is not JSON (%s): %.*s", what, r->status, je.text,
+                  (int)r->body_len, r->body);
+    json_t *e = json_object_get(j, "error");
+    ck_assert_msg(json_is_object(e) && json_object_size(j) == 1, "%s: no error object: %s", what,
+                  r->body);
+    json_t *param = json_object_get(e, "param");
+    ck_assert_msg(json_is_string(json_object_get(e, "message")) &&
+                      json_is_string(json_object_get(e, "type")) &&
+                      json_is_string(json_object_get(e, "code")) &&
+                      (json_is_string(param) || json_is_null(param)),
+                  "%s: not the OpenAI error shape: %s", what, r->body);
+    ck_assert_msg(!strstr(r->body, rk_test_tmpdir()), "%s: server path in the body: %s", what,
+                  r->body);
+    json_decref(j);
+}
+
+START_TEST(test_error_bodies)
+{
+    // Issue 12 items 3 and 4: error messages quote client bytes (ids,
+    // paths) that may be any bytes; each answer must still be JSON, cut at
+    // a character boundary.
+    struct server s = START("--max-body-bytes", "4096");
+    const struct {
+        const char *method, *path;
+        int status;
+    } cases[] = {
+        {"GET", "/states/%ff", 404},
+        {"GET", "/jobs/%ff", 404},
+        {"GET", "/v1/files/%ff", 404},
+        {"GET", "/v1/models/%ff", 404},
+        {"GET", "/v1/fine_tuning/jobs/%ff", 404},
+        {"PUT", "/states/a%ffb", 0},
+        {"GET", "/states/%c3", 404},            // truncated sequence
+        {"GET", "/states/%c0%af", 404},         // overlong '/'
+        {"GET", "/states/%ed%a0%80", 404},      // UTF-16 surrogate
+        {"GET", "/states/%f4%90%80%80", 404},   // above U+10FFFF
+        {"DELETE", "/nope/%fe%ff", 404},
+        {"PATCH", "/states/%ff", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct resp r = request(s.port, cases[i].method, cases[i].path, NULL, "x", 1);
+        char what[128];
+        snprintf(what, sizeof what, "%s %s", cases[i].method, cases[i].path);
+        ck_assert_msg(!cases[i].status || r.status == cases[i].status, "%s: %d %s", what,
+                      r.status, r.body);
+        check_error_body(&r, what);
+        resp_free(&r);
+    }
+    // A message longer than 512 bytes of two-byte characters: cut between
+    // characters, for each of the two alignments.
+    for (int shift = 0; shift < 2; shift++) {
+        char path[1400] = "/x";
+        size_t n = strlen(path);
+        if (shift)
+            path[n++] = 'y';
+        for (int k = 0; k < 200; k++)
+            n += (size_t)snprintf(path + n, sizeof path - n, "%%c3%%a9");
+        path[n] = 0;
+        struct resp r = get(s.port, path, NULL);
+        ck_assert_int_eq(r.status, 404);
+        check_error_body(&r, "long path of two-byte characters");
+        resp_free(&r);
+    }
+    ck_assert_int_eq(get_status(s.port, "/health", NULL), 200);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
 START_TEST(test_limits_queue_deadline)
 {
     struct server s = START("--max-seqs", "1", "--max-queue", "1", "--max-n", "1",
@@ -1052,6 +1130,7 @@ RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
     ADD(test_sigterm_drain)
     ADD(test_connection_burst)
     ADD(test_connection_flood)
+    ADD(test_error_bodies)
     ADD(test_limits_queue_deadline)
     ADD(test_config_errors)
     suite_add_tcase(s, tc);
