@@ -152,6 +152,7 @@ static const char *error_type(int status)
     case 403: return "permission_error";
     case 404: return "not_found_error";
     case 429: return "rate_limit_error";
+    case 501: return "invalid_request_error"; // a request feature we do not implement
     case 504: return "timeout";
     default: return status >= 500 ? "server_error" : "invalid_request_error";
     }
@@ -527,10 +528,63 @@ static enum MHD_Result queue_prepared(struct rk_http_req *r)
     r->resp = NULL;
     if (!resp)
         return MHD_NO;
-    rk_http_conn_headers(r->srv, resp);
+    if (r->close_after)
+        MHD_add_response_header(resp, "Connection", "close");
+    else
+        rk_http_conn_headers(r->srv, resp);
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ok;
+}
+
+/* Transfer-Encoding of a request (RFC 9112 6.1 and 6.3). Only "chunked"
+ * alone is understood. A list whose last coding is not chunked leaves the
+ * body length unknown: 400 (a MUST). A list that ends with chunked after
+ * other codings ("gzip, chunked"): 501, the answer for a coding the server
+ * does not implement. MHD 0.9.75 would wait for such a body until the
+ * connection closed. Either way the body is not read and the connection is
+ * closed after the answer. Returns true when the header is acceptable. */
+static bool transfer_coding_ok(struct rk_http_req *r, const char *te)
+{
+    char last[32] = "", other[32] = "";
+    int n = 0, n_chunked = 0;
+    for (const char *p = te;;) {
+        p += strspn(p, " \t");
+        size_t len = strcspn(p, ",;");
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        char name[32];
+        snprintf(name, sizeof name, "%.*s", (int)(len < 31 ? len : 31), p);
+        if (!len) {
+            snprintf(last, sizeof last, "(empty)");
+        } else {
+            snprintf(last, sizeof last, "%s", name);
+            if (!strcasecmp(name, "chunked"))
+                n_chunked++;
+            else if (!other[0])
+                snprintf(other, sizeof other, "%s", name);
+        }
+        n++;
+        p = strchr(p, ',');
+        if (!p)
+            break;
+        p++;
+    }
+    r->close_after = true;
+    if (strcasecmp(last, "chunked") || n_chunked > 1) {
+        rk_http_error(r, 400, "bad_request", NULL,
+                      "Transfer-Encoding '%s' does not end with a single chunked; send the body "
+                      "with Content-Length or Transfer-Encoding: chunked", te);
+        return false;
+    }
+    if (n > 1) {
+        rk_http_error(r, 501, "not_implemented", NULL,
+                      "transfer coding '%s' is not supported; send the body with Content-Length "
+                      "or Transfer-Encoding: chunked", other);
+        return false;
+    }
+    r->close_after = false;
+    return true;
 }
 
 /* Checks made once the headers are in; prepares an error response or
@@ -556,6 +610,9 @@ static void first_call(struct rk_http_req *r, const char *version)
                       "Content-Length, or Content-Length with Transfer-Encoding)");
         return;
     }
+    const char *te = rk_http_header(r, "Transfer-Encoding");
+    if (te && !transfer_coding_ok(r, te))
+        return;
     for (const char *p = r->path; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f) {
             rk_http_error(r, 400, "bad_request", NULL, "control character in the path");

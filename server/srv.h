@@ -232,6 +232,7 @@ struct rk_http_req {
     size_t body_discarded;
     size_t body_drain_max; /* drop up to this many body bytes before the 413 */
     bool dispatched;
+    bool close_after;        /* answer with Connection: close (body left unread) */
     bool suspended;
     int64_t t_start_us;
     /* prepared response, queued by the next access-handler call */

@@ -969,6 +969,32 @@ START_TEST(test_error_bodies)
         check_error_body(&r, "long path of two-byte characters");
         resp_free(&r);
     }
+    // Transfer codings other than chunked alone (RFC 9112 6.1, 6.3): an
+    // answer at once (MHD would wait for the body until the connection
+    // closed), and the connection closed.
+    const struct {
+        const char *te;
+        int status;
+    } tes[] = {{"gzip", 400}, {"identity", 400}, {"chunked, gzip", 400},
+               {"chunked, chunked", 400}, {"gzip, chunked", 501}, {"deflate ,Chunked", 501},
+               {"chunked", 400 /* the body below is not JSON */}};
+    for (size_t i = 0; i < sizeof tes / sizeof tes[0]; i++) {
+        char req[256];
+        int n = snprintf(req, sizeof req, "POST /generate HTTP/1.1\r\nHost: x\r\n"
+                         "Connection: close\r\nTransfer-Encoding: %s\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                         tes[i].te);
+        int64_t t0 = now_ms();
+        int fd = dial(s.port);
+        send_all(fd, req, (size_t)n);
+        struct resp r = read_resp(fd, 5000); // returns at EOF
+        close(fd);
+        int64_t ms = now_ms() - t0;
+        ck_assert_msg(r.status == tes[i].status, "TE %s: %d %s", tes[i].te, r.status, r.body);
+        ck_assert_msg(ms < 2000, "TE %s: answered and closed after %lld ms", tes[i].te,
+                      (long long)ms);
+        check_error_body(&r, tes[i].te);
+        resp_free(&r);
+    }
     ck_assert_int_eq(get_status(s.port, "/health", NULL), 200);
     ck_assert_int_eq(stop_server(&s), 0);
 }
