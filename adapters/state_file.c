@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <stdarg.h>
@@ -1317,6 +1318,102 @@ int rk_file_write_atomic(const char *path, const void *buf, size_t len, struct r
     if (rc != 0)
         return rk_errbuf_set(eb, RK_EIO, "fsync directory of %s: %s", path, strerror(e));
     return RK_OK;
+}
+
+/* "<name>.tmp.<digits>.<digits>", the names rk_file_write_atomic gives its
+ * temp files, with a non-empty <name>. */
+static bool is_temp_name(const char *n)
+{
+    const char *t = NULL;
+    for (const char *p = strstr(n, ".tmp."); p; p = strstr(p + 1, ".tmp."))
+        t = p;
+    if (!t || t == n)
+        return false;
+    const char *p = t + 5;
+    size_t d1 = strspn(p, "0123456789");
+    if (!d1 || d1 > 10 || p[d1] != '.')
+        return false;
+    p += d1 + 1;
+    size_t d2 = strspn(p, "0123456789");
+    return d2 && d2 <= 20 && !p[d2];
+}
+
+int rk_file_clean_temps_at(int dirfd, const char *what)
+{
+    int dup_fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0); // closedir closes its own descriptor
+    DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+    if (!d) {
+        if (dup_fd >= 0)
+            close(dup_fd);
+        return RK_EIO;
+    }
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        struct stat st;
+        if (!is_temp_name(e->d_name) ||
+            fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        // unlinkat never follows a link: if the name was swapped for one
+        // since the fstatat, the link itself goes, not its target.
+        if (unlinkat(dirfd, e->d_name, 0) == 0)
+            n++;
+        else
+            rk_log(RK_LOG_WARN, "cannot remove the stale temp file %s/%s: %s", what, e->d_name,
+                   strerror(errno));
+    }
+    closedir(d);
+    if (n) {
+        fsync(dirfd);
+        rk_log(RK_LOG_INFO, "removed %d stale temp file(s) of interrupted writes in %s", n, what);
+    }
+    return n;
+}
+
+int rk_file_clean_temps(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : RK_EIO;
+    int n = rk_file_clean_temps_at(fd, dir);
+    close(fd);
+    return n;
+}
+
+int rk_file_clean_temps_each(const char *parent, const char *sub)
+{
+    int tfd = open(parent, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (tfd < 0)
+        return 0;
+    int dup_fd = fcntl(tfd, F_DUPFD_CLOEXEC, 0);
+    DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+    if (!d) {
+        if (dup_fd >= 0)
+            close(dup_fd);
+        close(tfd);
+        return 0;
+    }
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!rk_state_id_valid(e->d_name))
+            continue;
+        int t = openat(tfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int sd = t >= 0 ? openat(t, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                        : -1;
+        if (sd >= 0) {
+            char what[300];
+            snprintf(what, sizeof what, "%s/%s/%s", parent, e->d_name, sub);
+            int k = rk_file_clean_temps_at(sd, what);
+            n += k > 0 ? k : 0;
+            close(sd);
+        }
+        if (t >= 0)
+            close(t);
+    }
+    closedir(d);
+    close(tfd);
+    return n;
 }
 
 int rk_file_read_all(const char *path, size_t len_max, void **out, size_t *len,

@@ -239,6 +239,7 @@ int rk_store_open(const char *dir, const struct rk_model *m, const struct rk_sto
     int rc = mkdirs(tdir, eb);
     if (rc != RK_OK)
         return rc;
+    rk_file_clean_temps_each(tdir, "states"); // interrupted writes (RELIABILITY.md 8)
     struct rk_state_store *s = calloc(1, sizeof *s);
     if (!s || !(s->dir = strdup(dir))) {
         free(s);

@@ -1698,6 +1698,14 @@ int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct r
         rk_jobs_free(js);
         return RK_EIO;
     }
+    // Temp files of writes that a crash interrupted (RELIABILITY.md 8): the
+    // journal here, uploaded files per tenant; the store cleans its states.
+    rk_file_clean_temps(js->dir);
+    {
+        char tdir[1100];
+        snprintf(tdir, sizeof tdir, "%s/tenants", js->data_dir);
+        rk_file_clean_temps_each(tdir, "files");
+    }
     int rc = load_jobs(js);
     if (rc != RK_OK) {
         rk_errbuf_set(eb, rc, "cannot read the job journal in %s", js->dir);
