@@ -288,10 +288,64 @@ struct st_tensor {
     uint64_t begin, end; /* offsets into the data section */
 };
 
+/* The `format` and `format_version` metadata as read (FORMAT.md). */
+struct fmt_seen {
+    bool fmt, ver;
+    char f[41], v[21];
+};
+
+/* Tags that safetensors writers of other frameworks put in `format`
+ * (torch's save_file writes "pt"): a foreign file, accepted as an upload
+ * only (rk_state_file_parse without require_fingerprint), where it is
+ * stamped with our metadata before it is stored. */
+static bool foreign_format(const char *f)
+{
+    static const char *const tags[] = {"pt", "tf", "flax", "np", "mlx", "paddle"};
+    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
+        if (!strcmp(f, tags[i]))
+            return true;
+    return false;
+}
+
+/* Unknown formats and versions are refused, never guessed at: a newer
+ * rwkvd may lay a state out differently under the same tensor names. */
+static int check_format(const struct fmt_seen *fs, bool require_fp, struct rk_errbuf *eb)
+{
+    if (fs->fmt && !strcmp(fs->f, "rwkvd-state")) {
+        if (!fs->ver)
+            return rk_errbuf_set(eb, RK_EFORMAT, "state file: format rwkvd-state without "
+                                 "format_version");
+        if (strcmp(fs->v, "1"))
+            return rk_errbuf_set(eb, RK_EFORMAT, "state file: format_version '%s' is not "
+                                 "supported (this rwkvd reads version 1)", fs->v);
+        return RK_OK;
+    }
+    if (fs->fmt && !foreign_format(fs->f))
+        return rk_errbuf_set(eb, RK_EFORMAT, "state file: unknown format '%s' (expected "
+                             "rwkvd-state)", fs->f);
+    if (fs->ver)
+        return rk_errbuf_set(eb, RK_EFORMAT, "state file: format_version '%s' without format "
+                             "rwkvd-state", fs->v);
+    if (fs->fmt && require_fp)
+        return rk_errbuf_set(eb, RK_EFORMAT, "state file: format '%s' is not rwkvd-state",
+                             fs->f);
+    return RK_OK;
+}
+
 static int meta_set(struct rk_state_meta *meta, const char *key, const char *val, bool *have_fp,
-                    struct rk_errbuf *eb)
+                    struct fmt_seen *fs, struct rk_errbuf *eb)
 {
     char *end;
+    if (!strcmp(key, "format") || !strcmp(key, "format_version")) {
+        bool f = key[6] == 0;
+        char *dst = f ? fs->f : fs->v;
+        size_t cap = f ? sizeof fs->f : sizeof fs->v;
+        if (strlen(val) >= cap)
+            return rk_errbuf_set(eb, RK_EFORMAT, "state file: metadata %s is too long", key);
+        memcpy(dst, val, strlen(val) + 1);
+        *(f ? &fs->fmt : &fs->ver) = true;
+        return RK_OK;
+    }
     if (!strcmp(key, "fingerprint")) {
         errno = 0;
         unsigned long long v = strtoull(val, &end, 16);
@@ -339,6 +393,7 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
     struct st_tensor *ts = NULL;
     size_t n_ts = 0, cap_ts = 0;
     bool have_fp = false;
+    struct fmt_seen fs = {0};
     struct rk_state_meta md;
     memset(&md, 0, sizeof md);
 
@@ -368,7 +423,7 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
                             goto bad_json;
                         if (!jr_str(&r, val, sizeof val))
                             goto bad_json;
-                        if ((rc = meta_set(&md, key, val, &have_fp, eb)) != RK_OK)
+                        if ((rc = meta_set(&md, key, val, &have_fp, &fs, eb)) != RK_OK)
                             goto out;
                     } while (jr_lit(&r, ','));
                     if (!jr_lit(&r, '}'))
@@ -455,6 +510,9 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
                 goto out;
             }
 
+    if ((rc = check_format(&fs, require_fp, eb)) != RK_OK)
+        goto out;
+    rc = RK_EFORMAT;
     // Fingerprint and shape checks against the model.
     const int L = rk_model_n_layer(m), C = rk_model_n_embd(m), H = rk_model_n_head(m),
               N = rk_model_head_size(m);

@@ -226,6 +226,8 @@ static int mkdirs(const char *path, struct rk_errbuf *eb)
 
 /* --- store --------------------------------------------------------------- */
 
+static void check_all(struct rk_state_store *s);
+
 int rk_store_open(const char *dir, const struct rk_model *m, const struct rk_store_params *p,
                   struct rk_state_store **out, struct rk_errbuf *eb)
 {
@@ -255,6 +257,7 @@ int rk_store_open(const char *dir, const struct rk_model *m, const struct rk_sto
     s->state_len = rk_state_len(m);
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->wmu, NULL);
+    check_all(s);
     *out = s;
     return RK_OK;
 }
@@ -490,6 +493,52 @@ int rk_store_list(struct rk_state_store *s, const char *tenant, rk_store_list_cb
     }
     free(names);
     return rc;
+}
+
+/* Start-up: log every stored state that cannot be served (unknown format or
+ * version, another model, a damaged header). Only headers are read. Such a
+ * state stays on disk for the operator; the store answers RK_EFORMAT or
+ * RK_EMISMATCH for it and lists it with ok = false. */
+struct check_ctx {
+    struct rk_state_store *s;
+    const char *tenant;
+    int bad;
+};
+
+static bool check_entry(const char *id, const struct rk_state_meta *meta, size_t bytes, bool ok,
+                        void *user)
+{
+    struct check_ctx *c = user;
+    (void)meta;
+    (void)bytes;
+    if (ok)
+        return true;
+    char path[4096];
+    struct rk_state_meta m2;
+    size_t flen;
+    struct rk_errbuf eb = {0};
+    if (state_path(c->s, c->tenant, id, path, sizeof path) == RK_OK)
+        rk__state_file_head(path, c->s->m, &m2, &flen, &eb);
+    rk_log(RK_LOG_WARN, "state %s/%s is not served: %s", c->tenant, id,
+           eb.msg[0] ? eb.msg : "unreadable");
+    c->bad++;
+    return true;
+}
+
+static void check_all(struct rk_state_store *s)
+{
+    char tdir[4096];
+    snprintf(tdir, sizeof tdir, "%s/tenants", s->dir);
+    DIR *d = opendir(tdir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (rk_state_id_valid(e->d_name)) {
+            struct check_ctx c = {s, e->d_name, 0};
+            rk_store_list(s, e->d_name, check_entry, &c);
+        }
+    closedir(d);
 }
 
 int rk_store_read_file(struct rk_state_store *s, const char *tenant, const char *id, void **out,

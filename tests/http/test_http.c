@@ -74,6 +74,8 @@ static struct server start_server_v(const char *const *extra)
             snprintf(log, sizeof log, "%s.log", s.dir);
             FILE *f = freopen(log, "w", stderr);
             (void)f;
+            setvbuf(stderr, NULL, _IOLBF, 0); // the child ends with _exit: no flush
+
         }
         _exit(rk_cmd_serve(argc, (char **)argv));
     }
@@ -1000,6 +1002,89 @@ START_TEST(test_error_bodies)
 }
 END_TEST
 
+/* Replace the first `from` in buf[0..len) by `to` of the same length. */
+static void patch_bytes(void *buf, size_t len, const char *from, const char *to)
+{
+    size_t fl = strlen(from);
+    ck_assert_uint_eq(fl, strlen(to));
+    for (char *p = buf; p + fl <= (char *)buf + len; p++)
+        if (!memcmp(p, from, fl)) {
+            memcpy(p, to, fl);
+            return;
+        }
+    ck_abort_msg("'%s' not in the file", from);
+}
+
+START_TEST(test_state_format_checked)
+{
+    // Issue 12 item 6: unknown `format` or `format_version` metadata is
+    // refused on PUT (RK_EFORMAT, 422 like every malformed state file) and
+    // logged and not served when found in the store at start-up.
+    struct rk_model *m = test_model();
+    float *st = malloc(rk_state_len(m) * 4);
+    fx_random_state(m, 7, st);
+    const struct {
+        const char *from, *to, *why;
+    } cases[] = {
+        {"\"format_version\":\"1\"", "\"format_version\":\"2\"", "format_version '2'"},
+        {"\"rwkvd-state\"", "\"rwkvd-stat3\"", "unknown format 'rwkvd-stat3'"},
+        {"\"format\":\"rwkvd-state\"", "\"format\":\"pt\"         ", "without format rwkvd-state"},
+        {"\"format_version\":\"1\"", "\"format_versioX\":\"1\"", "without format_version"},
+    };
+    struct server s = START("--max-state-bytes", "64M");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        void *buf;
+        size_t len;
+        ck_assert_int_eq(rk_state_file_encode(m, st, NULL, &buf, &len), RK_OK);
+        patch_bytes(buf, len, cases[i].from, cases[i].to);
+        struct resp r = request(s.port, "PUT", "/states/odd", NULL, buf, len);
+        ck_assert_msg(r.status == 422 && strstr(r.body, "\"code\":\"eformat\"") &&
+                          strstr(r.body, cases[i].why),
+                      "case %zu: %d %s", i, r.status, r.body);
+        check_error_body(&r, cases[i].why);
+        resp_free(&r);
+        free(buf);
+    }
+    put_state(s.port, NULL, "good", 7, 201);
+    ck_assert_int_eq(stop_server(&s), 0);
+
+    // A file with an unknown version put straight into the store.
+    void *buf;
+    size_t len;
+    ck_assert_int_eq(rk_state_file_encode(m, st, NULL, &buf, &len), RK_OK);
+    patch_bytes(buf, len, "\"format_version\":\"1\"", "\"format_version\":\"9\"");
+    char path[700];
+    snprintf(path, sizeof path, "%s/tenants/default/states/future.safetensors", s.dir);
+    ck_assert_int_eq(rk_file_write_atomic(path, buf, len, NULL), RK_OK);
+    free(buf);
+    struct server s2 = START("--data-dir", s.dir);
+    struct resp r = get(s2.port, "/states/future", NULL);
+    ck_assert_msg(r.status == 422 && strstr(r.body, "format_version '9'"), "%d %s", r.status,
+                  r.body);
+    check_error_body(&r, "GET a future state");
+    resp_free(&r);
+    r = post(s2.port, "/generate", NULL, "{\"prompt\":\"a\",\"max_tokens\":1,\"state\":\"future\"}");
+    ck_assert_msg(r.status == 422, "generate with it: %d %s", r.status, r.body);
+    resp_free(&r);
+    r = get(s2.port, "/v1/models", NULL);
+    ck_assert_msg(r.status == 200 && !strstr(r.body, "future") && strstr(r.body, ":good\""),
+                  "%s", r.body);
+    resp_free(&r);
+    ck_assert_int_eq(get_status(s2.port, "/states/good", NULL), 200);
+    ck_assert_int_eq(stop_server(&s2), 0);
+    char log[700], line[1024];
+    snprintf(log, sizeof log, "%s.log", s2.dir);
+    FILE *f = fopen(log, "r");
+    bool logged = false;
+    while (f && fgets(line, sizeof line, f))
+        logged |= strstr(line, "state default/future is not served") != NULL;
+    if (f)
+        fclose(f);
+    ck_assert_msg(logged || getenv("RK_TEST_SERVER_LOG"), "no start-up warning in %s", log);
+    free(st);
+}
+END_TEST
+
 START_TEST(test_limits_queue_deadline)
 {
     struct server s = START("--max-seqs", "1", "--max-queue", "1", "--max-n", "1",
@@ -1157,6 +1242,7 @@ RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
     ADD(test_connection_burst)
     ADD(test_connection_flood)
     ADD(test_error_bodies)
+    ADD(test_state_format_checked)
     ADD(test_limits_queue_deadline)
     ADD(test_config_errors)
     suite_add_tcase(s, tc);
