@@ -1378,6 +1378,14 @@ int rk_file_write_atomic(const char *path, const void *buf, size_t len, struct r
     return RK_OK;
 }
 
+const char *rk_file_error_reason(const char *msg)
+{
+    const char *why = msg;
+    for (const char *p = strstr(msg, ": "); p; p = strstr(p + 2, ": "))
+        why = p + 2;
+    return why;
+}
+
 /* "<name>.tmp.<digits>.<digits>", the names rk_file_write_atomic gives its
  * temp files, with a non-empty <name>. */
 static bool is_temp_name(const char *n)

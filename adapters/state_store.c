@@ -224,6 +224,22 @@ static int mkdirs(const char *path, struct rk_errbuf *eb)
     return RK_OK;
 }
 
+/* File errors name the server's paths, which callers must not show to a
+ * client (issue 12): when eb's message contains the store's directory, log
+ * it whole and leave "state <id>: <reason>" in its place. */
+static int client_err(const struct rk_state_store *s, int rc, const char *tenant, const char *id,
+                      struct rk_errbuf *eb)
+{
+    if (!eb || rc == RK_OK || !strstr(eb->msg, s->dir))
+        return rc;
+    rk_log(RK_LOG_WARN, "state %s/%s: %s", tenant, id, eb->msg);
+    char why[160];
+    snprintf(why, sizeof why, "%s", rk_file_error_reason(eb->msg));
+    if (why[0] >= 'A' && why[0] <= 'Z' && (why[1] < 'A' || why[1] > 'Z'))
+        why[0] = (char)(why[0] - 'A' + 'a'); // "No space left" -> "no space left"
+    return rk_errbuf_set(eb, rc, "state %s: %s", id, why);
+}
+
 /* --- store --------------------------------------------------------------- */
 
 static void check_all(struct rk_state_store *s);
@@ -312,7 +328,7 @@ int rk_store_get(struct rk_state_store *s, const char *tenant, const char *id,
             rk_state_ref_release(r);
             if (rc == RK_ENOTFOUND)
                 rk_errbuf_set(eb, RK_ENOTFOUND, "state not found");
-            return rc;
+            return client_err(s, rc, tenant, id, eb);
         }
         pthread_mutex_lock(&s->mu);
         if (s->gen != gen) {
@@ -388,7 +404,7 @@ int rk_store_put(struct rk_state_store *s, const char *tenant, const char *id,
     pthread_mutex_unlock(&s->wmu);
     if (rc != RK_OK) {
         rk_state_ref_release(r);
-        return rc;
+        return client_err(s, rc, tenant, id, eb);
     }
     if (out)
         *out = r;
@@ -424,7 +440,7 @@ int rk_store_delete(struct rk_state_store *s, const char *tenant, const char *id
         cache_remove(s, r);
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&s->wmu);
-    return rc;
+    return client_err(s, rc, tenant, id, eb);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -553,7 +569,7 @@ int rk_store_read_file(struct rk_state_store *s, const char *tenant, const char 
     int rc = rk_file_read_all(path, s->p.file_bytes_max, out, len, eb);
     if (rc == RK_ENOTFOUND)
         rk_errbuf_set(eb, RK_ENOTFOUND, "state not found");
-    return rc;
+    return client_err(s, rc, tenant, id, eb);
 }
 
 void rk_store_stats(struct rk_state_store *s, struct rk_store_stats *out)

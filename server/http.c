@@ -169,6 +169,11 @@ void rk_http_error(struct rk_http_req *r, int status, const char *code, const ch
     va_start(ap, fmt);
     int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (n > 0 && rk_scrub_paths(msg, sizeof msg, r->srv->cfg.data_dir)) {
+        rk_log(RK_LOG_WARN, "%s %s: %d %s: the answer names a server path, replaced", r->method,
+               r->path ? r->path : "", status, code);
+        n = (int)strlen(msg);
+    }
     size_t len = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : rk_utf8_cut(msg, sizeof msg - 1);
     rk_utf8_sanitize((const uint8_t *)msg, len, clean, sizeof clean);
     if (param) {

@@ -172,3 +172,29 @@ size_t rk_utf8_cut(const char *s, size_t n)
     size_t need = u[i - 1] >= 0xf0 ? 4 : u[i - 1] >= 0xe0 ? 3 : 2;
     return n - (i - 1) < need ? i - 1 : n;
 }
+
+bool rk_scrub_paths(char *msg, size_t cap, const char *root)
+{
+    static const char mark[] = "[server path]";
+    char needle[1024];
+    size_t rl = root ? strlen(root) : 0;
+    if (!rl || rl + 2 > sizeof needle)
+        return false;
+    // Paths are built as root + "/" + ...; requiring the slash keeps a
+    // short root ("data") from matching ordinary words.
+    snprintf(needle, sizeof needle, "%s%s", root, root[rl - 1] == '/' ? "" : "/");
+    bool any = false;
+    char *p;
+    while ((p = strstr(msg, needle))) {
+        size_t tok = strcspn(p, " \t\n:'\",");
+        size_t tail = strlen(p + tok);
+        size_t ml = sizeof mark - 1;
+        if ((size_t)(p - msg) + ml + tail + 1 > cap)
+            tail = cap - 1 - (size_t)(p - msg) - ml; // cannot grow past cap: cut the tail
+        memmove(p + ml, p + tok, tail);
+        memcpy(p, mark, ml);
+        p[ml + tail] = 0;
+        any = true;
+    }
+    return any;
+}

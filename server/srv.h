@@ -75,6 +75,12 @@ void rk_buf_free(struct rk_buf *b);
 /* Copy s[0..n) to out as valid UTF-8 (invalid bytes become U+FFFD); out is
  * NUL-terminated; returns the bytes written (stops early if cap is short). */
 size_t rk_utf8_sanitize(const uint8_t *s, size_t n, char *out, size_t cap);
+/* Replace every path under the directory `root` in msg (NUL-terminated,
+ * `cap` bytes) by "[server path]": a path token runs from root + "/" to the
+ * next space, colon, quote or comma. Returns true when something was
+ * replaced (the caller logs the original). The last guard against error
+ * messages that would show a client where the server keeps its files. */
+bool rk_scrub_paths(char *msg, size_t cap, const char *root);
 /* The largest length <= n that does not end inside a multi-byte sequence:
  * where to cut s[0..n) so that no character is split. */
 size_t rk_utf8_cut(const char *s, size_t n);

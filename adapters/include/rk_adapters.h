@@ -75,6 +75,13 @@ RK_API int rk_state_file_encode(const struct rk_model *m, const float *state,
 RK_API int rk_file_write_atomic(const char *path, const void *buf, size_t len,
                                 struct rk_errbuf *eb);
 
+/* Messages of the rk_file_* functions (and of the store's file errors
+ * before it rewrites them) read "<operation> <path>: <reason>", the reason
+ * being strerror's text or a short phrase. This returns the reason (a
+ * pointer into msg after the last ": "), or msg when there is no ": ", so a
+ * caller can show a client the reason without the server's paths. */
+RK_API const char *rk_file_error_reason(const char *msg);
+
 /* Remove the temp files that rk_file_write_atomic leaves behind when the
  * process dies between creating and renaming one: in the directory `dir`
  * (opened with O_NOFOLLOW; not its subdirectories), every regular file
