@@ -900,17 +900,23 @@ static bool conn_has_input(int fd)
 }
 
 /* At the limit: evict the connection idle longest, unless it has unread
- * input (a request MHD is about to read). Returns true when there is room. */
+ * input (a request MHD is about to read). If every idle one has, let MHD
+ * read first (connections accepted in this batch have not been read yet)
+ * and look once more. Returns true when there is room. */
 static bool make_room(struct loopctx *lc)
 {
     struct rk_srv *srv = lc->srv;
-    for (struct rk_conn *c = lc->conns_head; c; c = c->next) {
-        if (c->shed || conn_busy(c) || conn_has_input(c->fd))
-            continue;
-        conn_shed(c);
-        srv->n_conns_evicted++;
-        MHD_run(srv->mhd); // closes it now: the shutdown queued an epoll event
-        break;
+    for (int pass = 0; pass < 2 && srv->n_conns >= srv->cfg.conn_limit; pass++) {
+        struct rk_conn *c = lc->conns_head;
+        while (c && (c->shed || conn_busy(c) || conn_has_input(c->fd)))
+            c = c->next;
+        if (c) {
+            conn_shed(c);
+            srv->n_conns_evicted++;
+        }
+        MHD_run(srv->mhd); // closes the evicted one now: the shutdown queued an epoll event
+        if (c)
+            break;
     }
     return srv->n_conns < srv->cfg.conn_limit;
 }
