@@ -57,12 +57,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -169,9 +168,11 @@ void rk_http_error(struct rk_http_req *r, int status, const char *code, const ch
     va_start(ap, fmt);
     int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    char orig[sizeof msg];
+    memcpy(orig, msg, sizeof msg);
     if (n > 0 && rk_scrub_paths(msg, sizeof msg, r->srv->cfg.data_dir)) {
-        rk_log(RK_LOG_WARN, "%s %s: %d %s: the answer names a server path, replaced", r->method,
-               r->path ? r->path : "", status, code);
+        rk_log(RK_LOG_WARN, "%s %s: %d %s: %s", r->method, r->path ? r->path : "", status, code,
+               orig);
         n = (int)strlen(msg);
     }
     size_t len = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : rk_utf8_cut(msg, sizeof msg - 1);
