@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <stdarg.h>
@@ -287,10 +288,64 @@ struct st_tensor {
     uint64_t begin, end; /* offsets into the data section */
 };
 
+/* The `format` and `format_version` metadata as read (FORMAT.md). */
+struct fmt_seen {
+    bool fmt, ver;
+    char f[41], v[21];
+};
+
+/* Tags that safetensors writers of other frameworks put in `format`
+ * (torch's save_file writes "pt"): a foreign file, accepted as an upload
+ * only (rk_state_file_parse without require_fingerprint), where it is
+ * stamped with our metadata before it is stored. */
+static bool foreign_format(const char *f)
+{
+    static const char *const tags[] = {"pt", "tf", "flax", "np", "mlx", "paddle"};
+    for (size_t i = 0; i < sizeof tags / sizeof tags[0]; i++)
+        if (!strcmp(f, tags[i]))
+            return true;
+    return false;
+}
+
+/* Unknown formats and versions are refused, never guessed at: a newer
+ * rwkvd may lay a state out differently under the same tensor names. */
+static int check_format(const struct fmt_seen *fs, bool require_fp, struct rk_errbuf *eb)
+{
+    if (fs->fmt && !strcmp(fs->f, "rwkvd-state")) {
+        if (!fs->ver)
+            return rk_errbuf_set(eb, RK_EFORMAT, "state file: format rwkvd-state without "
+                                 "format_version");
+        if (strcmp(fs->v, "1"))
+            return rk_errbuf_set(eb, RK_EFORMAT, "state file: format_version '%s' is not "
+                                 "supported (this rwkvd reads version 1)", fs->v);
+        return RK_OK;
+    }
+    if (fs->fmt && !foreign_format(fs->f))
+        return rk_errbuf_set(eb, RK_EFORMAT, "state file: unknown format '%s' (expected "
+                             "rwkvd-state)", fs->f);
+    if (fs->ver)
+        return rk_errbuf_set(eb, RK_EFORMAT, "state file: format_version '%s' without format "
+                             "rwkvd-state", fs->v);
+    if (fs->fmt && require_fp)
+        return rk_errbuf_set(eb, RK_EFORMAT, "state file: format '%s' is not rwkvd-state",
+                             fs->f);
+    return RK_OK;
+}
+
 static int meta_set(struct rk_state_meta *meta, const char *key, const char *val, bool *have_fp,
-                    struct rk_errbuf *eb)
+                    struct fmt_seen *fs, struct rk_errbuf *eb)
 {
     char *end;
+    if (!strcmp(key, "format") || !strcmp(key, "format_version")) {
+        bool f = key[6] == 0;
+        char *dst = f ? fs->f : fs->v;
+        size_t cap = f ? sizeof fs->f : sizeof fs->v;
+        if (strlen(val) >= cap)
+            return rk_errbuf_set(eb, RK_EFORMAT, "state file: metadata %s is too long", key);
+        memcpy(dst, val, strlen(val) + 1);
+        *(f ? &fs->fmt : &fs->ver) = true;
+        return RK_OK;
+    }
     if (!strcmp(key, "fingerprint")) {
         errno = 0;
         unsigned long long v = strtoull(val, &end, 16);
@@ -338,6 +393,7 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
     struct st_tensor *ts = NULL;
     size_t n_ts = 0, cap_ts = 0;
     bool have_fp = false;
+    struct fmt_seen fs = {0};
     struct rk_state_meta md;
     memset(&md, 0, sizeof md);
 
@@ -367,7 +423,7 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
                             goto bad_json;
                         if (!jr_str(&r, val, sizeof val))
                             goto bad_json;
-                        if ((rc = meta_set(&md, key, val, &have_fp, eb)) != RK_OK)
+                        if ((rc = meta_set(&md, key, val, &have_fp, &fs, eb)) != RK_OK)
                             goto out;
                     } while (jr_lit(&r, ','));
                     if (!jr_lit(&r, '}'))
@@ -454,6 +510,9 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
                 goto out;
             }
 
+    if ((rc = check_format(&fs, require_fp, eb)) != RK_OK)
+        goto out;
+    rc = RK_EFORMAT;
     // Fingerprint and shape checks against the model.
     const int L = rk_model_n_layer(m), C = rk_model_n_embd(m), H = rk_model_n_head(m),
               N = rk_model_head_size(m);
@@ -1317,6 +1376,110 @@ int rk_file_write_atomic(const char *path, const void *buf, size_t len, struct r
     if (rc != 0)
         return rk_errbuf_set(eb, RK_EIO, "fsync directory of %s: %s", path, strerror(e));
     return RK_OK;
+}
+
+const char *rk_file_error_reason(const char *msg)
+{
+    const char *why = msg;
+    for (const char *p = strstr(msg, ": "); p; p = strstr(p + 2, ": "))
+        why = p + 2;
+    return why;
+}
+
+/* "<name>.tmp.<digits>.<digits>", the names rk_file_write_atomic gives its
+ * temp files, with a non-empty <name>. */
+static bool is_temp_name(const char *n)
+{
+    const char *t = NULL;
+    for (const char *p = strstr(n, ".tmp."); p; p = strstr(p + 1, ".tmp."))
+        t = p;
+    if (!t || t == n)
+        return false;
+    const char *p = t + 5;
+    size_t d1 = strspn(p, "0123456789");
+    if (!d1 || d1 > 10 || p[d1] != '.')
+        return false;
+    p += d1 + 1;
+    size_t d2 = strspn(p, "0123456789");
+    return d2 && d2 <= 20 && !p[d2];
+}
+
+int rk_file_clean_temps_at(int dirfd, const char *what)
+{
+    int dup_fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0); // closedir closes its own descriptor
+    DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+    if (!d) {
+        if (dup_fd >= 0)
+            close(dup_fd);
+        return RK_EIO;
+    }
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        struct stat st;
+        if (!is_temp_name(e->d_name) ||
+            fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        // unlinkat never follows a link: if the name was swapped for one
+        // since the fstatat, the link itself goes, not its target.
+        if (unlinkat(dirfd, e->d_name, 0) == 0)
+            n++;
+        else
+            rk_log(RK_LOG_WARN, "cannot remove the stale temp file %s/%s: %s", what, e->d_name,
+                   strerror(errno));
+    }
+    closedir(d);
+    if (n) {
+        fsync(dirfd);
+        rk_log(RK_LOG_INFO, "removed %d stale temp file(s) of interrupted writes in %s", n, what);
+    }
+    return n;
+}
+
+int rk_file_clean_temps(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : RK_EIO;
+    int n = rk_file_clean_temps_at(fd, dir);
+    close(fd);
+    return n;
+}
+
+int rk_file_clean_temps_each(const char *parent, const char *sub)
+{
+    int tfd = open(parent, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (tfd < 0)
+        return 0;
+    int dup_fd = fcntl(tfd, F_DUPFD_CLOEXEC, 0);
+    DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+    if (!d) {
+        if (dup_fd >= 0)
+            close(dup_fd);
+        close(tfd);
+        return 0;
+    }
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!rk_state_id_valid(e->d_name))
+            continue;
+        int t = openat(tfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int sd = t >= 0 ? openat(t, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                        : -1;
+        if (sd >= 0) {
+            char what[300];
+            snprintf(what, sizeof what, "%s/%s/%s", parent, e->d_name, sub);
+            int k = rk_file_clean_temps_at(sd, what);
+            n += k > 0 ? k : 0;
+            close(sd);
+        }
+        if (t >= 0)
+            close(t);
+    }
+    closedir(d);
+    close(tfd);
+    return n;
 }
 
 int rk_file_read_all(const char *path, size_t len_max, void **out, size_t *len,

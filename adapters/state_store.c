@@ -224,7 +224,25 @@ static int mkdirs(const char *path, struct rk_errbuf *eb)
     return RK_OK;
 }
 
+/* File errors name the server's paths, which callers must not show to a
+ * client (issue 12): when eb's message contains the store's directory, log
+ * it whole and leave "state <id>: <reason>" in its place. */
+static int client_err(const struct rk_state_store *s, int rc, const char *tenant, const char *id,
+                      struct rk_errbuf *eb)
+{
+    if (!eb || rc == RK_OK || !strstr(eb->msg, s->dir))
+        return rc;
+    rk_log(RK_LOG_WARN, "state %s/%s: %s", tenant, id, eb->msg);
+    char why[160];
+    snprintf(why, sizeof why, "%s", rk_file_error_reason(eb->msg));
+    if (why[0] >= 'A' && why[0] <= 'Z' && (why[1] < 'A' || why[1] > 'Z'))
+        why[0] = (char)(why[0] - 'A' + 'a'); // "No space left" -> "no space left"
+    return rk_errbuf_set(eb, rc, "state %s: %s", id, why);
+}
+
 /* --- store --------------------------------------------------------------- */
+
+static void check_all(struct rk_state_store *s);
 
 int rk_store_open(const char *dir, const struct rk_model *m, const struct rk_store_params *p,
                   struct rk_state_store **out, struct rk_errbuf *eb)
@@ -239,6 +257,7 @@ int rk_store_open(const char *dir, const struct rk_model *m, const struct rk_sto
     int rc = mkdirs(tdir, eb);
     if (rc != RK_OK)
         return rc;
+    rk_file_clean_temps_each(tdir, "states"); // interrupted writes (RELIABILITY.md 8)
     struct rk_state_store *s = calloc(1, sizeof *s);
     if (!s || !(s->dir = strdup(dir))) {
         free(s);
@@ -254,6 +273,7 @@ int rk_store_open(const char *dir, const struct rk_model *m, const struct rk_sto
     s->state_len = rk_state_len(m);
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->wmu, NULL);
+    check_all(s);
     *out = s;
     return RK_OK;
 }
@@ -308,7 +328,7 @@ int rk_store_get(struct rk_state_store *s, const char *tenant, const char *id,
             rk_state_ref_release(r);
             if (rc == RK_ENOTFOUND)
                 rk_errbuf_set(eb, RK_ENOTFOUND, "state not found");
-            return rc;
+            return client_err(s, rc, tenant, id, eb);
         }
         pthread_mutex_lock(&s->mu);
         if (s->gen != gen) {
@@ -384,7 +404,7 @@ int rk_store_put(struct rk_state_store *s, const char *tenant, const char *id,
     pthread_mutex_unlock(&s->wmu);
     if (rc != RK_OK) {
         rk_state_ref_release(r);
-        return rc;
+        return client_err(s, rc, tenant, id, eb);
     }
     if (out)
         *out = r;
@@ -420,7 +440,7 @@ int rk_store_delete(struct rk_state_store *s, const char *tenant, const char *id
         cache_remove(s, r);
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_unlock(&s->wmu);
-    return rc;
+    return client_err(s, rc, tenant, id, eb);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -491,6 +511,52 @@ int rk_store_list(struct rk_state_store *s, const char *tenant, rk_store_list_cb
     return rc;
 }
 
+/* Start-up: log every stored state that cannot be served (unknown format or
+ * version, another model, a damaged header). Only headers are read. Such a
+ * state stays on disk for the operator; the store answers RK_EFORMAT or
+ * RK_EMISMATCH for it and lists it with ok = false. */
+struct check_ctx {
+    struct rk_state_store *s;
+    const char *tenant;
+    int bad;
+};
+
+static bool check_entry(const char *id, const struct rk_state_meta *meta, size_t bytes, bool ok,
+                        void *user)
+{
+    struct check_ctx *c = user;
+    (void)meta;
+    (void)bytes;
+    if (ok)
+        return true;
+    char path[4096];
+    struct rk_state_meta m2;
+    size_t flen;
+    struct rk_errbuf eb = {0};
+    if (state_path(c->s, c->tenant, id, path, sizeof path) == RK_OK)
+        rk__state_file_head(path, c->s->m, &m2, &flen, &eb);
+    rk_log(RK_LOG_WARN, "state %s/%s is not served: %s", c->tenant, id,
+           eb.msg[0] ? eb.msg : "unreadable");
+    c->bad++;
+    return true;
+}
+
+static void check_all(struct rk_state_store *s)
+{
+    char tdir[4096];
+    snprintf(tdir, sizeof tdir, "%s/tenants", s->dir);
+    DIR *d = opendir(tdir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (rk_state_id_valid(e->d_name)) {
+            struct check_ctx c = {s, e->d_name, 0};
+            rk_store_list(s, e->d_name, check_entry, &c);
+        }
+    closedir(d);
+}
+
 int rk_store_read_file(struct rk_state_store *s, const char *tenant, const char *id, void **out,
                        size_t *len, struct rk_errbuf *eb)
 {
@@ -503,7 +569,7 @@ int rk_store_read_file(struct rk_state_store *s, const char *tenant, const char 
     int rc = rk_file_read_all(path, s->p.file_bytes_max, out, len, eb);
     if (rc == RK_ENOTFOUND)
         rk_errbuf_set(eb, RK_ENOTFOUND, "state not found");
-    return rc;
+    return client_err(s, rc, tenant, id, eb);
 }
 
 void rk_store_stats(struct rk_state_store *s, struct rk_store_stats *out)

@@ -12,6 +12,25 @@
  * client going away, so a uv_poll on the connection's socket watches for
  * EOF and cancels the job (the engine stops it within one step).
  *
+ * ACCEPT PATH. The server owns its listening socket and accepts itself (a
+ * uv_poll on it), handing each connection to MHD with MHD_add_connection;
+ * MHD runs with MHD_USE_NO_LISTEN_SOCKET. Two reasons, both measured with
+ * bench/flood.py (docs/ARCHITECTURE.md, "Connection limit"): MHD 0.9.75 in
+ * epoll mode takes its listening socket out of the set at the connection
+ * limit, so the kernel's backlog fills; and its edge-triggered reads treat a
+ * short read as "drained", so a client whose data and FIN arrive together
+ * (every client that closed while waiting in that backlog) stays in
+ * CLOSE-WAIT until the idle timeout. A burst of half-header clients over
+ * the limit that then close made the server unreachable for minutes. Now:
+ * at --conn-limit a new connection evicts the connection idle longest (no
+ * request in progress: between keep-alive requests, or still sending its
+ * headers), as nginx reuses idle keep-alive connections; with nothing to
+ * evict it gets a canned 503 and is closed, so the backlog never fills.
+ * Once a second the reaper closes idle connections whose peer has gone
+ * (MSG_PEEK reads EOF), which MHD would otherwise keep until the timeout.
+ * Eviction and reaping shutdown() the socket, which gives MHD a fresh epoll
+ * event; MHD then reads EOF and closes the connection itself.
+ *
  * Streaming responses read from job->out under job->mu; when it is empty
  * the content reader suspends the connection and returns 0, and the next
  * wake resumes it.
@@ -27,10 +46,16 @@
  * before the 413 is sent; larger ones get the 413 at once and the connection
  * is closed. */
 #define RK_HTTP_DRAIN_MAX ((size_t)16 << 20)
+/* Connections accepted per wake-up of the listening socket, so a flood does
+ * not hold the loop thread for long. */
+#define RK_ACCEPT_BATCH 64
+/* How often idle connections are checked for a peer that went away. */
+#define RK_REAP_INTERVAL_MS 1000
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,9 +64,22 @@
 #include <unistd.h>
 #include <uv.h>
 
+/* One accepted connection (MHD's socket context for it). Loop thread only. */
+struct rk_conn {
+    int fd;
+    struct rk_http_req *req; /* the request being read or served, or NULL */
+    bool shed;               /* shutdown() sent; MHD closes it on its next run */
+    struct rk_conn *prev, *next; /* loopctx.conns: longest idle first */
+};
+
 struct loopctx {
     uv_loop_t loop;
     uv_poll_t mhd_poll;
+    uv_poll_t listen_poll;
+    int listen_fd;         /* -1 once closed (draining) */
+    uv_timer_t accept_timer; /* resumes accepting after EMFILE */
+    uv_timer_t reap_timer;
+    struct rk_conn *conns_head, *conns_tail;
     uv_timer_t mhd_timer;
     uv_async_t wake;
     uv_signal_t sigterm, sigint;
@@ -60,6 +98,8 @@ struct rk_disconnect_watch {
 };
 
 static void mhd_kick(struct loopctx *lc);
+static void conn_unlink(struct loopctx *lc, struct rk_conn *c);
+static void conn_append(struct loopctx *lc, struct rk_conn *c);
 
 /* --- responses ----------------------------------------------------------- */
 
@@ -87,9 +127,9 @@ void rk_http_json(struct rk_http_req *r, int status, json_t *body)
     char *s = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(body);
     if (!s) {
-        rk_http_bytes(r, 500, "application/json",
-                      "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
-                      "\"param\":null,\"code\":\"enomem\"}}", 86);
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":"
+                                  "\"server_error\",\"param\":null,\"code\":\"enomem\"}}";
+        rk_http_bytes(r, 500, "application/json", oom, sizeof oom - 1);
         return;
     }
     size_t n = strlen(s);
@@ -109,6 +149,7 @@ static const char *error_type(int status)
     case 403: return "permission_error";
     case 404: return "not_found_error";
     case 429: return "rate_limit_error";
+    case 501: return "invalid_request_error"; // a request feature we do not implement
     case 504: return "timeout";
     default: return status >= 500 ? "server_error" : "invalid_request_error";
     }
@@ -117,12 +158,30 @@ static const char *error_type(int status)
 void rk_http_error(struct rk_http_req *r, int status, const char *code, const char *param,
                    const char *fmt, ...)
 {
-    char msg[512];
+    // Messages quote client input (ids, paths, field names), which may be
+    // any bytes: cut at a character boundary, then replace every byte that
+    // is not well-formed UTF-8 with U+FFFD, so the JSON encoder never fails.
+    char msg[512], clean[3 * sizeof msg + 4], pbuf[3 * 64 + 4];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    json_t *e = json_pack("{s:{s:s,s:s,s:s?,s:s?}}", "error", "message", msg, "type",
+    char orig[sizeof msg];
+    memcpy(orig, msg, sizeof msg);
+    if (n > 0 && rk_scrub_paths(msg, sizeof msg, r->srv->cfg.data_dir)) {
+        rk_log(RK_LOG_WARN, "%s %s: %d %s: %s", r->method, r->path ? r->path : "", status, code,
+               orig);
+        n = (int)strlen(msg);
+    }
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : rk_utf8_cut(msg, sizeof msg - 1);
+    rk_utf8_sanitize((const uint8_t *)msg, len, clean, sizeof clean);
+    if (param) {
+        size_t pl = strlen(param);
+        pl = pl < 64 ? pl : rk_utf8_cut(param, 64);
+        rk_utf8_sanitize((const uint8_t *)param, pl, pbuf, sizeof pbuf);
+        param = pbuf;
+    }
+    json_t *e = json_pack("{s:{s:s,s:s,s:s?,s:s?}}", "error", "message", clean, "type",
                           error_type(status), "param", param, "code", code);
     rk_http_json(r, status, e);
     if (r->resp) {
@@ -430,6 +489,12 @@ static void req_free(struct rk_http_req *r)
         rk_job_release(r->job);
         srv->n_jobs_inflight--;
     }
+    if (r->cc) { // the connection is idle from now: youngest in the eviction order
+        struct loopctx *lc = srv->loop_priv;
+        r->cc->req = NULL;
+        conn_unlink(lc, r->cc);
+        conn_append(lc, r->cc);
+    }
     if (r->resp)
         MHD_destroy_response(r->resp);
     if (r->user_free)
@@ -467,10 +532,63 @@ static enum MHD_Result queue_prepared(struct rk_http_req *r)
     r->resp = NULL;
     if (!resp)
         return MHD_NO;
-    rk_http_conn_headers(r->srv, resp);
+    if (r->close_after)
+        MHD_add_response_header(resp, "Connection", "close");
+    else
+        rk_http_conn_headers(r->srv, resp);
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ok;
+}
+
+/* Transfer-Encoding of a request (RFC 9112 6.1 and 6.3). Only "chunked"
+ * alone is understood. A list whose last coding is not chunked leaves the
+ * body length unknown: 400 (a MUST). A list that ends with chunked after
+ * other codings ("gzip, chunked"): 501, the answer for a coding the server
+ * does not implement. MHD 0.9.75 would wait for such a body until the
+ * connection closed. Either way the body is not read and the connection is
+ * closed after the answer. Returns true when the header is acceptable. */
+static bool transfer_coding_ok(struct rk_http_req *r, const char *te)
+{
+    char last[32] = "", other[32] = "";
+    int n = 0, n_chunked = 0;
+    for (const char *p = te;;) {
+        p += strspn(p, " \t");
+        size_t len = strcspn(p, ",;");
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        char name[32];
+        snprintf(name, sizeof name, "%.*s", (int)(len < 31 ? len : 31), p);
+        if (!len) {
+            snprintf(last, sizeof last, "(empty)");
+        } else {
+            snprintf(last, sizeof last, "%s", name);
+            if (!strcasecmp(name, "chunked"))
+                n_chunked++;
+            else if (!other[0])
+                snprintf(other, sizeof other, "%s", name);
+        }
+        n++;
+        p = strchr(p, ',');
+        if (!p)
+            break;
+        p++;
+    }
+    r->close_after = true;
+    if (strcasecmp(last, "chunked") || n_chunked > 1) {
+        rk_http_error(r, 400, "bad_request", NULL,
+                      "Transfer-Encoding '%s' does not end with a single chunked; send the body "
+                      "with Content-Length or Transfer-Encoding: chunked", te);
+        return false;
+    }
+    if (n > 1) {
+        rk_http_error(r, 501, "not_implemented", NULL,
+                      "transfer coding '%s' is not supported; send the body with Content-Length "
+                      "or Transfer-Encoding: chunked", other);
+        return false;
+    }
+    r->close_after = false;
+    return true;
 }
 
 /* Checks made once the headers are in; prepares an error response or
@@ -496,6 +614,9 @@ static void first_call(struct rk_http_req *r, const char *version)
                       "Content-Length, or Content-Length with Transfer-Encoding)");
         return;
     }
+    const char *te = rk_http_header(r, "Transfer-Encoding");
+    if (te && !transfer_coding_ok(r, te))
+        return;
     for (const char *p = r->path; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f) {
             rk_http_error(r, 400, "bad_request", NULL, "control character in the path");
@@ -576,6 +697,12 @@ static struct rk_http_req *req_new(struct rk_srv *srv, struct MHD_Connection *co
     r->srv = srv;
     r->conn = conn;
     r->t_start_us = rk_now_us();
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (ci && ci->socket_context) {
+        r->cc = ci->socket_context;
+        r->cc->req = r;
+    }
     r->all_next = srv->reqs;
     if (srv->reqs)
         srv->reqs->all_prev = r;
@@ -697,13 +824,217 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     req_free(r);
 }
 
+/* --- accept path: connections, eviction, reaping ------------------------ */
+
+static void conn_unlink(struct loopctx *lc, struct rk_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        lc->conns_head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        lc->conns_tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void conn_append(struct loopctx *lc, struct rk_conn *c)
+{
+    c->prev = lc->conns_tail;
+    c->next = NULL;
+    if (lc->conns_tail)
+        lc->conns_tail->next = c;
+    else
+        lc->conns_head = c;
+    lc->conns_tail = c;
+}
+
+/* Busy: its request's headers are in (the handler runs, waits on a job,
+ * reads the body or sends the answer). Such a connection is never evicted
+ * or reaped here; MHD, the disconnect watch and the deadlines handle it. */
+static bool conn_busy(const struct rk_conn *c) { return c->req && c->req->started; }
+
+/* Make MHD close an idle connection: shutdown() wakes MHD's epoll entry for
+ * the socket, MHD reads EOF and closes it on its next run. */
+static void conn_shed(struct rk_conn *c)
+{
+    c->shed = true;
+    shutdown(c->fd, SHUT_RDWR);
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
                           enum MHD_ConnectionNotificationCode toe)
 {
     struct rk_srv *srv = cls;
-    (void)conn;
-    (void)socket_ctx;
-    srv->n_conns += toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1;
+    struct loopctx *lc = srv->loop_priv;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        srv->n_conns++;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        struct rk_conn *c = ci ? calloc(1, sizeof *c) : NULL;
+        if (c) { // untracked on failure: then only MHD's timeout closes it
+            c->fd = ci->connect_fd;
+            conn_append(lc, c);
+        }
+        *socket_ctx = c;
+        return;
+    }
+    srv->n_conns--;
+    struct rk_conn *c = *socket_ctx;
+    if (c) {
+        if (c->req)
+            c->req->cc = NULL;
+        conn_unlink(lc, c);
+        free(c);
+        *socket_ctx = NULL;
+    }
+}
+
+/* True when the socket has bytes MHD has not read yet. */
+static bool conn_has_input(int fd)
+{
+    char b;
+    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+/* At the limit: evict the connection idle longest, unless it has unread
+ * input (a request MHD is about to read). If every idle one has, let MHD
+ * read first (connections accepted in this batch have not been read yet)
+ * and look once more. Returns true when there is room. */
+static bool make_room(struct loopctx *lc)
+{
+    struct rk_srv *srv = lc->srv;
+    for (int pass = 0; pass < 2 && srv->n_conns >= srv->cfg.conn_limit; pass++) {
+        struct rk_conn *c = lc->conns_head;
+        while (c && (c->shed || conn_busy(c) || conn_has_input(c->fd)))
+            c = c->next;
+        if (c) {
+            conn_shed(c);
+            srv->n_conns_evicted++;
+        }
+        MHD_run(srv->mhd); // closes the evicted one now: the shutdown queued an epoll event
+        if (c)
+            break;
+    }
+    return srv->n_conns < srv->cfg.conn_limit;
+}
+
+/* Answer a connection we cannot take with 503 and close it. The socket is
+ * fresh, so the short answer fits its send buffer. */
+static void refuse(int fd, int limit)
+{
+    char body[256], msg[512], junk[4096];
+    int bn = snprintf(body, sizeof body,
+                      "{\"error\":{\"message\":\"too many open connections (limit %d); try "
+                      "again\",\"type\":\"server_error\",\"param\":null,\"code\":"
+                      "\"connection_limit\"}}",
+                      limit);
+    int n = snprintf(msg, sizeof msg,
+                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
+                     bn, body);
+    // Read what the client already sent: closing with unread input would
+    // reset the connection and could discard the answer.
+    while (recv(fd, junk, sizeof junk, MSG_DONTWAIT) > 0)
+        ;
+    if (send(fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) == n)
+        shutdown(fd, SHUT_WR);
+    close(fd);
+}
+
+static void on_listen(uv_poll_t *h, int status, int events);
+
+static void on_accept_timer(uv_timer_t *t)
+{
+    struct loopctx *lc = t->data;
+    if (lc->listen_fd >= 0)
+        uv_poll_start(&lc->listen_poll, UV_READABLE, on_listen);
+}
+
+static void on_listen(uv_poll_t *h, int status, int events)
+{
+    struct loopctx *lc = h->data;
+    struct rk_srv *srv = lc->srv;
+    (void)status;
+    (void)events;
+    for (int i = 0; i < RK_ACCEPT_BATCH && lc->listen_fd >= 0; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(lc->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                // Out of descriptors: the connection stays in the backlog;
+                // pause instead of spinning on a readable socket.
+                fprintf(stderr, "rwkvd: accept: %s; pausing 100 ms\n", strerror(errno));
+                uv_poll_stop(&lc->listen_poll);
+                uv_timer_start(&lc->accept_timer, on_accept_timer, 100, 0);
+            }
+            break;
+        }
+        if (srv->n_conns >= srv->cfg.conn_limit && !make_room(lc)) {
+            srv->n_conns_refused++;
+            refuse(fd, srv->cfg.conn_limit);
+            continue;
+        }
+        if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+            int one = 1; // small answers and SSE events go out at once
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
+        // On failure MHD has closed the socket already.
+        if (MHD_add_connection(srv->mhd, fd, (struct sockaddr *)&ss, sl) != MHD_YES)
+            srv->n_conns_refused++;
+    }
+    mhd_kick(lc);
+}
+
+/* Once a second: close idle connections whose client has gone. */
+static void on_reap_timer(uv_timer_t *t)
+{
+    struct loopctx *lc = t->data;
+    struct rk_srv *srv = lc->srv;
+    bool any = false;
+    char b;
+    for (struct rk_conn *c = lc->conns_head; c; c = c->next) {
+        if (c->shed || conn_busy(c) || recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) != 0)
+            continue;
+        conn_shed(c);
+        srv->n_conns_reaped++;
+        any = true;
+    }
+    if (any)
+        mhd_kick(lc);
+}
+
+static void stop_listening(struct loopctx *lc)
+{
+    if (lc->listen_fd < 0)
+        return;
+    uv_poll_stop(&lc->listen_poll);
+    uv_timer_stop(&lc->accept_timer);
+    close(lc->listen_fd);
+    lc->listen_fd = -1;
+}
+
+/* Bind and listen; returns the socket or -1 with errno set. */
+static int listen_on(const struct sockaddr_storage *ss, socklen_t sl)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ss->ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)ss, sl) != 0 || listen(fd, RK_LISTEN_BACKLOG) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
 }
 
 /* Percent-decoding that refuses to produce NUL or control bytes: such
@@ -800,9 +1131,7 @@ static void on_signal(uv_signal_t *s, int signum)
             signum == SIGTERM ? "SIGTERM" : "SIGINT", srv->n_jobs_inflight,
             srv->cfg.drain_timeout_s);
     srv->draining = true;
-    MHD_socket fd = MHD_quiesce_daemon(srv->mhd);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
+    stop_listening(lc);
     lc->drain_deadline_us = rk_now_us() + (int64_t)srv->cfg.drain_timeout_s * 1000000;
     uv_timer_start(&lc->drain_timer, on_drain_timer, 0, 20);
 }
@@ -842,45 +1171,59 @@ int rk_srv_run(struct rk_srv *srv)
     srv->loop = (struct uv_loop_s *)&lc->loop;
     int rc = 1;
 
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    bool loopback;
-    if (parse_addr(srv->cfg.host, srv->cfg.port, &ss, &sl, &loopback) != 0) {
-        fprintf(stderr, "rwkvd serve: --host '%s' is not an IPv4/IPv6 address\n", srv->cfg.host);
+    if (srv->listen_fd >= 0) {
+        // serve.c bound the port before loading anything; the socket is ours now
+        lc->listen_fd = srv->listen_fd;
+        srv->listen_fd = -1;
+    } else {
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        bool loopback;
+        if (parse_addr(srv->cfg.host, srv->cfg.port, &ss, &sl, &loopback) != 0) {
+            fprintf(stderr, "rwkvd serve: --host '%s' is not an IPv4/IPv6 address\n",
+                    srv->cfg.host);
+            free(lc);
+            return 1;
+        }
+        if (!loopback && !srv->auth) {
+            fprintf(stderr, "rwkvd serve: refusing to bind %s without --api-keys (only "
+                    "loopback addresses may be served without keys)\n", srv->cfg.host);
+            free(lc);
+            return 1;
+        }
+        lc->listen_fd = listen_on(&ss, sl);
+    }
+    if (lc->listen_fd < 0) {
+        fprintf(stderr, "rwkvd serve: cannot listen on %s:%d: %s\n", srv->cfg.host,
+                srv->cfg.port, strerror(errno));
         free(lc);
         return 1;
     }
-    if (!loopback && !srv->auth) {
-        fprintf(stderr, "rwkvd serve: refusing to bind %s without --api-keys (only loopback "
-                "addresses may be served without keys)\n", srv->cfg.host);
-        free(lc);
-        return 1;
-    }
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ss.ss_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
+    struct sockaddr_storage bound;
+    socklen_t bl = sizeof bound;
+    srv->port = srv->cfg.port;
+    if (getsockname(lc->listen_fd, (struct sockaddr *)&bound, &bl) == 0)
+        srv->port = ntohs(bound.ss_family == AF_INET6
+                              ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                              : ((struct sockaddr_in *)&bound)->sin_port);
+    // No listening socket of MHD's own: the accept path above feeds it.
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     MHD_USE_NO_LISTEN_SOCKET;
     srv->mhd = MHD_start_daemon(
-        flags, (uint16_t)srv->cfg.port, NULL, NULL, on_access, srv, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&ss, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)srv->listen_fd,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)srv->cfg.conn_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)srv->cfg.conn_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024, MHD_OPTION_URI_LOG_CALLBACK,
-        on_uri, srv, MHD_OPTION_UNESCAPE_CALLBACK,
-        unescape, NULL, MHD_OPTION_END);
-    if (!srv->mhd) {
-        fprintf(stderr, "rwkvd serve: cannot listen on %s:%d\n", srv->cfg.host, srv->cfg.port);
-        free(lc);
-        return 1;
-    }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    srv->port = di ? di->port : srv->cfg.port;
-    di = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+        (unsigned)srv->cfg.conn_limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv, MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+        MHD_OPTION_END);
+    const union MHD_DaemonInfo *di =
+        srv->mhd ? MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
     if (!di) {
-        fprintf(stderr, "rwkvd serve: libmicrohttpd has no epoll fd\n");
-        MHD_stop_daemon(srv->mhd);
+        fprintf(stderr, "rwkvd serve: cannot start libmicrohttpd (epoll mode)\n");
+        if (srv->mhd)
+            MHD_stop_daemon(srv->mhd);
         srv->mhd = NULL;
+        close(lc->listen_fd);
         free(lc);
         return 1;
     }
@@ -893,6 +1236,14 @@ int rk_srv_run(struct rk_srv *srv)
     lc->mhd_timer.data = lc;
     uv_timer_init(&lc->loop, &lc->drain_timer);
     lc->drain_timer.data = lc;
+    uv_poll_init_socket(&lc->loop, &lc->listen_poll, lc->listen_fd);
+    lc->listen_poll.data = lc;
+    uv_poll_start(&lc->listen_poll, UV_READABLE, on_listen);
+    uv_timer_init(&lc->loop, &lc->accept_timer);
+    lc->accept_timer.data = lc;
+    uv_timer_init(&lc->loop, &lc->reap_timer);
+    lc->reap_timer.data = lc;
+    uv_timer_start(&lc->reap_timer, on_reap_timer, RK_REAP_INTERVAL_MS, RK_REAP_INTERVAL_MS);
     uv_async_init(&lc->loop, &lc->wake, on_wake);
     lc->wake.data = lc;
     uv_signal_init(&lc->loop, &lc->sigterm);
@@ -908,7 +1259,7 @@ int rk_srv_run(struct rk_srv *srv)
     }
 
     char hostbuf[64];
-    if (ss.ss_family == AF_INET6)
+    if (bound.ss_family == AF_INET6)
         snprintf(hostbuf, sizeof hostbuf, "[%s]", srv->cfg.host);
     else
         snprintf(hostbuf, sizeof hostbuf, "%s", srv->cfg.host);
@@ -940,8 +1291,12 @@ shutdown:
     }
     for (struct rk_http_req *r = srv->reqs; r; r = r->all_next)
         resume(r);
+    stop_listening(lc);
     MHD_stop_daemon(srv->mhd);
     srv->mhd = NULL;
+    uv_close((uv_handle_t *)&lc->listen_poll, NULL);
+    uv_close((uv_handle_t *)&lc->accept_timer, NULL);
+    uv_close((uv_handle_t *)&lc->reap_timer, NULL);
     uv_close((uv_handle_t *)&lc->mhd_poll, NULL);
     uv_close((uv_handle_t *)&lc->mhd_timer, NULL);
     uv_close((uv_handle_t *)&lc->drain_timer, NULL);

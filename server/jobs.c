@@ -786,6 +786,11 @@ static void fail(struct rk_jobs *js, struct rk_tjob *j, const char *code, const 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    // Clients read job errors: no server paths in them (issue 12).
+    char full[sizeof msg];
+    memcpy(full, msg, sizeof msg);
+    if (rk_scrub_paths(msg, sizeof msg, js->data_dir))
+        rk_log(RK_LOG_WARN, "jobs: %s: %s", j->v.id, full);
     finish(js, j, RK_TJOB_FAILED, code, msg);
 }
 
@@ -810,8 +815,9 @@ static void run_job(struct rk_jobs *js, struct rk_tjob *j)
     job_path(js, r.id, ".data.jsonl", path, sizeof path);
     int rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len, &eb);
     if (rc != RK_OK) {
+        rk_log(RK_LOG_WARN, "jobs: %s: %s", r.id, eb.msg);
         fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the journal: %s",
-             eb.msg[0] ? eb.msg : rk_strerror(rc));
+             eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
         goto out;
     }
     struct rk_jsonl_limits lim = {js->lim.dataset_bytes_max, js->lim.examples_max,
@@ -930,10 +936,12 @@ static void run_job(struct rk_jobs *js, struct rk_tjob *j)
         if (rc == RK_ENUMERIC)
             fail(js, j, "numeric", "NaN or Inf in the loss or gradient at step %ld",
                  res.steps_done + 1);
-        else if (r.ckpt_rc)
+        else if (r.ckpt_rc) {
+            rk_log(RK_LOG_WARN, "jobs: %s: %s", r.id, r.ckpt_eb.msg);
             fail(js, j, "checkpoint_failed", "cannot write a checkpoint: %s",
-                 r.ckpt_eb.msg[0] ? r.ckpt_eb.msg : rk_strerror(r.ckpt_rc));
-        else if (rc == RK_ENOMEM)
+                 r.ckpt_eb.msg[0] ? rk_file_error_reason(r.ckpt_eb.msg)
+                                  : rk_strerror(r.ckpt_rc));
+        } else if (rc == RK_ENOMEM)
             fail(js, j, "enomem", "out of memory for the tuning buffers");
         else
             fail(js, j, rk_errname(rc), "tuning failed: %s", rk_strerror(rc));
@@ -1697,6 +1705,14 @@ int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct r
         rk_errbuf_set(eb, RK_EIO, "cannot create %s: %s", js->dir, strerror(errno));
         rk_jobs_free(js);
         return RK_EIO;
+    }
+    // Temp files of writes that a crash interrupted (RELIABILITY.md 8): the
+    // journal here, uploaded files per tenant; the store cleans its states.
+    rk_file_clean_temps(js->dir);
+    {
+        char tdir[1100];
+        snprintf(tdir, sizeof tdir, "%s/tenants", js->data_dir);
+        rk_file_clean_temps_each(tdir, "files");
     }
     int rc = load_jobs(js);
     if (rc != RK_OK) {

@@ -100,6 +100,15 @@ void rk_metrics_render(struct rk_srv *srv, struct rk_buf *o)
     counter(o, "rwkvd_open_connections", "Open HTTP connections.", "gauge", srv->n_conns);
     counter(o, "rwkvd_generation_jobs_live", "Generation requests held in memory (waiting, "
             "running, or with output not yet sent).", "gauge", (double)rk_jobs_live());
+    counter(o, "rwkvd_connections_evicted_total",
+            "Idle connections closed to make room at --conn-limit.", "counter",
+            srv->n_conns_evicted);
+    counter(o, "rwkvd_connections_refused_total",
+            "Connections answered 503 at --conn-limit (nothing idle to evict).", "counter",
+            srv->n_conns_refused);
+    counter(o, "rwkvd_connections_reaped_total",
+            "Idle connections closed because the client had gone.", "counter",
+            srv->n_conns_reaped);
     hist(o, "rwkvd_time_to_first_token_seconds", "Time from submission to the first token.",
          &m->ttft);
     hist(o, "rwkvd_token_latency_seconds", "Time between consecutive tokens of a sequence.",

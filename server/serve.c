@@ -58,7 +58,7 @@ static void default_model_name(const char *path, char *out, size_t cap)
 
 /* Bind and listen on --host/--port before anything slow, so a port in use
  * (or a host that may not be served) is reported at once. The socket goes to
- * libmicrohttpd (srv->listen_fd), which then takes it over. */
+ * the HTTP loop (srv->listen_fd), which then takes it over. */
 static int listen_early(struct rk_srv *srv)
 {
     const struct rk_srv_config *c = &srv->cfg;
@@ -96,7 +96,7 @@ static int listen_early(struct rk_srv *srv)
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, RK_LISTEN_BACKLOG) != 0) {
         int e = errno;
         fprintf(stderr, "rwkvd serve: cannot listen on %s:%d: %s%s\n", c->host, c->port,
                 strerror(e), e == EADDRINUSE ? " (another server has this port; stop it or "
@@ -216,7 +216,7 @@ int rk_cmd_serve(int argc, char **argv)
     /* --- end of tuning jobs start-up */
     rk_srv_config_print(&srv->cfg, stderr);
     status = rk_srv_run(srv);
-    srv->listen_fd = -1; /* libmicrohttpd took it and closed it */
+    srv->listen_fd = -1; /* rk_srv_run took it and closed it */
     rk_jobs_stop(jobs); /* tuning jobs: interrupt (resumable) and join the worker */
     if (status == 0)
         fprintf(stderr, "rwkvd: stopped\n");

@@ -76,6 +76,15 @@ void rk_buf_free(struct rk_buf *b);
 /* Copy s[0..n) to out as valid UTF-8 (invalid bytes become U+FFFD); out is
  * NUL-terminated; returns the bytes written (stops early if cap is short). */
 size_t rk_utf8_sanitize(const uint8_t *s, size_t n, char *out, size_t cap);
+/* Replace every path under the directory `root` in msg (NUL-terminated,
+ * `cap` bytes) by "[server path]": a path token runs from root + "/" to the
+ * next space, colon, quote or comma. Returns true when something was
+ * replaced (the caller logs the original). The last guard against error
+ * messages that would show a client where the server keeps its files. */
+bool rk_scrub_paths(char *msg, size_t cap, const char *root);
+/* The largest length <= n that does not end inside a multi-byte sequence:
+ * where to cut s[0..n) so that no character is split. */
+size_t rk_utf8_cut(const char *s, size_t n);
 
 /* --- metrics (metrics.c) ------------------------------------------------ */
 
@@ -232,6 +241,7 @@ struct rk_http_req {
     size_t body_discarded;
     size_t body_drain_max; /* drop up to this many body bytes before the 413 */
     bool dispatched;
+    bool close_after;        /* answer with Connection: close (body left unread) */
     bool suspended;
     int64_t t_start_us;
     /* prepared response, queued by the next access-handler call */
@@ -247,6 +257,7 @@ struct rk_http_req {
     void *user;
     void (*user_free)(void *user);
     struct rk_http_req *all_next, *all_prev; /* srv->reqs list */
+    struct rk_conn *cc;      /* its connection (http.c), NULL if untracked */
 };
 
 /* Response helpers (loop thread). Each prepares the response that the
@@ -348,13 +359,21 @@ struct rk_srv {
     void *loop_priv; /* http.c's handles */
     int port;        /* bound port */
     int listen_fd;   /* socket serve.c bound and listens on before loading the
-                        model (MHD takes it and closes it); -1: MHD binds */
+                        model (rk_srv_run takes it and closes it); -1: rk_srv_run
+                        binds */
     bool draining;
     int n_jobs_inflight; /* HTTP requests waiting on a job */
     int n_conns;
+    /* connections closed by the accept path (http.c): evicted at the limit
+     * to make room, refused with 503 when nothing could be evicted, reaped
+     * after the peer left */
+    uint64_t n_conns_evicted, n_conns_refused, n_conns_reaped;
     struct rk_http_req *reqs; /* live requests */
     atomic_uint_fast64_t id_seq;
 };
+
+/* Kernel backlog of the listening socket (connections not yet accepted). */
+#define RK_LISTEN_BACKLOG 1024
 
 /* Start-up and run (http.c): bind (or take srv->listen_fd), print "listening on http://HOST:PORT",
  * run the loop until SIGTERM/SIGINT and the drain finish. */

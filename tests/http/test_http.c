@@ -15,6 +15,7 @@
 #include "rk_adapters.h"
 
 #include <arpa/inet.h>
+#include <jansson.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -73,6 +74,8 @@ static struct server start_server_v(const char *const *extra)
             snprintf(log, sizeof log, "%s.log", s.dir);
             FILE *f = freopen(log, "w", stderr);
             (void)f;
+            setvbuf(stderr, NULL, _IOLBF, 0); // the child ends with _exit: no flush
+
         }
         _exit(rk_cmd_serve(argc, (char **)argv));
     }
@@ -806,6 +809,290 @@ START_TEST(test_connection_burst)
 }
 END_TEST
 
+/* /health through a fresh connection within `ms`; returns the status (0 if
+ * no answer came in time). */
+static int health_within(int port, int ms)
+{
+    struct resp r = request_t(port, "GET", "/health", NULL, NULL, 0, ms);
+    int st = r.status;
+    resp_free(&r);
+    return st;
+}
+
+START_TEST(test_connection_flood)
+{
+    // Issue 12 item 2: a burst of half-header clients far over --conn-limit,
+    // held and then all closed, with the idle timeout left at its default
+    // (30 s), so only the accept path (eviction, reaping) can keep /health
+    // answering. Before it, the server stayed silent until the timeout.
+    struct server s = START("--conn-limit", "16");
+    enum { N = 300 };
+    static int fds[N];
+    const char *half = "GET /health HTTP/1.1\r\nHost: flood\r\n";
+    for (int i = 0; i < N; i++) {
+        fds[i] = dial(s.port);
+        if (fds[i] >= 0)
+            send_all(fds[i], half, strlen(half));
+    }
+    // During the flood: every probe answered within 2 s.
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(health_within(s.port, 2000), 200);
+    for (int i = 0; i < N; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    // After everyone closed: at once, and again a little later.
+    for (int k = 0; k < 5; k++) {
+        ck_assert_int_eq(health_within(s.port, 2000), 200);
+        usleep(100000);
+    }
+    long evicted = metric(s.port, "rwkvd_connections_evicted_total"),
+         refused = metric(s.port, "rwkvd_connections_refused_total"),
+         reaped = metric(s.port, "rwkvd_connections_reaped_total");
+    fprintf(stderr, "flood: evicted %ld refused %ld reaped %ld\n", evicted, refused, reaped);
+    ck_assert_int_gt(evicted, N - 16 - 5);
+    ck_assert_int_eq(refused, 0);
+
+    // Data and FIN arriving together (clients that closed before the server
+    // read them; here while the server is stopped) are invisible to MHD's
+    // edge-triggered reads; the reaper closes them within about a second.
+    kill(s.pid, SIGSTOP);
+    for (int i = 0; i < 12; i++) {
+        int fd = dial(s.port);
+        if (fd >= 0) {
+            send_all(fd, half, strlen(half));
+            close(fd);
+        }
+    }
+    kill(s.pid, SIGCONT);
+    int64_t t0 = now_ms();
+    long open = -1;
+    while (now_ms() - t0 < 3000) {
+        open = metric(s.port, "rwkvd_open_connections"); // counts its own connection
+        if (open == 1)
+            break;
+        usleep(100000);
+    }
+    ck_assert_msg(open == 1, "%ld connections still open 3 s after their clients left", open);
+    ck_assert_int_ge(metric(s.port, "rwkvd_connections_reaped_total"), 1);
+
+    ck_assert_int_eq(stop_server(&s), 0);
+
+    // Busy connections are never evicted: with both slots streaming a
+    // generation, a new client gets 503 at once (not a wait in the backlog).
+    s = START("--conn-limit", "2", "--max-tokens", "1000000");
+    const char *body = "{\"prompt\":\"abc\",\"max_tokens\":1000000,\"stream\":true}";
+    char head[512];
+    int hn = snprintf(head, sizeof head, "POST /generate HTTP/1.1\r\nHost: x\r\n"
+                      "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    int busy[2];
+    for (int i = 0; i < 2; i++) {
+        busy[i] = dial(s.port);
+        ck_assert_int_ge(busy[i], 0);
+        send_all(busy[i], head, (size_t)hn);
+        char buf[256];
+        ck_assert_int_gt(recv(busy[i], buf, sizeof buf, 0), 0); // streaming has begun
+    }
+    struct resp r = request_t(s.port, "GET", "/health", NULL, NULL, 0, 2000);
+    ck_assert_msg(r.status == 503 && r.body && strstr(r.body, "\"code\":\"connection_limit\""),
+                  "at the limit with busy connections: %d %s", r.status, r.body);
+    resp_free(&r);
+    for (int i = 0; i < 2; i++)
+        close(busy[i]);
+    t0 = now_ms();
+    int st = 0;
+    while (now_ms() - t0 < 3000 && (st = health_within(s.port, 2000)) != 200)
+        usleep(50000);
+    ck_assert_int_eq(st, 200);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+/* An error answer: valid JSON (jansson is strict about UTF-8) in the OpenAI
+ * shape {"error":{"message":str,"type":str,"param":str|null,"code":str}},
+ * and no server path in it (the data directory is the test's tmpdir). */
+static void check_error_body(const struct resp *r, const char *what)
+{
+    ck_assert_msg(r->status >= 400, "%s: status %d", what, r->status);
+    ck_assert_msg(r->body && r->body_len, "%s: %d without a body", what, r->status);
+    json_error_t je;
+    json_t *j = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
+    ck_assert_msg(j, "%s: %d body is not JSON (%s): %.*s", what, r->status, je.text,
+                  (int)r->body_len, r->body);
+    json_t *e = json_object_get(j, "error");
+    ck_assert_msg(json_is_object(e) && json_object_size(j) == 1, "%s: no error object: %s", what,
+                  r->body);
+    json_t *param = json_object_get(e, "param");
+    ck_assert_msg(json_is_string(json_object_get(e, "message")) &&
+                      json_is_string(json_object_get(e, "type")) &&
+                      json_is_string(json_object_get(e, "code")) &&
+                      (json_is_string(param) || json_is_null(param)),
+                  "%s: not the OpenAI error shape: %s", what, r->body);
+    ck_assert_msg(!strstr(r->body, rk_test_tmpdir()), "%s: server path in the body: %s", what,
+                  r->body);
+    json_decref(j);
+}
+
+START_TEST(test_error_bodies)
+{
+    // Issue 12 items 3 and 4: error messages quote client bytes (ids,
+    // paths) that may be any bytes; each answer must still be JSON, cut at
+    // a character boundary.
+    struct server s = START("--max-body-bytes", "4096");
+    const struct {
+        const char *method, *path;
+        int status;
+    } cases[] = {
+        {"GET", "/states/%ff", 404},
+        {"GET", "/jobs/%ff", 404},
+        {"GET", "/v1/files/%ff", 404},
+        {"GET", "/v1/models/%ff", 404},
+        {"GET", "/v1/fine_tuning/jobs/%ff", 404},
+        {"PUT", "/states/a%ffb", 0},
+        {"GET", "/states/%c3", 404},            // truncated sequence
+        {"GET", "/states/%c0%af", 404},         // overlong '/'
+        {"GET", "/states/%ed%a0%80", 404},      // UTF-16 surrogate
+        {"GET", "/states/%f4%90%80%80", 404},   // above U+10FFFF
+        {"DELETE", "/nope/%fe%ff", 404},
+        {"PATCH", "/states/%ff", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct resp r = request(s.port, cases[i].method, cases[i].path, NULL, "x", 1);
+        char what[128];
+        snprintf(what, sizeof what, "%s %s", cases[i].method, cases[i].path);
+        ck_assert_msg(!cases[i].status || r.status == cases[i].status, "%s: %d %s", what,
+                      r.status, r.body);
+        check_error_body(&r, what);
+        resp_free(&r);
+    }
+    // A message longer than 512 bytes of two-byte characters: cut between
+    // characters, for each of the two alignments.
+    for (int shift = 0; shift < 2; shift++) {
+        char path[1400] = "/x";
+        size_t n = strlen(path);
+        if (shift)
+            path[n++] = 'y';
+        for (int k = 0; k < 200; k++)
+            n += (size_t)snprintf(path + n, sizeof path - n, "%%c3%%a9");
+        path[n] = 0;
+        struct resp r = get(s.port, path, NULL);
+        ck_assert_int_eq(r.status, 404);
+        check_error_body(&r, "long path of two-byte characters");
+        resp_free(&r);
+    }
+    // Transfer codings other than chunked alone (RFC 9112 6.1, 6.3): an
+    // answer at once (MHD would wait for the body until the connection
+    // closed), and the connection closed.
+    const struct {
+        const char *te;
+        int status;
+    } tes[] = {{"gzip", 400}, {"identity", 400}, {"chunked, gzip", 400},
+               {"chunked, chunked", 400}, {"gzip, chunked", 501}, {"deflate ,Chunked", 501},
+               {"chunked", 400 /* the body below is not JSON */}};
+    for (size_t i = 0; i < sizeof tes / sizeof tes[0]; i++) {
+        char req[256];
+        int n = snprintf(req, sizeof req, "POST /generate HTTP/1.1\r\nHost: x\r\n"
+                         "Connection: close\r\nTransfer-Encoding: %s\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                         tes[i].te);
+        int64_t t0 = now_ms();
+        int fd = dial(s.port);
+        send_all(fd, req, (size_t)n);
+        struct resp r = read_resp(fd, 5000); // returns at EOF
+        close(fd);
+        int64_t ms = now_ms() - t0;
+        ck_assert_msg(r.status == tes[i].status, "TE %s: %d %s", tes[i].te, r.status, r.body);
+        ck_assert_msg(ms < 2000, "TE %s: answered and closed after %lld ms", tes[i].te,
+                      (long long)ms);
+        check_error_body(&r, tes[i].te);
+        resp_free(&r);
+    }
+    ck_assert_int_eq(get_status(s.port, "/health", NULL), 200);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
+/* Replace the first `from` in buf[0..len) by `to` of the same length. */
+static void patch_bytes(void *buf, size_t len, const char *from, const char *to)
+{
+    size_t fl = strlen(from);
+    ck_assert_uint_eq(fl, strlen(to));
+    for (char *p = buf; p + fl <= (char *)buf + len; p++)
+        if (!memcmp(p, from, fl)) {
+            memcpy(p, to, fl);
+            return;
+        }
+    ck_abort_msg("'%s' not in the file", from);
+}
+
+START_TEST(test_state_format_checked)
+{
+    // Issue 12 item 6: unknown `format` or `format_version` metadata is
+    // refused on PUT (RK_EFORMAT, 422 like every malformed state file) and
+    // logged and not served when found in the store at start-up.
+    struct rk_model *m = test_model();
+    float *st = malloc(rk_state_len(m) * 4);
+    fx_random_state(m, 7, st);
+    const struct {
+        const char *from, *to, *why;
+    } cases[] = {
+        {"\"format_version\":\"1\"", "\"format_version\":\"2\"", "format_version '2'"},
+        {"\"rwkvd-state\"", "\"rwkvd-stat3\"", "unknown format 'rwkvd-stat3'"},
+        {"\"format\":\"rwkvd-state\"", "\"format\":\"pt\"         ", "without format rwkvd-state"},
+        {"\"format_version\":\"1\"", "\"format_versioX\":\"1\"", "without format_version"},
+    };
+    struct server s = START("--max-state-bytes", "64M");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        void *buf;
+        size_t len;
+        ck_assert_int_eq(rk_state_file_encode(m, st, NULL, &buf, &len), RK_OK);
+        patch_bytes(buf, len, cases[i].from, cases[i].to);
+        struct resp r = request(s.port, "PUT", "/states/odd", NULL, buf, len);
+        ck_assert_msg(r.status == 422 && strstr(r.body, "\"code\":\"eformat\"") &&
+                          strstr(r.body, cases[i].why),
+                      "case %zu: %d %s", i, r.status, r.body);
+        check_error_body(&r, cases[i].why);
+        resp_free(&r);
+        free(buf);
+    }
+    put_state(s.port, NULL, "good", 7, 201);
+    ck_assert_int_eq(stop_server(&s), 0);
+
+    // A file with an unknown version put straight into the store.
+    void *buf;
+    size_t len;
+    ck_assert_int_eq(rk_state_file_encode(m, st, NULL, &buf, &len), RK_OK);
+    patch_bytes(buf, len, "\"format_version\":\"1\"", "\"format_version\":\"9\"");
+    char path[700];
+    snprintf(path, sizeof path, "%s/tenants/default/states/future.safetensors", s.dir);
+    ck_assert_int_eq(rk_file_write_atomic(path, buf, len, NULL), RK_OK);
+    free(buf);
+    struct server s2 = START("--data-dir", s.dir);
+    struct resp r = get(s2.port, "/states/future", NULL);
+    ck_assert_msg(r.status == 422 && strstr(r.body, "format_version '9'"), "%d %s", r.status,
+                  r.body);
+    check_error_body(&r, "GET a future state");
+    resp_free(&r);
+    r = post(s2.port, "/generate", NULL, "{\"prompt\":\"a\",\"max_tokens\":1,\"state\":\"future\"}");
+    ck_assert_msg(r.status == 422, "generate with it: %d %s", r.status, r.body);
+    resp_free(&r);
+    r = get(s2.port, "/v1/models", NULL);
+    ck_assert_msg(r.status == 200 && !strstr(r.body, "future") && strstr(r.body, ":good\""),
+                  "%s", r.body);
+    resp_free(&r);
+    ck_assert_int_eq(get_status(s2.port, "/states/good", NULL), 200);
+    ck_assert_int_eq(stop_server(&s2), 0);
+    char log[700], line[1024];
+    snprintf(log, sizeof log, "%s.log", s2.dir);
+    FILE *f = fopen(log, "r");
+    bool logged = false;
+    while (f && fgets(line, sizeof line, f))
+        logged |= strstr(line, "state default/future is not served") != NULL;
+    if (f)
+        fclose(f);
+    ck_assert_msg(logged || getenv("RK_TEST_SERVER_LOG"), "no start-up warning in %s", log);
+    free(st);
+}
+END_TEST
+
 START_TEST(test_limits_queue_deadline)
 {
     struct server s = START("--max-seqs", "1", "--max-queue", "1", "--max-n", "1",
@@ -1038,6 +1325,9 @@ RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
     ADD(test_disconnect_mid_stream)
     ADD(test_sigterm_drain)
     ADD(test_connection_burst)
+    ADD(test_connection_flood)
+    ADD(test_error_bodies)
+    ADD(test_state_format_checked)
     ADD(test_limits_queue_deadline)
     ADD(test_config_errors)
     ADD(test_openai_request_forms)
