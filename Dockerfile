@@ -7,7 +7,9 @@
 #   0644; .dockerignore keeps it out of the build context)
 #
 # The build stage compiles with the same commands as scripts/test.sh (which
-# .ci/run calls) and fails the image on a failing unit, golden or CLI test.
+# .ci/run calls) and fails the image on a failing unit, golden, matrix (the
+# golden checks under each OpenBLAS core type and kernel switch, 1 vs 2, 3
+# and 5 threads) or CLI test.
 # The runtime stage holds the binary, its shared libraries and the bundled
 # demo model; real models and the state store are volumes (a bind-mounted
 # data directory must be writable by uid 10001). Every setting is an RWKVD_*
@@ -33,7 +35,7 @@ COPY . .
 RUN meson setup build --buildtype=debugoptimized -Dnative=false \
     && ninja -C build \
     && meson test -C build --print-errorlogs --num-processes 2 \
-        --suite unit --suite unit-slow --suite golden --suite cli \
+        --suite unit --suite unit-slow --suite golden --suite matrix --suite cli \
     && install -D -m 0755 -s build/server/rwkvd /out/usr/bin/rwkvd \
     && install -D -m 0644 models/demo.safetensors /out/usr/share/rwkvd/demo.safetensors
 

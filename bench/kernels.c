@@ -13,6 +13,13 @@
  *   rwkvd-kernels matmul ROWS COLS N THREADS
  *       a bf16 panel product Y[N][ROWS] = X W^T on the fp32 kernels and on
  *       AMX tiles, best of 20, GFLOP/s
+ *   rwkvd-kernels sgemm ROWS COLS N THREADS
+ *       the two sgemm-backed products on row-major bf16 weights: forward
+ *       Y[N][ROWS] = X W^T (the path without AVX-512 or with
+ *       RWKVD_NO_PANELS) and the backward's dX[N][COLS] = dY W
+ *       (rk__matmul_t, 4 MiB of widened rows per block), best of 15 each,
+ *       GFLOP/s; compiled against an older core/ops.c it gives the
+ *       before/after figures of issue 13 in BENCHMARKS.md
  *   rwkvd-kernels step MODEL N THREADS REPS [prefill] [amx]
  *       median and best time of one rk_forward_batch over N sequences, or
  *       with `prefill` of one N-token rk_forward_seq from the zero state;
@@ -209,6 +216,42 @@ static int cmd_matmul(int R, int C, int n, int threads)
     return 0;
 }
 
+static int cmd_sgemm(int R, int C, int n, int threads)
+{
+    if (R <= 0 || C <= 0 || n <= 0 || threads <= 0) {
+        fprintf(stderr, "sgemm: ROWS, COLS, N and THREADS must be positive\n");
+        return 2;
+    }
+    uint16_t *w = malloc(2ul * R * C);
+    float *X = malloc(4ul * n * (R > C ? R : C)), *Y = malloc(4ul * n * (R > C ? R : C));
+    float *wbuf = malloc(4ul << 20);
+    for (size_t i = 0; i < (size_t)R * C; i++)
+        w[i] = rk__f32_to_bf16((float)(i % 251) * 1e-3f - 0.1f);
+    for (size_t i = 0; i < (size_t)n * (R > C ? R : C); i++)
+        X[i] = (float)(i % 127) * 1e-3f;
+    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false}; /* row-major: no panels */
+    struct rk__pool *pool = NULL;
+    if (rk__pool_create(threads, 0, &pool) != RK_OK)
+        return 1;
+    double best[2] = {1e30, 1e30};
+    for (int it = 0; it < 15; it++) {
+        double t0 = now();
+        rk__matmul(pool, RK_KERN_FAST, Y, X, (size_t)n, &W);
+        double t1 = now();
+        rk__matmul_t(pool, Y, X, (size_t)n, &W, false, wbuf, 1u << 20);
+        double t2 = now();
+        best[0] = t1 - t0 < best[0] ? t1 - t0 : best[0];
+        best[1] = t2 - t1 < best[1] ? t2 - t1 : best[1];
+    }
+    double gf = 2.0 * R * C * n / 1e9;
+    printf("R%d C%d n%d threads %d: forward %.3f ms %.1f GFLOP/s, transposed %.3f ms %.1f "
+           "GFLOP/s\n",
+           R, C, n, threads, best[0] * 1e3, gf / best[0], best[1] * 1e3, gf / best[1]);
+    rk__pool_free(pool);
+    free(w), free(X), free(Y), free(wbuf);
+    return 0;
+}
+
 static int cmd_step(const char *path, int n, int threads, int reps, bool prefill, bool amx)
 {
     struct rk_model *m = NULL;
@@ -263,6 +306,8 @@ int main(int argc, char **argv)
         return cmd_isa();
     if (argc >= 6 && !strcmp(argv[1], "matmul"))
         return cmd_matmul(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    if (argc >= 6 && !strcmp(argv[1], "sgemm"))
+        return cmd_sgemm(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
     if (argc >= 6 && !strcmp(argv[1], "step")) {
         bool prefill = false, amx = false;
         for (int i = 6; i < argc; i++) {
@@ -273,7 +318,7 @@ int main(int argc, char **argv)
     }
 #endif
     fprintf(stderr, "usage: rwkvd-kernels isa | wkv [STRIDE] | matmul ROWS COLS N THREADS |\n"
-                    "       step MODEL N THREADS REPS [prefill] [amx]\n"
+                    "       sgemm ROWS COLS N THREADS | step MODEL N THREADS REPS [prefill] [amx]\n"
                     "(see the comment at the top of bench/kernels.c)\n");
     return 2;
 }

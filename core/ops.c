@@ -17,6 +17,17 @@
  *   gemm       row-major weights, many rows of X: each thread converts a
  *              block of W rows to fp32 (kept in its L2 cache) and calls
  *              single-threaded OpenBLAS sgemm on it.
+ *
+ * Thread counts never change the bits. Each product is cut into blocks whose
+ * size follows the shape and the path only (split_blocks), and a thread
+ * takes a run of whole blocks. Our own kernels give every output the same
+ * operations in any block. OpenBLAS does not: on x86 an element of C can get
+ * other bits when the call's N or the element's column inside the call
+ * changes (its AVX2 and AVX-512 kernels treat edge columns differently, and
+ * the SkylakeX build takes a small-matrix kernel when M*N*K is small). So
+ * every sgemm call here covers one whole block, the same call whatever the
+ * number of threads (issue 13: splitting N by thread count broke this on a
+ * Zen 4, where OpenBLAS 0.3.21 runs its Haswell kernels).
  */
 /* The register-blocked kernels below rely on full unrolling of their small
  * constant-trip loops so that accumulators stay in registers. */
@@ -40,11 +51,17 @@
 #define TILED_ROWS_MAX 48
 /* Weight elements below which a matmul runs on the calling thread only. */
 #define PAR_MIN_ELEMS (1 << 16)
-/* Bytes of fp32 weight rows converted per gemm block: sgemm packs the
- * activations again for every block, so fewer, larger blocks win; measured
+/* Bytes of fp32 weight rows converted per gemm block at most: sgemm packs
+ * the activations again for every block, so few, large blocks win; measured
  * on 0.1B prefill (512 tokens), 4 MiB beat 1 MiB by 8-10 % (8 MiB: no
  * further gain). Each compute thread keeps one such buffer. */
 #define GEMM_BLOCK_BYTES (4 * 1024 * 1024)
+/* The sgemm products are cut into about SPLIT_BLOCKS blocks (an even share
+ * for 1, 2, 3, 4, 6 and 12 threads) of at least SPLIT_MIN rows or columns:
+ * below 128 an sgemm call on 512 x 768 inputs loses 5-10 % to packing, from
+ * 128 to 3072 it is flat (SkylakeX and Haswell kernels, BENCHMARKS.md). */
+#define SPLIT_BLOCKS 12
+#define SPLIT_MIN 128
 
 extern void openblas_set_num_threads(int);
 
@@ -728,19 +745,51 @@ static float *thread_buf_k(int k, size_t n)
 
 static float *thread_buf(size_t n) { return thread_buf_k(TL_SCRATCH, n); }
 
+/* The width of the blocks an sgemm product of `total` rows or columns is cut
+ * into, at most `cap` (a multiple of 16): from the shape alone. */
+static int split_width(int total, int cap)
+{
+    int w = ((total + SPLIT_BLOCKS - 1) / SPLIT_BLOCKS + 15) & ~15;
+    if (w < SPLIT_MIN)
+        w = SPLIT_MIN;
+    if (w > cap)
+        w = cap;
+    return w < total ? w : total;
+}
+
+/* Thread ith's share [*a, *b) of [0, total) cut into blocks of `unit`: a run
+ * of whole blocks, so a block is computed the same way by any thread. */
+static void split_blocks(int total, int unit, int ith, int nth, int *a, int *b)
+{
+    long nb = (total + unit - 1) / unit;
+    long b0 = nb * ith / nth, b1 = nb * (ith + 1) / nth;
+    *a = (int)(b0 * unit);
+    *b = b1 * unit < total ? (int)(b1 * unit) : total;
+}
+
+/* Rows of W per sgemm call on the gemm path; the converted block of a 16-bit
+ * W must fit GEMM_BLOCK_BYTES. */
+static int gemm_block_rows(const struct rk_weight *W)
+{
+    int cap = (int)(GEMM_BLOCK_BYTES / (sizeof(float) * (size_t)W->cols)) & ~15;
+    return split_width(W->rows, cap < 16 ? 16 : cap);
+}
+
+/* Rows [r0, r1) of W, one sgemm call per block of gemm_block_rows() rows
+ * from r0; callers pass whole blocks counted from the product's first row. */
 static void gemm_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
                       const struct rk_weight *W, int r0, int r1)
 {
-    int cols = W->cols;
+    int cols = W->cols, rb = gemm_block_rows(W);
     if (W->dtype == RK_DTYPE_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, r1 - r0, cols, 1.0f, X, cols,
-                    (const float *)W->data + (size_t)r0 * (size_t)cols, cols, 0.0f,
-                    Y + (r0 - yoff), (int)ldy);
+        for (int b0 = r0; b0 < r1; b0 += rb) {
+            int b1 = b0 + rb < r1 ? b0 + rb : r1;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, b1 - b0, cols, 1.0f, X,
+                        cols, (const float *)W->data + (size_t)b0 * (size_t)cols, cols, 0.0f,
+                        Y + (b0 - yoff), (int)ldy);
+        }
         return;
     }
-    int rb = (int)(GEMM_BLOCK_BYTES / (sizeof(float) * (size_t)cols));
-    if (rb < 16)
-        rb = 16;
     float *buf = thread_buf((size_t)rb * (size_t)cols);
     if (!buf) { /* no memory for the block: fall back to the reference loop */
         matmul_ref(Y + (r0 - yoff), ldy, X, n, W, r0, r1);
@@ -828,6 +877,16 @@ static void relu2_cols(float *Y, size_t ldy, size_t n, int c0, int c1)
     }
 }
 
+/* Whether rows of this product go to sgemm (mm_range's last branch). */
+static bool mm_uses_gemm(const struct mm_job *j)
+{
+#ifdef RK_X86
+    if (j->xb || j->W->panel || (j->n <= tiled_rows_max() && have_avx512()))
+        return false;
+#endif
+    return j->n > DOT_ROWS_MAX;
+}
+
 static void mm_range(const struct mm_job *j, int a, int b)
 {
 #ifdef RK_X86
@@ -859,12 +918,13 @@ static void mm_range(const struct mm_job *j, int a, int b)
 static void mm_worker(int ith, int nth, void *arg)
 {
     const struct mm_job *j = arg;
-    int rows = j->r1 - j->r0;
-    /* multiples of 16 rows: whole panels, and rare AVX-512 tails */
-    int per = ((rows + nth - 1) / nth + 15) & ~15;
-    int a = j->r0 + ith * per, b = a + per < j->r1 ? a + per : j->r1;
+    /* sgemm: whole blocks of the product's rows. Our kernels: blocks of 16
+     * rows (whole panels, and the AVX-512 tails stay at the end of W). */
+    int unit = mm_uses_gemm(j) ? gemm_block_rows(j->W) : 16, a, b;
+    split_blocks(j->r1 - j->r0, unit, ith, nth, &a, &b);
     if (a >= b)
         return;
+    a += j->r0, b += j->r0;
     mm_range(j, a, b);
     if (j->relu2)
         relu2_cols(j->Y, j->ldy, j->n, a - j->r0, b - j->r0);
@@ -968,7 +1028,9 @@ static void many_worker(int ith, int nth, void *arg)
         const struct rk__mm *t = &mj->mm[i];
         struct mm_job j = {t->Y, (size_t)t->W->rows, t->X, mj->n, t->W, 0, t->W->rows, false,
                            mj->xb[i]};
-        mm_worker(ith, nth, &j);
+        /* a product of fewer blocks than threads (the LoRA factors) starts
+         * on another thread than the one before, so the load spreads */
+        mm_worker((ith + i) % nth, nth, &j);
     }
 }
 
@@ -1008,15 +1070,28 @@ struct mt_job {
     float beta;
 };
 
-/* Each thread owns a range of dX's columns (multiples of 16): it widens
- * that part of the block of weight rows, then one sgemm with K = the block's
- * rows accumulates into its columns. */
+/* One sgemm with K = the block's rows per block of dX's columns
+ * (split_width: from the shape, not the thread count); each thread takes a
+ * run of whole column blocks, widens that part of the block of weight rows,
+ * then makes one call per column block. */
+static void mt_sgemm(const struct mt_job *j, const float *B, int ldb, CBLAS_TRANSPOSE tb, int c0,
+                     int c1)
+{
+    int cols = j->W->cols, w = split_width(cols, cols);
+    for (int cb = c0; cb < c1; cb += w) {
+        int ce = cb + w < c1 ? cb + w : c1;
+        const float *Bc = tb == CblasTrans ? B + (size_t)cb * (size_t)ldb : B + cb;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, tb, (int)j->n, ce - cb, j->nb, 1.0f,
+                    j->dY + j->r0, j->W->rows, Bc, ldb, j->beta, j->dX + cb, cols);
+    }
+}
+
 static void mt_worker(int ith, int nth, void *arg)
 {
     const struct mt_job *j = arg;
     const struct rk_weight *W = j->W;
-    int cols = W->cols, per = ((cols + nth - 1) / nth + 15) & ~15;
-    int c0 = ith * per, c1 = c0 + per < cols ? c0 + per : cols;
+    int cols = W->cols, c0, c1;
+    split_blocks(cols, split_width(cols, cols), ith, nth, &c0, &c1);
     if (c0 >= c1)
         return;
     const float *B;
@@ -1054,9 +1129,7 @@ static void mt_worker(int ith, int nth, void *arg)
                         dst[q] = rk__f16_to_f32(P[(size_t)c * 16 + q]);
             }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->n, c1 - c0, j->nb, 1.0f,
-                    j->dY + j->r0, W->rows, j->wbuf + (size_t)c0 * nb, j->nb, j->beta,
-                    j->dX + c0, cols);
+        mt_sgemm(j, j->wbuf, j->nb, CblasTrans, c0, c1);
         return;
     }
     if (W->dtype == RK_DTYPE_F32) {
@@ -1074,8 +1147,7 @@ static void mt_worker(int ith, int nth, void *arg)
         }
         B = j->wbuf;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)j->n, c1 - c0, j->nb, 1.0f,
-                j->dY + j->r0, W->rows, B + c0, cols, j->beta, j->dX + c0, cols);
+    mt_sgemm(j, B, cols, CblasNoTrans, c0, c1);
 }
 
 void rk__matmul_t(struct rk__pool *pool, float *dX, const float *dY, size_t n,

@@ -57,6 +57,25 @@ const char *rk_test_tmpdir(void)
     return dir;
 }
 
+size_t rk_test_threads(int *out, size_t max)
+{
+    const char *env = getenv("RWKVD_TEST_THREADS");
+    if (!env || !*env) {
+        out[0] = 3;
+        return 1;
+    }
+    size_t n = 0;
+    for (const char *p = env; *p;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        ck_assert_msg(end != p && v >= 2 && v <= 64 && n < max && (*end == ',' || !*end),
+                      "RWKVD_TEST_THREADS=\"%s\": want thread counts 2..64, comma-separated", env);
+        out[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return n;
+}
+
 double rk_max_abs_diff(const float *a, const float *b, size_t n)
 {
     double m = 0;

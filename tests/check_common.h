@@ -62,6 +62,12 @@ void rk_check_close(const float *a, const float *b, size_t n, double atol, doubl
 /* Largest absolute difference. */
 double rk_max_abs_diff(const float *a, const float *b, size_t n);
 
+/* The thread counts that the thread-identity tests compare with one thread:
+ * RWKVD_TEST_THREADS ("2,3,5": comma-separated, each 2..64), else {3}. The
+ * `matrix` suite of tests/meson.build sets it. Fills out[] (at most max
+ * entries) and returns how many; an unreadable value fails the test. */
+size_t rk_test_threads(int *out, size_t max);
+
 /* Read a whole file into a malloc'd buffer (NULL on error). */
 void *rk_test_read_file(const char *path, size_t *len);
 /* Write a buffer to a file; returns 0 on success. */

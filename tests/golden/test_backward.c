@@ -568,8 +568,9 @@ START_TEST(test_checkpoint_interval)
 END_TEST
 
 /* The element-wise work and the WKV are split over rows and heads between
- * threads: one and three threads must give the same bits, and a NaN in the
- * state must reach the loss (the tuning loop fails the job on it). */
+ * threads, the products over fixed blocks: one thread and every count of
+ * rk_test_threads() (RWKVD_TEST_THREADS) must give the same bits, and a NaN
+ * in the state must reach the loss (the tuning loop fails the job on it). */
 START_TEST(test_backward_threads)
 {
     struct fixture f;
@@ -583,20 +584,25 @@ START_TEST(test_backward_threads)
     rand_state(f.m, 12, st0);
     float *g[2] = {malloc(sizeof(float) * f.slen), malloc(sizeof(float) * f.slen)};
     double loss[2];
-    const int threads[2] = {1, 3};
-    for (int i = 0; i < 2; i++) {
+    int counts[8];
+    size_t nc = rk_test_threads(counts, 8);
+    for (size_t ci = 0; ci <= nc; ci++) {
+        int threads = ci == 0 ? 1 : counts[ci - 1], i = ci == 0 ? 0 : 1;
         struct rk_ctx *ctx;
-        struct rk_ctx_params cp = {.n_threads = threads[i]};
+        struct rk_ctx_params cp = {.n_threads = threads};
         ck_assert_int_eq(rk_ctx_create(f.m, &cp, &ctx), RK_OK);
         struct rk_backward_params bp = {.checkpoint_every = 8};
         ck_assert_int_eq(rk_backward_seq(ctx, &bp, tok, tgt, mask, T, st0, &loss[i], g[i], NULL,
                                          NULL),
                          RK_OK);
         rk_ctx_free(ctx);
+        if (i == 0)
+            continue;
+        ck_assert_msg(loss[0] == loss[1], "loss differs between 1 and %d threads: %.17g vs %.17g",
+                      threads, loss[0], loss[1]);
+        ck_assert_msg(memcmp(g[0], g[1], sizeof(float) * f.slen) == 0,
+                      "gradient differs between 1 and %d threads", threads);
     }
-    ck_assert(loss[0] == loss[1]);
-    ck_assert_msg(memcmp(g[0], g[1], sizeof(float) * f.slen) == 0,
-                  "gradient differs between 1 and 3 threads");
     /* a NaN in layer 0's WKV state */
     struct rk_state_layout lay;
     rk_state_layout(f.m, &lay);
@@ -929,6 +935,104 @@ START_TEST(test_amx_products)
 }
 END_TEST
 
+/* Every product kernel, one thread against every count of rk_test_threads():
+ * the forward product (rk__matmul, _relu2, _many, a row range as the head
+ * takes it) and the transposed one (rk__matmul_t, plain and accumulated),
+ * f32, bf16 and f16 weights row-major and in panels, on the fast, reference
+ * and AMX kernels, for row counts that select every path (dot, tiled, panel,
+ * converted-block sgemm). The shapes span several of the fixed blocks the
+ * products are split into, with ragged ends. Bit-identical on any CPU. */
+START_TEST(test_products_threads)
+{
+    enum { R = 400, C = 272, NMAX = 64 };
+    static const size_t n_v[] = {1, 2, 3, 5, 17, 49, NMAX};
+    uint64_t seed = 5;
+    float *X = malloc(sizeof(float) * NMAX * R), *w = malloc(sizeof(float) * R * C);
+    uint16_t *w16 = malloc(2 * R * C);
+    void *pk = malloc(4 * R * C);
+    float *Y[2], *Z[2];
+    for (int i = 0; i < 2; i++) {
+        Y[i] = malloc(sizeof(float) * NMAX * R * 5);
+        Z[i] = malloc(sizeof(float) * NMAX * C * 2);
+    }
+    float *wbuf = malloc(sizeof(float) * 80 * C); /* 80 rows: several blocks of R */
+    for (int i = 0; i < NMAX * R; i++)
+        X[i] = lcg_unit(&seed);
+    for (int i = 0; i < R * C; i++)
+        w[i] = lcg_unit(&seed);
+    int counts[8];
+    size_t nc = rk_test_threads(counts, 8);
+    struct rk__pool *pools[9] = {NULL};
+    ck_assert_int_eq(rk__pool_create(1, 0, &pools[0]), RK_OK);
+    for (size_t ci = 0; ci < nc; ci++)
+        ck_assert_int_eq(rk__pool_create(counts[ci], 0, &pools[ci + 1]), RK_OK);
+    for (int dt = 0; dt < 3; dt++)
+        for (int panel = 0; panel < 2; panel++) {
+            static const enum rk_dtype dts[] = {RK_DTYPE_F32, RK_DTYPE_BF16, RK_DTYPE_F16};
+            struct rk_weight W = {dts[dt], dt == 0 ? (void *)w : (void *)w16, R, C, false};
+            for (int i = 0; dt && i < R * C; i++)
+                w16[i] = dt == 1 ? rk__f32_to_bf16(w[i]) : rk__f32_to_f16(w[i]);
+            if (panel) {
+                if (!rk__weight_wants_panels(&W))
+                    continue; /* panels are only held while the AVX-512 kernels run */
+                rk__weight_pack(pk, &W);
+                W.data = pk;
+                W.panel = true;
+            }
+            for (int kern = 0; kern < 3; kern++)
+                for (size_t ni = 0; ni < sizeof n_v / sizeof n_v[0]; ni++) {
+                    size_t n = n_v[ni];
+                    /* the scalar loop runs on one thread; without AMX, AMX is FAST */
+                    if ((kern == RK_KERN_REF && n > 5) ||
+                        (kern == RK_KERN_AMX && !rk__amx_usable()))
+                        continue;
+                    for (size_t p = 0; p <= nc; p++) {
+                        float *y = Y[p ? 1 : 0], *z = Z[p ? 1 : 0];
+                        struct rk__pool *pool = pools[p];
+                        rk__matmul(pool, kern, y, X, n, &W);
+                        rk__matmul_relu2(pool, kern, y + n * R, X, n, &W);
+                        rk__matmul_rows(pool, kern, y + 4 * n * R, X, n, &W, 16, R - 48);
+                        const char *what[3] = {"product", "relu2", "rows"};
+                        for (int k = 0; p && k < 3; k++) {
+                            size_t len = k == 2 ? n * (R - 64) : n * R;
+                            size_t off = (size_t)(k == 2 ? 4 : k) * n * R;
+                            const float *a = Y[0] + off, *b = Y[1] + off;
+                            ck_assert_msg(!memcmp(a, b, sizeof(float) * len),
+                                          "%s: dtype %d panel %d kern %d n %zu: 1 vs %d threads",
+                                          what[k], dt, panel, kern, n, counts[p - 1]);
+                        }
+                        /* two products in one pass of the pool */
+                        size_t n1 = n - (n > 1);
+                        struct rk__mm mm[2] = {{y + 2 * n * R, X, &W},
+                                               {y + 3 * n * R, X + C, &W}};
+                        rk__matmul_many(pool, kern, mm, 2, n1);
+                        for (int k = 2; p && k < 4; k++)
+                            ck_assert_msg(!memcmp(Y[0] + k * n * R, Y[1] + k * n * R,
+                                                  sizeof(float) * n1 * R),
+                                          "many: dtype %d panel %d kern %d n %zu: 1 vs %d",
+                                          dt, panel, kern, n, counts[p - 1]);
+                        if (kern != 0)
+                            continue;
+                        /* transposed: dX[n][C] = dY[n][R] W, then += again */
+                        rk__matmul_t(pool, z, X, n, &W, false, wbuf, 80 * C);
+                        rk__matmul_t(pool, z + n * C, X, n, &W, false, wbuf, 80 * C);
+                        rk__matmul_t(pool, z + n * C, X + R, n - (n > 1), &W, true, wbuf,
+                                     80 * C);
+                        if (p)
+                            ck_assert_msg(!memcmp(Z[0], Z[1], sizeof(float) * n * C * 2),
+                                          "transposed: dtype %d panel %d n %zu: 1 vs %d threads",
+                                          dt, panel, n, counts[p - 1]);
+                    }
+                }
+        }
+    for (size_t p = 0; p <= nc; p++)
+        rk__pool_free(pools[p]);
+    free(X), free(w), free(w16), free(pk), free(wbuf);
+    for (int i = 0; i < 2; i++)
+        free(Y[i]), free(Z[i]);
+}
+END_TEST
+
 RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("backward");
@@ -940,11 +1044,16 @@ RK_TEST_SUITE(backward_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_torch_rand_mh_bf16);
     tcase_add_test(tc, test_checkpoint_interval);
     tcase_add_test(tc, test_mask_and_errors);
-    tcase_add_test(tc, test_backward_threads);
     tcase_add_test(tc, test_matmul_t);
     tcase_add_test(tc, test_panel_products);
     tcase_add_test(tc, test_wkv_head);
     tcase_add_test(tc, test_amx_products);
+    suite_add_tcase(s, tc);
+    /* the thread-identity checks alone: CK_RUN_CASE=threads (the matrix suite) */
+    tc = tcase_create("threads");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_backward_threads);
+    tcase_add_test(tc, test_products_threads);
     suite_add_tcase(s, tc);
     return s;
 }

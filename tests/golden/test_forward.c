@@ -497,6 +497,61 @@ done:
 }
 END_TEST
 
+/* One thread and every count of rk_test_threads() (RWKVD_TEST_THREADS) give
+ * the same bits, logits after every position and the final state, for every
+ * weight precision and for lengths that select each matrix path (dot, tiled,
+ * panel, converted-block sgemm), on the fast, reference and (where it runs)
+ * AMX kernels. docs/TUNING.md promises this on every CPU: how the work is
+ * split between threads must never change what is computed. */
+START_TEST(test_threads_identical)
+{
+    static const enum rk_dtype types[] = {RK_DTYPE_F32, RK_DTYPE_BF16, RK_DTYPE_F16};
+    static const size_t lens[] = {1, 3, 4, 17, 49, 64};
+    int counts[8];
+    size_t nc = rk_test_threads(counts, 8);
+    for (int ti = 0; ti < 3; ti++) {
+        struct rk_model_params p = {.wtype = types[ti]};
+        struct rk_model *m = NULL;
+        struct rk_errbuf eb = {0};
+        ck_assert_int_eq(rk_model_load(rk_test_data("rand-mh.safetensors"), &p, &m, &eb), RK_OK);
+        size_t V = (size_t)rk_model_n_vocab(m), SL = rk_state_len(m);
+        float *s1 = malloc(SL * sizeof(float)), *s2 = malloc(SL * sizeof(float));
+        float *l1 = malloc(64 * V * sizeof(float)), *l2 = malloc(64 * V * sizeof(float));
+        uint32_t toks[64];
+        for (size_t t = 0; t < 64; t++)
+            toks[t] = (uint32_t)((t * 131 + 7) % V);
+        for (int mode = 0; mode < 3; mode++) { /* fast, reference, AMX */
+            for (size_t ci = 0; ci < nc; ci++) {
+                struct rk_ctx *one = make_ctx(m, 1, 64, mode == 1);
+                struct rk_ctx *many = make_ctx(m, counts[ci], 64, mode == 1);
+                if (mode == 2 && !(rk_ctx_set_amx(one, true) && rk_ctx_set_amx(many, true))) {
+                    rk_ctx_free(one), rk_ctx_free(many);
+                    continue; /* AMX does not run here or not on these weights */
+                }
+                for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+                    size_t T = lens[li];
+                    if (mode == 1 && T > 4)
+                        continue; /* the scalar loops are slow; they split no product */
+                    for (size_t i = 0; i < SL; i++)
+                        s1[i] = s2[i] = (float)((int)(i % 7) - 3) * 0.05f;
+                    ck_assert_int_eq(rk_forward_seq(one, toks, T, s1, l1, true), RK_OK);
+                    ck_assert_int_eq(rk_forward_seq(many, toks, T, s2, l2, true), RK_OK);
+                    ck_assert_msg(!memcmp(l1, l2, T * V * sizeof(float)),
+                                  "%s, kernels %d, T=%zu: logits differ between 1 and %d threads",
+                                  rk_dtype_name(types[ti]), mode, T, counts[ci]);
+                    ck_assert_msg(!memcmp(s1, s2, SL * sizeof(float)),
+                                  "%s, kernels %d, T=%zu: state differs between 1 and %d threads",
+                                  rk_dtype_name(types[ti]), mode, T, counts[ci]);
+                }
+                rk_ctx_free(one), rk_ctx_free(many);
+            }
+        }
+        free(s1), free(s2), free(l1), free(l2);
+        rk_model_free(m);
+    }
+}
+END_TEST
+
 RK_TEST_SUITE(forward_rand_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("forward-random");
@@ -510,6 +565,11 @@ RK_TEST_SUITE(forward_rand_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_batch_invariance);
     tcase_add_test(tc, test_multi_matches_solo);
     tcase_add_test(tc, test_amx_prefill);
+    suite_add_tcase(s, tc);
+    /* the thread-identity checks alone: CK_RUN_CASE=threads (the matrix suite) */
+    tc = tcase_create("threads");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_threads_identical);
     suite_add_tcase(s, tc);
     return s;
 }
