@@ -9,6 +9,7 @@
  * answer at once with an SSE response fed by the engine; the others suspend
  * until the job is done and then answer in one piece.
  */
+#include "gen_format.h"
 #include "srv.h"
 
 #include <inttypes.h>
@@ -17,10 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-/* Shared with engine.c: the logprobs JSON of one token. */
-void rk_engine_lp_json(const struct rk_tokenizer *tok, enum rk_api api,
-                       const struct rk_tok_lp *rec, int top, size_t text_off, struct rk_buf *b);
 
 /* --- typed field readers (each prepares a 400 naming the field) ----------- */
 
@@ -558,8 +555,7 @@ static json_t *choice_logprobs(struct rk_srv *srv, struct rk_job *j, struct rk_c
         struct rk_buf b = {0};
         for (int t = 0; t < ch->n_tokens; t++) {
             b.len = 0;
-            rk_engine_lp_json(srv->tok, j->api, ch->lps + (size_t)t * (size_t)(1 + top), top, 0,
-                              &b);
+            rk_gen_lp_json(srv->tok, j->api, ch->lps + (size_t)t * (size_t)(1 + top), top, 0, &b);
             json_t *x = b.p ? json_loadb(b.p, b.len, 0, NULL) : NULL;
             if (x)
                 json_array_append_new(content, x);

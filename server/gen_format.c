@@ -1,0 +1,211 @@
+/*
+ * gen_format.c - what a generation looks like on the wire: the server-sent
+ * event frames of the three generation APIs (native /generate, OpenAI
+ * completions and chat completions), chunk heads, usage objects and
+ * per-token logprobs.
+ *
+ * The engine produces tokens, text, logprobs and finish events and calls
+ * the rk_gen_sse_* functions with the job's mutex held; they append to the
+ * job's reusable output buffer and allocate nothing once it has grown (the
+ * per-token path). The loop thread's non-streaming bodies reuse the
+ * per-token logprobs format from here.
+ */
+#include "gen_format.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+/* Append a token string as valid UTF-8 JSON (invalid bytes become U+FFFD). */
+static void json_lossy(struct rk_buf *b, const uint8_t *s, size_t n)
+{
+    char tmp[512];
+    rk_buf_json_str(b, tmp, rk_utf8_sanitize(s, n, tmp, sizeof tmp));
+}
+
+static void json_bytes(struct rk_buf *b, const uint8_t *s, size_t n)
+{
+    rk_buf_put(b, "[", 1);
+    for (size_t i = 0; i < n; i++)
+        rk_buf_printf(b, i ? ",%u" : "%u", s[i]);
+    rk_buf_put(b, "]", 1);
+}
+
+static void json_float(struct rk_buf *b, float v)
+{
+    if (isfinite(v))
+        rk_buf_printf(b, "%.6g", (double)v);
+    else
+        rk_buf_puts(b, "-9999"); // JSON has no -Inf; OpenAI uses -9999 for "impossible"
+}
+
+void rk_gen_lp_json(const struct rk_tokenizer *tok, enum rk_api api, const struct rk_tok_lp *rec,
+                    int top, size_t text_off, struct rk_buf *b)
+{
+    size_t tl;
+    const uint8_t *tb = rk_tok_bytes(tok, rec[0].token, &tl);
+    if (api == RK_API_CHAT) {
+        rk_buf_puts(b, "{\"token\":");
+        json_lossy(b, tb, tl);
+        rk_buf_puts(b, ",\"logprob\":");
+        json_float(b, rec[0].lp);
+        rk_buf_puts(b, ",\"bytes\":");
+        json_bytes(b, tb, tl);
+        rk_buf_puts(b, ",\"top_logprobs\":[");
+        for (int k = 0; k < top; k++) {
+            const uint8_t *ab = rk_tok_bytes(tok, rec[1 + k].token, &tl);
+            rk_buf_puts(b, k ? ",{\"token\":" : "{\"token\":");
+            json_lossy(b, ab, tl);
+            rk_buf_puts(b, ",\"logprob\":");
+            json_float(b, rec[1 + k].lp);
+            rk_buf_puts(b, ",\"bytes\":");
+            json_bytes(b, ab, tl);
+            rk_buf_puts(b, "}");
+        }
+        rk_buf_puts(b, "]}");
+    } else {
+        // completions: the four parallel arrays for one token
+        rk_buf_puts(b, "{\"tokens\":[");
+        json_lossy(b, tb, tl);
+        rk_buf_puts(b, "],\"token_logprobs\":[");
+        json_float(b, rec[0].lp);
+        rk_buf_puts(b, "],\"top_logprobs\":[{");
+        for (int k = 0; k < top; k++) {
+            const uint8_t *ab = rk_tok_bytes(tok, rec[1 + k].token, &tl);
+            if (k)
+                rk_buf_put(b, ",", 1);
+            json_lossy(b, ab, tl);
+            rk_buf_put(b, ":", 1);
+            json_float(b, rec[1 + k].lp);
+        }
+        rk_buf_printf(b, "}],\"text_offset\":[%zu]}", text_off);
+    }
+}
+
+/* Head of an OpenAI chunk up to and including `"choices":[`. */
+static void oai_chunk_head(struct rk_buf *o, struct rk_job *j)
+{
+    rk_buf_puts(o, "data: {\"id\":");
+    rk_buf_json_str(o, j->id, strlen(j->id));
+    rk_buf_printf(o, ",\"object\":\"%s\",\"created\":%" PRId64 ",\"model\":",
+                  j->api == RK_API_CHAT ? "chat.completion.chunk" : "text_completion",
+                  j->created_s);
+    rk_buf_json_str(o, j->model, strlen(j->model));
+    rk_buf_puts(o, j->api == RK_API_CHAT ? ",\"system_fingerprint\":null,\"choices\":["
+                                         : ",\"choices\":[");
+}
+
+static void usage_json(struct rk_buf *o, struct rk_job *j)
+{
+    long long c = 0;
+    for (int i = 0; i < j->n; i++)
+        c += j->choices[i].n_tokens;
+    rk_buf_printf(o, "{\"prompt_tokens\":%zu,\"completion_tokens\":%lld,\"total_tokens\":%lld}",
+                  j->n_prompt, c, (long long)j->n_prompt + c);
+}
+
+void rk_gen_sse_piece(const struct rk_tokenizer *tok, struct rk_job *j, int idx, const char *text,
+                      size_t len, const struct rk_tok_lp *rec, size_t text_off)
+{
+    struct rk_buf *o = &j->out;
+    int top = j->top_logprobs;
+    if (j->api == RK_API_NATIVE) {
+        rk_buf_printf(o, "data: {\"index\":%d,\"text\":", idx);
+        rk_buf_json_str(o, text, len);
+        if (rec) {
+            rk_buf_printf(o, ",\"token\":%u,\"logprob\":", rec[0].token);
+            json_float(o, rec[0].lp);
+            if (top > 0) {
+                rk_buf_puts(o, ",\"top_logprobs\":[");
+                for (int k = 0; k < top; k++) {
+                    rk_buf_printf(o, k ? ",{\"token\":%u,\"logprob\":" : "{\"token\":%u,\"logprob\":",
+                                  rec[1 + k].token);
+                    json_float(o, rec[1 + k].lp);
+                    rk_buf_puts(o, "}");
+                }
+                rk_buf_puts(o, "]");
+            }
+        }
+        rk_buf_puts(o, "}\n\n");
+        return;
+    }
+    oai_chunk_head(o, j);
+    rk_buf_printf(o, "{\"index\":%d,", idx);
+    struct rk_choice *ch = &j->choices[idx];
+    if (j->api == RK_API_CHAT) {
+        if (!ch->sent_role) {
+            rk_buf_puts(o, "\"delta\":{\"role\":\"assistant\",\"content\":");
+            ch->sent_role = true;
+        } else {
+            rk_buf_puts(o, "\"delta\":{\"content\":");
+        }
+        rk_buf_json_str(o, text, len);
+        rk_buf_puts(o, "},\"logprobs\":");
+        if (rec) {
+            rk_buf_puts(o, "{\"content\":[");
+            rk_gen_lp_json(tok, j->api, rec, top, 0, o);
+            rk_buf_puts(o, "]}");
+        } else {
+            rk_buf_puts(o, "null");
+        }
+    } else {
+        rk_buf_puts(o, "\"text\":");
+        rk_buf_json_str(o, text, len);
+        rk_buf_puts(o, ",\"logprobs\":");
+        if (rec)
+            rk_gen_lp_json(tok, j->api, rec, top, text_off, o);
+        else
+            rk_buf_puts(o, "null");
+    }
+    rk_buf_puts(o, ",\"finish_reason\":null}]}\n\n");
+}
+
+void rk_gen_sse_finish(struct rk_job *j, int idx, enum rk_finish f)
+{
+    struct rk_buf *o = &j->out;
+    const char *fr = f == RK_FINISH_LENGTH ? "length" : "stop";
+    if (j->api == RK_API_NATIVE) {
+        rk_buf_printf(o, "data: {\"index\":%d,\"finish_reason\":\"%s\",\"tokens\":%d}\n\n", idx,
+                      rk_finish_name(f), j->choices[idx].n_tokens);
+        return;
+    }
+    if (f == RK_FINISH_CANCEL || f == RK_FINISH_TIMEOUT)
+        return; // reported once for the whole job in sse_end
+    oai_chunk_head(o, j);
+    if (j->api == RK_API_CHAT) {
+        struct rk_choice *ch = &j->choices[idx];
+        rk_buf_printf(o, "{\"index\":%d,\"delta\":%s,\"logprobs\":null,\"finish_reason\":\"%s\"}]}"
+                      "\n\n", idx, ch->sent_role ? "{}" : "{\"role\":\"assistant\",\"content\":\"\"}",
+                      fr);
+        ch->sent_role = true;
+    } else {
+        rk_buf_printf(o, "{\"index\":%d,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"%s\"}]}"
+                      "\n\n", idx, fr);
+    }
+}
+
+void rk_gen_sse_end(struct rk_job *j)
+{
+    struct rk_buf *o = &j->out;
+    if (j->err != RK_OK) {
+        bool timeout = j->err == RK_ERANGE;
+        rk_buf_puts(o, "data: {\"error\":{\"message\":");
+        rk_buf_json_str(o, j->errmsg, strlen(j->errmsg));
+        rk_buf_printf(o, ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}\n\n",
+                      timeout ? "timeout" : "server_error",
+                      timeout ? "deadline_exceeded" : "canceled");
+    }
+    if (j->api == RK_API_NATIVE) {
+        rk_buf_puts(o, "data: {\"done\":true,\"usage\":");
+        usage_json(o, j);
+        rk_buf_puts(o, "}\n\n");
+        return;
+    }
+    if (j->include_usage) {
+        oai_chunk_head(o, j);
+        rk_buf_puts(o, "],\"usage\":");
+        usage_json(o, j);
+        rk_buf_puts(o, "}\n\n");
+    }
+    rk_buf_puts(o, "data: [DONE]\n\n");
+}
