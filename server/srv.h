@@ -257,7 +257,7 @@ struct rk_http_req {
     void *user;
     void (*user_free)(void *user);
     struct rk_http_req *all_next, *all_prev; /* srv->reqs list */
-    struct rk_conn *cc;      /* its connection (http.c), NULL if untracked */
+    struct rk_conn *cc;      /* its connection (loop.c), NULL if untracked */
 };
 
 /* Response helpers (loop thread). Each prepares the response that the
@@ -356,7 +356,7 @@ struct rk_srv {
     /* loop thread */
     struct MHD_Daemon *mhd;
     struct uv_loop_s *loop;
-    void *loop_priv; /* http.c's handles */
+    void *loop_priv; /* loop.c's handles */
     int port;        /* bound port */
     int listen_fd;   /* socket serve.c bound and listens on before loading the
                         model (rk_srv_run takes it and closes it); -1: rk_srv_run
@@ -364,7 +364,7 @@ struct rk_srv {
     bool draining;
     int n_jobs_inflight; /* HTTP requests waiting on a job */
     int n_conns;
-    /* connections closed by the accept path (http.c): evicted at the limit
+    /* connections closed by the accept path (loop.c): evicted at the limit
      * to make room, refused with 503 when nothing could be evicted, reaped
      * after the peer left */
     uint64_t n_conns_evicted, n_conns_refused, n_conns_reaped;
@@ -375,7 +375,7 @@ struct rk_srv {
 /* Kernel backlog of the listening socket (connections not yet accepted). */
 #define RK_LISTEN_BACKLOG 1024
 
-/* Start-up and run (http.c): bind (or take srv->listen_fd), print "listening on http://HOST:PORT",
+/* Start-up and run (loop.c): bind (or take srv->listen_fd), print "listening on http://HOST:PORT",
  * run the loop until SIGTERM/SIGINT and the drain finish. */
 int rk_srv_run(struct rk_srv *srv);
 
