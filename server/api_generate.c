@@ -10,116 +10,31 @@
  * until the job is done and then answer in one piece.
  */
 #include "gen_format.h"
+#include "json_read.h"
 #include "srv.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-/* --- typed field readers (each prepares a 400 naming the field) ----------- */
-
-static bool get_int(struct rk_http_req *r, json_t *o, const char *key, long long lo,
-                    long long hi, long long *out)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v))
-        return true;
-    if (!json_is_integer(v)) {
-        rk_http_error(r, 400, "invalid_type", key, "'%s' must be an integer", key);
-        return false;
-    }
-    long long x = json_integer_value(v);
-    if (x < lo || x > hi) {
-        rk_http_error(r, 400, "out_of_range", key, "'%s' must be between %lld and %lld, got %lld",
-                      key, lo, hi, x);
-        return false;
-    }
-    *out = x;
-    return true;
-}
-
-static bool get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, double hi,
-                    bool lo_open, float *out)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v))
-        return true;
-    if (!json_is_number(v)) {
-        rk_http_error(r, 400, "invalid_type", key, "'%s' must be a number", key);
-        return false;
-    }
-    double x = json_number_value(v);
-    if (!isfinite(x) || x < lo || x > hi || (lo_open && x == lo)) {
-        rk_http_error(r, 400, "out_of_range", key, "'%s' must be in %s%g, %g], got %g", key,
-                      lo_open ? "(" : "[", lo, hi, x);
-        return false;
-    }
-    *out = (float)x;
-    return true;
-}
-
-static bool get_bool(struct rk_http_req *r, json_t *o, const char *key, bool *out)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v))
-        return true;
-    if (!json_is_boolean(v)) {
-        rk_http_error(r, 400, "invalid_type", key, "'%s' must be true or false", key);
-        return false;
-    }
-    *out = json_is_true(v);
-    return true;
-}
-
-static bool get_str(struct rk_http_req *r, json_t *o, const char *key, const char **out)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v))
-        return true;
-    if (!json_is_string(v)) {
-        rk_http_error(r, 400, "invalid_type", key, "'%s' must be a string", key);
-        return false;
-    }
-    *out = json_string_value(v);
-    return true;
-}
-
 /* --- request -> job -------------------------------------------------------- */
 
 static bool parse_stop(struct rk_http_req *r, json_t *o, struct rk_job *j, const char *extra)
 {
-    json_t *v = json_object_get(o, "stop");
     size_t n = 0, max = (size_t)r->srv->cfg.stops_max;
-    if (v && !json_is_null(v)) {
-        if (json_is_string(v))
-            n = 1;
-        else if (json_is_array(v))
-            n = json_array_size(v);
-        else {
-            rk_http_error(r, 400, "invalid_type", "stop", "'stop' must be a string or an array "
-                          "of strings");
-            return false;
-        }
-        if (n > max) {
-            rk_http_error(r, 400, "out_of_range", "stop", "at most %zu stop sequences", max);
-            return false;
-        }
-    }
-    j->stops = calloc(n + 1, sizeof *j->stops);
+    j->stops = calloc(max + 1, sizeof *j->stops);
     if (!j->stops)
         goto oom;
+    if (!rk_json_str_array(r, o, "stop", true, max, 1, 256, (const char **)j->stops, &n))
+        return false;
+    // The array held borrowed strings; the job keeps copies.
     for (size_t i = 0; i < n; i++) {
-        json_t *s = json_is_string(v) ? v : json_array_get(v, i);
-        if (!json_is_string(s) || json_string_length(s) == 0 || json_string_length(s) > 256) {
-            rk_http_error(r, 400, "invalid_value", "stop", "each stop sequence must be a "
-                          "string of 1 to 256 bytes");
-            return false;
-        }
-        if (!(j->stops[j->n_stops] = strdup(json_string_value(s))))
-            goto oom;
+        if (!(j->stops[i] = strdup(j->stops[i])))
+            goto oom; // j->n_stops counts the copies release frees
         j->n_stops++;
     }
     if (extra && !(j->stops[j->n_stops++] = strdup(extra)))
@@ -136,8 +51,8 @@ static bool parse_bias(struct rk_http_req *r, json_t *o, struct rk_job *j)
     if (!v || json_is_null(v))
         return true;
     if (!json_is_object(v) || json_object_size(v) > 1024) {
-        rk_http_error(r, 400, "invalid_value", "logit_bias", "'logit_bias' must be an object of "
-                      "at most 1024 token ids");
+        rk_field_fail(r, json_is_object(v) ? RK_FIELD_OUT_OF_RANGE : RK_FIELD_INVALID_TYPE,
+                      "logit_bias", "'logit_bias' must be an object of at most 1024 token ids");
         return false;
     }
     size_t n = json_object_size(v), i = 0;
@@ -155,7 +70,7 @@ static bool parse_bias(struct rk_http_req *r, json_t *o, struct rk_job *j)
         unsigned long id = strtoul(k, &end, 10);
         if (!*k || *end || *k == '-' || id >= V || !json_is_number(b) ||
             !(fabs(json_number_value(b)) <= 100)) {
-            rk_http_error(r, 400, "invalid_value", "logit_bias", "logit_bias: keys must be token "
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "logit_bias", "logit_bias: keys must be token "
                           "ids below %zu and values numbers in [-100, 100]", V);
             return false;
         }
@@ -172,38 +87,36 @@ static bool parse_sampling(struct rk_http_req *r, json_t *o, struct rk_job *j)
     const struct rk_srv_config *c = &r->srv->cfg;
     long long x;
     x = c->max_tokens_default;
-    if (!get_int(r, o, "max_tokens", 1, c->max_tokens_max, &x))
+    if (!rk_json_int(r, o, "max_tokens", 1, c->max_tokens_max, &x))
         return false;
-    if (j->api == RK_API_CHAT && !get_int(r, o, "max_completion_tokens", 1, c->max_tokens_max, &x))
+    if (j->api == RK_API_CHAT && !rk_json_int(r, o, "max_completion_tokens", 1, c->max_tokens_max, &x))
         return false;
     j->max_tokens = (int)x;
     x = 1;
-    if (!get_int(r, o, "n", 1, c->n_max, &x))
+    if (!rk_json_int(r, o, "n", 1, c->n_max, &x))
         return false;
     j->n = (int)x;
     struct rk_sampler_params *sp = &j->sp;
-    if (!get_num(r, o, "temperature", 0, 2, false, &sp->temperature) ||
-        !get_num(r, o, "top_p", 0, 1, true, &sp->top_p) ||
-        !get_num(r, o, "min_p", 0, 1, false, &sp->min_p) ||
-        !get_num(r, o, "presence_penalty", -2, 2, false, &sp->presence_penalty) ||
-        !get_num(r, o, "frequency_penalty", -2, 2, false, &sp->frequency_penalty) ||
-        !get_num(r, o, "repetition_penalty", 0, 10, true, &sp->repetition_penalty))
+    if (!rk_json_float(r, o, "temperature", 0, 2, false, &sp->temperature) ||
+        !rk_json_float(r, o, "top_p", 0, 1, true, &sp->top_p) ||
+        !rk_json_float(r, o, "min_p", 0, 1, false, &sp->min_p) ||
+        !rk_json_float(r, o, "presence_penalty", -2, 2, false, &sp->presence_penalty) ||
+        !rk_json_float(r, o, "frequency_penalty", -2, 2, false, &sp->frequency_penalty) ||
+        !rk_json_float(r, o, "repetition_penalty", 0, 10, true, &sp->repetition_penalty))
         return false;
     x = 0;
-    if (!get_int(r, o, "top_k", 0, rk_model_n_vocab(r->srv->model), &x))
+    if (!rk_json_int(r, o, "top_k", 0, rk_model_n_vocab(r->srv->model), &x))
         return false;
     sp->top_k = (int)x;
     x = 0;
-    if (!get_int(r, o, "penalty_last_n", 0, 1 << 20, &x))
+    if (!rk_json_int(r, o, "penalty_last_n", 0, 1 << 20, &x))
         return false;
     sp->penalty_last_n = (int)x;
-    json_t *seed = json_object_get(o, "seed");
-    if (seed && !json_is_null(seed)) {
-        if (!json_is_integer(seed)) {
-            rk_http_error(r, 400, "invalid_type", "seed", "'seed' must be an integer");
+    if (rk_json_has(o, "seed")) {
+        long long seed = 0;
+        if (!rk_json_int(r, o, "seed", LLONG_MIN, LLONG_MAX, &seed))
             return false;
-        }
-        sp->seed = (uint64_t)json_integer_value(seed);
+        sp->seed = (uint64_t)seed;
         j->seed_given = true;
     } else {
         struct timespec ts;
@@ -211,17 +124,12 @@ static bool parse_sampling(struct rk_http_req *r, json_t *o, struct rk_job *j)
         sp->seed = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^
                    atomic_fetch_add(&r->srv->id_seq, 1) * 0xbf58476d1ce4e5b9ull;
     }
-    if (!get_bool(r, o, "stream", &j->stream))
+    if (!rk_json_bool(r, o, "stream", &j->stream))
         return false;
-    json_t *so = json_object_get(o, "stream_options");
-    if (so && !json_is_null(so)) {
-        if (!json_is_object(so) || !get_bool(r, so, "include_usage", &j->include_usage)) {
-            if (!r->resp)
-                rk_http_error(r, 400, "invalid_type", "stream_options",
-                              "'stream_options' must be an object");
-            return false;
-        }
-    }
+    json_t *so = NULL;
+    if (!rk_json_obj(r, o, "stream_options", &so) ||
+        (so && !rk_json_bool(r, so, "include_usage", &j->include_usage)))
+        return false;
     if (!parse_bias(r, o, j))
         return false;
     // Check the sampler accepts the combination now rather than in the engine.
@@ -240,7 +148,8 @@ static bool parse_model_state(struct rk_http_req *r, json_t *o, struct rk_job *j
 {
     struct rk_srv *srv = r->srv;
     const char *model = NULL, *state = NULL, *mstate = NULL;
-    if (!get_str(r, o, "model", &model) || !get_str(r, o, "state", &state))
+    if (!rk_json_str(r, o, "model", 0, SIZE_MAX, &model) ||
+        !rk_json_str(r, o, "state", 0, SIZE_MAX, &state))
         return false;
     if (model) {
         size_t bl = strlen(srv->model_name);
@@ -253,7 +162,7 @@ static bool parse_model_state(struct rk_http_req *r, json_t *o, struct rk_job *j
         }
     }
     if (mstate && state && strcmp(mstate, state)) {
-        rk_http_error(r, 400, "invalid_value", "state", "'state' disagrees with the state named "
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "state", "'state' disagrees with the state named "
                       "in 'model'");
         return false;
     }
@@ -281,14 +190,14 @@ static bool tokenize(struct rk_http_req *r, struct rk_job *j, const char *text, 
 {
     size_t lim = (size_t)r->srv->cfg.prompt_tokens_max;
     if (len == 0) {
-        rk_http_error(r, 400, "invalid_value", "prompt", "the prompt is empty");
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "prompt", "the prompt is empty");
         return false;
     }
     // Each id covers at least one byte, so len ids always suffice; refuse
     // early when even one byte per token would not fit the limit... only
     // after encoding can we tell, but the byte count bounds the work.
     if (len > lim * 64) {
-        rk_http_error(r, 400, "context_length_exceeded", "prompt",
+        rk_field_fail(r, RK_FIELD_CONTEXT_LENGTH, "prompt",
                       "the prompt is longer than %zu tokens", lim);
         return false;
     }
@@ -304,12 +213,12 @@ static bool tokenize(struct rk_http_req *r, struct rk_job *j, const char *text, 
         return false;
     }
     if (n > lim) {
-        rk_http_error(r, 400, "context_length_exceeded", "prompt",
+        rk_field_fail(r, RK_FIELD_CONTEXT_LENGTH, "prompt",
                       "the prompt is %zu tokens; the limit is %zu", n, lim);
         return false;
     }
     if (n == 0) {
-        rk_http_error(r, 400, "invalid_value", "prompt", "the prompt is empty");
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "prompt", "the prompt is empty");
         return false;
     }
     j->n_prompt = n;
@@ -329,13 +238,13 @@ static bool parse_prompt(struct rk_http_req *r, json_t *o, struct rk_job *j)
         for (size_t i = 0; i < nb; i++) {
             json_t *e = json_array_get(p, i);
             if (!json_is_string(e) && !json_is_array(e)) {
-                rk_http_error(r, 400, "invalid_type", "prompt", "prompt[%zu] must be a string "
+                rk_field_fail(r, RK_FIELD_INVALID_TYPE, "prompt", "prompt[%zu] must be a string "
                               "or an array of token ids, like prompt[0]", i);
                 return false;
             }
         }
         if (nb > 1) {
-            rk_http_error(r, 400, "unsupported", "prompt", "a batch of %zu prompts is not "
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, "prompt", "a batch of %zu prompts is not "
                           "supported; send one prompt per request (use 'n' for several "
                           "completions of one prompt)", nb);
             return false;
@@ -347,11 +256,11 @@ static bool parse_prompt(struct rk_http_req *r, json_t *o, struct rk_job *j)
     if (json_is_array(p)) {
         size_t n = json_array_size(p), V = (size_t)rk_model_n_vocab(r->srv->model);
         if (n == 0) {
-            rk_http_error(r, 400, "invalid_value", "prompt", "the prompt is empty");
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "prompt", "the prompt is empty");
             return false;
         }
         if (n > (size_t)r->srv->cfg.prompt_tokens_max) {
-            rk_http_error(r, 400, "context_length_exceeded", "prompt",
+            rk_field_fail(r, RK_FIELD_CONTEXT_LENGTH, "prompt",
                           "the prompt is %zu tokens; the limit is %d", n,
                           r->srv->cfg.prompt_tokens_max);
             return false;
@@ -364,13 +273,13 @@ static bool parse_prompt(struct rk_http_req *r, json_t *o, struct rk_job *j)
         for (size_t i = 0; i < n; i++) {
             json_t *t = json_array_get(p, i);
             if (!json_is_integer(t)) {
-                rk_http_error(r, 400, "invalid_type", "prompt", "a prompt of token ids holds "
+                rk_field_fail(r, RK_FIELD_INVALID_TYPE, "prompt", "a prompt of token ids holds "
                               "integers only; element %zu is a %s", i,
                               json_is_string(t) ? "string" : "non-integer");
                 return false;
             }
             if (json_integer_value(t) < 0 || (size_t)json_integer_value(t) >= V) {
-                rk_http_error(r, 400, "out_of_range", "prompt", "prompt token %zu is %" JSON_INTEGER_FORMAT
+                rk_field_fail(r, RK_FIELD_OUT_OF_RANGE, "prompt", "prompt token %zu is %" JSON_INTEGER_FORMAT
                               "; token ids run from 0 to %zu", i, json_integer_value(t), V - 1);
                 return false;
             }
@@ -379,7 +288,7 @@ static bool parse_prompt(struct rk_http_req *r, json_t *o, struct rk_job *j)
         j->n_prompt = n;
         return true;
     }
-    rk_http_error(r, 400, p ? "invalid_type" : "invalid_value", "prompt",
+    rk_field_fail(r, p ? RK_FIELD_INVALID_TYPE : RK_FIELD_INVALID_VALUE, "prompt",
                   "'prompt' must be a string, an array of token ids, or an array of one "
                   "string");
     return false;
@@ -395,12 +304,12 @@ static bool refuse_unsupported(struct rk_http_req *r, json_t *o)
     if (rf && !json_is_null(rf)) {
         json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
         if (!json_is_string(t)) {
-            rk_http_error(r, 400, "invalid_type", "response_format",
+            rk_field_fail(r, RK_FIELD_INVALID_TYPE, "response_format",
                           "'response_format' must be an object with a string 'type'");
             return false;
         }
         if (strcmp(json_string_value(t), "text") != 0) {
-            rk_http_error(r, 400, "unsupported", "response_format", "'response_format' of type "
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, "response_format", "'response_format' of type "
                           "'%.40s' is not supported; only {\"type\": \"text\"} (the default)",
                           json_string_value(t));
             return false;
@@ -410,7 +319,7 @@ static bool refuse_unsupported(struct rk_http_req *r, json_t *o)
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
         json_t *v = json_object_get(o, lists[i]);
         if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0)) {
-            rk_http_error(r, 400, "unsupported", lists[i], "'%s' (tool and function calling) "
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, lists[i], "'%s' (tool and function calling) "
                           "is not supported", lists[i]);
             return false;
         }
@@ -420,7 +329,7 @@ static bool refuse_unsupported(struct rk_http_req *r, json_t *o)
         json_t *v = json_object_get(o, choices[i]);
         if (v && !json_is_null(v) &&
             !(json_is_string(v) && !strcmp(json_string_value(v), "none"))) {
-            rk_http_error(r, 400, "unsupported", choices[i], "'%s' is not supported (tool and "
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, choices[i], "'%s' is not supported (tool and "
                           "function calling); only \"none\"", choices[i]);
             return false;
         }
@@ -456,8 +365,9 @@ static bool parse_messages(struct rk_http_req *r, json_t *o, struct rk_job *j)
 {
     json_t *msgs = json_object_get(o, "messages");
     if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
-        rk_http_error(r, 400, "invalid_value", "messages", "'messages' must be a non-empty "
-                      "array");
+        bool wrong_type = msgs && !json_is_null(msgs) && !json_is_array(msgs);
+        rk_field_fail(r, wrong_type ? RK_FIELD_INVALID_TYPE : RK_FIELD_INVALID_VALUE, "messages",
+                      "'messages' must be a non-empty array");
         return false;
     }
     struct rk_buf b = {0};
@@ -474,7 +384,7 @@ static bool parse_messages(struct rk_http_req *r, json_t *o, struct rk_job *j)
                            : !strcmp(role, "assistant") ? "Assistant"
                                                         : NULL;
         if (!json_is_object(m) || !name) {
-            rk_http_error(r, 400, "invalid_value", "messages", "messages[%zu]: role must be "
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "messages", "messages[%zu]: role must be "
                           "system, developer, user or assistant", i);
             ok = false;
             break;
@@ -490,7 +400,7 @@ static bool parse_messages(struct rk_http_req *r, json_t *o, struct rk_job *j)
             {
                 json_t *t = json_object_get(part, "text");
                 if (!json_is_string(t)) {
-                    rk_http_error(r, 400, "invalid_value", "messages", "messages[%zu]: only "
+                    rk_field_fail(r, RK_FIELD_INVALID_VALUE, "messages", "messages[%zu]: only "
                                   "text content parts are supported", i);
                     ok = false;
                     break;
@@ -502,7 +412,7 @@ static bool parse_messages(struct rk_http_req *r, json_t *o, struct rk_job *j)
             if (!ok)
                 break;
         } else if (!json_is_null(content) || strcmp(name, "Assistant")) {
-            rk_http_error(r, 400, "invalid_value", "messages", "messages[%zu]: content must be "
+            rk_field_fail(r, RK_FIELD_INVALID_TYPE, "messages", "messages[%zu]: content must be "
                           "a string or an array of text parts", i);
             ok = false;
             break;
@@ -695,31 +605,31 @@ static void handle(struct rk_http_req *r, enum rk_api api)
         if (api == RK_API_CHAT) {
             bool want = false;
             long long top = 0;
-            ok = get_bool(r, o, "logprobs", &want) &&
-                 get_int(r, o, "top_logprobs", 0, srv->cfg.logprobs_max, &top);
+            ok = rk_json_bool(r, o, "logprobs", &want) &&
+                 rk_json_int(r, o, "top_logprobs", 0, srv->cfg.logprobs_max, &top);
             if (ok && top > 0 && !want) {
-                rk_http_error(r, 400, "invalid_value", "top_logprobs",
+                rk_field_fail(r, RK_FIELD_INVALID_VALUE, "top_logprobs",
                               "'top_logprobs' needs 'logprobs': true");
                 ok = false;
             }
             lp = want ? top : -1;
         } else {
-            ok = get_int(r, o, "logprobs", 0, srv->cfg.logprobs_max, &lp);
+            ok = rk_json_int(r, o, "logprobs", 0, srv->cfg.logprobs_max, &lp);
         }
         j->top_logprobs = (int)lp;
     }
     if (ok && api == RK_API_COMPLETION) {
         bool echo = false;
         long long best_of = 1;
-        ok = get_bool(r, o, "echo", &echo) && get_int(r, o, "best_of", 1, srv->cfg.n_max, &best_of);
+        ok = rk_json_bool(r, o, "echo", &echo) && rk_json_int(r, o, "best_of", 1, srv->cfg.n_max, &best_of);
         if (ok && (echo || best_of != 1)) {
-            rk_http_error(r, 400, "unsupported", echo ? "echo" : "best_of",
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, echo ? "echo" : "best_of",
                           "'%s' is not supported", echo ? "echo" : "best_of");
             ok = false;
         }
         json_t *suffix = json_object_get(o, "suffix");
         if (ok && suffix && !json_is_null(suffix)) {
-            rk_http_error(r, 400, "unsupported", "suffix", "'suffix' is not supported");
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, "suffix", "'suffix' is not supported");
             ok = false;
         }
     }
