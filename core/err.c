@@ -30,6 +30,7 @@ static const struct {
     {RK_ECANCELED, "ecanceled", "canceled"},
     {RK_ENUMERIC, "enumeric", "numerical error (NaN or Inf)"},
     {RK_EINTERNAL, "einternal", "internal error"},
+    {RK_ETIMEOUT, "etimeout", "deadline exceeded"},
 };
 
 const char *rk_strerror(int code)

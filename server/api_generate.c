@@ -500,7 +500,7 @@ static bool job_error(struct rk_http_req *r, struct rk_job *j)
 {
     if (j->err == RK_OK)
         return false;
-    if (j->err == RK_ERANGE)
+    if (j->err == RK_ETIMEOUT)
         rk_http_error(r, 504, "deadline_exceeded", NULL, "%s", j->errmsg);
     else if (j->err == RK_ECANCELED)
         rk_http_error(r, 503, "canceled", NULL, "%s", j->errmsg);

@@ -379,7 +379,7 @@ static void seq_finish(struct rk_engine *e, struct seq *s, enum rk_finish f)
     }
     j->choices[s->idx].finish = f;
     if (f == RK_FINISH_TIMEOUT && j->err == RK_OK) {
-        j->err = RK_ERANGE;
+        j->err = RK_ETIMEOUT;
         snprintf(j->errmsg, sizeof j->errmsg, "request deadline of %d s exceeded",
                  e->srv->cfg.request_timeout_s);
     } else if (f == RK_FINISH_CANCEL && j->err == RK_OK) {
@@ -538,7 +538,7 @@ static void sample_batch(struct rk_engine *e, int n)
 /* A job that never got a slot: finish it without sequences. */
 static void job_fail_unstarted(struct rk_engine *e, struct rk_job *j, enum rk_finish f)
 {
-    j->err = f == RK_FINISH_TIMEOUT ? RK_ERANGE : RK_ECANCELED;
+    j->err = f == RK_FINISH_TIMEOUT ? RK_ETIMEOUT : RK_ECANCELED;
     snprintf(j->errmsg, sizeof j->errmsg, "%s",
              f == RK_FINISH_TIMEOUT ? "request deadline exceeded while queued"
                                     : "request cancelled before it started");

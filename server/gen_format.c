@@ -188,7 +188,7 @@ void rk_gen_sse_end(struct rk_job *j)
 {
     struct rk_buf *o = &j->out;
     if (j->err != RK_OK) {
-        bool timeout = j->err == RK_ERANGE;
+        bool timeout = j->err == RK_ETIMEOUT;
         rk_buf_puts(o, "data: {\"error\":{\"message\":");
         rk_buf_json_str(o, j->errmsg, strlen(j->errmsg));
         rk_buf_printf(o, ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}\n\n",

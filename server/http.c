@@ -137,6 +137,7 @@ int rk_http_status_of(int rc)
     case RK_EEXIST: return 409;
     case RK_EMISMATCH: case RK_EFORMAT: case RK_ENUMERIC: return 422;
     case RK_EBUSY: return 429;
+    case RK_ETIMEOUT: return 504;
     case RK_ENOMEM: case RK_ECANCELED: return 503;
     default: return 500;
     }

@@ -64,6 +64,7 @@ enum rk_err {
     RK_ECANCELED = -10, /* cancelled by the caller's callback */
     RK_ENUMERIC = -11,  /* NaN or Inf in loss or gradients */
     RK_EINTERNAL = -12, /* a bug */
+    RK_ETIMEOUT = -13,  /* a deadline passed before the work finished */
 };
 
 /* Detail for humans. `code` repeats the return code; `msg` is NUL-terminated. */
