@@ -345,6 +345,24 @@ int rk_store_get(struct rk_state_store *s, const char *tenant, const char *id,
     return rk_errbuf_set(eb, RK_EBUSY, "state %s is being replaced; retry", id);
 }
 
+int rk_store_get_cached(struct rk_state_store *s, const char *tenant, const char *id,
+                        struct rk_state_ref **out)
+{
+    *out = NULL;
+    if (!rk_state_id_valid(tenant) || !rk_state_id_valid(id))
+        return RK_ENOTFOUND;
+    pthread_mutex_lock(&s->mu);
+    struct rk_state_ref *r = cache_find(s, tenant, id);
+    if (r) {
+        lru_unlink(s, r);
+        lru_push_head(s, r);
+        s->st.hits++;
+        *out = rk_state_ref_retain(r);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return r ? RK_OK : RK_ENOTFOUND;
+}
+
 static uint64_t previous_version(struct rk_state_store *s, const char *tenant, const char *id,
                                  const char *path)
 {

@@ -169,7 +169,9 @@ static bool parse_model_state(struct rk_http_req *r, json_t *o, struct rk_job *j
     const char *sid = state && *state ? state : mstate;
     if (sid && *sid) {
         struct rk_errbuf eb = {0};
-        int rc = rk_store_get(srv->store, r->tenant, sid, &j->state, &eb);
+        int rc = rk_state_fetch(r, sid, &j->state, &eb);
+        if (rc == RK_STATE_FETCH_PENDING)
+            return false; // read off the loop thread; the handler runs again
         if (rc == RK_ENOTFOUND) {
             rk_http_error(r, 404, openai && !state ? "model_not_found" : "state_not_found",
                           state ? "state" : "model", "state '%.80s' does not exist", sid);
@@ -721,7 +723,10 @@ static void h_model_one(struct rk_http_req *r)
     }
     if (!strncmp(id, srv->model_name, bl) && id[bl] == ':') {
         struct rk_state_ref *ref = NULL;
-        if (rk_store_get(srv->store, r->tenant, id + bl + 1, &ref, NULL) == RK_OK) {
+        int rc = rk_state_fetch(r, id + bl + 1, &ref, NULL);
+        if (rc == RK_STATE_FETCH_PENDING)
+            return; // read off the loop thread; the handler runs again
+        if (rc == RK_OK) {
             json_int_t created = (json_int_t)(rk_state_ref_meta(ref)->created_ms / 1000);
             rk_state_ref_release(ref);
             rk_http_json(r, 200, json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", id, "object", "model",

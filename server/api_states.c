@@ -71,7 +71,9 @@ static void h_get(struct rk_http_req *r)
         return;
     struct rk_state_ref *ref = NULL;
     struct rk_errbuf eb = {0};
-    int rc = rk_store_get(r->srv->store, r->tenant, r->params[0], &ref, &eb);
+    int rc = rk_state_fetch(r, r->params[0], &ref, &eb);
+    if (rc == RK_STATE_FETCH_PENDING)
+        return; // read off the loop thread; the handler runs again
     if (rc == RK_ENOTFOUND) {
         rk_http_error(r, 404, "state_not_found", "id", "state '%s' does not exist", r->params[0]);
         return;

@@ -286,6 +286,18 @@ void rk_http_conn_headers(const struct rk_srv *srv, struct MHD_Response *resp);
  * as in flight for the SIGTERM drain. Returns false (and answers 503) when
  * the work cannot be queued. */
 bool rk_http_offload(struct rk_http_req *r, void (*work)(void *arg), void *arg);
+/* Look up the caller's state `id` (r->tenant) without file I/O on the loop
+ * thread (state_fetch.c). Returns RK_OK with *out holding one reference (a
+ * cache hit, or the result of an earlier lookup of this request), another
+ * rk code (eb filled; RK_ENOTFOUND when absent), or RK_STATE_FETCH_PENDING:
+ * the state must be read from disk, which now runs on the thread pool with
+ * the request suspended; the handler must return at once, preparing
+ * nothing, and is called again when the lookup is done (it then parses the
+ * request again and gets the answer here). Uses r->user; a handler that
+ * keeps its own data there gets a synchronous lookup. */
+#define RK_STATE_FETCH_PENDING 1
+int rk_state_fetch(struct rk_http_req *r, const char *id, struct rk_state_ref **out,
+                   struct rk_errbuf *eb);
 /* Suspend until the job finishes; `done_fn` then builds the response. */
 void rk_http_wait_job(struct rk_http_req *r, struct rk_job *job,
                       void (*done_fn)(struct rk_http_req *r, struct rk_job *job));

@@ -150,6 +150,13 @@ RK_API void rk_store_free(struct rk_state_store *s);
  * *out holds one reference. RK_ENOTFOUND when absent or ids invalid. */
 RK_API int rk_store_get(struct rk_state_store *s, const char *tenant, const char *id,
                         struct rk_state_ref **out, struct rk_errbuf *eb);
+/* rk_store_get without the disk: a cache hit gives RK_OK and *out one
+ * reference (and counts as a hit, with the LRU order updated); anything else
+ * gives RK_ENOTFOUND and counts nothing, and then only rk_store_get can tell
+ * whether the state exists. Never reads a file, so an event loop can call it
+ * and leave misses to a worker thread. */
+RK_API int rk_store_get_cached(struct rk_state_store *s, const char *tenant, const char *id,
+                               struct rk_state_ref **out);
 
 /* Save `state` under tenant/id (atomic write), replacing any previous
  * version; meta->version is set to the previous version + 1 (1 when new).

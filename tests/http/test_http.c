@@ -1362,6 +1362,49 @@ START_TEST(test_field_errors_same_code)
 }
 END_TEST
 
+/* A state that is not in the cache is read from disk on the thread pool
+ * (state_fetch.c), with the request suspended, not on the loop thread: after
+ * a restart (empty cache) every route that names a state answers as before
+ * the restart, the first lookup counts one miss and the next ones hits (the
+ * LRU keeps what the worker loaded), and a missing state is still a 404. */
+START_TEST(test_state_miss_off_loop)
+{
+    struct server s = START("--max-tokens", "50");
+    put_state(s.port, NULL, "warm", 5, 201);
+    struct resp a = post(s.port, "/generate", NULL, gen_body(6, "warm", false));
+    ck_assert_msg(a.status == 200, "%d %s", a.status, a.body);
+    char *sig_a = lp_sig(a.body);
+    resp_free(&a);
+    ck_assert_int_eq(stop_server(&s), 0);
+
+    struct server s2 = START("--data-dir", s.dir, "--max-tokens", "50");
+    long miss0 = metric(s2.port, "rwkvd_adapter_cache_misses_total");
+    long hit0 = metric(s2.port, "rwkvd_adapter_cache_hits_total");
+    struct resp b = post(s2.port, "/generate", NULL, gen_body(6, "warm", false));
+    ck_assert_msg(b.status == 200, "%d %s", b.status, b.body);
+    char *sig_b = lp_sig(b.body);
+    ck_assert_str_eq(sig_a, sig_b); // the same state, read by the worker
+    resp_free(&b);
+    ck_assert_int_eq(metric(s2.port, "rwkvd_adapter_cache_misses_total"), miss0 + 1);
+    struct resp c = post(s2.port, "/generate", NULL, gen_body(6, "warm", true));
+    ck_assert_msg(c.status == 200 && strstr(c.body, "\"done\":true"), "%d %s", c.status, c.body);
+    resp_free(&c);
+    ck_assert_int_eq(get_status(s2.port, "/states/warm", NULL), 200);
+    ck_assert_int_eq(get_status(s2.port, "/v1/models/rand-mh:warm", NULL), 200);
+    ck_assert_int_eq(metric(s2.port, "rwkvd_adapter_cache_misses_total"), miss0 + 1);
+    ck_assert_int_eq(metric(s2.port, "rwkvd_adapter_cache_hits_total"), hit0 + 3);
+    // Missing states: a lookup on the pool that finds nothing.
+    ck_assert_int_eq(get_status(s2.port, "/states/nope", NULL), 404);
+    ck_assert_int_eq(get_status(s2.port, "/v1/models/rand-mh:nope", NULL), 404);
+    struct resp d = post(s2.port, "/generate", NULL, gen_body(2, "nope", false));
+    ck_assert_msg(d.status == 404 && strstr(d.body, "state_not_found"), "%d %s", d.status, d.body);
+    resp_free(&d);
+    ck_assert_int_eq(stop_server(&s2), 0);
+    free(sig_a);
+    free(sig_b);
+}
+END_TEST
+
 RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1385,6 +1428,7 @@ RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
     ADD(test_error_bodies)
     ADD(test_state_format_checked)
     ADD(test_field_errors_same_code)
+    ADD(test_state_miss_off_loop)
     ADD(test_limits_queue_deadline)
     ADD(test_config_errors)
     ADD(test_openai_request_forms)

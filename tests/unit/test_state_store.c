@@ -254,13 +254,27 @@ START_TEST(test_store_lru_and_list)
     ck_assert_uint_ge(st.evictions, 3);
     // Evicted entries load again from disk (a miss), with the right data.
     struct rk_state_ref *g = NULL;
+    // The loop thread's lookup never reads a file: an evicted entry is a
+    // miss there, counted nowhere (rk_store_get counts it when it loads).
+    ck_assert_int_eq(rk_store_get_cached(s, "t", "s0", &g), RK_ENOTFOUND);
+    ck_assert_ptr_null(g);
+    ck_assert_int_eq(rk_store_get_cached(s, "t", "../s0", &g), RK_ENOTFOUND);
     ck_assert_int_eq(rk_store_get(s, "t", "s0", &g, NULL), RK_OK);
     fx_random_state(model, 10, a);
     ck_assert(memcmp(rk_state_ref_data(g), a, one) == 0);
-    rk_state_ref_release(g);
     struct rk_store_stats st2;
     rk_store_stats(s, &st2);
     ck_assert_uint_eq(st2.misses, st.misses + 1);
+    // Now cached: the same version, counted as a hit.
+    struct rk_state_ref *c = NULL;
+    ck_assert_int_eq(rk_store_get_cached(s, "t", "s0", &c), RK_OK);
+    ck_assert_ptr_eq(c, g);
+    rk_state_ref_release(c);
+    rk_state_ref_release(g);
+    struct rk_store_stats st3;
+    rk_store_stats(s, &st3);
+    ck_assert_uint_eq(st3.hits, st2.hits + 1);
+    ck_assert_uint_eq(st3.misses, st2.misses);
     int n = 0;
     ck_assert_int_eq(rk_store_list(s, "t", count_cb, &n), RK_OK);
     ck_assert_int_eq(n, 6);
