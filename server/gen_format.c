@@ -7,8 +7,8 @@
  * The engine produces tokens, text, logprobs and finish events and calls
  * the rk_gen_sse_* functions with the job's mutex held; they append to the
  * job's reusable output buffer and allocate nothing once it has grown (the
- * per-token path). The loop thread's non-streaming bodies reuse the
- * per-token logprobs format from here.
+ * per-token path). The non-streaming bodies (rk_gen_body_*) are built here
+ * too, on the loop thread, once the job is done.
  */
 #include "gen_format.h"
 
@@ -208,4 +208,131 @@ void rk_gen_sse_end(struct rk_job *j)
         rk_buf_puts(o, "}\n\n");
     }
     rk_buf_puts(o, "data: [DONE]\n\n");
+}
+
+/* --- whole responses (non-streaming) ------------------------------------- */
+
+static json_t *usage_obj(struct rk_job *j)
+{
+    long long c = 0;
+    for (int i = 0; i < j->n; i++)
+        c += j->choices[i].n_tokens;
+    return json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)j->n_prompt,
+                     "completion_tokens", (json_int_t)c, "total_tokens",
+                     (json_int_t)(j->n_prompt + (size_t)c));
+}
+
+static json_t *text_of(const struct rk_buf *b) { return json_stringn(b->p ? b->p : "", b->len); }
+
+static double lp_val(float v) { return isfinite(v) ? (double)v : -9999.0; }
+
+static json_t *tok_str(struct rk_srv *srv, uint32_t id)
+{
+    size_t n;
+    const uint8_t *b = rk_tok_bytes(srv->tok, id, &n);
+    char tmp[1024];
+    size_t o = rk_utf8_sanitize(b ? b : (const uint8_t *)"", b ? n : 0, tmp, sizeof tmp);
+    return json_stringn(tmp, o);
+}
+
+/* logprobs of a finished choice, in the API's format, or json null. */
+static json_t *choice_logprobs(struct rk_srv *srv, struct rk_job *j, struct rk_choice *ch)
+{
+    int top = j->top_logprobs;
+    if (top < 0 || !ch->lps)
+        return json_null();
+    if (j->api == RK_API_CHAT) {
+        json_t *content = json_array();
+        struct rk_buf b = {0};
+        for (int t = 0; t < ch->n_tokens; t++) {
+            b.len = 0;
+            rk_gen_lp_json(srv->tok, j->api, ch->lps + (size_t)t * (size_t)(1 + top), top, 0, &b);
+            json_t *x = b.p ? json_loadb(b.p, b.len, 0, NULL) : NULL;
+            if (x)
+                json_array_append_new(content, x);
+        }
+        rk_buf_free(&b);
+        return json_pack("{s:o}", "content", content);
+    }
+    json_t *toks = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    size_t off = 0;
+    for (int t = 0; t < ch->n_tokens; t++) {
+        const struct rk_tok_lp *rec = ch->lps + (size_t)t * (size_t)(1 + top);
+        json_array_append_new(toks, tok_str(srv, rec[0].token));
+        json_array_append_new(lps, json_real(lp_val(rec[0].lp)));
+        json_t *alt = json_object();
+        for (int k = 0; k < top; k++) {
+            json_t *ks = tok_str(srv, rec[1 + k].token);
+            json_object_set_new(alt, json_string_value(ks), json_real(lp_val(rec[1 + k].lp)));
+            json_decref(ks);
+        }
+        json_array_append_new(tops, alt);
+        json_array_append_new(offs, json_integer((json_int_t)off));
+        size_t n;
+        rk_tok_bytes(srv->tok, rec[0].token, &n);
+        off += n;
+    }
+    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", toks, "token_logprobs", lps, "top_logprobs",
+                     tops, "text_offset", offs);
+}
+
+json_t *rk_gen_body_native(struct rk_srv *srv, struct rk_job *j)
+{
+    json_t *choices = json_array();
+    for (int i = 0; i < j->n; i++) {
+        struct rk_choice *ch = &j->choices[i];
+        json_t *c = json_pack("{s:i,s:o,s:s,s:i}", "index", i, "text", text_of(&ch->text),
+                              "finish_reason", rk_finish_name(ch->finish), "tokens",
+                              ch->n_tokens);
+        if (j->top_logprobs >= 0 && ch->lps) {
+            int top = j->top_logprobs;
+            json_t *arr = json_array();
+            for (int t = 0; t < ch->n_tokens; t++) {
+                const struct rk_tok_lp *rec = ch->lps + (size_t)t * (size_t)(1 + top);
+                json_t *alts = json_array();
+                for (int k = 0; k < top; k++)
+                    json_array_append_new(alts, json_pack("{s:I,s:f}", "token",
+                                                          (json_int_t)rec[1 + k].token, "logprob",
+                                                          lp_val(rec[1 + k].lp)));
+                json_array_append_new(arr, json_pack("{s:I,s:f,s:o}", "token",
+                                                     (json_int_t)rec[0].token, "logprob",
+                                                     lp_val(rec[0].lp), "top_logprobs", alts));
+            }
+            json_object_set_new(c, "logprobs", arr);
+        }
+        json_array_append_new(choices, c);
+    }
+    const char *colon = strchr(j->model, ':');
+    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o,s:o,s:{s:f,s:f}}", "id", j->id, "object",
+                          "generation", "created", (json_int_t)j->created_s, "model", j->model,
+                          "state", colon ? json_string(colon + 1) : json_null(), "choices",
+                          choices, "usage", usage_obj(j), "timings", "ttft_ms",
+                          j->t_first_us ? (double)(j->t_first_us - j->t_submit_us) / 1000 : 0.0,
+                          "total_ms", (double)(rk_now_us() - j->t_submit_us) / 1000);
+    if (o)
+        json_object_set_new(o, "text", text_of(&j->choices[0].text));
+    return o;
+}
+
+json_t *rk_gen_body_openai(struct rk_srv *srv, struct rk_job *j)
+{
+    bool chat = j->api == RK_API_CHAT;
+    json_t *choices = json_array();
+    for (int i = 0; i < j->n; i++) {
+        struct rk_choice *ch = &j->choices[i];
+        const char *fr = ch->finish == RK_FINISH_LENGTH ? "length" : "stop";
+        json_t *c;
+        if (chat)
+            c = json_pack("{s:i,s:{s:s,s:o,s:n},s:o,s:s}", "index", i, "message", "role",
+                          "assistant", "content", text_of(&ch->text), "refusal", "logprobs",
+                          choice_logprobs(srv, j, ch), "finish_reason", fr);
+        else
+            c = json_pack("{s:o,s:i,s:o,s:s}", "text", text_of(&ch->text), "index", i,
+                          "logprobs", choice_logprobs(srv, j, ch), "finish_reason", fr);
+        json_array_append_new(choices, c);
+    }
+    return json_pack("{s:s,s:s,s:I,s:s,s:n,s:o,s:o}", "id", j->id, "object",
+                     chat ? "chat.completion" : "text_completion", "created",
+                     (json_int_t)j->created_s, "model", j->model, "system_fingerprint", "choices",
+                     choices, "usage", usage_obj(j));
 }

@@ -1,6 +1,7 @@
 /*
  * gen_format.h - the wire format of generations (gen_format.c): SSE frames
- * of the native, completions and chat APIs, and per-token logprobs JSON.
+ * of the native, completions and chat APIs, per-token logprobs JSON and the
+ * whole (non-streaming) response bodies.
  * Private to the server.
  */
 #ifndef RK_GEN_FORMAT_H
@@ -31,5 +32,12 @@ void rk_gen_sse_piece(const struct rk_tokenizer *tok, struct rk_job *j, int idx,
 void rk_gen_sse_finish(struct rk_job *j, int idx, enum rk_finish f);
 /* The end of the stream: the job's error if any, the usage, [DONE]. */
 void rk_gen_sse_end(struct rk_job *j);
+
+/* The whole response body of a finished job that did not fail (j->err is
+ * RK_OK): the native /generate object, or the OpenAI text_completion /
+ * chat.completion object. New reference (NULL when out of memory). Loop
+ * thread, after j->done. */
+json_t *rk_gen_body_native(struct rk_srv *srv, struct rk_job *j);
+json_t *rk_gen_body_openai(struct rk_srv *srv, struct rk_job *j);
 
 #endif
