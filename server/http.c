@@ -16,6 +16,7 @@
  *
  */
 #include "http_int.h"
+#include "json_read.h"
 
 /* Oversized bodies up to this size (by Content-Length) are read and dropped
  * before the 413 is sent; larger ones get the 413 at once and the connection
@@ -158,18 +159,18 @@ json_t *rk_http_body_json(struct rk_http_req *r)
 {
     json_error_t je;
     if (!r->body.len) {
-        rk_http_error(r, 400, "invalid_json", NULL, "request body must be a JSON object");
+        rk_field_fail(r, RK_FIELD_INVALID_JSON, NULL, "request body must be a JSON object");
         return NULL;
     }
     json_t *j = json_loadb(r->body.p, r->body.len, JSON_REJECT_DUPLICATES, &je);
     if (!j) {
-        rk_http_error(r, 400, "invalid_json", NULL, "invalid JSON: %s (line %d, column %d)",
+        rk_field_fail(r, RK_FIELD_INVALID_JSON, NULL, "invalid JSON: %s (line %d, column %d)",
                       je.text, je.line, je.column);
         return NULL;
     }
     if (!json_is_object(j)) {
         json_decref(j);
-        rk_http_error(r, 400, "invalid_json", NULL, "request body must be a JSON object");
+        rk_field_fail(r, RK_FIELD_INVALID_JSON, NULL, "request body must be a JSON object");
         return NULL;
     }
     return j;

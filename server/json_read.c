@@ -17,6 +17,7 @@ const char *rk_field_err_code(enum rk_field_err e)
     case RK_FIELD_INVALID_VALUE: return "invalid_value";
     case RK_FIELD_UNSUPPORTED: return "unsupported";
     case RK_FIELD_CONTEXT_LENGTH: return "context_length_exceeded";
+    case RK_FIELD_UNKNOWN: return "unknown_parameter";
     }
     return "invalid_value";
 }

@@ -32,6 +32,8 @@ enum rk_field_err {
                                 rwkvd does not have, with a value other than the default */
     RK_FIELD_CONTEXT_LENGTH, /* "context_length_exceeded": the prompt is longer than
                                 --max-prompt-tokens */
+    RK_FIELD_UNKNOWN,        /* "unknown_parameter": a field the route does not know, on
+                                routes that refuse unknown fields (the tuning routes) */
 };
 
 /* The code string of `e` ("invalid_type", ...). */
