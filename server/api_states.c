@@ -5,9 +5,13 @@
  * 404. PUT accepts a safetensors state file (adapters/FORMAT.md) or an
  * RWKV-PEFT .pth state checkpoint, which is converted.
  *
+ * Reads stay off the loop thread: a state that is not cached is loaded on
+ * the thread pool (rk_state_fetch), and GET /states/{id}/file reads its
+ * file there too (rk_http_offload).
  * TODO: PUT and DELETE write and fsync on the loop thread (a few ms for a
- * typical state); move them to a worker if uploads of very large states
- * under load show up in /health latency.
+ * typical state), and GET /states lists the directory there (reading each
+ * file's header); move them to the pool the same way if uploads of very
+ * large states or long listings under load show up in /health latency.
  */
 #include "srv.h"
 
@@ -87,28 +91,66 @@ static void h_get(struct rk_http_req *r)
     rk_state_ref_release(ref);
 }
 
+/* GET /states/{id}/file reads a whole file: always on the thread pool. */
+struct file_read {
+    struct rk_state_store *store;
+    char tenant[RK_STATE_ID_MAX + 1];
+    char id[RK_STATE_ID_MAX + 8]; /* r->params[0], checked by id_or_404 */
+    /* written by the worker; read after the offload's completion */
+    void *buf;
+    size_t len;
+    int rc;
+    struct rk_errbuf eb;
+};
+
+static void file_work(void *arg)
+{
+    struct file_read *f = arg;
+    f->rc = rk_store_read_file(f->store, f->tenant, f->id, &f->buf, &f->len, &f->eb);
+}
+
+static void file_free(void *arg)
+{
+    struct file_read *f = arg;
+    if (f) {
+        free(f->buf);
+        free(f);
+    }
+}
+
 static void h_file(struct rk_http_req *r)
 {
     if (!id_or_404(r))
         return;
-    void *buf = NULL;
-    size_t len = 0;
-    struct rk_errbuf eb = {0};
-    int rc = rk_store_read_file(r->srv->store, r->tenant, r->params[0], &buf, &len, &eb);
-    if (rc == RK_ENOTFOUND) {
+    struct file_read *f = r->user;
+    if (!f) { // first call: read it on the pool; the handler runs again then
+        if (!(f = calloc(1, sizeof *f))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return;
+        }
+        f->store = r->srv->store;
+        snprintf(f->tenant, sizeof f->tenant, "%s", r->tenant);
+        snprintf(f->id, sizeof f->id, "%s", r->params[0]);
+        r->user = f;
+        r->user_free = file_free;
+        rk_http_offload(r, file_work, f); // on failure a 503 is prepared
+        return;
+    }
+    if (f->rc == RK_ENOTFOUND) {
         rk_http_error(r, 404, "state_not_found", "id", "state '%s' does not exist", r->params[0]);
         return;
     }
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, "id", eb.msg);
+    if (f->rc != RK_OK) {
+        rk_http_error_rk(r, f->rc, "id", f->eb.msg);
         return;
     }
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(f->len, f->buf, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
-        free(buf);
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return;
     }
+    f->buf = NULL; // the response frees it
     char cd[128];
     snprintf(cd, sizeof cd, "attachment; filename=\"%s.safetensors\"", r->params[0]);
     MHD_add_response_header(resp, "Content-Type", "application/octet-stream");

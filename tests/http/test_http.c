@@ -1366,7 +1366,8 @@ END_TEST
  * (state_fetch.c), with the request suspended, not on the loop thread: after
  * a restart (empty cache) every route that names a state answers as before
  * the restart, the first lookup counts one miss and the next ones hits (the
- * LRU keeps what the worker loaded), and a missing state is still a 404. */
+ * LRU keeps what the worker loaded), and a missing state is still a 404.
+ * GET /states/{id}/file reads its file on the pool as well. */
 START_TEST(test_state_miss_off_loop)
 {
     struct server s = START("--max-tokens", "50");
@@ -1396,6 +1397,13 @@ START_TEST(test_state_miss_off_loop)
     // Missing states: a lookup on the pool that finds nothing.
     ck_assert_int_eq(get_status(s2.port, "/states/nope", NULL), 404);
     ck_assert_int_eq(get_status(s2.port, "/v1/models/rand-mh:nope", NULL), 404);
+    // The raw file, read on the pool every time.
+    struct resp f = get(s2.port, "/states/warm/file", NULL);
+    ck_assert_msg(f.status == 200 && f.body_len > 8 &&
+                      strstr(f.head, "application/octet-stream"),
+                  "%d %s", f.status, f.head);
+    resp_free(&f);
+    ck_assert_int_eq(get_status(s2.port, "/states/nope/file", NULL), 404);
     struct resp d = post(s2.port, "/generate", NULL, gen_body(2, "nope", false));
     ck_assert_msg(d.status == 404 && strstr(d.body, "state_not_found"), "%d %s", d.status, d.body);
     resp_free(&d);
