@@ -89,7 +89,8 @@ static bool parse_sampling(struct rk_http_req *r, json_t *o, struct rk_job *j)
     x = c->max_tokens_default;
     if (!rk_json_int(r, o, "max_tokens", 1, c->max_tokens_max, &x))
         return false;
-    if (j->api == RK_API_CHAT && !rk_json_int(r, o, "max_completion_tokens", 1, c->max_tokens_max, &x))
+    if (j->api == RK_API_CHAT &&
+        !rk_json_int(r, o, "max_completion_tokens", 1, c->max_tokens_max, &x))
         return false;
     j->max_tokens = (int)x;
     x = 1;
@@ -281,7 +282,8 @@ static bool parse_prompt(struct rk_http_req *r, json_t *o, struct rk_job *j)
                 return false;
             }
             if (json_integer_value(t) < 0 || (size_t)json_integer_value(t) >= V) {
-                rk_field_fail(r, RK_FIELD_OUT_OF_RANGE, "prompt", "prompt token %zu is %" JSON_INTEGER_FORMAT
+                rk_field_fail(r, RK_FIELD_OUT_OF_RANGE, "prompt",
+                              "prompt token %zu is %" JSON_INTEGER_FORMAT
                               "; token ids run from 0 to %zu", i, json_integer_value(t), V - 1);
                 return false;
             }
@@ -505,7 +507,8 @@ static void handle(struct rk_http_req *r, enum rk_api api)
     if (ok && api == RK_API_COMPLETION) {
         bool echo = false;
         long long best_of = 1;
-        ok = rk_json_bool(r, o, "echo", &echo) && rk_json_int(r, o, "best_of", 1, srv->cfg.n_max, &best_of);
+        ok = rk_json_bool(r, o, "echo", &echo) &&
+             rk_json_int(r, o, "best_of", 1, srv->cfg.n_max, &best_of);
         if (ok && (echo || best_of != 1)) {
             rk_field_fail(r, RK_FIELD_UNSUPPORTED, echo ? "echo" : "best_of",
                           "'%s' is not supported", echo ? "echo" : "best_of");

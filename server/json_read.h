@@ -63,8 +63,8 @@ bool rk_json_str(struct rk_http_req *r, json_t *o, const char *key, size_t len_m
 /* An object (invalid_type otherwise); *out is borrowed. */
 bool rk_json_obj(struct rk_http_req *r, json_t *o, const char *key, json_t **out);
 /* An array of at most n_max strings (out_of_range beyond), each a string
- * (invalid_type otherwise) of len_min to len_max bytes (invalid_value); with `one_ok` a lone string
- * counts as an array of one. The strings go to out[0 .. *n) (the caller's
+ * (invalid_type otherwise) of len_min to len_max bytes (invalid_value);
+ * with `one_ok` a lone string counts as an array of one. The strings go to out[0 .. *n) (the caller's
  * array of n_max entries); *n is 0 when the field is absent. */
 bool rk_json_str_array(struct rk_http_req *r, json_t *o, const char *key, bool one_ok,
                        size_t n_max, size_t len_min, size_t len_max, const char **out,

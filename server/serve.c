@@ -6,7 +6,7 @@
  * opens, the API keys load, the data dir lock (one server per data dir,
  * datadir_lock.c), the port binds. Then the slow part: the model and
  * tokenizer, the state store, the jobs journal, the routes; the configuration
- * is printed, and the loop (http.c) starts the engine and prints
+ * is printed, and the loop (loop.c) starts the engine and prints
  * "listening on http://HOST:PORT". Shutdown runs in reverse once the
  * loop returns after SIGTERM/SIGINT and the drain.
  */
