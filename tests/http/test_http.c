@@ -13,6 +13,7 @@
 #include "cmd.h"
 #include "http/state_fixture.h"
 #include "rk_adapters.h"
+#include "srv.h" /* rk_http_status_of */
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -1118,6 +1119,14 @@ START_TEST(test_limits_queue_deadline)
     pthread_join(t2, NULL);
     ck_assert_msg(g1.r.status == 504, "%d %s", g1.r.status, g1.r.body);
     ck_assert_msg(g2.r.status == 504, "%d %s", g2.r.status, g2.r.body);
+    ck_assert_msg(strstr(g1.r.body, "\"code\":\"deadline_exceeded\"") &&
+                      strstr(g2.r.body, "\"code\":\"deadline_exceeded\""),
+                  "%s %s", g1.r.body, g2.r.body);
+    // The deadline has its own error code, not RK_ERANGE's.
+    ck_assert_int_eq(rk_http_status_of(RK_ETIMEOUT), 504);
+    ck_assert_str_eq(rk_errname(RK_ETIMEOUT), "etimeout");
+    ck_assert_str_eq(rk_strerror(RK_ETIMEOUT), "deadline exceeded");
+    ck_assert_int_eq(rk_http_status_of(RK_ERANGE), 400);
     ck_assert(now_ms() - t0 < 10000);
     resp_free(&g1.r);
     resp_free(&g2.r);
