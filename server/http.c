@@ -13,7 +13,6 @@
  * Streaming responses read from job->out under job->mu; when it is empty
  * the content reader suspends the connection and returns 0, and the next
  * wake resumes it.
- *
  */
 #include "http_int.h"
 #include "json_read.h"
@@ -22,6 +21,7 @@
  * before the 413 is sent; larger ones get the 413 at once and the connection
  * is closed. */
 #define RK_HTTP_DRAIN_MAX ((size_t)16 << 20)
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
