@@ -116,6 +116,13 @@ size_t rk_utf8_sanitize(const uint8_t *s, size_t n, char *out, size_t cap)
         bool ok = l && i + l <= n;
         for (size_t k = 1; ok && k < l; k++)
             ok = (s[i + k] & 0xc0) == 0x80;
+        if (ok && l > 1) { // no overlong forms, surrogates or code points past U+10FFFF
+            static const uint32_t cp_min[5] = {0, 0, 0x80, 0x800, 0x10000};
+            uint32_t cp = c & (0x7fu >> l);
+            for (size_t k = 1; k < l; k++)
+                cp = cp << 6 | (s[i + k] & 0x3fu);
+            ok = cp >= cp_min[l] && cp <= 0x10ffff && (cp < 0xd800 || cp > 0xdfff);
+        }
         if (ok) {
             memcpy(out + o, s + i, l);
             o += l;
