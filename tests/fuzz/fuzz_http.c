@@ -44,6 +44,7 @@
 #define KEY "fuzz-key-0123"
 #define REPLY_TIMEOUT_S 30
 #define RAW_IDLE_MS 100
+#define RAW_WAIT_MS 50
 
 static const struct {
     const char *method, *path, *ctype;
@@ -129,7 +130,8 @@ static int64_t now_ms(void)
 }
 
 /* Read until the server closes, or (idle_ms > 0) until part of a reply has
- * come and then nothing for idle_ms; false on timeout. `first` receives the
+ * come and then nothing for idle_ms, or nothing at all for RAW_WAIT_MS;
+ * false on timeout. `first` receives the
  * start of the reply (NUL-terminated). */
 static bool read_reply(int s, int idle_ms, char *first, size_t cap)
 {
@@ -141,13 +143,13 @@ static bool read_reply(int s, int idle_ms, char *first, size_t cap)
         int64_t left = end - now_ms();
         if (left <= 0)
             return false;
-        if (have && idle_ms > 0 && left > idle_ms)
-            left = idle_ms;
+        if (idle_ms > 0 && left > (have ? idle_ms : RAW_WAIT_MS))
+            left = have ? idle_ms : RAW_WAIT_MS;
         struct pollfd p = {.fd = s, .events = POLLIN};
         int r = poll(&p, 1, (int)left);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r == 0 && have && idle_ms > 0)
+        if (r == 0 && idle_ms > 0)
             return true;
         if (r <= 0)
             return false;
@@ -167,9 +169,11 @@ static bool read_reply(int s, int idle_ms, char *first, size_t cap)
 
 /* One request on a fresh connection; false if no reply came in time. A raw
  * request is followed by a half-close, and its reply is taken as complete
- * after RAW_IDLE_MS of silence: libmicrohttpd keeps a keep-alive
- * connection open after the reply, half-closed or not, until the idle
- * timeout. */
+ * after RAW_IDLE_MS of silence (or RAW_WAIT_MS without any reply): after a
+ * half-close libmicrohttpd often keeps the connection, with or without a
+ * reply sent, until the idle timeout, and waiting for that would make
+ * every such input cost seconds. Leaving early is itself a case worth
+ * covering (the client goes away mid-request). */
 static bool exchange(const void *req, size_t len, bool raw, char *first, size_t cap)
 {
     int s = connect_server();
@@ -197,11 +201,13 @@ static void check_alive(void)
 }
 
 static char tmpdir[4096];
+static bool slow_report;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
+    slow_report = getenv("RWKVD_FUZZ_HTTP_SLOW") != NULL;
     const char *t = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s/rwkvd-fuzz-http-XXXXXX", t && *t ? t : "/tmp");
     if (!mkdtemp(tmpdir)) {
@@ -281,6 +287,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0)
         return 0;
+    int64_t t0 = now_ms();
     const uint8_t *rest = data + 1;
     size_t n = size - 1;
     char first[64];
@@ -312,6 +319,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ok = exchange(req, len, false, first, sizeof first);
         free(req);
     }
+    if (slow_report && now_ms() - t0 > 250) // RWKVD_FUZZ_HTTP_SLOW=1: where the time goes
+        fprintf(stderr, "fuzz-http: slow (%lld ms): first byte %u, reply \"%.40s\"\n",
+                (long long)(now_ms() - t0), data[0], first);
     if (!ok)
         check_alive(); // slow is allowed (a queue, a job stream); stuck is not
     return 0;
