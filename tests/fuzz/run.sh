@@ -44,7 +44,9 @@ done
 # shellcheck disable=SC2086
 ninja -C "$BUILD" ${RWKVD_FUZZ_JOBS:+-j "$RWKVD_FUZZ_JOBS"} $exes
 
-mkdir -p "$BUILD/artifacts" "$BUILD/tmp"
+mkdir -p "$BUILD/artifacts"
+tmp=$(mktemp -d "$BUILD/tmp.XXXXXX") # the http target's data directory
+trap 'rm -rf "$probe" "$tmp"' EXIT
 status=0
 for t in $TARGETS; do
     work="$BUILD/corpus/$t"
@@ -52,7 +54,7 @@ for t in $TARGETS; do
     log="$BUILD/fuzz-$t.log"
     # -error_exitcode=1: libFuzzer's default (77) would read as a skip.
     # shellcheck disable=SC2086
-    if TMPDIR="$BUILD/tmp" ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1} \
+    if TMPDIR="$tmp" ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1} \
         UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
         "$BUILD/tests/fuzz/fuzz-$t" -max_total_time="$SECS" -timeout=60 -rss_limit_mb=4096 \
         -error_exitcode=1 -timeout_exitcode=1 -print_final_stats=1 \
@@ -65,5 +67,4 @@ for t in $TARGETS; do
         grep -E 'ERROR|SUMMARY|Test unit written|abort|fuzz-' "$log" | head -20
     fi
 done
-rm -rf "$BUILD/tmp"
 exit $status
