@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the seed corpora of tests/fuzz/corpus/ and tests/fuzz/data/.
 
-usage: make_seeds.py RWKVD [SOURCE_ROOT]
+usage: make_seeds.py RWKVD [SOURCE_ROOT] [--text-only]
 
 Needs NumPy (tools/gen_model.py and tools/make_pth.py use it) and a built
 rwkvd (for a state file that carries the model's fingerprint). The seeds are
@@ -29,7 +29,7 @@ import tempfile
 
 import numpy as np
 
-ROOT = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(__file__), "..", "..")
+ROOT = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "--text-only" else os.path.join(os.path.dirname(__file__), "..", "..")
 FUZZ = os.path.join(ROOT, "tests", "fuzz")
 PY = sys.executable
 GEN = [PY, os.path.join(ROOT, "tools", "gen_model.py"), "--embd", "64", "--dw", "8", "--da", "8",
@@ -175,6 +175,16 @@ HTTP = {
                      '\r\n--XyZ\r\nContent-Disposition: form-data; name="file"; '
                      'filename="d.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n'
                      '{"text": "abc"}\n\r\n--XyZ--\r\n'),
+    "models.bin": (11, ""),
+    "state-get.bin": (7, "/fz?x=%41"),
+    "jobs-get.bin": (8, "?limit=2&after=tune-1"),
+    "files-get.bin": (9, "/file-0/content"),
+    "ft-events.bin": (10, "/ftjob-1/events?limit=1"),
+    "state-delete.bin": (12, "fz"),
+    "file-delete.bin": (13, "file-0"),
+    "job-cancel.bin": (14, "tune-1/cancel"),
+    "ft-cancel.bin": (15, "ftjob-1/cancel"),
+    "metrics.bin": (16, ""),
 }
 RAW = [
     b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -216,14 +226,18 @@ def text_seeds():
     for name, (route, body) in HTTP.items():
         with open(out("corpus", "http", name), "wb") as f:
             f.write(bytes([route]) + body.encode())
+    state = open(out("corpus", "state", "bare-bf16.safetensors"), "rb").read()
+    with open(out("corpus", "http", "state-put.bin"), "wb") as f:
+        f.write(bytes([6]) + state)
     for i, raw in enumerate(RAW):
         with open(out("corpus", "http", f"raw{i}.bin"), "wb") as f:
             f.write(b"\x80" + raw)
 
 
 def main():
-    server = models()
-    states(sys.argv[1], server)
+    if "--text-only" not in sys.argv:  # the hand-written seeds only
+        server = models()
+        states(sys.argv[1], server)
     text_seeds()
 
 
