@@ -46,9 +46,11 @@
 #define RAW_IDLE_MS 100
 #define RAW_WAIT_MS 50
 
-static const struct {
-    const char *method, *path, *ctype;
-} routes[] = {
+struct route {
+    const char *method, *path;
+    const char *ctype; /* the body's Content-Type; NULL: the input goes in the path */
+};
+static const struct route routes[] = {
     {"POST", "/generate", "application/json"},
     {"POST", "/v1/completions", "application/json"},
     {"POST", "/v1/chat/completions", "application/json"},
@@ -295,7 +297,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (data[0] >= 0x80) {
         ok = exchange(rest, n, true, first, sizeof first);
     } else {
-        const __typeof__(routes[0]) *rt = &routes[data[0] % N_ROUTES];
+        const struct route *rt = &routes[data[0] % N_ROUTES];
         bool body = rt->ctype != NULL;
         size_t cap = 512 + 3 * n;
         char *req = malloc(cap);
