@@ -168,9 +168,13 @@ HTTP = {
     "chat.bin": (2, '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, '
                     '"logprobs": true, "top_logprobs": 1, "stream": true, '
                     '"stream_options": {"include_usage": true}}'),
-    "tune.bin": (3, '{"state_id": "s1", "dataset": [{"text": "abc abc"}], "steps": 1}'),
-    "ft.bin": (4, '{"model": "server-bf16", "training_file": "file-x", '
-                  '"hyperparameters": {"n_epochs": 1}}'),
+    "tune.bin": (3, '{"dataset": [{"text": "abc abc"}, {"prompt": "a", "completion": "b"}], '
+                    '"output_state": "s1", "steps": 2, "lr": 0.01, "seed": 1, "val_split": 0.5}'),
+    "tune-hp.bin": (3, '{"training_file": "file-0", "method": "standard", "hyperparameters": '
+                       '{"epochs": 1, "batch": 1, "warmup": 1, "lr_final": 0.001}}'),
+    "ft.bin": (4, '{"model": "server-bf16", "training_file": "file-x", "suffix": "s", '
+                  '"seed": 3, "hyperparameters": {"n_epochs": 1, "batch_size": 1, '
+                  '"learning_rate_multiplier": 0.5}, "method": {"type": "supervised"}}'),
     "files.bin": (5, '--XyZ\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune'
                      '\r\n--XyZ\r\nContent-Disposition: form-data; name="file"; '
                      'filename="d.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n'

@@ -10,7 +10,8 @@
 #   RWKVD_FUZZ_JOBS    ninja -j (default: ninja's own)
 #   RWKVD_FUZZ_ARGS    extra libFuzzer arguments (e.g. -jobs=2 -workers=2)
 # New inputs go to BUILD/corpus/TARGET, crashes to BUILD/artifacts/; the
-# committed seeds in tests/fuzz/corpus/TARGET are only read.
+# committed seeds in tests/fuzz/corpus/TARGET are only read, with the
+# dictionary tests/fuzz/TARGET.dict where there is one.
 # Exit 77 (skip) only when clang or its libFuzzer runtime is missing.
 set -eu
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,13 +53,15 @@ for t in $TARGETS; do
     work="$BUILD/corpus/$t"
     mkdir -p "$work"
     log="$BUILD/fuzz-$t.log"
+    dict=""
+    [ -f "$SRC/tests/fuzz/$t.dict" ] && dict="-dict=$SRC/tests/fuzz/$t.dict"
     # -error_exitcode=1: libFuzzer's default (77) would read as a skip.
     # shellcheck disable=SC2086
     if TMPDIR="$tmp" ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1} \
         UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
         "$BUILD/tests/fuzz/fuzz-$t" -max_total_time="$SECS" -timeout=60 -rss_limit_mb=4096 \
         -error_exitcode=1 -timeout_exitcode=1 -print_final_stats=1 \
-        -artifact_prefix="$BUILD/artifacts/$t-" ${RWKVD_FUZZ_ARGS:-} \
+        -artifact_prefix="$BUILD/artifacts/$t-" ${RWKVD_FUZZ_ARGS:-} $dict \
         "$work" "$SRC/tests/fuzz/corpus/$t" >"$log" 2>&1; then
         echo "fuzz-$t: ok ($SECS s) $(grep -E '^#[0-9]+' "$log" | tail -1)"
     else
