@@ -18,13 +18,15 @@
 # --- build + test ------------------------------------------------------------
 FROM debian:12 AS build
 
-# The package list of scripts/deps.sh.
+# The package list of scripts/deps.sh (clang and libclang-rt-14-dev are for
+# the fuzz suite, which this stage does not run; the list stays identical so
+# that test-deploy can check it).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential meson ninja-build pkg-config python3 \
         libopenblas-dev libmicrohttpd-dev libjansson-dev libuv1-dev check \
-        curl ca-certificates \
+        curl ca-certificates clang libclang-rt-14-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

@@ -2,8 +2,9 @@
 # Installs the Debian 12 packages rwkvd needs to build and test, if any is
 # missing. Uses sudo when not run as root.
 set -eu
+# clang and libclang-rt-14-dev: the libFuzzer targets (tests/fuzz, suite fuzz).
 PKGS="build-essential meson ninja-build pkg-config python3 libopenblas-dev libmicrohttpd-dev
-libjansson-dev libuv1-dev check curl ca-certificates"
+libjansson-dev libuv1-dev check curl ca-certificates clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -29,6 +29,8 @@ struct ex {
 static int ex_add(struct ex *e, const struct rk_tokenizer *tok, const char *s, size_t len,
                   uint8_t m, size_t line, struct rk_errbuf *eb)
 {
+    if (len == 0) // nothing to add; e->tok may still be NULL (NULL + 0 is undefined)
+        return RK_OK;
     /* never more ids than bytes */
     if (e->n + len > e->cap) {
         size_t cap = e->n + len + 64;
