@@ -38,23 +38,6 @@ static struct rk_jobs *jobs_of(struct rk_http_req *r)
 
 /* --- request parsing ---------------------------------------------------------- */
 
-static bool get_int(struct rk_http_req *r, json_t *o, const char *key, long long lo, long long hi,
-                    long long *out)
-{
-    json_t *x = json_object_get(o, key);
-    if (!x || json_is_null(x))
-        return true;
-    double d = json_is_integer(x) ? (double)json_integer_value(x)
-               : json_is_real(x)  ? json_real_value(x) : NAN;
-    if (!json_is_number(x) || d != floor(d) || d < (double)lo || d > (double)hi) {
-        rk_http_error(r, 400, "invalid_value", key, "\"%s\" must be an integer in [%lld, %lld]",
-                      key, lo, hi);
-        return false;
-    }
-    *out = json_is_integer(x) ? json_integer_value(x) : (long long)d;
-    return true;
-}
-
 static bool get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, double hi,
                     bool lo_open, double *out)
 {
@@ -68,19 +51,6 @@ static bool get_num(struct rk_http_req *r, json_t *o, const char *key, double lo
         return false;
     }
     *out = d;
-    return true;
-}
-
-static bool get_bool(struct rk_http_req *r, json_t *o, const char *key, bool *out)
-{
-    json_t *x = json_object_get(o, key);
-    if (!x || json_is_null(x))
-        return true;
-    if (!json_is_boolean(x)) {
-        rk_http_error(r, 400, "invalid_value", key, "\"%s\" must be true or false", key);
-        return false;
-    }
-    *out = json_is_true(x);
     return true;
 }
 
@@ -113,10 +83,45 @@ static bool only_keys(struct rk_http_req *r, json_t *o, const char *const *allow
     return true;
 }
 
-/* The hyperparameter names of POST /tune (top level or in "hyperparameters"). */
-static const char *const HP_KEYS[] = {"steps", "epochs", "lr", "lr_final", "warmup", "batch",
-                                      "seed", "val_split", "eval_every", "patience", "tune_shift",
-                                      "checkpoint_every", "init_state", NULL};
+/* only_keys, where a key is also allowed when `also(key)` is true. */
+static bool only_keys_or(struct rk_http_req *r, json_t *o, const char *const *allowed,
+                         bool (*also)(const char *key), const char *where)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        bool ok = also(k);
+        for (int i = 0; allowed[i]; i++)
+            ok |= !strcmp(k, allowed[i]);
+        if (!ok) {
+            rk_http_error(r, 400, "unknown_parameter", k, "unknown field \"%s\" in %s", k, where);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* True when `key` is a hyperparameter of POST /tune (an RK_HP_JOB entry of
+ * rk_hparams(); top level or in "hyperparameters"). */
+static bool is_job_hparam(const char *key)
+{
+    const struct rk_hparam *h = rk_hparam_find(key);
+    return h && (h->where & RK_HP_JOB);
+}
+
+/* The method called `name`, or a 400 that lists the known ones. */
+static const struct rk_tune_method *method_or_400(struct rk_http_req *r, const char *name,
+                                                  const char *param)
+{
+    const struct rk_tune_method *m = rk_tune_method_find(name);
+    if (!m) {
+        char names[256];
+        rk_tune_method_names(names, sizeof names);
+        rk_http_error(r, 400, "invalid_value", param, "unknown method '%s' (known: %s)", name,
+                      names);
+    }
+    return m;
+}
 
 /* Sequences that train, for an epoch count (mirrors rk_dataset_split). */
 static size_t n_train_of(size_t n, double val_split)
@@ -317,110 +322,129 @@ static bool parse_dataset(struct rk_http_req *r, struct rk_jobs *js, json_t *bod
     return validate_jsonl(r, js, fid ? "training_file" : "dataset", di->jsonl, di->len, di);
 }
 
+/* The server limit that lowers an entry's upper bound (0: none). */
+static double cap_of(const struct rk_hparam *h, const struct rk_jobs_limits *lim)
+{
+    return h->cap == RK_HP_CAP_STEPS   ? (double)lim->steps_max
+           : h->cap == RK_HP_CAP_BATCH ? (double)lim->batch_max
+                                       : 0;
+}
+
+/* One field entry of the table from `o` into hp->tune (absent or null:
+ * keep). Integers may be written as reals with an integral value. */
+static bool get_hparam(struct rk_http_req *r, json_t *o, const struct rk_hparam *h,
+                       const struct rk_jobs_limits *lim, struct rk_tjob_hparams *hp)
+{
+    json_t *x = json_object_get(o, h->name);
+    if (!x || json_is_null(x))
+        return true;
+    double v = NAN;
+    if (h->type == RK_HP_BOOL) {
+        if (!json_is_boolean(x)) {
+            rk_http_error(r, 400, "invalid_value", h->name, "\"%s\" must be true or false",
+                          h->name);
+            return false;
+        }
+        v = json_is_true(x);
+    } else if (h->type == RK_HP_ENUM) {
+        for (int k = 0; json_is_string(x) && h->choices[k]; k++)
+            if (!strcmp(json_string_value(x), h->choices[k]))
+                v = k;
+    } else if (json_is_number(x)) {
+        v = json_number_value(x);
+    }
+    double cap = cap_of(h, lim);
+    if (rk_hparam_check(h, v, cap) != RK_OK) {
+        char range[96];
+        rk_hparam_range_str(h, cap, range, sizeof range);
+        rk_http_error(r, 400, "invalid_value", h->name, "\"%s\" must be %s in %s", h->name,
+                      h->type == RK_HP_INT ? "an integer" : h->type == RK_HP_NUM ? "a number"
+                                                                                 : "one",
+                      range);
+        return false;
+    }
+    rk_hparam_set(h, &hp->tune, v);
+    return true;
+}
+
 /* Hyperparameters from `o` (already checked for unknown keys); `hp` holds the
- * defaults on entry. */
+ * defaults on entry. The field entries of the table first, then the ones the
+ * server resolves: giving lr alone sets lr_final = lr / 100; epochs become
+ * steps; init_state must name a stored state. */
 static bool parse_hparams(struct rk_http_req *r, struct rk_jobs *js, json_t *o,
                           const struct dataset_info *di, struct rk_tjob_hparams *hp,
                           bool *steps_given)
 {
     const struct rk_jobs_limits *lim = rk_jobs_limits(js);
-    long long v;
-    v = -1;
-    if (!get_int(r, o, "steps", 1, lim->steps_max, &v))
-        return false;
-    *steps_given = v > 0;
-    if (v > 0)
-        hp->steps = (long)v;
-    double epochs = 0;
-    if (!get_num(r, o, "epochs", 0, 1e6, true, &epochs))
-        return false;
-    if (epochs > 0 && *steps_given) {
-        rk_http_error(r, 400, "invalid_request", "epochs", "give \"steps\" or \"epochs\", not both");
-        return false;
-    }
-    v = hp->batch;
-    if (!get_int(r, o, "batch", 1, lim->batch_max, &v))
-        return false;
-    hp->batch = (int)v;
+    size_t n;
+    const struct rk_hparam *t = rk_hparams(&n);
+    *steps_given = json_object_get(o, "steps") && !json_is_null(json_object_get(o, "steps"));
     bool lr_given = json_object_get(o, "lr") != NULL;
-    if (!get_num(r, o, "lr", 0, 1e3, true, &hp->lr))
-        return false;
-    if (lr_given)
-        hp->lr_final = hp->lr * 0.01;
-    if (!get_num(r, o, "lr_final", 0, 1e3, false, &hp->lr_final))
-        return false;
-    v = hp->seed;
-    if (!get_int(r, o, "seed", 0, (1ll << 53), &v))
-        return false;
-    hp->seed = (uint64_t)v;
-    if (!get_num(r, o, "val_split", 0, 0.9, false, &hp->val_split))
-        return false;
-    v = hp->patience;
-    if (!get_int(r, o, "patience", 0, 1000000, &v))
-        return false;
-    hp->patience = (int)v;
-    if (!get_bool(r, o, "tune_shift", &hp->tune_shift))
-        return false;
-    const char *init = NULL;
-    if (!get_str(r, o, "init_state", &init))
-        return false;
-    if (init && *init) {
-        struct rk_state_ref *ref = NULL;
-        if (!rk_state_id_valid(init) ||
-            rk_store_get(r->srv->store, r->tenant, init, &ref, NULL) != RK_OK) {
-            rk_http_error(r, 404, "state_not_found", "init_state", "state '%s' does not exist",
-                          init);
+    bool lr_final_given = json_object_get(o, "lr_final") != NULL;
+    double epochs = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct rk_hparam *h = &t[i];
+        if (!(h->where & RK_HP_JOB))
+            continue;
+        if (!strcmp(h->name, "epochs")) {
+            json_t *x = json_object_get(o, "epochs");
+            if (x && !json_is_null(x)) {
+                epochs = json_is_number(x) ? json_number_value(x) : NAN;
+                if (rk_hparam_check(h, epochs, 0) != RK_OK) {
+                    rk_http_error(r, 400, "invalid_value", "epochs",
+                                  "\"epochs\" must be a number in (0, 1e+06]");
+                    return false;
+                }
+            }
+            if (epochs > 0 && *steps_given) {
+                rk_http_error(r, 400, "invalid_request", "epochs",
+                              "give \"steps\" or \"epochs\", not both");
+                return false;
+            }
+        } else if (!strcmp(h->name, "init_state")) {
+            json_t *x = json_object_get(o, "init_state");
+            if (x && !json_is_null(x) && !json_is_string(x)) {
+                rk_http_error(r, 400, "invalid_value", "init_state",
+                              "\"init_state\" must be a string");
+                return false;
+            }
+            const char *init = json_string_value(x);
+            if (init && *init) {
+                struct rk_state_ref *ref = NULL;
+                if (!rk_state_id_valid(init) ||
+                    rk_store_get(r->srv->store, r->tenant, init, &ref, NULL) != RK_OK) {
+                    rk_http_error(r, 404, "state_not_found", "init_state",
+                                  "state '%s' does not exist", init);
+                    return false;
+                }
+                rk_state_ref_release(ref);
+                snprintf(hp->init_state, sizeof hp->init_state, "%s", init);
+            }
+        } else if (!get_hparam(r, o, h, lim, hp)) {
             return false;
         }
-        rk_state_ref_release(ref);
-        snprintf(hp->init_state, sizeof hp->init_state, "%s", init);
     }
+    if (lr_given && !lr_final_given)
+        hp->tune.lr_final = hp->tune.lr * 0.01;
     if (epochs > 0) {
-        double s = ceil(epochs * (double)n_train_of(di->n_examples, hp->val_split) /
-                        (double)hp->batch);
+        double s = ceil(epochs * (double)n_train_of(di->n_examples, hp->tune.val_split) /
+                        (double)hp->tune.batch);
         if (s > (double)lim->steps_max) {
             rk_http_error(r, 400, "too_many_steps", "epochs",
                           "%g epochs of %zu examples in batches of %d is %.0f steps; the limit "
                           "is %ld",
-                          epochs, di->n_examples, hp->batch, s, lim->steps_max);
+                          epochs, di->n_examples, hp->tune.batch, s, lim->steps_max);
             return false;
         }
-        hp->steps = s < 1 ? 1 : (long)s;
+        hp->tune.steps = s < 1 ? 1 : (long)s;
         hp->epochs = epochs;
     }
-    v = hp->warmup;
-    if (!get_int(r, o, "warmup", 0, lim->steps_max, &v))
-        return false;
-    hp->warmup = (long)v;
-    v = hp->eval_every;
-    if (!get_int(r, o, "eval_every", 0, lim->steps_max, &v))
-        return false;
-    hp->eval_every = (long)v;
-    v = hp->checkpoint_every;
-    if (!get_int(r, o, "checkpoint_every", 0, lim->steps_max, &v))
-        return false;
-    hp->checkpoint_every = (long)v;
     return true;
 }
 
 static void hparams_default(struct rk_jobs *js, struct rk_tjob_hparams *hp)
 {
-    struct rk_tune_params tp;
-    rk_tune_params_default(&tp);
-    memset(hp, 0, sizeof *hp);
-    hp->steps = tp.steps;
-    hp->epochs = NAN;
-    hp->lr = tp.lr;
-    hp->lr_final = tp.lr_final;
-    hp->warmup = tp.warmup;
-    hp->batch = tp.batch;
-    hp->seed = tp.seed;
-    hp->val_split = tp.val_split;
-    hp->eval_every = tp.eval_every;
-    hp->patience = tp.patience;
-    hp->tune_shift = tp.tune_shift;
-    hp->checkpoint_every = rk_jobs_limits(js)->checkpoint_every;
-    hp->lr_multiplier = 1;
+    rk_tjob_hparams_default(hp, rk_jobs_limits(js)->checkpoint_every);
 }
 
 /* --- responses ------------------------------------------------------------------ */
@@ -440,15 +464,9 @@ static double eta_of(const struct rk_tjob_view *v)
 
 static json_t *hparams_json(const struct rk_tjob_hparams *h)
 {
-    json_t *o = json_pack("{s:I,s:o,s:f,s:f,s:I,s:i,s:I,s:f,s:I,s:i,s:b,s:I}", "steps",
-                          (json_int_t)h->steps, "epochs", num(h->epochs), "lr", h->lr, "lr_final",
-                          h->lr_final, "warmup", (json_int_t)h->warmup, "batch", h->batch, "seed",
-                          (json_int_t)h->seed, "val_split", h->val_split, "eval_every",
-                          (json_int_t)h->eval_every, "patience", h->patience, "tune_shift",
-                          h->tune_shift, "checkpoint_every", (json_int_t)h->checkpoint_every);
+    json_t *o = rk_tjob_hparams_json(h, false);
     if (o)
-        json_object_set_new(o, "init_state",
-                            h->init_state[0] ? json_string(h->init_state) : json_null());
+        json_object_del(o, "method"); /* a field of the job itself */
     return o;
 }
 
@@ -457,7 +475,7 @@ static json_t *job_native(struct rk_srv *srv, const struct rk_tjob_view *v)
     char model[200];
     snprintf(model, sizeof model, "%s:%s", srv->model_name, v->output_state);
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:I}", "id", v->id, "object", "tune.job",
-                          "status", rk_tjob_status_name(v->status), "method", "standard",
+                          "status", rk_tjob_status_name(v->status), "method", v->hp.method,
                           "output_state", v->output_state, "model", model, "created_at",
                           s_or_null(v->created_ms), "created_ms", (json_int_t)v->created_ms);
     if (!o)
@@ -517,7 +535,7 @@ static json_t *job_openai(struct rk_srv *srv, const struct rk_tjob_view *v)
     snprintf(org, sizeof org, "org-%s", v->tenant);
     json_t *hp = json_pack("{s:o,s:i,s:f}", "n_epochs",
                            isfinite(v->hp.epochs) ? json_real(v->hp.epochs) : json_string("auto"),
-                           "batch_size", v->hp.batch, "learning_rate_multiplier",
+                           "batch_size", v->hp.tune.batch, "learning_rate_multiplier",
                            v->hp.lr_multiplier);
     if (isfinite(v->hp.epochs) && v->hp.epochs == floor(v->hp.epochs))
         json_object_set_new(hp, "n_epochs", json_integer((json_int_t)v->hp.epochs));
@@ -536,16 +554,18 @@ static json_t *job_openai(struct rk_srv *srv, const struct rk_tjob_view *v)
         v->status == RK_TJOB_FAILED
             ? json_pack("{s:s,s:s,s:n}", "code", v->err_code, "message", v->err_msg, "param")
             : json_null(),
-        "seed", (json_int_t)v->hp.seed, "estimated_finish",
+        "seed", (json_int_t)v->hp.tune.seed, "estimated_finish",
         isfinite(eta) ? json_integer((json_int_t)(wall_s_now() + (int64_t)eta)) : json_null(),
         "integrations", "metadata");
     if (!o)
         return NULL;
     json_object_set_new(o, "user_provided_suffix",
                         v->suffix[0] ? json_string(v->suffix) : json_null());
+    // "supervised" is OpenAI's name for standard state tuning.
+    const char *type = strcmp(v->hp.method, "standard") ? v->hp.method : "supervised";
     json_object_set_new(o, "method",
-                        json_pack("{s:s,s:{s:O}}", "type", "supervised", "supervised",
-                                  "hyperparameters", json_object_get(o, "hyperparameters")));
+                        json_pack("{s:s,s:{s:O}}", "type", type, type, "hyperparameters",
+                                  json_object_get(o, "hyperparameters")));
     // Native progress, for clients that want it.
     json_object_set_new(o, "step", json_integer(v->step));
     json_object_set_new(o, "steps", json_integer(v->steps));
@@ -563,11 +583,8 @@ static void h_tune(struct rk_http_req *r)
         return;
     struct dataset_info di = {0};
     static const char *const top[] = {"dataset", "training_file", "method", "output_state",
-                                      "hyperparameters", "steps", "epochs", "lr", "lr_final",
-                                      "warmup", "batch", "seed", "val_split", "eval_every",
-                                      "patience", "tune_shift", "checkpoint_every", "init_state",
-                                      NULL};
-    if (!only_keys(r, body, top, "the request"))
+                                      "hyperparameters", NULL};
+    if (!only_keys_or(r, body, top, is_job_hparam, "the request"))
         goto out;
     // Hyperparameters may come at the top level or in "hyperparameters".
     json_t *hpo = json_object_get(body, "hyperparameters");
@@ -578,31 +595,35 @@ static void h_tune(struct rk_http_req *r)
                       "\"hyperparameters\" must be an object");
         goto out;
     }
-    if (hpo && !only_keys(r, hpo, HP_KEYS, "\"hyperparameters\"")) {
+    static const char *const none[] = {NULL};
+    if (hpo && !only_keys_or(r, hpo, none, is_job_hparam, "\"hyperparameters\"")) {
         json_decref(merged);
         goto out;
     }
-    for (int i = 0; HP_KEYS[i]; i++) {
-        json_t *a = json_object_get(body, HP_KEYS[i]), *b = hpo ? json_object_get(hpo, HP_KEYS[i]) : NULL;
+    size_t n_hp;
+    const struct rk_hparam *tab = rk_hparams(&n_hp);
+    for (size_t i = 0; i < n_hp; i++) {
+        const char *key = tab[i].name;
+        if (!(tab[i].where & RK_HP_JOB))
+            continue;
+        json_t *a = json_object_get(body, key), *b = hpo ? json_object_get(hpo, key) : NULL;
         if (a && b) {
             json_decref(merged);
-            rk_http_error(r, 400, "invalid_request", HP_KEYS[i],
-                          "\"%s\" is given twice (top level and \"hyperparameters\")", HP_KEYS[i]);
+            rk_http_error(r, 400, "invalid_request", key,
+                          "\"%s\" is given twice (top level and \"hyperparameters\")", key);
             goto out;
         }
         if (a || b)
-            json_object_set(merged, HP_KEYS[i], a ? a : b);
+            json_object_set(merged, key, a ? a : b);
     }
     const char *method = "standard", *out_state = NULL;
     if (!get_str(r, body, "method", &method) || !get_str(r, body, "output_state", &out_state)) {
         json_decref(merged);
         goto out;
     }
-    enum rk_tune_method tm;
-    if (rk_tune_method_parse(method, &tm) != RK_OK) {
+    const struct rk_tune_method *tm = method_or_400(r, method, "method");
+    if (!tm) {
         json_decref(merged);
-        rk_http_error(r, 400, "invalid_value", "method",
-                      "unknown method '%s' (available: standard)", method);
         goto out;
     }
     if (!out_state || !rk_state_id_valid(out_state)) {
@@ -618,6 +639,7 @@ static void h_tune(struct rk_http_req *r)
     struct rk_tjob_hparams hp;
     hparams_default(js, &hp);
     bool steps_given;
+    snprintf(hp.method, sizeof hp.method, "%s", tm->name);
     bool ok = parse_hparams(r, js, merged, &di, &hp, &steps_given);
     json_decref(merged);
     if (!ok)
@@ -1153,15 +1175,26 @@ static void h_ft_create(struct rk_http_req *r)
     // Hyperparameters: top level (deprecated in OpenAI's API) or under
     // method.supervised.hyperparameters.
     json_t *hpo = json_object_get(body, "hyperparameters");
+    // method.type: "supervised" (OpenAI's name for "standard") or a method of
+    // the tuning-method table; its hyperparameters are under method.<type>.
+    const struct rk_tune_method *tm = rk_tune_method_default();
     json_t *meth = json_object_get(body, "method");
     if (meth && !json_is_null(meth)) {
         const char *type = json_string_value(json_object_get(meth, "type"));
-        if (!json_is_object(meth) || (type && strcmp(type, "supervised"))) {
-            rk_http_error(r, 400, "unsupported", "method",
-                          "only method type \"supervised\" is supported (it runs state tuning)");
+        if (!json_is_object(meth)) {
+            rk_http_error(r, 400, "invalid_value", "method", "\"method\" must be an object");
             goto out;
         }
-        json_t *sup = json_object_get(meth, "supervised");
+        if (type && strcmp(type, "supervised") && !(tm = rk_tune_method_find(type))) {
+            char names[256];
+            rk_tune_method_names(names, sizeof names);
+            rk_http_error(r, 400, "unsupported", "method",
+                          "unknown method type '%s' (known: supervised, which runs standard "
+                          "state tuning; %s)",
+                          type, names);
+            goto out;
+        }
+        json_t *sup = json_object_get(meth, type ? type : "supervised");
         json_t *h2 = json_is_object(sup) ? json_object_get(sup, "hyperparameters") : NULL;
         if (h2 && hpo) {
             rk_http_error(r, 400, "invalid_request", "hyperparameters",
@@ -1202,7 +1235,7 @@ static void h_ft_create(struct rk_http_req *r)
             json_decref(native);
             goto out;
         }
-        json_object_set_new(native, "lr", json_real(hp.lr * mult));
+        json_object_set_new(native, "lr", json_real(hp.tune.lr * mult));
     }
     json_t *seed = json_object_get(body, "seed");
     if (seed && !json_is_null(seed))
@@ -1210,6 +1243,7 @@ static void h_ft_create(struct rk_http_req *r)
     if (init[0])
         json_object_set_new(native, "init_state", json_string(init));
     bool steps_given;
+    snprintf(hp.method, sizeof hp.method, "%s", tm->name);
     bool ok = parse_hparams(r, js, native, &di, &hp, &steps_given);
     json_decref(native);
     if (!ok)

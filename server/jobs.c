@@ -437,14 +437,7 @@ static void str_of(json_t *o, const char *k, char *out, size_t cap)
 
 static json_t *record_json(const struct rk_tjob_view *v)
 {
-    const struct rk_tjob_hparams *h = &v->hp;
-    json_t *hp = json_pack(
-        "{s:I,s:o,s:f,s:f,s:I,s:i,s:I,s:f,s:I,s:i,s:b,s:I,s:f,s:s}", "steps", (json_int_t)h->steps,
-        "epochs", num_or_null(h->epochs), "lr", h->lr, "lr_final", h->lr_final, "warmup",
-        (json_int_t)h->warmup, "batch", h->batch, "seed", (json_int_t)h->seed, "val_split",
-        h->val_split, "eval_every", (json_int_t)h->eval_every, "patience", h->patience,
-        "tune_shift", h->tune_shift, "checkpoint_every", (json_int_t)h->checkpoint_every,
-        "lr_multiplier", h->lr_multiplier, "init_state", h->init_state);
+    json_t *hp = rk_tjob_hparams_json(&v->hp, true);
     json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s,s:s,s:b,s:s,s:I,s:I,s:I,s:o}", "format", 1, "id",
                           v->id, "tenant", v->tenant, "output_state", v->output_state,
                           "training_file", v->training_file, "suffix", v->suffix, "openai",
@@ -492,20 +485,8 @@ static bool record_parse(json_t *o, struct rk_tjob_view *v)
     if (!json_is_object(hp))
         return false;
     struct rk_tjob_hparams *h = &v->hp;
-    h->steps = (long)int_of(hp, "steps");
-    h->epochs = num_of(hp, "epochs");
-    h->lr = num_of(hp, "lr");
-    h->lr_final = num_of(hp, "lr_final");
-    h->warmup = (long)int_of(hp, "warmup");
-    h->batch = (int)int_of(hp, "batch");
-    h->seed = (uint64_t)int_of(hp, "seed");
-    h->val_split = num_of(hp, "val_split");
-    h->eval_every = (long)int_of(hp, "eval_every");
-    h->patience = (int)int_of(hp, "patience");
-    h->tune_shift = json_is_true(json_object_get(hp, "tune_shift"));
-    h->checkpoint_every = (long)int_of(hp, "checkpoint_every");
-    h->lr_multiplier = num_of(hp, "lr_multiplier");
-    str_of(hp, "init_state", h->init_state, sizeof h->init_state);
+    rk_tjob_hparams_default(h, 0);
+    rk_tjob_hparams_from_json(hp, h);
     v->n_examples = (size_t)int_of(o, "n_examples");
     v->n_tokens = (size_t)int_of(o, "n_tokens");
     v->n_targets = (size_t)int_of(o, "n_targets");
@@ -524,8 +505,8 @@ static bool record_parse(json_t *o, struct rk_tjob_view *v)
     str_of(o, "error_code", v->err_code, sizeof v->err_code);
     str_of(o, "error", v->err_msg, sizeof v->err_msg);
     v->queue_pos = -1;
-    return id_ok(v->id, "ftjob-") && rk_state_id_valid(v->tenant) && h->steps >= 1 &&
-           h->batch >= 1;
+    return id_ok(v->id, "ftjob-") && rk_state_id_valid(v->tenant) && h->tune.steps >= 1 &&
+           h->tune.batch >= 1;
 }
 
 /* Write the job's record atomically (any thread; takes jmu, then mu). */
@@ -570,73 +551,6 @@ static void drop_events_after(struct rk_tjob *j, long k)
             j->ev[w++] = j->ev[i];
     }
     j->n_ev = w;
-}
-
-/* --- checkpoints ------------------------------------------------------------ */
-
-/* "RKTCKPT1", u64 step, u64 len, f64 best_val, i64 bad_evals, f32 state, m, v,
- * best [len] each: the `rwkvd tune --checkpoint` format. */
-static int ckpt_write(const char *path, const struct rk_tune_checkpoint *ck, struct rk_errbuf *eb)
-{
-    size_t n = ck->len, len = 40 + 4 * sizeof(float) * n;
-    unsigned char *buf = malloc(len), *p = buf;
-    if (!buf)
-        return RK_ENOMEM;
-    uint64_t step = (uint64_t)ck->step, un = n;
-    int64_t bad = ck->bad_evals;
-    memcpy(p, "RKTCKPT1", 8), p += 8;
-    memcpy(p, &step, 8), p += 8;
-    memcpy(p, &un, 8), p += 8;
-    memcpy(p, &ck->best_val, 8), p += 8;
-    memcpy(p, &bad, 8), p += 8;
-    const float *parts[4] = {ck->state, ck->m, ck->v, ck->best};
-    for (int i = 0; i < 4; i++)
-        memcpy(p, parts[i], sizeof(float) * n), p += sizeof(float) * n;
-    int rc = rk_file_write_atomic(path, buf, len, eb);
-    free(buf);
-    return rc;
-}
-
-/* RK_ENOTFOUND when absent, RK_EFORMAT when unreadable. *mem holds the
- * arrays the checkpoint points into. */
-static int ckpt_read(const char *path, size_t slen, struct rk_tune_checkpoint *ck, float **mem)
-{
-    void *buf = NULL;
-    size_t len = 0;
-    struct rk_errbuf eb = {0};
-    int rc = rk_file_read_all(path, 40 + 4 * sizeof(float) * slen, &buf, &len, &eb);
-    if (rc == RK_ENOTFOUND)
-        return rc;
-    if (rc != RK_OK)
-        return rc == RK_ENOMEM ? rc : RK_EFORMAT;
-    const unsigned char *p = buf;
-    uint64_t step, n;
-    int64_t bad;
-    rc = RK_EFORMAT;
-    if (len < 40 || memcmp(p, "RKTCKPT1", 8) != 0)
-        goto out;
-    memcpy(&step, p + 8, 8);
-    memcpy(&n, p + 16, 8);
-    memcpy(&ck->best_val, p + 24, 8);
-    memcpy(&bad, p + 32, 8);
-    if (n != slen || len != 40 + 4 * sizeof(float) * n || step > (uint64_t)1 << 40)
-        goto out;
-    if (!(*mem = malloc(4 * sizeof(float) * n))) {
-        rc = RK_ENOMEM;
-        goto out;
-    }
-    memcpy(*mem, p + 40, 4 * sizeof(float) * n);
-    ck->step = (long)step;
-    ck->len = n;
-    ck->bad_evals = (int)bad;
-    ck->state = *mem;
-    ck->m = *mem + n;
-    ck->v = *mem + 2 * n;
-    ck->best = *mem + 3 * n;
-    rc = RK_OK;
-out:
-    free(buf);
-    return rc;
 }
 
 /* --- the worker ---------------------------------------------------------------- */
@@ -739,7 +653,7 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
 static int on_checkpoint(const struct rk_tune_checkpoint *ck, void *user)
 {
     struct run *r = user;
-    int rc = ckpt_write(r->ckpt_path, ck, &r->ckpt_eb);
+    int rc = rk_tune_ckpt_save(r->ckpt_path, ck, &r->ckpt_eb);
     if (rc != RK_OK) {
         r->ckpt_rc = rc;
         return rc;
@@ -850,7 +764,14 @@ static void run_job(struct rk_jobs *js, struct rk_tjob *j)
         memcpy(init, rk_state_ref_data(ref), slen * sizeof(float));
         rk_state_ref_release(ref);
     }
-    rc = ckpt_read(r.ckpt_path, slen, &ck, &ckmem);
+    const struct rk_tune_method *meth = rk_tune_method_find(hp.method);
+    if (!meth) {
+        fail(js, j, "unknown_method", "the method '%s' is not known to this server", hp.method);
+        goto out;
+    }
+    hp.tune.method = meth;
+    size_t plen = rk_tune_params_len(m, &hp.tune);
+    rc = rk_tune_ckpt_load(r.ckpt_path, plen, &ck, &ckmem, NULL);
     if (rc != RK_OK && rc != RK_ENOTFOUND) {
         fail(js, j, "checkpoint_unreadable", "the checkpoint %s.ckpt is unreadable (%s)", r.id,
              rk_strerror(rc));
@@ -862,25 +783,15 @@ static void run_job(struct rk_jobs *js, struct rk_tjob *j)
              steps);
         goto out;
     }
-    if (!(out = malloc(slen * sizeof(float)))) {
+    if (!(out = malloc(plen * sizeof(float)))) {
         fail(js, j, "enomem", "out of memory");
         goto out;
     }
 
-    struct rk_tune_params tp;
-    rk_tune_params_default(&tp);
+    struct rk_tune_params tp = hp.tune;
+    tp.method = meth;
     tp.steps = steps;
-    tp.batch = hp.batch;
-    tp.lr = hp.lr;
-    tp.lr_final = hp.lr_final;
-    tp.warmup = hp.warmup;
-    tp.seed = hp.seed;
-    tp.val_split = hp.val_split;
-    tp.eval_every = hp.eval_every;
-    tp.patience = hp.patience;
-    tp.tune_shift = hp.tune_shift;
     tp.n_threads = js->lim.threads ? js->lim.threads : srv->cfg.threads;
-    tp.checkpoint_every = hp.checkpoint_every;
     tp.checkpoint_cb = on_checkpoint;
     tp.resume = resumed ? &ck : NULL;
 
@@ -964,10 +875,10 @@ static void run_job(struct rk_jobs *js, struct rk_tjob *j)
     }
     struct rk_state_meta meta;
     rk_state_meta_init(&meta, m);
-    snprintf(meta.method, sizeof meta.method, "standard");
+    snprintf(meta.method, sizeof meta.method, "%s", meth->name);
     snprintf(meta.note, sizeof meta.note, "job %s: steps=%ld loss=%.6g val_loss=%.6g lr=%g",
-             r.id, res.steps_done, res.loss_last, res.val_loss_best, hp.lr);
-    meta.has_shift = hp.tune_shift;
+             r.id, res.steps_done, res.loss_last, res.val_loss_best, hp.tune.lr);
+    meta.has_shift = hp.tune.tune_shift;
     struct rk_state_ref *ref = NULL;
     rc = rk_store_put(srv->store, j->v.tenant, j->v.output_state, out, &meta, &ref, &eb);
     if (rc != RK_OK) {
@@ -1190,7 +1101,7 @@ int rk_jobs_submit(struct rk_jobs *js, const struct rk_tjob_new *nj, struct rk_t
     v->status = RK_TJOB_QUEUED;
     v->created_ms = wall_ms();
     v->hp = *nj->hp;
-    v->steps = nj->hp->steps;
+    v->steps = nj->hp->tune.steps;
     v->n_examples = nj->n_examples;
     v->n_tokens = nj->n_tokens;
     v->n_targets = nj->n_targets;

@@ -59,22 +59,27 @@ void rk_jobs_env_help(FILE *f);
  * without the dashes, `len` bytes), or NULL when there is none. */
 const char *rk_jobs_flag_env(const char *flag, size_t len);
 
-/* Hyperparameters of a job as submitted (after defaults). */
+/* Hyperparameters of a job as submitted (after defaults). The fields of
+ * `tune` named by the RK_HP_JOB entries of rk_hparams() come from the
+ * request; the others keep rk_tune_params_default's values (the worker sets
+ * steps, threads and the callbacks). */
 struct rk_tjob_hparams {
-    long steps;
-    double epochs; /* > 0 when steps were derived from epochs */
-    double lr, lr_final;
-    long warmup;
-    int batch;
-    uint64_t seed;
-    double val_split;
-    long eval_every;
-    int patience;
-    bool tune_shift;
-    long checkpoint_every;
-    double lr_multiplier; /* OpenAI learning_rate_multiplier (1 = native lr) */
+    char method[32];            /* a name of rk_tune_methods() */
+    struct rk_tune_params tune; /* method/checkpoint_cb/resume unused (NULL) */
+    double epochs;              /* > 0 when steps were derived from epochs, else NAN */
+    double lr_multiplier;       /* OpenAI learning_rate_multiplier (1 = native lr) */
     char init_state[RK_STATE_ID_MAX + 1]; /* "" = zero state */
 };
+/* Defaults: method "standard", rk_tune_params_default, the server's
+ * checkpoint interval, epochs NAN, lr_multiplier 1 (tjob_hparams.c). */
+void rk_tjob_hparams_default(struct rk_tjob_hparams *hp, long checkpoint_every);
+/* The hyperparameters as a JSON object: "method", every RK_HP_JOB entry of
+ * rk_hparams(), and with `journal` also lr_multiplier (init_state is then ""
+ * rather than null when unset). New reference, NULL when out of memory. */
+json_t *rk_tjob_hparams_json(const struct rk_tjob_hparams *hp, bool journal);
+/* Read a journal's hyperparameters object over the defaults (lenient: a
+ * missing key keeps its default; method missing = "standard"). */
+void rk_tjob_hparams_from_json(json_t *o, struct rk_tjob_hparams *hp);
 
 /* One tuning job. Fields are guarded by the table's mutex. */
 struct rk_tjob;
