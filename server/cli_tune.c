@@ -317,10 +317,16 @@ int rk_cmd_tune(int argc, char **argv)
                 return 2;
             }
             x = 1; /* a switch */
-            ok = hp[c - OPT_HPARAM].type == RK_HP_BOOL ||
-                 rk_hparam_parse(&hp[c - OPT_HPARAM], optarg, &x) == RK_OK;
-            if (ok)
-                rk_hparam_set(&hp[c - OPT_HPARAM], &tp, x);
+            const struct rk_hparam *h = &hp[c - OPT_HPARAM];
+            if (h->type != RK_HP_BOOL && rk_hparam_parse(h, optarg, &x) != RK_OK) {
+                char range[96];
+                rk_hparam_range_str(h, 0, range, sizeof range);
+                fprintf(stderr, "rwkvd tune: bad value '%s' for --%s (%s)\n", optarg, h->cli,
+                        range);
+                free(opts);
+                return 2;
+            }
+            rk_hparam_set(h, &tp, x);
             break;
         }
         if (!ok) {
