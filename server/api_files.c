@@ -27,7 +27,7 @@ static json_t *file_openai(const struct rk_tfile *f)
 
 void h_file_upload(struct rk_http_req *r)
 {
-    struct rk_jobs *js = jobs_of(r);
+    struct rk_tjobs *js = jobs_of(r);
     struct part parts[8];
     int n = multipart(rk_http_header(r, "Content-Type"), r->body.p ? r->body.p : "", r->body.len,
                       parts, 8);
@@ -93,7 +93,7 @@ bool query_limit(struct rk_http_req *r, int def, int *out)
 
 void h_files(struct rk_http_req *r)
 {
-    struct rk_jobs *js = jobs_of(r);
+    struct rk_tjobs *js = jobs_of(r);
     struct rk_tfile *fs = NULL;
     size_t n = 0;
     int limit;

@@ -32,7 +32,7 @@ static bool oa_param(struct rk_http_req *r, json_t *hpo, const char *key, json_t
 
 void h_ft_create(struct rk_http_req *r)
 {
-    struct rk_jobs *js = jobs_of(r);
+    struct rk_tjobs *js = jobs_of(r);
     struct rk_srv *srv = r->srv;
     json_t *body = rk_http_body_json(r);
     if (!body)
@@ -178,7 +178,7 @@ void h_ft_create(struct rk_http_req *r)
                              .n_targets = di.n_targets};
     struct rk_tjob_view v;
     struct rk_errbuf eb = {0};
-    int rc = rk_jobs_submit(js, &nj, &v, &eb);
+    int rc = rk_tjobs_submit(js, &nj, &v, &eb);
     if (rc != RK_OK) {
         rk_http_error_rk(r, rc, NULL, eb.msg);
         goto out;
@@ -192,14 +192,14 @@ out:
 
 void h_ft_list(struct rk_http_req *r)
 {
-    struct rk_jobs *js = jobs_of(r);
+    struct rk_tjobs *js = jobs_of(r);
     int limit;
     if (!query_limit(r, 20, &limit))
         return;
     const char *after = query(r, "after");
     struct rk_tjob_view *vs = NULL;
     size_t n = 0;
-    if (rk_jobs_list(js, r->tenant, true, &vs, &n) != RK_OK) {
+    if (rk_tjobs_list(js, r->tenant, true, &vs, &n) != RK_OK) {
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return;
     }
@@ -268,7 +268,7 @@ static json_t *event_openai(const char *job_id, size_t idx, const struct rk_tjob
 
 void h_ft_events(struct rk_http_req *r)
 {
-    struct rk_jobs *js = jobs_of(r);
+    struct rk_tjobs *js = jobs_of(r);
     struct rk_tjob_view v;
     if (!job_or_404(r, &v))
         return;
@@ -278,7 +278,7 @@ void h_ft_events(struct rk_http_req *r)
     struct rk_tjob_ev *ev = NULL;
     size_t n = 0, total = 0;
     bool ended;
-    if (rk_jobs_events(js, r->tenant, v.id, 0, (size_t)-1, &ev, &n, &total, &ended) != RK_OK) {
+    if (rk_tjobs_events(js, r->tenant, v.id, 0, (size_t)-1, &ev, &n, &total, &ended) != RK_OK) {
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return;
     }

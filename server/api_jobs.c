@@ -1,5 +1,9 @@
 /*
- * api_jobs.c - tuning jobs over HTTP (jobs.c does the work):
+ * api_jobs.c - tuning jobs over HTTP (jobs.c does the work). This file holds
+ * what the routes share: request parsing (hyperparameters through the
+ * rk_hparams() table, methods through the method table), dataset checks and
+ * the job objects; the routes are in api_tune.c (native, SSE), api_files.c
+ * (+ api_multipart.c) and api_finetune.c:
  *
  *   POST /tune, GET /jobs, GET /jobs/{id}, GET /jobs/{id}/events (SSE),
  *   POST /jobs/{id}/cancel
@@ -25,14 +29,11 @@
 #include <sys/random.h>
 #include <time.h>
 
-/* One `rwkvd serve` per process: the table the routes work on. */
-static struct rk_jobs *g_jobs;
-
-struct rk_jobs *jobs_of(struct rk_http_req *r)
+/* The table the request's server works on (srv->tjobs). */
+struct rk_tjobs *jobs_of(struct rk_http_req *r)
 {
-    rk_jobs_attach_loop(g_jobs);
-    (void)r;
-    return g_jobs;
+    rk_tjobs_attach_loop(r->srv->tjobs);
+    return r->srv->tjobs;
 }
 
 /* --- request parsing ---------------------------------------------------------- */
@@ -183,10 +184,10 @@ static void vcheck_free(void *p)
  * checked on the thread pool: then this returns false with the request
  * suspended and no answer yet, and the handler runs again once the check is
  * done, meeting its result here (the handler must rebuild the same text). */
-bool validate_jsonl(struct rk_http_req *r, struct rk_jobs *js, const char *param,
+bool validate_jsonl(struct rk_http_req *r, struct rk_tjobs *js, const char *param,
                     const char *text, size_t len, struct dataset_info *di)
 {
-    const struct rk_jobs_limits *lim = rk_jobs_limits(js);
+    const struct rk_tjobs_limits *lim = rk_tjobs_limits(js);
     if (len > lim->dataset_bytes_max) {
         rk_http_error(r, 413, "dataset_too_large", param,
                       "the dataset has %zu bytes; the limit is %zu", len, lim->dataset_bytes_max);
@@ -244,7 +245,7 @@ bool validate_jsonl(struct rk_http_req *r, struct rk_jobs *js, const char *param
 }
 
 /* Dataset from "dataset" (array of records or JSONL string) or "training_file". */
-bool parse_dataset(struct rk_http_req *r, struct rk_jobs *js, json_t *body,
+bool parse_dataset(struct rk_http_req *r, struct rk_tjobs *js, json_t *body,
                    struct dataset_info *di)
 {
     json_t *d = json_object_get(body, "dataset");
@@ -316,7 +317,7 @@ bool parse_dataset(struct rk_http_req *r, struct rk_jobs *js, json_t *body,
 }
 
 /* The server limit that lowers an entry's upper bound (0: none). */
-static double cap_of(const struct rk_hparam *h, const struct rk_jobs_limits *lim)
+static double cap_of(const struct rk_hparam *h, const struct rk_tjobs_limits *lim)
 {
     return h->cap == RK_HP_CAP_STEPS   ? (double)lim->steps_max
            : h->cap == RK_HP_CAP_BATCH ? (double)lim->batch_max
@@ -326,7 +327,7 @@ static double cap_of(const struct rk_hparam *h, const struct rk_jobs_limits *lim
 /* One field entry of the table from `o` into hp->tune (absent or null:
  * keep). Integers may be written as reals with an integral value. */
 static bool get_hparam(struct rk_http_req *r, json_t *o, const struct rk_hparam *h,
-                       const struct rk_jobs_limits *lim, struct rk_tjob_hparams *hp)
+                       const struct rk_tjobs_limits *lim, struct rk_tjob_hparams *hp)
 {
     json_t *x = json_object_get(o, h->name);
     if (!x || json_is_null(x))
@@ -364,11 +365,11 @@ static bool get_hparam(struct rk_http_req *r, json_t *o, const struct rk_hparam 
  * defaults on entry. The field entries of the table first, then the ones the
  * server resolves: giving lr alone sets lr_final = lr / 100; epochs become
  * steps; init_state must name a stored state. */
-bool parse_hparams(struct rk_http_req *r, struct rk_jobs *js, json_t *o,
+bool parse_hparams(struct rk_http_req *r, struct rk_tjobs *js, json_t *o,
                    const struct dataset_info *di, struct rk_tjob_hparams *hp,
                    bool *steps_given)
 {
-    const struct rk_jobs_limits *lim = rk_jobs_limits(js);
+    const struct rk_tjobs_limits *lim = rk_tjobs_limits(js);
     size_t n;
     const struct rk_hparam *t = rk_hparams(&n);
     *steps_given = json_object_get(o, "steps") && !json_is_null(json_object_get(o, "steps"));
@@ -435,9 +436,9 @@ bool parse_hparams(struct rk_http_req *r, struct rk_jobs *js, json_t *o,
     return true;
 }
 
-void hparams_default(struct rk_jobs *js, struct rk_tjob_hparams *hp)
+void hparams_default(struct rk_tjobs *js, struct rk_tjob_hparams *hp)
 {
-    rk_tjob_hparams_default(hp, rk_jobs_limits(js)->checkpoint_every);
+    rk_tjob_hparams_default(hp, rk_tjobs_limits(js)->checkpoint_every);
 }
 
 /* --- responses ------------------------------------------------------------------ */
@@ -567,9 +568,9 @@ json_t *job_openai(struct rk_srv *srv, const struct rk_tjob_view *v)
 }
 
 
-void rk_api_jobs_register(struct rk_srv *srv, struct rk_jobs *js)
+void rk_api_jobs_register(struct rk_srv *srv, struct rk_tjobs *js)
 {
-    g_jobs = js;
+    srv->tjobs = js;
     static const struct rk_route routes[] = {
         {"POST", "/tune", h_tune, 0, NULL},
         {"GET", "/jobs", h_jobs, 0, NULL},

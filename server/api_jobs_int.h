@@ -23,7 +23,7 @@ struct part {
 };
 
 /* api_jobs.c */
-struct rk_jobs *jobs_of(struct rk_http_req *r);
+struct rk_tjobs *jobs_of(struct rk_http_req *r);
 bool get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, double hi,
              bool lo_open, double *out);
 bool get_str(struct rk_http_req *r, json_t *o, const char *key, const char **out);
@@ -33,14 +33,14 @@ bool only_keys_or(struct rk_http_req *r, json_t *o, const char *const *allowed,
 bool is_job_hparam(const char *key);
 const struct rk_tune_method *method_or_400(struct rk_http_req *r, const char *name,
                                            const char *param);
-bool validate_jsonl(struct rk_http_req *r, struct rk_jobs *js, const char *param,
+bool validate_jsonl(struct rk_http_req *r, struct rk_tjobs *js, const char *param,
                     const char *text, size_t len, struct dataset_info *di);
-bool parse_dataset(struct rk_http_req *r, struct rk_jobs *js, json_t *body,
+bool parse_dataset(struct rk_http_req *r, struct rk_tjobs *js, json_t *body,
                    struct dataset_info *di);
-bool parse_hparams(struct rk_http_req *r, struct rk_jobs *js, json_t *o,
+bool parse_hparams(struct rk_http_req *r, struct rk_tjobs *js, json_t *o,
                    const struct dataset_info *di, struct rk_tjob_hparams *hp,
                    bool *steps_given);
-void hparams_default(struct rk_jobs *js, struct rk_tjob_hparams *hp);
+void hparams_default(struct rk_tjobs *js, struct rk_tjob_hparams *hp);
 json_t *job_native(struct rk_srv *srv, const struct rk_tjob_view *v);
 json_t *job_openai(struct rk_srv *srv, const struct rk_tjob_view *v);
 

@@ -17,7 +17,7 @@
 
 void h_tune(struct rk_http_req *r)
 {
-    struct rk_jobs *js = jobs_of(r);
+    struct rk_tjobs *js = jobs_of(r);
     json_t *body = rk_http_body_json(r);
     if (!body)
         return;
@@ -90,7 +90,7 @@ void h_tune(struct rk_http_req *r)
                              .n_targets = di.n_targets};
     struct rk_tjob_view v;
     struct rk_errbuf eb = {0};
-    int rc = rk_jobs_submit(js, &nj, &v, &eb);
+    int rc = rk_tjobs_submit(js, &nj, &v, &eb);
     if (rc != RK_OK) {
         rk_http_error_rk(r, rc, NULL, eb.msg);
         goto out;
@@ -108,10 +108,10 @@ out:
 
 void h_jobs(struct rk_http_req *r)
 {
-    struct rk_jobs *js = jobs_of(r);
+    struct rk_tjobs *js = jobs_of(r);
     struct rk_tjob_view *vs = NULL;
     size_t n = 0;
-    if (rk_jobs_list(js, r->tenant, false, &vs, &n) != RK_OK) {
+    if (rk_tjobs_list(js, r->tenant, false, &vs, &n) != RK_OK) {
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return;
     }
@@ -124,7 +124,7 @@ void h_jobs(struct rk_http_req *r)
 
 bool job_or_404(struct rk_http_req *r, struct rk_tjob_view *v)
 {
-    if (rk_jobs_get(jobs_of(r), r->tenant, r->params[0], v) == RK_OK)
+    if (rk_tjobs_get(jobs_of(r), r->tenant, r->params[0], v) == RK_OK)
         return true;
     rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
     return false;
@@ -140,7 +140,7 @@ void h_job(struct rk_http_req *r)
 void cancel_common(struct rk_http_req *r, bool openai)
 {
     struct rk_tjob_view v;
-    if (rk_jobs_cancel(jobs_of(r), r->tenant, r->params[0], &v) != RK_OK) {
+    if (rk_tjobs_cancel(jobs_of(r), r->tenant, r->params[0], &v) != RK_OK) {
         rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
         return;
     }
@@ -152,10 +152,10 @@ void h_cancel(struct rk_http_req *r) { cancel_common(r, false); }
 /* --- SSE: GET /jobs/{id}/events ------------------------------------------------- */
 
 struct sse {
-    struct rk_jobs *js;
+    struct rk_tjobs *js;
     struct rk_srv *srv;
     struct rk_http_req *r; /* NULL once the request is gone */
-    struct rk_jobs_follower *f;
+    struct rk_tjobs_follower *f;
     char id[32], tenant[RK_STATE_ID_MAX + 1];
     size_t next;
     struct rk_buf out;
@@ -169,7 +169,7 @@ static void sse_release(struct sse *s)
     if (--s->refs > 0)
         return;
     if (s->f)
-        rk_jobs_unfollow(s->js, s->f);
+        rk_tjobs_unfollow(s->js, s->f);
     rk_buf_free(&s->out);
     free(s);
 }
@@ -179,7 +179,7 @@ static void sse_fill(struct sse *s)
     struct rk_tjob_ev *ev = NULL;
     size_t n = 0, total = 0;
     bool ended = false;
-    if (rk_jobs_events(s->js, s->tenant, s->id, s->next, 256, &ev, &n, &total, &ended) != RK_OK) {
+    if (rk_tjobs_events(s->js, s->tenant, s->id, s->next, 256, &ev, &n, &total, &ended) != RK_OK) {
         s->ended = true;
         return;
     }
@@ -211,7 +211,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
         s->out_pos += n;
         return (ssize_t)n;
     }
-    if (s->ended || rk_jobs_loop_closed(s->js) || s->srv->draining)
+    if (s->ended || rk_tjobs_loop_closed(s->js) || s->srv->draining)
         return MHD_CONTENT_READER_END_OF_STREAM;
     if (!s->r)
         return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -228,7 +228,7 @@ static void sse_req_free(void *user)
     struct sse *s = user;
     s->r = NULL;
     if (s->f) {
-        rk_jobs_unfollow(s->js, s->f);
+        rk_tjobs_unfollow(s->js, s->f);
         s->f = NULL;
     }
     sse_release(s);
@@ -247,7 +247,7 @@ static void sse_wake(void *user, bool keepalive)
 
 void h_events(struct rk_http_req *r)
 {
-    struct rk_jobs *js = jobs_of(r);
+    struct rk_tjobs *js = jobs_of(r);
     struct rk_tjob_view v;
     if (!job_or_404(r, &v))
         return;
@@ -269,7 +269,7 @@ void h_events(struct rk_http_req *r)
             s->next = (size_t)k + 1;
     }
     s->refs = 2; // the request and the response
-    s->f = rk_jobs_follow(js, sse_wake, s);
+    s->f = rk_tjobs_follow(js, sse_wake, s);
     r->user = s;
     r->user_free = sse_req_free;
     struct MHD_Response *resp =

@@ -1,16 +1,21 @@
 /*
- * jobs.c - state-tuning jobs: job table, FIFO queue, one worker thread that
- * runs jobs in order through rk_tune_run (the code path of `rwkvd tune`),
- * the journal in the data directory, and uploaded training files.
+ * jobs.c - state-tuning jobs: the job table (struct rk_tjobs), its FIFO
+ * queue, limits, and start-up and shutdown. One worker thread runs jobs in
+ * order through rk_tune_run (the code path of `rwkvd tune`). The module's
+ * other files: jobs_worker.c (the worker), jobs_events.c (event log and the
+ * loop-side wake-ups), jobs_journal.c (journal records and recovery),
+ * jobs_files.c (uploaded training files), jobs_int.h (what they share);
+ * tjob_hparams.c turns a job's hyperparameters into JSON and back.
+ * Checkpoints are adapters/checkpoint.c's RKTCKPT1 files.
  *
- * DESIGN. Threads: the loop thread (handlers in api_jobs.c, the uv handles
- * below) and one worker thread. One mutex `mu` guards the job table, the
+ * DESIGN. Threads: the loop thread (handlers in api_*.c, the uv handles
+ * of jobs_events.c) and one worker thread. One mutex `mu` guards the job table, the
  * queue, every job's fields and event log, and the file table. Unlike the
  * generation jobs (struct rk_job, handed from owner to owner), a tuning job
  * is shared: handlers read its progress while the worker writes it, so the
  * fields live under `mu` and handlers copy them out (struct rk_tjob_view).
  * What the worker computes with (dataset, state, Adam moments) is private
- * to the worker and never shared. Jobs are never freed before rk_jobs_free,
+ * to the worker and never shared. Jobs are never freed before rk_tjobs_free,
  * so pointers to them stay valid for the whole run.
  *
  * Queue: submit appends under `mu` and signals `cv`; the worker pops the
@@ -21,7 +26,7 @@
  * a step within the last `yield_idle_ms` (its step counter in srv->metrics
  * moved), the worker sleeps in 1 ms slices. The counter lives in srv, which
  * outlives the worker, so the worker never touches the engine itself (the
- * engine is freed inside rk_srv_run, before rk_jobs_stop runs).
+ * engine is freed inside rk_srv_run, before rk_tjobs_stop runs).
  *
  * Journal (DATA/jobs): <id>.json is the job record, rewritten atomically
  * (temp, fsync, rename, fsync dir) at submit, start, every checkpoint and
@@ -41,13 +46,13 @@
  * suspended. The worker calls uv_async_send (guarded by `amu` and
  * `async_live`), and the loop-side callback calls every follower, which
  * resumes its connection. The uv handles can only be created once the loop
- * exists, so the first jobs handler creates them (rk_jobs_attach_loop); a
+ * exists, so the first jobs handler creates them (rk_tjobs_attach_loop); a
  * uv_check handle closes them as soon as the server starts draining, which
  * also interrupts the running job.
  *
  * Shutdown order: drain starts -> handles closed, worker told to stop ->
- * rk_srv_run returns -> rk_jobs_stop joins the worker (the running job is
- * journaled as queued, resumable from its checkpoint) -> rk_jobs_free.
+ * rk_srv_run returns -> rk_tjobs_stop joins the worker (the running job is
+ * journaled as queued, resumable from its checkpoint) -> rk_tjobs_free.
  */
 #include "jobs_int.h"
 
@@ -142,7 +147,7 @@ int mkdir_p(const char *path)
     return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-void job_path(const struct rk_jobs *js, const char *id, const char *ext, char *out,
+void job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
               size_t cap)
 {
     snprintf(out, cap, "%s/%s%s", js->dir, id, ext);
@@ -150,7 +155,7 @@ void job_path(const struct rk_jobs *js, const char *id, const char *ext, char *o
 
 /* --- limits ----------------------------------------------------------------- */
 
-void rk_jobs_limits_default(struct rk_jobs_limits *l)
+void rk_tjobs_limits_default(struct rk_tjobs_limits *l)
 {
     memset(l, 0, sizeof *l);
     l->dataset_bytes_max = (size_t)64 << 20;
@@ -175,22 +180,22 @@ static const struct job_env_var {
     size_t off;
 } vars[] = {
     {"RWKVD_JOB_MAX_DATASET_BYTES", 1024, 1ll << 34, 0,
-     offsetof(struct rk_jobs_limits, dataset_bytes_max)},
-    {"RWKVD_JOB_MAX_EXAMPLES", 1, 100000000, 0, offsetof(struct rk_jobs_limits, examples_max)},
+     offsetof(struct rk_tjobs_limits, dataset_bytes_max)},
+    {"RWKVD_JOB_MAX_EXAMPLES", 1, 100000000, 0, offsetof(struct rk_tjobs_limits, examples_max)},
     {"RWKVD_JOB_MAX_SEQ_TOKENS", 2, 1 << 24, 0,
-     offsetof(struct rk_jobs_limits, seq_tokens_max)},
-    {"RWKVD_JOB_MAX_STEPS", 1, 100000000, 1, offsetof(struct rk_jobs_limits, steps_max)},
-    {"RWKVD_JOB_MAX_BATCH", 1, 65536, 2, offsetof(struct rk_jobs_limits, batch_max)},
+     offsetof(struct rk_tjobs_limits, seq_tokens_max)},
+    {"RWKVD_JOB_MAX_STEPS", 1, 100000000, 1, offsetof(struct rk_tjobs_limits, steps_max)},
+    {"RWKVD_JOB_MAX_BATCH", 1, 65536, 2, offsetof(struct rk_tjobs_limits, batch_max)},
     {"RWKVD_JOB_MAX_ACTIVE", 1, 1 << 20, 2,
-     offsetof(struct rk_jobs_limits, active_per_tenant_max)},
+     offsetof(struct rk_tjobs_limits, active_per_tenant_max)},
     {"RWKVD_JOB_MAX_FILES", 1, 1 << 20, 2,
-     offsetof(struct rk_jobs_limits, files_per_tenant_max)},
+     offsetof(struct rk_tjobs_limits, files_per_tenant_max)},
     {"RWKVD_JOB_CHECKPOINT_EVERY", 0, 100000000, 1,
-     offsetof(struct rk_jobs_limits, checkpoint_every)},
-    {"RWKVD_JOB_THREADS", 0, 1024, 2, offsetof(struct rk_jobs_limits, threads)},
-    {"RWKVD_JOB_YIELD", 0, 1, 3, offsetof(struct rk_jobs_limits, yield)},
-    {"RWKVD_JOB_YIELD_IDLE_MS", 1, 60000, 2, offsetof(struct rk_jobs_limits, yield_idle_ms)},
-    {"RWKVD_JOB_NICE", 0, 19, 2, offsetof(struct rk_jobs_limits, nice)},
+     offsetof(struct rk_tjobs_limits, checkpoint_every)},
+    {"RWKVD_JOB_THREADS", 0, 1024, 2, offsetof(struct rk_tjobs_limits, threads)},
+    {"RWKVD_JOB_YIELD", 0, 1, 3, offsetof(struct rk_tjobs_limits, yield)},
+    {"RWKVD_JOB_YIELD_IDLE_MS", 1, 60000, 2, offsetof(struct rk_tjobs_limits, yield_idle_ms)},
+    {"RWKVD_JOB_NICE", 0, 19, 2, offsetof(struct rk_tjobs_limits, nice)},
 };
 
 /* "job-max-steps" for RWKVD_JOB_MAX_STEPS */
@@ -202,7 +207,7 @@ static void flag_of(const char *env, char *out, size_t cap)
     out[i] = 0;
 }
 
-int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap)
+int rk_tjobs_limits_from_env(struct rk_tjobs_limits *l, char *err, size_t cap)
 {
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char *s = getenv(vars[i].name);
@@ -229,7 +234,7 @@ int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap)
     return 0;
 }
 
-const char *rk_jobs_flag_env(const char *flag, size_t len)
+const char *rk_tjobs_flag_env(const char *flag, size_t len)
 {
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         char f[64];
@@ -240,10 +245,10 @@ const char *rk_jobs_flag_env(const char *flag, size_t len)
     return NULL;
 }
 
-void rk_jobs_env_help(FILE *f)
+void rk_tjobs_env_help(FILE *f)
 {
-    struct rk_jobs_limits d;
-    rk_jobs_limits_default(&d);
+    struct rk_tjobs_limits d;
+    rk_tjobs_limits_default(&d);
     fprintf(f, "\nTuning jobs (docs/JOBS.md), each by flag or environment variable:\n");
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char *p = (const char *)&d + vars[i].off;
@@ -258,11 +263,11 @@ void rk_jobs_env_help(FILE *f)
     }
 }
 
-const struct rk_jobs_limits *rk_jobs_limits(const struct rk_jobs *js) { return &js->lim; }
+const struct rk_tjobs_limits *rk_tjobs_limits(const struct rk_tjobs *js) { return &js->lim; }
 
 /* --- table access (loop thread) ------------------------------------------------ */
 
-static struct rk_tjob *find(struct rk_jobs *js, const char *tenant, const char *id)
+static struct rk_tjob *find(struct rk_tjobs *js, const char *tenant, const char *id)
 {
     if (!id_ok(id, "ftjob-"))
         return NULL;
@@ -272,7 +277,7 @@ static struct rk_tjob *find(struct rk_jobs *js, const char *tenant, const char *
     return NULL;
 }
 
-static void view_of(struct rk_jobs *js, struct rk_tjob *j, struct rk_tjob_view *v)
+static void view_of(struct rk_tjobs *js, struct rk_tjob *j, struct rk_tjob_view *v)
 {
     *v = j->v;
     v->cancel_requested = atomic_load(&j->cancel);
@@ -287,7 +292,7 @@ static void view_of(struct rk_jobs *js, struct rk_tjob *j, struct rk_tjob_view *
     }
 }
 
-int table_add(struct rk_jobs *js, struct rk_tjob *j)
+int table_add(struct rk_tjobs *js, struct rk_tjob *j)
 {
     if (js->n_jobs == js->cap_jobs) {
         size_t nc = js->cap_jobs ? js->cap_jobs * 2 : 64;
@@ -301,7 +306,7 @@ int table_add(struct rk_jobs *js, struct rk_tjob *j)
     return RK_OK;
 }
 
-void enqueue(struct rk_jobs *js, struct rk_tjob *j)
+void enqueue(struct rk_tjobs *js, struct rk_tjob *j)
 {
     j->q_next = NULL;
     if (js->q_tail)
@@ -312,7 +317,7 @@ void enqueue(struct rk_jobs *js, struct rk_tjob *j)
     pthread_cond_signal(&js->cv);
 }
 
-int rk_jobs_submit(struct rk_jobs *js, const struct rk_tjob_new *nj, struct rk_tjob_view *view,
+int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk_tjob_view *view,
                    struct rk_errbuf *eb)
 {
     struct rk_tjob *j = calloc(1, sizeof *j);
@@ -380,7 +385,7 @@ int rk_jobs_submit(struct rk_jobs *js, const struct rk_tjob_new *nj, struct rk_t
     return RK_OK;
 }
 
-int rk_jobs_get(struct rk_jobs *js, const char *tenant, const char *id, struct rk_tjob_view *view)
+int rk_tjobs_get(struct rk_tjobs *js, const char *tenant, const char *id, struct rk_tjob_view *view)
 {
     pthread_mutex_lock(&js->mu);
     struct rk_tjob *j = find(js, tenant, id);
@@ -390,7 +395,7 @@ int rk_jobs_get(struct rk_jobs *js, const char *tenant, const char *id, struct r
     return j ? RK_OK : RK_ENOTFOUND;
 }
 
-int rk_jobs_list(struct rk_jobs *js, const char *tenant, bool openai_only,
+int rk_tjobs_list(struct rk_tjobs *js, const char *tenant, bool openai_only,
                  struct rk_tjob_view **out, size_t *n)
 {
     pthread_mutex_lock(&js->mu);
@@ -412,7 +417,7 @@ int rk_jobs_list(struct rk_jobs *js, const char *tenant, bool openai_only,
     return RK_OK;
 }
 
-int rk_jobs_cancel(struct rk_jobs *js, const char *tenant, const char *id,
+int rk_tjobs_cancel(struct rk_tjobs *js, const char *tenant, const char *id,
                    struct rk_tjob_view *view)
 {
     pthread_mutex_lock(&js->mu);
@@ -454,7 +459,7 @@ int rk_jobs_cancel(struct rk_jobs *js, const char *tenant, const char *id,
     return RK_OK;
 }
 
-int rk_jobs_events(struct rk_jobs *js, const char *tenant, const char *id, size_t from,
+int rk_tjobs_events(struct rk_tjobs *js, const char *tenant, const char *id, size_t from,
                    size_t max, struct rk_tjob_ev **out, size_t *n, size_t *total, bool *ended)
 {
     *out = NULL;
@@ -491,18 +496,18 @@ int rk_jobs_events(struct rk_jobs *js, const char *tenant, const char *id, size_
     return rc;
 }
 
-int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct rk_jobs **out,
+int rk_tjobs_start(struct rk_srv *srv, const struct rk_tjobs_limits *lim, struct rk_tjobs **out,
                   struct rk_errbuf *eb)
 {
     *out = NULL;
-    struct rk_jobs *js = calloc(1, sizeof *js);
+    struct rk_tjobs *js = calloc(1, sizeof *js);
     if (!js)
         return RK_ENOMEM;
     js->srv = srv;
     if (lim)
         js->lim = *lim;
     else
-        rk_jobs_limits_default(&js->lim);
+        rk_tjobs_limits_default(&js->lim);
     if (strlen(srv->cfg.data_dir) > 400) {
         rk_errbuf_set(eb, RK_EINVAL, "the data directory path is too long for the job journal");
         free(js);
@@ -517,7 +522,7 @@ int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct r
     js->eng_steps = atomic_load(&srv->metrics.steps);
     if (mkdir_p(js->dir) != 0) {
         rk_errbuf_set(eb, RK_EIO, "cannot create %s: %s", js->dir, strerror(errno));
-        rk_jobs_free(js);
+        rk_tjobs_free(js);
         return RK_EIO;
     }
     // Temp files of writes that a crash interrupted (RELIABILITY.md 8): the
@@ -531,7 +536,7 @@ int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct r
     int rc = load_jobs(js);
     if (rc != RK_OK) {
         rk_errbuf_set(eb, rc, "cannot read the job journal in %s", js->dir);
-        rk_jobs_free(js);
+        rk_tjobs_free(js);
         return rc;
     }
     load_files(js);
@@ -541,7 +546,7 @@ int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct r
         queued++;
     if (pthread_create(&js->th, NULL, worker_main, js) != 0) {
         rk_errbuf_set(eb, RK_ENOMEM, "cannot start the tuning worker thread");
-        rk_jobs_free(js);
+        rk_tjobs_free(js);
         return RK_ENOMEM;
     }
     js->started = true;
@@ -551,7 +556,7 @@ int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct r
     return RK_OK;
 }
 
-void rk_jobs_stop(struct rk_jobs *js)
+void rk_tjobs_stop(struct rk_tjobs *js)
 {
     if (!js)
         return;
@@ -569,20 +574,20 @@ void rk_jobs_stop(struct rk_jobs *js)
     }
 }
 
-void rk_jobs_free(struct rk_jobs *js)
+void rk_tjobs_free(struct rk_tjobs *js)
 {
     if (!js)
         return;
-    rk_jobs_stop(js);
+    rk_tjobs_stop(js);
     for (size_t i = 0; i < js->n_jobs; i++) {
         rk_tjob_evs_free(js->jobs[i]->ev, js->jobs[i]->n_ev);
         free(js->jobs[i]);
     }
     free(js->jobs);
     free(js->files);
-    struct rk_jobs_follower *f = js->followers;
+    struct rk_tjobs_follower *f = js->followers;
     while (f) {
-        struct rk_jobs_follower *n = f->next;
+        struct rk_tjobs_follower *n = f->next;
         free(f);
         f = n;
     }

@@ -44,7 +44,7 @@ void ev_push(struct rk_tjob *j, enum rk_tjob_ev_type type, int64_t t_ms, char *d
 
 /* Append one event line to the job's event file (no fsync: the log is
  * informative; the record and checkpoint carry what recovery needs). */
-void ev_persist(struct rk_jobs *js, const char *id, enum rk_tjob_ev_type type,
+void ev_persist(struct rk_tjobs *js, const char *id, enum rk_tjob_ev_type type,
                 int64_t t_ms, const char *data)
 {
     char path[1100];
@@ -63,7 +63,7 @@ void ev_persist(struct rk_jobs *js, const char *id, enum rk_tjob_ev_type type,
     pthread_mutex_unlock(&js->jmu);
 }
 
-void wake_loop(struct rk_jobs *js)
+void wake_loop(struct rk_tjobs *js)
 {
     pthread_mutex_lock(&js->amu);
     if (js->async_live)
@@ -108,7 +108,7 @@ struct pending_ev status_event(struct rk_tjob *j, const char *msg)
     return (struct pending_ev){ev_status(j, msg, t), t};
 }
 
-void pending_flush(struct rk_jobs *js, const char *id, struct pending_ev *p)
+void pending_flush(struct rk_tjobs *js, const char *id, struct pending_ev *p)
 {
     if (p->data)
         ev_persist(js, id, RK_EV_STATUS, p->t_ms, p->data);
@@ -125,9 +125,9 @@ void rk_tjob_evs_free(struct rk_tjob_ev *ev, size_t n)
 
 /* --- loop side ------------------------------------------------------------------ */
 
-static void call_followers(struct rk_jobs *js, bool keepalive)
+static void call_followers(struct rk_tjobs *js, bool keepalive)
 {
-    for (struct rk_jobs_follower *f = js->followers, *next; f; f = next) {
+    for (struct rk_tjobs_follower *f = js->followers, *next; f; f = next) {
         next = f->next; // fn may unfollow itself
         f->fn(f->user, keepalive);
     }
@@ -135,7 +135,7 @@ static void call_followers(struct rk_jobs *js, bool keepalive)
 
 static void on_async(uv_async_t *a)
 {
-    struct rk_jobs *js = a->data;
+    struct rk_tjobs *js = a->data;
     call_followers(js, false);
     // Resumed connections are picked up by MHD's next run (its inter-thread
     // pipe also wakes the loop; running now saves a loop iteration).
@@ -144,7 +144,7 @@ static void on_async(uv_async_t *a)
 }
 static void on_keepalive(uv_timer_t *t) { call_followers(t->data, true); }
 
-static void close_loop(struct rk_jobs *js)
+static void close_loop(struct rk_tjobs *js)
 {
     if (!js->attached || js->loop_closed)
         return;
@@ -162,7 +162,7 @@ static void close_loop(struct rk_jobs *js)
 
 static void on_check(uv_check_t *c)
 {
-    struct rk_jobs *js = c->data;
+    struct rk_tjobs *js = c->data;
     if (!js->srv->draining)
         return;
     // Draining: interrupt the running job (it stays resumable) and let go of
@@ -175,7 +175,7 @@ static void on_check(uv_check_t *c)
     close_loop(js);
 }
 
-void rk_jobs_attach_loop(struct rk_jobs *js)
+void rk_tjobs_attach_loop(struct rk_tjobs *js)
 {
     uv_loop_t *loop = (uv_loop_t *)js->srv->loop;
     if (js->attached || !loop || js->srv->draining)
@@ -197,12 +197,12 @@ void rk_jobs_attach_loop(struct rk_jobs *js)
     js->attached = true;
 }
 
-bool rk_jobs_loop_closed(const struct rk_jobs *js) { return js->loop_closed; }
+bool rk_tjobs_loop_closed(const struct rk_tjobs *js) { return js->loop_closed; }
 
-struct rk_jobs_follower *rk_jobs_follow(struct rk_jobs *js, void (*fn)(void *user, bool),
+struct rk_tjobs_follower *rk_tjobs_follow(struct rk_tjobs *js, void (*fn)(void *user, bool),
                                         void *user)
 {
-    struct rk_jobs_follower *f = calloc(1, sizeof *f);
+    struct rk_tjobs_follower *f = calloc(1, sizeof *f);
     if (!f)
         return NULL;
     f->fn = fn;
@@ -212,9 +212,9 @@ struct rk_jobs_follower *rk_jobs_follow(struct rk_jobs *js, void (*fn)(void *use
     return f;
 }
 
-void rk_jobs_unfollow(struct rk_jobs *js, struct rk_jobs_follower *f)
+void rk_tjobs_unfollow(struct rk_tjobs *js, struct rk_tjobs_follower *f)
 {
-    for (struct rk_jobs_follower **pp = &js->followers; *pp; pp = &(*pp)->next)
+    for (struct rk_tjobs_follower **pp = &js->followers; *pp; pp = &(*pp)->next)
         if (*pp == f) {
             *pp = f->next;
             free(f);

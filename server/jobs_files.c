@@ -24,7 +24,7 @@
 
 /* --- files --------------------------------------------------------------------- */
 
-static void file_dir(const struct rk_jobs *js, const char *tenant, char *out, size_t cap)
+static void file_dir(const struct rk_tjobs *js, const char *tenant, char *out, size_t cap)
 {
     snprintf(out, cap, "%s/tenants/%s/files", js->data_dir, tenant);
 }
@@ -37,7 +37,7 @@ static json_t *file_json(const struct rk_tfile *f)
                      (json_int_t)f->n_examples);
 }
 
-int rk_files_add(struct rk_jobs *js, const char *tenant, const char *filename,
+int rk_files_add(struct rk_tjobs *js, const char *tenant, const char *filename,
                  const char *purpose, const void *data, size_t len, size_t n_examples,
                  struct rk_tfile *out, struct rk_errbuf *eb)
 {
@@ -94,7 +94,7 @@ int rk_files_add(struct rk_jobs *js, const char *tenant, const char *filename,
     return RK_OK;
 }
 
-static struct rk_tfile *file_find(struct rk_jobs *js, const char *tenant, const char *id)
+static struct rk_tfile *file_find(struct rk_tjobs *js, const char *tenant, const char *id)
 {
     if (!id_ok(id, "file-"))
         return NULL;
@@ -104,7 +104,7 @@ static struct rk_tfile *file_find(struct rk_jobs *js, const char *tenant, const 
     return NULL;
 }
 
-int rk_files_get(struct rk_jobs *js, const char *tenant, const char *id, struct rk_tfile *out)
+int rk_files_get(struct rk_tjobs *js, const char *tenant, const char *id, struct rk_tfile *out)
 {
     pthread_mutex_lock(&js->mu);
     struct rk_tfile *f = file_find(js, tenant, id);
@@ -114,7 +114,7 @@ int rk_files_get(struct rk_jobs *js, const char *tenant, const char *id, struct 
     return f ? RK_OK : RK_ENOTFOUND;
 }
 
-int rk_files_read(struct rk_jobs *js, const char *tenant, const char *id, void **data,
+int rk_files_read(struct rk_tjobs *js, const char *tenant, const char *id, void **data,
                   size_t *len, struct rk_errbuf *eb)
 {
     struct rk_tfile f;
@@ -126,7 +126,7 @@ int rk_files_read(struct rk_jobs *js, const char *tenant, const char *id, void *
     return rk_file_read_all(path, js->lim.dataset_bytes_max, data, len, eb);
 }
 
-int rk_files_list(struct rk_jobs *js, const char *tenant, struct rk_tfile **out, size_t *n)
+int rk_files_list(struct rk_tjobs *js, const char *tenant, struct rk_tfile **out, size_t *n)
 {
     pthread_mutex_lock(&js->mu);
     struct rk_tfile *arr = malloc((js->n_files ? js->n_files : 1) * sizeof *arr);
@@ -141,7 +141,7 @@ int rk_files_list(struct rk_jobs *js, const char *tenant, struct rk_tfile **out,
     return arr ? RK_OK : RK_ENOMEM;
 }
 
-int rk_files_delete(struct rk_jobs *js, const char *tenant, const char *id)
+int rk_files_delete(struct rk_tjobs *js, const char *tenant, const char *id)
 {
     pthread_mutex_lock(&js->mu);
     struct rk_tfile *f = file_find(js, tenant, id);
@@ -168,7 +168,7 @@ int rk_files_delete(struct rk_jobs *js, const char *tenant, const char *id)
     return RK_OK;
 }
 
-void load_files(struct rk_jobs *js)
+void load_files(struct rk_tjobs *js)
 {
     char tdir[1100];
     snprintf(tdir, sizeof tdir, "%s/tenants", js->data_dir);

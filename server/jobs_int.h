@@ -23,15 +23,15 @@ struct rk_tjob {
     struct rk_tjob *q_next;
 };
 
-struct rk_jobs_follower {
+struct rk_tjobs_follower {
     void (*fn)(void *user, bool keepalive);
     void *user;
-    struct rk_jobs_follower *next;
+    struct rk_tjobs_follower *next;
 };
 
-struct rk_jobs {
+struct rk_tjobs {
     struct rk_srv *srv;
-    struct rk_jobs_limits lim;
+    struct rk_tjobs_limits lim;
     char dir[512];      /* DATA/jobs */
     char data_dir[512]; /* DATA */
     pthread_mutex_t mu;
@@ -56,7 +56,7 @@ struct rk_jobs {
     uv_async_t async;
     uv_timer_t keepalive;
     uv_check_t check;
-    struct rk_jobs_follower *followers; /* loop thread only */
+    struct rk_tjobs_follower *followers; /* loop thread only */
 };
 
 struct pending_ev {
@@ -70,32 +70,32 @@ bool is_final(enum rk_tjob_status s);
 void random_id(const char *prefix, char *out, size_t cap);
 bool id_ok(const char *id, const char *prefix);
 int mkdir_p(const char *path);
-void job_path(const struct rk_jobs *js, const char *id, const char *ext, char *out,
+void job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
               size_t cap);
-int table_add(struct rk_jobs *js, struct rk_tjob *j);
-void enqueue(struct rk_jobs *js, struct rk_tjob *j);
+int table_add(struct rk_tjobs *js, struct rk_tjob *j);
+void enqueue(struct rk_tjobs *js, struct rk_tjob *j);
 
 /* jobs_events.c */
 void ev_push(struct rk_tjob *j, enum rk_tjob_ev_type type, int64_t t_ms, char *data);
-void ev_persist(struct rk_jobs *js, const char *id, enum rk_tjob_ev_type type,
+void ev_persist(struct rk_tjobs *js, const char *id, enum rk_tjob_ev_type type,
                 int64_t t_ms, const char *data);
-void wake_loop(struct rk_jobs *js);
+void wake_loop(struct rk_tjobs *js);
 struct pending_ev status_event(struct rk_tjob *j, const char *msg);
-void pending_flush(struct rk_jobs *js, const char *id, struct pending_ev *p);
+void pending_flush(struct rk_tjobs *js, const char *id, struct pending_ev *p);
 
 /* jobs_journal.c */
 long long int_of(json_t *o, const char *k);
 void str_of(json_t *o, const char *k, char *out, size_t cap);
-int journal_write(struct rk_jobs *js, struct rk_tjob *j, struct rk_errbuf *eb);
+int journal_write(struct rk_tjobs *js, struct rk_tjob *j, struct rk_errbuf *eb);
 void drop_events_after(struct rk_tjob *j, long k);
-int load_jobs(struct rk_jobs *js);
+int load_jobs(struct rk_tjobs *js);
 
 /* jobs_worker.c */
-void finish(struct rk_jobs *js, struct rk_tjob *j, enum rk_tjob_status st,
+void finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
             const char *code, const char *msg);
 void *worker_main(void *arg);
 
 /* jobs_files.c */
-void load_files(struct rk_jobs *js);
+void load_files(struct rk_tjobs *js);
 
 #endif

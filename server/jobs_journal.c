@@ -119,7 +119,7 @@ static bool record_parse(json_t *o, struct rk_tjob_view *v)
 }
 
 /* Write the job's record atomically (any thread; takes jmu, then mu). */
-int journal_write(struct rk_jobs *js, struct rk_tjob *j, struct rk_errbuf *eb)
+int journal_write(struct rk_tjobs *js, struct rk_tjob *j, struct rk_errbuf *eb)
 {
     pthread_mutex_lock(&js->jmu);
     pthread_mutex_lock(&js->mu);
@@ -174,7 +174,7 @@ static int cmp_created(const void *a, const void *b)
 
 /* Load <id>.events.jsonl; a "resumed" status event drops the step and eval
  * events after its step (they were redone). */
-static void load_events(struct rk_jobs *js, struct rk_tjob *j)
+static void load_events(struct rk_tjobs *js, struct rk_tjob *j)
 {
     char path[1100];
     job_path(js, j->v.id, ".events.jsonl", path, sizeof path);
@@ -206,7 +206,7 @@ static void load_events(struct rk_jobs *js, struct rk_tjob *j)
     free(buf);
 }
 
-int load_jobs(struct rk_jobs *js)
+int load_jobs(struct rk_tjobs *js)
 {
     DIR *d = opendir(js->dir);
     if (!d)

@@ -25,7 +25,7 @@
 /* --- the worker ---------------------------------------------------------------- */
 
 struct run {
-    struct rk_jobs *js;
+    struct rk_tjobs *js;
     struct rk_tjob *j;
     char id[32];
     int64_t t0_us;
@@ -40,7 +40,7 @@ struct run {
  * srv->metrics.steps whenever it has sequences to run. The worker resumes
  * once the counter has stood still for yield_idle_ms, or twice the last gap
  * between engine steps when that is longer (slow steps of a large model). */
-static void yield_to_engine(struct rk_jobs *js, struct rk_tjob *j)
+static void yield_to_engine(struct rk_tjobs *js, struct rk_tjob *j)
 {
     for (;;) {
         uint64_t s = atomic_load(&js->srv->metrics.steps);
@@ -65,7 +65,7 @@ static void yield_to_engine(struct rk_jobs *js, struct rk_tjob *j)
 static bool on_cancel(void *user)
 {
     struct run *r = user;
-    struct rk_jobs *js = r->js;
+    struct rk_tjobs *js = r->js;
     if (atomic_load(&r->j->cancel) || atomic_load(&js->stop_flag))
         return true;
     if (js->lim.yield)
@@ -76,7 +76,7 @@ static bool on_cancel(void *user)
 static void on_progress(const struct rk_tune_progress *p, void *user)
 {
     struct run *r = user;
-    struct rk_jobs *js = r->js;
+    struct rk_tjobs *js = r->js;
     struct rk_tjob *j = r->j;
     bool eval = !isnan(p->val_loss);
     char data[512];
@@ -132,7 +132,7 @@ static int on_checkpoint(const struct rk_tune_checkpoint *ck, void *user)
 }
 
 /* Finish a job with a final status (worker); `code`/`msg` for failures. */
-void finish(struct rk_jobs *js, struct rk_tjob *j, enum rk_tjob_status st,
+void finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
             const char *code, const char *msg)
 {
     pthread_mutex_lock(&js->mu);
@@ -160,9 +160,9 @@ void finish(struct rk_jobs *js, struct rk_tjob *j, enum rk_tjob_status st,
            msg ? msg : "");
 }
 
-static void fail(struct rk_jobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
+static void fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-static void fail(struct rk_jobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
+static void fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
 {
     char msg[200];
     va_list ap;
@@ -177,7 +177,7 @@ static void fail(struct rk_jobs *js, struct rk_tjob *j, const char *code, const 
     finish(js, j, RK_TJOB_FAILED, code, msg);
 }
 
-static void run_job(struct rk_jobs *js, struct rk_tjob *j)
+static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
 {
     struct rk_srv *srv = js->srv;
     const struct rk_model *m = srv->model;
@@ -371,7 +371,7 @@ out:
 
 void *worker_main(void *arg)
 {
-    struct rk_jobs *js = arg;
+    struct rk_tjobs *js = arg;
     // Lower this thread's priority; the compute threads rk_tune_run starts
     // from it inherit the nice value, so when a tuning layer overlaps with an
     // engine step the scheduler favours the engine.
