@@ -453,7 +453,8 @@ RK_API void rk_tune_params_default(struct rk_tune_params *p);
 RK_API const struct rk_tune_method *rk_tune_params_method(const struct rk_tune_params *p);
 /* Floats in the parameters that `p`'s method tunes for `m`. */
 RK_API size_t rk_tune_params_len(const struct rk_model *m, const struct rk_tune_params *p);
-/* RK_OK when every field is in range (the ranges of rk_hparams()). */
+/* RK_OK when `p` can run (rk_tune_run's own check, looser than the ranges of
+ * rk_hparams(), which bound what the CLI and the APIs accept); else RK_EINVAL. */
 RK_API int rk_tune_params_check(const struct rk_tune_params *p);
 
 /*
