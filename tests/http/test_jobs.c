@@ -984,6 +984,14 @@ START_TEST(test_tenants_and_files)
     snprintf(fid, sizeof fid, "%s", jstr(f, "id"));
     json_decref(f);
     resp_free(&r);
+    // method.type: supervised or a tuning method; anything else lists them.
+    snprintf(body, sizeof body, "{\"training_file\":\"%s\",\"model\":\"rand-mh\","
+             "\"method\":{\"type\":\"dpo\"}}", fid);
+    r = post(s.port, "/v1/fine_tuning/jobs", A, body);
+    ck_assert_msg(r.status == 400 && strstr(r.body, "unknown method type 'dpo'") &&
+                      strstr(r.body, "standard"),
+                  "%d %s", r.status, r.body);
+    resp_free(&r);
     snprintf(body, sizeof body, "{\"training_file\":\"%s\",\"model\":\"rand-mh\",\"suffix\":"
              "\"oa\",\"seed\":3,\"hyperparameters\":{\"n_epochs\":1,\"batch_size\":4}}", fid);
     r = post(s.port, "/v1/fine_tuning/jobs", A, body);
