@@ -27,9 +27,9 @@ static json_t *file_openai(const struct rk_tfile *f)
 
 void h_file_upload(struct rk_http_req *r)
 {
-    struct rk_tjobs *js = jobs_of(r);
+    struct rk_tjobs *js = api_tjobs_of(r);
     struct part parts[8];
-    int n = multipart(rk_http_header(r, "Content-Type"), r->body.p ? r->body.p : "", r->body.len,
+    int n = rk_multipart_parse(rk_http_header(r, "Content-Type"), r->body.p ? r->body.p : "", r->body.len,
                       parts, 8);
     if (n < 0) {
         rk_http_error(r, 400, "invalid_request", NULL,
@@ -70,14 +70,14 @@ void h_file_upload(struct rk_http_req *r)
     rk_http_json(r, 200, file_openai(&f));
 }
 
-const char *query(struct rk_http_req *r, const char *key)
+const char *api_query(struct rk_http_req *r, const char *key)
 {
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
-bool query_limit(struct rk_http_req *r, int def, int *out)
+bool api_query_limit(struct rk_http_req *r, int def, int *out)
 {
-    const char *s = query(r, "limit");
+    const char *s = api_query(r, "limit");
     *out = def;
     if (!s)
         return true;
@@ -93,13 +93,13 @@ bool query_limit(struct rk_http_req *r, int def, int *out)
 
 void h_files(struct rk_http_req *r)
 {
-    struct rk_tjobs *js = jobs_of(r);
+    struct rk_tjobs *js = api_tjobs_of(r);
     struct rk_tfile *fs = NULL;
     size_t n = 0;
     int limit;
-    if (!query_limit(r, 10000, &limit))
+    if (!api_query_limit(r, 10000, &limit))
         return;
-    const char *after = query(r, "after"), *purpose = query(r, "purpose");
+    const char *after = api_query(r, "after"), *purpose = api_query(r, "purpose");
     if (rk_files_list(js, r->tenant, &fs, &n) != RK_OK) {
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return;
@@ -133,7 +133,7 @@ void h_files(struct rk_http_req *r)
 
 static bool file_or_404(struct rk_http_req *r, struct rk_tfile *f)
 {
-    if (rk_files_get(jobs_of(r), r->tenant, r->params[0], f) == RK_OK)
+    if (rk_files_get(api_tjobs_of(r), r->tenant, r->params[0], f) == RK_OK)
         return true;
     rk_http_error(r, 404, "file_not_found", "id", "file '%s' does not exist", r->params[0]);
     return false;
@@ -154,7 +154,7 @@ void h_file_content(struct rk_http_req *r)
     void *buf = NULL;
     size_t len = 0;
     struct rk_errbuf eb = {0};
-    int rc = rk_files_read(jobs_of(r), r->tenant, f.id, &buf, &len, &eb);
+    int rc = rk_files_read(api_tjobs_of(r), r->tenant, f.id, &buf, &len, &eb);
     if (rc != RK_OK) {
         rk_http_error_rk(r, rc, "id", eb.msg);
         return;
@@ -168,6 +168,6 @@ void h_file_delete(struct rk_http_req *r)
     struct rk_tfile f;
     if (!file_or_404(r, &f))
         return;
-    rk_files_delete(jobs_of(r), r->tenant, f.id);
+    rk_files_delete(api_tjobs_of(r), r->tenant, f.id);
     rk_http_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", f.id, "object", "file", "deleted", 1));
 }

@@ -32,7 +32,7 @@ static bool oa_param(struct rk_http_req *r, json_t *hpo, const char *key, json_t
 
 void h_ft_create(struct rk_http_req *r)
 {
-    struct rk_tjobs *js = jobs_of(r);
+    struct rk_tjobs *js = api_tjobs_of(r);
     struct rk_srv *srv = r->srv;
     json_t *body = rk_http_body_json(r);
     if (!body)
@@ -42,12 +42,12 @@ void h_ft_create(struct rk_http_req *r)
     static const char *const top[] = {"model", "training_file", "hyperparameters", "suffix",
                                       "seed", "validation_file", "method", "integrations",
                                       "metadata", NULL};
-    if (!only_keys(r, body, top, "the request"))
+    if (!api_only_keys(r, body, top, "the request"))
         goto out;
     const char *model = NULL, *suffix = NULL, *tfile = NULL, *vfile = NULL;
-    if (!get_str(r, body, "model", &model) || !get_str(r, body, "suffix", &suffix) ||
-        !get_str(r, body, "training_file", &tfile) ||
-        !get_str(r, body, "validation_file", &vfile))
+    if (!api_get_str(r, body, "model", &model) || !api_get_str(r, body, "suffix", &suffix) ||
+        !api_get_str(r, body, "training_file", &tfile) ||
+        !api_get_str(r, body, "validation_file", &vfile))
         goto out;
     if (!model || !tfile) {
         rk_http_error(r, 400, "invalid_request", !model ? "model" : "training_file",
@@ -132,7 +132,7 @@ void h_ft_create(struct rk_http_req *r)
     }
     static const char *const hkeys[] = {"n_epochs", "batch_size", "learning_rate_multiplier",
                                         NULL};
-    if (hpo && !only_keys(r, hpo, hkeys, "\"hyperparameters\""))
+    if (hpo && !api_only_keys(r, hpo, hkeys, "\"hyperparameters\""))
         goto out;
     json_t *ne = NULL, *bs = NULL, *lrm = NULL;
     if (hpo && (!oa_param(r, hpo, "n_epochs", &ne) || !oa_param(r, hpo, "batch_size", &bs) ||
@@ -151,7 +151,7 @@ void h_ft_create(struct rk_http_req *r)
     double mult = 1;
     if (lrm) {
         json_t *tmp = json_pack("{s:O}", "learning_rate_multiplier", lrm);
-        bool ok = get_num(r, tmp, "learning_rate_multiplier", 0, 100, true, &mult);
+        bool ok = api_get_num(r, tmp, "learning_rate_multiplier", 0, 100, true, &mult);
         json_decref(tmp);
         if (!ok) {
             json_decref(native);
@@ -192,11 +192,11 @@ out:
 
 void h_ft_list(struct rk_http_req *r)
 {
-    struct rk_tjobs *js = jobs_of(r);
+    struct rk_tjobs *js = api_tjobs_of(r);
     int limit;
-    if (!query_limit(r, 20, &limit))
+    if (!api_query_limit(r, 20, &limit))
         return;
-    const char *after = query(r, "after");
+    const char *after = api_query(r, "after");
     struct rk_tjob_view *vs = NULL;
     size_t n = 0;
     if (rk_tjobs_list(js, r->tenant, true, &vs, &n) != RK_OK) {
@@ -268,12 +268,12 @@ static json_t *event_openai(const char *job_id, size_t idx, const struct rk_tjob
 
 void h_ft_events(struct rk_http_req *r)
 {
-    struct rk_tjobs *js = jobs_of(r);
+    struct rk_tjobs *js = api_tjobs_of(r);
     struct rk_tjob_view v;
     if (!job_or_404(r, &v))
         return;
     int limit;
-    if (!query_limit(r, 20, &limit))
+    if (!api_query_limit(r, 20, &limit))
         return;
     struct rk_tjob_ev *ev = NULL;
     size_t n = 0, total = 0;
@@ -284,7 +284,7 @@ void h_ft_events(struct rk_http_req *r)
     }
     // Newest first; `after` is the id of the last event of the previous page.
     size_t start = n; // exclusive upper index, walking down
-    const char *after = query(r, "after");
+    const char *after = api_query(r, "after");
     if (after) {
         char pre[40];
         snprintf(pre, sizeof pre, "ftevent-%.16s-", v.id + 6);

@@ -30,7 +30,7 @@
 #include <time.h>
 
 /* The table the request's server works on (srv->tjobs). */
-struct rk_tjobs *jobs_of(struct rk_http_req *r)
+struct rk_tjobs *api_tjobs_of(struct rk_http_req *r)
 {
     rk_tjobs_attach_loop(r->srv->tjobs);
     return r->srv->tjobs;
@@ -38,7 +38,7 @@ struct rk_tjobs *jobs_of(struct rk_http_req *r)
 
 /* --- request parsing ---------------------------------------------------------- */
 
-bool get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, double hi,
+bool api_get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, double hi,
              bool lo_open, double *out)
 {
     json_t *x = json_object_get(o, key);
@@ -54,7 +54,7 @@ bool get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, doubl
     return true;
 }
 
-bool get_str(struct rk_http_req *r, json_t *o, const char *key, const char **out)
+bool api_get_str(struct rk_http_req *r, json_t *o, const char *key, const char **out)
 {
     json_t *x = json_object_get(o, key);
     if (!x || json_is_null(x))
@@ -67,7 +67,7 @@ bool get_str(struct rk_http_req *r, json_t *o, const char *key, const char **out
     return true;
 }
 
-bool only_keys(struct rk_http_req *r, json_t *o, const char *const *allowed, const char *where)
+bool api_only_keys(struct rk_http_req *r, json_t *o, const char *const *allowed, const char *where)
 {
     const char *k;
     json_t *v;
@@ -84,7 +84,7 @@ bool only_keys(struct rk_http_req *r, json_t *o, const char *const *allowed, con
 }
 
 /* only_keys, where a key is also allowed when `also(key)` is true. */
-bool only_keys_or(struct rk_http_req *r, json_t *o, const char *const *allowed,
+bool api_only_keys_or(struct rk_http_req *r, json_t *o, const char *const *allowed,
                   bool (*also)(const char *key), const char *where)
 {
     const char *k;
@@ -250,7 +250,7 @@ bool parse_dataset(struct rk_http_req *r, struct rk_tjobs *js, json_t *body,
 {
     json_t *d = json_object_get(body, "dataset");
     const char *fid = NULL;
-    if (!get_str(r, body, "training_file", &fid))
+    if (!api_get_str(r, body, "training_file", &fid))
         return false;
     if ((d && !json_is_null(d)) == (fid != NULL)) {
         rk_http_error(r, 400, "invalid_request", "dataset",

@@ -23,12 +23,12 @@ struct part {
 };
 
 /* api_jobs.c */
-struct rk_tjobs *jobs_of(struct rk_http_req *r);
-bool get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, double hi,
+struct rk_tjobs *api_tjobs_of(struct rk_http_req *r);
+bool api_get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, double hi,
              bool lo_open, double *out);
-bool get_str(struct rk_http_req *r, json_t *o, const char *key, const char **out);
-bool only_keys(struct rk_http_req *r, json_t *o, const char *const *allowed, const char *where);
-bool only_keys_or(struct rk_http_req *r, json_t *o, const char *const *allowed,
+bool api_get_str(struct rk_http_req *r, json_t *o, const char *key, const char **out);
+bool api_only_keys(struct rk_http_req *r, json_t *o, const char *const *allowed, const char *where);
+bool api_only_keys_or(struct rk_http_req *r, json_t *o, const char *const *allowed,
                   bool (*also)(const char *key), const char *where);
 bool is_job_hparam(const char *key);
 const struct rk_tune_method *method_or_400(struct rk_http_req *r, const char *name,
@@ -55,15 +55,15 @@ void h_events(struct rk_http_req *r);
 
 /* api_files.c */
 void h_file_upload(struct rk_http_req *r);
-const char *query(struct rk_http_req *r, const char *key);
-bool query_limit(struct rk_http_req *r, int def, int *out);
+const char *api_query(struct rk_http_req *r, const char *key);
+bool api_query_limit(struct rk_http_req *r, int def, int *out);
 void h_files(struct rk_http_req *r);
 void h_file(struct rk_http_req *r);
 void h_file_content(struct rk_http_req *r);
 void h_file_delete(struct rk_http_req *r);
 
 /* api_multipart.c */
-int multipart(const char *ctype, const char *body, size_t len, struct part *parts,
+int rk_multipart_parse(const char *ctype, const char *body, size_t len, struct part *parts,
               int max);
 
 /* api_finetune.c */

@@ -42,7 +42,7 @@ static bool header_param(const char *h, size_t hn, const char *key, char *out, s
 }
 
 /* Split a multipart/form-data body into parts (pointers into `body`). */
-int multipart(const char *ctype, const char *body, size_t len, struct part *parts,
+int rk_multipart_parse(const char *ctype, const char *body, size_t len, struct part *parts,
               int max)
 {
     char bnd[80], delim[96];

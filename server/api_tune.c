@@ -17,14 +17,14 @@
 
 void h_tune(struct rk_http_req *r)
 {
-    struct rk_tjobs *js = jobs_of(r);
+    struct rk_tjobs *js = api_tjobs_of(r);
     json_t *body = rk_http_body_json(r);
     if (!body)
         return;
     struct dataset_info di = {0};
     static const char *const top[] = {"dataset", "training_file", "method", "output_state",
                                       "hyperparameters", NULL};
-    if (!only_keys_or(r, body, top, is_job_hparam, "the request"))
+    if (!api_only_keys_or(r, body, top, is_job_hparam, "the request"))
         goto out;
     // Hyperparameters may come at the top level or in "hyperparameters".
     json_t *hpo = json_object_get(body, "hyperparameters");
@@ -36,7 +36,7 @@ void h_tune(struct rk_http_req *r)
         goto out;
     }
     static const char *const none[] = {NULL};
-    if (hpo && !only_keys_or(r, hpo, none, is_job_hparam, "\"hyperparameters\"")) {
+    if (hpo && !api_only_keys_or(r, hpo, none, is_job_hparam, "\"hyperparameters\"")) {
         json_decref(merged);
         goto out;
     }
@@ -57,7 +57,7 @@ void h_tune(struct rk_http_req *r)
             json_object_set(merged, key, a ? a : b);
     }
     const char *method = "standard", *out_state = NULL;
-    if (!get_str(r, body, "method", &method) || !get_str(r, body, "output_state", &out_state)) {
+    if (!api_get_str(r, body, "method", &method) || !api_get_str(r, body, "output_state", &out_state)) {
         json_decref(merged);
         goto out;
     }
@@ -108,7 +108,7 @@ out:
 
 void h_jobs(struct rk_http_req *r)
 {
-    struct rk_tjobs *js = jobs_of(r);
+    struct rk_tjobs *js = api_tjobs_of(r);
     struct rk_tjob_view *vs = NULL;
     size_t n = 0;
     if (rk_tjobs_list(js, r->tenant, false, &vs, &n) != RK_OK) {
@@ -124,7 +124,7 @@ void h_jobs(struct rk_http_req *r)
 
 bool job_or_404(struct rk_http_req *r, struct rk_tjob_view *v)
 {
-    if (rk_tjobs_get(jobs_of(r), r->tenant, r->params[0], v) == RK_OK)
+    if (rk_tjobs_get(api_tjobs_of(r), r->tenant, r->params[0], v) == RK_OK)
         return true;
     rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
     return false;
@@ -140,7 +140,7 @@ void h_job(struct rk_http_req *r)
 void cancel_common(struct rk_http_req *r, bool openai)
 {
     struct rk_tjob_view v;
-    if (rk_tjobs_cancel(jobs_of(r), r->tenant, r->params[0], &v) != RK_OK) {
+    if (rk_tjobs_cancel(api_tjobs_of(r), r->tenant, r->params[0], &v) != RK_OK) {
         rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
         return;
     }
@@ -247,7 +247,7 @@ static void sse_wake(void *user, bool keepalive)
 
 void h_events(struct rk_http_req *r)
 {
-    struct rk_tjobs *js = jobs_of(r);
+    struct rk_tjobs *js = api_tjobs_of(r);
     struct rk_tjob_view v;
     if (!job_or_404(r, &v))
         return;

@@ -75,7 +75,7 @@
 
 /* --- small helpers ---------------------------------------------------------- */
 
-int64_t wall_ms(void)
+int64_t tj_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -99,7 +99,7 @@ bool rk_tjob_status_parse(const char *s, enum rk_tjob_status *out)
     return false;
 }
 
-bool is_final(enum rk_tjob_status s)
+bool tj_is_final(enum rk_tjob_status s)
 {
     return s == RK_TJOB_SUCCEEDED || s == RK_TJOB_FAILED || s == RK_TJOB_CANCELLED;
 }
@@ -109,7 +109,7 @@ const char *rk_tjob_ev_name(enum rk_tjob_ev_type t)
     return t == RK_EV_STEP ? "step" : t == RK_EV_EVAL ? "eval" : "status";
 }
 
-void random_id(const char *prefix, char *out, size_t cap)
+void tj_random_id(const char *prefix, char *out, size_t cap)
 {
     uint64_t x = 0;
     if (getrandom(&x, sizeof x, 0) != (ssize_t)sizeof x) {
@@ -122,7 +122,7 @@ void random_id(const char *prefix, char *out, size_t cap)
 }
 
 /* Ids we issue: prefix + 16 lowercase hex digits. */
-bool id_ok(const char *id, const char *prefix)
+bool tj_id_ok(const char *id, const char *prefix)
 {
     size_t pl = strlen(prefix);
     if (!id || strncmp(id, prefix, pl) || strlen(id) != pl + 16)
@@ -147,7 +147,7 @@ int mkdir_p(const char *path)
     return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-void job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
+void tj_job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
               size_t cap)
 {
     snprintf(out, cap, "%s/%s%s", js->dir, id, ext);
@@ -269,7 +269,7 @@ const struct rk_tjobs_limits *rk_tjobs_limits(const struct rk_tjobs *js) { retur
 
 static struct rk_tjob *find(struct rk_tjobs *js, const char *tenant, const char *id)
 {
-    if (!id_ok(id, "ftjob-"))
+    if (!tj_id_ok(id, "ftjob-"))
         return NULL;
     for (size_t i = 0; i < js->n_jobs; i++)
         if (!strcmp(js->jobs[i]->v.id, id))
@@ -292,7 +292,7 @@ static void view_of(struct rk_tjobs *js, struct rk_tjob *j, struct rk_tjob_view 
     }
 }
 
-int table_add(struct rk_tjobs *js, struct rk_tjob *j)
+int tj_table_add(struct rk_tjobs *js, struct rk_tjob *j)
 {
     if (js->n_jobs == js->cap_jobs) {
         size_t nc = js->cap_jobs ? js->cap_jobs * 2 : 64;
@@ -306,7 +306,7 @@ int table_add(struct rk_tjobs *js, struct rk_tjob *j)
     return RK_OK;
 }
 
-void enqueue(struct rk_tjobs *js, struct rk_tjob *j)
+void tj_enqueue(struct rk_tjobs *js, struct rk_tjob *j)
 {
     j->q_next = NULL;
     if (js->q_tail)
@@ -324,7 +324,7 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     if (!j)
         return RK_ENOMEM;
     struct rk_tjob_view *v = &j->v;
-    random_id("ftjob-", v->id, sizeof v->id);
+    tj_random_id("ftjob-", v->id, sizeof v->id);
     snprintf(v->tenant, sizeof v->tenant, "%s", nj->tenant);
     snprintf(v->output_state, sizeof v->output_state, "%s", nj->output_state);
     snprintf(v->training_file, sizeof v->training_file, "%s",
@@ -332,7 +332,7 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     snprintf(v->suffix, sizeof v->suffix, "%s", nj->suffix ? nj->suffix : "");
     v->openai = nj->openai;
     v->status = RK_TJOB_QUEUED;
-    v->created_ms = wall_ms();
+    v->created_ms = tj_wall_ms();
     v->hp = *nj->hp;
     v->steps = nj->hp->tune.steps;
     v->n_examples = nj->n_examples;
@@ -345,7 +345,7 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     pthread_mutex_lock(&js->mu);
     int active = 0;
     for (size_t i = 0; i < js->n_jobs; i++)
-        active += !strcmp(js->jobs[i]->v.tenant, nj->tenant) && !is_final(js->jobs[i]->v.status);
+        active += !strcmp(js->jobs[i]->v.tenant, nj->tenant) && !tj_is_final(js->jobs[i]->v.status);
     pthread_mutex_unlock(&js->mu);
     if (active >= js->lim.active_per_tenant_max) {
         free(j);
@@ -356,17 +356,17 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     }
     // The dataset first, then the record: a record on disk always has its data.
     char path[1100];
-    job_path(js, v->id, ".data.jsonl", path, sizeof path);
+    tj_job_path(js, v->id, ".data.jsonl", path, sizeof path);
     int rc = rk_file_write_atomic(path, nj->data, nj->len, eb);
     if (rc == RK_OK)
-        rc = journal_write(js, j, eb);
+        rc = tj_journal_write(js, j, eb);
     if (rc != RK_OK) {
         unlink(path);
         free(j);
         return rc;
     }
     pthread_mutex_lock(&js->mu);
-    rc = table_add(js, j);
+    rc = tj_table_add(js, j);
     if (rc != RK_OK) {
         pthread_mutex_unlock(&js->mu);
         free(j);
@@ -374,12 +374,12 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     }
     char msg[96];
     snprintf(msg, sizeof msg, "queued: %zu examples, %ld steps", v->n_examples, v->steps);
-    struct pending_ev pe = status_event(j, msg);
-    enqueue(js, j);
+    struct pending_ev pe = tj_status_event(j, msg);
+    tj_enqueue(js, j);
     if (view)
         view_of(js, j, view);
     pthread_mutex_unlock(&js->mu);
-    pending_flush(js, v->id, &pe);
+    tj_pending_flush(js, v->id, &pe);
     rk_log(RK_LOG_INFO, "jobs: %s queued for tenant %s -> state %s (%ld steps)", v->id,
            v->tenant, v->output_state, v->steps);
     return RK_OK;
@@ -445,15 +445,15 @@ int rk_tjobs_cancel(struct rk_tjobs *js, const char *tenant, const char *id,
     if (changed) {
         atomic_store(&j->cancel, true);
         j->v.status = RK_TJOB_CANCELLED;
-        j->v.finished_ms = wall_ms();
-        pe = status_event(j, "cancelled by request");
+        j->v.finished_ms = tj_wall_ms();
+        pe = tj_status_event(j, "cancelled by request");
     }
     view_of(js, j, view);
     pthread_mutex_unlock(&js->mu);
     if (changed) {
-        journal_write(js, j, NULL);
-        pending_flush(js, view->id, &pe);
-        wake_loop(js);
+        tj_journal_write(js, j, NULL);
+        tj_pending_flush(js, view->id, &pe);
+        tj_wake_loop(js);
         rk_log(RK_LOG_INFO, "jobs: %s cancelled", view->id);
     }
     return RK_OK;
@@ -474,7 +474,7 @@ int rk_tjobs_events(struct rk_tjobs *js, const char *tenant, const char *id, siz
     // A final status ends the stream once the worker no longer writes
     // (a cancelled running job may still be finishing its last layer, but
     // it records nothing more).
-    *ended = is_final(j->v.status);
+    *ended = tj_is_final(j->v.status);
     size_t k = from < j->n_ev ? j->n_ev - from : 0;
     if (k > max)
         k = max;
@@ -533,18 +533,18 @@ int rk_tjobs_start(struct rk_srv *srv, const struct rk_tjobs_limits *lim, struct
         snprintf(tdir, sizeof tdir, "%s/tenants", js->data_dir);
         rk_file_clean_temps_each(tdir, "files");
     }
-    int rc = load_jobs(js);
+    int rc = tj_load_jobs(js);
     if (rc != RK_OK) {
         rk_errbuf_set(eb, rc, "cannot read the job journal in %s", js->dir);
         rk_tjobs_free(js);
         return rc;
     }
-    load_files(js);
+    tj_load_files(js);
     /* counted before the worker starts taking jobs off the queue */
     size_t queued = 0;
     for (struct rk_tjob *q = js->q_head; q; q = q->q_next)
         queued++;
-    if (pthread_create(&js->th, NULL, worker_main, js) != 0) {
+    if (pthread_create(&js->th, NULL, tj_worker_main, js) != 0) {
         rk_errbuf_set(eb, RK_ENOMEM, "cannot start the tuning worker thread");
         rk_tjobs_free(js);
         return RK_ENOMEM;

@@ -25,7 +25,7 @@
 /* --- events ------------------------------------------------------------------ */
 
 /* Append an event to j's log (caller holds mu); takes `data`. */
-void ev_push(struct rk_tjob *j, enum rk_tjob_ev_type type, int64_t t_ms, char *data)
+void tj_ev_push(struct rk_tjob *j, enum rk_tjob_ev_type type, int64_t t_ms, char *data)
 {
     if (!data)
         return;
@@ -44,11 +44,11 @@ void ev_push(struct rk_tjob *j, enum rk_tjob_ev_type type, int64_t t_ms, char *d
 
 /* Append one event line to the job's event file (no fsync: the log is
  * informative; the record and checkpoint carry what recovery needs). */
-void ev_persist(struct rk_tjobs *js, const char *id, enum rk_tjob_ev_type type,
+void tj_ev_persist(struct rk_tjobs *js, const char *id, enum rk_tjob_ev_type type,
                 int64_t t_ms, const char *data)
 {
     char path[1100];
-    job_path(js, id, ".events.jsonl", path, sizeof path);
+    tj_job_path(js, id, ".events.jsonl", path, sizeof path);
     pthread_mutex_lock(&js->jmu);
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd >= 0) {
@@ -63,7 +63,7 @@ void ev_persist(struct rk_tjobs *js, const char *id, enum rk_tjob_ev_type type,
     pthread_mutex_unlock(&js->jmu);
 }
 
-void wake_loop(struct rk_tjobs *js)
+void tj_wake_loop(struct rk_tjobs *js)
 {
     pthread_mutex_lock(&js->amu);
     if (js->async_live)
@@ -72,7 +72,7 @@ void wake_loop(struct rk_tjobs *js)
 }
 
 /* A status event: {"status":..,"message":..[,"step":..]} (caller holds mu);
- * returns a copy of the data for ev_persist (caller frees). */
+ * returns a copy of the data for tj_ev_persist (caller frees). */
 static char *ev_status(struct rk_tjob *j, const char *msg, int64_t t_ms)
 {
     json_t *o = json_pack("{s:s,s:s}", "status", rk_tjob_status_name(j->v.status), "message",
@@ -95,23 +95,23 @@ static char *ev_status(struct rk_tjob *j, const char *msg, int64_t t_ms)
     if (!s)
         return NULL;
     char *copy = strdup(s);
-    ev_push(j, RK_EV_STATUS, t_ms, s);
+    tj_ev_push(j, RK_EV_STATUS, t_ms, s);
     return copy;
 }
 
 /* Record a status event: in memory (caller holds mu) and, after the caller
  * unlocks, on disk via the returned pending write. */
 
-struct pending_ev status_event(struct rk_tjob *j, const char *msg)
+struct pending_ev tj_status_event(struct rk_tjob *j, const char *msg)
 {
-    int64_t t = wall_ms();
+    int64_t t = tj_wall_ms();
     return (struct pending_ev){ev_status(j, msg, t), t};
 }
 
-void pending_flush(struct rk_tjobs *js, const char *id, struct pending_ev *p)
+void tj_pending_flush(struct rk_tjobs *js, const char *id, struct pending_ev *p)
 {
     if (p->data)
-        ev_persist(js, id, RK_EV_STATUS, p->t_ms, p->data);
+        tj_ev_persist(js, id, RK_EV_STATUS, p->t_ms, p->data);
     free(p->data);
     p->data = NULL;
 }

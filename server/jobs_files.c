@@ -42,12 +42,12 @@ int rk_files_add(struct rk_tjobs *js, const char *tenant, const char *filename,
                  struct rk_tfile *out, struct rk_errbuf *eb)
 {
     struct rk_tfile f = {0};
-    random_id("file-", f.id, sizeof f.id);
+    tj_random_id("file-", f.id, sizeof f.id);
     snprintf(f.tenant, sizeof f.tenant, "%s", tenant);
     snprintf(f.filename, sizeof f.filename, "%s", filename);
     snprintf(f.purpose, sizeof f.purpose, "%s", purpose);
     f.bytes = len;
-    f.created_ms = wall_ms();
+    f.created_ms = tj_wall_ms();
     f.n_examples = n_examples;
     pthread_mutex_lock(&js->mu);
     int n = 0;
@@ -96,7 +96,7 @@ int rk_files_add(struct rk_tjobs *js, const char *tenant, const char *filename,
 
 static struct rk_tfile *file_find(struct rk_tjobs *js, const char *tenant, const char *id)
 {
-    if (!id_ok(id, "file-"))
+    if (!tj_id_ok(id, "file-"))
         return NULL;
     for (size_t i = 0; i < js->n_files; i++)
         if (!strcmp(js->files[i].id, id))
@@ -168,7 +168,7 @@ int rk_files_delete(struct rk_tjobs *js, const char *tenant, const char *id)
     return RK_OK;
 }
 
-void load_files(struct rk_tjobs *js)
+void tj_load_files(struct rk_tjobs *js)
 {
     char tdir[1100];
     snprintf(tdir, sizeof tdir, "%s/tenants", js->data_dir);
@@ -193,15 +193,15 @@ void load_files(struct rk_tjobs *js)
             snprintf(path, sizeof path, "%s/%s", fdir, fe->d_name);
             json_t *o = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
             struct rk_tfile f = {0};
-            str_of(o, "id", f.id, sizeof f.id);
-            str_of(o, "tenant", f.tenant, sizeof f.tenant);
-            str_of(o, "filename", f.filename, sizeof f.filename);
-            str_of(o, "purpose", f.purpose, sizeof f.purpose);
-            f.bytes = (size_t)int_of(o, "bytes");
-            f.created_ms = int_of(o, "created_ms");
-            f.n_examples = (size_t)int_of(o, "n_examples");
+            tj_str_of(o, "id", f.id, sizeof f.id);
+            tj_str_of(o, "tenant", f.tenant, sizeof f.tenant);
+            tj_str_of(o, "filename", f.filename, sizeof f.filename);
+            tj_str_of(o, "purpose", f.purpose, sizeof f.purpose);
+            f.bytes = (size_t)tj_int_of(o, "bytes");
+            f.created_ms = tj_int_of(o, "created_ms");
+            f.n_examples = (size_t)tj_int_of(o, "n_examples");
             json_decref(o);
-            if (!id_ok(f.id, "file-") || strcmp(f.tenant, de->d_name)) {
+            if (!tj_id_ok(f.id, "file-") || strcmp(f.tenant, de->d_name)) {
                 rk_log(RK_LOG_WARN, "jobs: ignoring unreadable file record %s", path);
                 continue;
             }

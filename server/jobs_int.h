@@ -65,37 +65,37 @@ struct pending_ev {
 };
 
 /* jobs.c */
-int64_t wall_ms(void);
-bool is_final(enum rk_tjob_status s);
-void random_id(const char *prefix, char *out, size_t cap);
-bool id_ok(const char *id, const char *prefix);
+int64_t tj_wall_ms(void);
+bool tj_is_final(enum rk_tjob_status s);
+void tj_random_id(const char *prefix, char *out, size_t cap);
+bool tj_id_ok(const char *id, const char *prefix);
 int mkdir_p(const char *path);
-void job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
+void tj_job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
               size_t cap);
-int table_add(struct rk_tjobs *js, struct rk_tjob *j);
-void enqueue(struct rk_tjobs *js, struct rk_tjob *j);
+int tj_table_add(struct rk_tjobs *js, struct rk_tjob *j);
+void tj_enqueue(struct rk_tjobs *js, struct rk_tjob *j);
 
 /* jobs_events.c */
-void ev_push(struct rk_tjob *j, enum rk_tjob_ev_type type, int64_t t_ms, char *data);
-void ev_persist(struct rk_tjobs *js, const char *id, enum rk_tjob_ev_type type,
+void tj_ev_push(struct rk_tjob *j, enum rk_tjob_ev_type type, int64_t t_ms, char *data);
+void tj_ev_persist(struct rk_tjobs *js, const char *id, enum rk_tjob_ev_type type,
                 int64_t t_ms, const char *data);
-void wake_loop(struct rk_tjobs *js);
-struct pending_ev status_event(struct rk_tjob *j, const char *msg);
-void pending_flush(struct rk_tjobs *js, const char *id, struct pending_ev *p);
+void tj_wake_loop(struct rk_tjobs *js);
+struct pending_ev tj_status_event(struct rk_tjob *j, const char *msg);
+void tj_pending_flush(struct rk_tjobs *js, const char *id, struct pending_ev *p);
 
 /* jobs_journal.c */
-long long int_of(json_t *o, const char *k);
-void str_of(json_t *o, const char *k, char *out, size_t cap);
-int journal_write(struct rk_tjobs *js, struct rk_tjob *j, struct rk_errbuf *eb);
-void drop_events_after(struct rk_tjob *j, long k);
-int load_jobs(struct rk_tjobs *js);
+long long tj_int_of(json_t *o, const char *k);
+void tj_str_of(json_t *o, const char *k, char *out, size_t cap);
+int tj_journal_write(struct rk_tjobs *js, struct rk_tjob *j, struct rk_errbuf *eb);
+void tj_drop_events_after(struct rk_tjob *j, long k);
+int tj_load_jobs(struct rk_tjobs *js);
 
 /* jobs_worker.c */
-void finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
+void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
             const char *code, const char *msg);
-void *worker_main(void *arg);
+void *tj_worker_main(void *arg);
 
 /* jobs_files.c */
-void load_files(struct rk_tjobs *js);
+void tj_load_files(struct rk_tjobs *js);
 
 #endif

@@ -32,13 +32,13 @@ static double num_of(json_t *o, const char *k)
     return json_is_number(x) ? json_number_value(x) : NAN;
 }
 
-long long int_of(json_t *o, const char *k)
+long long tj_int_of(json_t *o, const char *k)
 {
     json_t *x = json_object_get(o, k);
     return json_is_integer(x) ? json_integer_value(x) : json_is_real(x) ? (long long)json_real_value(x) : 0;
 }
 
-void str_of(json_t *o, const char *k, char *out, size_t cap)
+void tj_str_of(json_t *o, const char *k, char *out, size_t cap)
 {
     const char *s = json_string_value(json_object_get(o, k));
     snprintf(out, cap, "%s", s ? s : "");
@@ -77,49 +77,49 @@ static json_t *record_json(const struct rk_tjob_view *v)
 static bool record_parse(json_t *o, struct rk_tjob_view *v)
 {
     memset(v, 0, sizeof *v);
-    if (int_of(o, "format") != 1)
+    if (tj_int_of(o, "format") != 1)
         return false;
-    str_of(o, "id", v->id, sizeof v->id);
-    str_of(o, "tenant", v->tenant, sizeof v->tenant);
-    str_of(o, "output_state", v->output_state, sizeof v->output_state);
-    str_of(o, "training_file", v->training_file, sizeof v->training_file);
-    str_of(o, "suffix", v->suffix, sizeof v->suffix);
+    tj_str_of(o, "id", v->id, sizeof v->id);
+    tj_str_of(o, "tenant", v->tenant, sizeof v->tenant);
+    tj_str_of(o, "output_state", v->output_state, sizeof v->output_state);
+    tj_str_of(o, "training_file", v->training_file, sizeof v->training_file);
+    tj_str_of(o, "suffix", v->suffix, sizeof v->suffix);
     v->openai = json_is_true(json_object_get(o, "openai"));
     if (!rk_tjob_status_parse(json_string_value(json_object_get(o, "status")), &v->status))
         return false;
-    v->created_ms = int_of(o, "created_ms");
-    v->started_ms = int_of(o, "started_ms");
-    v->finished_ms = int_of(o, "finished_ms");
+    v->created_ms = tj_int_of(o, "created_ms");
+    v->started_ms = tj_int_of(o, "started_ms");
+    v->finished_ms = tj_int_of(o, "finished_ms");
     json_t *hp = json_object_get(o, "hyperparameters");
     if (!json_is_object(hp))
         return false;
     struct rk_tjob_hparams *h = &v->hp;
     rk_tjob_hparams_default(h, 0);
     rk_tjob_hparams_from_json(hp, h);
-    v->n_examples = (size_t)int_of(o, "n_examples");
-    v->n_tokens = (size_t)int_of(o, "n_tokens");
-    v->n_targets = (size_t)int_of(o, "n_targets");
-    v->step = (long)int_of(o, "step");
-    v->steps = (long)int_of(o, "steps");
-    v->resumed_from = (long)int_of(o, "resumed_from");
-    v->attempts = (int)int_of(o, "attempts");
+    v->n_examples = (size_t)tj_int_of(o, "n_examples");
+    v->n_tokens = (size_t)tj_int_of(o, "n_tokens");
+    v->n_targets = (size_t)tj_int_of(o, "n_targets");
+    v->step = (long)tj_int_of(o, "step");
+    v->steps = (long)tj_int_of(o, "steps");
+    v->resumed_from = (long)tj_int_of(o, "resumed_from");
+    v->attempts = (int)tj_int_of(o, "attempts");
     v->loss = num_of(o, "loss");
     v->val_loss = num_of(o, "val_loss");
     v->val_loss_init = num_of(o, "val_loss_init");
     v->val_loss_best = num_of(o, "val_loss_best");
     v->tokens_per_s = num_of(o, "tokens_per_s");
     v->grad_norm = v->lr_now = NAN;
-    v->trained_tokens = (uint64_t)int_of(o, "trained_tokens");
-    v->result_version = (uint64_t)int_of(o, "result_version");
-    str_of(o, "error_code", v->err_code, sizeof v->err_code);
-    str_of(o, "error", v->err_msg, sizeof v->err_msg);
+    v->trained_tokens = (uint64_t)tj_int_of(o, "trained_tokens");
+    v->result_version = (uint64_t)tj_int_of(o, "result_version");
+    tj_str_of(o, "error_code", v->err_code, sizeof v->err_code);
+    tj_str_of(o, "error", v->err_msg, sizeof v->err_msg);
     v->queue_pos = -1;
-    return id_ok(v->id, "ftjob-") && rk_state_id_valid(v->tenant) && h->tune.steps >= 1 &&
+    return tj_id_ok(v->id, "ftjob-") && rk_state_id_valid(v->tenant) && h->tune.steps >= 1 &&
            h->tune.batch >= 1;
 }
 
 /* Write the job's record atomically (any thread; takes jmu, then mu). */
-int journal_write(struct rk_tjobs *js, struct rk_tjob *j, struct rk_errbuf *eb)
+int tj_journal_write(struct rk_tjobs *js, struct rk_tjob *j, struct rk_errbuf *eb)
 {
     pthread_mutex_lock(&js->jmu);
     pthread_mutex_lock(&js->mu);
@@ -131,7 +131,7 @@ int journal_write(struct rk_tjobs *js, struct rk_tjob *j, struct rk_errbuf *eb)
     json_decref(o);
     if (s) {
         char path[1100];
-        job_path(js, v.id, ".json", path, sizeof path);
+        tj_job_path(js, v.id, ".json", path, sizeof path);
         struct rk_errbuf e2 = {0};
         rc = rk_file_write_atomic(path, s, strlen(s), eb ? eb : &e2);
         if (rc != RK_OK)
@@ -144,14 +144,14 @@ int journal_write(struct rk_tjobs *js, struct rk_tjob *j, struct rk_errbuf *eb)
 }
 
 /* Forget step and eval events after step k: a resumed run does them again. */
-void drop_events_after(struct rk_tjob *j, long k)
+void tj_drop_events_after(struct rk_tjob *j, long k)
 {
     size_t w = 0;
     for (size_t i = 0; i < j->n_ev; i++) {
         bool drop = j->ev[i].type != RK_EV_STATUS;
         if (drop) {
             json_t *e = json_loads(j->ev[i].data, 0, NULL);
-            drop = int_of(e, "step") > k;
+            drop = tj_int_of(e, "step") > k;
             json_decref(e);
         }
         if (drop)
@@ -177,7 +177,7 @@ static int cmp_created(const void *a, const void *b)
 static void load_events(struct rk_tjobs *js, struct rk_tjob *j)
 {
     char path[1100];
-    job_path(js, j->v.id, ".events.jsonl", path, sizeof path);
+    tj_job_path(js, j->v.id, ".events.jsonl", path, sizeof path);
     void *buf = NULL;
     size_t len = 0;
     if (rk_file_read_all(path, (size_t)1 << 30, &buf, &len, NULL) != RK_OK)
@@ -199,14 +199,14 @@ static void load_events(struct rk_tjobs *js, struct rk_tjob *j)
                                  : !strcmp(type, "eval") ? RK_EV_EVAL : RK_EV_STATUS;
         const char *msg = json_string_value(json_object_get(d, "message"));
         if (t == RK_EV_STATUS && msg && !strncmp(msg, "resumed from", 12))
-            drop_events_after(j, (long)int_of(d, "step"));
-        ev_push(j, t, int_of(o, "t"), json_dumps(d, JSON_COMPACT | JSON_REAL_PRECISION(9)));
+            tj_drop_events_after(j, (long)tj_int_of(d, "step"));
+        tj_ev_push(j, t, tj_int_of(o, "t"), json_dumps(d, JSON_COMPACT | JSON_REAL_PRECISION(9)));
         json_decref(o);
     }
     free(buf);
 }
 
-int load_jobs(struct rk_tjobs *js)
+int tj_load_jobs(struct rk_tjobs *js)
 {
     DIR *d = opendir(js->dir);
     if (!d)
@@ -232,7 +232,7 @@ int load_jobs(struct rk_tjobs *js)
             free(j);
             continue;
         }
-        if (table_add(js, j) != RK_OK) {
+        if (tj_table_add(js, j) != RK_OK) {
             free(j);
             closedir(d);
             return RK_ENOMEM;
@@ -246,38 +246,38 @@ int load_jobs(struct rk_tjobs *js)
         struct rk_tjob *j = js->jobs[i];
         load_events(js, j);
         char path[1100];
-        if (is_final(j->v.status)) {
-            job_path(js, j->v.id, ".ckpt", path, sizeof path);
+        if (tj_is_final(j->v.status)) {
+            tj_job_path(js, j->v.id, ".ckpt", path, sizeof path);
             unlink(path); // left over from a crash between the two writes
             continue;
         }
         struct pending_ev pe = {0};
         if (j->v.status == RK_TJOB_RUNNING) {
-            job_path(js, j->v.id, ".ckpt", path, sizeof path);
+            tj_job_path(js, j->v.id, ".ckpt", path, sizeof path);
             bool has_ckpt = access(path, F_OK) == 0;
             if (j->v.attempts >= ATTEMPTS_MAX) {
                 j->v.status = RK_TJOB_FAILED;
-                j->v.finished_ms = wall_ms();
+                j->v.finished_ms = tj_wall_ms();
                 snprintf(j->v.err_code, sizeof j->v.err_code, "interrupted");
                 snprintf(j->v.err_msg, sizeof j->v.err_msg,
                          "the server stopped %d times while this job ran; giving up",
                          j->v.attempts);
-                pe = status_event(j, j->v.err_msg);
+                pe = tj_status_event(j, j->v.err_msg);
                 unlink(path);
             } else {
                 j->v.status = RK_TJOB_QUEUED;
-                pe = status_event(j, has_ckpt ? "the server restarted while this job ran; it "
+                pe = tj_status_event(j, has_ckpt ? "the server restarted while this job ran; it "
                                                 "resumes from its last checkpoint"
                                               : "the server restarted before the first "
                                                 "checkpoint; the job starts again");
             }
-            journal_write(js, j, NULL);
-            pending_flush(js, j->v.id, &pe);
+            tj_journal_write(js, j, NULL);
+            tj_pending_flush(js, j->v.id, &pe);
             rk_log(RK_LOG_INFO, "jobs: %s was running at the last stop: %s", j->v.id,
                    j->v.status == RK_TJOB_FAILED ? "failed" : "queued again");
         }
         if (j->v.status == RK_TJOB_QUEUED)
-            enqueue(js, j);
+            tj_enqueue(js, j);
     }
     return RK_OK;
 }

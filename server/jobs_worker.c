@@ -80,7 +80,7 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
     struct rk_tjob *j = r->j;
     bool eval = !isnan(p->val_loss);
     char data[512];
-    int64_t t = wall_ms();
+    int64_t t = tj_wall_ms();
     double elapsed = (double)(rk_now_us() - r->t0_us) / 1e6;
     long done = p->step - r->step0;
     double eta = done > 0 ? elapsed / (double)done * (double)(p->steps - p->step) : NAN;
@@ -110,12 +110,12 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
             j->v.run_steps = done;
             j->v.trained_tokens = r->tokens0 + p->tokens;
         }
-        ev_push(j, eval ? RK_EV_EVAL : RK_EV_STEP, t, strdup(data));
+        tj_ev_push(j, eval ? RK_EV_EVAL : RK_EV_STEP, t, strdup(data));
     }
     pthread_mutex_unlock(&js->mu);
     if (keep) {
-        ev_persist(js, r->id, eval ? RK_EV_EVAL : RK_EV_STEP, t, data);
-        wake_loop(js);
+        tj_ev_persist(js, r->id, eval ? RK_EV_EVAL : RK_EV_STEP, t, data);
+        tj_wake_loop(js);
     }
 }
 
@@ -127,35 +127,35 @@ static int on_checkpoint(const struct rk_tune_checkpoint *ck, void *user)
         r->ckpt_rc = rc;
         return rc;
     }
-    journal_write(r->js, r->j, NULL);
+    tj_journal_write(r->js, r->j, NULL);
     return RK_OK;
 }
 
 /* Finish a job with a final status (worker); `code`/`msg` for failures. */
-void finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
+void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
             const char *code, const char *msg)
 {
     pthread_mutex_lock(&js->mu);
     struct pending_ev pe = {0};
-    if (!is_final(j->v.status)) {
+    if (!tj_is_final(j->v.status)) {
         j->v.status = st;
-        j->v.finished_ms = wall_ms();
+        j->v.finished_ms = tj_wall_ms();
         if (code) {
             snprintf(j->v.err_code, sizeof j->v.err_code, "%s", code);
             snprintf(j->v.err_msg, sizeof j->v.err_msg, "%s", msg ? msg : "");
         }
-        pe = status_event(j, st == RK_TJOB_FAILED ? j->v.err_msg
+        pe = tj_status_event(j, st == RK_TJOB_FAILED ? j->v.err_msg
                              : st == RK_TJOB_SUCCEEDED ? "the state is published"
                                                        : "cancelled");
     }
     j->v.loading = false;
     pthread_mutex_unlock(&js->mu);
-    journal_write(js, j, NULL);
-    pending_flush(js, j->v.id, &pe);
+    tj_journal_write(js, j, NULL);
+    tj_pending_flush(js, j->v.id, &pe);
     char path[1100];
-    job_path(js, j->v.id, ".ckpt", path, sizeof path);
+    tj_job_path(js, j->v.id, ".ckpt", path, sizeof path);
     unlink(path);
-    wake_loop(js);
+    tj_wake_loop(js);
     rk_log(RK_LOG_INFO, "jobs: %s %s%s%s", j->v.id, rk_tjob_status_name(st), msg ? ": " : "",
            msg ? msg : "");
 }
@@ -174,7 +174,7 @@ static void fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const
     memcpy(full, msg, sizeof msg);
     if (rk_scrub_paths(msg, sizeof msg, js->data_dir))
         rk_log(RK_LOG_WARN, "jobs: %s: %s", j->v.id, full);
-    finish(js, j, RK_TJOB_FAILED, code, msg);
+    tj_finish(js, j, RK_TJOB_FAILED, code, msg);
 }
 
 static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
@@ -184,7 +184,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     size_t slen = rk_state_len(m);
     struct run r = {.js = js, .j = j};
     snprintf(r.id, sizeof r.id, "%s", j->v.id);
-    job_path(js, r.id, ".ckpt", r.ckpt_path, sizeof r.ckpt_path);
+    tj_job_path(js, r.id, ".ckpt", r.ckpt_path, sizeof r.ckpt_path);
     struct rk_dataset *ds = NULL;
     float *init = NULL, *out = NULL, *ckmem = NULL;
     void *data = NULL;
@@ -192,10 +192,10 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     struct rk_errbuf eb = {0};
     struct rk_tune_checkpoint ck = {0};
     char path[1100];
-    journal_write(js, j, NULL);
+    tj_journal_write(js, j, NULL);
 
     // The dataset, re-read from the journal exactly as submitted.
-    job_path(js, r.id, ".data.jsonl", path, sizeof path);
+    tj_job_path(js, r.id, ".data.jsonl", path, sizeof path);
     int rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len, &eb);
     if (rc != RK_OK) {
         rk_log(RK_LOG_WARN, "jobs: %s: %s", r.id, eb.msg);
@@ -275,18 +275,18 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     r.tokens0 = j->v.trained_tokens;
     char msg[128];
     if (resumed) {
-        drop_events_after(j, ck.step);
+        tj_drop_events_after(j, ck.step);
         snprintf(msg, sizeof msg, "resumed from the checkpoint at step %ld", ck.step);
     }
     else
         snprintf(msg, sizeof msg, "training on %zu examples", j->v.n_examples);
-    struct pending_ev pe = status_event(j, msg);
+    struct pending_ev pe = tj_status_event(j, msg);
     bool cancelled = atomic_load(&j->cancel);
     pthread_mutex_unlock(&js->mu);
-    pending_flush(js, r.id, &pe);
-    wake_loop(js);
+    tj_pending_flush(js, r.id, &pe);
+    tj_wake_loop(js);
     if (cancelled) {
-        finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
+        tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
         goto out;
     }
     rk_log(RK_LOG_INFO, "jobs: %s running (%ld steps%s)", r.id, steps,
@@ -296,19 +296,19 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     rc = rk_tune_run(m, &tp, ds, init, on_cancel, on_progress, &r, out, &res);
     if (rc == RK_ECANCELED || (rc != RK_OK && atomic_load(&j->cancel))) {
         if (atomic_load(&j->cancel)) {
-            finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
+            tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
         } else {
             // Shutdown: journaled as queued; the next start resumes it.
             pthread_mutex_lock(&js->mu);
             struct pending_ev pe2 = {0};
             if (j->v.status == RK_TJOB_RUNNING) {
                 j->v.status = RK_TJOB_QUEUED;
-                pe2 = status_event(j, "interrupted by shutdown; resumes from its last "
+                pe2 = tj_status_event(j, "interrupted by shutdown; resumes from its last "
                                       "checkpoint at the next start");
             }
             pthread_mutex_unlock(&js->mu);
-            journal_write(js, j, NULL);
-            pending_flush(js, r.id, &pe2);
+            tj_journal_write(js, j, NULL);
+            tj_pending_flush(js, r.id, &pe2);
         }
         goto out;
     }
@@ -339,7 +339,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     j->v.step = res.steps_done;
     pthread_mutex_unlock(&js->mu);
     if (cancelled) {
-        finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
+        tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
         goto out;
     }
     struct rk_state_meta meta;
@@ -363,13 +363,13 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     j->publishing = false;
     pthread_mutex_unlock(&js->mu);
     rk_state_ref_release(ref);
-    finish(js, j, RK_TJOB_SUCCEEDED, NULL, NULL);
+    tj_finish(js, j, RK_TJOB_SUCCEEDED, NULL, NULL);
 out:
     rk_dataset_free(ds);
     free(data), free(init), free(out), free(ckmem);
 }
 
-void *worker_main(void *arg)
+void *tj_worker_main(void *arg)
 {
     struct rk_tjobs *js = arg;
     // Lower this thread's priority; the compute threads rk_tune_run starts
@@ -394,7 +394,7 @@ void *worker_main(void *arg)
         j->v.status = RK_TJOB_RUNNING;
         j->v.loading = true;
         if (!j->v.started_ms)
-            j->v.started_ms = wall_ms();
+            j->v.started_ms = tj_wall_ms();
         j->v.attempts++;
         pthread_mutex_unlock(&js->mu);
         run_job(js, j);
