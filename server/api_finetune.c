@@ -15,7 +15,18 @@
 
 /* --- OpenAI: fine-tuning jobs -------------------------------------------------------- */
 
-/* n_epochs / batch_size / learning_rate_multiplier: a number or "auto". */
+/* True when `key` is an OpenAI fine-tuning hyperparameter (RK_HP_OPENAI). */
+static bool oa_hparam(const char *key)
+{
+    size_t n;
+    const struct rk_hparam *t = rk_hparams(&n);
+    for (size_t i = 0; i < n; i++)
+        if ((t[i].where & RK_HP_OPENAI) && !strcmp(t[i].openai, key))
+            return true;
+    return false;
+}
+
+/* An OpenAI hyperparameter: a number or "auto" (*out NULL: the default). */
 static bool oa_param(struct rk_http_req *r, json_t *hpo, const char *key, json_t **out)
 {
     json_t *x = json_object_get(hpo, key);
@@ -130,34 +141,56 @@ void h_ft_create(struct rk_http_req *r)
         rk_http_error(r, 400, "invalid_value", "hyperparameters", "must be an object");
         goto out;
     }
-    static const char *const hkeys[] = {"n_epochs", "batch_size", "learning_rate_multiplier",
-                                        NULL};
-    if (hpo && !api_only_keys(r, hpo, hkeys, "\"hyperparameters\""))
-        goto out;
-    json_t *ne = NULL, *bs = NULL, *lrm = NULL;
-    if (hpo && (!oa_param(r, hpo, "n_epochs", &ne) || !oa_param(r, hpo, "batch_size", &bs) ||
-                !oa_param(r, hpo, "learning_rate_multiplier", &lrm)))
-        goto out;
-    json_object_set_new(merged, "training_file", json_string(tfile));
-    if (!parse_dataset(r, js, merged, &di))
-        goto out;
+    // The OpenAI hyperparameters are the RK_HP_OPENAI entries of rk_hparams(),
+    // each a number or "auto" (the default), renamed to their native keys;
+    // the learning-rate multiplier scales the native lr.
+    if (hpo) {
+        const char *k;
+        json_t *x;
+        json_object_foreach(hpo, k, x) {
+            if (!oa_hparam(k)) {
+                rk_http_error(r, 400, "unknown_parameter", k,
+                              "unknown field \"%s\" in \"hyperparameters\"", k);
+                goto out;
+            }
+        }
+    }
     struct rk_tjob_hparams hp;
     hparams_default(js, &hp);
     json_t *native = json_object();
-    if (ne)
-        json_object_set(native, "epochs", ne);
-    if (bs)
-        json_object_set(native, "batch", bs);
     double mult = 1;
-    if (lrm) {
-        json_t *tmp = json_pack("{s:O}", "learning_rate_multiplier", lrm);
-        bool ok = api_get_num(r, tmp, "learning_rate_multiplier", 0, 100, true, &mult);
-        json_decref(tmp);
-        if (!ok) {
+    size_t n_hp;
+    const struct rk_hparam *tab = rk_hparams(&n_hp);
+    for (size_t i = 0; hpo && i < n_hp; i++) {
+        const struct rk_hparam *h = &tab[i];
+        json_t *x;
+        if (!(h->where & RK_HP_OPENAI))
+            continue;
+        if (!oa_param(r, hpo, h->openai, &x)) {
+            json_decref(native);
+            goto out;
+        }
+        if (!x)
+            continue;
+        if (strcmp(h->name, "lr_multiplier")) {
+            json_object_set(native, h->name, x);
+            continue;
+        }
+        mult = json_number_value(x);
+        if (rk_hparam_check(h, mult, 0) != RK_OK) {
+            char range[64];
+            rk_hparam_range_str(h, 0, range, sizeof range);
+            rk_http_error(r, 400, "invalid_value", h->openai, "\"%s\" must be a number in %s",
+                          h->openai, range);
             json_decref(native);
             goto out;
         }
         json_object_set_new(native, "lr", json_real(hp.tune.lr * mult));
+    }
+    json_object_set_new(merged, "training_file", json_string(tfile));
+    if (!parse_dataset(r, js, merged, &di)) {
+        json_decref(native);
+        goto out;
     }
     json_t *seed = json_object_get(body, "seed");
     if (seed && !json_is_null(seed))

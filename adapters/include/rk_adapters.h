@@ -462,7 +462,8 @@ RK_API int rk_tune_params_check(const struct rk_tune_params *p);
  * (POST /tune, the OpenAI fine-tuning route), the `rwkvd tune` options, the
  * jobs journal and the docs (a test checks that every entry is documented).
  * Most entries are fields of struct rk_tune_params; RK_HP_HOST entries are
- * resolved by the host before rk_tune_run (epochs, init_state).
+ * resolved by the host before rk_tune_run (epochs, init_state, the OpenAI
+ * learning-rate multiplier).
  */
 enum rk_hparam_type {
     RK_HP_INT,  /* integer in [lo, hi] */
@@ -475,12 +476,14 @@ enum rk_hparam_type {
 #define RK_HP_JOB 1u  /* POST /tune, the jobs journal and job objects */
 #define RK_HP_CLI 2u  /* an option of `rwkvd tune` */
 #define RK_HP_HOST 4u /* not a field of rk_tune_params: the host resolves it */
+#define RK_HP_OPENAI 8u /* in the OpenAI fine-tuning "hyperparameters", as `openai` */
 /* A server limit that lowers `hi` for jobs (docs/JOBS.md, RWKVD_JOB_*). */
 enum rk_hparam_cap { RK_HP_CAP_NONE = 0, RK_HP_CAP_STEPS, RK_HP_CAP_BATCH };
 
 struct rk_hparam {
     const char *name;   /* the JSON key */
     const char *cli;    /* the `rwkvd tune` option without "--" */
+    const char *openai; /* the OpenAI fine-tuning name (RK_HP_OPENAI), else NULL */
     enum rk_hparam_type type;
     double lo, hi;
     bool lo_open;

@@ -992,6 +992,21 @@ START_TEST(test_tenants_and_files)
                       strstr(r.body, "standard"),
                   "%d %s", r.status, r.body);
     resp_free(&r);
+    // The OpenAI hyperparameters come from the same table as the native ones.
+    static const char *const bad_hp[][2] = {
+        {"{\"n_epochs\":\"x\"}", "must be a number or \\\"auto\\\""},
+        {"{\"learning_rate_multiplier\":0}", "must be a number in (0, 100]"},
+        {"{\"batch_size\":0}", "\\\"batch\\\" must be an integer in [1, "},
+        {"{\"lr\":1}", "unknown field \\\"lr\\\""},
+    };
+    for (size_t i = 0; i < sizeof bad_hp / sizeof bad_hp[0]; i++) {
+        snprintf(body, sizeof body, "{\"training_file\":\"%s\",\"model\":\"rand-mh\","
+                 "\"hyperparameters\":%s}", fid, bad_hp[i][0]);
+        r = post(s.port, "/v1/fine_tuning/jobs", A, body);
+        ck_assert_msg(r.status == 400 && strstr(r.body, bad_hp[i][1]), "%s -> %d %s",
+                      bad_hp[i][0], r.status, r.body);
+        resp_free(&r);
+    }
     snprintf(body, sizeof body, "{\"training_file\":\"%s\",\"model\":\"rand-mh\",\"suffix\":"
              "\"oa\",\"seed\":3,\"hyperparameters\":{\"n_epochs\":1,\"batch_size\":4}}", fid);
     r = post(s.port, "/v1/fine_tuning/jobs", A, body);

@@ -201,6 +201,7 @@ START_TEST(test_hparams_table)
         for (size_t j = 0; j < i; j++)
             ck_assert_msg(strcmp(t[j].cli, h->cli), "option --%s twice", h->cli);
         ck_assert(h->help && h->help[0]);
+        ck_assert(!(h->where & RK_HP_OPENAI) == !h->openai);
         if (h->where & RK_HP_HOST)
             continue;
         // Defaults lie in range, except "0 = none" of seq_len_max.
@@ -262,6 +263,10 @@ START_TEST(test_hparams_documented)
         char key[96];
         if (t[i].where & RK_HP_JOB) {
             snprintf(key, sizeof key, "`%s`", t[i].name);
+            ck_assert_msg(strstr(jobs, key), "%s is not documented in docs/JOBS.md", key);
+        }
+        if (t[i].where & RK_HP_OPENAI) {
+            snprintf(key, sizeof key, "`%s`", t[i].openai);
             ck_assert_msg(strstr(jobs, key), "%s is not documented in docs/JOBS.md", key);
         }
         if (t[i].where & RK_HP_CLI) {
