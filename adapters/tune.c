@@ -139,7 +139,9 @@ struct run {
     size_t tokens;
 };
 
-/* Validation loss of the current parameters (or `params`) over r->val. */
+/* Validation loss of `params` over r->val. TODO: a method with infer_token
+ * needs rk_eval_run (and the engine) to call it per token; none is
+ * registered yet, so validation runs the plain forward from to_state. */
 static int run_val_loss(struct run *r, const float *params, double *out)
 {
     r->meth->to_state(r->m, r->p, params, r->st0);
