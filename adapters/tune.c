@@ -1,13 +1,16 @@
 /*
- * tune.c - the tuning driver (rk_tune_run). Method "standard": Adam(W) on the
- * initial state of a frozen model. Each step takes `batch` sequences in a
- * seeded per-epoch order, gets dLoss/dstate0 of each from rk_backward_seq,
- * averages them weighted by the number of scored positions (so the step's
- * loss is the token mean over the batch), clips the norm and updates the
- * wkv parts (and the token shifts when asked). Validation loss every
- * eval_every steps drives early stopping and the choice of the returned
- * state. The step counter, the state, the Adam moments and the best state
- * are all a resumed job needs: the data order is a function of (seed, step).
+ * tune.c - the tuning driver (rk_tune_run), the same for every method of
+ * the table in methods.c. Adam(W) on the method's parameters with the
+ * model frozen. Each step takes `batch` sequences in a seeded per-epoch
+ * order, turns the parameters into the initial state, gets dLoss/dstate0
+ * of each sequence from rk_backward_seq (with the method's loss), averages
+ * them weighted by the number of scored positions (so the step's loss is
+ * the token mean over the batch), carries the mean back to the parameters,
+ * clips the norm and updates the method's trainable spans. Validation loss
+ * every eval_every steps drives early stopping and the choice of the
+ * returned parameters. The step counter, the parameters, the Adam moments
+ * and the best parameters are all a resumed job needs: the data order is a
+ * function of (seed, step).
  */
 #include "rk_adapters.h"
 
@@ -19,7 +22,7 @@
 void rk_tune_params_default(struct rk_tune_params *p)
 {
     memset(p, 0, sizeof *p);
-    p->method = RK_TUNE_STANDARD;
+    p->method = rk_tune_method_default();
     p->steps = 100;
     p->batch = 4;
     p->lr = 1.0;
@@ -42,18 +45,14 @@ void rk_tune_params_default(struct rk_tune_params *p)
     p->checkpoint_every = 0;
 }
 
-int rk_tune_method_parse(const char *s, enum rk_tune_method *out)
+const struct rk_tune_method *rk_tune_params_method(const struct rk_tune_params *p)
 {
-    if (s && strcmp(s, "standard") == 0) {
-        *out = RK_TUNE_STANDARD;
-        return RK_OK;
-    }
-    return RK_EINVAL;
+    return p && p->method ? p->method : rk_tune_method_default();
 }
 
-const char *rk_tune_method_name(enum rk_tune_method m)
+size_t rk_tune_params_len(const struct rk_model *m, const struct rk_tune_params *p)
 {
-    return m == RK_TUNE_STANDARD ? "standard" : "unknown";
+    return rk_tune_params_method(p)->params_len(m, p);
 }
 
 static double now_s(void)
@@ -85,9 +84,9 @@ static size_t order_at(struct order *o, long g)
     return o->perm[g % (long)o->n];
 }
 
-static int check_params(const struct rk_tune_params *p)
+int rk_tune_params_check(const struct rk_tune_params *p)
 {
-    if (p->method != RK_TUNE_STANDARD || p->steps < 1 || p->batch < 1 || !(p->lr > 0) ||
+    if (p->steps < 1 || p->batch < 1 || !(p->lr > 0) ||
         !(p->lr_final >= 0) || p->warmup < 0 || !(p->beta1 >= 0 && p->beta1 < 1) ||
         !(p->beta2 >= 0 && p->beta2 < 1) || !(p->eps > 0) || !(p->weight_decay >= 0) ||
         !(p->clip_norm >= 0) || !(p->val_split >= 0 && p->val_split < 1) ||
@@ -110,6 +109,276 @@ static int val_loss(struct rk_ctx *ctx, const struct rk_dataset *val, const floa
     return rc;
 }
 
+/* --- one run ---------------------------------------------------------------- */
+
+/* Everything a run computes with. Parameter-sized arrays are [plen]; state-
+ * sized ones [slen]. */
+struct run {
+    const struct rk_model *m;
+    const struct rk_tune_params *p;
+    const struct rk_tune_method *meth;
+    rk_cancel_cb *cancel;
+    rk_tune_progress_cb *progress;
+    void *user;
+    struct rk_tune_result *res;
+    size_t slen, plen;
+    struct rk_dataset *train_own, *val; /* the split (NULL without one) */
+    const struct rk_dataset *train;
+    struct rk_ctx *ctx;
+    float *params, *gparams, *mom, *var, *best; /* [plen] */
+    float *st0, *dst, *gacc;                    /* [slen] */
+    uint32_t *tgt;                              /* [len_max] */
+    uint8_t *msk;                               /* [len_max] */
+    struct rk_span *spans;
+    size_t n_spans;
+    struct order ord;
+    long step;
+    double best_val;
+    int bad_evals;
+    double t_start, t_compute;
+    size_t tokens;
+};
+
+/* Validation loss of `params` over r->val. TODO: a method with infer_token
+ * needs rk_eval_run (and the engine) to call it per token; none is
+ * registered yet, so validation runs the plain forward from to_state. */
+static int run_val_loss(struct run *r, const float *params, double *out)
+{
+    r->meth->to_state(r->m, r->p, params, r->st0);
+    return val_loss(r->ctx, r->val, r->st0, r->cancel, r->user, out);
+}
+
+/* Split off the validation set and allocate every buffer. */
+static int run_alloc(struct run *r)
+{
+    const struct rk_tune_params *p = r->p;
+    const struct rk_dataset *ds = r->train;
+    int rc;
+    if (p->val_split > 0 && rk_dataset_len(ds) >= 2) {
+        if ((rc = rk_dataset_split(ds, p->val_split, p->seed, &r->train_own, &r->val)) != RK_OK)
+            return rc;
+        r->train = r->train_own;
+    }
+    size_t len_max = 0;
+    for (size_t i = 0; i < rk_dataset_len(r->train); i++) {
+        size_t n;
+        rk_dataset_get(r->train, i, NULL, NULL, &n);
+        len_max = n > len_max ? n : len_max;
+    }
+    if (p->seq_len_max && len_max > p->seq_len_max)
+        len_max = p->seq_len_max;
+    struct rk_ctx_params cp = {.n_threads = p->n_threads};
+    if ((rc = rk_ctx_create(r->m, &cp, &r->ctx)) != RK_OK)
+        return rc;
+    r->n_spans = r->meth->trainable(r->m, p, NULL, 0);
+    r->params = malloc(r->plen * sizeof(float));
+    r->gparams = malloc(r->plen * sizeof(float));
+    r->mom = calloc(r->plen, sizeof(float));
+    r->var = calloc(r->plen, sizeof(float));
+    r->best = malloc(r->plen * sizeof(float));
+    r->st0 = malloc(r->slen * sizeof(float));
+    r->dst = malloc(r->slen * sizeof(float));
+    r->gacc = malloc(r->slen * sizeof(float));
+    r->tgt = malloc(len_max * sizeof(uint32_t));
+    r->msk = malloc(len_max);
+    r->spans = malloc((r->n_spans ? r->n_spans : 1) * sizeof *r->spans);
+    r->ord.n = rk_dataset_len(r->train);
+    r->ord.perm = malloc(r->ord.n * sizeof(size_t));
+    r->ord.epoch = -1;
+    r->ord.seed = p->seed;
+    if (!r->params || !r->gparams || !r->mom || !r->var || !r->best || !r->st0 || !r->dst ||
+        !r->gacc || !r->tgt || !r->msk || !r->spans || !r->ord.perm)
+        return RK_ENOMEM;
+    r->meth->trainable(r->m, p, r->spans, r->n_spans);
+    return RK_OK;
+}
+
+static void run_free(struct run *r)
+{
+    rk_ctx_free(r->ctx);
+    rk_dataset_free(r->train_own);
+    rk_dataset_free(r->val);
+    free(r->params), free(r->gparams), free(r->mom), free(r->var), free(r->best);
+    free(r->st0), free(r->dst), free(r->gacc), free(r->tgt), free(r->msk), free(r->spans);
+    free(r->ord.perm);
+}
+
+/* The starting point: the method's parameters of `init`, or the resumed
+ * checkpoint; a fresh run with a validation split measures its start. */
+static int run_start(struct run *r, const float *init)
+{
+    const struct rk_tune_params *p = r->p;
+    struct rk_tune_result *res = r->res;
+    r->best_val = INFINITY;
+    r->meth->params_init(r->m, p, init, r->params);
+    memcpy(r->best, r->params, r->plen * sizeof(float));
+    if (p->resume) {
+        const struct rk_tune_checkpoint *ck = p->resume;
+        memcpy(r->params, ck->state, r->plen * sizeof(float));
+        memcpy(r->mom, ck->m, r->plen * sizeof(float));
+        memcpy(r->var, ck->v, r->plen * sizeof(float));
+        memcpy(r->best, ck->best ? ck->best : ck->state, r->plen * sizeof(float));
+        r->step = ck->step;
+        res->steps_done = r->step;
+        r->best_val = ck->best_val;
+        r->bad_evals = ck->bad_evals;
+    }
+    if (r->val && !p->resume) {
+        int rc = run_val_loss(r, r->params, &r->best_val);
+        if (rc != RK_OK)
+            return rc;
+        res->val_loss_init = r->best_val;
+        res->best_step = 0;
+    }
+    res->val_loss_best = r->val ? r->best_val : NAN;
+    return RK_OK;
+}
+
+/* The batch of step r->step: the token-weighted mean of dLoss/dparams into
+ * r->gparams, the mean loss into *loss. */
+static int run_gradient(struct run *r, double *loss)
+{
+    const struct rk_tune_params *p = r->p;
+    struct rk_tune_loss_ctx lc = {.p = p, .ds = r->train};
+    struct rk_backward_params bp = {.checkpoint_every = p->bptt_checkpoint,
+                                    .loss = r->meth->loss,
+                                    .loss_user = &lc};
+    r->meth->to_state(r->m, p, r->params, r->st0);
+    memset(r->gacc, 0, r->slen * sizeof(float));
+    double loss_sum = 0;
+    size_t k_sum = 0;
+    for (int bi = 0; bi < p->batch; bi++) {
+        if (r->cancel && r->cancel(r->user))
+            return RK_ECANCELED;
+        const uint32_t *tok;
+        const uint8_t *mask;
+        size_t n;
+        lc.seq = order_at(&r->ord, r->step * p->batch + bi);
+        rk_dataset_get(r->train, lc.seq, &tok, &mask, &n);
+        if (p->seq_len_max && n > p->seq_len_max)
+            n = p->seq_len_max;
+        /* inputs tok[0..n-2] predict tok[1..n-1] */
+        size_t k = 0;
+        for (size_t t = 0; t + 1 < n; t++) {
+            r->tgt[t] = tok[t + 1];
+            r->msk[t] = mask[t + 1];
+            k += mask[t + 1] != 0;
+        }
+        if (k == 0)
+            continue;
+        double l;
+        int rc = rk_backward_seq(r->ctx, &bp, tok, r->tgt, r->msk, n - 1, r->st0, &l, r->dst,
+                                 r->cancel, r->user);
+        if (rc != RK_OK)
+            return rc;
+        const float wgt = (float)k;
+        for (size_t i = 0; i < r->slen; i++)
+            r->gacc[i] += wgt * r->dst[i];
+        loss_sum += l * (double)k;
+        k_sum += k;
+        r->tokens += n - 1;
+    }
+    *loss = k_sum ? loss_sum / (double)k_sum : 0;
+    if (k_sum) {
+        const float inv = (float)(1.0 / (double)k_sum);
+        for (size_t i = 0; i < r->slen; i++)
+            r->gacc[i] *= inv;
+    }
+    r->meth->grad_to_params(r->m, p, r->params, r->gacc, r->gparams);
+    return RK_OK;
+}
+
+/* One AdamW update of the trainable spans with the clipped gradient. */
+static void run_update(struct run *r, double lr, double gnorm)
+{
+    const struct rk_tune_params *p = r->p;
+    struct rk_adamw_params ap = {lr, p->beta1, p->beta2, p->eps, p->weight_decay};
+    double scale = rk_clip_scale(gnorm, p->clip_norm);
+    for (size_t i = 0; i < r->n_spans; i++) {
+        size_t o = r->spans[i].off;
+        rk_adamw_update(r->params + o, r->gparams + o, r->mom + o, r->var + o, r->spans[i].len,
+                        r->step + 1, &ap, scale);
+    }
+}
+
+/* After an evaluation step: validation, the best parameters, patience.
+ * *stop is set when patience runs out. */
+static int run_evaluate(struct run *r, struct rk_tune_progress *pr, bool *stop)
+{
+    const struct rk_tune_params *p = r->p;
+    double vl;
+    int rc = run_val_loss(r, r->params, &vl);
+    if (rc != RK_OK)
+        return rc;
+    if (vl < r->best_val) {
+        r->best_val = vl;
+        memcpy(r->best, r->params, r->plen * sizeof(float));
+        r->res->best_step = r->step;
+        r->bad_evals = 0;
+    } else {
+        r->bad_evals++;
+    }
+    r->res->val_loss_best = r->best_val;
+    pr->val_loss = vl;
+    pr->elapsed_s = now_s() - r->t_start;
+    if (r->progress)
+        r->progress(pr, r->user);
+    if (p->patience && r->bad_evals >= p->patience) {
+        r->res->stopped_early = true;
+        *stop = true;
+    }
+    return RK_OK;
+}
+
+/* One optimizer step with its reports; *stop when the run should end early. */
+static int run_step(struct run *r, const struct rk_lr_schedule *sched, bool *stop)
+{
+    const struct rk_tune_params *p = r->p;
+    struct rk_tune_result *res = r->res;
+    double t0 = now_s(), loss;
+    int rc = run_gradient(r, &loss);
+    if (rc != RK_OK)
+        return rc;
+    double gnorm = rk_grad_norm(r->gparams, r->plen);
+    res->loss_last = loss;
+    if (!isfinite(loss) || !isfinite(gnorm)) {
+        rk_log(RK_LOG_WARN, "tune: non-finite %s at step %ld",
+               isfinite(loss) ? "gradient" : "loss", r->step + 1);
+        res->steps_done = r->step;
+        return RK_ENUMERIC;
+    }
+    double lr = rk_lr_at(sched, r->step);
+    run_update(r, lr, gnorm);
+    r->step++;
+    res->steps_done = r->step;
+    r->t_compute += now_s() - t0;
+    struct rk_tune_progress pr = {
+        .step = r->step,
+        .steps = p->steps,
+        .loss = loss,
+        .grad_norm = gnorm,
+        .lr = lr,
+        .val_loss = NAN,
+        .tokens_per_s = r->t_compute > 0 ? (double)r->tokens / r->t_compute : 0,
+        .tokens = r->tokens,
+        .elapsed_s = now_s() - r->t_start,
+    };
+    if (r->progress)
+        r->progress(&pr, r->user);
+    if (r->val && p->eval_every && (r->step % p->eval_every == 0 || r->step == p->steps))
+        if ((rc = run_evaluate(r, &pr, stop)) != RK_OK)
+            return rc;
+    if (p->checkpoint_cb &&
+        ((p->checkpoint_every && r->step % p->checkpoint_every == 0) || *stop ||
+         r->step == p->steps)) {
+        struct rk_tune_checkpoint ck = {r->step,   r->plen,     r->params,   r->mom,
+                                        r->var,    r->best,     r->best_val, r->bad_evals};
+        if ((rc = p->checkpoint_cb(&ck, r->user)) != RK_OK)
+            return rc;
+    }
+    return RK_OK;
+}
+
 int rk_tune_run(const struct rk_model *m, const struct rk_tune_params *p,
                 const struct rk_dataset *ds, const float *init, rk_cancel_cb *cancel,
                 rk_tune_progress_cb *progress, void *user, float *out,
@@ -123,217 +392,29 @@ int rk_tune_run(const struct rk_model *m, const struct rk_tune_params *p,
     res->loss_last = NAN;
     if (!m || !p || !ds || !out)
         return RK_EINVAL;
-    int rc = check_params(p);
+    int rc = rk_tune_params_check(p);
     if (rc != RK_OK)
         return rc;
     if (rk_dataset_len(ds) == 0 || rk_dataset_vocab_used(ds) > (uint32_t)rk_model_n_vocab(m))
         return RK_EINVAL;
-    const size_t slen = rk_state_len(m);
-    if (p->resume && p->resume->len != slen)
+    struct run r = {.m = m, .p = p, .meth = rk_tune_params_method(p), .cancel = cancel,
+                    .progress = progress, .user = user, .res = res, .train = ds};
+    r.slen = rk_state_len(m);
+    r.plen = r.meth->params_len(m, p);
+    if (p->resume && p->resume->len != r.plen)
         return RK_EMISMATCH;
-    struct rk_state_layout lay;
-    rk_state_layout(m, &lay);
-    const int L = rk_model_n_layer(m);
-
-    struct rk_dataset *train_own = NULL, *val = NULL;
-    const struct rk_dataset *train = ds;
-    struct rk_ctx *ctx = NULL;
-    float *st = NULL, *grad = NULL, *gacc = NULL, *mom = NULL, *var = NULL, *best = NULL;
-    uint32_t *tgt = NULL;
-    uint8_t *msk = NULL;
-    struct order ord = {0};
-
-    if (p->val_split > 0 && rk_dataset_len(ds) >= 2) {
-        if ((rc = rk_dataset_split(ds, p->val_split, p->seed, &train_own, &val)) != RK_OK)
-            goto out;
-        train = train_own;
-    }
-    size_t len_max = 0;
-    for (size_t i = 0; i < rk_dataset_len(train); i++) {
-        size_t n;
-        rk_dataset_get(train, i, NULL, NULL, &n);
-        len_max = n > len_max ? n : len_max;
-    }
-    if (p->seq_len_max && len_max > p->seq_len_max)
-        len_max = p->seq_len_max;
-
-    struct rk_ctx_params cp = {.n_threads = p->n_threads};
-    if ((rc = rk_ctx_create(m, &cp, &ctx)) != RK_OK)
+    if ((rc = run_alloc(&r)) != RK_OK || (rc = run_start(&r, init)) != RK_OK)
         goto out;
-    rc = RK_ENOMEM;
-    st = malloc(slen * sizeof(float));
-    grad = malloc(slen * sizeof(float));
-    gacc = malloc(slen * sizeof(float));
-    mom = calloc(slen, sizeof(float));
-    var = calloc(slen, sizeof(float));
-    best = malloc(slen * sizeof(float));
-    tgt = malloc(len_max * sizeof(uint32_t));
-    msk = malloc(len_max);
-    ord.n = rk_dataset_len(train);
-    ord.perm = malloc(ord.n * sizeof(size_t));
-    ord.epoch = -1;
-    ord.seed = p->seed;
-    if (!st || !grad || !gacc || !mom || !var || !best || !tgt || !msk || !ord.perm)
-        goto out;
-
-    long step = 0;
-    double best_val = INFINITY;
-    int bad_evals = 0;
-    if (init)
-        memcpy(st, init, slen * sizeof(float));
-    else
-        memset(st, 0, slen * sizeof(float));
-    memcpy(best, st, slen * sizeof(float));
-    if (p->resume) {
-        const struct rk_tune_checkpoint *r = p->resume;
-        memcpy(st, r->state, slen * sizeof(float));
-        memcpy(mom, r->m, slen * sizeof(float));
-        memcpy(var, r->v, slen * sizeof(float));
-        memcpy(best, r->best ? r->best : r->state, slen * sizeof(float));
-        step = r->step;
-        res->steps_done = step;
-        best_val = r->best_val;
-        bad_evals = r->bad_evals;
-    }
-    if (val && !p->resume) {
-        if ((rc = val_loss(ctx, val, st, cancel, user, &best_val)) != RK_OK)
-            goto out;
-        res->val_loss_init = best_val;
-        res->best_step = 0;
-    }
-    res->val_loss_best = val ? best_val : NAN;
-
     struct rk_lr_schedule sched = {p->lr, p->lr_final, p->warmup, p->steps, p->decay};
-    struct rk_adamw_params ap = {0, p->beta1, p->beta2, p->eps, p->weight_decay};
-    struct rk_backward_params bp = {.checkpoint_every = p->bptt_checkpoint};
-    double t_start = now_s(), t_compute = 0;
-    size_t tokens = 0;
-
-    while (step < p->steps) {
-        double t0 = now_s();
-        memset(gacc, 0, slen * sizeof(float));
-        double loss_sum = 0;
-        size_t k_sum = 0;
-        for (int bi = 0; bi < p->batch; bi++) {
-            if (cancel && cancel(user)) {
-                rc = RK_ECANCELED;
-                goto out;
-            }
-            const uint32_t *tok;
-            const uint8_t *mask;
-            size_t n;
-            rk_dataset_get(train, order_at(&ord, step * p->batch + bi), &tok, &mask, &n);
-            if (p->seq_len_max && n > p->seq_len_max)
-                n = p->seq_len_max;
-            /* inputs tok[0..n-2] predict tok[1..n-1] */
-            size_t k = 0;
-            for (size_t t = 0; t + 1 < n; t++) {
-                tgt[t] = tok[t + 1];
-                msk[t] = mask[t + 1];
-                k += mask[t + 1] != 0;
-            }
-            if (k == 0)
-                continue;
-            double l;
-            rc = rk_backward_seq(ctx, &bp, tok, tgt, msk, n - 1, st, &l, grad, cancel, user);
-            if (rc != RK_OK)
-                goto out;
-            const float wgt = (float)k;
-            for (size_t i = 0; i < slen; i++)
-                gacc[i] += wgt * grad[i];
-            loss_sum += l * (double)k;
-            k_sum += k;
-            tokens += n - 1;
-        }
-        double loss = k_sum ? loss_sum / (double)k_sum : 0;
-        if (k_sum) {
-            const float inv = (float)(1.0 / (double)k_sum);
-            for (size_t i = 0; i < slen; i++)
-                gacc[i] *= inv;
-        }
-        if (!p->tune_shift)
-            for (int l = 0; l < L; l++) {
-                float *g = gacc + (size_t)l * lay.layer_stride;
-                memset(g + lay.att_shift, 0, lay.shift_len * sizeof(float));
-                memset(g + lay.ffn_shift, 0, lay.shift_len * sizeof(float));
-            }
-        double gnorm = rk_grad_norm(gacc, slen);
-        res->loss_last = loss;
-        if (!isfinite(loss) || !isfinite(gnorm)) {
-            rk_log(RK_LOG_WARN, "tune: non-finite %s at step %ld",
-                   isfinite(loss) ? "gradient" : "loss", step + 1);
-            res->steps_done = step;
-            rc = RK_ENUMERIC;
+    r.t_start = now_s();
+    bool stop = false;
+    while (r.step < p->steps && !stop)
+        if ((rc = run_step(&r, &sched, &stop)) != RK_OK)
             goto out;
-        }
-        ap.lr = rk_lr_at(&sched, step);
-        double scale = rk_clip_scale(gnorm, p->clip_norm);
-        if (p->tune_shift) {
-            rk_adamw_update(st, gacc, mom, var, slen, step + 1, &ap, scale);
-        } else {
-            for (int l = 0; l < L; l++) {
-                size_t o = (size_t)l * lay.layer_stride + lay.wkv;
-                rk_adamw_update(st + o, gacc + o, mom + o, var + o, lay.wkv_len, step + 1, &ap,
-                                scale);
-            }
-        }
-        step++;
-        res->steps_done = step;
-        t_compute += now_s() - t0;
-        struct rk_tune_progress pr = {
-            .step = step,
-            .steps = p->steps,
-            .loss = loss,
-            .grad_norm = gnorm,
-            .lr = ap.lr,
-            .val_loss = NAN,
-            .tokens_per_s = t_compute > 0 ? (double)tokens / t_compute : 0,
-            .tokens = tokens,
-            .elapsed_s = now_s() - t_start,
-        };
-        if (progress)
-            progress(&pr, user);
-        bool stop = false;
-        if (val && p->eval_every && (step % p->eval_every == 0 || step == p->steps)) {
-            double vl;
-            if ((rc = val_loss(ctx, val, st, cancel, user, &vl)) != RK_OK)
-                goto out;
-            if (vl < best_val) {
-                best_val = vl;
-                memcpy(best, st, slen * sizeof(float));
-                res->best_step = step;
-                bad_evals = 0;
-            } else {
-                bad_evals++;
-            }
-            res->val_loss_best = best_val;
-            pr.val_loss = vl;
-            pr.elapsed_s = now_s() - t_start;
-            if (progress)
-                progress(&pr, user);
-            if (p->patience && bad_evals >= p->patience) {
-                res->stopped_early = true;
-                stop = true;
-            }
-        }
-        if (p->checkpoint_cb &&
-            ((p->checkpoint_every && step % p->checkpoint_every == 0) || stop ||
-             step == p->steps)) {
-            struct rk_tune_checkpoint ck = {step, slen, st, mom, var, best, best_val, bad_evals};
-            if ((rc = p->checkpoint_cb(&ck, user)) != RK_OK)
-                goto out;
-        }
-        if (stop)
-            break;
-    }
-    res->tokens_per_s = t_compute > 0 ? (double)tokens / t_compute : 0;
-    memcpy(out, val ? best : st, slen * sizeof(float));
+    res->tokens_per_s = r.t_compute > 0 ? (double)r.tokens / r.t_compute : 0;
+    memcpy(out, r.val ? r.best : r.params, r.plen * sizeof(float));
     rc = RK_OK;
 out:
-    rk_ctx_free(ctx);
-    rk_dataset_free(train_own);
-    rk_dataset_free(val);
-    free(st), free(grad), free(gacc), free(mom), free(var), free(best), free(tgt), free(msk);
-    free(ord.perm);
+    run_free(&r);
     return rc;
 }

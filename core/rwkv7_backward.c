@@ -947,6 +947,8 @@ struct hctx {
     const uint32_t *targets;
     const size_t *sel;
     size_t s0, nsel;
+    rk_logits_loss_fn *loss;
+    void *loss_user;
 };
 
 /* ln_out of the selected rows s0 + [i0, i1) */
@@ -963,30 +965,38 @@ static void h_ln(struct bwd *b, void *arg, size_t i0, size_t i1)
     }
 }
 
-/* Each row's loss into hloss[i]; its logits become dLoss/dlogits. The
+/* Cross-entropy of one row; its logits become dLoss/dlogits / nsel. The
  * exponentials are fp32 (every term is <= 1 after the shift), summed in
  * double; the softmax divides by that sum. A NaN logit makes the loss NaN
  * (the caller fails the job); rk__exp_sum alone would count it as zero. */
-static void h_softmax(struct bwd *b, void *arg, size_t i0, size_t i1)
+double rk_loss_xent(float *lg, int V, size_t t, uint32_t tg, size_t nsel, void *user)
+{
+    (void)t, (void)user;
+    float mx = lg[0];
+    int nan = 0;
+    for (int v = 0; v < V; v++) {
+        mx = lg[v] > mx ? lg[v] : mx;
+        nan |= lg[v] != lg[v];
+    }
+    float ltg = lg[tg];
+    double se = rk__exp_sum(lg, lg, (size_t)V, mx);
+    double loss = nan ? NAN : (double)mx + log(se) - (double)ltg;
+    float scale = (float)(1.0 / ((double)nsel * se));
+    for (int v = 0; v < V; v++)
+        lg[v] *= scale;
+    lg[tg] -= (float)(1.0 / (double)nsel);
+    return loss;
+}
+
+/* Each row's loss into hloss[i]; its logits become dLoss/dlogits. */
+static void h_loss(struct bwd *b, void *arg, size_t i0, size_t i1)
 {
     const struct hctx *hc = arg;
     const int V = b->V;
     for (size_t i = i0; i < i1; i++) {
-        float *lg = b->logits + i * (size_t)V;
-        float mx = lg[0];
-        int nan = 0;
-        for (int v = 0; v < V; v++) {
-            mx = lg[v] > mx ? lg[v] : mx;
-            nan |= lg[v] != lg[v];
-        }
-        uint32_t tg = hc->targets[hc->sel[hc->s0 + i]];
-        float ltg = lg[tg];
-        double se = rk__exp_sum(lg, lg, (size_t)V, mx);
-        b->hloss[i] = nan ? NAN : (double)mx + log(se) - (double)ltg;
-        float scale = (float)(1.0 / ((double)hc->nsel * se));
-        for (int v = 0; v < V; v++)
-            lg[v] *= scale;
-        lg[tg] -= (float)(1.0 / (double)hc->nsel);
+        size_t t = hc->sel[hc->s0 + i];
+        b->hloss[i] = hc->loss(b->logits + i * (size_t)V, V, t, hc->targets[t], hc->nsel,
+                               hc->loss_user);
     }
 }
 
@@ -1000,17 +1010,19 @@ static void h_ln_bwd(struct bwd *b, void *arg, size_t i0, size_t i1)
 }
 
 /* Loss over the selected positions and dLoss/dxs[L] into b->dx. */
-static int head_fwd_bwd(struct bwd *b, const uint32_t *targets, const size_t *sel, size_t nsel,
-                        double *loss)
+static int head_fwd_bwd(struct bwd *b, const struct rk_backward_params *p,
+                        const uint32_t *targets, const size_t *sel, size_t nsel, double *loss)
 {
     double total = 0;
     memset(b->dx, 0, sizeof(float) * b->T * b->C);
-    struct hctx hc = {.targets = targets, .sel = sel, .nsel = nsel};
+    struct hctx hc = {.targets = targets, .sel = sel, .nsel = nsel,
+                      .loss = p && p->loss ? p->loss : rk_loss_xent,
+                      .loss_user = p ? p->loss_user : NULL};
     for (hc.s0 = 0; hc.s0 < nsel; hc.s0 += b->Tc) {
         size_t n = nsel - hc.s0 < b->Tc ? nsel - hc.s0 : b->Tc;
         par_for(b, n, h_ln, &hc);
         matmul(b, b->logits, b->hn, n, &b->m->head);
-        par_for(b, n, h_softmax, &hc);
+        par_for(b, n, h_loss, &hc);
         for (size_t i = 0; i < n; i++)
             total += b->hloss[i];
         matmul_t(b, b->hn, b->logits, n, &b->m->head, false); /* d ln_out output */
@@ -1122,7 +1134,7 @@ int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
                   b.xs + (size_t)(l + 1) * n * b.C);
     }
     /* 2. loss, head and ln_out */
-    rc = head_fwd_bwd(&b, targets, sel, nsel, loss);
+    rc = head_fwd_bwd(&b, p, targets, sel, nsel, loss);
     if (rc != RK_OK)
         goto out;
     /* 3. layers in reverse */

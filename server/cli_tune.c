@@ -3,10 +3,10 @@
  * rk_tune_run the job worker uses) and `rwkvd eval` (loss, perplexity and
  * multiple-choice accuracy of a state on a JSONL dataset).
  *
- * Checkpoint files written by --checkpoint (and read by --resume) are raw:
- * "RKTCKPT1", u64 step, u64 len, f64 best_val, i64 bad_evals, then f32
- * state[len], m[len], v[len], best[len], little-endian. They resume only with
- * the same model, dataset and options.
+ * The hyperparameter options come from the table of rk_hparams()
+ * (adapters/hparams.c); checkpoint files (--checkpoint, --resume) are
+ * RKTCKPT1 files of adapters/checkpoint.c. They resume only with the same
+ * model, dataset and options.
  */
 #include "cli_common.h"
 #include "cmd.h"
@@ -114,71 +114,11 @@ static int on_checkpoint(const struct rk_tune_checkpoint *ck, void *user)
     struct tune_ui *ui = user;
     if (!ui->ckpt_path)
         return RK_OK;
-    size_t len = 8 + 8 + 8 + 8 + 8 + 4 * sizeof(float) * ck->len;
-    unsigned char *buf = malloc(len);
-    if (!buf)
-        return RK_ENOMEM;
-    uint64_t step = (uint64_t)ck->step, n = ck->len;
-    int64_t bad = ck->bad_evals;
-    unsigned char *p = buf;
-    memcpy(p, "RKTCKPT1", 8), p += 8;
-    memcpy(p, &step, 8), p += 8;
-    memcpy(p, &n, 8), p += 8;
-    memcpy(p, &ck->best_val, 8), p += 8;
-    memcpy(p, &bad, 8), p += 8;
-    const float *parts[4] = {ck->state, ck->m, ck->v, ck->best};
-    for (int i = 0; i < 4; i++)
-        memcpy(p, parts[i], sizeof(float) * n), p += sizeof(float) * n;
     struct rk_errbuf eb = {0};
-    int rc = rk_file_write_atomic(ui->ckpt_path, buf, len, &eb);
+    int rc = rk_tune_ckpt_save(ui->ckpt_path, ck, &eb);
     if (rc != RK_OK)
         fprintf(stderr, "\nrwkvd tune: checkpoint: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
-    free(buf);
     return rc;
-}
-
-/* Read a checkpoint into `ck`; *mem holds its arrays (free it). */
-static int load_checkpoint(const char *path, size_t slen, struct rk_tune_checkpoint *ck,
-                           float **mem)
-{
-    void *buf = NULL;
-    size_t len = 0;
-    struct rk_errbuf eb = {0};
-    int rc = rk_file_read_all(path, (size_t)1 << 34, &buf, &len, &eb);
-    if (rc != RK_OK) {
-        fprintf(stderr, "rwkvd tune: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
-        return rc;
-    }
-    const unsigned char *p = buf;
-    uint64_t step, n;
-    int64_t bad;
-    if (len < 40 || memcmp(p, "RKTCKPT1", 8) != 0)
-        goto bad;
-    memcpy(&step, p + 8, 8);
-    memcpy(&n, p + 16, 8);
-    memcpy(&ck->best_val, p + 24, 8);
-    memcpy(&bad, p + 32, 8);
-    if (n != slen || len != 40 + 4 * sizeof(float) * n)
-        goto bad;
-    *mem = malloc(4 * sizeof(float) * n);
-    if (!*mem) {
-        free(buf);
-        return RK_ENOMEM;
-    }
-    memcpy(*mem, p + 40, 4 * sizeof(float) * n);
-    ck->step = (long)step;
-    ck->len = n;
-    ck->bad_evals = (int)bad;
-    ck->state = *mem;
-    ck->m = *mem + n;
-    ck->v = *mem + 2 * n;
-    ck->best = *mem + 3 * n;
-    free(buf);
-    return RK_OK;
-bad:
-    fprintf(stderr, "rwkvd tune: %s is not a checkpoint of this model\n", path);
-    free(buf);
-    return RK_EFORMAT;
 }
 
 /* --- rwkvd tune ----------------------------------------------------------- */
@@ -254,79 +194,81 @@ static void tune_usage(void)
 {
     struct rk_tune_params d;
     rk_tune_params_default(&d);
+    char methods[256];
+    rk_tune_method_names(methods, sizeof methods);
     printf("usage: rwkvd tune --model FILE --data FILE.jsonl --out STATE.safetensors [options]\n\n"
            "Tune the initial state of a frozen model on a JSONL dataset ({\"text\"},\n"
            "{\"prompt\",\"completion\"} or {\"messages\"} lines; see docs/TUNING.md).\n\n"
            "  --vocab FILE          World vocabulary (byte models need none)\n"
            "  --init STATE          start from this state file (default: zero state)\n"
-           "  --method NAME         tuning method (default standard)\n"
-           "  --steps N             optimizer steps (default %ld)\n"
-           "  --batch N             sequences per step (default %d)\n"
-           "  --lr X                peak learning rate (default %g)\n"
-           "  --lr-final X          final learning rate (default %g)\n"
-           "  --warmup N            warmup steps (default %ld)\n"
-           "  --decay cosine|linear|constant (default cosine)\n"
-           "  --beta1 X --beta2 X --eps X --weight-decay X  Adam (default %g %g %g %g)\n"
-           "  --clip X              gradient-norm clip, 0 = off (default %g)\n"
-           "  --tune-shift          also tune the token-shift vectors\n"
-           "  --seed N              shuffling and split seed (default 0)\n"
-           "  --val-split F         held-out fraction (default %g)\n"
-           "  --eval-every N        steps between validations (default %ld)\n"
-           "  --patience N          early stop after N validations without progress\n"
-           "  --seq-len-max N       cut longer examples (default: no cut; the JSONL limit\n"
-           "                        is --max-tokens, default 8192)\n"
-           "  --bptt-checkpoint N   WKV checkpoint interval of the backward (default 16)\n"
-           "  --threads N           compute threads (default: all CPUs)\n"
+           "  --method NAME         tuning method: %s (default %s)\n"
+           "  --max-tokens N        longest JSONL example in tokens (default 8192)\n"
            "  --checkpoint FILE     save a resumable checkpoint here\n"
-           "  --checkpoint-every N  steps between checkpoints (default: end only)\n"
            "  --resume FILE         continue from a checkpoint (same options and data)\n"
            "  --dump-gradient FILE  write the loss and dLoss/dstate at the starting state\n"
            "                        (safetensors, adapter tensor names) and exit\n"
            "  --quiet               no progress output (on a terminal a redrawn progress\n"
-           "                        bar; otherwise, e.g. into a log, a plain line every 5%%)\n",
-           d.steps, d.batch, d.lr, d.lr_final, d.warmup, d.beta1, d.beta2, d.eps,
-           d.weight_decay, d.clip_norm, d.val_split, d.eval_every);
+           "                        bar; otherwise, e.g. into a log, a plain line every 5%%)\n\n"
+           "Hyperparameters (docs/TUNING.md):\n",
+           methods, rk_tune_method_default()->name);
+    size_t n;
+    const struct rk_hparam *hp = rk_hparams(&n);
+    for (size_t i = 0; i < n; i++) {
+        const struct rk_hparam *h = &hp[i];
+        if (!(h->where & RK_HP_CLI))
+            continue;
+        char opt[64], range[64], def[64] = "";
+        snprintf(opt, sizeof opt, "--%s%s", h->cli, h->type == RK_HP_BOOL ? "" : " X");
+        rk_hparam_range_str(h, 0, range, sizeof range);
+        double x = rk_hparam_get(h, &d);
+        if (h->type == RK_HP_ENUM)
+            snprintf(def, sizeof def, "%s", h->choices[(int)x]);
+        else if (h->type != RK_HP_BOOL)
+            snprintf(def, sizeof def, "%.10g", x);
+        printf("  %-21s %s\n  %-21s %s%s%s%s\n", opt, h->help, "", h->type == RK_HP_BOOL ? "" : range,
+               def[0] ? ", default " : "", def, h->type == RK_HP_BOOL ? "(a switch)" : "");
+    }
 }
 
 enum {
-    OPT_LR_FINAL = 256, OPT_WARMUP, OPT_DECAY, OPT_BETA1, OPT_BETA2, OPT_EPS, OPT_WD, OPT_CLIP,
-    OPT_TUNE_SHIFT, OPT_VAL_SPLIT, OPT_EVAL_EVERY, OPT_PATIENCE, OPT_SEQ_LEN, OPT_BPTT,
-    OPT_CKPT, OPT_CKPT_EVERY, OPT_RESUME, OPT_DUMP, OPT_QUIET, OPT_METHOD, OPT_MAX_TOKENS,
-    OPT_JSON,
+    OPT_MODEL = 256, OPT_DATA, OPT_OUT, OPT_VOCAB, OPT_INIT, OPT_CKPT, OPT_RESUME, OPT_DUMP,
+    OPT_QUIET, OPT_METHOD, OPT_MAX_TOKENS, OPT_HELP, OPT_JSON,
+    OPT_HPARAM = 512, /* + index in rk_hparams() */
 };
 
-int rk_cmd_tune(int argc, char **argv)
+/* The fixed options, then one per CLI hyperparameter (*out malloc'd). */
+static struct option *tune_options(void)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},      {"data", required_argument, 0, 'd'},
-        {"out", required_argument, 0, 'o'},        {"vocab", required_argument, 0, 'V'},
-        {"init", required_argument, 0, 'i'},       {"steps", required_argument, 0, 's'},
-        {"batch", required_argument, 0, 'b'},      {"lr", required_argument, 0, 'l'},
-        {"seed", required_argument, 0, 'S'},       {"threads", required_argument, 0, 't'},
-        {"lr-final", required_argument, 0, OPT_LR_FINAL},
-        {"warmup", required_argument, 0, OPT_WARMUP},
-        {"decay", required_argument, 0, OPT_DECAY},
-        {"beta1", required_argument, 0, OPT_BETA1},
-        {"beta2", required_argument, 0, OPT_BETA2},
-        {"eps", required_argument, 0, OPT_EPS},
-        {"weight-decay", required_argument, 0, OPT_WD},
-        {"clip", required_argument, 0, OPT_CLIP},
-        {"tune-shift", no_argument, 0, OPT_TUNE_SHIFT},
-        {"val-split", required_argument, 0, OPT_VAL_SPLIT},
-        {"eval-every", required_argument, 0, OPT_EVAL_EVERY},
-        {"patience", required_argument, 0, OPT_PATIENCE},
-        {"seq-len-max", required_argument, 0, OPT_SEQ_LEN},
+    static const struct option fixed[] = {
+        {"model", required_argument, 0, OPT_MODEL},
+        {"data", required_argument, 0, OPT_DATA},
+        {"out", required_argument, 0, OPT_OUT},
+        {"vocab", required_argument, 0, OPT_VOCAB},
+        {"init", required_argument, 0, OPT_INIT},
         {"max-tokens", required_argument, 0, OPT_MAX_TOKENS},
-        {"bptt-checkpoint", required_argument, 0, OPT_BPTT},
         {"checkpoint", required_argument, 0, OPT_CKPT},
-        {"checkpoint-every", required_argument, 0, OPT_CKPT_EVERY},
         {"resume", required_argument, 0, OPT_RESUME},
         {"dump-gradient", required_argument, 0, OPT_DUMP},
         {"method", required_argument, 0, OPT_METHOD},
         {"quiet", no_argument, 0, OPT_QUIET},
-        {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+        {"help", no_argument, 0, OPT_HELP},
     };
+    size_t nf = sizeof fixed / sizeof fixed[0], n, k = nf;
+    const struct rk_hparam *hp = rk_hparams(&n);
+    struct option *o = calloc(nf + n + 1, sizeof *o);
+    if (!o)
+        return NULL;
+    memcpy(o, fixed, sizeof fixed);
+    for (size_t i = 0; i < n; i++)
+        if (hp[i].where & RK_HP_CLI)
+            o[k++] = (struct option){hp[i].cli,
+                                     hp[i].type == RK_HP_BOOL ? no_argument : required_argument,
+                                     0, OPT_HPARAM + (int)i};
+    return o;
+}
+
+int rk_cmd_tune(int argc, char **argv)
+{
     const char *model = NULL, *data = NULL, *out = NULL, *vocab = NULL, *init_path = NULL;
     const char *resume = NULL, *dump = NULL;
     struct rk_tune_params tp;
@@ -334,61 +276,67 @@ int rk_cmd_tune(int argc, char **argv)
     struct rk_jsonl_limits lim;
     rk_jsonl_limits_default(&lim);
     struct tune_ui ui = {0};
+    size_t n_hp;
+    const struct rk_hparam *hp = rk_hparams(&n_hp);
+    struct option *opts = tune_options();
+    if (!opts) {
+        fprintf(stderr, "rwkvd tune: out of memory\n");
+        return 1;
+    }
     long v;
+    double x;
     int c, status = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         bool ok = true;
         switch (c) {
-        case 'm': model = optarg; break;
-        case 'd': data = optarg; break;
-        case 'o': out = optarg; break;
-        case 'V': vocab = optarg; break;
-        case 'i': init_path = optarg; break;
-        case 's': ok = rk_cli_parse_long(optarg, 1, 100000000, &tp.steps); break;
-        case 'b': ok = rk_cli_parse_long(optarg, 1, 65536, &v) && ((tp.batch = (int)v), 1); break;
-        case 'l': ok = rk_cli_parse_float(optarg, 1e-12, 1e6, &tp.lr); break;
-        case 'S': ok = rk_cli_parse_long(optarg, 0, LONG_MAX, &v) && ((tp.seed = (uint64_t)v), 1); break;
-        case 't': ok = rk_cli_parse_long(optarg, 0, 1024, &v) && ((tp.n_threads = (int)v), 1); break;
-        case OPT_LR_FINAL: ok = rk_cli_parse_float(optarg, 0, 1e6, &tp.lr_final); break;
-        case OPT_WARMUP: ok = rk_cli_parse_long(optarg, 0, 100000000, &tp.warmup); break;
-        case OPT_DECAY:
-            if (strcmp(optarg, "cosine") == 0)
-                tp.decay = RK_LR_COSINE;
-            else if (strcmp(optarg, "linear") == 0)
-                tp.decay = RK_LR_LINEAR;
-            else if (strcmp(optarg, "constant") == 0)
-                tp.decay = RK_LR_CONSTANT;
-            else
-                ok = false;
-            break;
-        case OPT_BETA1: ok = rk_cli_parse_float(optarg, 0, 0.999999, &tp.beta1); break;
-        case OPT_BETA2: ok = rk_cli_parse_float(optarg, 0, 0.999999, &tp.beta2); break;
-        case OPT_EPS: ok = rk_cli_parse_float(optarg, 1e-30, 1, &tp.eps); break;
-        case OPT_WD: ok = rk_cli_parse_float(optarg, 0, 10, &tp.weight_decay); break;
-        case OPT_CLIP: ok = rk_cli_parse_float(optarg, 0, 1e12, &tp.clip_norm); break;
-        case OPT_TUNE_SHIFT: tp.tune_shift = true; break;
-        case OPT_VAL_SPLIT: ok = rk_cli_parse_float(optarg, 0, 0.9, &tp.val_split); break;
-        case OPT_EVAL_EVERY: ok = rk_cli_parse_long(optarg, 0, 100000000, &tp.eval_every); break;
-        case OPT_PATIENCE: ok = rk_cli_parse_long(optarg, 0, 1000000, &v) && ((tp.patience = (int)v), 1); break;
-        case OPT_SEQ_LEN: ok = rk_cli_parse_long(optarg, 2, 1 << 24, &v) && ((tp.seq_len_max = (size_t)v), 1); break;
+        case OPT_MODEL: model = optarg; break;
+        case OPT_DATA: data = optarg; break;
+        case OPT_OUT: out = optarg; break;
+        case OPT_VOCAB: vocab = optarg; break;
+        case OPT_INIT: init_path = optarg; break;
         case OPT_MAX_TOKENS: ok = rk_cli_parse_long(optarg, 2, 1 << 24, &v) && ((lim.seq_len_max = (size_t)v), 1); break;
-        case OPT_BPTT: ok = rk_cli_parse_long(optarg, 1, 4096, &v) && ((tp.bptt_checkpoint = (int)v), 1); break;
         case OPT_CKPT: ui.ckpt_path = optarg; break;
-        case OPT_CKPT_EVERY: ok = rk_cli_parse_long(optarg, 0, 100000000, &tp.checkpoint_every); break;
         case OPT_RESUME: resume = optarg; break;
         case OPT_DUMP: dump = optarg; break;
-        case OPT_METHOD: ok = rk_tune_method_parse(optarg, &tp.method) == RK_OK; break;
+        case OPT_METHOD:
+            if (!(tp.method = rk_tune_method_find(optarg))) {
+                char names[256];
+                rk_tune_method_names(names, sizeof names);
+                fprintf(stderr, "rwkvd tune: unknown method '%s' (known: %s)\n", optarg, names);
+                free(opts);
+                return 2;
+            }
+            break;
         case OPT_QUIET: ui.quiet = true; break;
-        case 'h': tune_usage(); return 0;
-        default: return 2;
+        case 'h':
+        case OPT_HELP: tune_usage(); free(opts); return 0;
+        default:
+            if (c < OPT_HPARAM || c >= OPT_HPARAM + (int)n_hp) {
+                free(opts);
+                return 2;
+            }
+            x = 1; /* a switch */
+            const struct rk_hparam *h = &hp[c - OPT_HPARAM];
+            if (h->type != RK_HP_BOOL && rk_hparam_parse(h, optarg, &x) != RK_OK) {
+                char range[96];
+                rk_hparam_range_str(h, 0, range, sizeof range);
+                fprintf(stderr, "rwkvd tune: bad value '%s' for --%s (%s)\n", optarg, h->cli,
+                        range);
+                free(opts);
+                return 2;
+            }
+            rk_hparam_set(h, &tp, x);
+            break;
         }
         if (!ok) {
             fprintf(stderr, "rwkvd tune: bad value '%s' for %s\n", optarg ? optarg : "",
                     argv[optind - 1]);
+            free(opts);
             return 2;
         }
     }
+    free(opts);
     if (!model || !data || (!out && !dump)) {
         fprintf(stderr, "rwkvd tune: --model, --data and --out (or --dump-gradient) are "
                         "required; see --help\n");
@@ -431,8 +379,11 @@ int rk_cmd_tune(int argc, char **argv)
         goto out;
     }
     if (resume) {
-        if (load_checkpoint(resume, slen, &ck, &ckmem) != RK_OK)
+        if ((rc = rk_tune_ckpt_load(resume, rk_tune_params_len(m, &tp), &ck, &ckmem, &eb)) !=
+            RK_OK) {
+            fprintf(stderr, "rwkvd tune: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
             goto out;
+        }
         tp.resume = &ck;
     }
     ui.m = m;
@@ -443,8 +394,8 @@ int rk_cmd_tune(int argc, char **argv)
                 "rwkvd tune: %zu sequences (%zu tokens, %zu scored), method %s, %ld steps of "
                 "%d, lr %g -> %g\n",
                 rk_dataset_len(ds), rk_dataset_n_tokens(ds), rk_dataset_n_targets(ds),
-                rk_tune_method_name(tp.method), tp.steps, tp.batch, tp.lr, tp.lr_final);
-    st = malloc(sizeof(float) * slen);
+                rk_tune_params_method(&tp)->name, tp.steps, tp.batch, tp.lr, tp.lr_final);
+    st = malloc(sizeof(float) * rk_tune_params_len(m, &tp));
     if (!st)
         goto out;
     struct rk_tune_result res;
@@ -461,7 +412,7 @@ int rk_cmd_tune(int argc, char **argv)
     }
     struct rk_state_meta meta;
     rk_state_meta_init(&meta, m);
-    snprintf(meta.method, sizeof meta.method, "%s", rk_tune_method_name(tp.method));
+    snprintf(meta.method, sizeof meta.method, "%s", rk_tune_params_method(&tp)->name);
     snprintf(meta.note, sizeof meta.note, "steps=%ld loss=%.6g val_loss=%.6g lr=%g batch=%d",
              res.steps_done, res.loss_last, res.val_loss_best, tp.lr, tp.batch);
     meta.has_shift = tp.tune_shift;

@@ -142,7 +142,7 @@ static void help(FILE *f)
     fprintf(f, "  --%-20s %s\n", "print-config",
             "print the effective configuration (defaults, environment, flags) and exit");
     fprintf(f, "  --%-20s %s\n", "help", "show this help");
-    rk_jobs_env_help(f);
+    rk_tjobs_env_help(f);
 }
 
 int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
@@ -175,7 +175,7 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
         for (size_t i = 0; i < N_OPTS; i++)
             if (strlen(opts[i].flag) == nl && !strncmp(opts[i].flag, name, nl))
                 o = &opts[i];
-        const char *job_env = o ? NULL : rk_jobs_flag_env(name, nl);
+        const char *job_env = o ? NULL : rk_tjobs_flag_env(name, nl);
         if (job_env) {
             // A tuning-job flag: it overrides its environment variable, which
             // the jobs layer reads (and range-checks) at start-up.

@@ -3,13 +3,14 @@
  * the one background worker that runs jobs through rk_tune_run (the code
  * path of `rwkvd tune`), the journal in the data directory, and uploaded
  * training files. The HTTP side (POST /tune, /jobs, /v1/files,
- * /v1/fine_tuning/jobs) is in api_jobs.c; docs/JOBS.md is the user-facing
- * description.
+ * /v1/fine_tuning/jobs) is in api_jobs.c and the api_*.c files it names;
+ * docs/JOBS.md is the user-facing description. "rk_tjob(s)" (tuning jobs)
+ * is not "rk_job" (a generation request of the engine).
  *
  * Threads: every function here is called on the loop thread unless it says
- * otherwise; the worker thread is internal to jobs.c. Jobs are never freed
- * while the table exists, so a `struct rk_tjob *` stays valid until
- * rk_jobs_free; its fields are read through rk_jobs_lock/unlock or the
+ * otherwise; the worker thread is internal to jobs_worker.c. Jobs are never
+ * freed while the table exists, so a `struct rk_tjob *` stays valid until
+ * rk_tjobs_free; its fields are read through rk_tjobs_lock/unlock or the
  * snapshot functions.
  */
 #ifndef RK_JOBS_H
@@ -35,8 +36,8 @@ const char *rk_tjob_status_name(enum rk_tjob_status s);
 bool rk_tjob_status_parse(const char *s, enum rk_tjob_status *out);
 
 /* Limits of the jobs API (docs/JOBS.md). Defaults, then RWKVD_JOB_* environment
- * variables (see rk_jobs_limits_from_env). */
-struct rk_jobs_limits {
+ * variables (see rk_tjobs_limits_from_env). */
+struct rk_tjobs_limits {
     size_t dataset_bytes_max; /* JSONL bytes per dataset (inline or file) */
     size_t examples_max;      /* lines per dataset */
     size_t seq_tokens_max;    /* tokens per example */
@@ -50,31 +51,36 @@ struct rk_jobs_limits {
     int yield_idle_ms;        /* engine idle this long before the worker resumes */
     int nice;                 /* nice value of the worker and its compute threads */
 };
-void rk_jobs_limits_default(struct rk_jobs_limits *l);
+void rk_tjobs_limits_default(struct rk_tjobs_limits *l);
 /* Apply RWKVD_JOB_* variables; on a bad value prints to `err` and returns -1. */
-int rk_jobs_limits_from_env(struct rk_jobs_limits *l, char *err, size_t cap);
+int rk_tjobs_limits_from_env(struct rk_tjobs_limits *l, char *err, size_t cap);
 /* List the RWKVD_JOB_* variables with defaults and ranges (for --help). */
-void rk_jobs_env_help(FILE *f);
+void rk_tjobs_env_help(FILE *f);
 /* The environment variable behind a `rwkvd serve` job flag ("job-max-steps",
  * without the dashes, `len` bytes), or NULL when there is none. */
-const char *rk_jobs_flag_env(const char *flag, size_t len);
+const char *rk_tjobs_flag_env(const char *flag, size_t len);
 
-/* Hyperparameters of a job as submitted (after defaults). */
+/* Hyperparameters of a job as submitted (after defaults). The fields of
+ * `tune` named by the RK_HP_JOB entries of rk_hparams() come from the
+ * request; the others keep rk_tune_params_default's values (the worker sets
+ * steps, threads and the callbacks). */
 struct rk_tjob_hparams {
-    long steps;
-    double epochs; /* > 0 when steps were derived from epochs */
-    double lr, lr_final;
-    long warmup;
-    int batch;
-    uint64_t seed;
-    double val_split;
-    long eval_every;
-    int patience;
-    bool tune_shift;
-    long checkpoint_every;
-    double lr_multiplier; /* OpenAI learning_rate_multiplier (1 = native lr) */
+    char method[32];            /* a name of rk_tune_methods() */
+    struct rk_tune_params tune; /* method/checkpoint_cb/resume unused (NULL) */
+    double epochs;              /* > 0 when steps were derived from epochs, else NAN */
+    double lr_multiplier;       /* OpenAI learning_rate_multiplier (1 = native lr) */
     char init_state[RK_STATE_ID_MAX + 1]; /* "" = zero state */
 };
+/* Defaults: method "standard", rk_tune_params_default, the server's
+ * checkpoint interval, epochs NAN, lr_multiplier 1 (tjob_hparams.c). */
+void rk_tjob_hparams_default(struct rk_tjob_hparams *hp, long checkpoint_every);
+/* The hyperparameters as a JSON object: "method", every RK_HP_JOB entry of
+ * rk_hparams(), and with `journal` also lr_multiplier (init_state is then ""
+ * rather than null when unset). New reference, NULL when out of memory. */
+json_t *rk_tjob_hparams_json(const struct rk_tjob_hparams *hp, bool journal);
+/* Read a journal's hyperparameters object over the defaults (lenient: a
+ * missing key keeps its default; method missing = "standard"). */
+void rk_tjob_hparams_from_json(json_t *o, struct rk_tjob_hparams *hp);
 
 /* One tuning job. Fields are guarded by the table's mutex. */
 struct rk_tjob;
@@ -105,27 +111,27 @@ struct rk_tjob_view {
     char err_msg[200];
 };
 
-struct rk_jobs;
+struct rk_tjobs;
 
 /* Open the journal at DATA/jobs (creating it), load every job and file, and
  * recover: jobs that were running are resumed from their last checkpoint,
  * re-run from the start when none was written yet, or failed with a
  * reason; queued jobs stay queued. Then start the worker thread. `srv` is
  * kept (it must outlive the table). Main thread, before the loop runs. */
-int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct rk_jobs **out,
+int rk_tjobs_start(struct rk_srv *srv, const struct rk_tjobs_limits *lim, struct rk_tjobs **out,
                   struct rk_errbuf *eb);
 /* Interrupt the running job (it stays resumable from its last checkpoint and
  * is journaled as queued) and join the worker. Safe to call twice. */
-void rk_jobs_stop(struct rk_jobs *js);
+void rk_tjobs_stop(struct rk_tjobs *js);
 /* Stop if needed and free everything. NULL is a no-op. */
-void rk_jobs_free(struct rk_jobs *js);
+void rk_tjobs_free(struct rk_tjobs *js);
 
-const struct rk_jobs_limits *rk_jobs_limits(const struct rk_jobs *js);
+const struct rk_tjobs_limits *rk_tjobs_limits(const struct rk_tjobs *js);
 
 /* Loop-thread plumbing for SSE followers: creates the uv handles on first
  * use (the loop exists only once rk_srv_run runs) and closes them when the
  * server starts draining. Called by every jobs handler. */
-void rk_jobs_attach_loop(struct rk_jobs *js);
+void rk_tjobs_attach_loop(struct rk_tjobs *js);
 
 /* A new job: `data`/`len` is the validated JSONL (copied to the journal), the
  * counts describe it. RK_EBUSY when the tenant has too many active jobs,
@@ -139,20 +145,20 @@ struct rk_tjob_new {
     size_t len;
     size_t n_examples, n_tokens, n_targets;
 };
-int rk_jobs_submit(struct rk_jobs *js, const struct rk_tjob_new *nj, struct rk_tjob_view *view,
+int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk_tjob_view *view,
                    struct rk_errbuf *eb);
 
 /* Copy the job `id` of `tenant` into *view; RK_ENOTFOUND when missing or of
  * another tenant. */
-int rk_jobs_get(struct rk_jobs *js, const char *tenant, const char *id, struct rk_tjob_view *view);
+int rk_tjobs_get(struct rk_tjobs *js, const char *tenant, const char *id, struct rk_tjob_view *view);
 /* Views of the tenant's jobs, newest first (malloc'd array, caller frees).
  * `openai_only`: only those created through the OpenAI API. */
-int rk_jobs_list(struct rk_jobs *js, const char *tenant, bool openai_only,
+int rk_tjobs_list(struct rk_tjobs *js, const char *tenant, bool openai_only,
                  struct rk_tjob_view **out, size_t *n);
 /* Cancel: a queued job is cancelled at once, a running one stops within one
  * layer of the backward pass; a finished one is left as it is. Idempotent.
  * *view gets the job after the request. */
-int rk_jobs_cancel(struct rk_jobs *js, const char *tenant, const char *id,
+int rk_tjobs_cancel(struct rk_tjobs *js, const char *tenant, const char *id,
                    struct rk_tjob_view *view);
 
 /* --- events ---------------------------------------------------------------- */
@@ -169,21 +175,21 @@ struct rk_tjob_ev {
 /* Copy events [from, from+max) of a job (data strings malloc'd; free with
  * rk_tjob_evs_free). *total gets the number of events so far, *ended whether
  * the job has reached a final status (no more events will come).
- * RK_ENOTFOUND as rk_jobs_get. */
-int rk_jobs_events(struct rk_jobs *js, const char *tenant, const char *id, size_t from,
+ * RK_ENOTFOUND as rk_tjobs_get. */
+int rk_tjobs_events(struct rk_tjobs *js, const char *tenant, const char *id, size_t from,
                    size_t max, struct rk_tjob_ev **out, size_t *n, size_t *total, bool *ended);
 void rk_tjob_evs_free(struct rk_tjob_ev *ev, size_t n);
 
 /* Follow job events from the loop thread: `fn(user, false)` is called on the
  * loop thread whenever any job has new events or ends (and once when the
  * server starts draining), `fn(user, true)` every 10 s (time for an SSE
- * keepalive). Returns a handle for rk_jobs_unfollow (NULL: out of memory). */
-struct rk_jobs_follower;
-struct rk_jobs_follower *rk_jobs_follow(struct rk_jobs *js, void (*fn)(void *user, bool keepalive),
+ * keepalive). Returns a handle for rk_tjobs_unfollow (NULL: out of memory). */
+struct rk_tjobs_follower;
+struct rk_tjobs_follower *rk_tjobs_follow(struct rk_tjobs *js, void (*fn)(void *user, bool keepalive),
                                         void *user);
-void rk_jobs_unfollow(struct rk_jobs *js, struct rk_jobs_follower *f);
+void rk_tjobs_unfollow(struct rk_tjobs *js, struct rk_tjobs_follower *f);
 /* True once the loop handles are closed (the server is draining). */
-bool rk_jobs_loop_closed(const struct rk_jobs *js);
+bool rk_tjobs_loop_closed(const struct rk_tjobs *js);
 
 /* --- uploaded files (OpenAI /v1/files) -------------------------------------- */
 
@@ -199,18 +205,18 @@ struct rk_tfile {
 
 /* Store a validated JSONL file for `tenant` (atomic writes). RK_EBUSY when
  * the tenant has files_per_tenant_max files. */
-int rk_files_add(struct rk_jobs *js, const char *tenant, const char *filename,
+int rk_files_add(struct rk_tjobs *js, const char *tenant, const char *filename,
                  const char *purpose, const void *data, size_t len, size_t n_examples,
                  struct rk_tfile *out, struct rk_errbuf *eb);
-int rk_files_get(struct rk_jobs *js, const char *tenant, const char *id, struct rk_tfile *out);
+int rk_files_get(struct rk_tjobs *js, const char *tenant, const char *id, struct rk_tfile *out);
 /* Read the contents (malloc'd). */
-int rk_files_read(struct rk_jobs *js, const char *tenant, const char *id, void **data,
+int rk_files_read(struct rk_tjobs *js, const char *tenant, const char *id, void **data,
                   size_t *len, struct rk_errbuf *eb);
 /* Newest first; malloc'd array. */
-int rk_files_list(struct rk_jobs *js, const char *tenant, struct rk_tfile **out, size_t *n);
-int rk_files_delete(struct rk_jobs *js, const char *tenant, const char *id);
+int rk_files_list(struct rk_tjobs *js, const char *tenant, struct rk_tfile **out, size_t *n);
+int rk_files_delete(struct rk_tjobs *js, const char *tenant, const char *id);
 
 /* Route registration (api_jobs.c). */
-void rk_api_jobs_register(struct rk_srv *srv, struct rk_jobs *js);
+void rk_api_jobs_register(struct rk_srv *srv, struct rk_tjobs *js);
 
 #endif

@@ -121,7 +121,7 @@ int rk_cmd_serve(int argc, char **argv)
     }
     int status = 1, lock_fd = -1;
     struct rk_errbuf eb = {0};
-    struct rk_jobs *jobs = NULL; /* tuning jobs: worker + journal (jobs.c) */
+    struct rk_tjobs *jobs = NULL; /* tuning jobs: worker + journal (jobs.c) */
     srv->listen_fd = -1;
     signal(SIGPIPE, SIG_IGN);
     rk_log_set(log_line, NULL);
@@ -200,14 +200,14 @@ int rk_cmd_serve(int argc, char **argv)
     /* --- tuning jobs (jobs.c, api_jobs.c): recover the journal, start the
      * worker, register the routes; stopped right after the loop returns. */
     {
-        struct rk_jobs_limits jl;
+        struct rk_tjobs_limits jl;
         char jerr[256];
-        rk_jobs_limits_default(&jl);
-        if (rk_jobs_limits_from_env(&jl, jerr, sizeof jerr) != 0) {
+        rk_tjobs_limits_default(&jl);
+        if (rk_tjobs_limits_from_env(&jl, jerr, sizeof jerr) != 0) {
             fprintf(stderr, "rwkvd serve: %s\n", jerr);
             goto out;
         }
-        if (rk_jobs_start(srv, &jl, &jobs, &eb) != RK_OK) {
+        if (rk_tjobs_start(srv, &jl, &jobs, &eb) != RK_OK) {
             fprintf(stderr, "rwkvd serve: %s\n", eb.msg);
             goto out;
         }
@@ -217,13 +217,13 @@ int rk_cmd_serve(int argc, char **argv)
     rk_srv_config_print(&srv->cfg, stderr);
     status = rk_srv_run(srv);
     srv->listen_fd = -1; /* rk_srv_run took it and closed it */
-    rk_jobs_stop(jobs); /* tuning jobs: interrupt (resumable) and join the worker */
+    rk_tjobs_stop(jobs); /* tuning jobs: interrupt (resumable) and join the worker */
     if (status == 0)
         fprintf(stderr, "rwkvd: stopped\n");
 out:
     if (srv->listen_fd >= 0)
         close(srv->listen_fd); /* still ours: rk_srv_run never ran */
-    rk_jobs_free(jobs); /* tuning jobs */
+    rk_tjobs_free(jobs); /* tuning jobs */
     rk_store_free(srv->store);
     rk_auth_free(srv->auth);
     rk_tok_free(srv->tok);

@@ -361,6 +361,7 @@ struct rk_srv {
     struct rk_state_store *store;
     struct rk_engine *engine;
     struct rk_auth *auth;
+    struct rk_tjobs *tjobs; /* the tuning jobs (jobs.h); NULL until their routes are added */
     char model_name[128];
     struct rk_metrics metrics;
     struct rk_route *routes;

@@ -202,8 +202,9 @@ RK_API void rk_state_ref_release(struct rk_state_ref *r);
 /* === tuning, datasets, evaluation ========================================= */
 
 /*
- * Tuning a state adapter ("standard" method): Adam(W) on the initial state of
- * a frozen model, with gradients from rk_backward_seq. Everything here works
+ * Tuning a state adapter: Adam(W) on the parameters of a tuning method (for
+ * "standard", the initial state) of a frozen model, with gradients from
+ * rk_backward_seq. Everything here works
  * on token ids; turning JSONL or text into token sequences is the server's
  * job. Usage:
  *
@@ -306,28 +307,118 @@ RK_API double rk_clip_scale(double norm, double max_norm);
 
 /* --- tuning ---------------------------------------------------------------- */
 
-enum rk_tune_method {
-    RK_TUNE_STANDARD = 0, /* Adam on the initial state (wkv; shifts optionally) */
+/*
+ * Tuning methods: the seam. A method says what is tuned (a flat vector of
+ * params_len floats: the "parameters"), how the parameters become the
+ * initial state of every training sequence, how dLoss/dstate flows back to
+ * them, and the loss, as a hook on the logits. rk_tune_run drives every
+ * method the same way:
+ *
+ *     params --to_state--> state0 --rk_backward_seq(loss)--> dLoss/dstate0
+ *            <--grad_to_params--                        --> AdamW on params
+ *
+ * Checkpoints, Adam moments and rk_tune_run's output all have the
+ * parameters' length. Each method is one file, adapters/method_<name>.c;
+ * adapters/methods.c lists them. Entries are immutable and shared.
+ */
+struct rk_tune_params;
+
+/* A range of the parameter vector: [off, off + len). */
+struct rk_span {
+    size_t off, len;
 };
-/* "standard" -> RK_TUNE_STANDARD; RK_EINVAL otherwise. */
-RK_API int rk_tune_method_parse(const char *s, enum rk_tune_method *out);
-RK_API const char *rk_tune_method_name(enum rk_tune_method m);
+
+/* Extra work a method adds to each token at inference, for states it made
+ * (NULL for methods whose parameters are a plain initial state). Called
+ * after layer `layer`'s WKV read-out of one token with the receptance r [C]
+ * and the heads' output y [C] (before the group norm), to which it adds its
+ * part; `params` [params_len] is the served adapter. Reserved: the engine
+ * calls it once a registered method sets it. */
+typedef void rk_tune_token_fn(const struct rk_model *m, const float *params, int layer,
+                              const float *r, float *y);
+
+/* What a method's loss hook gets as `user` (see rk_logits_loss_fn): the
+ * run's parameters, the dataset and the index of the training sequence
+ * whose logits these are, so that a method can look up per-sequence data
+ * (a teacher's distribution, an advantage) by (seq, t). */
+struct rk_tune_loss_ctx {
+    const struct rk_tune_params *p;
+    const struct rk_dataset *ds;
+    size_t seq;
+};
+
+struct rk_tune_method {
+    const char *name; /* "standard": --method, "method" of the APIs, a state's method */
+    const char *help; /* one line for --help, the docs and error messages */
+    /* Floats in the parameter vector. */
+    size_t (*params_len)(const struct rk_model *m, const struct rk_tune_params *p);
+    /* Starting parameters [params_len] from a starting state
+     * [rk_state_len] (`state` NULL = the zero state). */
+    void (*params_init)(const struct rk_model *m, const struct rk_tune_params *p,
+                        const float *state, float *params);
+    /* The initial state [rk_state_len] that `params` give. */
+    void (*to_state)(const struct rk_model *m, const struct rk_tune_params *p,
+                     const float *params, float *state);
+    /* dLoss/dparams [params_len] from dLoss/dstate [rk_state_len] (the chain
+     * rule through to_state); parts that are not trained get zero. */
+    void (*grad_to_params)(const struct rk_model *m, const struct rk_tune_params *p,
+                           const float *params, const float *dstate, float *dparams);
+    /* The spans of the parameters the optimizer updates, in order, into
+     * spans[cap]; returns their number (at most cap). */
+    size_t (*trainable)(const struct rk_model *m, const struct rk_tune_params *p,
+                        struct rk_span *spans, size_t cap);
+    /* The loss on the logits (NULL = cross-entropy against the next token,
+     * rk_loss_xent); its `user` is a struct rk_tune_loss_ctx. */
+    rk_logits_loss_fn *loss;
+    /* Extra per-token inference work (NULL = none). */
+    rk_tune_token_fn *infer_token;
+};
+
+/* The method called `name` (NULL or unknown: NULL). */
+RK_API const struct rk_tune_method *rk_tune_method_find(const char *name);
+/* The registered methods: *n gets their number. */
+RK_API const struct rk_tune_method *const *rk_tune_methods(size_t *n);
+/* Their names joined by ", " into buf[cap] (for error messages). */
+RK_API void rk_tune_method_names(char *buf, size_t cap);
+/* The default method, "standard". */
+RK_API const struct rk_tune_method *rk_tune_method_default(void);
+
+/* The method entries (adapters/method_<name>.c). */
+RK_API extern const struct rk_tune_method rk_method_standard;
 
 /* Saved between steps so that an interrupted job can resume bit-identically
- * (same parameters, dataset and thread count). Arrays are [len] floats in
- * the core state layout; `m`/`v` are the Adam moments. */
+ * (same parameters, dataset and thread count). Arrays are [len] floats, the
+ * method's parameters (for "standard": the core state layout); `m`/`v` are
+ * the Adam moments. */
 struct rk_tune_checkpoint {
     long step;          /* optimizer steps done */
-    size_t len;         /* rk_state_len */
-    const float *state; /* current state */
+    size_t len;         /* rk_tune_params_len */
+    const float *state; /* current parameters */
     const float *m, *v;
-    const float *best;  /* state with the best validation loss so far */
+    const float *best;  /* parameters with the best validation loss so far */
     double best_val;    /* INFINITY when none yet */
     int bad_evals;      /* evaluations since best_val improved */
 };
 /* Called every checkpoint_every steps and at the end (borrowed pointers,
  * valid during the call). A non-zero return stops the run with that code. */
 typedef int rk_tune_checkpoint_cb(const struct rk_tune_checkpoint *ck, void *user);
+
+/*
+ * Checkpoint files (RKTCKPT1, little-endian as written by this machine):
+ * "RKTCKPT1", u64 step, u64 len, f64 best_val, i64 bad_evals, then f32
+ * state, m, v, best, [len] each. The format of `rwkvd tune --checkpoint`
+ * and of the jobs journal's <id>.ckpt.
+ */
+/* Write `ck` to `path` atomically. RK_ENOMEM, RK_EIO (detail in `eb`). */
+RK_API int rk_tune_ckpt_save(const char *path, const struct rk_tune_checkpoint *ck,
+                             struct rk_errbuf *eb);
+/* Read the checkpoint at `path`, which must hold `len` floats per array,
+ * into `ck`; *mem (taken by the caller: free it) holds the arrays ck points
+ * into. RK_ENOTFOUND when the file is absent, RK_EFORMAT when it is not a
+ * checkpoint of that length (or its step is absurd), RK_EIO, RK_ENOMEM;
+ * detail in `eb` (may be NULL). */
+RK_API int rk_tune_ckpt_load(const char *path, size_t len, struct rk_tune_checkpoint *ck,
+                             float **mem, struct rk_errbuf *eb);
 
 struct rk_tune_progress {
     long step, steps;   /* steps done, steps planned */
@@ -342,7 +433,7 @@ struct rk_tune_progress {
 typedef void rk_tune_progress_cb(const struct rk_tune_progress *p, void *user);
 
 struct rk_tune_params {
-    enum rk_tune_method method;
+    const struct rk_tune_method *method; /* NULL = "standard" */
     long steps;            /* optimizer steps (default 100) */
     int batch;             /* sequences per step; gradients are token-weighted means (4) */
     double lr, lr_final;   /* schedule ends (default 1 -> 0.01, see docs/TUNING.md) */
@@ -365,6 +456,66 @@ struct rk_tune_params {
 };
 /* Fill the defaults listed above. */
 RK_API void rk_tune_params_default(struct rk_tune_params *p);
+/* The method of `p` (its default when p->method is NULL). */
+RK_API const struct rk_tune_method *rk_tune_params_method(const struct rk_tune_params *p);
+/* Floats in the parameters that `p`'s method tunes for `m`. */
+RK_API size_t rk_tune_params_len(const struct rk_model *m, const struct rk_tune_params *p);
+/* RK_OK when `p` can run (rk_tune_run's own check, looser than the ranges of
+ * rk_hparams(), which bound what the CLI and the APIs accept); else RK_EINVAL. */
+RK_API int rk_tune_params_check(const struct rk_tune_params *p);
+
+/*
+ * The hyperparameters, described once. This table drives the HTTP parsers
+ * (POST /tune, the OpenAI fine-tuning route), the `rwkvd tune` options, the
+ * jobs journal and the docs (a test checks that every entry is documented).
+ * Most entries are fields of struct rk_tune_params; RK_HP_HOST entries are
+ * resolved by the host before rk_tune_run (epochs, init_state, the OpenAI
+ * learning-rate multiplier).
+ */
+enum rk_hparam_type {
+    RK_HP_INT,  /* integer in [lo, hi] */
+    RK_HP_NUM,  /* real in [lo, hi] ((lo, hi] when lo_open) */
+    RK_HP_BOOL, /* true/false; a CLI switch */
+    RK_HP_ENUM, /* one of `choices` (the value is its index) */
+    RK_HP_STR,  /* a string (host entries only) */
+};
+/* Where an entry is accepted. */
+#define RK_HP_JOB 1u  /* POST /tune, the jobs journal and job objects */
+#define RK_HP_CLI 2u  /* an option of `rwkvd tune` */
+#define RK_HP_HOST 4u /* not a field of rk_tune_params: the host resolves it */
+#define RK_HP_OPENAI 8u /* in the OpenAI fine-tuning "hyperparameters", as `openai` */
+/* A server limit that lowers `hi` for jobs (docs/JOBS.md, RWKVD_JOB_*). */
+enum rk_hparam_cap { RK_HP_CAP_NONE = 0, RK_HP_CAP_STEPS, RK_HP_CAP_BATCH };
+
+struct rk_hparam {
+    const char *name;   /* the JSON key */
+    const char *cli;    /* the `rwkvd tune` option without "--" */
+    const char *openai; /* the OpenAI fine-tuning name (RK_HP_OPENAI), else NULL */
+    enum rk_hparam_type type;
+    double lo, hi;
+    bool lo_open;
+    enum rk_hparam_cap cap;
+    unsigned where;               /* RK_HP_* flags */
+    const char *const *choices;   /* RK_HP_ENUM: NULL-terminated names */
+    size_t off, size;             /* the field in struct rk_tune_params (not for HOST) */
+    const char *help;             /* one line */
+};
+/* The table; *n gets its length. */
+RK_API const struct rk_hparam *rk_hparams(size_t *n);
+/* The entry called `name` (JSON key), or NULL. */
+RK_API const struct rk_hparam *rk_hparam_find(const char *name);
+/* The value of a field entry in `p`, as a double (bool: 0/1, enum: index). */
+RK_API double rk_hparam_get(const struct rk_hparam *h, const struct rk_tune_params *p);
+/* Range check of `x` against [lo, hi'] where hi' = min(hi, cap_hi) (cap_hi
+ * <= 0: no cap): RK_ERANGE when outside or not an integer for RK_HP_INT. */
+RK_API int rk_hparam_check(const struct rk_hparam *h, double x, double cap_hi);
+/* Store `x` (already checked) in `p`'s field. */
+RK_API void rk_hparam_set(const struct rk_hparam *h, struct rk_tune_params *p, double x);
+/* Parse text (a CLI value; enums by name, bools "true"/"false"/"1"/"0")
+ * into *x and range-check it: RK_EINVAL when malformed, RK_ERANGE. */
+RK_API int rk_hparam_parse(const struct rk_hparam *h, const char *s, double *x);
+/* The range as text: "[1, 100000000]", "(0, 1000]", "cosine|linear|constant". */
+RK_API void rk_hparam_range_str(const struct rk_hparam *h, double cap_hi, char *buf, size_t cap);
 
 struct rk_tune_result {
     long steps_done;
@@ -377,10 +528,11 @@ struct rk_tune_result {
 };
 
 /*
- * Tune an initial state of `m` on the sequences of `ds`. `init` [rk_state_len]
- * is the starting state (NULL = zero). On success `out` [rk_state_len]
- * receives the state with the best validation loss when a validation split
- * exists, else the final state. `cancel` is checked between sequences,
+ * Tune the parameters of p->method (for "standard": an initial state) of
+ * `m` on the sequences of `ds`. `init` [rk_state_len] is the starting state
+ * (NULL = zero), turned into parameters by the method. On success `out`
+ * [rk_tune_params_len] receives the parameters with the best validation
+ * loss when a validation split exists, else the final ones. `cancel` is checked between sequences,
  * `progress` is called after every step and after every evaluation; `user`
  * goes to every callback. `res` may be NULL. Errors: RK_EINVAL (bad
  * parameters, empty dataset, token ids >= V), RK_ENOMEM, RK_ECANCELED,

@@ -268,15 +268,33 @@ RK_API int rk_forward_multi(struct rk_ctx *ctx, size_t nseg, const uint32_t *tok
 /* --- backward into the initial state -------------------------------------- */
 
 /*
- * Loss = mean over selected positions t of -log softmax(logits_t)[targets[t]],
- * where logits_t is the output after tokens[0..t] starting from `state0`.
- * mask[t] (NULL = all) selects the positions. Writes the loss and
- * dstate0 [rk_state_len] = dLoss/dstate0 (wkv parts and both token-shift
- * parts). `cancel` (may be NULL) is checked between layers.
+ * The loss as a hook on the logits. For one selected position t of a
+ * sequence, `logits` [V] holds the model's output after tokens[0..t] and
+ * target = targets[t]. The hook returns that position's loss and overwrites
+ * `logits` with dLoss_t/dlogits / nsel (nsel = the number of selected
+ * positions: the sequence's loss is the mean of the rows). A NaN
+ * loss fails the step. Called from the context's compute threads, several
+ * rows at once (each with its own row), so it must only read `user`.
+ * rk_loss_xent is the default: -log softmax(logits)[target].
+ */
+typedef double rk_logits_loss_fn(float *logits, int V, size_t t, uint32_t target, size_t nsel,
+                                 void *user);
+RK_API double rk_loss_xent(float *logits, int V, size_t t, uint32_t target, size_t nsel,
+                           void *user);
+
+/*
+ * Loss = mean over selected positions t of loss_t(logits_t), where logits_t
+ * is the output after tokens[0..t] starting from `state0` and loss_t is
+ * p->loss (default: cross-entropy against targets[t]). mask[t] (NULL = all)
+ * selects the positions. Writes the loss and dstate0 [rk_state_len] =
+ * dLoss/dstate0 (wkv parts and both token-shift parts). `cancel` (may be
+ * NULL) is checked between layers.
  * Memory: see docs/TUNING.md (the memory formula of the backward pass).
  */
 struct rk_backward_params {
-    int checkpoint_every; /* tokens between stored WKV checkpoints (0 = 16) */
+    int checkpoint_every;    /* tokens between stored WKV checkpoints (0 = 16) */
+    rk_logits_loss_fn *loss; /* NULL = rk_loss_xent */
+    void *loss_user;         /* borrowed; passed to `loss` */
 };
 RK_API int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
                            const uint32_t *tokens, const uint32_t *targets, const uint8_t *mask,

@@ -47,6 +47,16 @@ for cmd in ["serve", "generate", "tune", "eval", "bench", "convert", "logits", "
 p = run("logits", "--model", os.path.join(DATA, "rand-mh.safetensors"), "--tokens", "1,x", ok=False)
 if p.returncode != 2:
     failures.append(f"logits with a bad token list: exit {p.returncode}, want 2")
+p = run("tune", "--model", "m", "--data", "d", "--out", "o", "--method", "kernel9", ok=False)
+if p.returncode != 2 or "unknown method 'kernel9' (known: standard)" not in p.stderr:
+    failures.append(f"tune --method kernel9: exit {p.returncode}, {p.stderr!r}")
+p = run("tune", "--model", "m", "--data", "d", "--out", "o", "--decay", "step", ok=False)
+if p.returncode != 2 or "--decay (cosine|linear|constant)" not in p.stderr:
+    failures.append(f"tune --decay step: exit {p.returncode}, {p.stderr!r}")
+p = run("tune", "--help")
+for opt in ["--method", "--steps", "--weight-decay", "--tune-shift", "--checkpoint-every"]:
+    if opt not in p.stdout:
+        failures.append(f"tune --help does not list {opt}")
 p = run("nosuchcommand", ok=False)
 if p.returncode != 2:
     failures.append("unknown command must exit 2")

@@ -218,6 +218,7 @@ static const char *submit(int port, const char *hdrs, const char *state, const c
     snprintf(id, 32, "%s", json_string_value(json_object_get(j, "id")));
     ck_assert(!strncmp(id, "ftjob-", 6));
     ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "queued");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "method")), "standard");
     json_decref(j);
     resp_free(&r);
     return id;
@@ -487,7 +488,11 @@ START_TEST(test_validation)
     snprintf(b, sizeof b, "{\"output_state\":\"x\",\"dataset\":%s,\"epochs\":100000}", ok_data);
     expect_400(s.port, b, "too_many_steps", 400);
     snprintf(b, sizeof b, "{\"output_state\":\"x\",\"dataset\":%s,\"method\":\"kernel9\"}", ok_data);
-    expect_400(s.port, b, "unknown method", 400);
+    expect_400(s.port, b, "unknown method 'kernel9' (known: standard)", 400);
+    snprintf(b, sizeof b, "{\"output_state\":\"x\",\"dataset\":%s,\"tune_shift\":1}", ok_data);
+    expect_400(s.port, b, "\\\"tune_shift\\\" must be true or false", 400);
+    snprintf(b, sizeof b, "{\"output_state\":\"x\",\"dataset\":%s,\"beta1\":0.5}", ok_data);
+    expect_400(s.port, b, "unknown field \\\"beta1\\\"", 400); /* a CLI-only hyperparameter */
     snprintf(b, sizeof b, "{\"output_state\":\"x\",\"dataset\":%s,\"steps\":3,"
              "\"hyperparameters\":{\"steps\":4}}", ok_data);
     expect_400(s.port, b, "given twice", 400);
@@ -695,6 +700,7 @@ START_TEST(test_restart_recovery)
     snprintf(rec, sizeof rec, "%s/jobs/%s.json", dir, idc);
     json_t *on_disk = json_load_file(rec, 0, NULL);
     ck_assert_str_eq(jstr(on_disk, "status"), "running");
+    ck_assert_str_eq(jstr(json_object_get(on_disk, "hyperparameters"), "method"), "standard");
     long ck_step = (long)json_integer_value(json_object_get(on_disk, "step"));
     json_decref(on_disk);
     ck_assert_msg(ck_step >= 10 && ck_step % 5 == 0, "journal at step %ld", ck_step);
@@ -978,6 +984,29 @@ START_TEST(test_tenants_and_files)
     snprintf(fid, sizeof fid, "%s", jstr(f, "id"));
     json_decref(f);
     resp_free(&r);
+    // method.type: supervised or a tuning method; anything else lists them.
+    snprintf(body, sizeof body, "{\"training_file\":\"%s\",\"model\":\"rand-mh\","
+             "\"method\":{\"type\":\"dpo\"}}", fid);
+    r = post(s.port, "/v1/fine_tuning/jobs", A, body);
+    ck_assert_msg(r.status == 400 && strstr(r.body, "unknown method type 'dpo'") &&
+                      strstr(r.body, "standard"),
+                  "%d %s", r.status, r.body);
+    resp_free(&r);
+    // The OpenAI hyperparameters come from the same table as the native ones.
+    static const char *const bad_hp[][2] = {
+        {"{\"n_epochs\":\"x\"}", "must be a number or \\\"auto\\\""},
+        {"{\"learning_rate_multiplier\":0}", "must be a number in (0, 100]"},
+        {"{\"batch_size\":0}", "\\\"batch\\\" must be an integer in [1, "},
+        {"{\"lr\":1}", "unknown field \\\"lr\\\""},
+    };
+    for (size_t i = 0; i < sizeof bad_hp / sizeof bad_hp[0]; i++) {
+        snprintf(body, sizeof body, "{\"training_file\":\"%s\",\"model\":\"rand-mh\","
+                 "\"hyperparameters\":%s}", fid, bad_hp[i][0]);
+        r = post(s.port, "/v1/fine_tuning/jobs", A, body);
+        ck_assert_msg(r.status == 400 && strstr(r.body, bad_hp[i][1]), "%s -> %d %s",
+                      bad_hp[i][0], r.status, r.body);
+        resp_free(&r);
+    }
     snprintf(body, sizeof body, "{\"training_file\":\"%s\",\"model\":\"rand-mh\",\"suffix\":"
              "\"oa\",\"seed\":3,\"hyperparameters\":{\"n_epochs\":1,\"batch_size\":4}}", fid);
     r = post(s.port, "/v1/fine_tuning/jobs", A, body);

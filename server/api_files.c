@@ -1,0 +1,173 @@
+/*
+ * api_files.c - the OpenAI files routes: POST /v1/files (multipart/form-data,
+ * purpose "fine-tune"), GET /v1/files, GET|DELETE /v1/files/{id},
+ * GET /v1/files/{id}/content.
+ */
+#include "api_jobs_int.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+/* --- OpenAI: files ----------------------------------------------------------------- */
+
+static json_t *file_openai(const struct rk_tfile *f)
+{
+    return json_pack("{s:s,s:s,s:I,s:I,s:s,s:s,s:s,s:n,s:n}", "id", f->id, "object", "file",
+                     "bytes", (json_int_t)f->bytes, "created_at",
+                     (json_int_t)(f->created_ms / 1000), "filename", f->filename, "purpose",
+                     f->purpose, "status", "processed", "status_details", "expires_at");
+}
+
+
+void h_file_upload(struct rk_http_req *r)
+{
+    struct rk_tjobs *js = api_tjobs_of(r);
+    struct part parts[8];
+    int n = rk_multipart_parse(rk_http_header(r, "Content-Type"), r->body.p ? r->body.p : "", r->body.len,
+                      parts, 8);
+    if (n < 0) {
+        rk_http_error(r, 400, "invalid_request", NULL,
+                      "the body must be multipart/form-data with fields \"file\" and "
+                      "\"purpose\"");
+        return;
+    }
+    const struct part *file = NULL;
+    char purpose[32] = "";
+    for (int i = 0; i < n && i < 8; i++) {
+        if (!strcmp(parts[i].name, "file"))
+            file = &parts[i];
+        else if (!strcmp(parts[i].name, "purpose"))
+            snprintf(purpose, sizeof purpose, "%.*s",
+                     (int)(parts[i].len < 31 ? parts[i].len : 31), parts[i].data);
+    }
+    if (!file) {
+        rk_http_error(r, 400, "invalid_request", "file", "missing the \"file\" field");
+        return;
+    }
+    if (strcmp(purpose, "fine-tune")) {
+        rk_http_error(r, 400, "invalid_value", "purpose",
+                      "purpose must be \"fine-tune\" (the only purpose this server stores)");
+        return;
+    }
+    struct dataset_info di = {0};
+    if (!validate_jsonl(r, js, "file", file->data, file->len, &di))
+        return;
+    const char *fname = file->filename[0] ? file->filename : "upload.jsonl";
+    struct rk_tfile f;
+    struct rk_errbuf eb = {0};
+    int rc = rk_files_add(js, r->tenant, fname, purpose, file->data, file->len, di.n_examples,
+                          &f, &eb);
+    if (rc != RK_OK) {
+        rk_http_error_rk(r, rc, "file", eb.msg);
+        return;
+    }
+    rk_http_json(r, 200, file_openai(&f));
+}
+
+const char *api_query(struct rk_http_req *r, const char *key)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+bool api_query_limit(struct rk_http_req *r, int def, int *out)
+{
+    const char *s = api_query(r, "limit");
+    *out = def;
+    if (!s)
+        return true;
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || end == s || v < 1 || v > 10000) {
+        rk_http_error(r, 400, "invalid_value", "limit", "limit must be an integer in [1, 10000]");
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}
+
+void h_files(struct rk_http_req *r)
+{
+    struct rk_tjobs *js = api_tjobs_of(r);
+    struct rk_tfile *fs = NULL;
+    size_t n = 0;
+    int limit;
+    if (!api_query_limit(r, 10000, &limit))
+        return;
+    const char *after = api_query(r, "after"), *purpose = api_query(r, "purpose");
+    if (rk_files_list(js, r->tenant, &fs, &n) != RK_OK) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    json_t *arr = json_array();
+    size_t i = 0;
+    if (after) {
+        while (i < n && strcmp(fs[i].id, after))
+            i++;
+        i = i < n ? i + 1 : n;
+    }
+    bool more = false;
+    for (; i < n; i++) {
+        if (purpose && strcmp(purpose, fs[i].purpose))
+            continue;
+        if (json_array_size(arr) == (size_t)limit) {
+            more = true;
+            break;
+        }
+        json_array_append_new(arr, file_openai(&fs[i]));
+    }
+    free(fs);
+    size_t k = json_array_size(arr);
+    json_t *o = json_pack("{s:s,s:o,s:b}", "object", "list", "data", arr, "has_more", more);
+    json_object_set_new(o, "first_id", k ? json_incref(json_object_get(json_array_get(arr, 0), "id"))
+                                         : json_null());
+    json_object_set_new(o, "last_id", k ? json_incref(json_object_get(json_array_get(arr, k - 1), "id"))
+                                        : json_null());
+    rk_http_json(r, 200, o);
+}
+
+static bool file_or_404(struct rk_http_req *r, struct rk_tfile *f)
+{
+    if (rk_files_get(api_tjobs_of(r), r->tenant, r->params[0], f) == RK_OK)
+        return true;
+    rk_http_error(r, 404, "file_not_found", "id", "file '%s' does not exist", r->params[0]);
+    return false;
+}
+
+void h_file(struct rk_http_req *r)
+{
+    struct rk_tfile f;
+    if (file_or_404(r, &f))
+        rk_http_json(r, 200, file_openai(&f));
+}
+
+void h_file_content(struct rk_http_req *r)
+{
+    struct rk_tfile f;
+    if (!file_or_404(r, &f))
+        return;
+    void *buf = NULL;
+    size_t len = 0;
+    struct rk_errbuf eb = {0};
+    int rc = rk_files_read(api_tjobs_of(r), r->tenant, f.id, &buf, &len, &eb);
+    if (rc != RK_OK) {
+        rk_http_error_rk(r, rc, "id", eb.msg);
+        return;
+    }
+    rk_http_bytes(r, 200, "application/jsonl", buf, len);
+    free(buf);
+}
+
+void h_file_delete(struct rk_http_req *r)
+{
+    struct rk_tfile f;
+    if (!file_or_404(r, &f))
+        return;
+    rk_files_delete(api_tjobs_of(r), r->tenant, f.id);
+    rk_http_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", f.id, "object", "file", "deleted", 1));
+}

@@ -1,0 +1,290 @@
+/*
+ * api_tune.c - the native jobs routes: POST /tune, GET /jobs, GET /jobs/{id},
+ * POST /jobs/{id}/cancel, and GET /jobs/{id}/events (SSE).
+ */
+#include "api_jobs_int.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+/* --- native routes -------------------------------------------------------------- */
+
+void h_tune(struct rk_http_req *r)
+{
+    struct rk_tjobs *js = api_tjobs_of(r);
+    json_t *body = rk_http_body_json(r);
+    if (!body)
+        return;
+    struct dataset_info di = {0};
+    static const char *const top[] = {"dataset", "training_file", "method", "output_state",
+                                      "hyperparameters", NULL};
+    if (!api_only_keys_or(r, body, top, is_job_hparam, "the request"))
+        goto out;
+    // Hyperparameters may come at the top level or in "hyperparameters".
+    json_t *hpo = json_object_get(body, "hyperparameters");
+    json_t *merged = json_object();
+    if (hpo && !json_is_object(hpo)) {
+        json_decref(merged);
+        rk_http_error(r, 400, "invalid_value", "hyperparameters",
+                      "\"hyperparameters\" must be an object");
+        goto out;
+    }
+    static const char *const none[] = {NULL};
+    if (hpo && !api_only_keys_or(r, hpo, none, is_job_hparam, "\"hyperparameters\"")) {
+        json_decref(merged);
+        goto out;
+    }
+    size_t n_hp;
+    const struct rk_hparam *tab = rk_hparams(&n_hp);
+    for (size_t i = 0; i < n_hp; i++) {
+        const char *key = tab[i].name;
+        if (!(tab[i].where & RK_HP_JOB))
+            continue;
+        json_t *a = json_object_get(body, key), *b = hpo ? json_object_get(hpo, key) : NULL;
+        if (a && b) {
+            json_decref(merged);
+            rk_http_error(r, 400, "invalid_request", key,
+                          "\"%s\" is given twice (top level and \"hyperparameters\")", key);
+            goto out;
+        }
+        if (a || b)
+            json_object_set(merged, key, a ? a : b);
+    }
+    const char *method = "standard", *out_state = NULL;
+    if (!api_get_str(r, body, "method", &method) || !api_get_str(r, body, "output_state", &out_state)) {
+        json_decref(merged);
+        goto out;
+    }
+    const struct rk_tune_method *tm = method_or_400(r, method, "method");
+    if (!tm) {
+        json_decref(merged);
+        goto out;
+    }
+    if (!out_state || !rk_state_id_valid(out_state)) {
+        json_decref(merged);
+        rk_http_error(r, 400, "invalid_value", "output_state",
+                      "\"output_state\" is required and must match ^[a-z0-9][a-z0-9_-]{0,63}$");
+        goto out;
+    }
+    if (!parse_dataset(r, js, body, &di)) {
+        json_decref(merged);
+        goto out;
+    }
+    struct rk_tjob_hparams hp;
+    hparams_default(js, &hp);
+    bool steps_given;
+    snprintf(hp.method, sizeof hp.method, "%s", tm->name);
+    bool ok = parse_hparams(r, js, merged, &di, &hp, &steps_given);
+    json_decref(merged);
+    if (!ok)
+        goto out;
+    struct rk_tjob_new nj = {.tenant = r->tenant, .output_state = out_state,
+                             .training_file = di.training_file, .hp = &hp, .data = di.jsonl,
+                             .len = di.len, .n_examples = di.n_examples, .n_tokens = di.n_tokens,
+                             .n_targets = di.n_targets};
+    struct rk_tjob_view v;
+    struct rk_errbuf eb = {0};
+    int rc = rk_tjobs_submit(js, &nj, &v, &eb);
+    if (rc != RK_OK) {
+        rk_http_error_rk(r, rc, NULL, eb.msg);
+        goto out;
+    }
+    rk_http_json(r, 202, job_native(r->srv, &v));
+    if (r->resp) {
+        char loc[64];
+        snprintf(loc, sizeof loc, "/jobs/%s", v.id);
+        MHD_add_response_header(r->resp, "Location", loc);
+    }
+out:
+    free(di.jsonl);
+    json_decref(body);
+}
+
+void h_jobs(struct rk_http_req *r)
+{
+    struct rk_tjobs *js = api_tjobs_of(r);
+    struct rk_tjob_view *vs = NULL;
+    size_t n = 0;
+    if (rk_tjobs_list(js, r->tenant, false, &vs, &n) != RK_OK) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, job_native(r->srv, &vs[i]));
+    free(vs);
+    rk_http_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", arr));
+}
+
+bool job_or_404(struct rk_http_req *r, struct rk_tjob_view *v)
+{
+    if (rk_tjobs_get(api_tjobs_of(r), r->tenant, r->params[0], v) == RK_OK)
+        return true;
+    rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
+    return false;
+}
+
+void h_job(struct rk_http_req *r)
+{
+    struct rk_tjob_view v;
+    if (job_or_404(r, &v))
+        rk_http_json(r, 200, job_native(r->srv, &v));
+}
+
+void cancel_common(struct rk_http_req *r, bool openai)
+{
+    struct rk_tjob_view v;
+    if (rk_tjobs_cancel(api_tjobs_of(r), r->tenant, r->params[0], &v) != RK_OK) {
+        rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
+        return;
+    }
+    rk_http_json(r, 200, openai ? job_openai(r->srv, &v) : job_native(r->srv, &v));
+}
+
+void h_cancel(struct rk_http_req *r) { cancel_common(r, false); }
+
+/* --- SSE: GET /jobs/{id}/events ------------------------------------------------- */
+
+struct sse {
+    struct rk_tjobs *js;
+    struct rk_srv *srv;
+    struct rk_http_req *r; /* NULL once the request is gone */
+    struct rk_tjobs_follower *f;
+    char id[32], tenant[RK_STATE_ID_MAX + 1];
+    size_t next;
+    struct rk_buf out;
+    size_t out_pos;
+    bool ka, ended;
+    int refs;
+};
+
+static void sse_release(struct sse *s)
+{
+    if (--s->refs > 0)
+        return;
+    if (s->f)
+        rk_tjobs_unfollow(s->js, s->f);
+    rk_buf_free(&s->out);
+    free(s);
+}
+
+static void sse_fill(struct sse *s)
+{
+    struct rk_tjob_ev *ev = NULL;
+    size_t n = 0, total = 0;
+    bool ended = false;
+    if (rk_tjobs_events(s->js, s->tenant, s->id, s->next, 256, &ev, &n, &total, &ended) != RK_OK) {
+        s->ended = true;
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        rk_buf_printf(&s->out, "id: %zu\nevent: %s\ndata: %s\n\n", s->next + i,
+                      rk_tjob_ev_name(ev[i].type), ev[i].data);
+    s->next += n;
+    rk_tjob_evs_free(ev, n);
+    if (ended && s->next >= total)
+        s->ended = true;
+    if (!n && s->ka && !s->ended)
+        rk_buf_puts(&s->out, ": keepalive\n\n");
+    s->ka = false;
+}
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct sse *s = cls;
+    (void)pos;
+    if (s->out_pos == s->out.len) {
+        s->out.len = s->out_pos = 0;
+        sse_fill(s);
+    }
+    if (s->out_pos < s->out.len) {
+        size_t n = s->out.len - s->out_pos;
+        if (n > max)
+            n = max;
+        memcpy(buf, s->out.p + s->out_pos, n);
+        s->out_pos += n;
+        return (ssize_t)n;
+    }
+    if (s->ended || rk_tjobs_loop_closed(s->js) || s->srv->draining)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    if (!s->r)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    // Nothing new: wait for the worker's next event (the follower resumes).
+    MHD_suspend_connection(s->r->conn);
+    s->r->suspended = true;
+    return 0;
+}
+
+static void sse_resp_free(void *cls) { sse_release(cls); }
+
+static void sse_req_free(void *user)
+{
+    struct sse *s = user;
+    s->r = NULL;
+    if (s->f) {
+        rk_tjobs_unfollow(s->js, s->f);
+        s->f = NULL;
+    }
+    sse_release(s);
+}
+
+static void sse_wake(void *user, bool keepalive)
+{
+    struct sse *s = user;
+    if (keepalive)
+        s->ka = true;
+    if (s->r && s->r->suspended) {
+        s->r->suspended = false;
+        MHD_resume_connection(s->r->conn);
+    }
+}
+
+void h_events(struct rk_http_req *r)
+{
+    struct rk_tjobs *js = api_tjobs_of(r);
+    struct rk_tjob_view v;
+    if (!job_or_404(r, &v))
+        return;
+    struct sse *s = calloc(1, sizeof *s);
+    if (!s) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    s->js = js;
+    s->srv = r->srv;
+    s->r = r;
+    snprintf(s->id, sizeof s->id, "%s", v.id);
+    snprintf(s->tenant, sizeof s->tenant, "%s", r->tenant);
+    const char *last = rk_http_header(r, "Last-Event-ID");
+    if (last && *last) {
+        char *end;
+        unsigned long long k = strtoull(last, &end, 10);
+        if (!*end && k < (1ull << 40))
+            s->next = (size_t)k + 1;
+    }
+    s->refs = 2; // the request and the response
+    s->f = rk_tjobs_follow(js, sse_wake, s);
+    r->user = s;
+    r->user_free = sse_req_free;
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, s, sse_resp_free);
+    if (!resp) {
+        s->refs--;
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    rk_http_conn_headers(r->srv, resp);
+    MHD_queue_response(r->conn, 200, resp);
+    MHD_destroy_response(resp);
+    r->status = 200;
+    r->stream_queued = true;
+}

@@ -1,0 +1,85 @@
+/*
+ * tjob_hparams.c - a tuning job's hyperparameters as JSON (the journal and
+ * the job objects of the APIs), driven by the table of rk_hparams() so that
+ * a new hyperparameter needs no code here.
+ */
+#include "jobs.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+void rk_tjob_hparams_default(struct rk_tjob_hparams *hp, long checkpoint_every)
+{
+    memset(hp, 0, sizeof *hp);
+    rk_tune_params_default(&hp->tune);
+    hp->tune.method = NULL;
+    hp->tune.checkpoint_every = checkpoint_every;
+    snprintf(hp->method, sizeof hp->method, "%s", rk_tune_method_default()->name);
+    hp->epochs = NAN;
+    hp->lr_multiplier = 1;
+}
+
+static json_t *value_json(const struct rk_hparam *h, const struct rk_tjob_hparams *hp,
+                          bool journal)
+{
+    if (!strcmp(h->name, "epochs"))
+        return isfinite(hp->epochs) ? json_real(hp->epochs) : json_null();
+    if (!strcmp(h->name, "init_state"))
+        return hp->init_state[0] || journal ? json_string(hp->init_state) : json_null();
+    double x = rk_hparam_get(h, &hp->tune);
+    switch (h->type) {
+    case RK_HP_INT: return json_integer((json_int_t)x);
+    case RK_HP_NUM: return json_real(x);
+    case RK_HP_BOOL: return json_boolean(x != 0);
+    case RK_HP_ENUM: return json_string(h->choices[(int)x]);
+    case RK_HP_STR: break;
+    }
+    return json_null();
+}
+
+json_t *rk_tjob_hparams_json(const struct rk_tjob_hparams *hp, bool journal)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "method", json_string(hp->method));
+    size_t n;
+    const struct rk_hparam *t = rk_hparams(&n);
+    for (size_t i = 0; i < n; i++)
+        if (t[i].where & RK_HP_JOB)
+            json_object_set_new(o, t[i].name, value_json(&t[i], hp, journal));
+    if (journal)
+        json_object_set_new(o, "lr_multiplier", json_real(hp->lr_multiplier));
+    return o;
+}
+
+void rk_tjob_hparams_from_json(json_t *o, struct rk_tjob_hparams *hp)
+{
+    const char *meth = json_string_value(json_object_get(o, "method"));
+    if (meth)
+        snprintf(hp->method, sizeof hp->method, "%s", meth);
+    json_t *x = json_object_get(o, "lr_multiplier");
+    if (json_is_number(x))
+        hp->lr_multiplier = json_number_value(x);
+    size_t n;
+    const struct rk_hparam *t = rk_hparams(&n);
+    for (size_t i = 0; i < n; i++) {
+        const struct rk_hparam *h = &t[i];
+        if (!(h->where & RK_HP_JOB) || !(x = json_object_get(o, h->name)))
+            continue;
+        if (!strcmp(h->name, "epochs"))
+            hp->epochs = json_is_number(x) ? json_number_value(x) : NAN;
+        else if (!strcmp(h->name, "init_state"))
+            snprintf(hp->init_state, sizeof hp->init_state, "%s",
+                     json_is_string(x) ? json_string_value(x) : "");
+        else if (h->type == RK_HP_BOOL)
+            rk_hparam_set(h, &hp->tune, json_is_true(x));
+        else if (h->type == RK_HP_ENUM) {
+            for (int k = 0; json_is_string(x) && h->choices[k]; k++)
+                if (!strcmp(json_string_value(x), h->choices[k]))
+                    rk_hparam_set(h, &hp->tune, k);
+        } else if (json_is_number(x))
+            rk_hparam_set(h, &hp->tune, json_number_value(x));
+    }
+}
