@@ -4,6 +4,7 @@
  * GET /v1/files/{id}/content.
  */
 #include "api_jobs_int.h"
+#include "json_read.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -32,7 +33,7 @@ void h_file_upload(struct rk_http_req *r)
     int n = rk_multipart_parse(rk_http_header(r, "Content-Type"), r->body.p ? r->body.p : "", r->body.len,
                       parts, 8);
     if (n < 0) {
-        rk_http_error(r, 400, "invalid_request", NULL,
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, NULL,
                       "the body must be multipart/form-data with fields \"file\" and "
                       "\"purpose\"");
         return;
@@ -47,11 +48,11 @@ void h_file_upload(struct rk_http_req *r)
                      (int)(parts[i].len < 31 ? parts[i].len : 31), parts[i].data);
     }
     if (!file) {
-        rk_http_error(r, 400, "invalid_request", "file", "missing the \"file\" field");
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "file", "missing the \"file\" field");
         return;
     }
     if (strcmp(purpose, "fine-tune")) {
-        rk_http_error(r, 400, "invalid_value", "purpose",
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "purpose",
                       "purpose must be \"fine-tune\" (the only purpose this server stores)");
         return;
     }
@@ -84,7 +85,8 @@ bool api_query_limit(struct rk_http_req *r, int def, int *out)
     char *end;
     long v = strtol(s, &end, 10);
     if (*end || end == s || v < 1 || v > 10000) {
-        rk_http_error(r, 400, "invalid_value", "limit", "limit must be an integer in [1, 10000]");
+        rk_field_fail(r, *end || end == s ? RK_FIELD_INVALID_TYPE : RK_FIELD_OUT_OF_RANGE, "limit",
+                      "limit must be an integer in [1, 10000]");
         return false;
     }
     *out = (int)v;

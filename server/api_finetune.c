@@ -3,6 +3,7 @@
  * GET /v1/fine_tuning/jobs/{id}, POST .../cancel, GET .../events.
  */
 #include "api_jobs_int.h"
+#include "json_read.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -34,7 +35,7 @@ static bool oa_param(struct rk_http_req *r, json_t *hpo, const char *key, json_t
     if (!x || json_is_null(x) || (json_is_string(x) && !strcmp(json_string_value(x), "auto")))
         return true;
     if (!json_is_number(x)) {
-        rk_http_error(r, 400, "invalid_value", key, "\"%s\" must be a number or \"auto\"", key);
+        rk_field_fail(r, RK_FIELD_INVALID_TYPE, key, "\"%s\" must be a number or \"auto\"", key);
         return false;
     }
     *out = x;
@@ -61,12 +62,12 @@ void h_ft_create(struct rk_http_req *r)
         !api_get_str(r, body, "validation_file", &vfile))
         goto out;
     if (!model || !tfile) {
-        rk_http_error(r, 400, "invalid_request", !model ? "model" : "training_file",
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, !model ? "model" : "training_file",
                       "\"model\" and \"training_file\" are required");
         goto out;
     }
     if (vfile) {
-        rk_http_error(r, 400, "unsupported", "validation_file",
+        rk_field_fail(r, RK_FIELD_UNSUPPORTED, "validation_file",
                       "validation_file is not supported; a held-out split of the training file "
                       "is used");
         goto out;
@@ -93,7 +94,7 @@ void h_ft_create(struct rk_http_req *r)
     char state[RK_STATE_ID_MAX + 1];
     if (suffix) {
         if (!rk_state_id_valid(suffix)) {
-            rk_http_error(r, 400, "invalid_value", "suffix",
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "suffix",
                           "suffix names the output state: it must match "
                           "^[a-z0-9][a-z0-9_-]{0,63}$");
             goto out;
@@ -115,13 +116,13 @@ void h_ft_create(struct rk_http_req *r)
     if (meth && !json_is_null(meth)) {
         const char *type = json_string_value(json_object_get(meth, "type"));
         if (!json_is_object(meth)) {
-            rk_http_error(r, 400, "invalid_value", "method", "\"method\" must be an object");
+            rk_field_fail(r, RK_FIELD_INVALID_TYPE, "method", "\"method\" must be an object");
             goto out;
         }
         if (type && strcmp(type, "supervised") && !(tm = rk_tune_method_find(type))) {
             char names[256];
             rk_tune_method_names(names, sizeof names);
-            rk_http_error(r, 400, "unsupported", "method",
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, "method",
                           "unknown method type '%s' (known: supervised, which runs standard "
                           "state tuning; %s)",
                           type, names);
@@ -130,7 +131,7 @@ void h_ft_create(struct rk_http_req *r)
         json_t *sup = json_object_get(meth, type ? type : "supervised");
         json_t *h2 = json_is_object(sup) ? json_object_get(sup, "hyperparameters") : NULL;
         if (h2 && hpo) {
-            rk_http_error(r, 400, "invalid_request", "hyperparameters",
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "hyperparameters",
                           "give hyperparameters either at the top level or in method");
             goto out;
         }
@@ -138,7 +139,7 @@ void h_ft_create(struct rk_http_req *r)
             hpo = h2;
     }
     if (hpo && !json_is_object(hpo)) {
-        rk_http_error(r, 400, "invalid_value", "hyperparameters", "must be an object");
+        rk_field_fail(r, RK_FIELD_INVALID_TYPE, "hyperparameters", "\"hyperparameters\" must be an object");
         goto out;
     }
     // The OpenAI hyperparameters are the RK_HP_OPENAI entries of rk_hparams(),
@@ -149,7 +150,7 @@ void h_ft_create(struct rk_http_req *r)
         json_t *x;
         json_object_foreach(hpo, k, x) {
             if (!oa_hparam(k)) {
-                rk_http_error(r, 400, "unknown_parameter", k,
+                rk_field_fail(r, RK_FIELD_UNKNOWN, k,
                               "unknown field \"%s\" in \"hyperparameters\"", k);
                 goto out;
             }
@@ -180,7 +181,7 @@ void h_ft_create(struct rk_http_req *r)
         if (rk_hparam_check(h, mult, 0) != RK_OK) {
             char range[64];
             rk_hparam_range_str(h, 0, range, sizeof range);
-            rk_http_error(r, 400, "invalid_value", h->openai, "\"%s\" must be a number in %s",
+            rk_field_fail(r, RK_FIELD_OUT_OF_RANGE, h->openai, "\"%s\" must be a number in %s",
                           h->openai, range);
             json_decref(native);
             goto out;

@@ -19,6 +19,7 @@
  * exactly like a missing one (404). docs/JOBS.md is the contract.
  */
 #include "api_jobs_int.h"
+#include "json_read.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -38,33 +39,17 @@ struct rk_tjobs *api_tjobs_of(struct rk_http_req *r)
 
 /* --- request parsing ---------------------------------------------------------- */
 
+/* The jobs API reads its fields with the shared readers (json_read.h), so a
+ * bad value earns the same code here as on the generation routes. */
 bool api_get_num(struct rk_http_req *r, json_t *o, const char *key, double lo, double hi,
-             bool lo_open, double *out)
+                 bool lo_open, double *out)
 {
-    json_t *x = json_object_get(o, key);
-    if (!x || json_is_null(x))
-        return true;
-    double d = json_is_number(x) ? json_number_value(x) : NAN;
-    if (!(d >= lo && d <= hi) || (lo_open && d == lo)) {
-        rk_http_error(r, 400, "invalid_value", key, "\"%s\" must be a number in %s%g, %g]", key,
-                      lo_open ? "(" : "[", lo, hi);
-        return false;
-    }
-    *out = d;
-    return true;
+    return rk_json_num(r, o, key, lo, hi, lo_open, out);
 }
 
 bool api_get_str(struct rk_http_req *r, json_t *o, const char *key, const char **out)
 {
-    json_t *x = json_object_get(o, key);
-    if (!x || json_is_null(x))
-        return true;
-    if (!json_is_string(x)) {
-        rk_http_error(r, 400, "invalid_value", key, "\"%s\" must be a string", key);
-        return false;
-    }
-    *out = json_string_value(x);
-    return true;
+    return rk_json_str(r, o, key, 0, SIZE_MAX, out);
 }
 
 bool api_only_keys(struct rk_http_req *r, json_t *o, const char *const *allowed, const char *where)
@@ -76,7 +61,7 @@ bool api_only_keys(struct rk_http_req *r, json_t *o, const char *const *allowed,
         for (int i = 0; allowed[i]; i++)
             ok |= !strcmp(k, allowed[i]);
         if (!ok) {
-            rk_http_error(r, 400, "unknown_parameter", k, "unknown field \"%s\" in %s", k, where);
+            rk_field_fail(r, RK_FIELD_UNKNOWN, k, "unknown field \"%s\" in %s", k, where);
             return false;
         }
     }
@@ -94,7 +79,7 @@ bool api_only_keys_or(struct rk_http_req *r, json_t *o, const char *const *allow
         for (int i = 0; allowed[i]; i++)
             ok |= !strcmp(k, allowed[i]);
         if (!ok) {
-            rk_http_error(r, 400, "unknown_parameter", k, "unknown field \"%s\" in %s", k, where);
+            rk_field_fail(r, RK_FIELD_UNKNOWN, k, "unknown field \"%s\" in %s", k, where);
             return false;
         }
     }
@@ -117,7 +102,7 @@ const struct rk_tune_method *method_or_400(struct rk_http_req *r, const char *na
     if (!m) {
         char names[256];
         rk_tune_method_names(names, sizeof names);
-        rk_http_error(r, 400, "invalid_value", param, "unknown method '%s' (known: %s)", name,
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, param, "unknown method '%s' (known: %s)", name,
                       names);
     }
     return m;
@@ -253,7 +238,7 @@ bool parse_dataset(struct rk_http_req *r, struct rk_tjobs *js, json_t *body,
     if (!api_get_str(r, body, "training_file", &fid))
         return false;
     if ((d && !json_is_null(d)) == (fid != NULL)) {
-        rk_http_error(r, 400, "invalid_request", "dataset",
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "dataset",
                       "give exactly one of \"dataset\" (an array of records or a JSONL string) "
                       "and \"training_file\" (an uploaded file id)");
         return false;
@@ -325,7 +310,8 @@ static double cap_of(const struct rk_hparam *h, const struct rk_tjobs_limits *li
 }
 
 /* One field entry of the table from `o` into hp->tune (absent or null:
- * keep). Integers may be written as reals with an integral value. */
+ * keep). The codes are those of json_read.h: a wrong JSON type (3.0 for an
+ * integer too) is invalid_type, a number outside its range out_of_range. */
 static bool get_hparam(struct rk_http_req *r, json_t *o, const struct rk_hparam *h,
                        const struct rk_tjobs_limits *lim, struct rk_tjob_hparams *hp)
 {
@@ -333,28 +319,33 @@ static bool get_hparam(struct rk_http_req *r, json_t *o, const struct rk_hparam 
     if (!x || json_is_null(x))
         return true;
     double v = NAN;
-    if (h->type == RK_HP_BOOL) {
-        if (!json_is_boolean(x)) {
-            rk_http_error(r, 400, "invalid_value", h->name, "\"%s\" must be true or false",
-                          h->name);
-            return false;
-        }
+    const char *want = h->type == RK_HP_BOOL   ? "true or false"
+                       : h->type == RK_HP_ENUM ? "a string"
+                       : h->type == RK_HP_INT  ? "an integer"
+                                               : "a number";
+    bool typed = h->type == RK_HP_BOOL   ? json_is_boolean(x)
+                 : h->type == RK_HP_ENUM ? json_is_string(x)
+                 : h->type == RK_HP_INT  ? json_is_integer(x)
+                                         : json_is_number(x);
+    if (!typed) {
+        rk_field_fail(r, RK_FIELD_INVALID_TYPE, h->name, "\"%s\" must be %s", h->name, want);
+        return false;
+    }
+    if (h->type == RK_HP_BOOL)
         v = json_is_true(x);
-    } else if (h->type == RK_HP_ENUM) {
-        for (int k = 0; json_is_string(x) && h->choices[k]; k++)
+    else if (h->type == RK_HP_ENUM) {
+        for (int k = 0; h->choices[k]; k++)
             if (!strcmp(json_string_value(x), h->choices[k]))
                 v = k;
-    } else if (json_is_number(x)) {
+    } else
         v = json_number_value(x);
-    }
     double cap = cap_of(h, lim);
     if (rk_hparam_check(h, v, cap) != RK_OK) {
         char range[96];
         rk_hparam_range_str(h, cap, range, sizeof range);
-        rk_http_error(r, 400, "invalid_value", h->name, "\"%s\" must be %s in %s", h->name,
-                      h->type == RK_HP_INT ? "an integer" : h->type == RK_HP_NUM ? "a number"
-                                                                                 : "one",
-                      range);
+        rk_field_fail(r, h->type == RK_HP_ENUM ? RK_FIELD_INVALID_VALUE : RK_FIELD_OUT_OF_RANGE,
+                      h->name, "\"%s\" must be %s in %s", h->name,
+                      h->type == RK_HP_ENUM ? "one" : want, range);
         return false;
     }
     rk_hparam_set(h, &hp->tune, v);
@@ -383,22 +374,26 @@ bool parse_hparams(struct rk_http_req *r, struct rk_tjobs *js, json_t *o,
         if (!strcmp(h->name, "epochs")) {
             json_t *x = json_object_get(o, "epochs");
             if (x && !json_is_null(x)) {
-                epochs = json_is_number(x) ? json_number_value(x) : NAN;
+                if (!json_is_number(x)) {
+                    rk_field_fail(r, RK_FIELD_INVALID_TYPE, "epochs", "\"epochs\" must be a number");
+                    return false;
+                }
+                epochs = json_number_value(x);
                 if (rk_hparam_check(h, epochs, 0) != RK_OK) {
-                    rk_http_error(r, 400, "invalid_value", "epochs",
+                    rk_field_fail(r, RK_FIELD_OUT_OF_RANGE, "epochs",
                                   "\"epochs\" must be a number in (0, 1e+06]");
                     return false;
                 }
             }
             if (epochs > 0 && *steps_given) {
-                rk_http_error(r, 400, "invalid_request", "epochs",
+                rk_field_fail(r, RK_FIELD_INVALID_VALUE, "epochs",
                               "give \"steps\" or \"epochs\", not both");
                 return false;
             }
         } else if (!strcmp(h->name, "init_state")) {
             json_t *x = json_object_get(o, "init_state");
             if (x && !json_is_null(x) && !json_is_string(x)) {
-                rk_http_error(r, 400, "invalid_value", "init_state",
+                rk_field_fail(r, RK_FIELD_INVALID_TYPE, "init_state",
                               "\"init_state\" must be a string");
                 return false;
             }

@@ -3,6 +3,7 @@
  * POST /jobs/{id}/cancel, and GET /jobs/{id}/events (SSE).
  */
 #include "api_jobs_int.h"
+#include "json_read.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -31,7 +32,7 @@ void h_tune(struct rk_http_req *r)
     json_t *merged = json_object();
     if (hpo && !json_is_object(hpo)) {
         json_decref(merged);
-        rk_http_error(r, 400, "invalid_value", "hyperparameters",
+        rk_field_fail(r, RK_FIELD_INVALID_TYPE, "hyperparameters",
                       "\"hyperparameters\" must be an object");
         goto out;
     }
@@ -49,7 +50,7 @@ void h_tune(struct rk_http_req *r)
         json_t *a = json_object_get(body, key), *b = hpo ? json_object_get(hpo, key) : NULL;
         if (a && b) {
             json_decref(merged);
-            rk_http_error(r, 400, "invalid_request", key,
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, key,
                           "\"%s\" is given twice (top level and \"hyperparameters\")", key);
             goto out;
         }
@@ -68,7 +69,7 @@ void h_tune(struct rk_http_req *r)
     }
     if (!out_state || !rk_state_id_valid(out_state)) {
         json_decref(merged);
-        rk_http_error(r, 400, "invalid_value", "output_state",
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "output_state",
                       "\"output_state\" is required and must match ^[a-z0-9][a-z0-9_-]{0,63}$");
         goto out;
     }

@@ -1367,6 +1367,38 @@ START_TEST(test_field_errors_same_code)
                           r.body, want);
             resp_free(&r);
         }
+    /* The tuning routes read their fields with the same readers: the same
+     * kind of bad value earns the same code on POST /tune and on the OpenAI
+     * fine-tuning route. */
+    static const struct {
+        const char *route, *body, *param, *code;
+    } tune[] = {
+        {"/tune", "{\"output_state\":\"t\",\"steps\":3.0,\"dataset\":[{\"prompt\":\"Hi\",\"completion\":\" there\"}]}", "steps",
+         "invalid_type"},
+        {"/tune", "{\"output_state\":\"t\",\"steps\":-1,\"dataset\":[{\"prompt\":\"Hi\",\"completion\":\" there\"}]}", "steps",
+         "out_of_range"},
+        {"/tune", "{\"output_state\":\"t\",\"lr\":\"big\",\"dataset\":[{\"prompt\":\"Hi\",\"completion\":\" there\"}]}", "lr",
+         "invalid_type"},
+        {"/tune", "{\"output_state\":\"t\",\"tune_shift\":1,\"dataset\":[{\"prompt\":\"Hi\",\"completion\":\" there\"}]}", "tune_shift",
+         "invalid_type"},
+        {"/tune", "{\"output_state\":\"t\",\"method\":5,\"dataset\":[{\"prompt\":\"Hi\",\"completion\":\" there\"}]}", "method",
+         "invalid_type"},
+        {"/tune", "{\"output_state\":\"t\",\"method\":\"nope\",\"dataset\":[{\"prompt\":\"Hi\",\"completion\":\" there\"}]}", "method",
+         "invalid_value"},
+        {"/tune", "{\"output_state\":\"t\",\"bogus\":1,\"dataset\":[{\"prompt\":\"Hi\",\"completion\":\" there\"}]}", "bogus",
+         "unknown_parameter"},
+        {"/v1/fine_tuning/jobs", "{\"model\":5,\"training_file\":\"file-x\"}", "model",
+         "invalid_type"},
+    };
+    for (size_t i = 0; i < sizeof tune / sizeof tune[0]; i++) {
+        char want[128];
+        snprintf(want, sizeof want, "\"param\":\"%s\",\"code\":\"%s\"", tune[i].param,
+                 tune[i].code);
+        struct resp r = post(s.port, tune[i].route, NULL, tune[i].body);
+        ck_assert_msg(r.status == 400 && strstr(r.body, want), "%s %s: got %d %s, want 400 with %s",
+                      tune[i].route, tune[i].body, r.status, r.body, want);
+        resp_free(&r);
+    }
     ck_assert_int_eq(stop_server(&s), 0);
 }
 END_TEST
