@@ -16,8 +16,6 @@
 #include <fcntl.h>
 #include <dirent.h>
 #include <inttypes.h>
-#include <libgen.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,49 +77,6 @@ static uint32_t rd_le32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 static uint16_t rd_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-
-static float half_to_f32(uint16_t h)
-{
-    uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, f = h & 0x3ff, u;
-    if (e == 0) {
-        if (f == 0) {
-            u = s;
-        } else { // subnormal: normalise
-            e = 127 - 15 + 1;
-            while (!(f & 0x400)) {
-                f <<= 1;
-                e--;
-            }
-            u = s | e << 23 | (f & 0x3ff) << 13;
-        }
-    } else if (e == 31) {
-        u = s | 0x7f800000u | f << 13;
-    } else {
-        u = s | (e + 127 - 15) << 23 | f << 13;
-    }
-    float out;
-    memcpy(&out, &u, 4);
-    return out;
-}
-
-enum elt { ELT_F32, ELT_F16, ELT_BF16 };
-static size_t elt_size(enum elt t) { return t == ELT_F32 ? 4 : 2; }
-
-/* Convert n little-endian elements of type t at src into fp32. */
-static void to_f32(float *dst, const uint8_t *src, size_t n, enum elt t)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (t == ELT_F32) {
-            uint32_t u = rd_le32(src + 4 * i);
-            memcpy(&dst[i], &u, 4);
-        } else if (t == ELT_F16) {
-            dst[i] = half_to_f32(rd_le16(src + 2 * i));
-        } else {
-            uint32_t u = (uint32_t)rd_le16(src + 2 * i) << 16;
-            memcpy(&dst[i], &u, 4);
-        }
-    }
-}
 
 /* Which state part a tensor name denotes: blocks.{i}.att.time_state etc. */
 enum part { PART_NONE, PART_WKV, PART_ATT_SHIFT, PART_FFN_SHIFT };
@@ -281,7 +236,7 @@ static bool jr_skip(struct jr *r, int depth)
 
 struct st_tensor {
     char name[96];
-    enum elt dtype;
+    enum rk_dtype dtype;
     bool dtype_ok;
     uint64_t shape[4];
     int n_shape;
@@ -460,9 +415,9 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
                             goto bad_json;
                         got_dtype = true;
                         t->dtype_ok = true;
-                        if (!strcmp(val, "F32")) t->dtype = ELT_F32;
-                        else if (!strcmp(val, "F16")) t->dtype = ELT_F16;
-                        else if (!strcmp(val, "BF16")) t->dtype = ELT_BF16;
+                        if (!strcmp(val, "F32")) t->dtype = RK_DTYPE_F32;
+                        else if (!strcmp(val, "F16")) t->dtype = RK_DTYPE_F16;
+                        else if (!strcmp(val, "BF16")) t->dtype = RK_DTYPE_BF16;
                         else t->dtype_ok = false;
                     } else if (!strcmp(key, "shape")) {
                         if (!jr_uints(&r, t->shape, 4, &t->n_shape))
@@ -573,7 +528,7 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
                                "model (H=%d N=%d C=%d)", t->name, H, N, C);
             goto out;
         }
-        if (t->end - t->begin != numel * elt_size(t->dtype)) {
+        if (t->end - t->begin != numel * (t->dtype == RK_DTYPE_F32 ? 4 : 2)) {
             free(seen);
             rc = rk_errbuf_set(eb, RK_EFORMAT, "state file: tensor %s: %" PRIu64 " bytes for %"
                                PRIu64 " elements", t->name, t->end - t->begin, numel);
@@ -582,7 +537,7 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
         float *dst = !state ? NULL : state + (size_t)li * lay.layer_stride +
                      (pt == PART_WKV ? lay.wkv : pt == PART_ATT_SHIFT ? lay.att_shift : lay.ffn_shift);
         if (state)
-            to_f32(dst, data + t->begin, (size_t)numel, t->dtype);
+            rk_elems_to_f32(dst, data + t->begin, (size_t)numel, t->dtype);
         if (pt == PART_WKV)
             seen[li] = 1;
         else
@@ -724,7 +679,7 @@ struct pk {
     struct pk **items; /* PK_SEQ: items; PK_DICT: key, value pairs */
     size_t n, cap;
     /* PK_STORAGE / PK_TENSOR */
-    enum elt dtype;
+    enum rk_dtype dtype;
     bool dtype_ok;
     const char *key;
     size_t key_len;
@@ -995,9 +950,9 @@ static int pickle_run(struct pkvm *vm, const uint8_t *b, size_t len, struct pk *
                 a->items[2]->kind == PK_STR) {
                 const char *cls = a->items[1]->s;
                 v->dtype_ok = true;
-                if (!strcmp(cls, "torch.FloatStorage")) v->dtype = ELT_F32;
-                else if (!strcmp(cls, "torch.HalfStorage")) v->dtype = ELT_F16;
-                else if (!strcmp(cls, "torch.BFloat16Storage")) v->dtype = ELT_BF16;
+                if (!strcmp(cls, "torch.FloatStorage")) v->dtype = RK_DTYPE_F32;
+                else if (!strcmp(cls, "torch.HalfStorage")) v->dtype = RK_DTYPE_F16;
+                else if (!strcmp(cls, "torch.BFloat16Storage")) v->dtype = RK_DTYPE_BF16;
                 else v->dtype_ok = false;
                 v->key = a->items[2]->s;
                 v->key_len = a->items[2]->slen;
@@ -1146,7 +1101,7 @@ static int parse_pth(const uint8_t *buf, size_t len, const struct rk_model *m, f
                 se = &es[j];
                 break;
             }
-        size_t es_sz = elt_size(t->dtype);
+        size_t es_sz = t->dtype == RK_DTYPE_F32 ? 4 : 2;
         uint64_t need = ((uint64_t)t->offset + (uint64_t)st) * es_sz;
         if (!se || (uint64_t)t->offset > (1ull << 40) || need > se->len) {
             rc = rk_errbuf_set(eb, RK_EFORMAT, "pth: storage of %.*s is missing or too short",
@@ -1155,7 +1110,7 @@ static int parse_pth(const uint8_t *buf, size_t len, const struct rk_model *m, f
         }
         float *dst = state + (size_t)li * lay.layer_stride +
                      (pt == PART_WKV ? lay.wkv : pt == PART_ATT_SHIFT ? lay.att_shift : lay.ffn_shift);
-        to_f32(dst, se->data + (size_t)t->offset * es_sz, (size_t)st, t->dtype);
+        rk_elems_to_f32(dst, se->data + (size_t)t->offset * es_sz, (size_t)st, t->dtype);
         if (pt == PART_WKV)
             seen[li] = 1;
     }
@@ -1199,57 +1154,15 @@ int rk_state_file_parse(const void *buf, size_t len, const struct rk_model *m,
 
 /* --- safetensors: encode ------------------------------------------------- */
 
-struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-};
-static void sb_put(struct sbuf *b, const char *s, size_t n)
+/* Metadata strings go into the header as ASCII: other bytes become '?'
+ * (the reader has always seen them so). */
+static void put_ascii(struct rk_buf *b, const char *s)
 {
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap : 1024;
-        while (nc < b->n + n + 1)
-            nc *= 2;
-        char *q = realloc(b->p, nc);
-        if (!q) {
-            b->oom = true;
-            return;
-        }
-        b->p = q;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-static void sb_jstr(struct sbuf *b, const char *s)
-{
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            sb_put(b, e, 2);
-        } else if (c < 0x20 || c >= 0x7f) {
-            sb_printf(b, "\\u%04x", c < 0x20 ? c : '?');
-        } else {
-            sb_put(b, (const char *)&c, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
+    char tmp[256];
+    size_t n = 0;
+    for (; *s && n < sizeof tmp; s++)
+        tmp[n++] = (unsigned char)*s >= 0x7f ? '?' : *s;
+    rk_buf_json_str(b, tmp, n);
 }
 
 int rk_state_file_encode(const struct rk_model *m, const float *state,
@@ -1266,47 +1179,47 @@ int rk_state_file_encode(const struct rk_model *m, const float *state,
         md = *meta;
     else
         rk_state_meta_init(&md, m);
-    struct sbuf h = {0};
-    sb_put(&h, "{\"__metadata__\":{", 17);
-    sb_printf(&h, "\"format\":\"rwkvd-state\",\"format_version\":\"1\",\"fingerprint\":\"%016" PRIx64
+    struct rk_buf h = {0};
+    rk_buf_puts(&h, "{\"__metadata__\":{");
+    rk_buf_printf(&h, "\"format\":\"rwkvd-state\",\"format_version\":\"1\",\"fingerprint\":\"%016" PRIx64
               "\",\"n_layer\":\"%d\",\"n_embd\":\"%d\",\"n_head\":\"%d\",\"head_size\":\"%d\","
               "\"vocab\":\"%d\",\"created\":\"%" PRId64 "\",\"version\":\"%" PRIu64 "\",",
               rk_model_fingerprint(m), L, C, H, N, rk_model_n_vocab(m), md.created_ms, md.version);
-    sb_put(&h, "\"method\":", 9);
-    sb_jstr(&h, md.method);
-    sb_put(&h, ",\"note\":", 8);
-    sb_jstr(&h, md.note);
-    sb_put(&h, "}", 1);
+    rk_buf_puts(&h, "\"method\":");
+    put_ascii(&h, md.method);
+    rk_buf_puts(&h, ",\"note\":");
+    put_ascii(&h, md.note);
+    rk_buf_puts(&h, "}");
     size_t off = 0, wkv_bytes = (size_t)H * N * N * 4, sh_bytes = (size_t)C * 4;
     for (int i = 0; i < L; i++) {
-        sb_printf(&h, ",\"blocks.%d.att.time_state\":{\"dtype\":\"F32\",\"shape\":[%d,%d,%d],"
+        rk_buf_printf(&h, ",\"blocks.%d.att.time_state\":{\"dtype\":\"F32\",\"shape\":[%d,%d,%d],"
                   "\"data_offsets\":[%zu,%zu]}", i, H, N, N, off, off + wkv_bytes);
         off += wkv_bytes;
-        sb_printf(&h, ",\"blocks.%d.att.shift_state\":{\"dtype\":\"F32\",\"shape\":[%d],"
+        rk_buf_printf(&h, ",\"blocks.%d.att.shift_state\":{\"dtype\":\"F32\",\"shape\":[%d],"
                   "\"data_offsets\":[%zu,%zu]}", i, C, off, off + sh_bytes);
         off += sh_bytes;
-        sb_printf(&h, ",\"blocks.%d.ffn.shift_state\":{\"dtype\":\"F32\",\"shape\":[%d],"
+        rk_buf_printf(&h, ",\"blocks.%d.ffn.shift_state\":{\"dtype\":\"F32\",\"shape\":[%d],"
                   "\"data_offsets\":[%zu,%zu]}", i, C, off, off + sh_bytes);
         off += sh_bytes;
     }
-    sb_put(&h, "}", 1);
-    while (!h.oom && h.n % 8)
-        sb_put(&h, " ", 1);
+    rk_buf_puts(&h, "}");
+    while (!h.oom && h.len % 8)
+        rk_buf_puts(&h, " ");
     if (h.oom) {
-        free(h.p);
+        rk_buf_free(&h);
         return RK_ENOMEM;
     }
-    size_t total = 8 + h.n + off;
+    size_t total = 8 + h.len + off;
     uint8_t *b = malloc(total);
     if (!b) {
-        free(h.p);
+        rk_buf_free(&h);
         return RK_ENOMEM;
     }
-    uint64_t hl = h.n;
+    uint64_t hl = h.len;
     for (int i = 0; i < 8; i++)
         b[i] = (uint8_t)(hl >> (8 * i));
-    memcpy(b + 8, h.p, h.n);
-    free(h.p);
+    memcpy(b + 8, h.p, h.len);
+    rk_buf_free(&h);
     uint8_t *d = b + 8 + hl;
     // Little-endian hosts only (x86-64, aarch64), like the rest of rwkvd.
     for (int i = 0; i < L; i++) {
@@ -1324,127 +1237,6 @@ int rk_state_file_encode(const struct rk_model *m, const float *state,
 }
 
 /* --- files --------------------------------------------------------------- */
-
-int rk_file_write_atomic(const char *path, const void *buf, size_t len, struct rk_errbuf *eb)
-{
-    char tmp[4096], dir[4096];
-    static unsigned long seq;
-    unsigned long my = __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%lu", path, (long)getpid(), my) >= (int)sizeof tmp)
-        return rk_errbuf_set(eb, RK_EINVAL, "path too long");
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return rk_errbuf_set(eb, RK_EIO, "create %s: %s", tmp, strerror(errno));
-    const uint8_t *p = buf;
-    size_t left = len;
-    while (left) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return rk_errbuf_set(eb, RK_EIO, "write %s: %s", tmp, strerror(e));
-        }
-        p += w;
-        left -= (size_t)w;
-    }
-    if (fsync(fd) != 0) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        return rk_errbuf_set(eb, RK_EIO, "fsync %s: %s", tmp, strerror(e));
-    }
-    if (close(fd) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return rk_errbuf_set(eb, RK_EIO, "close %s: %s", tmp, strerror(e));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return rk_errbuf_set(eb, RK_EIO, "rename to %s: %s", path, strerror(e));
-    }
-    snprintf(dir, sizeof dir, "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0)
-        return rk_errbuf_set(eb, RK_EIO, "open directory of %s: %s", path, strerror(errno));
-    int rc = fsync(dfd);
-    int e = errno;
-    close(dfd);
-    if (rc != 0)
-        return rk_errbuf_set(eb, RK_EIO, "fsync directory of %s: %s", path, strerror(e));
-    return RK_OK;
-}
-
-const char *rk_file_error_reason(const char *msg)
-{
-    const char *why = msg;
-    for (const char *p = strstr(msg, ": "); p; p = strstr(p + 2, ": "))
-        why = p + 2;
-    return why;
-}
-
-/* "<name>.tmp.<digits>.<digits>", the names rk_file_write_atomic gives its
- * temp files, with a non-empty <name>. */
-static bool is_temp_name(const char *n)
-{
-    const char *t = NULL;
-    for (const char *p = strstr(n, ".tmp."); p; p = strstr(p + 1, ".tmp."))
-        t = p;
-    if (!t || t == n)
-        return false;
-    const char *p = t + 5;
-    size_t d1 = strspn(p, "0123456789");
-    if (!d1 || d1 > 10 || p[d1] != '.')
-        return false;
-    p += d1 + 1;
-    size_t d2 = strspn(p, "0123456789");
-    return d2 && d2 <= 20 && !p[d2];
-}
-
-int rk_file_clean_temps_at(int dirfd, const char *what)
-{
-    int dup_fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0); // closedir closes its own descriptor
-    DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
-    if (!d) {
-        if (dup_fd >= 0)
-            close(dup_fd);
-        return RK_EIO;
-    }
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        struct stat st;
-        if (!is_temp_name(e->d_name) ||
-            fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
-            continue;
-        // unlinkat never follows a link: if the name was swapped for one
-        // since the fstatat, the link itself goes, not its target.
-        if (unlinkat(dirfd, e->d_name, 0) == 0)
-            n++;
-        else
-            rk_log(RK_LOG_WARN, "cannot remove the stale temp file %s/%s: %s", what, e->d_name,
-                   strerror(errno));
-    }
-    closedir(d);
-    if (n) {
-        fsync(dirfd);
-        rk_log(RK_LOG_INFO, "removed %d stale temp file(s) of interrupted writes in %s", n, what);
-    }
-    return n;
-}
-
-int rk_file_clean_temps(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? 0 : RK_EIO;
-    int n = rk_file_clean_temps_at(fd, dir);
-    close(fd);
-    return n;
-}
 
 int rk_file_clean_temps_each(const char *parent, const char *sub)
 {
@@ -1480,53 +1272,6 @@ int rk_file_clean_temps_each(const char *parent, const char *sub)
     closedir(d);
     close(tfd);
     return n;
-}
-
-int rk_file_read_all(const char *path, size_t len_max, void **out, size_t *len,
-                     struct rk_errbuf *eb)
-{
-    *out = NULL;
-    *len = 0;
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ENOENT)
-            return rk_errbuf_set(eb, RK_ENOTFOUND, "%s: not found", path);
-        return rk_errbuf_set(eb, RK_EIO, "open %s: %s", path, strerror(e));
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return rk_errbuf_set(eb, RK_EIO, "%s: not a regular file", path);
-    }
-    if ((uint64_t)st.st_size > len_max) {
-        close(fd);
-        return rk_errbuf_set(eb, RK_ERANGE, "%s: %lld bytes exceeds the limit of %zu", path,
-                             (long long)st.st_size, len_max);
-    }
-    size_t n = (size_t)st.st_size;
-    uint8_t *b = malloc(n ? n : 1);
-    if (!b) {
-        close(fd);
-        return RK_ENOMEM;
-    }
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, b + got, n - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fd);
-    if (got != n) {
-        free(b);
-        return rk_errbuf_set(eb, RK_EIO, "%s: short read", path);
-    }
-    *out = b;
-    *len = n;
-    return RK_OK;
 }
 
 int rk_state_file_save(const char *path, const struct rk_model *m, const float *state,

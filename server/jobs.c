@@ -176,20 +176,6 @@ static bool id_ok(const char *id, const char *prefix)
     return true;
 }
 
-static int mkdir_p(const char *path)
-{
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 static void job_path(const struct rk_jobs *js, const char *id, const char *ext, char *out,
                      size_t cap)
 {
@@ -1389,7 +1375,7 @@ int rk_files_add(struct rk_jobs *js, const char *tenant, const char *filename,
                              "delete some first", n);
     char dir[1100], path[1200];
     file_dir(js, tenant, dir, sizeof dir);
-    if (mkdir_p(dir) != 0)
+    if (rk_mkdirs(dir, NULL) != RK_OK)
         return rk_errbuf_set(eb, RK_EIO, "cannot create %s: %s", dir, strerror(errno));
     snprintf(path, sizeof path, "%s/%s.jsonl", dir, f.id);
     int rc = rk_file_write_atomic(path, data, len, eb);
@@ -1486,11 +1472,7 @@ int rk_files_delete(struct rk_jobs *js, const char *tenant, const char *id)
     unlink(path);
     snprintf(path, sizeof path, "%s/%s.jsonl", dir, f->id);
     unlink(path);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    rk_dir_fsync(dir);
     size_t i = (size_t)(f - js->files);
     memmove(js->files + i, js->files + i + 1, (js->n_files - i - 1) * sizeof *js->files);
     js->n_files--;
@@ -1701,7 +1683,7 @@ int rk_jobs_start(struct rk_srv *srv, const struct rk_jobs_limits *lim, struct r
     pthread_mutex_init(&js->amu, NULL);
     pthread_cond_init(&js->cv, NULL);
     js->eng_steps = atomic_load(&srv->metrics.steps);
-    if (mkdir_p(js->dir) != 0) {
+    if (rk_mkdirs(js->dir, NULL) != RK_OK) {
         rk_errbuf_set(eb, RK_EIO, "cannot create %s: %s", js->dir, strerror(errno));
         rk_jobs_free(js);
         return RK_EIO;
