@@ -9,6 +9,7 @@
 #define RK_CORE_INT_H
 
 #include "rk_core.h"
+#include "rk_tensorfile.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,12 +148,19 @@ int rk__load_safetensors(struct rk_model *m, const struct rk_model_params *p,
                          struct rk_errbuf *eb);
 int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
 int rk__load_rwkvcpp(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
+struct rk_tf_list;
+struct rk__tensor_list;
+/* The tensors a container reader found (tensorfile.c) into the loader's
+ * list, names mapped; a model tensor of an unusable dtype is RK_EFORMAT
+ * (load_safetensors.c). */
+int rk__tensors_from_file(struct rk_model *m, const struct rk_tf_list *fl,
+                          struct rk__tensor_list *tl, struct rk_errbuf *eb);
 
 /* --- loader internals (model.c; see core/FORMAT.md) ----------------------- */
 
-#define RK_LOAD_MAX_TENSORS 65536 /* tensors (or zip entries) in one file */
-#define RK_LOAD_MAX_NAME 255      /* bytes in a tensor name */
-#define RK_LOAD_MAX_DIMS 8        /* dimensions of one tensor */
+#define RK_LOAD_MAX_TENSORS RK_TF_TENSORS_MAX /* tensors in one file */
+#define RK_LOAD_MAX_NAME RK_TF_NAME_MAX       /* bytes in a tensor name */
+#define RK_LOAD_MAX_DIMS RK_TF_DIMS_MAX       /* dimensions of one tensor */
 #define RK_LOAD_MAX_LAYERS 4096   /* blocks.N: N < this */
 
 /* One tensor as a container parser found it, before it is placed into the
