@@ -142,19 +142,12 @@ void *rk__model_alloc(struct rk_model *m, size_t n);
  * compute the fingerprint. Names the file and tensor on error. */
 int rk__model_finish(struct rk_model *m, struct rk_errbuf *eb);
 
-/* Format-specific loaders (load_safetensors.c, load_pth.c, load_rwkvcpp.c).
+/* Format-specific loaders (load_tensorfile.c, load_rwkvcpp.c).
  * Each receives the mapped file and fills `m` (m->map/map_len/path are set). */
 int rk__load_safetensors(struct rk_model *m, const struct rk_model_params *p,
                          struct rk_errbuf *eb);
 int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
 int rk__load_rwkvcpp(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
-struct rk_tf_list;
-struct rk__tensor_list;
-/* The tensors a container reader found (tensorfile.c) into the loader's
- * list, names mapped; a model tensor of an unusable dtype is RK_EFORMAT
- * (load_safetensors.c). */
-int rk__tensors_from_file(struct rk_model *m, const struct rk_tf_list *fl,
-                          struct rk__tensor_list *tl, struct rk_errbuf *eb);
 
 /* --- loader internals (model.c; see core/FORMAT.md) ----------------------- */
 

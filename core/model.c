@@ -1,7 +1,7 @@
 /*
  * model.c - the format-independent half of model loading: open and map the
  * file, detect its format from its first bytes, place the tensors that a
- * container parser (load_safetensors.c, load_pth.c, load_rwkvcpp.c) found into
+ * container parser (load_tensorfile.c, load_rwkvcpp.c) found into
  * struct rk_model (name mapping, shape checks, dtype conversion, LoRA
  * transposition), validate the result, compute the fingerprint, answer the
  * getters, and write a model back as safetensors with the official names.

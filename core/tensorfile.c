@@ -1,7 +1,7 @@
 /*
  * tensorfile.c - the one reader of tensor containers (rk_tensorfile.h): the
  * safetensors header and the torch.save archive (stored zip + restricted
- * pickle). The model loaders (load_safetensors.c, load_pth.c) and the state
+ * pickle). The model loaders (load_tensorfile.c) and the state
  * files (adapters/state_file.c) all read through here, so a check added here
  * guards every file rwkvd opens.
  *

@@ -1,7 +1,6 @@
 /*
  * rk_tensorfile.h - the one reader of tensor containers in rwkvd
- * (core/tensorfile.c), used by the model loaders (core/load_safetensors.c,
- * core/load_pth.c) and the state files (adapters/state_file.c):
+ * (core/tensorfile.c), used by the model loaders (core/load_tensorfile.c) and the state files (adapters/state_file.c):
  *
  *   - safetensors: an 8-byte little-endian header length, a JSON header
  *     {name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}, the

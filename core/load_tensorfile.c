@@ -1,17 +1,21 @@
 /*
- * load_safetensors.c - models in safetensors files. The container (header
- * JSON, offsets, overlaps, duplicate names) is read by tensorfile.c; this
- * file maps the tensors' names (official or Hugging Face / fla ones) and
- * hands them to the model builder (model.c). Limits: core/FORMAT.md.
+ * load_tensorfile.c - models in safetensors files and in PyTorch checkpoints
+ * as written by torch.save (a stored zip holding <dir>/data.pkl, the pickled
+ * state dict, and <dir>/data/<key> storages). The containers are read by
+ * tensorfile.c (strict JSON header; stored zip and a restricted pickle
+ * machine that executes nothing); this file maps the tensors' names
+ * (official or Hugging Face / fla ones) and hands them to the model builder
+ * (model.c). The tensors are used in place from the mapped file. Limits:
+ * core/FORMAT.md.
  */
 #include "core_int.h"
 #include "rk_tensorfile.h"
 
 #include <string.h>
 
-/* Move the container's tensors into the loader's list, names mapped.
- * Shared with load_pth.c through rk__tensors_from_file. */
-int rk__tensors_from_file(struct rk_model *m, const struct rk_tf_list *fl,
+/* Move the container's tensors into the loader's list, names mapped; a
+ * model tensor of a dtype the model cannot hold is RK_EFORMAT. */
+static int tensors_from_file(struct rk_model *m, const struct rk_tf_list *fl,
                           struct rk__tensor_list *tl, struct rk_errbuf *eb)
 {
     const char *file = rk__model_file(m);
@@ -39,18 +43,30 @@ int rk__tensors_from_file(struct rk_model *m, const struct rk_tf_list *fl,
     return RK_OK;
 }
 
-int rk__load_safetensors(struct rk_model *m, const struct rk_model_params *p,
-                         struct rk_errbuf *eb)
+static int load(struct rk_model *m, const struct rk_model_params *p, bool pth,
+                struct rk_errbuf *eb)
 {
     struct rk_tf_opts o = {.file = rk__model_file(m), .tensors_max = RK_LOAD_MAX_TENSORS};
     struct rk_tf_list fl = {0};
     struct rk__tensor_list tl = {0};
-    int rc = rk_tf_safetensors_read(m->map, m->map_len, m->map_len, &o, &fl, eb);
+    int rc = pth ? rk_tf_pth_read(m->map, m->map_len, &o, &fl, eb)
+                 : rk_tf_safetensors_read(m->map, m->map_len, m->map_len, &o, &fl, eb);
     if (!rc)
-        rc = rk__tensors_from_file(m, &fl, &tl, eb);
+        rc = tensors_from_file(m, &fl, &tl, eb);
     rk_tf_list_free(&fl);
     if (!rc)
         rc = rk__model_build(m, &tl, p, eb);
     rk__tensor_list_free(&tl);
     return rc;
+}
+
+int rk__load_safetensors(struct rk_model *m, const struct rk_model_params *p,
+                         struct rk_errbuf *eb)
+{
+    return load(m, p, false, eb);
+}
+
+int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb)
+{
+    return load(m, p, true, eb);
 }
