@@ -3,6 +3,7 @@
 #define RK_STATE_INT_H
 
 #include "rk_adapters.h"
+#include "rk_tensorfile.h"
 
 /* Read only the header of the safetensors state file at `path` and check it
  * against `m` (fingerprint required, shapes, offsets within the file) without

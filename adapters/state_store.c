@@ -191,39 +191,6 @@ static int state_path(struct rk_state_store *s, const char *tenant, const char *
     return n > 0 && (size_t)n < cap ? RK_OK : RK_EINVAL;
 }
 
-/* mkdir -p for a path under the store's directory; new directories are
- * made durable by syncing their parent. */
-static int mkdirs(const char *path, struct rk_errbuf *eb)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p)
-            continue;
-        char c = *p;
-        *p = 0;
-        if (mkdir(buf, 0755) == 0) {
-            char parent[4096];
-            snprintf(parent, sizeof parent, "%s", buf);
-            char *slash = strrchr(parent, '/');
-            if (slash && slash != parent) {
-                *slash = 0;
-                int dfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-                if (dfd >= 0) {
-                    fsync(dfd);
-                    close(dfd);
-                }
-            }
-        } else if (errno != EEXIST) {
-            return rk_errbuf_set(eb, RK_EIO, "mkdir %s: %s", buf, strerror(errno));
-        }
-        if (!c)
-            break;
-        *p = c;
-    }
-    return RK_OK;
-}
-
 /* File errors name the server's paths, which callers must not show to a
  * client (issue 12): when eb's message contains the store's directory, log
  * it whole and leave "state <id>: <reason>" in its place. */
@@ -254,7 +221,7 @@ int rk_store_open(const char *dir, const struct rk_model *m, const struct rk_sto
         return rk_errbuf_set(eb, RK_EINVAL, "store: directory path too long");
     char tdir[4096];
     snprintf(tdir, sizeof tdir, "%s/tenants", dir);
-    int rc = mkdirs(tdir, eb);
+    int rc = rk_mkdirs(tdir, eb);
     if (rc != RK_OK)
         return rc;
     rk_file_clean_temps_each(tdir, "states"); // interrupted writes (RELIABILITY.md 8)
@@ -408,7 +375,7 @@ int rk_store_put(struct rk_state_store *s, const char *tenant, const char *id,
     }
 
     pthread_mutex_lock(&s->wmu);
-    int rc = mkdirs(dir, eb);
+    int rc = rk_mkdirs(dir, eb);
     if (rc == RK_OK) {
         r->meta.version = previous_version(s, tenant, id, path) + 1;
         rc = rk_state_file_save(path, s->m, r->data, &r->meta, eb);
@@ -445,11 +412,7 @@ int rk_store_delete(struct rk_state_store *s, const char *tenant, const char *id
         rc = errno == ENOENT ? rk_errbuf_set(eb, RK_ENOTFOUND, "state not found")
                              : rk_errbuf_set(eb, RK_EIO, "unlink %s: %s", path, strerror(errno));
     if (rc == RK_OK) {
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
+        rk_dir_fsync(dir);
     }
     pthread_mutex_lock(&s->mu);
     s->gen++;

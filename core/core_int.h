@@ -9,6 +9,7 @@
 #define RK_CORE_INT_H
 
 #include "rk_core.h"
+#include "rk_tensorfile.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,7 +142,7 @@ void *rk__model_alloc(struct rk_model *m, size_t n);
  * compute the fingerprint. Names the file and tensor on error. */
 int rk__model_finish(struct rk_model *m, struct rk_errbuf *eb);
 
-/* Format-specific loaders (load_safetensors.c, load_pth.c, load_rwkvcpp.c).
+/* Format-specific loaders (load_tensorfile.c, load_rwkvcpp.c).
  * Each receives the mapped file and fills `m` (m->map/map_len/path are set). */
 int rk__load_safetensors(struct rk_model *m, const struct rk_model_params *p,
                          struct rk_errbuf *eb);
@@ -150,9 +151,9 @@ int rk__load_rwkvcpp(struct rk_model *m, const struct rk_model_params *p, struct
 
 /* --- loader internals (model.c; see core/FORMAT.md) ----------------------- */
 
-#define RK_LOAD_MAX_TENSORS 65536 /* tensors (or zip entries) in one file */
-#define RK_LOAD_MAX_NAME 255      /* bytes in a tensor name */
-#define RK_LOAD_MAX_DIMS 8        /* dimensions of one tensor */
+#define RK_LOAD_MAX_TENSORS RK_TF_TENSORS_MAX /* tensors in one file */
+#define RK_LOAD_MAX_NAME RK_TF_NAME_MAX       /* bytes in a tensor name */
+#define RK_LOAD_MAX_DIMS RK_TF_DIMS_MAX       /* dimensions of one tensor */
 #define RK_LOAD_MAX_LAYERS 4096   /* blocks.N: N < this */
 
 /* One tensor as a container parser found it, before it is placed into the

@@ -1,7 +1,7 @@
 /*
  * model.c - the format-independent half of model loading: open and map the
  * file, detect its format from its first bytes, place the tensors that a
- * container parser (load_safetensors.c, load_pth.c, load_rwkvcpp.c) found into
+ * container parser (load_tensorfile.c, load_rwkvcpp.c) found into
  * struct rk_model (name mapping, shape checks, dtype conversion, LoRA
  * transposition), validate the result, compute the fingerprint, answer the
  * getters, and write a model back as safetensors with the official names.
@@ -12,6 +12,7 @@
  * and the limits are described in core/FORMAT.md.
  */
 #include "core_int.h"
+#include "rk_fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1118,62 +1119,9 @@ size_t rk_state_len(const struct rk_model *m)
 
 /* --- safetensors writer ------------------------------------------------------------ */
 
-struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-};
-
-static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(struct sbuf *b, const char *fmt, ...)
-{
-    if (b->oom)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
-        va_end(ap);
-        if (k < 0) {
-            b->oom = true;
-            return;
-        }
-        if (b->p && b->n + (size_t)k < b->cap) {
-            b->n += (size_t)k;
-            return;
-        }
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap <= b->n + (size_t)k)
-            cap *= 2;
-        char *q = rk__realloc(b->p, cap);
-        if (!q) {
-            b->oom = true;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-}
-
 static const char *st_dtype_name(enum rk_dtype t)
 {
     return t == RK_DTYPE_F32 ? "F32" : t == RK_DTYPE_F16 ? "F16" : "BF16";
-}
-
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t k = write(fd, c, n > (1u << 30) ? (1u << 30) : n);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        c += k;
-        n -= (size_t)k;
-    }
-    return 0;
 }
 
 /* Official shape of held tensor i, and the dtype it is written in. */
@@ -1192,8 +1140,6 @@ static int official_shape(const struct rk_model *m, size_t i, const struct rk__t
     }
 }
 
-static atomic_uint tmp_counter;
-
 int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum rk_dtype wtype,
                               struct rk_errbuf *eb)
 {
@@ -1203,13 +1149,13 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
         return rk_errbuf_set(eb, RK_EINVAL, "%s: invalid precision %d", path, (int)wtype);
     enum rk_dtype big = wtype == RK_DTYPE_AUTO ? m->wtype : wtype;
     size_t nt = rk__model_n_tensors(m), off = 0;
-    struct sbuf hb = {0};
-    char *tmp = NULL, *dir = NULL;
+    struct rk_buf hb = {0};
+    struct rk_file_tmp tf = {.fd = -1};
     float *stage = NULL;
-    int fd = -1, rc = RK_OK;
+    int rc = RK_OK;
 
     /* header: tensors in canonical order, data back to back */
-    sb_printf(&hb, "{\"__metadata__\":{\"format\":\"pt\"}");
+    rk_buf_printf(&hb, "{\"__metadata__\":{\"format\":\"pt\"}");
     for (size_t i = 0; i < nt; i++) {
         struct rk__tensor_view v;
         rk__model_tensor(m, i, &v);
@@ -1219,41 +1165,31 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
         enum rk_dtype dt;
         int nd = official_shape(m, i, &v, big, shape, &dt);
         size_t nb = (size_t)v.rows * (size_t)v.cols * rk__dtype_size(dt);
-        sb_printf(&hb, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", v.name, st_dtype_name(dt));
+        rk_buf_printf(&hb, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", v.name, st_dtype_name(dt));
         for (int k = 0; k < nd; k++)
-            sb_printf(&hb, "%s%lld", k ? "," : "", (long long)shape[k]);
-        sb_printf(&hb, "],\"data_offsets\":[%zu,%zu]}", off, off + nb);
+            rk_buf_printf(&hb, "%s%lld", k ? "," : "", (long long)shape[k]);
+        rk_buf_printf(&hb, "],\"data_offsets\":[%zu,%zu]}", off, off + nb);
         off += nb;
     }
-    sb_printf(&hb, "}");
-    while (!hb.oom && (8 + hb.n) % 64) /* the data section starts 64-byte aligned */
-        sb_printf(&hb, " ");
-    size_t plen = strlen(path);
-    tmp = rk__malloc(plen + 48);
-    dir = rk__malloc(plen + 2);
+    rk_buf_printf(&hb, "}");
+    while (!hb.oom && (8 + hb.len) % 64) /* the data section starts 64-byte aligned */
+        rk_buf_printf(&hb, " ");
     stage = rk__malloc(1 << 20);
-    if (hb.oom || !tmp || !dir || !stage) {
+    if (hb.oom || !stage) {
         rc = rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", path);
         goto out;
     }
 
     /* write a temporary file next to the target */
-    for (int tries = 0; fd < 0; tries++) {
-        snprintf(tmp, plen + 48, "%s.tmp.%ld.%u", path, (long)getpid(),
-                 atomic_fetch_add(&tmp_counter, 1));
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd < 0 && (errno != EEXIST || tries > 100)) {
-            rc = rk_errbuf_set(eb, RK_EIO, "%s: %s", tmp, strerror(errno));
-            tmp[0] = '\0';
-            goto out;
-        }
-    }
-    uint64_t hlen = hb.n;
+    if ((rc = rk_file_tmp_open(&tf, path, eb)))
+        goto out;
+    uint64_t hlen = hb.len;
     unsigned char lenb[8];
     for (int k = 0; k < 8; k++)
         lenb[k] = (unsigned char)(hlen >> (8 * k));
-    if (write_all(fd, lenb, 8) || write_all(fd, hb.p, hb.n))
-        goto io_error;
+    if ((rc = rk_file_tmp_write(&tf, lenb, 8, eb)) ||
+        (rc = rk_file_tmp_write(&tf, hb.p, hb.len, eb)))
+        goto out;
     size_t cap = (1 << 20) / sizeof(float);
     for (size_t i = 0; i < nt; i++) {
         struct rk__tensor_view v;
@@ -1274,8 +1210,8 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
                 for (size_t c = 0; c < b; c++) {
                     stage[k++] = elem_f32(v.data, v.dtype, rk__weight_index(&hw, c, r));
                     if (k == cap || (r == a - 1 && c == b - 1)) {
-                        if (write_all(fd, stage, k * sizeof(float)))
-                            goto io_error;
+                        if ((rc = rk_file_tmp_write(&tf, stage, k * sizeof(float), eb)))
+                            goto out;
                         k = 0;
                     }
                 }
@@ -1287,67 +1223,32 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
                 rc = rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", path);
                 goto out;
             }
-            bool bad = false;
-            for (int r = 0; r < v.rows && !bad; r++) {
+            for (int r = 0; r < v.rows && !rc; r++) {
                 rk__weight_row(&w, r, row);
                 convert(row + c, dt, row, RK_DTYPE_F32, c);
-                bad = write_all(fd, row + c, c * rk__dtype_size(dt)) != 0;
+                rc = rk_file_tmp_write(&tf, row + c, c * rk__dtype_size(dt), eb);
             }
             rk__free(row);
-            if (bad)
-                goto io_error;
+            if (rc)
+                goto out;
         } else if (dt == v.dtype) {
-            if (write_all(fd, v.data, n * rk__dtype_size(dt)))
-                goto io_error;
+            if ((rc = rk_file_tmp_write(&tf, v.data, n * rk__dtype_size(dt), eb)))
+                goto out;
         } else {
             size_t es = rk__dtype_size(v.dtype);
             for (size_t k = 0; k < n; k += cap) {
                 size_t c = n - k < cap ? n - k : cap;
                 convert(stage, dt, (const char *)v.data + k * es, v.dtype, c);
-                if (write_all(fd, stage, c * rk__dtype_size(dt)))
-                    goto io_error;
+                if ((rc = rk_file_tmp_write(&tf, stage, c * rk__dtype_size(dt), eb)))
+                    goto out;
             }
         }
     }
-    if (fsync(fd) != 0)
-        goto io_error;
-    int cr = close(fd);
-    fd = -1;
-    if (cr != 0)
-        goto io_error;
-    if (rename(tmp, path) != 0)
-        goto io_error;
-    tmp[0] = '\0'; /* renamed: nothing to clean up */
-
-    /* make the rename durable */
-    memcpy(dir, path, plen + 1);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        strcpy(dir, ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) != 0) {
-        rc = rk_errbuf_set(eb, RK_EIO, "%s: fsync: %s", dir, strerror(errno));
-        if (dfd >= 0)
-            close(dfd);
-        goto out;
-    }
-    close(dfd);
-    goto out;
-
-io_error:
-    rc = rk_errbuf_set(eb, RK_EIO, "%s: %s", path, strerror(errno));
+    /* fsync, rename over the target, fsync the directory */
+    rc = rk_file_tmp_commit(&tf, eb);
 out:
-    if (fd >= 0)
-        close(fd);
-    if (tmp && tmp[0])
-        unlink(tmp);
-    rk__free(tmp);
-    rk__free(dir);
+    rk_file_tmp_abort(&tf); /* nothing left to do after a commit */
     rk__free(stage);
-    rk__free(hb.p);
+    rk_buf_free(&hb);
     return rc;
 }

@@ -14,6 +14,7 @@
  * nothing else opens the lock file in the holder.
  */
 #include "datadir_lock.h"
+#include "rk_fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,23 +24,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* mkdir -p (mode 0755) for the data directory itself. */
-static int mkdirs(const char *dir)
-{
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return -1;
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 int rk_datadir_lock(const char *dir, int *fd_out, char *err, size_t cap)
 {
     char path[PATH_MAX];
@@ -48,7 +32,7 @@ int rk_datadir_lock(const char *dir, int *fd_out, char *err, size_t cap)
         snprintf(err, cap, "data dir path too long: %s", dir);
         return -1;
     }
-    if (mkdirs(dir) != 0) {
+    if (rk_mkdirs(dir, NULL) != RK_OK) {
         snprintf(err, cap, "cannot create the data dir %s: %s", dir, strerror(errno));
         return -1;
     }

@@ -133,20 +133,6 @@ bool tj_id_ok(const char *id, const char *prefix)
     return true;
 }
 
-int mkdir_p(const char *path)
-{
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 void tj_job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
               size_t cap)
 {
@@ -520,7 +506,7 @@ int rk_tjobs_start(struct rk_srv *srv, const struct rk_tjobs_limits *lim, struct
     pthread_mutex_init(&js->amu, NULL);
     pthread_cond_init(&js->cv, NULL);
     js->eng_steps = atomic_load(&srv->metrics.steps);
-    if (mkdir_p(js->dir) != 0) {
+    if (rk_mkdirs(js->dir, NULL) != RK_OK) {
         rk_errbuf_set(eb, RK_EIO, "cannot create %s: %s", js->dir, strerror(errno));
         rk_tjobs_free(js);
         return RK_EIO;

@@ -59,7 +59,7 @@ int rk_files_add(struct rk_tjobs *js, const char *tenant, const char *filename,
                              "delete some first", n);
     char dir[1100], path[1200];
     file_dir(js, tenant, dir, sizeof dir);
-    if (mkdir_p(dir) != 0)
+    if (rk_mkdirs(dir, NULL) != RK_OK)
         return rk_errbuf_set(eb, RK_EIO, "cannot create %s: %s", dir, strerror(errno));
     snprintf(path, sizeof path, "%s/%s.jsonl", dir, f.id);
     int rc = rk_file_write_atomic(path, data, len, eb);
@@ -156,11 +156,7 @@ int rk_files_delete(struct rk_tjobs *js, const char *tenant, const char *id)
     unlink(path);
     snprintf(path, sizeof path, "%s/%s.jsonl", dir, f->id);
     unlink(path);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    rk_dir_fsync(dir);
     size_t i = (size_t)(f - js->files);
     memmove(js->files + i, js->files + i + 1, (js->n_files - i - 1) * sizeof *js->files);
     js->n_files--;

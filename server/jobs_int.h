@@ -69,7 +69,6 @@ int64_t tj_wall_ms(void);
 bool tj_is_final(enum rk_tjob_status s);
 void tj_random_id(const char *prefix, char *out, size_t cap);
 bool tj_id_ok(const char *id, const char *prefix);
-int mkdir_p(const char *path);
 void tj_job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
               size_t cap);
 int tj_table_add(struct rk_tjobs *js, struct rk_tjob *j);

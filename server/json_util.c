@@ -1,7 +1,7 @@
 /*
- * json_util.c - a small growable byte buffer with JSON string escaping, used
- * to build SSE chunks on the engine thread without per-token allocation
- * (the buffer grows geometrically and is reused), plus time helpers.
+ * json_util.c - UTF-8 and path-scrubbing helpers for JSON bodies, plus time
+ * helpers. The byte buffer they write into (struct rk_buf, with JSON string
+ * escaping) is core's, rk_fileio.h.
  */
 #include "srv.h"
 
@@ -16,95 +16,6 @@ int64_t rk_now_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-bool rk_buf_reserve(struct rk_buf *b, size_t extra)
-{
-    if (b->len + extra + 1 <= b->cap)
-        return true;
-    size_t nc = b->cap ? b->cap : 256;
-    while (nc < b->len + extra + 1)
-        nc *= 2;
-    char *p = realloc(b->p, nc);
-    if (!p)
-        return false;
-    b->p = p;
-    b->cap = nc;
-    return true;
-}
-
-void rk_buf_put(struct rk_buf *b, const char *s, size_t n)
-{
-    if (!rk_buf_reserve(b, n))
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-void rk_buf_puts(struct rk_buf *b, const char *s) { rk_buf_put(b, s, strlen(s)); }
-
-void rk_buf_printf(struct rk_buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char tmp[256];
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    if ((size_t)n < sizeof tmp) {
-        rk_buf_put(b, tmp, (size_t)n);
-        return;
-    }
-    if (!rk_buf_reserve(b, (size_t)n))
-        return;
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
-void rk_buf_json_str(struct rk_buf *b, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    if (!rk_buf_reserve(b, n * 6 + 2))
-        return;
-    char *o = b->p + b->len;
-    *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = (char)c;
-        } else if (c == '\n') {
-            *o++ = '\\';
-            *o++ = 'n';
-        } else if (c == '\r') {
-            *o++ = '\\';
-            *o++ = 'r';
-        } else if (c == '\t') {
-            *o++ = '\\';
-            *o++ = 't';
-        } else if (c < 0x20 || c == 0x7f) {
-            memcpy(o, "\\u00", 4);
-            o[4] = hex[c >> 4];
-            o[5] = hex[c & 15];
-            o += 6;
-        } else {
-            *o++ = (char)c; // the decoder guarantees valid UTF-8
-        }
-    }
-    *o++ = '"';
-    b->len = (size_t)(o - b->p);
-    b->p[b->len] = 0;
-}
-
-void rk_buf_free(struct rk_buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
 }
 
 /* Length of the well-formed UTF-8 sequence at s[0..n) (RFC 3629, Table 3-7

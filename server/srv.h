@@ -13,6 +13,7 @@
 
 #include "rk_adapters.h"
 #include "rk_core.h"
+#include "rk_fileio.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -60,19 +61,9 @@ struct rk_srv_config {
 int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv);
 void rk_srv_config_print(const struct rk_srv_config *c, FILE *f);
 
-/* --- small growable buffer (json_util.c) -------------------------------- */
+/* --- JSON and UTF-8 helpers (json_util.c); the byte buffer struct rk_buf is
+ * core's (rk_fileio.h) ------------------------------------------------------ */
 
-struct rk_buf {
-    char *p;
-    size_t len, cap;
-};
-bool rk_buf_reserve(struct rk_buf *b, size_t extra);
-void rk_buf_put(struct rk_buf *b, const char *s, size_t n);
-void rk_buf_puts(struct rk_buf *b, const char *s);
-void rk_buf_printf(struct rk_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Append s[0..n) as a JSON string literal with quotes. */
-void rk_buf_json_str(struct rk_buf *b, const char *s, size_t n);
-void rk_buf_free(struct rk_buf *b);
 /* Copy s[0..n) to out as valid UTF-8 (invalid bytes become U+FFFD); out is
  * NUL-terminated; returns the bytes written (stops early if cap is short). */
 size_t rk_utf8_sanitize(const uint8_t *s, size_t n, char *out, size_t cap);

@@ -7,6 +7,7 @@
 #define RK_ADAPTERS_H
 
 #include "rk_core.h"
+#include "rk_fileio.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -69,42 +70,13 @@ RK_API int rk_state_file_parse(const void *buf, size_t len, const struct rk_mode
 RK_API int rk_state_file_encode(const struct rk_model *m, const float *state,
                                 const struct rk_state_meta *meta, void **out, size_t *len);
 
-/* Write `len` bytes to `path` atomically: temp file in the same directory,
- * write, fsync, rename, fsync of the directory. On any error the temp file
- * is removed and the old file (if any) is untouched. */
-RK_API int rk_file_write_atomic(const char *path, const void *buf, size_t len,
-                                struct rk_errbuf *eb);
-
-/* Messages of the rk_file_* functions (and of the store's file errors
- * before it rewrites them) read "<operation> <path>: <reason>", the reason
- * being strerror's text or a short phrase. This returns the reason (a
- * pointer into msg after the last ": "), or msg when there is no ": ", so a
- * caller can show a client the reason without the server's paths. */
-RK_API const char *rk_file_error_reason(const char *msg);
-
-/* Remove the temp files that rk_file_write_atomic leaves behind when the
- * process dies between creating and renaming one: in the directory `dir`
- * (opened with O_NOFOLLOW; not its subdirectories), every regular file
- * named "<name>.tmp.<digits>.<digits>". Nothing else is touched: other
- * names, symbolic links (neither followed nor removed), directories. Call
- * it at start-up, before anything writes there: it cannot tell an
- * interrupted write from one in progress, so a directory must belong to one
- * process. Returns the number removed (0 when `dir` does not exist) or
- * RK_EIO; each removal is logged. The _at form takes an open directory
- * (borrowed) and a name for the log. */
-RK_API int rk_file_clean_temps(const char *dir);
-RK_API int rk_file_clean_temps_at(int dirfd, const char *what);
+/* The file helpers (rk_file_write_atomic, rk_file_read_all,
+ * rk_file_clean_temps, ...) are core's: rk_fileio.h. */
 /* The same in parent/<id>/<sub> for every <id> in `parent` that is a valid
  * id (rk_state_id_valid): e.g. DATA/tenants/<tenant>/states. Each level is
  * opened relative to the last with O_NOFOLLOW, so a symbolic link planted
  * at any level below `parent` is not followed. Returns the number removed. */
 RK_API int rk_file_clean_temps_each(const char *parent, const char *sub);
-
-/* Read a whole regular file (opened with O_NOFOLLOW) of at most `len_max`
- * bytes into a malloc'd buffer. RK_ENOTFOUND when it does not exist,
- * RK_ERANGE when larger than len_max. */
-RK_API int rk_file_read_all(const char *path, size_t len_max, void **out, size_t *len,
-                            struct rk_errbuf *eb);
 
 /* Convenience: encode and write atomically / read and parse (fingerprint
  * required). */

@@ -1,6 +1,6 @@
 /*
- * test_loader.c - the model loaders (core/model.c, load_safetensors.c,
- * load_pth.c, load_rwkvcpp.c).
+ * test_loader.c - the model loaders (core/model.c, load_tensorfile.c and the
+ * tensor-file reader tensorfile.c, load_rwkvcpp.c).
  *
  * Suite loader_fixtures (needs ../shared): the tiny rwkv.cpp model in its
  * three fixture files loads with the same shapes, tensors, fingerprint;

@@ -310,6 +310,42 @@ START_TEST(test_atomic_write)
 }
 END_TEST
 
+/* State files are read by core's container reader (rk_tensorfile.h), so they
+ * get every check model files get, including on tensors the state does not
+ * use. */
+START_TEST(test_container_checks)
+{
+    static const struct {
+        const char *header, *msg;
+    } cases[] = {
+        {"{\"blocks.0.att.time_state\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+         "\"blocks.0.att.time_state\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+         "twice"},
+        {"{\"x\":{\"dtype\":\"Q4\",\"shape\":[1],\"data_offsets\":[0,4]}}", "unknown dtype"},
+        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,4]}}", "data_offsets"},
+        {"{\"x\":{\"dtype\":\"F32\",\"shape\":[01],\"data_offsets\":[0,4]}}", "leading zero"},
+        {"{\"x\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+         "duplicate field"},
+        {"{\"__metadata__\":{\"note\":\"\\u0000\"}}", "NUL"},
+    };
+    float *st = malloc(slen * 4);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t h = strlen(cases[i].header), len = 8 + h + 8;
+        unsigned char *b = calloc(1, len);
+        for (int k = 0; k < 8; k++)
+            b[k] = (unsigned char)((uint64_t)h >> (8 * k));
+        memcpy(b + 8, cases[i].header, h);
+        struct rk_errbuf eb = {0};
+        int rc = rk_state_file_parse(b, len, model, false, st, NULL, &eb);
+        ck_assert_msg(rc == RK_EFORMAT && strstr(eb.msg, cases[i].msg),
+                      "case %zu: %s \"%s\" lacks \"%s\"", i, rk_errname(rc), eb.msg,
+                      cases[i].msg);
+        free(b);
+    }
+    free(st);
+}
+END_TEST
+
 RK_TEST_SUITE(state_store_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("state_store");
@@ -320,6 +356,7 @@ RK_TEST_SUITE(state_store_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_roundtrip);
     tcase_add_test(tc, test_mismatch);
     tcase_add_test(tc, test_pth_import);
+    tcase_add_test(tc, test_container_checks);
     tcase_add_test(tc, test_atomic_write);
     suite_add_tcase(s, tc);
     tc = tcase_create("store");

@@ -1,12 +1,19 @@
 /*
- * load_pth.c - PyTorch checkpoints as written by torch.save: a zip archive
- * (stored entries, no compression) holding <dir>/data.pkl, a pickle of the
- * state dict, and one entry <dir>/data/<key> per tensor storage. The tensors
- * are used in place from the mapped file.
+ * tensorfile.c - the one reader of tensor containers (rk_tensorfile.h): the
+ * safetensors header and the torch.save archive (stored zip + restricted
+ * pickle). The model loaders (load_tensorfile.c) and the state
+ * files (adapters/state_file.c) all read through here, so a check added here
+ * guards every file rwkvd opens.
  *
- * The pickle is read by a small stack machine that knows only the opcodes a
- * state dict needs (containers, strings, integers, memo, persistent ids,
- * REDUCE/BUILD) and only five globals: collections.OrderedDict,
+ * safetensors: the JSON header is parsed by a small strict parser (no
+ * library): bounded length, bounded nesting, integers only where numbers are
+ * expected, duplicate names and fields rejected. Offsets are checked against
+ * the real file length with overflow-safe arithmetic and overlapping tensors
+ * are rejected.
+ *
+ * .pth: the pickle is read by a small stack machine that knows only the
+ * opcodes a state dict needs (containers, strings, integers, memo, persistent
+ * ids, REDUCE/BUILD) and only five globals: collections.OrderedDict,
  * torch._utils._rebuild_tensor_v2 and torch.{Float,Half,BFloat16}Storage.
  * Nothing is ever executed: a "call" is one of two fixed constructions, and
  * any other global or opcode is refused. Every storage reference is checked
@@ -15,10 +22,12 @@
  * core/FORMAT.md.
  */
 #include "core_int.h"
+#include "rk_tensorfile.h"
 
 #include <string.h>
 
-#define ZIP_MAX_ENTRIES (2 * RK_LOAD_MAX_TENSORS + 64)
+#define JSON_DEPTH_MAX 64          /* nesting inside __metadata__ / unknown fields */
+#define ZIP_MAX_ENTRIES (2 * RK_TF_TENSORS_MAX + 64)
 #define PKL_MAX_BYTES (64u << 20) /* size of data.pkl */
 #define PKL_MAX_LINE 256          /* GLOBAL module / name lines */
 #define PKL_MAX_CELLS (1u << 23)  /* objects + stack + tuple, dict and memo entries */
@@ -30,7 +39,586 @@ static uint32_t rd32(const unsigned char *p)
 }
 static uint64_t rd64(const unsigned char *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
 
-/* --- zip ------------------------------------------------------------------------ */
+/* --- tensor lists ------------------------------------------------------------ */
+
+void rk_tf_list_free(struct rk_tf_list *l)
+{
+    rk__free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+static size_t tensors_max(const struct rk_tf_opts *o)
+{
+    return o->tensors_max ? o->tensors_max : RK_TF_TENSORS_MAX;
+}
+
+/* Append a zeroed entry; RK_ENOMEM, or RK_EFORMAT past the tensor limit. */
+static int tf_push(struct rk_tf_list *l, const struct rk_tf_opts *o, struct rk_tf_tensor **out,
+                   struct rk_errbuf *eb)
+{
+    if (l->n >= tensors_max(o))
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: more than %zu tensors", o->file,
+                             tensors_max(o));
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        struct rk_tf_tensor *v = rk__realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", o->file);
+        l->v = v;
+        l->cap = cap;
+    }
+    *out = &l->v[l->n++];
+    memset(*out, 0, sizeof **out);
+    return RK_OK;
+}
+
+static const char *dtype_str(enum rk_dtype t)
+{
+    return t == RK_DTYPE_F32 ? "F32" : t == RK_DTYPE_F16 ? "F16" : "BF16";
+}
+
+/* --- safetensors: JSON ------------------------------------------------------- */
+
+struct jp {
+    const char *s; /* the header text */
+    size_t i, n;
+    const char *file;
+    struct rk_errbuf *eb;
+};
+
+static int jerr(struct jp *j, const char *what)
+{
+    return rk_errbuf_set(j->eb, RK_EFORMAT, "%s: safetensors header: %s at byte %zu", j->file,
+                         what, j->i);
+}
+
+static void ws(struct jp *j)
+{
+    while (j->i < j->n && (j->s[j->i] == ' ' || j->s[j->i] == '\t' || j->s[j->i] == '\n' ||
+                           j->s[j->i] == '\r'))
+        j->i++;
+}
+
+static int expect(struct jp *j, char c)
+{
+    ws(j);
+    if (j->i >= j->n || j->s[j->i] != c) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "expected '%c'", c);
+        return jerr(j, msg);
+    }
+    j->i++;
+    return RK_OK;
+}
+
+static int hex4(struct jp *j, unsigned *out)
+{
+    unsigned v = 0;
+    if (j->n - j->i < 4)
+        return jerr(j, "truncated \\u escape");
+    for (int k = 0; k < 4; k++) {
+        char c = j->s[j->i++];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return jerr(j, "bad \\u escape");
+    }
+    *out = v;
+    return RK_OK;
+}
+
+/* A JSON string, decoded to UTF-8 into out[cap] (NUL-terminated) when out is
+ * not NULL; longer strings are an error. */
+static int jstring(struct jp *j, char *out, size_t cap)
+{
+    size_t k = 0;
+    int rc;
+    ws(j);
+    if (j->i >= j->n || j->s[j->i] != '"')
+        return jerr(j, "expected a string");
+    j->i++;
+    for (;;) {
+        if (j->i >= j->n)
+            return jerr(j, "unterminated string");
+        unsigned char c = (unsigned char)j->s[j->i++];
+        unsigned cp;
+        if (c == '"')
+            break;
+        if (c < 0x20)
+            return jerr(j, "control character in string");
+        if (c != '\\') {
+            if (out) {
+                if (k + 1 >= cap)
+                    return jerr(j, "string too long");
+                out[k++] = (char)c;
+            }
+            continue;
+        }
+        if (j->i >= j->n)
+            return jerr(j, "unterminated string");
+        char e = j->s[j->i++];
+        switch (e) {
+        case '"': cp = '"'; break;
+        case '\\': cp = '\\'; break;
+        case '/': cp = '/'; break;
+        case 'b': cp = '\b'; break;
+        case 'f': cp = '\f'; break;
+        case 'n': cp = '\n'; break;
+        case 'r': cp = '\r'; break;
+        case 't': cp = '\t'; break;
+        case 'u':
+            if ((rc = hex4(j, &cp)))
+                return rc;
+            if (cp >= 0xd800 && cp < 0xdc00) { /* surrogate pair */
+                unsigned lo;
+                if (j->n - j->i < 2 || j->s[j->i] != '\\' || j->s[j->i + 1] != 'u')
+                    return jerr(j, "unpaired surrogate");
+                j->i += 2;
+                if ((rc = hex4(j, &lo)))
+                    return rc;
+                if (lo < 0xdc00 || lo >= 0xe000)
+                    return jerr(j, "unpaired surrogate");
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            } else if (cp >= 0xdc00 && cp < 0xe000) {
+                return jerr(j, "unpaired surrogate");
+            }
+            if (cp == 0)
+                return jerr(j, "NUL in string");
+            break;
+        default: return jerr(j, "bad escape");
+        }
+        if (!out)
+            continue;
+        char u[4];
+        int nu;
+        if (cp < 0x80) {
+            u[0] = (char)cp;
+            nu = 1;
+        } else if (cp < 0x800) {
+            u[0] = (char)(0xc0 | (cp >> 6));
+            u[1] = (char)(0x80 | (cp & 0x3f));
+            nu = 2;
+        } else if (cp < 0x10000) {
+            u[0] = (char)(0xe0 | (cp >> 12));
+            u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+            u[2] = (char)(0x80 | (cp & 0x3f));
+            nu = 3;
+        } else {
+            u[0] = (char)(0xf0 | (cp >> 18));
+            u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+            u[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+            u[3] = (char)(0x80 | (cp & 0x3f));
+            nu = 4;
+        }
+        if (k + (size_t)nu >= cap)
+            return jerr(j, "string too long");
+        memcpy(out + k, u, (size_t)nu);
+        k += (size_t)nu;
+    }
+    if (out)
+        out[k] = '\0';
+    return RK_OK;
+}
+
+/* A non-negative integer without sign, fraction or exponent, < 2^53. */
+static int juint(struct jp *j, uint64_t *out)
+{
+    ws(j);
+    if (j->i < j->n && j->s[j->i] == '-')
+        return jerr(j, "negative number");
+    size_t start = j->i;
+    uint64_t v = 0;
+    while (j->i < j->n && j->s[j->i] >= '0' && j->s[j->i] <= '9') {
+        v = v * 10 + (uint64_t)(j->s[j->i] - '0');
+        if (v >= (1ull << 53))
+            return jerr(j, "number too large");
+        j->i++;
+    }
+    if (j->i == start)
+        return jerr(j, "expected a number");
+    if (j->i - start > 1 && j->s[start] == '0')
+        return jerr(j, "number with a leading zero");
+    if (j->i < j->n && (j->s[j->i] == '.' || j->s[j->i] == 'e' || j->s[j->i] == 'E'))
+        return jerr(j, "expected an integer");
+    *out = v;
+    return RK_OK;
+}
+
+/* Skip any JSON value (used for __metadata__ and unknown fields). */
+static int jskip(struct jp *j, int depth)
+{
+    int rc;
+    if (depth > JSON_DEPTH_MAX)
+        return jerr(j, "nesting too deep");
+    ws(j);
+    if (j->i >= j->n)
+        return jerr(j, "unexpected end");
+    char c = j->s[j->i];
+    if (c == '"')
+        return jstring(j, NULL, 0);
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        j->i++;
+        ws(j);
+        if (j->i < j->n && j->s[j->i] == close) {
+            j->i++;
+            return RK_OK;
+        }
+        for (;;) {
+            if (c == '{') {
+                if ((rc = jstring(j, NULL, 0)) || (rc = expect(j, ':')))
+                    return rc;
+            }
+            if ((rc = jskip(j, depth + 1)))
+                return rc;
+            ws(j);
+            if (j->i < j->n && j->s[j->i] == ',') {
+                j->i++;
+                continue;
+            }
+            return expect(j, close);
+        }
+    }
+    static const char *const words[] = {"true", "false", "null"};
+    for (int k = 0; k < 3; k++) {
+        size_t len = strlen(words[k]);
+        if (j->n - j->i >= len && !memcmp(j->s + j->i, words[k], len)) {
+            j->i += len;
+            return RK_OK;
+        }
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) { /* any number, loosely */
+        j->i++;
+        while (j->i < j->n && strchr("0123456789.eE+-", j->s[j->i]))
+            j->i++;
+        return RK_OK;
+    }
+    return jerr(j, "unexpected character");
+}
+
+/* --- safetensors: header ----------------------------------------------------- */
+
+/* Element sizes of the safetensors dtypes, for offset checks; only F32, F16
+ * and BF16 can be model tensors. */
+static size_t st_dtype(const char *s, enum rk_dtype *dt)
+{
+    static const struct {
+        const char *name;
+        size_t size;
+        enum rk_dtype dt;
+    } tab[] = {
+        {"F32", 4, RK_DTYPE_F32},   {"F16", 2, RK_DTYPE_F16},   {"BF16", 2, RK_DTYPE_BF16},
+        {"F64", 8, RK_DTYPE_AUTO},  {"I64", 8, RK_DTYPE_AUTO},  {"U64", 8, RK_DTYPE_AUTO},
+        {"I32", 4, RK_DTYPE_AUTO},  {"U32", 4, RK_DTYPE_AUTO},  {"I16", 2, RK_DTYPE_AUTO},
+        {"U16", 2, RK_DTYPE_AUTO},  {"I8", 1, RK_DTYPE_AUTO},   {"U8", 1, RK_DTYPE_AUTO},
+        {"BOOL", 1, RK_DTYPE_AUTO}, {"F8_E4M3", 1, RK_DTYPE_AUTO}, {"F8_E5M2", 1, RK_DTYPE_AUTO},
+    };
+    for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
+        if (!strcmp(s, tab[i].name)) {
+            *dt = tab[i].dt;
+            return tab[i].size;
+        }
+    return 0;
+}
+
+/* Offsets of one tensor, kept for the overlap check. */
+struct span {
+    uint64_t begin, end;
+    size_t t; /* index in the tensor list */
+};
+
+static int span_cmp(const void *a, const void *b)
+{
+    const struct span *x = a, *y = b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : 0;
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The value of one tensor entry: {"dtype":..., "shape":[...], "data_offsets":[b, e]}. */
+struct entry {
+    char dtype[16];
+    int ndim;
+    int64_t shape[RK_TF_DIMS_MAX];
+    uint64_t begin, end;
+};
+
+static int parse_entry(struct jp *j, const char *name, struct entry *e)
+{
+    int rc, have = 0;
+    char field[64];
+    if ((rc = expect(j, '{')))
+        return rc;
+    ws(j);
+    if (j->i < j->n && j->s[j->i] == '}')
+        return jerr(j, "empty tensor entry");
+    for (;;) {
+        if ((rc = jstring(j, field, sizeof field)) || (rc = expect(j, ':')))
+            return rc;
+        if (!strcmp(field, "dtype")) {
+            if (have & 1)
+                return jerr(j, "duplicate field dtype");
+            have |= 1;
+            if ((rc = jstring(j, e->dtype, sizeof e->dtype)))
+                return rc;
+        } else if (!strcmp(field, "shape")) {
+            if (have & 2)
+                return jerr(j, "duplicate field shape");
+            have |= 2;
+            if ((rc = expect(j, '[')))
+                return rc;
+            e->ndim = 0;
+            ws(j);
+            if (j->i < j->n && j->s[j->i] == ']') {
+                j->i++;
+            } else {
+                for (;;) {
+                    uint64_t d;
+                    if (e->ndim == RK_TF_DIMS_MAX)
+                        return rk_errbuf_set(j->eb, RK_EFORMAT, "%s: tensor %s: more than %d "
+                                             "dimensions", j->file, name, RK_TF_DIMS_MAX);
+                    if ((rc = juint(j, &d)))
+                        return rc;
+                    e->shape[e->ndim++] = (int64_t)d;
+                    ws(j);
+                    if (j->i < j->n && j->s[j->i] == ',') {
+                        j->i++;
+                        continue;
+                    }
+                    if ((rc = expect(j, ']')))
+                        return rc;
+                    break;
+                }
+            }
+        } else if (!strcmp(field, "data_offsets")) {
+            if (have & 4)
+                return jerr(j, "duplicate field data_offsets");
+            have |= 4;
+            if ((rc = expect(j, '[')) || (rc = juint(j, &e->begin)) || (rc = expect(j, ',')) ||
+                (rc = juint(j, &e->end)) || (rc = expect(j, ']')))
+                return rc;
+        } else if ((rc = jskip(j, 1))) {
+            return rc;
+        }
+        ws(j);
+        if (j->i < j->n && j->s[j->i] == ',') {
+            j->i++;
+            continue;
+        }
+        if ((rc = expect(j, '}')))
+            return rc;
+        break;
+    }
+    if (have != 7)
+        return rk_errbuf_set(j->eb, RK_EFORMAT, "%s: tensor %s: entry lacks %s", j->file, name,
+                             !(have & 1) ? "dtype" : !(have & 2) ? "shape" : "data_offsets");
+    return RK_OK;
+}
+
+int rk_tf_safetensors_header_len(const void *first8, uint64_t file_len,
+                                 const struct rk_tf_opts *o, uint64_t *hlen,
+                                 struct rk_errbuf *eb)
+{
+    size_t hmax = o->header_max ? o->header_max : RK_TF_HEADER_MAX;
+    if (file_len < 8)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: truncated safetensors header", o->file);
+    uint64_t h = rd64(first8);
+    if (h < 2 || h > hmax || h > file_len - 8)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: safetensors header length %llu is invalid "
+                             "(file has %llu bytes, limit %zu)", o->file, (unsigned long long)h,
+                             (unsigned long long)file_len, hmax);
+    *hlen = h;
+    return RK_OK;
+}
+
+/* __metadata__ as an object of strings, each entry handed to o->meta. */
+static int read_meta(struct jp *j, const struct rk_tf_opts *o)
+{
+    char key[RK_TF_META_KEY_MAX + 1], val[RK_TF_META_VAL_MAX + 1];
+    int rc;
+    if ((rc = expect(j, '{')))
+        return rc;
+    ws(j);
+    if (j->i < j->n && j->s[j->i] == '}') {
+        j->i++;
+        return RK_OK;
+    }
+    for (;;) {
+        if ((rc = jstring(j, key, sizeof key)) || (rc = expect(j, ':')) ||
+            (rc = jstring(j, val, sizeof val)))
+            return rc;
+        if ((rc = o->meta(o->user, key, val, j->eb)))
+            return rc;
+        ws(j);
+        if (j->i < j->n && j->s[j->i] == ',') {
+            j->i++;
+            continue;
+        }
+        return expect(j, '}');
+    }
+}
+
+int rk_tf_safetensors_read(const void *buf, size_t len, uint64_t file_len,
+                           const struct rk_tf_opts *o, struct rk_tf_list *out,
+                           struct rk_errbuf *eb)
+{
+    const char *file = o->file;
+    const unsigned char *b = buf;
+    struct span *spans = NULL;
+    char **names = NULL;
+    size_t n_spans = 0, cap_spans = 0, first = out->n;
+    uint64_t hlen;
+    int rc = RK_OK;
+
+    if (len > file_len)
+        return rk_errbuf_set(eb, RK_EINVAL, "%s: buffer longer than the file", file);
+    if (len < 8)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: truncated safetensors header", file);
+    if ((rc = rk_tf_safetensors_header_len(b, file_len, o, &hlen, eb)))
+        return rc;
+    if (hlen > len - 8)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: safetensors header length %llu is invalid "
+                             "(only %zu bytes read)", file, (unsigned long long)hlen, len);
+    const unsigned char *data = b + 8 + hlen;
+    uint64_t data_len = file_len - 8 - hlen, data_in_buf = len - 8 - hlen;
+    struct jp j = {(const char *)b + 8, 0, (size_t)hlen, file, eb};
+    char name[RK_TF_NAME_MAX + 1];
+    bool seen_meta = false;
+
+    if ((rc = expect(&j, '{')))
+        goto out;
+    ws(&j);
+    if (j.i < j.n && j.s[j.i] == '}') {
+        j.i++;
+    } else {
+        for (;;) {
+            if ((rc = jstring(&j, name, sizeof name)) || (rc = expect(&j, ':')))
+                goto out;
+            if (!strcmp(name, "__metadata__")) {
+                if (seen_meta) {
+                    rc = jerr(&j, "duplicate __metadata__");
+                    goto out;
+                }
+                seen_meta = true;
+                if ((rc = o->meta ? read_meta(&j, o) : jskip(&j, 1)))
+                    goto out;
+            } else {
+                struct entry e;
+                memset(&e, 0, sizeof e);
+                if ((rc = parse_entry(&j, name, &e)))
+                    goto out;
+                enum rk_dtype dt;
+                size_t es = st_dtype(e.dtype, &dt);
+                if (!es) {
+                    rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: unknown dtype \"%s\"",
+                                       file, name, e.dtype);
+                    goto out;
+                }
+                uint64_t numel = 1, nbytes;
+                for (int k = 0; k < e.ndim; k++)
+                    if (__builtin_mul_overflow(numel, (uint64_t)e.shape[k], &numel)) {
+                        rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: shape overflows",
+                                           file, name);
+                        goto out;
+                    }
+                if (__builtin_mul_overflow(numel, (uint64_t)es, &nbytes) || e.begin > e.end ||
+                    e.end > data_len || e.end - e.begin != nbytes) {
+                    rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: data_offsets [%llu, %llu] "
+                                       "do not hold %s of that shape within the %llu data bytes",
+                                       file, name, (unsigned long long)e.begin,
+                                       (unsigned long long)e.end, e.dtype,
+                                       (unsigned long long)data_len);
+                    goto out;
+                }
+                if (n_spans == cap_spans) {
+                    size_t cap = cap_spans ? cap_spans * 2 : 256;
+                    struct span *ns = rk__realloc(spans, cap * sizeof *ns);
+                    if (!ns) {
+                        rc = rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", file);
+                        goto out;
+                    }
+                    spans = ns;
+                    cap_spans = cap;
+                }
+                struct rk_tf_tensor *t;
+                if ((rc = tf_push(out, o, &t, eb)))
+                    goto out;
+                memcpy(t->name, name, strlen(name) + 1);
+                memcpy(t->dtype_name, e.dtype, sizeof t->dtype_name);
+                t->dtype = dt;
+                t->ndim = e.ndim;
+                memcpy(t->shape, e.shape, sizeof e.shape);
+                t->offset = e.begin;
+                t->nbytes = (size_t)nbytes;
+                t->data = e.end <= data_in_buf ? data + e.begin : NULL;
+                spans[n_spans++] = (struct span){e.begin, e.end, out->n - 1};
+            }
+            ws(&j);
+            if (j.i < j.n && j.s[j.i] == ',') {
+                j.i++;
+                continue;
+            }
+            if ((rc = expect(&j, '}')))
+                goto out;
+            break;
+        }
+    }
+    ws(&j);
+    if (j.i != j.n) {
+        rc = jerr(&j, "trailing bytes after the JSON object");
+        goto out;
+    }
+
+    /* No two tensors share a byte: in order of their first byte, each
+     * non-empty one starts at or after the furthest end before it. */
+    if (n_spans > 1)
+        qsort(spans, n_spans, sizeof *spans, span_cmp);
+    uint64_t end_max = 0;
+    size_t who = SIZE_MAX;
+    for (size_t i = 0; i < n_spans; i++) {
+        if (spans[i].begin == spans[i].end)
+            continue;
+        if (who != SIZE_MAX && spans[i].begin < end_max) {
+            rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensors %s and %s overlap", file,
+                               out->v[who].name, out->v[spans[i].t].name);
+            goto out;
+        }
+        end_max = spans[i].end;
+        who = spans[i].t;
+    }
+    /* no two tensors share a name */
+    size_t nn = out->n - first;
+    names = rk__malloc((nn ? nn : 1) * sizeof *names);
+    if (!names) {
+        rc = rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", file);
+        goto out;
+    }
+    for (size_t i = 0; i < nn; i++)
+        names[i] = out->v[first + i].name;
+    if (nn > 1)
+        qsort(names, nn, sizeof *names, name_cmp);
+    for (size_t i = 1; i < nn; i++)
+        if (!strcmp(names[i], names[i - 1])) {
+            rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s appears twice", file, names[i]);
+            goto out;
+        }
+out:
+    rk__free(names);
+    rk__free(spans);
+    return rc;
+}
+
+
+/* --- .pth: zip ------------------------------------------------------------------ */
 
 struct zentry {
     const char *name; /* not NUL-terminated */
@@ -195,7 +783,7 @@ static int zip_data(const struct zip *z, const struct zentry *e, const unsigned 
     return RK_OK;
 }
 
-/* --- pickle ----------------------------------------------------------------------- */
+/* --- .pth: pickle ---------------------------------------------------------------- */
 
 enum pk_type { PK_MARK, PK_NONE, PK_BOOL, PK_INT, PK_STR, PK_TUPLE, PK_DICT, PK_LIST, PK_GLOBAL,
                PK_STORAGE, PK_TENSOR };
@@ -488,7 +1076,7 @@ static int rebuild_tensor(struct pvm *vm, size_t args)
         size->type != PK_TUPLE || stride->type != PK_TUPLE || size->u.tup.n != stride->u.tup.n)
         return perr(vm, "bad _rebuild_tensor_v2 arguments");
     size_t nd = size->u.tup.n;
-    if (nd > RK_LOAD_MAX_DIMS)
+    if (nd > RK_TF_DIMS_MAX)
         return perr(vm, "tensor has too many dimensions");
     uint64_t numel = 1, expect = 1;
     for (size_t d = nd; d-- > 0;) {
@@ -755,14 +1343,19 @@ static void pvm_free(struct pvm *vm)
     rk__free(vm->items);
 }
 
-/* --- loader ----------------------------------------------------------------------- */
+/* --- .pth: the archive --------------------------------------------------------------- */
 
-int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb)
+bool rk_tf_is_zip(const void *buf, size_t len)
 {
-    const char *file = rk__model_file(m);
-    struct zip z = {.b = m->map, .len = m->map_len};
+    return len >= 4 && rd32(buf) == 0x04034b50u;
+}
+
+int rk_tf_pth_read(const void *buf, size_t len, const struct rk_tf_opts *o,
+                   struct rk_tf_list *out, struct rk_errbuf *eb)
+{
+    const char *file = o->file;
+    struct zip z = {.b = buf, .len = len};
     struct pvm vm = {.file = file, .eb = eb};
-    struct rk__tensor_list tl = {0};
     char *ename = NULL;
     int rc;
 
@@ -822,6 +1415,14 @@ int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_
     size_t res;
     if ((rc = run_pickle(&vm, &res)))
         goto out;
+    /* {"state_dict": {...}} and the like, where the caller allows it */
+    if (o->pth_nested && vm.obj[res].type == PK_DICT) {
+        size_t it = vm.obj[res].u.dict.head;
+        if (it && it == vm.obj[res].u.dict.tail &&
+            vm.obj[vm.items[it - 1].key].type == PK_STR &&
+            vm.obj[vm.items[it - 1].val].type == PK_DICT)
+            res = vm.items[it - 1].val;
+    }
     if (vm.obj[res].type != PK_DICT) {
         rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: data.pkl does not hold a state dict", file);
         goto out;
@@ -830,7 +1431,7 @@ int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_
     /* one tensor per dict entry */
     for (size_t it = vm.obj[res].u.dict.head; it; it = vm.items[it - 1].next) {
         const struct pobj *k = &vm.obj[vm.items[it - 1].key], *v = &vm.obj[vm.items[it - 1].val];
-        if (k->type != PK_STR || k->u.s.n < 1 || k->u.s.n > RK_LOAD_MAX_NAME ||
+        if (k->type != PK_STR || k->u.s.n < 1 || k->u.s.n > RK_TF_NAME_MAX ||
             memchr(k->u.s.p, '\0', k->u.s.n)) {
             rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: state dict key is not a valid name", file);
             goto out;
@@ -840,13 +1441,14 @@ int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_
                    k->u.s.p);
             continue;
         }
-        struct rk__tensor *t;
-        if ((rc = rk__tensor_push(&tl, m, &t, eb)))
+        struct rk_tf_tensor *t;
+        if ((rc = tf_push(out, o, &t, eb)))
             goto out;
         memcpy(t->name, k->u.s.p, k->u.s.n);
         t->name[k->u.s.n] = '\0';
         const struct pobj *st = &vm.obj[v->u.ten.storage], *sh = &vm.obj[v->u.ten.shape];
         t->dtype = st->u.st.dt;
+        snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dtype_str(t->dtype));
         t->ndim = (int)sh->u.tup.n;
         uint64_t numel = 1;
         for (int d = 0; d < t->ndim; d++) {
@@ -876,14 +1478,11 @@ int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_
         }
         t->data = d + v->u.ten.offset * es;
         t->nbytes = (size_t)(numel * es);
-        rk__tensor_map_name(t);
     }
-
-    rc = rk__model_build(m, &tl, p, eb);
 out:
     rk__free(ename);
     rk__free(z.e);
     pvm_free(&vm);
-    rk__tensor_list_free(&tl);
     return rc;
 }
+
