@@ -6,6 +6,7 @@ CPU is fine), and recompute the card's held-out loss.
          [--prompt TEXT ...] [--tokens 200] [--temperature 0.7] [--top-p 0.9] [--seed 0]
   python3 tools/pretrain/sample.py --heldout       # prints the held-out loss
   python3 tools/pretrain/sample.py --check-ref     # compares models/demo.ref-logits.f32
+                                                   # (NAME.ref-logits.f32 beside --model NAME.safetensors)
 
 Generation stops at "\\n\\n" after an answer (chat prompts) or after --tokens bytes.
 """
@@ -101,7 +102,8 @@ def main():
         return
     if args.check_ref:
         import numpy as np
-        ref = torch.from_numpy(np.fromfile(os.path.join(ROOT, "models", "demo.ref-logits.f32"), dtype="<f4"))
+        ref_path = args.model[:-len(".safetensors")] + ".ref-logits.f32"  # models/NAME.ref-logits.f32
+        ref = torch.from_numpy(np.fromfile(ref_path, dtype="<f4"))
         ids = list(REF_PROMPT.encode())
         lg, _ = forward_rnn(sd, torch.tensor([ids]), n_layers(sd))
         ref = ref.view(len(ids), 256)

@@ -63,6 +63,25 @@ def wkv_naive(r, logw, k, v, a, b, s0=None):
     return torch.stack(ys, 1), S
 
 
+def unit_lower_inverse(M):
+    """(I - M)^-1 for strictly lower triangular M (..., L, L), L a power of two <= 64: since
+    M^L = 0, (I - M)^-1 = (I + M)(I + M^2)(I + M^4)...; only batched matrix products, which
+    torch.compile and the GPU handle far better than many tiny triangular solves."""
+    L = M.shape[-1]
+    eye = torch.eye(L, dtype=M.dtype, device=M.device)
+    inv = eye + M
+    P = M
+    n = 2
+    while n < L:
+        P = P @ P
+        inv = inv + inv @ P
+        n *= 2
+    return inv
+
+
+TRI_SOLVE = "solve"  # or "inv" (set by --tri)
+
+
 def wkv_chunked(r, logw, k, v, a, b, s0=None, L=CHUNK):
     """Exact chunked WKV-7 (same result as wkv_naive up to fp32 rounding)."""
     B, T0, H, N = r.shape
@@ -97,7 +116,10 @@ def wkv_chunked(r, logw, k, v, a, b, s0=None, L=CHUNK):
     Mrk = (r_t @ kt_T).masked_fill(~mask_i, 0.0)
     eye = torch.eye(L, dtype=r.dtype, device=r.device)
     rhs = torch.cat([a_t, Mak @ v], dim=-1)
-    sol = torch.linalg.solve_triangular(eye - Mab, rhs, upper=False, unitriangular=True)
+    if TRI_SOLVE == "inv":
+        sol = unit_lower_inverse(Mab) @ rhs
+    else:
+        sol = torch.linalg.solve_triangular(eye - Mab, rhs, upper=False, unitriangular=True)
     P, Q = sol[..., :N], sol[..., N:]
     # S_end = S_0 A + U  (S[value][key])
     A = torch.diag_embed(torch.exp(cL.squeeze(3))) + P.transpose(-1, -2) @ b_h
@@ -220,6 +242,8 @@ class Tmix(nn.Module):
         return self.output(y * g)
 
     def forward(self, x, v_first, wkv=wkv_chunked, s0=None):
+        if wkv is wkv_chunked and getattr(self, "wkv_default", None) is not None:
+            wkv = self.wkv_default
         (r, logw, k, v, a, b), (g, v_first) = self.pre(x, v_first)
         with torch.autocast(device_type=x.device.type, enabled=False):
             y, _ = wkv(r, logw, k, v, a, b, s0)
@@ -407,11 +431,21 @@ def load_safetensors(path, device="cpu"):
 SOURCES = [("austen", 0.30), ("stories", 0.30), ("chat", 0.40)]
 
 
+def parse_mix(text):
+    """"name:weight,name:weight" -> [(name, weight)], weights normalised to sum 1."""
+    out = []
+    for part in text.split(","):
+        n_, w_ = part.split(":")
+        out.append((n_.strip(), float(w_)))
+    tot = sum(w_ for _, w_ in out)
+    return [(n_, w_ / tot) for n_, w_ in out]
+
+
 class Data:
-    def __init__(self, datadir, device, ctx, seed):
+    def __init__(self, datadir, device, ctx, seed, sources=SOURCES):
         self.dev, self.ctx = device, ctx
         self.src = []
-        for name, wt in SOURCES:
+        for name, wt in sources:
             raw = gzip.open(os.path.join(datadir, name + ".txt.gz"), "rb").read()
             buf = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
             # window starts: the beginning of every paragraph / document
@@ -482,6 +516,16 @@ def selftest(device):
     gerr = max((x - y).abs().max().item() / (x.abs().max().item() + 1e-30) for x, y in zip(g1, g2))
     print(f"selftest wkv: rel err y {err:.2e} state {serr:.2e} grads {gerr:.2e}")
     assert err < 1e-4 and serr < 1e-4 and gerr < 1e-3
+    global TRI_SOLVE
+    keep, TRI_SOLVE = TRI_SOLVE, "inv"
+    ins3 = [t.clone().requires_grad_(True) for t in (r, logw, k, v, a, b, s0)]
+    y3, S3 = wkv_chunked(*ins3)
+    (y3.square().sum() + S3.square().sum()).backward()
+    TRI_SOLVE = keep
+    err3 = (y1 - y3).abs().max().item() / y1.abs().max().item()
+    gerr3 = max((x - y).abs().max().item() / (x.abs().max().item() + 1e-30) for x, y in zip(g1, [t.grad for t in ins3]))
+    print(f"selftest wkv (--tri inv): rel err y {err3:.2e} grads {gerr3:.2e}")
+    assert err3 < 1e-4 and gerr3 < 1e-3
     # parallel model vs per-token RNN forward from the spec
     m = RWKV7(2, 128).to(device)
     with torch.no_grad():  # make every parameter matter
@@ -535,7 +579,16 @@ def main():
     ap.add_argument("--time-budget", type=float, default=0.0,
                     help="minutes for the training loop: at step 100 --steps is set from the measured speed "
                          "(the run prints and records the value; pass it as --steps to repeat the schedule)")
+    ap.add_argument("--adapt", action="store_true",
+                    help="with --time-budget: re-fit --steps every 100 steps from the last 100 steps' speed "
+                         "(the log records each change)")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-wkv", action="store_true", help="also torch.compile the chunked WKV (use with --tri inv)")
+    ap.add_argument("--tri", choices=["solve", "inv"], default="solve",
+                    help="in-chunk triangular system: torch.linalg.solve_triangular, or the product-series inverse")
+    ap.add_argument("--mix", default=",".join(f"{n}:{w}" for n, w in SOURCES),
+                    help="data mixture per batch, name:weight,... (files DATA/name.txt.gz)")
+    ap.add_argument("--name", default="demo", help="output file prefix: NAME.safetensors, NAME.ref-logits.f32")
     ap.add_argument("--bench", action="store_true", help="time a few steps and exit")
     ap.add_argument("--data", default=os.path.join(HERE, "data"))
     ap.add_argument("--heldout", default=os.path.join(ROOT, "models", "heldout.txt"))
@@ -543,6 +596,8 @@ def main():
     args = ap.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    global TRI_SOLVE
+    TRI_SOLVE = args.tri
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     if args.selftest:
@@ -553,7 +608,8 @@ def main():
     model = RWKV7(args.layers, args.dim).to(device)
     print(f"model L={args.layers} C={args.dim} params {param_count(model)} file ~{file_size_estimate(model)} bytes "
           f"lora {lora_dims(args.dim)}", flush=True)
-    data = Data(args.data, device, args.ctx, args.seed)
+    sources = parse_mix(args.mix)
+    data = Data(args.data, device, args.ctx, args.seed, sources)
     heldout = open(args.heldout, "rb").read()
 
     decay, no_decay = [], []
@@ -564,10 +620,19 @@ def main():
 
     fwd = model
     if args.compile:
+        import torch._dynamo as dynamo
+        for opt_name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                         "accumulated_recompile_limit"):
+            if hasattr(dynamo.config, opt_name):
+                setattr(dynamo.config, opt_name, max(256, getattr(dynamo.config, opt_name)))
         for blk in model.blocks:
             blk.att.pre = torch.compile(blk.att.pre)
             blk.att.post = torch.compile(blk.att.post)
             blk.ffn.forward = torch.compile(blk.ffn.forward)
+    if args.compile_wkv:
+        wkv_fn = torch.compile(wkv_chunked)
+        for blk in model.blocks:
+            blk.att.wkv_default = wkv_fn
 
     def lr_at(step):
         if step < args.warmup:
@@ -593,6 +658,9 @@ def main():
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         tokens += x.numel()
+        if step == 20:
+            torch.cuda.synchronize() if device == "cuda" else None
+            t20_any, tok20 = time.time(), tokens
         if args.time_budget > 0 and step in (20, 100):
             torch.cuda.synchronize() if device == "cuda" else None
             if step == 20:
@@ -602,12 +670,26 @@ def main():
                 left = args.time_budget * 60 - (time.time() - t0)
                 args.steps = 101 + int(left / per)
                 print(f"time budget: {per * 1000:.1f} ms/step -> --steps {args.steps}", flush=True)
+                t_prev = time.time()
+        if args.time_budget > 0 and args.adapt and step > 100 and step % 100 == 0 and step < 0.9 * args.steps:
+            # the speed can change (another process on the GPU finished): re-fit the schedule
+            torch.cuda.synchronize() if device == "cuda" else None
+            per = (time.time() - t_prev) / 100
+            t_prev = time.time()
+            left = args.time_budget * 60 - (time.time() - t0)
+            new_steps = step + 1 + int(left / per)
+            if abs(new_steps - args.steps) > 0.02 * args.steps:
+                print(f"time budget: {per * 1000:.1f} ms/step at step {step} -> --steps {new_steps}", flush=True)
+                log.write(f"schedule: step {step} steps {args.steps} -> {new_steps}\n")
+                args.steps = new_steps
         last = step >= args.steps - 1
         if step % 25 == 0 or last:
             lv = loss.item()
             losses.append((step, lv))
             el = time.time() - t0
             msg = f"step {step} loss {lv:.4f} gnorm {gn.item():.3f} lr {lr_at(step):.2e} tok/s {tokens / max(el, 1e-9):.0f} elapsed {el:.1f}s"
+            if step > 20:
+                msg += f" steady tok/s {(tokens - tok20) / max(time.time() - t20_any, 1e-9):.0f}"
             if step % 250 == 0 and step > 0 and not args.compile:
                 model.eval()
                 with torch.no_grad(), amp(device):
@@ -631,8 +713,11 @@ def main():
     # ---- final evaluation on the bf16-rounded weights, fp32 arithmetic
     meta = {"format": "pt", "architecture": "rwkv7", "vocab": "bytes", "n_layer": args.layers, "n_embd": args.dim,
             "head_size": HEAD, "ctx_len": args.ctx, "seed": args.seed, "steps": steps_done, "batch": args.batch}
+    if args.name != "demo":
+        meta["data_mix"] = args.mix
+        meta["lr"] = args.lr
     raw_sd = {n_: p.detach().float().cpu() for n_, p in model.state_dict().items()}
-    path = os.path.join(args.out, "demo.safetensors")
+    path = os.path.join(args.out, args.name + ".safetensors")
     save_safetensors(path, raw_sd, meta)
     sd, _ = load_safetensors(path, device)
     ev = RWKV7(args.layers, args.dim).to(device)
@@ -657,7 +742,7 @@ def main():
         lg_ref, _ = forward_rnn(sd, torch.tensor([toks], device=device), args.layers)
         lg_par = ev(torch.tensor([toks], device=device))
         ref_diff = (lg_ref - lg_par).abs().max().item()
-    lg_ref[0].float().cpu().numpy().astype("<f4").tofile(os.path.join(args.out, "demo.ref-logits.f32"))
+    lg_ref[0].float().cpu().numpy().astype("<f4").tofile(os.path.join(args.out, args.name + ".ref-logits.f32"))
     result = {
         "n_layer": args.layers, "n_embd": args.dim, "params": param_count(model), "file_bytes": os.path.getsize(path),
         "steps": steps_done, "batch": args.batch, "ctx": args.ctx, "tokens_seen": tokens, "lr": args.lr,
@@ -668,6 +753,8 @@ def main():
         "ref_prompt": REF_PROMPT, "ref_tokens": toks, "ref_logits_shape": list(lg_ref[0].shape),
         "ref_parallel_vs_rnn_max_abs": ref_diff, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__, "total_seconds": round(time.time() - t_start, 1),
+        "name": args.name, "mix": sources, "tri": args.tri, "compile": args.compile, "compile_wkv": args.compile_wkv,
+        "tokens_per_second": round(tokens / train_time), "tokens_per_param": round(tokens / param_count(model), 2),
     }
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
