@@ -187,8 +187,7 @@ double rk__exp_sum(float *out, const float *v, size_t n, float m)
  * (eight per register, two registers per 16 values), the output with the
  * reference's float operations in the same order. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))) static void
-layernorm_avx512(float *out, const float *x, const float *w, const float *b,
-                                    int n, float eps)
+layernorm_avx512(float *out, const float *x, const float *w, const float *b, int n, float eps)
 {
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     int i = 0;
