@@ -13,32 +13,20 @@
  * They differ from the fp32 path by the rounding of X (about 2^-9 relative
  * per value), which is why the path is opt-in per context.
  *
- * Availability is decided once per process (rk__amx_usable): the CPU must
- * report AMX-BF16 and AMX-TILE, the OS must enable the tile state in XCR0
- * and grant it to the process (Linux arch_prctl ARCH_REQ_XCOMP_PERM), and a
- * probe product must run and give the right answer with SIGILL and SIGSEGV
- * caught, since some virtual machines advertise AMX but fault on it.
+ * Whether the tiles may be used is decided once per process, in cpu.c
+ * (rk__amx_usable), which runs rk__amx_probe below with faults caught.
  * RWKVD_NO_AMX=1 turns the path off.
  */
 #include "core_int.h"
 
-#include <pthread.h>
-#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__linux__)
-#include <cpuid.h>
 #include <immintrin.h>
-#include <setjmp.h>
-#include <signal.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
-#define ARCH_REQ_XCOMP_PERM 0x1023
 #define AMX_PF_BYTES 4096 /* how far ahead the first sweep fetches weights */
 #define AMX_CHUNK_BYTES (512 * 1024) /* weights kept in L2 per sweep of X */
-#define XFEATURE_XTILEDATA 18
 
 /* Tile configuration (palette 1): every tile 16 rows of 64 bytes. Tiles 0-3
  * accumulate (fp32 16x16), 4-5 hold rows of X, 6-7 weight panels. */
@@ -65,15 +53,9 @@ AMX_TARGET static void configure_thread(void)
     _tile_loadconfig(&cfg);
 }
 
-static sigjmp_buf probe_jmp;
-static void probe_trap(int sig)
-{
-    (void)sig;
-    siglongjmp(probe_jmp, 1);
-}
-
-/* 16 rows of X all 1.0 and a panel of 0.5: every output is 32 * 0.5 = 16. */
-AMX_TARGET static bool probe_product(void)
+/* The probe product (cpu.c runs it with SIGILL and SIGSEGV caught): 16 rows
+ * of X all 1.0 and a panel of 0.5, so every output is 32 * 0.5 = 16. */
+AMX_TARGET bool rk__amx_probe(void)
 {
     static uint16_t A[16 * 32], B[16 * 32];
     static float Cout[16 * 16];
@@ -91,45 +73,6 @@ AMX_TARGET static bool probe_product(void)
         if (Cout[i] != 16.0f)
             return false;
     return true;
-}
-
-static bool amx_on;
-static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
-
-static void amx_decide(void)
-{
-    const char *env = getenv("RWKVD_NO_AMX");
-    if ((env && *env && *env != '0') || !rk__use_avx512())
-        return;
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24)))
-        return; /* AMX-BF16, AMX-TILE */
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)))
-        return; /* OSXSAVE: xgetbv is allowed */
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if ((lo & (3u << 17)) != (3u << 17))
-        return; /* XTILECFG and XTILEDATA enabled by the OS */
-    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0)
-        return;
-    struct sigaction sa, old_ill, old_segv;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = probe_trap;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGILL, &sa, &old_ill);
-    sigaction(SIGSEGV, &sa, &old_segv);
-    volatile bool ok = false;
-    if (sigsetjmp(probe_jmp, 1) == 0)
-        ok = probe_product();
-    sigaction(SIGILL, &old_ill, NULL);
-    sigaction(SIGSEGV, &old_segv, NULL);
-    amx_on = ok;
-}
-
-bool rk__amx_usable(void)
-{
-    pthread_once(&amx_once, amx_decide);
-    return amx_on;
 }
 
 /* n rows of X (cols floats each) to bf16, round to nearest even (NaN stays
@@ -249,7 +192,7 @@ bool rk__amx_fits(const struct rk_weight *W)
 
 #else /* no AMX on this platform */
 
-bool rk__amx_usable(void) { return false; }
+bool rk__amx_probe(void) { return false; }
 bool rk__amx_fits(const struct rk_weight *W)
 {
     (void)W;

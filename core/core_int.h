@@ -220,6 +220,33 @@ void rk__pool_run(struct rk__pool *p, rk__pool_fn *fn, void *arg);
  * thread (on the caller alone without a pool or with n < 2). */
 typedef void rk__range_fn(void *arg, size_t i0, size_t i1);
 void rk__pool_for(struct rk__pool *p, size_t n, rk__range_fn *fn, void *arg);
+/* The calling thread's scratch buffer `slot` with room for n floats (64-byte
+ * aligned), grown as needed and kept until the thread exits; NULL when out
+ * of memory. Slots: the matrix kernels' scratch, and the bf16 rows of X that
+ * a thread rounds for an AMX product (shared with the pool for its length). */
+enum { RK_TL_SCRATCH, RK_TL_AMX_X, RK_TL_N };
+float *rk__thread_buf(int slot, size_t n);
+
+/* --- CPU features and kernel switches (cpu.c) ------------------------------ */
+
+/* What the kernels run, decided once per process from CPUID and the
+ * RWKVD_* switches; every kernel consults it, so all threads agree. */
+struct rk__cpu {
+    bool avx512;       /* AVX-512 F/BW/VL/DQ, and RWKVD_NO_AVX512 unset or "0"
+                          (the portable runs of the tests set it) */
+    bool panels;       /* repack weights into panels at load (RWKVD_NO_PANELS
+                          unset; only while avx512 holds) */
+    size_t tiled_rows; /* rows of X up to which row-major weights take the
+                          tiled AVX-512 path (RWKVD_TILED_ROWS_MAX, 48) */
+    bool no_amx;       /* RWKVD_NO_AMX */
+};
+const struct rk__cpu *rk__cpu(void);
+/* rk__cpu()->avx512. */
+bool rk__use_avx512(void);
+/* Whether products may run on AMX tiles in this process, decided on the
+ * first call: AVX-512, not RWKVD_NO_AMX, CPUID, XCR0, the OS's permission
+ * and a probe product (rk__amx_probe) run with faults caught. */
+bool rk__amx_usable(void);
 
 /* --- kernels (ops.c) ------------------------------------------------------ */
 
@@ -260,38 +287,70 @@ struct rk__mm {
 };
 void rk__matmul_many(struct rk__pool *pool, int kern, const struct rk__mm *mm, int count,
                      size_t n);
-/* AMX (amx.c): whether products may run on AMX tiles in this process
- * (decided once: CPU, OS permission, a probe product, RWKVD_NO_AMX);
- * whether W suits them (bf16 panels, columns a multiple of 32); n rows of X
+/* AMX (amx.c): whether W suits the tiles (bf16 panels, columns a multiple of 32); n rows of X
  * rounded to bf16 (round to nearest even) into xb; rows [r0, r1) (multiples
  * of 16) of Y = X W^T from those bf16 rows, written as in rk__matmul_rows
  * with Y's column 0 = row yoff (xb must have room for n rounded up to 16
  * rows; the rows past n are read but do not matter). */
-bool rk__amx_usable(void);
 bool rk__amx_fits(const struct rk_weight *W);
 void rk__amx_round(uint16_t *xb, const float *X, size_t n, size_t cols);
 void rk__amx_rows(float *Y, size_t ldy, int yoff, const uint16_t *xb, size_t n,
                   const struct rk_weight *W, int r0, int r1);
-/* Free the calling thread's kernel scratch (pool workers call it on exit). */
-void rk__ops_thread_exit(void);
-/* Whether the AVX-512 kernels run: the CPU has AVX-512 F/BW/VL/DQ and
- * RWKVD_NO_AVX512 is unset or "0" (the portable runs of the tests set it). */
-bool rk__use_avx512(void);
+/* One product on the tiles with a known answer; true when it came out right.
+ * Only cpu.c calls it, with SIGILL and SIGSEGV caught. */
+bool rk__amx_probe(void);
 /* Row `r` of W as fp32 into out[W.cols]. */
 void rk__weight_row(const struct rk_weight *W, int r, float *out);
-/* One WKV step of one head (rwkv7.c): sa = S a; S = S diag(w) + sa b^T + v k^T;
- * y = S r. y [N] is always written; `sa` [N] receives S a (before the update)
- * when non-NULL. `ref` selects the plain loop. */
+/* --- WKV kernels (kernels_wkv.c) ------------------------------------------- */
+
+/* `ref` selects the plain loop; otherwise AVX-512 where rk__cpu() has it.
+ * Vectors are one head's N = 64 values. */
+
+/* One WKV step of one head: sa = S a; S = S diag(w) + sa b^T + v k^T;
+ * y = S r. y [N] is always written; `sa` [N] receives S a (before the
+ * update) when non-NULL. */
 void rk__wkv_head(bool ref, float *S, const float *r, const float *w, const float *k,
                   const float *v, const float *a, const float *b, float *y, float *sa);
+/* The steps of n consecutive tokens of one sequence on one head's state S
+ * [N][N], with a = -kk and b = kk * alpha per token. The vectors of token t
+ * start at r + t * stride (likewise w, k, v, kk, alpha, y). */
+void rk__wkv_seq(bool ref, float *S, size_t n, size_t stride, const float *r, const float *w,
+                 const float *k, const float *v, const float *kk, const float *alpha, float *y);
+/* One head's output for one token: out = (GroupNorm(y) * ln_w + ln_b
+ * + (sum r k r_k) v) * g, the GroupNorm over the head's N values with eps. */
+void rk__wkv_out(bool ref, float *out, const float *y, const float *r, const float *k,
+                 const float *v, const float *g, const float *r_k, const float *ln_w,
+                 const float *ln_b, float eps);
+/* The reverse of one step of one head (n = N on the AVX-512 path; any n on
+ * the plain one). G [n][n] holds dL/dS_t minus dy r^T on entry and dL/dS_{t-1}
+ * on exit; Sold, Snew are S_{t-1} and S_t, dy the gradient of y, sa = S_{t-1}
+ * a, aa and bb the step's a and b. Adds dL/dv to dv[n] and the per-column
+ * sums to cdr (r), cdw (w), cdb (b), cdk (k), cda (a). */
+void rk__wkv_head_bwd(bool ref, int n, float *G, const float *Sold, const float *Snew,
+                      const float *dy, const float *sa, const float *r, const float *w,
+                      const float *k, const float *v, const float *aa, const float *bb, float *dv,
+                      float *cdr, float *cdw, float *cdb, float *cdk, float *cda);
+
+/* --- element-wise kernels (kernels_vec.c) ---------------------------------- */
+
 /* The sum of exp(v[i] - m) for i < n (m >= every v[i]), fp32 exponentials
  * (relative error about 2e-7) summed in double in a fixed order; NaN terms
- * count as zero. With `out` (may be v), out[i] receives each term
- * (sampler.c). */
+ * count as zero. With `out` (may be v), out[i] receives each term. */
 double rk__exp_sum(float *out, const float *v, size_t n, float m);
 /* The same without AVX-512 (the tests compare the two bit for bit). */
 double rk__exp_sum_portable(float *out, const float *v, size_t n, float m);
-/* Layer norm over n with population variance. */
+/* Layer norm over n with population variance (sums in double). */
+void rk__layernorm(bool ref, float *out, const float *x, const float *w, const float *b, int n,
+                   float eps);
+/* The time-mix gates of one row [C], in place: w = exp(-e^-1/2 sigmoid(w0 + w)),
+ * a = sigmoid(a0 + a). */
+void rk__decay_gates(bool ref, float *w, float *a, const float *w0, const float *a0, int C);
+/* The value residual of one row [C]: v += (v_first - v) sigmoid(v0 + nu_raw). */
+void rk__value_residual(bool ref, float *v, const float *v_first, const float *v0,
+                        const float *nu_raw, int C);
+
+/* --- context internals (rwkv7.c) -------------------------------------------- */
+
 struct rk_ctx;
 /* The context's thread pool (for the backward pass). */
 struct rk__pool *rk__ctx_pool(struct rk_ctx *ctx);
@@ -299,8 +358,6 @@ struct rk__pool *rk__ctx_pool(struct rk_ctx *ctx);
  * between calls so repeated backward passes do not fault fresh pages in;
  * grows as needed, freed with the context. NULL when out of memory. */
 void *rk__ctx_workspace(struct rk_ctx *ctx, size_t bytes);
-void rk__layernorm(bool ref, float *out, const float *x, const float *w, const float *b, int n,
-                   float eps);
 
 /* --- backward (rwkv7_backward.c) ---------------------------------------- */
 

@@ -897,8 +897,7 @@ static void release_owned(struct rk_model *m, const void *p)
 
 static bool panels_disabled(const struct rk_model_params *p)
 {
-    const char *env = getenv("RWKVD_NO_PANELS"); /* for measurements */
-    return (p && p->no_panels) || (env && *env && *env != '0');
+    return (p && p->no_panels) || !rk__cpu()->panels; /* RWKVD_NO_PANELS (cpu.c) */
 }
 
 /* Repacks the matrices that the kernels want in panels

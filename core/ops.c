@@ -45,10 +45,10 @@
 #define RK_X86 1
 #endif
 
-/* Rows of X up to which the dot path is used, and up to which the tiled
- * AVX-512 path beats converted-block sgemm; measured in BENCHMARKS.md. */
+/* Rows of X up to which the dot path is used (the tiled path's limit is
+ * rk__cpu()->tiled_rows, 48 unless RWKVD_TILED_ROWS_MAX says otherwise);
+ * measured in BENCHMARKS.md. */
 #define DOT_ROWS_MAX 3
-#define TILED_ROWS_MAX 48
 /* Weight elements below which a matmul runs on the calling thread only. */
 #define PAR_MIN_ELEMS (1 << 16)
 /* Bytes of fp32 weight rows converted per gemm block at most: sgemm packs
@@ -64,6 +64,9 @@
 #define SPLIT_MIN 128
 
 extern void openblas_set_num_threads(int);
+
+/* Whether the AVX-512 kernels run (cpu.c decides, once per process). */
+static inline bool have_avx512(void) { return rk__cpu()->avx512; }
 
 void rk__weight_row(const struct rk_weight *W, int r, float *out)
 {
@@ -110,7 +113,7 @@ bool rk__weight_wants_panels(const struct rk_weight *W)
 {
     return (W->dtype == RK_DTYPE_F32 || W->dtype == RK_DTYPE_F16 ||
             (W->dtype == RK_DTYPE_BF16 && W->cols % 2 == 0)) &&
-           !W->panel && W->rows > 0 && W->rows % 16 == 0 && W->cols > 0 && rk__use_avx512();
+           !W->panel && W->rows > 0 && W->rows % 16 == 0 && W->cols > 0 && have_avx512();
 }
 
 /* Panel order on elements of type T with `cols` columns: for bf16 this runs
@@ -403,7 +406,6 @@ AVX512 static void tile4x4_f32(float *Y, size_t ldy, const float *X, size_t cols
 
 static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
                      const struct rk_weight *W, int r0, int r1, float *rowbuf);
-static float *thread_buf(size_t n);
 AVX512 static void convert_block_avx512(float *dst, const struct rk_weight *W, int r0, int r1);
 
 /* Rows [r0, r1) of W against any number of rows of X, in 4x4 tiles; blocks of
@@ -421,7 +423,7 @@ AVX512 static void tiled_avx512(float *Y, size_t ldy, int yoff, const float *X, 
     }
     /* 16-bit weights: widen each block of 4 rows to fp32 once (it stays in
      * L1) and reuse it for every group of 4 rows of X */
-    float *wbuf = W->dtype != RK_DTYPE_F32 ? thread_buf(4 * cols) : NULL;
+    float *wbuf = W->dtype != RK_DTYPE_F32 ? rk__thread_buf(RK_TL_SCRATCH, 4 * cols) : NULL;
     if (W->dtype != RK_DTYPE_F32 && !wbuf) { /* no scratch: untiled */
         for (size_t i = 0; i < n; i += 4)
             dot_rows(Y + i * ldy, ldy, yoff, X + i * cols, n - i < 4 ? n - i : 4, W, r0, r1, NULL);
@@ -635,33 +637,6 @@ static void panel_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 }
 #endif
 
-/* Decided once for the process (pthread_once): every thread must take the
- * same path, or a product split between threads would mix kernels whose
- * scratch requirements differ. */
-static int avx512_on;
-static pthread_once_t avx512_once = PTHREAD_ONCE_INIT;
-
-static void avx512_decide(void)
-{
-#ifdef RK_X86
-    __builtin_cpu_init();
-    int on = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    const char *env = getenv("RWKVD_NO_AVX512");
-    if (env && *env && *env != '0')
-        on = 0;
-    avx512_on = on;
-#endif
-}
-
-static int have_avx512(void)
-{
-    pthread_once(&avx512_once, avx512_decide);
-    return avx512_on;
-}
-
-bool rk__use_avx512(void) { return have_avx512(); }
-
 static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
                      const struct rk_weight *W, int r0, int r1, float *rowbuf)
 {
@@ -695,55 +670,6 @@ static void dot_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 }
 
 /* --- gemm path ------------------------------------------------------------ */
-
-/* Per-thread buffers, grown on first use and kept for the thread's lifetime
- * (pool threads live as long as their context): the kernels' scratch, and
- * the bf16 rows of X that a thread rounds for an AMX product and shares
- * with the pool for its length. */
-enum { TL_SCRATCH, TL_AMX_X, TL_N };
-static _Thread_local float *tl_buf[TL_N];
-static _Thread_local size_t tl_cap[TL_N];
-/* Frees a thread's buffers when the thread exits, whichever thread it is
- * (pool workers, but also callers such as the server's engine thread). */
-static pthread_key_t tl_key[TL_N];
-static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
-static bool tl_key_ok[TL_N];
-
-static void tl_destroy(void *p) { rk__free_aligned(p); }
-static void tl_key_init(void)
-{
-    for (int k = 0; k < TL_N; k++)
-        tl_key_ok[k] = pthread_key_create(&tl_key[k], tl_destroy) == 0;
-}
-
-void rk__ops_thread_exit(void)
-{
-    for (int k = 0; k < TL_N; k++) {
-        if (tl_key_ok[k])
-            pthread_setspecific(tl_key[k], NULL);
-        rk__free_aligned(tl_buf[k]);
-        tl_buf[k] = NULL;
-        tl_cap[k] = 0;
-    }
-}
-
-static float *thread_buf_k(int k, size_t n)
-{
-    if (n > tl_cap[k]) {
-        pthread_once(&tl_once, tl_key_init);
-        float *nb = rk__malloc_aligned(n * sizeof(float));
-        if (!nb)
-            return NULL;
-        rk__free_aligned(tl_buf[k]);
-        tl_buf[k] = nb;
-        tl_cap[k] = n;
-        if (tl_key_ok[k])
-            pthread_setspecific(tl_key[k], nb);
-    }
-    return tl_buf[k];
-}
-
-static float *thread_buf(size_t n) { return thread_buf_k(TL_SCRATCH, n); }
 
 /* The width of the blocks an sgemm product of `total` rows or columns is cut
  * into, at most `cap` (a multiple of 16): from the shape alone. */
@@ -790,7 +716,7 @@ static void gemm_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
         }
         return;
     }
-    float *buf = thread_buf((size_t)rb * (size_t)cols);
+    float *buf = rk__thread_buf(RK_TL_SCRATCH, (size_t)rb * (size_t)cols);
     if (!buf) { /* no memory for the block: fall back to the reference loop */
         matmul_ref(Y + (r0 - yoff), ldy, X, n, W, r0, r1);
         return;
@@ -811,21 +737,8 @@ static void gemm_rows(float *Y, size_t ldy, int yoff, const float *X, size_t n,
 
 /* --- dispatch ------------------------------------------------------------- */
 
-static long tiled_max = TILED_ROWS_MAX;
-static pthread_once_t tiled_once = PTHREAD_ONCE_INIT;
-
-static void tiled_decide(void)
-{
-    const char *env = getenv("RWKVD_TILED_ROWS_MAX"); /* for measurements */
-    if (env && *env)
-        tiled_max = atol(env);
-}
-
-static size_t tiled_rows_max(void)
-{
-    pthread_once(&tiled_once, tiled_decide);
-    return (size_t)tiled_max;
-}
+/* Rows of X up to which the tiled AVX-512 path runs (RWKVD_TILED_ROWS_MAX). */
+static size_t tiled_rows_max(void) { return rk__cpu()->tiled_rows; }
 
 size_t rk__tiled_rows(void) { return tiled_rows_max(); }
 
@@ -904,7 +817,8 @@ static void mm_range(const struct mm_job *j, int a, int b)
     }
 #endif
     if (j->n <= DOT_ROWS_MAX) {
-        float *rowbuf = j->W->dtype == RK_DTYPE_F32 ? NULL : thread_buf((size_t)j->W->cols);
+        float *rowbuf =
+            j->W->dtype == RK_DTYPE_F32 ? NULL : rk__thread_buf(RK_TL_SCRATCH, (size_t)j->W->cols);
         if (j->W->dtype != RK_DTYPE_F32 && !rowbuf && !have_avx512()) {
             matmul_ref(j->Y + (a - j->r0), j->ldy, j->X, j->n, j->W, a, b);
             return;
@@ -968,7 +882,7 @@ static void amx_prepare(struct rk__pool *pool, int kern, const struct rk__mm *mm
     }
     if (total == 0)
         return;
-    uint16_t *buf = (uint16_t *)thread_buf_k(TL_AMX_X, (total + 1) / 2);
+    uint16_t *buf = (uint16_t *)rk__thread_buf(RK_TL_AMX_X, (total + 1) / 2);
     if (!buf)
         return;
     for (int i = 0; i < count; i++)
@@ -1170,71 +1084,4 @@ void rk__matmul_t(struct rk__pool *pool, float *dX, const float *dY, size_t n,
         else
             rk__pool_run(pool, mt_worker, &j);
     }
-}
-
-#ifdef RK_X86
-/* The same LayerNorm, mean and variance summed in double in vector lanes
- * (eight per register, two registers per 16 values), the output with the
- * reference's float operations in the same order. */
-AVX512 static void layernorm_avx512(float *out, const float *x, const float *w, const float *b,
-                                    int n, float eps)
-{
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_loadu_ps(x + i);
-        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
-    }
-    double mean = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-    for (int k = i; k < n; k++)
-        mean += x[k];
-    mean /= n;
-    __m512d m = _mm512_set1_pd(mean);
-    s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    for (i = 0; i + 16 <= n; i += 16) {
-        __m512 v = _mm512_loadu_ps(x + i);
-        __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), m);
-        __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), m);
-        s0 = _mm512_fmadd_pd(d0, d0, s0);
-        s1 = _mm512_fmadd_pd(d1, d1, s1);
-    }
-    double var = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-    for (int k = i; k < n; k++)
-        var += (x[k] - mean) * (x[k] - mean);
-    var /= n;
-    float inv = (float)(1.0 / sqrt(var + eps)), mf = (float)mean;
-    __m512 vi = _mm512_set1_ps(inv), vm = _mm512_set1_ps(mf);
-    for (i = 0; i + 16 <= n; i += 16) {
-        __m512 o = _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), vi),
-                                 _mm512_loadu_ps(w + i));
-        _mm512_storeu_ps(out + i, _mm512_add_ps(o, _mm512_loadu_ps(b + i)));
-    }
-    for (; i < n; i++)
-        out[i] = (x[i] - mf) * inv * w[i] + b[i];
-}
-#endif
-
-void rk__layernorm(bool ref, float *out, const float *x, const float *w, const float *b, int n,
-                   float eps)
-{
-#ifdef RK_X86
-    if (!ref && have_avx512()) {
-        layernorm_avx512(out, x, w, b, n, eps);
-        return;
-    }
-#endif
-    double mean = 0, var = 0;
-    for (int i = 0; i < n; i++)
-        mean += x[i];
-    mean /= n;
-    for (int i = 0; i < n; i++) {
-        double d = x[i] - mean;
-        var += d * d;
-    }
-    var /= n;
-    float inv = (float)(1.0 / sqrt(var + eps));
-    float mf = (float)mean;
-    for (int i = 0; i < n; i++)
-        out[i] = (x[i] - mf) * inv * w[i] + b[i];
 }

@@ -31,6 +31,55 @@
 
 #define SPIN_ITERS 20000
 
+/* --- per-thread scratch ---------------------------------------------------- */
+
+/* Grown on first use and kept for the thread's lifetime (pool threads live
+ * as long as their context). */
+static _Thread_local float *tl_buf[RK_TL_N];
+static _Thread_local size_t tl_cap[RK_TL_N];
+/* Frees a thread's buffers when the thread exits, whichever thread it is
+ * (pool workers, but also callers such as the server's engine thread). */
+static pthread_key_t tl_key[RK_TL_N];
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
+static bool tl_key_ok[RK_TL_N];
+
+static void tl_destroy(void *p) { rk__free_aligned(p); }
+static void tl_key_init(void)
+{
+    for (int k = 0; k < RK_TL_N; k++)
+        tl_key_ok[k] = pthread_key_create(&tl_key[k], tl_destroy) == 0;
+}
+
+/* Frees the calling thread's buffers (pool workers, on exit). */
+static void thread_bufs_free(void)
+{
+    for (int k = 0; k < RK_TL_N; k++) {
+        if (tl_key_ok[k])
+            pthread_setspecific(tl_key[k], NULL);
+        rk__free_aligned(tl_buf[k]);
+        tl_buf[k] = NULL;
+        tl_cap[k] = 0;
+    }
+}
+
+float *rk__thread_buf(int slot, size_t n)
+{
+    if (n > tl_cap[slot]) {
+        pthread_once(&tl_once, tl_key_init);
+        float *nb = rk__malloc_aligned(n * sizeof(float));
+        if (!nb)
+            return NULL;
+        rk__free_aligned(tl_buf[slot]);
+        tl_buf[slot] = nb;
+        tl_cap[slot] = n;
+        if (tl_key_ok[slot])
+            pthread_setspecific(tl_key[slot], nb);
+    }
+    return tl_buf[slot];
+}
+
+/* --- the pool --------------------------------------------------------------- */
+
 struct rk__pool {
     int n_threads;
     pthread_t *threads; /* [n_threads - 1] */
@@ -82,7 +131,7 @@ static void *worker_main(void *p)
         pool->fn(wa.ith, pool->n_threads, pool->arg);
         atomic_fetch_sub(&pool->pending, 1);
     }
-    rk__ops_thread_exit();
+    thread_bufs_free();
     return NULL;
 }
 

@@ -1,16 +1,38 @@
 /*
  * rwkv7.c - the RWKV-7 ("x070") forward pass: contexts, one token, a sequence
- * (prefill) and a batched decode step.
+ * (prefill), a batched decode step and a pass over several sequences.
  *
- * Follows the per-token math of RWKV-v7/rwkv_v7_numpy.py (time_mixing and
- * channel_mixing), written here for R rows at once so that every linear layer
- * is one matmul over the rows:
- *   - sequence mode: the R rows are consecutive tokens of ONE sequence; token
- *     shift reads the previous row, and the WKV recurrence runs over the rows
- *     in order on the single state;
- *   - batch mode: the R rows are the next tokens of R different sequences;
- *     every row has its own state for both token shift and WKV.
- * Scratch lives in one block per context (no allocation per token).
+ * The math is Part 2.2 of the project's RWKV-7 spec (the per-token forward
+ * of RWKV-v7/rwkv_v7_numpy.py); tools/ref_rwkv7.py is an independent NumPy
+ * version that produced the golden files. One function per operation, each
+ * over R rows at once so that every linear layer is one matmul over the
+ * rows:
+ *
+ *   embed            x = LN0(emb[token])                          spec 2.2
+ *   add_norm         x += previous block's output; xn = LN(x)     steps 1, 14
+ *   token_shift      prev = xn of each row's previous token       steps 1, 14
+ *   tm_lerp          x_c = xn + (prev - xn) mu_c, c in r w k v a g step 2
+ *   tm_project       r, k-hat, v-hat and the four LoRAs           steps 3-7
+ *   tm_gates_keys    decay w, rate alpha, value residual, kk, k   steps 4-9
+ *   wkv_heads        WKV recurrence, GroupNorm, bonus, gate       steps 10-12
+ *   time_mix         ... then att = W_o o                         step 13
+ *   channel_mix      ffn = W_fv relu(W_fk lerp(xn))^2             steps 14-16
+ *   head             logits = W_head LN_out(x)
+ *
+ * Row modes (struct rowmap): the rows fall into segments, each segment the
+ * consecutive tokens of one sequence with its own state. Sequence mode
+ * (rk_forward_seq) is one segment; batch mode (rk_forward_batch) one row per
+ * segment; rk_forward_multi anything in between. Token shift reads the
+ * previous row of the segment (or the state for its first row), and the WKV
+ * recurrence runs over a segment's rows in order on its state.
+ *
+ * The kernels live elsewhere: products in ops.c (and amx.c), the WKV step and
+ * head output in kernels_wkv.c, LayerNorm and the gates in kernels_vec.c;
+ * each takes `ref` (rk_ctx_set_reference) for its plain reference loop, and
+ * cpu.c decides what the CPU runs. Element-wise work over 8 rows or more is
+ * split by rows over the context's thread pool; the WKV heads always are.
+ * Scratch lives in one block per context (no allocation per token), one
+ * named buffer per activation.
  * Orientation: wkv state S[h][i][j], i = value channel, j = key channel.
  */
 #include "core_int.h"
@@ -18,16 +40,9 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define RK_X86 1
-#endif
-
 #define N RK_HEAD_SIZE
 #define LN_EPS 1e-5f
 #define GN_EPS (64e-5f)
-#define WKV_PF_ROWS 2 /* rows ahead that the WKV pass fetches (1 to 8: same speed) */
-#define DECAY_SCALE 0.6065306597126334f /* e^-0.5 */
 
 struct rk_ctx {
     const struct rk_model *m;
@@ -36,13 +51,25 @@ struct rk_ctx {
     bool amx; /* rk_ctx_set_amx: bf16 products on AMX tiles */
     int rows_max;
     void *block;
-    /* scratch, each [rows_max][dim] */
-    float *x, *u, *prev;                  /* [R][C] */
-    float *xr, *xw, *xk, *xv, *xa, *xg;   /* [R][C] */
-    float *r, *k, *v, *w, *a, *g, *kk, *y; /* [R][C] */
-    float *vfirst, *tmp;                  /* [R][C] */
-    float *lw, *la, *lv, *lg;             /* LoRA hidden rows [R][Dw], [R][Da], ... */
-    float *hidden;                        /* [R][F] */
+    /* activations of one pass over R <= rows_max rows, [R][C] unless noted */
+    float *emb;                          /* embedding rows, before LN0 */
+    float *x;                            /* residual stream */
+    float *xn;                           /* LN1 / LN2 output; LN_out of the logit rows */
+    float *prev;                         /* xn of each row's previous token */
+    float *xr, *xw, *xk, *xv, *xa, *xg;  /* time-mix lerps */
+    float *lw, *la, *lv, *lg;            /* LoRA bottlenecks [R][Dw], [R][Da], [R][Dv], [R][Dg] */
+    float *r, *k, *v;                    /* receptance; key (k-hat, then the replacement
+                                            key); value (v-hat, then mixed) */
+    float *w, *a, *g, *nu;               /* decay, in-context rate, gate, value-residual
+                                            mix (each the raw LoRA output first) */
+    float *kk;                           /* removal key */
+    float *v_first;                      /* layer-0 value of each row */
+    float *y;                            /* WKV output */
+    float *o;                            /* GroupNorm + bonus, gated: W_o's input */
+    float *att;                          /* time-mix output */
+    float *ffn_x;                        /* channel-mix lerp */
+    float *hidden;                       /* [R][F] relu(W_fk ffn_x)^2 */
+    float *ffn;                          /* channel-mix output */
     /* rows -> sequences: segment s is rows [seg[s], seg[s+1]) and continues
      * state segst[s]; lrow lists the rows whose logits are wanted */
     int *seg, *lrow;
@@ -59,6 +86,8 @@ struct rowmap {
     const int *seg;
     float *const *st;
 };
+
+/* --- context -------------------------------------------------------------- */
 
 const struct rk_model *rk_ctx_model(const struct rk_ctx *ctx) { return ctx->m; }
 struct rk__pool *rk__ctx_pool(struct rk_ctx *ctx) { return ctx->pool; }
@@ -135,34 +164,36 @@ int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struc
         return RK_ENOMEM;
     c->m = m;
     c->rows_max = rows;
-    size_t dsum = (size_t)m->Dw + (size_t)m->Da + (size_t)m->Dv + (size_t)m->Dg;
     size_t C = (size_t)m->C, R = (size_t)rows;
-    size_t nC = 20, total = R * (C * nC + dsum + (size_t)m->F) + 64 * 28;
+    /* every buffer [R][dim], 64-byte aligned */
+    struct {
+        float **p;
+        size_t dim;
+    } bufs[] = {
+        {&c->emb, C},    {&c->x, C},       {&c->xn, C},       {&c->prev, C},
+        {&c->xr, C},     {&c->xw, C},      {&c->xk, C},       {&c->xv, C},
+        {&c->xa, C},     {&c->xg, C},      {&c->lw, (size_t)m->Dw}, {&c->la, (size_t)m->Da},
+        {&c->lv, (size_t)m->Dv}, {&c->lg, (size_t)m->Dg}, {&c->r, C}, {&c->k, C},
+        {&c->v, C},      {&c->w, C},       {&c->a, C},        {&c->g, C},
+        {&c->nu, C},     {&c->kk, C},      {&c->v_first, C},  {&c->y, C},
+        {&c->o, C},      {&c->att, C},     {&c->ffn_x, C},    {&c->hidden, (size_t)m->F},
+        {&c->ffn, C},
+    };
+    size_t nbuf = sizeof bufs / sizeof bufs[0], total = 0;
+    for (size_t i = 0; i < nbuf; i++)
+        total += (R * bufs[i].dim + 15) & ~(size_t)15;
     c->block = rk__malloc_aligned(total * sizeof(float));
-    if (!c->block) {
-        rk__free(c);
-        return RK_ENOMEM;
-    }
     float *q = c->block;
-    float **slots[] = {&c->x,  &c->u,  &c->prev, &c->xr, &c->xw, &c->xk, &c->xv,
-                       &c->xa, &c->xg, &c->r,    &c->k,  &c->v,  &c->w,  &c->a,
-                       &c->g,  &c->kk, &c->y,    &c->vfirst, &c->tmp};
-    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
-        *slots[i] = q;
-        q += (R * C + 15) & ~(size_t)15;
+    for (size_t i = 0; q && i < nbuf; i++) {
+        *bufs[i].p = q;
+        q += (R * bufs[i].dim + 15) & ~(size_t)15;
     }
-    float **lora[] = {&c->lw, &c->la, &c->lv, &c->lg};
-    const int dims[] = {m->Dw, m->Da, m->Dv, m->Dg};
-    for (size_t i = 0; i < 4; i++) {
-        *lora[i] = q;
-        q += (R * (size_t)dims[i] + 15) & ~(size_t)15;
-    }
-    c->hidden = q;
     c->seg = rk__calloc((size_t)rows + 1, sizeof *c->seg);
     c->lrow = rk__calloc((size_t)rows, sizeof *c->lrow);
     c->segst = rk__calloc((size_t)rows, sizeof *c->segst);
-    int rc = c->seg && c->lrow && c->segst ? rk__pool_create(n_threads, p ? p->nice : 0, &c->pool)
-                                           : RK_ENOMEM;
+    int rc = c->block && c->seg && c->lrow && c->segst
+                 ? rk__pool_create(n_threads, p ? p->nice : 0, &c->pool)
+                 : RK_ENOMEM;
     if (rc != RK_OK) {
         rk__free(c->seg), rk__free(c->lrow), rk__free(c->segst);
         rk__free_aligned(c->block);
@@ -194,9 +225,7 @@ void *rk__ctx_workspace(struct rk_ctx *ctx, size_t bytes)
     return ctx->ws;
 }
 
-/* --- small helpers -------------------------------------------------------- */
-
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* --- products --------------------------------------------------------------- */
 
 /* In a multi-sequence pass (c->row_invariant), a product with row-major
  * weights over more rows than the tiled limit goes in slices of that limit,
@@ -209,6 +238,7 @@ static bool needs_slices(const struct rk_ctx *c, size_t n, const struct rk_weigh
     return c->row_invariant && n > lim && lim > 0 && !W->panel;
 }
 
+/* Y[n][W.rows] = X[n][W.cols] W^T, squared ReLU applied with `relu2`. */
 static void matmul_act(struct rk_ctx *c, float *Y, const float *X, size_t n,
                        const struct rk_weight *W, bool relu2)
 {
@@ -245,313 +275,95 @@ static void matmul_many(struct rk_ctx *c, const struct rk__mm *mm, int count, si
         matmul(c, mm[i].Y, mm[i].X, n, mm[i].W);
 }
 
-/* --- WKV ------------------------------------------------------------------ */
+/* --- row-wise operations ------------------------------------------------------ */
 
-/* One head, one token: sa = S a; S = S diag(w) + sa b^T + v k^T; y = S r. */
-static void wkv_head_ref(float *S, const float *r, const float *w, const float *k, const float *v,
-                         const float *a, const float *b, float *y, float *sa_out)
-{
-    for (int i = 0; i < N; i++) {
-        float *Si = S + i * N;
-        float sa = 0.0f;
-        for (int j = 0; j < N; j++)
-            sa += Si[j] * a[j];
-        if (sa_out)
-            sa_out[i] = sa;
-        float vi = v[i], yi = 0.0f;
-        for (int j = 0; j < N; j++) {
-            float s = Si[j] * w[j] + sa * b[j] + vi * k[j];
-            Si[j] = s;
-            yi += s * r[j];
-        }
-        y[i] = yi;
-    }
-}
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-#ifdef RK_X86
-#define WKV_AVX512 __attribute__((target("avx512f,avx512dq,fma")))
-/* Eight vectors in; lane i (i < 8) of the result is the sum of the lanes of
- * p[i]. Pairs fold through unpacks, then 128-bit blocks through shuffles:
- * 24 instructions for eight sums, where _mm512_reduce_add_ps costs about
- * eight per vector, each a chain of dependent steps. */
-WKV_AVX512 static inline __m512 sum8_lanes(const __m512 p[8])
-{
-    __m512 q[4], r[2];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) /* block L: p2i and p2i+1, two partials each */
-        q[i] = _mm512_add_ps(_mm512_unpacklo_ps(p[2 * i], p[2 * i + 1]),
-                             _mm512_unpackhi_ps(p[2 * i], p[2 * i + 1]));
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; i++) { /* block L: rows 4i .. 4i+3, one partial each */
-        __m512d c = _mm512_castps_pd(q[2 * i]), d = _mm512_castps_pd(q[2 * i + 1]);
-        r[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)),
-                             _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
-    }
-    /* blocks: rows 0-3 (L0+L1), rows 0-3 (L2+L3), rows 4-7 (L0+L1), (L2+L3) */
-    __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(r[0], r[1], 0x88),
-                             _mm512_shuffle_f32x4(r[0], r[1], 0xDD));
-    /* block 0: rows 0-3, block 1: rows 4-7 */
-    return _mm512_add_ps(_mm512_shuffle_f32x4(s, s, 0x08), _mm512_shuffle_f32x4(s, s, 0x0D));
-}
-
-/* The step of wkv_head_ref, eight rows of S at a time, with a, b, w, k and
- * r held in registers: each row's products with a (then with r) are summed
- * over its four vectors, and the eight rows' lane sums are finished together
- * by sum8_lanes. One function serves every path (token, batch, prefill,
- * backward), so all of them give the same bits. */
-WKV_AVX512 static void wkv_head_avx512(float *S, const float *r, const float *w, const float *k,
-                                       const float *v, const float *a, const float *b, float *y,
-                                       float *sa_out)
-{
-    __m512 A[4], W[4], B[4], K[4], R[4];
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; q++) {
-        A[q] = _mm512_loadu_ps(a + 16 * q);
-        W[q] = _mm512_loadu_ps(w + 16 * q);
-        B[q] = _mm512_loadu_ps(b + 16 * q);
-        K[q] = _mm512_loadu_ps(k + 16 * q);
-        R[q] = _mm512_loadu_ps(r + 16 * q);
-    }
-    for (int i0 = 0; i0 < N; i0 += 8) {
-        float *S0 = S + (size_t)i0 * N;
-        __m512 p[8];
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++) {
-            const float *Si = S0 + (size_t)i * N;
-            __m512 t = _mm512_mul_ps(_mm512_loadu_ps(Si), A[0]);
-            t = _mm512_fmadd_ps(_mm512_loadu_ps(Si + 16), A[1], t);
-            t = _mm512_fmadd_ps(_mm512_loadu_ps(Si + 32), A[2], t);
-            p[i] = _mm512_fmadd_ps(_mm512_loadu_ps(Si + 48), A[3], t);
-        }
-        __m512 sa = sum8_lanes(p);
-        if (sa_out)
-            _mm256_storeu_ps(sa_out + i0, _mm512_castps512_ps256(sa));
-        __m512 vv = _mm512_castps256_ps512(_mm256_loadu_ps(v + i0));
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++) {
-            float *Si = S0 + (size_t)i * N;
-            __m512i ix = _mm512_set1_epi32(i);
-            __m512 sai = _mm512_permutexvar_ps(ix, sa), vi = _mm512_permutexvar_ps(ix, vv);
-            __m512 o = _mm512_setzero_ps();
-#pragma GCC unroll 4
-            for (int q = 0; q < 4; q++) {
-                __m512 s = _mm512_mul_ps(_mm512_loadu_ps(Si + 16 * q), W[q]);
-                s = _mm512_fmadd_ps(sai, B[q], s);
-                s = _mm512_fmadd_ps(vi, K[q], s);
-                _mm512_storeu_ps(Si + 16 * q, s);
-                o = q ? _mm512_fmadd_ps(s, R[q], o) : _mm512_mul_ps(s, R[0]);
-            }
-            p[i] = o;
-        }
-        _mm256_storeu_ps(y + i0, _mm512_castps512_ps256(sum8_lanes(p)));
-    }
-}
-#endif
-
-void rk__wkv_head(bool ref, float *S, const float *r, const float *w, const float *k,
-                  const float *v, const float *a, const float *b, float *y, float *sa)
-{
-#ifdef RK_X86
-    if (!ref && rk__use_avx512()) {
-        wkv_head_avx512(S, r, w, k, v, a, b, y, sa);
-        return;
-    }
-#endif
-    wkv_head_ref(S, r, w, k, v, a, b, y, sa);
-}
-
-struct wkv_job {
-    struct rk_ctx *c;
-    int layer, H;
-    const struct rowmap *rm;
-};
-
-/* Head h of row t after its WKV step: GroupNorm of y over the head, the
- * bonus (r . k . r_k) v and the gate, into tmp. */
-static void wkv_out_head(struct rk_ctx *c, const struct rk_layer *ly, size_t t, int h)
-{
-    size_t o = t * (size_t)c->m->C + (size_t)h * N;
-    float mean = 0.0f, var = 0.0f, bonus = 0.0f;
-    for (int i = 0; i < N; i++)
-        mean += c->y[o + i];
-    mean /= N;
-    for (int i = 0; i < N; i++) {
-        float d = c->y[o + i] - mean;
-        var += d * d;
-    }
-    var /= N;
-    float inv = 1.0f / sqrtf(var + GN_EPS);
-    for (int i = 0; i < N; i++)
-        bonus += c->r[o + i] * c->k[o + i] * ly->r_k[h * N + i];
-    for (int i = 0; i < N; i++) {
-        size_t ch = (size_t)h * N + (size_t)i;
-        float on = (c->y[o + i] - mean) * inv * ly->lnx_w[ch] + ly->lnx_b[ch];
-        c->tmp[o + i] = (on + bonus * c->v[o + i]) * c->g[o + i];
-    }
-}
-
-#ifdef RK_X86
-/* wkv_out_head with the head's 64 values in four vectors. */
-WKV_AVX512 static void wkv_out_head_avx512(struct rk_ctx *c, const struct rk_layer *ly, size_t t,
-                                           int h)
-{
-    size_t o = t * (size_t)c->m->C + (size_t)h * N, ch = (size_t)h * N;
-    __m512 Y[4], sum = _mm512_setzero_ps(), bon = _mm512_setzero_ps();
-    for (int q = 0; q < 4; q++) {
-        Y[q] = _mm512_loadu_ps(c->y + o + 16 * q);
-        sum = _mm512_add_ps(sum, Y[q]);
-        __m512 rk = _mm512_mul_ps(_mm512_loadu_ps(c->r + o + 16 * q),
-                                  _mm512_loadu_ps(c->k + o + 16 * q));
-        bon = _mm512_fmadd_ps(rk, _mm512_loadu_ps(ly->r_k + ch + 16 * q), bon);
-    }
-    __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / N), dd = _mm512_setzero_ps();
-    for (int q = 0; q < 4; q++) {
-        Y[q] = _mm512_sub_ps(Y[q], mean);
-        dd = _mm512_fmadd_ps(Y[q], Y[q], dd);
-    }
-    __m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(dd) / N + GN_EPS));
-    __m512 bonus = _mm512_set1_ps(_mm512_reduce_add_ps(bon));
-    for (int q = 0; q < 4; q++) {
-        __m512 on = _mm512_fmadd_ps(_mm512_mul_ps(Y[q], inv),
-                                    _mm512_loadu_ps(ly->lnx_w + ch + 16 * q),
-                                    _mm512_loadu_ps(ly->lnx_b + ch + 16 * q));
-        on = _mm512_fmadd_ps(bonus, _mm512_loadu_ps(c->v + o + 16 * q), on);
-        _mm512_storeu_ps(c->tmp + o + 16 * q,
-                         _mm512_mul_ps(on, _mm512_loadu_ps(c->g + o + 16 * q)));
-    }
-}
-
-/* The WKV vectors a = -kk and b = kk * a of one head and row. */
-WKV_AVX512 static void wkv_ab_avx512(float *avec, float *bvec, const float *kk, const float *a)
-{
-    for (int q = 0; q < 4; q++) {
-        __m512 x = _mm512_loadu_ps(kk + 16 * q);
-        _mm512_storeu_ps(avec + 16 * q, _mm512_sub_ps(_mm512_setzero_ps(), x));
-        _mm512_storeu_ps(bvec + 16 * q, _mm512_mul_ps(x, _mm512_loadu_ps(a + 16 * q)));
-    }
-}
-#endif
-
-/* Heads are independent, so threads split the (segment, head) pairs; each
- * runs its segment's rows in order, then the head's output (wkv_out_head). */
-static void wkv_worker(int ith, int nth, void *arg)
-{
-    const struct wkv_job *j = arg;
-    struct rk_ctx *c = j->c;
-    const struct rk_model *m = c->m;
-    size_t C = (size_t)m->C, lstride = 2 * C + (size_t)m->H * N * N;
-    bool fast = !c->ref && rk__use_avx512();
-    float bvec[N], avec[N];
-    int units = j->rm->nseg * j->H;
-    for (int u = ith; u < units; u += nth) {
-        int h = u % j->H, s = u / j->H;
-        int r0 = j->rm->seg[s], r1 = j->rm->seg[s + 1];
-        float *S = j->rm->st[s] + (size_t)j->layer * lstride + C + (size_t)h * N * N;
-        for (int t = r0; t < r1; t++) {
-            size_t o = (size_t)t * C + (size_t)h * N;
-#ifdef RK_X86
-            if (fast) {
-                /* rows lie C floats apart: fetch WKV_PF_ROWS rows ahead */
-                if (t + WKV_PF_ROWS < r1) {
-                    size_t o2 = o + WKV_PF_ROWS * C;
-                    const float *rows[] = {c->r, c->w, c->k, c->v, c->kk, c->a};
-                    for (int q = 0; q < 6; q++)
-                        for (int l = 0; l < N; l += 16)
-                            _mm_prefetch((const char *)(rows[q] + o2 + l), _MM_HINT_T0);
-                }
-                wkv_ab_avx512(avec, bvec, c->kk + o, c->a + o);
-                wkv_head_avx512(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o,
-                                NULL);
-                continue;
-            }
-#endif
-            for (int i = 0; i < N; i++) {
-                avec[i] = -c->kk[o + i];
-                bvec[i] = c->kk[o + i] * c->a[o + i];
-            }
-            wkv_head_ref(S, c->r + o, c->w + o, c->k + o, c->v + o, avec, bvec, c->y + o, NULL);
-        }
-        for (int t = r0; t < r1; t++) {
-#ifdef RK_X86
-            if (fast) {
-                wkv_out_head_avx512(c, &m->layers[j->layer], (size_t)t, h);
-                continue;
-            }
-#endif
-            wkv_out_head(c, &m->layers[j->layer], (size_t)t, h);
-        }
-    }
-    (void)fast;
-}
-
-/* --- one layer over R rows ------------------------------------------------ */
-
-/* Element-wise work is split by rows across the pool when there are enough
- * rows (prefill); a phase function handles rows [t0, t1). */
-struct phase {
+/* An operation on rows [t0, t1) of layer l. for_rows splits R rows over the
+ * pool when there are 8 or more (prefill, large batches). */
+struct rows_op {
     struct rk_ctx *c;
     const struct rk_layer *ly;
     int l;
-    void (*fn)(const struct phase *ph, int t0, int t1);
-    int R;
+    void (*fn)(const struct rows_op *op, size_t t0, size_t t1);
+    const float *in;  /* add_norm: the block output to add, or NULL */
+    const float *w, *b; /* add_norm: the LayerNorm's weight and bias */
 };
 
-static void phase_range(void *arg, size_t t0, size_t t1)
+static void rows_range(void *arg, size_t t0, size_t t1)
 {
-    const struct phase *ph = arg;
-    ph->fn(ph, (int)t0, (int)t1);
+    const struct rows_op *op = arg;
+    op->fn(op, t0, t1);
 }
 
-static void run_phase(struct rk_ctx *c, const struct rk_layer *ly, int l, int R,
-                      void (*fn)(const struct phase *, int, int))
+static void for_rows(struct rows_op *op, int R)
 {
-    struct phase ph = {c, ly, l, fn, R};
-    if (R >= 8 && !c->ref)
-        rk__pool_for(c->pool, (size_t)R, phase_range, &ph);
+    if (R >= 8 && !op->c->ref)
+        rk__pool_for(op->c->pool, (size_t)R, rows_range, op);
     else
-        fn(&ph, 0, R);
+        op->fn(op, 0, (size_t)R);
 }
 
-/* Token shift: fill prev[R][C] with the previous normalised input of each row
- * and store this step's last input back into the state. */
-static void token_shift(struct rk_ctx *c, const struct rowmap *rm, size_t off, const float *u,
-                        float *prev)
+/* Embedding (spec 2.2): x[R][C] = LN0(emb[token]). */
+static void embed(struct rk_ctx *c, int R, const uint32_t *tokens)
+{
+    const struct rk_model *m = c->m;
+    size_t C = (size_t)m->C;
+    for (size_t t = 0; t < (size_t)R; t++) {
+        rk__weight_row(&m->emb, (int)tokens[t], c->emb + t * C);
+        rk__layernorm(c->ref, c->x + t * C, c->emb + t * C, m->ln0_w, m->ln0_b, (int)C, LN_EPS);
+    }
+}
+
+/* Residual and LayerNorm (steps 1 and 14): x[R][C] += in[R][C] (the
+ * previous block's output, when there is one), then xn[R][C] = LN(x). */
+static void add_norm_rows(const struct rows_op *op, size_t t0, size_t t1)
+{
+    struct rk_ctx *c = op->c;
+    size_t C = (size_t)c->m->C;
+    for (size_t t = t0; t < t1; t++) {
+        float *x = c->x + t * C;
+        if (op->in) {
+            const float *d = op->in + t * C;
+            for (size_t i = 0; i < C; i++)
+                x[i] += d[i];
+        }
+        rk__layernorm(c->ref, c->xn + t * C, x, op->w, op->b, (int)C, LN_EPS);
+    }
+}
+
+static void add_norm(struct rk_ctx *c, int R, const float *in, const float *w, const float *b)
+{
+    struct rows_op op = {c, NULL, 0, add_norm_rows, in, w, b};
+    for_rows(&op, R);
+}
+
+/* Token shift (steps 1 and 14): prev[R][C] = xn of each row's previous token
+ * (the state's saved one for a segment's first row); the segment's last xn
+ * goes back into the state at float offset `off`. */
+static void token_shift(struct rk_ctx *c, const struct rowmap *rm, size_t off)
 {
     size_t C = (size_t)c->m->C;
+    const float *xn = c->xn;
+    float *prev = c->prev;
     for (int s = 0; s < rm->nseg; s++) {
         size_t r0 = (size_t)rm->seg[s], n = (size_t)(rm->seg[s + 1] - rm->seg[s]);
         memcpy(prev + r0 * C, rm->st[s] + off, C * sizeof(float));
         if (n > 1)
-            memcpy(prev + (r0 + 1) * C, u + r0 * C, (n - 1) * C * sizeof(float));
-        memcpy(rm->st[s] + off, u + (r0 + n - 1) * C, C * sizeof(float));
+            memcpy(prev + (r0 + 1) * C, xn + r0 * C, (n - 1) * C * sizeof(float));
+        memcpy(rm->st[s] + off, xn + (r0 + n - 1) * C, C * sizeof(float));
     }
 }
 
-/* x += delta (the previous block's output, if any), then u = LN(x). */
-static void ph_ln1(const struct phase *ph, int t0, int t1)
+/* Step 2, six lerps: x_c[R][C] = xn + (prev - xn) mu_c, c in r w k v a g. */
+static void tm_lerp(const struct rows_op *op, size_t t0, size_t t1)
 {
-    struct rk_ctx *c = ph->c;
-    int C = c->m->C;
-    for (int t = t0; t < t1; t++) {
-        float *x = c->x + (size_t)t * C;
-        if (ph->l > 0) {
-            const float *d = c->xr + (size_t)t * C; /* previous channel-mix output */
-            for (int i = 0; i < C; i++)
-                x[i] += d[i];
-        }
-        rk__layernorm(c->ref, c->u + (size_t)t * C, x, ph->ly->ln1_w, ph->ly->ln1_b, C, LN_EPS);
-    }
-}
-
-/* six lerps: x_c = u + (prev - u) * mu_c */
-static void ph_lerp6(const struct phase *ph, int t0, int t1)
-{
-    struct rk_ctx *c = ph->c;
-    const struct rk_layer *ly = ph->ly;
-    int C = c->m->C;
-    for (size_t t = (size_t)t0, i = (size_t)t0 * C; t < (size_t)t1; t++)
-        for (int ch = 0; ch < C; ch++, i++) {
-            float u = c->u[i], d = c->prev[i] - u;
+    struct rk_ctx *c = op->c;
+    const struct rk_layer *ly = op->ly;
+    size_t C = (size_t)c->m->C;
+    for (size_t t = t0, i = t0 * C; t < t1; t++)
+        for (size_t ch = 0; ch < C; ch++, i++) {
+            float u = c->xn[i], d = c->prev[i] - u;
             c->xr[i] = u + d * ly->x_r[ch];
             c->xw[i] = u + d * ly->x_w[ch];
             c->xk[i] = u + d * ly->x_k[ch];
@@ -561,97 +373,51 @@ static void ph_lerp6(const struct phase *ph, int t0, int t1)
         }
 }
 
-#ifdef RK_X86
-#define AVX512F __attribute__((target("avx512f,fma")))
-/* e^x to about 1 ulp: x = n ln2 + r with |r| <= ln2/2, a degree-7 Taylor
- * polynomial for e^r (truncation error < 1e-8), then a scale by 2^n. NaN
- * stays NaN; large negative x gives 0, large positive x +inf. */
-AVX512F static inline __m512 exp_avx512(__m512 x)
+/* Steps 3-7, the products of the lerps:
+ *   r = W_r x_r, k-hat = W_k x_k, v-hat = W_v x_v            [R][C]
+ *   w_raw = tanh(x_w w1) w2, a_raw = (x_a a1) a2             [R][C]
+ *   g = sigmoid(x_g g1) g2, nu_raw = (x_v v1) v2 (layers >= 1) [R][C]
+ * Each stage's products run in one pass of the pool. */
+static void tm_project(struct rk_ctx *c, int l, int R)
 {
-    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+    const struct rk_layer *ly = &c->m->layers[l];
+    struct rk__mm in[7] = {
+        {c->r, c->xr, &ly->wr},  {c->k, c->xk, &ly->wk},  {c->v, c->xv, &ly->wv},
+        {c->lw, c->xw, &ly->w1}, {c->la, c->xa, &ly->a1}, {c->lg, c->xg, &ly->g1},
+        {c->lv, c->xv, &ly->v1},
+    };
+    matmul_many(c, in, l > 0 ? 7 : 6, (size_t)R);
+    for (size_t i = 0; i < (size_t)R * (size_t)ly->w1.rows; i++) /* [R][Dw] */
+        c->lw[i] = tanhf(c->lw[i]);
+    for (size_t i = 0; i < (size_t)R * (size_t)ly->g1.rows; i++) /* [R][Dg] */
+        c->lg[i] = sigmoidf(c->lg[i]);
+    struct rk__mm out[4] = {
+        {c->w, c->lw, &ly->w2},
+        {c->a, c->la, &ly->a2},
+        {c->g, c->lg, &ly->g2},
+        {c->nu, c->lv, &ly->v2},
+    };
+    matmul_many(c, out, l > 0 ? 4 : 3, (size_t)R);
 }
 
-AVX512F static inline __m512 sigmoid_avx512(__m512 x)
+/* Steps 4-9 on rows [t0, t1), each [C]:
+ *   w = exp(-e^-1/2 sigmoid(w0 + w_raw)), alpha = sigmoid(a0 + a_raw)  (into w, a)
+ *   layer 0: v_first = v; else v += (v_first - v) sigmoid(v0 + nu_raw)
+ *   kk = k-hat k_k, normalised per head (the removal key)
+ *   k = k-hat (1 + (alpha - 1) k_a) (the replacement key) */
+static void tm_gates_keys(const struct rows_op *op, size_t t0, size_t t1)
 {
-    __m512 one = _mm512_set1_ps(1.0f);
-    return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-}
-
-/* The decay and in-context-rate gates of ph_post for one row, 16 channels
- * at a time (the same arithmetic as the scalar loop, with exp_avx512). */
-AVX512F static void gates_avx512(float *w, float *a, const float *w0, const float *a0, int C)
-{
-    for (int ch = 0; ch < C; ch += 16) {
-        __mmask16 m = C - ch >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - ch)) - 1);
-        __m512 zw = _mm512_add_ps(_mm512_maskz_loadu_ps(m, w0 + ch), _mm512_maskz_loadu_ps(m, w + ch));
-        __m512 za = _mm512_add_ps(_mm512_maskz_loadu_ps(m, a0 + ch), _mm512_maskz_loadu_ps(m, a + ch));
-        __m512 sw = _mm512_mul_ps(_mm512_set1_ps(-DECAY_SCALE), sigmoid_avx512(zw));
-        _mm512_mask_storeu_ps(w + ch, m, exp_avx512(sw));
-        _mm512_mask_storeu_ps(a + ch, m, sigmoid_avx512(za));
-    }
-}
-
-/* v += (v_first - v) sigmoid(v0 + nu_raw), 16 channels at a time */
-AVX512F static void vres_avx512(float *v, const float *vf, const float *v0, const float *nu, int C)
-{
-    for (int ch = 0; ch < C; ch += 16) {
-        __mmask16 m = C - ch >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - ch)) - 1);
-        __m512 g = sigmoid_avx512(
-            _mm512_add_ps(_mm512_maskz_loadu_ps(m, v0 + ch), _mm512_maskz_loadu_ps(m, nu + ch)));
-        __m512 vv = _mm512_maskz_loadu_ps(m, v + ch);
-        vv = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, vf + ch), vv), g, vv);
-        _mm512_mask_storeu_ps(v + ch, m, vv);
-    }
-}
-#endif
-
-/* After the projections: decay w, in-context rate a, value residual, the
- * normalised removal key kk and the replacement key k. On entry w, a and tmp
- * hold the raw LoRA outputs (before w0/a0/v0). */
-static void ph_post(const struct phase *ph, int t0, int t1)
-{
-    struct rk_ctx *c = ph->c;
-    const struct rk_layer *ly = ph->ly;
+    struct rk_ctx *c = op->c;
+    const struct rk_layer *ly = op->ly;
     int C = c->m->C, H = c->m->H;
-#ifdef RK_X86
-    bool fast = !c->ref && rk__use_avx512();
-#endif
-    for (size_t t = (size_t)t0; t < (size_t)t1; t++) {
+    for (size_t t = t0; t < t1; t++) {
         size_t o = t * (size_t)C;
         float *w = c->w + o, *a = c->a + o, *v = c->v + o, *k = c->k + o, *kk = c->kk + o;
-        if (ph->l == 0)
-            memcpy(c->vfirst + o, v, (size_t)C * sizeof(float));
-#ifdef RK_X86
-        if (fast) {
-            gates_avx512(w, a, ly->w0, ly->a0, C);
-            if (ph->l > 0)
-                vres_avx512(v, c->vfirst + o, ly->v0, c->tmp + o, C);
-        } else
-#endif
-        {
-            for (int ch = 0; ch < C; ch++) {
-                w[ch] = expf(-DECAY_SCALE * sigmoidf(ly->w0[ch] + w[ch]));
-                a[ch] = sigmoidf(ly->a0[ch] + a[ch]);
-            }
-            const float *nu_raw = c->tmp + o, *vf = c->vfirst + o;
-            for (int ch = 0; ph->l > 0 && ch < C; ch++) {
-                float nu = sigmoidf(ly->v0[ch] + nu_raw[ch]);
-                v[ch] += (vf[ch] - v[ch]) * nu;
-            }
-        }
+        if (op->l == 0)
+            memcpy(c->v_first + o, v, (size_t)C * sizeof(float));
+        rk__decay_gates(c->ref, w, a, ly->w0, ly->a0, C);
+        if (op->l > 0)
+            rk__value_residual(c->ref, v, c->v_first + o, ly->v0, c->nu + o, C);
         for (int h = 0; h < H; h++) {
             float ss = 0.0f;
             for (int i = h * N; i < (h + 1) * N; i++) {
@@ -668,91 +434,118 @@ static void ph_post(const struct phase *ph, int t0, int t1)
     }
 }
 
-/* x += time-mix output, u = LN2(x) */
-static void ph_ln2(const struct phase *ph, int t0, int t1)
+/* --- WKV and GroupNorm --------------------------------------------------------- */
+
+struct wkv_job {
+    struct rk_ctx *c;
+    int l;
+    const struct rowmap *rm;
+};
+
+/* Steps 10-12 for every (segment, head) pair, split over the pool (heads are
+ * independent): the WKV recurrence over the segment's rows in order on its
+ * state S [N][N] (a = -kk, b = kk alpha; y = S r), then per row the head's
+ * GroupNorm of y, the bonus (r . k . r_k) v and the gate g, into o. */
+static void wkv_heads_worker(int ith, int nth, void *arg)
 {
-    struct rk_ctx *c = ph->c;
-    int C = c->m->C;
-    for (int t = t0; t < t1; t++) {
-        float *x = c->x + (size_t)t * C;
-        const float *d = c->xr + (size_t)t * C;
-        for (int i = 0; i < C; i++)
-            x[i] += d[i];
-        rk__layernorm(c->ref, c->u + (size_t)t * C, x, ph->ly->ln2_w, ph->ly->ln2_b, C, LN_EPS);
+    const struct wkv_job *j = arg;
+    struct rk_ctx *c = j->c;
+    const struct rk_model *m = c->m;
+    const struct rk_layer *ly = &m->layers[j->l];
+    size_t C = (size_t)m->C, lstride = 2 * C + (size_t)m->H * N * N;
+    int units = j->rm->nseg * m->H;
+    for (int u = ith; u < units; u += nth) {
+        int h = u % m->H, s = u / m->H;
+        size_t r0 = (size_t)j->rm->seg[s], r1 = (size_t)j->rm->seg[s + 1];
+        float *S = j->rm->st[s] + (size_t)j->l * lstride + C + (size_t)h * N * N;
+        size_t o = r0 * C + (size_t)h * N;
+        rk__wkv_seq(c->ref, S, r1 - r0, C, c->r + o, c->w + o, c->k + o, c->v + o, c->kk + o,
+                    c->a + o, c->y + o);
+        for (size_t t = r0; t < r1; t++) {
+            size_t ot = t * C + (size_t)h * N, ch = (size_t)h * N;
+            rk__wkv_out(c->ref, c->o + ot, c->y + ot, c->r + ot, c->k + ot, c->v + ot,
+                        c->g + ot, ly->r_k + ch, ly->lnx_w + ch, ly->lnx_b + ch, GN_EPS);
+        }
     }
 }
 
-static void ph_lerp_ffn(const struct phase *ph, int t0, int t1)
+static void wkv_heads(struct rk_ctx *c, int l, const struct rowmap *rm)
 {
-    struct rk_ctx *c = ph->c;
-    int C = c->m->C;
-    for (size_t t = (size_t)t0, i = (size_t)t0 * C; t < (size_t)t1; t++)
-        for (int ch = 0; ch < C; ch++, i++) {
-            float u = c->u[i];
-            c->xk[i] = u + (c->prev[i] - u) * ph->ly->ffn_x_k[ch];
+    struct wkv_job j = {c, l, rm};
+    if (c->ref)
+        wkv_heads_worker(0, 1, &j);
+    else
+        rk__pool_run(c->pool, wkv_heads_worker, &j);
+}
+
+/* --- blocks --------------------------------------------------------------------- */
+
+/* Float offsets of layer l's parts in a state (rk_state_layout). */
+static size_t state_att_shift(const struct rk_model *m, int l)
+{
+    return (size_t)l * (2 * (size_t)m->C + (size_t)m->H * N * N);
+}
+static size_t state_ffn_shift(const struct rk_model *m, int l)
+{
+    return state_att_shift(m, l) + (size_t)m->C + (size_t)m->H * N * N;
+}
+
+/* Time-mix of layer l (steps 1-13): x += in (the previous channel-mix's
+ * output, NULL before layer 0), then att[R][C] = the time-mix output, not
+ * yet added to x. */
+static void time_mix(struct rk_ctx *c, int l, int R, const struct rowmap *rm, const float *in)
+{
+    const struct rk_layer *ly = &c->m->layers[l];
+    add_norm(c, R, in, ly->ln1_w, ly->ln1_b);        /* xn = LN1(x)  [R][C] */
+    token_shift(c, rm, state_att_shift(c->m, l));    /* prev         [R][C] */
+    struct rows_op lerp = {c, ly, l, tm_lerp, NULL, NULL, NULL};
+    for_rows(&lerp, R);                              /* x_r .. x_g   [R][C] */
+    tm_project(c, l, R);                             /* r k v w a g nu */
+    struct rows_op gk = {c, ly, l, tm_gates_keys, NULL, NULL, NULL};
+    for_rows(&gk, R);                                /* w a v kk k   [R][C] */
+    wkv_heads(c, l, rm);                             /* o            [R][C] */
+    matmul(c, c->att, c->o, (size_t)R, &ly->wo);     /* att = W_o o  [R][C] */
+}
+
+/* Step 15's lerp: ffn_x[R][C] = xn + (prev - xn) mu_k. */
+static void cm_lerp(const struct rows_op *op, size_t t0, size_t t1)
+{
+    struct rk_ctx *c = op->c;
+    size_t C = (size_t)c->m->C;
+    for (size_t t = t0, i = t0 * C; t < t1; t++)
+        for (size_t ch = 0; ch < C; ch++, i++) {
+            float u = c->xn[i];
+            c->ffn_x[i] = u + (c->prev[i] - u) * op->ly->ffn_x_k[ch];
         }
 }
 
-/* Time-mix of layer l. On entry x holds the residual stream (minus the
- * previous layer's channel-mix output, still in xr); on exit xr holds this
- * time-mix's output, not yet added. */
-static void time_mix(struct rk_ctx *c, int l, int R, const struct rowmap *rm)
-{
-    const struct rk_model *m = c->m;
-    const struct rk_layer *ly = &m->layers[l];
-    int C = m->C, H = m->H;
-    size_t lstride = 2 * (size_t)C + (size_t)H * N * N, loff = (size_t)l * lstride;
-
-    run_phase(c, ly, l, R, ph_ln1);
-    token_shift(c, rm, loff, c->u, c->prev);
-    run_phase(c, ly, l, R, ph_lerp6);
-
-    /* everything that reads the mixed inputs, in one pass of the pool:
-     * r [R][C], k-hat, v-hat, and the first halves of the four LoRAs */
-    struct rk__mm in[7] = {
-        {c->r, c->xr, &ly->wr},  {c->k, c->xk, &ly->wk},  {c->v, c->xv, &ly->wv},
-        {c->lw, c->xw, &ly->w1}, {c->la, c->xa, &ly->a1}, {c->lg, c->xg, &ly->g1},
-        {c->lv, c->xv, &ly->v1}, /* value residual: layers >= 1 */
-    };
-    matmul_many(c, in, l > 0 ? 7 : 6, R);
-    // decay w_raw = tanh(x_w w1) w2; gate g = sigmoid(x_g g1) g2
-    for (size_t i = 0; i < (size_t)R * (size_t)ly->w1.rows; i++)
-        c->lw[i] = tanhf(c->lw[i]);
-    for (size_t i = 0; i < (size_t)R * (size_t)ly->g1.rows; i++)
-        c->lg[i] = sigmoidf(c->lg[i]);
-    // in-context learning rate a_raw = (x_a a1) a2; value residual nu_raw = (x_v v1) v2
-    struct rk__mm out[4] = {
-        {c->w, c->lw, &ly->w2}, {c->a, c->la, &ly->a2}, {c->g, c->lg, &ly->g2},
-        {c->tmp, c->lv, &ly->v2},
-    };
-    matmul_many(c, out, l > 0 ? 4 : 3, R);
-
-    run_phase(c, ly, l, R, ph_post);
-
-    struct wkv_job wj = {c, l, H, rm};
-    if (c->ref)
-        wkv_worker(0, 1, &wj);
-    else
-        rk__pool_run(c->pool, wkv_worker, &wj);
-
-    matmul(c, c->xr, c->tmp, R, &ly->wo);
-}
-
-/* Channel-mix of layer l: adds the time-mix output to x, leaves its own
- * output in xr (added by the next layer or by finish_rows). */
+/* Channel-mix of layer l (steps 14-16): x += att, then ffn[R][C] = the
+ * channel-mix output, not yet added to x. */
 static void channel_mix(struct rk_ctx *c, int l, int R, const struct rowmap *rm)
 {
-    const struct rk_model *m = c->m;
-    const struct rk_layer *ly = &m->layers[l];
-    int C = m->C;
-    size_t lstride = 2 * (size_t)C + (size_t)m->H * N * N;
-    size_t off = (size_t)l * lstride + (size_t)C + (size_t)m->H * N * N;
+    const struct rk_layer *ly = &c->m->layers[l];
+    add_norm(c, R, c->att, ly->ln2_w, ly->ln2_b);            /* xn = LN2(x)   [R][C] */
+    token_shift(c, rm, state_ffn_shift(c->m, l));            /* prev          [R][C] */
+    struct rows_op lerp = {c, ly, l, cm_lerp, NULL, NULL, NULL};
+    for_rows(&lerp, R);                                      /* ffn_x         [R][C] */
+    matmul_act(c, c->hidden, c->ffn_x, (size_t)R, &ly->ffn_key, true); /* relu(.)^2 [R][F] */
+    matmul(c, c->ffn, c->hidden, (size_t)R, &ly->ffn_value); /* ffn           [R][C] */
+}
 
-    run_phase(c, ly, l, R, ph_ln2);
-    token_shift(c, rm, off, c->u, c->prev);
-    run_phase(c, ly, l, R, ph_lerp_ffn);
-    matmul_act(c, c->hidden, c->xk, R, &ly->ffn_key, true); // relu(.)^2 [R][F]
-    matmul(c, c->xr, c->hidden, R, &ly->ffn_value); // [R][C]
+/* Head: x += the last channel-mix output; logits[nl][V] = W_head LN_out(x)
+ * for the nl rows listed in lrow (their LN_out rows go to xn[0..nl)). */
+static void head(struct rk_ctx *c, int R, float *logits, const int *lrow, int nl)
+{
+    const struct rk_model *m = c->m;
+    size_t C = (size_t)m->C;
+    for (size_t i = 0; i < (size_t)R * C; i++)
+        c->x[i] += c->ffn[i];
+    if (!logits || nl == 0)
+        return;
+    for (int i = 0; i < nl; i++)
+        rk__layernorm(c->ref, c->xn + (size_t)i * C, c->x + (size_t)lrow[i] * C, m->lnout_w,
+                      m->lnout_b, (int)C, LN_EPS);
+    matmul(c, logits, c->xn, (size_t)nl, &m->head);
 }
 
 /* R rows split into the segments of `rm`; logits for the nl rows listed in
@@ -761,27 +554,15 @@ static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, const s
                         float *logits, const int *lrow, int nl)
 {
     const struct rk_model *m = c->m;
-    int C = m->C;
     for (int t = 0; t < R; t++)
         if (tokens[t] >= (uint32_t)m->V)
             return RK_ERANGE;
-    for (int t = 0; t < R; t++) {
-        rk__weight_row(&m->emb, (int)tokens[t], c->tmp + (size_t)t * C);
-        rk__layernorm(c->ref, c->x + (size_t)t * C, c->tmp + (size_t)t * C, m->ln0_w, m->ln0_b, C,
-                      LN_EPS);
-    }
+    embed(c, R, tokens);
     for (int l = 0; l < m->L; l++) {
-        time_mix(c, l, R, rm);
+        time_mix(c, l, R, rm, l > 0 ? c->ffn : NULL);
         channel_mix(c, l, R, rm);
     }
-    for (size_t i = 0; i < (size_t)R * (size_t)C; i++) /* last channel-mix output */
-        c->x[i] += c->xr[i];
-    if (!logits || nl == 0)
-        return RK_OK;
-    for (int i = 0; i < nl; i++)
-        rk__layernorm(c->ref, c->u + (size_t)i * C, c->x + (size_t)lrow[i] * C, m->lnout_w,
-                      m->lnout_b, C, LN_EPS);
-    matmul(c, logits, c->u, (size_t)nl, &m->head);
+    head(c, R, logits, lrow, nl);
     return RK_OK;
 }
 

@@ -254,43 +254,6 @@ static void layout(struct bwd *b, struct plan *p)
 
 /* --- forward of one layer over all T tokens, keeping activations ---------- */
 
-#ifdef __x86_64__
-#include <immintrin.h>
-
-/* One row i of the reverse WKV step for N = 64 (the scalar loop below is the
- * reference): G_i += dy_i r; accumulates the per-column gradients of r, w,
- * b, k and a; G_i <- G_i * w + dsa * a. Returns dL/dv_i. */
-__attribute__((target("avx512f,fma"))) static float
-wkv_bwd_row_avx512(float *Gr, const float *So, const float *Sn, float dyi, float sai, float vi,
-                   const float *r, const float *w, const float *k, const float *aa,
-                   const float *bb, float *cdr, float *cdw, float *cdb, float *cdk, float *cda)
-{
-    __m512 vdy = _mm512_set1_ps(dyi), vsa = _mm512_set1_ps(sai), vv = _mm512_set1_ps(vi);
-    __m512 g[4], psa = _mm512_setzero_ps(), pv = _mm512_setzero_ps();
-    for (int q = 0; q < 4; q++) {
-        int j = 16 * q;
-        __m512 gij = _mm512_fmadd_ps(vdy, _mm512_loadu_ps(r + j), _mm512_loadu_ps(Gr + j));
-        g[q] = gij;
-        __m512 so = _mm512_loadu_ps(So + j);
-        _mm512_storeu_ps(cdr + j, _mm512_fmadd_ps(_mm512_loadu_ps(Sn + j), vdy, _mm512_loadu_ps(cdr + j)));
-        _mm512_storeu_ps(cdw + j, _mm512_fmadd_ps(gij, so, _mm512_loadu_ps(cdw + j)));
-        _mm512_storeu_ps(cdb + j, _mm512_fmadd_ps(gij, vsa, _mm512_loadu_ps(cdb + j)));
-        _mm512_storeu_ps(cdk + j, _mm512_fmadd_ps(gij, vv, _mm512_loadu_ps(cdk + j)));
-        psa = _mm512_fmadd_ps(gij, _mm512_loadu_ps(bb + j), psa);
-        pv = _mm512_fmadd_ps(gij, _mm512_loadu_ps(k + j), pv);
-    }
-    float dsa = _mm512_reduce_add_ps(psa);
-    __m512 vdsa = _mm512_set1_ps(dsa);
-    for (int q = 0; q < 4; q++) {
-        int j = 16 * q;
-        _mm512_storeu_ps(cda + j, _mm512_fmadd_ps(_mm512_loadu_ps(So + j), vdsa, _mm512_loadu_ps(cda + j)));
-        _mm512_storeu_ps(Gr + j, _mm512_fmadd_ps(g[q], _mm512_loadu_ps(w + j),
-                                                 _mm512_mul_ps(vdsa, _mm512_loadu_ps(aa + j))));
-    }
-    return _mm512_reduce_add_ps(pv);
-}
-#endif
-
 /* --- parallel loops ------------------------------------------------------- */
 
 /* The element-wise work between the products is split over token rows (the
@@ -641,35 +604,10 @@ static void wkv_bwd(struct bwd *b, void *arg, size_t h0, size_t h1)
                 float cdr[RK_HEAD_SIZE] = {0}, cdw[RK_HEAD_SIZE] = {0}, cdb[RK_HEAD_SIZE] = {0};
                 float cdk[RK_HEAD_SIZE] = {0}, cda[RK_HEAD_SIZE] = {0};
                 wkv_ab(N, b->a.kk + o, b->a.alpha + o, aa, bb);
-#ifdef __x86_64__
-                if (N == 64 && rk__use_avx512()) {
-                    for (int i = 0; i < N; i++)
-                        dv[o + i] += wkv_bwd_row_avx512(Gh + (size_t)i * N, Sold + (size_t)i * N,
-                                                        Snew + (size_t)i * N, dyh[i], sa[i], v[i],
-                                                        r, w, k, aa, bb, cdr, cdw, cdb, cdk, cda);
-                } else
-#endif
-                for (int i = 0; i < N; i++) {
-                    float *Gr = Gh + (size_t)i * N;
-                    const float *So = Sold + (size_t)i * N, *Sn = Snew + (size_t)i * N;
-                    const float dyi = dyh[i], sai = sa[i], vi = v[i];
-                    float dsa = 0, dvi = 0;
-                    for (int j = 0; j < N; j++) {
-                        float gij = Gr[j] + dyi * r[j]; /* full dL/dS_t */
-                        Gr[j] = gij;
-                        cdr[j] += Sn[j] * dyi;
-                        cdw[j] += gij * So[j];
-                        cdb[j] += gij * sai;
-                        cdk[j] += gij * vi;
-                        dsa += gij * bb[j];
-                        dvi += gij * k[j];
-                    }
-                    for (int j = 0; j < N; j++) {
-                        cda[j] += So[j] * dsa;
-                        Gr[j] = Gr[j] * w[j] + dsa * aa[j]; /* dL/dS_{t-1} */
-                    }
-                    dv[o + i] += dvi;
-                }
+                /* per row i: G_i += dy_i r; the column gradients of r, w, b, k
+                 * and a; dv_i; G_i <- G_i diag(w) + dsa_i a (kernels_wkv.c) */
+                rk__wkv_head_bwd(false, N, Gh, Sold, Snew, dyh, sa, r, w, k, v, aa, bb, dv + o,
+                                 cdr, cdw, cdb, cdk, cda);
                 for (int j = 0; j < N; j++) {
                     dr[o + j] += cdr[j];
                     dw[o + j] = cdw[j];

@@ -11,11 +11,12 @@
  * ties are broken towards the lower id.
  *
  * Determinism: the random stream is xoshiro256** seeded through splitmix64
- * from the seed, one 53-bit uniform per sampled token. The softmax uses the
- * local exp_det() (only IEEE +, *, - and exact scaling) instead of libm's
- * expf, and sums are taken in a fixed order in double, so the same seed and
- * logits give the same tokens on every IEEE-754 machine. This relies on the
- * compiler not contracting a*b+c into FMA; GCC does not under -std=c11.
+ * from the seed, one 53-bit uniform per sampled token. The softmax uses
+ * rk__exp_sum (kernels_vec.c: only IEEE +, *, - and exact scaling) instead
+ * of libm's expf, and sums are taken in a fixed order in double, so the same
+ * seed and logits give the same tokens on every IEEE-754 machine. This
+ * relies on the compiler not contracting a*b+c into FMA; GCC does not under
+ * -std=c11.
  */
 #include "core_int.h"
 
@@ -66,163 +67,9 @@ static uint64_t rng_next(uint64_t s[4])
 /* Uniform in [0, 1) with 53 random bits. */
 static double rng_uniform(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
 
-/* --- deterministic exp ---------------------------------------------------- */
-
-/*
- * e^x for x <= 0, relative error about 2e-7. x = k ln2 + r with |r| <= ln2/2
- * (Cody-Waite split of ln2; adding 1.5 * 2^23 rounds to the nearest
- * integer), e^r by its degree-7 Taylor polynomial, then an exact scaling by
- * 2^k. Inputs at or below -87 give 0, which only drops candidates e^-87 times
- * less likely than the best. The 4-lane version performs the same IEEE
- * operations per lane, so both give bit-identical results.
- */
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_LN2_HI 0.693145751953125f /* exact in 16 bits */
-#define EXP_LN2_LO 1.42860682030941723e-6f
-#define EXP_ROUND 12582912.0f
-#define EXP_MIN -87.0f
-
-#define EXP_POLY(p, r)                                                                             \
-    do {                                                                                           \
-        p = (1.0f / 5040.0f) * r + 1.0f / 720.0f;                                                  \
-        p = p * r + 1.0f / 120.0f;                                                                 \
-        p = p * r + 1.0f / 24.0f;                                                                  \
-        p = p * r + 1.0f / 6.0f;                                                                   \
-        p = p * r + 0.5f;                                                                          \
-        p = p * r + 1.0f;                                                                          \
-        p = p * r + 1.0f;                                                                          \
-    } while (0)
-
-static inline float exp_det(float x)
-{
-    float xc = x > EXP_MIN ? x : EXP_MIN;
-    float kf = (xc * EXP_LOG2E + EXP_ROUND) - EXP_ROUND;
-    float r = (xc - kf * EXP_LN2_HI) - kf * EXP_LN2_LO;
-    float p;
-    EXP_POLY(p, r);
-    int32_t k = (int32_t)kf; /* -126 <= k <= 0 */
-    union {
-        uint32_t u;
-        float f;
-    } scale = {.u = (uint32_t)(k + 127) << 23};
-    float y = p * scale.f;
-    return x > EXP_MIN ? y : 0.0f;
-}
-
 /* GCC/clang vector extensions: plain SSE2 on x86-64, NEON on arm64. */
 typedef float v4f __attribute__((vector_size(16)));
 typedef int32_t v4i __attribute__((vector_size(16)));
-typedef double v2d __attribute__((vector_size(16)));
-
-static inline v4f exp_det4(v4f x)
-{
-    const v4f min = {EXP_MIN, EXP_MIN, EXP_MIN, EXP_MIN};
-    v4i keep = x > min;
-    v4f xc = (v4f)(((v4i)x & keep) | ((v4i)min & ~keep));
-    v4f kf = (xc * EXP_LOG2E + EXP_ROUND) - EXP_ROUND;
-    v4f r = (xc - kf * EXP_LN2_HI) - kf * EXP_LN2_LO;
-    v4f p;
-    EXP_POLY(p, r);
-    v4i k = __builtin_convertvector(kf, v4i);
-    v4f scale = (v4f)((k + 127) << 23);
-    v4f y = p * scale;
-    return (v4f)((v4i)y & keep);
-}
-
-/* The four-lane part of rk__exp_sum from element i on, continuing the lane
- * sums in lane[4] (lane j holds the elements with index % 4 == j). */
-static double exp_sum_from(float *out, const float *v, size_t i, size_t n, float m,
-                           double lane[4])
-{
-    v2d lo = {lane[0], lane[1]}, hi = {lane[2], lane[3]};
-    for (; i + 4 <= n; i += 4) {
-        v4f x;
-        memcpy(&x, v + i, sizeof x);
-        x = exp_det4(x - m);
-        if (out)
-            memcpy(out + i, &x, sizeof x);
-        lo += (v2d){x[0], x[1]};
-        hi += (v2d){x[2], x[3]};
-    }
-    lane[0] = lo[0], lane[1] = lo[1], lane[2] = hi[0], lane[3] = hi[1];
-    for (; i < n; i++) {
-        float e = exp_det(v[i] - m);
-        if (out)
-            out[i] = e;
-        lane[i & 3] += e;
-    }
-    return (lane[0] + lane[1]) + (lane[2] + lane[3]);
-}
-
-double rk__exp_sum_portable(float *out, const float *v, size_t n, float m)
-{
-    double lane[4] = {0, 0, 0, 0};
-    return exp_sum_from(out, v, 0, n, m, lane);
-}
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-
-/* 16 lanes of exp_det4: the same IEEE operations in the same order (no FMA:
- * separate multiplies and adds), so every lane gets the same bits. */
-__attribute__((target("avx512f"))) static inline __m512 exp_det16(__m512 x)
-{
-    const __m512 min = _mm512_set1_ps(EXP_MIN), rnd = _mm512_set1_ps(EXP_ROUND);
-    __mmask16 keep = _mm512_cmp_ps_mask(x, min, _CMP_GT_OQ);
-    __m512 xc = _mm512_mask_blend_ps(keep, min, x);
-    __m512 kf = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(EXP_LOG2E)), rnd),
-                              rnd);
-    __m512 r = _mm512_sub_ps(_mm512_sub_ps(xc, _mm512_mul_ps(kf, _mm512_set1_ps(EXP_LN2_HI))),
-                             _mm512_mul_ps(kf, _mm512_set1_ps(EXP_LN2_LO)));
-    __m512 p = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(1.0f / 5040.0f), r),
-                             _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
-    __m512i k = _mm512_cvttps_epi32(kf);
-    __m512 scale = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_add_epi32(k, _mm512_set1_epi32(127)), 23));
-    return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, scale));
-}
-
-/* Sixteen elements per step; each quarter of the vector is added to the four
- * double lanes in turn, which is the order of the four-lane loop. */
-__attribute__((target("avx512f"))) static double exp_sum_avx512(float *out, const float *v,
-                                                                  size_t n, float m)
-{
-    __m256d acc = _mm256_setzero_pd();
-    const __m512 vm = _mm512_set1_ps(m);
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 e = exp_det16(_mm512_sub_ps(_mm512_loadu_ps(v + i), vm));
-        if (out)
-            _mm512_storeu_ps(out + i, e);
-        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 0)));
-        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 1)));
-        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 2)));
-        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm512_extractf32x4_ps(e, 3)));
-    }
-    double lane[4];
-    _mm256_storeu_pd(lane, acc);
-    return exp_sum_from(out, v, i, n, m, lane);
-}
-#endif
-
-/* The sum of exp(v[i] - m) for i < n (m >= every v[i]; NaN counts as
- * zero), taken in four lanes (lane j holds the elements i with i % 4 == j)
- * in double. With `out`, out[i] receives each term (out may be v). The
- * AVX-512 path gives the same bits as the portable one. */
-double rk__exp_sum(float *out, const float *v, size_t n, float m)
-{
-#if defined(__x86_64__)
-    if (rk__use_avx512())
-        return exp_sum_avx512(out, v, n, m);
-#endif
-    return rk__exp_sum_portable(out, v, n, m);
-}
 
 /* Sum of v[0..16) in a fixed order. */
 static inline double sum16(const float *v)
@@ -812,7 +659,7 @@ static long sample_dist(struct rk_sampler *s, float *logits)
 
     /* Candidates, after scaling the logits in place. With top-k: the best k
      * above -inf. Without: every token; -inf and NaN get weight 0 from
-     * exp_det below, so they are never drawn. */
+     * rk__exp_sum below, so they are never drawn. */
     uint32_t *id = s->cand_id;
     float *v = s->cand_v;
     size_t n;
