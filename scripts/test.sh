@@ -55,6 +55,6 @@ if [ -n "$note" ]; then
     python3 scripts/not_run.py --note "$note" build/meson-logs/testlog.json || true
 else
     python3 scripts/not_run.py build/meson-logs/testlog.json \
-        build-asan/meson-logs/testlog.json build-tsan/meson-logs/testlog.json || true
+        build-asan/meson-logs/testlog-asan.json build-tsan/meson-logs/testlog-tsan.json || true
 fi
 exit "$status"
