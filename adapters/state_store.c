@@ -257,6 +257,20 @@ void rk_store_free(struct rk_state_store *s)
     free(s);
 }
 
+/* A cached state: moved to the LRU head, counted as a hit, returned with a
+ * reference for the caller; NULL when not cached. s->mu held. */
+static struct rk_state_ref *cache_hit_locked(struct rk_state_store *s, const char *tenant,
+                                             const char *id)
+{
+    struct rk_state_ref *r = cache_find(s, tenant, id);
+    if (!r)
+        return NULL;
+    lru_unlink(s, r);
+    lru_push_head(s, r);
+    s->st.hits++;
+    return rk_state_ref_retain(r);
+}
+
 int rk_store_get(struct rk_state_store *s, const char *tenant, const char *id,
                  struct rk_state_ref **out, struct rk_errbuf *eb)
 {
@@ -265,12 +279,9 @@ int rk_store_get(struct rk_state_store *s, const char *tenant, const char *id,
         return rk_errbuf_set(eb, RK_ENOTFOUND, "state not found");
     for (int attempt = 0; attempt < 4; attempt++) {
         pthread_mutex_lock(&s->mu);
-        struct rk_state_ref *r = cache_find(s, tenant, id);
+        struct rk_state_ref *r = cache_hit_locked(s, tenant, id);
         if (r) {
-            lru_unlink(s, r);
-            lru_push_head(s, r);
-            s->st.hits++;
-            *out = rk_state_ref_retain(r);
+            *out = r;
             pthread_mutex_unlock(&s->mu);
             return RK_OK;
         }
@@ -319,15 +330,9 @@ int rk_store_get_cached(struct rk_state_store *s, const char *tenant, const char
     if (!rk_state_id_valid(tenant) || !rk_state_id_valid(id))
         return RK_ENOTFOUND;
     pthread_mutex_lock(&s->mu);
-    struct rk_state_ref *r = cache_find(s, tenant, id);
-    if (r) {
-        lru_unlink(s, r);
-        lru_push_head(s, r);
-        s->st.hits++;
-        *out = rk_state_ref_retain(r);
-    }
+    *out = cache_hit_locked(s, tenant, id);
     pthread_mutex_unlock(&s->mu);
-    return r ? RK_OK : RK_ENOTFOUND;
+    return *out ? RK_OK : RK_ENOTFOUND;
 }
 
 static uint64_t previous_version(struct rk_state_store *s, const char *tenant, const char *id,
