@@ -56,6 +56,18 @@ static inline struct rk_model *fuzz_load_model(const char *name)
     return m;
 }
 
+/* The byte tokenizer and the small World vocabulary of tests/fuzz/data/
+ * (the tokenizers the text targets run with), or stop the process. */
+static inline void fuzz_load_tokenizers(struct rk_tokenizer **bytes, struct rk_tokenizer **world)
+{
+    struct rk_errbuf eb = {0};
+    if (rk_tok_create_bytes(bytes) != RK_OK ||
+        rk_tok_load_world(fuzz_data_path("vocab-small.txt"), world, &eb) != RK_OK) {
+        fprintf(stderr, "fuzz: %s\n", eb.msg);
+        exit(1);
+    }
+}
+
 /* Whether s[0..n) is valid UTF-8 (no overlongs, surrogates or code points
  * past U+10FFFF), written independently of core/tokenizer.c's decoder. */
 static inline int fuzz_utf8_valid(const uint8_t *s, size_t n)

@@ -15,12 +15,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     rk_log_set(fuzz_log_quiet, NULL);
-    struct rk_errbuf eb = {0};
-    if (rk_tok_create_bytes(&tok_bytes) != RK_OK ||
-        rk_tok_load_world(fuzz_data_path("vocab-small.txt"), &tok_world, &eb) != RK_OK) {
-        fprintf(stderr, "fuzz-tokenize: %s\n", eb.msg);
-        exit(1);
-    }
+    fuzz_load_tokenizers(&tok_bytes, &tok_world);
     return 0;
 }
 
