@@ -122,8 +122,13 @@ void rk__q8_dequant(float *out, const struct rk_weight *W, int r, int c0, int c1
     size_t cols = (size_t)W->cols, nb = cols / QB;
     const uint8_t *q = (const uint8_t *)W->data + (size_t)r * cols;
     const uint16_t *s = W->scale + (size_t)r * nb;
-    for (int c = c0; c < c1; c++)
-        out[c - c0] = rk__f16_to_f32(s[c / QB]) * (float)((int)q[c] - 128);
+    for (int c = c0; c < c1;) { /* a block (or the part of one in range) at a time */
+        int e = (c / QB + 1) * QB < c1 ? (c / QB + 1) * QB : c1;
+        float d = rk__f16_to_f32(s[c / QB]);
+        for (int k = c; k < e; k++)
+            out[k - c0] = d * (float)((int)q[k] - 128);
+        c = e;
+    }
 }
 
 float rk__q8_at(const struct rk_weight *W, size_t idx)
