@@ -9,6 +9,7 @@
 # usage: bench/q8_quality.sh RWKVD MODEL HELDOUT.txt [OUTDIR]
 set -eu
 RWKVD=$1 MODEL=$2 TEXT=$3 OUT=${4:-$(mktemp -d)}
+mkdir -p "$OUT"
 Q8="$OUT/$(basename "$MODEL" .safetensors)-q8.safetensors"
 "$RWKVD" convert --model "$MODEL" --out "$Q8" --wtype q8 2>/dev/null
 python3 - "$TEXT" "$OUT/heldout.jsonl" <<'PY'
