@@ -1256,7 +1256,12 @@ static int official_shape(const struct rk_model *m, size_t i, const struct rk__t
     case TK_VEC3: shape[0] = shape[1] = 1; shape[2] = m->C; return 3;
     case TK_RK: shape[0] = m->H; shape[1] = m->N; return 2;
     case TK_BIG: *dt = big; shape[0] = v->rows; shape[1] = v->cols; return 2;
-    default: shape[0] = v->cols; shape[1] = v->rows; return 2; /* LoRA: back to [in][out] */
+    default: /* LoRA: back to [in][out]; q8 files keep 16-bit ones 16-bit */
+        if (big == RK_DTYPE_Q8 && (v->dtype == RK_DTYPE_BF16 || v->dtype == RK_DTYPE_F16))
+            *dt = v->dtype;
+        shape[0] = v->cols;
+        shape[1] = v->rows;
+        return 2;
     }
 }
 
@@ -1371,7 +1376,9 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
                 for (size_t c = 0; c < b; c++) {
                     stage[k++] = elem_f32(v.data, v.dtype, rk__weight_index(&hw, c, r));
                     if (k == cap || (r == a - 1 && c == b - 1)) {
-                        if ((rc = rk_file_tmp_write(&tf, stage, k * sizeof(float), eb)))
+                        if (dt != RK_DTYPE_F32) /* in place: element i moves down to 2i */
+                            convert(stage, dt, stage, RK_DTYPE_F32, k);
+                        if ((rc = rk_file_tmp_write(&tf, stage, k * rk__dtype_size(dt), eb)))
                             goto out;
                         k = 0;
                     }

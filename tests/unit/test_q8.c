@@ -428,6 +428,18 @@ START_TEST(q8_file_roundtrip)
     free(f1), free(f2);
     free(a), free(b);
     rk_model_free(mq), rk_model_free(mf), rk_model_free(mr), rk_model_free(md);
+    /* from a bf16 file (bf16 LoRA factors, written as they are held): its
+     * q8 file gives the model that quantizing at load gives, same bytes held */
+    const char *pb = rk_test_data("rand-mh-bf16.safetensors");
+    struct rk_model *mb = load_as(pb, RK_DTYPE_AUTO), *mbq = load_as(pb, RK_DTYPE_Q8);
+    ck_assert_int_eq(rk_model_save_safetensors(mb, out, RK_DTYPE_Q8, &eb), RK_OK);
+    struct rk_model *mbr = load_as(out, RK_DTYPE_AUTO);
+    ck_assert_uint_eq(rk_model_fingerprint(mbr), rk_model_fingerprint(mbq));
+    ck_assert_uint_eq(rk_model_weight_bytes(mbr), rk_model_weight_bytes(mbq));
+    a = run_logits(mbq, false, 1), b = run_logits(mbr, false, 1);
+    ck_assert(!memcmp(a, b, sizeof(float) * T_SEQ * (size_t)rk_model_n_vocab(mbq)));
+    free(a), free(b);
+    rk_model_free(mb), rk_model_free(mbq), rk_model_free(mbr);
 }
 END_TEST
 
