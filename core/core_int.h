@@ -131,6 +131,9 @@ struct rk_model {
     /* storage */
     void *map;       /* read-only mmap of the file, or NULL */
     size_t map_len;
+    bool map_pages_droppable; /* map is rk_model_load's mmap: pages of tensors
+                                 copied out may be given back (not so for a
+                                 caller's buffer, e.g. the fuzz targets') */
     void **owned;    /* blocks owned by the model (converted tensors), freed at free */
     size_t n_owned, cap_owned;
     size_t weight_bytes;

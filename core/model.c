@@ -580,7 +580,7 @@ static int place_small(struct rk_model *m, const struct slot *s, void *field, co
 static void drop_mapped(const struct rk_model *m, const void *p, size_t len)
 {
     const char *lo = m->map, *hi = lo + m->map_len, *d = p;
-    if (!m->map || d < lo || d >= hi)
+    if (!m->map || !m->map_pages_droppable || d < lo || d >= hi)
         return;
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t a = ((uintptr_t)d + page - 1) & ~(page - 1), b = ((uintptr_t)d + len) & ~(page - 1);
@@ -838,10 +838,12 @@ int rk__model_build(struct rk_model *m, const struct rk__tensor_list *l,
                                "matrices", file, t->name);
             goto out;
         }
-        if (s->kind == TK_BIG)
+        if (s->kind == TK_BIG) {
             rc = place_big(m, s, field, t, eb);
-        else
+        } else {
             rc = place_small(m, s, field, src, t->dtype, t, eb);
+            drop_mapped(m, t->data, t->nbytes); /* always copied: one copy resident */
+        }
         if (rc)
             goto out;
     }
@@ -1128,6 +1130,7 @@ int rk_model_load(const char *path, const struct rk_model_params *p, struct rk_m
     }
     m->map = map;
     m->map_len = (size_t)st.st_size;
+    m->map_pages_droppable = true;
     close(fd);
     fd = -1;
 
