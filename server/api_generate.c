@@ -468,6 +468,8 @@ static void done_openai(struct rk_http_req *r, struct rk_job *j)
 static void handle(struct rk_http_req *r, enum rk_api api)
 {
     struct rk_srv *srv = r->srv;
+    if (rk_bestof_resume(r))
+        return; // a best_of request back from its judge calls
     json_t *o = rk_http_body_json(r);
     if (!o)
         return;
@@ -506,12 +508,9 @@ static void handle(struct rk_http_req *r, enum rk_api api)
     }
     if (ok && api == RK_API_COMPLETION) {
         bool echo = false;
-        long long best_of = 1;
-        ok = rk_json_bool(r, o, "echo", &echo) &&
-             rk_json_int(r, o, "best_of", 1, srv->cfg.n_max, &best_of);
-        if (ok && (echo || best_of != 1)) {
-            rk_field_fail(r, RK_FIELD_UNSUPPORTED, echo ? "echo" : "best_of",
-                          "'%s' is not supported", echo ? "echo" : "best_of");
+        ok = rk_json_bool(r, o, "echo", &echo);
+        if (ok && echo) {
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, "echo", "'echo' is not supported");
             ok = false;
         }
         json_t *suffix = json_object_get(o, "suffix");
@@ -530,6 +529,9 @@ static void handle(struct rk_http_req *r, enum rk_api api)
         ok = parse_stop(r, o, j, api == RK_API_CHAT ? RK_CHAT_END_OF_TURN : NULL);
     if (ok)
         ok = api == RK_API_CHAT ? parse_messages(r, o, j) : parse_prompt(r, o, j);
+    // best_of last: it reserves judge calls from the tenant's budget.
+    if (ok)
+        ok = rk_bestof_parse(r, o, j);
     json_decref(o);
     if (ok) {
         j->choices = calloc((size_t)j->n, sizeof *j->choices);
@@ -555,7 +557,8 @@ static void handle(struct rk_http_req *r, enum rk_api api)
     } else if (j->stream) {
         rk_http_stream(r, j);
     } else {
-        rk_http_wait_job(r, j, api == RK_API_NATIVE ? done_native : done_openai);
+        rk_http_wait_job(r, j, rk_bestof_wanted(j) ? rk_bestof_done
+                               : api == RK_API_NATIVE ? done_native : done_openai);
     }
     rk_job_release(j);
 }

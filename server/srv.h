@@ -54,6 +54,14 @@ struct rk_srv_config {
     size_t cache_bytes;          /* adapter LRU bound */
     int health_stall_ms;         /* engine heartbeat age that fails /health */
     bool health_public;          /* /health without an API key */
+    /* best_of and its judge (api_bestof.c, teacher.c) */
+    int best_of_max;             /* candidates per request */
+    const char *judge_url, *judge_model, *judge_key_file;
+    const char *judge_allowed_urls; /* comma-separated base URLs a request may pick */
+    int judge_connect_timeout_ms, judge_timeout_ms, judge_retries, judge_max_inflight;
+    size_t judge_response_bytes_max;
+    int judge_calls_per_min;     /* per tenant */
+    int judge_tokens_per_min;    /* per tenant, as the judge reports them */
 };
 
 /* Fill defaults, then environment (RWKVD_*), then argv. Returns 0 to run,
@@ -125,6 +133,8 @@ struct rk_choice {
     /* logprobs: n_tokens entries of (1 + top) records: the chosen token then
      * the top alternatives; allocated at admission when top >= 0 */
     struct rk_tok_lp *lps;
+    double lp_sum;  /* sum of the chosen tokens' log-probabilities (job->want_lp_sum) */
+    int cand;       /* candidate index before best_of reordering */
     bool sent_role; /* chat streaming: the role chunk went out */
 };
 
@@ -153,6 +163,15 @@ struct rk_job {
     int max_tokens, n;
     int top_logprobs; /* -1 = no logprobs; else number of alternatives */
     bool seed_given;
+    /* best_of: n is the number of candidates, n_out (0: n) the choices the
+     * response shows (the best, first after api_bestof.c reorders them);
+     * temps[n] (NULL: sp.temperature) a temperature per candidate; want_lp_sum
+     * makes the engine add up each choice's chosen-token log-probabilities */
+    int n_out;
+    float *temps;
+    bool want_lp_sum;
+    void *ext;                  /* api_bestof.c's options, freed with the job */
+    void (*ext_free)(void *ext);
     int64_t t_submit_us, deadline_us;
 
     atomic_bool cancel; /* set by the loop (disconnect, shutdown) */
@@ -325,6 +344,21 @@ int rk_routes_add(struct rk_srv *srv, const struct rk_route *routes, size_t n);
 const struct rk_route *rk_routes_match(struct rk_srv *srv, struct rk_http_req *r, int *status,
                                        char *allow, size_t allow_cap);
 
+/* best_of (api_bestof.c). Parse best_of, n's meaning with it,
+ * return_scores, candidate_temperatures and judge from a request `o` into
+ * job j (after parse_sampling): on success j->n holds the candidates and
+ * j->n_out the choices to return; false when a response (an error) is
+ * prepared. Loop thread. */
+bool rk_bestof_parse(struct rk_http_req *r, json_t *o, struct rk_job *j);
+/* Whether j needs best_of scoring when it is done. */
+bool rk_bestof_wanted(const struct rk_job *j);
+/* The done callback of a best_of job (rk_http_wait_job). */
+void rk_bestof_done(struct rk_http_req *r, struct rk_job *j);
+/* Called first by the generation handlers: true when r is a best_of request
+ * coming back from its judge calls (the response is then prepared). */
+bool rk_bestof_resume(struct rk_http_req *r);
+void rk_bestof_budget_free(struct rk_srv *srv);
+
 /* The built-in route sets. */
 void rk_api_generate_register(struct rk_srv *srv);
 void rk_api_states_register(struct rk_srv *srv);
@@ -353,6 +387,9 @@ struct rk_srv {
     struct rk_engine *engine;
     struct rk_auth *auth;
     struct rk_tjobs *tjobs; /* the tuning jobs (jobs.h); NULL until their routes are added */
+    struct rk_teacher *judge; /* best_of's judge (teacher.h); NULL: none configured */
+    struct rk_bestof_budget *judge_budget; /* per-tenant judge use (api_bestof.c; loop thread) */
+    atomic_uint_fast64_t judge_calls, judge_errors, judge_tokens; /* metrics */
     char model_name[128];
     struct rk_metrics metrics;
     struct rk_route *routes;
