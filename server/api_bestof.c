@@ -40,7 +40,7 @@
 #define PROMPT_BYTES_MAX 8192     /* of the prompt shown to the judge (the tail is kept) */
 #define INSTRUCTIONS_BYTES_MAX 2000
 #define YES_FLOOR (-100.0)        /* score when "Yes" is not among the judge's alternatives */
-#define JUDGE_TOP 5               /* top_logprobs asked of the judge */
+#define JUDGE_TOP 20              /* top_logprobs asked of the judge (OpenAI allows 20) */
 
 enum scorer { SCORE_SELF, SCORE_YES, SCORE_NUMBER };
 
