@@ -127,6 +127,17 @@ static struct budget_row *budget_row(struct rk_srv *srv, const char *tenant)
     return row;
 }
 
+/* The 429's Retry-After: when the tenant's minute renews. */
+static void retry_after(struct rk_http_req *r, int s)
+{
+    char v[16];
+    if (!r->resp)
+        return;
+    snprintf(v, sizeof v, "%d", s);
+    MHD_del_response_header(r->resp, "Retry-After", "1");
+    MHD_add_response_header(r->resp, "Retry-After", v);
+}
+
 /* Reserve `calls` judge calls for r's tenant, or prepare a 429. */
 static bool budget_take(struct rk_http_req *r, int calls)
 {
@@ -141,6 +152,7 @@ static bool budget_take(struct rk_http_req *r, int calls)
         rk_http_error(r, 429, "judge_budget_exceeded", "best_of", "the judge token budget of "
                       "%d tokens per minute is used up; retry in %d s",
                       srv->cfg.judge_tokens_per_min, retry_s);
+        retry_after(r, retry_s);
         return false;
     }
     if (row->calls + calls > srv->cfg.judge_calls_per_min) {
@@ -148,6 +160,7 @@ static bool budget_take(struct rk_http_req *r, int calls)
                       "calls; %lld of %d per minute are left; retry in %d s", calls, calls,
                       srv->cfg.judge_calls_per_min - row->calls, srv->cfg.judge_calls_per_min,
                       retry_s);
+        retry_after(r, retry_s);
         return false;
     }
     row->calls += calls;
