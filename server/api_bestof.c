@@ -167,6 +167,14 @@ static bool budget_take(struct rk_http_req *r, int calls)
     return true;
 }
 
+void rk_bestof_refund(struct rk_http_req *r, struct rk_job *j)
+{
+    struct bestof_opts *bo = opts_of(j);
+    struct budget_row *row = bo && bo->scorer != SCORE_SELF ? budget_row(r->srv, r->tenant) : NULL;
+    if (row && row->calls >= j->n)
+        row->calls -= j->n;
+}
+
 static void budget_charge_tokens(struct rk_srv *srv, const char *tenant, long long tokens)
 {
     struct budget_row *row = budget_row(srv, tenant);

@@ -549,6 +549,8 @@ static void handle(struct rk_http_req *r, enum rk_api api)
         return;
     }
     int rc = rk_engine_submit(srv->engine, j);
+    if (rc != RK_OK)
+        rk_bestof_refund(r, j);
     if (rc == RK_EBUSY) {
         rk_http_error(r, 429, "queue_full", NULL, "the server is busy (%d requests waiting); "
                       "retry later", srv->cfg.queue_max);

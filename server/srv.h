@@ -357,6 +357,8 @@ void rk_bestof_done(struct rk_http_req *r, struct rk_job *j);
 /* Called first by the generation handlers: true when r is a best_of request
  * coming back from its judge calls (the response is then prepared). */
 bool rk_bestof_resume(struct rk_http_req *r);
+/* Give back the judge calls a job reserved when it could not be queued. */
+void rk_bestof_refund(struct rk_http_req *r, struct rk_job *j);
 void rk_bestof_budget_free(struct rk_srv *srv);
 
 /* The built-in route sets. */

@@ -559,6 +559,38 @@ static void give_slot(struct rk_teacher *t)
     pthread_mutex_unlock(&t->mu);
 }
 
+/* The endpoint's own reason for a non-2xx answer, when it sent an OpenAI
+ * error object: its message, cut to fit `cap`, control bytes and any copy
+ * of the key replaced, so that nothing of the key can reach an error. */
+static void error_reason(const struct rk_teacher *t, const struct sink *s, char *out, size_t cap)
+{
+    out[0] = 0;
+    if (!s->p || !s->len)
+        return;
+    json_t *o = json_loadb(s->p, s->len, 0, NULL);
+    json_t *e = json_is_object(o) ? json_object_get(o, "error") : NULL;
+    json_t *m = json_is_object(e) ? json_object_get(e, "message") : json_is_string(e) ? e : NULL;
+    if (json_is_string(m)) {
+        char tmp[1024];
+        size_t w = 0, kl = t->key ? strlen(t->key) : 0;
+        for (const char *p = json_string_value(m); *p && w + 6 < sizeof tmp;) {
+            if (kl && !strncmp(p, t->key, kl)) {
+                memcpy(tmp + w, "[key]", 5);
+                w += 5;
+                p += kl;
+            } else {
+                tmp[w++] = *p++;
+            }
+        }
+        tmp[w] = 0;
+        for (char *c = tmp; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = ' ';
+        snprintf(out, cap, ": \"%.*s\"", (int)(cap > 8 ? cap - 8 : 0), tmp);
+    }
+    json_decref(o);
+}
+
 /* One attempt. Fills *status (0: no response) and *cc. */
 static void attempt(struct rk_teacher *t, const char *url, const char *body,
                     struct curl_slist *hdrs, long timeout_ms, struct progress *pg,
@@ -658,7 +690,7 @@ int rk_teacher_call(struct rk_teacher *t, const struct rk_teacher_req *q,
         goto out;
     uint64_t rng = (uint64_t)mono_us() * 0x9e3779b97f4a7c15ull ^ (uintptr_t)&s;
     struct progress pg = {cancel, deadline_us};
-    char last[200] = "";
+    char last[220] = "";
     for (int at = 0;; at++) {
         long timeout_ms = t->cfg.timeout_ms;
         if (deadline_us) {
@@ -713,9 +745,12 @@ int rk_teacher_call(struct rk_teacher *t, const struct rk_teacher_req *q,
         if (!rk_teacher_retryable(cc == CURLE_OK ? status : 0, (int)cc) ||
             at >= t->cfg.retries) {
             bool refused = cc == CURLE_OK && status >= 400 && status <= 499 && status != 429;
-            rc = rk_errbuf_set(eb, refused ? RK_EINVAL : RK_EIO, "%s: %s after %d attempt(s)%s",
+            char why[120] = "";
+            if (cc == CURLE_OK)
+                error_reason(t, &s, why, sizeof why);
+            rc = rk_errbuf_set(eb, refused ? RK_EINVAL : RK_EIO, "%s: %s after %d attempt(s)%s%s",
                                t->name, last, at + 1,
-                               refused ? " (the endpoint refused the request; not retried)" : "");
+                               refused ? " (refused; not retried)" : "", why);
             break;
         }
         int wait = rk_teacher_backoff_ms(at, t->cfg.backoff_base_ms, t->cfg.backoff_max_ms, &rng);

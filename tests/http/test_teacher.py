@@ -295,6 +295,7 @@ def main():
         assert HITS["e401"] == 2, HITS
         assert AUTH["e401"][-1] == "Bearer " + KEY  # the configured URL gets the key
         assert KEY not in json.dumps(r)
+        assert "bad key Bearer [key]" in r["error"]["message"], r  # the judge's reason, key hidden
         # --- slower than the request's deadline (2 s): 504 ------------------
         t0 = time.monotonic()
         st, r = post(sp, "/generate", {"prompt": prompt, "max_tokens": 2, "best_of": 2,
