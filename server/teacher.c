@@ -177,6 +177,14 @@ const char *rk_teacher_name(const struct rk_teacher *t) { return t->name; }
 const char *rk_teacher_url(const struct rk_teacher *t) { return t->url; }
 const char *rk_teacher_model(const struct rk_teacher *t) { return t->model; }
 
+int rk_teacher_inflight(struct rk_teacher *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int n = t->inflight;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
 int rk_teacher_derive(const struct rk_teacher *t, const char *base_url, const char *model,
                       struct rk_teacher **out, struct rk_errbuf *eb)
 {

@@ -107,6 +107,8 @@ void rk_teacher_free(struct rk_teacher *t);
 const char *rk_teacher_name(const struct rk_teacher *t);
 const char *rk_teacher_url(const struct rk_teacher *t);
 const char *rk_teacher_model(const struct rk_teacher *t);
+/* Requests in flight now (for metrics and tests). */
+int rk_teacher_inflight(struct rk_teacher *t);
 /* The same endpoint with another base URL and model (NULL: keep), sending
  * the key only when the URL is unchanged. Used for per-request overrides
  * that the operator allowed. */

@@ -12,10 +12,12 @@
 #include <curl/curl.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 START_TEST(backoff_schedule)
@@ -239,6 +241,73 @@ START_TEST(call_refused_retries)
 }
 END_TEST
 
+struct held_call {
+    struct rk_teacher *t;
+    int rc;
+};
+
+static void *call_thread(void *arg)
+{
+    struct held_call *h = arg;
+    struct rk_teacher_msg m = {"user", "hi"};
+    struct rk_teacher_req q = {.kind = RK_TEACHER_CHAT, .msgs = &m, .n_msgs = 1,
+                               .max_tokens = 1, .top_logprobs = -1};
+    struct rk_teacher_answer a;
+    h->rc = rk_teacher_call(h->t, &q, NULL, 0, NULL, &a, NULL);
+    return NULL;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+START_TEST(call_inflight_limit)
+{
+    // A listener that never answers holds the one slot; a second call waits
+    // for it and gives up at its deadline without making an attempt.
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_int_eq(bind(ls, (struct sockaddr *)&sa, sizeof sa), 0);
+    ck_assert_int_eq(listen(ls, 8), 0);
+    socklen_t l = sizeof sa;
+    getsockname(ls, (struct sockaddr *)&sa, &l);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", ntohs(sa.sin_port));
+    struct rk_teacher_config c;
+    rk_teacher_config_default(&c);
+    c.name = "judge";
+    c.base_url = url;
+    c.model = "m";
+    c.retries = 0;
+    c.inflight_max = 1;
+    c.timeout_ms = 600;
+    struct rk_teacher *t = NULL;
+    ck_assert_int_eq(rk_teacher_create(&c, &t, NULL), RK_OK);
+    struct held_call h = {t, 0};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, call_thread, &h), 0);
+    while (rk_teacher_inflight(t) < 1)
+        usleep(1000);
+    struct rk_teacher_msg m = {"user", "hi"};
+    struct rk_teacher_req q = {.kind = RK_TEACHER_CHAT, .msgs = &m, .n_msgs = 1,
+                               .max_tokens = 1, .top_logprobs = -1};
+    struct rk_teacher_answer a;
+    struct rk_errbuf eb = {0};
+    ck_assert_int_eq(rk_teacher_call(t, &q, NULL, now_us() + 100000, NULL, &a, &eb),
+                     RK_ETIMEOUT);
+    ck_assert_int_eq(a.attempts, 0);
+    ck_assert_msg(strstr(eb.msg, "in flight"), "%s", eb.msg);
+    pthread_join(th, NULL);
+    ck_assert_int_eq(h.rc, RK_ETIMEOUT); // the held call: no answer within its timeout
+    ck_assert_int_eq(rk_teacher_inflight(t), 0);
+    close(ls);
+    rk_teacher_free(t);
+}
+END_TEST
+
 START_TEST(call_cached)
 {
     // A cached answer is used without any connection (the port is closed).
@@ -320,6 +389,7 @@ RK_TEST_SUITE(teacher_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, parse_malformed);
     tcase_add_test(tc, config_and_body);
     tcase_add_test(tc, call_refused_retries);
+    tcase_add_test(tc, call_inflight_limit);
     tcase_add_test(tc, call_cached);
     suite_add_tcase(s, tc);
     tc = tcase_create("cache");
