@@ -126,7 +126,11 @@ static int open_judge(struct rk_srv *srv)
             fprintf(stderr, "rwkvd serve: judge key: %s\n", eb.msg);
             return -1;
         }
-        char *k0 = strndup(buf, len), *k = k0;
+        char *k0 = malloc(len + 1), *k = k0;
+        if (k0) {
+            memcpy(k0, buf, len);
+            k0[len] = 0;
+        }
         memset(buf, 0, len);
         free(buf);
         if (!k0) {
