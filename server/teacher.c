@@ -15,9 +15,11 @@
  * Callers: the request path runs calls on the HTTP loop's thread pool
  * (api_bestof.c), never on the loop or engine thread. A tuning job (the
  * observer and rl methods) calls rk_teacher_call from its worker thread:
- * it creates one client from the server's teacher options at job start
- * (rk_teacher_create, or rk_teacher_derive for an allowed per-job
- * override), opens a cache in the job's directory
+ * it creates one client at job start (rk_teacher_create from teacher
+ * options that mirror the judge's: URL, model, key file, timeouts,
+ * retries, in-flight limit, answer size; or rk_teacher_derive for a
+ * per-job model, or a URL from the operator's allow list, which never
+ * carries the key), opens a cache in the job's directory
  * (rk_teacher_cache_open(dir "/teacher-cache.json", ...)) so that a resumed
  * job asks nothing twice, passes its cancel flag so that cancelling the job
  * stops a call within 100 ms, and a deadline per step. Blocking there is

@@ -67,6 +67,7 @@ def start(rwkvd, model, tmp, name, extra):
 
 HITS = {}      # path kind -> number of requests
 AUTH = {}      # path kind -> Authorization headers seen
+MODELS = {}    # path kind -> model names asked for
 LOCK = threading.Lock()
 
 
@@ -118,6 +119,7 @@ class Fake(http.server.BaseHTTPRequestHandler):
         with LOCK:
             HITS[kind] = HITS.get(kind, 0) + 1
             AUTH.setdefault(kind, []).append(self.headers.get("Authorization"))
+            MODELS.setdefault(kind, []).append(body.get("model"))
         assert self.path.endswith("/v1/chat/completions"), self.path
         if kind == "ok":
             return self.reply(200, self.good(body))
@@ -182,7 +184,7 @@ def main():
         strict, sp = start(rwkvd, model, tmp, "strict", [
             "--judge-url", furl("e401"), "--judge-model", "m", "--judge-key-file", keyfile,
             "--judge-allowed-urls", ",".join(furl(k) for k in ("ok", "slow", "timeout")),
-            "--judge-timeout-ms", "1500", "--judge-calls-per-min", "7", "--request-timeout", "3"])
+            "--judge-timeout-ms", "1500", "--judge-calls-per-min", "9", "--request-timeout", "3"])
         procs.append(strict)
         prompt = "User: What is the capital of France?\n\nAssistant:"
 
@@ -243,6 +245,15 @@ def main():
             assert prev is None or prev >= c["score"]
             prev = c["score"]
 
+        # --- a temperature per candidate: 0 is the greedy answer -------------
+        st, g = post(mp, "/generate", {"prompt": prompt, "max_tokens": 12, "temperature": 0})
+        st, r = post(mp, "/generate", {"prompt": prompt, "max_tokens": 12, "best_of": 3, "n": 3,
+                                      "judge": "self", "candidate_temperatures": [2, 0, 2],
+                                      "return_scores": True, "seed": 9})
+        assert st == 200, r
+        greedy = [c for c in r["choices"] if c["candidate"] == 1][0]
+        assert greedy["text"] == g["text"], (greedy, g)
+
         # --- scoring by a number; per-request URL from the allowlist --------
         st, r = post(mp, "/generate", {"prompt": prompt, "max_tokens": 5, "best_of": 2,
                                       "return_scores": True, "temperature": 1.5,
@@ -302,7 +313,12 @@ def main():
                                       "judge": {"url": furl("slow")}})
         assert st == 504, r
         assert time.monotonic() - t0 < 6
-        # --- the per-tenant budget: 7 calls a minute, 6 used already --------
+        # --- judge.model: the configured URL, with its key, another model ---
+        st, r = post(sp, "/generate", {"prompt": prompt, "max_tokens": 2, "best_of": 2,
+                                      "judge": {"model": "other-model"}})
+        assert st == 502, r
+        assert MODELS["e401"][-1] == "other-model" and AUTH["e401"][-1] == "Bearer " + KEY
+        # --- the per-tenant budget: 9 calls a minute, 8 used already --------
         st, r = post(sp, "/generate", {"prompt": prompt, "max_tokens": 2, "best_of": 2,
                                       "judge": {"url": furl("ok")}})
         assert st == 429 and r["error"]["code"] == "judge_budget_exceeded", r
