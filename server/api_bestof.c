@@ -325,19 +325,20 @@ bool rk_bestof_parse(struct rk_http_req *r, json_t *o, struct rk_job *j)
                       "'n' (%d)", best_of, j->n);
         return false;
     }
-    if (best_of == 1 && !scores) {
+    if (best_of == j->n && !scores) {
+        // As many candidates as choices: nothing to choose, a plain request.
         if (has_temps || has_judge) {
             rk_field_fail(r, RK_FIELD_INVALID_VALUE, has_temps ? "candidate_temperatures"
-                          : "judge", "'%s' needs 'best_of' above 1 or 'return_scores'",
+                          : "judge", "'%s' needs 'best_of' above 'n' or 'return_scores'",
                           has_temps ? "candidate_temperatures" : "judge");
             return false;
         }
-        return true; // a plain request
+        return true;
     }
     if (j->stream) {
         rk_field_fail(r, RK_FIELD_UNSUPPORTED, "stream", "'stream' is not supported with "
-                      "'best_of' or 'return_scores': the candidates are scored when all are "
-                      "done");
+                      "'best_of' above 'n' or 'return_scores': the candidates are scored when "
+                      "all are done");
         return false;
     }
     if (has_temps) {

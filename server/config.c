@@ -56,7 +56,7 @@ static const struct opt opts[] = {
     {"cache-bytes", "RWKVD_CACHE_BYTES", OPT_SIZE, F(cache_bytes), 1 << 16, 1ll << 40, "adapter LRU cache bound in bytes"},
     {"health-stall-ms", "RWKVD_HEALTH_STALL_MS", OPT_INT, F(health_stall_ms), 100, 3600000, "engine heartbeat age at which /health reports not ready"},
     {"health-public", "RWKVD_HEALTH_PUBLIC", OPT_BOOL, F(health_public), 0, 1, "serve GET /health without an API key (for probes)"},
-    {"max-best-of", "RWKVD_MAX_BEST_OF", OPT_INT, F(best_of_max), 1, 128, "largest best_of (candidates per request; at most --max-seqs)"},
+    {"max-best-of", "RWKVD_MAX_BEST_OF", OPT_INT, F(best_of_max), 1, 128, "largest best_of (candidates per request; lowered to --max-seqs when larger)"},
     {"judge-url", "RWKVD_JUDGE_URL", OPT_STR, F(judge_url), 0, 0, "base URL of an OpenAI-compatible judge for best_of, e.g. http://host:8081/v1 (unset: candidates are scored by the model's own mean log-probability)"},
     {"judge-model", "RWKVD_JUDGE_MODEL", OPT_STR, F(judge_model), 0, 0, "the judge's model name (required with --judge-url)"},
     {"judge-key-file", "RWKVD_JUDGE_KEY_FILE", OPT_STR, F(judge_key_file), 0, 0, "file holding the judge's API key (else the environment variable RWKVD_JUDGE_API_KEY; never logged)"},
@@ -233,11 +233,9 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
     }
     if (c->max_tokens_default > c->max_tokens_max)
         c->max_tokens_default = c->max_tokens_max;
-    if (c->best_of_max > c->seqs_max) {
-        fprintf(stderr, "rwkvd serve: --max-best-of (%d) must not exceed --max-seqs (%d)\n",
-                c->best_of_max, c->seqs_max);
-        return -1;
-    }
+    // The candidates of one request need as many sequence slots.
+    if (c->best_of_max > c->seqs_max)
+        c->best_of_max = c->seqs_max;
     if (c->judge_url && !c->judge_model) {
         fprintf(stderr, "rwkvd serve: --judge-url needs --judge-model\n");
         return -1;

@@ -326,6 +326,7 @@ def main():
                                       "judge": "self"})
         assert st == 200, r  # the model's own score costs no judge calls
 
+        calls_before = metric(mp, "rwkvd_judge_calls_total")
         # --- refusals ---------------------------------------------------------
         cases = [
             (mp, {"prompt": prompt, "best_of": 3, "stream": True}, 400, "unsupported"),
@@ -338,11 +339,22 @@ def main():
             (mp, {"prompt": prompt, "best_of": 2, "candidate_temperatures": [1]}, 400, None),
             (mp, {"prompt": prompt, "best_of": 2, "candidate_temperatures": [1, 3]}, 400, None),
             (mp, {"prompt": prompt, "judge": "self"}, 400, None),
+            (mp, {"prompt": prompt, "n": 2, "best_of": 2, "judge": "self"}, 400, None),
         ]
         for port, body, code, ecode in cases:
             st, r = post(port, "/generate", body)
             assert st == code, (body, st, r)
             assert ecode is None or r["error"]["code"] == ecode, (body, r)
+
+        # --- n without best_of stays a plain request, streaming included -----
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/completions" % mp, data=json.dumps(
+            {"prompt": prompt, "max_tokens": 4, "n": 2, "stream": True}).encode())
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            sse = resp.read().decode()
+        assert resp.status == 200 and sse.count('"finish_reason":"length"') == 2, sse
+        st, r = post(mp, "/generate", {"prompt": prompt, "max_tokens": 4, "n": 2, "best_of": 2})
+        assert st == 200 and len(r["choices"]) == 2 and "best_of" not in r, r
+        assert metric(mp, "rwkvd_judge_calls_total") == calls_before, "n alone called the judge"
 
         # --- nothing else is affected ----------------------------------------
         st, r = post(mp, "/generate", {"prompt": prompt, "max_tokens": 40, "temperature": 0,
