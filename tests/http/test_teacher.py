@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,7 @@ def main():
     with open(keyfile, "w") as f:
         f.write(KEY + "\n")
     procs = []
+    ok = False
     try:
         judge, jp = start(rwkvd, model, tmp, "judge", [])
         procs.append(judge)
@@ -364,6 +366,7 @@ def main():
         for name in ("main", "strict", "judge"):
             assert KEY not in open(os.path.join(tmp, name + ".log")).read(), name
         print("ok")
+        ok = True
     finally:
         for p in procs:
             p.terminate()
@@ -373,6 +376,8 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         fake.shutdown()
+    if ok:
+        shutil.rmtree(tmp, ignore_errors=True)  # kept (with the servers' logs) on failure
 
 
 if __name__ == "__main__":
