@@ -283,7 +283,10 @@ int rk_eval_generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const f
             break; /* end of text */
         size_t bl = 0;
         const uint8_t *b = rk_tok_bytes(tok, next, &bl);
-        if (stopper) {
+        if (!bl) {
+            emit = NULL; /* an id outside the vocabulary: no bytes */
+            emit_len = 0;
+        } else if (stopper) {
             stopped = rk_stopper_feed(stopper, (const char *)b, bl, &emit, &emit_len);
         } else {
             emit = (const char *)b;
