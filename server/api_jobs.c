@@ -461,6 +461,8 @@ static json_t *hparams_json(const struct rk_tjob_hparams *h)
 
 json_t *job_native(struct rk_srv *srv, const struct rk_tjob_view *v)
 {
+    if (v->eval)
+        return job_eval(srv, v);
     char model[200];
     snprintf(model, sizeof model, "%s:%s", srv->model_name, v->output_state);
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:I}", "id", v->id, "object", "tune.job",
@@ -568,6 +570,8 @@ void rk_api_jobs_register(struct rk_srv *srv, struct rk_tjobs *js)
     srv->tjobs = js;
     static const struct rk_route routes[] = {
         {"POST", "/tune", h_tune, 0, NULL},
+        {"POST", "/eval", h_eval, 0, NULL},
+        {"POST", "/eval/jobs", h_eval_job, 0, NULL},
         {"GET", "/jobs", h_jobs, 0, NULL},
         {"GET", "/jobs/{id}", h_job, 0, NULL},
         {"GET", "/jobs/{id}/events", h_events, 0, NULL},

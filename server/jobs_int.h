@@ -94,6 +94,13 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
             const char *code, const char *msg);
 void *tj_worker_main(void *arg);
 
+/* jobs_eval.c: evaluation jobs */
+void tj_eval_run(struct rk_tjobs *js, struct rk_tjob *j);
+void tj_eval_load_result(struct rk_tjobs *js, struct rk_tjob *j);
+bool tj_cancelled(struct rk_tjobs *js, struct rk_tjob *j);
+void tj_fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* jobs_files.c */
 void tj_load_files(struct rk_tjobs *js);
 
