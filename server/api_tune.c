@@ -125,7 +125,10 @@ void h_jobs(struct rk_http_req *r)
 
 bool job_or_404(struct rk_http_req *r, struct rk_tjob_view *v)
 {
-    if (rk_tjobs_get(api_tjobs_of(r), r->tenant, r->params[0], v) == RK_OK)
+    // The OpenAI fine-tuning routes know tuning jobs only.
+    bool openai = !strncmp(r->path, "/v1/", 4);
+    if (rk_tjobs_get(api_tjobs_of(r), r->tenant, r->params[0], v) == RK_OK &&
+        !(openai && v->eval))
         return true;
     rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
     return false;
@@ -141,6 +144,8 @@ void h_job(struct rk_http_req *r)
 void cancel_common(struct rk_http_req *r, bool openai)
 {
     struct rk_tjob_view v;
+    if (openai && !job_or_404(r, &v))
+        return;
     if (rk_tjobs_cancel(api_tjobs_of(r), r->tenant, r->params[0], &v) != RK_OK) {
         rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
         return;

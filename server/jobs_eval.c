@@ -103,7 +103,7 @@ void tj_eval_run(struct rk_tjobs *js, struct rk_tjob *j)
     tj_journal_write(js, j, NULL);
 
     tj_job_path(js, r.id, ".data.jsonl", path, sizeof path);
-    int rc = rk_file_read_all(path, js->srv->cfg.body_bytes_max + 1024, &data, &len, &eb);
+    int rc = rk_file_read_all(path, 2 * js->srv->cfg.body_bytes_max + 1024, &data, &len, &eb);
     if (rc != RK_OK) {
         rk_log(RK_LOG_WARN, "jobs: %s: %s", r.id, eb.msg);
         tj_fail(js, j, "dataset_unreadable", "cannot read the evaluation request from the "

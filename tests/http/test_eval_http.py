@@ -205,6 +205,8 @@ def main():
                   "the job's result differs from POST /eval")
             st, _ = req(port, "GET", f"/jobs/{j['id']}", key=BOB)
             check(st == 404, f"bob sees alice's job: {st}")
+            st, _ = req(port, "GET", f"/v1/fine_tuning/jobs/{j['id']}")
+            check(st == 404, f"an evaluation job on the fine-tuning route: {st}")
             st, lst = req(port, "GET", "/jobs")
             check(any(x["id"] == j["id"] for x in lst["data"]), "the job is not in GET /jobs")
 
@@ -236,7 +238,14 @@ def main():
 
         # killed mid-run: after the restart the job is failed, clearly
         st, j = req(port, "POST", "/eval/jobs", long_body)
-        check(wait_status(port, j["id"], {"running"}) is not None, "second long job never ran")
+        # an item done: the record on disk says "running" by then
+        t = time.monotonic() + 60
+        while time.monotonic() < t:
+            _, jj = req(port, "GET", f"/jobs/{j['id']}")
+            if jj["progress"]["done"] > 0:
+                break
+            time.sleep(0.05)
+        check(jj["progress"]["done"] > 0, f"second long job never ran: {jj}")
         srv.send_signal(signal.SIGKILL)
         srv.wait()
         srv, port = start(tmp)
