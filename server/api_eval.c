@@ -113,6 +113,7 @@ struct sync_eval {
     struct rk_srv *srv;
     char tenant[RK_STATE_ID_MAX + 1];
     struct rk_evreq q;
+    int64_t deadline_us; /* --request-timeout from the request's start */
     /* written by the work; read on the loop thread after its completion */
     int rc;
     int status;
@@ -129,6 +130,12 @@ static void sync_free(void *arg)
     rk_evreq_fini(&se->q);
     json_decref(se->doc);
     free(se);
+}
+
+static bool sync_cancel(void *arg)
+{
+    struct sync_eval *se = arg;
+    return rk_now_us() > se->deadline_us;
 }
 
 static void sync_work(void *arg)
@@ -165,7 +172,13 @@ static void sync_work(void *arg)
     size_t n_runs = rk_evreq_runs(&se->q, states, runs);
     struct rk_evrun_params p;
     rk_evreq_params(&se->q, runs, n_runs, &p);
-    se->rc = rk_evrun(ctx, srv->tok, &p, NULL, NULL, NULL, NULL, &results, &se->eb);
+    se->rc = rk_evrun(ctx, srv->tok, &p, sync_cancel, se, NULL, NULL, &results, &se->eb);
+    if (se->rc == RK_ECANCELED) {
+        se->rc = RK_ETIMEOUT;
+        rk_errbuf_set(&se->eb, RK_ETIMEOUT, "the evaluation ran past --request-timeout (%d s); "
+                                            "submit it to POST /eval/jobs",
+                      srv->cfg.request_timeout_s);
+    }
     if (se->rc != RK_OK)
         goto out;
     se->doc = rk_evrun_doc("name", srv->model_name, rk_model_fingerprint(m), NULL, se->q.shots,
@@ -189,6 +202,8 @@ void h_eval(struct rk_http_req *r)
         if (se->rc == RK_OK) {
             rk_http_json(r, 200, se->doc);
             se->doc = NULL;
+        } else if (se->rc == RK_ETIMEOUT) {
+            rk_http_error(r, 504, "deadline_exceeded", NULL, "%s", se->eb.msg);
         } else if (se->rc == RK_ENOTFOUND) {
             rk_http_error(r, 404, "state_not_found", "states", "%s", se->eb.msg);
         } else {
@@ -222,6 +237,7 @@ void h_eval(struct rk_http_req *r)
         return;
     }
     se->srv = r->srv;
+    se->deadline_us = r->t_start_us + (int64_t)r->srv->cfg.request_timeout_s * 1000000;
     snprintf(se->tenant, sizeof se->tenant, "%s", r->tenant);
     r->user = se;
     r->user_free = sync_free;

@@ -30,11 +30,11 @@ def check(cond, what):
     return cond
 
 
-def start(tmp):
+def start(tmp, *extra):
     log = open(os.path.join(tmp, "server.log"), "a")
     srv = subprocess.Popen([RWKVD, "serve", "--model", MODEL, "--port", "0", "--threads", "1",
                             "--data-dir", os.path.join(tmp, "data"), "--api-keys",
-                            os.path.join(tmp, "keys")],
+                            os.path.join(tmp, "keys"), *extra],
                            stdout=subprocess.PIPE, stderr=log, text=True)
     line = srv.stdout.readline()
     assert "listening on http://" in line, line
@@ -248,7 +248,7 @@ def main():
         check(jj["progress"]["done"] > 0, f"second long job never ran: {jj}")
         srv.send_signal(signal.SIGKILL)
         srv.wait()
-        srv, port = start(tmp)
+        srv, port = start(tmp, "--request-timeout", "1")
         st, jj = req(port, "GET", f"/jobs/{j['id']}")
         check(st == 200 and jj["status"] == "failed" and
               jj["error"]["code"] == "interrupted" and "submit it again" in
@@ -258,6 +258,11 @@ def main():
         done = [x for x in lst["data"] if x.get("kind") == "eval" and x["status"] == "succeeded"]
         check(done and done[0]["result"] and done[0]["result"]["results"],
               "a succeeded job lost its result across the restart")
+        # POST /eval stops at --request-timeout (1 s here)
+        slow = {"tasks": [{"kind": "generate", "max_tokens": 256, "stop": ["\x01"],
+                           "items": [{"prompt": "x%d" % i, "completion": ""} for i in range(60)]}]}
+        st, e = req(port, "POST", "/eval", slow)
+        check(st == 504 and e["error"]["code"] == "deadline_exceeded", f"deadline: {st} {e}")
     finally:
         srv.send_signal(signal.SIGTERM)
         try:
