@@ -314,3 +314,61 @@ json_t *job_eval(struct rk_srv *srv, const struct rk_tjob_view *v)
     json_object_set_new(o, "result", res ? res : json_null());
     return o;
 }
+
+/* --- POST /tune's eval_task ------------------------------------------------------ */
+
+/* "tasks[0]..." -> "eval_task..." in place (param or message). */
+static void rename_task0(char *s, size_t cap)
+{
+    char tmp[512];
+    char *p = strstr(s, "tasks[0]");
+    if (!p)
+        return;
+    snprintf(tmp, sizeof tmp, "%.*seval_task%s", (int)(p - s), s, p + 8);
+    size_t n = strlen(tmp) < cap ? strlen(tmp) : cap - 1;
+    memcpy(s, tmp, n);
+    s[n] = '\0';
+}
+
+bool api_eval_task_check(struct rk_http_req *r, json_t *task)
+{
+    if (!json_is_object(task)) {
+        rk_field_fail(r, RK_FIELD_INVALID_TYPE, "eval_task", "\"eval_task\" must be an object");
+        return false;
+    }
+    json_t *wrap = json_pack("{s:[O]}", "tasks", task);
+    if (!wrap) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    struct rk_evreq q;
+    char param[64];
+    struct rk_errbuf eb = {0};
+    int rc = rk_evreq_parse(wrap, &q, param, sizeof param, &eb);
+    json_decref(wrap);
+    if (rc != RK_OK) {
+        rename_task0(param, sizeof param);
+        rename_task0(eb.msg, sizeof eb.msg);
+        rk_field_fail(r, rc == RK_ERANGE ? RK_FIELD_OUT_OF_RANGE : RK_FIELD_INVALID_VALUE,
+                      param[0] ? param : "eval_task", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
+        return false;
+    }
+    bool ok = false;
+    size_t items = rk_evreq_items_given(&q), work = 2 * rk_evreq_work(&q);
+    if (items > EVAL_SYNC_ITEMS_MAX)
+        rk_field_fail(r, RK_FIELD_OUT_OF_RANGE, "eval_task",
+                      "\"eval_task\" holds %zu items; at most %d", items, EVAL_SYNC_ITEMS_MAX);
+    else if (q.tasks[0]->kind == RK_EVAL_GENERATE &&
+             q.tasks[0]->max_tokens > EVAL_SYNC_MAX_TOKENS_MAX)
+        rk_field_fail(r, RK_FIELD_OUT_OF_RANGE, "eval_task.max_tokens",
+                      "max_tokens %ld is over %d", q.tasks[0]->max_tokens,
+                      EVAL_SYNC_MAX_TOKENS_MAX);
+    else if (work > EVAL_SYNC_WORK_MAX)
+        rk_field_fail(r, RK_FIELD_OUT_OF_RANGE, "eval_task",
+                      "\"eval_task\" may feed and generate up to %zu tokens on its two runs; "
+                      "at most %d", work, EVAL_SYNC_WORK_MAX);
+    else
+        ok = true;
+    rk_evreq_fini(&q);
+    return ok;
+}

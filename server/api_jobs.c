@@ -496,6 +496,10 @@ json_t *job_native(struct rk_srv *srv, const struct rk_tjob_view *v)
                                   v->training_file[0] ? json_string(v->training_file)
                                                       : json_null()));
     json_object_set_new(o, "hyperparameters", hparams_json(&v->hp));
+    if (v->has_eval_task) {
+        json_t *etr = v->eval_task_results ? json_loads(v->eval_task_results, 0, NULL) : NULL;
+        json_object_set_new(o, "eval_task", etr ? etr : json_null());
+    }
     json_object_set_new(o, "error", v->status == RK_TJOB_FAILED
                                         ? json_pack("{s:s,s:s}", "code", v->err_code, "message",
                                                     v->err_msg)

@@ -325,6 +325,7 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     else
         rk_tjob_hparams_default(&v->hp, 0);
     v->eval = nj->eval;
+    v->has_eval_task = nj->eval_task != NULL;
     v->eval_total = nj->eval ? nj->n_examples : 0;
     v->steps = nj->eval ? 0 : v->hp.tune.steps;
     v->n_examples = nj->n_examples;
@@ -350,10 +351,15 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     char path[1100];
     tj_job_path(js, v->id, ".data.jsonl", path, sizeof path);
     int rc = rk_file_write_atomic(path, nj->data, nj->len, eb);
+    char tpath[1100];
+    tj_job_path(js, v->id, ".evaltask.json", tpath, sizeof tpath);
+    if (rc == RK_OK && nj->eval_task)
+        rc = rk_file_write_atomic(tpath, nj->eval_task, strlen(nj->eval_task), eb);
     if (rc == RK_OK)
         rc = tj_journal_write(js, j, eb);
     if (rc != RK_OK) {
         unlink(path);
+        unlink(tpath);
         free(j);
         return rc;
     }
@@ -577,6 +583,7 @@ void rk_tjobs_free(struct rk_tjobs *js)
     for (size_t i = 0; i < js->n_jobs; i++) {
         rk_tjob_evs_free(js->jobs[i]->ev, js->jobs[i]->n_ev);
         free((char *)js->jobs[i]->v.eval_result);
+        free((char *)js->jobs[i]->v.eval_task_results);
         free(js->jobs[i]);
     }
     free(js->jobs);

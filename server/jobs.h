@@ -114,6 +114,10 @@ struct rk_tjob_view {
     size_t eval_done, eval_total; /* items evaluated / to evaluate */
     const char *eval_result; /* the result document (JSON text) once succeeded; owned by
                                 the job, immutable once set, valid while the table exists */
+    /* tuning jobs with an "eval_task": its results on the starting and on the
+     * tuned state (a JSON array as text; owned and immutable as eval_result) */
+    bool has_eval_task;
+    const char *eval_task_results;
 };
 
 struct rk_tjobs;
@@ -152,6 +156,9 @@ struct rk_tjob_new {
     /* an evaluation job: `data` is the request (JSON), n_examples its items
      * counted over every state, hp unused (may be NULL) */
     bool eval;
+    /* a tuning job's "eval_task" (JSON text, NULL = none): evaluated on the
+     * starting and the tuned state before the result is published */
+    const char *eval_task;
 };
 int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk_tjob_view *view,
                    struct rk_errbuf *eb);

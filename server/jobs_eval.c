@@ -214,3 +214,73 @@ out:
     rk_ctx_free(ctx);
     rk_evreq_fini(&q);
 }
+
+/* --- a tuning job's eval_task ---------------------------------------------- */
+
+void tj_eval_tuned(struct rk_tjobs *js, struct rk_tjob *j, const float *init,
+                   const float *tuned, int n_threads)
+{
+    struct rk_srv *srv = js->srv;
+    struct erun r = {.js = js, .j = j};
+    snprintf(r.id, sizeof r.id, "%s", j->v.id);
+    char path[1100], param[64];
+    tj_job_path(js, r.id, ".evaltask.json", path, sizeof path);
+    struct rk_errbuf eb = {0};
+    struct rk_evreq q = {0};
+    struct rk_ctx *ctx = NULL;
+    json_t *task = json_load_file(path, JSON_REJECT_DUPLICATES, NULL), *wrap = NULL;
+    json_t *results = NULL;
+    char *text = NULL;
+    int rc = RK_EINVAL;
+    if (!task || !(wrap = json_pack("{s:[O]}", "tasks", task)) ||
+        (rc = rk_evreq_parse(wrap, &q, param, sizeof param, &eb)) != RK_OK) {
+        rk_errbuf_set(&eb, rc, "the stored eval_task is unreadable%s%s", eb.msg[0] ? ": " : "",
+                      eb.msg);
+        goto out;
+    }
+    struct rk_ctx_params cp = {.n_threads = n_threads};
+    if ((rc = rk_ctx_create(srv->model, &cp, &ctx)) != RK_OK)
+        goto out;
+    struct rk_evrun_state runs[2] = {{.label = "start", .state = init},
+                                     {.label = "end", .state = tuned}};
+    struct rk_evrun_params p;
+    rk_evreq_params(&q, runs, 2, &p);
+    rc = rk_evrun(ctx, srv->tok, &p, e_cancel, &r, NULL, NULL, &results, &eb);
+    if (rc == RK_OK)
+        text = json_dumps(results, JSON_COMPACT | JSON_REAL_PRECISION(9));
+out:;
+    int64_t t = tj_wall_ms();
+    json_t *ev = json_pack("{s:I,s:s}", "step", (json_int_t)j->v.step, "message",
+                           "eval_task on the starting and on the tuned state");
+    if (ev && text)
+        json_object_set_new(ev, "eval_task", json_loads(text, 0, NULL));
+    else if (ev && rc != RK_ECANCELED)
+        json_object_set_new(ev, "eval_task_error",
+                            json_string(eb.msg[0] ? eb.msg : rk_strerror(rc)));
+    char *data = ev && rc != RK_ECANCELED ? json_dumps(ev, JSON_COMPACT | JSON_REAL_PRECISION(9))
+                                          : NULL;
+    json_decref(ev);
+    if (rc != RK_OK && rc != RK_ECANCELED)
+        rk_log(RK_LOG_WARN, "jobs: %s: eval_task: %s", r.id,
+               eb.msg[0] ? eb.msg : rk_strerror(rc));
+    pthread_mutex_lock(&js->mu);
+    bool keep = j->v.status == RK_TJOB_RUNNING;
+    if (keep && text && !j->v.eval_task_results) {
+        j->v.eval_task_results = text;
+        text = NULL;
+    }
+    if (keep && data)
+        tj_ev_push(j, RK_EV_EVAL, t, strdup(data));
+    pthread_mutex_unlock(&js->mu);
+    if (keep && data) {
+        tj_ev_persist(js, r.id, RK_EV_EVAL, t, data);
+        tj_wake_loop(js);
+    }
+    free(data);
+    free(text);
+    json_decref(results);
+    json_decref(wrap);
+    json_decref(task);
+    rk_ctx_free(ctx);
+    rk_evreq_fini(&q);
+}

@@ -72,6 +72,10 @@ static json_t *record_json(const struct rk_tjob_view *v)
     json_object_set_new(o, "error_code", json_string(v->err_code));
     json_object_set_new(o, "error", json_string(v->err_msg));
     json_object_set_new(o, "kind", json_string(v->eval ? "eval" : "tune"));
+    if (v->has_eval_task)
+        json_object_set_new(o, "eval_task", json_true());
+    if (v->eval_task_results)
+        json_object_set_new(o, "eval_task_results", json_loads(v->eval_task_results, 0, NULL));
     if (v->eval) {
         json_object_set_new(o, "eval_done", json_integer((json_int_t)v->eval_done));
         json_object_set_new(o, "eval_total", json_integer((json_int_t)v->eval_total));
@@ -123,6 +127,10 @@ static bool record_parse(json_t *o, struct rk_tjob_view *v)
     if (kind && strcmp(kind, "tune") && strcmp(kind, "eval"))
         return false;
     v->eval = kind && !strcmp(kind, "eval");
+    v->has_eval_task = json_is_true(json_object_get(o, "eval_task"));
+    json_t *etr = json_object_get(o, "eval_task_results");
+    if (json_is_array(etr))
+        v->eval_task_results = json_dumps(etr, JSON_COMPACT | JSON_REAL_PRECISION(9));
     v->eval_done = (size_t)tj_int_of(o, "eval_done");
     v->eval_total = (size_t)tj_int_of(o, "eval_total");
     return tj_id_ok(v->id, "ftjob-") && rk_state_id_valid(v->tenant) && h->tune.steps >= 1 &&
@@ -242,6 +250,7 @@ int tj_load_jobs(struct rk_tjobs *js)
         json_decref(o);
         if (!ok) {
             rk_log(RK_LOG_WARN, "jobs: ignoring unreadable journal record %s", path);
+            free((char *)j->v.eval_task_results);
             free(j);
             continue;
         }

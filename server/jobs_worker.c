@@ -333,6 +333,15 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         goto out;
     }
 
+    if (j->v.has_eval_task && !atomic_load(&j->cancel)) {
+        float *tuned = malloc(slen * sizeof(float));
+        if (tuned) {
+            meth->to_state(m, &tp, out, tuned);
+            tj_eval_tuned(js, j, init, tuned, tp.n_threads);
+            free(tuned);
+        }
+    }
+
     // Publish: from here on a cancel is too late.
     pthread_mutex_lock(&js->mu);
     cancelled = atomic_load(&j->cancel);

@@ -236,6 +236,27 @@ def main():
             check(jj and jj["status"] == "cancelled" and
                   jj["progress"]["done"] < jj["progress"]["total"], f"cancel: {jj}")
 
+        # a tuning job with an eval_task: its results on the starting and the tuned state
+        tune = {"output_state": "pirate2", "steps": 3, "lr": 0.05, "val_split": 0,
+                "dataset": [json.loads(l) for l in
+                            open(os.path.join(ROOT, "models", "demo-style.jsonl"))][:4],
+                "eval_task": {"name": "caps-choice", "kind": "choice", "items": CH[:3]}}
+        st, j = req(port, "POST", "/tune", tune)
+        if check(st == 202, f"POST /tune with eval_task: {st} {j}"):
+            evs = events(port, j["id"])
+            et = [d for e, d in evs if e == "eval" and "eval_task" in d]
+            _, jj = req(port, "GET", f"/jobs/{j['id']}")
+            res = jj.get("eval_task") or []
+            check(jj["status"] == "succeeded" and et and res == et[0]["eval_task"] and
+                  [(r["state"], r["task"]) for r in res] == [("start", "caps-choice"),
+                                                              ("end", "caps-choice")] and
+                  set(res[1]["metrics"]) == {"acc_raw", "acc_norm", "loss"},
+                  f"eval_task results: {jj.get('status')} {res} {et}")
+        bad_tune = dict(tune, eval_task={"kind": "choice", "items": [{"prompt": "x"}]})
+        st, e = req(port, "POST", "/tune", bad_tune)
+        check(st == 400 and e["error"]["param"] == "eval_task.items[0]",
+              f"a bad eval_task: {st} {e}")
+
         # killed mid-run: after the restart the job is failed, clearly
         st, j = req(port, "POST", "/eval/jobs", long_body)
         # an item done: the record on disk says "running" by then
