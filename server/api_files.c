@@ -28,6 +28,12 @@ static json_t *file_openai(const struct rk_tfile *f)
 
 void h_file_upload(struct rk_http_req *r)
 {
+    struct job_task *t = api_task_done(r);
+    if (t) { // the second call: the file is checked and written (or failed)
+        if (!api_task_answer_error(r, t))
+            rk_http_json(r, 200, file_openai(&t->file));
+        return;
+    }
     struct rk_tjobs *js = api_tjobs_of(r);
     struct part parts[8];
     int n = rk_multipart_parse(rk_http_header(r, "Content-Type"), r->body.p ? r->body.p : "", r->body.len,
@@ -56,19 +62,29 @@ void h_file_upload(struct rk_http_req *r)
                       "purpose must be \"fine-tune\" (the only purpose this server stores)");
         return;
     }
-    struct dataset_info di = {0};
-    if (!validate_jsonl(r, js, "file", file->data, file->len, &di))
-        return;
-    const char *fname = file->filename[0] ? file->filename : "upload.jsonl";
-    struct rk_tfile f;
-    struct rk_errbuf eb = {0};
-    int rc = rk_files_add(js, r->tenant, fname, purpose, file->data, file->len, di.n_examples,
-                          &f, &eb);
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, "file", eb.msg);
+    const struct rk_tjobs_limits *lim = rk_tjobs_limits(js);
+    if (file->len > lim->dataset_bytes_max) {
+        rk_http_error(r, 413, "dataset_too_large", "file",
+                      "the dataset has %zu bytes; the limit is %zu", file->len,
+                      lim->dataset_bytes_max);
         return;
     }
-    rk_http_json(r, 200, file_openai(&f));
+    // Checking and writing the file run on the thread pool; the handler runs
+    // again then. The task gets its own copy of the part.
+    struct dataset_info di = {.jsonl = malloc(file->len ? file->len : 1), .len = file->len};
+    if (!di.jsonl) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    memcpy(di.jsonl, file->data, file->len);
+    t = api_task_new(r, TASK_FILE, &di, "file");
+    free(di.jsonl); // NULL unless the task could not be made
+    if (!t)
+        return;
+    snprintf(t->filename, sizeof t->filename, "%s",
+             file->filename[0] ? file->filename : "upload.jsonl");
+    snprintf(t->purpose, sizeof t->purpose, "%s", purpose);
+    api_task_start(r, t);
 }
 
 const char *api_query(struct rk_http_req *r, const char *key)

@@ -19,6 +19,18 @@
 void h_tune(struct rk_http_req *r)
 {
     struct rk_tjobs *js = api_tjobs_of(r);
+    struct job_task *t = api_task_done(r);
+    if (t) { // the second call: the job is written (or failed)
+        if (api_task_answer_error(r, t))
+            return;
+        rk_http_json(r, 202, job_native(r->srv, &t->view));
+        if (r->resp) {
+            char loc[64];
+            snprintf(loc, sizeof loc, "/jobs/%s", t->view.id);
+            MHD_add_response_header(r->resp, "Location", loc);
+        }
+        return;
+    }
     json_t *body = rk_http_body_json(r);
     if (!body)
         return;
@@ -81,27 +93,17 @@ void h_tune(struct rk_http_req *r)
     hparams_default(js, &hp);
     bool steps_given;
     snprintf(hp.method, sizeof hp.method, "%s", tm->name);
-    bool ok = parse_hparams(r, js, merged, &di, &hp, &steps_given);
+    bool ok = parse_hparams(r, js, merged, &hp, &steps_given);
     json_decref(merged);
     if (!ok)
         goto out;
-    struct rk_tjob_new nj = {.tenant = r->tenant, .output_state = out_state,
-                             .training_file = di.training_file, .hp = &hp, .data = di.jsonl,
-                             .len = di.len, .n_examples = di.n_examples, .n_tokens = di.n_tokens,
-                             .n_targets = di.n_targets};
-    struct rk_tjob_view v;
-    struct rk_errbuf eb = {0};
-    int rc = rk_tjobs_submit(js, &nj, &v, &eb);
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, NULL, eb.msg);
+    // The rest touches the disk: on the thread pool; the handler runs again.
+    t = api_task_new(r, TASK_JOB, &di, di.training_file[0] ? "training_file" : "dataset");
+    if (!t)
         goto out;
-    }
-    rk_http_json(r, 202, job_native(r->srv, &v));
-    if (r->resp) {
-        char loc[64];
-        snprintf(loc, sizeof loc, "/jobs/%s", v.id);
-        MHD_add_response_header(r->resp, "Location", loc);
-    }
+    t->hp = hp;
+    snprintf(t->output_state, sizeof t->output_state, "%s", out_state);
+    api_task_start(r, t);
 out:
     free(di.jsonl);
     json_decref(body);
