@@ -42,6 +42,25 @@
  * interrupted attempts, or with an unreadable checkpoint or dataset, it is
  * failed with the reason. No job stays "running" across a restart.
  *
+ * Submits: rk_tjobs_submit runs on libuv's thread pool (api_jobs.c), any
+ * number at once; it writes without holding `mu` and enters the job in the
+ * table, re-checking the tenant's active-job limit under `mu`, only once
+ * both files are durable. On any failure it removes what it wrote, record
+ * first. A dataset without a record (a crash between the writes) is
+ * removed at start-up.
+ *
+ * Datasets: a job's dataset is tokenised once, at submit (on the pool),
+ * and the parsed rk_dataset travels with the queued job (j->ds under `mu`)
+ * to the worker, which takes it when the job starts. Why this and not a
+ * token file beside the JSONL: the JSONL is already the durable form, and
+ * the tokens are a function of it and of the tokenizer the server runs
+ * with, which may differ after a restart (another model), so a token file
+ * would need its own hostile-input format, a tokenizer fingerprint and up
+ * to four times the bytes fsynced at submit, for a saving only after a
+ * restart. Instead, after a restart the worker parses the JSONL again (as
+ * before), and in memory the queue holds at most HELD_BYTES_MAX of parsed
+ * datasets; a job beyond that is parsed again when it starts.
+ *
  * Wake-ups: SSE followers (api_jobs.c) wait with their connection
  * suspended. The worker calls uv_async_send (guarded by `amu` and
  * `async_live`), and the loop-side callback calls every follower, which
