@@ -140,14 +140,44 @@ void h_job(struct rk_http_req *r)
         rk_http_json(r, 200, job_native(r->srv, &v));
 }
 
+/* A cancel rewrites the job's record (fsync): on the thread pool. */
+struct cancel_work {
+    struct rk_tjobs *js;
+    char tenant[RK_STATE_ID_MAX + 1];
+    char id[RK_STATE_ID_MAX + 8];
+    int rc; /* written on the pool, read after the completion */
+    struct rk_tjob_view v;
+};
+
+static void cancel_run(void *arg)
+{
+    struct cancel_work *c = arg;
+    c->rc = rk_tjobs_cancel(c->js, c->tenant, c->id, &c->v);
+}
+
+static void cancel_free(void *arg) { free(arg); }
+
 void cancel_common(struct rk_http_req *r, bool openai)
 {
-    struct rk_tjob_view v;
-    if (rk_tjobs_cancel(api_tjobs_of(r), r->tenant, r->params[0], &v) != RK_OK) {
+    struct cancel_work *c = r->user_free == cancel_free ? r->user : NULL;
+    if (!c) { // first call: cancel on the pool; the handler runs again then
+        if (!(c = calloc(1, sizeof *c))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return;
+        }
+        c->js = api_tjobs_of(r);
+        snprintf(c->tenant, sizeof c->tenant, "%s", r->tenant);
+        snprintf(c->id, sizeof c->id, "%s", r->params[0]);
+        r->user = c;
+        r->user_free = cancel_free;
+        rk_http_offload(r, cancel_run, c); // on failure a 503 is prepared
+        return;
+    }
+    if (c->rc != RK_OK) {
         rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
         return;
     }
-    rk_http_json(r, 200, openai ? job_openai(r->srv, &v) : job_native(r->srv, &v));
+    rk_http_json(r, 200, openai ? job_openai(r->srv, &c->v) : job_native(r->srv, &c->v));
 }
 
 void h_cancel(struct rk_http_req *r) { cancel_common(r, false); }
