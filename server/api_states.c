@@ -3,7 +3,8 @@
  * /states/{id}, GET /states/{id}/file. Every lookup is scoped to the
  * caller's tenant; a state of another tenant and a missing one give the same
  * 404. PUT accepts a safetensors state file (adapters/FORMAT.md) or an
- * RWKV-PEFT .pth state checkpoint, which is converted.
+ * RWKV-PEFT .pth state checkpoint, which is converted, or with ?from=ai00
+ * an ai00_server state file (transposed on import).
  *
  * Disk work stays off the loop thread: a state that is not cached is loaded
  * on the thread pool (rk_state_fetch); GET /states/{id}/file reads its file
@@ -172,6 +173,7 @@ struct state_write {
     char id[RK_STATE_ID_MAX + 8];
     char note[sizeof(((struct rk_state_meta *)0)->note)];
     bool has_note;
+    enum rk_state_from from; /* ?from=ai00: an ai00_server state file */
     struct rk_buf body; /* the upload, moved out of the request */
     /* written by the worker; read on the loop thread after the completion */
     bool parse_failed;
@@ -193,7 +195,8 @@ static void write_work(void *arg)
         return;
     }
     struct rk_state_meta meta;
-    w->rc = rk_state_file_parse(w->body.p, w->body.len, w->model, false, state, &meta, &w->eb);
+    w->rc = rk_state_file_import(w->body.p, w->body.len, w->model, w->from, state, &meta,
+                                 &w->eb);
     if (w->rc != RK_OK) {
         w->parse_failed = true;
     } else {
@@ -216,7 +219,8 @@ static void write_free(void *arg)
 
 /* First call: start the work and return NULL (the handler runs again when it
  * is done, or a 503 is prepared). Second call: the finished work. */
-static struct state_write *write_start_or_result(struct rk_http_req *r, bool del)
+static struct state_write *write_start_or_result(struct rk_http_req *r, bool del,
+                                                 enum rk_state_from from)
 {
     if (r->user_free == write_free)
         return r->user;
@@ -228,6 +232,7 @@ static struct state_write *write_start_or_result(struct rk_http_req *r, bool del
     w->store = r->srv->store;
     w->model = r->srv->model;
     w->del = del;
+    w->from = from;
     snprintf(w->tenant, sizeof w->tenant, "%s", r->tenant);
     snprintf(w->id, sizeof w->id, "%s", r->params[0]);
     if (!del) {
@@ -261,7 +266,17 @@ static void h_put(struct rk_http_req *r)
                       "(safetensors or RWKV-PEFT .pth)");
         return;
     }
-    struct state_write *w = write_start_or_result(r, false);
+    // ?from=ai00 names an ai00_server state file (its matrices are stored
+    // transposed, which the bytes cannot show; adapters/FORMAT.md).
+    const char *from_s = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "from");
+    enum rk_state_from from = RK_STATE_FROM_AUTO;
+    if (from_s && !strcmp(from_s, "ai00")) {
+        from = RK_STATE_FROM_AI00;
+    } else if (from_s && strcmp(from_s, "rwkvd") && strcmp(from_s, "peft")) {
+        rk_http_error(r, 400, "invalid_value", "from", "\"from\" must be rwkvd, peft or ai00");
+        return;
+    }
+    struct state_write *w = write_start_or_result(r, false, from);
     if (!w)
         return;
     if (w->rc != RK_OK) {
@@ -277,7 +292,7 @@ static void h_delete(struct rk_http_req *r)
 {
     if (!id_or_404(r))
         return;
-    struct state_write *w = write_start_or_result(r, true);
+    struct state_write *w = write_start_or_result(r, true, RK_STATE_FROM_AUTO);
     if (!w)
         return;
     if (w->rc == RK_ENOTFOUND) {
