@@ -168,8 +168,8 @@ int rk_cmd_serve(int argc, char **argv)
     }
     int V = rk_model_n_vocab(srv->model);
     // The rule every subcommand follows (cli.c): --vocab, else the model
-    // directory's vocabulary, else bytes for
-    // 256..65535 tokens, else refused with the reason.
+    // directory's vocabulary, else bytes for 256..65535 tokens, else
+    // refused with the reason.
     if (!(srv->tok = rk_cli_load_tokenizer(c->vocab, srv->model)))
         goto out;
     if (rk_tok_n_vocab(srv->tok) > (size_t)V) {
