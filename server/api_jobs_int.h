@@ -9,10 +9,11 @@
 #include "dataset_jsonl.h"
 #include "jobs.h"
 
+/* A submit's dataset as the request gives it: the JSONL text, or the id of
+ * an uploaded file (read on the thread pool). */
 struct dataset_info {
-    char *jsonl; /* malloc'd */
+    char *jsonl; /* malloc'd; NULL with a training_file */
     size_t len;
-    size_t n_examples, n_tokens, n_targets;
     char training_file[32];
 };
 
