@@ -70,17 +70,15 @@ void h_file_upload(struct rk_http_req *r)
         return;
     }
     // Checking and writing the file run on the thread pool; the handler runs
-    // again then. The task gets its own copy of the part.
-    struct dataset_info di = {.jsonl = malloc(file->len ? file->len : 1), .len = file->len};
-    if (!di.jsonl) {
-        rk_http_error(r, 503, "enomem", NULL, "out of memory");
-        return;
-    }
-    memcpy(di.jsonl, file->data, file->len);
-    t = api_task_new(r, TASK_FILE, &di, "file");
-    free(di.jsonl); // NULL unless the task could not be made
+    // again then. The task takes the request's body, which the part lies in
+    // (no copy of up to 64 MiB on the loop thread).
+    t = api_task_new(r, TASK_FILE, NULL, "file");
     if (!t)
         return;
+    t->text = file->data;
+    t->len = file->len;
+    t->text_mem = r->body.p;
+    r->body = (struct rk_buf){0};
     snprintf(t->filename, sizeof t->filename, "%s",
              file->filename[0] ? file->filename : "upload.jsonl");
     snprintf(t->purpose, sizeof t->purpose, "%s", purpose);

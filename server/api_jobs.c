@@ -251,7 +251,7 @@ static void task_run(void *arg)
             task_fail_rk(t, rc, "training_file");
             return;
         }
-        t->text = buf;
+        t->text = t->text_mem = buf;
         t->len = len;
     }
     if (!task_parse(t, &ds))
@@ -292,7 +292,7 @@ static void task_free(void *arg)
 {
     struct job_task *t = arg;
     if (t)
-        free(t->text);
+        free(t->text_mem);
     free(t);
 }
 
@@ -312,7 +312,7 @@ struct job_task *api_task_new(struct rk_http_req *r, enum job_task_kind kind,
     t->param = param;
     snprintf(t->tenant, sizeof t->tenant, "%s", r->tenant);
     if (di) {
-        t->text = di->jsonl; // taken
+        t->text = t->text_mem = di->jsonl; // taken
         t->len = di->len;
         di->jsonl = NULL;
         snprintf(t->training_file, sizeof t->training_file, "%s", di->training_file);

@@ -54,8 +54,10 @@ struct job_task {
     uint32_t n_vocab;
     const char *param; /* static: the request field that holds the dataset */
     char tenant[RK_STATE_ID_MAX + 1];
-    char *text; /* owned: the JSONL (read from training_file on the pool) */
+    const char *text; /* the JSONL: inside text_mem */
     size_t len;
+    char *text_mem;   /* owned: the buffer text lies in (a copy, the file read
+                         from training_file on the pool, or an upload's body) */
     char training_file[32];
     /* TASK_JOB: set by the handler */
     struct rk_tjob_hparams hp;
