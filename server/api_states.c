@@ -14,9 +14,7 @@
  * after the store's call has returned, so a 200/201 always means the file
  * is durable, and a failed write answers its error with the old version
  * still in place (rk_store_put's contract).
- * TODO: GET /states lists the directory on the loop thread (reading each
- * file's header); move it to the pool the same way if long listings under
- * load show up in /health latency.
+ * GET /states, which reads every file's header, runs there too.
  */
 #include "srv.h"
 
@@ -54,15 +52,52 @@ static bool list_entry(const char *id, const struct rk_state_meta *meta, size_t 
     return true;
 }
 
+/* GET /states reads every state file's header: on the thread pool. The
+ * array is built there (a jansson value of its own, handed to the loop
+ * thread only after the work is done). */
+struct state_list {
+    struct rk_state_store *store;
+    char tenant[RK_STATE_ID_MAX + 1];
+    json_t *arr; /* written by the worker; read after the completion */
+    int rc;
+};
+
+static void list_work(void *arg)
+{
+    struct state_list *l = arg;
+    l->arr = json_array();
+    l->rc = l->arr ? rk_store_list(l->store, l->tenant, list_entry, l->arr) : RK_ENOMEM;
+}
+
+static void list_free(void *arg)
+{
+    struct state_list *l = arg;
+    if (l)
+        json_decref(l->arr);
+    free(l);
+}
+
 static void h_list(struct rk_http_req *r)
 {
-    json_t *arr = json_array();
-    int rc = rk_store_list(r->srv->store, r->tenant, list_entry, arr);
-    if (rc != RK_OK) {
-        json_decref(arr);
-        rk_http_error_rk(r, rc, NULL, "cannot list states");
+    struct state_list *l = r->user_free == list_free ? r->user : NULL;
+    if (!l) { // first call: list on the pool; the handler runs again then
+        if (!(l = calloc(1, sizeof *l))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return;
+        }
+        l->store = r->srv->store;
+        snprintf(l->tenant, sizeof l->tenant, "%s", r->tenant);
+        r->user = l;
+        r->user_free = list_free;
+        rk_http_offload(r, list_work, l); // on failure a 503 is prepared
         return;
     }
+    if (l->rc != RK_OK) {
+        rk_http_error_rk(r, l->rc, NULL, "cannot list states");
+        return;
+    }
+    json_t *arr = l->arr;
+    l->arr = NULL;
     rk_http_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", arr));
 }
 
