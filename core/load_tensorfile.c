@@ -365,7 +365,8 @@ int rk__load_multi(struct rk_model *m, const struct rk_model_params *p, bool dir
             size_t n = e ? (size_t)(e - s) : strlen(s);
             if (!n || n >= PATH_MAX) {
                 rc = rk_errbuf_set(eb, RK_EINVAL, "%s: %s", m->path,
-                                   n ? "a file name is too long" : "an empty file name in the list");
+                                   n ? "a file name is too long"
+                                     : "an empty file name in the list");
                 goto out;
             }
             char item[PATH_MAX];

@@ -206,7 +206,8 @@ static void *ai00_file(const float *st, const char *fmt, bool extra, bool h_bad,
             for (int k = 0; k < N; k++)     // rows of the file: key
                 for (int v = 0; v < N; v++) { // columns: value
                     int hh = h < rk_model_n_head(model) ? h : 0;
-                    float x = st[(size_t)l * lay.layer_stride + lay.wkv + ((size_t)hh * N + v) * N + k];
+                    const float *S = st + (size_t)l * lay.layer_stride + lay.wkv; // [H][N][N]
+                    float x = S[((size_t)hh * N + v) * N + k];
                     // x is a multiple of 0.5 in [-8, 8]: build its F16 bits by hand
                     uint16_t bits = 0;
                     if (x != 0.0f) {
@@ -238,7 +239,8 @@ START_TEST(test_ai00_import)
     // transpose that went wrong is seen); shift parts zero.
     for (int l = 0; l < rk_model_n_layer(model); l++)
         for (size_t k = 0; k < lay.wkv_len; k++)
-            a[(size_t)l * lay.layer_stride + lay.wkv + k] = (float)((int)((k * 7 + (size_t)l) % 33) - 16) * 0.5f;
+            a[(size_t)l * lay.layer_stride + lay.wkv + k] =
+                (float)((int)((k * 7 + (size_t)l) % 33) - 16) * 0.5f;
     size_t len;
     void *buf = ai00_file(a, "pt", false, false, &len);
     struct rk_state_meta meta;
