@@ -143,9 +143,15 @@ const struct rk_tjobs_limits *rk_tjobs_limits(const struct rk_tjobs *js);
 void rk_tjobs_attach_loop(struct rk_tjobs *js);
 
 /* A new job: `data`/`len` is the validated JSONL (copied to the journal), the
- * counts describe it. RK_EBUSY when the tenant has too many active jobs,
- * RK_EIO when the journal cannot be written. *view (may be NULL) gets the
- * new job. */
+ * counts describe it, and `ds` (may be NULL) is that JSONL already parsed
+ * with the server's tokenizer: **taken** (freed on failure too); the job
+ * holds it for the worker (see "Datasets" in jobs.c). Writes and fsyncs the
+ * job's files, so it runs on the thread pool or the worker, never on the
+ * loop thread; thread-safe. The job is in the table (and the answer goes
+ * out) only after its dataset and record are durable. RK_EBUSY when the
+ * tenant has too many active jobs, RK_EIO when the journal cannot be
+ * written (nothing of the job is left then). *view (may be NULL)
+ * gets the new job. */
 struct rk_tjob_new {
     const char *tenant, *output_state, *training_file, *suffix;
     bool openai;
@@ -159,6 +165,8 @@ struct rk_tjob_new {
     /* a tuning job's "eval_task" (JSON text, NULL = none): evaluated on the
      * starting and the tuned state before the result is published */
     const char *eval_task;
+    /* the parsed dataset (taken by rk_tjobs_submit, even on failure), or NULL */
+    struct rk_dataset *ds;
 };
 int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk_tjob_view *view,
                    struct rk_errbuf *eb);

@@ -20,6 +20,8 @@ struct rk_tjob {
     size_t n_ev, cap_ev;
     atomic_bool cancel;
     bool publishing; /* the worker is storing the result: too late to cancel */
+    struct rk_dataset *ds; /* mu: the parsed dataset of a queued job (NULL: parse the JSONL) */
+    size_t ds_bytes;       /* mu: what ds counts in held_bytes */
     struct rk_tjob *q_next;
 };
 
@@ -44,6 +46,7 @@ struct rk_tjobs {
     pthread_t th;
     bool started, joined;
     pthread_mutex_t jmu; /* journal writes */
+    size_t held_bytes;      /* mu: memory of the datasets queued jobs hold */
     struct rk_tfile *files; /* mu */
     size_t n_files, cap_files;
     /* worker only: engine activity tracking for yielding */
@@ -72,6 +75,8 @@ bool tj_id_ok(const char *id, const char *prefix);
 void tj_job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
               size_t cap);
 int tj_table_add(struct rk_tjobs *js, struct rk_tjob *j);
+/* Take the job's parsed dataset (NULL when it holds none); under mu. */
+struct rk_dataset *tj_take_dataset(struct rk_tjobs *js, struct rk_tjob *j);
 void tj_enqueue(struct rk_tjobs *js, struct rk_tjob *j);
 
 /* jobs_events.c */

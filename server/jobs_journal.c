@@ -227,8 +227,47 @@ static void load_events(struct rk_tjobs *js, struct rk_tjob *j)
     free(buf);
 }
 
+/* Remove the files of jobs that have no record: a crash (or a failed
+ * write) between the dataset and the record of a submit leaves the dataset
+ * alone, and a submit that was never acknowledged is no job. */
+static void remove_orphans(struct rk_tjobs *js)
+{
+    static const char *const exts[] = {".data.jsonl", ".evaltask.json", ".result.json", ".ckpt",
+                                       ".events.jsonl"};
+    DIR *d = opendir(js->dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    bool removed = false;
+    while ((de = readdir(d))) {
+        char id[32];
+        if (strlen(de->d_name) < 22)
+            continue;
+        memcpy(id, de->d_name, 22);
+        id[22] = 0;
+        if (!tj_id_ok(id, "ftjob-"))
+            continue;
+        bool ours = false;
+        for (size_t k = 0; k < sizeof exts / sizeof exts[0]; k++)
+            ours |= !strcmp(de->d_name + 22, exts[k]);
+        char rpath[1100], path[1400];
+        tj_job_path(js, id, ".json", rpath, sizeof rpath);
+        if (!ours || access(rpath, F_OK) == 0 || errno != ENOENT)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", js->dir, de->d_name);
+        if (unlink(path) == 0) {
+            removed = true;
+            rk_log(RK_LOG_INFO, "jobs: removed %s (a submit that did not complete)", de->d_name);
+        }
+    }
+    closedir(d);
+    if (removed)
+        rk_dir_fsync(js->dir);
+}
+
 int tj_load_jobs(struct rk_tjobs *js)
 {
+    remove_orphans(js);
     DIR *d = opendir(js->dir);
     if (!d)
         return RK_EIO;

@@ -199,9 +199,17 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     char path[1100];
     tj_journal_write(js, j, NULL);
 
-    // The dataset, re-read from the journal exactly as submitted.
+    // The dataset as submit parsed it, or (after a restart, or when the
+    // queue held too much) re-read from the journal exactly as submitted and
+    // parsed again with the same limits.
+    pthread_mutex_lock(&js->mu);
+    ds = tj_take_dataset(js, j);
+    pthread_mutex_unlock(&js->mu);
+    int rc = RK_OK;
+    bool reparse = !ds;
     tj_job_path(js, r.id, ".data.jsonl", path, sizeof path);
-    int rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len, &eb);
+    if (reparse)
+        rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len, &eb);
     if (rc != RK_OK) {
         rk_log(RK_LOG_WARN, "jobs: %s: %s", r.id, eb.msg);
         tj_fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the journal: %s",
@@ -210,8 +218,8 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     }
     struct rk_jsonl_limits lim = {js->lim.dataset_bytes_max, js->lim.examples_max,
                                   js->lim.seq_tokens_max};
-    if ((rc = rk_dataset_create(&ds)) != RK_OK ||
-        (rc = rk_jsonl_parse(data, len, srv->tok, &lim, ds, &eb)) != RK_OK) {
+    if (reparse && ((rc = rk_dataset_create(&ds)) != RK_OK ||
+                    (rc = rk_jsonl_parse(data, len, srv->tok, &lim, ds, &eb)) != RK_OK)) {
         tj_fail(js, j, "invalid_dataset", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }

@@ -64,6 +64,23 @@ RK_API int rk_state_file_parse(const void *buf, size_t len, const struct rk_mode
                                bool require_fingerprint, float *state,
                                struct rk_state_meta *meta, struct rk_errbuf *eb);
 
+/* Where a state file comes from, for rk_state_file_import. The WKV matrices
+ * are [H][N][N] with rows = value channel, columns = key channel in rwkvd's
+ * files, RWKV-PEFT's .pth and the core's state (rwkv7_spec.md 2.7); ai00's
+ * state files hold each matrix transposed, which the bytes cannot show. */
+enum rk_state_from {
+    RK_STATE_FROM_AUTO,  /* an upload: rwkvd safetensors (fingerprint optional) or RWKV-PEFT .pth */
+    RK_STATE_FROM_STORE, /* the store's own files: rwkvd safetensors, fingerprint required */
+    RK_STATE_FROM_AI00,  /* an ai00_server state file: safetensors of time_state only,
+                            [H, key, value], metadata format "pt"; transposed on import,
+                            method "import-ai00" */
+};
+/* rk_state_file_parse with the source named. Shapes are checked against `m`
+ * ([H, N, N] per layer, every layer present; RK_EMISMATCH otherwise). */
+RK_API int rk_state_file_import(const void *buf, size_t len, const struct rk_model *m,
+                                enum rk_state_from from, float *state,
+                                struct rk_state_meta *meta, struct rk_errbuf *eb);
+
 /* Serialise `state` [rk_state_len(m)] with `meta` as a safetensors adapter
  * (token-shift parts included). *out receives a malloc'd buffer the caller
  * frees; *len its size. Thread-safe. */
