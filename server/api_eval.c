@@ -247,42 +247,76 @@ void h_eval(struct rk_http_req *r)
 
 /* --- POST /eval/jobs ------------------------------------------------------------ */
 
+/* The submit writes the job's files (fsync): on the thread pool; the
+ * handler runs again to answer. */
+struct eval_submit {
+    struct rk_tjobs *js;
+    char tenant[RK_STATE_ID_MAX + 1];
+    char *data; /* the request as JSON text */
+    size_t items;
+    int rc; /* written on the pool, read after the completion */
+    struct rk_errbuf eb;
+    struct rk_tjob_view v;
+};
+
+static void eval_submit_run(void *arg)
+{
+    struct eval_submit *es = arg;
+    struct rk_tjob_new nj = {.tenant = es->tenant, .output_state = "", .data = es->data,
+                             .len = strlen(es->data), .n_examples = es->items, .eval = true};
+    es->rc = rk_tjobs_submit(es->js, &nj, &es->v, &es->eb);
+}
+
+static void eval_submit_free(void *arg)
+{
+    struct eval_submit *es = arg;
+    if (es)
+        free(es->data);
+    free(es);
+}
+
 void h_eval_job(struct rk_http_req *r)
 {
-    struct rk_tjobs *js = api_tjobs_of(r);
+    struct eval_submit *es = r->user_free == eval_submit_free ? r->user : NULL;
+    if (es && !r->offload) { // the second call: the job is written (or failed)
+        if (es->rc != RK_OK) {
+            rk_http_error_rk(r, es->rc, NULL, es->eb.msg);
+            return;
+        }
+        rk_http_json(r, 202, job_eval(r->srv, &es->v));
+        if (r->resp) {
+            char loc[64];
+            snprintf(loc, sizeof loc, "/jobs/%s", es->v.id);
+            MHD_add_response_header(r->resp, "Location", loc);
+        }
+        return;
+    }
     json_t *body = rk_http_body_json(r);
     if (!body)
         return;
     struct rk_evreq q;
-    char *data = NULL;
     if (!parse_request(r, body, false, &q)) {
         json_decref(body);
         return;
     }
     size_t items = rk_evreq_items(&q);
     rk_evreq_fini(&q);
-    data = json_dumps(body, JSON_COMPACT);
+    es = calloc(1, sizeof *es);
+    char *data = json_dumps(body, JSON_COMPACT);
     json_decref(body);
-    if (!data) {
+    if (!es || !data) {
+        free(es);
+        free(data);
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return;
     }
-    struct rk_tjob_new nj = {.tenant = r->tenant, .output_state = "", .data = data,
-                             .len = strlen(data), .n_examples = items, .eval = true};
-    struct rk_tjob_view v;
-    struct rk_errbuf eb = {0};
-    int rc = rk_tjobs_submit(js, &nj, &v, &eb);
-    free(data);
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, NULL, eb.msg);
-        return;
-    }
-    rk_http_json(r, 202, job_eval(r->srv, &v));
-    if (r->resp) {
-        char loc[64];
-        snprintf(loc, sizeof loc, "/jobs/%s", v.id);
-        MHD_add_response_header(r->resp, "Location", loc);
-    }
+    es->js = api_tjobs_of(r);
+    snprintf(es->tenant, sizeof es->tenant, "%s", r->tenant);
+    es->data = data;
+    es->items = items;
+    r->user = es;
+    r->user_free = eval_submit_free;
+    rk_http_offload(r, eval_submit_run, es); // on failure a 503 is prepared
 }
 
 static json_t *ms_or_null(int64_t ms) { return ms ? json_integer((json_int_t)ms) : json_null(); }

@@ -114,7 +114,6 @@ void h_tune(struct rk_http_req *r)
         goto out;
     }
     t->eval_task = eval_task; // taken
-        goto out;
     t->hp = hp;
     snprintf(t->output_state, sizeof t->output_state, "%s", out_state);
     api_task_start(r, t);
