@@ -185,7 +185,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     struct run r = {.js = js, .j = j};
     snprintf(r.id, sizeof r.id, "%s", j->v.id);
     tj_job_path(js, r.id, ".ckpt", r.ckpt_path, sizeof r.ckpt_path);
-    struct rk_dataset *ds = NULL;
+    struct rk_dataset *ds = NULL, *kds = NULL;
     float *init = NULL, *out = NULL, *ckmem = NULL;
     void *data = NULL;
     size_t len = 0;
@@ -263,6 +263,14 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     tp.n_threads = js->lim.threads ? js->lim.threads : srv->cfg.threads;
     tp.checkpoint_cb = on_checkpoint;
     tp.resume = resumed ? &ck : NULL;
+    // Collateral protection: the KL term runs on the bundled generic text.
+    if (tp.kl_weight > 0) {
+        if ((rc = rk_generic_dataset(srv->tok, &kds)) != RK_OK) {
+            fail(js, j, "enomem", "out of memory");
+            goto out;
+        }
+        tp.kl_data = kds;
+    }
 
     r.step0 = resumed ? ck.step : 0;
     r.t0_us = rk_now_us();
@@ -366,6 +374,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     tj_finish(js, j, RK_TJOB_SUCCEEDED, NULL, NULL);
 out:
     rk_dataset_free(ds);
+    rk_dataset_free(kds);
     free(data), free(init), free(out), free(ckmem);
 }
 
