@@ -248,6 +248,9 @@ RK_TEST_SUITE(loss_kl_suite, RK_SELF_CONTAINED)
     Suite *s = suite_create("loss-kl");
     TCase *tc = tcase_create("rand-mh");
     tcase_set_timeout(tc, 300);
+    /* not in the `matrix` suite: nothing here depends on the kernels beyond
+     * what the backward's own cases there cover, and it keeps CI short */
+    tcase_set_tags(tc, "nomatrix");
     tcase_add_test(tc, test_kl_zero_at_zero_state);
     tcase_add_test(tc, test_kl_gradient_full);
     tcase_add_test(tc, test_kl_gradient_topk);
