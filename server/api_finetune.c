@@ -279,7 +279,7 @@ static json_t *event_openai(const char *job_id, size_t idx, const struct rk_tjob
         json_object_set_new(data, "step", json_integer(step));
         json_object_set_new(data, "total_steps", json_integer(steps));
         json_object_set_new(data, "train_loss", json_real(loss));
-    } else if (e->type == RK_EV_EVAL) {
+    } else if (e->type == RK_EV_EVAL && json_object_get(d, "val_loss")) {
         double vl = json_number_value(json_object_get(d, "val_loss"));
         snprintf(msg, sizeof msg, "Step %ld/%ld: validation loss=%.4f", step, steps, vl);
         type = "metrics";

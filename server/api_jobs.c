@@ -461,6 +461,8 @@ static json_t *hparams_json(const struct rk_tjob_hparams *h)
 
 json_t *job_native(struct rk_srv *srv, const struct rk_tjob_view *v)
 {
+    if (v->eval)
+        return job_eval(srv, v);
     char model[200];
     snprintf(model, sizeof model, "%s:%s", srv->model_name, v->output_state);
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:I}", "id", v->id, "object", "tune.job",
@@ -494,6 +496,10 @@ json_t *job_native(struct rk_srv *srv, const struct rk_tjob_view *v)
                                   v->training_file[0] ? json_string(v->training_file)
                                                       : json_null()));
     json_object_set_new(o, "hyperparameters", hparams_json(&v->hp));
+    if (v->has_eval_task) {
+        json_t *etr = v->eval_task_results ? json_loads(v->eval_task_results, 0, NULL) : NULL;
+        json_object_set_new(o, "eval_task", etr ? etr : json_null());
+    }
     json_object_set_new(o, "error", v->status == RK_TJOB_FAILED
                                         ? json_pack("{s:s,s:s}", "code", v->err_code, "message",
                                                     v->err_msg)
@@ -568,6 +574,8 @@ void rk_api_jobs_register(struct rk_srv *srv, struct rk_tjobs *js)
     srv->tjobs = js;
     static const struct rk_route routes[] = {
         {"POST", "/tune", h_tune, 0, NULL},
+        {"POST", "/eval", h_eval, 0, NULL},
+        {"POST", "/eval/jobs", h_eval_job, 0, NULL},
         {"GET", "/jobs", h_jobs, 0, NULL},
         {"GET", "/jobs/{id}", h_job, 0, NULL},
         {"GET", "/jobs/{id}/events", h_events, 0, NULL},

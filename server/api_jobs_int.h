@@ -53,6 +53,14 @@ void cancel_common(struct rk_http_req *r, bool openai);
 void h_cancel(struct rk_http_req *r);
 void h_events(struct rk_http_req *r);
 
+/* api_eval.c */
+void h_eval(struct rk_http_req *r);
+void h_eval_job(struct rk_http_req *r);
+json_t *job_eval(struct rk_srv *srv, const struct rk_tjob_view *v);
+/* Check the "eval_task" of POST /tune (one task, with the limits of POST
+ * /eval over its two runs); false when a 400 is prepared. */
+bool api_eval_task_check(struct rk_http_req *r, json_t *task);
+
 /* api_files.c */
 void h_file_upload(struct rk_http_req *r);
 const char *api_query(struct rk_http_req *r, const char *key);

@@ -24,7 +24,7 @@ void h_tune(struct rk_http_req *r)
         return;
     struct dataset_info di = {0};
     static const char *const top[] = {"dataset", "training_file", "method", "output_state",
-                                      "hyperparameters", NULL};
+                                      "hyperparameters", "eval_task", NULL};
     if (!api_only_keys_or(r, body, top, is_job_hparam, "the request"))
         goto out;
     // Hyperparameters may come at the top level or in "hyperparameters".
@@ -85,13 +85,24 @@ void h_tune(struct rk_http_req *r)
     json_decref(merged);
     if (!ok)
         goto out;
+    char *eval_task = NULL;
+    json_t *et = json_object_get(body, "eval_task");
+    if (et && !json_is_null(et)) {
+        if (!api_eval_task_check(r, et))
+            goto out;
+        if (!(eval_task = json_dumps(et, JSON_COMPACT))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            goto out;
+        }
+    }
     struct rk_tjob_new nj = {.tenant = r->tenant, .output_state = out_state,
                              .training_file = di.training_file, .hp = &hp, .data = di.jsonl,
                              .len = di.len, .n_examples = di.n_examples, .n_tokens = di.n_tokens,
-                             .n_targets = di.n_targets};
+                             .n_targets = di.n_targets, .eval_task = eval_task};
     struct rk_tjob_view v;
     struct rk_errbuf eb = {0};
     int rc = rk_tjobs_submit(js, &nj, &v, &eb);
+    free(eval_task);
     if (rc != RK_OK) {
         rk_http_error_rk(r, rc, NULL, eb.msg);
         goto out;
@@ -125,7 +136,10 @@ void h_jobs(struct rk_http_req *r)
 
 bool job_or_404(struct rk_http_req *r, struct rk_tjob_view *v)
 {
-    if (rk_tjobs_get(api_tjobs_of(r), r->tenant, r->params[0], v) == RK_OK)
+    // The OpenAI fine-tuning routes know tuning jobs only.
+    bool openai = !strncmp(r->path, "/v1/", 4);
+    if (rk_tjobs_get(api_tjobs_of(r), r->tenant, r->params[0], v) == RK_OK &&
+        !(openai && v->eval))
         return true;
     rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
     return false;
@@ -141,6 +155,8 @@ void h_job(struct rk_http_req *r)
 void cancel_common(struct rk_http_req *r, bool openai)
 {
     struct rk_tjob_view v;
+    if (openai && !job_or_404(r, &v))
+        return;
     if (rk_tjobs_cancel(api_tjobs_of(r), r->tenant, r->params[0], &v) != RK_OK) {
         rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
         return;

@@ -6,6 +6,7 @@
  */
 #include "eval_tasks.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -548,4 +549,272 @@ out:
     json_decref(arr);
     rk_eval_outputs_fini(&base);
     return rc;
+}
+
+/* --- evaluation requests -------------------------------------------------- */
+
+void rk_evreq_fini(struct rk_evreq *q)
+{
+    for (size_t i = 0; i < q->n_tasks; i++)
+        rk_evtask_free(q->tasks[i]);
+    rk_evtask_free(q->collateral);
+    memset(q, 0, sizeof *q);
+}
+
+static int items_of(json_t *arr, struct rk_evtask *t, struct rk_evset *s, bool coll,
+                    const char *where, char *param, size_t pcap, struct rk_errbuf *eb)
+{
+    if (!json_is_array(arr)) {
+        snprintf(param, pcap, "%s", where);
+        return rk_errbuf_set(eb, RK_EINVAL, "\"%s\" must be an array of items", where);
+    }
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *o = json_array_get(arr, i), *tmp = NULL;
+        if (coll && json_is_object(o) && !json_object_get(o, "completion")) {
+            tmp = json_copy(o);
+            if (!tmp || json_object_set_new(tmp, "completion", json_string(""))) {
+                json_decref(tmp);
+                return RK_ENOMEM;
+            }
+            o = tmp;
+        }
+        char err[256];
+        int rc = rk_evset_add_json(s, t->kind, o, err, sizeof err);
+        json_decref(tmp);
+        if (rc != RK_OK) {
+            snprintf(param, pcap, "%s[%zu]", where, i);
+            return rk_errbuf_set(eb, rc, "%s[%zu]: %s", where, i, err);
+        }
+    }
+    return RK_OK;
+}
+
+int rk_evreq_parse(json_t *body, struct rk_evreq *q, char *param, size_t pcap,
+                   struct rk_errbuf *eb)
+{
+    memset(q, 0, sizeof *q);
+    q->shots = -1;
+    param[0] = '\0';
+    char where[64];
+    int rc = RK_EINVAL;
+    json_t *v;
+    if ((v = json_object_get(body, "shots")) && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) > RK_EVAL_SHOTS_MAX) {
+            snprintf(param, pcap, "shots");
+            return rk_errbuf_set(eb, RK_EINVAL, "\"shots\" must be 0..%d", RK_EVAL_SHOTS_MAX);
+        }
+        q->shots = (long)json_integer_value(v);
+    }
+    if ((v = json_object_get(body, "shot_seed")) && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0) {
+            snprintf(param, pcap, "shot_seed");
+            return rk_errbuf_set(eb, RK_EINVAL, "\"shot_seed\" must be a non-negative integer");
+        }
+        q->shot_seed = (uint64_t)json_integer_value(v);
+    }
+    if ((v = json_object_get(body, "limit")) && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) > RK_EVTASK_ITEMS_MAX) {
+            snprintf(param, pcap, "limit");
+            return rk_errbuf_set(eb, RK_EINVAL, "\"limit\" must be 0..%d", RK_EVTASK_ITEMS_MAX);
+        }
+        q->limit = (long)json_integer_value(v);
+    }
+    q->base = json_is_true(json_object_get(body, "base"));
+    if ((v = json_object_get(body, "states")) && !json_is_null(v)) {
+        if (!json_is_array(v) || json_array_size(v) > RK_EVREQ_STATES_MAX) {
+            snprintf(param, pcap, "states");
+            return rk_errbuf_set(eb, RK_EINVAL, "\"states\" must be an array of at most %d ids",
+                                 RK_EVREQ_STATES_MAX);
+        }
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            const char *id = json_string_value(json_array_get(v, i));
+            if (!id || !rk_state_id_valid(id)) {
+                snprintf(param, pcap, "states");
+                return rk_errbuf_set(eb, RK_EINVAL, "\"states\"[%zu] is not a state id", i);
+            }
+            for (size_t k = 0; k < q->n_states; k++)
+                if (!strcmp(q->states[k], id)) {
+                    snprintf(param, pcap, "states");
+                    return rk_errbuf_set(eb, RK_EINVAL, "\"states\" names '%s' twice", id);
+                }
+            snprintf(q->states[q->n_states++], RK_STATE_ID_MAX + 1, "%s", id);
+        }
+    }
+    json_t *tasks = json_object_get(body, "tasks"), *coll = json_object_get(body, "collateral");
+    if (json_is_null(coll))
+        coll = NULL;
+    if ((tasks && !json_is_null(tasks) && !json_is_array(tasks)) ||
+        (json_array_size(tasks) == 0 && !coll)) {
+        snprintf(param, pcap, "tasks");
+        return rk_errbuf_set(eb, RK_EINVAL, "\"tasks\" must be a non-empty array of tasks "
+                                            "(or give \"collateral\")");
+    }
+    if (json_array_size(tasks) > RK_EVREQ_TASKS_MAX) {
+        snprintf(param, pcap, "tasks");
+        return rk_errbuf_set(eb, RK_ERANGE, "\"tasks\" has more than %d tasks",
+                             RK_EVREQ_TASKS_MAX);
+    }
+    for (size_t i = 0; i < json_array_size(tasks); i++) {
+        json_t *to = json_array_get(tasks, i);
+        snprintf(where, sizeof where, "tasks[%zu]", i);
+        char dname[32];
+        snprintf(dname, sizeof dname, "task%zu", i + 1);
+        struct rk_errbuf e2 = {0};
+        if ((rc = rk_evtask_from_json(to, dname, &q->tasks[q->n_tasks], &e2)) != RK_OK) {
+            snprintf(param, pcap, "%s", where);
+            rc = rk_errbuf_set(eb, rc, "%s: %s", where, e2.msg);
+            goto bad;
+        }
+        struct rk_evtask *t = q->tasks[q->n_tasks++];
+        snprintf(where, sizeof where, "tasks[%zu].items", i);
+        if ((rc = items_of(json_object_get(to, "items"), t, &t->split, false, where, param,
+                           pcap, eb)) != RK_OK)
+            goto bad;
+        json_t *tr = json_object_get(to, "train");
+        snprintf(where, sizeof where, "tasks[%zu].train", i);
+        if (tr && !json_is_null(tr) &&
+            (rc = items_of(tr, t, &t->train, false, where, param, pcap, eb)) != RK_OK)
+            goto bad;
+    }
+    if (coll) {
+        if (!json_is_object(coll)) {
+            snprintf(param, pcap, "collateral");
+            rc = rk_errbuf_set(eb, RK_EINVAL, "\"collateral\" must be an object");
+            goto bad;
+        }
+        json_t *def = json_copy(coll);
+        if (!def || json_object_set_new(def, "kind", json_string("generate")) ||
+            json_object_set_new(def, "shots", json_integer(0))) {
+            json_decref(def);
+            rc = RK_ENOMEM;
+            goto bad;
+        }
+        struct rk_errbuf e2 = {0};
+        rc = rk_evtask_from_json(def, "collateral", &q->collateral, &e2);
+        json_decref(def);
+        if (rc != RK_OK) {
+            snprintf(param, pcap, "collateral");
+            rc = rk_errbuf_set(eb, rc, "collateral: %s", e2.msg);
+            goto bad;
+        }
+        if ((rc = items_of(json_object_get(coll, "items"), q->collateral, &q->collateral->split,
+                           true, "collateral.items", param, pcap, eb)) != RK_OK)
+            goto bad;
+    }
+    /* the shots each task will use must be drawable */
+    for (size_t i = 0; i < q->n_tasks; i++) {
+        struct rk_evtask *t = q->tasks[i];
+        long k = q->shots >= 0 ? q->shots : t->shots;
+        if (k > 0 && t->train.n < (size_t)k) {
+            snprintf(param, pcap, "tasks[%zu].train", i);
+            rc = rk_errbuf_set(eb, RK_EINVAL, "tasks[%zu]: %ld shots need at least %ld items in "
+                                              "\"train\"; there are %zu",
+                               i, k, k, t->train.n);
+            goto bad;
+        }
+        if (t->split.n == 0) {
+            snprintf(param, pcap, "tasks[%zu].items", i);
+            rc = rk_errbuf_set(eb, RK_EINVAL, "tasks[%zu]: \"items\" is empty", i);
+            goto bad;
+        }
+    }
+    return RK_OK;
+bad:
+    rk_evreq_fini(q);
+    return rc;
+}
+
+static size_t n_runs_of(const struct rk_evreq *q)
+{
+    return q->n_states + (q->n_states == 0 || q->base);
+}
+
+size_t rk_evreq_items_given(const struct rk_evreq *q)
+{
+    size_t n = q->collateral ? q->collateral->split.n : 0;
+    for (size_t i = 0; i < q->n_tasks; i++)
+        n += q->tasks[i]->split.n + q->tasks[i]->train.n;
+    return n;
+}
+
+size_t rk_evreq_items(const struct rk_evreq *q)
+{
+    struct rk_evrun_state runs[RK_EVREQ_STATES_MAX + 1];
+    float *fake[RK_EVREQ_STATES_MAX];
+    for (size_t i = 0; i < RK_EVREQ_STATES_MAX; i++)
+        fake[i] = (float *)runs; /* non-NULL: a state */
+    size_t n = rk_evreq_runs(q, fake, runs);
+    struct rk_evrun_params p;
+    rk_evreq_params(q, runs, n, &p);
+    return rk_evrun_items(&p);
+}
+
+static size_t item_bytes(const struct rk_evtask *t, const struct rk_eval_item *it)
+{
+    size_t b = strlen(it->prompt);
+    if (t->kind == RK_EVAL_CHOICE)
+        for (size_t c = 0; c < it->n_choices; c++)
+            b += strlen(it->choices[c]);
+    else
+        b += strlen(it->completion);
+    return b;
+}
+
+static size_t task_work(const struct rk_evtask *t, long shots, long limit)
+{
+    size_t shot_max = 0, w = 0;
+    const struct rk_evset *pool = t->split_is_train ? &t->split : &t->train;
+    for (size_t i = 0; i < pool->n; i++) {
+        size_t b = item_bytes(t, &pool->items[i]);
+        shot_max = b > shot_max ? b : shot_max;
+    }
+    size_t k = (size_t)(shots >= 0 ? shots : t->shots), n = task_items(t, limit);
+    for (size_t i = 0; i < n; i++) {
+        w += item_bytes(t, &t->split.items[i]) + k * (shot_max + strlen(t->shot_sep)) + 1;
+        if (t->kind == RK_EVAL_GENERATE)
+            w += (size_t)t->max_tokens;
+    }
+    return w;
+}
+
+size_t rk_evreq_work(const struct rk_evreq *q)
+{
+    size_t per_run = 0;
+    for (size_t i = 0; i < q->n_tasks; i++)
+        per_run += task_work(q->tasks[i], q->shots, q->limit);
+    size_t w = per_run * n_runs_of(q);
+    if (q->collateral)
+        w += task_work(q->collateral, 0, q->limit) * (q->n_states + 1);
+    return w;
+}
+
+size_t rk_evreq_runs(const struct rk_evreq *q, float *const *states, struct rk_evrun_state *runs)
+{
+    size_t n = 0;
+    if (q->n_states == 0 || q->base)
+        runs[n++] = (struct rk_evrun_state){.label = "base", .state = NULL};
+    for (size_t i = 0; i < q->n_states; i++)
+        runs[n++] = (struct rk_evrun_state){.label = q->states[i], .state = states[i]};
+    return n;
+}
+
+void rk_evreq_params(const struct rk_evreq *q, const struct rk_evrun_state *runs, size_t n_runs,
+                     struct rk_evrun_params *p)
+{
+    *p = (struct rk_evrun_params){
+        .tasks = q->tasks, .n_tasks = q->n_tasks, .collateral = q->collateral, .states = runs,
+        .n_states = n_runs, .shots = q->shots, .shot_seed = q->shot_seed, .limit = q->limit,
+    };
+}
+
+json_t *rk_evrun_doc(const char *model_key, const char *model_val, uint64_t fingerprint,
+                     const char *split, long shots, json_t *results)
+{
+    char fp[24];
+    snprintf(fp, sizeof fp, "%016" PRIx64, fingerprint);
+    return json_pack("{s:{s:s,s:s},s:o,s:o,s:o}", "model", model_key, model_val, "fingerprint",
+                     fp, "split", split ? json_string(split) : json_null(), "shots",
+                     shots >= 0 ? json_integer(shots) : json_null(), "results", results);
 }

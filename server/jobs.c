@@ -106,7 +106,8 @@ bool tj_is_final(enum rk_tjob_status s)
 
 const char *rk_tjob_ev_name(enum rk_tjob_ev_type t)
 {
-    return t == RK_EV_STEP ? "step" : t == RK_EV_EVAL ? "eval" : "status";
+    return t == RK_EV_STEP ? "step" : t == RK_EV_EVAL ? "eval"
+                                    : t == RK_EV_PROGRESS ? "progress" : "status";
 }
 
 void tj_random_id(const char *prefix, char *out, size_t cap)
@@ -319,8 +320,14 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     v->openai = nj->openai;
     v->status = RK_TJOB_QUEUED;
     v->created_ms = tj_wall_ms();
-    v->hp = *nj->hp;
-    v->steps = nj->hp->tune.steps;
+    if (nj->hp)
+        v->hp = *nj->hp;
+    else
+        rk_tjob_hparams_default(&v->hp, 0);
+    v->eval = nj->eval;
+    v->has_eval_task = nj->eval_task != NULL;
+    v->eval_total = nj->eval ? nj->n_examples : 0;
+    v->steps = nj->eval ? 0 : v->hp.tune.steps;
     v->n_examples = nj->n_examples;
     v->n_tokens = nj->n_tokens;
     v->n_targets = nj->n_targets;
@@ -344,10 +351,15 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     char path[1100];
     tj_job_path(js, v->id, ".data.jsonl", path, sizeof path);
     int rc = rk_file_write_atomic(path, nj->data, nj->len, eb);
+    char tpath[1100];
+    tj_job_path(js, v->id, ".evaltask.json", tpath, sizeof tpath);
+    if (rc == RK_OK && nj->eval_task)
+        rc = rk_file_write_atomic(tpath, nj->eval_task, strlen(nj->eval_task), eb);
     if (rc == RK_OK)
         rc = tj_journal_write(js, j, eb);
     if (rc != RK_OK) {
         unlink(path);
+        unlink(tpath);
         free(j);
         return rc;
     }
@@ -359,7 +371,10 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
         return rc;
     }
     char msg[96];
-    snprintf(msg, sizeof msg, "queued: %zu examples, %ld steps", v->n_examples, v->steps);
+    if (v->eval)
+        snprintf(msg, sizeof msg, "queued: an evaluation of %zu items", v->n_examples);
+    else
+        snprintf(msg, sizeof msg, "queued: %zu examples, %ld steps", v->n_examples, v->steps);
     struct pending_ev pe = tj_status_event(j, msg);
     tj_enqueue(js, j);
     if (view)
@@ -567,6 +582,8 @@ void rk_tjobs_free(struct rk_tjobs *js)
     rk_tjobs_stop(js);
     for (size_t i = 0; i < js->n_jobs; i++) {
         rk_tjob_evs_free(js->jobs[i]->ev, js->jobs[i]->n_ev);
+        free((char *)js->jobs[i]->v.eval_result);
+        free((char *)js->jobs[i]->v.eval_task_results);
         free(js->jobs[i]);
     }
     free(js->jobs);

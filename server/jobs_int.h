@@ -94,6 +94,19 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
             const char *code, const char *msg);
 void *tj_worker_main(void *arg);
 
+/* jobs_eval.c: evaluation jobs */
+void tj_eval_run(struct rk_tjobs *js, struct rk_tjob *j);
+void tj_eval_load_result(struct rk_tjobs *js, struct rk_tjob *j);
+/* A tuning job's eval_task on the starting state `init` (NULL = zero) and
+ * the tuned `tuned` [rk_state_len], before the result is published: an
+ * "eval" event and j->v.eval_task_results. Errors are logged and reported
+ * in the event; they do not fail the job. */
+void tj_eval_tuned(struct rk_tjobs *js, struct rk_tjob *j, const float *init,
+                   const float *tuned, int n_threads);
+bool tj_cancelled(struct rk_tjobs *js, struct rk_tjob *j);
+void tj_fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* jobs_files.c */
 void tj_load_files(struct rk_tjobs *js);
 

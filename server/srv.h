@@ -374,6 +374,7 @@ struct rk_srv {
     uint64_t n_conns_evicted, n_conns_refused, n_conns_reaped;
     struct rk_http_req *reqs; /* live requests */
     atomic_uint_fast64_t id_seq;
+    atomic_int n_evals; /* POST /eval requests running on the thread pool (api_eval.c) */
 };
 
 /* Kernel backlog of the listening socket (connections not yet accepted). */

@@ -341,11 +341,7 @@ int rk_cmd_eval(int argc, char **argv)
         fprintf(stderr, "rwkvd eval: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }
-    char fp[24];
-    snprintf(fp, sizeof fp, "%016" PRIx64, rk_model_fingerprint(m));
-    doc = json_pack("{s:{s:s,s:s},s:s,s:o,s:o}", "model", "path", model, "fingerprint", fp,
-                    "split", split, "shots", shots >= 0 ? json_integer(shots) : json_null(),
-                    "results", results);
+    doc = rk_evrun_doc("path", model, rk_model_fingerprint(m), split, shots, results);
     results = NULL;
     if (!doc || !(text = json_dumps(doc, JSON_INDENT(2) | JSON_REAL_PRECISION(9)))) {
         fprintf(stderr, "rwkvd eval: out of memory\n");

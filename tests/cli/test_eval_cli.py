@@ -96,7 +96,7 @@ with tempfile.TemporaryDirectory() as tmp:
     # a tuned state, the base model too, collateral; --out
     st = os.path.join(tmp, "pirate.safetensors")
     run("tune", "--model", MODEL, "--data", os.path.join(ROOT, "models", "demo-style.jsonl"),
-        "--out", st, "--steps", "20", "--lr", "0.05", "--val-split", "0", "--quiet")
+        "--out", st, "--steps", "6", "--lr", "0.05", "--val-split", "0", "--quiet", "--threads", "1")
     outf = os.path.join(tmp, "r.json")
     p = run("eval", "--model", MODEL, "--task", ls, "--state", st, "--base", "--collateral", coll,
             "--out", outf, "--quiet")
