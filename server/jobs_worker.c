@@ -271,7 +271,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     // Collateral protection: the KL term runs on the bundled generic text.
     if (tp.kl_weight > 0) {
         if ((rc = rk_generic_dataset(srv->tok, &kds)) != RK_OK) {
-            fail(js, j, "enomem", "out of memory");
+            tj_fail(js, j, "enomem", "out of memory");
             goto out;
         }
         tp.kl_data = kds;
