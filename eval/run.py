@@ -323,7 +323,20 @@ def main():
     ap.add_argument("--ci", action="store_true",
                     help="quick check on the demo model: 20 steps of tuning must at least halve "
                          "the persona task's validation loss (exit 1 otherwise)")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="write the table of an earlier run's raw results into --doc and exit")
+    ap.add_argument("--command", help="with --from-json: the command shown above the table")
     a = ap.parse_args()
+    if a.from_json:
+        with open(a.from_json, encoding="utf-8") as f:
+            doc = json.load(f)
+        cmd = a.command or doc.get("command") or "eval/run.sh"
+        try:
+            write_doc(a.doc, doc, cmd)
+        except Failure as e:
+            print(f"run.py: {e}", file=sys.stderr)
+            return 1
+        return 0
     try:
         a.grid = [(float(lr) if "." in lr else int(lr), int(st))
                   for lr, st in (g.split(":") for g in a.grid.split(","))]
@@ -385,6 +398,7 @@ def main():
             print(f"run.py --ci: the tuner did not learn: {b}", file=sys.stderr)
         log(f"ci: {'FAILED' if bad else 'ok'} in {wall:.1f} s")
         return 1 if bad else 0
+    cmdline = "eval/run.sh " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     jpath = a.json or os.path.join(
         ROOT, "eval", "results",
@@ -394,7 +408,7 @@ def main():
                            for k, v in mnames.items()},
            "grid": ",".join(f"{lr}:{st}" for lr, st in a.grid), "seeds": a.seeds,
            "kl_weight": a.kl, "workers": a.workers, "threads": a.threads, "limit": a.limit,
-           "wall_seconds": wall, "notes": notes,
+           "wall_seconds": wall, "notes": notes, "command": cmdline.strip(),
            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                        "system": f"{platform.system()} {platform.release()}"},
            "json": os.path.relpath(jpath, ROOT), "results": results}
@@ -402,7 +416,6 @@ def main():
     with open(jpath, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
     log(f"raw results: {jpath}; {wall / 60:.1f} minutes")
-    cmdline = "eval/run.sh " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     if not a.no_doc:
         try:
             write_doc(a.doc, doc, cmdline.strip())
