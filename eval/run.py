@@ -267,7 +267,11 @@ def write_doc(path, doc, cmdline):
             f"`{doc['grid']}`; {doc['seeds']} seeds (the grid's seed-0 state is seed 0); "
             f"KL weight {doc['kl_weight']}. Test results are mean ± standard deviation over "
             f"the seeds; raw numbers: `{doc['json']}`.\n")
-    notes = "".join(f"\n*Note:* {n}\n" for n in doc.get("notes", []))
+    extra = list(doc.get("notes", []))
+    if not doc.get("complete", True):
+        extra.append("this run was stopped before it ended: the table holds the (model, task) "
+                     "pairs it finished, and the time is up to that point.")
+    notes = "".join(f"\n*Note:* {n}\n" for n in extra)
     block = f"{MARK_BEGIN}\n{head}{notes}\n{table(doc)}\n{MARK_END}"
     a, b = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
     text = text[:a] + block + text[b:]
@@ -376,16 +380,49 @@ def main():
     r = Runner(a)
     t0 = time.monotonic()
     jobs = [(m, mnames[m], os.path.join(tasks_root, n)) for m in a.model for n in names]
-    results = []
-    try:
-        with cf.ThreadPoolExecutor(max_workers=max(1, a.workers)) as ex:
-            futs = [ex.submit(r.task, *j) for j in jobs]
-            for f in futs:
-                results.append(f.result())
-    except Failure as e:
-        print(f"run.py: {e}", file=sys.stderr)
+    cmdline = "eval/run.sh " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    jpath = a.json or os.path.join(
+        ROOT, "eval", "results",
+        "baseline-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M") + ".json")
+    doc = {"models": list(mnames.values()),
+           "model_paths": {v: os.path.relpath(k, ROOT) if k.startswith(ROOT) else k
+                           for k, v in mnames.items()},
+           "grid": ",".join(f"{lr}:{st}" for lr, st in a.grid), "seeds": a.seeds,
+           "kl_weight": a.kl, "workers": a.workers, "threads": a.threads, "limit": a.limit,
+           "notes": notes, "command": cmdline.strip(),
+           "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                       "system": f"{platform.system()} {platform.release()}"},
+           "json": os.path.relpath(jpath, ROOT), "results": [], "errors": []}
+
+    def save(final):
+        doc["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        doc["wall_seconds"] = time.monotonic() - t0
+        doc["complete"] = final
+        order = {(mnames[m], os.path.basename(d)): i for i, (m, _, d) in enumerate(jobs)}
+        doc["results"].sort(key=lambda x: order.get((x["model"], x["task"]), 0))
+        if a.ci:
+            return
+        os.makedirs(os.path.dirname(jpath), exist_ok=True)
+        with open(jpath + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(jpath + ".tmp", jpath)
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, a.workers)) as ex:
+        futs = {ex.submit(r.task, *j): j for j in jobs}
+        for f in cf.as_completed(futs):
+            try:
+                doc["results"].append(f.result())
+            except Failure as e:
+                print(f"run.py: {e}", file=sys.stderr)
+                doc["errors"].append(str(e))
+            save(False)
+    save(True)
+    results = doc["results"]
+    wall = doc["wall_seconds"]
+    if doc["errors"]:
+        print(f"run.py: {len(doc['errors'])} of {len(jobs)} (model, task) runs failed",
+              file=sys.stderr)
         return 1
-    wall = time.monotonic() - t0
     if a.ci:
         bad = []
         for rec in results:
@@ -398,23 +435,6 @@ def main():
             print(f"run.py --ci: the tuner did not learn: {b}", file=sys.stderr)
         log(f"ci: {'FAILED' if bad else 'ok'} in {wall:.1f} s")
         return 1 if bad else 0
-    cmdline = "eval/run.sh " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    jpath = a.json or os.path.join(
-        ROOT, "eval", "results",
-        "baseline-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M") + ".json")
-    doc = {"date": date, "models": list(mnames.values()),
-           "model_paths": {v: os.path.relpath(k, ROOT) if k.startswith(ROOT) else k
-                           for k, v in mnames.items()},
-           "grid": ",".join(f"{lr}:{st}" for lr, st in a.grid), "seeds": a.seeds,
-           "kl_weight": a.kl, "workers": a.workers, "threads": a.threads, "limit": a.limit,
-           "wall_seconds": wall, "notes": notes, "command": cmdline.strip(),
-           "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
-                       "system": f"{platform.system()} {platform.release()}"},
-           "json": os.path.relpath(jpath, ROOT), "results": results}
-    os.makedirs(os.path.dirname(jpath), exist_ok=True)
-    with open(jpath, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
     log(f"raw results: {jpath}; {wall / 60:.1f} minutes")
     if not a.no_doc:
         try:
