@@ -93,12 +93,17 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
     if (eval)
         snprintf(data, sizeof data, "{\"step\":%ld,\"steps\":%ld,\"val_loss\":%.9g}", p->step,
                  p->steps, p->val_loss);
-    else
+    else {
+        // "kl" only with collateral protection on (kl_weight > 0)
+        char kl[48] = "";
+        if (!isnan(p->kl))
+            snprintf(kl, sizeof kl, ",\"kl\":%.9g", p->kl);
         snprintf(data, sizeof data,
-                 "{\"step\":%ld,\"steps\":%ld,\"loss\":%.9g,\"grad_norm\":%.9g,\"lr\":%.9g,"
+                 "{\"step\":%ld,\"steps\":%ld,\"loss\":%.9g%s,\"grad_norm\":%.9g,\"lr\":%.9g,"
                  "\"tokens_per_s\":%.1f,\"elapsed_s\":%.3f,\"eta_s\":%.3f}",
-                 p->step, p->steps, p->loss, p->grad_norm, p->lr, p->tokens_per_s, elapsed,
+                 p->step, p->steps, p->loss, kl, p->grad_norm, p->lr, p->tokens_per_s, elapsed,
                  isfinite(eta) ? eta : 0.0);
+    }
     pthread_mutex_lock(&js->mu);
     bool keep = j->v.status == RK_TJOB_RUNNING;
     if (keep) {

@@ -1139,6 +1139,12 @@ START_TEST(test_kl_job)
     ck_assert_msg(hp && jnum(hp, "kl_weight") == 0.5 && jnum(hp, "kl_topk") == 16 &&
                       jnum(hp, "kl_batch") == 1, "hyperparameters of the job");
     json_decref(j);
+    char path[96];
+    snprintf(path, sizeof path, "/jobs/%s/events", id);
+    struct resp ev = get(s.port, path, NULL);
+    ck_assert_msg(ev.status == 200 && strstr(ev.body, "\"kl\":"), "events: %d %s", ev.status,
+                  ev.body);
+    resp_free(&ev);
     float *got = served_state(s.port, NULL, "kiwi");
 
     struct rk_model *m = test_model();
