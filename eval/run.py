@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -219,7 +220,7 @@ def table(doc):
     for mname in doc["models"]:
         recs = [r for r in doc["results"] if r["model"] == mname]
         out.append(f"**{mname}** (`{doc['model_paths'][mname]}`)\n")
-        out.append("| task | metric | method | test | loss (nats/byte) | tuning s | "
+        out.append("| task | metric | method | test | loss (nats/token) | tuning s | "
                    "tuning tokens | collateral kept |")
         out.append("|---|---|---|---|---|---|---|---|")
         for r in recs:
@@ -259,10 +260,15 @@ def write_doc(path, doc, cmdline):
     if MARK_BEGIN not in text or MARK_END not in text:
         raise Failure(f"{path}: the markers {MARK_BEGIN} and {MARK_END} are missing")
     m = doc["machine"]
+    cpu = ""
+    if doc.get("cpu_seconds"):
+        cpu = (f", {doc['cpu_seconds'] / 60:.1f} CPU-minutes in the rwkvd commands "
+               f"({doc['cpu_seconds'] / 60 / max(1, m['cores']):.1f} minutes on "
+               f"{m['cores']} idle cores)")
     head = (f"Command: `{cmdline}`  \n"
             f"Machine: {m['cpu']}, {m['cores']} cores, {m['system']}; date {doc['date']}; "
             f"{doc['wall_seconds'] / 60:.1f} minutes in all ({doc['workers']} jobs at once, "
-            f"{doc['threads']} thread each).  \n"
+            f"{doc['threads']} thread each){cpu}.  \n"
             f"Grid (lr:steps, batch 4, picked on the validation split with seed 0): "
             f"`{doc['grid']}`; {doc['seeds']} seeds (the grid's seed-0 state is seed 0); "
             f"KL weight {doc['kl_weight']}. Test results are mean ± standard deviation over "
@@ -397,6 +403,8 @@ def main():
     def save(final):
         doc["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         doc["wall_seconds"] = time.monotonic() - t0
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        doc["cpu_seconds"] = ru.ru_utime + ru.ru_stime  # the rwkvd commands that have ended
         doc["complete"] = final
         order = {(mnames[m], os.path.basename(d)): i for i, (m, _, d) in enumerate(jobs)}
         doc["results"].sort(key=lambda x: order.get((x["model"], x["task"]), 0))
