@@ -50,6 +50,10 @@
  * uv_check handle closes them as soon as the server starts draining, which
  * also interrupts the running job.
  *
+ * Evaluation jobs (POST /eval/jobs) are jobs of the same table, queue and
+ * worker with v.eval set: <id>.data.jsonl holds the request, the worker
+ * runs them in jobs_eval.c, and their result goes to <id>.result.json.
+ *
  * Shutdown order: drain starts -> handles closed, worker told to stop ->
  * rk_srv_run returns -> rk_tjobs_stop joins the worker (the running job is
  * journaled as queued, resumable from its checkpoint) -> rk_tjobs_free.

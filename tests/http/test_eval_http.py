@@ -123,7 +123,7 @@ def main():
     st_file = os.path.join(tmp, "pirate.safetensors")
     subprocess.run([RWKVD, "tune", "--model", MODEL, "--data",
                     os.path.join(ROOT, "models", "demo-style.jsonl"), "--out", st_file,
-                    "--steps", "6", "--lr", "0.05", "--val-split", "0", "--quiet",
+                    "--steps", "2", "--lr", "0.05", "--val-split", "0", "--quiet",
                     "--threads", "1"], check=True, capture_output=True)
     srv, port = start(tmp)
     try:
@@ -237,7 +237,7 @@ def main():
                   jj["progress"]["done"] < jj["progress"]["total"], f"cancel: {jj}")
 
         # a tuning job with an eval_task: its results on the starting and the tuned state
-        tune = {"output_state": "pirate2", "steps": 3, "lr": 0.05, "val_split": 0,
+        tune = {"output_state": "pirate2", "steps": 1, "lr": 0.05, "val_split": 0,
                 "dataset": [json.loads(l) for l in
                             open(os.path.join(ROOT, "models", "demo-style.jsonl"))][:4],
                 "eval_task": {"name": "caps-choice", "kind": "choice", "items": CH[:3]}}

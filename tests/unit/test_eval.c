@@ -268,6 +268,7 @@ START_TEST(test_fewshot_assembly)
         ck_assert_str_eq(q, pr[i]);
         /* another seed draws other shots for some item */
         t.shot_seed = 12;
+        free(b);
         ck_assert_int_eq(rk_eval_prompt_build(&t, i, &b, &lb, NULL), RK_OK);
         differs |= strcmp(a, b) != 0;
         t.shot_seed = 11;
