@@ -115,8 +115,10 @@ class Runner:
 
     # --- one (model, task) ----------------------------------------------------
 
-    def train_file(self, task_dir, name):
-        """The train split as `rwkvd tune` data: a choice item trains on its right answer."""
+    def train_file(self, task_dir, name, end=""):
+        """The train split as `rwkvd tune` data: a choice item trains on its right answer; a
+        generate item's completion gets `end` (the task's first stop string) so that the state
+        also learns where an answer ends (the split itself holds nothing after the answer)."""
         path = os.path.join(self.tmp, f"{name}.train.jsonl")
         with open(os.path.join(task_dir, "train.jsonl"), encoding="utf-8") as f, \
                 open(path, "w", encoding="utf-8") as g:
@@ -126,6 +128,8 @@ class Runner:
                 x = json.loads(line)
                 if "choices" in x:
                     x = {"prompt": x["prompt"], "completion": x["choices"][x["answer"]]}
+                elif end:
+                    x = {"prompt": x["prompt"], "completion": x["completion"] + end}
                 g.write(json.dumps(x) + "\n")
         return path
 
@@ -145,7 +149,12 @@ class Runner:
         if K > 0 and not a.ci:
             fs, _ = self.evaluate(model, task_dir, "test", K, limit=a.limit)
             rec["few_shot"] = fs["base"]
-        train = self.train_file(task_dir, f"{mname}-{name}")
+        end = ""
+        if kind == "generate" and a.train_stop and t.get("stop"):
+            stops = t["stop"] if isinstance(t["stop"], list) else [t["stop"]]
+            end = stops[0]
+        rec["train_end"] = end
+        train = self.train_file(task_dir, f"{mname}-{name}", end)
         # grid on the validation split, seed 0
         grid = []
         for lr, steps in a.grid:
@@ -333,6 +342,9 @@ def main():
     ap.add_argument("--ci", action="store_true",
                     help="quick check on the demo model: 20 steps of tuning must at least halve "
                          "the persona task's validation loss (exit 1 otherwise)")
+    ap.add_argument("--no-train-stop", dest="train_stop", action="store_false",
+                    help="train generate tasks on the bare completion (default: completion + the "
+                         "task's first stop string, so the state learns to end its answer)")
     ap.add_argument("--from-json", metavar="FILE",
                     help="write the table of an earlier run's raw results into --doc and exit")
     ap.add_argument("--command", help="with --from-json: the command shown above the table")
