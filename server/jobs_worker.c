@@ -344,12 +344,15 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     }
     struct rk_state_meta meta;
     rk_state_meta_init(&meta, m);
-    snprintf(meta.method, sizeof meta.method, "%s", meth->name);
     snprintf(meta.note, sizeof meta.note, "job %s: steps=%ld loss=%.6g val_loss=%.6g lr=%g",
              r.id, res.steps_done, res.loss_last, res.val_loss_best, hp.tune.lr);
     meta.has_shift = hp.tune.tune_shift;
     struct rk_state_ref *ref = NULL;
-    rc = rk_store_put(srv->store, j->v.tenant, j->v.output_state, out, &meta, &ref, &eb);
+    float *adapter = NULL;
+    rc = rk_tune_export(m, &hp.tune, out, &adapter, &meta);
+    if (rc == RK_OK)
+        rc = rk_store_put(srv->store, j->v.tenant, j->v.output_state, adapter, &meta, &ref, &eb);
+    free(adapter);
     if (rc != RK_OK) {
         pthread_mutex_lock(&js->mu);
         j->publishing = false;

@@ -412,11 +412,17 @@ int rk_cmd_tune(int argc, char **argv)
     }
     struct rk_state_meta meta;
     rk_state_meta_init(&meta, m);
-    snprintf(meta.method, sizeof meta.method, "%s", rk_tune_params_method(&tp)->name);
     snprintf(meta.note, sizeof meta.note, "steps=%ld loss=%.6g val_loss=%.6g lr=%g batch=%d",
              res.steps_done, res.loss_last, res.val_loss_best, tp.lr, tp.batch);
     meta.has_shift = tp.tune_shift;
-    if ((rc = rk_state_file_save(out, m, st, &meta, &eb)) != RK_OK) {
+    float *adapter = NULL;
+    if ((rc = rk_tune_export(m, &tp, st, &adapter, &meta)) != RK_OK) {
+        fprintf(stderr, "rwkvd tune: %s\n", rk_strerror(rc));
+        goto out;
+    }
+    rc = rk_state_file_save(out, m, adapter, &meta, &eb);
+    free(adapter);
+    if (rc != RK_OK) {
         fprintf(stderr, "rwkvd tune: %s: %s\n", out, eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }
