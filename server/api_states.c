@@ -37,6 +37,11 @@ static json_t *meta_json(const char *id, const struct rk_state_meta *m, size_t b
     json_object_set_new(o, "n_embd", json_integer(m->n_embd));
     json_object_set_new(o, "n_head", json_integer(m->n_head));
     json_object_set_new(o, "has_shift", json_boolean(m->has_shift));
+    if (m->kernel_m > 0) {
+        json_object_set_new(o, "kernel_m", json_integer(m->kernel_m));
+        json_object_set_new(o, "kernel_fade",
+                            json_string(m->kernel_fade == RK_FADE_NONE ? "none" : "mean"));
+    }
     if (bytes)
         json_object_set_new(o, "bytes", json_integer((json_int_t)bytes));
     return o;
@@ -86,7 +91,7 @@ static void h_get(struct rk_http_req *r)
         rk_http_error_rk(r, rc, "id", eb.msg);
         return;
     }
-    size_t bytes = rk_state_len(r->srv->model) * sizeof(float);
+    size_t bytes = rk_adapter_len(r->srv->model, rk_state_ref_meta(ref)) * sizeof(float);
     rk_http_json(r, 200, meta_json(r->params[0], rk_state_ref_meta(ref), bytes, true));
     rk_state_ref_release(ref);
 }
@@ -173,16 +178,12 @@ static void h_put(struct rk_http_req *r)
                       "(safetensors or RWKV-PEFT .pth)");
         return;
     }
-    float *state = malloc(rk_state_len(srv->model) * sizeof(float));
-    if (!state) {
-        rk_http_error(r, 503, "enomem", NULL, "out of memory");
-        return;
-    }
+    float *state = NULL; /* a kernel state is longer than rk_state_len */
     struct rk_state_meta meta;
     struct rk_errbuf eb = {0};
-    int rc = rk_state_file_parse(r->body.p, r->body.len, srv->model, false, state, &meta, &eb);
+    int rc = rk_state_file_parse_alloc(r->body.p, r->body.len, srv->model, false, &state, &meta,
+                                       &eb);
     if (rc != RK_OK) {
-        free(state);
         rk_http_error_rk(r, rc, "body", eb.msg);
         return;
     }
@@ -198,7 +199,7 @@ static void h_put(struct rk_http_req *r)
     }
     const struct rk_state_meta *m = rk_state_ref_meta(ref);
     rk_http_json(r, m->version == 1 ? 201 : 200,
-                 meta_json(id, m, rk_state_len(srv->model) * sizeof(float), true));
+                 meta_json(id, m, rk_adapter_len(srv->model, m) * sizeof(float), true));
     rk_state_ref_release(ref);
 }
 
