@@ -27,6 +27,8 @@
  * backpropagation, Dalm et al. 2024). Its served state is the kernel state
  * with P = Ptilde R.
  */
+/* vectorise the loops (no fast-math: every sum keeps its written order) */
+#pragma GCC optimize("O3")
 #include "rk_adapters.h"
 
 #include <math.h>
@@ -35,6 +37,14 @@
 #include <string.h>
 
 #define RHAT_EPS 1e-6
+/* The hot functions are built for AVX-512 and for any x86-64 (or the
+ * default elsewhere); the loader picks one per process, so training and
+ * serving on one machine run the same code. */
+#if defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define HOT __attribute__((target_clones("avx512f", "default")))
+#else
+#define HOT
+#endif
 #define SAMPLES_PER_HEAD 32 /* DBP: feature vectors kept per (layer, head) per step */
 
 /* --- layout ------------------------------------------------------------------ */
@@ -91,9 +101,49 @@ static inline float dot16(const float *a, const float *b, int n)
     return s;
 }
 
-/* rhat [N] and its scale 1/nu; z [M] = Omega rhat + beta; phi [M]. */
-static void features(const struct rk_kernel_view *v, int l, const float *r, float *rhat,
-                     float *inv_nu, float *z, float *phi)
+/* cos and sin of z[n] (|z| < 2^22) without libm, so that the loop
+ * vectorises: z = k pi + r with |r| <= pi/2 (pi in three parts), then the
+ * Taylor series of cos r to r^14 and of sin r to r^15 (truncation below
+ * 1e-10 on [-pi/2, pi/2]) and the sign (-1)^k. Within 4e-7 of libm's
+ * cosf/sinf (tests/unit/test_kernel.c); the features are defined by this
+ * function, in training and in serving alike. */
+static inline void cos_sin(const float *z, float *c, float *s, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const float x = z[i];
+        const float kf = (x * 0.318309886183790672f + 12582912.0f) - 12582912.0f;
+        const float r = ((x - kf * 3.140625f) - kf * 9.67502593994140625e-4f) -
+                        kf * 1.509957990978376432e-7f;
+        const float r2 = r * r;
+        float cp = 1.0f / 87178291200.0f;               /* 1/14! */
+        cp = cp * -r2 + 1.0f / 479001600.0f;            /* 1/12! */
+        cp = cp * -r2 + 1.0f / 3628800.0f;              /* 1/10! */
+        cp = cp * -r2 + 1.0f / 40320.0f;
+        cp = cp * -r2 + 1.0f / 720.0f;
+        cp = cp * -r2 + 1.0f / 24.0f;
+        cp = cp * -r2 + 0.5f;
+        cp = cp * -r2 + 1.0f;
+        float sp = 1.0f / 1307674368000.0f;             /* 1/15! */
+        sp = sp * -r2 + 1.0f / 6227020800.0f;           /* 1/13! */
+        sp = sp * -r2 + 1.0f / 39916800.0f;             /* 1/11! */
+        sp = sp * -r2 + 1.0f / 362880.0f;
+        sp = sp * -r2 + 1.0f / 5040.0f;
+        sp = sp * -r2 + 1.0f / 120.0f;
+        sp = sp * -r2 + 1.0f / 6.0f;
+        sp = sp * -r2 + 1.0f;
+        sp *= r;
+        const float sign = 1.0f - 2.0f * (float)((int)kf & 1);
+        c[i] = sign * cp;
+        s[i] = sign * sp;
+    }
+}
+
+void rk_kernel_cos_sin(const float *z, float *c, float *s, int n) { cos_sin(z, c, s, n); }
+
+/* rhat [N] and its scale 1/nu; z [M] = Omega rhat + beta; phi [M]; and
+ * (sn non-NULL) sin z [M]. */
+static inline void features(const struct rk_kernel_view *v, int l, const float *r, float *rhat,
+                            float *inv_nu, float *z, float *phi, float *sn)
 {
     const int N = v->N, M = v->M;
     double ss = 0;
@@ -105,16 +155,18 @@ static void features(const struct rk_kernel_view *v, int l, const float *r, floa
     *inv_nu = inv;
     const float *Om = v->omega + (size_t)l * M * N, *be = v->beta + (size_t)l * M;
     const float s = sqrtf(2.0f / (float)M);
-    for (int mi = 0; mi < M; mi++) {
+    float sbuf[RK_KERNEL_M_MAX];
+    for (int mi = 0; mi < M; mi++)
         z[mi] = be[mi] + dot16(Om + (size_t)mi * N, rhat, N);
-        phi[mi] = s * cosf(z[mi]);
-    }
+    cos_sin(z, phi, sn ? sn : sbuf, M);
+    for (int mi = 0; mi < M; mi++)
+        phi[mi] *= s;
 }
 
 void rk_kernel_features(const struct rk_kernel_view *v, int l, const float *r, float *phi)
 {
     float rhat[RK_KERNEL_M_MAX], z[RK_KERNEL_M_MAX], inv;
-    features(v, l, r, rhat, &inv, z, phi);
+    features(v, l, r, rhat, &inv, z, phi, NULL);
 }
 
 /* mean_j w[j], accumulated in double */
@@ -138,7 +190,7 @@ static size_t ro_carry_len(const void *data)
     return (size_t)v->L * (size_t)v->H;
 }
 
-static void ro_fwd(const void *data, int l, int h, size_t n, size_t stride, const float *r,
+HOT static void ro_fwd(const void *data, int l, int h, size_t n, size_t stride, const float *r,
                    const float *w, float *carry, float *y)
 {
     const struct rk_kernel_view *v = data;
@@ -153,14 +205,14 @@ static void ro_fwd(const void *data, int l, int h, size_t n, size_t stride, cons
             *cl = fade_step(*cl, wt, N);
             c = expf(*cl);
         }
-        features(v, l, rt, rhat, &inv, z, phi);
+        features(v, l, rt, rhat, &inv, z, phi, NULL);
         float *yt = y + t * stride;
         for (int i = 0; i < N; i++)
             yt[i] += c * dot16(P + (size_t)i * M, phi, M);
     }
 }
 
-static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, const float *r,
+HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, const float *r,
                    const float *w, const float *dy, float *dr, float *dw, void *grad)
 {
     const struct rk_kernel_view *v = data;
@@ -186,11 +238,11 @@ static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, cons
     }
     size_t every = n / 4 ? n / 4 : 1;
     float rhat[RK_KERNEL_M_MAX], z[RK_KERNEL_M_MAX], phi[RK_KERNEL_M_MAX], inv;
-    float dphi[RK_KERNEL_M_MAX], drh[RK_KERNEL_M_MAX];
+    float dphi[RK_KERNEL_M_MAX], drh[RK_KERNEL_M_MAX], sn[RK_KERNEL_M_MAX];
     double acc = 0; /* sum over t' >= t of c_t' (dy_t' . P phi_t') */
     for (size_t t = n; t-- > 0;) {
         const float *rt = r + t * stride, *dyt = dy + t * stride;
-        features(v, l, rt, rhat, &inv, z, phi);
+        features(v, l, rt, rhat, &inv, z, phi, sn);
         const float c = cs[t];
         if (v->fade == RK_FADE_MEAN) {
             double dyu = 0;
@@ -216,7 +268,7 @@ static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, cons
         }
         /* dz = -dphi s sin z; drhat = Omega^T dz */
         for (int mi = 0; mi < M; mi++)
-            dphi[mi] *= -s * sinf(z[mi]);
+            dphi[mi] *= -s * sn[mi];
         memset(drh, 0, (size_t)N * sizeof(float));
         for (int mi = 0; mi < M; mi++) {
             const float *om = Om + (size_t)mi * N;
@@ -331,7 +383,7 @@ static size_t k_trainable(const struct rk_model *m, const struct rk_tune_params 
 }
 
 /* Peff [L][H][N][M] = Ptilde R_l for every head. */
-static void dbp_effective(const struct rk_model *m, const struct rk_tune_params *p,
+HOT static void dbp_effective(const struct rk_model *m, const struct rk_tune_params *p,
                           const float *params, float *Peff)
 {
     struct rk_kernel_layout kl;
@@ -446,7 +498,7 @@ static void kx_bind(void *xv, const float *params, struct rk_readout *ro, void *
 
 static void kx_weight(void *xv, float w) { ((struct krun *)xv)->g.weight = w; }
 
-static void kx_grad(void *xv, const float *params, float scale, float *dparams)
+HOT static void kx_grad(void *xv, const float *params, float scale, float *dparams)
 {
     struct krun *x = xv;
     float *d = dparams + x->kl.P;
@@ -470,7 +522,7 @@ static void kx_grad(void *xv, const float *params, float scale, float *dparams)
 
 /* DBP: R <- R - eta (E[x x^T] - diag E[x^2]) R / mean E[x^2] per layer,
  * x = R phi over the step's sampled feature vectors of the layer's heads. */
-static void kx_after(void *xv, float *params)
+HOT static void kx_after(void *xv, float *params)
 {
     struct krun *x = xv;
     if (!x->dbp || !(x->p->dbp_lr > 0))

@@ -96,6 +96,8 @@ struct rk_kernel_grad {
     int *nsamp;
     int samp_max;
 };
+/* cos and sin of z[n] as the features compute them (for tests). */
+RK_API void rk_kernel_cos_sin(const float *z, float *c, float *s, int n);
 /* The feature vector phi [M] of one head's receptance r [N] (for tests). */
 RK_API void rk_kernel_features(const struct rk_kernel_view *v, int layer, const float *r,
                                float *phi);

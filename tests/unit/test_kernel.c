@@ -254,6 +254,21 @@ START_TEST(test_kernel_hook_fd)
 }
 END_TEST
 
+/* the features' cos and sin against libm over the range they meet */
+START_TEST(test_kernel_cos_sin)
+{
+    enum { n = 4001 };
+    static float z[n], c[n], sn[n];
+    for (int i = 0; i < n; i++)
+        z[i] = -60.0f + 120.0f * (float)i / (n - 1);
+    rk_kernel_cos_sin(z, c, sn, n);
+    for (int i = 0; i < n; i++) {
+        ck_assert_msg(fabs(c[i] - cos((double)z[i])) < 4e-7, "cos(%g) = %.9g", z[i], c[i]);
+        ck_assert_msg(fabs(sn[i] - sin((double)z[i])) < 4e-7, "sin(%g) = %.9g", z[i], sn[i]);
+    }
+}
+END_TEST
+
 START_TEST(test_kernel_fd_mean) { fd_case(RK_FADE_MEAN); }
 END_TEST
 
@@ -505,6 +520,7 @@ RK_TEST_SUITE(kernel_suite, RK_SELF_CONTAINED)
     Suite *s = suite_create("kernel");
     TCase *tc = tcase_create("kernel");
     tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_kernel_cos_sin);
     tcase_add_test(tc, test_kernel_hook_fd);
     tcase_add_test(tc, test_kernel_fd_mean);
     tcase_add_test(tc, test_kernel_fd_none);
