@@ -10,6 +10,9 @@
  *   3. mixed passes: sequences with no state, a standard state and a
  *      kernel state in one rk_forward_multi_ro, each bit-identical to
  *      running alone (prefill, then decode steps);
+ *   1b. the same gradient against tools/ref_rwkv7.py (float64 NumPy, its own
+ *      forward and its own writer of the state file): the loss and central
+ *      differences along fixed directions, tests/data/kernel-mh.*;
  *   4. state files: a kernel state round-trips through format_version 2,
  *      the plain reader refuses it, standard files stay version 1;
  *   5. tuning: kernel and dbp runs lower the loss, and resume bit-identically
@@ -17,6 +20,7 @@
  */
 #include "check_common.h"
 #include "rk_adapters.h"
+#include "rk_fileio.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -275,6 +279,80 @@ END_TEST
 START_TEST(test_kernel_fd_none) { fd_case(RK_FADE_NONE); }
 END_TEST
 
+/* rwkvd's loss and gradient against the float64 NumPy reference */
+START_TEST(test_kernel_vs_numpy)
+{
+    struct rk_model *m = NULL;
+    struct rk_errbuf eb;
+    ck_assert_msg(rk_model_load(rk_test_data("rand-mh.safetensors"), NULL, &m, &eb) == RK_OK,
+                  "%s", eb.msg);
+    void *buf;
+    size_t len;
+    ck_assert_int_eq(rk_file_read_all(rk_test_data("kernel-mh.safetensors"), 1 << 24, &buf, &len,
+                                      &eb), RK_OK);
+    float *ad = NULL;
+    struct rk_state_meta meta;
+    ck_assert_msg(rk_state_file_parse_alloc(buf, len, m, false, &ad, &meta, &eb) == RK_OK, "%s",
+                  eb.msg);
+    free(buf);
+    ck_assert_int_eq(meta.kernel_m, 16);
+    ck_assert_int_eq(meta.kernel_fade, RK_FADE_MEAN);
+    const int M = 16;
+    struct rk_kernel_view view;
+    rk_kernel_view_of(m, M, meta.kernel_fade, ad, &view);
+    struct rk_kernel_layout kl;
+    rk_kernel_layout(m, M, &kl);
+    const uint32_t tk[12] = {5, 17, 200, 33, 91, 4, 250, 120, 7, 64, 300, 12};
+    size_t slen = rk_state_len(m), nP = kl.omega - kl.P;
+    float *dst = malloc(slen * sizeof(float));
+    struct rk_kernel_grad g = {.weight = 1.0f, .dP = calloc(nP, sizeof(float))};
+    struct rk_backward_params bp = {.ro_ops = &rk_kernel_readout, .ro_data = &view, .ro_grad = &g};
+    struct rk_ctx *ctx = NULL;
+    ck_assert_int_eq(rk_ctx_create(m, NULL, &ctx), RK_OK);
+    double loss;
+    ck_assert_int_eq(rk_backward_seq(ctx, &bp, tk, tk + 1, NULL, 11, ad, &loss, dst, NULL, NULL),
+                     RK_OK);
+    FILE *f = fopen(rk_test_data("kernel-mh.fd.txt"), "r");
+    ck_assert_ptr_nonnull(f);
+    char name[32];
+    double want;
+    int layer;
+    ck_assert_int_eq(fscanf(f, "%31s %lf", name, &want), 2);
+    ck_assert_str_eq(name, "loss");
+    ck_assert_msg(fabs(loss - want) < 1e-5 * fabs(want), "loss %.9g, NumPy %.9g", loss, want);
+    struct rk_state_layout lay;
+    rk_state_layout(m, &lay);
+    const int H = rk_model_n_head(m), N = rk_model_head_size(m), L = rk_model_n_layer(m);
+    int seen = 0;
+    while (fscanf(f, "%31s %d %lf", name, &layer, &want) == 3) {
+        double gu = 0;
+        if (!strcmp(name, "P")) {
+            ck_assert_int_eq(layer, L - 1);
+            const float *gp = g.dP + (size_t)layer * H * N * M;
+            for (size_t i = 0; i < (size_t)H * N * M; i++)
+                gu += gp[i] * sin(1.7 * (double)i + 0.3);
+        } else if (!strcmp(name, "wkv")) {
+            const float *gw = dst + (size_t)layer * lay.layer_stride + lay.wkv;
+            for (size_t i = 0; i < lay.wkv_len; i++)
+                gu += gw[i] * sin(2.3 * (double)i + 1.1);
+        } else {
+            ck_assert_str_eq(name, "att_shift");
+            const float *gs = dst + (size_t)layer * lay.layer_stride + lay.att_shift;
+            for (size_t i = 0; i < lay.shift_len; i++)
+                gu += gs[i] * sin(0.7 * (double)i + 2.0);
+        }
+        ck_assert_msg(fabs(gu - want) < 2e-3 * fabs(want) + 1e-5, "%s %d: rwkvd %.9g, NumPy %.9g",
+                      name, layer, gu, want);
+        seen++;
+    }
+    fclose(f);
+    ck_assert_int_eq(seen, 3);
+    free(g.dP), free(dst), free(ad);
+    rk_ctx_free(ctx);
+    rk_model_free(m);
+}
+END_TEST
+
 /* P = 0: the plain model's logits and gradient */
 START_TEST(test_kernel_zero_is_base)
 {
@@ -523,6 +601,7 @@ RK_TEST_SUITE(kernel_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_kernel_cos_sin);
     tcase_add_test(tc, test_kernel_hook_fd);
     tcase_add_test(tc, test_kernel_fd_mean);
+    tcase_add_test(tc, test_kernel_vs_numpy);
     tcase_add_test(tc, test_kernel_fd_none);
     tcase_add_test(tc, test_kernel_zero_is_base);
     tcase_add_test(tc, test_kernel_mixed_batch);
