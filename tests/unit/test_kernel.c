@@ -347,6 +347,30 @@ START_TEST(test_kernel_vs_numpy)
     }
     fclose(f);
     ck_assert_int_eq(seen, 3);
+    /* the full gradient of tools/ref_backward_torch.py --kernel, where it was made */
+    FILE *tf = fopen(rk_test_data("kernel-mh.grad-torch.bin"), "rb");
+    if (tf) {
+        char magic[8];
+        uint32_t hd[3];
+        double tl;
+        ck_assert(fread(magic, 1, 8, tf) == 8 && !memcmp(magic, "RKKGRD01", 8));
+        ck_assert(fread(hd, 4, 3, tf) == 3 && hd[0] == 11 && hd[1] == slen && hd[2] == nP);
+        uint32_t ttk[11];
+        ck_assert(fread(ttk, 4, 11, tf) == 11 && !memcmp(ttk, tk, sizeof ttk));
+        ck_assert(fread(&tl, 8, 1, tf) == 1);
+        ck_assert_msg(fabs(loss - tl) < 1e-5 * fabs(tl), "loss %.9g, torch %.9g", loss, tl);
+        float *ref = malloc((slen + nP) * sizeof(float));
+        ck_assert(fread(ref, 4, slen + nP, tf) == slen + nP);
+        double mx = 0, err = 0;
+        for (size_t i = 0; i < slen + nP; i++) {
+            double got = i < slen ? dst[i] : g.dP[i - slen];
+            mx = fmax(mx, fabs(ref[i]));
+            err = fmax(err, fabs(got - ref[i]));
+        }
+        ck_assert_msg(err <= 2e-3 * mx, "gradient vs torch: max error %g of max %g", err, mx);
+        free(ref);
+        fclose(tf);
+    }
     free(g.dP), free(dst), free(ad);
     rk_ctx_free(ctx);
     rk_model_free(m);
