@@ -147,6 +147,8 @@ static double measure_sgemm(int threads)
 
 struct kbench {
     double dec_plain, dec_kernel;                 /* single-stream tok/s */
+    double term_fwd_s;  /* the term alone, one token through every layer and head, 1 thread */
+    double term_bwd_s;  /* its backward over the prompt, every layer and head, 1 thread */
     double st_std, st_kernel, st_dbp, st_dbp_nor; /* seconds per tuning step */
 };
 
@@ -229,6 +231,43 @@ static int kernel_bench(const struct rk_model *m, struct rk_ctx *ctx, const uint
             double *b = k ? &kb->dec_kernel : &kb->dec_plain;
             *b = r > *b ? r : *b;
         }
+    /* the term alone on one thread, best of 20: forward of one token, and
+     * (with --tune) forward + backward over the prompt, for every layer and head */
+    {
+        const int L = rk_model_n_layer(m), H = rk_model_n_head(m), N = rk_model_head_size(m);
+        size_t T = tune ? (size_t)ptoks : 1, TN = T * (size_t)N;
+        float *r = malloc(TN * sizeof(float)), *w = malloc(TN * sizeof(float));
+        float *y = calloc(TN, sizeof(float)), *dr = calloc(TN, sizeof(float));
+        float *dw = calloc(TN, sizeof(float));
+        struct rk_kernel_grad g = {.weight = 1.0f, .dP = calloc(kl.omega - kl.P, sizeof(float))};
+        rc = r && w && y && dr && dw && g.dP ? RK_OK : RK_ENOMEM;
+        for (size_t i = 0; rc == RK_OK && i < TN; i++) {
+            r[i] = (float)((double)(rng_next(&seed) >> 11) / 9007199254740992.0 - 0.5);
+            w[i] = 0.9f;
+        }
+        kb->term_fwd_s = kb->term_bwd_s = 1e30;
+        for (int rep = 0; rc == RK_OK && rep < 20; rep++) {
+            double t0 = rk_cli_now();
+            for (int l = 0; l < L; l++)
+                for (int h = 0; h < H; h++)
+                    rk_kernel_readout.fwd(&view, l, h, 1, (size_t)N, r, w, carry, y);
+            double dt = rk_cli_now() - t0;
+            kb->term_fwd_s = dt < kb->term_fwd_s ? dt : kb->term_fwd_s;
+            if (!tune || rep >= 3)
+                continue;
+            t0 = rk_cli_now();
+            for (int l = 0; l < L; l++)
+                for (int h = 0; h < H; h++) {
+                    rk_kernel_readout.fwd(&view, l, h, T, (size_t)N, r, w, carry, y);
+                    rk_kernel_readout.bwd(&view, l, h, T, (size_t)N, r, w, y, dr, dw, &g);
+                }
+            dt = rk_cli_now() - t0;
+            kb->term_bwd_s = dt < kb->term_bwd_s ? dt : kb->term_bwd_s;
+        }
+        free(r), free(w), free(y), free(dr), free(dw), free(g.dP);
+        if (rc != RK_OK)
+            goto out;
+    }
     if (tune) {
         struct rk_dataset *ds = NULL;
         if ((rc = rk_dataset_create(&ds)) != RK_OK ||
@@ -546,11 +585,13 @@ int rk_cmd_bench(int argc, char **argv)
                    (double)ptoks / tune_s, (double)ptoks / tune_pf_s, tune_pf_s / tune_s, tune_rss);
         if (kernel_m)
             printf(",\"kernel_m\":%ld,\"kernel_decode_tok_s\":%.2f,\"plain_decode_tok_s\":%.2f,"
-                   "\"kernel_decode_overhead\":%.4f", kernel_m, kb.dec_kernel, kb.dec_plain,
-                   kb.dec_plain / kb.dec_kernel - 1);
+                   "\"kernel_decode_overhead\":%.4f,\"kernel_term_us_per_token\":%.1f",
+                   kernel_m, kb.dec_kernel, kb.dec_plain, kb.dec_plain / kb.dec_kernel - 1,
+                   kb.term_fwd_s * 1e6);
         if (kernel_m && tune)
             printf(",\"step_s\":{\"standard\":%.4f,\"kernel\":%.4f,\"dbp\":%.4f,"
-                   "\"dbp_no_r_update\":%.4f}", kb.st_std, kb.st_kernel, kb.st_dbp, kb.st_dbp_nor);
+                   "\"dbp_no_r_update\":%.4f},\"kernel_term_step_s\":%.4f", kb.st_std,
+                   kb.st_kernel, kb.st_dbp, kb.st_dbp_nor, kb.term_bwd_s);
         printf("}\n");
     } else {
         printf("model        %s (L=%d C=%d V=%zu, %s, %.1f MB of weights)\n", model,
@@ -583,6 +624,15 @@ int rk_cmd_bench(int argc, char **argv)
             printf("kernel M=%ld decode %.2f tok/s with a kernel state, %.2f tok/s plain "
                    "(alternating rounds): +%.1f%% per token\n", kernel_m, kb.dec_kernel,
                    kb.dec_plain, 100.0 * (kb.dec_plain / kb.dec_kernel - 1));
+        if (kernel_m)
+            printf("kernel M=%ld the term alone: %.1f us per token through all %d layers x %d "
+                   "heads on one thread = %.1f%% of a plain decode step\n", kernel_m,
+                   kb.term_fwd_s * 1e6, rk_model_n_layer(m), rk_model_n_head(m),
+                   100.0 * kb.term_fwd_s * kb.dec_plain);
+        if (kernel_m && tune)
+            printf("kernel M=%ld the term's forward + backward over the prompt: %.3f s on one "
+                   "thread = %.1f%% of a standard step\n", kernel_m, kb.term_bwd_s,
+                   100.0 * kb.term_bwd_s / kb.st_std);
         if (kernel_m && tune)
             printf("kernel M=%ld tuning step (%ld tokens, batch 1): standard %.3f s, kernel "
                    "%.3f s (%.2fx), dbp %.3f s (%.2fx; its R update %.1f%% of the step)\n",
