@@ -27,8 +27,10 @@
  * backpropagation, Dalm et al. 2024). Its served state is the kernel state
  * with P = Ptilde R.
  */
-/* vectorise the loops (no fast-math: every sum keeps its written order) */
-#pragma GCC optimize("O3")
+/* Vectorise the loops. No fast-math and no contraction into FMA: every sum
+ * keeps its written order and rounding, so the AVX-512 and the portable
+ * builds of the functions below (HOT) give the same bits. */
+#pragma GCC optimize("O3", "fp-contract=off")
 #include "rk_adapters.h"
 
 #include <math.h>
@@ -38,8 +40,9 @@
 
 #define RHAT_EPS 1e-6
 /* The hot functions are built for AVX-512 and for any x86-64 (or the
- * default elsewhere); the loader picks one per process, so training and
- * serving on one machine run the same code. */
+ * default elsewhere); the loader picks one per process. Both compute the
+ * same operations in the same order (16 running sums per dot product, one
+ * vector register or four), so they agree bit for bit. */
 #if defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define HOT __attribute__((target_clones("avx512f", "default")))
 #else
