@@ -535,6 +535,7 @@ int rk_cmd_eval(int argc, char **argv)
     struct rk_dataset *ds = NULL;
     struct rk_ctx *ctx = NULL;
     float *st = NULL;
+    struct rk_cli_ro kro = {0}; /* a kernel state's term */
     struct rk_errbuf eb = {0};
     int rc;
     if (!(m = rk_cli_load_model(model, RK_DTYPE_AUTO)) || !(tok = rk_cli_load_tokenizer(vocab, m)))
@@ -551,7 +552,7 @@ int rk_cmd_eval(int argc, char **argv)
             fprintf(stderr, "rwkvd eval: out of memory\n");
             goto out;
         }
-        if (rk_cli_load_state(state_path, m, st, NULL) != RK_OK)
+        if (rk_cli_load_state_ro(state_path, m, st, &kro) != RK_OK)
             goto out;
     }
     struct rk_ctx_params cp = {.n_threads = (int)threads};
@@ -560,7 +561,7 @@ int rk_cmd_eval(int argc, char **argv)
         goto out;
     }
     struct rk_eval_result r;
-    if ((rc = rk_eval_run(ctx, ds, st, NULL, NULL, &r)) != RK_OK) {
+    if ((rc = rk_eval_run_ro(ctx, ds, st, rk_cli_ro_start(&kro), NULL, NULL, &r)) != RK_OK) {
         fprintf(stderr, "rwkvd eval: %s\n", rk_strerror(rc));
         goto out;
     }
@@ -586,6 +587,7 @@ int rk_cmd_eval(int argc, char **argv)
     }
     status = 0;
 out:
+    rk_cli_ro_free(&kro);
     free(st);
     rk_ctx_free(ctx);
     rk_dataset_free(ds);
