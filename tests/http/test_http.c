@@ -1040,7 +1040,9 @@ START_TEST(test_state_format_checked)
     const struct {
         const char *from, *to, *why;
     } cases[] = {
-        {"\"format_version\":\"1\"", "\"format_version\":\"2\"", "format_version '2'"},
+        {"\"format_version\":\"1\"", "\"format_version\":\"3\"", "format_version '3'"},
+        /* version 2 is a kernel state: it needs kernel_m and the kernel tensors */
+        {"\"format_version\":\"1\"", "\"format_version\":\"2\"", "version 2 without kernel_m"},
         {"\"rwkvd-state\"", "\"rwkvd-stat3\"", "unknown format 'rwkvd-stat3'"},
         {"\"format\":\"rwkvd-state\"", "\"format\":\"pt\"         ", "without format rwkvd-state"},
         {"\"format_version\":\"1\"", "\"format_versioX\":\"1\"", "without format_version"},
