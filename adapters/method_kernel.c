@@ -215,21 +215,31 @@ HOT static void ro_fwd(const void *data, int l, int h, size_t n, size_t stride, 
     }
 }
 
+/* The backward runs over blocks of TB tokens so that each row of P and of
+ * Omega is read once per block rather than once per token. */
+#define TB 8
+
 HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, const float *r,
-                   const float *w, const float *dy, float *dr, float *dw, void *grad)
+                       const float *w, const float *dy, float *dr, float *dw, void *grad)
 {
     const struct rk_kernel_view *v = data;
     struct rk_kernel_grad *g = grad;
     const int N = v->N, M = v->M, H = v->H;
-    const size_t lh = (size_t)l * H + (size_t)h;
+    const size_t lh = (size_t)l * H + (size_t)h, Mz = (size_t)M;
     const float *P = v->P + lh * (size_t)N * M;
     float *dP = g->dP + lh * (size_t)N * M;
-    const float *Om = v->omega + (size_t)l * M * N;
+    const float *Om = v->omega + (size_t)l * M * N, *be = v->beta + (size_t)l * M;
     const float s = sqrtf(2.0f / (float)M);
-    /* c_t forward, as ro_fwd computes it */
+    /* c_t forward, as ro_fwd computes it; then per block: features, the
+     * read-outs u = P phi, and the gradients */
     float *cs = malloc((n ? n : 1) * sizeof(float));
-    if (!cs)
-        abort(); /* a few KiB; the backward's own buffers are far larger */
+    float *blk = malloc((size_t)TB * (4 * Mz + 4 * (size_t)N) * sizeof(float));
+    if (!cs || !blk)
+        abort(); /* a few hundred KiB; the backward's own buffers are far larger */
+    float *z = blk, *phi = z + TB * Mz, *sn = phi + TB * Mz, *dphi = sn + TB * Mz;
+    float *u = dphi + TB * Mz, *rhat = u + TB * (size_t)N, *drh = rhat + TB * (size_t)N;
+    float *gy = drh + TB * (size_t)N;
+    float inv[TB], dyu[TB];
     float carry = 0;
     for (size_t t = 0; t < n; t++) {
         if (v->fade == RK_FADE_MEAN) {
@@ -239,59 +249,103 @@ HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, 
             cs[t] = 1.0f;
         }
     }
+    /* the fade's reverse sum needs the blocks from the last one back */
     size_t every = n / 4 ? n / 4 : 1;
-    float rhat[RK_KERNEL_M_MAX], z[RK_KERNEL_M_MAX], phi[RK_KERNEL_M_MAX], inv;
-    float dphi[RK_KERNEL_M_MAX], drh[RK_KERNEL_M_MAX], sn[RK_KERNEL_M_MAX];
     double acc = 0; /* sum over t' >= t of c_t' (dy_t' . P phi_t') */
-    for (size_t t = n; t-- > 0;) {
-        const float *rt = r + t * stride, *dyt = dy + t * stride;
-        features(v, l, rt, rhat, &inv, z, phi, sn);
-        const float c = cs[t];
-        if (v->fade == RK_FADE_MEAN) {
-            double dyu = 0;
-            for (int i = 0; i < N; i++)
-                dyu += (double)dyt[i] * dot16(P + (size_t)i * M, phi, M);
-            acc += (double)c * dyu;
-            const float *wt = w + t * stride;
-            float dm = (float)(acc / mean_decay(wt, N) / N);
-            float *dwt = dw + t * stride;
+    size_t nblk = (n + TB - 1) / TB;
+    for (size_t bi = nblk; bi-- > 0;) {
+        const size_t t0 = bi * TB, nb = n - t0 < TB ? n - t0 : TB;
+        /* features of the block's tokens */
+        for (size_t k = 0; k < nb; k++) {
+            const float *rt = r + (t0 + k) * stride;
+            double ss = 0;
             for (int j = 0; j < N; j++)
-                dwt[j] += dm;
+                ss += (double)rt[j] * rt[j];
+            inv[k] = (float)(1.0 / sqrt(ss + RHAT_EPS));
+            for (int j = 0; j < N; j++)
+                rhat[k * N + j] = rt[j] * inv[k];
         }
-        /* dP += weight c dy phi^T; dphi = c P^T dy */
-        memset(dphi, 0, (size_t)M * sizeof(float));
+        for (int mi = 0; mi < M; mi++) {
+            const float *om = Om + (size_t)mi * N;
+            for (size_t k = 0; k < nb; k++)
+                z[k * Mz + mi] = be[mi] + dot16(om, rhat + k * N, N);
+        }
+        for (size_t k = 0; k < nb; k++) {
+            cos_sin(z + k * Mz, phi + k * Mz, sn + k * Mz, M);
+            for (int mi = 0; mi < M; mi++)
+                phi[k * Mz + mi] *= s;
+        }
+        /* u = P phi per token; gy = c dy; dphi = P^T gy; dP += weight gy phi^T */
+        memset(dphi, 0, nb * Mz * sizeof(float));
+        for (size_t k = 0; k < nb; k++) {
+            const float *dyt = dy + (t0 + k) * stride;
+            for (int i = 0; i < N; i++)
+                gy[k * N + i] = cs[t0 + k] * dyt[i];
+        }
         for (int i = 0; i < N; i++) {
-            const float gi = g->weight * c * dyt[i], di = c * dyt[i];
-            float *dPi = dP + (size_t)i * M;
             const float *Pi = P + (size_t)i * M;
-            for (int mi = 0; mi < M; mi++) {
-                dPi[mi] += gi * phi[mi];
-                dphi[mi] += di * Pi[mi];
+            float *dPi = dP + (size_t)i * M;
+            for (size_t k = 0; k < nb; k++) {
+                u[k * N + i] = dot16(Pi, phi + k * Mz, M);
+                const float gi = gy[k * N + i], wi = g->weight * gi;
+                const float *ph = phi + k * Mz;
+                float *dp = dphi + k * Mz;
+                for (int mi = 0; mi < M; mi++) {
+                    dPi[mi] += wi * ph[mi];
+                    dp[mi] += gi * Pi[mi];
+                }
+            }
+        }
+        /* the fade: dw_tau[j] += (1/N) sum_{t >= tau} c_t (dy_t . u_t) / mean w_tau */
+        if (v->fade == RK_FADE_MEAN) {
+            for (size_t k = 0; k < nb; k++) {
+                double d = 0;
+                for (int i = 0; i < N; i++)
+                    d += (double)gy[k * N + i] * u[k * N + i];
+                dyu[k] = (float)d; /* c_t (dy_t . u_t) */
+            }
+            for (size_t k = nb; k-- > 0;) {
+                const size_t t = t0 + k;
+                acc += dyu[k];
+                const float *wt = w + t * stride;
+                const float dm = (float)(acc / mean_decay(wt, N) / N);
+                float *dwt = dw + t * stride;
+                for (int j = 0; j < N; j++)
+                    dwt[j] += dm;
             }
         }
         /* dz = -dphi s sin z; drhat = Omega^T dz */
-        for (int mi = 0; mi < M; mi++)
-            dphi[mi] *= -s * sn[mi];
-        memset(drh, 0, (size_t)N * sizeof(float));
+        for (size_t k = 0; k < nb * Mz; k++)
+            dphi[k] *= -s * sn[k];
+        memset(drh, 0, nb * (size_t)N * sizeof(float));
         for (int mi = 0; mi < M; mi++) {
             const float *om = Om + (size_t)mi * N;
-            const float dz = dphi[mi];
-            for (int j = 0; j < N; j++)
-                drh[j] += dz * om[j];
+            for (size_t k = 0; k < nb; k++) {
+                const float dz = dphi[k * Mz + mi];
+                float *d = drh + k * N;
+                for (int j = 0; j < N; j++)
+                    d[j] += dz * om[j];
+            }
         }
         /* rhat = r / nu: dr = (drhat - rhat (rhat . drhat)) / nu */
-        double d = 0;
-        for (int j = 0; j < N; j++)
-            d += (double)rhat[j] * drh[j];
-        float *drt = dr + t * stride;
-        for (int j = 0; j < N; j++)
-            drt[j] += (drh[j] - rhat[j] * (float)d) * inv;
-        if (g->samp && t % every == 0 && g->nsamp[lh] < g->samp_max) {
-            float *dst = g->samp + (lh * (size_t)g->samp_max + (size_t)g->nsamp[lh]) * M;
-            memcpy(dst, phi, (size_t)M * sizeof(float));
-            g->nsamp[lh]++;
+        for (size_t k = 0; k < nb; k++) {
+            const float *rh = rhat + k * N, *dh = drh + k * N;
+            double d = 0;
+            for (int j = 0; j < N; j++)
+                d += (double)rh[j] * dh[j];
+            float *drt = dr + (t0 + k) * stride;
+            for (int j = 0; j < N; j++)
+                drt[j] += (dh[j] - rh[j] * (float)d) * inv[k];
         }
+        /* DBP: feature vectors at t = 0, n/4, n/2, ... */
+        for (size_t k = nb; g->samp && k-- > 0;)
+            if ((t0 + k) % every == 0 && g->nsamp[lh] < g->samp_max) {
+                float *dst = g->samp + (lh * (size_t)g->samp_max + (size_t)g->nsamp[lh]) * Mz;
+                memcpy(dst, phi + k * Mz, Mz * sizeof(float));
+                g->nsamp[lh]++;
+            }
     }
+    free(blk);
     free(cs);
 }
 
