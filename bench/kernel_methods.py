@@ -48,6 +48,10 @@ def run(a, data, method, seed, tmp):
            "--seed", str(seed), "--kernel-seed", str(seed), "--kernel-m", str(a.kernel_m),
            "--threads", str(a.threads), "--log", log, "--quiet"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return read_log(log)
+
+
+def read_log(log):
     steps, vals = [], []
     with open(log) as f:
         for line in f:
@@ -105,15 +109,31 @@ def main():
     ap.add_argument("--val-split", type=float, default=0.25)
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--from-logs", help="analyse the <method>-<seed>.jsonl logs in this "
+                    "directory (of an earlier or unfinished run) instead of running")
+    ap.add_argument("--keep-logs", help="copy the logs into this directory")
     a = ap.parse_args()
     methods = a.methods.split(",")
     seeds = [int(s) for s in a.seeds.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        data = a.data
-        if a.task == "shout":
-            data = os.path.join(tmp, "shout.jsonl")
-            shout(a.data, data)
-        res = {m: [run(a, data, m, s, tmp) for s in seeds] for m in methods}
+    if a.from_logs:
+        res = {m: [read_log(os.path.join(a.from_logs, f"{m}-{s}.jsonl")) for s in seeds
+                   if os.path.exists(os.path.join(a.from_logs, f"{m}-{s}.jsonl"))]
+               for m in methods}
+        res = {m: [r for r in v if r[1] and r[1][-1]["step"] == a.steps] for m, v in res.items()}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = a.data
+            if a.task == "shout":
+                data = os.path.join(tmp, "shout.jsonl")
+                shout(a.data, data)
+            res = {m: [run(a, data, m, s, tmp) for s in seeds] for m in methods}
+            if a.keep_logs:
+                os.makedirs(a.keep_logs, exist_ok=True)
+                for f in os.listdir(tmp):
+                    if f.endswith(".jsonl"):
+                        with open(os.path.join(tmp, f)) as x, \
+                                open(os.path.join(a.keep_logs, f), "w") as y:
+                            y.write(x.read())
     # val points: (step, seconds, val_loss), with step 0 = the start
     val = {m: [[(r["step"], r["elapsed_s"], r["val_loss"]) for r in v] for _, v in res[m]]
            for m in methods}
@@ -123,7 +143,8 @@ def main():
     tgt_tr = med([pts[-1][2] for pts in tr[ref]])
     t_ref = med([pts[-1][1] for pts in tr[ref]])
     print(f"model {a.model}, task {a.task}, {a.steps} steps of batch {a.batch}, lr {a.lr}, "
-          f"kernel_m {a.kernel_m}, seeds {a.seeds}; medians over seeds")
+          f"kernel_m {a.kernel_m}; seeds per method: "
+          + ", ".join(f"{m} {len(res[m])}" for m in methods) + "; medians over seeds")
     print(f"target validation loss {tgt_val:.4f}, target training loss (EMA 0.8) {tgt_tr:.4f} "
           f"(the final values of {ref}); equal seconds = {t_ref:.1f} s")
     print()
