@@ -219,8 +219,15 @@ HOT static void ro_fwd(const void *data, int l, int h, size_t n, size_t stride, 
  * Omega is read once per block rather than once per token. */
 #define TB 8
 
+static size_t ro_bwd_scratch(const void *data, size_t n)
+{
+    const struct rk_kernel_view *v = data;
+    return n + (size_t)TB * (4 * (size_t)v->M + 4 * (size_t)v->N);
+}
+
 HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, const float *r,
-                       const float *w, const float *dy, float *dr, float *dw, void *grad)
+                       const float *w, const float *dy, float *dr, float *dw, void *grad,
+                       float *scratch)
 {
     const struct rk_kernel_view *v = data;
     struct rk_kernel_grad *g = grad;
@@ -232,10 +239,7 @@ HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, 
     const float s = sqrtf(2.0f / (float)M);
     /* c_t forward, as ro_fwd computes it; then per block: features, the
      * read-outs u = P phi, and the gradients */
-    float *cs = malloc((n ? n : 1) * sizeof(float));
-    float *blk = malloc((size_t)TB * (4 * Mz + 4 * (size_t)N) * sizeof(float));
-    if (!cs || !blk)
-        abort(); /* a few hundred KiB; the backward's own buffers are far larger */
+    float *cs = scratch, *blk = scratch + n; /* [n], then the block's buffers */
     float *z = blk, *phi = z + TB * Mz, *sn = phi + TB * Mz, *dphi = sn + TB * Mz;
     float *u = dphi + TB * Mz, *rhat = u + TB * (size_t)N, *drh = rhat + TB * (size_t)N;
     float *gy = drh + TB * (size_t)N;
@@ -345,14 +349,13 @@ HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, 
                 g->nsamp[lh]++;
             }
     }
-    free(blk);
-    free(cs);
 }
 
 const struct rk_readout_ops rk_kernel_readout = {
     .carry_len = ro_carry_len,
     .fwd = ro_fwd,
     .bwd = ro_bwd,
+    .bwd_scratch = ro_bwd_scratch,
 };
 
 /* --- the methods --------------------------------------------------------------- */

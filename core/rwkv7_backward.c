@@ -79,6 +79,8 @@ struct bwd {
     const void *ro_data;
     void *ro_grad;
     float *ro_carry;
+    float *ro_scratch; /* [H][ro_scratch_len] */
+    size_t ro_scratch_len;
 
     /* whole sequence */
     float *xs;      /* [L+1][T][C] residual input of layer l; xs[L] feeds ln_out */
@@ -637,7 +639,8 @@ static void wkv_bwd(struct bwd *b, void *arg, size_t h0, size_t h1)
         /* the read-out term: y_t += f(r_t, w_<=t) */
         if (b->ro)
             b->ro->bwd(b->ro_data, wa->l, (int)h, T, (size_t)C, b->a.r + h * N, b->a.w + h * N,
-                       dy + h * N, dr + h * N, dw + h * N, b->ro_grad);
+                       dy + h * N, dr + h * N, dw + h * N, b->ro_grad,
+                       b->ro_scratch + h * b->ro_scratch_len);
     }
 }
 
@@ -1059,13 +1062,18 @@ int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
     float *mem = rk__ctx_workspace(ctx, sizeof(float) * nfloats);
     if (!state0)
         zero = rk__calloc(slen, sizeof(float));
-    if (b.ro)
+    if (b.ro) {
         b.ro_carry = rk__calloc(b.ro->carry_len(b.ro_data) + 1, sizeof(float));
-    if (!acts || !sel || !mem || (!state0 && !zero) || (b.ro && !b.ro_carry)) {
+        b.ro_scratch_len = b.ro->bwd_scratch(b.ro_data, n);
+        b.ro_scratch = rk__malloc(((size_t)b.H * b.ro_scratch_len + 1) * sizeof(float));
+    }
+    if (!acts || !sel || !mem || (!state0 && !zero) ||
+        (b.ro && (!b.ro_carry || !b.ro_scratch))) {
         rk__free(acts);
         rk__free(sel);
         rk__free(zero);
         rk__free(b.ro_carry);
+        rk__free(b.ro_scratch);
         return RK_ENOMEM;
     }
     pl.off = 0;
@@ -1126,5 +1134,6 @@ out:
     rk__free(sel);
     rk__free(zero);
     rk__free(b.ro_carry);
+    rk__free(b.ro_scratch);
     return rc;
 }

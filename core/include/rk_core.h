@@ -288,9 +288,12 @@ struct rk_readout_ops {
                 const float *w, float *carry, float *y);
     /* The gradient of a whole sequence (from a zero carry): given dy, adds
      * dLoss/dr and dLoss/dw to dr and dw and the owner's own gradient to
-     * `grad` (an object of the owner's). */
+     * `grad` (an object of the owner's). `scratch` is bwd_scratch(data, n)
+     * floats of its own (the caller allocates them). */
     void (*bwd)(const void *data, int layer, int head, size_t n, size_t stride, const float *r,
-                const float *w, const float *dy, float *dr, float *dw, void *grad);
+                const float *w, const float *dy, float *dr, float *dw, void *grad,
+                float *scratch);
+    size_t (*bwd_scratch)(const void *data, size_t n);
 };
 /* One sequence's term: ops and data are borrowed; carry [ops->carry_len]. */
 struct rk_readout {

@@ -240,7 +240,8 @@ static int kernel_bench(const struct rk_model *m, struct rk_ctx *ctx, const uint
         float *y = calloc(TN, sizeof(float)), *dr = calloc(TN, sizeof(float));
         float *dw = calloc(TN, sizeof(float));
         struct rk_kernel_grad g = {.weight = 1.0f, .dP = calloc(kl.omega - kl.P, sizeof(float))};
-        rc = r && w && y && dr && dw && g.dP ? RK_OK : RK_ENOMEM;
+        float *scr = malloc(rk_kernel_readout.bwd_scratch(&view, T) * sizeof(float));
+        rc = r && w && y && dr && dw && g.dP && scr ? RK_OK : RK_ENOMEM;
         for (size_t i = 0; rc == RK_OK && i < TN; i++) {
             r[i] = (float)((double)(rng_next(&seed) >> 11) / 9007199254740992.0 - 0.5);
             w[i] = 0.9f;
@@ -259,12 +260,12 @@ static int kernel_bench(const struct rk_model *m, struct rk_ctx *ctx, const uint
             for (int l = 0; l < L; l++)
                 for (int h = 0; h < H; h++) {
                     rk_kernel_readout.fwd(&view, l, h, T, (size_t)N, r, w, carry, y);
-                    rk_kernel_readout.bwd(&view, l, h, T, (size_t)N, r, w, y, dr, dw, &g);
+                    rk_kernel_readout.bwd(&view, l, h, T, (size_t)N, r, w, y, dr, dw, &g, scr);
                 }
             dt = rk_cli_now() - t0;
             kb->term_bwd_s = dt < kb->term_bwd_s ? dt : kb->term_bwd_s;
         }
-        free(r), free(w), free(y), free(dr), free(dw), free(g.dP);
+        free(r), free(w), free(y), free(dr), free(dw), free(g.dP), free(scr);
         if (rc != RK_OK)
             goto out;
     }

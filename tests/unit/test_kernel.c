@@ -218,7 +218,9 @@ static void hook_case(int fade)
     }
     size_t nP = f.kl.omega - f.kl.P;
     struct rk_kernel_grad g = {.weight = 1.0f, .dP = calloc(nP, sizeof(float))};
-    rk_kernel_readout.bwd(&f.view, 1, 2, n, N, r, w, dy, dr, dw, &g);
+    float *scr = malloc(rk_kernel_readout.bwd_scratch(&f.view, n) * sizeof(float));
+    rk_kernel_readout.bwd(&f.view, 1, 2, n, N, r, w, dy, dr, dw, &g, scr);
+    free(scr);
     for (int which = 0; which < 2; which++) {
         float *v = which ? w : r, *gr = which ? dw : dr;
         if (which && fade == RK_FADE_NONE) {
