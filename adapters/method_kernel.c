@@ -39,6 +39,10 @@
 #include <string.h>
 
 #define RHAT_EPS 1e-6
+/* The fade c_t counts as 0 once log c_t < FADE_LOG_MIN (c < 4.2e-18): the
+ * memory has faded, its work is skipped, and no product of c with a
+ * gradient reaches the subnormal range (slow on x86). */
+#define FADE_LOG_MIN (-40.0f)
 /* The hot functions are built for AVX-512 and for any x86-64 (or the
  * default elsewhere); the loader picks one per process. Both compute the
  * same operations in the same order (16 running sums per dot product, one
@@ -206,6 +210,8 @@ HOT static void ro_fwd(const void *data, int l, int h, size_t n, size_t stride, 
         float c = 1.0f;
         if (v->fade == RK_FADE_MEAN) {
             *cl = fade_step(*cl, wt, N);
+            if (*cl < FADE_LOG_MIN)
+                continue; /* faded: c = 0 */
             c = expf(*cl);
         }
         features(v, l, rt, rhat, &inv, z, phi, NULL);
@@ -248,7 +254,7 @@ HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, 
     for (size_t t = 0; t < n; t++) {
         if (v->fade == RK_FADE_MEAN) {
             carry = fade_step(carry, w + t * stride, N);
-            cs[t] = expf(carry);
+            cs[t] = carry < FADE_LOG_MIN ? 0.0f : expf(carry);
         } else {
             cs[t] = 1.0f;
         }
@@ -259,6 +265,10 @@ HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, 
     size_t nblk = (n + TB - 1) / TB;
     for (size_t bi = nblk; bi-- > 0;) {
         const size_t t0 = bi * TB, nb = n - t0 < TB ? n - t0 : TB;
+        /* c only falls: a block whose first c is 0 and everything after it
+         * add nothing (acc is still 0 there) */
+        if (cs[t0] == 0.0f)
+            continue;
         /* features of the block's tokens */
         for (size_t k = 0; k < nb; k++) {
             const float *rt = r + (t0 + k) * stride;

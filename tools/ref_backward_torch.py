@@ -30,7 +30,7 @@ Kernel states (methods "kernel" and "dbp", docs/TUNING.md): with --kernel the
 initial state and the kernel term come from a rwkvd-state file of
 format_version 2, every head's WKV read-out gains
     y += c_t P phi(r_t),  phi = sqrt(2/M) cos(Omega r/sqrt(|r|^2 + 1e-6) + beta),
-    c_t = prod_{tau<=t} mean(w_tau) (fade mean) or 1 (fade none),
+    c_t = prod_{tau<=t} mean(w_tau) (fade mean; 0 once log c_t < -40) or 1 (fade none),
 the loss is the mean cross-entropy of tokens[1:] given tokens[:-1] (every
 position scored), and OUT.bin gets the gradient of both the state and P:
     b"RKKGRD01", u32 T, u32 state_len, u32 P_len, u32 tokens[T],
@@ -131,7 +131,8 @@ def loss_fn(W, tokens, targets, mask, st, kern=None):
                 phi = (2.0 / M) ** 0.5 * torch.cos(rhat @ kern["omega"][l].T + kern["beta"][l])
                 if kern["fade"] == "mean":
                     logc[l] = logc[l] + torch.log(w.reshape(H, N).mean(-1))
-                    c = torch.exp(logc[l]).reshape(H, 1)
+                    c = torch.where(logc[l] < -40.0, torch.zeros_like(logc[l]),
+                                    torch.exp(logc[l])).reshape(H, 1)
                 else:
                     c = torch.ones(H, 1, dtype=torch.float64)
                 y = y + c * (kern["P"][l] @ phi.unsqueeze(-1)).reshape(H, N)

@@ -21,7 +21,7 @@ Kernel states (methods "kernel" and "dbp", docs/TUNING.md): --kernel reads a
 rwkvd-state file of format_version 2 (the initial state plus, per layer, P
 [H][N][M], Omega [M][N], beta [M]) and adds to every head's WKV read-out
     y += c_t P phi(r_t),  phi = sqrt(2/M) cos(Omega r/sqrt(|r|^2 + 1e-6) + beta),
-    c_t = prod_{tau<=t} mean(w_tau) (fade mean) or 1 (fade none),
+    c_t = prod_{tau<=t} mean(w_tau) (fade mean; 0 once log c_t < -40) or 1 (fade none),
 in float64 like the rest. --loss-fd writes the mean cross-entropy of
 tokens[1:] given tokens[:-1] and its central differences along the fixed
 directions of kernel_directions() (tests/unit/test_kernel.c compares rwkvd's
@@ -162,6 +162,8 @@ class Model:
         kz = self.kernel
         if kz["fade"] == "mean":
             self.kernel_logc[layer, h] += np.log(np.mean(w_h))
+            if self.kernel_logc[layer, h] < -40.0:   # faded: c = 0
+                return np.zeros_like(r_h)
             c = np.exp(self.kernel_logc[layer, h])
         else:
             c = 1.0

@@ -59,7 +59,7 @@ struct rk_state_meta {
  *     rhat = r / sqrt(|r|^2 + 1e-6),  phi = sqrt(2/M) cos(Omega rhat + beta),
  *     y += c_t P phi   (the WKV read-out, before the GroupNorm)
  * with Omega [M][N], beta [M] per layer, and c_t = prod_{tau<=t} mean_j
- * w_tau[j] (fade "mean") or 1 (fade "none"). Floats after the core state:
+ * w_tau[j] (fade "mean"; 0 once log c_t < -40) or 1 (fade "none"). Floats after the core state:
  *     P [L][H][N][M], Omega [L][M][N], beta [L][M].
  */
 enum rk_kernel_fade { RK_FADE_MEAN = 0, RK_FADE_NONE = 1 };
