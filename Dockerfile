@@ -25,7 +25,7 @@ FROM debian:12 AS build
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential meson ninja-build pkg-config python3 \
-        libopenblas-dev libmicrohttpd-dev libjansson-dev libuv1-dev check \
+        libopenblas-dev libmicrohttpd-dev libjansson-dev libuv1-dev libcurl4-openssl-dev check \
         curl ca-certificates clang libclang-rt-14-dev \
     && rm -rf /var/lib/apt/lists/*
 
@@ -44,12 +44,12 @@ RUN meson setup build --buildtype=debugoptimized -Dnative=false \
 # --- runtime -----------------------------------------------------------------
 FROM debian:12-slim AS runtime
 
-# Runtime libraries only (OpenBLAS, libmicrohttpd, jansson, libuv) and curl
+# Runtime libraries only (OpenBLAS, libmicrohttpd, jansson, libuv, libcurl) and curl
 # for the health check.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libopenblas0 libmicrohttpd12 libjansson4 libuv1 curl \
+        libopenblas0 libmicrohttpd12 libjansson4 libuv1 libcurl4 curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --user-group --uid 10001 --home-dir /var/lib/rwkvd \
         --shell /usr/sbin/nologin rwkvd \

@@ -61,3 +61,6 @@ rm -rf "$tmp"
 
 echo "== HTTP overhead per generated token (CLI vs POST /generate vs SSE), 0.1B shape"
 bench/http_overhead.sh "$M01" "$VOCAB" 256 "$T" 3
+
+echo "== best_of: K candidates per request, scored by the model or by a judge (demo model)"
+$PY bench/bestof.py "$RWKVD" models/demo.safetensors --judge --threads "$T"

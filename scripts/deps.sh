@@ -4,7 +4,7 @@
 set -eu
 # clang and libclang-rt-14-dev: the libFuzzer targets (tests/fuzz, suite fuzz).
 PKGS="build-essential meson ninja-build pkg-config python3 libopenblas-dev libmicrohttpd-dev
-libjansson-dev libuv1-dev check curl ca-certificates clang libclang-rt-14-dev"
+libjansson-dev libuv1-dev libcurl4-openssl-dev check curl ca-certificates clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -468,6 +468,8 @@ static void done_openai(struct rk_http_req *r, struct rk_job *j)
 static void handle(struct rk_http_req *r, enum rk_api api)
 {
     struct rk_srv *srv = r->srv;
+    if (rk_bestof_resume(r))
+        return; // a best_of request back from its judge calls
     json_t *o = rk_http_body_json(r);
     if (!o)
         return;
@@ -506,12 +508,9 @@ static void handle(struct rk_http_req *r, enum rk_api api)
     }
     if (ok && api == RK_API_COMPLETION) {
         bool echo = false;
-        long long best_of = 1;
-        ok = rk_json_bool(r, o, "echo", &echo) &&
-             rk_json_int(r, o, "best_of", 1, srv->cfg.n_max, &best_of);
-        if (ok && (echo || best_of != 1)) {
-            rk_field_fail(r, RK_FIELD_UNSUPPORTED, echo ? "echo" : "best_of",
-                          "'%s' is not supported", echo ? "echo" : "best_of");
+        ok = rk_json_bool(r, o, "echo", &echo);
+        if (ok && echo) {
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, "echo", "'echo' is not supported");
             ok = false;
         }
         json_t *suffix = json_object_get(o, "suffix");
@@ -530,6 +529,9 @@ static void handle(struct rk_http_req *r, enum rk_api api)
         ok = parse_stop(r, o, j, api == RK_API_CHAT ? RK_CHAT_END_OF_TURN : NULL);
     if (ok)
         ok = api == RK_API_CHAT ? parse_messages(r, o, j) : parse_prompt(r, o, j);
+    // best_of last: it reserves judge calls from the tenant's budget.
+    if (ok)
+        ok = rk_bestof_parse(r, o, j);
     json_decref(o);
     if (ok) {
         j->choices = calloc((size_t)j->n, sizeof *j->choices);
@@ -547,6 +549,8 @@ static void handle(struct rk_http_req *r, enum rk_api api)
         return;
     }
     int rc = rk_engine_submit(srv->engine, j);
+    if (rc != RK_OK)
+        rk_bestof_refund(r, j);
     if (rc == RK_EBUSY) {
         rk_http_error(r, 429, "queue_full", NULL, "the server is busy (%d requests waiting); "
                       "retry later", srv->cfg.queue_max);
@@ -555,7 +559,8 @@ static void handle(struct rk_http_req *r, enum rk_api api)
     } else if (j->stream) {
         rk_http_stream(r, j);
     } else {
-        rk_http_wait_job(r, j, api == RK_API_NATIVE ? done_native : done_openai);
+        rk_http_wait_job(r, j, rk_bestof_wanted(j) ? rk_bestof_done
+                               : api == RK_API_NATIVE ? done_native : done_openai);
     }
     rk_job_release(j);
 }
@@ -585,14 +590,58 @@ static bool model_entry(const char *id, const struct rk_state_meta *meta, size_t
     return true;
 }
 
+/* GET /v1/models reads the header of every state file of the tenant: on
+ * the thread pool (rk_http_offload); the handler answers when it is done. */
+struct models_list {
+    struct rk_state_store *store;
+    char tenant[RK_STATE_ID_MAX + 1];
+    const char *base; /* srv->model_name: lives as long as the server */
+    json_t *arr;      /* built by the worker; read after the completion */
+};
+
+static void models_work(void *arg)
+{
+    struct models_list *l = arg;
+    l->arr = json_array();
+    if (!l->arr)
+        return;
+    json_array_append_new(l->arr, json_pack("{s:s,s:s,s:I,s:s}", "id", l->base, "object",
+                                            "model", "created", (json_int_t)0, "owned_by",
+                                            "rwkvd"));
+    struct models_ctx c = {l->arr, l->base};
+    rk_store_list(l->store, l->tenant, model_entry, &c);
+}
+
+static void models_free(void *arg)
+{
+    struct models_list *l = arg;
+    if (l)
+        json_decref(l->arr);
+    free(l);
+}
+
 static void h_models(struct rk_http_req *r)
 {
-    struct rk_srv *srv = r->srv;
-    json_t *arr = json_array();
-    json_array_append_new(arr, json_pack("{s:s,s:s,s:I,s:s}", "id", srv->model_name, "object",
-                                         "model", "created", (json_int_t)0, "owned_by", "rwkvd"));
-    struct models_ctx c = {arr, srv->model_name};
-    rk_store_list(srv->store, r->tenant, model_entry, &c);
+    struct models_list *l = r->user_free == models_free ? r->user : NULL;
+    if (!l) { // first call: list on the pool; the handler runs again then
+        if (!(l = calloc(1, sizeof *l))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return;
+        }
+        l->store = r->srv->store;
+        l->base = r->srv->model_name;
+        snprintf(l->tenant, sizeof l->tenant, "%s", r->tenant);
+        r->user = l;
+        r->user_free = models_free;
+        rk_http_offload(r, models_work, l); // on failure a 503 is prepared
+        return;
+    }
+    if (!l->arr) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    json_t *arr = l->arr;
+    l->arr = NULL;
     rk_http_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", arr));
 }
 

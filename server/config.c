@@ -26,7 +26,9 @@ struct opt {
 
 #define F(x) offsetof(struct rk_srv_config, x)
 static const struct opt opts[] = {
-    {"model", "RWKVD_MODEL", OPT_STR, F(model), 0, 0, "model file (safetensors, .pth, rwkv.cpp .bin); required"},
+    {"model", "RWKVD_MODEL", OPT_STR, F(model), 0, 0,
+     "model file (safetensors, .pth, rwkv.cpp .bin), Hugging Face directory, or shards "
+     "(a directory of .pth, or FILE,FILE,...); required"},
     {"vocab", "RWKVD_VOCAB", OPT_STR, F(vocab), 0, 0, "World vocabulary file; default: byte tokenizer when the model has 256..65535 tokens"},
     {"model-name", "RWKVD_MODEL_NAME", OPT_STR, F(model_name), 0, 0, "base model id in the API (default: model file name without extension)"},
     {"host", "RWKVD_HOST", OPT_STR, F(host), 0, 0, "address to bind (default 127.0.0.1; without --api-keys only loopback is allowed)"},
@@ -56,6 +58,18 @@ static const struct opt opts[] = {
     {"cache-bytes", "RWKVD_CACHE_BYTES", OPT_SIZE, F(cache_bytes), 1 << 16, 1ll << 40, "adapter LRU cache bound in bytes"},
     {"health-stall-ms", "RWKVD_HEALTH_STALL_MS", OPT_INT, F(health_stall_ms), 100, 3600000, "engine heartbeat age at which /health reports not ready"},
     {"health-public", "RWKVD_HEALTH_PUBLIC", OPT_BOOL, F(health_public), 0, 1, "serve GET /health without an API key (for probes)"},
+    {"max-best-of", "RWKVD_MAX_BEST_OF", OPT_INT, F(best_of_max), 1, 128, "largest best_of (candidates per request; lowered to --max-seqs when larger)"},
+    {"judge-url", "RWKVD_JUDGE_URL", OPT_STR, F(judge_url), 0, 0, "base URL of an OpenAI-compatible judge for best_of, e.g. http://host:8081/v1 (unset: candidates are scored by the model's own mean log-probability)"},
+    {"judge-model", "RWKVD_JUDGE_MODEL", OPT_STR, F(judge_model), 0, 0, "the judge's model name (required with --judge-url)"},
+    {"judge-key-file", "RWKVD_JUDGE_KEY_FILE", OPT_STR, F(judge_key_file), 0, 0, "file holding the judge's API key (else the environment variable RWKVD_JUDGE_API_KEY; never logged)"},
+    {"judge-allowed-urls", "RWKVD_JUDGE_ALLOWED_URLS", OPT_STR, F(judge_allowed_urls), 0, 0, "comma-separated judge base URLs a request may choose with judge.url (default: none; such calls carry no key)"},
+    {"judge-connect-timeout-ms", "RWKVD_JUDGE_CONNECT_TIMEOUT_MS", OPT_INT, F(judge_connect_timeout_ms), 1, 600000, "judge connect timeout per attempt"},
+    {"judge-timeout-ms", "RWKVD_JUDGE_TIMEOUT_MS", OPT_INT, F(judge_timeout_ms), 1, 3600000, "judge timeout per attempt (the request deadline bounds all attempts)"},
+    {"judge-retries", "RWKVD_JUDGE_RETRIES", OPT_INT, F(judge_retries), 0, 10, "judge retries after the first attempt (on connection errors, 429 and 5xx only)"},
+    {"judge-max-inflight", "RWKVD_JUDGE_MAX_INFLIGHT", OPT_INT, F(judge_max_inflight), 1, 1024, "judge requests in flight at once (all requests together)"},
+    {"judge-max-response-bytes", "RWKVD_JUDGE_MAX_RESPONSE_BYTES", OPT_SIZE, F(judge_response_bytes_max), 1024, 1ll << 30, "largest judge answer"},
+    {"judge-calls-per-min", "RWKVD_JUDGE_CALLS_PER_MIN", OPT_INT, F(judge_calls_per_min), 1, 1 << 24, "judge calls per tenant per minute (429 beyond)"},
+    {"judge-tokens-per-min", "RWKVD_JUDGE_TOKENS_PER_MIN", OPT_INT, F(judge_tokens_per_min), 1, 1 << 30, "judge tokens (as it reports them) per tenant per minute (429 beyond)"},
 };
 #undef F
 #define N_OPTS (sizeof opts / sizeof opts[0])
@@ -85,6 +99,14 @@ static void defaults(struct rk_srv_config *c)
     c->amx_prefill = true;
     c->cache_bytes = (size_t)512 << 20;
     c->health_stall_ms = 15000;
+    c->best_of_max = 8;
+    c->judge_connect_timeout_ms = 2000;
+    c->judge_timeout_ms = 30000;
+    c->judge_retries = 2;
+    c->judge_max_inflight = 8;
+    c->judge_response_bytes_max = (size_t)1 << 20;
+    c->judge_calls_per_min = 600;
+    c->judge_tokens_per_min = 1000000;
 }
 
 /* Numbers accept an optional K/M/G suffix for sizes. */
@@ -213,6 +235,13 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
     }
     if (c->max_tokens_default > c->max_tokens_max)
         c->max_tokens_default = c->max_tokens_max;
+    // The candidates of one request need as many sequence slots.
+    if (c->best_of_max > c->seqs_max)
+        c->best_of_max = c->seqs_max;
+    if (c->judge_url && !c->judge_model) {
+        fprintf(stderr, "rwkvd serve: --judge-url needs --judge-model\n");
+        return -1;
+    }
     if (c->n_max > c->seqs_max) {
         fprintf(stderr, "rwkvd serve: --max-n (%d) must not exceed --max-seqs (%d)\n", c->n_max,
                 c->seqs_max);

@@ -195,6 +195,9 @@ void rk_job_release(struct rk_job *j)
             free(j->choices[i].lps);
         }
     free(j->choices);
+    free(j->temps);
+    if (j->ext_free)
+        j->ext_free(j->ext);
     rk_buf_free(&j->out);
     pthread_mutex_destroy(&j->mu);
     free(j);
@@ -422,11 +425,13 @@ static void seq_pick(struct rk_engine *e, struct seq *s, float *logits, float *r
     struct rk_job *j = s->job;
     struct rk_choice *ch = &j->choices[s->idx];
     int top = j->top_logprobs;
-    if (top >= 0)
+    if (top >= 0 || j->want_lp_sum)
         memcpy(raw, logits, (size_t)e->V * sizeof(float));
     pk->valid = true;
     pk->tok = 0;
     pk->rc = rk_sampler_sample(s->smp, logits, &pk->tok);
+    if (pk->rc == RK_OK && j->want_lp_sum)
+        ch->lp_sum += rk_logprob(raw, (size_t)e->V, pk->tok);
     if (pk->rc != RK_OK || top < 0)
         return;
     struct rk_tok_lp *rec = ch->lps + (size_t)ch->n_tokens * (size_t)(1 + top);
@@ -582,6 +587,8 @@ static int admit(struct rk_engine *e, struct rk_job *j)
             return RK_EINTERNAL; // admission checked the free count
         struct rk_sampler_params sp = j->sp;
         sp.seed = j->sp.seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
+        if (j->temps)
+            sp.temperature = j->temps[i];
         int src = s->smp ? rk_sampler_reset(s->smp, &sp)
                          : rk_sampler_create(&sp, (size_t)e->V, &s->smp);
         if (src != RK_OK ||

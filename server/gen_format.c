@@ -279,7 +279,7 @@ static json_t *choice_logprobs(struct rk_srv *srv, struct rk_job *j, struct rk_c
 json_t *rk_gen_body_native(struct rk_srv *srv, struct rk_job *j)
 {
     json_t *choices = json_array();
-    for (int i = 0; i < j->n; i++) {
+    for (int i = 0; i < (j->n_out ? j->n_out : j->n); i++) {
         struct rk_choice *ch = &j->choices[i];
         json_t *c = json_pack("{s:i,s:o,s:s,s:i}", "index", i, "text", text_of(&ch->text),
                               "finish_reason", rk_finish_name(ch->finish), "tokens",
@@ -318,7 +318,7 @@ json_t *rk_gen_body_openai(struct rk_srv *srv, struct rk_job *j)
 {
     bool chat = j->api == RK_API_CHAT;
     json_t *choices = json_array();
-    for (int i = 0; i < j->n; i++) {
+    for (int i = 0; i < (j->n_out ? j->n_out : j->n); i++) {
         struct rk_choice *ch = &j->choices[i];
         const char *fr = ch->finish == RK_FINISH_LENGTH ? "length" : "stop";
         json_t *c;

@@ -62,15 +62,21 @@ static void yield_to_engine(struct rk_tjobs *js, struct rk_tjob *j)
     }
 }
 
+/* True when job j must stop (cancelled, or the server stops); first
+ * yields to the engine while it is busy. Worker thread. */
+bool tj_cancelled(struct rk_tjobs *js, struct rk_tjob *j)
+{
+    if (atomic_load(&j->cancel) || atomic_load(&js->stop_flag))
+        return true;
+    if (js->lim.yield)
+        yield_to_engine(js, j);
+    return atomic_load(&j->cancel) || atomic_load(&js->stop_flag);
+}
+
 static bool on_cancel(void *user)
 {
     struct run *r = user;
-    struct rk_tjobs *js = r->js;
-    if (atomic_load(&r->j->cancel) || atomic_load(&js->stop_flag))
-        return true;
-    if (js->lim.yield)
-        yield_to_engine(js, r->j);
-    return atomic_load(&r->j->cancel) || atomic_load(&js->stop_flag);
+    return tj_cancelled(r->js, r->j);
 }
 
 static void on_progress(const struct rk_tune_progress *p, void *user)
@@ -144,9 +150,10 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
             snprintf(j->v.err_code, sizeof j->v.err_code, "%s", code);
             snprintf(j->v.err_msg, sizeof j->v.err_msg, "%s", msg ? msg : "");
         }
-        pe = tj_status_event(j, st == RK_TJOB_FAILED ? j->v.err_msg
-                             : st == RK_TJOB_SUCCEEDED ? "the state is published"
-                                                       : "cancelled");
+        pe = tj_status_event(j, st == RK_TJOB_FAILED      ? j->v.err_msg
+                                : st != RK_TJOB_SUCCEEDED ? "cancelled"
+                                : j->v.eval               ? "the evaluation is done"
+                                                          : "the state is published");
     }
     j->v.loading = false;
     pthread_mutex_unlock(&js->mu);
@@ -160,9 +167,7 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
            msg ? msg : "");
 }
 
-static void fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
+void tj_fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
 {
     char msg[200];
     va_list ap;
@@ -194,26 +199,34 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     char path[1100];
     tj_journal_write(js, j, NULL);
 
-    // The dataset, re-read from the journal exactly as submitted.
+    // The dataset as submit parsed it, or (after a restart, or when the
+    // queue held too much) re-read from the journal exactly as submitted and
+    // parsed again with the same limits.
+    pthread_mutex_lock(&js->mu);
+    ds = tj_take_dataset(js, j);
+    pthread_mutex_unlock(&js->mu);
+    int rc = RK_OK;
+    bool reparse = !ds;
     tj_job_path(js, r.id, ".data.jsonl", path, sizeof path);
-    int rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len, &eb);
+    if (reparse)
+        rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len, &eb);
     if (rc != RK_OK) {
         rk_log(RK_LOG_WARN, "jobs: %s: %s", r.id, eb.msg);
-        fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the journal: %s",
+        tj_fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the journal: %s",
              eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
         goto out;
     }
     struct rk_jsonl_limits lim = {js->lim.dataset_bytes_max, js->lim.examples_max,
                                   js->lim.seq_tokens_max};
-    if ((rc = rk_dataset_create(&ds)) != RK_OK ||
-        (rc = rk_jsonl_parse(data, len, srv->tok, &lim, ds, &eb)) != RK_OK) {
-        fail(js, j, "invalid_dataset", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
+    if (reparse && ((rc = rk_dataset_create(&ds)) != RK_OK ||
+                    (rc = rk_jsonl_parse(data, len, srv->tok, &lim, ds, &eb)) != RK_OK)) {
+        tj_fail(js, j, "invalid_dataset", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }
     free(data);
     data = NULL;
     if (rk_dataset_len(ds) == 0) {
-        fail(js, j, "invalid_dataset", "the dataset has no training sequences");
+        tj_fail(js, j, "invalid_dataset", "the dataset has no training sequences");
         goto out;
     }
     struct rk_tjob_hparams hp;
@@ -226,7 +239,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         rc = rk_store_get(srv->store, j->v.tenant, hp.init_state, &ref, &eb);
         if (rc != RK_OK || !(init = malloc(slen * sizeof(float)))) {
             rk_state_ref_release(ref);
-            fail(js, j, "init_state_unavailable", "init_state '%s': %s", hp.init_state,
+            tj_fail(js, j, "init_state_unavailable", "init_state '%s': %s", hp.init_state,
                  eb.msg[0] ? eb.msg : rk_strerror(rc == RK_OK ? RK_ENOMEM : rc));
             goto out;
         }
@@ -235,25 +248,25 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     }
     const struct rk_tune_method *meth = rk_tune_method_find(hp.method);
     if (!meth) {
-        fail(js, j, "unknown_method", "the method '%s' is not known to this server", hp.method);
+        tj_fail(js, j, "unknown_method", "the method '%s' is not known to this server", hp.method);
         goto out;
     }
     hp.tune.method = meth;
     size_t plen = rk_tune_params_len(m, &hp.tune);
     rc = rk_tune_ckpt_load(r.ckpt_path, plen, &ck, &ckmem, NULL);
     if (rc != RK_OK && rc != RK_ENOTFOUND) {
-        fail(js, j, "checkpoint_unreadable", "the checkpoint %s.ckpt is unreadable (%s)", r.id,
+        tj_fail(js, j, "checkpoint_unreadable", "the checkpoint %s.ckpt is unreadable (%s)", r.id,
              rk_strerror(rc));
         goto out;
     }
     bool resumed = rc == RK_OK;
     if (resumed && ck.step > steps) {
-        fail(js, j, "checkpoint_unreadable", "the checkpoint is at step %ld of %ld", ck.step,
+        tj_fail(js, j, "checkpoint_unreadable", "the checkpoint is at step %ld of %ld", ck.step,
              steps);
         goto out;
     }
     if (!(out = malloc(plen * sizeof(float)))) {
-        fail(js, j, "enomem", "out of memory");
+        tj_fail(js, j, "enomem", "out of memory");
         goto out;
     }
 
@@ -314,18 +327,36 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     }
     if (rc != RK_OK) {
         if (rc == RK_ENUMERIC)
-            fail(js, j, "numeric", "NaN or Inf in the loss or gradient at step %ld",
+            tj_fail(js, j, "numeric", "NaN or Inf in the loss or gradient at step %ld",
                  res.steps_done + 1);
         else if (r.ckpt_rc) {
             rk_log(RK_LOG_WARN, "jobs: %s: %s", r.id, r.ckpt_eb.msg);
-            fail(js, j, "checkpoint_failed", "cannot write a checkpoint: %s",
+            tj_fail(js, j, "checkpoint_failed", "cannot write a checkpoint: %s",
                  r.ckpt_eb.msg[0] ? rk_file_error_reason(r.ckpt_eb.msg)
                                   : rk_strerror(r.ckpt_rc));
         } else if (rc == RK_ENOMEM)
-            fail(js, j, "enomem", "out of memory for the tuning buffers");
+            tj_fail(js, j, "enomem", "out of memory for the tuning buffers");
         else
-            fail(js, j, rk_errname(rc), "tuning failed: %s", rk_strerror(rc));
+            tj_fail(js, j, rk_errname(rc), "tuning failed: %s", rk_strerror(rc));
         goto out;
+    }
+
+    if (j->v.has_eval_task && !atomic_load(&j->cancel)) {
+        // The served adapter: a kernel state is evaluated with its term.
+        float *tuned = NULL;
+        struct rk_state_meta tm;
+        rk_state_meta_init(&tm, m);
+        tm.has_shift = hp.tune.tune_shift;
+        if (rk_tune_export(m, &tp, out, &tuned, &tm) == RK_OK) {
+            struct rk_kernel_view kv;
+            struct rk_readout kro = {0};
+            if (tm.kernel_m > 0) {
+                rk_kernel_view_of(m, tm.kernel_m, tm.kernel_fade, tuned, &kv);
+                kro = (struct rk_readout){&rk_kernel_readout, &kv, NULL};
+            }
+            tj_eval_tuned(js, j, init, tuned, kro.ops ? &kro : NULL, tp.n_threads);
+            free(tuned);
+        }
     }
 
     // Publish: from here on a cancel is too late.
@@ -357,7 +388,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         pthread_mutex_lock(&js->mu);
         j->publishing = false;
         pthread_mutex_unlock(&js->mu);
-        fail(js, j, "publish_failed", "cannot store the state '%s': %s", j->v.output_state,
+        tj_fail(js, j, "publish_failed", "cannot store the state '%s': %s", j->v.output_state,
              eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }
@@ -399,8 +430,12 @@ void *tj_worker_main(void *arg)
         if (!j->v.started_ms)
             j->v.started_ms = tj_wall_ms();
         j->v.attempts++;
+        bool eval = j->v.eval;
         pthread_mutex_unlock(&js->mu);
-        run_job(js, j);
+        if (eval)
+            tj_eval_run(js, j);
+        else
+            run_job(js, j);
     }
     return NULL;
 }

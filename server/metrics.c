@@ -93,6 +93,12 @@ void rk_metrics_render(struct rk_srv *srv, struct rk_buf *o)
             (double)atomic_load(&m->seqs_started));
     counter(o, "rwkvd_sequences_canceled_total", "Sequences stopped by a disconnect, deadline "
             "or shutdown.", "counter", (double)atomic_load(&m->seqs_canceled));
+    counter(o, "rwkvd_judge_calls_total", "best_of judge calls started.", "counter",
+            (double)atomic_load(&srv->judge_calls));
+    counter(o, "rwkvd_judge_failures_total", "best_of requests failed by their judge.",
+            "counter", (double)atomic_load(&srv->judge_errors));
+    counter(o, "rwkvd_judge_tokens_total", "Judge tokens (as the judge reports them).",
+            "counter", (double)atomic_load(&srv->judge_tokens));
     counter(o, "rwkvd_queue_depth", "Requests waiting for a sequence slot.", "gauge",
             srv->engine ? rk_engine_queued(srv->engine) : 0);
     counter(o, "rwkvd_active_sequences", "Sequences in prefill or decode.", "gauge",

@@ -16,6 +16,7 @@
 #include "jobs.h" /* tuning jobs (jobs.c, api_jobs.c) */
 #include "rk_config.h"
 #include "srv.h"
+#include "teacher.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -108,9 +109,80 @@ static int listen_early(struct rk_srv *srv)
     return 0;
 }
 
+/* The best_of judge (teacher.h): its key comes from --judge-key-file (first
+ * line, surrounding space trimmed) or RWKVD_JUDGE_API_KEY, and is never
+ * printed. */
+static int open_judge(struct rk_srv *srv)
+{
+    const struct rk_srv_config *c = &srv->cfg;
+    struct rk_teacher_config tc;
+    struct rk_errbuf eb = {0};
+    char *key = NULL;
+    rk_teacher_config_default(&tc);
+    if (c->judge_key_file) {
+        void *buf = NULL;
+        size_t len = 0;
+        if (rk_file_read_all(c->judge_key_file, 8192, &buf, &len, &eb) != RK_OK) {
+            fprintf(stderr, "rwkvd serve: judge key: %s\n", eb.msg);
+            return -1;
+        }
+        char *k0 = malloc(len + 1), *k = k0;
+        if (k0) {
+            memcpy(k0, buf, len);
+            k0[len] = 0;
+        }
+        memset(buf, 0, len);
+        free(buf);
+        if (!k0) {
+            fprintf(stderr, "rwkvd serve: out of memory\n");
+            return -1;
+        }
+        k[strcspn(k, "\r\n")] = 0;
+        while (*k == ' ' || *k == '\t')
+            k++;
+        size_t n = strlen(k);
+        while (n && (k[n - 1] == ' ' || k[n - 1] == '\t'))
+            k[--n] = 0;
+        key = strdup(k);
+        memset(k0, 0, strlen(k0));
+        free(k0);
+        if (!key || !*key) {
+            fprintf(stderr, "rwkvd serve: judge key file %s: %s\n", c->judge_key_file,
+                    key ? "empty" : "out of memory");
+            free(key);
+            return -1;
+        }
+    } else if (getenv("RWKVD_JUDGE_API_KEY") && *getenv("RWKVD_JUDGE_API_KEY")) {
+        key = strdup(getenv("RWKVD_JUDGE_API_KEY"));
+    }
+    tc.name = "judge";
+    tc.base_url = c->judge_url;
+    tc.model = c->judge_model;
+    tc.api_key = key;
+    tc.connect_timeout_ms = c->judge_connect_timeout_ms;
+    tc.timeout_ms = c->judge_timeout_ms;
+    tc.retries = c->judge_retries;
+    tc.inflight_max = c->judge_max_inflight;
+    tc.response_bytes_max = c->judge_response_bytes_max;
+    int rc = rk_teacher_create(&tc, &srv->judge, &eb);
+    if (key) {
+        memset(key, 0, strlen(key));
+        free(key);
+    }
+    if (rc != RK_OK) {
+        fprintf(stderr, "rwkvd serve: %s\n", eb.msg);
+        return -1;
+    }
+    return 0;
+}
+
 int rk_cmd_serve(int argc, char **argv)
 {
     json_object_seed(0); // before any thread exists (RELIABILITY.md 4)
+    if (rk_teacher_global_init() != RK_OK) { // libcurl's, also before any thread
+        fprintf(stderr, "rwkvd serve: cannot initialise libcurl\n");
+        return 1;
+    }
     struct rk_srv *srv = calloc(1, sizeof *srv);
     if (!srv)
         return 1;
@@ -136,6 +208,8 @@ int rk_cmd_serve(int argc, char **argv)
         if (!files[i][1])
             continue;
         int fd = open(files[i][1], O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && i == 0 && errno == ENOENT && strchr(files[i][1], ','))
+            continue; // a list of model files: the loader checks each one
         if (fd < 0) {
             fprintf(stderr, "rwkvd serve: cannot open the %s %s: %s\n", files[i][0], files[i][1],
                     strerror(errno));
@@ -157,6 +231,8 @@ int rk_cmd_serve(int argc, char **argv)
             goto out;
         }
     }
+    if (c->judge_url && open_judge(srv) != 0)
+        goto out;
     if (listen_early(srv) != 0)
         goto out;
 
@@ -165,8 +241,9 @@ int rk_cmd_serve(int argc, char **argv)
         goto out;
     }
     int V = rk_model_n_vocab(srv->model);
-    // The rule every subcommand follows (cli.c): --vocab, else bytes for
-    // 256..65535 tokens, else refused with the reason.
+    // The rule every subcommand follows (cli.c): --vocab, else the model
+    // directory's vocabulary, else bytes for 256..65535 tokens, else
+    // refused with the reason.
     if (!(srv->tok = rk_cli_load_tokenizer(c->vocab, srv->model)))
         goto out;
     if (rk_tok_n_vocab(srv->tok) > (size_t)V) {
@@ -226,6 +303,8 @@ out:
     rk_tjobs_free(jobs); /* tuning jobs */
     rk_store_free(srv->store);
     rk_auth_free(srv->auth);
+    rk_teacher_free(srv->judge);
+    rk_bestof_budget_free(srv);
     rk_tok_free(srv->tok);
     rk_model_free(srv->model);
     rk_metrics_free(&srv->metrics);

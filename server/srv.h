@@ -2,10 +2,14 @@
  * srv.h - private declarations shared by the files of `rwkvd serve`.
  *
  * Threads: the loop thread (libuv + libmicrohttpd, every handler in api_*.c,
- * routes, auth, metrics rendering) and the engine thread (engine.c). They
- * share only struct rk_job (refcounted, fields documented below), the
- * engine's queue (engine mutex), the state store (its own mutex) and the
- * metrics atomics. Nothing outside server/ includes this header except the
+ * routes, auth, metrics rendering), the engine thread (engine.c) and
+ * libuv's thread pool, which runs the disk work of handlers
+ * (rk_http_offload: state reads and writes, job submits, file uploads)
+ * while their requests are suspended. They share only struct rk_job
+ * (refcounted, fields documented below), the engine's queue (engine mutex),
+ * the state store (its own mutex), the jobs table (its mutex) and the
+ * metrics atomics; offloaded work touches only its own argument besides
+ * those. Nothing outside server/ includes this header except the
  * HTTP tests.
  */
 #ifndef RK_SRV_H
@@ -54,6 +58,14 @@ struct rk_srv_config {
     size_t cache_bytes;          /* adapter LRU bound */
     int health_stall_ms;         /* engine heartbeat age that fails /health */
     bool health_public;          /* /health without an API key */
+    /* best_of and its judge (api_bestof.c, teacher.c) */
+    int best_of_max;             /* candidates per request */
+    const char *judge_url, *judge_model, *judge_key_file;
+    const char *judge_allowed_urls; /* comma-separated base URLs a request may pick */
+    int judge_connect_timeout_ms, judge_timeout_ms, judge_retries, judge_max_inflight;
+    size_t judge_response_bytes_max;
+    int judge_calls_per_min;     /* per tenant */
+    int judge_tokens_per_min;    /* per tenant, as the judge reports them */
 };
 
 /* Fill defaults, then environment (RWKVD_*), then argv. Returns 0 to run,
@@ -125,6 +137,8 @@ struct rk_choice {
     /* logprobs: n_tokens entries of (1 + top) records: the chosen token then
      * the top alternatives; allocated at admission when top >= 0 */
     struct rk_tok_lp *lps;
+    double lp_sum;  /* sum of the chosen tokens' log-probabilities (job->want_lp_sum) */
+    int cand;       /* candidate index before best_of reordering */
     bool sent_role; /* chat streaming: the role chunk went out */
 };
 
@@ -153,6 +167,15 @@ struct rk_job {
     int max_tokens, n;
     int top_logprobs; /* -1 = no logprobs; else number of alternatives */
     bool seed_given;
+    /* best_of: n is the number of candidates, n_out (0: n) the choices the
+     * response shows (the best, first after api_bestof.c reorders them);
+     * temps[n] (NULL: sp.temperature) a temperature per candidate; want_lp_sum
+     * makes the engine add up each choice's chosen-token log-probabilities */
+    int n_out;
+    float *temps;
+    bool want_lp_sum;
+    void *ext;                  /* api_bestof.c's options, freed with the job */
+    void (*ext_free)(void *ext);
     int64_t t_submit_us, deadline_us;
 
     atomic_bool cancel; /* set by the loop (disconnect, shutdown) */
@@ -269,7 +292,8 @@ void rk_http_stream(struct rk_http_req *r, struct rk_job *job);
 struct MHD_Response;
 void rk_http_conn_headers(const struct rk_srv *srv, struct MHD_Response *resp);
 /* Run work(arg) on libuv's thread pool with the request suspended, so slow
- * work (validating a large dataset) does not hold up the loop thread. When
+ * work (disk writes and fsyncs, tokenizing a dataset) does not hold up the
+ * loop thread. When
  * it is done the route handler is called again, on the loop thread, and
  * finds its result in `arg`, which it keeps in r->user (with r->user_free):
  * the handler sets those before calling this. If the client leaves first,
@@ -325,6 +349,23 @@ int rk_routes_add(struct rk_srv *srv, const struct rk_route *routes, size_t n);
 const struct rk_route *rk_routes_match(struct rk_srv *srv, struct rk_http_req *r, int *status,
                                        char *allow, size_t allow_cap);
 
+/* best_of (api_bestof.c). Parse best_of, n's meaning with it,
+ * return_scores, candidate_temperatures and judge from a request `o` into
+ * job j (after parse_sampling): on success j->n holds the candidates and
+ * j->n_out the choices to return; false when a response (an error) is
+ * prepared. Loop thread. */
+bool rk_bestof_parse(struct rk_http_req *r, json_t *o, struct rk_job *j);
+/* Whether j needs best_of scoring when it is done. */
+bool rk_bestof_wanted(const struct rk_job *j);
+/* The done callback of a best_of job (rk_http_wait_job). */
+void rk_bestof_done(struct rk_http_req *r, struct rk_job *j);
+/* Called first by the generation handlers: true when r is a best_of request
+ * coming back from its judge calls (the response is then prepared). */
+bool rk_bestof_resume(struct rk_http_req *r);
+/* Give back the judge calls a job reserved when it could not be queued. */
+void rk_bestof_refund(struct rk_http_req *r, struct rk_job *j);
+void rk_bestof_budget_free(struct rk_srv *srv);
+
 /* The built-in route sets. */
 void rk_api_generate_register(struct rk_srv *srv);
 void rk_api_states_register(struct rk_srv *srv);
@@ -353,6 +394,9 @@ struct rk_srv {
     struct rk_engine *engine;
     struct rk_auth *auth;
     struct rk_tjobs *tjobs; /* the tuning jobs (jobs.h); NULL until their routes are added */
+    struct rk_teacher *judge; /* best_of's judge (teacher.h); NULL: none configured */
+    struct rk_bestof_budget *judge_budget; /* per-tenant judge use (api_bestof.c; loop thread) */
+    atomic_uint_fast64_t judge_calls, judge_errors, judge_tokens; /* metrics */
     char model_name[128];
     struct rk_metrics metrics;
     struct rk_route *routes;
@@ -374,6 +418,7 @@ struct rk_srv {
     uint64_t n_conns_evicted, n_conns_refused, n_conns_reaped;
     struct rk_http_req *reqs; /* live requests */
     atomic_uint_fast64_t id_seq;
+    atomic_int n_evals; /* POST /eval requests running on the thread pool (api_eval.c) */
 };
 
 /* Kernel backlog of the listening socket (connections not yet accepted). */

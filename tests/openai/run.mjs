@@ -79,6 +79,21 @@ await test('completions: seed gives the same text, n and logprobs', async () => 
   assert.equal(lp.top_logprobs.length, lp.tokens.length);
 });
 
+await test('completions: best_of returns the best of several, all counted in usage', async () => {
+  // No judge is configured: candidates are ranked by the model's own mean
+  // log-probability; the client passes best_of through unchanged.
+  const r = await client.completions.create({ model: base_model, prompt: 'abc', max_tokens: 12,
+    seed: 7, temperature: 1, best_of: 3, n: 2, logprobs: 0 });
+  assert.equal(r.choices.length, 2);
+  const mean = (c) => c.logprobs.token_logprobs.reduce((x, y) => x + y, 0) /
+    c.logprobs.token_logprobs.length;
+  assert.ok(mean(r.choices[0]) >= mean(r.choices[1]) - 1e-4);
+  const got = r.choices.reduce((x, c) => x + c.logprobs.tokens.length, 0);
+  assert.ok(r.usage.completion_tokens >= got);
+  await assert.rejects(client.completions.create({ model: base_model, prompt: 'abc',
+    max_tokens: 4, best_of: 3, stream: true }), (e) => e.status === 400);
+});
+
 await test('completions streaming ends with finish_reason and usage', async () => {
   const stream = await client.completions.create({ model: base_model, prompt: 'Hi',
     max_tokens: 6, stream: true, stream_options: { include_usage: true } });

@@ -1,0 +1,692 @@
+/*
+ * api_bestof.c - best_of on POST /generate, /v1/completions and
+ * /v1/chat/completions: K candidates of one prompt and state, generated as
+ * one engine job (the engine batches its K sequences; the prompt is read
+ * once, the siblings copy the leader's state), then scored, and the best n
+ * returned.
+ *
+ * Scoring: with a judge (--judge-url, or an allowed judge.url), every
+ * candidate is shown to the judge in a verifier prompt; the score is the
+ * log-probability the judge gives to "Yes" as its first word (scoring
+ * "yes_logprob", from its top_logprobs) or the first number in its answer
+ * (scoring "number"). Without a judge (or with "judge": "self") the score
+ * is the model's own mean log-probability of the candidate's tokens.
+ *
+ * DESIGN. Threads: parsing, budgets and the response run on the loop
+ * thread; the candidates run on the engine thread like any job; the judge
+ * calls run on the loop's thread pool (rk_http_offload), one short-lived
+ * thread per candidate inside that work item so that the K calls overlap
+ * (the judge client's in-flight limit bounds them across requests). The
+ * work item owns a `struct judge_work` (r->user while the request lives; if
+ * the client leaves first, http.c frees it when the work ends). It holds a
+ * reference to the job, reads the candidates' text (immutable once the job
+ * is done) and writes only its own score array. When the work is done the
+ * handler runs again (rk_bestof_resume), charges the tenant's token budget
+ * and answers. A failing judge fails only its request (502, or 504 for a
+ * timeout). Per-tenant budgets (calls and tokens per minute) live in
+ * srv->judge_budget, touched on the loop thread only.
+ */
+#include "gen_format.h"
+#include "json_read.h"
+#include "srv.h"
+#include "teacher.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROMPT_BYTES_MAX 8192     /* of the prompt shown to the judge (the tail is kept) */
+#define INSTRUCTIONS_BYTES_MAX 2000
+#define YES_FLOOR (-100.0)        /* score when "Yes" is not among the judge's alternatives */
+#define JUDGE_TOP 20              /* top_logprobs asked of the judge (OpenAI allows 20) */
+
+enum scorer { SCORE_SELF, SCORE_YES, SCORE_NUMBER };
+
+struct bestof_opts {
+    bool return_scores;
+    enum scorer scorer;
+    struct rk_teacher *own_judge; /* a per-request override (NULL: srv->judge) */
+    char *instructions;           /* NULL: the default question */
+};
+
+static void opts_free(void *p)
+{
+    struct bestof_opts *o = p;
+    if (!o)
+        return;
+    rk_teacher_free(o->own_judge);
+    free(o->instructions);
+    free(o);
+}
+
+static struct bestof_opts *opts_of(const struct rk_job *j)
+{
+    return j->ext_free == opts_free ? j->ext : NULL;
+}
+
+bool rk_bestof_wanted(const struct rk_job *j) { return opts_of(j) != NULL; }
+
+/* --- per-tenant budgets ----------------------------------------------------- */
+
+struct budget_row {
+    char tenant[RK_STATE_ID_MAX + 1];
+    int64_t window_us; /* start of the current minute */
+    long long calls, tokens;
+};
+
+struct rk_bestof_budget {
+    struct budget_row *rows;
+    size_t n, cap;
+};
+
+void rk_bestof_budget_free(struct rk_srv *srv)
+{
+    if (srv->judge_budget)
+        free(srv->judge_budget->rows);
+    free(srv->judge_budget);
+    srv->judge_budget = NULL;
+}
+
+static struct budget_row *budget_row(struct rk_srv *srv, const char *tenant)
+{
+    if (!srv->judge_budget && !(srv->judge_budget = calloc(1, sizeof *srv->judge_budget)))
+        return NULL;
+    struct rk_bestof_budget *b = srv->judge_budget;
+    int64_t now = rk_now_us();
+    struct budget_row *row = NULL;
+    for (size_t i = 0; i < b->n && !row; i++)
+        if (!strcmp(b->rows[i].tenant, tenant))
+            row = &b->rows[i];
+    if (!row) {
+        // Rows of tenants idle for a minute are reused, so the table stays as
+        // large as the set of tenants active within a minute.
+        for (size_t i = 0; i < b->n && !row; i++)
+            if (now - b->rows[i].window_us >= 60000000)
+                row = &b->rows[i];
+        if (!row) {
+            if (b->n == b->cap) {
+                size_t cap = b->cap ? b->cap * 2 : 8;
+                struct budget_row *p = realloc(b->rows, cap * sizeof *p);
+                if (!p)
+                    return NULL;
+                b->rows = p;
+                b->cap = cap;
+            }
+            row = &b->rows[b->n++];
+        }
+        memset(row, 0, sizeof *row);
+        snprintf(row->tenant, sizeof row->tenant, "%s", tenant);
+        row->window_us = now;
+    }
+    if (now - row->window_us >= 60000000) {
+        row->window_us = now;
+        row->calls = row->tokens = 0;
+    }
+    return row;
+}
+
+/* The 429's Retry-After: when the tenant's minute renews. */
+static void retry_after(struct rk_http_req *r, int s)
+{
+    char v[16];
+    if (!r->resp)
+        return;
+    snprintf(v, sizeof v, "%d", s);
+    MHD_del_response_header(r->resp, "Retry-After", "1");
+    MHD_add_response_header(r->resp, "Retry-After", v);
+}
+
+/* Reserve `calls` judge calls for r's tenant, or prepare a 429. */
+static bool budget_take(struct rk_http_req *r, int calls)
+{
+    struct rk_srv *srv = r->srv;
+    struct budget_row *row = budget_row(srv, r->tenant);
+    if (!row) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    int retry_s = (int)((row->window_us + 60000000 - rk_now_us()) / 1000000) + 1;
+    if (row->tokens >= srv->cfg.judge_tokens_per_min) {
+        rk_http_error(r, 429, "judge_budget_exceeded", "best_of", "the judge token budget of "
+                      "%d tokens per minute is used up; retry in %d s",
+                      srv->cfg.judge_tokens_per_min, retry_s);
+        retry_after(r, retry_s);
+        return false;
+    }
+    if (row->calls + calls > srv->cfg.judge_calls_per_min) {
+        rk_http_error(r, 429, "judge_budget_exceeded", "best_of", "best_of %d needs %d judge "
+                      "calls; %lld of %d per minute are left; retry in %d s", calls, calls,
+                      srv->cfg.judge_calls_per_min - row->calls, srv->cfg.judge_calls_per_min,
+                      retry_s);
+        retry_after(r, retry_s);
+        return false;
+    }
+    row->calls += calls;
+    return true;
+}
+
+void rk_bestof_refund(struct rk_http_req *r, struct rk_job *j)
+{
+    struct bestof_opts *bo = opts_of(j);
+    struct budget_row *row = bo && bo->scorer != SCORE_SELF ? budget_row(r->srv, r->tenant) : NULL;
+    if (row && row->calls >= j->n)
+        row->calls -= j->n;
+}
+
+static void budget_charge_tokens(struct rk_srv *srv, const char *tenant, long long tokens)
+{
+    struct budget_row *row = budget_row(srv, tenant);
+    if (row)
+        row->tokens += tokens;
+}
+
+/* --- request ---------------------------------------------------------------- */
+
+/* Is url one of the comma-separated base URLs in list? */
+static bool url_allowed(const char *list, const char *url)
+{
+    if (!list)
+        return false;
+    size_t ul = strlen(url);
+    while (ul && url[ul - 1] == '/')
+        ul--;
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ",");
+        size_t m = n;
+        while (m && (p[m - 1] == ' ' || p[m - 1] == '/'))
+            m--;
+        if (m && m == ul && !strncmp(p, url, ul))
+            return true;
+        p += n;
+    }
+    return false;
+}
+
+static bool parse_judge(struct rk_http_req *r, json_t *o, struct bestof_opts *bo)
+{
+    struct rk_srv *srv = r->srv;
+    json_t *v = json_object_get(o, "judge");
+    bo->scorer = srv->judge ? SCORE_YES : SCORE_SELF;
+    if (!v || json_is_null(v))
+        return true;
+    if (json_is_string(v)) {
+        if (!strcmp(json_string_value(v), "self")) {
+            bo->scorer = SCORE_SELF;
+            return true;
+        }
+        if (!strcmp(json_string_value(v), "default"))
+            return true;
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "judge", "'judge' must be \"self\", "
+                      "\"default\" or an object");
+        return false;
+    }
+    if (!json_is_object(v)) {
+        rk_field_fail(r, RK_FIELD_INVALID_TYPE, "judge", "'judge' must be \"self\", "
+                      "\"default\" or an object");
+        return false;
+    }
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x)
+    {
+        if (strcmp(k, "url") && strcmp(k, "model") && strcmp(k, "scoring") &&
+            strcmp(k, "instructions")) {
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "judge", "judge.%.40s is not a judge field "
+                          "(url, model, scoring, instructions)", k);
+            return false;
+        }
+    }
+    const char *url = NULL, *model = NULL, *scoring = NULL, *instr = NULL;
+    if (!rk_json_str(r, v, "url", 1, 1024, &url) || !rk_json_str(r, v, "model", 1, 256, &model) ||
+        !rk_json_str(r, v, "scoring", 1, 32, &scoring) ||
+        !rk_json_str(r, v, "instructions", 1, INSTRUCTIONS_BYTES_MAX, &instr))
+        return false;
+    if (url && !url_allowed(srv->cfg.judge_allowed_urls, url)) {
+        // The rule: a tenant never makes the server call a URL the operator
+        // did not list (--judge-allowed-urls).
+        rk_http_error(r, 403, "judge_url_not_allowed", "judge.url", "this server does not let "
+                      "requests choose the judge's URL%s", srv->cfg.judge_allowed_urls ?
+                      " except those in its --judge-allowed-urls list" : "");
+        return false;
+    }
+    if (!srv->judge && !url) {
+        rk_http_error(r, 400, "judge_not_configured", "judge", "no judge is configured on this "
+                      "server (--judge-url); use \"judge\": \"self\" or an allowed judge.url");
+        return false;
+    }
+    if (url && !model && !srv->judge) {
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "judge.model", "judge.model is needed with "
+                      "judge.url when the server has no judge of its own");
+        return false;
+    }
+    if (scoring) {
+        if (!strcmp(scoring, "yes_logprob")) {
+            bo->scorer = SCORE_YES;
+        } else if (!strcmp(scoring, "number")) {
+            bo->scorer = SCORE_NUMBER;
+        } else {
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "judge.scoring", "judge.scoring must be "
+                          "\"yes_logprob\" or \"number\"");
+            return false;
+        }
+    } else {
+        bo->scorer = SCORE_YES;
+    }
+    if (instr && !(bo->instructions = strdup(instr)))
+        goto oom;
+    if (url || model) {
+        struct rk_errbuf eb = {0};
+        int rc;
+        if (srv->judge) {
+            rc = rk_teacher_derive(srv->judge, url, model, &bo->own_judge, &eb);
+        } else {
+            struct rk_teacher_config tc;
+            rk_teacher_config_default(&tc);
+            tc.name = "judge";
+            tc.base_url = url;
+            tc.model = model;
+            tc.connect_timeout_ms = srv->cfg.judge_connect_timeout_ms;
+            tc.timeout_ms = srv->cfg.judge_timeout_ms;
+            tc.retries = srv->cfg.judge_retries;
+            tc.inflight_max = srv->cfg.judge_max_inflight;
+            tc.response_bytes_max = srv->cfg.judge_response_bytes_max;
+            rc = rk_teacher_create(&tc, &bo->own_judge, &eb);
+        }
+        if (rc == RK_ENOMEM)
+            goto oom;
+        if (rc != RK_OK) {
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "judge", "%s", eb.msg);
+            return false;
+        }
+    }
+    return true;
+oom:
+    rk_http_error(r, 503, "enomem", NULL, "out of memory");
+    return false;
+}
+
+bool rk_bestof_parse(struct rk_http_req *r, json_t *o, struct rk_job *j)
+{
+    struct rk_srv *srv = r->srv;
+    long long best_of = j->n;
+    bool scores = false;
+    if (!rk_json_int(r, o, "best_of", 1, srv->cfg.best_of_max, &best_of) ||
+        !rk_json_bool(r, o, "return_scores", &scores))
+        return false;
+    json_t *temps = json_object_get(o, "candidate_temperatures");
+    bool has_temps = temps && !json_is_null(temps);
+    bool has_judge = rk_json_has(o, "judge");
+    if (best_of < j->n) {
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "best_of", "'best_of' (%lld) must be at least "
+                      "'n' (%d)", best_of, j->n);
+        return false;
+    }
+    if (best_of == j->n && !scores) {
+        // As many candidates as choices: nothing to choose, a plain request.
+        if (has_temps || has_judge) {
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, has_temps ? "candidate_temperatures"
+                          : "judge", "'%s' needs 'best_of' above 'n' or 'return_scores'",
+                          has_temps ? "candidate_temperatures" : "judge");
+            return false;
+        }
+        return true;
+    }
+    if (j->stream) {
+        rk_field_fail(r, RK_FIELD_UNSUPPORTED, "stream", "'stream' is not supported with "
+                      "'best_of' above 'n' or 'return_scores': the candidates are scored when "
+                      "all are done");
+        return false;
+    }
+    if (has_temps) {
+        if (!json_is_array(temps) || json_array_size(temps) != (size_t)best_of) {
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "candidate_temperatures",
+                          "'candidate_temperatures' must be an array of best_of (%lld) numbers",
+                          best_of);
+            return false;
+        }
+        if (!(j->temps = calloc((size_t)best_of, sizeof *j->temps))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return false;
+        }
+        for (size_t i = 0; i < (size_t)best_of; i++) {
+            json_t *t = json_array_get(temps, i);
+            if (!json_is_number(t) || !(json_number_value(t) >= 0 && json_number_value(t) <= 2)) {
+                rk_field_fail(r, RK_FIELD_OUT_OF_RANGE, "candidate_temperatures",
+                              "candidate_temperatures[%zu] must be a number from 0 to 2", i);
+                return false;
+            }
+            j->temps[i] = (float)json_number_value(t);
+        }
+    }
+    struct bestof_opts *bo = calloc(1, sizeof *bo);
+    if (!bo) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    j->ext = bo;
+    j->ext_free = opts_free;
+    bo->return_scores = scores;
+    if (!parse_judge(r, o, bo))
+        return false;
+    if (bo->scorer != SCORE_SELF && !budget_take(r, (int)best_of))
+        return false;
+    j->n_out = j->n;
+    j->n = (int)best_of;
+    j->want_lp_sum = bo->scorer == SCORE_SELF;
+    return true;
+}
+
+/* --- judging ---------------------------------------------------------------- */
+
+struct judge_work {
+    struct rk_job *job;        /* one reference */
+    struct rk_teacher *judge;  /* borrowed: srv->judge (lives until exit) or the opts' own */
+    enum scorer scorer;
+    const char *instructions;  /* borrowed from the job's opts */
+    char *prompt;              /* the prompt as text (tail of PROMPT_BYTES_MAX) */
+    int64_t deadline_us;
+    double *scores;            /* [n] */
+    int *rcs;                  /* [n] */
+    char (*msgs)[320];         /* [n] */
+    long long *tokens;         /* [n] judge tokens */
+};
+
+static void work_free(void *p)
+{
+    struct judge_work *w = p;
+    if (!w)
+        return;
+    rk_job_release(w->job);
+    free(w->prompt);
+    free(w->scores);
+    free(w->rcs);
+    free(w->msgs);
+    free(w->tokens);
+    free(w);
+}
+
+/* "Yes" as the judge's first word: the best log-probability among the first
+ * non-blank token's alternatives whose text, leading spaces dropped, begins
+ * "Yes" (any case) or is a non-empty beginning of it ("Y" for a byte-level
+ * judge). YES_FLOOR when no alternative qualifies. */
+static bool yes_prefix(const char *t)
+{
+    while (*t == ' ' || *t == '\n' || *t == '\t')
+        t++;
+    if (!*t)
+        return false;
+    size_t n = strlen(t);
+    return !strncasecmp(t, "yes", n < 3 ? n : 3);
+}
+
+static bool blank(const char *t) { return !t[strspn(t, " \n\t\r")]; }
+
+static int score_yes(const struct rk_teacher_answer *a, double *score, char *msg, size_t cap)
+{
+    for (size_t i = 0; i < a->n_toks; i++) {
+        const struct rk_teacher_tok *t = &a->toks[i];
+        if (blank(t->token))
+            continue;
+        double best = -INFINITY;
+        if (yes_prefix(t->token))
+            best = t->lp;
+        for (int k = 0; k < t->n_top; k++)
+            if (yes_prefix(t->top[k].token) && t->top[k].lp > best)
+                best = t->top[k].lp;
+        *score = isfinite(best) ? best : YES_FLOOR;
+        return RK_OK;
+    }
+    snprintf(msg, cap, "judge: the answer has no non-blank token to read \"Yes\" from");
+    return RK_EFORMAT;
+}
+
+static int score_number(const struct rk_teacher_answer *a, double *score, char *msg, size_t cap)
+{
+    for (const char *p = a->text; *p; p++) {
+        if ((*p >= '0' && *p <= '9') || ((*p == '-' || *p == '.') && p[1] >= '0' && p[1] <= '9')) {
+            char *end;
+            double v = strtod(p, &end);
+            if (end != p && isfinite(v)) {
+                *score = v;
+                return RK_OK;
+            }
+        }
+    }
+    snprintf(msg, cap, "judge: the answer holds no number (scoring \"number\")");
+    return RK_EFORMAT;
+}
+
+struct one_call {
+    struct judge_work *w;
+    int i;
+    pthread_t th;
+    bool started;
+};
+
+static void *judge_one(void *arg)
+{
+    struct one_call *c = arg;
+    struct judge_work *w = c->w;
+    struct rk_choice *ch = &w->job->choices[c->i];
+    char *user = NULL;
+    const char *q = w->instructions ? w->instructions
+                    : w->scorer == SCORE_NUMBER
+                        ? "How good is the answer, from 0 (useless or wrong) to 10 (correct and "
+                          "helpful)? Reply with the number only."
+                        : "Is the answer correct and helpful? Reply with Yes or No.";
+    int len = asprintf(&user, "You are judging an answer to a prompt.\n\nPrompt:\n<<<\n%s\n>>>"
+                       "\n\nAnswer:\n<<<\n%.*s\n>>>\n\n%s", w->prompt,
+                       (int)ch->text.len, ch->text.p ? ch->text.p : "", q);
+    if (len < 0) {
+        w->rcs[c->i] = RK_ENOMEM;
+        snprintf(w->msgs[c->i], sizeof w->msgs[c->i], "out of memory");
+        return NULL;
+    }
+    struct rk_teacher_msg m = {"user", user};
+    struct rk_teacher_req req = {
+        .kind = RK_TEACHER_CHAT, .msgs = &m, .n_msgs = 1, .temperature = 0,
+        .max_tokens = w->scorer == SCORE_NUMBER ? 8 : 3,
+        .top_logprobs = w->scorer == SCORE_YES ? JUDGE_TOP : -1,
+    };
+    struct rk_teacher_answer a;
+    struct rk_errbuf eb = {0};
+    int rc = rk_teacher_call(w->judge, &req, NULL, w->deadline_us, NULL, &a, &eb);
+    if (rc == RK_OK) {
+        long long pt = a.prompt_tokens, ct = a.completion_tokens;
+        // An endpoint that reports no usage is charged about 4 bytes a token.
+        w->tokens[c->i] = (pt >= 0 ? pt : (long long)len / 4 + 1) +
+                          (ct >= 0 ? ct : (long long)strlen(a.text) / 4 + 1);
+        rc = w->scorer == SCORE_NUMBER
+                 ? score_number(&a, &w->scores[c->i], w->msgs[c->i], sizeof w->msgs[c->i])
+                 : score_yes(&a, &w->scores[c->i], w->msgs[c->i], sizeof w->msgs[c->i]);
+        rk_teacher_answer_fini(&a);
+    } else {
+        snprintf(w->msgs[c->i], sizeof w->msgs[c->i], "%s", eb.msg);
+    }
+    w->rcs[c->i] = rc;
+    free(user);
+    return NULL;
+}
+
+/* Thread-pool work: one thread per candidate, all joined here. */
+static void judge_all(void *arg)
+{
+    struct judge_work *w = arg;
+    int n = w->job->n;
+    struct one_call *calls = calloc((size_t)n, sizeof *calls);
+    if (!calls) {
+        for (int i = 0; i < n; i++)
+            w->rcs[i] = RK_ENOMEM, snprintf(w->msgs[i], sizeof w->msgs[i], "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        calls[i] = (struct one_call){w, i, 0, false};
+        calls[i].started = pthread_create(&calls[i].th, NULL, judge_one, &calls[i]) == 0;
+        if (!calls[i].started)
+            judge_one(&calls[i]); // no thread to spare: run it here
+    }
+    for (int i = 0; i < n; i++)
+        if (calls[i].started)
+            pthread_join(calls[i].th, NULL);
+    free(calls);
+}
+
+/* The prompt as the judge sees it: the job's tokens as text, the last
+ * PROMPT_BYTES_MAX bytes when longer, valid UTF-8. */
+static char *prompt_text(struct rk_srv *srv, const struct rk_job *j)
+{
+    struct rk_buf b = {0};
+    for (size_t i = 0; i < j->n_prompt; i++) {
+        size_t n;
+        const uint8_t *p = rk_tok_bytes(srv->tok, j->prompt[i], &n);
+        if (p)
+            rk_buf_put(&b, (const char *)p, n);
+    }
+    size_t from = b.len > PROMPT_BYTES_MAX ? b.len - PROMPT_BYTES_MAX : 0;
+    while (from < b.len && ((unsigned char)b.p[from] & 0xc0) == 0x80)
+        from++;
+    char *out = malloc(b.len - from + 4 + 1);
+    if (out)
+        rk_utf8_sanitize((const uint8_t *)b.p + from, b.len - from, out, b.len - from + 4 + 1);
+    rk_buf_free(&b);
+    return out;
+}
+
+/* --- the response ------------------------------------------------------------ */
+
+/* Put the n_out best candidates first (stable: ties keep candidate order)
+ * and answer. `scores` [j->n] in candidate order. */
+static void respond(struct rk_http_req *r, struct rk_job *j, const double *scores,
+                    const char *scorer, long long judge_tokens)
+{
+    struct bestof_opts *bo = opts_of(j);
+    int n = j->n;
+    for (int i = 0; i < n; i++)
+        j->choices[i].cand = i;
+    // Insertion sort by score, best first (n is at most --max-best-of).
+    for (int i = 1; i < n; i++) {
+        struct rk_choice c = j->choices[i];
+        int k = i;
+        while (k > 0 && scores[j->choices[k - 1].cand] < scores[c.cand]) {
+            j->choices[k] = j->choices[k - 1];
+            k--;
+        }
+        j->choices[k] = c;
+    }
+    json_t *body = j->api == RK_API_NATIVE ? rk_gen_body_native(r->srv, j)
+                                           : rk_gen_body_openai(r->srv, j);
+    if (!body) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    if (bo->return_scores) {
+        json_t *choices = json_object_get(body, "choices");
+        for (size_t i = 0; i < json_array_size(choices); i++) {
+            json_t *c = json_array_get(choices, i);
+            json_object_set_new(c, "score", json_real(scores[j->choices[i].cand]));
+            json_object_set_new(c, "candidate", json_integer(j->choices[i].cand));
+        }
+        json_t *all = json_array();
+        for (int i = 0; i < n; i++)
+            json_array_append_new(all, json_real(scores[i]));
+        json_object_set_new(body, "best_of", json_pack("{s:i,s:s,s:o,s:I}", "candidates", n,
+                                                       "scorer", scorer, "scores", all,
+                                                       "judge_tokens", (json_int_t)judge_tokens));
+    }
+    rk_http_json(r, 200, body);
+}
+
+static void job_failed(struct rk_http_req *r, struct rk_job *j)
+{
+    if (j->err == RK_ETIMEOUT)
+        rk_http_error(r, 504, "deadline_exceeded", NULL, "%s", j->errmsg);
+    else if (j->err == RK_ECANCELED)
+        rk_http_error(r, 503, "canceled", NULL, "%s", j->errmsg);
+    else
+        rk_http_error(r, 500, rk_errname(j->err), NULL, "%s", j->errmsg);
+}
+
+void rk_bestof_done(struct rk_http_req *r, struct rk_job *j)
+{
+    struct rk_srv *srv = r->srv;
+    struct bestof_opts *bo = opts_of(j);
+    if (j->err != RK_OK) {
+        job_failed(r, j);
+        return;
+    }
+    if (bo->scorer == SCORE_SELF) {
+        double *s = calloc((size_t)j->n, sizeof *s);
+        if (!s) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return;
+        }
+        for (int i = 0; i < j->n; i++)
+            s[i] = j->choices[i].n_tokens ? j->choices[i].lp_sum / j->choices[i].n_tokens
+                                          : YES_FLOOR;
+        respond(r, j, s, "self", 0);
+        free(s);
+        return;
+    }
+    struct judge_work *w = calloc(1, sizeof *w);
+    if (w) {
+        w->job = rk_job_retain(j);
+        w->judge = bo->own_judge ? bo->own_judge : srv->judge;
+        w->scorer = bo->scorer;
+        w->instructions = bo->instructions;
+        w->deadline_us = j->deadline_us;
+        w->prompt = prompt_text(srv, j);
+        w->scores = calloc((size_t)j->n, sizeof *w->scores);
+        w->rcs = calloc((size_t)j->n, sizeof *w->rcs);
+        w->msgs = calloc((size_t)j->n, sizeof *w->msgs);
+        w->tokens = calloc((size_t)j->n, sizeof *w->tokens);
+    }
+    if (!w || !w->prompt || !w->scores || !w->rcs || !w->msgs || !w->tokens) {
+        work_free(w);
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    // The state-lookup data of this request (if any) is no longer needed.
+    if (r->user_free)
+        r->user_free(r->user);
+    r->user = w;
+    r->user_free = work_free;
+    atomic_fetch_add(&srv->judge_calls, (uint64_t)j->n);
+    rk_http_offload(r, judge_all, w);
+}
+
+bool rk_bestof_resume(struct rk_http_req *r)
+{
+    if (r->user_free != work_free)
+        return false;
+    struct rk_srv *srv = r->srv;
+    struct judge_work *w = r->user;
+    struct rk_job *j = w->job;
+    long long tokens = 0;
+    int bad = -1;
+    for (int i = 0; i < j->n; i++) {
+        tokens += w->tokens[i];
+        if (w->rcs[i] != RK_OK && bad < 0)
+            bad = i;
+    }
+    budget_charge_tokens(srv, r->tenant, tokens);
+    atomic_fetch_add(&srv->judge_tokens, (uint64_t)tokens);
+    if (bad >= 0) {
+        int rc = w->rcs[bad];
+        atomic_fetch_add(&srv->judge_errors, 1);
+        rk_log(RK_LOG_WARN, "request %s: best_of: candidate %d: %s", j->id, bad, w->msgs[bad]);
+        if (rc == RK_ETIMEOUT)
+            rk_http_error(r, 504, "judge_timeout", "judge", "%s", w->msgs[bad]);
+        else if (rc == RK_ENOMEM)
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        else
+            rk_http_error(r, 502, "judge_failed", "judge", "%s", w->msgs[bad]);
+        return true;
+    }
+    respond(r, j, w->scores,
+            w->scorer == SCORE_NUMBER ? "judge_number" : "judge_yes_logprob", tokens);
+    return true;
+}
