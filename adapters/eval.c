@@ -24,8 +24,8 @@
  * every t with want(t+1) into *ll. `first` (may be NULL) holds the logits
  * before tokens[0]: then tokens[0] is scored too (with want(0)). */
 static int score_seq(struct rk_ctx *ctx, const uint32_t *tok, const uint8_t *mask, size_t n,
-                     float *st, const float *first, float *logits, size_t V, double *ll,
-                     size_t *cnt)
+                     float *st, const struct rk_readout *ro, const float *first, float *logits,
+                     size_t V, double *ll, size_t *cnt)
 {
     if (first && (!mask || mask[0])) {
         *ll += rk_logprob(first, V, tok[0]);
@@ -34,7 +34,7 @@ static int score_seq(struct rk_ctx *ctx, const uint32_t *tok, const uint8_t *mas
     /* the last token's logits are not needed */
     for (size_t t0 = 0; t0 + 1 < n; t0 += EVAL_CHUNK) {
         size_t nc = n - 1 - t0 < EVAL_CHUNK ? n - 1 - t0 : EVAL_CHUNK;
-        int rc = rk_forward_seq(ctx, tok + t0, nc, st, logits, true);
+        int rc = rk_forward_seq_ro(ctx, tok + t0, nc, st, ro, logits, true);
         if (rc != RK_OK)
             return rc;
         for (size_t j = 0; j < nc; j++) {
@@ -48,39 +48,70 @@ static int score_seq(struct rk_ctx *ctx, const uint32_t *tok, const uint8_t *mas
     return RK_OK;
 }
 
-int rk_eval_mc_item(struct rk_ctx *ctx, const struct rk_mc_item *it, const float *state,
-                    double *lls)
+/* The carry of a read-out term: *buf (freed by the caller) gets its
+ * carry_len floats, zero; `out` a copy of `ro` using it. */
+static int ro_carry(const struct rk_readout *ro, struct rk_readout *out, float **buf)
+{
+    *buf = NULL;
+    if (!ro || !ro->ops)
+        return RK_OK;
+    *out = *ro;
+    out->carry = *buf = calloc(ro->ops->carry_len(ro->data) + 1, sizeof(float));
+    return *buf ? RK_OK : RK_ENOMEM;
+}
+
+static int mc_item(struct rk_ctx *ctx, const struct rk_mc_item *it, const float *state,
+                   const struct rk_readout *ro0, double *lls)
 {
     const struct rk_model *m = rk_ctx_model(ctx);
     size_t slen = rk_state_len(m), V = (size_t)rk_model_n_vocab(m);
     float *st = malloc(slen * sizeof(float)), *st2 = malloc(slen * sizeof(float));
     float *last = malloc(V * sizeof(float)), *logits = malloc(EVAL_CHUNK * V * sizeof(float));
+    struct rk_readout ro, ro2;
+    float *cy = NULL, *cy2 = NULL;
     int rc = RK_ENOMEM;
-    if (!st || !st2 || !last || !logits)
+    if (!st || !st2 || !last || !logits || ro_carry(ro0, &ro, &cy) || ro_carry(ro0, &ro2, &cy2))
         goto out;
+    size_t clen = cy ? ro0->ops->carry_len(ro0->data) : 0;
     if (state)
         memcpy(st, state, slen * sizeof(float));
     else
         memset(st, 0, slen * sizeof(float));
-    if ((rc = rk_forward_seq(ctx, it->prompt, it->n_prompt, st, last, false)) != RK_OK)
+    if ((rc = rk_forward_seq_ro(ctx, it->prompt, it->n_prompt, st, cy ? &ro : NULL, last,
+                                false)) != RK_OK)
         goto out;
     for (size_t c = 0; c < it->n_choices; c++) {
         memcpy(st2, st, slen * sizeof(float));
+        if (cy)
+            memcpy(cy2, cy, clen * sizeof(float));
         double ll = 0;
         size_t cnt = 0;
-        rc = score_seq(ctx, it->choices[c], NULL, it->n_choice[c], st2, last, logits, V, &ll,
-                       &cnt);
+        rc = score_seq(ctx, it->choices[c], NULL, it->n_choice[c], st2, cy2 ? &ro2 : NULL, last,
+                       logits, V, &ll, &cnt);
         if (rc != RK_OK)
             goto out;
         lls[c] = ll;
     }
 out:
-    free(st), free(st2), free(last), free(logits);
+    free(st), free(st2), free(last), free(logits), free(cy), free(cy2);
     return rc;
+}
+
+int rk_eval_mc_item(struct rk_ctx *ctx, const struct rk_mc_item *it, const float *state,
+                    double *lls)
+{
+    return mc_item(ctx, it, state, NULL, lls);
 }
 
 int rk_eval_run(struct rk_ctx *ctx, const struct rk_dataset *d, const float *state,
                 rk_cancel_cb *cancel, void *cancel_user, struct rk_eval_result *out)
+{
+    return rk_eval_run_ro(ctx, d, state, NULL, cancel, cancel_user, out);
+}
+
+int rk_eval_run_ro(struct rk_ctx *ctx, const struct rk_dataset *d, const float *state,
+                   const struct rk_readout *ro0, rk_cancel_cb *cancel, void *cancel_user,
+                   struct rk_eval_result *out)
 {
     memset(out, 0, sizeof *out);
     out->loss = out->ppl = out->accuracy = NAN;
@@ -90,8 +121,10 @@ int rk_eval_run(struct rk_ctx *ctx, const struct rk_dataset *d, const float *sta
         return RK_ERANGE;
     float *st = malloc(slen * sizeof(float)), *logits = malloc(EVAL_CHUNK * V * sizeof(float));
     double *lls = NULL;
+    struct rk_readout ro;
+    float *cy = NULL;
     int rc = RK_ENOMEM;
-    if (!st || !logits)
+    if (!st || !logits || ro_carry(ro0, &ro, &cy))
         goto out;
     double ll = 0;
     size_t cnt = 0;
@@ -108,7 +141,10 @@ int rk_eval_run(struct rk_ctx *ctx, const struct rk_dataset *d, const float *sta
             memcpy(st, state, slen * sizeof(float));
         else
             memset(st, 0, slen * sizeof(float));
-        if ((rc = score_seq(ctx, tok, mask, n, st, NULL, logits, V, &ll, &cnt)) != RK_OK)
+        if (cy)
+            memset(cy, 0, ro0->ops->carry_len(ro0->data) * sizeof(float));
+        if ((rc = score_seq(ctx, tok, mask, n, st, cy ? &ro : NULL, NULL, logits, V, &ll,
+                            &cnt)) != RK_OK)
             goto out;
         out->n_seq++;
     }
@@ -130,7 +166,7 @@ int rk_eval_run(struct rk_ctx *ctx, const struct rk_dataset *d, const float *sta
             goto out;
         }
         lls = p;
-        if ((rc = rk_eval_mc_item(ctx, &it, state, lls)) != RK_OK)
+        if ((rc = mc_item(ctx, &it, state, ro0, lls)) != RK_OK)
             goto out;
         size_t best = 0;
         for (size_t c = 1; c < it.n_choices; c++)
@@ -143,7 +179,7 @@ int rk_eval_run(struct rk_ctx *ctx, const struct rk_dataset *d, const float *sta
         out->accuracy = (double)out->n_mc_correct / (double)out->n_mc;
     rc = RK_OK;
 out:
-    free(st), free(logits), free(lls);
+    free(st), free(logits), free(lls), free(cy);
     return rc;
 }
 
@@ -220,9 +256,11 @@ static int encode(const struct rk_tokenizer *tok, const char *text, size_t len, 
 }
 
 /* Feed the prompt from a copy of `state` into st [slen]; `last` [V] gets the
- * logits after it. An empty prompt feeds token 0. */
+ * logits after it. An empty prompt feeds token 0. `ro` (NULL = none) is the
+ * read-out term with the carry the sequence goes on with. */
 static int feed_prompt(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
-                       const char *prompt, size_t len, float *st, float *last)
+                       const struct rk_readout *ro, const char *prompt, size_t len, float *st,
+                       float *last)
 {
     const struct rk_model *m = rk_ctx_model(ctx);
     size_t slen = rk_state_len(m);
@@ -237,16 +275,17 @@ static int feed_prompt(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const
         return rc;
     if (n == 0)
         ids[n++] = 0;
-    rc = rk_forward_seq(ctx, ids, n, st, last, false);
+    rc = rk_forward_seq_ro(ctx, ids, n, st, ro, last, false);
     free(ids);
     return rc;
 }
 
 /* --- task level: the three measurements ----------------------------------- */
 
-int rk_eval_generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
-                     const char *prompt, size_t len, long max_tokens, const char *const *stops,
-                     size_t n_stops, char **out, size_t *out_len, size_t *n_gen)
+static int generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
+                    const struct rk_readout *ro0, const char *prompt, size_t len,
+                    long max_tokens, const char *const *stops, size_t n_stops, char **out,
+                    size_t *out_len, size_t *n_gen)
 {
     *out = NULL;
     *out_len = 0;
@@ -261,14 +300,16 @@ int rk_eval_generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const f
     struct rk_stopper *stopper = NULL;
     char *text = NULL;
     size_t cap = 256, n = 0;
+    struct rk_readout ro;
+    float *cy = NULL;
     int rc = RK_ENOMEM;
-    if (!st || !logits || !(text = malloc(cap)))
+    if (!st || !logits || !(text = malloc(cap)) || ro_carry(ro0, &ro, &cy))
         goto out;
     if ((rc = rk_sampler_create(NULL, V, &smp)) != RK_OK)
         goto out;
     if (n_stops && (rc = rk_stopper_create(stops, n_stops, &stopper)) != RK_OK)
         goto out;
-    if ((rc = feed_prompt(ctx, tok, state, prompt, len, st, logits)) != RK_OK)
+    if ((rc = feed_prompt(ctx, tok, state, cy ? &ro : NULL, prompt, len, st, logits)) != RK_OK)
         goto out;
     bool stopped = false;
     const char *emit;
@@ -307,7 +348,9 @@ int rk_eval_generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const f
         n += emit_len;
         if (stopped || i + 1 == max_tokens)
             break;
-        if ((rc = rk_forward_token(ctx, next, st, logits)) != RK_OK)
+        rc = cy ? rk_forward_seq_ro(ctx, &next, 1, st, &ro, logits, false)
+                : rk_forward_token(ctx, next, st, logits);
+        if (rc != RK_OK)
             goto out;
     }
     if (stopper && !stopped) {
@@ -330,25 +373,37 @@ int rk_eval_generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const f
     text = NULL;
     rc = RK_OK;
 out:
-    free(st), free(logits), free(text);
+    free(st), free(logits), free(text), free(cy);
     rk_sampler_free(smp);
     rk_stopper_free(stopper);
     return rc;
 }
 
-int rk_eval_choice_lls(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
-                       const char *prompt, size_t prompt_len, const char *const *choices,
-                       size_t n_choices, double *lls, size_t *n_tok)
+int rk_eval_generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
+                     const char *prompt, size_t len, long max_tokens, const char *const *stops,
+                     size_t n_stops, char **out, size_t *out_len, size_t *n_gen)
+{
+    return generate(ctx, tok, state, NULL, prompt, len, max_tokens, stops, n_stops, out, out_len,
+                    n_gen);
+}
+
+static int choice_lls(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
+                      const struct rk_readout *ro0, const char *prompt, size_t prompt_len,
+                      const char *const *choices, size_t n_choices, double *lls, size_t *n_tok)
 {
     const struct rk_model *m = rk_ctx_model(ctx);
     size_t slen = rk_state_len(m), V = (size_t)rk_model_n_vocab(m);
     float *st = malloc(slen * sizeof(float)), *st2 = malloc(slen * sizeof(float));
     float *last = malloc(V * sizeof(float)), *logits = malloc(EVAL_CHUNK * V * sizeof(float));
     uint32_t *ids = NULL;
+    struct rk_readout ro, ro2;
+    float *cy = NULL, *cy2 = NULL;
     int rc = RK_ENOMEM;
-    if (!st || !st2 || !last || !logits)
+    if (!st || !st2 || !last || !logits || ro_carry(ro0, &ro, &cy) || ro_carry(ro0, &ro2, &cy2))
         goto out;
-    if ((rc = feed_prompt(ctx, tok, state, prompt, prompt_len, st, last)) != RK_OK)
+    size_t clen = cy ? ro0->ops->carry_len(ro0->data) : 0;
+    if ((rc = feed_prompt(ctx, tok, state, cy ? &ro : NULL, prompt, prompt_len, st, last)) !=
+        RK_OK)
         goto out;
     for (size_t c = 0; c < n_choices; c++) {
         size_t n;
@@ -363,7 +418,10 @@ int rk_eval_choice_lls(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const
         size_t cnt = 0;
         if (n) {
             memcpy(st2, st, slen * sizeof(float));
-            if ((rc = score_seq(ctx, ids, NULL, n, st2, last, logits, V, &ll, &cnt)) != RK_OK)
+            if (cy)
+                memcpy(cy2, cy, clen * sizeof(float));
+            if ((rc = score_seq(ctx, ids, NULL, n, st2, cy2 ? &ro2 : NULL, last, logits, V, &ll,
+                                &cnt)) != RK_OK)
                 goto out;
         }
         free(ids);
@@ -374,13 +432,20 @@ int rk_eval_choice_lls(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const
     }
     rc = RK_OK;
 out:
-    free(st), free(st2), free(last), free(logits), free(ids);
+    free(st), free(st2), free(last), free(logits), free(ids), free(cy), free(cy2);
     return rc;
 }
 
-int rk_eval_loglik(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
-                   const char *prompt, size_t prompt_len, const char *completion,
-                   size_t completion_len, double *ll, size_t *n_tok)
+int rk_eval_choice_lls(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
+                       const char *prompt, size_t prompt_len, const char *const *choices,
+                       size_t n_choices, double *lls, size_t *n_tok)
+{
+    return choice_lls(ctx, tok, state, NULL, prompt, prompt_len, choices, n_choices, lls, n_tok);
+}
+
+static int loglik(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
+                  const struct rk_readout *ro, const char *prompt, size_t prompt_len,
+                  const char *completion, size_t completion_len, double *ll, size_t *n_tok)
 {
     *ll = 0;
     *n_tok = 0;
@@ -393,9 +458,17 @@ int rk_eval_loglik(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const flo
     memcpy(c, completion, completion_len);
     c[completion_len] = '\0';
     const char *cs[1] = {c};
-    int rc = rk_eval_choice_lls(ctx, tok, state, prompt, prompt_len, cs, 1, ll, n_tok);
+    int rc = choice_lls(ctx, tok, state, ro, prompt, prompt_len, cs, 1, ll, n_tok);
     free(c);
     return rc;
+}
+
+int rk_eval_loglik(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
+                   const char *prompt, size_t prompt_len, const char *completion,
+                   size_t completion_len, double *ll, size_t *n_tok)
+{
+    return loglik(ctx, tok, state, NULL, prompt, prompt_len, completion, completion_len, ll,
+                  n_tok);
 }
 
 /* --- task level: few-shot prompts ------------------------------------------ */
@@ -551,7 +624,8 @@ int rk_eval_task_check(const struct rk_eval_task *t, struct rk_errbuf *eb)
 
 static int run_items(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
                      const struct rk_eval_task *t, const float *state,
-                     const struct rk_eval_outputs *base, struct rk_eval_outputs *gen,
+                     const struct rk_readout *ro, const struct rk_eval_outputs *base,
+                     struct rk_eval_outputs *gen,
                      rk_cancel_cb *cancel, void *cancel_user, rk_eval_progress_cb *progress,
                      void *progress_user, struct rk_eval_metrics *out, struct rk_errbuf *eb)
 {
@@ -592,8 +666,8 @@ static int run_items(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
             goto out;
         if (t->kind == RK_EVAL_GENERATE) {
             size_t tl, ng;
-            rc = rk_eval_generate(ctx, tok, state, prompt, plen, t->max_tokens, t->stops,
-                                  t->n_stops, &text, &tl, &ng);
+            rc = generate(ctx, tok, state, ro, prompt, plen, t->max_tokens, t->stops, t->n_stops,
+                          &text, &tl, &ng);
             if (rc != RK_OK)
                 goto out;
             tok_gen += ng;
@@ -613,7 +687,7 @@ static int run_items(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
         if (score && t->kind != RK_EVAL_CHOICE) {
             double ll;
             size_t nt, cl = strlen(it->completion);
-            rc = rk_eval_loglik(ctx, tok, state, prompt, plen, it->completion, cl, &ll, &nt);
+            rc = loglik(ctx, tok, state, ro, prompt, plen, it->completion, cl, &ll, &nt);
             if (rc != RK_OK)
                 goto out;
             nll -= ll;
@@ -633,8 +707,8 @@ static int run_items(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
                 goto out;
             }
             ntok = q;
-            rc = rk_eval_choice_lls(ctx, tok, state, prompt, plen, it->choices, it->n_choices,
-                                    lls, ntok);
+            rc = choice_lls(ctx, tok, state, ro, prompt, plen, it->choices, it->n_choices, lls,
+                            ntok);
             if (rc != RK_OK)
                 goto out;
             size_t best_raw = 0, best_norm = 0;
@@ -697,7 +771,17 @@ int rk_eval_task_run(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
                      void *cancel_user, rk_eval_progress_cb *progress, void *progress_user,
                      struct rk_eval_metrics *out, struct rk_errbuf *eb)
 {
-    return run_items(ctx, tok, t, state, NULL, NULL, cancel, cancel_user, progress,
+    return run_items(ctx, tok, t, state, NULL, NULL, NULL, cancel, cancel_user, progress,
+                     progress_user, out, eb);
+}
+
+int rk_eval_task_run_ro(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
+                        const struct rk_eval_task *t, const float *state,
+                        const struct rk_readout *ro, rk_cancel_cb *cancel, void *cancel_user,
+                        rk_eval_progress_cb *progress, void *progress_user,
+                        struct rk_eval_metrics *out, struct rk_errbuf *eb)
+{
+    return run_items(ctx, tok, t, state, ro, NULL, NULL, cancel, cancel_user, progress,
                      progress_user, out, eb);
 }
 
@@ -708,7 +792,7 @@ int rk_eval_outputs_generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
                              struct rk_eval_outputs *out, struct rk_errbuf *eb)
 {
     struct rk_eval_metrics m;
-    return run_items(ctx, tok, t, state, NULL, out, cancel, cancel_user, progress,
+    return run_items(ctx, tok, t, state, NULL, NULL, out, cancel, cancel_user, progress,
                      progress_user, &m, eb);
 }
 
@@ -724,16 +808,26 @@ void rk_eval_outputs_fini(struct rk_eval_outputs *o)
     memset(o, 0, sizeof *o);
 }
 
+int rk_eval_collateral_ro(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
+                          const struct rk_eval_task *t, const float *state,
+                          const struct rk_readout *ro, const struct rk_eval_outputs *base,
+                          rk_cancel_cb *cancel, void *cancel_user, rk_eval_progress_cb *progress,
+                          void *progress_user, struct rk_eval_metrics *out, struct rk_errbuf *eb)
+{
+    if (!base) {
+        metrics_init(out);
+        return rk_errbuf_set(eb, RK_EINVAL, "collateral needs the base outputs");
+    }
+    return run_items(ctx, tok, t, state, ro, base, NULL, cancel, cancel_user, progress,
+                     progress_user, out, eb);
+}
+
 int rk_eval_collateral(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
                        const struct rk_eval_task *t, const float *state,
                        const struct rk_eval_outputs *base, rk_cancel_cb *cancel,
                        void *cancel_user, rk_eval_progress_cb *progress, void *progress_user,
                        struct rk_eval_metrics *out, struct rk_errbuf *eb)
 {
-    if (!base) {
-        metrics_init(out);
-        return rk_errbuf_set(eb, RK_EINVAL, "collateral needs the base outputs");
-    }
-    return run_items(ctx, tok, t, state, base, NULL, cancel, cancel_user, progress,
-                     progress_user, out, eb);
+    return rk_eval_collateral_ro(ctx, tok, t, state, NULL, base, cancel, cancel_user, progress,
+                                 progress_user, out, eb);
 }

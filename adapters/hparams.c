@@ -19,6 +19,7 @@ _Static_assert(sizeof(long) == 8 && sizeof(size_t) == 8 && sizeof(uint64_t) == 8
 _Static_assert(sizeof(enum rk_lr_decay) == sizeof(int), "enums are stored as int");
 
 static const char *const decay_names[] = {"cosine", "linear", "constant", NULL};
+static const char *const fade_names[] = {"mean", "none", NULL}; /* enum rk_kernel_fade */
 
 #define F(field) offsetof(struct rk_tune_params, field), sizeof(((struct rk_tune_params *)0)->field)
 #define JC (RK_HP_JOB | RK_HP_CLI)
@@ -78,6 +79,19 @@ static const struct rk_hparam table[] = {
     {"lr_multiplier", "lr-multiplier", "learning_rate_multiplier", RK_HP_NUM, 0, 100, true,
      RK_HP_CAP_NONE, RK_HP_HOST | RK_HP_OPENAI, NULL, 0, 0,
      "OpenAI fine-tuning only: the native lr (1) times this"},
+    {"kernel_m", "kernel-m", "kernel_m", RK_HP_INT, 1, RK_KERNEL_M_MAX, false, RK_HP_CAP_NONE,
+     JC | RK_HP_OPENAI, NULL, F(kernel_m),
+     "methods kernel and dbp: random features per head, M (the memory P is [N][M])"},
+    {"kernel_sigma", "kernel-sigma", "kernel_sigma", RK_HP_NUM, 0, 100, true, RK_HP_CAP_NONE,
+     JC | RK_HP_OPENAI, NULL, F(kernel_sigma),
+     "methods kernel and dbp: width of the Gaussian kernel on the unit receptance"},
+    {"kernel_seed", "kernel-seed", "kernel_seed", RK_HP_INT, 0, 9007199254740992.0, false,
+     RK_HP_CAP_NONE, JC | RK_HP_OPENAI, NULL, F(kernel_seed),
+     "methods kernel and dbp: seed of the random features (stored with the state)"},
+    {"kernel_fade", "kernel-fade", NULL, RK_HP_ENUM, 0, 1, false, RK_HP_CAP_NONE, JC, fade_names, F(kernel_fade),
+     "methods kernel and dbp: how the memory fades (mean: the head's mean decay; none)"},
+    {"dbp_lr", "dbp-lr", "dbp_lr", RK_HP_NUM, 0, 1, false, RK_HP_CAP_NONE, JC | RK_HP_OPENAI,
+     NULL, F(dbp_lr), "method dbp: step of the decorrelating matrix per optimizer step"},
     {"init_state", "init-state", NULL, RK_HP_STR, 0, 0, false, RK_HP_CAP_NONE,
      RK_HP_JOB | RK_HP_HOST, NULL, 0, 0,
      "a stored state of the tenant to start from (default: the zero state)"},
@@ -110,6 +124,7 @@ double rk_hparam_get(const struct rk_hparam *h, const struct rk_tune_params *p)
     if (h->size == sizeof(int))
         return (double)*(const int *)(const void *)f;
     if (h->off == offsetof(struct rk_tune_params, seed) ||
+        h->off == offsetof(struct rk_tune_params, kernel_seed) ||
         h->off == offsetof(struct rk_tune_params, seq_len_max))
         return (double)*(const uint64_t *)(const void *)f;
     return (double)*(const long *)(const void *)f;
@@ -127,6 +142,7 @@ void rk_hparam_set(const struct rk_hparam *h, struct rk_tune_params *p, double x
     else if (h->size == sizeof(int))
         *(int *)(void *)f = (int)x;
     else if (h->off == offsetof(struct rk_tune_params, seed) ||
+             h->off == offsetof(struct rk_tune_params, kernel_seed) ||
              h->off == offsetof(struct rk_tune_params, seq_len_max))
         *(uint64_t *)(void *)f = (uint64_t)x;
     else

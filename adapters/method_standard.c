@@ -75,5 +75,6 @@ const struct rk_tune_method rk_method_standard = {
     .grad_to_params = std_grad,
     .trainable = std_trainable,
     .loss = NULL,
-    .infer_token = NULL,
+    .extra = NULL,
+    .to_adapter = NULL,
 };

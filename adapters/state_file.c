@@ -66,7 +66,7 @@ void rk_state_meta_init(struct rk_state_meta *meta, const struct rk_model *m)
 }
 
 /* Which state part a tensor name denotes: blocks.{i}.att.time_state etc. */
-enum part { PART_NONE, PART_WKV, PART_ATT_SHIFT, PART_FFN_SHIFT };
+enum part { PART_NONE, PART_WKV, PART_ATT_SHIFT, PART_FFN_SHIFT, PART_KP, PART_KOMEGA, PART_KBETA };
 static enum part name_part(const char *name, size_t len, long *layer)
 {
     char buf[96];
@@ -86,6 +86,12 @@ static enum part name_part(const char *name, size_t len, long *layer)
         return PART_ATT_SHIFT;
     if (!strcmp(end, ".ffn.shift_state"))
         return PART_FFN_SHIFT;
+    if (!strcmp(end, ".att.kernel_P"))
+        return PART_KP;
+    if (!strcmp(end, ".att.kernel_omega"))
+        return PART_KOMEGA;
+    if (!strcmp(end, ".att.kernel_beta"))
+        return PART_KBETA;
     return PART_NONE;
 }
 
@@ -118,9 +124,9 @@ static int check_format(const struct fmt_seen *fs, bool require_fp, struct rk_er
         if (!fs->ver)
             return rk_errbuf_set(eb, RK_EFORMAT, "state file: format rwkvd-state without "
                                  "format_version");
-        if (strcmp(fs->v, "1"))
+        if (strcmp(fs->v, "1") && strcmp(fs->v, "2"))
             return rk_errbuf_set(eb, RK_EFORMAT, "state file: format_version '%s' is not "
-                                 "supported (this rwkvd reads version 1)", fs->v);
+                                 "supported (this rwkvd reads versions 1 and 2)", fs->v);
         return RK_OK;
     }
     if (fs->fmt && !foreign_format(fs->f))
@@ -180,6 +186,25 @@ static int meta_set(struct rk_state_meta *meta, const char *key, const char *val
         (void)tgt;
         return RK_OK;
     }
+    if (!strcmp(key, "kernel_m")) {
+        errno = 0;
+        v = strtoll(val, &end, 10);
+        if (errno || *end || !*val || v < 1 || v > RK_KERNEL_M_MAX)
+            return rk_errbuf_set(eb, RK_EFORMAT, "state file: kernel_m '%.20s' is not in "
+                                 "1..%d", val, RK_KERNEL_M_MAX);
+        meta->kernel_m = (int)v;
+        return RK_OK;
+    }
+    if (!strcmp(key, "kernel_fade")) {
+        if (!strcmp(val, "mean"))
+            meta->kernel_fade = RK_FADE_MEAN;
+        else if (!strcmp(val, "none"))
+            meta->kernel_fade = RK_FADE_NONE;
+        else
+            return rk_errbuf_set(eb, RK_EFORMAT, "state file: kernel_fade '%.20s' is not "
+                                 "mean or none", val);
+        return RK_OK;
+    }
     if (!strcmp(key, "method"))
         snprintf(meta->method, sizeof meta->method, "%.31s", val);
     else if (!strcmp(key, "note"))
@@ -214,15 +239,18 @@ static const struct rk_tf_opts st_opts = {
  * time_state is `missing_rc` (RK_EFORMAT for safetensors, RK_EMISMATCH for
  * .pth, as before). `what` starts the messages. */
 static int place_tensors(const struct rk_tf_list *tl, const struct rk_model *m, float *state,
-                         const char *what, int missing_rc, bool key_rows, bool *any_shift,
+                         int kernel_m, const char *what, int missing_rc, bool key_rows,
+                         bool *any_shift,
                          struct rk_errbuf *eb)
 {
     const int L = rk_model_n_layer(m), C = rk_model_n_embd(m), H = rk_model_n_head(m),
-              N = rk_model_head_size(m);
+              N = rk_model_head_size(m), M = kernel_m;
     struct rk_state_layout lay;
     rk_state_layout(m, &lay);
+    struct rk_kernel_layout kl;
+    rk_kernel_layout(m, kernel_m, &kl);
     if (state)
-        memset(state, 0, rk_state_len(m) * sizeof(float));
+        memset(state, 0, (kernel_m > 0 ? kl.len : rk_state_len(m)) * sizeof(float));
     unsigned char *seen = calloc((size_t)L, 1);
     if (!seen)
         return RK_ENOMEM;
@@ -232,8 +260,8 @@ static int place_tensors(const struct rk_tf_list *tl, const struct rk_model *m, 
         const struct rk_tf_tensor *t = &tl->v[i];
         long li;
         enum part pt = name_part(t->name, strlen(t->name), &li);
-        if (pt == PART_NONE)
-            continue; // extra tensors (kernel methods) are carried but not used here
+        if (pt == PART_NONE || (kernel_m <= 0 && pt >= PART_KP))
+            continue; // other tensors (a plain state's kernel names too) are not read
         if (li >= L) {
             rc = rk_errbuf_set(eb, RK_EMISMATCH, "%s: state has tensor %s, model has %d layers",
                                what, t->name, L);
@@ -243,6 +271,24 @@ static int place_tensors(const struct rk_tf_list *tl, const struct rk_model *m, 
             rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: dtype must be F32, F16 or BF16",
                                what, t->name);
             goto out;
+        }
+        if (pt >= PART_KP) {
+            bool kok = pt == PART_KP ? (t->ndim == 3 && t->shape[0] == H && t->shape[1] == N &&
+                                        t->shape[2] == M)
+                       : pt == PART_KOMEGA ? (t->ndim == 2 && t->shape[0] == M && t->shape[1] == N)
+                                           : (t->ndim == 1 && t->shape[0] == M);
+            if (!kok) {
+                rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: kernel tensor %s: shape does not match "
+                                   "H=%d N=%d kernel_m=%d", what, t->name, H, N, M);
+                goto out;
+            }
+            size_t per = pt == PART_KP ? (size_t)H * N * M : pt == PART_KOMEGA ? (size_t)M * N
+                                                                                : (size_t)M;
+            size_t base = pt == PART_KP ? kl.P : pt == PART_KOMEGA ? kl.omega : kl.beta;
+            if (state)
+                rk_elems_to_f32(state + base + (size_t)li * per, t->data, per, t->dtype);
+            seen[li] |= (unsigned char)(pt == PART_KP ? 2 : pt == PART_KOMEGA ? 4 : 8);
+            continue;
         }
         bool shape_ok = pt == PART_WKV
                             ? (t->ndim == 3 && t->shape[0] == H && t->shape[1] == N &&
@@ -269,15 +315,21 @@ static int place_tensors(const struct rk_tf_list *tl, const struct rk_model *m, 
                     }
             }
         if (pt == PART_WKV)
-            seen[li] = 1;
+            seen[li] |= 1;
         else
             *any_shift = true;
     }
-    for (int i = 0; i < L; i++)
-        if (!seen[i]) {
+    for (int i = 0; i < L; i++) {
+        if (!(seen[i] & 1)) {
             rc = rk_errbuf_set(eb, missing_rc, "%s: missing blocks.%d.att.time_state", what, i);
             goto out;
         }
+        if (kernel_m > 0 && seen[i] != 15) {
+            rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: a kernel state needs blocks.%d.att."
+                               "kernel_P, kernel_omega and kernel_beta", what, i);
+            goto out;
+        }
+    }
 out:
     free(seen);
     return rc;
@@ -286,9 +338,8 @@ out:
 /* A safetensors state: buf holds the whole file of file_len bytes, or (with
  * state NULL) at least its header. */
 static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
-                             const struct rk_model *m,
-                             bool require_fp, float *state, struct rk_state_meta *meta,
-                             struct rk_errbuf *eb)
+                             const struct rk_model *m, bool require_fp, bool kernel_ok,
+                             float *state, struct rk_state_meta *meta, struct rk_errbuf *eb)
 {
     struct meta_read mr;
     memset(&mr, 0, sizeof mr);
@@ -319,8 +370,20 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
                            "H=%d", mr.md.n_layer, mr.md.n_embd, mr.md.n_head, L, C, H);
         goto out;
     }
-    if ((rc = place_tensors(&tl, m, state, "state file", RK_EFORMAT, false, &any_shift, eb)) !=
-        RK_OK)
+    bool v2 = mr.fs.ver && !strcmp(mr.fs.v, "2");
+    if (v2 != (mr.md.kernel_m > 0)) {
+        rc = rk_errbuf_set(eb, RK_EFORMAT, v2 ? "state file: format_version 2 without kernel_m"
+                                              : "state file: kernel_m needs format_version 2");
+        goto out;
+    }
+    if (v2 && !kernel_ok) {
+        rc = rk_errbuf_set(eb, RK_EFORMAT, "state file: a kernel state (method %s, kernel_m "
+                           "%d): this reader takes plain states only", mr.md.method[0] ?
+                           mr.md.method : "kernel", mr.md.kernel_m);
+        goto out;
+    }
+    if ((rc = place_tensors(&tl, m, state, mr.md.kernel_m, "state file", RK_EFORMAT, false,
+                            &any_shift, eb)) != RK_OK)
         goto out;
     if (meta) {
         *meta = mr.md;
@@ -351,7 +414,7 @@ static int parse_pth(const uint8_t *buf, size_t len, const struct rk_model *m, f
     bool any_shift;
     int rc = rk_tf_pth_read(buf, len, &o, &tl, eb);
     if (rc == RK_OK)
-        rc = place_tensors(&tl, m, state, "pth", RK_EMISMATCH, false, &any_shift, eb);
+        rc = place_tensors(&tl, m, state, 0, "pth", RK_EMISMATCH, false, &any_shift, eb);
     rk_tf_list_free(&tl);
     if (rc != RK_OK)
         return rc;
@@ -394,7 +457,7 @@ static int parse_ai00(const uint8_t *buf, size_t len, const struct rk_model *m, 
     bool any_shift = false;
     int rc = rk_tf_safetensors_read(buf, len, len, &o, &tl, eb);
     if (rc == RK_OK)
-        rc = place_tensors(&tl, m, state, "ai00 state", RK_EMISMATCH, true, &any_shift, eb);
+        rc = place_tensors(&tl, m, state, 0, "ai00 state", RK_EMISMATCH, true, &any_shift, eb);
     if (rc == RK_OK && any_shift)
         rc = rk_errbuf_set(eb, RK_EFORMAT, "ai00 state: token-shift tensors are not part of an "
                            "ai00 state file");
@@ -428,7 +491,7 @@ int rk_state_file_import(const void *buf, size_t len, const struct rk_model *m,
     int rc = from == RK_STATE_FROM_AI00 ? parse_ai00(b, len, m, state, meta, eb)
              : rk_tf_is_zip(b, len)
                  ? parse_pth(b, len, m, state, meta, eb)
-                 : parse_safetensors(b, len, len, m, require_fingerprint, state, meta, eb);
+                 : parse_safetensors(b, len, len, m, require_fingerprint, false, state, meta, eb);
     // A NaN or Inf in a state would poison every token generated from it.
     if (rc == RK_OK) {
         size_t n = rk_state_len(m);
@@ -437,6 +500,39 @@ int rk_state_file_import(const void *buf, size_t len, const struct rk_model *m,
                 return rk_errbuf_set(eb, RK_ENUMERIC, "state file: element %zu is NaN or Inf", i);
     }
     return rc;
+}
+
+int rk_state_file_parse_alloc(const void *buf, size_t len, const struct rk_model *m,
+                              bool require_fingerprint, float **out, struct rk_state_meta *meta,
+                              struct rk_errbuf *eb)
+{
+    *out = NULL;
+    if (!buf || !m)
+        return rk_errbuf_set(eb, RK_EINVAL, "state file: NULL argument");
+    const uint8_t *b = buf;
+    struct rk_state_meta md;
+    memset(&md, 0, sizeof md);
+    int rc = RK_OK;
+    if (!rk_tf_is_zip(b, len)) /* the header first: how long the adapter is */
+        rc = parse_safetensors(b, len, len, m, require_fingerprint, true, NULL, &md, eb);
+    if (rc != RK_OK)
+        return rc;
+    size_t n = rk_adapter_len(m, &md);
+    float *a = malloc(n * sizeof(float));
+    if (!a)
+        return rk_errbuf_set(eb, RK_ENOMEM, "state file: out of memory");
+    rc = rk_tf_is_zip(b, len)
+             ? parse_pth(b, len, m, a, meta, eb)
+             : parse_safetensors(b, len, len, m, require_fingerprint, true, a, meta, eb);
+    for (size_t i = 0; rc == RK_OK && i < n; i++)
+        if (!(a[i] - a[i] == 0.0f))
+            rc = rk_errbuf_set(eb, RK_ENUMERIC, "state file: element %zu is NaN or Inf", i);
+    if (rc != RK_OK) {
+        free(a);
+        return rc;
+    }
+    *out = a;
+    return RK_OK;
 }
 
 /* --- safetensors: encode ------------------------------------------------- */
@@ -468,7 +564,12 @@ int rk_state_file_encode(const struct rk_model *m, const float *state,
         rk_state_meta_init(&md, m);
     struct rk_buf h = {0};
     rk_buf_puts(&h, "{\"__metadata__\":{");
-    rk_buf_printf(&h, "\"format\":\"rwkvd-state\",\"format_version\":\"1\",\"fingerprint\":\"%016" PRIx64
+    const int M = md.kernel_m > 0 ? md.kernel_m : 0;
+    rk_buf_printf(&h, "\"format\":\"rwkvd-state\",\"format_version\":\"%d\",", M ? 2 : 1);
+    if (M)
+        rk_buf_printf(&h, "\"kernel_m\":\"%d\",\"kernel_fade\":\"%s\",", M,
+                      md.kernel_fade == RK_FADE_NONE ? "none" : "mean");
+    rk_buf_printf(&h, "\"fingerprint\":\"%016" PRIx64
               "\",\"n_layer\":\"%d\",\"n_embd\":\"%d\",\"n_head\":\"%d\",\"head_size\":\"%d\","
               "\"vocab\":\"%d\",\"created\":\"%" PRId64 "\",\"version\":\"%" PRIu64 "\",",
               rk_model_fingerprint(m), L, C, H, N, rk_model_n_vocab(m), md.created_ms, md.version);
@@ -478,6 +579,9 @@ int rk_state_file_encode(const struct rk_model *m, const float *state,
     put_ascii(&h, md.note);
     rk_buf_puts(&h, "}");
     size_t off = 0, wkv_bytes = (size_t)H * N * N * 4, sh_bytes = (size_t)C * 4;
+    size_t kp_bytes = (size_t)H * N * M * 4, ko_bytes = (size_t)M * N * 4, kb_bytes = (size_t)M * 4;
+    struct rk_kernel_layout kl;
+    rk_kernel_layout(m, M, &kl);
     for (int i = 0; i < L; i++) {
         rk_buf_printf(&h, ",\"blocks.%d.att.time_state\":{\"dtype\":\"F32\",\"shape\":[%d,%d,%d],"
                   "\"data_offsets\":[%zu,%zu]}", i, H, N, N, off, off + wkv_bytes);
@@ -488,6 +592,17 @@ int rk_state_file_encode(const struct rk_model *m, const float *state,
         rk_buf_printf(&h, ",\"blocks.%d.ffn.shift_state\":{\"dtype\":\"F32\",\"shape\":[%d],"
                   "\"data_offsets\":[%zu,%zu]}", i, C, off, off + sh_bytes);
         off += sh_bytes;
+        if (!M)
+            continue;
+        rk_buf_printf(&h, ",\"blocks.%d.att.kernel_P\":{\"dtype\":\"F32\",\"shape\":[%d,%d,%d],"
+                  "\"data_offsets\":[%zu,%zu]}", i, H, N, M, off, off + kp_bytes);
+        off += kp_bytes;
+        rk_buf_printf(&h, ",\"blocks.%d.att.kernel_omega\":{\"dtype\":\"F32\",\"shape\":[%d,%d],"
+                  "\"data_offsets\":[%zu,%zu]}", i, M, N, off, off + ko_bytes);
+        off += ko_bytes;
+        rk_buf_printf(&h, ",\"blocks.%d.att.kernel_beta\":{\"dtype\":\"F32\",\"shape\":[%d],"
+                  "\"data_offsets\":[%zu,%zu]}", i, M, off, off + kb_bytes);
+        off += kb_bytes;
     }
     rk_buf_puts(&h, "}");
     while (!h.oom && h.len % 8)
@@ -517,6 +632,14 @@ int rk_state_file_encode(const struct rk_model *m, const float *state,
         d += sh_bytes;
         memcpy(d, ls + lay.ffn_shift, sh_bytes);
         d += sh_bytes;
+        if (!M)
+            continue;
+        memcpy(d, state + kl.P + (size_t)i * (kp_bytes / 4), kp_bytes);
+        d += kp_bytes;
+        memcpy(d, state + kl.omega + (size_t)i * (ko_bytes / 4), ko_bytes);
+        d += ko_bytes;
+        memcpy(d, state + kl.beta + (size_t)i * (kb_bytes / 4), kb_bytes);
+        d += kb_bytes;
     }
     *out = b;
     *len = total;
@@ -605,7 +728,7 @@ int rk__state_file_head(const char *path, const struct rk_model *m, struct rk_st
         rc = rk_errbuf_set(eb, RK_EIO, "%s: short read", path);
         goto out;
     }
-    rc = parse_safetensors(b, 8 + hl, (size_t)st.st_size, m, true, NULL, meta, eb);
+    rc = parse_safetensors(b, 8 + hl, (size_t)st.st_size, m, true, true, NULL, meta, eb);
 out:
     free(b);
     close(fd);

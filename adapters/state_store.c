@@ -31,7 +31,7 @@
 
 struct rk_state_ref {
     atomic_int refs;
-    float *data; /* [rk_state_len] */
+    float *data; /* [rk_adapter_len]: the state, then a kernel state's part */
     struct rk_state_meta meta;
     size_t bytes;
     char tenant[RK_STATE_ID_MAX + 1];
@@ -57,6 +57,15 @@ struct rk_state_store {
 /* --- references ---------------------------------------------------------- */
 
 const float *rk_state_ref_data(const struct rk_state_ref *r) { return r->data; }
+
+bool rk_state_ref_kernel(const struct rk_state_ref *r, const struct rk_model *m,
+                         struct rk_kernel_view *out)
+{
+    if (r->meta.kernel_m <= 0)
+        return false;
+    rk_kernel_view_of(m, r->meta.kernel_m, r->meta.kernel_fade, r->data, out);
+    return true;
+}
 const struct rk_state_meta *rk_state_ref_meta(const struct rk_state_ref *r) { return &r->meta; }
 
 struct rk_state_ref *rk_state_ref_retain(struct rk_state_ref *r)
@@ -81,11 +90,7 @@ static struct rk_state_ref *ref_new(struct rk_state_store *s, const char *tenant
     if (!r)
         return NULL;
     r->bytes = s->state_len * sizeof(float);
-    r->data = malloc(r->bytes);
-    if (!r->data) {
-        free(r);
-        return NULL;
-    }
+    r->data = NULL; /* set by the caller (an adapter may be longer than a state) */
     atomic_init(&r->refs, 1);
     snprintf(r->tenant, sizeof r->tenant, "%s", tenant);
     snprintf(r->id, sizeof r->id, "%s", id);
@@ -299,8 +304,10 @@ int rk_store_get(struct rk_state_store *s, const char *tenant, const char *id,
         size_t len;
         int rc = rk_file_read_all(path, s->p.file_bytes_max, &buf, &len, eb);
         if (rc == RK_OK) {
-            rc = rk_state_file_parse(buf, len, s->m, true, r->data, &r->meta, eb);
+            rc = rk_state_file_parse_alloc(buf, len, s->m, true, &r->data, &r->meta, eb);
             free(buf);
+            if (rc == RK_OK)
+                r->bytes = rk_adapter_len(s->m, &r->meta) * sizeof(float);
         }
         if (rc != RK_OK) {
             rk_state_ref_release(r);
@@ -369,7 +376,6 @@ int rk_store_put(struct rk_state_store *s, const char *tenant, const char *id,
     struct rk_state_ref *r = ref_new(s, tenant, id);
     if (!r)
         return rk_errbuf_set(eb, RK_ENOMEM, "out of memory");
-    memcpy(r->data, state, r->bytes);
     rk_state_meta_init(&r->meta, s->m);
     if (meta) { // keep the caller's descriptive fields, stamp the model's identity
         snprintf(r->meta.method, sizeof r->meta.method, "%s", meta->method[0] ? meta->method : "upload");
@@ -377,7 +383,15 @@ int rk_store_put(struct rk_state_store *s, const char *tenant, const char *id,
         if (meta->created_ms)
             r->meta.created_ms = meta->created_ms;
         r->meta.has_shift = meta->has_shift;
+        r->meta.kernel_m = meta->kernel_m > 0 ? meta->kernel_m : 0;
+        r->meta.kernel_fade = meta->kernel_fade;
     }
+    r->bytes = rk_adapter_len(s->m, &r->meta) * sizeof(float);
+    if (!(r->data = malloc(r->bytes))) {
+        rk_state_ref_release(r);
+        return rk_errbuf_set(eb, RK_ENOMEM, "out of memory");
+    }
+    memcpy(r->data, state, r->bytes);
 
     pthread_mutex_lock(&s->wmu);
     int rc = rk_mkdirs(dir, eb);

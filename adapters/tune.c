@@ -49,6 +49,11 @@ void rk_tune_params_default(struct rk_tune_params *p)
     p->kl_topk = 64;
     p->kl_batch = 1;
     p->kl_data = NULL;
+    p->kernel_m = 256;
+    p->kernel_sigma = 0.5;
+    p->kernel_seed = 0;
+    p->kernel_fade = RK_FADE_MEAN;
+    p->dbp_lr = 1e-3;
 }
 
 const struct rk_tune_method *rk_tune_params_method(const struct rk_tune_params *p)
@@ -99,7 +104,9 @@ int rk_tune_params_check(const struct rk_tune_params *p)
         p->eval_every < 0 || p->patience < 0 || p->bptt_checkpoint < 0 ||
         p->checkpoint_every < 0 || p->n_threads < 0 ||
         (p->seq_len_max != 0 && p->seq_len_max < 2) || !(p->kl_weight >= 0) ||
-        !isfinite(p->kl_weight))
+        !isfinite(p->kl_weight) || p->kernel_m < 1 || p->kernel_m > RK_KERNEL_M_MAX ||
+        !(p->kernel_sigma > 0) ||
+        (p->kernel_fade != RK_FADE_MEAN && p->kernel_fade != RK_FADE_NONE) || !(p->dbp_lr >= 0))
         return RK_EINVAL;
     if (p->kl_weight > 0 &&
         (p->kl_topk < 1 || p->kl_batch < 1 || !p->kl_data || rk_dataset_len(p->kl_data) == 0))
@@ -151,15 +158,25 @@ struct run {
     int bad_evals;
     double t_start, t_compute;
     size_t tokens;
+    void *x; /* the method's extra part of the run (meth->extra) */
 };
 
-/* Validation loss of `params` over r->val. TODO: a method with infer_token
- * needs rk_eval_run (and the engine) to call it per token; none is
- * registered yet, so validation runs the plain forward from to_state. */
+/* Validation loss of `params` over r->val, with the method's read-out term
+ * when it has one. */
 static int run_val_loss(struct run *r, const float *params, double *out)
 {
     r->meth->to_state(r->m, r->p, params, r->st0);
-    return val_loss(r->ctx, r->val, r->st0, r->cancel, r->user, out);
+    if (!r->meth->extra)
+        return val_loss(r->ctx, r->val, r->st0, r->cancel, r->user, out);
+    struct rk_readout ro;
+    void *grad;
+    r->meth->extra->bind(r->x, params, &ro, &grad);
+    struct rk_eval_result er;
+    int rc = rk_eval_run_ro(r->ctx, r->val, r->st0, &ro, r->cancel, r->user, &er);
+    *out = er.loss;
+    if (rc == RK_OK && !isfinite(er.loss))
+        rc = RK_ENUMERIC;
+    return rc;
 }
 
 /* Split off the validation set and allocate every buffer. */
@@ -219,11 +236,15 @@ static int run_alloc(struct run *r)
         !r->gacc || !r->tgt || !r->msk || !r->spans || !r->ord.perm)
         return RK_ENOMEM;
     r->meth->trainable(r->m, p, r->spans, r->n_spans);
+    if (r->meth->extra && (rc = r->meth->extra->begin(r->m, p, &r->x)) != RK_OK)
+        return rc;
     return RK_OK;
 }
 
 static void run_free(struct run *r)
 {
+    if (r->meth->extra && r->x)
+        r->meth->extra->end(r->x);
     rk_ctx_free(r->ctx);
     rk_dataset_free(r->train_own);
     rk_dataset_free(r->val);
@@ -320,6 +341,13 @@ static int run_gradient(struct run *r, double *loss)
                                     .loss = r->meth->loss,
                                     .loss_user = &lc};
     r->meth->to_state(r->m, p, r->params, r->st0);
+    const struct rk_tune_extra *ex = r->meth->extra;
+    if (ex) {
+        struct rk_readout ro;
+        ex->bind(r->x, r->params, &ro, &bp.ro_grad);
+        bp.ro_ops = ro.ops;
+        bp.ro_data = ro.data;
+    }
     memset(r->gacc, 0, r->slen * sizeof(float));
     double loss_sum = 0;
     size_t k_sum = 0;
@@ -343,6 +371,8 @@ static int run_gradient(struct run *r, double *loss)
         if (k == 0)
             continue;
         double l;
+        if (ex)
+            ex->weight(r->x, (float)k);
         int rc = rk_backward_seq(r->ctx, &bp, tok, r->tgt, r->msk, n - 1, r->st0, &l, r->dst,
                                  r->cancel, r->user);
         if (rc != RK_OK)
@@ -366,6 +396,8 @@ static int run_gradient(struct run *r, double *loss)
             return rc;
     }
     r->meth->grad_to_params(r->m, p, r->params, r->gacc, r->gparams);
+    if (ex)
+        ex->grad(r->x, r->params, k_sum ? (float)(1.0 / (double)k_sum) : 0.0f, r->gparams);
     return RK_OK;
 }
 
@@ -430,6 +462,8 @@ static int run_step(struct run *r, const struct rk_lr_schedule *sched, bool *sto
     }
     double lr = rk_lr_at(sched, r->step);
     run_update(r, lr, gnorm);
+    if (r->meth->extra && r->meth->extra->after_update)
+        r->meth->extra->after_update(r->x, r->params);
     r->step++;
     res->steps_done = r->step;
     r->t_compute += now_s() - t0;

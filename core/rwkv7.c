@@ -74,6 +74,7 @@ struct rk_ctx {
      * state segst[s]; lrow lists the rows whose logits are wanted */
     int *seg, *lrow;
     float **segst;
+    const struct rk_readout **segro;
     bool row_invariant; /* rk_forward_multi: slice matmuls at the tiled limit */
     /* the backward pass's buffers, kept between calls (rk__ctx_workspace) */
     void *ws;
@@ -85,6 +86,7 @@ struct rowmap {
     int nseg;
     const int *seg;
     float *const *st;
+    const struct rk_readout *const *ro; /* [nseg] read-out terms, or NULL */
 };
 
 /* --- context -------------------------------------------------------------- */
@@ -191,11 +193,12 @@ int rk_ctx_create(const struct rk_model *m, const struct rk_ctx_params *p, struc
     c->seg = rk__calloc((size_t)rows + 1, sizeof *c->seg);
     c->lrow = rk__calloc((size_t)rows, sizeof *c->lrow);
     c->segst = rk__calloc((size_t)rows, sizeof *c->segst);
-    int rc = c->block && c->seg && c->lrow && c->segst
+    c->segro = rk__calloc((size_t)rows, sizeof *c->segro);
+    int rc = c->block && c->seg && c->lrow && c->segst && c->segro
                  ? rk__pool_create(n_threads, p ? p->nice : 0, &c->pool)
                  : RK_ENOMEM;
     if (rc != RK_OK) {
-        rk__free(c->seg), rk__free(c->lrow), rk__free(c->segst);
+        rk__free(c->seg), rk__free(c->lrow), rk__free(c->segst), rk__free(c->segro);
         rk__free_aligned(c->block);
         rk__free(c);
         return rc;
@@ -209,7 +212,7 @@ void rk_ctx_free(struct rk_ctx *ctx)
     if (!ctx)
         return;
     rk__pool_free(ctx->pool);
-    rk__free(ctx->seg), rk__free(ctx->lrow), rk__free(ctx->segst);
+    rk__free(ctx->seg), rk__free(ctx->lrow), rk__free(ctx->segst), rk__free(ctx->segro);
     rk__free_aligned(ctx->block);
     rk__free_aligned(ctx->ws);
     rk__free(ctx);
@@ -461,6 +464,10 @@ static void wkv_heads_worker(int ith, int nth, void *arg)
         size_t o = r0 * C + (size_t)h * N;
         rk__wkv_seq(c->ref, S, r1 - r0, C, c->r + o, c->w + o, c->k + o, c->v + o, c->kk + o,
                     c->a + o, c->y + o);
+        const struct rk_readout *ro = j->rm->ro ? j->rm->ro[s] : NULL;
+        if (ro && ro->ops)
+            ro->ops->fwd(ro->data, j->l, h, r1 - r0, C, c->r + o, c->w + o, ro->carry,
+                         c->y + o);
         for (size_t t = r0; t < r1; t++) {
             size_t ot = t * C + (size_t)h * N, ch = (size_t)h * N;
             rk__wkv_out(c->ref, c->o + ot, c->y + ot, c->r + ot, c->k + ot, c->v + ot,
@@ -569,6 +576,13 @@ static int forward_rows(struct rk_ctx *c, int R, const uint32_t *tokens, const s
 int rk_forward_seq(struct rk_ctx *ctx, const uint32_t *tokens, size_t n, float *state,
                    float *logits, bool all_logits)
 {
+    return rk_forward_seq_ro(ctx, tokens, n, state, NULL, logits, all_logits);
+}
+
+int rk_forward_seq_ro(struct rk_ctx *ctx, const uint32_t *tokens, size_t n, float *state,
+                      const struct rk_readout *ro, float *logits, bool all_logits)
+{
+    const struct rk_readout *ros[1] = {ro};
     if (!ctx || !tokens || !state || n == 0)
         return RK_EINVAL;
     size_t V = (size_t)ctx->m->V;
@@ -585,7 +599,7 @@ int rk_forward_seq(struct rk_ctx *ctx, const uint32_t *tokens, size_t n, float *
         ctx->seg[1] = (int)R;
         for (int i = 0; i < nl; i++)
             ctx->lrow[i] = (int)R - nl + i;
-        struct rowmap rm = {1, ctx->seg, st};
+        struct rowmap rm = {1, ctx->seg, st, ro ? ros : NULL};
         int rc = forward_rows(ctx, (int)R, tokens + t0, &rm, lg, ctx->lrow, nl);
         if (rc != RK_OK)
             return rc;
@@ -595,6 +609,12 @@ int rk_forward_seq(struct rk_ctx *ctx, const uint32_t *tokens, size_t n, float *
 
 int rk_forward_batch(struct rk_ctx *ctx, size_t B, const uint32_t *tokens, float *const *states,
                      float *logits)
+{
+    return rk_forward_batch_ro(ctx, B, tokens, states, NULL, logits);
+}
+
+int rk_forward_batch_ro(struct rk_ctx *ctx, size_t B, const uint32_t *tokens,
+                        float *const *states, const struct rk_readout *const *ro, float *logits)
 {
     if (!ctx || !tokens || !states || B == 0)
         return RK_EINVAL;
@@ -608,7 +628,7 @@ int rk_forward_batch(struct rk_ctx *ctx, size_t B, const uint32_t *tokens, float
             ctx->seg[i] = (int)i;
         for (size_t i = 0; i < R; i++)
             ctx->lrow[i] = (int)i;
-        struct rowmap rm = {(int)R, ctx->seg, states + b0};
+        struct rowmap rm = {(int)R, ctx->seg, states + b0, ro ? ro + b0 : NULL};
         int rc = forward_rows(ctx, (int)R, tokens + b0, &rm, logits ? logits + b0 * V : NULL,
                               ctx->lrow, logits ? (int)R : 0);
         if (rc != RK_OK)
@@ -619,6 +639,13 @@ int rk_forward_batch(struct rk_ctx *ctx, size_t B, const uint32_t *tokens, float
 
 int rk_forward_multi(struct rk_ctx *ctx, size_t nseg, const uint32_t *tokens, const size_t *n,
                      float *const *states, const bool *want, float *logits)
+{
+    return rk_forward_multi_ro(ctx, nseg, tokens, n, states, NULL, want, logits);
+}
+
+int rk_forward_multi_ro(struct rk_ctx *ctx, size_t nseg, const uint32_t *tokens, const size_t *n,
+                        float *const *states, const struct rk_readout *const *ro,
+                        const bool *want, float *logits)
 {
     if (!ctx || !tokens || !n || !states || nseg == 0)
         return RK_EINVAL;
@@ -638,10 +665,11 @@ int rk_forward_multi(struct rk_ctx *ctx, size_t nseg, const uint32_t *tokens, co
     for (size_t i = 0; i < nseg; i++) {
         ctx->seg[i + 1] = ctx->seg[i] + (int)n[i];
         ctx->segst[i] = states[i];
+        ctx->segro[i] = ro ? ro[i] : NULL;
         if (logits && (!want || want[i]))
             ctx->lrow[nl++] = ctx->seg[i + 1] - 1;
     }
-    struct rowmap rm = {(int)nseg, ctx->seg, ctx->segst};
+    struct rowmap rm = {(int)nseg, ctx->seg, ctx->segst, ro ? ctx->segro : NULL};
     ctx->row_invariant = true;
     int rc = forward_rows(ctx, (int)total, tokens, &rm, logits, ctx->lrow, nl);
     ctx->row_invariant = false;

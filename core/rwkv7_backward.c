@@ -74,6 +74,13 @@ struct bwd {
     int L, C, H, N, F, V;
     int K; /* tokens between WKV checkpoints */
     struct rk_state_layout lay;
+    /* the read-out term (rk_readout_ops), if any, and its carry */
+    const struct rk_readout_ops *ro;
+    const void *ro_data;
+    void *ro_grad;
+    float *ro_carry;
+    float *ro_scratch; /* [H][ro_scratch_len] */
+    size_t ro_scratch_len;
 
     /* whole sequence */
     float *xs;      /* [L+1][T][C] residual input of layer l; xs[L] feeds ln_out */
@@ -439,6 +446,9 @@ static void f_wkv(struct bwd *b, void *arg, size_t h0, size_t h1)
             rk__wkv_head(false, S, b->a.r + o, b->a.w + o, b->a.k + o, b->a.v + o, aa, bb,
                          b->a.y + o, NULL);
         }
+        if (b->ro)
+            b->ro->fwd(b->ro_data, lc->l, (int)h, b->T, (size_t)C, b->a.r + h * N,
+                       b->a.w + h * N, b->ro_carry, b->a.y + h * N);
     }
 }
 
@@ -526,6 +536,8 @@ static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
     const struct rk_layer *ly = &b->m->layers[l];
     const size_t T = b->T;
     struct lctx lc = {.l = l, .ly = ly, .x = b->xs + (size_t)l * T * b->C, .st0 = st0, .out = out};
+    if (b->ro) /* every layer's term starts the sequence from a zero carry */
+        memset(b->ro_carry, 0, b->ro->carry_len(b->ro_data) * sizeof(float));
 
     par_for(b, T, f_ln1, &lc);
     par_for(b, T, f_lerp, &lc);
@@ -568,9 +580,15 @@ static void layer_fwd(struct bwd *b, int l, const float *st0, float *out)
  * likewise), dv (xv). Written: dw -> xw, da -> xa, db -> xg, and dS0 (arg)
  * for these heads. Each chunk's states are recomputed from its checkpoint
  * into sbuf [K+1][H][N][N] (this head's slices only). */
+struct wkv_bwd_arg {
+    int l;
+    float *dS0;
+};
+
 static void wkv_bwd(struct bwd *b, void *arg, size_t h0, size_t h1)
 {
-    float *dS0 = arg;
+    const struct wkv_bwd_arg *wa = arg;
+    float *dS0 = wa->dS0;
     const float *dy = b->t0;
     float *dr = b->xr, *dw = b->xw, *dk = b->xk, *dv = b->xv, *da = b->xa, *db = b->xg;
     const size_t T = b->T;
@@ -618,6 +636,11 @@ static void wkv_bwd(struct bwd *b, void *arg, size_t h0, size_t h1)
             }
         }
         memcpy(dS0 + h * NN, Gh, sizeof(float) * NN);
+        /* the read-out term: y_t += f(r_t, w_<=t) */
+        if (b->ro)
+            b->ro->bwd(b->ro_data, wa->l, (int)h, T, (size_t)C, b->a.r + h * N, b->a.w + h * N,
+                       dy + h * N, dr + h * N, dw + h * N, b->ro_grad,
+                       b->ro_scratch + h * b->ro_scratch_len);
     }
 }
 
@@ -837,7 +860,8 @@ static void layer_bwd(struct bwd *b, int l, float *dst0)
     /* time mix output: xm = x + Wo (o * g) */
     matmul_t(b, b->t0, b->dx, T, &ly->wo, false);
     par_for(b, T, b_out, &lc);
-    par_for(b, (size_t)b->H, wkv_bwd, dst0 + b->lay.wkv);
+    struct wkv_bwd_arg wa = {l, dst0 + b->lay.wkv};
+    par_for(b, (size_t)b->H, wkv_bwd, &wa);
     par_for(b, T, b_keys, &lc);
 
     /* r and k (dkh complete); their input gradients go to xr and xk */
@@ -996,6 +1020,11 @@ int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
         b.K = (int)n;
     rk_state_layout(m, &b.lay);
     const size_t slen = rk_state_len(m);
+    if (p && p->ro_ops) {
+        b.ro = p->ro_ops;
+        b.ro_data = p->ro_data;
+        b.ro_grad = p->ro_grad;
+    }
 
     size_t nsel = 0;
     for (size_t t = 0; t < n; t++) {
@@ -1033,10 +1062,18 @@ int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
     float *mem = rk__ctx_workspace(ctx, sizeof(float) * nfloats);
     if (!state0)
         zero = rk__calloc(slen, sizeof(float));
-    if (!acts || !sel || !mem || (!state0 && !zero)) {
+    if (b.ro) {
+        b.ro_carry = rk__calloc(b.ro->carry_len(b.ro_data) + 1, sizeof(float));
+        b.ro_scratch_len = b.ro->bwd_scratch(b.ro_data, n);
+        b.ro_scratch = rk__malloc(((size_t)b.H * b.ro_scratch_len + 1) * sizeof(float));
+    }
+    if (!acts || !sel || !mem || (!state0 && !zero) ||
+        (b.ro && (!b.ro_carry || !b.ro_scratch))) {
         rk__free(acts);
         rk__free(sel);
         rk__free(zero);
+        rk__free(b.ro_carry);
+        rk__free(b.ro_scratch);
         return RK_ENOMEM;
     }
     pl.off = 0;
@@ -1096,5 +1133,7 @@ out:
     rk__free(acts);
     rk__free(sel);
     rk__free(zero);
+    rk__free(b.ro_carry);
+    rk__free(b.ro_scratch);
     return rc;
 }

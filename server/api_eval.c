@@ -143,16 +143,17 @@ static void sync_work(void *arg)
     struct sync_eval *se = arg;
     struct rk_srv *srv = se->srv;
     const struct rk_model *m = srv->model;
-    size_t slen = rk_state_len(m);
+    struct rk_evheld held[RK_EVREQ_STATES_MAX] = {0};
     float *states[RK_EVREQ_STATES_MAX] = {0};
+    const struct rk_readout *ros[RK_EVREQ_STATES_MAX] = {0};
     struct rk_ctx *ctx = NULL;
     json_t *results = NULL;
     se->rc = RK_OK;
     for (size_t i = 0; i < se->q.n_states; i++) {
         struct rk_state_ref *ref = NULL;
         int rc = rk_store_get(srv->store, se->tenant, se->q.states[i], &ref, &se->eb);
-        if (rc == RK_OK && !(states[i] = malloc(slen * sizeof(float))))
-            rc = RK_ENOMEM;
+        if (rc == RK_OK)
+            rc = rk_evheld_take(m, ref, &held[i]);
         if (rc != RK_OK) {
             rk_state_ref_release(ref);
             se->rc = rc;
@@ -161,7 +162,8 @@ static void sync_work(void *arg)
                 rk_errbuf_set(&se->eb, rc, "state '%s' does not exist", se->q.states[i]);
             goto out;
         }
-        memcpy(states[i], rk_state_ref_data(ref), slen * sizeof(float));
+        states[i] = held[i].adapter; // a kernel state: its core part, and its term
+        ros[i] = rk_evheld_ro(&held[i]);
         rk_state_ref_release(ref);
     }
     // One compute thread: the engine keeps the others.
@@ -169,7 +171,7 @@ static void sync_work(void *arg)
     if ((se->rc = rk_ctx_create(m, &cp, &ctx)) != RK_OK)
         goto out;
     struct rk_evrun_state runs[RK_EVREQ_STATES_MAX + 1];
-    size_t n_runs = rk_evreq_runs(&se->q, states, runs);
+    size_t n_runs = rk_evreq_runs(&se->q, states, ros, runs);
     struct rk_evrun_params p;
     rk_evreq_params(&se->q, runs, n_runs, &p);
     se->rc = rk_evrun(ctx, srv->tok, &p, sync_cancel, se, NULL, NULL, &results, &se->eb);
@@ -190,7 +192,7 @@ out:
     json_decref(results);
     rk_ctx_free(ctx);
     for (size_t i = 0; i < RK_EVREQ_STATES_MAX; i++)
-        free(states[i]);
+        rk_evheld_fini(&held[i]);
     atomic_fetch_sub(&srv->n_evals, 1);
 }
 

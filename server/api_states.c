@@ -4,7 +4,8 @@
  * caller's tenant; a state of another tenant and a missing one give the same
  * 404. PUT accepts a safetensors state file (adapters/FORMAT.md) or an
  * RWKV-PEFT .pth state checkpoint, which is converted, or with ?from=ai00
- * an ai00_server state file (transposed on import).
+ * an ai00_server state file (transposed on import). A safetensors kernel
+ * state (format_version 2) is stored whole, its kernel part included.
  *
  * Disk work stays off the loop thread: a state that is not cached is loaded
  * on the thread pool (rk_state_fetch); GET /states/{id}/file reads its file
@@ -40,6 +41,11 @@ static json_t *meta_json(const char *id, const struct rk_state_meta *m, size_t b
     json_object_set_new(o, "n_embd", json_integer(m->n_embd));
     json_object_set_new(o, "n_head", json_integer(m->n_head));
     json_object_set_new(o, "has_shift", json_boolean(m->has_shift));
+    if (m->kernel_m > 0) {
+        json_object_set_new(o, "kernel_m", json_integer(m->kernel_m));
+        json_object_set_new(o, "kernel_fade",
+                            json_string(m->kernel_fade == RK_FADE_NONE ? "none" : "mean"));
+    }
     if (bytes)
         json_object_set_new(o, "bytes", json_integer((json_int_t)bytes));
     return o;
@@ -126,7 +132,7 @@ static void h_get(struct rk_http_req *r)
         rk_http_error_rk(r, rc, "id", eb.msg);
         return;
     }
-    size_t bytes = rk_state_len(r->srv->model) * sizeof(float);
+    size_t bytes = rk_adapter_len(r->srv->model, rk_state_ref_meta(ref)) * sizeof(float);
     rk_http_json(r, 200, meta_json(r->params[0], rk_state_ref_meta(ref), bytes, true));
     rk_state_ref_release(ref);
 }
@@ -224,14 +230,21 @@ static void write_work(void *arg)
         w->rc = rk_store_delete(w->store, w->tenant, w->id, &w->eb);
         return;
     }
-    float *state = malloc(rk_state_len(w->model) * sizeof(float));
-    if (!state) {
-        w->rc = rk_errbuf_set(&w->eb, RK_ENOMEM, "out of memory");
-        return;
-    }
+    // An ai00 file holds a plain state only; an rwkvd file may be a kernel
+    // state, longer than rk_state_len (rk_adapter_len of its metadata).
+    float *state = NULL;
     struct rk_state_meta meta;
-    w->rc = rk_state_file_import(w->body.p, w->body.len, w->model, w->from, state, &meta,
-                                 &w->eb);
+    if (w->from == RK_STATE_FROM_AI00) {
+        if (!(state = malloc(rk_state_len(w->model) * sizeof(float)))) {
+            w->rc = rk_errbuf_set(&w->eb, RK_ENOMEM, "out of memory");
+            return;
+        }
+        w->rc = rk_state_file_import(w->body.p, w->body.len, w->model, w->from, state, &meta,
+                                     &w->eb);
+    } else {
+        w->rc = rk_state_file_parse_alloc(w->body.p, w->body.len, w->model, false, &state, &meta,
+                                          &w->eb);
+    }
     if (w->rc != RK_OK) {
         w->parse_failed = true;
     } else {
@@ -320,7 +333,7 @@ static void h_put(struct rk_http_req *r)
     }
     const struct rk_state_meta *m = rk_state_ref_meta(w->ref);
     rk_http_json(r, m->version == 1 ? 201 : 200,
-                 meta_json(id, m, rk_state_len(srv->model) * sizeof(float), true));
+                 meta_json(id, m, rk_adapter_len(srv->model, m) * sizeof(float), true));
 }
 
 static void h_delete(struct rk_http_req *r)

@@ -72,6 +72,10 @@ struct seq {
     int64_t t_last_us;
     size_t text_off;  /* bytes of text emitted (completions logprobs text_offset) */
     bool held;        /* this step: a decode sequence whose client is behind */
+    /* a kernel state's read-out term (rk_readout); ro.ops NULL otherwise */
+    struct rk_kernel_view kv;
+    struct rk_readout ro;
+    float *carry;     /* [L*H] its running fade */
 };
 
 struct rk_engine {
@@ -94,6 +98,7 @@ struct rk_engine {
 
     struct rk_ctx *ctx;
     size_t state_len;
+    size_t carry_len; /* floats of a kernel state's running fade: L*H */
     int V;
     bool bytes_tok;
     struct seq *seqs;
@@ -101,6 +106,7 @@ struct rk_engine {
     uint64_t order_seq;
     uint32_t *btok;  /* [n_seqs] */
     float **bstate;  /* [n_seqs] */
+    const struct rk_readout **bro; /* [n_seqs] each one's read-out term or NULL */
     int *bidx;       /* [n_seqs] */
     float *blogits;  /* [n_seqs][V] */
     /* one-pass steps (prompt chunks with the decode tokens) */
@@ -553,6 +559,19 @@ static void job_fail_unstarted(struct rk_engine *e, struct rk_job *j, enum rk_fi
     finish_job_if_done(e, j);
 }
 
+/* The read-out term of a kernel state (job j's), with a fresh carry; none
+ * for a plain state. The view points into j->state, held by the job. */
+static void seq_readout(struct rk_engine *e, struct seq *s, const struct rk_job *j)
+{
+    s->ro.ops = NULL;
+    if (!j->state || !rk_state_ref_kernel(j->state, e->srv->model, &s->kv))
+        return;
+    memset(s->carry, 0, e->carry_len * sizeof(float));
+    s->ro = (struct rk_readout){&rk_kernel_readout, &s->kv, s->carry};
+}
+
+static const struct rk_readout *seq_ro(const struct seq *s) { return s->ro.ops ? &s->ro : NULL; }
+
 static int admit(struct rk_engine *e, struct rk_job *j)
 {
     struct rk_metrics *m = &e->srv->metrics;
@@ -589,6 +608,7 @@ static int admit(struct rk_engine *e, struct rk_job *j)
             int64_t t0 = rk_now_us();
             rk_ctx_copy(e->ctx, s->state, j->state ? rk_state_ref_data(j->state) : NULL,
                         e->state_len);
+            seq_readout(e, s, j);
             atomic_fetch_add(&m->copy_us_sum, (uint64_t)(rk_now_us() - t0));
             atomic_fetch_add(&m->copy_count, 1);
             s->phase = SEQ_PREFILL;
@@ -611,6 +631,9 @@ static void prefill_done(struct rk_engine *e, struct seq *lead)
         if (s->phase == SEQ_WAIT && s->job == j) {
             memcpy(s->state, lead->state, e->state_len * sizeof(float));
             memcpy(s->logits, lead->logits, (size_t)e->V * sizeof(float));
+            seq_readout(e, s, j);
+            if (s->ro.ops)
+                memcpy(s->carry, lead->carry, e->carry_len * sizeof(float));
             seq_sample(e, s, s->logits);
         }
     }
@@ -704,6 +727,7 @@ static int step_one_pass(struct rk_engine *e)
         e->mn[nseg] = 1;
         e->mwant[nseg] = true;
         e->bstate[nseg] = s->state;
+        e->bro[nseg] = seq_ro(s);
         e->bidx[nseg] = k;
         nseg++;
     }
@@ -719,6 +743,7 @@ static int step_one_pass(struct rk_engine *e)
         e->mn[nseg] = take;
         e->mwant[nseg] = s->pos + take == s->job->n_prompt;
         e->bstate[nseg] = s->state;
+        e->bro[nseg] = seq_ro(s);
         e->bidx[nseg] = e->pidx[i];
         nseg++;
         rows += (int)take;
@@ -728,8 +753,8 @@ static int step_one_pass(struct rk_engine *e)
     if (nprompt == 0 || (rows > 48 && prows > 48 * nprompt))
         return ONE_PASS_NO;
     use_amx(e, true);
-    int rc = rk_forward_multi(e->ctx, (size_t)nseg, e->mtok, e->mn, e->bstate, e->mwant,
-                              e->blogits);
+    int rc = rk_forward_multi_ro(e->ctx, (size_t)nseg, e->mtok, e->mn, e->bstate, e->bro,
+                                 e->mwant, e->blogits);
     if (rc != RK_OK) {
         rk_log(RK_LOG_ERROR, "engine: step failed: %s", rk_strerror(rc));
         for (int i = 0; i < nseg; i++) {
@@ -801,8 +826,8 @@ static bool step(struct rk_engine *e)
         if (take > (size_t)budget)
             take = (size_t)budget;
         bool last = s->pos + take == j->n_prompt;
-        int rc = rk_forward_seq(e->ctx, j->prompt + s->pos, take, s->state,
-                                last ? s->logits : NULL, false);
+        int rc = rk_forward_seq_ro(e->ctx, j->prompt + s->pos, take, s->state, seq_ro(s),
+                                   last ? s->logits : NULL, false);
         budget -= (long)take;
         s->pos += take;
         if (rc != RK_OK) {
@@ -824,12 +849,13 @@ static bool step(struct rk_engine *e)
         if (runnable(&e->seqs[k])) {
             e->btok[B] = e->seqs[k].pending;
             e->bstate[B] = e->seqs[k].state;
+            e->bro[B] = seq_ro(&e->seqs[k]);
             e->bidx[B] = k;
             B++;
         }
     if (B) {
         use_amx(e, false);
-        int rc = rk_forward_batch(e->ctx, (size_t)B, e->btok, e->bstate, e->blogits);
+        int rc = rk_forward_batch_ro(e->ctx, (size_t)B, e->btok, e->bstate, e->bro, e->blogits);
         if (rc == RK_OK)
             sample_batch(e, B);
         for (int b = 0; rc != RK_OK && b < B; b++) {
@@ -975,12 +1001,14 @@ static void engine_free(struct rk_engine *e)
         for (int k = 0; k < e->n_seqs; k++) {
             free(e->seqs[k].state);
             free(e->seqs[k].logits);
+            free(e->seqs[k].carry);
             rk_sampler_free(e->seqs[k].smp);
             rk_stopper_free(e->seqs[k].stop);
         }
     free(e->seqs);
     free(e->btok);
     free(e->bstate);
+    free(e->bro);
     free(e->bidx);
     free(e->blogits);
     free(e->mtok);
@@ -1016,6 +1044,7 @@ int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
     e->wake = wake;
     e->wake_user = user;
     e->state_len = rk_state_len(srv->model);
+    e->carry_len = (size_t)rk_model_n_layer(srv->model) * (size_t)rk_model_n_head(srv->model);
     e->V = rk_model_n_vocab(srv->model);
     e->bytes_tok = rk_tok_is_bytes(srv->tok);
     e->n_seqs = srv->cfg.seqs_max;
@@ -1034,6 +1063,7 @@ int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
     e->seqs = calloc(S, sizeof *e->seqs);
     e->btok = calloc(S, sizeof *e->btok);
     e->bstate = calloc(S, sizeof *e->bstate);
+    e->bro = calloc(S, sizeof *e->bro);
     e->bidx = calloc(S, sizeof *e->bidx);
     e->blogits = malloc(S * V * sizeof(float));
     e->mix_rows = cp.rows_max;
@@ -1055,12 +1085,13 @@ int rk_engine_start(struct rk_srv *srv, void (*wake)(void *user), void *user,
     e->top_lps = calloc(nt * lpn, sizeof *e->top_lps);
     e->picks = calloc(S, sizeof *e->picks);
     e->touched = calloc(S * 2, sizeof *e->touched);
-    bool ok = e->seqs && e->btok && e->bstate && e->bidx && e->blogits && e->raw && e->top_ids &&
+    bool ok = e->seqs && e->btok && e->bstate && e->bro && e->bidx && e->blogits && e->raw && e->top_ids &&
               e->top_lps && e->picks && e->touched && e->mtok && e->mn && e->mwant && e->pidx;
     for (size_t k = 0; ok && k < S; k++) {
         e->seqs[k].state = malloc(e->state_len * sizeof(float));
         e->seqs[k].logits = malloc(V * sizeof(float));
-        ok = e->seqs[k].state && e->seqs[k].logits;
+        e->seqs[k].carry = calloc(e->carry_len, sizeof(float));
+        ok = e->seqs[k].state && e->seqs[k].logits && e->seqs[k].carry;
     }
     if (!ok) {
         engine_free(e);

@@ -499,8 +499,8 @@ int rk_evrun(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const struct rk
             pg.state = st->label;
             struct rk_eval_metrics m;
             struct rk_errbuf e2 = {0};
-            rc = rk_eval_task_run(ctx, tok, &v, st->state, cancel, cancel_user, item_done, &pg,
-                                  &m, &e2);
+            rc = rk_eval_task_run_ro(ctx, tok, &v, st->state, st->ro, cancel, cancel_user,
+                                     item_done, &pg, &m, &e2);
             if (rc != RK_OK) {
                 if (rc != RK_ECANCELED)
                     rk_errbuf_set(eb, rc, "task %s, state %s: %s", t->name, st->label,
@@ -521,8 +521,8 @@ int rk_evrun(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const struct rk
                 pg.task = "collateral";
                 pg.state = st->label;
                 struct rk_errbuf e2 = {0};
-                rc = rk_eval_collateral(ctx, tok, &v, st->state, &base, cancel, cancel_user,
-                                        item_done, &pg, &m, &e2);
+                rc = rk_eval_collateral_ro(ctx, tok, &v, st->state, st->ro, &base, cancel,
+                                           cancel_user, item_done, &pg, &m, &e2);
                 if (rc != RK_OK) {
                     if (rc != RK_ECANCELED)
                         rk_errbuf_set(eb, rc, "collateral, state %s: %s", st->label,
@@ -745,7 +745,7 @@ size_t rk_evreq_items(const struct rk_evreq *q)
     float *fake[RK_EVREQ_STATES_MAX];
     for (size_t i = 0; i < RK_EVREQ_STATES_MAX; i++)
         fake[i] = (float *)runs; /* non-NULL: a state */
-    size_t n = rk_evreq_runs(q, fake, runs);
+    size_t n = rk_evreq_runs(q, fake, NULL, runs);
     struct rk_evrun_params p;
     rk_evreq_params(q, runs, n, &p);
     return rk_evrun_items(&p);
@@ -790,14 +790,43 @@ size_t rk_evreq_work(const struct rk_evreq *q)
     return w;
 }
 
-size_t rk_evreq_runs(const struct rk_evreq *q, float *const *states, struct rk_evrun_state *runs)
+size_t rk_evreq_runs(const struct rk_evreq *q, float *const *states,
+                     const struct rk_readout *const *ros, struct rk_evrun_state *runs)
 {
     size_t n = 0;
     if (q->n_states == 0 || q->base)
         runs[n++] = (struct rk_evrun_state){.label = "base", .state = NULL};
     for (size_t i = 0; i < q->n_states; i++)
-        runs[n++] = (struct rk_evrun_state){.label = q->states[i], .state = states[i]};
+        runs[n++] = (struct rk_evrun_state){
+            .label = q->states[i], .state = states[i], .ro = ros ? ros[i] : NULL};
     return n;
+}
+
+int rk_evheld_take(const struct rk_model *m, const struct rk_state_ref *ref,
+                   struct rk_evheld *h)
+{
+    memset(h, 0, sizeof *h);
+    const struct rk_state_meta *meta = rk_state_ref_meta(ref);
+    size_t n = rk_adapter_len(m, meta);
+    if (!(h->adapter = malloc(n * sizeof(float))))
+        return RK_ENOMEM;
+    memcpy(h->adapter, rk_state_ref_data(ref), n * sizeof(float));
+    if (meta->kernel_m > 0) {
+        rk_kernel_view_of(m, meta->kernel_m, meta->kernel_fade, h->adapter, &h->view);
+        h->ro = (struct rk_readout){&rk_kernel_readout, &h->view, NULL};
+    }
+    return RK_OK;
+}
+
+const struct rk_readout *rk_evheld_ro(const struct rk_evheld *h)
+{
+    return h->ro.ops ? &h->ro : NULL;
+}
+
+void rk_evheld_fini(struct rk_evheld *h)
+{
+    free(h->adapter);
+    memset(h, 0, sizeof *h);
 }
 
 void rk_evreq_params(const struct rk_evreq *q, const struct rk_evrun_state *runs, size_t n_runs,

@@ -70,6 +70,8 @@ int rk_evset_parse_jsonl(struct rk_evset *s, enum rk_eval_kind kind, const char 
 struct rk_evrun_state {
     const char *label;  /* "base" or the state's name / file */
     const float *state; /* NULL = the base model */
+    /* a kernel state's read-out term (NULL = none); its carry is unused */
+    const struct rk_readout *ro;
 };
 struct rk_evrun_params {
     struct rk_evtask *const *tasks;
@@ -139,11 +141,26 @@ size_t rk_evreq_items_given(const struct rk_evreq *q);
  * few-shot examples, every completion or choice, plus max_tokens per
  * generated answer, over every state. */
 size_t rk_evreq_work(const struct rk_evreq *q);
-/* The runner's parameters for `q`, with the states' data in states[]
- * (labels point into q; data NULL for the base model); returns the number
- * of runs written to runs[RK_EVREQ_STATES_MAX + 1]. */
+/* A stored state held for a run: its whole adapter copied and, for a
+ * kernel state, the read-out term over that copy (ro.ops NULL otherwise). */
+struct rk_evheld {
+    float *adapter; /* [rk_adapter_len]; starts with the core state */
+    struct rk_kernel_view view;
+    struct rk_readout ro;
+};
+/* Copy `ref` into `h` (zeroed first). RK_ENOMEM. */
+int rk_evheld_take(const struct rk_model *m, const struct rk_state_ref *ref,
+                   struct rk_evheld *h);
+/* The term or NULL. */
+const struct rk_readout *rk_evheld_ro(const struct rk_evheld *h);
+void rk_evheld_fini(struct rk_evheld *h);
+
+/* The runner's parameters for `q`, with the states' data in states[] and
+ * their read-out terms in ros[] (ros NULL or an entry NULL: none; labels
+ * point into q; data NULL for the base model); returns the number of runs
+ * written to runs[RK_EVREQ_STATES_MAX + 1]. */
 size_t rk_evreq_runs(const struct rk_evreq *q, float *const *states,
-                     struct rk_evrun_state *runs);
+                     const struct rk_readout *const *ros, struct rk_evrun_state *runs);
 void rk_evreq_params(const struct rk_evreq *q, const struct rk_evrun_state *runs, size_t n_runs,
                      struct rk_evrun_params *p);
 

@@ -93,7 +93,9 @@ void tj_eval_run(struct rk_tjobs *js, struct rk_tjob *j)
     snprintf(r.id, sizeof r.id, "%s", j->v.id);
     struct rk_evreq q = {0};
     struct rk_ctx *ctx = NULL;
+    struct rk_evheld held[RK_EVREQ_STATES_MAX] = {0};
     float *states[RK_EVREQ_STATES_MAX] = {0};
+    const struct rk_readout *ros[RK_EVREQ_STATES_MAX] = {0};
     json_t *body = NULL, *results = NULL, *doc = NULL;
     char *text = NULL;
     void *data = NULL;
@@ -119,19 +121,21 @@ void tj_eval_run(struct rk_tjobs *js, struct rk_tjob *j)
                 body ? eb.msg : je.text);
         goto out;
     }
-    size_t slen = rk_state_len(m);
     for (size_t i = 0; i < q.n_states; i++) {
         struct rk_state_ref *ref = NULL;
         rc = rk_store_get(srv->store, j->v.tenant, q.states[i], &ref, &eb);
-        if (rc != RK_OK || !(states[i] = malloc(slen * sizeof(float)))) {
+        if (rc == RK_OK && rk_evheld_take(m, ref, &held[i]) != RK_OK)
+            rc = RK_ENOMEM, eb.msg[0] = '\0';
+        if (rc != RK_OK) {
             rk_state_ref_release(ref);
             tj_fail(js, j, rc == RK_ENOTFOUND ? "state_not_found" : "state_unavailable",
                     "state '%s': %s", q.states[i],
                     rc == RK_ENOTFOUND ? "does not exist"
-                                       : eb.msg[0] ? eb.msg : rk_strerror(rc ? rc : RK_ENOMEM));
+                                       : eb.msg[0] ? eb.msg : rk_strerror(rc));
             goto out;
         }
-        memcpy(states[i], rk_state_ref_data(ref), slen * sizeof(float));
+        states[i] = held[i].adapter; // a kernel state: its core part, and its term
+        ros[i] = rk_evheld_ro(&held[i]);
         rk_state_ref_release(ref);
     }
     struct rk_ctx_params cp = {.n_threads = js->lim.threads ? js->lim.threads : srv->cfg.threads};
@@ -140,7 +144,7 @@ void tj_eval_run(struct rk_tjobs *js, struct rk_tjob *j)
         goto out;
     }
     struct rk_evrun_state runs[RK_EVREQ_STATES_MAX + 1];
-    size_t n_runs = rk_evreq_runs(&q, states, runs);
+    size_t n_runs = rk_evreq_runs(&q, states, ros, runs);
     struct rk_evrun_params p;
     rk_evreq_params(&q, runs, n_runs, &p);
 
@@ -210,7 +214,7 @@ out:
     json_decref(body);
     free(data);
     for (size_t i = 0; i < RK_EVREQ_STATES_MAX; i++)
-        free(states[i]);
+        rk_evheld_fini(&held[i]);
     rk_ctx_free(ctx);
     rk_evreq_fini(&q);
 }
@@ -218,7 +222,7 @@ out:
 /* --- a tuning job's eval_task ---------------------------------------------- */
 
 void tj_eval_tuned(struct rk_tjobs *js, struct rk_tjob *j, const float *init,
-                   const float *tuned, int n_threads)
+                   const float *tuned, const struct rk_readout *tuned_ro, int n_threads)
 {
     struct rk_srv *srv = js->srv;
     struct erun r = {.js = js, .j = j};
@@ -242,7 +246,7 @@ void tj_eval_tuned(struct rk_tjobs *js, struct rk_tjob *j, const float *init,
     if ((rc = rk_ctx_create(srv->model, &cp, &ctx)) != RK_OK)
         goto out;
     struct rk_evrun_state runs[2] = {{.label = "start", .state = init},
-                                     {.label = "end", .state = tuned}};
+                                     {.label = "end", .state = tuned, .ro = tuned_ro}};
     struct rk_evrun_params p;
     rk_evreq_params(&q, runs, 2, &p);
     rc = rk_evrun(ctx, srv->tok, &p, e_cancel, &r, NULL, NULL, &results, &eb);

@@ -355,10 +355,19 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     }
 
     if (j->v.has_eval_task && !atomic_load(&j->cancel)) {
-        float *tuned = malloc(slen * sizeof(float));
-        if (tuned) {
-            meth->to_state(m, &tp, out, tuned);
-            tj_eval_tuned(js, j, init, tuned, tp.n_threads);
+        // The served adapter: a kernel state is evaluated with its term.
+        float *tuned = NULL;
+        struct rk_state_meta tm;
+        rk_state_meta_init(&tm, m);
+        tm.has_shift = hp.tune.tune_shift;
+        if (rk_tune_export(m, &tp, out, &tuned, &tm) == RK_OK) {
+            struct rk_kernel_view kv;
+            struct rk_readout kro = {0};
+            if (tm.kernel_m > 0) {
+                rk_kernel_view_of(m, tm.kernel_m, tm.kernel_fade, tuned, &kv);
+                kro = (struct rk_readout){&rk_kernel_readout, &kv, NULL};
+            }
+            tj_eval_tuned(js, j, init, tuned, kro.ops ? &kro : NULL, tp.n_threads);
             free(tuned);
         }
     }
@@ -379,12 +388,15 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     }
     struct rk_state_meta meta;
     rk_state_meta_init(&meta, m);
-    snprintf(meta.method, sizeof meta.method, "%s", meth->name);
     snprintf(meta.note, sizeof meta.note, "job %s: steps=%ld loss=%.6g val_loss=%.6g lr=%g",
              r.id, res.steps_done, res.loss_last, res.val_loss_best, hp.tune.lr);
     meta.has_shift = hp.tune.tune_shift;
     struct rk_state_ref *ref = NULL;
-    rc = rk_store_put(srv->store, j->v.tenant, j->v.output_state, out, &meta, &ref, &eb);
+    float *adapter = NULL;
+    rc = rk_tune_export(m, &hp.tune, out, &adapter, &meta);
+    if (rc == RK_OK)
+        rc = rk_store_put(srv->store, j->v.tenant, j->v.output_state, adapter, &meta, &ref, &eb);
+    free(adapter);
     if (rc != RK_OK) {
         pthread_mutex_lock(&js->mu);
         j->publishing = false;

@@ -23,6 +23,24 @@ column = key), ffn_shift[C].
 
 Usage:
     ref_backward_torch.py MODEL.safetensors OUT.bin --T 48 --seed 1
+    ref_backward_torch.py MODEL.safetensors OUT.bin --kernel STATE.safetensors \
+        --tokens 5,17,200,...
+
+Kernel states (methods "kernel" and "dbp", docs/TUNING.md): with --kernel the
+initial state and the kernel term come from a rwkvd-state file of
+format_version 2, every head's WKV read-out gains
+    y += c_t P phi(r_t),  phi = sqrt(2/M) cos(Omega r/sqrt(|r|^2 + 1e-6) + beta),
+    c_t = prod_{tau<=t} mean(w_tau) (fade mean; 0 once log c_t < -40) or 1 (fade none),
+the loss is the mean cross-entropy of tokens[1:] given tokens[:-1] (every
+position scored), and OUT.bin gets the gradient of both the state and P:
+    b"RKKGRD01", u32 T, u32 state_len, u32 P_len, u32 tokens[T],
+    f64 loss, f32 dstate0[state_len], f32 dP[P_len]   (P as [L][H][N][M])
+tests/unit/test_kernel.c compares rwkvd with tests/data/kernel-mh.grad-torch.bin
+when that file exists. PyTorch is not installed on the development machines,
+so that file is made where it is:
+    ref_backward_torch.py tests/data/rand-mh.safetensors \
+        tests/data/kernel-mh.grad-torch.bin --kernel tests/data/kernel-mh.safetensors \
+        --tokens 5,17,200,33,91,4,250,120,7,64,300,12
 """
 import argparse
 import json
@@ -60,9 +78,11 @@ def dims(W):
     return L, C, C // N, V
 
 
-def loss_fn(W, tokens, targets, mask, st):
-    """st: list over layers of [att_shift (C), wkv (H,N,N), ffn_shift (C)]."""
+def loss_fn(W, tokens, targets, mask, st, kern=None):
+    """st: list over layers of [att_shift (C), wkv (H,N,N), ffn_shift (C)].
+    kern: None, or {"P": [L,H,N,M], "omega": [L,M,N], "beta": [L,M], "fade"}."""
     L, C, H, V = dims(W)
+    logc = [torch.zeros(H, dtype=torch.float64) for _ in range(L)]
 
     def ln(x, pre, eps=1e-5):
         return Fn.layer_norm(x, (x.shape[-1],), W[pre + ".weight"], W[pre + ".bias"], eps)
@@ -104,6 +124,18 @@ def loss_fn(W, tokens, targets, mask, st):
             S[l] = (S[l] * w.reshape(H, 1, N) + sa * bvec
                     + v.reshape(H, N, 1) * k.reshape(H, 1, N))
             y = (S[l] @ r.reshape(H, N, 1)).reshape(H, N)
+            if kern is not None:  # the kernel state's read-out term
+                rh = r.reshape(H, N)
+                rhat = rh / torch.sqrt((rh * rh).sum(-1, keepdim=True) + 1e-6)
+                M = kern["beta"].shape[1]
+                phi = (2.0 / M) ** 0.5 * torch.cos(rhat @ kern["omega"][l].T + kern["beta"][l])
+                if kern["fade"] == "mean":
+                    logc[l] = logc[l] + torch.log(w.reshape(H, N).mean(-1))
+                    c = torch.where(logc[l] < -40.0, torch.zeros_like(logc[l]),
+                                    torch.exp(logc[l])).reshape(H, 1)
+                else:
+                    c = torch.ones(H, 1, dtype=torch.float64)
+                y = y + c * (kern["P"][l] @ phi.unsqueeze(-1)).reshape(H, N)
             o = Fn.layer_norm(y, (N,), eps=64e-5).reshape(C)
             o = o * a_("ln_x.weight") + a_("ln_x.bias")
             bonus = (r * k * a_("r_k").reshape(C)).reshape(H, N).sum(-1, keepdim=True)
@@ -127,10 +159,14 @@ def main():
     ap.add_argument("--T", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--fd", type=int, default=4, help="finite-difference self-checks")
+    ap.add_argument("--kernel", help="a kernel state (rwkvd-state version 2)")
+    ap.add_argument("--tokens", help="with --kernel: comma-separated token ids")
     a = ap.parse_args()
     torch.set_grad_enabled(True)
     W = load_safetensors(a.model)
     L, C, H, V = dims(W)
+    if a.kernel:
+        return kernel_main(a, W, L, C, H, V)
     gen = torch.Generator().manual_seed(a.seed)
     T = a.T
     tokens = torch.randint(0, V, (T,), generator=gen).tolist()
@@ -180,6 +216,54 @@ def main():
         f.write(state0.numpy().astype("<f4").tobytes())
         f.write(struct.pack("<d", loss.item()))
         f.write(grad.to(torch.float32).numpy().astype("<f4").tobytes())
+    return 0
+
+
+def kernel_main(a, W, L, C, H, V):
+    with open(a.kernel, "rb") as f:
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        meta = json.loads(f.read(hlen)).get("__metadata__", {})
+    if meta.get("format") != "rwkvd-state" or meta.get("format_version") != "2":
+        sys.exit(f"{a.kernel}: not a kernel state (rwkvd-state version 2)")
+    K = load_safetensors(a.kernel)
+    M = int(meta["kernel_m"])
+    parts = []
+    for l in range(L):
+        b = f"blocks.{l}."
+        parts += [K[b + "att.shift_state"].reshape(-1), K[b + "att.time_state"].reshape(-1),
+                  K[b + "ffn.shift_state"].reshape(-1)]
+    flat = torch.cat(parts).to(torch.float64)
+    P = torch.stack([K[f"blocks.{l}.att.kernel_P"].reshape(H, N, M) for l in range(L)])
+    kern = {"omega": torch.stack([K[f"blocks.{l}.att.kernel_omega"].reshape(M, N)
+                                  for l in range(L)]).to(torch.float64),
+            "beta": torch.stack([K[f"blocks.{l}.att.kernel_beta"].reshape(M)
+                                 for l in range(L)]).to(torch.float64),
+            "fade": meta.get("kernel_fade", "mean")}
+    seq = [int(t) for t in a.tokens.split(",")]
+    tokens, targets, mask = seq[:-1], seq[1:], [1] * (len(seq) - 1)
+
+    def split(fl):
+        st, o = [], 0
+        for _ in range(L):
+            st.append([fl[o:o + C], fl[o + C:o + C + H * N * N].reshape(H, N, N),
+                       fl[o + C + H * N * N:o + 2 * C + H * N * N]])
+            o += 2 * C + H * N * N
+        return st
+
+    leaf = flat.clone().requires_grad_(True)
+    Pl = P.to(torch.float64).clone().requires_grad_(True)
+    kern["P"] = Pl
+    loss = loss_fn(W, tokens, targets, mask, split(leaf), kern)
+    loss.backward()
+    print(f"{a.kernel}: M={M} fade={kern['fade']} T={len(tokens)} loss={loss.item():.12f}",
+          flush=True)
+    with open(a.out, "wb") as f:
+        f.write(b"RKKGRD01")
+        f.write(struct.pack("<III", len(tokens), leaf.numel(), Pl.numel()))
+        f.write(struct.pack(f"<{len(tokens)}I", *tokens))
+        f.write(struct.pack("<d", loss.item()))
+        f.write(leaf.grad.to(torch.float32).numpy().astype("<f4").tobytes())
+        f.write(Pl.grad.to(torch.float32).numpy().astype("<f4").tobytes())
     return 0
 
 

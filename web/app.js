@@ -148,12 +148,25 @@ async function follow(id) {
   loadJobs(); loadStates();
 }
 $('refresh_jobs').onclick = loadJobs;
+// the kernel options only for the methods that use them
+function showKernelOpts() {
+  const on = $('job_method').value !== 'standard';
+  document.querySelectorAll('.kernel_opt').forEach((e) => { e.style.display = on ? '' : 'none'; });
+}
+$('job_method').onchange = showKernelOpts;
+showKernelOpts();
 $('tune').onclick = async () => {
   const lines = $('dataset').value.split('\n').map((l) => l.trim()).filter(Boolean);
   try {
     const data = lines.map((l, i) => { try { return JSON.parse(l); } catch (e) { throw new Error('line ' + (i + 1) + ': ' + e.message); } });
-    const j = await api('POST', '/tune', { dataset: data, output_state: $('job_out').value.trim(),
-      method: 'standard', steps: +$('job_steps').value, lr: +$('job_lr').value, val_split: 0 });
+    const method = $('job_method').value;
+    const body = { dataset: data, output_state: $('job_out').value.trim(),
+      method, steps: +$('job_steps').value, lr: +$('job_lr').value, val_split: 0 };
+    if (method !== 'standard') {
+      body.kernel_m = +$('job_kernel_m').value;
+      body.kernel_fade = $('job_kernel_fade').value;
+    }
+    const j = await api('POST', '/tune', body);
     loadJobs(); follow(j.id);
   } catch (e) { alert(e.message); }
 };

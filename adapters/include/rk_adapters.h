@@ -45,7 +45,62 @@ struct rk_state_meta {
     char note[128];       /* free text (a job id, a description) */
     int64_t created_ms;   /* creation time, ms since the epoch */
     uint64_t version;     /* 1 for the first save under an id, +1 per replace */
+    /* A kernel state (method "kernel" or "dbp", docs/TUNING.md): kernel_m > 0
+     * features per head, and then the adapter's floats are the core state
+     * followed by the kernel part (rk_kernel_layout); 0 = a plain state. */
+    int kernel_m;
+    int kernel_fade;      /* enum rk_kernel_fade */
 };
+
+/* --- kernel states ---------------------------------------------------------
+ *
+ * A kernel state adds, per layer l and head h, a memory P [N][M] read
+ * through a fixed random-feature map of the receptance:
+ *     rhat = r / sqrt(|r|^2 + 1e-6),  phi = sqrt(2/M) cos(Omega rhat + beta),
+ *     y += c_t P phi   (the WKV read-out, before the GroupNorm)
+ * with Omega [M][N], beta [M] per layer, and c_t = prod_{tau<=t} mean_j
+ * w_tau[j] (fade "mean"; 0 once log c_t < -40) or 1 (fade "none"). Floats after the core state:
+ *     P [L][H][N][M], Omega [L][M][N], beta [L][M].
+ */
+enum rk_kernel_fade { RK_FADE_MEAN = 0, RK_FADE_NONE = 1 };
+#define RK_KERNEL_M_MAX 4096
+
+struct rk_kernel_layout {
+    size_t P, omega, beta; /* float offsets from the start of the adapter */
+    size_t len;            /* floats of the whole adapter (core state included) */
+};
+RK_API void rk_kernel_layout(const struct rk_model *m, int kernel_m, struct rk_kernel_layout *out);
+/* Floats of an adapter with this metadata: rk_state_len, or the kernel
+ * layout's len when meta->kernel_m > 0 (meta NULL: rk_state_len). */
+RK_API size_t rk_adapter_len(const struct rk_model *m, const struct rk_state_meta *meta);
+
+/* What the read-out term of a kernel state reads (borrowed pointers). */
+struct rk_kernel_view {
+    int L, H, N, M;
+    int fade;
+    const float *P, *omega, *beta;
+};
+/* The view of an adapter [rk_adapter_len] whose metadata says kernel_m > 0. */
+RK_API void rk_kernel_view_of(const struct rk_model *m, int kernel_m, int fade,
+                              const float *adapter, struct rk_kernel_view *out);
+/* The core read-out term of kernel states: data = a struct rk_kernel_view,
+ * carry [L*H] (the log of c_t), grad = a struct rk_kernel_grad. */
+RK_API extern const struct rk_readout_ops rk_kernel_readout;
+/* Gradient of the read-out term (what rk_kernel_readout's bwd adds to). */
+struct rk_kernel_grad {
+    float weight; /* factor of this sequence's gradient */
+    float *dP;    /* [L][H][N][M], += weight * dLoss/dP */
+    /* DBP statistics (NULL = none): up to samp_max feature vectors per
+     * (layer, head), [L][H][samp_max][M], count in nsamp [L*H] */
+    float *samp;
+    int *nsamp;
+    int samp_max;
+};
+/* cos and sin of z[n] as the features compute them (for tests). */
+RK_API void rk_kernel_cos_sin(const float *z, float *c, float *s, int n);
+/* The feature vector phi [M] of one head's receptance r [N] (for tests). */
+RK_API void rk_kernel_features(const struct rk_kernel_view *v, int layer, const float *r,
+                               float *phi);
 
 /* Fill `meta` from the model (fingerprint and shape), method "upload",
  * created now, version 0. */
@@ -63,6 +118,13 @@ RK_API void rk_state_meta_init(struct rk_state_meta *meta, const struct rk_model
 RK_API int rk_state_file_parse(const void *buf, size_t len, const struct rk_model *m,
                                bool require_fingerprint, float *state,
                                struct rk_state_meta *meta, struct rk_errbuf *eb);
+/* rk_state_file_parse for any adapter, kernel states included: *out
+ * receives a malloc'd buffer of rk_adapter_len(m, meta) floats (the caller
+ * frees it). rk_state_file_parse itself refuses a kernel state (RK_EFORMAT,
+ * saying so), since its buffer holds only the core state. */
+RK_API int rk_state_file_parse_alloc(const void *buf, size_t len, const struct rk_model *m,
+                                     bool require_fingerprint, float **out,
+                                     struct rk_state_meta *meta, struct rk_errbuf *eb);
 
 /* Where a state file comes from, for rk_state_file_import. The WKV matrices
  * are [H][N][N] with rows = value channel, columns = key channel in rwkvd's
@@ -75,14 +137,16 @@ enum rk_state_from {
                             [H, key, value], metadata format "pt"; transposed on import,
                             method "import-ai00" */
 };
-/* rk_state_file_parse with the source named. Shapes are checked against `m`
- * ([H, N, N] per layer, every layer present; RK_EMISMATCH otherwise). */
+/* rk_state_file_parse with the source named (plain states only, like it).
+ * Shapes are checked against `m` ([H, N, N] per layer, every layer present;
+ * RK_EMISMATCH otherwise). */
 RK_API int rk_state_file_import(const void *buf, size_t len, const struct rk_model *m,
                                 enum rk_state_from from, float *state,
                                 struct rk_state_meta *meta, struct rk_errbuf *eb);
 
-/* Serialise `state` [rk_state_len(m)] with `meta` as a safetensors adapter
- * (token-shift parts included). *out receives a malloc'd buffer the caller
+/* Serialise `state` [rk_adapter_len(m, meta)] with `meta` as a safetensors
+ * adapter (token-shift parts included; the kernel part when
+ * meta->kernel_m > 0). *out receives a malloc'd buffer the caller
  * frees; *len its size. Thread-safe. */
 RK_API int rk_state_file_encode(const struct rk_model *m, const float *state,
                                 const struct rk_state_meta *meta, void **out, size_t *len);
@@ -147,7 +211,7 @@ RK_API int rk_store_get(struct rk_state_store *s, const char *tenant, const char
 RK_API int rk_store_get_cached(struct rk_state_store *s, const char *tenant, const char *id,
                                struct rk_state_ref **out);
 
-/* Save `state` under tenant/id (atomic write), replacing any previous
+/* Save `state` [rk_adapter_len(m, meta)] under tenant/id (atomic write), replacing any previous
  * version; meta->version is set to the previous version + 1 (1 when new).
  * `meta` may be NULL (method "upload"). *out (may be NULL) receives a
  * reference to the new version. Requests holding the old version keep it. */
@@ -180,6 +244,10 @@ RK_API void rk_store_stats(struct rk_state_store *s, struct rk_store_stats *out)
 
 /* The state [rk_state_len] of a version; valid while the reference is held. */
 RK_API const float *rk_state_ref_data(const struct rk_state_ref *r);
+/* For a kernel state (meta kernel_m > 0): true, and `out` views its kernel
+ * part (valid while the reference is held); false for a plain state. */
+RK_API bool rk_state_ref_kernel(const struct rk_state_ref *r, const struct rk_model *m,
+                                struct rk_kernel_view *out);
 RK_API const struct rk_state_meta *rk_state_ref_meta(const struct rk_state_ref *r);
 /* Take another reference (cheap, atomic). */
 RK_API struct rk_state_ref *rk_state_ref_retain(struct rk_state_ref *r);
@@ -317,14 +385,21 @@ struct rk_span {
     size_t off, len;
 };
 
-/* Extra work a method adds to each token at inference, for states it made
- * (NULL for methods whose parameters are a plain initial state). Called
- * after layer `layer`'s WKV read-out of one token with the receptance r [C]
- * and the heads' output y [C] (before the group norm), to which it adds its
- * part; `params` [params_len] is the served adapter. Reserved: the engine
- * calls it once a registered method sets it. */
-typedef void rk_tune_token_fn(const struct rk_model *m, const float *params, int layer,
-                              const float *r, float *y);
+/* What a method whose states carry a read-out term (struct rk_readout in
+ * rk_core.h: "kernel", "dbp") adds to the driver; NULL for plain-state
+ * methods. A run calls begin once, then per step: bind (the current
+ * parameters: the term for the backward and validation, gradient zeroed),
+ * weight before each sequence's backward (the token weight of its
+ * gradient), grad (dparams += scale * the term's gradient), and after
+ * each update after_update (may be NULL); end at the end. */
+struct rk_tune_extra {
+    int (*begin)(const struct rk_model *m, const struct rk_tune_params *p, void **x);
+    void (*end)(void *x);
+    void (*bind)(void *x, const float *params, struct rk_readout *ro, void **grad);
+    void (*weight)(void *x, float w);
+    void (*grad)(void *x, const float *params, float scale, float *dparams);
+    void (*after_update)(void *x, float *params);
+};
 
 /* What a method's loss hook gets as `user` (see rk_logits_loss_fn): the
  * run's parameters, the dataset and the index of the training sequence
@@ -363,9 +438,20 @@ struct rk_tune_method {
     /* The loss on the logits (NULL = cross-entropy against the next token,
      * rk_loss_xent); its `user` is a struct rk_tune_loss_ctx. */
     rk_logits_loss_fn *loss;
-    /* Extra per-token inference work (NULL = none). */
-    rk_tune_token_fn *infer_token;
+    /* The read-out term's part of a run (NULL = none). */
+    const struct rk_tune_extra *extra;
+    /* The served adapter (rk_adapter_len floats, kernel part included) from
+     * the parameters, and the metadata it needs (kernel_m, kernel_fade);
+     * NULL = the parameters are the state (to_state). */
+    void (*to_adapter)(const struct rk_model *m, const struct rk_tune_params *p,
+                       const float *params, float *adapter, struct rk_state_meta *meta);
 };
+
+/* The adapter of `params` for saving or storing: *out (malloc'd, the
+ * caller frees it) gets rk_adapter_len(m, meta) floats and `meta` (already
+ * initialised) the method's name and its kernel fields. RK_ENOMEM. */
+RK_API int rk_tune_export(const struct rk_model *m, const struct rk_tune_params *p,
+                          const float *params, float **out, struct rk_state_meta *meta);
 
 /* The method called `name` (NULL or unknown: NULL). */
 RK_API const struct rk_tune_method *rk_tune_method_find(const char *name);
@@ -378,6 +464,8 @@ RK_API const struct rk_tune_method *rk_tune_method_default(void);
 
 /* The method entries (adapters/method_<name>.c). */
 RK_API extern const struct rk_tune_method rk_method_standard;
+RK_API extern const struct rk_tune_method rk_method_kernel;
+RK_API extern const struct rk_tune_method rk_method_dbp;
 
 /* Saved between steps so that an interrupted job can resume bit-identically
  * (same parameters, dataset and thread count). Arrays are [len] floats, the
@@ -446,6 +534,12 @@ struct rk_tune_params {
     int bptt_checkpoint;   /* WKV checkpoint interval of the backward (0 = 16) */
     int n_threads;         /* compute threads (0 = all CPUs) */
     long checkpoint_every; /* steps between checkpoint_cb calls (0 = end only) */
+    /* methods "kernel" and "dbp" (docs/TUNING.md) */
+    int kernel_m;          /* features per head, M (default 256 = 4N) */
+    double kernel_sigma;   /* Gaussian kernel width on the unit receptance (0.5) */
+    uint64_t kernel_seed;  /* seed of the random features (default 0) */
+    int kernel_fade;       /* enum rk_kernel_fade (default mean) */
+    double dbp_lr;         /* DBP: step of the decorrelating matrix (1e-3) */
     rk_tune_checkpoint_cb *checkpoint_cb; /* may be NULL */
     const struct rk_tune_checkpoint *resume; /* borrowed; NULL = fresh start */
     /* Collateral protection (docs/TUNING.md): with kl_weight > 0 each step
@@ -609,6 +703,11 @@ struct rk_eval_result {
  */
 RK_API int rk_eval_run(struct rk_ctx *ctx, const struct rk_dataset *d, const float *state,
                        rk_cancel_cb *cancel, void *cancel_user, struct rk_eval_result *out);
+/* rk_eval_run with a read-out term (`ro` NULL = none; its carry is
+ * ignored: each sequence starts from a zero carry of its own). */
+RK_API int rk_eval_run_ro(struct rk_ctx *ctx, const struct rk_dataset *d, const float *state,
+                          const struct rk_readout *ro, rk_cancel_cb *cancel, void *cancel_user,
+                          struct rk_eval_result *out);
 /* Summed log-likelihood of each choice of `item` [n_choices] into lls. */
 RK_API int rk_eval_mc_item(struct rk_ctx *ctx, const struct rk_mc_item *item, const float *state,
                            double *lls);
@@ -746,6 +845,16 @@ RK_API int rk_eval_task_run(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
                             const struct rk_eval_task *t, const float *state, rk_cancel_cb *cancel,
                             void *cancel_user, rk_eval_progress_cb *progress, void *progress_user,
                             struct rk_eval_metrics *out, struct rk_errbuf *eb);
+/* rk_eval_task_run with a read-out term (a kernel state's; `ro` NULL =
+ * none). Its carry is ignored: each item's prompt starts from a zero carry
+ * of its own, which goes on through the item's completion, each choice or
+ * the generated tokens, as in a served request. */
+RK_API int rk_eval_task_run_ro(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
+                               const struct rk_eval_task *t, const float *state,
+                               const struct rk_readout *ro, rk_cancel_cb *cancel,
+                               void *cancel_user, rk_eval_progress_cb *progress,
+                               void *progress_user, struct rk_eval_metrics *out,
+                               struct rk_errbuf *eb);
 
 /* Greedy outputs of a generate task's items (its own rule: max_tokens,
  * stops, shots). */
@@ -774,6 +883,13 @@ RK_API int rk_eval_collateral(struct rk_ctx *ctx, const struct rk_tokenizer *tok
                               void *cancel_user, rk_eval_progress_cb *progress,
                               void *progress_user, struct rk_eval_metrics *out,
                               struct rk_errbuf *eb);
+/* rk_eval_collateral with a read-out term (as rk_eval_task_run_ro). */
+RK_API int rk_eval_collateral_ro(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
+                                 const struct rk_eval_task *t, const float *state,
+                                 const struct rk_readout *ro, const struct rk_eval_outputs *base,
+                                 rk_cancel_cb *cancel, void *cancel_user,
+                                 rk_eval_progress_cb *progress, void *progress_user,
+                                 struct rk_eval_metrics *out, struct rk_errbuf *eb);
 
 /* True when a and b (lengths given) are equal after stripping ASCII
  * whitespace (space, \t, \n, \v, \f, \r) at both ends of both. */

@@ -276,6 +276,57 @@ RK_API int rk_forward_multi(struct rk_ctx *ctx, size_t nseg, const uint32_t *tok
                             const size_t *n, float *const *states, const bool *want,
                             float *logits);
 
+/* --- extra read-out terms ------------------------------------------------- */
+
+/*
+ * A term added, per sequence, to the WKV read-out y = S r of every head
+ * (step 10 of the forward, before the GroupNorm): the hook through which an
+ * initial state that holds more than the N x N matrices (the "kernel" tuning
+ * method of the adapters layer) is served and tuned. The core knows only
+ * this interface; the term's owner supplies the functions and their data.
+ *
+ * `carry` is the sequence's running floats [carry_len] (all zero when a
+ * sequence starts; the owner keeps them with the sequence's state). Rows
+ * are [n] vectors of one head at stride `stride` floats: r (receptance), w
+ * (decay), y (read-out; fwd adds to it), dy, dr, dw (the gradients; bwd
+ * adds to dr and dw). Calls for different (layer, head) pairs may run at
+ * the same time on different threads; a call must touch only its own
+ * pair's part of `carry` and of `grad`.
+ */
+struct rk_readout_ops {
+    size_t (*carry_len)(const void *data); /* floats of running data per sequence */
+    void (*fwd)(const void *data, int layer, int head, size_t n, size_t stride, const float *r,
+                const float *w, float *carry, float *y);
+    /* The gradient of a whole sequence (from a zero carry): given dy, adds
+     * dLoss/dr and dLoss/dw to dr and dw and the owner's own gradient to
+     * `grad` (an object of the owner's). `scratch` is bwd_scratch(data, n)
+     * floats of its own (the caller allocates them). */
+    void (*bwd)(const void *data, int layer, int head, size_t n, size_t stride, const float *r,
+                const float *w, const float *dy, float *dr, float *dw, void *grad,
+                float *scratch);
+    size_t (*bwd_scratch)(const void *data, size_t n);
+};
+/* One sequence's term: ops and data are borrowed; carry [ops->carry_len]. */
+struct rk_readout {
+    const struct rk_readout_ops *ops;
+    const void *data;
+    float *carry;
+};
+
+/* rk_forward_seq, rk_forward_batch and rk_forward_multi with a read-out term
+ * per sequence: `ro` (NULL = none for all) holds one pointer per sequence
+ * (NULL = none for that one). A sequence's result does not depend on the
+ * terms of the others. */
+RK_API int rk_forward_seq_ro(struct rk_ctx *ctx, const uint32_t *tokens, size_t n, float *state,
+                             const struct rk_readout *ro, float *logits, bool all_logits);
+RK_API int rk_forward_batch_ro(struct rk_ctx *ctx, size_t B, const uint32_t *tokens,
+                               float *const *states, const struct rk_readout *const *ro,
+                               float *logits);
+RK_API int rk_forward_multi_ro(struct rk_ctx *ctx, size_t nseg, const uint32_t *tokens,
+                               const size_t *n, float *const *states,
+                               const struct rk_readout *const *ro, const bool *want,
+                               float *logits);
+
 /* --- backward into the initial state -------------------------------------- */
 
 /*
@@ -306,6 +357,10 @@ struct rk_backward_params {
     int checkpoint_every;    /* tokens between stored WKV checkpoints (0 = 16) */
     rk_logits_loss_fn *loss; /* NULL = rk_loss_xent */
     void *loss_user;         /* borrowed; passed to `loss` */
+    /* A read-out term (NULL = none): ro_ops->bwd receives ro_grad. */
+    const struct rk_readout_ops *ro_ops;
+    const void *ro_data;
+    void *ro_grad;
 };
 RK_API int rk_backward_seq(struct rk_ctx *ctx, const struct rk_backward_params *p,
                            const uint32_t *tokens, const uint32_t *targets, const uint8_t *mask,

@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <getopt.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +143,156 @@ static double measure_sgemm(int threads)
     return 2.0 * M * K * Nn * reps / dt / 1e9;
 }
 
+/* --- kernel states (--kernel-m) ------------------------------------------- */
+
+struct kbench {
+    double dec_plain, dec_kernel;                 /* single-stream tok/s */
+    double term_fwd_s;  /* the term alone, one token through every layer and head, 1 thread */
+    double term_bwd_s;  /* its backward over the prompt, every layer and head, 1 thread */
+    double st_std, st_kernel, st_dbp, st_dbp_nor; /* seconds per tuning step */
+};
+
+struct kstep {
+    double last, best;
+};
+
+static void kstep_cb(const struct rk_tune_progress *pr, void *user)
+{
+    struct kstep *k = user;
+    if (isnan(pr->val_loss)) { /* a step report, not an evaluation's */
+        double dt = pr->elapsed_s - k->last;
+        if (pr->step >= 2 && dt < k->best)
+            k->best = dt;
+        k->last = pr->elapsed_s;
+    }
+}
+
+/* Seconds of one optimizer step of `meth` on one sequence (the best of
+ * steps 2..5 of one run). */
+static double kernel_step(const struct rk_model *m, const struct rk_dataset *ds,
+                          const struct rk_tune_method *meth, int M, double dbp_lr, int threads)
+{
+    struct rk_tune_params p;
+    rk_tune_params_default(&p);
+    p.method = meth;
+    p.kernel_m = M;
+    p.dbp_lr = dbp_lr;
+    p.steps = 5;
+    p.batch = 1;
+    p.val_split = 0;
+    p.eval_every = 0;
+    p.lr = 0.01;
+    p.n_threads = threads;
+    float *out = malloc(rk_tune_params_len(m, &p) * sizeof(float));
+    struct kstep k = {0, 1e30};
+    int rc = out ? rk_tune_run(m, &p, ds, NULL, NULL, kstep_cb, &k, out, NULL) : RK_ENOMEM;
+    free(out);
+    return rc == RK_OK ? k.best : -1;
+}
+
+/* Decode with a kernel state of M features against plain decode (alternating
+ * rounds, best of each), and with `tune` the tuning steps of standard,
+ * kernel and dbp (with and without its R update). */
+static int kernel_bench(const struct rk_model *m, struct rk_ctx *ctx, const uint32_t *toks,
+                        size_t n_toks, long ptoks, long dtoks, int M, bool tune, int threads,
+                        struct kbench *kb)
+{
+    memset(kb, 0, sizeof *kb);
+    struct rk_tune_params p;
+    rk_tune_params_default(&p);
+    p.method = &rk_method_kernel;
+    p.kernel_m = M;
+    struct rk_kernel_layout kl;
+    rk_kernel_layout(m, M, &kl);
+    size_t SL = rk_state_len(m), LH = (size_t)rk_model_n_layer(m) * rk_model_n_head(m);
+    size_t V = (size_t)rk_model_n_vocab(m);
+    float *ad = malloc(kl.len * sizeof(float)), *st = malloc(SL * sizeof(float));
+    float *carry = calloc(LH, sizeof(float)), *lg = malloc(V * sizeof(float));
+    int rc = RK_ENOMEM;
+    if (!ad || !st || !carry || !lg)
+        goto out;
+    rk_method_kernel.params_init(m, &p, NULL, ad);
+    uint64_t seed = 7;
+    for (size_t i = kl.P; i < kl.omega; i++)
+        ad[i] = (float)((double)(rng_next(&seed) >> 11) / 9007199254740992.0 - 0.5) * 0.04f;
+    struct rk_kernel_view view;
+    rk_kernel_view_of(m, M, RK_FADE_MEAN, ad, &view);
+    struct rk_readout ro = {&rk_kernel_readout, &view, carry};
+    /* the term alone runs unfaded (fade none): the most work it can do */
+    struct rk_kernel_view full = view;
+    full.fade = RK_FADE_NONE;
+    for (int round = 0; round < 5; round++)
+        for (int k = 0; k < 2; k++) {
+            memset(st, 0, SL * sizeof(float));
+            memset(carry, 0, LH * sizeof(float));
+            double t0 = rk_cli_now();
+            for (long i = 0; i < dtoks; i++)
+                if ((rc = rk_forward_seq_ro(ctx, &toks[(size_t)i % n_toks], 1, st,
+                                            k ? &ro : NULL, lg, false)) != RK_OK)
+                    goto out;
+            double r = (double)dtoks / (rk_cli_now() - t0);
+            double *b = k ? &kb->dec_kernel : &kb->dec_plain;
+            *b = r > *b ? r : *b;
+        }
+    /* the term alone on one thread, best of 20: forward of one token, and
+     * (with --tune) forward + backward over the prompt, for every layer and head */
+    {
+        const int L = rk_model_n_layer(m), H = rk_model_n_head(m), N = rk_model_head_size(m);
+        size_t T = tune ? (size_t)ptoks : 1, TN = T * (size_t)N;
+        float *r = malloc(TN * sizeof(float)), *w = malloc(TN * sizeof(float));
+        float *y = calloc(TN, sizeof(float)), *dr = calloc(TN, sizeof(float));
+        float *dw = calloc(TN, sizeof(float));
+        struct rk_kernel_grad g = {.weight = 1.0f, .dP = calloc(kl.omega - kl.P, sizeof(float))};
+        float *scr = malloc(rk_kernel_readout.bwd_scratch(&full, T) * sizeof(float));
+        rc = r && w && y && dr && dw && g.dP && scr ? RK_OK : RK_ENOMEM;
+        for (size_t i = 0; rc == RK_OK && i < TN; i++) {
+            r[i] = (float)((double)(rng_next(&seed) >> 11) / 9007199254740992.0 - 0.5);
+            w[i] = 0.9f;
+        }
+        kb->term_fwd_s = kb->term_bwd_s = 1e30;
+        for (int rep = 0; rc == RK_OK && rep < 20; rep++) {
+            double t0 = rk_cli_now();
+            for (int l = 0; l < L; l++)
+                for (int h = 0; h < H; h++)
+                    rk_kernel_readout.fwd(&full, l, h, 1, (size_t)N, r, w, carry, y);
+            double dt = rk_cli_now() - t0;
+            kb->term_fwd_s = dt < kb->term_fwd_s ? dt : kb->term_fwd_s;
+            if (!tune || rep >= 3)
+                continue;
+            t0 = rk_cli_now();
+            for (int l = 0; l < L; l++)
+                for (int h = 0; h < H; h++) {
+                    rk_kernel_readout.fwd(&full, l, h, T, (size_t)N, r, w, carry, y);
+                    rk_kernel_readout.bwd(&full, l, h, T, (size_t)N, r, w, y, dr, dw, &g, scr);
+                }
+            dt = rk_cli_now() - t0;
+            kb->term_bwd_s = dt < kb->term_bwd_s ? dt : kb->term_bwd_s;
+        }
+        free(r), free(w), free(y), free(dr), free(dw), free(g.dP), free(scr);
+        if (rc != RK_OK)
+            goto out;
+    }
+    if (tune) {
+        struct rk_dataset *ds = NULL;
+        if ((rc = rk_dataset_create(&ds)) != RK_OK ||
+            (rc = rk_dataset_add(ds, toks, NULL, (size_t)ptoks + 1)) != RK_OK) {
+            rk_dataset_free(ds);
+            goto out;
+        }
+        kb->st_std = kernel_step(m, ds, &rk_method_standard, M, 0, threads);
+        kb->st_kernel = kernel_step(m, ds, &rk_method_kernel, M, 0, threads);
+        kb->st_dbp = kernel_step(m, ds, &rk_method_dbp, M, 1e-3, threads);
+        kb->st_dbp_nor = kernel_step(m, ds, &rk_method_dbp, M, 0, threads);
+        rk_dataset_free(ds);
+        rc = kb->st_std > 0 && kb->st_kernel > 0 && kb->st_dbp > 0 && kb->st_dbp_nor > 0
+                 ? RK_OK
+                 : RK_EINTERNAL;
+    }
+out:
+    free(ad), free(st), free(carry), free(lg);
+    return rc;
+}
+
 /* --- the benchmark -------------------------------------------------------- */
 
 /* Seconds of one prefill of n tokens from the zero state (logits for the
@@ -169,15 +320,16 @@ int rk_cmd_bench(int argc, char **argv)
                                          {"limits", no_argument, 0, 'L'},
                                          {"tune", no_argument, 0, 'T'},
                                          {"no-amx", no_argument, 0, 'A'},
+                                         {"kernel-m", required_argument, 0, 'K'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = NULL, *batch_list = "1,4,16";
-    long threads = 0, ptoks = 512, dtoks = 64, chunk = 512;
+    long threads = 0, ptoks = 512, dtoks = 64, chunk = 512, kernel_m = 0;
     bool json = false, limits = false, tune = false, no_amx = false;
     enum rk_dtype wtype = RK_DTYPE_AUTO;
     int o;
     optind = 1;
-    while ((o = getopt_long(argc, argv, "m:j:p:n:c:b:w:JLTAh", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "m:j:p:n:c:b:w:K:JLTAh", opts, NULL)) != -1) {
         switch (o) {
         case 'm': model = optarg; break;
         case 'j':
@@ -198,6 +350,10 @@ int rk_cmd_bench(int argc, char **argv)
             break;
         case 'b': batch_list = optarg; break;
         case 'A': no_amx = true; break;
+        case 'K':
+            if (!rk_cli_parse_long(optarg, 1, RK_KERNEL_M_MAX, &kernel_m))
+                goto bad;
+            break;
         case 'w':
             if (rk_dtype_parse(optarg, &wtype) != RK_OK)
                 goto bad;
@@ -221,6 +377,10 @@ int rk_cmd_bench(int argc, char **argv)
                    "  --no-amx            prefill on the fp32 kernels only (by default a bf16\n"
                    "                      model's prefill also runs on AMX tiles where the\n"
                    "                      CPU has them, as serve does; both are reported)\n"
+                   "  --kernel-m M        also decode with a kernel state of M features per\n"
+                   "                      head against plain decode, and with --tune time a\n"
+                   "                      step of the methods standard, kernel and dbp\n"
+                   "                      (docs/TUNING.md) on the prompt\n"
                    "  --json              print one JSON object\n");
             return 0;
         default: return 2;
@@ -393,6 +553,12 @@ int rk_cmd_bench(int argc, char **argv)
     /* A decode step reads every weight once except the embedding table, of
      * which it reads one row. */
     enum rk_dtype wt = rk_model_wtype(m);
+    struct kbench kb = {0};
+    if (kernel_m && kernel_bench(m, ctx, toks, n_toks, ptoks, dtoks, (int)kernel_m, tune,
+                                 (int)threads, &kb) != RK_OK) {
+        fprintf(stderr, "rwkvd bench: the kernel-state runs failed\n");
+        goto out;
+    }
     double emb_bytes = (double)V * rk_model_n_embd(m) *
                        (wt == RK_DTYPE_F32 ? 4.0 : wt == RK_DTYPE_Q8 ? 1.0 + 2.0 / 32 : 2.0);
     double step_bytes = wbytes - emb_bytes;
@@ -422,6 +588,15 @@ int rk_cmd_bench(int argc, char **argv)
             printf(",\"tune_tok_s\":%.2f,\"tune_prefill_tok_s\":%.2f,\"tune_vs_prefill\":%.3f,"
                    "\"tune_peak_rss_mb\":%.1f",
                    (double)ptoks / tune_s, (double)ptoks / tune_pf_s, tune_pf_s / tune_s, tune_rss);
+        if (kernel_m)
+            printf(",\"kernel_m\":%ld,\"kernel_decode_tok_s\":%.2f,\"plain_decode_tok_s\":%.2f,"
+                   "\"kernel_decode_overhead\":%.4f,\"kernel_term_us_per_token\":%.1f",
+                   kernel_m, kb.dec_kernel, kb.dec_plain, kb.dec_plain / kb.dec_kernel - 1,
+                   kb.term_fwd_s * 1e6);
+        if (kernel_m && tune)
+            printf(",\"step_s\":{\"standard\":%.4f,\"kernel\":%.4f,\"dbp\":%.4f,"
+                   "\"dbp_no_r_update\":%.4f},\"kernel_term_step_s\":%.4f", kb.st_std,
+                   kb.st_kernel, kb.st_dbp, kb.st_dbp_nor, kb.term_bwd_s);
         printf("}\n");
     } else {
         printf("model        %s (L=%d C=%d V=%zu, %s, %.1f MB of weights)\n", model,
@@ -450,6 +625,24 @@ int rk_cmd_bench(int argc, char **argv)
                    "%.1f%% of the prefill runs between them (%.1f tok/s); peak RSS %.1f MiB\n",
                    (double)ptoks / tune_s, ptoks, 100.0 * tune_pf_s / tune_s,
                    (double)ptoks / tune_pf_s, tune_rss);
+        if (kernel_m)
+            printf("kernel M=%ld decode %.2f tok/s with a kernel state, %.2f tok/s plain "
+                   "(alternating rounds): +%.1f%% per token\n", kernel_m, kb.dec_kernel,
+                   kb.dec_plain, 100.0 * (kb.dec_plain / kb.dec_kernel - 1));
+        if (kernel_m)
+            printf("kernel M=%ld the term alone: %.1f us per token through all %d layers x %d "
+                   "heads on one thread = %.1f%% of a plain decode step\n", kernel_m,
+                   kb.term_fwd_s * 1e6, rk_model_n_layer(m), rk_model_n_head(m),
+                   100.0 * kb.term_fwd_s * kb.dec_plain);
+        if (kernel_m && tune)
+            printf("kernel M=%ld the term's forward + backward over the prompt: %.3f s on one "
+                   "thread = %.1f%% of a standard step\n", kernel_m, kb.term_bwd_s,
+                   100.0 * kb.term_bwd_s / kb.st_std);
+        if (kernel_m && tune)
+            printf("kernel M=%ld tuning step (%ld tokens, batch 1): standard %.3f s, kernel "
+                   "%.3f s (%.2fx), dbp %.3f s (%.2fx; its R update %.1f%% of the step)\n",
+                   kernel_m, ptoks, kb.st_std, kb.st_kernel, kb.st_kernel / kb.st_std, kb.st_dbp,
+                   kb.st_dbp / kb.st_std, 100.0 * (kb.st_dbp - kb.st_dbp_nor) / kb.st_dbp);
     }
     status = 0;
 out:

@@ -100,22 +100,76 @@ struct rk_model *rk_cli_load_model(const char *path, enum rk_dtype wtype)
     return m;
 }
 
-int rk_cli_load_state(const char *path, const struct rk_model *m, float *state,
-                      struct rk_state_meta *meta)
+int rk_cli_load_state_ro(const char *path, const struct rk_model *m, float *state,
+                         struct rk_cli_ro *ro)
 {
     void *buf = NULL;
     size_t len = 0;
     struct rk_errbuf eb = {0};
+    struct rk_state_meta meta;
+    float *ad = NULL;
+    if (ro)
+        memset(ro, 0, sizeof *ro);
     int rc = rk_file_read_all(path, (size_t)1 << 34, &buf, &len, &eb);
     if (rc == RK_OK) {
         // As PUT /states does: a file without a fingerprint (a community
         // state, an RWKV-PEFT .pth) is checked by its shapes alone.
-        rc = rk_state_file_parse(buf, len, m, false, state, meta, &eb);
+        rc = rk_state_file_parse_alloc(buf, len, m, false, &ad, &meta, &eb);
         free(buf);
     }
-    if (rc != RK_OK)
+    if (rc != RK_OK) {
         fprintf(stderr, "rwkvd: %s: %s\n", path, eb.msg[0] ? eb.msg : rk_strerror(rc));
+        return rc;
+    }
+    memcpy(state, ad, rk_state_len(m) * sizeof(float));
+    if (!ro || meta.kernel_m <= 0) {
+        free(ad);
+        return RK_OK;
+    }
+    ro->adapter = ad;
+    ro->carry = calloc((size_t)rk_model_n_layer(m) * rk_model_n_head(m), sizeof(float));
+    if (!ro->carry) {
+        rk_cli_ro_free(ro);
+        fprintf(stderr, "rwkvd: out of memory\n");
+        return RK_ENOMEM;
+    }
+    rk_kernel_view_of(m, meta.kernel_m, meta.kernel_fade, ad, &ro->view);
+    ro->ro = (struct rk_readout){&rk_kernel_readout, &ro->view, ro->carry};
+    ro->on = true;
+    return RK_OK;
+}
+
+int rk_cli_load_state(const char *path, const struct rk_model *m, float *state,
+                      struct rk_state_meta *meta)
+{
+    int rc = rk_cli_load_state_ro(path, m, state, NULL);
+    if (rc == RK_OK && meta) { /* the metadata again, from the header */
+        void *buf = NULL;
+        size_t len = 0;
+        float *ad = NULL;
+        if (rk_file_read_all(path, (size_t)1 << 34, &buf, &len, NULL) == RK_OK &&
+            rk_state_file_parse_alloc(buf, len, m, false, &ad, meta, NULL) == RK_OK)
+            free(ad);
+        free(buf);
+    }
     return rc;
+}
+
+void rk_cli_ro_free(struct rk_cli_ro *ro)
+{
+    if (!ro)
+        return;
+    free(ro->adapter);
+    free(ro->carry);
+    memset(ro, 0, sizeof *ro);
+}
+
+const struct rk_readout *rk_cli_ro_start(struct rk_cli_ro *ro)
+{
+    if (!ro || !ro->on)
+        return NULL;
+    memset(ro->carry, 0, (size_t)ro->view.L * ro->view.H * sizeof(float));
+    return &ro->ro;
 }
 
 struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_model *m)
@@ -489,6 +543,7 @@ int rk_cmd_generate(int argc, char **argv)
     struct rk_stopper *stopper = NULL;
     float *state = NULL, *logits = NULL;
     uint32_t *ids = NULL;
+    struct rk_cli_ro kro = {0}; /* a kernel state's term */
     m = rk_cli_load_model(model, RK_DTYPE_AUTO);
     if (!m)
         goto out;
@@ -505,9 +560,10 @@ int rk_cmd_generate(int argc, char **argv)
         goto out;
     }
     if (state_path) {
-        if ((rc = rk_cli_load_state(state_path, m, state, NULL)) != RK_OK)
+        if ((rc = rk_cli_load_state_ro(state_path, m, state, &kro)) != RK_OK)
             goto out;
     }
+    const struct rk_readout *ro = rk_cli_ro_start(&kro);
     if ((rc = rk_sampler_create(&sp, V, &smp)) != RK_OK) {
         fprintf(stderr, "rwkvd generate: invalid sampling parameters: %s\n", rk_strerror(rc));
         goto out;
@@ -527,7 +583,7 @@ int rk_cmd_generate(int argc, char **argv)
     /* as the server: the prompt on AMX tiles where available (bf16 models;
      * RWKVD_NO_AMX=1 turns it off), generated tokens on the fp32 kernels */
     rk_ctx_set_amx(ctx, true);
-    rc = rk_forward_seq(ctx, ids, n_ids, state, logits, false);
+    rc = rk_forward_seq_ro(ctx, ids, n_ids, state, ro, logits, false);
     rk_ctx_set_amx(ctx, false);
     if (rc != RK_OK) {
         fprintf(stderr, "rwkvd generate: %s\n", rk_strerror(rc));
@@ -557,7 +613,7 @@ int rk_cmd_generate(int argc, char **argv)
         }
         if (stopped)
             break;
-        if ((rc = rk_forward_token(ctx, next, state, logits)) != RK_OK)
+        if ((rc = rk_forward_seq_ro(ctx, &next, 1, state, ro, logits, false)) != RK_OK)
             break;
     }
     if (!stopped) {
@@ -578,6 +634,7 @@ int rk_cmd_generate(int argc, char **argv)
     fputc('\n', stdout);
     status = 0;
 out:
+    rk_cli_ro_free(&kro);
     free(state);
     free(logits);
     free(ids);

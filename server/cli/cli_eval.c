@@ -40,6 +40,7 @@ static int eval_data(const char *model, const char *data, const char *state_path
     struct rk_dataset *ds = NULL;
     struct rk_ctx *ctx = NULL;
     float *st = NULL;
+    struct rk_cli_ro kro = {0}; /* a kernel state's term */
     struct rk_errbuf eb = {0};
     int rc, status = 1;
     if (!(m = rk_cli_load_model(model, RK_DTYPE_AUTO)) || !(tok = rk_cli_load_tokenizer(vocab, m)))
@@ -56,7 +57,7 @@ static int eval_data(const char *model, const char *data, const char *state_path
             fprintf(stderr, "rwkvd eval: out of memory\n");
             goto out;
         }
-        if (rk_cli_load_state(state_path, m, st, NULL) != RK_OK)
+        if (rk_cli_load_state_ro(state_path, m, st, &kro) != RK_OK)
             goto out;
     }
     struct rk_ctx_params cp = {.n_threads = (int)threads};
@@ -65,7 +66,7 @@ static int eval_data(const char *model, const char *data, const char *state_path
         goto out;
     }
     struct rk_eval_result r;
-    if ((rc = rk_eval_run(ctx, ds, st, NULL, NULL, &r)) != RK_OK) {
+    if ((rc = rk_eval_run_ro(ctx, ds, st, rk_cli_ro_start(&kro), NULL, NULL, &r)) != RK_OK) {
         fprintf(stderr, "rwkvd eval: %s\n", rk_strerror(rc));
         goto out;
     }
@@ -92,6 +93,7 @@ static int eval_data(const char *model, const char *data, const char *state_path
     status = 0;
 out:
     free(st);
+    rk_cli_ro_free(&kro);
     rk_ctx_free(ctx);
     rk_dataset_free(ds);
     rk_tok_free(tok);
@@ -293,6 +295,7 @@ int rk_cmd_eval(int argc, char **argv)
     struct rk_evtask *tasks[EVAL_TASKS_MAX] = {0}, *coll = NULL;
     struct rk_evrun_state sts[EVAL_STATES_MAX + 1];
     float *states[EVAL_STATES_MAX] = {0};
+    struct rk_cli_ro kros[EVAL_STATES_MAX] = {0}; /* kernel states' terms */
     size_t n_runs = 0;
     json_t *results = NULL, *doc = NULL;
     char *text = NULL;
@@ -320,9 +323,10 @@ int rk_cmd_eval(int argc, char **argv)
             fprintf(stderr, "rwkvd eval: out of memory\n");
             goto out;
         }
-        if (rk_cli_load_state(state_paths[i], m, states[i], NULL) != RK_OK)
+        if (rk_cli_load_state_ro(state_paths[i], m, states[i], &kros[i]) != RK_OK)
             goto out;
-        sts[n_runs++] = (struct rk_evrun_state){.label = state_paths[i], .state = states[i]};
+        sts[n_runs++] = (struct rk_evrun_state){
+            .label = state_paths[i], .state = states[i], .ro = rk_cli_ro_start(&kros[i])};
     }
     struct rk_ctx_params cp = {.n_threads = (int)threads};
     if (rk_ctx_create(m, &cp, &ctx) != RK_OK) {
@@ -368,8 +372,10 @@ out:
     for (size_t i = 0; i < n_tasks; i++)
         rk_evtask_free(tasks[i]);
     rk_evtask_free(coll);
-    for (size_t i = 0; i < n_states; i++)
+    for (size_t i = 0; i < n_states; i++) {
         free(states[i]);
+        rk_cli_ro_free(&kros[i]);
+    }
     rk_ctx_free(ctx);
     rk_tok_free(tok);
     rk_model_free(m);

@@ -15,6 +15,7 @@
 
 #include <getopt.h>
 #include <limits.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,7 @@ static bool out_in_served_store(const char *out)
 
 struct tune_ui {
     bool quiet;
+    FILE *log; /* --log: one JSON line per step and per validation */
     bool tty; /* stderr is a terminal: one redrawn progress line, else plain lines */
     const struct rk_model *m;
     const char *ckpt_path;
@@ -89,6 +91,16 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
 {
     struct tune_ui *ui = user;
     char klb[32];
+    if (ui->log) {
+        if (isnan(p->val_loss))
+            fprintf(ui->log, "{\"step\": %ld, \"loss\": %.9g, \"grad_norm\": %.6g, "
+                             "\"lr\": %.6g, \"elapsed_s\": %.6f}\n",
+                    p->step, p->loss, p->grad_norm, p->lr, p->elapsed_s);
+        else
+            fprintf(ui->log, "{\"step\": %ld, \"val_loss\": %.9g, \"elapsed_s\": %.6f}\n",
+                    p->step, p->val_loss, p->elapsed_s);
+        fflush(ui->log);
+    }
     if (ui->quiet)
         return;
     if (!isnan(p->val_loss)) {
@@ -220,6 +232,9 @@ static void tune_usage(void)
            "                        lines; default: the bundled set, docs/TUNING.md)\n"
            "  --dump-gradient FILE  write the loss and dLoss/dstate at the starting state\n"
            "                        (safetensors, adapter tensor names) and exit\n"
+           "  --log FILE            one JSON line per step (step, loss, grad_norm, lr,\n"
+           "                        elapsed_s) and per validation (step, val_loss,\n"
+           "                        elapsed_s)\n"
            "  --quiet               no progress output (on a terminal a redrawn progress\n"
            "                        bar; otherwise, e.g. into a log, a plain line every 5%%)\n\n"
            "Hyperparameters (docs/TUNING.md):\n",
@@ -245,7 +260,7 @@ static void tune_usage(void)
 
 enum {
     OPT_MODEL = 256, OPT_DATA, OPT_OUT, OPT_VOCAB, OPT_INIT, OPT_CKPT, OPT_RESUME, OPT_DUMP,
-    OPT_QUIET, OPT_METHOD, OPT_MAX_TOKENS, OPT_HELP, OPT_JSON, OPT_KL_DATA,
+    OPT_QUIET, OPT_METHOD, OPT_MAX_TOKENS, OPT_HELP, OPT_JSON, OPT_KL_DATA, OPT_LOG,
     OPT_HPARAM = 512, /* + index in rk_hparams() */
 };
 
@@ -265,6 +280,7 @@ static struct option *tune_options(void)
         {"kl-data", required_argument, 0, OPT_KL_DATA},
         {"method", required_argument, 0, OPT_METHOD},
         {"quiet", no_argument, 0, OPT_QUIET},
+        {"log", required_argument, 0, OPT_LOG},
         {"help", no_argument, 0, OPT_HELP},
     };
     size_t nf = sizeof fixed / sizeof fixed[0], n, k = nf;
@@ -324,6 +340,15 @@ int rk_cmd_tune(int argc, char **argv)
             }
             break;
         case OPT_QUIET: ui.quiet = true; break;
+        case OPT_LOG:
+            if (ui.log)
+                fclose(ui.log);
+            if (!(ui.log = fopen(optarg, "w"))) {
+                fprintf(stderr, "rwkvd tune: --log %s: %s\n", optarg, strerror(errno));
+                free(opts);
+                return 2;
+            }
+            break;
         case 'h':
         case OPT_HELP: tune_usage(); free(opts); return 0;
         default:
@@ -450,11 +475,17 @@ int rk_cmd_tune(int argc, char **argv)
     }
     struct rk_state_meta meta;
     rk_state_meta_init(&meta, m);
-    snprintf(meta.method, sizeof meta.method, "%s", rk_tune_params_method(&tp)->name);
     snprintf(meta.note, sizeof meta.note, "steps=%ld loss=%.6g val_loss=%.6g lr=%g batch=%d",
              res.steps_done, res.loss_last, res.val_loss_best, tp.lr, tp.batch);
     meta.has_shift = tp.tune_shift;
-    if ((rc = rk_state_file_save(out, m, st, &meta, &eb)) != RK_OK) {
+    float *adapter = NULL;
+    if ((rc = rk_tune_export(m, &tp, st, &adapter, &meta)) != RK_OK) {
+        fprintf(stderr, "rwkvd tune: %s\n", rk_strerror(rc));
+        goto out;
+    }
+    rc = rk_state_file_save(out, m, adapter, &meta, &eb);
+    free(adapter);
+    if (rc != RK_OK) {
         fprintf(stderr, "rwkvd tune: %s: %s\n", out, eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }
@@ -477,6 +508,8 @@ int rk_cmd_tune(int argc, char **argv)
                         "value, so the saved state is the starting state; try a lower --lr\n");
     status = 0;
 out:
+    if (ui.log)
+        fclose(ui.log);
     free(init), free(st), free(ckmem);
     rk_dataset_free(ds);
     rk_dataset_free(kds);

@@ -2,7 +2,9 @@
 """End-to-end checks of `rwkvd eval` with tasks (docs/EVALUATION.md) on the
 bundled demo model: the JSON document and its metrics per kind, exact match
 against `rwkvd generate` cut at the stop string by this script, several
-states with --base and collateral, --out, few-shot determinism, the progress
+states with --base and collateral, --out, a kernel state evaluated with its
+read-out term (the task loss equals the --data path's, unlike the base
+model's and the core part's alone), few-shot determinism, the progress
 line, and exit status 2 for usage errors and 1 (one line) for bad tasks.
 
 Usage: test_eval_cli.py RWKVD SOURCE_ROOT."""
@@ -119,6 +121,59 @@ with tempfile.TemporaryDirectory() as tmp:
                 failures.append("the state did not change the loss")
     else:
         failures.append("--out wrote nothing")
+
+    # a kernel state (method kernel): evaluated with its read-out term. The
+    # task loss equals the older --data path (rk_eval_run_ro, the same term)
+    # on the same rows, and differs from the base model and from the kernel
+    # state's core part alone (the file with its kernel tensors dropped).
+    ks = os.path.join(tmp, "kernel.safetensors")
+    run("tune", "--model", MODEL, "--data", os.path.join(ROOT, "models", "demo-style.jsonl"),
+        "--out", ks, "--method", "kernel", "--kernel-m", "16", "--steps", "4", "--lr", "0.05",
+        "--val-split", "0", "--quiet", "--threads", "1")
+    core = os.path.join(tmp, "kernel-core.safetensors")
+    if os.path.exists(ks):
+        with open(ks, "rb") as f:
+            raw = f.read()
+        hl = int.from_bytes(raw[:8], "little")
+        hdr = json.loads(raw[8:8 + hl])
+        meta = hdr.pop("__metadata__", {})
+        if meta.get("format_version") != "2" or meta.get("kernel_m") != "16":
+            failures.append(f"kernel state metadata: {meta}")
+        meta["format_version"] = "1"
+        meta.pop("kernel_m", None)
+        meta.pop("kernel_fade", None)
+        body, out_hdr = b"", {"__metadata__": meta}
+        for name, t in sorted(hdr.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if ".kernel_" in name:
+                continue
+            a, b = t["data_offsets"]
+            out_hdr[name] = dict(t, data_offsets=[len(body), len(body) + b - a])
+            body += raw[8 + hl + a:8 + hl + b]
+        hj = json.dumps(out_hdr).encode()
+        hj += b" " * (-len(hj) % 8)
+        with open(core, "wb") as f:
+            f.write(len(hj).to_bytes(8, "little") + hj + body)
+        kl = os.path.join(tmp, "kloss")
+        pirate = [json.loads(x) for x in open(os.path.join(ROOT, "models", "demo-style.jsonl"))][:5]
+        write_task(kl, {"name": "pirate-loss", "kind": "loss"}, {"test": pirate})
+        kd = os.path.join(tmp, "kloss.jsonl")
+        with open(kd, "w") as f:
+            for r in pirate:
+                f.write(json.dumps(r) + "\n")
+        p = run("eval", "--model", MODEL, "--task", kl, "--state", ks, "--state", core, "--base",
+                "--quiet", "--threads", "1")
+        d = run("eval", "--model", MODEL, "--data", kd, "--state", ks, "--json", "--threads", "1")
+        if p.returncode == 0 and d.returncode == 0:
+            loss = {r["state"]: r["metrics"]["loss"] for r in json.loads(p.stdout)["results"]}
+            lk, lc, lb = loss.get(ks), loss.get(core), loss.get("base")
+            ld = json.loads(d.stdout)["loss"]
+            if None in (lk, lc, lb) or abs(lk - ld) > 1e-4 * max(1.0, abs(ld)):
+                failures.append(f"kernel state: task loss {lk} vs --data loss {ld}")
+            elif not (abs(lk - lb) > 1e-3 and abs(lk - lc) > 1e-4):
+                failures.append(f"kernel state: loss {lk}, base {lb}, core part alone {lc}: "
+                                "the read-out term was not applied")
+    else:
+        failures.append("tune --method kernel wrote no state")
 
     # few-shot: the same seed gives the same numbers, the prompt grows
     a = run("eval", "--model", MODEL, "--task", gen, "--shots", "2", "--shot-seed", "5", "--quiet")

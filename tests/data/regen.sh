@@ -53,6 +53,13 @@ fixture rand-mh-bf16 \
     0,299,3,141,59,26,53,58,97,93,238,46,26,43,38,32,79,50,288,41,97,169,39,9 \
     8002
 
+# a kernel state (format_version 2, written by the NumPy tool) and the float64
+# loss and central differences that tests/unit/test_kernel.c compares with
+"$PY" tools/ref_rwkv7.py $D/rand-mh.safetensors --make-kernel $D/kernel-mh.safetensors \
+    --kernel-m 16 --kernel-fade mean --seed 1
+"$PY" tools/ref_rwkv7.py $D/rand-mh.safetensors --tokens 5,17,200,33,91,4,250,120,7,64,300,12 \
+    --kernel $D/kernel-mh.safetensors --loss-fd $D/kernel-mh.fd.txt
+
 # the .pth copy of the bf16 model (see README.md)
 "$PY" tools/make_pth.py $D/rand-mh-bf16.safetensors $D/rand-mh-bf16.pth \
     --f32 'ln[0-9x_]*\.(weight|bias)$|ln_out' --f16 'att\.(k_k|r_k)$'

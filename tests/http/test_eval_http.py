@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Evaluation over HTTP against a real daemon on the demo model: POST /eval
 answers the document of `rwkvd eval` with the same metrics (checked against
-the CLI on the same tasks and state), reads only the caller's states, and
+the CLI on the same tasks and state, a kernel state included), reads only
+the caller's states, gives a kernel tuning job's eval_task the read-out term
+(its "end" loss equals POST /eval on the published state), and
 refuses bad input with the field-error codes and explicit limits; POST
 /eval/jobs runs as a job with progress events over SSE, a result on the job,
 cancel, tenancy, and a clear failure after the server was killed mid-run.
@@ -153,6 +155,30 @@ def main():
             kinds = {r["task"]: set(r["metrics"]) for r in doc["results"]}
             check(kinds.get("collateral") == {"collateral_kept"}, f"metric keys {kinds}")
 
+        # a kernel state: PUT (on the thread pool) keeps its kernel part, and
+        # POST /eval evaluates it with its read-out term, as the CLI does
+        kfile = os.path.join(tmp, "kernel.safetensors")
+        subprocess.run([RWKVD, "tune", "--model", MODEL, "--data",
+                        os.path.join(ROOT, "models", "demo-style.jsonl"), "--out", kfile,
+                        "--method", "kernel", "--kernel-m", "16", "--steps", "2", "--lr", "0.05",
+                        "--val-split", "0", "--quiet", "--threads", "1"], check=True,
+                       capture_output=True)
+        st, m = req(port, "PUT", "/states/kpirate", raw=open(kfile, "rb").read())
+        check(st in (200, 201) and m.get("kernel_m") == 16, f"PUT a kernel state: {st} {m}")
+        st, kdoc = req(port, "POST", "/eval", {"tasks": TASKS, "states": ["kpirate"]})
+        if check(st == 200, f"POST /eval, kernel state: {st} {kdoc}"):
+            dirs = [os.path.join(tmp, "tasks", t["name"]) for t in TASKS]
+            if not os.path.isdir(dirs[0]):
+                dirs, _ = task_dirs(tmp)
+            args = [RWKVD, "eval", "--model", MODEL, "--state", kfile, "--threads", "1",
+                    "--quiet"]
+            for d in dirs:
+                args += ["--task", d]
+            kcli = json.loads(subprocess.run(args, check=True, capture_output=True).stdout)
+            a = [(r["task"], r["metrics"], r["tokens"]) for r in kdoc["results"]]
+            b = [(r["task"], r["metrics"], r["tokens"]) for r in kcli["results"]]
+            check(a == b, f"kernel state: POST /eval and rwkvd eval differ:\n{a}\n{b}")
+
         # tenancy: bob has no state "pirate"
         st, e = req(port, "POST", "/eval", {"tasks": TASKS[2:], "states": ["pirate"]}, key=BOB)
         check(st == 404 and e["error"]["code"] == "state_not_found",
@@ -252,6 +278,23 @@ def main():
                                                               ("end", "caps-choice")] and
                   set(res[1]["metrics"]) == {"acc_raw", "acc_norm", "loss"},
                   f"eval_task results: {jj.get('status')} {res} {et}")
+        # the same with method kernel: eval_task's "end" is the published kernel
+        # state with its read-out term, so POST /eval on it gives the same loss
+        ltask = {"name": "caps-loss", "kind": "loss", "items": ROWS[:3]}
+        ktune = dict(tune, output_state="kpirate2", method="kernel", kernel_m=16, steps=2,
+                     eval_task=ltask)
+        st, j = req(port, "POST", "/tune", ktune)
+        if check(st == 202, f"POST /tune method kernel with eval_task: {st} {j}"):
+            events(port, j["id"])
+            _, jj = req(port, "GET", f"/jobs/{j['id']}")
+            res = jj.get("eval_task") or []
+            st, kd = req(port, "POST", "/eval", {"tasks": [ltask], "states": ["kpirate2"]})
+            if check(jj["status"] == "succeeded" and len(res) == 2 and st == 200,
+                     f"kernel tuning job: {jj.get('status')} {res} {st} {kd}"):
+                a, b = res[1]["metrics"]["loss"], kd["results"][0]["metrics"]["loss"]
+                check(abs(a - b) <= 1e-6 * max(1.0, abs(b)) and
+                      res[0]["metrics"]["loss"] != a,
+                      f"kernel eval_task loss {res}, POST /eval on the result {b}")
         bad_tune = dict(tune, eval_task={"kind": "choice", "items": [{"prompt": "x"}]})
         st, e = req(port, "POST", "/tune", bad_tune)
         check(st == 400 and e["error"]["param"] == "eval_task.items[0]",

@@ -1049,7 +1049,9 @@ START_TEST(test_state_format_checked)
     const struct {
         const char *from, *to, *why;
     } cases[] = {
-        {"\"format_version\":\"1\"", "\"format_version\":\"2\"", "format_version '2'"},
+        {"\"format_version\":\"1\"", "\"format_version\":\"3\"", "format_version '3'"},
+        /* version 2 is a kernel state: it needs kernel_m and the kernel tensors */
+        {"\"format_version\":\"1\"", "\"format_version\":\"2\"", "version 2 without kernel_m"},
         {"\"rwkvd-state\"", "\"rwkvd-stat3\"", "unknown format 'rwkvd-stat3'"},
         {"\"format\":\"rwkvd-state\"", "\"format\":\"pt\"         ", "without format rwkvd-state"},
         {"\"format_version\":\"1\"", "\"format_versioX\":\"1\"", "without format_version"},
@@ -1249,6 +1251,72 @@ START_TEST(test_amx_prompts_traffic_independent)
     }
     for (int i = 0; i < 6; i++)
         free(solo[i]), free(exact[i]), free(alldec[i]);
+}
+END_TEST
+
+/* Kernel states are served in mixed passes: two prompts, each with no state,
+ * a standard state and a kernel state (tests/data/kernel-mh.safetensors,
+ * uploaded; the standard one is its core state alone), give the same tokens
+ * and logprobs solo and six at once (prefill chunk 7, so passes mix prompt
+ * and decode rows of all three kinds); the kernel term changes the output. */
+START_TEST(test_kernel_state_mixed)
+{
+    struct server s = START("--model", rk_test_data("rand-mh.safetensors"), "--threads", "2",
+                            "--prefill-chunk", "7");
+    struct rk_model *m = NULL;
+    ck_assert_int_eq(rk_model_load(rk_test_data("rand-mh.safetensors"), NULL, &m, NULL), RK_OK);
+    void *kbuf, *sbuf;
+    size_t klen, slen;
+    ck_assert_int_eq(rk_file_read_all(rk_test_data("kernel-mh.safetensors"), 1 << 24, &kbuf, &klen,
+                                      NULL), RK_OK);
+    float *ad = NULL;
+    ck_assert_int_eq(rk_state_file_parse_alloc(kbuf, klen, m, false, &ad, NULL, NULL), RK_OK);
+    ck_assert_int_eq(rk_state_file_encode(m, ad, NULL, &sbuf, &slen), RK_OK);
+    struct resp r = request(s.port, "PUT", "/states/kst", NULL, kbuf, klen);
+    ck_assert_msg(r.status == 201 && strstr(r.body, "\"kernel_m\":16"), "%d %s", r.status, r.body);
+    resp_free(&r);
+    r = request(s.port, "PUT", "/states/sst", NULL, sbuf, slen);
+    ck_assert_int_eq(r.status, 201);
+    resp_free(&r);
+    free(kbuf), free(sbuf), free(ad);
+    rk_model_free(m);
+    char bodies[6][256];
+    static const char *prompts[] = {"Once upon a time, in a land", "ab"};
+    static const char *states[] = {"", ",\"state\":\"sst\"", ",\"state\":\"kst\""};
+    for (int i = 0; i < 6; i++)
+        snprintf(bodies[i], sizeof bodies[i],
+                 "{\"prompt\":\"%s\",\"max_tokens\":10,\"temperature\":0,\"logprobs\":0%s}",
+                 prompts[i / 3], states[i % 3]);
+    char *solo[6];
+    for (int i = 0; i < 6; i++) {
+        r = post(s.port, "/generate", NULL, bodies[i]);
+        ck_assert_msg(r.status == 200, "%d %s", r.status, r.body);
+        solo[i] = lp_sig(r.body);
+        resp_free(&r);
+    }
+    for (int round = 0; round < 2; round++) {
+        struct gen_arg g[6];
+        pthread_t t[6];
+        for (int i = 0; i < 6; i++) {
+            g[i] = (struct gen_arg){s.port, NULL, bodies[i], {0}};
+            pthread_create(&t[i], NULL, gen_thread, &g[i]);
+        }
+        for (int i = 0; i < 6; i++)
+            pthread_join(t[i], NULL);
+        for (int i = 0; i < 6; i++) {
+            ck_assert_int_eq(g[i].r.status, 200);
+            char *c = lp_sig(g[i].r.body);
+            ck_assert_msg(!strcmp(c, solo[i]), "request %d: concurrent differs from solo", i);
+            free(c);
+            resp_free(&g[i].r);
+        }
+    }
+    for (int p = 0; p < 2; p++)
+        ck_assert_msg(strcmp(solo[3 * p + 1], solo[3 * p + 2]) != 0,
+                      "prompt %d: the kernel term changed nothing", p);
+    for (int i = 0; i < 6; i++)
+        free(solo[i]);
+    ck_assert_int_eq(stop_server(&s), 0);
 }
 END_TEST
 
@@ -1482,6 +1550,7 @@ RK_TEST_SUITE(http_suite, RK_SELF_CONTAINED)
     ADD(test_states_crud)
     ADD(test_tenants_concurrent)
     ADD(test_amx_prompts_traffic_independent)
+    ADD(test_kernel_state_mixed)
     ADD(test_state_replaced_during_generation)
     ADD(test_hostile_requests)
     ADD(test_disconnect_mid_stream)
