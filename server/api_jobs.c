@@ -129,6 +129,7 @@ struct vcheck {
     size_t len;
     const struct rk_tokenizer *tok;
     struct rk_jsonl_limits jl;
+    bool prompts; /* an observer job: prompts only (rk_jsonl_prompts) */
     bool done;
     int rc;
     struct rk_errbuf eb;
@@ -144,6 +145,14 @@ static void vcheck_run(void *arg)
 {
     struct vcheck *vc = arg;
     struct rk_dataset *ds = NULL;
+    if (vc->prompts) {
+        char **pr = NULL;
+        vc->rc = rk_jsonl_prompts(vc->text, vc->len, vc->tok, &vc->jl, &pr, &vc->n_examples,
+                                  &vc->n_tokens, &vc->eb);
+        rk_jsonl_prompts_free(pr, vc->n_examples);
+        vc->done = true;
+        return;
+    }
     vc->rc = rk_dataset_create(&ds);
     if (vc->rc == RK_OK)
         vc->rc = rk_jsonl_parse(vc->text, vc->len, vc->tok, &vc->jl, ds, &vc->eb);
@@ -179,7 +188,8 @@ bool validate_jsonl(struct rk_http_req *r, struct rk_tjobs *js, const char *para
         return false;
     }
     struct vcheck local = {0}, *vc = r->user_free == vcheck_free ? r->user : NULL;
-    if (vc && !(vc->done && vc->len == len && !memcmp(vc->owned, text, len)))
+    if (vc && !(vc->done && vc->len == len && vc->prompts == di->prompts &&
+                !memcmp(vc->owned, text, len)))
         vc = NULL; /* not this text (changed meanwhile): check it here */
     if (!vc && len >= VCHECK_OFFLOAD_BYTES && !r->user) {
         vc = calloc(1, sizeof *vc);
@@ -191,6 +201,7 @@ bool validate_jsonl(struct rk_http_req *r, struct rk_tjobs *js, const char *para
         }
         memcpy(copy, text, len);
         *vc = (struct vcheck){.text = copy, .owned = copy, .len = len, .tok = r->srv->tok,
+                              .prompts = di->prompts,
                               .jl = {lim->dataset_bytes_max, lim->examples_max,
                                      lim->seq_tokens_max}};
         r->user = vc;
@@ -200,6 +211,7 @@ bool validate_jsonl(struct rk_http_req *r, struct rk_tjobs *js, const char *para
     }
     if (!vc) {
         local = (struct vcheck){.text = text, .len = len, .tok = r->srv->tok,
+                                .prompts = di->prompts,
                                 .jl = {lim->dataset_bytes_max, lim->examples_max,
                                        lim->seq_tokens_max}};
         vcheck_run(&local);

@@ -14,6 +14,7 @@ struct dataset_info {
     size_t len;
     size_t n_examples, n_tokens, n_targets;
     char training_file[32];
+    bool prompts; /* set before parse_dataset: an observer job's prompts-only lines */
 };
 
 struct part {
