@@ -388,7 +388,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
         struct rk_teacher_answer a = {0};
         int64_t deadline = rk_now_us() + (int64_t)srv->cfg.teacher_timeout_ms * 1000 *
                                              (srv->cfg.teacher_retries + 2);
-        rc = rk_teacher_call(t, &q, cache, deadline, &j->cancel, &a, &eb);
+        rc = rk_teacher_call(t, &q, cache, deadline, &js->worker_halt, &a, &eb);
         free(cprompt);
         if (rc == RK_OK)
             atomic_fetch_add(a.cached ? &srv->teacher_cached : &srv->teacher_calls, 1);
@@ -396,7 +396,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
             atomic_fetch_add(&srv->teacher_errors, 1);
         if (rc == RK_ECANCELED) {
             rk_teacher_answer_fini(&a);
-            goto out; /* the caller finishes the job as cancelled */
+            goto out; /* cancelled or shutdown: the caller decides */
         }
         if (rc != RK_OK) {
             rk_teacher_answer_fini(&a);
@@ -440,6 +440,21 @@ out:
     return rc;
 }
 
+/* Shutdown: the running job is journaled as queued; the next start resumes it. */
+static void requeue_on_shutdown(struct rk_tjobs *js, struct rk_tjob *j)
+{
+    pthread_mutex_lock(&js->mu);
+    struct pending_ev pe = {0};
+    if (j->v.status == RK_TJOB_RUNNING) {
+        j->v.status = RK_TJOB_QUEUED;
+        pe = tj_status_event(j, "interrupted by shutdown; resumes from its last "
+                             "checkpoint at the next start");
+    }
+    pthread_mutex_unlock(&js->mu);
+    tj_journal_write(js, j, NULL);
+    tj_pending_flush(js, j->v.id, &pe);
+}
+
 static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
 {
     struct rk_srv *srv = js->srv;
@@ -478,6 +493,8 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         rc = observer_data(js, j, data, len, &hp, &ds, &targets);
         if (rc == RK_ECANCELED && atomic_load(&j->cancel))
             tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
+        else if (rc == RK_ECANCELED)
+            requeue_on_shutdown(js, j);
         if (rc != RK_OK)
             goto out;
     } else if ((rc = rk_dataset_create(&ds)) != RK_OK ||
@@ -569,17 +586,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         if (atomic_load(&j->cancel)) {
             tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
         } else {
-            // Shutdown: journaled as queued; the next start resumes it.
-            pthread_mutex_lock(&js->mu);
-            struct pending_ev pe2 = {0};
-            if (j->v.status == RK_TJOB_RUNNING) {
-                j->v.status = RK_TJOB_QUEUED;
-                pe2 = tj_status_event(j, "interrupted by shutdown; resumes from its last "
-                                      "checkpoint at the next start");
-            }
-            pthread_mutex_unlock(&js->mu);
-            tj_journal_write(js, j, NULL);
-            tj_pending_flush(js, r.id, &pe2);
+            requeue_on_shutdown(js, j);
         }
         goto out;
     }
@@ -668,6 +675,7 @@ void *tj_worker_main(void *arg)
         if (!j->v.started_ms)
             j->v.started_ms = tj_wall_ms();
         j->v.attempts++;
+        atomic_store(&js->worker_halt, atomic_load(&js->stop_flag));
         pthread_mutex_unlock(&js->mu);
         run_job(js, j);
     }
