@@ -183,8 +183,15 @@ static void fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const
 /* --- the observer method: ask the teacher, build the data ------------------------ */
 
 /* A progress message as a status event (worker). */
-static void status_note(struct rk_tjobs *js, struct rk_tjob *j, const char *msg)
+static void status_note(struct rk_tjobs *js, struct rk_tjob *j, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void status_note(struct rk_tjobs *js, struct rk_tjob *j, const char *fmt, ...)
 {
+    char msg[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
     pthread_mutex_lock(&js->mu);
     struct pending_ev pe = j->v.status == RK_TJOB_RUNNING ? tj_status_event(j, msg)
                                                            : (struct pending_ev){0};
@@ -290,6 +297,93 @@ out:
     return rc;
 }
 
+/* The teacher calls of one observer job, shared by its asker threads. */
+#define ASKERS_MAX 16
+struct asking {
+    struct rk_tjobs *js;
+    struct rk_teacher *t;
+    struct rk_teacher_cache *cache;
+    const struct rk_tjob_teacher *tc;
+    char **prompts;
+    size_t n;
+    struct rk_teacher_answer *answers; /* [n] */
+    atomic_size_t next, done;
+    atomic_int exited; /* askers that have returned */
+    atomic_bool failed;
+    int64_t last_note_us;
+    pthread_mutex_t mu; /* the first failure: */
+    int rc;
+    size_t err_idx;
+    struct rk_errbuf eb;
+};
+
+/* One prompt's teacher call into ak->answers[i]. */
+static int ask_one(struct asking *ak, size_t i, struct rk_errbuf *eb)
+{
+    struct rk_srv *srv = ak->js->srv;
+    const struct rk_tjob_teacher *tc = ak->tc;
+    struct rk_teacher_msg msgs[2];
+    size_t nm = 0;
+    char *cprompt = NULL;
+    if (tc->chat) {
+        if (tc->instruction[0])
+            msgs[nm++] = (struct rk_teacher_msg){"system", tc->instruction};
+        msgs[nm++] = (struct rk_teacher_msg){"user", ak->prompts[i]};
+    } else if (tc->instruction[0]) {
+        size_t l1 = strlen(tc->instruction), l2 = strlen(ak->prompts[i]);
+        if (!(cprompt = malloc(l1 + l2 + 3)))
+            return rk_errbuf_set(eb, RK_ENOMEM, "out of memory");
+        memcpy(cprompt, tc->instruction, l1);
+        memcpy(cprompt + l1, "\n\n", 2);
+        memcpy(cprompt + l1 + 2, ak->prompts[i], l2 + 1);
+    }
+    struct rk_teacher_req q = {
+        .kind = tc->chat ? RK_TEACHER_CHAT : RK_TEACHER_COMPLETION,
+        .prompt = cprompt ? cprompt : ak->prompts[i],
+        .msgs = msgs,
+        .n_msgs = nm,
+        .max_tokens = tc->max_tokens,
+        .temperature = tc->temperature,
+        .top_logprobs = tc->top_logprobs > 0 ? tc->top_logprobs : -1,
+    };
+    int64_t deadline = rk_now_us() + (int64_t)srv->cfg.teacher_timeout_ms * 1000 *
+                                         (srv->cfg.teacher_retries + 2);
+    int rc = rk_teacher_call(ak->t, &q, ak->cache, deadline, &ak->js->worker_halt,
+                             &ak->answers[i], eb);
+    free(cprompt);
+    if (rc == RK_OK)
+        atomic_fetch_add(ak->answers[i].cached ? &srv->teacher_cached : &srv->teacher_calls, 1);
+    else if (rc != RK_ECANCELED)
+        atomic_fetch_add(&srv->teacher_errors, 1);
+    return rc;
+}
+
+static void *asker_main(void *arg)
+{
+    struct asking *ak = arg;
+    struct rk_errbuf eb = {0};
+    for (;;) {
+        size_t i = atomic_fetch_add(&ak->next, 1);
+        if (i >= ak->n || atomic_load(&ak->failed))
+            break;
+        int rc = ask_one(ak, i, &eb);
+        if (rc != RK_OK) {
+            pthread_mutex_lock(&ak->mu);
+            if (!atomic_load(&ak->failed) || (ak->rc == RK_ECANCELED && rc != RK_ECANCELED)) {
+                ak->rc = rc;
+                ak->err_idx = i;
+                ak->eb = eb;
+            }
+            atomic_store(&ak->failed, true);
+            pthread_mutex_unlock(&ak->mu);
+            break;
+        }
+        atomic_fetch_add(&ak->done, 1);
+    }
+    atomic_fetch_add(&ak->exited, 1);
+    return NULL;
+}
+
 /* The observer's data: every prompt of the job's dataset with the teacher's
  * answer (from the job's cache file where a previous run asked already).
  * On failure the job is failed here and RK_EINVAL (or the code) returned. */
@@ -348,80 +442,73 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
         fail(js, j, "enomem", "out of memory");
         goto out;
     }
-    int64_t last_note = 0;
     size_t skipped = 0;
-    for (size_t i = 0; i < n; i++) {
+    // Ask with up to --teacher-max-inflight threads (at most ASKERS_MAX),
+    // then build the data in prompt order.
+    struct asking ak = {.js = js, .t = t, .cache = cache, .tc = tc, .prompts = prompts, .n = n,
+                        .answers = calloc(n, sizeof *ak.answers)};
+    int nth = srv->cfg.teacher_max_inflight < ASKERS_MAX ? srv->cfg.teacher_max_inflight
+                                                         : ASKERS_MAX;
+    if ((size_t)nth > n)
+        nth = (int)n;
+    pthread_t th[ASKERS_MAX];
+    int started = 0;
+    pthread_mutex_init(&ak.mu, NULL);
+    if (!ak.answers) {
+        fail(js, j, "enomem", "out of memory");
+        rc = RK_ENOMEM;
+        goto asked;
+    }
+    status_note(js, j, "asking teacher: 0/%zu", n);
+    for (; started < nth; started++)
+        if (pthread_create(&th[started], NULL, asker_main, &ak) != 0)
+            break;
+    if (started == 0)
+        asker_main(&ak); /* no thread: ask from here */
+    while (started > 0 && atomic_load(&ak.exited) < started) {
+        usleep(50000);
+        size_t d = atomic_load(&ak.done);
         int64_t now = rk_now_us();
-        if (i == 0 || now - last_note >= 1000000) {
-            char msg[96];
-            snprintf(msg, sizeof msg, "asking teacher: %zu/%zu", i, n);
-            status_note(js, j, msg);
-            last_note = now;
+        if (now - ak.last_note_us >= 1000000 && d < n) {
+            status_note(js, j, "asking teacher: %zu/%zu", d, n);
+            ak.last_note_us = now;
         }
-        struct rk_teacher_msg msgs[2];
-        size_t nm = 0;
-        char *cprompt = NULL;
-        if (tc->chat) {
-            if (tc->instruction[0])
-                msgs[nm++] = (struct rk_teacher_msg){"system", tc->instruction};
-            msgs[nm++] = (struct rk_teacher_msg){"user", prompts[i]};
-        } else if (tc->instruction[0]) {
-            size_t l1 = strlen(tc->instruction), l2 = strlen(prompts[i]);
-            if (!(cprompt = malloc(l1 + l2 + 3))) {
-                fail(js, j, "enomem", "out of memory");
-                rc = RK_ENOMEM;
-                goto out;
-            }
-            memcpy(cprompt, tc->instruction, l1);
-            memcpy(cprompt + l1, "\n\n", 2);
-            memcpy(cprompt + l1 + 2, prompts[i], l2 + 1);
-        }
-        struct rk_teacher_req q = {
-            .kind = tc->chat ? RK_TEACHER_CHAT : RK_TEACHER_COMPLETION,
-            .prompt = cprompt ? cprompt : prompts[i],
-            .msgs = msgs,
-            .n_msgs = nm,
-            .max_tokens = tc->max_tokens,
-            .temperature = tc->temperature,
-            .top_logprobs = tc->top_logprobs > 0 ? tc->top_logprobs : -1,
-        };
-        struct rk_teacher_answer a = {0};
-        int64_t deadline = rk_now_us() + (int64_t)srv->cfg.teacher_timeout_ms * 1000 *
-                                             (srv->cfg.teacher_retries + 2);
-        rc = rk_teacher_call(t, &q, cache, deadline, &js->worker_halt, &a, &eb);
-        free(cprompt);
-        if (rc == RK_OK)
-            atomic_fetch_add(a.cached ? &srv->teacher_cached : &srv->teacher_calls, 1);
-        else if (rc != RK_ECANCELED)
-            atomic_fetch_add(&srv->teacher_errors, 1);
-        if (rc == RK_ECANCELED) {
-            rk_teacher_answer_fini(&a);
-            goto out; /* cancelled or shutdown: the caller decides */
-        }
-        if (rc != RK_OK) {
-            rk_teacher_answer_fini(&a);
-            fail(js, j, rc == RK_ETIMEOUT ? "teacher_timeout" : "teacher_failed",
-                 "prompt %zu: %s", i + 1, eb.msg);
-            goto out;
-        }
+    }
+    for (int k = 0; k < started; k++)
+        pthread_join(th[k], NULL);
+    if (ak.rc == RK_ECANCELED) {
+        rc = RK_ECANCELED; /* cancelled or shutdown: the caller decides */
+        goto asked;
+    }
+    if (ak.rc != RK_OK) {
+        rc = ak.rc;
+        fail(js, j, rc == RK_ETIMEOUT ? "teacher_timeout" : "teacher_failed", "prompt %zu: %s",
+             ak.err_idx + 1, ak.eb.msg);
+        goto asked;
+    }
+    for (size_t i = 0; i < n; i++) {
         bool skip = false;
-        rc = add_answer(js, prompts[i], &a, tc->top_logprobs, ds, tg, i, &skip, &eb);
-        rk_teacher_answer_fini(&a);
+        rc = add_answer(js, prompts[i], &ak.answers[i], tc->top_logprobs, ds, tg, i, &skip, &eb);
         if (rc != RK_OK) {
             fail(js, j, rc == RK_ENOMEM ? "enomem" : "teacher_failed", "%s",
                  rc == RK_ENOMEM ? "out of memory" : eb.msg);
-            goto out;
+            goto asked;
         }
         skipped += skip;
     }
+asked:
+    for (size_t i = 0; ak.answers && i < n; i++)
+        rk_teacher_answer_fini(&ak.answers[i]);
+    free(ak.answers);
+    pthread_mutex_destroy(&ak.mu);
+    if (rc != RK_OK)
+        goto out;
     if (rk_dataset_len(ds) == 0) {
         fail(js, j, "teacher_failed", "teacher: every answer was empty (%zu prompts)", n);
         rc = RK_EINVAL;
         goto out;
     }
-    char msg[128];
-    snprintf(msg, sizeof msg, "asking teacher: %zu/%zu (%zu empty answers left out)", n, n, skipped);
-    status_note(js, j, msg);
+    status_note(js, j, "asking teacher: %zu/%zu (%zu empty answers left out)", n, n, skipped);
     rk_log(RK_LOG_INFO, "jobs: %s: %zu teacher answers (%zu from the cache file), %zu positions "
            "with logprobs", j->v.id, n, rk_teacher_cache_count(cache), rk_observer_targets_positions(tg));
     *ds_out = ds;
