@@ -173,12 +173,16 @@ def main():
         procs.append(teacher)
         student_args = [
             "--teacher-url", "http://127.0.0.1:%d/v1" % tp, "--teacher-model", "demo",
-            "--teacher-key-file", keyfile, "--teacher-timeout-ms", "1000",
-            "--teacher-retries", "2",
+            "--teacher-key-file", keyfile, "--teacher-retries", "2",
             "--teacher-allowed-urls", ",".join(furl(k) for k in (
-                "flaky", "garbage", "vocab", "badlp", "timeout"))]
+                "flaky", "garbage", "vocab", "badlp"))]
         student, sp = start(rwkvd, model, tmp, "student", student_args)
         procs.append(student)
+        # A server without a teacher of its own, a short teacher timeout and
+        # one allowed URL.
+        strict, xp = start(rwkvd, model, tmp, "strict", [
+            "--teacher-timeout-ms", "1000", "--teacher-allowed-urls", furl("timeout")])
+        procs.append(strict)
         data = [{"prompt": p} for p in PROMPTS]
         teacher_cfg = {"max_tokens": 32, "top_logprobs": 8, "instruction": FEW_SHOT}
 
@@ -265,14 +269,15 @@ def main():
         assert st == 400 and e["error"]["code"] == "invalid_value", e
 
         # --- the fake teacher's faults -------------------------------------------
-        def fake_job(kind, top=2):
-            st, j = post(sp, "/tune", {"method": "observer", "output_state": "f-" + kind,
+        def fake_job(kind, top=2, port=None):
+            port = port or sp
+            st, j = post(port, "/tune", {"method": "observer", "output_state": "f-" + kind,
                                        "steps": 2, "val_split": 0,
                                        "teacher": {"url": furl(kind), "model": "m",
                                                    "max_tokens": 8, "top_logprobs": top},
                                        "dataset": data[:1]})
             assert st == 202, j
-            return wait_job(sp, j["id"])
+            return wait_job(port, j["id"])
 
         j = fake_job("flaky")
         assert j["status"] == "succeeded" and HITS["flaky"] == 2, (j, HITS)
@@ -280,12 +285,14 @@ def main():
                                   ("vocab", "teacher_failed", "not one token"),
                                   ("badlp", "teacher_failed", "not a log-probability"),
                                   ("timeout", "teacher_timeout", "no answer within 1000 ms")):
-            j = fake_job(kind)
+            j = fake_job(kind, port=xp if kind == "timeout" else sp)
             assert j["status"] == "failed", j
             err = j["error"]
             assert err["code"] == code and words in err["message"], (kind, err)
             assert err["message"].startswith("prompt 1: teacher") or kind in ("vocab", "badlp"), err
         assert HITS["timeout"] == 1, HITS  # the client does not retry a timeout
+        st, e = post(xp, "/tune", {"method": "observer", "output_state": "x", "dataset": data})
+        assert st == 400 and e["error"]["code"] == "teacher_not_configured", e
         # nothing else is affected
         st, r = post(sp, "/generate", {"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0})
         assert st == 200 and r["text"], r
@@ -307,6 +314,12 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         fake.shutdown()
+        for name in ("teacher", "student", "strict"):
+            path = os.path.join(tmp, name + ".log")
+            text = open(path).read() if os.path.exists(path) else ""
+            if "Sanitizer" in text or "runtime error" in text:
+                print("%s.log reports a sanitizer error" % name)
+                ok = False
         if ok:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
