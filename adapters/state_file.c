@@ -214,7 +214,8 @@ static const struct rk_tf_opts st_opts = {
  * time_state is `missing_rc` (RK_EFORMAT for safetensors, RK_EMISMATCH for
  * .pth, as before). `what` starts the messages. */
 static int place_tensors(const struct rk_tf_list *tl, const struct rk_model *m, float *state,
-                         const char *what, int missing_rc, bool *any_shift, struct rk_errbuf *eb)
+                         const char *what, int missing_rc, bool key_rows, bool *any_shift,
+                         struct rk_errbuf *eb)
 {
     const int L = rk_model_n_layer(m), C = rk_model_n_embd(m), H = rk_model_n_head(m),
               N = rk_model_head_size(m);
@@ -257,6 +258,16 @@ static int place_tensors(const struct rk_tf_list *tl, const struct rk_model *m, 
                      (pt == PART_WKV ? lay.wkv : pt == PART_ATT_SHIFT ? lay.att_shift : lay.ffn_shift);
         if (state)
             rk_elems_to_f32(dst, t->data, numel, t->dtype);
+        if (state && key_rows && pt == PART_WKV) // [H][key][value] -> [H][value][key]
+            for (int h = 0; h < H; h++) {
+                float *S = dst + (size_t)h * N * N; // [N][N]
+                for (int r = 0; r < N; r++)
+                    for (int c = r + 1; c < N; c++) {
+                        float x = S[(size_t)r * N + c];
+                        S[(size_t)r * N + c] = S[(size_t)c * N + r];
+                        S[(size_t)c * N + r] = x;
+                    }
+            }
         if (pt == PART_WKV)
             seen[li] = 1;
         else
@@ -308,7 +319,8 @@ static int parse_safetensors(const uint8_t *buf, size_t len, size_t file_len,
                            "H=%d", mr.md.n_layer, mr.md.n_embd, mr.md.n_head, L, C, H);
         goto out;
     }
-    if ((rc = place_tensors(&tl, m, state, "state file", RK_EFORMAT, &any_shift, eb)) != RK_OK)
+    if ((rc = place_tensors(&tl, m, state, "state file", RK_EFORMAT, false, &any_shift, eb)) !=
+        RK_OK)
         goto out;
     if (meta) {
         *meta = mr.md;
@@ -339,7 +351,7 @@ static int parse_pth(const uint8_t *buf, size_t len, const struct rk_model *m, f
     bool any_shift;
     int rc = rk_tf_pth_read(buf, len, &o, &tl, eb);
     if (rc == RK_OK)
-        rc = place_tensors(&tl, m, state, "pth", RK_EMISMATCH, &any_shift, eb);
+        rc = place_tensors(&tl, m, state, "pth", RK_EMISMATCH, false, &any_shift, eb);
     rk_tf_list_free(&tl);
     if (rc != RK_OK)
         return rc;
@@ -351,14 +363,70 @@ static int parse_pth(const uint8_t *buf, size_t len, const struct rk_model *m, f
     return RK_OK;
 }
 
+/* --- ai00 state files --------------------------------------------------- */
+
+/* ai00_server's state files are safetensors written by its converter from
+ * an RWKV-PEFT .pth: the same blocks.{i}.att.time_state tensors, in F16,
+ * with the last two dimensions swapped ([H, key, value]) and
+ * __metadata__ {"format": "pt"}; nothing else. Nothing in the bytes tells
+ * them from a file in the native orientation, so the caller says which it
+ * has (adapters/FORMAT.md). */
+static int ai00_meta(void *user, const char *key, const char *val, struct rk_errbuf *eb)
+{
+    (void)user;
+    if (!strcmp(key, "format") && strcmp(val, "pt"))
+        return rk_errbuf_set(eb, RK_EFORMAT, "ai00 state: __metadata__ format is '%s'; an ai00 "
+                             "state file says 'pt'", val);
+    return RK_OK;
+}
+
+static int parse_ai00(const uint8_t *buf, size_t len, const struct rk_model *m, float *state,
+                      struct rk_state_meta *meta, struct rk_errbuf *eb)
+{
+    if (rk_tf_is_zip(buf, len))
+        return rk_errbuf_set(eb, RK_EFORMAT, "ai00 state: this is a .pth archive; an ai00 state "
+                             "file is safetensors");
+    struct rk_tf_opts o = st_opts;
+    o.file = "ai00 state";
+    o.meta = ai00_meta;
+    o.user = NULL;
+    struct rk_tf_list tl = {0};
+    bool any_shift = false;
+    int rc = rk_tf_safetensors_read(buf, len, len, &o, &tl, eb);
+    if (rc == RK_OK)
+        rc = place_tensors(&tl, m, state, "ai00 state", RK_EMISMATCH, true, &any_shift, eb);
+    if (rc == RK_OK && any_shift)
+        rc = rk_errbuf_set(eb, RK_EFORMAT, "ai00 state: token-shift tensors are not part of an "
+                           "ai00 state file");
+    rk_tf_list_free(&tl);
+    if (rc != RK_OK)
+        return rc;
+    if (meta) {
+        rk_state_meta_init(meta, m);
+        meta->has_shift = false;
+        snprintf(meta->method, sizeof meta->method, "import-ai00");
+    }
+    return RK_OK;
+}
+
 int rk_state_file_parse(const void *buf, size_t len, const struct rk_model *m,
                         bool require_fingerprint, float *state, struct rk_state_meta *meta,
                         struct rk_errbuf *eb)
 {
+    return rk_state_file_import(buf, len, m, require_fingerprint ? RK_STATE_FROM_STORE :
+                                RK_STATE_FROM_AUTO, state, meta, eb);
+}
+
+int rk_state_file_import(const void *buf, size_t len, const struct rk_model *m,
+                         enum rk_state_from from, float *state, struct rk_state_meta *meta,
+                         struct rk_errbuf *eb)
+{
+    bool require_fingerprint = from == RK_STATE_FROM_STORE;
     if (!buf || !m || !state)
         return rk_errbuf_set(eb, RK_EINVAL, "state file: NULL argument");
     const uint8_t *b = buf;
-    int rc = rk_tf_is_zip(b, len)
+    int rc = from == RK_STATE_FROM_AI00 ? parse_ai00(b, len, m, state, meta, eb)
+             : rk_tf_is_zip(b, len)
                  ? parse_pth(b, len, m, state, meta, eb)
                  : parse_safetensors(b, len, len, m, require_fingerprint, state, meta, eb);
     // A NaN or Inf in a state would poison every token generated from it.

@@ -126,8 +126,15 @@ struct rk_model {
     struct rk_layer *layers; /* [L] */
 
     /* storage */
-    void *map;       /* read-only mmap of the file, or NULL */
+    void *map;       /* read-only mmap of the file a single-file loader reads
+                        (maps[0]), or NULL */
     size_t map_len;
+    struct rk__map {
+        void *p; /* NULL once unmapped (nothing of it used) */
+        size_t len;
+    } *maps;         /* every mapped file: one, or a directory's shards */
+    size_t n_maps;
+    char *vocab_file; /* a vocabulary found beside the weights, or NULL */
     void **owned;    /* blocks owned by the model (converted tensors), freed at free */
     size_t n_owned, cap_owned;
     size_t weight_bytes;
@@ -141,6 +148,20 @@ void *rk__model_alloc(struct rk_model *m, size_t n);
 /* After a loader has filled every field: check shapes for consistency and
  * compute the fingerprint. Names the file and tensor on error. */
 int rk__model_finish(struct rk_model *m, struct rk_errbuf *eb);
+
+/* Map `path` read-only into m->maps (kept until rk_model_free); *buf and *len
+ * get the bytes. `name` is the file's name for messages. RK_EIO, or
+ * RK_EFORMAT for an empty file. */
+int rk__model_map_file(struct rk_model *m, const char *path, const char *name,
+                       const void **buf, size_t *len, struct rk_errbuf *eb);
+
+/* Models of several files (load_tensorfile.c, core/FORMAT.md "Directories
+ * and shards"): a directory (Hugging Face layout with config.json, one
+ * model.safetensors or shards with model.safetensors.index.json; or .pth
+ * shards) or a comma-separated list of .pth / safetensors files. m->path is
+ * set. */
+int rk__load_multi(struct rk_model *m, const struct rk_model_params *p, bool dir,
+                   struct rk_errbuf *eb);
 
 /* Format-specific loaders (load_tensorfile.c, load_rwkvcpp.c).
  * Each receives the mapped file and fills `m` (m->map/map_len/path are set). */

@@ -895,6 +895,17 @@ static void release_owned(struct rk_model *m, const void *p)
         }
 }
 
+/* The mapping that holds address d, or NULL when d is model-owned. */
+static const struct rk__map *map_of(const struct rk_model *m, const char *d)
+{
+    for (size_t k = 0; k < m->n_maps; k++) {
+        const char *lo = m->maps[k].p;
+        if (lo && d >= lo && d < lo + m->maps[k].len)
+            return &m->maps[k];
+    }
+    return NULL;
+}
+
 static bool panels_disabled(const struct rk_model_params *p)
 {
     return (p && p->no_panels) || !rk__cpu()->panels; /* RWKVD_NO_PANELS (cpu.c) */
@@ -910,7 +921,6 @@ static bool panels_disabled(const struct rk_model_params *p)
 static int repack_weights(struct rk_model *m, struct rk_errbuf *eb)
 {
     size_t nt = rk__model_n_tensors(m), page = (size_t)sysconf(_SC_PAGESIZE);
-    const char *lo = m->map, *hi = lo + m->map_len;
     for (size_t i = 0; i < nt; i++) {
         int layer;
         const struct slot *s = canon_slot(m->L, i, &layer);
@@ -924,7 +934,7 @@ static int repack_weights(struct rk_model *m, struct rk_errbuf *eb)
         if (!dst)
             return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", rk__model_file(m));
         const char *d = w->data;
-        bool mapped = d >= lo && d < hi;
+        bool mapped = map_of(m, d) != NULL;
         size_t es = rk__dtype_size(w->dtype), row_bytes = (size_t)w->cols * es;
         uintptr_t dropped = ((uintptr_t)d + page - 1) & ~(uintptr_t)(page - 1);
         /* 64 panels at a time; the source pages already read go at once, so
@@ -965,10 +975,10 @@ static enum rk_format detect_format(const unsigned char *b, size_t n)
     return RK_FORMAT_UNKNOWN;
 }
 
-/* True when some large matrix still points into the mapped file. */
-static bool uses_map(const struct rk_model *m)
+/* True when some held tensor still points into the mapping `mp`. */
+static bool uses_map(const struct rk_model *m, const struct rk__map *mp)
 {
-    const char *lo = m->map, *hi = lo + m->map_len;
+    const char *lo = mp->p, *hi = lo + mp->len;
     size_t nt = rk__model_n_tensors(m);
     for (size_t i = 0; i < nt; i++) {
         struct rk__tensor_view v;
@@ -978,6 +988,61 @@ static bool uses_map(const struct rk_model *m)
             return true;
     }
     return false;
+}
+
+/* Unmap every file nothing points into any more (everything converted or
+ * repacked, or a shard of only unused tensors). */
+static void release_unused_maps(struct rk_model *m)
+{
+    for (size_t k = 0; k < m->n_maps; k++) {
+        struct rk__map *mp = &m->maps[k];
+        if (mp->p && !uses_map(m, mp)) {
+            munmap(mp->p, mp->len);
+            if (m->map == mp->p) {
+                m->map = NULL;
+                m->map_len = 0;
+            }
+            mp->p = NULL;
+            mp->len = 0;
+        }
+    }
+}
+
+int rk__model_map_file(struct rk_model *m, const char *path, const char *name,
+                       const void **buf, size_t *len, struct rk_errbuf *eb)
+{
+    void *mv = rk__realloc(m->maps, (m->n_maps + 1) * sizeof *m->maps);
+    if (!mv)
+        return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", name);
+    m->maps = mv;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return rk_errbuf_set(eb, RK_EIO, "%s: %s", name, strerror(errno));
+    struct stat st;
+    int rc = RK_OK;
+    if (fstat(fd, &st) != 0)
+        rc = rk_errbuf_set(eb, RK_EIO, "%s: %s", name, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc = rk_errbuf_set(eb, RK_EIO, "%s: not a regular file", name);
+    else if (st.st_size <= 0)
+        rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: empty file", name);
+    else if ((uint64_t)st.st_size > SIZE_MAX)
+        rc = rk_errbuf_set(eb, RK_EIO, "%s: file too large to map", name);
+    void *map = MAP_FAILED;
+    if (rc == RK_OK) {
+        map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED)
+            rc = rk_errbuf_set(eb, RK_EIO, "%s: mmap: %s", name, strerror(errno));
+    }
+    close(fd);
+    if (rc != RK_OK)
+        return rc;
+    m->maps[m->n_maps].p = map;
+    m->maps[m->n_maps].len = (size_t)st.st_size;
+    m->n_maps++;
+    *buf = map;
+    *len = (size_t)st.st_size;
+    return RK_OK;
 }
 
 int rk_model_load(const char *path, const struct rk_model_params *p, struct rk_model **out,
@@ -990,7 +1055,7 @@ int rk_model_load(const char *path, const struct rk_model_params *p, struct rk_m
     if (p && (p->wtype < RK_DTYPE_AUTO || p->wtype > RK_DTYPE_BF16))
         return rk_errbuf_set(eb, RK_EINVAL, "%s: invalid weight precision %d", path,
                              (int)p->wtype);
-    int rc = RK_OK, fd = -1;
+    int rc = RK_OK;
     struct rk_model *m = rk__calloc(1, sizeof *m);
     size_t plen = strlen(path);
     if (!m || !(m->path = rk__malloc(plen + 1))) {
@@ -999,37 +1064,22 @@ int rk_model_load(const char *path, const struct rk_model_params *p, struct rk_m
     }
     memcpy(m->path, path, plen + 1);
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        rc = rk_errbuf_set(eb, RK_EIO, "%s: %s", path, strerror(errno));
-        goto fail;
-    }
+    // A directory or a comma-separated list of files (a path that exists
+    // as given is never split) is a model of several files.
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        rc = rk_errbuf_set(eb, RK_EIO, "%s: %s", path, strerror(errno));
-        goto fail;
+    bool exists = stat(path, &st) == 0;
+    if ((exists && S_ISDIR(st.st_mode)) || (!exists && strchr(path, ','))) {
+        rc = rk__load_multi(m, p, exists, eb);
+        if (rc)
+            goto fail;
+        goto loaded;
     }
-    if (!S_ISREG(st.st_mode)) {
-        rc = rk_errbuf_set(eb, RK_EIO, "%s: not a regular file", path);
+    const void *buf;
+    size_t len;
+    if ((rc = rk__model_map_file(m, path, path, &buf, &len, eb)))
         goto fail;
-    }
-    if (st.st_size <= 0) {
-        rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: empty file", path);
-        goto fail;
-    }
-    if ((uint64_t)st.st_size > SIZE_MAX) {
-        rc = rk_errbuf_set(eb, RK_EIO, "%s: file too large to map", path);
-        goto fail;
-    }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) {
-        rc = rk_errbuf_set(eb, RK_EIO, "%s: mmap: %s", path, strerror(errno));
-        goto fail;
-    }
-    m->map = map;
-    m->map_len = (size_t)st.st_size;
-    close(fd);
-    fd = -1;
+    m->map = (void *)buf;
+    m->map_len = len;
 
     m->format = detect_format(m->map, m->map_len);
     switch (m->format) {
@@ -1045,15 +1095,12 @@ int rk_model_load(const char *path, const struct rk_model_params *p, struct rk_m
     }
     if (rc)
         goto fail;
+loaded:
     if ((rc = rk__model_finish(m, eb)))
         goto fail;
     if (!panels_disabled(p) && (rc = repack_weights(m, eb)))
         goto fail;
-    if (!uses_map(m)) { /* everything was copied: let the file go */
-        munmap(m->map, m->map_len);
-        m->map = NULL;
-        m->map_len = 0;
-    }
+    release_unused_maps(m); /* everything of a file copied: let it go */
     rk_log(RK_LOG_INFO, "%s: %s, L %d, C %d, H %d, V %d, F %d, weights %s, %zu bytes",
            rk__model_file(m), rk_format_name(m->format), m->L, m->C, m->H, m->V, m->F,
            rk_dtype_name(m->wtype), m->weight_bytes);
@@ -1061,8 +1108,6 @@ int rk_model_load(const char *path, const struct rk_model_params *p, struct rk_m
     return RK_OK;
 
 fail:
-    if (fd >= 0)
-        close(fd);
     if (eb && rc != RK_OK && !eb->msg[0])
         rk_errbuf_set(eb, rc, "%s: %s", path, rk_strerror(rc));
     rk_model_free(m);
@@ -1073,8 +1118,11 @@ void rk_model_free(struct rk_model *m)
 {
     if (!m)
         return;
-    if (m->map)
-        munmap(m->map, m->map_len);
+    for (size_t k = 0; k < m->n_maps; k++)
+        if (m->maps[k].p)
+            munmap(m->maps[k].p, m->maps[k].len);
+    rk__free(m->maps);
+    rk__free(m->vocab_file);
     for (size_t i = 0; i < m->n_owned; i++)
         rk__free_aligned(m->owned[i]);
     rk__free(m->owned);
@@ -1097,6 +1145,7 @@ enum rk_format rk_model_format(const struct rk_model *m)
 enum rk_dtype rk_model_wtype(const struct rk_model *m) { return m ? m->wtype : RK_DTYPE_AUTO; }
 size_t rk_model_weight_bytes(const struct rk_model *m) { return m ? m->weight_bytes : 0; }
 uint64_t rk_model_fingerprint(const struct rk_model *m) { return m ? m->fingerprint : 0; }
+const char *rk_model_vocab_file(const struct rk_model *m) { return m ? m->vocab_file : NULL; }
 
 void rk_state_layout(const struct rk_model *m, struct rk_state_layout *out)
 {

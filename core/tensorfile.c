@@ -85,12 +85,13 @@ struct jp {
     size_t i, n;
     const char *file;
     struct rk_errbuf *eb;
+    const char *doc; /* what the text is, for messages (NULL: "safetensors header") */
 };
 
 static int jerr(struct jp *j, const char *what)
 {
-    return rk_errbuf_set(j->eb, RK_EFORMAT, "%s: safetensors header: %s at byte %zu", j->file,
-                         what, j->i);
+    return rk_errbuf_set(j->eb, RK_EFORMAT, "%s: %s: %s at byte %zu", j->file,
+                         j->doc ? j->doc : "safetensors header", what, j->i);
 }
 
 static void ws(struct jp *j)
@@ -490,7 +491,7 @@ int rk_tf_safetensors_read(const void *buf, size_t len, uint64_t file_len,
                              "(only %zu bytes read)", file, (unsigned long long)hlen, len);
     const unsigned char *data = b + 8 + hlen;
     uint64_t data_len = file_len - 8 - hlen, data_in_buf = len - 8 - hlen;
-    struct jp j = {(const char *)b + 8, 0, (size_t)hlen, file, eb};
+    struct jp j = {(const char *)b + 8, 0, (size_t)hlen, file, eb, NULL};
     char name[RK_TF_NAME_MAX + 1];
     bool seen_meta = false;
 
@@ -617,6 +618,231 @@ out:
     return rc;
 }
 
+
+/* --- Hugging Face JSON files: the shard index and config.json --------------------- */
+
+void rk_tf_index_free(struct rk_tf_index *x)
+{
+    if (!x)
+        return;
+    rk__free(x->v);
+    rk__free(x->shards);
+    memset(x, 0, sizeof *x);
+}
+
+/* A shard's file name: a plain name in the model's directory. */
+static bool shard_name_ok(const char *s)
+{
+    size_t n = strlen(s), ext = strlen(".safetensors");
+    if (n <= ext || s[0] == '.' || strcmp(s + n - ext, ".safetensors"))
+        return false;
+    for (const char *p = s; *p; p++)
+        if (*p == '/' || *p == '\\' || (unsigned char)*p < 0x20)
+            return false;
+    return true;
+}
+
+static int index_entry_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct rk_tf_index_entry *)a)->name,
+                  ((const struct rk_tf_index_entry *)b)->name);
+}
+
+/* "weight_map": {tensor name: shard file name, ...} */
+static int read_weight_map(struct jp *j, struct rk_tf_index *x, size_t tensors_max)
+{
+    int rc;
+    char name[RK_TF_NAME_MAX + 1], shard[RK_TF_NAME_MAX + 1];
+    if ((rc = expect(j, '{')))
+        return rc;
+    ws(j);
+    if (j->i < j->n && j->s[j->i] == '}') {
+        j->i++;
+        return RK_OK;
+    }
+    for (;;) {
+        if ((rc = jstring(j, name, sizeof name)) || (rc = expect(j, ':')) ||
+            (rc = jstring(j, shard, sizeof shard)))
+            return rc;
+        if (!name[0])
+            return jerr(j, "empty tensor name");
+        if (!shard_name_ok(shard))
+            return rk_errbuf_set(j->eb, RK_EFORMAT, "%s: tensor %s: shard '%s' is not a "
+                                 "*.safetensors file name in the model's directory", j->file,
+                                 name, shard);
+        size_t k = 0;
+        while (k < x->n_shards && strcmp(x->shards[k], shard))
+            k++;
+        if (k == x->n_shards) {
+            if (x->n_shards >= RK_TF_SHARDS_MAX)
+                return rk_errbuf_set(j->eb, RK_EFORMAT, "%s: more than %d shards", j->file,
+                                     RK_TF_SHARDS_MAX);
+            void *p = rk__realloc(x->shards, (x->n_shards + 1) * sizeof *x->shards);
+            if (!p)
+                return rk_errbuf_set(j->eb, RK_ENOMEM, "%s: out of memory", j->file);
+            x->shards = p;
+            memcpy(x->shards[x->n_shards++], shard, strlen(shard) + 1);
+        }
+        if (x->n >= tensors_max)
+            return rk_errbuf_set(j->eb, RK_EFORMAT, "%s: more than %zu tensors", j->file,
+                                 tensors_max);
+        if (x->n == x->cap) {
+            size_t cap = x->cap ? x->cap * 2 : 256;
+            void *p = rk__realloc(x->v, cap * sizeof *x->v);
+            if (!p)
+                return rk_errbuf_set(j->eb, RK_ENOMEM, "%s: out of memory", j->file);
+            x->v = p;
+            x->cap = cap;
+        }
+        memcpy(x->v[x->n].name, name, strlen(name) + 1);
+        x->v[x->n++].shard = (uint32_t)k;
+        ws(j);
+        if (j->i < j->n && j->s[j->i] == ',') {
+            j->i++;
+            continue;
+        }
+        return expect(j, '}');
+    }
+}
+
+int rk_tf_index_read(const void *buf, size_t len, const char *file, size_t tensors_max,
+                     struct rk_tf_index *out, struct rk_errbuf *eb)
+{
+    memset(out, 0, sizeof *out);
+    if (!tensors_max)
+        tensors_max = RK_TF_TENSORS_MAX;
+    if (len > RK_TF_INDEX_MAX)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: %zu bytes; the limit is %u", file, len,
+                             RK_TF_INDEX_MAX);
+    struct jp j = {buf, 0, len, file, eb, "shard index"};
+    bool have_map = false;
+    int rc = expect(&j, '{');
+    char key[64];
+    ws(&j);
+    if (!rc && j.i < j.n && j.s[j.i] == '}') {
+        j.i++;
+    } else {
+        while (!rc) {
+            if ((rc = jstring(&j, key, sizeof key)) || (rc = expect(&j, ':')))
+                break;
+            if (!strcmp(key, "weight_map")) {
+                if (have_map) {
+                    rc = jerr(&j, "duplicate \"weight_map\"");
+                    break;
+                }
+                have_map = true;
+                rc = read_weight_map(&j, out, tensors_max);
+            } else {
+                rc = jskip(&j, 1); // "metadata" (total_size) and anything else
+            }
+            if (rc)
+                break;
+            ws(&j);
+            if (j.i < j.n && j.s[j.i] == ',') {
+                j.i++;
+                continue;
+            }
+            rc = expect(&j, '}');
+            break;
+        }
+    }
+    if (!rc) {
+        ws(&j);
+        if (j.i != j.n)
+            rc = jerr(&j, "trailing bytes");
+    }
+    if (!rc && !have_map)
+        rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: no \"weight_map\"", file);
+    if (!rc && out->n > 1) { // a tensor named twice (in one shard or two)
+        qsort(out->v, out->n, sizeof *out->v, index_entry_cmp);
+        for (size_t i = 1; i < out->n; i++)
+            if (!strcmp(out->v[i - 1].name, out->v[i].name)) {
+                rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s is listed twice (shards %s "
+                                   "and %s)", file, out->v[i].name,
+                                   out->shards[out->v[i - 1].shard], out->shards[out->v[i].shard]);
+                break;
+            }
+    }
+    if (rc)
+        rk_tf_index_free(out);
+    return rc;
+}
+
+const struct rk_tf_index_entry *rk_tf_index_find(const struct rk_tf_index *x, const char *name)
+{
+    size_t lo = 0, hi = x->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(x->v[mid].name, name);
+        if (!c)
+            return &x->v[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+int rk_tf_json_fields(const void *buf, size_t len, const char *file, rk_tf_field_cb *cb,
+                      void *user, struct rk_errbuf *eb)
+{
+    if (len > RK_TF_INDEX_MAX)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: %zu bytes; the limit is %u", file, len,
+                             RK_TF_INDEX_MAX);
+    struct jp j = {buf, 0, len, file, eb, "JSON"};
+    char key[RK_TF_NAME_MAX + 1], val[RK_TF_META_VAL_MAX + 1];
+    int rc = expect(&j, '{');
+    ws(&j);
+    if (!rc && j.i < j.n && j.s[j.i] == '}') {
+        j.i++;
+    } else {
+        while (!rc) {
+            if ((rc = jstring(&j, key, sizeof key)) || (rc = expect(&j, ':')))
+                break;
+            ws(&j);
+            size_t at = j.i;
+            char c = j.i < j.n ? j.s[j.i] : 0;
+            if (c == '"') {
+                if ((rc = jstring(&j, NULL, 0)))
+                    break;
+                if (j.i - at <= RK_TF_META_VAL_MAX) { // short enough to hand over
+                    j.i = at;
+                    if ((rc = jstring(&j, val, sizeof val)) ||
+                        (rc = cb(user, key, RK_TF_FIELD_STR, val, 0, eb)))
+                        break;
+                }
+            } else if (c >= '0' && c <= '9') {
+                uint64_t v;
+                size_t e = j.i;
+                while (e < j.n && j.s[e] >= '0' && j.s[e] <= '9')
+                    e++;
+                if (e < j.n && (j.s[e] == '.' || j.s[e] == 'e' || j.s[e] == 'E')) {
+                    rc = jskip(&j, 1); // a real number: not handed over
+                } else if (!(rc = juint(&j, &v))) {
+                    rc = cb(user, key, RK_TF_FIELD_UINT, NULL, v, eb);
+                }
+                if (rc)
+                    break;
+            } else if ((rc = jskip(&j, 1))) {
+                break;
+            }
+            ws(&j);
+            if (j.i < j.n && j.s[j.i] == ',') {
+                j.i++;
+                continue;
+            }
+            rc = expect(&j, '}');
+            break;
+        }
+    }
+    if (!rc) {
+        ws(&j);
+        if (j.i != j.n)
+            rc = jerr(&j, "trailing bytes");
+    }
+    return rc;
+}
 
 /* --- .pth: zip ------------------------------------------------------------------ */
 

@@ -28,6 +28,12 @@ static json_t *file_openai(const struct rk_tfile *f)
 
 void h_file_upload(struct rk_http_req *r)
 {
+    struct job_task *t = api_task_done(r);
+    if (t) { // the second call: the file is checked and written (or failed)
+        if (!api_task_answer_error(r, t))
+            rk_http_json(r, 200, file_openai(&t->file));
+        return;
+    }
     struct rk_tjobs *js = api_tjobs_of(r);
     struct part parts[8];
     int n = rk_multipart_parse(rk_http_header(r, "Content-Type"), r->body.p ? r->body.p : "", r->body.len,
@@ -56,19 +62,27 @@ void h_file_upload(struct rk_http_req *r)
                       "purpose must be \"fine-tune\" (the only purpose this server stores)");
         return;
     }
-    struct dataset_info di = {0};
-    if (!validate_jsonl(r, js, "file", file->data, file->len, &di))
-        return;
-    const char *fname = file->filename[0] ? file->filename : "upload.jsonl";
-    struct rk_tfile f;
-    struct rk_errbuf eb = {0};
-    int rc = rk_files_add(js, r->tenant, fname, purpose, file->data, file->len, di.n_examples,
-                          &f, &eb);
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, "file", eb.msg);
+    const struct rk_tjobs_limits *lim = rk_tjobs_limits(js);
+    if (file->len > lim->dataset_bytes_max) {
+        rk_http_error(r, 413, "dataset_too_large", "file",
+                      "the dataset has %zu bytes; the limit is %zu", file->len,
+                      lim->dataset_bytes_max);
         return;
     }
-    rk_http_json(r, 200, file_openai(&f));
+    // Checking and writing the file run on the thread pool; the handler runs
+    // again then. The task takes the request's body, which the part lies in
+    // (no copy of up to 64 MiB on the loop thread).
+    t = api_task_new(r, TASK_FILE, NULL, "file");
+    if (!t)
+        return;
+    t->text = file->data;
+    t->len = file->len;
+    t->text_mem = r->body.p;
+    r->body = (struct rk_buf){0};
+    snprintf(t->filename, sizeof t->filename, "%s",
+             file->filename[0] ? file->filename : "upload.jsonl");
+    snprintf(t->purpose, sizeof t->purpose, "%s", purpose);
+    api_task_start(r, t);
 }
 
 const char *api_query(struct rk_http_req *r, const char *key)
@@ -148,28 +162,97 @@ void h_file(struct rk_http_req *r)
         rk_http_json(r, 200, file_openai(&f));
 }
 
+/* GET /v1/files/{id}/content reads up to 64 MiB: on the thread pool. */
+struct file_get {
+    struct rk_tjobs *js;
+    char tenant[RK_STATE_ID_MAX + 1];
+    char id[32];
+    /* written on the pool, read after the completion */
+    int rc;
+    void *buf;
+    size_t len;
+    struct rk_errbuf eb;
+};
+
+static void file_get_run(void *arg)
+{
+    struct file_get *g = arg;
+    g->rc = rk_files_read(g->js, g->tenant, g->id, &g->buf, &g->len, &g->eb);
+}
+
+static void file_get_free(void *arg)
+{
+    struct file_get *g = arg;
+    if (g)
+        free(g->buf);
+    free(g);
+}
+
 void h_file_content(struct rk_http_req *r)
 {
+    struct file_get *g = r->user_free == file_get_free ? r->user : NULL;
+    if (g) { // the second call: the contents (or why not)
+        if (g->rc == RK_ENOTFOUND)
+            rk_http_error(r, 404, "file_not_found", "id", "file '%s' does not exist", g->id);
+        else if (g->rc != RK_OK)
+            rk_http_error_rk(r, g->rc, "id", g->eb.msg);
+        else
+            rk_http_bytes(r, 200, "application/jsonl", g->buf, g->len);
+        return;
+    }
     struct rk_tfile f;
     if (!file_or_404(r, &f))
         return;
-    void *buf = NULL;
-    size_t len = 0;
-    struct rk_errbuf eb = {0};
-    int rc = rk_files_read(api_tjobs_of(r), r->tenant, f.id, &buf, &len, &eb);
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, "id", eb.msg);
+    if (!(g = calloc(1, sizeof *g))) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return;
     }
-    rk_http_bytes(r, 200, "application/jsonl", buf, len);
-    free(buf);
+    g->js = api_tjobs_of(r);
+    snprintf(g->tenant, sizeof g->tenant, "%s", r->tenant);
+    snprintf(g->id, sizeof g->id, "%s", f.id);
+    r->user = g;
+    r->user_free = file_get_free;
+    rk_http_offload(r, file_get_run, g); // on failure a 503 is prepared
 }
+
+/* A delete unlinks and fsyncs the directory: on the thread pool. */
+struct file_del {
+    struct rk_tjobs *js;
+    char tenant[RK_STATE_ID_MAX + 1];
+    char id[32];
+    int rc; /* written on the pool, read after the completion */
+};
+
+static void file_del_run(void *arg)
+{
+    struct file_del *d = arg;
+    d->rc = rk_files_delete(d->js, d->tenant, d->id);
+}
+
+static void file_del_free(void *arg) { free(arg); }
 
 void h_file_delete(struct rk_http_req *r)
 {
+    struct file_del *d = r->user_free == file_del_free ? r->user : NULL;
+    if (d) { // the second call: deleted (or gone meanwhile)
+        if (d->rc != RK_OK)
+            rk_http_error(r, 404, "file_not_found", "id", "file '%s' does not exist", d->id);
+        else
+            rk_http_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", d->id, "object", "file",
+                                           "deleted", 1));
+        return;
+    }
     struct rk_tfile f;
     if (!file_or_404(r, &f))
         return;
-    rk_files_delete(api_tjobs_of(r), r->tenant, f.id);
-    rk_http_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", f.id, "object", "file", "deleted", 1));
+    if (!(d = calloc(1, sizeof *d))) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    d->js = api_tjobs_of(r);
+    snprintf(d->tenant, sizeof d->tenant, "%s", r->tenant);
+    snprintf(d->id, sizeof d->id, "%s", f.id);
+    r->user = d;
+    r->user_free = file_del_free;
+    rk_http_offload(r, file_del_run, d); // on failure a 503 is prepared
 }

@@ -46,6 +46,12 @@ void h_ft_create(struct rk_http_req *r)
 {
     struct rk_tjobs *js = api_tjobs_of(r);
     struct rk_srv *srv = r->srv;
+    struct job_task *done = api_task_done(r);
+    if (done) { // the second call: the job is written (or failed)
+        if (!api_task_answer_error(r, done))
+            rk_http_json(r, 200, job_openai(srv, &done->view));
+        return;
+    }
     json_t *body = rk_http_body_json(r);
     if (!body)
         return;
@@ -205,24 +211,20 @@ void h_ft_create(struct rk_http_req *r)
         json_object_set_new(native, "init_state", json_string(init));
     bool steps_given;
     snprintf(hp.method, sizeof hp.method, "%s", tm->name);
-    bool ok = parse_hparams(r, js, native, &di, &hp, &steps_given);
+    bool ok = parse_hparams(r, js, native, &hp, &steps_given);
     json_decref(native);
     if (!ok)
         goto out;
     hp.lr_multiplier = mult;
-    struct rk_tjob_new nj = {.tenant = r->tenant, .output_state = state,
-                             .training_file = di.training_file, .suffix = suffix ? suffix : "",
-                             .openai = true, .hp = &hp, .data = di.jsonl, .len = di.len,
-                             .n_examples = di.n_examples, .n_tokens = di.n_tokens,
-                             .n_targets = di.n_targets};
-    struct rk_tjob_view v;
-    struct rk_errbuf eb = {0};
-    int rc = rk_tjobs_submit(js, &nj, &v, &eb);
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, NULL, eb.msg);
+    // The rest touches the disk: on the thread pool; the handler runs again.
+    struct job_task *t = api_task_new(r, TASK_JOB, &di, "training_file");
+    if (!t)
         goto out;
-    }
-    rk_http_json(r, 200, job_openai(srv, &v));
+    t->hp = hp;
+    t->openai = true;
+    snprintf(t->output_state, sizeof t->output_state, "%s", state);
+    snprintf(t->suffix, sizeof t->suffix, "%s", suffix ? suffix : "");
+    api_task_start(r, t);
 out:
     free(di.jsonl);
     json_decref(merged);
@@ -284,7 +286,7 @@ static json_t *event_openai(const char *job_id, size_t idx, const struct rk_tjob
         json_object_set_new(data, "step", json_integer(step));
         json_object_set_new(data, "total_steps", json_integer(steps));
         json_object_set_new(data, "train_loss", json_real(loss));
-    } else if (e->type == RK_EV_EVAL) {
+    } else if (e->type == RK_EV_EVAL && json_object_get(d, "val_loss")) {
         double vl = json_number_value(json_object_get(d, "val_loss"));
         snprintf(msg, sizeof msg, "Step %ld/%ld: validation loss=%.4f", step, steps, vl);
         type = "metrics";

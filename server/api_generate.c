@@ -590,14 +590,58 @@ static bool model_entry(const char *id, const struct rk_state_meta *meta, size_t
     return true;
 }
 
+/* GET /v1/models reads the header of every state file of the tenant: on
+ * the thread pool (rk_http_offload); the handler answers when it is done. */
+struct models_list {
+    struct rk_state_store *store;
+    char tenant[RK_STATE_ID_MAX + 1];
+    const char *base; /* srv->model_name: lives as long as the server */
+    json_t *arr;      /* built by the worker; read after the completion */
+};
+
+static void models_work(void *arg)
+{
+    struct models_list *l = arg;
+    l->arr = json_array();
+    if (!l->arr)
+        return;
+    json_array_append_new(l->arr, json_pack("{s:s,s:s,s:I,s:s}", "id", l->base, "object",
+                                            "model", "created", (json_int_t)0, "owned_by",
+                                            "rwkvd"));
+    struct models_ctx c = {l->arr, l->base};
+    rk_store_list(l->store, l->tenant, model_entry, &c);
+}
+
+static void models_free(void *arg)
+{
+    struct models_list *l = arg;
+    if (l)
+        json_decref(l->arr);
+    free(l);
+}
+
 static void h_models(struct rk_http_req *r)
 {
-    struct rk_srv *srv = r->srv;
-    json_t *arr = json_array();
-    json_array_append_new(arr, json_pack("{s:s,s:s,s:I,s:s}", "id", srv->model_name, "object",
-                                         "model", "created", (json_int_t)0, "owned_by", "rwkvd"));
-    struct models_ctx c = {arr, srv->model_name};
-    rk_store_list(srv->store, r->tenant, model_entry, &c);
+    struct models_list *l = r->user_free == models_free ? r->user : NULL;
+    if (!l) { // first call: list on the pool; the handler runs again then
+        if (!(l = calloc(1, sizeof *l))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return;
+        }
+        l->store = r->srv->store;
+        l->base = r->srv->model_name;
+        snprintf(l->tenant, sizeof l->tenant, "%s", r->tenant);
+        r->user = l;
+        r->user_free = models_free;
+        rk_http_offload(r, models_work, l); // on failure a 503 is prepared
+        return;
+    }
+    if (!l->arr) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return;
+    }
+    json_t *arr = l->arr;
+    l->arr = NULL;
     rk_http_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", arr));
 }
 

@@ -14,15 +14,33 @@
  *
  * Every handler runs on the loop thread. Datasets are validated before a job
  * exists (JSONL errors name the line), so a queued job can only fail for
- * reasons found while it runs; a large dataset is validated on the thread
- * pool while the request waits, and its handler then runs a second time. A job or file of another tenant answers
+ * reasons found while it runs. A job or file of another tenant answers
  * exactly like a missing one (404). docs/JOBS.md is the contract.
+ *
+ * DESIGN. A submit (POST /tune, POST /v1/fine_tuning/jobs) or an upload
+ * (POST /v1/files) runs in two halves. On the loop thread the handler reads
+ * the request: fields, types, ranges, the dataset's text (or the training
+ * file's id); nothing there touches the disk. It then packs what the rest
+ * needs into a struct job_task (which owns its copy of the text) and hands
+ * it to libuv's thread pool (rk_http_offload) with the request suspended.
+ * There task_run reads the training file, parses and tokenises the dataset
+ * once (the checks name the line), resolves what depends on it (epochs to
+ * steps, init_state) and writes the job or file with fsyncs
+ * (rk_tjobs_submit, rk_files_add, both thread-safe). Back on the loop thread
+ * the handler is called again, finds the finished task in r->user and only
+ * answers. A job is acknowledged only after its files are durable; a write
+ * that fails leaves nothing and answers its error. The parsed dataset goes
+ * to the job itself (rk_tjob_new.ds), so the worker does not tokenise it a
+ * second time; why in memory and not on disk: see "Datasets" in jobs.c. If
+ * the client leaves while the task runs, the task still completes (the job
+ * exists, as after a lost answer) and its memory is freed when it is done.
  */
 #include "api_jobs_int.h"
 #include "json_read.h"
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,122 +140,228 @@ static size_t n_train_of(size_t n, double val_split)
 }
 
 
-/* One dataset check: the JSONL text, and what parsing it found. */
-struct vcheck {
-    const char *text;
-    char *owned; /* the copy an offloaded check works on */
-    size_t len;
-    const struct rk_tokenizer *tok;
-    struct rk_jsonl_limits jl;
-    bool prompts; /* an observer job: prompts only (rk_jsonl_prompts) */
-    bool done;
-    int rc;
-    struct rk_errbuf eb;
-    size_t n_examples, n_tokens, n_targets;
-    uint32_t vocab;
-};
+/* --- submits and uploads on the thread pool ------------------------------------ */
 
-/* Datasets from this size on are checked on the thread pool (tokenising
- * 64 MiB takes about a second, which the loop thread must not spend). */
-#define VCHECK_OFFLOAD_BYTES ((size_t)256 << 10)
-
-static void vcheck_run(void *arg)
+static void task_fail(struct job_task *t, int status, const char *code, const char *param,
+                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void task_fail(struct job_task *t, int status, const char *code, const char *param,
+                      const char *fmt, ...)
 {
-    struct vcheck *vc = arg;
-    struct rk_dataset *ds = NULL;
-    if (vc->prompts) {
-        char **pr = NULL;
-        vc->rc = rk_jsonl_prompts(vc->text, vc->len, vc->tok, &vc->jl, &pr, &vc->n_examples,
-                                  &vc->n_tokens, &vc->eb);
-        rk_jsonl_prompts_free(pr, vc->n_examples);
-        vc->done = true;
-        return;
-    }
-    vc->rc = rk_dataset_create(&ds);
-    if (vc->rc == RK_OK)
-        vc->rc = rk_jsonl_parse(vc->text, vc->len, vc->tok, &vc->jl, ds, &vc->eb);
-    if (vc->rc == RK_OK) {
-        vc->n_examples = rk_dataset_len(ds);
-        vc->n_tokens = rk_dataset_n_tokens(ds);
-        vc->n_targets = rk_dataset_n_targets(ds);
-        vc->vocab = rk_dataset_vocab_used(ds);
-    }
-    rk_dataset_free(ds);
-    vc->done = true;
+    t->rc = RK_EINVAL;
+    t->status = status;
+    snprintf(t->code, sizeof t->code, "%s", code);
+    t->err_param = param;
+    char msg[sizeof t->eb.msg]; // the arguments may point into t->eb.msg
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    memcpy(t->eb.msg, msg, sizeof msg);
 }
 
-static void vcheck_free(void *p)
+/* An rk error answered through the server's error map. */
+static void task_fail_rk(struct job_task *t, int rc, const char *param)
 {
-    struct vcheck *vc = p;
-    if (vc)
-        free(vc->owned);
-    free(vc);
+    t->rc = rc;
+    t->status = 0;
+    t->err_param = param;
+    if (!t->eb.msg[0])
+        snprintf(t->eb.msg, sizeof t->eb.msg, "%s", rk_strerror(rc));
 }
 
-/* Validate JSONL text exactly as the worker will read it. A large text is
- * checked on the thread pool: then this returns false with the request
- * suspended and no answer yet, and the handler runs again once the check is
- * done, meeting its result here (the handler must rebuild the same text). */
-bool validate_jsonl(struct rk_http_req *r, struct rk_tjobs *js, const char *param,
-                    const char *text, size_t len, struct dataset_info *di)
+/* Parse and check the JSONL exactly as the worker would read it; on success
+ * *out holds the dataset. */
+static bool task_parse(struct job_task *t, struct rk_dataset **out)
 {
-    const struct rk_tjobs_limits *lim = rk_tjobs_limits(js);
-    if (len > lim->dataset_bytes_max) {
-        rk_http_error(r, 413, "dataset_too_large", param,
-                      "the dataset has %zu bytes; the limit is %zu", len, lim->dataset_bytes_max);
+    const struct rk_tjobs_limits *lim = rk_tjobs_limits(t->js);
+    const char *param = t->param;
+    if (t->len > lim->dataset_bytes_max) {
+        task_fail(t, 413, "dataset_too_large", param, "the dataset has %zu bytes; the limit is %zu",
+                  t->len, lim->dataset_bytes_max);
         return false;
     }
-    struct vcheck local = {0}, *vc = r->user_free == vcheck_free ? r->user : NULL;
-    if (vc && !(vc->done && vc->len == len && vc->prompts == di->prompts &&
-                !memcmp(vc->owned, text, len)))
-        vc = NULL; /* not this text (changed meanwhile): check it here */
-    if (!vc && len >= VCHECK_OFFLOAD_BYTES && !r->user) {
-        vc = calloc(1, sizeof *vc);
-        char *copy = malloc(len ? len : 1);
-        if (!vc || !copy) {
-            free(vc), free(copy);
-            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+    struct rk_jsonl_limits jl = {lim->dataset_bytes_max, lim->examples_max, lim->seq_tokens_max};
+    struct rk_dataset *ds = NULL;
+    if (t->kind == TASK_JOB && !strcmp(t->hp.method, rk_method_observer.name)) {
+        // Prompts only: the worker asks the teacher for the rest, so submit
+        // keeps no dataset (*out stays NULL).
+        char **pr = NULL;
+        int rc = rk_jsonl_prompts(t->text ? t->text : "", t->len, t->tok, &jl, &pr,
+                                  &t->n_examples, &t->n_prompt_tokens, &t->eb);
+        rk_jsonl_prompts_free(pr, t->n_examples);
+        if (rc != RK_OK) {
+            if (rc == RK_ENOMEM)
+                task_fail(t, 503, "enomem", NULL, "out of memory");
+            else
+                task_fail(t, 400, rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param,
+                          "%s", t->eb.msg[0] ? t->eb.msg : rk_strerror(rc));
             return false;
         }
-        memcpy(copy, text, len);
-        *vc = (struct vcheck){.text = copy, .owned = copy, .len = len, .tok = r->srv->tok,
-                              .prompts = di->prompts,
-                              .jl = {lim->dataset_bytes_max, lim->examples_max,
-                                     lim->seq_tokens_max}};
-        r->user = vc;
-        r->user_free = vcheck_free;
-        rk_http_offload(r, vcheck_run, vc); /* answers 503 itself on failure */
-        return false;
+        *out = NULL;
+        return true;
     }
-    if (!vc) {
-        local = (struct vcheck){.text = text, .len = len, .tok = r->srv->tok,
-                                .prompts = di->prompts,
-                                .jl = {lim->dataset_bytes_max, lim->examples_max,
-                                       lim->seq_tokens_max}};
-        vcheck_run(&local);
-        vc = &local;
-    }
-    if (vc->rc != RK_OK) {
-        if (vc->rc == RK_ENOMEM)
-            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+    int rc = rk_dataset_create(&ds);
+    if (rc == RK_OK)
+        rc = rk_jsonl_parse(t->text ? t->text : "", t->len, t->tok, &jl, ds, &t->eb);
+    if (rc != RK_OK) {
+        rk_dataset_free(ds);
+        if (rc == RK_ENOMEM)
+            task_fail(t, 503, "enomem", NULL, "out of memory");
         else
-            rk_http_error(r, 400, vc->rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param,
-                          "%s", vc->eb.msg[0] ? vc->eb.msg : rk_strerror(vc->rc));
+            task_fail(t, 400, rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param, "%s",
+                      t->eb.msg[0] ? t->eb.msg : rk_strerror(rc));
         return false;
     }
-    di->n_examples = vc->n_examples;
-    di->n_tokens = vc->n_tokens;
-    di->n_targets = vc->n_targets;
-    if (di->n_examples == 0) {
-        rk_http_error(r, 400, "invalid_dataset", param,
-                      "the dataset has no training examples ({\"text\"}, {\"prompt\","
-                      "\"completion\"} or {\"messages\"} lines)");
+    t->n_examples = rk_dataset_len(ds);
+    if (t->n_examples == 0) {
+        rk_dataset_free(ds);
+        task_fail(t, 400, "invalid_dataset", param,
+                  "the dataset has no training examples ({\"text\"}, {\"prompt\","
+                  "\"completion\"} or {\"messages\"} lines)");
         return false;
     }
-    if (vc->vocab > (uint32_t)rk_model_n_vocab(r->srv->model)) {
-        rk_http_error(r, 400, "invalid_dataset", param, "token ids exceed the model's vocabulary");
+    if (rk_dataset_vocab_used(ds) > t->n_vocab) {
+        rk_dataset_free(ds);
+        task_fail(t, 400, "invalid_dataset", param, "token ids exceed the model's vocabulary");
         return false;
     }
+    *out = ds;
+    return true;
+}
+
+/* Epochs become steps once the number of examples is known. */
+static bool task_resolve_epochs(struct job_task *t)
+{
+    struct rk_tjob_hparams *hp = &t->hp;
+    if (!(hp->epochs > 0))
+        return true;
+    long steps_max = rk_tjobs_limits(t->js)->steps_max;
+    double s = ceil(hp->epochs * (double)n_train_of(t->n_examples, hp->tune.val_split) /
+                    (double)hp->tune.batch);
+    if (s > (double)steps_max) {
+        task_fail(t, 400, "too_many_steps", "epochs",
+                  "%g epochs of %zu examples in batches of %d is %.0f steps; the limit is %ld",
+                  hp->epochs, t->n_examples, hp->tune.batch, s, steps_max);
+        return false;
+    }
+    hp->tune.steps = s < 1 ? 1 : (long)s;
+    return true;
+}
+
+/* The whole submit or upload, on a pool thread: read the training file,
+ * parse and check the dataset, resolve what depends on it, and write the job
+ * or file durably. Touches only the task and thread-safe modules (jobs table,
+ * state store). */
+static void task_run(void *arg)
+{
+    struct job_task *t = arg;
+    struct rk_dataset *ds = NULL;
+    if (t->training_file[0]) {
+        void *buf = NULL;
+        size_t len = 0;
+        int rc = rk_files_read(t->js, t->tenant, t->training_file, &buf, &len, &t->eb);
+        if (rc == RK_ENOTFOUND) { // deleted since the handler looked
+            task_fail(t, 404, "file_not_found", "training_file", "file '%s' does not exist",
+                      t->training_file);
+            return;
+        }
+        if (rc != RK_OK) {
+            task_fail_rk(t, rc, "training_file");
+            return;
+        }
+        t->text = t->text_mem = buf;
+        t->len = len;
+    }
+    if (!task_parse(t, &ds))
+        return;
+    if (t->kind == TASK_FILE) {
+        rk_dataset_free(ds);
+        int rc = rk_files_add(t->js, t->tenant, t->filename, t->purpose, t->text, t->len,
+                              t->n_examples, &t->file, &t->eb);
+        if (rc != RK_OK)
+            task_fail_rk(t, rc, "file");
+        return;
+    }
+    if (!task_resolve_epochs(t)) {
+        rk_dataset_free(ds);
+        return;
+    }
+    if (t->hp.init_state[0]) {
+        struct rk_state_ref *ref = NULL;
+        if (rk_store_get(t->store, t->tenant, t->hp.init_state, &ref, NULL) != RK_OK) {
+            rk_dataset_free(ds);
+            task_fail(t, 404, "state_not_found", "init_state", "state '%s' does not exist",
+                      t->hp.init_state);
+            return;
+        }
+        rk_state_ref_release(ref);
+    }
+    struct rk_tjob_new nj = {.tenant = t->tenant, .output_state = t->output_state,
+                             .training_file = t->training_file, .suffix = t->suffix,
+                             .openai = t->openai, .hp = &t->hp, .data = t->text, .len = t->len,
+                             .n_examples = t->n_examples,
+                             .n_tokens = ds ? rk_dataset_n_tokens(ds) : t->n_prompt_tokens,
+                             .n_targets = rk_dataset_n_targets(ds), .ds = ds,
+                             .eval_task = t->eval_task};
+    int rc = rk_tjobs_submit(t->js, &nj, &t->view, &t->eb); // takes ds
+    if (rc != RK_OK)
+        task_fail_rk(t, rc, NULL);
+}
+
+static void task_free(void *arg)
+{
+    struct job_task *t = arg;
+    if (t) {
+        free(t->text_mem);
+        free(t->eval_task);
+    }
+    free(t);
+}
+
+struct job_task *api_task_new(struct rk_http_req *r, enum job_task_kind kind,
+                              struct dataset_info *di, const char *param)
+{
+    struct job_task *t = calloc(1, sizeof *t);
+    if (!t) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return NULL;
+    }
+    t->kind = kind;
+    t->js = api_tjobs_of(r);
+    t->store = r->srv->store;
+    t->tok = r->srv->tok;
+    t->n_vocab = (uint32_t)rk_model_n_vocab(r->srv->model);
+    t->param = param;
+    snprintf(t->tenant, sizeof t->tenant, "%s", r->tenant);
+    if (di) {
+        t->text = t->text_mem = di->jsonl; // taken
+        t->len = di->len;
+        di->jsonl = NULL;
+        snprintf(t->training_file, sizeof t->training_file, "%s", di->training_file);
+    }
+    return t;
+}
+
+void api_task_start(struct rk_http_req *r, struct job_task *t)
+{
+    r->user = t;
+    r->user_free = task_free;
+    rk_http_offload(r, task_run, t); // on failure a 503 is prepared
+}
+
+struct job_task *api_task_done(struct rk_http_req *r)
+{
+    return r->user_free == task_free && !r->offload ? r->user : NULL;
+}
+
+bool api_task_answer_error(struct rk_http_req *r, const struct job_task *t)
+{
+    if (t->rc == RK_OK)
+        return false;
+    if (t->status)
+        rk_http_error(r, t->status, t->code, t->err_param, "%s", t->eb.msg);
+    else
+        rk_http_error_rk(r, t->rc, t->err_param, t->eb.msg);
     return true;
 }
 
@@ -256,23 +380,15 @@ bool parse_dataset(struct rk_http_req *r, struct rk_tjobs *js, json_t *body,
         return false;
     }
     if (fid) {
+        // The file is read (and checked) on the thread pool (task_run).
         struct rk_tfile f;
         if (rk_files_get(js, r->tenant, fid, &f) != RK_OK) {
             rk_http_error(r, 404, "file_not_found", "training_file", "file '%s' does not exist",
                           fid);
             return false;
         }
-        void *buf = NULL;
-        size_t len = 0;
-        struct rk_errbuf eb = {0};
-        int rc = rk_files_read(js, r->tenant, fid, &buf, &len, &eb);
-        if (rc != RK_OK) {
-            rk_http_error_rk(r, rc, "training_file", eb.msg);
-            return false;
-        }
         snprintf(di->training_file, sizeof di->training_file, "%s", fid);
-        di->jsonl = buf;
-        di->len = len;
+        return true;
     } else if (json_is_string(d)) {
         di->len = json_string_length(d);
         di->jsonl = malloc(di->len + 1);
@@ -310,7 +426,14 @@ bool parse_dataset(struct rk_http_req *r, struct rk_tjobs *js, json_t *body,
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return false;
     }
-    return validate_jsonl(r, js, fid ? "training_file" : "dataset", di->jsonl, di->len, di);
+    const struct rk_tjobs_limits *lim = rk_tjobs_limits(js);
+    if (di->len > lim->dataset_bytes_max) {
+        rk_http_error(r, 413, "dataset_too_large", "dataset",
+                      "the dataset has %zu bytes; the limit is %zu", di->len,
+                      lim->dataset_bytes_max);
+        return false;
+    }
+    return true;
 }
 
 /* The server limit that lowers an entry's upper bound (0: none). */
@@ -369,8 +492,7 @@ static bool get_hparam(struct rk_http_req *r, json_t *o, const struct rk_hparam 
  * server resolves: giving lr alone sets lr_final = lr / 100; epochs become
  * steps; init_state must name a stored state. */
 bool parse_hparams(struct rk_http_req *r, struct rk_tjobs *js, json_t *o,
-                   const struct dataset_info *di, struct rk_tjob_hparams *hp,
-                   bool *steps_given)
+                   struct rk_tjob_hparams *hp, bool *steps_given)
 {
     const struct rk_tjobs_limits *lim = rk_tjobs_limits(js);
     size_t n;
@@ -411,14 +533,13 @@ bool parse_hparams(struct rk_http_req *r, struct rk_tjobs *js, json_t *o,
             }
             const char *init = json_string_value(x);
             if (init && *init) {
-                struct rk_state_ref *ref = NULL;
-                if (!rk_state_id_valid(init) ||
-                    rk_store_get(r->srv->store, r->tenant, init, &ref, NULL) != RK_OK) {
+                // Whether it exists is checked with the dataset, off the loop
+                // thread (task_run): the state may have to be read from disk.
+                if (!rk_state_id_valid(init)) {
                     rk_http_error(r, 404, "state_not_found", "init_state",
                                   "state '%s' does not exist", init);
                     return false;
                 }
-                rk_state_ref_release(ref);
                 snprintf(hp->init_state, sizeof hp->init_state, "%s", init);
             }
         } else if (!get_hparam(r, o, h, lim, hp)) {
@@ -427,19 +548,8 @@ bool parse_hparams(struct rk_http_req *r, struct rk_tjobs *js, json_t *o,
     }
     if (lr_given && !lr_final_given)
         hp->tune.lr_final = hp->tune.lr * 0.01;
-    if (epochs > 0) {
-        double s = ceil(epochs * (double)n_train_of(di->n_examples, hp->tune.val_split) /
-                        (double)hp->tune.batch);
-        if (s > (double)lim->steps_max) {
-            rk_http_error(r, 400, "too_many_steps", "epochs",
-                          "%g epochs of %zu examples in batches of %d is %.0f steps; the limit "
-                          "is %ld",
-                          epochs, di->n_examples, hp->tune.batch, s, lim->steps_max);
-            return false;
-        }
-        hp->tune.steps = s < 1 ? 1 : (long)s;
-        hp->epochs = epochs;
-    }
+    if (epochs > 0)
+        hp->epochs = epochs; // steps follow once the dataset is counted (task_resolve_epochs)
     return true;
 }
 
@@ -473,6 +583,8 @@ static json_t *hparams_json(const struct rk_tjob_hparams *h)
 
 json_t *job_native(struct rk_srv *srv, const struct rk_tjob_view *v)
 {
+    if (v->eval)
+        return job_eval(srv, v);
     char model[200];
     snprintf(model, sizeof model, "%s:%s", srv->model_name, v->output_state);
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:I}", "id", v->id, "object", "tune.job",
@@ -506,6 +618,10 @@ json_t *job_native(struct rk_srv *srv, const struct rk_tjob_view *v)
                                   v->training_file[0] ? json_string(v->training_file)
                                                       : json_null()));
     json_object_set_new(o, "hyperparameters", hparams_json(&v->hp));
+    if (v->has_eval_task) {
+        json_t *etr = v->eval_task_results ? json_loads(v->eval_task_results, 0, NULL) : NULL;
+        json_object_set_new(o, "eval_task", etr ? etr : json_null());
+    }
     json_object_set_new(o, "error", v->status == RK_TJOB_FAILED
                                         ? json_pack("{s:s,s:s}", "code", v->err_code, "message",
                                                     v->err_msg)
@@ -580,6 +696,8 @@ void rk_api_jobs_register(struct rk_srv *srv, struct rk_tjobs *js)
     srv->tjobs = js;
     static const struct rk_route routes[] = {
         {"POST", "/tune", h_tune, 0, NULL},
+        {"POST", "/eval", h_eval, 0, NULL},
+        {"POST", "/eval/jobs", h_eval_job, 0, NULL},
         {"GET", "/jobs", h_jobs, 0, NULL},
         {"GET", "/jobs/{id}", h_job, 0, NULL},
         {"GET", "/jobs/{id}/events", h_events, 0, NULL},

@@ -3,15 +3,18 @@
  * /states/{id}, GET /states/{id}/file. Every lookup is scoped to the
  * caller's tenant; a state of another tenant and a missing one give the same
  * 404. PUT accepts a safetensors state file (adapters/FORMAT.md) or an
- * RWKV-PEFT .pth state checkpoint, which is converted.
+ * RWKV-PEFT .pth state checkpoint, which is converted, or with ?from=ai00
+ * an ai00_server state file (transposed on import).
  *
- * Reads stay off the loop thread: a state that is not cached is loaded on
- * the thread pool (rk_state_fetch), and GET /states/{id}/file reads its
- * file there too (rk_http_offload).
- * TODO: PUT and DELETE write and fsync on the loop thread (a few ms for a
- * typical state), and GET /states lists the directory there (reading each
- * file's header); move them to the pool the same way if uploads of very
- * large states or long listings under load show up in /health latency.
+ * Disk work stays off the loop thread: a state that is not cached is loaded
+ * on the thread pool (rk_state_fetch); GET /states/{id}/file reads its file
+ * there, PUT parses the upload and writes it there (temp file, fsync,
+ * rename, directory fsync) and DELETE unlinks and fsyncs there, each through
+ * rk_http_offload with the request suspended. The answer is prepared only
+ * after the store's call has returned, so a 200/201 always means the file
+ * is durable, and a failed write answers its error with the old version
+ * still in place (rk_store_put's contract).
+ * GET /states, which reads every file's header, runs there too.
  */
 #include "srv.h"
 
@@ -49,15 +52,52 @@ static bool list_entry(const char *id, const struct rk_state_meta *meta, size_t 
     return true;
 }
 
+/* GET /states reads every state file's header: on the thread pool. The
+ * array is built there (a jansson value of its own, handed to the loop
+ * thread only after the work is done). */
+struct state_list {
+    struct rk_state_store *store;
+    char tenant[RK_STATE_ID_MAX + 1];
+    json_t *arr; /* written by the worker; read after the completion */
+    int rc;
+};
+
+static void list_work(void *arg)
+{
+    struct state_list *l = arg;
+    l->arr = json_array();
+    l->rc = l->arr ? rk_store_list(l->store, l->tenant, list_entry, l->arr) : RK_ENOMEM;
+}
+
+static void list_free(void *arg)
+{
+    struct state_list *l = arg;
+    if (l)
+        json_decref(l->arr);
+    free(l);
+}
+
 static void h_list(struct rk_http_req *r)
 {
-    json_t *arr = json_array();
-    int rc = rk_store_list(r->srv->store, r->tenant, list_entry, arr);
-    if (rc != RK_OK) {
-        json_decref(arr);
-        rk_http_error_rk(r, rc, NULL, "cannot list states");
+    struct state_list *l = r->user_free == list_free ? r->user : NULL;
+    if (!l) { // first call: list on the pool; the handler runs again then
+        if (!(l = calloc(1, sizeof *l))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return;
+        }
+        l->store = r->srv->store;
+        snprintf(l->tenant, sizeof l->tenant, "%s", r->tenant);
+        r->user = l;
+        r->user_free = list_free;
+        rk_http_offload(r, list_work, l); // on failure a 503 is prepared
         return;
     }
+    if (l->rc != RK_OK) {
+        rk_http_error_rk(r, l->rc, NULL, "cannot list states");
+        return;
+    }
+    json_t *arr = l->arr;
+    l->arr = NULL;
     rk_http_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", arr));
 }
 
@@ -159,6 +199,94 @@ static void h_file(struct rk_http_req *r)
     r->status = 200;
 }
 
+/* PUT and DELETE run their store call on the thread pool. */
+struct state_write {
+    struct rk_state_store *store;
+    const struct rk_model *model;
+    bool del;
+    char tenant[RK_STATE_ID_MAX + 1];
+    char id[RK_STATE_ID_MAX + 8];
+    char note[sizeof(((struct rk_state_meta *)0)->note)];
+    bool has_note;
+    enum rk_state_from from; /* ?from=ai00: an ai00_server state file */
+    struct rk_buf body; /* the upload, moved out of the request */
+    /* written by the worker; read on the loop thread after the completion */
+    bool parse_failed;
+    int rc;
+    struct rk_errbuf eb;
+    struct rk_state_ref *ref;
+};
+
+static void write_work(void *arg)
+{
+    struct state_write *w = arg;
+    if (w->del) {
+        w->rc = rk_store_delete(w->store, w->tenant, w->id, &w->eb);
+        return;
+    }
+    float *state = malloc(rk_state_len(w->model) * sizeof(float));
+    if (!state) {
+        w->rc = rk_errbuf_set(&w->eb, RK_ENOMEM, "out of memory");
+        return;
+    }
+    struct rk_state_meta meta;
+    w->rc = rk_state_file_import(w->body.p, w->body.len, w->model, w->from, state, &meta,
+                                 &w->eb);
+    if (w->rc != RK_OK) {
+        w->parse_failed = true;
+    } else {
+        if (w->has_note)
+            snprintf(meta.note, sizeof meta.note, "%s", w->note);
+        w->rc = rk_store_put(w->store, w->tenant, w->id, state, &meta, &w->ref, &w->eb);
+    }
+    free(state);
+}
+
+static void write_free(void *arg)
+{
+    struct state_write *w = arg;
+    if (w) {
+        rk_state_ref_release(w->ref);
+        rk_buf_free(&w->body);
+        free(w);
+    }
+}
+
+/* First call: start the work and return NULL (the handler runs again when it
+ * is done, or a 503 is prepared). Second call: the finished work. */
+static struct state_write *write_start_or_result(struct rk_http_req *r, bool del,
+                                                 enum rk_state_from from)
+{
+    if (r->user_free == write_free)
+        return r->user;
+    struct state_write *w = calloc(1, sizeof *w);
+    if (!w) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return NULL;
+    }
+    w->store = r->srv->store;
+    w->model = r->srv->model;
+    w->del = del;
+    w->from = from;
+    snprintf(w->tenant, sizeof w->tenant, "%s", r->tenant);
+    snprintf(w->id, sizeof w->id, "%s", r->params[0]);
+    if (!del) {
+        // The work owns the upload: a client that leaves frees its request
+        // at once, and the work's data only when the work is done.
+        w->body = r->body;
+        r->body = (struct rk_buf){0};
+        const char *note = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "note");
+        if (note) {
+            w->has_note = true;
+            snprintf(w->note, sizeof w->note, "%s", note);
+        }
+    }
+    r->user = w;
+    r->user_free = write_free;
+    rk_http_offload(r, write_work, w); // on failure a 503 is prepared
+    return NULL;
+}
+
 static void h_put(struct rk_http_req *r)
 {
     struct rk_srv *srv = r->srv;
@@ -168,52 +296,46 @@ static void h_put(struct rk_http_req *r)
                       "^[a-z0-9][a-z0-9_-]{0,63}$");
         return;
     }
-    if (!r->body.len) {
+    if (r->user_free != write_free && !r->body.len) {
         rk_http_error(r, 400, "empty_body", NULL, "the body must be a state file "
                       "(safetensors or RWKV-PEFT .pth)");
         return;
     }
-    float *state = malloc(rk_state_len(srv->model) * sizeof(float));
-    if (!state) {
-        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+    // ?from=ai00 names an ai00_server state file (its matrices are stored
+    // transposed, which the bytes cannot show; adapters/FORMAT.md).
+    const char *from_s = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "from");
+    enum rk_state_from from = RK_STATE_FROM_AUTO;
+    if (from_s && !strcmp(from_s, "ai00")) {
+        from = RK_STATE_FROM_AI00;
+    } else if (from_s && strcmp(from_s, "rwkvd") && strcmp(from_s, "peft")) {
+        rk_http_error(r, 400, "invalid_value", "from", "\"from\" must be rwkvd, peft or ai00");
         return;
     }
-    struct rk_state_meta meta;
-    struct rk_errbuf eb = {0};
-    int rc = rk_state_file_parse(r->body.p, r->body.len, srv->model, false, state, &meta, &eb);
-    if (rc != RK_OK) {
-        free(state);
-        rk_http_error_rk(r, rc, "body", eb.msg);
+    struct state_write *w = write_start_or_result(r, false, from);
+    if (!w)
+        return;
+    if (w->rc != RK_OK) {
+        rk_http_error_rk(r, w->rc, w->parse_failed ? "body" : NULL, w->eb.msg);
         return;
     }
-    const char *note = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "note");
-    if (note)
-        snprintf(meta.note, sizeof meta.note, "%s", note);
-    struct rk_state_ref *ref = NULL;
-    rc = rk_store_put(srv->store, r->tenant, id, state, &meta, &ref, &eb);
-    free(state);
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, NULL, eb.msg);
-        return;
-    }
-    const struct rk_state_meta *m = rk_state_ref_meta(ref);
+    const struct rk_state_meta *m = rk_state_ref_meta(w->ref);
     rk_http_json(r, m->version == 1 ? 201 : 200,
                  meta_json(id, m, rk_state_len(srv->model) * sizeof(float), true));
-    rk_state_ref_release(ref);
 }
 
 static void h_delete(struct rk_http_req *r)
 {
     if (!id_or_404(r))
         return;
-    struct rk_errbuf eb = {0};
-    int rc = rk_store_delete(r->srv->store, r->tenant, r->params[0], &eb);
-    if (rc == RK_ENOTFOUND) {
+    struct state_write *w = write_start_or_result(r, true, RK_STATE_FROM_AUTO);
+    if (!w)
+        return;
+    if (w->rc == RK_ENOTFOUND) {
         rk_http_error(r, 404, "state_not_found", "id", "state '%s' does not exist", r->params[0]);
         return;
     }
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, NULL, eb.msg);
+    if (w->rc != RK_OK) {
+        rk_http_error_rk(r, w->rc, NULL, w->eb.msg);
         return;
     }
     rk_http_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", r->params[0], "object", "state",

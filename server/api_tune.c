@@ -101,12 +101,24 @@ static bool parse_teacher(struct rk_http_req *r, json_t *body, bool observer,
 void h_tune(struct rk_http_req *r)
 {
     struct rk_tjobs *js = api_tjobs_of(r);
+    struct job_task *t = api_task_done(r);
+    if (t) { // the second call: the job is written (or failed)
+        if (api_task_answer_error(r, t))
+            return;
+        rk_http_json(r, 202, job_native(r->srv, &t->view));
+        if (r->resp) {
+            char loc[64];
+            snprintf(loc, sizeof loc, "/jobs/%s", t->view.id);
+            MHD_add_response_header(r->resp, "Location", loc);
+        }
+        return;
+    }
     json_t *body = rk_http_body_json(r);
     if (!body)
         return;
     struct dataset_info di = {0};
     static const char *const top[] = {"dataset", "training_file", "method", "output_state",
-                                      "hyperparameters", "teacher", NULL};
+                                      "hyperparameters", "eval_task", "teacher", NULL};
     if (!api_only_keys_or(r, body, top, is_job_hparam, "the request"))
         goto out;
     // Hyperparameters may come at the top level or in "hyperparameters".
@@ -157,8 +169,7 @@ void h_tune(struct rk_http_req *r)
     }
     struct rk_tjob_hparams hp;
     hparams_default(js, &hp);
-    di.prompts = tm == &rk_method_observer;
-    if (!parse_teacher(r, body, di.prompts, &hp.teacher)) {
+    if (!parse_teacher(r, body, tm == &rk_method_observer, &hp.teacher)) {
         json_decref(merged);
         goto out;
     }
@@ -168,27 +179,30 @@ void h_tune(struct rk_http_req *r)
     }
     bool steps_given;
     snprintf(hp.method, sizeof hp.method, "%s", tm->name);
-    bool ok = parse_hparams(r, js, merged, &di, &hp, &steps_given);
+    bool ok = parse_hparams(r, js, merged, &hp, &steps_given);
     json_decref(merged);
     if (!ok)
         goto out;
-    struct rk_tjob_new nj = {.tenant = r->tenant, .output_state = out_state,
-                             .training_file = di.training_file, .hp = &hp, .data = di.jsonl,
-                             .len = di.len, .n_examples = di.n_examples, .n_tokens = di.n_tokens,
-                             .n_targets = di.n_targets};
-    struct rk_tjob_view v;
-    struct rk_errbuf eb = {0};
-    int rc = rk_tjobs_submit(js, &nj, &v, &eb);
-    if (rc != RK_OK) {
-        rk_http_error_rk(r, rc, NULL, eb.msg);
+    char *eval_task = NULL;
+    json_t *et = json_object_get(body, "eval_task");
+    if (et && !json_is_null(et)) {
+        if (!api_eval_task_check(r, et))
+            goto out;
+        if (!(eval_task = json_dumps(et, JSON_COMPACT))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            goto out;
+        }
+    }
+    // The rest touches the disk: on the thread pool; the handler runs again.
+    t = api_task_new(r, TASK_JOB, &di, di.training_file[0] ? "training_file" : "dataset");
+    if (!t) {
+        free(eval_task);
         goto out;
     }
-    rk_http_json(r, 202, job_native(r->srv, &v));
-    if (r->resp) {
-        char loc[64];
-        snprintf(loc, sizeof loc, "/jobs/%s", v.id);
-        MHD_add_response_header(r->resp, "Location", loc);
-    }
+    t->eval_task = eval_task; // taken
+    t->hp = hp;
+    snprintf(t->output_state, sizeof t->output_state, "%s", out_state);
+    api_task_start(r, t);
 out:
     free(di.jsonl);
     json_decref(body);
@@ -212,7 +226,10 @@ void h_jobs(struct rk_http_req *r)
 
 bool job_or_404(struct rk_http_req *r, struct rk_tjob_view *v)
 {
-    if (rk_tjobs_get(api_tjobs_of(r), r->tenant, r->params[0], v) == RK_OK)
+    // The OpenAI fine-tuning routes know tuning jobs only.
+    bool openai = !strncmp(r->path, "/v1/", 4);
+    if (rk_tjobs_get(api_tjobs_of(r), r->tenant, r->params[0], v) == RK_OK &&
+        !(openai && v->eval))
         return true;
     rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
     return false;
@@ -225,14 +242,47 @@ void h_job(struct rk_http_req *r)
         rk_http_json(r, 200, job_native(r->srv, &v));
 }
 
+/* A cancel rewrites the job's record (fsync): on the thread pool. */
+struct cancel_work {
+    struct rk_tjobs *js;
+    char tenant[RK_STATE_ID_MAX + 1];
+    char id[RK_STATE_ID_MAX + 8];
+    int rc; /* written on the pool, read after the completion */
+    struct rk_tjob_view v;
+};
+
+static void cancel_run(void *arg)
+{
+    struct cancel_work *c = arg;
+    c->rc = rk_tjobs_cancel(c->js, c->tenant, c->id, &c->v);
+}
+
+static void cancel_free(void *arg) { free(arg); }
+
 void cancel_common(struct rk_http_req *r, bool openai)
 {
-    struct rk_tjob_view v;
-    if (rk_tjobs_cancel(api_tjobs_of(r), r->tenant, r->params[0], &v) != RK_OK) {
+    struct cancel_work *c = r->user_free == cancel_free ? r->user : NULL;
+    if (!c) { // first call: cancel on the pool; the handler runs again then
+        struct rk_tjob_view v;
+        if (openai && !job_or_404(r, &v))
+            return;
+        if (!(c = calloc(1, sizeof *c))) {
+            rk_http_error(r, 503, "enomem", NULL, "out of memory");
+            return;
+        }
+        c->js = api_tjobs_of(r);
+        snprintf(c->tenant, sizeof c->tenant, "%s", r->tenant);
+        snprintf(c->id, sizeof c->id, "%s", r->params[0]);
+        r->user = c;
+        r->user_free = cancel_free;
+        rk_http_offload(r, cancel_run, c); // on failure a 503 is prepared
+        return;
+    }
+    if (c->rc != RK_OK) {
         rk_http_error(r, 404, "job_not_found", "id", "job '%s' does not exist", r->params[0]);
         return;
     }
-    rk_http_json(r, 200, openai ? job_openai(r->srv, &v) : job_native(r->srv, &v));
+    rk_http_json(r, 200, openai ? job_openai(r->srv, &c->v) : job_native(r->srv, &c->v));
 }
 
 void h_cancel(struct rk_http_req *r) { cancel_common(r, false); }

@@ -42,6 +42,25 @@
  * interrupted attempts, or with an unreadable checkpoint or dataset, it is
  * failed with the reason. No job stays "running" across a restart.
  *
+ * Submits: rk_tjobs_submit runs on libuv's thread pool (api_jobs.c), any
+ * number at once; it writes without holding `mu` and enters the job in the
+ * table, re-checking the tenant's active-job limit under `mu`, only once
+ * both files are durable. On any failure it removes what it wrote, record
+ * first. A dataset without a record (a crash between the writes) is
+ * removed at start-up.
+ *
+ * Datasets: a job's dataset is tokenised once, at submit (on the pool),
+ * and the parsed rk_dataset travels with the queued job (j->ds under `mu`)
+ * to the worker, which takes it when the job starts. Why this and not a
+ * token file beside the JSONL: the JSONL is already the durable form, and
+ * the tokens are a function of it and of the tokenizer the server runs
+ * with, which may differ after a restart (another model), so a token file
+ * would need its own hostile-input format, a tokenizer fingerprint and up
+ * to four times the bytes fsynced at submit, for a saving only after a
+ * restart. Instead, after a restart the worker parses the JSONL again (as
+ * before), and in memory the queue holds at most HELD_BYTES_MAX of parsed
+ * datasets; a job beyond that is parsed again when it starts.
+ *
  * Wake-ups: SSE followers (api_jobs.c) wait with their connection
  * suspended. The worker calls uv_async_send (guarded by `amu` and
  * `async_live`), and the loop-side callback calls every follower, which
@@ -49,6 +68,10 @@
  * exists, so the first jobs handler creates them (rk_tjobs_attach_loop); a
  * uv_check handle closes them as soon as the server starts draining, which
  * also interrupts the running job.
+ *
+ * Evaluation jobs (POST /eval/jobs) are jobs of the same table, queue and
+ * worker with v.eval set: <id>.data.jsonl holds the request, the worker
+ * runs them in jobs_eval.c, and their result goes to <id>.result.json.
  *
  * Shutdown order: drain starts -> handles closed, worker told to stop ->
  * rk_srv_run returns -> rk_tjobs_stop joins the worker (the running job is
@@ -106,7 +129,8 @@ bool tj_is_final(enum rk_tjob_status s)
 
 const char *rk_tjob_ev_name(enum rk_tjob_ev_type t)
 {
-    return t == RK_EV_STEP ? "step" : t == RK_EV_EVAL ? "eval" : "status";
+    return t == RK_EV_STEP ? "step" : t == RK_EV_EVAL ? "eval"
+                                    : t == RK_EV_PROGRESS ? "progress" : "status";
 }
 
 void tj_random_id(const char *prefix, char *out, size_t cap)
@@ -303,12 +327,51 @@ void tj_enqueue(struct rk_tjobs *js, struct rk_tjob *j)
     pthread_cond_signal(&js->cv);
 }
 
+/* Queued jobs that hold their parsed dataset hold at most this much of it
+ * together (docs/JOBS.md); a job beyond it holds none, and the worker parses
+ * its JSONL again. */
+#define HELD_BYTES_MAX ((size_t)512 << 20)
+
+/* What a parsed dataset costs in memory: a token id and a mask byte per
+ * token, plus a sequence record per example. */
+static size_t dataset_bytes(const struct rk_tjob_new *nj)
+{
+    return nj->n_tokens * (sizeof(uint32_t) + 1) + nj->n_examples * 64;
+}
+
+struct rk_dataset *tj_take_dataset(struct rk_tjobs *js, struct rk_tjob *j)
+{
+    struct rk_dataset *ds = j->ds;
+    js->held_bytes -= j->ds_bytes;
+    j->ds = NULL;
+    j->ds_bytes = 0;
+    return ds;
+}
+
+static int active_of(struct rk_tjobs *js, const char *tenant)
+{
+    int active = 0;
+    for (size_t i = 0; i < js->n_jobs; i++)
+        active += !strcmp(js->jobs[i]->v.tenant, tenant) && !tj_is_final(js->jobs[i]->v.status);
+    return active;
+}
+
+static int busy_error(struct rk_errbuf *eb, int active)
+{
+    return rk_errbuf_set(eb, RK_EBUSY,
+                         "this tenant already has %d queued or running jobs (the limit); "
+                         "wait for one to finish or cancel one",
+                         active);
+}
+
 int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk_tjob_view *view,
                    struct rk_errbuf *eb)
 {
     struct rk_tjob *j = calloc(1, sizeof *j);
-    if (!j)
+    if (!j) {
+        rk_dataset_free(nj->ds);
         return RK_ENOMEM;
+    }
     struct rk_tjob_view *v = &j->v;
     tj_random_id("ftjob-", v->id, sizeof v->id);
     snprintf(v->tenant, sizeof v->tenant, "%s", nj->tenant);
@@ -319,8 +382,14 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
     v->openai = nj->openai;
     v->status = RK_TJOB_QUEUED;
     v->created_ms = tj_wall_ms();
-    v->hp = *nj->hp;
-    v->steps = nj->hp->tune.steps;
+    if (nj->hp)
+        v->hp = *nj->hp;
+    else
+        rk_tjob_hparams_default(&v->hp, 0);
+    v->eval = nj->eval;
+    v->has_eval_task = nj->eval_task != NULL;
+    v->eval_total = nj->eval ? nj->n_examples : 0;
+    v->steps = nj->eval ? 0 : v->hp.tune.steps;
     v->n_examples = nj->n_examples;
     v->n_tokens = nj->n_tokens;
     v->n_targets = nj->n_targets;
@@ -328,38 +397,58 @@ int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk
         v->tokens_per_s = NAN;
     v->queue_pos = -1;
 
+    // A quick check before the writes; the binding one is below, under the
+    // same lock as the insertion (submits run in parallel on the pool).
     pthread_mutex_lock(&js->mu);
-    int active = 0;
-    for (size_t i = 0; i < js->n_jobs; i++)
-        active += !strcmp(js->jobs[i]->v.tenant, nj->tenant) && !tj_is_final(js->jobs[i]->v.status);
+    int active = active_of(js, nj->tenant);
     pthread_mutex_unlock(&js->mu);
     if (active >= js->lim.active_per_tenant_max) {
         free(j);
-        return rk_errbuf_set(eb, RK_EBUSY,
-                             "this tenant already has %d queued or running jobs (the limit); "
-                             "wait for one to finish or cancel one",
-                             active);
+        rk_dataset_free(nj->ds);
+        return busy_error(eb, active);
     }
-    // The dataset first, then the record: a record on disk always has its data.
-    char path[1100];
+    // The dataset first, then the record: a record on disk always has its
+    // data, and a dataset without a record (a crash in between) is removed
+    // at the next start (tj_load_jobs). The job enters the table only when
+    // both are durable.
+    char path[1100], rpath[1100];
     tj_job_path(js, v->id, ".data.jsonl", path, sizeof path);
+    tj_job_path(js, v->id, ".json", rpath, sizeof rpath);
     int rc = rk_file_write_atomic(path, nj->data, nj->len, eb);
+    char tpath[1100];
+    tj_job_path(js, v->id, ".evaltask.json", tpath, sizeof tpath);
+    if (rc == RK_OK && nj->eval_task)
+        rc = rk_file_write_atomic(tpath, nj->eval_task, strlen(nj->eval_task), eb);
     if (rc == RK_OK)
         rc = tj_journal_write(js, j, eb);
-    if (rc != RK_OK) {
-        unlink(path);
-        free(j);
-        return rc;
-    }
     pthread_mutex_lock(&js->mu);
-    rc = tj_table_add(js, j);
+    if (rc == RK_OK && (active = active_of(js, nj->tenant)) >= js->lim.active_per_tenant_max)
+        rc = busy_error(eb, active);
+    if (rc == RK_OK)
+        rc = tj_table_add(js, j);
     if (rc != RK_OK) {
         pthread_mutex_unlock(&js->mu);
+        unlink(rpath); // the record first: a dataset alone is no job
+        unlink(path);
+        unlink(tpath);
+        rk_dir_fsync(js->dir);
         free(j);
+        rk_dataset_free(nj->ds);
         return rc;
     }
+    size_t bytes = dataset_bytes(nj);
+    if (nj->ds && bytes <= HELD_BYTES_MAX - js->held_bytes) {
+        j->ds = nj->ds;
+        j->ds_bytes = bytes;
+        js->held_bytes += bytes;
+    } else {
+        rk_dataset_free(nj->ds);
+    }
     char msg[96];
-    snprintf(msg, sizeof msg, "queued: %zu examples, %ld steps", v->n_examples, v->steps);
+    if (v->eval)
+        snprintf(msg, sizeof msg, "queued: an evaluation of %zu items", v->n_examples);
+    else
+        snprintf(msg, sizeof msg, "queued: %zu examples, %ld steps", v->n_examples, v->steps);
     struct pending_ev pe = tj_status_event(j, msg);
     tj_enqueue(js, j);
     if (view)
@@ -424,6 +513,7 @@ int rk_tjobs_cancel(struct rk_tjobs *js, const char *tenant, const char *id,
         for (struct rk_tjob *q = js->q_head; q; q = q->q_next)
             js->q_tail = q;
         j->q_next = NULL;
+        rk_dataset_free(tj_take_dataset(js, j));
         changed = true;
     } else if (j->v.status == RK_TJOB_RUNNING && !j->publishing) {
         changed = true; // the worker stops at its next cancel check
@@ -569,6 +659,9 @@ void rk_tjobs_free(struct rk_tjobs *js)
     rk_tjobs_stop(js);
     for (size_t i = 0; i < js->n_jobs; i++) {
         rk_tjob_evs_free(js->jobs[i]->ev, js->jobs[i]->n_ev);
+        free((char *)js->jobs[i]->v.eval_result);
+        free((char *)js->jobs[i]->v.eval_task_results);
+        rk_dataset_free(js->jobs[i]->ds);
         free(js->jobs[i]);
     }
     free(js->jobs);

@@ -123,6 +123,15 @@ struct rk_tjob_view {
     int queue_pos;        /* 0-based position in the queue (-1 when not queued) */
     char err_code[32];
     char err_msg[200];
+    /* evaluation jobs (POST /eval/jobs, jobs_eval.c) */
+    bool eval;              /* an evaluation, not a tuning job */
+    size_t eval_done, eval_total; /* items evaluated / to evaluate */
+    const char *eval_result; /* the result document (JSON text) once succeeded; owned by
+                                the job, immutable once set, valid while the table exists */
+    /* tuning jobs with an "eval_task": its results on the starting and on the
+     * tuned state (a JSON array as text; owned and immutable as eval_result) */
+    bool has_eval_task;
+    const char *eval_task_results;
 };
 
 struct rk_tjobs;
@@ -148,9 +157,15 @@ const struct rk_tjobs_limits *rk_tjobs_limits(const struct rk_tjobs *js);
 void rk_tjobs_attach_loop(struct rk_tjobs *js);
 
 /* A new job: `data`/`len` is the validated JSONL (copied to the journal), the
- * counts describe it. RK_EBUSY when the tenant has too many active jobs,
- * RK_EIO when the journal cannot be written. *view (may be NULL) gets the
- * new job. */
+ * counts describe it, and `ds` (may be NULL) is that JSONL already parsed
+ * with the server's tokenizer: **taken** (freed on failure too); the job
+ * holds it for the worker (see "Datasets" in jobs.c). Writes and fsyncs the
+ * job's files, so it runs on the thread pool or the worker, never on the
+ * loop thread; thread-safe. The job is in the table (and the answer goes
+ * out) only after its dataset and record are durable. RK_EBUSY when the
+ * tenant has too many active jobs, RK_EIO when the journal cannot be
+ * written (nothing of the job is left then). *view (may be NULL)
+ * gets the new job. */
 struct rk_tjob_new {
     const char *tenant, *output_state, *training_file, *suffix;
     bool openai;
@@ -158,6 +173,14 @@ struct rk_tjob_new {
     const char *data;
     size_t len;
     size_t n_examples, n_tokens, n_targets;
+    /* an evaluation job: `data` is the request (JSON), n_examples its items
+     * counted over every state, hp unused (may be NULL) */
+    bool eval;
+    /* a tuning job's "eval_task" (JSON text, NULL = none): evaluated on the
+     * starting and the tuned state before the result is published */
+    const char *eval_task;
+    /* the parsed dataset (taken by rk_tjobs_submit, even on failure), or NULL */
+    struct rk_dataset *ds;
 };
 int rk_tjobs_submit(struct rk_tjobs *js, const struct rk_tjob_new *nj, struct rk_tjob_view *view,
                    struct rk_errbuf *eb);
@@ -177,7 +200,7 @@ int rk_tjobs_cancel(struct rk_tjobs *js, const char *tenant, const char *id,
 
 /* --- events ---------------------------------------------------------------- */
 
-enum rk_tjob_ev_type { RK_EV_STATUS, RK_EV_STEP, RK_EV_EVAL };
+enum rk_tjob_ev_type { RK_EV_STATUS, RK_EV_STEP, RK_EV_EVAL, RK_EV_PROGRESS };
 const char *rk_tjob_ev_name(enum rk_tjob_ev_type t);
 
 struct rk_tjob_ev {

@@ -79,10 +79,17 @@ static char *ev_status(struct rk_tjob *j, const char *msg, int64_t t_ms)
                           msg ? msg : "");
     if (!o)
         return NULL;
-    if (j->v.step > 0 || j->v.status == RK_TJOB_RUNNING)
-        json_object_set_new(o, "step", json_integer(j->v.step));
-    json_object_set_new(o, "steps", json_integer(j->v.steps));
-    if (j->v.status == RK_TJOB_SUCCEEDED) {
+    if (j->v.eval) {
+        json_object_set_new(o, "done", json_integer((json_int_t)j->v.eval_done));
+        json_object_set_new(o, "total", json_integer((json_int_t)j->v.eval_total));
+        if (j->v.status == RK_TJOB_SUCCEEDED && j->v.eval_result)
+            json_object_set_new(o, "result", json_loads(j->v.eval_result, 0, NULL));
+    } else {
+        if (j->v.step > 0 || j->v.status == RK_TJOB_RUNNING)
+            json_object_set_new(o, "step", json_integer(j->v.step));
+        json_object_set_new(o, "steps", json_integer(j->v.steps));
+    }
+    if (j->v.status == RK_TJOB_SUCCEEDED && !j->v.eval) {
         json_object_set_new(o, "state", json_string(j->v.output_state));
         json_object_set_new(o, "version", json_integer((json_int_t)j->v.result_version));
     }

@@ -76,19 +76,36 @@ int rk_files_add(struct rk_tjobs *js, const char *tenant, const char *filename,
         unlink(path);
         return rc;
     }
+    // Uploads run in parallel on the thread pool: the count is checked again
+    // under the lock that inserts, and a file that cannot enter the table
+    // leaves nothing on disk.
     pthread_mutex_lock(&js->mu);
-    if (js->n_files == js->cap_files) {
+    n = 0;
+    for (size_t i = 0; i < js->n_files; i++)
+        n += !strcmp(js->files[i].tenant, tenant);
+    if (n >= js->lim.files_per_tenant_max)
+        rc = rk_errbuf_set(eb, RK_EBUSY, "this tenant already has %d files (the limit); "
+                           "delete some first", n);
+    if (rc == RK_OK && js->n_files == js->cap_files) {
         size_t nc = js->cap_files ? js->cap_files * 2 : 32;
         void *p = realloc(js->files, nc * sizeof *js->files);
-        if (!p) {
-            pthread_mutex_unlock(&js->mu);
-            return RK_ENOMEM;
+        if (p) {
+            js->files = p;
+            js->cap_files = nc;
+        } else {
+            rc = rk_errbuf_set(eb, RK_ENOMEM, "out of memory");
         }
-        js->files = p;
-        js->cap_files = nc;
     }
-    js->files[js->n_files++] = f;
+    if (rc == RK_OK)
+        js->files[js->n_files++] = f;
     pthread_mutex_unlock(&js->mu);
+    if (rc != RK_OK) {
+        unlink(path); // the record first: without it the data is no file
+        snprintf(path, sizeof path, "%s/%s.jsonl", dir, f.id);
+        unlink(path);
+        rk_dir_fsync(dir);
+        return rc;
+    }
     if (out)
         *out = f;
     return RK_OK;

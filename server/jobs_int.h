@@ -20,6 +20,8 @@ struct rk_tjob {
     size_t n_ev, cap_ev;
     atomic_bool cancel;
     bool publishing; /* the worker is storing the result: too late to cancel */
+    struct rk_dataset *ds; /* mu: the parsed dataset of a queued job (NULL: parse the JSONL) */
+    size_t ds_bytes;       /* mu: what ds counts in held_bytes */
     struct rk_tjob *q_next;
 };
 
@@ -46,6 +48,7 @@ struct rk_tjobs {
     pthread_t th;
     bool started, joined;
     pthread_mutex_t jmu; /* journal writes */
+    size_t held_bytes;      /* mu: memory of the datasets queued jobs hold */
     struct rk_tfile *files; /* mu */
     size_t n_files, cap_files;
     /* worker only: engine activity tracking for yielding */
@@ -74,6 +77,8 @@ bool tj_id_ok(const char *id, const char *prefix);
 void tj_job_path(const struct rk_tjobs *js, const char *id, const char *ext, char *out,
               size_t cap);
 int tj_table_add(struct rk_tjobs *js, struct rk_tjob *j);
+/* Take the job's parsed dataset (NULL when it holds none); under mu. */
+struct rk_dataset *tj_take_dataset(struct rk_tjobs *js, struct rk_tjob *j);
 void tj_enqueue(struct rk_tjobs *js, struct rk_tjob *j);
 
 /* jobs_events.c */
@@ -95,6 +100,19 @@ int tj_load_jobs(struct rk_tjobs *js);
 void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
             const char *code, const char *msg);
 void *tj_worker_main(void *arg);
+
+/* jobs_eval.c: evaluation jobs */
+void tj_eval_run(struct rk_tjobs *js, struct rk_tjob *j);
+void tj_eval_load_result(struct rk_tjobs *js, struct rk_tjob *j);
+/* A tuning job's eval_task on the starting state `init` (NULL = zero) and
+ * the tuned `tuned` [rk_state_len], before the result is published: an
+ * "eval" event and j->v.eval_task_results. Errors are logged and reported
+ * in the event; they do not fail the job. */
+void tj_eval_tuned(struct rk_tjobs *js, struct rk_tjob *j, const float *init,
+                   const float *tuned, int n_threads);
+bool tj_cancelled(struct rk_tjobs *js, struct rk_tjob *j);
+void tj_fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* jobs_files.c */
 void tj_load_files(struct rk_tjobs *js);

@@ -71,6 +71,15 @@ static json_t *record_json(const struct rk_tjob_view *v)
     json_object_set_new(o, "result_version", json_integer((json_int_t)v->result_version));
     json_object_set_new(o, "error_code", json_string(v->err_code));
     json_object_set_new(o, "error", json_string(v->err_msg));
+    json_object_set_new(o, "kind", json_string(v->eval ? "eval" : "tune"));
+    if (v->has_eval_task)
+        json_object_set_new(o, "eval_task", json_true());
+    if (v->eval_task_results)
+        json_object_set_new(o, "eval_task_results", json_loads(v->eval_task_results, 0, NULL));
+    if (v->eval) {
+        json_object_set_new(o, "eval_done", json_integer((json_int_t)v->eval_done));
+        json_object_set_new(o, "eval_total", json_integer((json_int_t)v->eval_total));
+    }
     return o;
 }
 
@@ -114,6 +123,16 @@ static bool record_parse(json_t *o, struct rk_tjob_view *v)
     tj_str_of(o, "error_code", v->err_code, sizeof v->err_code);
     tj_str_of(o, "error", v->err_msg, sizeof v->err_msg);
     v->queue_pos = -1;
+    const char *kind = json_string_value(json_object_get(o, "kind"));
+    if (kind && strcmp(kind, "tune") && strcmp(kind, "eval"))
+        return false;
+    v->eval = kind && !strcmp(kind, "eval");
+    v->has_eval_task = json_is_true(json_object_get(o, "eval_task"));
+    json_t *etr = json_object_get(o, "eval_task_results");
+    if (json_is_array(etr))
+        v->eval_task_results = json_dumps(etr, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    v->eval_done = (size_t)tj_int_of(o, "eval_done");
+    v->eval_total = (size_t)tj_int_of(o, "eval_total");
     return tj_id_ok(v->id, "ftjob-") && rk_state_id_valid(v->tenant) && h->tune.steps >= 1 &&
            h->tune.batch >= 1;
 }
@@ -195,8 +214,10 @@ static void load_events(struct rk_tjobs *js, struct rk_tjob *j)
             json_decref(o);
             continue;
         }
-        enum rk_tjob_ev_type t = !strcmp(type, "step") ? RK_EV_STEP
-                                 : !strcmp(type, "eval") ? RK_EV_EVAL : RK_EV_STATUS;
+        enum rk_tjob_ev_type t = !strcmp(type, "step")       ? RK_EV_STEP
+                                 : !strcmp(type, "eval")     ? RK_EV_EVAL
+                                 : !strcmp(type, "progress") ? RK_EV_PROGRESS
+                                                             : RK_EV_STATUS;
         const char *msg = json_string_value(json_object_get(d, "message"));
         if (t == RK_EV_STATUS && msg && !strncmp(msg, "resumed from", 12))
             tj_drop_events_after(j, (long)tj_int_of(d, "step"));
@@ -206,8 +227,47 @@ static void load_events(struct rk_tjobs *js, struct rk_tjob *j)
     free(buf);
 }
 
+/* Remove the files of jobs that have no record: a crash (or a failed
+ * write) between the dataset and the record of a submit leaves the dataset
+ * alone, and a submit that was never acknowledged is no job. */
+static void remove_orphans(struct rk_tjobs *js)
+{
+    static const char *const exts[] = {".data.jsonl", ".evaltask.json", ".result.json", ".ckpt",
+                                       ".events.jsonl"};
+    DIR *d = opendir(js->dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    bool removed = false;
+    while ((de = readdir(d))) {
+        char id[32];
+        if (strlen(de->d_name) < 22)
+            continue;
+        memcpy(id, de->d_name, 22);
+        id[22] = 0;
+        if (!tj_id_ok(id, "ftjob-"))
+            continue;
+        bool ours = false;
+        for (size_t k = 0; k < sizeof exts / sizeof exts[0]; k++)
+            ours |= !strcmp(de->d_name + 22, exts[k]);
+        char rpath[1100], path[1400];
+        tj_job_path(js, id, ".json", rpath, sizeof rpath);
+        if (!ours || access(rpath, F_OK) == 0 || errno != ENOENT)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", js->dir, de->d_name);
+        if (unlink(path) == 0) {
+            removed = true;
+            rk_log(RK_LOG_INFO, "jobs: removed %s (a submit that did not complete)", de->d_name);
+        }
+    }
+    closedir(d);
+    if (removed)
+        rk_dir_fsync(js->dir);
+}
+
 int tj_load_jobs(struct rk_tjobs *js)
 {
+    remove_orphans(js);
     DIR *d = opendir(js->dir);
     if (!d)
         return RK_EIO;
@@ -229,6 +289,7 @@ int tj_load_jobs(struct rk_tjobs *js)
         json_decref(o);
         if (!ok) {
             rk_log(RK_LOG_WARN, "jobs: ignoring unreadable journal record %s", path);
+            free((char *)j->v.eval_task_results);
             free(j);
             continue;
         }
@@ -249,9 +310,27 @@ int tj_load_jobs(struct rk_tjobs *js)
         if (tj_is_final(j->v.status)) {
             tj_job_path(js, j->v.id, ".ckpt", path, sizeof path);
             unlink(path); // left over from a crash between the two writes
+            if (j->v.eval && j->v.status == RK_TJOB_SUCCEEDED)
+                tj_eval_load_result(js, j);
             continue;
         }
         struct pending_ev pe = {0};
+        if (j->v.status == RK_TJOB_RUNNING && j->v.eval) {
+            // An evaluation keeps no checkpoint: it fails, and says so.
+            j->v.status = RK_TJOB_FAILED;
+            j->v.finished_ms = tj_wall_ms();
+            snprintf(j->v.err_code, sizeof j->v.err_code, "interrupted");
+            snprintf(j->v.err_msg, sizeof j->v.err_msg,
+                     "the server stopped while this evaluation ran (%zu of %zu items); "
+                     "submit it again",
+                     j->v.eval_done, j->v.eval_total);
+            pe = tj_status_event(j, j->v.err_msg);
+            tj_journal_write(js, j, NULL);
+            tj_pending_flush(js, j->v.id, &pe);
+            rk_log(RK_LOG_INFO, "jobs: %s (an evaluation) was running at the last stop: failed",
+                   j->v.id);
+            continue;
+        }
         if (j->v.status == RK_TJOB_RUNNING) {
             tj_job_path(js, j->v.id, ".ckpt", path, sizeof path);
             bool has_ckpt = access(path, F_OK) == 0;

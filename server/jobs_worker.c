@@ -63,15 +63,21 @@ static void yield_to_engine(struct rk_tjobs *js, struct rk_tjob *j)
     }
 }
 
+/* True when job j must stop (cancelled, or the server stops); first
+ * yields to the engine while it is busy. Worker thread. */
+bool tj_cancelled(struct rk_tjobs *js, struct rk_tjob *j)
+{
+    if (atomic_load(&j->cancel) || atomic_load(&js->stop_flag))
+        return true;
+    if (js->lim.yield)
+        yield_to_engine(js, j);
+    return atomic_load(&j->cancel) || atomic_load(&js->stop_flag);
+}
+
 static bool on_cancel(void *user)
 {
     struct run *r = user;
-    struct rk_tjobs *js = r->js;
-    if (atomic_load(&r->j->cancel) || atomic_load(&js->stop_flag))
-        return true;
-    if (js->lim.yield)
-        yield_to_engine(js, r->j);
-    return atomic_load(&r->j->cancel) || atomic_load(&js->stop_flag);
+    return tj_cancelled(r->js, r->j);
 }
 
 static void on_progress(const struct rk_tune_progress *p, void *user)
@@ -145,9 +151,10 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
             snprintf(j->v.err_code, sizeof j->v.err_code, "%s", code);
             snprintf(j->v.err_msg, sizeof j->v.err_msg, "%s", msg ? msg : "");
         }
-        pe = tj_status_event(j, st == RK_TJOB_FAILED ? j->v.err_msg
-                             : st == RK_TJOB_SUCCEEDED ? "the state is published"
-                                                       : "cancelled");
+        pe = tj_status_event(j, st == RK_TJOB_FAILED      ? j->v.err_msg
+                                : st != RK_TJOB_SUCCEEDED ? "cancelled"
+                                : j->v.eval               ? "the evaluation is done"
+                                                          : "the state is published");
     }
     j->v.loading = false;
     pthread_mutex_unlock(&js->mu);
@@ -163,9 +170,7 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
            msg ? msg : "");
 }
 
-static void fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
+void tj_fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
 {
     char msg[200];
     va_list ap;
@@ -405,7 +410,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
     char path[1100];
     int rc = rk_jsonl_prompts(data, len, srv->tok, &lim, &prompts, &n, NULL, &eb);
     if (rc != RK_OK) {
-        fail(js, j, "invalid_dataset", "%s", eb.msg);
+        tj_fail(js, j, "invalid_dataset", "%s", eb.msg);
         goto out;
     }
     if (srv->teacher && (tc->url[0] || tc->model[0]))
@@ -428,18 +433,18 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
     } else
         rc = rk_errbuf_set(&eb, RK_EINVAL, "no teacher is configured on this server");
     if (rc != RK_OK) {
-        fail(js, j, "teacher_not_configured", "%s", eb.msg);
+        tj_fail(js, j, "teacher_not_configured", "%s", eb.msg);
         goto out;
     }
     tj_job_path(js, j->v.id, ".teacher-cache.json", path, sizeof path);
     if ((rc = rk_teacher_cache_open(path, n + 16, (size_t)256 << 20, &cache, &eb)) != RK_OK) {
         rk_log(RK_LOG_WARN, "jobs: %s: %s", j->v.id, eb.msg);
-        fail(js, j, "teacher_cache_unreadable", "the job's teacher cache is unreadable: %s",
+        tj_fail(js, j, "teacher_cache_unreadable", "the job's teacher cache is unreadable: %s",
              eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
         goto out;
     }
     if ((rc = rk_dataset_create(&ds)) != RK_OK || (rc = rk_observer_targets_create(n, &tg)) != RK_OK) {
-        fail(js, j, "enomem", "out of memory");
+        tj_fail(js, j, "enomem", "out of memory");
         goto out;
     }
     size_t skipped = 0;
@@ -455,7 +460,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
     int started = 0;
     pthread_mutex_init(&ak.mu, NULL);
     if (!ak.answers) {
-        fail(js, j, "enomem", "out of memory");
+        tj_fail(js, j, "enomem", "out of memory");
         rc = RK_ENOMEM;
         goto asked;
     }
@@ -482,7 +487,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
     }
     if (ak.rc != RK_OK) {
         rc = ak.rc;
-        fail(js, j, rc == RK_ETIMEOUT ? "teacher_timeout" : "teacher_failed", "prompt %zu: %s",
+        tj_fail(js, j, rc == RK_ETIMEOUT ? "teacher_timeout" : "teacher_failed", "prompt %zu: %s",
              ak.err_idx + 1, ak.eb.msg);
         goto asked;
     }
@@ -490,7 +495,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
         bool skip = false;
         rc = add_answer(js, prompts[i], &ak.answers[i], tc->top_logprobs, ds, tg, i, &skip, &eb);
         if (rc != RK_OK) {
-            fail(js, j, rc == RK_ENOMEM ? "enomem" : "teacher_failed", "%s",
+            tj_fail(js, j, rc == RK_ENOMEM ? "enomem" : "teacher_failed", "%s",
                  rc == RK_ENOMEM ? "out of memory" : eb.msg);
             goto asked;
         }
@@ -504,7 +509,7 @@ asked:
     if (rc != RK_OK)
         goto out;
     if (rk_dataset_len(ds) == 0) {
-        fail(js, j, "teacher_failed", "teacher: every answer was empty (%zu prompts)", n);
+        tj_fail(js, j, "teacher_failed", "teacher: every answer was empty (%zu prompts)", n);
         rc = RK_EINVAL;
         goto out;
     }
@@ -560,12 +565,20 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     char path[1100];
     tj_journal_write(js, j, NULL);
 
-    // The dataset, re-read from the journal exactly as submitted.
+    // The dataset as submit parsed it, or (after a restart, or when the
+    // queue held too much) re-read from the journal exactly as submitted and
+    // parsed again with the same limits.
+    pthread_mutex_lock(&js->mu);
+    ds = tj_take_dataset(js, j);
+    pthread_mutex_unlock(&js->mu);
+    int rc = RK_OK;
+    bool reparse = !ds;
     tj_job_path(js, r.id, ".data.jsonl", path, sizeof path);
-    int rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len, &eb);
+    if (reparse)
+        rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len, &eb);
     if (rc != RK_OK) {
         rk_log(RK_LOG_WARN, "jobs: %s: %s", r.id, eb.msg);
-        fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the journal: %s",
+        tj_fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the journal: %s",
              eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
         goto out;
     }
@@ -577,6 +590,15 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     struct rk_jsonl_limits lim = {js->lim.dataset_bytes_max, js->lim.examples_max,
                                   js->lim.seq_tokens_max};
     if (rk_tune_method_find(hp.method) == &rk_method_observer) {
+        // The prompts come from the journal; submit keeps no dataset for them.
+        rk_dataset_free(ds);
+        ds = NULL;
+        if (!reparse && (rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len,
+                                               &eb)) != RK_OK) {
+            tj_fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the "
+                    "journal: %s", eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
+            goto out;
+        }
         rc = observer_data(js, j, data, len, &hp, &ds, &targets);
         if (rc == RK_ECANCELED && atomic_load(&j->cancel))
             tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
@@ -584,15 +606,15 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
             requeue_on_shutdown(js, j);
         if (rc != RK_OK)
             goto out;
-    } else if ((rc = rk_dataset_create(&ds)) != RK_OK ||
-               (rc = rk_jsonl_parse(data, len, srv->tok, &lim, ds, &eb)) != RK_OK) {
-        fail(js, j, "invalid_dataset", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
+    } else if (reparse && ((rc = rk_dataset_create(&ds)) != RK_OK ||
+                           (rc = rk_jsonl_parse(data, len, srv->tok, &lim, ds, &eb)) != RK_OK)) {
+        tj_fail(js, j, "invalid_dataset", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }
     free(data);
     data = NULL;
     if (rk_dataset_len(ds) == 0) {
-        fail(js, j, "invalid_dataset", "the dataset has no training sequences");
+        tj_fail(js, j, "invalid_dataset", "the dataset has no training sequences");
         goto out;
     }
     if (hp.init_state[0]) {
@@ -600,7 +622,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         rc = rk_store_get(srv->store, j->v.tenant, hp.init_state, &ref, &eb);
         if (rc != RK_OK || !(init = malloc(slen * sizeof(float)))) {
             rk_state_ref_release(ref);
-            fail(js, j, "init_state_unavailable", "init_state '%s': %s", hp.init_state,
+            tj_fail(js, j, "init_state_unavailable", "init_state '%s': %s", hp.init_state,
                  eb.msg[0] ? eb.msg : rk_strerror(rc == RK_OK ? RK_ENOMEM : rc));
             goto out;
         }
@@ -609,25 +631,25 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     }
     const struct rk_tune_method *meth = rk_tune_method_find(hp.method);
     if (!meth) {
-        fail(js, j, "unknown_method", "the method '%s' is not known to this server", hp.method);
+        tj_fail(js, j, "unknown_method", "the method '%s' is not known to this server", hp.method);
         goto out;
     }
     hp.tune.method = meth;
     size_t plen = rk_tune_params_len(m, &hp.tune);
     rc = rk_tune_ckpt_load(r.ckpt_path, plen, &ck, &ckmem, NULL);
     if (rc != RK_OK && rc != RK_ENOTFOUND) {
-        fail(js, j, "checkpoint_unreadable", "the checkpoint %s.ckpt is unreadable (%s)", r.id,
+        tj_fail(js, j, "checkpoint_unreadable", "the checkpoint %s.ckpt is unreadable (%s)", r.id,
              rk_strerror(rc));
         goto out;
     }
     bool resumed = rc == RK_OK;
     if (resumed && ck.step > steps) {
-        fail(js, j, "checkpoint_unreadable", "the checkpoint is at step %ld of %ld", ck.step,
+        tj_fail(js, j, "checkpoint_unreadable", "the checkpoint is at step %ld of %ld", ck.step,
              steps);
         goto out;
     }
     if (!(out = malloc(plen * sizeof(float)))) {
-        fail(js, j, "enomem", "out of memory");
+        tj_fail(js, j, "enomem", "out of memory");
         goto out;
     }
 
@@ -679,18 +701,27 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     }
     if (rc != RK_OK) {
         if (rc == RK_ENUMERIC)
-            fail(js, j, "numeric", "NaN or Inf in the loss or gradient at step %ld",
+            tj_fail(js, j, "numeric", "NaN or Inf in the loss or gradient at step %ld",
                  res.steps_done + 1);
         else if (r.ckpt_rc) {
             rk_log(RK_LOG_WARN, "jobs: %s: %s", r.id, r.ckpt_eb.msg);
-            fail(js, j, "checkpoint_failed", "cannot write a checkpoint: %s",
+            tj_fail(js, j, "checkpoint_failed", "cannot write a checkpoint: %s",
                  r.ckpt_eb.msg[0] ? rk_file_error_reason(r.ckpt_eb.msg)
                                   : rk_strerror(r.ckpt_rc));
         } else if (rc == RK_ENOMEM)
-            fail(js, j, "enomem", "out of memory for the tuning buffers");
+            tj_fail(js, j, "enomem", "out of memory for the tuning buffers");
         else
-            fail(js, j, rk_errname(rc), "tuning failed: %s", rk_strerror(rc));
+            tj_fail(js, j, rk_errname(rc), "tuning failed: %s", rk_strerror(rc));
         goto out;
+    }
+
+    if (j->v.has_eval_task && !atomic_load(&j->cancel)) {
+        float *tuned = malloc(slen * sizeof(float));
+        if (tuned) {
+            meth->to_state(m, &tp, out, tuned);
+            tj_eval_tuned(js, j, init, tuned, tp.n_threads);
+            free(tuned);
+        }
     }
 
     // Publish: from here on a cancel is too late.
@@ -719,7 +750,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         pthread_mutex_lock(&js->mu);
         j->publishing = false;
         pthread_mutex_unlock(&js->mu);
-        fail(js, j, "publish_failed", "cannot store the state '%s': %s", j->v.output_state,
+        tj_fail(js, j, "publish_failed", "cannot store the state '%s': %s", j->v.output_state,
              eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }
@@ -763,8 +794,12 @@ void *tj_worker_main(void *arg)
             j->v.started_ms = tj_wall_ms();
         j->v.attempts++;
         atomic_store(&js->worker_halt, atomic_load(&js->stop_flag));
+        bool eval = j->v.eval;
         pthread_mutex_unlock(&js->mu);
-        run_job(js, j);
+        if (eval)
+            tj_eval_run(js, j);
+        else
+            run_job(js, j);
     }
     return NULL;
 }

@@ -228,6 +228,8 @@ int rk_cmd_serve(int argc, char **argv)
         if (!files[i][1])
             continue;
         int fd = open(files[i][1], O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && i == 0 && errno == ENOENT && strchr(files[i][1], ','))
+            continue; // a list of model files: the loader checks each one
         if (fd < 0) {
             fprintf(stderr, "rwkvd serve: cannot open the %s %s: %s\n", files[i][0], files[i][1],
                     strerror(errno));
@@ -261,8 +263,9 @@ int rk_cmd_serve(int argc, char **argv)
         goto out;
     }
     int V = rk_model_n_vocab(srv->model);
-    // The rule every subcommand follows (cli.c): --vocab, else bytes for
-    // 256..65535 tokens, else refused with the reason.
+    // The rule every subcommand follows (cli.c): --vocab, else the model
+    // directory's vocabulary, else bytes for 256..65535 tokens, else
+    // refused with the reason.
     if (!(srv->tok = rk_cli_load_tokenizer(c->vocab, srv->model)))
         goto out;
     if (rk_tok_n_vocab(srv->tok) > (size_t)V) {

@@ -2,10 +2,14 @@
  * srv.h - private declarations shared by the files of `rwkvd serve`.
  *
  * Threads: the loop thread (libuv + libmicrohttpd, every handler in api_*.c,
- * routes, auth, metrics rendering) and the engine thread (engine.c). They
- * share only struct rk_job (refcounted, fields documented below), the
- * engine's queue (engine mutex), the state store (its own mutex) and the
- * metrics atomics. Nothing outside server/ includes this header except the
+ * routes, auth, metrics rendering), the engine thread (engine.c) and
+ * libuv's thread pool, which runs the disk work of handlers
+ * (rk_http_offload: state reads and writes, job submits, file uploads)
+ * while their requests are suspended. They share only struct rk_job
+ * (refcounted, fields documented below), the engine's queue (engine mutex),
+ * the state store (its own mutex), the jobs table (its mutex) and the
+ * metrics atomics; offloaded work touches only its own argument besides
+ * those. Nothing outside server/ includes this header except the
  * HTTP tests.
  */
 #ifndef RK_SRV_H
@@ -297,7 +301,8 @@ void rk_http_stream(struct rk_http_req *r, struct rk_job *job);
 struct MHD_Response;
 void rk_http_conn_headers(const struct rk_srv *srv, struct MHD_Response *resp);
 /* Run work(arg) on libuv's thread pool with the request suspended, so slow
- * work (validating a large dataset) does not hold up the loop thread. When
+ * work (disk writes and fsyncs, tokenizing a dataset) does not hold up the
+ * loop thread. When
  * it is done the route handler is called again, on the loop thread, and
  * finds its result in `arg`, which it keeps in r->user (with r->user_free):
  * the handler sets those before calling this. If the client leaves first,
@@ -424,6 +429,7 @@ struct rk_srv {
     uint64_t n_conns_evicted, n_conns_refused, n_conns_reaped;
     struct rk_http_req *reqs; /* live requests */
     atomic_uint_fast64_t id_seq;
+    atomic_int n_evals; /* POST /eval requests running on the thread pool (api_eval.c) */
 };
 
 /* Kernel backlog of the listening socket (connections not yet accepted). */

@@ -64,6 +64,23 @@ RK_API int rk_state_file_parse(const void *buf, size_t len, const struct rk_mode
                                bool require_fingerprint, float *state,
                                struct rk_state_meta *meta, struct rk_errbuf *eb);
 
+/* Where a state file comes from, for rk_state_file_import. The WKV matrices
+ * are [H][N][N] with rows = value channel, columns = key channel in rwkvd's
+ * files, RWKV-PEFT's .pth and the core's state (rwkv7_spec.md 2.7); ai00's
+ * state files hold each matrix transposed, which the bytes cannot show. */
+enum rk_state_from {
+    RK_STATE_FROM_AUTO,  /* an upload: rwkvd safetensors (fingerprint optional) or RWKV-PEFT .pth */
+    RK_STATE_FROM_STORE, /* the store's own files: rwkvd safetensors, fingerprint required */
+    RK_STATE_FROM_AI00,  /* an ai00_server state file: safetensors of time_state only,
+                            [H, key, value], metadata format "pt"; transposed on import,
+                            method "import-ai00" */
+};
+/* rk_state_file_parse with the source named. Shapes are checked against `m`
+ * ([H, N, N] per layer, every layer present; RK_EMISMATCH otherwise). */
+RK_API int rk_state_file_import(const void *buf, size_t len, const struct rk_model *m,
+                                enum rk_state_from from, float *state,
+                                struct rk_state_meta *meta, struct rk_errbuf *eb);
+
 /* Serialise `state` [rk_state_len(m)] with `meta` as a safetensors adapter
  * (token-shift parts included). *out receives a malloc'd buffer the caller
  * frees; *len its size. Thread-safe. */
@@ -573,6 +590,172 @@ RK_API int rk_eval_run(struct rk_ctx *ctx, const struct rk_dataset *d, const flo
 /* Summed log-likelihood of each choice of `item` [n_choices] into lls. */
 RK_API int rk_eval_mc_item(struct rk_ctx *ctx, const struct rk_mc_item *item, const float *state,
                            double *lls);
+
+/* --- task evaluation: generation, choice and loss metrics ----------------- */
+
+/*
+ * Evaluation of a state on a task given as text (docs/EVALUATION.md). A task
+ * is one kind of item scored one way; every item starts from its own copy of
+ * the given initial state (NULL = the zero state: the base model), so items,
+ * tasks and states never influence each other and results do not depend on
+ * the order of the calls. Nothing here keeps global state: a host runs
+ * several evaluations at once with one rk_ctx each.
+ *
+ *   RK_EVAL_GENERATE  greedy decoding from the prompt, at most max_tokens,
+ *                     cut at the first occurrence of any stop string (the
+ *                     stop string excluded); exact_match = the cut output
+ *                     equals the completion after stripping ASCII
+ *                     whitespace at both ends of both; loss on the gold
+ *                     completion.
+ *   RK_EVAL_CHOICE    acc_raw: argmax over choices of the summed
+ *                     log-likelihood of the choice's tokens given the
+ *                     prompt; acc_norm: argmax of that sum divided by the
+ *                     choice's length in bytes; loss of the correct choice.
+ *                     Ties go to the lower index.
+ *   RK_EVAL_LOSS      loss (nats per token) and nats_per_byte of the
+ *                     completions given the prompts.
+ *
+ * Prompt and completion (or choice) are tokenised separately and the
+ * completion's tokens follow the prompt's, as the JSONL dataset reader does
+ * for tuning. An empty prompt starts from token 0. loss is token-weighted
+ * over the whole task: sum of -log p over all scored tokens / their number.
+ *
+ * Few-shot: with shots = K the prompt of item i becomes
+ *     shot_1 + sep + ... + shot_K + sep + prompt_i
+ * where shot_j = prompt + completion (choice: prompt + choices[answer]) of K
+ * distinct items of the train pool drawn by a generator seeded from
+ * (shot_seed, i) alone, never the evaluated item (same index when the pool
+ * is the evaluated split) nor an item with the same prompt text.
+ */
+enum rk_eval_kind { RK_EVAL_GENERATE = 0, RK_EVAL_CHOICE, RK_EVAL_LOSS };
+
+/* "generate", "choice", "loss". */
+RK_API const char *rk_eval_kind_name(enum rk_eval_kind k);
+/* Parse a kind name; RK_EINVAL when unknown. */
+RK_API int rk_eval_kind_parse(const char *s, enum rk_eval_kind *out);
+
+/* One item as text (borrowed, NUL-terminated strings). */
+struct rk_eval_item {
+    const char *prompt;
+    const char *completion;     /* generate and loss (may be "") */
+    const char *const *choices; /* choice: [n_choices] */
+    size_t n_choices;           /* choice: >= 2 */
+    size_t answer;              /* choice: index of the correct choice */
+};
+
+#define RK_EVAL_STOPS_MAX 16          /* stop strings per task */
+#define RK_EVAL_MAX_TOKENS_MAX 4096   /* generated tokens per item */
+#define RK_EVAL_SHOTS_MAX 64          /* few-shot examples per prompt */
+
+struct rk_eval_task {
+    enum rk_eval_kind kind;
+    long max_tokens;            /* generate: 1 .. RK_EVAL_MAX_TOKENS_MAX */
+    const char *const *stops;   /* generate: [n_stops] non-empty strings */
+    size_t n_stops;             /* 0 .. RK_EVAL_STOPS_MAX */
+    size_t shots;               /* few-shot examples (0 = none) */
+    const char *shot_sep;       /* separator (NULL = "\n\n") */
+    uint64_t shot_seed;
+    const struct rk_eval_item *pool; /* shot pool (the train split) [n_pool] */
+    size_t n_pool;
+    bool pool_is_items;         /* the pool is the evaluated split itself */
+    const struct rk_eval_item *items; /* evaluated items [n_items] */
+    size_t n_items;
+};
+
+/* Check `t`: kind, ranges, items well formed (choices present and answer in
+ * range for choice, completion present otherwise), enough pool items for
+ * the shots. RK_EINVAL with the reason in `eb`. */
+RK_API int rk_eval_task_check(const struct rk_eval_task *t, struct rk_errbuf *eb);
+
+/* The prompt text of item i with its few-shot examples (malloc'd,
+ * NUL-terminated, caller frees; *len its length). RK_EINVAL when the pool
+ * has too few eligible items (detail in `eb`), RK_ENOMEM. */
+RK_API int rk_eval_prompt_build(const struct rk_eval_task *t, size_t i, char **out, size_t *len,
+                                struct rk_errbuf *eb);
+
+/* Metrics of one run; a metric that does not apply to the kind, or has
+ * nothing to average over, is NAN. */
+struct rk_eval_metrics {
+    size_t n;              /* items evaluated */
+    double exact_match;    /* generate */
+    double acc_raw, acc_norm; /* choice */
+    double loss;           /* nats per scored token (all kinds) */
+    double nats_per_byte;  /* loss kind (also filled for generate and choice) */
+    double collateral_kept; /* rk_eval_collateral only */
+    size_t tokens;         /* scored + generated tokens */
+    size_t tokens_scored, tokens_generated;
+    double seconds;        /* wall time of the call */
+};
+
+/* Called after each item with the number done and the total. */
+typedef void rk_eval_progress_cb(size_t done, size_t total, void *user);
+
+/* Greedy generation from `prompt` (len bytes) with initial state `state`
+ * (NULL = zero; copied, never written): at most max_tokens tokens (World
+ * tokenizers also stop at token 0), cut before the first occurrence of any
+ * of stops[n_stops]. *out receives the malloc'd NUL-terminated text (raw
+ * token bytes), *out_len its length, *n_gen (may be NULL) the tokens
+ * generated. Uses the core sampler (temperature 0) and stopper. */
+RK_API int rk_eval_generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
+                            const char *prompt, size_t len, long max_tokens,
+                            const char *const *stops, size_t n_stops, char **out,
+                            size_t *out_len, size_t *n_gen);
+
+/* Sum of log p(completion tokens | prompt) from `state` (NULL = zero) into
+ * *ll and the number of completion tokens into *n_tok (0 for an empty
+ * completion, then *ll = 0). */
+RK_API int rk_eval_loglik(struct rk_ctx *ctx, const struct rk_tokenizer *tok, const float *state,
+                          const char *prompt, size_t prompt_len, const char *completion,
+                          size_t completion_len, double *ll, size_t *n_tok);
+
+/* Summed log-likelihood of each choice given `prompt` into lls[n_choices]
+ * and its token count into n_tok[n_choices] (may be NULL); the prompt is
+ * fed once. */
+RK_API int rk_eval_choice_lls(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
+                              const float *state, const char *prompt, size_t prompt_len,
+                              const char *const *choices, size_t n_choices, double *lls,
+                              size_t *n_tok);
+
+/* Run task `t` from `state` (NULL = zero) and fill `out`. `cancel` is
+ * checked between items (RK_ECANCELED), `progress` called after each.
+ * Errors: RK_EINVAL (detail in `eb`), RK_ERANGE (a token id beyond the
+ * model), RK_ENOMEM, RK_ECANCELED. */
+RK_API int rk_eval_task_run(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
+                            const struct rk_eval_task *t, const float *state, rk_cancel_cb *cancel,
+                            void *cancel_user, rk_eval_progress_cb *progress, void *progress_user,
+                            struct rk_eval_metrics *out, struct rk_errbuf *eb);
+
+/* Greedy outputs of a generate task's items (its own rule: max_tokens,
+ * stops, shots). */
+struct rk_eval_outputs {
+    size_t n;
+    char **text;  /* [n] malloc'd, NUL-terminated */
+    size_t *len;  /* [n] */
+    size_t tokens; /* generated tokens in all */
+};
+RK_API int rk_eval_outputs_generate(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
+                                    const struct rk_eval_task *t, const float *state,
+                                    rk_cancel_cb *cancel, void *cancel_user,
+                                    rk_eval_progress_cb *progress, void *progress_user,
+                                    struct rk_eval_outputs *out, struct rk_errbuf *eb);
+/* Free what rk_eval_outputs_generate filled (and zero it). */
+RK_API void rk_eval_outputs_fini(struct rk_eval_outputs *o);
+
+/* Collateral: the fraction of the items of generate task `t` on which the
+ * greedy output from `state` equals base->text (the outputs of the base
+ * model, rk_eval_outputs_generate with state NULL, same task) byte for
+ * byte. out->collateral_kept gets it, out->tokens the generated tokens of
+ * this call. RK_EINVAL when base->n differs from t->n_items. */
+RK_API int rk_eval_collateral(struct rk_ctx *ctx, const struct rk_tokenizer *tok,
+                              const struct rk_eval_task *t, const float *state,
+                              const struct rk_eval_outputs *base, rk_cancel_cb *cancel,
+                              void *cancel_user, rk_eval_progress_cb *progress,
+                              void *progress_user, struct rk_eval_metrics *out,
+                              struct rk_errbuf *eb);
+
+/* True when a and b (lengths given) are equal after stripping ASCII
+ * whitespace (space, \t, \n, \v, \f, \r) at both ends of both. */
+RK_API bool rk_eval_text_match(const char *a, size_t alen, const char *b, size_t blen);
 
 /* === end of tuning, datasets, evaluation ================================== */
 

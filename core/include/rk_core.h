@@ -133,9 +133,13 @@ struct rk_model_params {
 
 struct rk_model; /* immutable after load; safe to share between threads */
 
-/* Load a model; the format is detected from the file's bytes. `p` may be NULL
- * (defaults). On failure *out stays NULL and `eb` names the file, the tensor
- * and the problem. Returns RK_EIO, RK_EFORMAT, RK_ENOMEM. */
+/* Load a model; the format is detected from the file's bytes. `path` is one
+ * file, a directory (Hugging Face layout: config.json with model.safetensors
+ * or shards and model.safetensors.index.json; or .pth shards) or a
+ * comma-separated list of files whose tensors together make the model
+ * (core/FORMAT.md). `p` may be NULL (defaults). On failure *out stays NULL
+ * and `eb` names the file, the tensor and the problem. Returns RK_EIO,
+ * RK_EFORMAT, RK_ENOMEM. */
 RK_API int rk_model_load(const char *path, const struct rk_model_params *p,
                          struct rk_model **out, struct rk_errbuf *eb);
 /* NULL is a no-op. No context made from `m` may be used afterwards. */
@@ -156,6 +160,9 @@ RK_API size_t rk_model_weight_bytes(const struct rk_model *m);
  * as fp32), identical for the same weights in any file format or precision
  * that represents them exactly in fp32. Computed once at load. */
 RK_API uint64_t rk_model_fingerprint(const struct rk_model *m);
+/* The vocabulary file found beside the weights of a model directory
+ * (rwkv_vocab_v20230424.txt), or NULL; valid while the model lives. */
+RK_API const char *rk_model_vocab_file(const struct rk_model *m);
 
 /* Write the model as safetensors with official RWKV-7 names, large matrices in
  * `wtype` (AUTO = as held). Written atomically (temp file, fsync, rename). */

@@ -97,4 +97,43 @@ RK_API int rk_tf_pth_read(const void *buf, size_t len, const struct rk_tf_opts *
 /* Whether buf starts like a zip archive (a local file header). */
 RK_API bool rk_tf_is_zip(const void *buf, size_t len);
 
+/* --- Hugging Face directories: model.safetensors.index.json, config.json --- */
+
+#define RK_TF_SHARDS_MAX 1024           /* shard files of one model */
+#define RK_TF_INDEX_MAX (64u << 20)     /* bytes of an index or config.json */
+
+struct rk_tf_index_entry {
+    char name[RK_TF_NAME_MAX + 1];
+    uint32_t shard; /* into shards[] */
+};
+/* A shard index: which file holds each tensor. v is sorted by name. */
+struct rk_tf_index {
+    struct rk_tf_index_entry *v;
+    size_t n, cap;
+    char (*shards)[RK_TF_NAME_MAX + 1]; /* distinct file names, first-seen order */
+    size_t n_shards;
+};
+RK_API void rk_tf_index_free(struct rk_tf_index *x);
+/* Parse an index {"metadata": ..., "weight_map": {tensor: shard file}} with
+ * the strict JSON reader. Shard names must be plain "*.safetensors" names
+ * (no directory, no leading dot); a tensor listed twice, more than
+ * tensors_max (0 = RK_TF_TENSORS_MAX) tensors or RK_TF_SHARDS_MAX shards,
+ * and a missing weight_map are RK_EFORMAT. `file` names it in messages. */
+RK_API int rk_tf_index_read(const void *buf, size_t len, const char *file, size_t tensors_max,
+                            struct rk_tf_index *out, struct rk_errbuf *eb);
+/* The entry for `name`, or NULL. */
+RK_API const struct rk_tf_index_entry *rk_tf_index_find(const struct rk_tf_index *x,
+                                                        const char *name);
+
+/* The top-level members of a JSON object (config.json), read strictly:
+ * each string (up to RK_TF_META_VAL_MAX bytes) and each non-negative
+ * integer is handed to cb; other values (real numbers, arrays, objects,
+ * booleans, null, longer strings) are checked and skipped. A non-zero
+ * return of cb stops with that code. */
+enum rk_tf_field { RK_TF_FIELD_STR, RK_TF_FIELD_UINT };
+typedef int rk_tf_field_cb(void *user, const char *key, enum rk_tf_field kind, const char *s,
+                           uint64_t u, struct rk_errbuf *eb);
+RK_API int rk_tf_json_fields(const void *buf, size_t len, const char *file, rk_tf_field_cb *cb,
+                             void *user, struct rk_errbuf *eb);
+
 #endif /* RK_TENSORFILE_H */

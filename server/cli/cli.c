@@ -121,6 +121,11 @@ int rk_cli_load_state(const char *path, const struct rk_model *m, float *state,
 struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_model *m)
 {
     struct rk_tokenizer *t = NULL;
+    if (!vocab && m && rk_model_vocab_file(m)) {
+        // A model directory that carries its vocabulary (core/FORMAT.md).
+        vocab = rk_model_vocab_file(m);
+        fprintf(stderr, "rwkvd: vocabulary from the model directory: %s\n", vocab);
+    }
     if (vocab) {
         struct rk_errbuf eb = {0};
         int rc = rk_tok_load_world(vocab, &t, &eb);

@@ -1,7 +1,6 @@
 /*
  * cli_tune.c - `rwkvd tune` (a state-tuning job run offline, through the same
- * rk_tune_run the job worker uses) and `rwkvd eval` (loss, perplexity and
- * multiple-choice accuracy of a state on a JSONL dataset).
+ * rk_tune_run the job worker uses). `rwkvd eval` is cli_eval.c.
  *
  * The hyperparameter options come from the table of rk_hparams()
  * (adapters/hparams.c); checkpoint files (--checkpoint, --resume) are
@@ -443,125 +442,6 @@ int rk_cmd_tune(int argc, char **argv)
     status = 0;
 out:
     free(init), free(st), free(ckmem);
-    rk_dataset_free(ds);
-    rk_tok_free(tok);
-    rk_model_free(m);
-    return status;
-}
-
-/* --- rwkvd eval ----------------------------------------------------------- */
-
-int rk_cmd_eval(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"data", required_argument, 0, 'd'},
-        {"state", required_argument, 0, 's'}, {"vocab", required_argument, 0, 'V'},
-        {"threads", required_argument, 0, 't'}, {"max-tokens", required_argument, 0, OPT_MAX_TOKENS},
-        {"json", no_argument, 0, OPT_JSON},    {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
-    };
-    const char *model = NULL, *data = NULL, *state_path = NULL, *vocab = NULL;
-    long threads = 0, v;
-    bool json = false;
-    struct rk_jsonl_limits lim;
-    rk_jsonl_limits_default(&lim);
-    int c, status = 1;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 'd': data = optarg; break;
-        case 's': state_path = optarg; break;
-        case 'V': vocab = optarg; break;
-        case 't':
-            if (!rk_cli_parse_long(optarg, 0, 1024, &threads)) {
-                fprintf(stderr, "rwkvd eval: bad --threads\n");
-                return 2;
-            }
-            break;
-        case OPT_MAX_TOKENS:
-            if (!rk_cli_parse_long(optarg, 2, 1 << 24, &v)) {
-                fprintf(stderr, "rwkvd eval: bad --max-tokens\n");
-                return 2;
-            }
-            lim.seq_len_max = (size_t)v;
-            break;
-        case OPT_JSON: json = true; break;
-        case 'h':
-            printf("usage: rwkvd eval --model FILE [--state STATE] --data FILE.jsonl [--json]\n\n"
-                   "Loss and perplexity over the dataset's sequences and accuracy over its\n"
-                   "multiple-choice lines ({\"prompt\",\"choices\",\"answer\"}: the choice with\n"
-                   "the highest summed log-likelihood wins), from the zero state or STATE.\n\n"
-                   "  --vocab FILE      World vocabulary (byte models need none)\n"
-                   "  --threads N       compute threads (default: all CPUs)\n"
-                   "  --max-tokens N    longest example accepted (default 8192)\n"
-                   "  --json            print one JSON object\n");
-            return 0;
-        default: return 2;
-        }
-    }
-    if (!model || !data) {
-        fprintf(stderr, "rwkvd eval: --model and --data are required; see --help\n");
-        return 2;
-    }
-    struct rk_model *m = NULL;
-    struct rk_tokenizer *tok = NULL;
-    struct rk_dataset *ds = NULL;
-    struct rk_ctx *ctx = NULL;
-    float *st = NULL;
-    struct rk_errbuf eb = {0};
-    int rc;
-    if (!(m = rk_cli_load_model(model, RK_DTYPE_AUTO)) || !(tok = rk_cli_load_tokenizer(vocab, m)))
-        goto out;
-    if (rk_dataset_create(&ds) != RK_OK)
-        goto out;
-    if ((rc = rk_jsonl_load(data, tok, &lim, ds, &eb)) != RK_OK) {
-        fprintf(stderr, "rwkvd eval: %s: %s\n", data, eb.msg[0] ? eb.msg : rk_strerror(rc));
-        goto out;
-    }
-    if (state_path) {
-        st = malloc(sizeof(float) * rk_state_len(m));
-        if (!st) {
-            fprintf(stderr, "rwkvd eval: out of memory\n");
-            goto out;
-        }
-        if (rk_cli_load_state(state_path, m, st, NULL) != RK_OK)
-            goto out;
-    }
-    struct rk_ctx_params cp = {.n_threads = (int)threads};
-    if (rk_ctx_create(m, &cp, &ctx) != RK_OK) {
-        fprintf(stderr, "rwkvd eval: cannot create a context\n");
-        goto out;
-    }
-    struct rk_eval_result r;
-    if ((rc = rk_eval_run(ctx, ds, st, NULL, NULL, &r)) != RK_OK) {
-        fprintf(stderr, "rwkvd eval: %s\n", rk_strerror(rc));
-        goto out;
-    }
-    if (json) {
-        printf("{\"sequences\": %zu, \"targets\": %zu", r.n_seq, r.n_targets);
-        if (r.n_targets)
-            printf(", \"loss\": %.9g, \"perplexity\": %.9g", r.loss, r.ppl);
-        else
-            printf(", \"loss\": null, \"perplexity\": null");
-        printf(", \"mc_items\": %zu, \"mc_correct\": %zu, \"accuracy\": ", r.n_mc,
-               r.n_mc_correct);
-        if (r.n_mc)
-            printf("%.9g}\n", r.accuracy);
-        else
-            printf("null}\n");
-    } else {
-        if (r.n_targets)
-            printf("loss %.6f  perplexity %.4f  (%zu sequences, %zu scored tokens)\n", r.loss,
-                   r.ppl, r.n_seq, r.n_targets);
-        if (r.n_mc)
-            printf("accuracy %.4f  (%zu of %zu multiple-choice items)\n", r.accuracy,
-                   r.n_mc_correct, r.n_mc);
-    }
-    status = 0;
-out:
-    free(st);
-    rk_ctx_free(ctx);
     rk_dataset_free(ds);
     rk_tok_free(tok);
     rk_model_free(m);

@@ -11,6 +11,12 @@
  *   write  SUB   write() fails with ENOSPC (disk full)
  *   fsync  SUB   fsync() fails with EIO
  *   rename SUB   rename() fails with EIO
+ *   slow   SUB   fsync() first sleeps RK_FAULT_SLOW_MS milliseconds (default
+ *                2000), then syncs: a slow disk. While it sleeps, the file
+ *                RK_FAULT_SLOW_MARK (if set) exists, so a test can tell
+ *                that a request is waiting on the disk right now.
+ *
+ * A SUBSTRING that ends in '$' must match at the end of the path.
  *
  * An empty or missing control file injects nothing. Test-only code: built
  * by tests/meson.build, never linked into rwkvd.
@@ -24,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The rule for `op` from the control file, if any; copies its substring. */
@@ -54,6 +61,15 @@ static int rule_for(const char *op, char *sub, size_t cap)
     return 0;
 }
 
+/* strstr, where a trailing '$' in sub anchors it at the end of s. */
+static int path_matches(const char *s, const char *sub)
+{
+    size_t n = strlen(sub), ls = strlen(s);
+    if (n && sub[n - 1] == '$')
+        return n - 1 <= ls && !strncmp(s + ls - (n - 1), sub, n - 1);
+    return strstr(s, sub) != NULL;
+}
+
 static int fd_matches(int fd, const char *op)
 {
     char sub[512], link[64], path[4096];
@@ -64,7 +80,7 @@ static int fd_matches(int fd, const char *op)
     if (n <= 0)
         return 0;
     path[n] = 0;
-    return strstr(path, sub) != NULL;
+    return path_matches(path, sub);
 }
 
 SHIM_API ssize_t write(int fd, const void *buf, size_t len)
@@ -88,6 +104,19 @@ SHIM_API int fsync(int fd)
         errno = EIO;
         return -1;
     }
+    if (fd_matches(fd, "slow")) {
+        const char *ms = getenv("RK_FAULT_SLOW_MS");
+        long t = ms ? strtol(ms, NULL, 10) : 2000;
+        struct timespec ts = {t / 1000, (t % 1000) * 1000000L};
+        const char *mark = getenv("RK_FAULT_SLOW_MARK");
+        int mfd = mark ? open(mark, O_WRONLY | O_CREAT | O_CLOEXEC, 0600) : -1;
+        if (mfd >= 0)
+            close(mfd);
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+        if (mark)
+            unlink(mark);
+    }
     return real(fd);
 }
 
@@ -97,7 +126,7 @@ SHIM_API int rename(const char *from, const char *to)
     if (!real)
         real = (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "rename");
     char sub[512];
-    if (rule_for("rename", sub, sizeof sub) && strstr(to, sub)) {
+    if (rule_for("rename", sub, sizeof sub) && path_matches(to, sub)) {
         errno = EIO;
         return -1;
     }

@@ -14,6 +14,12 @@ directory under a temporary folder, and checks what issue 12 asks for:
   shim      ENOSPC on write, EIO on fsync, EIO on rename through an
             LD_PRELOAD shim (fault_shim.c), for a state write and for the
             publication of a tuning job
+  offload   with fsync made slow (shim), /health keeps answering while a
+            POST /tune, a POST /v1/files or a PUT /states is waiting on
+            the disk (the disk work runs off the loop thread), and the
+            answer comes only after the write; a failed write during a
+            submit or an upload is a clear 500, leaves no file and no job,
+            and the server stays up
   kill9     kill -9 at random moments of state writes and of a tuning job,
             then restart: every acknowledged state is there (or a newer
             one that was being written), no temp file stays, no job stays
@@ -76,6 +82,15 @@ class Server:
             if isinstance(body, (dict, list)):
                 body = json.dumps(body).encode()
             c.request(method, path, body=body)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    def req_h(self, method, path, body, headers, timeout=30):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=headers)
             r = c.getresponse()
             return r.status, r.read()
         finally:
@@ -185,7 +200,9 @@ def case_temps():
     os.makedirs(os.path.join(d, "tenants/evil"))
     stale = [os.path.join(st, "x.safetensors.tmp.123.4"),
              os.path.join(d, "tenants/default/files/file-abc.jsonl.tmp.9.1"),
-             os.path.join(d, "jobs/ftjob-x.json.tmp.77.2")]
+             os.path.join(d, "jobs/ftjob-x.json.tmp.77.2"),
+             # a submit cut off between its dataset and its record: no job
+             os.path.join(d, "jobs/ftjob-00000000000000aa.data.jsonl")]
     keep = [os.path.join(st, n) for n in ("keep.tmp.1", ".tmp.1.2", "x.tmp.1.2.bak")]
     victim = os.path.join(outside, "victim.tmp.1.1")
     for p in stale + keep + [victim]:
@@ -315,6 +332,125 @@ def case_shim():
     check(not temps(d), "shim job: temp files left %s" % temps(d))
 
 
+def multipart(fields):
+    """A multipart/form-data body: fields is a list of (name, filename, bytes)."""
+    b = "rkfaultboundary"
+    out = b""
+    for name, fname, data in fields:
+        disp = 'form-data; name="%s"' % name + ('; filename="%s"' % fname if fname else "")
+        out += ("--%s\r\nContent-Disposition: %s\r\n\r\n" % (b, disp)).encode() + data + b"\r\n"
+    out += ("--%s--\r\n" % b).encode()
+    return "multipart/form-data; boundary=" + b, out
+
+
+def job_files(d):
+    j = os.path.join(d, "jobs")
+    return sorted(f for f in os.listdir(j) if f.startswith("ftjob-")) if os.path.isdir(j) else []
+
+
+def upload_files(d):
+    f = os.path.join(d, "tenants/default/files")
+    return sorted(os.listdir(f)) if os.path.isdir(f) else []
+
+
+def while_pending(srv, fn, mark):
+    """Run fn() (a request that the shim holds in a slow fsync) in a thread;
+    once the shim says the fsync sleeps (the file `mark` exists), ask
+    /health. Returns (fn's result, whether /health answered 200 while the
+    fsync still slept)."""
+    res = []
+    th = threading.Thread(target=lambda: res.append(fn()))
+    th.start()
+    prompt = False
+    t0 = time.time()
+    while th.is_alive() and time.time() - t0 < 20:
+        if os.path.exists(mark):
+            try:
+                st, _ = srv.req("GET", "/health", timeout=10)
+            except OSError:
+                st = 0
+            prompt = st == 200 and os.path.exists(mark)
+            break
+        time.sleep(0.01)
+    th.join()
+    return (res[0] if res else (0, b"")), prompt
+
+
+def case_offload():
+    d = os.path.join(TMP, "offload")
+    ctl = os.path.join(TMP, "offload.ctl")
+    open(ctl, "w").close()
+    mark = os.path.join(TMP, "offload.mark")
+    srv = Server(d, env={"LD_PRELOAD": os.path.abspath(SHIM), "RK_FAULT_CTL": ctl,
+                         "RK_FAULT_SLOW_MS": "800", "RK_FAULT_SLOW_MARK": mark})
+
+    def rule(text):
+        with open(ctl, "w") as f:
+            f.write(text)
+
+    # Slow disk: each request below waits 0.8 s in an fsync; /health must
+    # answer while that fsync still sleeps (were the fsync on the loop
+    # thread, /health would wait for it), and the request must succeed.
+    rule("slow .data.jsonl\n")
+    (st, body), prompt = while_pending(
+        srv, lambda: srv.req("POST", "/tune", dict(TUNE, output_state="slow", steps=1)), mark)
+    check(st == 202, "offload tune: %d %r" % (st, body[:200]))
+    check(prompt, "offload tune: /health did not answer while the submit waited on the disk")
+    if st == 202:
+        jid = json.loads(body)["id"]
+        check(os.path.exists(os.path.join(d, "jobs", jid + ".json")),
+              "offload tune: acknowledged before its record was written")
+    rule("slow /files/\n")
+    ctype, mp = multipart([("purpose", None, b"fine-tune"),
+                           ("file", "t.jsonl", b'{"text":"hello there"}\n')])
+    (st, body), prompt = while_pending(
+        srv, lambda: srv.req_h("POST", "/v1/files", mp, {"Content-Type": ctype}), mark)
+    check(st == 200, "offload upload: %d %r" % (st, body[:200]))
+    check(prompt, "offload upload: /health did not answer while the upload waited on the disk")
+    rule("slow slowstate\n")
+    (st, body), prompt = while_pending(srv, lambda: put_state(srv, "slowstate", 5), mark)
+    check(st == 201, "offload PUT: %d %r" % (st, body[:200]))
+    check(prompt, "offload PUT: /health did not answer while the PUT waited on the disk")
+    rule("slow states\n")
+    (st, body), prompt = while_pending(srv, lambda: srv.req("DELETE", "/states/slowstate"),
+                                       mark)
+    check(st == 200, "offload DELETE: %d %r" % (st, body[:200]))
+    check(prompt, "offload DELETE: /health did not answer while the DELETE waited on the disk")
+    check(srv.req("GET", "/states/slowstate")[0] == 404, "offload DELETE: the state is still there")
+
+    # Failed writes during a submit: the dataset, then the record. A clear
+    # 500, no job in the table, no file of it on disk.
+    _, body = srv.req("GET", "/jobs")
+    n_jobs = len(json.loads(body)["data"])
+    files_before = job_files(d)
+    for r, want in (("write .data.jsonl", "no space left on device"),
+                    ("fsync .data.jsonl", "input/output error"),
+                    ("rename .json$", "input/output error")):
+        rule(r + "\n")
+        st, body = srv.req("POST", "/tune", dict(TUNE, output_state="broken", steps=1))
+        rule("")
+        msg = error_ok(st, body, "offload " + r)
+        check(st == 500 and want in msg.lower(), "offload %s: %d %r" % (r, st, msg))
+        _, lst = srv.req("GET", "/jobs")
+        check(len(json.loads(lst)["data"]) == n_jobs, "offload %s: a job was added" % r)
+        check(job_files(d) == files_before, "offload %s: files left %s"
+              % (r, sorted(set(job_files(d)) - set(files_before))))
+        check(not temps(d), "offload %s: temp files left %s" % (r, temps(d)))
+    # The same for an upload.
+    before = upload_files(d)
+    for r in ("fsync /files/", "rename .json$"):
+        rule(r + "\n")
+        st, body = srv.req_h("POST", "/v1/files", mp, {"Content-Type": ctype})
+        rule("")
+        msg = error_ok(st, body, "offload upload " + r)
+        check(st == 500 and "input/output error" in msg.lower(),
+              "offload upload %s: %d %r" % (r, st, msg))
+        check(upload_files(d) == before, "offload upload %s: files left %s"
+              % (r, sorted(set(upload_files(d)) - set(before))))
+    check(srv.req("GET", "/health")[0] == 200, "offload: /health at the end")
+    srv.stop()
+
+
 def case_kill9():
     d = os.path.join(TMP, "kill9")
     rnd = random.Random(12)
@@ -421,7 +557,8 @@ def main():
         srv.stop()
         only = os.environ.get("RK_FAULT_ONLY")
         for name, fn in (("temps", case_temps), ("diskfull", case_diskfull),
-                         ("shim", case_shim), ("kill9", case_kill9)):
+                         ("shim", case_shim), ("offload", case_offload),
+                         ("kill9", case_kill9)):
             if only and only != name:
                 continue
             t = time.time()

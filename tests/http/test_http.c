@@ -325,6 +325,15 @@ START_TEST(test_states_crud)
     ck_assert_msg(r.status == 201, "%d %s", r.status, r.body);
     ck_assert(strstr(r.body, "\"method\":\"import-pth\""));
     resp_free(&r);
+    // ?from names the source: an ai00 state file is safetensors, not a .pth
+    // (the import itself: test_state_store.c); an unknown source is a 400
+    r = request(s.port, "PUT", "/states/peft2?from=ai00", NULL, pth, plen);
+    ck_assert_msg(r.status == 422 && strstr(r.body, ".pth archive"), "%d %s", r.status, r.body);
+    resp_free(&r);
+    r = request(s.port, "PUT", "/states/peft2?from=gguf", NULL, pth, plen);
+    ck_assert_msg(r.status == 400 && strstr(r.body, "\"param\":\"from\""), "%d %s", r.status,
+                  r.body);
+    resp_free(&r);
     free(pth);
 
     // a state made for another model is refused with 422

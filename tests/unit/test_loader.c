@@ -15,6 +15,7 @@
  */
 #include "check_common.h"
 #include "core_int.h"
+#include "rk_tensorfile.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -969,7 +970,8 @@ START_TEST(missing_and_odd_files)
     const char *miss = "/nonexistent-rwkvd-dir/model.safetensors";
     const char *msg = load_fail(miss, RK_EIO);
     expect_msg(msg, miss);
-    load_fail(rk_test_tmpdir(), RK_EIO); /* a directory */
+    /* a directory without model files (the test's scratch directory) */
+    expect_msg(load_fail(rk_test_tmpdir(), RK_EFORMAT), "a model directory needs");
 
     const char *p = tmp_path("odd.bin");
     ck_assert_int_eq(rk_test_write_file(p, "", 0), 0);
@@ -1544,6 +1546,78 @@ RK_TEST_SUITE(loader_fixtures_suite, RK_NEEDS_SHARED)
     return s;
 }
 
+/* The shard index and config.json readers (tensorfile.c) on small hostile
+ * texts: every refusal is RK_EFORMAT with a message that says why. */
+static int index_of(const char *text, struct rk_tf_index *x, struct rk_errbuf *eb)
+{
+    memset(eb, 0, sizeof *eb);
+    return rk_tf_index_read(text, strlen(text), "idx.json", 0, x, eb);
+}
+
+static int count_field(void *user, const char *key, enum rk_tf_field kind, const char *sv,
+                       uint64_t u, struct rk_errbuf *eb)
+{
+    (void)key, (void)sv, (void)eb;
+    int *n = user;
+    *n += kind == RK_TF_FIELD_UINT ? (int)u : 1000;
+    return RK_OK;
+}
+
+START_TEST(hf_index_and_config_json)
+{
+    struct rk_tf_index x;
+    struct rk_errbuf eb;
+    ck_assert_int_eq(index_of("{\"metadata\":{\"total_size\":10},\"weight_map\":{\"b\":"
+                              "\"s2.safetensors\",\"a\":\"s1.safetensors\",\"c\":"
+                              "\"s2.safetensors\"}}", &x, &eb), RK_OK);
+    ck_assert_uint_eq(x.n, 3);
+    ck_assert_uint_eq(x.n_shards, 2);
+    ck_assert_str_eq(x.v[0].name, "a"); // sorted
+    ck_assert_str_eq(x.shards[rk_tf_index_find(&x, "c")->shard], "s2.safetensors");
+    ck_assert_ptr_null(rk_tf_index_find(&x, "d"));
+    rk_tf_index_free(&x);
+    static const struct {
+        const char *text, *why;
+    } bad[] = {
+        {"{\"metadata\":{}}", "no \"weight_map\""},
+        {"{\"weight_map\":{\"a\":\"s.safetensors\",\"a\":\"t.safetensors\"}}", "listed twice"},
+        {"{\"weight_map\":{\"a\":\"../s.safetensors\"}}", "not a *.safetensors file name"},
+        {"{\"weight_map\":{\"a\":\"sub/s.safetensors\"}}", "not a *.safetensors file name"},
+        {"{\"weight_map\":{\"a\":\".safetensors\"}}", "not a *.safetensors file name"},
+        {"{\"weight_map\":{\"a\":\"s.bin\"}}", "not a *.safetensors file name"},
+        {"{\"weight_map\":{\"a\":7}}", "expected a string"},
+        {"{\"weight_map\":{\"\":\"s.safetensors\"}}", "empty tensor name"},
+        {"{\"weight_map\":{}} x", "trailing bytes"},
+        {"{\"weight_map\":{},\"weight_map\":{}}", "duplicate"},
+        {"{\"weight_map\":{\"a\":\"s.safetensors\"", "expected '}'"},
+        {"[]", "expected '{'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = index_of(bad[i].text, &x, &eb);
+        ck_assert_msg(rc == RK_EFORMAT && strstr(eb.msg, bad[i].why), "%s: %s (%s)", bad[i].text,
+                      rk_errname(rc), eb.msg);
+        ck_assert_ptr_null(x.v);
+    }
+    // config.json: strings and non-negative integers are handed over, the
+    // rest is checked and skipped
+    int n = 0;
+    const char *cfg = "{\"model_type\":\"rwkv7\",\"hidden_size\":7,\"norm_eps\":1e-05,"
+                      "\"architectures\":[\"X\"],\"tie\":false,\"n\":null,\"neg\":-3}";
+    memset(&eb, 0, sizeof eb);
+    ck_assert_int_eq(rk_tf_json_fields(cfg, strlen(cfg), "config.json", count_field, &n, &eb),
+                     RK_OK);
+    ck_assert_int_eq(n, 1007);
+    const char *bad_cfg[] = {"{\"a\":1,}", "{\"a\":01}", "{\"a\":\"\\ud800\"}", "{\"a\":1} 2", ""};
+    for (size_t i = 0; i < sizeof bad_cfg / sizeof bad_cfg[0]; i++) {
+        memset(&eb, 0, sizeof eb);
+        int rc = rk_tf_json_fields(bad_cfg[i], strlen(bad_cfg[i]), "config.json", count_field, &n,
+                                   &eb);
+        ck_assert_msg(rc == RK_EFORMAT && strstr(eb.msg, "config.json"), "%s: %s", bad_cfg[i],
+                      eb.msg);
+    }
+}
+END_TEST
+
 RK_TEST_SUITE(loader_data_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("loader_data");
@@ -1554,6 +1628,7 @@ RK_TEST_SUITE(loader_data_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, panels_hold_the_same_model);
     tcase_add_test(tc, rwkvcpp_multihead_roundtrip);
     tcase_add_test(tc, missing_and_odd_files);
+    tcase_add_test(tc, hf_index_and_config_json);
     tcase_add_test(tc, hostile_safetensors);
     tcase_add_test(tc, wrong_shapes_and_missing_tensors);
     tcase_add_test(tc, hostile_rwkvcpp);

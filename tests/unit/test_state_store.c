@@ -167,6 +167,128 @@ START_TEST(test_pth_import)
 }
 END_TEST
 
+/* An ai00_server-style state file: safetensors of blocks.{i}.att.time_state
+ * only, F16, each [H][N][N] matrix stored [key][value] (the transpose of
+ * rwkvd's [value][key]), __metadata__ {"format": `fmt`}. `extra` adds a
+ * token-shift tensor; `h_bad` writes H + 1 heads. Values are halves of
+ * small integers, exact in F16. */
+static void *ai00_file(const float *st, const char *fmt, bool extra, bool h_bad, size_t *len)
+{
+    const int L = rk_model_n_layer(model), H = rk_model_n_head(model) + (h_bad ? 1 : 0),
+              N = rk_model_head_size(model), C = rk_model_n_embd(model);
+    struct rk_state_layout lay;
+    rk_state_layout(model, &lay);
+    size_t mat = (size_t)H * N * N * 2, off = 0;
+    char head[16384];
+    int w = snprintf(head, sizeof head, "{\"__metadata__\":{\"format\":\"%s\"}", fmt);
+    for (int l = 0; l < L; l++) {
+        w += snprintf(head + w, sizeof head - (size_t)w, ",\"blocks.%d.att.time_state\":{\"dtype\":"
+                      "\"F16\",\"shape\":[%d,%d,%d],\"data_offsets\":[%zu,%zu]}", l, H, N, N, off,
+                      off + mat);
+        off += mat;
+    }
+    if (extra) {
+        w += snprintf(head + w, sizeof head - (size_t)w, ",\"blocks.0.att.shift_state\":{\"dtype\":"
+                      "\"F16\",\"shape\":[%d],\"data_offsets\":[%zu,%zu]}", C, off, off + 2 * C);
+        off += 2 * (size_t)C;
+    }
+    w += snprintf(head + w, sizeof head - (size_t)w, "}");
+    ck_assert_int_lt(w, (int)sizeof head);
+    *len = 8 + (size_t)w + off;
+    unsigned char *b = calloc(1, *len);
+    ck_assert_ptr_nonnull(b);
+    uint64_t hl = (uint64_t)w;
+    memcpy(b, &hl, 8);
+    memcpy(b + 8, head, (size_t)w);
+    unsigned char *d = b + 8 + w;
+    for (int l = 0; l < L; l++)
+        for (int h = 0; h < H; h++)
+            for (int k = 0; k < N; k++)     // rows of the file: key
+                for (int v = 0; v < N; v++) { // columns: value
+                    int hh = h < rk_model_n_head(model) ? h : 0;
+                    const float *S = st + (size_t)l * lay.layer_stride + lay.wkv; // [H][N][N]
+                    float x = S[((size_t)hh * N + v) * N + k];
+                    // x is a multiple of 0.5 in [-8, 8]: build its F16 bits by hand
+                    uint16_t bits = 0;
+                    if (x != 0.0f) {
+                        float ax = x < 0 ? -x : x;
+                        int e = 0;
+                        while (ax >= 2.0f) {
+                            ax /= 2;
+                            e++;
+                        }
+                        while (ax < 1.0f) {
+                            ax *= 2;
+                            e--;
+                        }
+                        bits = (uint16_t)((x < 0 ? 0x8000 : 0) | (uint16_t)((e + 15) << 10) |
+                                          (uint16_t)((ax - 1.0f) * 1024.0f));
+                    }
+                    size_t at = (((size_t)l * H + h) * N + k) * N + v;
+                    memcpy(d + at * 2, &bits, 2);
+                }
+    return b;
+}
+
+START_TEST(test_ai00_import)
+{
+    struct rk_state_layout lay;
+    rk_state_layout(model, &lay);
+    float *a = calloc(slen, 4), *b = malloc(slen * 4);
+    // WKV values k/2 for small k, different in every position (so a
+    // transpose that went wrong is seen); shift parts zero.
+    for (int l = 0; l < rk_model_n_layer(model); l++)
+        for (size_t k = 0; k < lay.wkv_len; k++)
+            a[(size_t)l * lay.layer_stride + lay.wkv + k] =
+                (float)((int)((k * 7 + (size_t)l) % 33) - 16) * 0.5f;
+    size_t len;
+    void *buf = ai00_file(a, "pt", false, false, &len);
+    struct rk_state_meta meta;
+    struct rk_errbuf eb = {0};
+    int rc = rk_state_file_import(buf, len, model, RK_STATE_FROM_AI00, b, &meta, &eb);
+    ck_assert_msg(rc == RK_OK, "ai00: %s", eb.msg);
+    ck_assert_str_eq(meta.method, "import-ai00");
+    ck_assert(!meta.has_shift);
+    for (size_t k = 0; k < slen; k++)
+        ck_assert_msg(b[k] == a[k], "element %zu: got %g want %g", k, b[k], a[k]);
+    // The same bytes read as a native file give the transpose: the caller's
+    // word is what decides.
+    ck_assert_int_eq(rk_state_file_import(buf, len, model, RK_STATE_FROM_AUTO, b, NULL, NULL),
+                     RK_OK);
+    size_t N = (size_t)rk_model_head_size(model), off = lay.wkv;
+    ck_assert(b[off + 1] == a[off + N] && b[off + N] == a[off + 1]);
+    free(buf);
+
+    buf = ai00_file(a, "pt", false, true, &len); // a model with another head count
+    memset(&eb, 0, sizeof eb);
+    ck_assert_int_eq(rk_state_file_import(buf, len, model, RK_STATE_FROM_AI00, b, NULL, &eb),
+                     RK_EMISMATCH);
+    ck_assert_msg(strstr(eb.msg, "shape does not match the model"), "%s", eb.msg);
+    free(buf);
+    buf = ai00_file(a, "pt", true, false, &len); // token-shift tensors: not ai00's
+    memset(&eb, 0, sizeof eb);
+    ck_assert_int_eq(rk_state_file_import(buf, len, model, RK_STATE_FROM_AI00, b, NULL, &eb),
+                     RK_EFORMAT);
+    ck_assert_msg(strstr(eb.msg, "token-shift"), "%s", eb.msg);
+    free(buf);
+    buf = ai00_file(a, "rwkvd-state", false, false, &len); // rwkvd's own file
+    memset(&eb, 0, sizeof eb);
+    ck_assert_int_eq(rk_state_file_import(buf, len, model, RK_STATE_FROM_AI00, b, NULL, &eb),
+                     RK_EFORMAT);
+    ck_assert_msg(strstr(eb.msg, "format is 'rwkvd-state'"), "%s", eb.msg);
+    free(buf);
+    void *pth;
+    fx_build_pth(model, a, false, &pth, &len); // a .pth is not an ai00 file
+    memset(&eb, 0, sizeof eb);
+    ck_assert_int_eq(rk_state_file_import(pth, len, model, RK_STATE_FROM_AI00, b, NULL, &eb),
+                     RK_EFORMAT);
+    ck_assert_msg(strstr(eb.msg, ".pth archive"), "%s", eb.msg);
+    free(pth);
+    free(a);
+    free(b);
+}
+END_TEST
+
 START_TEST(test_store_versions)
 {
     struct rk_state_store *s = NULL;
@@ -356,6 +478,7 @@ RK_TEST_SUITE(state_store_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_roundtrip);
     tcase_add_test(tc, test_mismatch);
     tcase_add_test(tc, test_pth_import);
+    tcase_add_test(tc, test_ai00_import);
     tcase_add_test(tc, test_container_checks);
     tcase_add_test(tc, test_atomic_write);
     suite_add_tcase(s, tc);
