@@ -8,7 +8,9 @@
  * the token mean over the batch), carries the mean back to the parameters,
  * clips the norm and updates the method's trainable spans. Validation loss
  * every eval_every steps drives early stopping and the choice of the
- * returned parameters. The step counter, the parameters, the Adam moments
+ * returned parameters. With kl_weight > 0 each step also runs kl_batch
+ * generic sequences through the same backward with the KL hook of
+ * loss_kl.c and adds kl_weight times their gradient. The step counter, the parameters, the Adam moments
  * and the best parameters are all a resumed job needs: the data order is a
  * function of (seed, step).
  */
@@ -43,6 +45,10 @@ void rk_tune_params_default(struct rk_tune_params *p)
     p->bptt_checkpoint = 16;
     p->n_threads = 0;
     p->checkpoint_every = 0;
+    p->kl_weight = 0;
+    p->kl_topk = 64;
+    p->kl_batch = 1;
+    p->kl_data = NULL;
 }
 
 const struct rk_tune_method *rk_tune_params_method(const struct rk_tune_params *p)
@@ -92,7 +98,11 @@ int rk_tune_params_check(const struct rk_tune_params *p)
         !(p->clip_norm >= 0) || !(p->val_split >= 0 && p->val_split < 1) ||
         p->eval_every < 0 || p->patience < 0 || p->bptt_checkpoint < 0 ||
         p->checkpoint_every < 0 || p->n_threads < 0 ||
-        (p->seq_len_max != 0 && p->seq_len_max < 2))
+        (p->seq_len_max != 0 && p->seq_len_max < 2) || !(p->kl_weight >= 0) ||
+        !isfinite(p->kl_weight))
+        return RK_EINVAL;
+    if (p->kl_weight > 0 &&
+        (p->kl_topk < 1 || p->kl_batch < 1 || !p->kl_data || rk_dataset_len(p->kl_data) == 0))
         return RK_EINVAL;
     return RK_OK;
 }
@@ -132,6 +142,10 @@ struct run {
     struct rk_span *spans;
     size_t n_spans;
     struct order ord;
+    struct rk_kl_ref *kl; /* with kl_weight > 0: the base model on p->kl_data */
+    struct order kord;    /* the order of the generic sequences */
+    float *gkl;           /* [slen] */
+    double kl_last;       /* mean KL of the last step's generic positions */
     long step;
     double best_val;
     int bad_evals;
@@ -165,11 +179,26 @@ static int run_alloc(struct run *r)
         rk_dataset_get(r->train, i, NULL, NULL, &n);
         len_max = n > len_max ? n : len_max;
     }
+    for (size_t i = 0; p->kl_weight > 0 && i < rk_dataset_len(p->kl_data); i++) {
+        size_t n;
+        rk_dataset_get(p->kl_data, i, NULL, NULL, &n);
+        len_max = n > len_max ? n : len_max;
+    }
     if (p->seq_len_max && len_max > p->seq_len_max)
         len_max = p->seq_len_max;
     struct rk_ctx_params cp = {.n_threads = p->n_threads};
     if ((rc = rk_ctx_create(r->m, &cp, &r->ctx)) != RK_OK)
         return rc;
+    if (p->kl_weight > 0) {
+        if ((rc = rk_kl_ref_build(r->ctx, p->kl_data, p->kl_topk, &r->kl)) != RK_OK)
+            return rc;
+        r->kord.n = rk_dataset_len(p->kl_data);
+        r->kord.epoch = -1;
+        r->kord.seed = p->seed ^ 0x6b4c5f636f6c6c61ull;
+        if (!(r->kord.perm = malloc(r->kord.n * sizeof(size_t))) ||
+            !(r->gkl = malloc(r->slen * sizeof(float))))
+            return RK_ENOMEM;
+    }
     r->n_spans = r->meth->trainable(r->m, p, NULL, 0);
     r->params = malloc(r->plen * sizeof(float));
     r->gparams = malloc(r->plen * sizeof(float));
@@ -201,6 +230,8 @@ static void run_free(struct run *r)
     free(r->params), free(r->gparams), free(r->mom), free(r->var), free(r->best);
     free(r->st0), free(r->dst), free(r->gacc), free(r->tgt), free(r->msk), free(r->spans);
     free(r->ord.perm);
+    rk_kl_ref_free(r->kl);
+    free(r->kord.perm), free(r->gkl);
 }
 
 /* The starting point: the method's parameters of `init`, or the resumed
@@ -231,6 +262,51 @@ static int run_start(struct run *r, const float *init)
         res->best_step = 0;
     }
     res->val_loss_best = r->val ? r->best_val : NAN;
+    return RK_OK;
+}
+
+/* Collateral protection: kl_batch generic sequences of step r->step, with
+ * the loss hook rk_loss_kl_ref; kl_weight times their position-weighted
+ * mean dKL/dstate0 is added to r->gacc, the mean KL kept in r->kl_last. */
+static int run_kl_gradient(struct run *r)
+{
+    const struct rk_tune_params *p = r->p;
+    struct rk_tune_loss_ctx lc = {.p = p, .ds = p->kl_data, .kl = r->kl};
+    struct rk_backward_params bp = {.checkpoint_every = p->bptt_checkpoint,
+                                    .loss = rk_loss_kl_ref,
+                                    .loss_user = &lc};
+    memset(r->gkl, 0, r->slen * sizeof(float));
+    double loss_sum = 0;
+    size_t k_sum = 0;
+    for (int bi = 0; bi < p->kl_batch; bi++) {
+        if (r->cancel && r->cancel(r->user))
+            return RK_ECANCELED;
+        const uint32_t *tok;
+        size_t n;
+        lc.seq = order_at(&r->kord, r->step * p->kl_batch + bi);
+        rk_dataset_get(p->kl_data, lc.seq, &tok, NULL, &n);
+        if (p->seq_len_max && n > p->seq_len_max)
+            n = p->seq_len_max;
+        size_t k = n - 1; /* every position of generic text */
+        for (size_t t = 0; t < k; t++) {
+            r->tgt[t] = tok[t + 1];
+            r->msk[t] = 1;
+        }
+        double l;
+        int rc = rk_backward_seq(r->ctx, &bp, tok, r->tgt, r->msk, k, r->st0, &l, r->dst,
+                                 r->cancel, r->user);
+        if (rc != RK_OK)
+            return rc;
+        for (size_t i = 0; i < r->slen; i++)
+            r->gkl[i] += (float)k * r->dst[i];
+        loss_sum += l * (double)k;
+        k_sum += k;
+        r->tokens += k;
+    }
+    r->kl_last = loss_sum / (double)k_sum;
+    const float w = (float)(p->kl_weight / (double)k_sum);
+    for (size_t i = 0; i < r->slen; i++)
+        r->gacc[i] += w * r->gkl[i];
     return RK_OK;
 }
 
@@ -283,6 +359,11 @@ static int run_gradient(struct run *r, double *loss)
         const float inv = (float)(1.0 / (double)k_sum);
         for (size_t i = 0; i < r->slen; i++)
             r->gacc[i] *= inv;
+    }
+    if (r->kl) {
+        int rc = run_kl_gradient(r);
+        if (rc != RK_OK)
+            return rc;
     }
     r->meth->grad_to_params(r->m, p, r->params, r->gacc, r->gparams);
     return RK_OK;
@@ -359,6 +440,7 @@ static int run_step(struct run *r, const struct rk_lr_schedule *sched, bool *sto
         .grad_norm = gnorm,
         .lr = lr,
         .val_loss = NAN,
+        .kl = r->kl ? r->kl_last : NAN,
         .tokens_per_s = r->t_compute > 0 ? (double)r->tokens / r->t_compute : 0,
         .tokens = r->tokens,
         .elapsed_s = now_s() - r->t_start,
@@ -390,6 +472,7 @@ int rk_tune_run(const struct rk_model *m, const struct rk_tune_params *p,
     memset(res, 0, sizeof *res);
     res->val_loss_init = res->val_loss_best = NAN;
     res->loss_last = NAN;
+    res->kl_last = NAN;
     if (!m || !p || !ds || !out)
         return RK_EINVAL;
     int rc = rk_tune_params_check(p);
@@ -412,6 +495,8 @@ int rk_tune_run(const struct rk_model *m, const struct rk_tune_params *p,
         if ((rc = run_step(&r, &sched, &stop)) != RK_OK)
             goto out;
     res->tokens_per_s = r.t_compute > 0 ? (double)r.tokens / r.t_compute : 0;
+    res->tokens = r.tokens;
+    res->kl_last = r.kl ? r.kl_last : NAN;
     memcpy(out, r.val ? r.best : r.params, r.plen * sizeof(float));
     rc = RK_OK;
 out:

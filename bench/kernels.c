@@ -12,7 +12,8 @@
  *       model's C in a prefill), best of 40 rounds
  *   rwkvd-kernels matmul ROWS COLS N THREADS
  *       a bf16 panel product Y[N][ROWS] = X W^T on the fp32 kernels and on
- *       AMX tiles, best of 20, GFLOP/s
+ *       AMX tiles, then the same weights as q8 (8-bit, core/q8.c) on the
+ *       kernel cpu.c picks, best of 20, GFLOP/s and weight GB/s
  *   rwkvd-kernels sgemm ROWS COLS N THREADS
  *       the two sgemm-backed products on row-major bf16 weights: forward
  *       Y[N][ROWS] = X W^T (the path without AVX-512 or with
@@ -111,7 +112,7 @@ static double isa_amx(void)
         w[i] = rk__f32_to_bf16((float)(i % 251) * 1e-3f - 0.1f);
     for (size_t i = 0; i < (size_t)NX * C; i++)
         xb[i] = rk__f32_to_bf16((float)(i % 127) * 1e-3f);
-    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false};
+    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false, NULL};
     rk__weight_pack(p, &W);
     W.data = p;
     W.panel = true;
@@ -188,7 +189,7 @@ static int cmd_matmul(int R, int C, int n, int threads)
         w[i] = rk__f32_to_bf16((float)(i % 251) * 1e-3f - 0.1f);
     for (size_t i = 0; i < (size_t)n * C; i++)
         X[i] = (float)(i % 127) * 1e-3f;
-    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false};
+    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false, NULL};
     bool panels = rk__weight_wants_panels(&W);
     if (panels) {
         rk__weight_pack(p, &W);
@@ -208,9 +209,32 @@ static int cmd_matmul(int R, int C, int n, int threads)
             t = now() - t;
             best = t < best ? t : best;
         }
-        printf("R%d C%d n%d threads %d %s: %.3f ms, %.1f GFLOP/s\n", R, C, n, threads,
-               kern == RK_KERN_AMX ? "AMX " : "fp32", best * 1e3, 2.0 * R * C * n / best / 1e9);
+        printf("R%d C%d n%d threads %d %s: %.3f ms, %.1f GFLOP/s, %.1f GB/s of weights\n", R,
+               C, n, threads, kern == RK_KERN_AMX ? "AMX " : "bf16", best * 1e3,
+               2.0 * R * C * n / best / 1e9, 2.0 * R * C / best / 1e9);
     }
+    /* the same values as 8-bit weights */
+    uint8_t *q = rk__malloc_aligned((size_t)R * C);
+    uint16_t *sc = malloc((size_t)R * C / 16);
+    float *row = malloc(4ul * C);
+    for (int r = 0; r < R; r++) {
+        for (int c = 0; c < C; c++)
+            row[c] = rk__bf16_to_f32(w[(size_t)r * C + c]);
+        rk__q8_quantize_row(q + (size_t)r * C, sc + (size_t)r * (C / 32), row, (size_t)C);
+    }
+    struct rk_weight Q = {RK_DTYPE_Q8, q, R, C, false, sc};
+    double best = 1e30;
+    for (int it = 0; it < 20; it++) {
+        double t = now();
+        rk__matmul(pool, RK_KERN_FAST, Y, X, (size_t)n, &Q);
+        t = now() - t;
+        best = t < best ? t : best;
+    }
+    static const char *const kn[] = {"q8 portable", "q8 avx2", "q8 vnni"};
+    printf("R%d C%d n%d threads %d %s: %.3f ms, %.1f GFLOP/s, %.1f GB/s of weights\n", R, C, n,
+           threads, kn[rk__cpu()->q8], best * 1e3, 2.0 * R * C * n / best / 1e9,
+           (double)R * C * (1.0 + 2.0 / 32) / best / 1e9);
+    rk__free_aligned(q), free(sc), free(row);
     rk__pool_free(pool);
     free(w), rk__free_aligned(p), free(X), free(Y);
     return 0;
@@ -229,7 +253,7 @@ static int cmd_sgemm(int R, int C, int n, int threads)
         w[i] = rk__f32_to_bf16((float)(i % 251) * 1e-3f - 0.1f);
     for (size_t i = 0; i < (size_t)n * (R > C ? R : C); i++)
         X[i] = (float)(i % 127) * 1e-3f;
-    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false}; /* row-major: no panels */
+    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false, NULL}; /* row-major: no panels */
     struct rk__pool *pool = NULL;
     if (rk__pool_create(threads, 0, &pool) != RK_OK)
         return 1;

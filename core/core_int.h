@@ -78,6 +78,9 @@ struct rk_weight {
     int rows; /* out */
     int cols; /* in */
     bool panel;
+    /* Q8 only (q8.c): data holds uint8 [rows][cols], each value + 128, and
+     * scale the fp16 scales [rows][cols / 32]; never panels. */
+    const uint16_t *scale;
 };
 
 /* Where element (r, k) of W lives in W.data, in elements. */
@@ -185,10 +188,11 @@ struct rk__tensor {
     char key[64];     /* official name it stands for ("" = not used) */
     bool linear_form; /* a LoRA factor stored transposed w.r.t. the official
                          layout, i.e. already in nn.Linear form */
-    enum rk_dtype dtype; /* F32, F16 or BF16 */
+    enum rk_dtype dtype; /* F32, F16, BF16, or Q8 (an I8 tensor and its scales) */
     int ndim;
     int64_t shape[RK_LOAD_MAX_DIMS];
-    const void *data;
+    const void *data;  /* Q8: int8 [rows][cols] */
+    const void *scale; /* Q8: little-endian fp16 [rows][cols / 32], any alignment */
     size_t nbytes; /* = elements * element size (checked by the parser) */
 };
 
@@ -223,6 +227,7 @@ struct rk__tensor_view {
     const void *data;    /* NULL when absent (layer-0 v0/v1/v2) */
     int rows, cols;      /* as held: vectors 1 x C, r_k H x N, LoRA in Linear form */
     bool panel;          /* held in panels (struct rk_weight), not row-major */
+    const uint16_t *scale; /* Q8: the block scales (struct rk_weight) */
 };
 size_t rk__model_n_tensors(const struct rk_model *m);
 void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view *out);
@@ -245,7 +250,7 @@ void rk__pool_for(struct rk__pool *p, size_t n, rk__range_fn *fn, void *arg);
  * aligned), grown as needed and kept until the thread exits; NULL when out
  * of memory. Slots: the matrix kernels' scratch, and the bf16 rows of X that
  * a thread rounds for an AMX product (shared with the pool for its length). */
-enum { RK_TL_SCRATCH, RK_TL_AMX_X, RK_TL_N };
+enum { RK_TL_SCRATCH, RK_TL_AMX_X, RK_TL_Q8X, RK_TL_N };
 float *rk__thread_buf(int slot, size_t n);
 
 /* --- CPU features and kernel switches (cpu.c) ------------------------------ */
@@ -260,6 +265,9 @@ struct rk__cpu {
     size_t tiled_rows; /* rows of X up to which row-major weights take the
                           tiled AVX-512 path (RWKVD_TILED_ROWS_MAX, 48) */
     bool no_amx;       /* RWKVD_NO_AMX */
+    int q8;            /* the Q8 products' kernel: RK_Q8_VNNI with avx512 and
+                          AVX512-VNNI, else RK_Q8_AVX2 with AVX2 + FMA and
+                          RWKVD_NO_AVX2 unset, else RK_Q8_REF */
 };
 const struct rk__cpu *rk__cpu(void);
 /* rk__cpu()->avx512. */
@@ -322,6 +330,49 @@ void rk__amx_rows(float *Y, size_t ldy, int yoff, const uint16_t *xb, size_t n,
 bool rk__amx_probe(void);
 /* Row `r` of W as fp32 into out[W.cols]. */
 void rk__weight_row(const struct rk_weight *W, int r, float *out);
+/* --- 8-bit weights (q8.c) --------------------------------------------------- */
+
+#define RK_Q8_BLOCK 32          /* values per scale, along the input dimension */
+#define RK_Q8_0_BLOCK_BYTES 34  /* one GGML Q8_0 block: fp16 scale, 32 int8 */
+/* The kernels of the Q8 products; rk__cpu()->q8 is the best this process runs. */
+enum { RK_Q8_REF = 0, RK_Q8_AVX2 = 1, RK_Q8_VNNI = 2 };
+/* One fp32 row (cols % 32 == 0) as 8-bit: q[cols] (value + 128) and the
+ * fp16 block scales scale[cols / 32], as GGML's Q8_0 reference quantizer
+ * does. RK_ENUMERIC for a non-finite value or one too large for the scale. */
+int rk__q8_quantize_row(uint8_t *q, uint16_t *scale, const float *x, size_t cols);
+/* One row from cols / 32 GGML Q8_0 blocks (34 bytes each, any alignment);
+ * lossless. RK_ENUMERIC for a non-finite scale. */
+int rk__q8_from_q8_0(uint8_t *q, uint16_t *scale, const void *blocks, size_t cols);
+/* One row from int8 values qs[cols] and little-endian fp16 scales
+ * scales[cols / 32] (any alignment); RK_ENUMERIC for a non-finite scale. */
+int rk__q8_from_i8(uint8_t *q, uint16_t *scale, const void *qs, const void *scales,
+                   size_t cols);
+/* Columns [c0, c1) of row r of a Q8 W as fp32 into out[c1 - c0]. */
+void rk__q8_dequant(float *out, const struct rk_weight *W, int r, int c0, int c1);
+/* Element idx (row-major numbering) of a Q8 W as fp32. */
+float rk__q8_at(const struct rk_weight *W, size_t idx);
+/* n rows of X quantized per block of 32 for the Q8 products: q [n][cols]
+ * (round to nearest even of x / d), bias [n][cols / 4] (-128 times the sum
+ * of each group of four q: the VNNI start values), d [n][cols / 32] (fp32
+ * scale absmax / 127; NaN where the block holds a NaN or Inf). */
+struct rk__q8x {
+    int8_t *q;
+    int32_t *bias;
+    float *d;
+    size_t n, cols;
+};
+/* Bytes of buffer rk__q8x_quantize needs. */
+size_t rk__q8x_bytes(size_t n, size_t cols);
+/* Fills xq from X[n][cols] into buf (64-byte aligned, rk__q8x_bytes long). */
+void rk__q8x_quantize(struct rk__q8x *xq, void *buf, const float *X, size_t n, size_t cols);
+/* Whether this CPU executes kernel `kind`. */
+bool rk__q8_kern_runs(int kind);
+/* Rows [r0, r1) of Y = X W^T for the quantized rows of xq, with kernel
+ * `kind` (which must run here); Y's column 0 is row yoff. Every kind gives
+ * the reference's bits (q8.c). */
+void rk__q8_rows(int kind, float *Y, size_t ldy, int yoff, const struct rk__q8x *xq,
+                 const struct rk_weight *W, int r0, int r1);
+
 /* --- WKV kernels (kernels_wkv.c) ------------------------------------------- */
 
 /* `ref` selects the plain loop; otherwise AVX-512 where rk__cpu() has it.

@@ -12,6 +12,9 @@
  *   RWKVD_TILED_ROWS_MAX=N  rows of X up to which the tiled AVX-512 path
  *                           runs before sgemm (default 48; for measurements)
  *   RWKVD_NO_AMX=1          no AMX tiles
+ *   RWKVD_NO_AVX2=1         the 8-bit products' portable kernel (with
+ *                           RWKVD_NO_AVX512 also set: that one alone would
+ *                           leave them the AVX2 kernel)
  *
  * AMX is decided apart, on the first rk__amx_usable() call, because deciding
  * it asks the OS for the tile state and runs a probe product: the CPU must
@@ -66,6 +69,11 @@ static void cpu_decide(void)
     if (env && *env)
         cpu.tiled_rows = (size_t)atol(env);
     cpu.no_amx = env_on("RWKVD_NO_AMX");
+    cpu.q8 = RK_Q8_REF;
+    if (cpu.avx512 && rk__q8_kern_runs(RK_Q8_VNNI))
+        cpu.q8 = RK_Q8_VNNI;
+    else if (!env_on("RWKVD_NO_AVX2") && rk__q8_kern_runs(RK_Q8_AVX2))
+        cpu.q8 = RK_Q8_AVX2;
 }
 
 const struct rk__cpu *rk__cpu(void)

@@ -127,6 +127,7 @@ const char *rk_dtype_name(enum rk_dtype t)
     case RK_DTYPE_F32: return "f32";
     case RK_DTYPE_F16: return "f16";
     case RK_DTYPE_BF16: return "bf16";
+    case RK_DTYPE_Q8: return "q8";
     default: return "auto";
     }
 }
@@ -137,7 +138,8 @@ int rk_dtype_parse(const char *s, enum rk_dtype *out)
         const char *n;
         enum rk_dtype t;
     } names[] = {{"auto", RK_DTYPE_AUTO}, {"f32", RK_DTYPE_F32},   {"fp32", RK_DTYPE_F32},
-                 {"f16", RK_DTYPE_F16},   {"fp16", RK_DTYPE_F16},  {"bf16", RK_DTYPE_BF16}};
+                 {"f16", RK_DTYPE_F16},   {"fp16", RK_DTYPE_F16},  {"bf16", RK_DTYPE_BF16},
+                 {"q8", RK_DTYPE_Q8}};
     for (size_t i = 0; s && i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(s, names[i].n)) {
             *out = names[i].t;

@@ -31,8 +31,39 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* The scale tensor of an 8-bit matrix: "<name>_scale" (core/FORMAT.md). */
+#define Q8_SCALE_SUFFIX "_scale"
+
+/* The F16 scales [rows, cols / 32] of the I8 tensor f [rows, cols], checked. */
+static int q8_scales(struct rk_model *m, const struct rk_tf_list *fl,
+                     const struct rk_tf_tensor *f, const struct rk_tf_tensor **out,
+                     struct rk_errbuf *eb)
+{
+    const char *file = rk__model_file(m);
+    char want[RK_LOAD_MAX_NAME + sizeof Q8_SCALE_SUFFIX];
+    snprintf(want, sizeof want, "%s%s", f->name, Q8_SCALE_SUFFIX);
+    const struct rk_tf_tensor *sc = NULL;
+    for (size_t k = 0; k < fl->n && !sc; k++)
+        if (!strcmp(fl->v[k].name, want))
+            sc = &fl->v[k];
+    if (!sc)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: I8 needs its block scales, "
+                             "tensor %s (F16)", file, f->name, want);
+    if (f->ndim != 2 || f->shape[1] % RK_Q8_BLOCK)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: an 8-bit matrix must be 2-D with "
+                             "a multiple of %d columns", file, f->name, RK_Q8_BLOCK);
+    if (strcmp(sc->dtype_name, "F16") || sc->ndim != 2 || sc->shape[0] != f->shape[0] ||
+        sc->shape[1] != f->shape[1] / RK_Q8_BLOCK)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: expected F16 [%lld, %lld] (the "
+                             "scales of %s)", file, sc->name, (long long)f->shape[0],
+                             (long long)(f->shape[1] / RK_Q8_BLOCK), f->name);
+    *out = sc;
+    return RK_OK;
+}
+
 /* Move the container's tensors into the loader's list, names mapped; a
- * model tensor of a dtype the model cannot hold is RK_EFORMAT. */
+ * model tensor of a dtype the model cannot hold is RK_EFORMAT. An I8 model
+ * tensor and its "_scale" tensor become one Q8 tensor. */
 static int tensors_from_file(struct rk_model *m, const struct rk_tf_list *fl,
                           struct rk__tensor_list *tl, struct rk_errbuf *eb)
 {
@@ -45,11 +76,23 @@ static int tensors_from_file(struct rk_model *m, const struct rk_tf_list *fl,
             return rc;
         memcpy(t->name, f->name, strlen(f->name) + 1);
         rk__tensor_map_name(t);
+        if (f->dtype == RK_DTYPE_AUTO && t->key[0] && !strcmp(f->dtype_name, "I8")) {
+            const struct rk_tf_tensor *sc = NULL;
+            if ((rc = q8_scales(m, fl, f, &sc, eb)))
+                return rc;
+            t->dtype = RK_DTYPE_Q8;
+            t->ndim = f->ndim;
+            memcpy(t->shape, f->shape, sizeof t->shape);
+            t->data = f->data;
+            t->scale = sc->data;
+            t->nbytes = f->nbytes;
+            continue;
+        }
         if (f->dtype == RK_DTYPE_AUTO) { /* a dtype the model cannot use */
             if (t->key[0])
                 return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: dtype %s is not "
-                                     "supported (F32, F16 or BF16 only)", file, f->name,
-                                     f->dtype_name);
+                                     "supported (F32, F16, BF16, or I8 with F16 scales)", file,
+                                     f->name, f->dtype_name);
             continue; /* kept only for the name checks */
         }
         t->dtype = f->dtype;

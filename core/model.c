@@ -529,7 +529,7 @@ static int place_lora16(struct rk_model *m, const struct slot *s, void *field, c
     else
         memcpy(dst, src, n * sizeof(uint16_t));
     struct rk_weight *w = field;
-    *w = (struct rk_weight){dt, dst, (int)rows, (int)cols, false};
+    *w = (struct rk_weight){dt, dst, (int)rows, (int)cols, false, NULL};
     m->weight_bytes += n * sizeof(uint16_t);
     return RK_OK;
 }
@@ -566,11 +566,73 @@ static int place_small(struct rk_model *m, const struct slot *s, void *field, co
     }
     if (s->kind == TK_LORA1 || s->kind == TK_LORA2) {
         struct rk_weight *w = field;
-        *w = (struct rk_weight){RK_DTYPE_F32, dst, (int)rows, (int)cols, false};
+        *w = (struct rk_weight){RK_DTYPE_F32, dst, (int)rows, (int)cols, false, NULL};
     } else {
         *(float **)field = dst;
     }
     m->weight_bytes += n * sizeof(float);
+    return RK_OK;
+}
+
+static const struct rk__map *map_of(const struct rk_model *m, const char *d);
+
+/* Gives back the whole pages of [p, p + len) when they lie in a mapped
+ * file: a tensor copied out of the map is not read there again, so resident
+ * memory holds one copy of it. */
+static void drop_mapped(const struct rk_model *m, const void *p, size_t len)
+{
+    const char *d = p;
+    if (!map_of(m, d)) /* model-owned, or a caller's buffer (the fuzz targets') */
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)d + page - 1) & ~(page - 1), b = ((uintptr_t)d + len) & ~(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* A large matrix held as Q8 (q8.c): from a Q8 tensor of the file (int8 and
+ * fp16 scales, made unsigned) or quantized from fp32/fp16/bf16 rows. */
+static int place_q8(struct rk_model *m, struct rk_weight *w, size_t rows, size_t cols,
+                    const struct rk__tensor *t, struct rk_errbuf *eb)
+{
+    const char *file = rk__model_file(m);
+    if (cols % RK_Q8_BLOCK)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: input dimension %zu is not a "
+                             "multiple of %d, which 8-bit weights need", file, t->name, cols,
+                             RK_Q8_BLOCK);
+    size_t nb = cols / RK_Q8_BLOCK;
+    uint8_t *q = rk__model_alloc(m, rows * cols);
+    uint16_t *sc = rk__model_alloc(m, rows * nb * sizeof(uint16_t));
+    float *row = t->dtype == RK_DTYPE_Q8 ? NULL : rk__malloc(cols * sizeof(float));
+    if (!q || !sc || (t->dtype != RK_DTYPE_Q8 && !row)) {
+        rk__free(row);
+        return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", file);
+    }
+    size_t es = t->dtype == RK_DTYPE_Q8 ? 1 : rk__dtype_size(t->dtype);
+    for (size_t r = 0; r < rows; r++) {
+        int rc;
+        const char *src = (const char *)t->data + r * cols * es;
+        if (t->dtype == RK_DTYPE_Q8) {
+            rc = rk__q8_from_i8(q + r * cols, sc + r * nb, src,
+                                (const char *)t->scale + r * nb * 2, cols);
+        } else {
+            convert(row, RK_DTYPE_F32, src, t->dtype, cols);
+            rc = rk__q8_quantize_row(q + r * cols, sc + r * nb, row, cols);
+        }
+        if (rc) {
+            rk__free(row);
+            return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: row %zu: %s", file, t->name, r,
+                                 t->dtype == RK_DTYPE_Q8 ? "a block scale is not finite"
+                                 : "a value is not finite or too large for an 8-bit block "
+                                 "scale");
+        }
+    }
+    rk__free(row);
+    drop_mapped(m, t->data, rows * cols * es);
+    if (t->dtype == RK_DTYPE_Q8)
+        drop_mapped(m, t->scale, rows * nb * 2);
+    *w = (struct rk_weight){RK_DTYPE_Q8, q, (int)rows, (int)cols, false, sc};
+    m->weight_bytes += rows * cols + rows * nb * sizeof(uint16_t);
     return RK_OK;
 }
 
@@ -580,6 +642,37 @@ static int place_big(struct rk_model *m, const struct slot *s, void *field,
                      const struct rk__tensor *t, struct rk_errbuf *eb)
 {
     size_t rows = (size_t)dim_value(m, s->rows), cols = (size_t)dim_value(m, s->cols);
+    if (m->wtype == RK_DTYPE_Q8)
+        return place_q8(m, field, rows, cols, t, eb);
+    if (t->dtype == RK_DTYPE_Q8) { /* dequantized into the wanted precision */
+        size_t es = rk__dtype_size(m->wtype);
+        char *dst = rk__model_alloc(m, rows * cols * es);
+        float *row = rk__malloc(cols * sizeof(float));
+        uint8_t *q = rk__malloc(cols + cols / RK_Q8_BLOCK * sizeof(uint16_t));
+        if (!dst || !row || !q) {
+            rk__free(row);
+            rk__free(q);
+            return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", rk__model_file(m));
+        }
+        uint16_t *sc = (uint16_t *)(void *)(q + cols);
+        struct rk_weight one = {RK_DTYPE_Q8, q, 1, (int)cols, false, sc};
+        int rc = RK_OK;
+        for (size_t r = 0; r < rows && !rc; r++) {
+            rc = rk__q8_from_i8(q, sc, (const char *)t->data + r * cols,
+                                (const char *)t->scale + r * (cols / RK_Q8_BLOCK) * 2, cols);
+            rk__q8_dequant(row, &one, 0, 0, (int)cols);
+            convert(dst + r * cols * es, m->wtype, row, RK_DTYPE_F32, cols);
+        }
+        rk__free(row);
+        rk__free(q);
+        if (rc)
+            return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: a block scale is not finite",
+                                 rk__model_file(m), t->name);
+        struct rk_weight *w = field;
+        *w = (struct rk_weight){m->wtype, dst, (int)rows, (int)cols, false, NULL};
+        m->weight_bytes += rows * cols * es;
+        return RK_OK;
+    }
     size_t n = rows * cols, es = rk__dtype_size(m->wtype);
     const void *data = t->data;
     if (t->dtype != m->wtype || ((uintptr_t)data % es) != 0) {
@@ -590,7 +683,7 @@ static int place_big(struct rk_model *m, const struct slot *s, void *field,
         data = dst;
     }
     struct rk_weight *w = field;
-    *w = (struct rk_weight){m->wtype, data, (int)rows, (int)cols, false};
+    *w = (struct rk_weight){m->wtype, data, (int)rows, (int)cols, false, NULL};
     m->weight_bytes += n * es;
     return RK_OK;
 }
@@ -742,10 +835,17 @@ int rk__model_build(struct rk_model *m, const struct rk__tensor_list *l,
         }
         if (!t)
             continue;
-        if (s->kind == TK_BIG)
+        if (t->dtype == RK_DTYPE_Q8 && s->kind != TK_BIG) {
+            rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: 8-bit (I8) is only for the large "
+                               "matrices", file, t->name);
+            goto out;
+        }
+        if (s->kind == TK_BIG) {
             rc = place_big(m, s, field, t, eb);
-        else
+        } else {
             rc = place_small(m, s, field, src, t->dtype, t, eb);
+            drop_mapped(m, t->data, t->nbytes); /* always copied: one copy resident */
+        }
         if (rc)
             goto out;
     }
@@ -767,6 +867,7 @@ void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view
     const void *field = slot_field((struct rk_model *)m, layer, s);
     canon_name(out->name, sizeof out->name, layer, s);
     out->panel = false;
+    out->scale = NULL;
     switch (s->kind) {
     case TK_VEC:
     case TK_VEC3:
@@ -783,6 +884,7 @@ void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view
         out->rows = w->rows;
         out->cols = w->cols;
         out->panel = w->panel;
+        out->scale = w->scale;
         break;
     }
     }
@@ -826,8 +928,9 @@ static uint64_t fingerprint(const struct rk_model *m)
         size_t n = (size_t)v.rows * (size_t)v.cols;
         if (n > 1024)
             n = 1024;
+        struct rk_weight q8 = {RK_DTYPE_Q8, v.data, v.rows, v.cols, false, v.scale};
         for (size_t k = 0; k < n; k++) {
-            float f = elem_f32(v.data, v.dtype, k);
+            float f = v.dtype == RK_DTYPE_Q8 ? rk__q8_at(&q8, k) : elem_f32(v.data, v.dtype, k);
             uint32_t u;
             memcpy(&u, &f, 4);
             h = fnv1a_u32(h, u);
@@ -846,7 +949,8 @@ int rk__model_finish(struct rk_model *m, struct rk_errbuf *eb)
         return rk_errbuf_set(eb, RK_EFORMAT, "%s: inconsistent model dimensions (L %d, C %d, "
                              "H %d, N %d, V %d, F %d, ranks %d/%d/%d/%d)", file, m->L, m->C, m->H,
                              m->N, m->V, m->F, m->Dw, m->Da, m->Dv, m->Dg);
-    if (m->wtype != RK_DTYPE_F32 && m->wtype != RK_DTYPE_F16 && m->wtype != RK_DTYPE_BF16)
+    if (m->wtype != RK_DTYPE_F32 && m->wtype != RK_DTYPE_F16 && m->wtype != RK_DTYPE_BF16 &&
+        m->wtype != RK_DTYPE_Q8)
         return rk_errbuf_set(eb, RK_EFORMAT, "%s: unsupported weight precision %d", file,
                              (int)m->wtype);
     size_t nt = rk__model_n_tensors(m);
@@ -1052,7 +1156,7 @@ int rk_model_load(const char *path, const struct rk_model_params *p, struct rk_m
         *out = NULL;
     if (!path || !out)
         return rk_errbuf_set(eb, RK_EINVAL, "rk_model_load: NULL argument");
-    if (p && (p->wtype < RK_DTYPE_AUTO || p->wtype > RK_DTYPE_BF16))
+    if (p && (p->wtype < RK_DTYPE_AUTO || p->wtype > RK_DTYPE_Q8))
         return rk_errbuf_set(eb, RK_EINVAL, "%s: invalid weight precision %d", path,
                              (int)p->wtype);
     int rc = RK_OK;
@@ -1169,7 +1273,28 @@ size_t rk_state_len(const struct rk_model *m)
 
 static const char *st_dtype_name(enum rk_dtype t)
 {
-    return t == RK_DTYPE_F32 ? "F32" : t == RK_DTYPE_F16 ? "F16" : "BF16";
+    return t == RK_DTYPE_F32 ? "F32" : t == RK_DTYPE_F16 ? "F16" : t == RK_DTYPE_Q8 ? "I8" : "BF16";
+}
+
+/* One row of held tensor v as 8-bit: int8 values into q8[cols] and the
+ * fp16 scales into sc[cols / 32], both as the file holds them. */
+static int q8_file_row(const struct rk__tensor_view *v, int r, float *row, uint8_t *q8,
+                       uint16_t *sc)
+{
+    size_t cols = (size_t)v->cols;
+    int rc = RK_OK;
+    if (v->dtype == RK_DTYPE_Q8) {
+        memcpy(q8, (const uint8_t *)v->data + (size_t)r * cols, cols);
+        memcpy(sc, v->scale + (size_t)r * (cols / RK_Q8_BLOCK),
+               cols / RK_Q8_BLOCK * sizeof(uint16_t));
+    } else {
+        struct rk_weight w = {v->dtype, v->data, v->rows, v->cols, v->panel, NULL};
+        rk__weight_row(&w, r, row);
+        rc = rk__q8_quantize_row(q8, sc, row, cols);
+    }
+    for (size_t k = 0; k < cols; k++)
+        q8[k] ^= 0x80u; /* held + 128, written as int8 */
+    return rc;
 }
 
 /* Official shape of held tensor i, and the dtype it is written in. */
@@ -1184,7 +1309,12 @@ static int official_shape(const struct rk_model *m, size_t i, const struct rk__t
     case TK_VEC3: shape[0] = shape[1] = 1; shape[2] = m->C; return 3;
     case TK_RK: shape[0] = m->H; shape[1] = m->N; return 2;
     case TK_BIG: *dt = big; shape[0] = v->rows; shape[1] = v->cols; return 2;
-    default: shape[0] = v->cols; shape[1] = v->rows; return 2; /* LoRA: back to [in][out] */
+    default: /* LoRA: back to [in][out]; q8 files keep 16-bit ones 16-bit */
+        if (big == RK_DTYPE_Q8 && (v->dtype == RK_DTYPE_BF16 || v->dtype == RK_DTYPE_F16))
+            *dt = v->dtype;
+        shape[0] = v->cols;
+        shape[1] = v->rows;
+        return 2;
     }
 }
 
@@ -1193,7 +1323,7 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
 {
     if (!m || !path)
         return rk_errbuf_set(eb, RK_EINVAL, "rk_model_save_safetensors: NULL argument");
-    if (wtype < RK_DTYPE_AUTO || wtype > RK_DTYPE_BF16)
+    if (wtype < RK_DTYPE_AUTO || wtype > RK_DTYPE_Q8)
         return rk_errbuf_set(eb, RK_EINVAL, "%s: invalid precision %d", path, (int)wtype);
     enum rk_dtype big = wtype == RK_DTYPE_AUTO ? m->wtype : wtype;
     size_t nt = rk__model_n_tensors(m), off = 0;
@@ -1203,7 +1333,18 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
     int rc = RK_OK;
 
     /* header: tensors in canonical order, data back to back */
-    rk_buf_printf(&hb, "{\"__metadata__\":{\"format\":\"pt\"}");
+    if (big == RK_DTYPE_Q8) /* every large matrix is split into blocks of 32 columns */
+        for (size_t i = 0; i < nt; i++) {
+            int layer;
+            struct rk__tensor_view v;
+            rk__model_tensor(m, i, &v);
+            if (canon_slot(m->L, i, &layer)->kind == TK_BIG && v.cols % RK_Q8_BLOCK)
+                return rk_errbuf_set(eb, RK_EINVAL, "%s: tensor %s: input dimension %d is not "
+                                     "a multiple of %d, which 8-bit weights need", path, v.name,
+                                     v.cols, RK_Q8_BLOCK);
+        }
+    rk_buf_printf(&hb, "{\"__metadata__\":{\"format\":\"pt\"%s}",
+                  big == RK_DTYPE_Q8 ? ",\"rwkvd.wtype\":\"q8\",\"rwkvd.q8_block\":\"32\"" : "");
     for (size_t i = 0; i < nt; i++) {
         struct rk__tensor_view v;
         rk__model_tensor(m, i, &v);
@@ -1212,12 +1353,19 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
         int64_t shape[3];
         enum rk_dtype dt;
         int nd = official_shape(m, i, &v, big, shape, &dt);
-        size_t nb = (size_t)v.rows * (size_t)v.cols * rk__dtype_size(dt);
+        size_t nb = (size_t)v.rows * (size_t)v.cols * (dt == RK_DTYPE_Q8 ? 1 : rk__dtype_size(dt));
         rk_buf_printf(&hb, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", v.name, st_dtype_name(dt));
         for (int k = 0; k < nd; k++)
             rk_buf_printf(&hb, "%s%lld", k ? "," : "", (long long)shape[k]);
         rk_buf_printf(&hb, "],\"data_offsets\":[%zu,%zu]}", off, off + nb);
         off += nb;
+        if (dt == RK_DTYPE_Q8) { /* the scales follow their matrix */
+            size_t sb = (size_t)v.rows * (size_t)(v.cols / RK_Q8_BLOCK) * sizeof(uint16_t);
+            rk_buf_printf(&hb, ",\"%s_scale\":{\"dtype\":\"F16\",\"shape\":[%d,%d],"
+                          "\"data_offsets\":[%zu,%zu]}", v.name, v.rows, v.cols / RK_Q8_BLOCK,
+                          off, off + sb);
+            off += sb;
+        }
     }
     rk_buf_printf(&hb, "}");
     while (!hb.oom && (8 + hb.len) % 64) /* the data section starts 64-byte aligned */
@@ -1250,21 +1398,46 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
         official_shape(m, i, &v, big, shape, &dt);
         const struct slot *s = canon_slot(m->L, i, &layer);
         size_t n = (size_t)v.rows * (size_t)v.cols;
-        if (s->kind == TK_LORA1 || s->kind == TK_LORA2) {
+        if (dt == RK_DTYPE_Q8) { /* the values, then the scales: two passes over the rows */
+            size_t c = (size_t)v.cols, nbk = c / RK_Q8_BLOCK;
+            float *row = rk__malloc(c * sizeof(float) + c + nbk * sizeof(uint16_t));
+            if (!row) {
+                rc = rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", path);
+                goto out;
+            }
+            uint8_t *q8 = (uint8_t *)(row + c);
+            uint16_t *sc = (uint16_t *)(void *)(q8 + c);
+            for (int pass = 0; pass < 2 && !rc; pass++)
+                for (int r = 0; r < v.rows && !rc; r++) {
+                    if ((rc = q8_file_row(&v, r, row, q8, sc))) {
+                        rc = rk_errbuf_set(eb, RK_ENUMERIC, "%s: tensor %s: row %d: a value is "
+                                           "not finite or too large for an 8-bit block scale",
+                                           path, v.name, r);
+                        break;
+                    }
+                    rc = pass == 0 ? rk_file_tmp_write(&tf, q8, c, eb)
+                                   : rk_file_tmp_write(&tf, sc, nbk * sizeof(uint16_t), eb);
+                }
+            rk__free(row);
+            if (rc)
+                goto out;
+        } else if (s->kind == TK_LORA1 || s->kind == TK_LORA2) {
             /* official[a][b] = held[b][a], a = held cols */
-            struct rk_weight hw = {v.dtype, v.data, v.rows, v.cols, v.panel};
+            struct rk_weight hw = {v.dtype, v.data, v.rows, v.cols, v.panel, NULL};
             size_t a = (size_t)v.cols, b = (size_t)v.rows, k = 0;
             for (size_t r = 0; r < a; r++)
                 for (size_t c = 0; c < b; c++) {
                     stage[k++] = elem_f32(v.data, v.dtype, rk__weight_index(&hw, c, r));
                     if (k == cap || (r == a - 1 && c == b - 1)) {
-                        if ((rc = rk_file_tmp_write(&tf, stage, k * sizeof(float), eb)))
+                        if (dt != RK_DTYPE_F32) /* in place: element i moves down to 2i */
+                            convert(stage, dt, stage, RK_DTYPE_F32, k);
+                        if ((rc = rk_file_tmp_write(&tf, stage, k * rk__dtype_size(dt), eb)))
                             goto out;
                         k = 0;
                     }
                 }
-        } else if (v.panel) { /* back to the file's row order, a row at a time */
-            struct rk_weight w = {v.dtype, v.data, v.rows, v.cols, true};
+        } else if (v.panel || v.dtype == RK_DTYPE_Q8) { /* file order, a row at a time */
+            struct rk_weight w = {v.dtype, v.data, v.rows, v.cols, v.panel, v.scale};
             size_t c = (size_t)v.cols;
             float *row = rk__malloc(c * (sizeof(float) + 4));
             if (!row) {

@@ -92,6 +92,9 @@ void rk__weight_row(const struct rk_weight *W, int r, float *out)
             out[i] = rk__f16_to_f32(W->panel ? p[rk__weight_index(W, (size_t)r, i)] : p[i]);
         break;
     }
+    case RK_DTYPE_Q8:
+        rk__q8_dequant(out, W, r, 0, W->cols);
+        break;
     default:
         RK_ASSERT(!"bad weight dtype");
     }
@@ -103,6 +106,7 @@ static inline float weight_at(const struct rk_weight *W, size_t idx)
     if (W->panel)
         idx = rk__weight_index(W, idx / (size_t)W->cols, idx % (size_t)W->cols);
     switch (W->dtype) {
+    case RK_DTYPE_Q8: return rk__q8_at(W, idx);
     case RK_DTYPE_F32: return ((const float *)W->data)[idx];
     case RK_DTYPE_BF16: return rk__bf16_to_f32(((const uint16_t *)W->data)[idx]);
     default: return rk__f16_to_f32(((const uint16_t *)W->data)[idx]);
@@ -756,6 +760,8 @@ struct mm_job {
     int r0, r1;
     bool relu2;         /* then Y = max(Y, 0)^2 */
     const uint16_t *xb; /* X rounded to bf16: the product runs on AMX tiles */
+    const struct rk__q8x *xq; /* X quantized: a Q8 W, kernel q8kind (q8.c) */
+    int q8kind;
 };
 
 /* Y[i][c0 - yoff .. c1 - yoff) = max(., 0)^2 for i < n; NaN becomes 0 on
@@ -794,7 +800,7 @@ static void relu2_cols(float *Y, size_t ldy, size_t n, int c0, int c1)
 static bool mm_uses_gemm(const struct mm_job *j)
 {
 #ifdef RK_X86
-    if (j->xb || j->W->panel || (j->n <= tiled_rows_max() && have_avx512()))
+    if (j->xq || j->xb || j->W->panel || (j->n <= tiled_rows_max() && have_avx512()))
         return false;
 #endif
     return j->n > DOT_ROWS_MAX;
@@ -802,6 +808,10 @@ static bool mm_uses_gemm(const struct mm_job *j)
 
 static void mm_range(const struct mm_job *j, int a, int b)
 {
+    if (j->xq) {
+        rk__q8_rows(j->q8kind, j->Y, j->ldy, j->r0, j->xq, j->W, a, b);
+        return;
+    }
 #ifdef RK_X86
     if (j->xb) {
         rk__amx_rows(j->Y, j->ldy, j->r0, j->xb, j->n, j->W, a, b);
@@ -855,6 +865,7 @@ struct many_job {
     int count;
     size_t n;
     uint16_t **xb;
+    struct rk__q8x *xq; /* [count]: quantized X of the Q8 products (q == NULL: none) */
 };
 
 static void amx_round_worker(int ith, int nth, void *arg)
@@ -890,11 +901,45 @@ static void amx_prepare(struct rk__pool *pool, int kern, const struct rk__mm *mm
             xb[i] = buf;
             buf += n16 * (size_t)mm[i].W->cols;
         }
-    struct many_job a = {mm, count, n, xb};
+    struct many_job a = {mm, count, n, xb, NULL};
     if (pool && n >= 16)
         rk__pool_run(pool, amx_round_worker, &a);
     else
         amx_round_worker(0, 1, &a);
+}
+
+/* The rows of X of every Q8 product among mm[count] quantized once, on the
+ * calling thread, into its buffer (a product whose X and width match an
+ * earlier one's shares that one's); xq[i].q = NULL for the others. False
+ * when out of memory. */
+static bool q8_prepare(const struct rk__mm *mm, int count, size_t n, struct rk__q8x *xq)
+{
+    size_t total = 0;
+    for (int i = 0; i < count; i++)
+        if (mm[i].W->dtype == RK_DTYPE_Q8)
+            total += rk__q8x_bytes(n, (size_t)mm[i].W->cols);
+    for (int i = 0; i < count; i++)
+        xq[i].q = NULL;
+    if (total == 0)
+        return true;
+    char *buf = (char *)rk__thread_buf(RK_TL_Q8X, total / sizeof(float));
+    if (!buf)
+        return false;
+    for (int i = 0; i < count; i++) {
+        if (mm[i].W->dtype != RK_DTYPE_Q8)
+            continue;
+        size_t cols = (size_t)mm[i].W->cols;
+        int k = 0;
+        while (k < i && !(xq[k].q && mm[k].X == mm[i].X && xq[k].cols == cols))
+            k++;
+        if (k < i) {
+            xq[i] = xq[k];
+            continue;
+        }
+        rk__q8x_quantize(&xq[i], buf, mm[i].X, n, cols);
+        buf += rk__q8x_bytes(n, cols);
+    }
+    return true;
 }
 
 static void matmul_rows_act(struct rk__pool *pool, int kern, float *Y, const float *X, size_t n,
@@ -903,6 +948,25 @@ static void matmul_rows_act(struct rk__pool *pool, int kern, float *Y, const flo
     bool ref = kern == RK_KERN_REF;
     RK_ASSERT(W->data && r0 >= 0 && r1 <= W->rows && r0 <= r1);
     size_t ldy = (size_t)(r1 - r0);
+    if (W->dtype == RK_DTYPE_Q8) {
+        struct rk__mm one = {Y, X, W};
+        struct rk__q8x xq;
+        if (!q8_prepare(&one, 1, n, &xq)) { /* no memory: fp32 activations, one thread */
+            matmul_ref(Y, ldy, X, n, W, r0, r1);
+        } else {
+            struct mm_job j = {Y, ldy, X, n, W, r0, r1, relu2, NULL, &xq,
+                               ref ? RK_Q8_REF : rk__cpu()->q8};
+            size_t elems = (size_t)(r1 - r0) * (size_t)W->cols * n;
+            if (ref || !pool || elems < PAR_MIN_ELEMS)
+                mm_worker(0, 1, &j);
+            else
+                rk__pool_run(pool, mm_worker, &j);
+            return;
+        }
+        if (relu2)
+            relu2_cols(Y, ldy, n, 0, r1 - r0);
+        return;
+    }
     /* panels are only held while the AVX-512 kernels run (rk__weight_wants_panels);
      * a row range that splits a panel takes the reference loop */
     if (ref || (W->panel && (!have_avx512() || r0 % 16 || r1 % 16))) {
@@ -915,7 +979,7 @@ static void matmul_rows_act(struct rk__pool *pool, int kern, float *Y, const flo
     uint16_t *xb = NULL;
     struct rk__mm one = {Y, X, W};
     amx_prepare(pool, kern, &one, 1, n, &xb);
-    struct mm_job j = {Y, ldy, X, n, W, r0, r1, relu2, xb};
+    struct mm_job j = {Y, ldy, X, n, W, r0, r1, relu2, xb, NULL, 0};
     size_t elems = (size_t)(r1 - r0) * (size_t)W->cols * (n > DOT_ROWS_MAX ? n : 1);
     if (!pool || elems < PAR_MIN_ELEMS)
         mm_worker(0, 1, &j);
@@ -941,7 +1005,7 @@ static void many_worker(int ith, int nth, void *arg)
     for (int i = 0; i < mj->count; i++) {
         const struct rk__mm *t = &mj->mm[i];
         struct mm_job j = {t->Y, (size_t)t->W->rows, t->X, mj->n, t->W, 0, t->W->rows, false,
-                           mj->xb[i]};
+                           mj->xb[i], mj->xq[i].q ? &mj->xq[i] : NULL, rk__cpu()->q8};
         /* a product of fewer blocks than threads (the LoRA factors) starts
          * on another thread than the one before, so the load spreads */
         mm_worker((ith + i) % nth, nth, &j);
@@ -962,7 +1026,13 @@ void rk__matmul_many(struct rk__pool *pool, int kern, const struct rk__mm *mm, i
     blas_single_threaded();
     uint16_t *xb[AMX_MANY_MAX];
     amx_prepare(pool, kern, mm, count, n, xb);
-    struct many_job mj = {mm, count, n, xb};
+    struct rk__q8x xq[AMX_MANY_MAX];
+    if (!q8_prepare(mm, count, n, xq)) {
+        for (int i = 0; i < count; i++)
+            rk__matmul(pool, kern, mm[i].Y, mm[i].X, n, mm[i].W);
+        return;
+    }
+    struct many_job mj = {mm, count, n, xb, xq};
     rk__pool_run(pool, many_worker, &mj);
 }
 
@@ -1048,6 +1118,10 @@ static void mt_worker(int ith, int nth, void *arg)
     }
     if (W->dtype == RK_DTYPE_F32) {
         B = (const float *)W->data + (size_t)j->r0 * (size_t)cols;
+    } else if (W->dtype == RK_DTYPE_Q8) {
+        for (int i = 0; i < j->nb; i++)
+            rk__q8_dequant(j->wbuf + (size_t)i * (size_t)cols + c0, W, j->r0 + i, c0, c1);
+        B = j->wbuf;
     } else {
         for (int i = 0; i < j->nb; i++) {
             const uint16_t *src = (const uint16_t *)W->data + (size_t)(j->r0 + i) * (size_t)cols;

@@ -94,12 +94,17 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
     if (eval)
         snprintf(data, sizeof data, "{\"step\":%ld,\"steps\":%ld,\"val_loss\":%.9g}", p->step,
                  p->steps, p->val_loss);
-    else
+    else {
+        // "kl" only with collateral protection on (kl_weight > 0)
+        char kl[48] = "";
+        if (!isnan(p->kl))
+            snprintf(kl, sizeof kl, ",\"kl\":%.9g", p->kl);
         snprintf(data, sizeof data,
-                 "{\"step\":%ld,\"steps\":%ld,\"loss\":%.9g,\"grad_norm\":%.9g,\"lr\":%.9g,"
+                 "{\"step\":%ld,\"steps\":%ld,\"loss\":%.9g%s,\"grad_norm\":%.9g,\"lr\":%.9g,"
                  "\"tokens_per_s\":%.1f,\"elapsed_s\":%.3f,\"eta_s\":%.3f}",
-                 p->step, p->steps, p->loss, p->grad_norm, p->lr, p->tokens_per_s, elapsed,
+                 p->step, p->steps, p->loss, kl, p->grad_norm, p->lr, p->tokens_per_s, elapsed,
                  isfinite(eta) ? eta : 0.0);
+    }
     pthread_mutex_lock(&js->mu);
     bool keep = j->v.status == RK_TJOB_RUNNING;
     if (keep) {
@@ -555,7 +560,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     struct run r = {.js = js, .j = j};
     snprintf(r.id, sizeof r.id, "%s", j->v.id);
     tj_job_path(js, r.id, ".ckpt", r.ckpt_path, sizeof r.ckpt_path);
-    struct rk_dataset *ds = NULL;
+    struct rk_dataset *ds = NULL, *kds = NULL;
     struct rk_observer_targets *targets = NULL;
     float *init = NULL, *out = NULL, *ckmem = NULL;
     void *data = NULL;
@@ -660,6 +665,14 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     tp.checkpoint_cb = on_checkpoint;
     tp.resume = resumed ? &ck : NULL;
     tp.method_data = targets;
+    // Collateral protection: the KL term runs on the bundled generic text.
+    if (tp.kl_weight > 0) {
+        if ((rc = rk_generic_dataset(srv->tok, &kds)) != RK_OK) {
+            tj_fail(js, j, "enomem", "out of memory");
+            goto out;
+        }
+        tp.kl_data = kds;
+    }
 
     r.step0 = resumed ? ck.step : 0;
     r.t0_us = rk_now_us();
@@ -763,6 +776,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
 out:
     rk_dataset_free(ds);
     rk_observer_targets_free(targets);
+    rk_dataset_free(kds);
     free(data), free(init), free(out), free(ckmem);
 }
 

@@ -334,10 +334,14 @@ typedef void rk_tune_token_fn(const struct rk_model *m, const float *params, int
  * run's parameters, the dataset and the index of the training sequence
  * whose logits these are, so that a method can look up per-sequence data
  * (a teacher's distribution, an advantage) by (seq, t). */
+struct rk_kl_ref;
 struct rk_tune_loss_ctx {
     const struct rk_tune_params *p;
     const struct rk_dataset *ds;
     size_t seq;
+    /* Set for the sequences of p->kl_data: the base model's distributions
+     * that rk_loss_kl_ref compares with (NULL for training sequences). */
+    const struct rk_kl_ref *kl;
 };
 
 struct rk_tune_method {
@@ -447,6 +451,8 @@ struct rk_tune_progress {
     double grad_norm;   /* before clipping */
     double lr;
     double val_loss;    /* NAN unless this report follows an evaluation */
+    double kl;          /* mean KL(p_base || p_state) per generic-text position of
+                           this step (NAN unless kl_weight > 0) */
     double tokens_per_s; /* forward+backward tokens per second, this run */
     size_t tokens;      /* tokens processed, this run */
     double elapsed_s;
@@ -476,6 +482,16 @@ struct rk_tune_params {
     const struct rk_tune_checkpoint *resume; /* borrowed; NULL = fresh start */
     const void *method_data; /* borrowed; per-run data of the method's loss
                                 (observer: struct rk_observer_targets), or NULL */
+    /* Collateral protection (docs/TUNING.md): with kl_weight > 0 each step
+     * adds kl_weight * KL(p_base || p_state), averaged over the positions of
+     * kl_batch sequences of kl_data, to the loss. p_base is the model's
+     * next-token distribution from the zero state, computed once per run and
+     * kept as its kl_topk largest probabilities per position plus the rest. */
+    double kl_weight;      /* lambda (default 0 = off) */
+    int kl_topk;           /* probabilities kept per position (default 64; V if larger) */
+    int kl_batch;          /* generic sequences per step (default 1) */
+    const struct rk_dataset *kl_data; /* borrowed generic text (rk_generic_dataset);
+                                         needed when kl_weight > 0 */
 };
 /* Fill the defaults listed above. */
 RK_API void rk_tune_params_default(struct rk_tune_params *p);
@@ -548,6 +564,8 @@ struct rk_tune_result {
     long best_step;        /* step of the best validation loss */
     bool stopped_early;
     double tokens_per_s;
+    size_t tokens;         /* forward+backward tokens, this run (generic text included) */
+    double kl_last;        /* mean KL of the last step (NAN unless kl_weight > 0) */
 };
 
 /*
@@ -567,6 +585,44 @@ RK_API int rk_tune_run(const struct rk_model *m, const struct rk_tune_params *p,
                        const struct rk_dataset *ds, const float *init, rk_cancel_cb *cancel,
                        rk_tune_progress_cb *progress, void *user, float *out,
                        struct rk_tune_result *res);
+
+/* --- collateral protection: KL to the base model on generic text ---------- */
+
+/*
+ * The base model's next-token distributions over a set of generic
+ * sequences, each position reduced to its k most likely tokens (ids in
+ * ascending order, probabilities) and the mass of the rest: memory is
+ * positions * k * 8 bytes, not positions * V * 4 (with V = 65536, 2.6 MB
+ * instead of 1 GB for 5000 positions at k = 32). Immutable once built.
+ */
+/* Build the reference of every position t >= 1 of every sequence of `ds`
+ * (the prediction of token t from tokens[0..t-1]), run from the zero state
+ * with `ctx`'s model; k = min(topk, V). RK_EINVAL (empty set, topk < 1),
+ * RK_ENOMEM, RK_ENUMERIC. */
+RK_API int rk_kl_ref_build(struct rk_ctx *ctx, const struct rk_dataset *ds, int topk,
+                           struct rk_kl_ref **out);
+/* NULL is a no-op. */
+RK_API void rk_kl_ref_free(struct rk_kl_ref *r);
+/* Bytes the reference holds (for logs and docs). */
+RK_API size_t rk_kl_ref_bytes(const struct rk_kl_ref *r);
+/*
+ * The loss hook of a generic sequence: `user` is a struct rk_tune_loss_ctx
+ * whose `kl` is the reference and `seq` the sequence's index in the set it
+ * was built from; t is the position in that sequence (target unused). With
+ * S the kept ids, p their base probabilities and r = 1 - sum(p), it returns
+ * KL over the k + 1 bins (S and "the rest") of p_base and q = softmax(logits):
+ *   sum_S p_i log(p_i / q_i) + r log(r / q_rest),  q_rest = 1 - sum_S q_i,
+ * exact when r = 0 and otherwise a lower bound of the full KL, and writes
+ * its gradient (q_j - p_j on S, q_j (1 - r / q_rest) elsewhere) / nsel.
+ */
+RK_API double rk_loss_kl_ref(float *logits, int V, size_t t, uint32_t target, size_t nsel,
+                             void *user);
+/* The generic text bundled for kl_weight (written for rwkvd: chat answers and
+ * short prose in the demo model's formats), *n pieces. */
+RK_API const char *const *rk_generic_text(size_t *n);
+/* rk_generic_text tokenised with `tok`, one sequence per piece (loss on every
+ * position), into a new dataset. */
+RK_API int rk_generic_dataset(const struct rk_tokenizer *tok, struct rk_dataset **out);
 
 /* --- evaluation ------------------------------------------------------------ */
 

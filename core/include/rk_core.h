@@ -103,8 +103,10 @@ enum rk_dtype {
     RK_DTYPE_F32 = 1,
     RK_DTYPE_F16 = 2,
     RK_DTYPE_BF16 = 3,
+    RK_DTYPE_Q8 = 4, /* 8-bit: int8 per value, one fp16 scale per block of 32 along
+                        the input dimension (GGML's Q8_0; core/FORMAT.md) */
 };
-/* "f32", "f16", "bf16", "auto". */
+/* "f32", "f16", "bf16", "q8", "auto". */
 RK_API const char *rk_dtype_name(enum rk_dtype t);
 /* Parses the names above; returns RK_EINVAL for anything else. */
 RK_API int rk_dtype_parse(const char *s, enum rk_dtype *out);
@@ -119,8 +121,10 @@ RK_API const char *rk_format_name(enum rk_format f);
 
 struct rk_model_params {
     /* Precision of the large matrices (att r/k/v/o, ffn key/value, emb, head).
-     * AUTO keeps what the file holds (f32, f16 or bf16) and maps it without a
-     * copy where possible; any other value converts at load time. Small
+     * AUTO keeps what the file holds (f32, f16, bf16 or q8) and maps it
+     * without a copy where possible; any other value converts at load time
+     * (Q8 quantizes: every such matrix's input dimension must then be a
+     * multiple of 32). Small
      * tensors are held in fp32; LoRA factors in 16 bits when the file has
      * them so (exactly the file's values), in fp32 otherwise. */
     enum rk_dtype wtype;

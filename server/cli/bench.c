@@ -213,7 +213,7 @@ int rk_cmd_bench(int argc, char **argv)
                    "  --chunk N           prefill rows per pass (default 512; serve uses\n"
                    "                      --prefill-chunk, default 256)\n"
                    "  --batch LIST        batch sizes for batched decode (default 1,4,16)\n"
-                   "  --wtype T           convert large matrices at load (f32|f16|bf16)\n"
+                   "  --wtype T           convert large matrices at load (f32|f16|bf16|q8)\n"
                    "  --limits            also measure read bandwidth and sgemm GFLOP/s\n"
                    "  --tune              also measure state tuning (forward + backward over\n"
                    "                      the prompt, every position scored), alternating\n"
@@ -392,8 +392,9 @@ int rk_cmd_bench(int argc, char **argv)
     double file_mb = stat(model, &fst) == 0 ? (double)fst.st_size / 1048576.0 : 0;
     /* A decode step reads every weight once except the embedding table, of
      * which it reads one row. */
+    enum rk_dtype wt = rk_model_wtype(m);
     double emb_bytes = (double)V * rk_model_n_embd(m) *
-                       (rk_model_wtype(m) == RK_DTYPE_F32 ? 4.0 : 2.0);
+                       (wt == RK_DTYPE_F32 ? 4.0 : wt == RK_DTYPE_Q8 ? 1.0 + 2.0 / 32 : 2.0);
     double step_bytes = wbytes - emb_bytes;
     if (json) {
         printf("{\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"batched_tok_s\":{", prefill, decode);

@@ -318,6 +318,7 @@ int rk_cmd_convert(int argc, char **argv)
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"out", required_argument, 0, 'o'},
                                          {"dtype", required_argument, 0, 'd'},
+                                         {"wtype", required_argument, 0, 'd'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = NULL, *outp = NULL;
@@ -330,16 +331,17 @@ int rk_cmd_convert(int argc, char **argv)
         case 'o': outp = optarg; break;
         case 'd':
             if (rk_dtype_parse(optarg, &dt) != RK_OK) {
-                fprintf(stderr, "rwkvd convert: --dtype must be f32, f16, bf16 or auto\n");
+                fprintf(stderr, "rwkvd convert: --dtype must be f32, f16, bf16, q8 or auto\n");
                 return 2;
             }
             break;
         case 'h':
-            printf("usage: rwkvd convert --model IN --out OUT.safetensors [--dtype f32|f16|bf16|auto]\n\n"
+            printf("usage: rwkvd convert --model IN --out OUT.safetensors [--dtype f32|f16|bf16|q8|auto]\n\n"
                    "Reads any supported model (safetensors with official or Hugging Face names,\n"
                    ".pth, rwkv.cpp .bin) and writes safetensors with the official RWKV-7 names.\n"
-                   "--dtype sets the precision of the large matrices (default: as loaded);\n"
-                   "small tensors are written as f32.\n");
+                   "--dtype (or --wtype) sets the precision of the large matrices (default: as\n"
+                   "loaded); q8 writes each as I8 values plus F16 scales per block of 32 input\n"
+                   "columns (core/FORMAT.md). Small tensors are written as f32.\n");
             return 0;
         default: return 2;
         }

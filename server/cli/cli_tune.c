@@ -76,9 +76,19 @@ static void fmt_eta(double s, char *buf, size_t cap)
         snprintf(buf, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
 }
 
+/* " kl X" when the step has a KL term, else "". */
+static const char *kl_text(const struct rk_tune_progress *p, char *buf, size_t cap)
+{
+    if (isnan(p->kl))
+        return "";
+    snprintf(buf, cap, " kl %.4f", p->kl);
+    return buf;
+}
+
 static void on_progress(const struct rk_tune_progress *p, void *user)
 {
     struct tune_ui *ui = user;
+    char klb[32];
     if (ui->quiet)
         return;
     if (!isnan(p->val_loss)) {
@@ -90,8 +100,9 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
         // A log file or pipe: no cursor control, one line every 5% and at the end.
         long every = p->steps >= 20 ? p->steps / 20 : 1;
         if (p->step % every == 0 || p->step == p->steps)
-            fprintf(stderr, "rwkvd tune: step %ld/%ld loss %.4f |g| %.3g lr %.3g %.0f tok/s\n",
-                    p->step, p->steps, p->loss, p->grad_norm, p->lr, p->tokens_per_s);
+            fprintf(stderr, "rwkvd tune: step %ld/%ld loss %.4f%s |g| %.3g lr %.3g %.0f tok/s\n",
+                    p->step, p->steps, p->loss, kl_text(p, klb, sizeof klb), p->grad_norm, p->lr,
+                    p->tokens_per_s);
         return;
     }
     enum { W = 24 };
@@ -103,8 +114,9 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
     char eta[32];
     double per = p->step ? p->elapsed_s / (double)p->step : 0;
     fmt_eta(per * (double)(p->steps - p->step), eta, sizeof eta);
-    fprintf(stderr, "\r\033[K[%s] %ld/%ld loss %.4f |g| %.3g lr %.3g %.0f tok/s ETA %s", bar,
-            p->step, p->steps, p->loss, p->grad_norm, p->lr, p->tokens_per_s, eta);
+    fprintf(stderr, "\r\033[K[%s] %ld/%ld loss %.4f%s |g| %.3g lr %.3g %.0f tok/s ETA %s", bar,
+            p->step, p->steps, p->loss, kl_text(p, klb, sizeof klb), p->grad_norm, p->lr,
+            p->tokens_per_s, eta);
     fflush(stderr);
 }
 
@@ -204,6 +216,8 @@ static void tune_usage(void)
            "  --max-tokens N        longest JSONL example in tokens (default 8192)\n"
            "  --checkpoint FILE     save a resumable checkpoint here\n"
            "  --resume FILE         continue from a checkpoint (same options and data)\n"
+           "  --kl-data FILE        generic text of --kl-weight (JSONL, usually {\"text\"}\n"
+           "                        lines; default: the bundled set, docs/TUNING.md)\n"
            "  --dump-gradient FILE  write the loss and dLoss/dstate at the starting state\n"
            "                        (safetensors, adapter tensor names) and exit\n"
            "  --quiet               no progress output (on a terminal a redrawn progress\n"
@@ -231,7 +245,7 @@ static void tune_usage(void)
 
 enum {
     OPT_MODEL = 256, OPT_DATA, OPT_OUT, OPT_VOCAB, OPT_INIT, OPT_CKPT, OPT_RESUME, OPT_DUMP,
-    OPT_QUIET, OPT_METHOD, OPT_MAX_TOKENS, OPT_HELP, OPT_JSON,
+    OPT_QUIET, OPT_METHOD, OPT_MAX_TOKENS, OPT_HELP, OPT_JSON, OPT_KL_DATA,
     OPT_HPARAM = 512, /* + index in rk_hparams() */
 };
 
@@ -248,6 +262,7 @@ static struct option *tune_options(void)
         {"checkpoint", required_argument, 0, OPT_CKPT},
         {"resume", required_argument, 0, OPT_RESUME},
         {"dump-gradient", required_argument, 0, OPT_DUMP},
+        {"kl-data", required_argument, 0, OPT_KL_DATA},
         {"method", required_argument, 0, OPT_METHOD},
         {"quiet", no_argument, 0, OPT_QUIET},
         {"help", no_argument, 0, OPT_HELP},
@@ -269,7 +284,7 @@ static struct option *tune_options(void)
 int rk_cmd_tune(int argc, char **argv)
 {
     const char *model = NULL, *data = NULL, *out = NULL, *vocab = NULL, *init_path = NULL;
-    const char *resume = NULL, *dump = NULL;
+    const char *resume = NULL, *dump = NULL, *kl_data = NULL;
     struct rk_tune_params tp;
     rk_tune_params_default(&tp);
     struct rk_jsonl_limits lim;
@@ -298,6 +313,7 @@ int rk_cmd_tune(int argc, char **argv)
         case OPT_CKPT: ui.ckpt_path = optarg; break;
         case OPT_RESUME: resume = optarg; break;
         case OPT_DUMP: dump = optarg; break;
+        case OPT_KL_DATA: kl_data = optarg; break;
         case OPT_METHOD:
             if (!(tp.method = rk_tune_method_find(optarg))) {
                 char names[256];
@@ -352,7 +368,7 @@ int rk_cmd_tune(int argc, char **argv)
         return 1;
     struct rk_model *m = NULL;
     struct rk_tokenizer *tok = NULL;
-    struct rk_dataset *ds = NULL;
+    struct rk_dataset *ds = NULL, *kds = NULL;
     float *init = NULL, *st = NULL, *ckmem = NULL;
     struct rk_tune_checkpoint ck = {0};
     struct rk_errbuf eb = {0};
@@ -369,6 +385,29 @@ int rk_cmd_tune(int argc, char **argv)
     if (rk_dataset_len(ds) == 0) {
         fprintf(stderr, "rwkvd tune: %s has no training sequences\n", data);
         goto out;
+    }
+    if (kl_data && !(tp.kl_weight > 0)) {
+        fprintf(stderr, "rwkvd tune: --kl-data needs --kl-weight above 0\n");
+        status = 2;
+        goto out;
+    }
+    if (tp.kl_weight > 0) {
+        if (kl_data) {
+            if ((rc = rk_dataset_create(&kds)) != RK_OK ||
+                (rc = rk_jsonl_load(kl_data, tok, &lim, kds, &eb)) != RK_OK) {
+                fprintf(stderr, "rwkvd tune: %s: %s\n", kl_data,
+                        eb.msg[0] ? eb.msg : rk_strerror(rc));
+                goto out;
+            }
+            if (rk_dataset_len(kds) == 0) {
+                fprintf(stderr, "rwkvd tune: %s has no sequences\n", kl_data);
+                goto out;
+            }
+        } else if ((rc = rk_generic_dataset(tok, &kds)) != RK_OK) {
+            fprintf(stderr, "rwkvd tune: the bundled generic text: %s\n", rk_strerror(rc));
+            goto out;
+        }
+        tp.kl_data = kds;
     }
     if (init_path) {
         init = malloc(sizeof(float) * slen);
@@ -432,10 +471,14 @@ int rk_cmd_tune(int argc, char **argv)
         snprintf(vinit, sizeof vinit, "%.6g", res.val_loss_init);
     if (isfinite(res.val_loss_best))
         snprintf(vbest, sizeof vbest, "%.6g", res.val_loss_best);
+    char klv[32] = "null";
+    if (isfinite(res.kl_last))
+        snprintf(klv, sizeof klv, "%.6g", res.kl_last);
     printf("{\"steps\": %ld, \"loss\": %.6g, \"val_loss_init\": %s, \"val_loss_best\": %s, "
-           "\"best_step\": %ld, \"stopped_early\": %s, \"tokens_per_s\": %.1f, \"out\": \"%s\"}\n",
+           "\"best_step\": %ld, \"stopped_early\": %s, \"tokens_per_s\": %.1f, \"tokens\": %zu, "
+           "\"kl\": %s, \"out\": \"%s\"}\n",
            res.steps_done, res.loss_last, vinit, vbest, res.best_step,
-           res.stopped_early ? "true" : "false", res.tokens_per_s, out);
+           res.stopped_early ? "true" : "false", res.tokens_per_s, res.tokens, klv, out);
     if (isfinite(res.val_loss_init) && res.best_step == 0)
         fprintf(stderr, "rwkvd tune: warning: the validation loss never went below its starting "
                         "value, so the saved state is the starting state; try a lower --lr\n");
@@ -443,6 +486,7 @@ int rk_cmd_tune(int argc, char **argv)
 out:
     free(init), free(st), free(ckmem);
     rk_dataset_free(ds);
+    rk_dataset_free(kds);
     rk_tok_free(tok);
     rk_model_free(m);
     return status;

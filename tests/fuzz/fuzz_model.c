@@ -14,8 +14,8 @@
  * prompt tokens and one decode step): a loader that accepts inconsistent
  * shapes shows up there as an out-of-bounds access.
  *
- * The input length modulo 4 picks the load precision (auto, f32, f16,
- * bf16), so conversions are covered too.
+ * The input length modulo 5 picks the load precision (auto, f32, f16,
+ * bf16, q8), so conversions (and quantization) are covered too.
  */
 #include "core_int.h"
 #include "fuzz_common.h"
@@ -77,9 +77,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     m->map_len = size;
     m->format = RK_FUZZ_FORMAT;
 
-    static const enum rk_dtype wtypes[4] = {RK_DTYPE_AUTO, RK_DTYPE_F32, RK_DTYPE_F16,
-                                            RK_DTYPE_BF16};
-    struct rk_model_params p = {.wtype = wtypes[size % 4], .no_panels = true};
+    static const enum rk_dtype wtypes[5] = {RK_DTYPE_AUTO, RK_DTYPE_F32, RK_DTYPE_F16,
+                                            RK_DTYPE_BF16, RK_DTYPE_Q8};
+    struct rk_model_params p = {.wtype = wtypes[size % 5], .no_panels = true};
     struct rk_errbuf eb = {0};
     int rc;
     switch (RK_FUZZ_FORMAT) {

@@ -9,7 +9,8 @@ small, valid files: libFuzzer mutates them into the hostile ones.
 
   data/server-bf16.safetensors   L=1 C=64 V=256 bf16: the model fuzz-http
                                  serves and fuzz-state checks states against
-  corpus/safetensors/            tiny L=1 C=64 V=16 models, f32 and bf16
+  corpus/safetensors/            tiny L=1 C=64 V=16 models, f32 and bf16, and
+                                 the f32 one as q8 (rwkvd convert --wtype q8)
   corpus/pth/                    the bf16 one as torch.save would write it
   corpus/rwkvcpp/                the f32 one as rwkv.cpp .bin, FP32 and FP16
   corpus/state/                  state files for the server model: rwkvd's own
@@ -241,6 +242,8 @@ def text_seeds():
 def main():
     if "--text-only" not in sys.argv:  # the hand-written seeds only
         server = models()
+        run([sys.argv[1], "convert", "--model", out("corpus", "safetensors", "tiny-f32.safetensors"),
+             "--out", out("corpus", "safetensors", "tiny-q8.safetensors"), "--wtype", "q8"])
         states(sys.argv[1], server)
     text_seeds()
 

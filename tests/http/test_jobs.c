@@ -1123,6 +1123,59 @@ START_TEST(test_large_dataset)
 }
 END_TEST
 
+/* Collateral protection over HTTP: a job with kl_weight runs, journals its KL
+ * settings, and publishes exactly what rk_tune_run gives offline with the
+ * bundled generic text; out-of-range values are 400s of the usual vocabulary. */
+START_TEST(test_kl_job)
+{
+    struct server s = start_server(NULL, NULL);
+    expect_400(s.port, "{\"output_state\":\"k\",\"kl_weight\":-1,\"dataset\":[{\"text\":\"ab\"}]}",
+               "out_of_range", 400);
+    expect_400(s.port, "{\"output_state\":\"k\",\"kl_batch\":0,\"dataset\":[{\"text\":\"ab\"}]}",
+               "out_of_range", 400);
+    const char *id = submit(s.port, NULL, "kiwi", ",\"steps\":5,\"kl_weight\":0.5,\"kl_topk\":16");
+    json_t *j = wait_status(s.port, NULL, id, "succeeded", 60000);
+    json_t *hp = json_object_get(j, "hyperparameters");
+    ck_assert_msg(hp && jnum(hp, "kl_weight") == 0.5 && jnum(hp, "kl_topk") == 16 &&
+                      jnum(hp, "kl_batch") == 1, "hyperparameters of the job");
+    json_decref(j);
+    char path[96];
+    snprintf(path, sizeof path, "/jobs/%s/events", id);
+    struct resp ev = get(s.port, path, NULL);
+    ck_assert_msg(ev.status == 200 && strstr(ev.body, "\"kl\":"), "events: %d %s", ev.status,
+                  ev.body);
+    resp_free(&ev);
+    float *got = served_state(s.port, NULL, "kiwi");
+
+    struct rk_model *m = test_model();
+    struct rk_tokenizer *tok = NULL;
+    ck_assert_int_eq(rk_tok_create_bytes(&tok), RK_OK);
+    struct rk_dataset *ds = NULL, *kds = NULL;
+    ck_assert_int_eq(rk_dataset_create(&ds), RK_OK);
+    char *data = kiwi_jsonl(1, 40);
+    ck_assert_int_eq(rk_jsonl_parse(data, strlen(data), tok, NULL, ds, NULL), RK_OK);
+    ck_assert_int_eq(rk_generic_dataset(tok, &kds), RK_OK);
+    struct rk_tune_params tp;
+    rk_tune_params_default(&tp);
+    tp.steps = 5;
+    tp.seed = 3;
+    tp.n_threads = 1;
+    tp.kl_weight = 0.5;
+    tp.kl_topk = 16;
+    tp.kl_data = kds;
+    float *want = malloc(rk_state_len(m) * sizeof(float)), *plain = offline_tune(5);
+    ck_assert_int_eq(rk_tune_run(m, &tp, ds, NULL, NULL, NULL, NULL, want, NULL), RK_OK);
+    assert_same_state(got, want);
+    // and the KL term did something: the state differs from the run without it
+    ck_assert(rk_max_abs_diff(want, plain, rk_state_len(m)) > 0);
+    free(got), free(want), free(plain), free(data);
+    rk_dataset_free(ds);
+    rk_dataset_free(kds);
+    rk_tok_free(tok);
+    ck_assert_int_eq(stop_server(&s), 0);
+}
+END_TEST
+
 RK_TEST_SUITE(jobs_suite, RK_SELF_CONTAINED)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -1141,6 +1194,7 @@ RK_TEST_SUITE(jobs_suite, RK_SELF_CONTAINED)
     ADD(test_inference_while_tuning)
     ADD(test_tenants_and_files)
     ADD(test_large_dataset)
+    ADD(test_kl_job)
 #undef ADD
     suite_add_tcase(s, tc);
     return s;

@@ -237,7 +237,7 @@ struct fx {
     size_t slen;
 };
 
-static void fx_open(struct fx *t)
+static void fx_open_as(struct fx *t, enum rk_dtype wtype)
 {
     /* The multi-head random fixture (L2 C192 H3 V384). The shared tiny model
      * is too weakly trained for this: its logits barely respond to anything,
@@ -245,11 +245,13 @@ static void fx_open(struct fx *t)
      * for any lr), and it forgets its initial state within a few tokens. */
     const char *path = rk_test_data("rand-mh.safetensors");
     struct rk_errbuf eb;
-    ck_assert_msg(rk_model_load(path, NULL, &t->m, &eb) == RK_OK, "%s", eb.msg);
+    struct rk_model_params mp = {.wtype = wtype};
+    ck_assert_msg(rk_model_load(path, &mp, &t->m, &eb) == RK_OK, "%s", eb.msg);
     struct rk_ctx_params cp = {.n_threads = 1};
     ck_assert_int_eq(rk_ctx_create(t->m, &cp, &t->ctx), RK_OK);
     t->slen = rk_state_len(t->m);
 }
+static void fx_open(struct fx *t) { fx_open_as(t, RK_DTYPE_AUTO); }
 static void fx_close(struct fx *t)
 {
     rk_ctx_free(t->ctx);
@@ -267,10 +269,14 @@ static void task_params(struct rk_tune_params *p)
     p->seed = 1;
 }
 
+/* The task below on the model as loaded (f32) and quantized to 8 bits at
+ * load (q8: the backward multiplies by the dequantized weights). */
+static const enum rk_dtype task_wtypes[] = {RK_DTYPE_AUTO, RK_DTYPE_Q8};
+
 START_TEST(test_tune_learns_task)
 {
     struct fx t;
-    fx_open(&t);
+    fx_open_as(&t, task_wtypes[_i]);
     struct rk_dataset *train = make_task(100, 32, 0), *held = make_task(200, 24, 24);
     struct rk_eval_result e0, e1;
     ck_assert_int_eq(rk_eval_run(t.ctx, held, NULL, NULL, NULL, &e0), RK_OK);
@@ -282,9 +288,9 @@ START_TEST(test_tune_learns_task)
     ck_assert_msg(rc == RK_OK, "tune: %s", rk_strerror(rc));
     ck_assert_int_eq(rk_eval_run(t.ctx, held, st, NULL, NULL, &e1), RK_OK);
     fprintf(stderr,
-            "task: held-out loss %.4f -> %.4f (ppl %.2f -> %.2f), mc accuracy %.3f -> %.3f "
+            "task (%s): held-out loss %.4f -> %.4f (ppl %.2f -> %.2f), mc accuracy %.3f -> %.3f "
             "(%zu items); val %.4f -> %.4f at step %ld; %.0f tokens/s\n",
-            e0.loss, e1.loss, e0.ppl, e1.ppl, e0.accuracy, e1.accuracy, e1.n_mc,
+            rk_dtype_name(rk_model_wtype(t.m)), e0.loss, e1.loss, e0.ppl, e1.ppl, e0.accuracy, e1.accuracy, e1.n_mc,
             res.val_loss_init, res.val_loss_best, res.best_step, res.tokens_per_s);
     /* Margins: untuned, the random model puts ~9 nats on each answer byte
      * and its mc choice is arbitrary (0 of 24 right with this seed). Measured
@@ -474,7 +480,7 @@ RK_TEST_SUITE(tune_model_suite, RK_SELF_CONTAINED)
     TCase *tc = tcase_create("rand-mh");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_eval_mc_matches_forward);
-    tcase_add_test(tc, test_tune_learns_task);
+    tcase_add_loop_test(tc, test_tune_learns_task, 0, 2);
     tcase_add_test(tc, test_tune_deterministic_and_resume);
     tcase_add_test(tc, test_tune_numeric_and_cancel);
     suite_add_tcase(s, tc);
