@@ -14,6 +14,7 @@ struct seq {
     uint32_t *tokens; /* [n] */
     uint8_t *mask;    /* [n] */
     size_t n;
+    uint64_t tag;     /* index in the first dataset it was added to */
 };
 
 struct mc {
@@ -88,7 +89,7 @@ int rk_dataset_add(struct rk_dataset *d, const uint32_t *tokens, const uint8_t *
         d->seqs = s;
         d->cap_seq = cap;
     }
-    struct seq q = {malloc(n * sizeof(uint32_t)), malloc(n), n};
+    struct seq q = {malloc(n * sizeof(uint32_t)), malloc(n), n, d->n_seq};
     if (!q.tokens || !q.mask) {
         free(q.tokens);
         free(q.mask);
@@ -165,6 +166,8 @@ void rk_dataset_get(const struct rk_dataset *d, size_t i, const uint32_t **token
         *n = q->n;
 }
 
+uint64_t rk_dataset_tag(const struct rk_dataset *d, size_t i) { return d->seqs[i].tag; }
+
 void rk_dataset_get_mc(const struct rk_dataset *d, size_t i, struct rk_mc_item *out)
 {
     const struct mc *q = &d->mcs[i];
@@ -202,7 +205,10 @@ void rk_shuffle(size_t *idx, size_t n, uint64_t *rng)
 static int copy_seq(struct rk_dataset *dst, const struct rk_dataset *src, size_t i)
 {
     const struct seq *q = &src->seqs[i];
-    return rk_dataset_add(dst, q->tokens, q->mask, q->n);
+    int rc = rk_dataset_add(dst, q->tokens, q->mask, q->n);
+    if (rc == RK_OK)
+        dst->seqs[dst->n_seq - 1].tag = q->tag;
+    return rc;
 }
 
 static int cmp_size(const void *a, const void *b)

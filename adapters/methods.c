@@ -14,6 +14,7 @@ static const struct rk_tune_method *const methods[] = {
     &rk_method_standard,
     &rk_method_kernel,
     &rk_method_dbp,
+    &rk_method_observer,
 };
 #define N_METHODS (sizeof methods / sizeof methods[0])
 

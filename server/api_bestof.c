@@ -185,7 +185,7 @@ static void budget_charge_tokens(struct rk_srv *srv, const char *tenant, long lo
 /* --- request ---------------------------------------------------------------- */
 
 /* Is url one of the comma-separated base URLs in list? */
-static bool url_allowed(const char *list, const char *url)
+bool rk_url_in_list(const char *list, const char *url)
 {
     if (!list)
         return false;
@@ -245,7 +245,7 @@ static bool parse_judge(struct rk_http_req *r, json_t *o, struct bestof_opts *bo
         !rk_json_str(r, v, "scoring", 1, 32, &scoring) ||
         !rk_json_str(r, v, "instructions", 1, INSTRUCTIONS_BYTES_MAX, &instr))
         return false;
-    if (url && !url_allowed(srv->cfg.judge_allowed_urls, url)) {
+    if (url && !rk_url_in_list(srv->cfg.judge_allowed_urls, url)) {
         // The rule: a tenant never makes the server call a URL the operator
         // did not list (--judge-allowed-urls).
         rk_http_error(r, 403, "judge_url_not_allowed", "judge.url", "this server does not let "

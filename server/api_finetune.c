@@ -134,6 +134,11 @@ void h_ft_create(struct rk_http_req *r)
                           type, names);
             goto out;
         }
+        if (tm == &rk_method_observer) {
+            rk_field_fail(r, RK_FIELD_UNSUPPORTED, "method",
+                          "the observer method needs a teacher and prompts: use POST /tune");
+            goto out;
+        }
         json_t *sup = json_object_get(meth, type ? type : "supervised");
         json_t *h2 = json_is_object(sup) ? json_object_get(sup, "hyperparameters") : NULL;
         if (h2 && hpo) {

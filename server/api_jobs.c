@@ -182,6 +182,24 @@ static bool task_parse(struct job_task *t, struct rk_dataset **out)
     }
     struct rk_jsonl_limits jl = {lim->dataset_bytes_max, lim->examples_max, lim->seq_tokens_max};
     struct rk_dataset *ds = NULL;
+    if (t->kind == TASK_JOB && !strcmp(t->hp.method, rk_method_observer.name)) {
+        // Prompts only: the worker asks the teacher for the rest, so submit
+        // keeps no dataset (*out stays NULL).
+        char **pr = NULL;
+        int rc = rk_jsonl_prompts(t->text ? t->text : "", t->len, t->tok, &jl, &pr,
+                                  &t->n_examples, &t->n_prompt_tokens, &t->eb);
+        rk_jsonl_prompts_free(pr, t->n_examples);
+        if (rc != RK_OK) {
+            if (rc == RK_ENOMEM)
+                task_fail(t, 503, "enomem", NULL, "out of memory");
+            else
+                task_fail(t, 400, rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param,
+                          "%s", t->eb.msg[0] ? t->eb.msg : rk_strerror(rc));
+            return false;
+        }
+        *out = NULL;
+        return true;
+    }
     int rc = rk_dataset_create(&ds);
     if (rc == RK_OK)
         rc = rk_jsonl_parse(t->text ? t->text : "", t->len, t->tok, &jl, ds, &t->eb);
@@ -281,7 +299,8 @@ static void task_run(void *arg)
     struct rk_tjob_new nj = {.tenant = t->tenant, .output_state = t->output_state,
                              .training_file = t->training_file, .suffix = t->suffix,
                              .openai = t->openai, .hp = &t->hp, .data = t->text, .len = t->len,
-                             .n_examples = t->n_examples, .n_tokens = rk_dataset_n_tokens(ds),
+                             .n_examples = t->n_examples,
+                             .n_tokens = ds ? rk_dataset_n_tokens(ds) : t->n_prompt_tokens,
                              .n_targets = rk_dataset_n_targets(ds), .ds = ds,
                              .eval_task = t->eval_task};
     int rc = rk_tjobs_submit(t->js, &nj, &t->view, &t->eb); // takes ds

@@ -68,6 +68,7 @@ struct job_task {
     char filename[128], purpose[32];
     /* results, written on the pool, read on the loop after the completion */
     size_t n_examples;
+    size_t n_prompt_tokens; /* an observer job's: its prompts' tokens (no dataset) */
     int rc;         /* RK_OK or the failure */
     int status;     /* 0: answer rc through the error map; else this status and code */
     char code[40];

@@ -4,6 +4,7 @@
  */
 #include "api_jobs_int.h"
 #include "json_read.h"
+#include "teacher.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -15,6 +16,87 @@
 #include <time.h>
 
 /* --- native routes -------------------------------------------------------------- */
+
+/* The "teacher" object of an observer job into *t (defaults kept for absent
+ * fields). The URL rule is best_of's judge's: a job may name only the
+ * configured URL or one of --teacher-allowed-urls, and those carry no key. */
+static bool parse_teacher(struct rk_http_req *r, json_t *body, bool observer,
+                          struct rk_tjob_teacher *t)
+{
+    struct rk_srv *srv = r->srv;
+    json_t *v = json_object_get(body, "teacher");
+    if (!observer) {
+        if (v && !json_is_null(v)) {
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "teacher",
+                          "\"teacher\" is only for the method \"observer\"");
+            return false;
+        }
+        return true;
+    }
+    if (v && !json_is_null(v) && !json_is_object(v)) {
+        rk_field_fail(r, RK_FIELD_INVALID_TYPE, "teacher", "\"teacher\" must be an object");
+        return false;
+    }
+    static const char *const keys[] = {"url", "model", "endpoint", "max_tokens", "temperature",
+                                       "top_logprobs", "instruction", NULL};
+    const char *url = NULL, *model = NULL, *endpoint = NULL, *instr = NULL;
+    long long mt = t->max_tokens, top = t->top_logprobs;
+    double temp = t->temperature;
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *x;
+        json_object_foreach(v, key, x) {
+            bool known = false;
+            for (int i = 0; keys[i]; i++)
+                known |= !strcmp(key, keys[i]);
+            if (!known) {
+                rk_field_fail(r, RK_FIELD_UNKNOWN, "teacher",
+                              "unknown field \"teacher.%.64s\" (known: url, model, endpoint, "
+                              "max_tokens, temperature, top_logprobs, instruction)", key);
+                return false;
+            }
+        }
+        if (!rk_json_str(r, v, "url", 1, 1024, &url) || !rk_json_str(r, v, "model", 1, 256, &model) ||
+            !rk_json_str(r, v, "endpoint", 1, 32, &endpoint) ||
+            !rk_json_str(r, v, "instruction", 1, RK_TJOB_INSTRUCTION_MAX, &instr) ||
+            !rk_json_int(r, v, "max_tokens", 1, RK_TJOB_TEACHER_TOKENS_MAX, &mt) ||
+            !rk_json_num(r, v, "temperature", 0, 2, false, &temp) ||
+            !rk_json_int(r, v, "top_logprobs", 0, RK_TEACHER_TOP_MAX, &top))
+            return false;
+    }
+    if (endpoint && strcmp(endpoint, "completions") && strcmp(endpoint, "chat")) {
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "teacher.endpoint",
+                      "teacher.endpoint must be \"completions\" or \"chat\"");
+        return false;
+    }
+    if (url && !(srv->teacher && !strcmp(url, rk_teacher_url(srv->teacher))) &&
+        !rk_url_in_list(srv->cfg.teacher_allowed_urls, url)) {
+        rk_http_error(r, 403, "teacher_url_not_allowed", "teacher.url",
+                      "this server does not let jobs choose the teacher's URL%s",
+                      srv->cfg.teacher_allowed_urls
+                          ? " except those in its --teacher-allowed-urls list" : "");
+        return false;
+    }
+    if (!srv->teacher && !url) {
+        rk_http_error(r, 400, "teacher_not_configured", "teacher",
+                      "no teacher is configured on this server (--teacher-url); name an allowed "
+                      "teacher.url");
+        return false;
+    }
+    if (url && !model && !srv->teacher) {
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "teacher.model", "teacher.model is needed with "
+                      "teacher.url when the server has no teacher of its own");
+        return false;
+    }
+    snprintf(t->url, sizeof t->url, "%s", url ? url : "");
+    snprintf(t->model, sizeof t->model, "%s", model ? model : "");
+    snprintf(t->instruction, sizeof t->instruction, "%s", instr ? instr : "");
+    t->chat = endpoint && !strcmp(endpoint, "chat");
+    t->max_tokens = (int)mt;
+    t->temperature = temp;
+    t->top_logprobs = (int)top;
+    return true;
+}
 
 void h_tune(struct rk_http_req *r)
 {
@@ -36,7 +118,7 @@ void h_tune(struct rk_http_req *r)
         return;
     struct dataset_info di = {0};
     static const char *const top[] = {"dataset", "training_file", "method", "output_state",
-                                      "hyperparameters", "eval_task", NULL};
+                                      "hyperparameters", "eval_task", "teacher", NULL};
     if (!api_only_keys_or(r, body, top, is_job_hparam, "the request"))
         goto out;
     // Hyperparameters may come at the top level or in "hyperparameters".
@@ -85,12 +167,16 @@ void h_tune(struct rk_http_req *r)
                       "\"output_state\" is required and must match ^[a-z0-9][a-z0-9_-]{0,63}$");
         goto out;
     }
+    struct rk_tjob_hparams hp;
+    hparams_default(js, &hp);
+    if (!parse_teacher(r, body, tm == &rk_method_observer, &hp.teacher)) {
+        json_decref(merged);
+        goto out;
+    }
     if (!parse_dataset(r, js, body, &di)) {
         json_decref(merged);
         goto out;
     }
-    struct rk_tjob_hparams hp;
-    hparams_default(js, &hp);
     bool steps_given;
     snprintf(hp.method, sizeof hp.method, "%s", tm->name);
     bool ok = parse_hparams(r, js, merged, &hp, &steps_given);

@@ -69,6 +69,15 @@ static const struct opt opts[] = {
     {"judge-max-inflight", "RWKVD_JUDGE_MAX_INFLIGHT", OPT_INT, F(judge_max_inflight), 1, 1024, "judge requests in flight at once (all requests together)"},
     {"judge-max-response-bytes", "RWKVD_JUDGE_MAX_RESPONSE_BYTES", OPT_SIZE, F(judge_response_bytes_max), 1024, 1ll << 30, "largest judge answer"},
     {"judge-calls-per-min", "RWKVD_JUDGE_CALLS_PER_MIN", OPT_INT, F(judge_calls_per_min), 1, 1 << 24, "judge calls per tenant per minute (429 beyond)"},
+    {"teacher-url", "RWKVD_TEACHER_URL", OPT_STR, F(teacher_url), 0, 0, "base URL of an OpenAI-compatible teacher for observer tuning jobs, e.g. http://host:8081/v1 (unset: observer jobs are refused)"},
+    {"teacher-model", "RWKVD_TEACHER_MODEL", OPT_STR, F(teacher_model), 0, 0, "the teacher's model name (required with --teacher-url; a job may name another)"},
+    {"teacher-key-file", "RWKVD_TEACHER_KEY_FILE", OPT_STR, F(teacher_key_file), 0, 0, "file holding the teacher's API key (else the environment variable RWKVD_TEACHER_API_KEY; never logged)"},
+    {"teacher-allowed-urls", "RWKVD_TEACHER_ALLOWED_URLS", OPT_STR, F(teacher_allowed_urls), 0, 0, "comma-separated teacher base URLs a job may choose with teacher.url (default: none; such calls carry no key)"},
+    {"teacher-connect-timeout-ms", "RWKVD_TEACHER_CONNECT_TIMEOUT_MS", OPT_INT, F(teacher_connect_timeout_ms), 1, 600000, "teacher connect timeout per attempt"},
+    {"teacher-timeout-ms", "RWKVD_TEACHER_TIMEOUT_MS", OPT_INT, F(teacher_timeout_ms), 1, 3600000, "teacher timeout per attempt"},
+    {"teacher-retries", "RWKVD_TEACHER_RETRIES", OPT_INT, F(teacher_retries), 0, 10, "teacher retries after the first attempt (on connection errors, 429 and 5xx only)"},
+    {"teacher-max-inflight", "RWKVD_TEACHER_MAX_INFLIGHT", OPT_INT, F(teacher_max_inflight), 1, 1024, "teacher requests in flight at once"},
+    {"teacher-max-response-bytes", "RWKVD_TEACHER_MAX_RESPONSE_BYTES", OPT_SIZE, F(teacher_response_bytes_max), 1024, 1ll << 30, "largest teacher answer"},
     {"judge-tokens-per-min", "RWKVD_JUDGE_TOKENS_PER_MIN", OPT_INT, F(judge_tokens_per_min), 1, 1 << 30, "judge tokens (as it reports them) per tenant per minute (429 beyond)"},
 };
 #undef F
@@ -107,6 +116,11 @@ static void defaults(struct rk_srv_config *c)
     c->judge_response_bytes_max = (size_t)1 << 20;
     c->judge_calls_per_min = 600;
     c->judge_tokens_per_min = 1000000;
+    c->teacher_connect_timeout_ms = 2000;
+    c->teacher_timeout_ms = 60000;
+    c->teacher_retries = 2;
+    c->teacher_max_inflight = 8;
+    c->teacher_response_bytes_max = (size_t)4 << 20;
 }
 
 /* Numbers accept an optional K/M/G suffix for sizes. */
@@ -238,6 +252,10 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
     // The candidates of one request need as many sequence slots.
     if (c->best_of_max > c->seqs_max)
         c->best_of_max = c->seqs_max;
+    if (c->teacher_url && !c->teacher_model) {
+        fprintf(stderr, "rwkvd serve: --teacher-url needs --teacher-model\n");
+        return -1;
+    }
     if (c->judge_url && !c->judge_model) {
         fprintf(stderr, "rwkvd serve: --judge-url needs --judge-model\n");
         return -1;

@@ -315,3 +315,105 @@ int rk_jsonl_load(const char *path, const struct rk_tokenizer *tok,
     free(buf);
     return rc;
 }
+
+/* --- prompts for the observer method -------------------------------------- */
+
+void rk_jsonl_prompts_free(char **p, size_t n)
+{
+    for (size_t i = 0; p && i < n; i++)
+        free(p[i]);
+    free(p);
+}
+
+int rk_jsonl_prompts(const char *buf, size_t len, const struct rk_tokenizer *tok,
+                     const struct rk_jsonl_limits *lim, char ***out, size_t *n_out,
+                     size_t *n_tokens, struct rk_errbuf *eb)
+{
+    struct rk_jsonl_limits dl;
+    if (!lim) {
+        rk_jsonl_limits_default(&dl);
+        lim = &dl;
+    }
+    *out = NULL;
+    *n_out = 0;
+    if (n_tokens)
+        *n_tokens = 0;
+    if (len > lim->bytes_max)
+        return rk_errbuf_set(eb, RK_ERANGE, "dataset of %zu bytes exceeds the limit %zu", len,
+                             lim->bytes_max);
+    char **v = NULL;
+    size_t n = 0, cap = 0, line = 0, pos = 0;
+    int rc = RK_OK;
+    while (pos < len && rc == RK_OK) {
+        const char *s = buf + pos;
+        const char *nl = memchr(s, '\n', len - pos);
+        size_t l = nl ? (size_t)(nl - s) : len - pos;
+        pos += l + (nl ? 1 : 0);
+        line++;
+        size_t k = 0;
+        while (k < l && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r'))
+            k++;
+        if (k == l)
+            continue;
+        if (n + 1 > lim->lines_max) {
+            rc = rk_errbuf_set(eb, RK_ERANGE, "line %zu: more than %zu examples (the limit)",
+                               line, lim->lines_max);
+            break;
+        }
+        json_error_t je;
+        json_t *o = json_loadb(s, l, JSON_REJECT_DUPLICATES, &je);
+        const char *key;
+        json_t *val;
+        json_t *p = json_is_object(o) ? json_object_get(o, "prompt") : NULL;
+        if (!json_is_object(o)) {
+            rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: %s", line,
+                               o ? "each line must be a JSON object" : je.text);
+        } else if (!json_is_string(p) || json_string_length(p) == 0) {
+            rc = rk_errbuf_set(eb, RK_EINVAL,
+                               "line %zu: the observer method needs a non-empty string "
+                               "\"prompt\" on every line", line);
+        } else {
+            json_object_foreach(o, key, val) {
+                if (strcmp(key, "prompt") && !(!strcmp(key, "completion") && json_is_string(val))) {
+                    rc = rk_errbuf_set(eb, RK_EINVAL,
+                                       "line %zu: unexpected key \"%.40s\" (an observer line is "
+                                       "{\"prompt\"} with an optional string \"completion\")",
+                                       line, key);
+                    break;
+                }
+            }
+        }
+        if (rc == RK_OK) {
+            size_t got = 0, pl = json_string_length(p);
+            rk_tok_encode(tok, json_string_value(p), pl, NULL, 0, &got);
+            if (got + 1 > lim->seq_len_max)
+                rc = rk_errbuf_set(eb, RK_ERANGE,
+                                   "line %zu: a prompt of %zu tokens leaves no room for an "
+                                   "answer (the limit is %zu tokens)", line, got, lim->seq_len_max);
+            else if (n_tokens)
+                *n_tokens += got;
+        }
+        if (rc == RK_OK && n == cap) {
+            cap = cap ? 2 * cap : 16;
+            char **nv = realloc(v, cap * sizeof *nv);
+            if (!nv)
+                rc = RK_ENOMEM;
+            else
+                v = nv;
+        }
+        if (rc == RK_OK && !(v[n] = strndup(json_string_value(p), json_string_length(p))))
+            rc = RK_ENOMEM;
+        if (rc == RK_OK)
+            n++;
+        json_decref(o);
+    }
+    if (rc == RK_OK && n == 0)
+        rc = rk_errbuf_set(eb, RK_EINVAL, "the dataset holds no prompts");
+    if (rc != RK_OK) {
+        rk_jsonl_prompts_free(v, n);
+        return rc;
+    }
+    *out = v;
+    *n_out = n;
+    return RK_OK;
+}

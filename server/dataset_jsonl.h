@@ -40,4 +40,15 @@ int rk_jsonl_load(const char *path, const struct rk_tokenizer *tok,
                   const struct rk_jsonl_limits *lim, struct rk_dataset *ds,
                   struct rk_errbuf *eb);
 
+/* The prompts of an observer job: every non-blank line an object with a
+ * non-empty string "prompt" and at most an optional string "completion"
+ * (ignored). *out gets n_out malloc'd strings (free with
+ * rk_jsonl_prompts_free); *n_tokens (may be NULL) their token count. A
+ * prompt must leave room for one answer token under lim->seq_len_max.
+ * RK_EINVAL / RK_ERANGE with the line in eb. */
+int rk_jsonl_prompts(const char *buf, size_t len, const struct rk_tokenizer *tok,
+                     const struct rk_jsonl_limits *lim, char ***out, size_t *n_out,
+                     size_t *n_tokens, struct rk_errbuf *eb);
+void rk_jsonl_prompts_free(char **p, size_t n);
+
 #endif

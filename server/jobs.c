@@ -517,6 +517,7 @@ int rk_tjobs_cancel(struct rk_tjobs *js, const char *tenant, const char *id,
         changed = true;
     } else if (j->v.status == RK_TJOB_RUNNING && !j->publishing) {
         changed = true; // the worker stops at its next cancel check
+        atomic_store(&js->worker_halt, true); // and a teacher call within 100 ms
     }
     if (changed) {
         atomic_store(&j->cancel, true);
@@ -642,6 +643,7 @@ void rk_tjobs_stop(struct rk_tjobs *js)
     pthread_mutex_lock(&js->mu);
     js->stopping = true;
     atomic_store(&js->stop_flag, true);
+    atomic_store(&js->worker_halt, true);
     pthread_cond_broadcast(&js->cv);
     pthread_mutex_unlock(&js->mu);
     if (js->started && !js->joined) {

@@ -64,12 +64,26 @@ const char *rk_tjobs_flag_env(const char *flag, size_t len);
  * `tune` named by the RK_HP_JOB entries of rk_hparams() come from the
  * request; the others keep rk_tune_params_default's values (the worker sets
  * steps, threads and the callbacks). */
+/* The teacher settings of an observer job (docs/API.md, "teacher"). */
+#define RK_TJOB_TEACHER_TOKENS_MAX 4096
+#define RK_TJOB_INSTRUCTION_MAX 2048
+struct rk_tjob_teacher {
+    char url[1025];     /* "" = --teacher-url (else one of --teacher-allowed-urls) */
+    char model[257];    /* "" = --teacher-model */
+    bool chat;          /* the chat/completions endpoint instead of completions */
+    int max_tokens;     /* answer tokens asked per prompt (default 128) */
+    double temperature; /* default 0 */
+    int top_logprobs;   /* 0: text only, cross-entropy; 1..20: KL to the top-k */
+    char instruction[RK_TJOB_INSTRUCTION_MAX + 1]; /* for the teacher only; "" = none */
+};
+
 struct rk_tjob_hparams {
     char method[32];            /* a name of rk_tune_methods() */
     struct rk_tune_params tune; /* method/checkpoint_cb/resume unused (NULL) */
     double epochs;              /* > 0 when steps were derived from epochs, else NAN */
     double lr_multiplier;       /* OpenAI learning_rate_multiplier (1 = native lr) */
     char init_state[RK_STATE_ID_MAX + 1]; /* "" = zero state */
+    struct rk_tjob_teacher teacher;       /* method "observer" only */
 };
 /* Defaults: method "standard", rk_tune_params_default, the server's
  * checkpoint interval, epochs NAN, lr_multiplier 1 (tjob_hparams.c). */

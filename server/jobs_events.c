@@ -177,6 +177,7 @@ static void on_check(uv_check_t *c)
     pthread_mutex_lock(&js->mu);
     js->stopping = true;
     atomic_store(&js->stop_flag, true);
+    atomic_store(&js->worker_halt, true);
     pthread_cond_broadcast(&js->cv);
     pthread_mutex_unlock(&js->mu);
     close_loop(js);

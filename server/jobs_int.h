@@ -43,6 +43,8 @@ struct rk_tjobs {
     struct rk_tjob *q_head, *q_tail; /* mu */
     bool stopping;                   /* mu */
     atomic_bool stop_flag;           /* read by the worker's cancel callback */
+    atomic_bool worker_halt;         /* stop_flag, or the running job was cancelled: stops a
+                                        teacher call of the worker (reset per job) */
     pthread_t th;
     bool started, joined;
     pthread_mutex_t jmu; /* journal writes */

@@ -4,6 +4,7 @@
  * (see the DESIGN note in jobs.c).
  */
 #include "jobs_int.h"
+#include "teacher.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -167,6 +168,8 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
     char path[1100];
     tj_job_path(js, j->v.id, ".ckpt", path, sizeof path);
     unlink(path);
+    tj_job_path(js, j->v.id, ".teacher-cache.json", path, sizeof path);
+    unlink(path);
     tj_wake_loop(js);
     rk_log(RK_LOG_INFO, "jobs: %s %s%s%s", j->v.id, rk_tjob_status_name(st), msg ? ": " : "",
            msg ? msg : "");
@@ -187,6 +190,368 @@ void tj_fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const cha
     tj_finish(js, j, RK_TJOB_FAILED, code, msg);
 }
 
+/* --- the observer method: ask the teacher, build the data ------------------------ */
+
+/* A progress message as a status event (worker). */
+static void status_note(struct rk_tjobs *js, struct rk_tjob *j, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void status_note(struct rk_tjobs *js, struct rk_tjob *j, const char *fmt, ...)
+{
+    char msg[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&js->mu);
+    struct pending_ev pe = j->v.status == RK_TJOB_RUNNING ? tj_status_event(j, msg)
+                                                           : (struct pending_ev){0};
+    pthread_mutex_unlock(&js->mu);
+    tj_pending_flush(js, j->v.id, &pe);
+    tj_wake_loop(js);
+}
+
+/* The student's id of one teacher token: its text must be exactly one token
+ * of the model's tokenizer. UINT32_MAX when it is not. */
+static uint32_t one_token(const struct rk_tokenizer *tok, const char *s)
+{
+    size_t len = strlen(s), got = 0;
+    uint32_t id;
+    if (!len || rk_tok_encode(tok, s, len, &id, 1, &got) != RK_OK || got != 1)
+        return UINT32_MAX;
+    return id;
+}
+
+/* Append one teacher answer to ds (and its distributions to `tg`): the
+ * prompt's tokens unscored, the answer's scored. *skipped is set for an
+ * empty answer. RK_EFORMAT with the reason in eb for a wrong vocabulary or
+ * malformed logprobs. */
+static int add_answer(struct rk_tjobs *js, const char *prompt, const struct rk_teacher_answer *a,
+                      int top, struct rk_dataset *ds, struct rk_observer_targets *tg, size_t idx,
+                      bool *skipped, struct rk_errbuf *eb)
+{
+    const struct rk_tokenizer *tok = js->srv->tok;
+    size_t cap = js->lim.seq_tokens_max, np = 0, na = 0;
+    uint32_t *ids = malloc(cap * sizeof *ids);
+    uint8_t *mask = calloc(cap, 1);
+    uint32_t *tid = NULL;
+    double *tlp = NULL;
+    int rc = RK_ENOMEM;
+    *skipped = false;
+    if (!ids || !mask)
+        goto out;
+    if ((rc = rk_tok_encode(tok, prompt, strlen(prompt), ids, cap, &np)) != RK_OK) {
+        rc = rk_errbuf_set(eb, RK_ERANGE, "prompt %zu is longer than the job's token limit", idx + 1);
+        goto out;
+    }
+    if (top > 0) {
+        if (!(tid = malloc((a->n_toks ? a->n_toks : 1) * (size_t)top * sizeof *tid)) ||
+            !(tlp = malloc((a->n_toks ? a->n_toks : 1) * (size_t)top * sizeof *tlp)))
+            goto out;
+        for (size_t i = 0; i < a->n_toks && np + na < cap; i++) {
+            const struct rk_teacher_tok *t = &a->toks[i];
+            uint32_t id = one_token(tok, t->token);
+            if (id == UINT32_MAX) {
+                rc = rk_errbuf_set(eb, RK_EFORMAT,
+                                   "teacher: answer %zu, token %zu (\"%.24s\") is not one token of "
+                                   "this model's vocabulary; logprob distillation needs a teacher "
+                                   "with the same tokenizer (or top_logprobs 0)", idx + 1, i + 1,
+                                   t->token);
+                goto out;
+            }
+            ids[np + na] = id;
+            mask[np + na] = 1;
+            for (int k = 0; k < top; k++) {
+                size_t o = na * (size_t)top + (size_t)k;
+                tid[o] = UINT32_MAX;
+                tlp[o] = -INFINITY;
+                if (k >= t->n_top)
+                    continue;
+                uint32_t aid = one_token(tok, t->top[k].token);
+                if (aid == UINT32_MAX && !strstr(t->top[k].token, "\xef\xbf\xbd")) {
+                    rc = rk_errbuf_set(eb, RK_EFORMAT,
+                                       "teacher: answer %zu, token %zu: the alternative \"%.24s\" "
+                                       "is not one token of this model's vocabulary", idx + 1,
+                                       i + 1, t->top[k].token);
+                    goto out;
+                }
+                tid[o] = aid; /* a lossy U+FFFD alternative goes to the rest bin */
+                tlp[o] = aid == UINT32_MAX ? -INFINITY : t->top[k].lp;
+            }
+            na++;
+        }
+    } else {
+        size_t got = 0, tl = strlen(a->text);
+        if (!(tid = malloc((tl ? tl : 1) * sizeof *tid)))
+            goto out;
+        rk_tok_encode(tok, a->text, tl, tid, tl, &got); /* never more ids than bytes */
+        na = got < cap - np ? got : cap - np;           /* cut to the job's token limit */
+        memcpy(ids + np, tid, na * sizeof *ids);
+        memset(mask + np, 1, na);
+    }
+    if (na == 0 || np == 0) {
+        *skipped = true;
+        rc = RK_OK;
+        goto out;
+    }
+    size_t seq = rk_dataset_len(ds);
+    if ((rc = rk_dataset_add(ds, ids, mask, np + na)) != RK_OK)
+        goto out;
+    rc = RK_OK;
+    if (top > 0 && (rc = rk_observer_targets_set(tg, seq, np - 1, na, top, tid, tlp, eb)) != RK_OK) {
+        char why[sizeof eb->msg];
+        snprintf(why, sizeof why, "%s", strncmp(eb->msg, "observer: ", 10) ? eb->msg : eb->msg + 10);
+        rk_errbuf_set(eb, rc, "teacher: answer %zu: %s", idx + 1, why);
+    }
+out:
+    free(ids), free(mask), free(tid), free(tlp);
+    return rc;
+}
+
+/* The teacher calls of one observer job, shared by its asker threads. */
+#define ASKERS_MAX 16
+struct asking {
+    struct rk_tjobs *js;
+    struct rk_teacher *t;
+    struct rk_teacher_cache *cache;
+    const struct rk_tjob_teacher *tc;
+    char **prompts;
+    size_t n;
+    struct rk_teacher_answer *answers; /* [n] */
+    atomic_size_t next, done;
+    atomic_int exited; /* askers that have returned */
+    atomic_bool failed;
+    int64_t last_note_us;
+    pthread_mutex_t mu; /* the first failure: */
+    int rc;
+    size_t err_idx;
+    struct rk_errbuf eb;
+};
+
+/* One prompt's teacher call into ak->answers[i]. */
+static int ask_one(struct asking *ak, size_t i, struct rk_errbuf *eb)
+{
+    struct rk_srv *srv = ak->js->srv;
+    const struct rk_tjob_teacher *tc = ak->tc;
+    struct rk_teacher_msg msgs[2];
+    size_t nm = 0;
+    char *cprompt = NULL;
+    if (tc->chat) {
+        if (tc->instruction[0])
+            msgs[nm++] = (struct rk_teacher_msg){"system", tc->instruction};
+        msgs[nm++] = (struct rk_teacher_msg){"user", ak->prompts[i]};
+    } else if (tc->instruction[0]) {
+        size_t l1 = strlen(tc->instruction), l2 = strlen(ak->prompts[i]);
+        if (!(cprompt = malloc(l1 + l2 + 3)))
+            return rk_errbuf_set(eb, RK_ENOMEM, "out of memory");
+        memcpy(cprompt, tc->instruction, l1);
+        memcpy(cprompt + l1, "\n\n", 2);
+        memcpy(cprompt + l1 + 2, ak->prompts[i], l2 + 1);
+    }
+    struct rk_teacher_req q = {
+        .kind = tc->chat ? RK_TEACHER_CHAT : RK_TEACHER_COMPLETION,
+        .prompt = cprompt ? cprompt : ak->prompts[i],
+        .msgs = msgs,
+        .n_msgs = nm,
+        .max_tokens = tc->max_tokens,
+        .temperature = tc->temperature,
+        .top_logprobs = tc->top_logprobs > 0 ? tc->top_logprobs : -1,
+    };
+    int64_t deadline = rk_now_us() + (int64_t)srv->cfg.teacher_timeout_ms * 1000 *
+                                         (srv->cfg.teacher_retries + 2);
+    int rc = rk_teacher_call(ak->t, &q, ak->cache, deadline, &ak->js->worker_halt,
+                             &ak->answers[i], eb);
+    free(cprompt);
+    if (rc == RK_OK)
+        atomic_fetch_add(ak->answers[i].cached ? &srv->teacher_cached : &srv->teacher_calls, 1);
+    else if (rc != RK_ECANCELED)
+        atomic_fetch_add(&srv->teacher_errors, 1);
+    return rc;
+}
+
+static void *asker_main(void *arg)
+{
+    struct asking *ak = arg;
+    struct rk_errbuf eb = {0};
+    for (;;) {
+        size_t i = atomic_fetch_add(&ak->next, 1);
+        if (i >= ak->n || atomic_load(&ak->failed))
+            break;
+        int rc = ask_one(ak, i, &eb);
+        if (rc != RK_OK) {
+            pthread_mutex_lock(&ak->mu);
+            if (!atomic_load(&ak->failed) || (ak->rc == RK_ECANCELED && rc != RK_ECANCELED)) {
+                ak->rc = rc;
+                ak->err_idx = i;
+                ak->eb = eb;
+            }
+            atomic_store(&ak->failed, true);
+            pthread_mutex_unlock(&ak->mu);
+            break;
+        }
+        atomic_fetch_add(&ak->done, 1);
+    }
+    atomic_fetch_add(&ak->exited, 1);
+    return NULL;
+}
+
+/* The observer's data: every prompt of the job's dataset with the teacher's
+ * answer (from the job's cache file where a previous run asked already).
+ * On failure the job is failed here and RK_EINVAL (or the code) returned. */
+static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *data, size_t len,
+                         const struct rk_tjob_hparams *hp, struct rk_dataset **ds_out,
+                         struct rk_observer_targets **tg_out)
+{
+    struct rk_srv *srv = js->srv;
+    const struct rk_tjob_teacher *tc = &hp->teacher;
+    struct rk_jsonl_limits lim = {js->lim.dataset_bytes_max, js->lim.examples_max,
+                                  js->lim.seq_tokens_max};
+    struct rk_errbuf eb = {0};
+    char **prompts = NULL;
+    size_t n = 0;
+    struct rk_teacher *t = NULL;
+    struct rk_teacher_cache *cache = NULL;
+    struct rk_dataset *ds = NULL;
+    struct rk_observer_targets *tg = NULL;
+    char path[1100];
+    int rc = rk_jsonl_prompts(data, len, srv->tok, &lim, &prompts, &n, NULL, &eb);
+    if (rc != RK_OK) {
+        tj_fail(js, j, "invalid_dataset", "%s", eb.msg);
+        goto out;
+    }
+    if (srv->teacher && (tc->url[0] || tc->model[0]))
+        rc = rk_teacher_derive(srv->teacher, tc->url[0] ? tc->url : NULL,
+                               tc->model[0] ? tc->model : NULL, &t, &eb);
+    else if (srv->teacher)
+        rc = rk_teacher_derive(srv->teacher, NULL, NULL, &t, &eb);
+    else if (tc->url[0] && tc->model[0]) {
+        struct rk_teacher_config c;
+        rk_teacher_config_default(&c);
+        c.name = "teacher";
+        c.base_url = tc->url;
+        c.model = tc->model;
+        c.connect_timeout_ms = srv->cfg.teacher_connect_timeout_ms;
+        c.timeout_ms = srv->cfg.teacher_timeout_ms;
+        c.retries = srv->cfg.teacher_retries;
+        c.inflight_max = srv->cfg.teacher_max_inflight;
+        c.response_bytes_max = srv->cfg.teacher_response_bytes_max;
+        rc = rk_teacher_create(&c, &t, &eb);
+    } else
+        rc = rk_errbuf_set(&eb, RK_EINVAL, "no teacher is configured on this server");
+    if (rc != RK_OK) {
+        tj_fail(js, j, "teacher_not_configured", "%s", eb.msg);
+        goto out;
+    }
+    tj_job_path(js, j->v.id, ".teacher-cache.json", path, sizeof path);
+    if ((rc = rk_teacher_cache_open(path, n + 16, (size_t)256 << 20, &cache, &eb)) != RK_OK) {
+        rk_log(RK_LOG_WARN, "jobs: %s: %s", j->v.id, eb.msg);
+        tj_fail(js, j, "teacher_cache_unreadable", "the job's teacher cache is unreadable: %s",
+             eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
+        goto out;
+    }
+    if ((rc = rk_dataset_create(&ds)) != RK_OK || (rc = rk_observer_targets_create(n, &tg)) != RK_OK) {
+        tj_fail(js, j, "enomem", "out of memory");
+        goto out;
+    }
+    size_t skipped = 0;
+    // Ask with up to --teacher-max-inflight threads (at most ASKERS_MAX),
+    // then build the data in prompt order.
+    struct asking ak = {.js = js, .t = t, .cache = cache, .tc = tc, .prompts = prompts, .n = n,
+                        .answers = calloc(n, sizeof *ak.answers)};
+    int nth = srv->cfg.teacher_max_inflight < ASKERS_MAX ? srv->cfg.teacher_max_inflight
+                                                         : ASKERS_MAX;
+    if ((size_t)nth > n)
+        nth = (int)n;
+    pthread_t th[ASKERS_MAX];
+    int started = 0;
+    pthread_mutex_init(&ak.mu, NULL);
+    if (!ak.answers) {
+        tj_fail(js, j, "enomem", "out of memory");
+        rc = RK_ENOMEM;
+        goto asked;
+    }
+    status_note(js, j, "asking teacher: 0/%zu", n);
+    for (; started < nth; started++)
+        if (pthread_create(&th[started], NULL, asker_main, &ak) != 0)
+            break;
+    if (started == 0)
+        asker_main(&ak); /* no thread: ask from here */
+    while (started > 0 && atomic_load(&ak.exited) < started) {
+        usleep(50000);
+        size_t d = atomic_load(&ak.done);
+        int64_t now = rk_now_us();
+        if (now - ak.last_note_us >= 1000000 && d < n) {
+            status_note(js, j, "asking teacher: %zu/%zu", d, n);
+            ak.last_note_us = now;
+        }
+    }
+    for (int k = 0; k < started; k++)
+        pthread_join(th[k], NULL);
+    if (ak.rc == RK_ECANCELED) {
+        rc = RK_ECANCELED; /* cancelled or shutdown: the caller decides */
+        goto asked;
+    }
+    if (ak.rc != RK_OK) {
+        rc = ak.rc;
+        tj_fail(js, j, rc == RK_ETIMEOUT ? "teacher_timeout" : "teacher_failed", "prompt %zu: %s",
+             ak.err_idx + 1, ak.eb.msg);
+        goto asked;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool skip = false;
+        rc = add_answer(js, prompts[i], &ak.answers[i], tc->top_logprobs, ds, tg, i, &skip, &eb);
+        if (rc != RK_OK) {
+            tj_fail(js, j, rc == RK_ENOMEM ? "enomem" : "teacher_failed", "%s",
+                 rc == RK_ENOMEM ? "out of memory" : eb.msg);
+            goto asked;
+        }
+        skipped += skip;
+    }
+asked:
+    for (size_t i = 0; ak.answers && i < n; i++)
+        rk_teacher_answer_fini(&ak.answers[i]);
+    free(ak.answers);
+    pthread_mutex_destroy(&ak.mu);
+    if (rc != RK_OK)
+        goto out;
+    if (rk_dataset_len(ds) == 0) {
+        tj_fail(js, j, "teacher_failed", "teacher: every answer was empty (%zu prompts)", n);
+        rc = RK_EINVAL;
+        goto out;
+    }
+    status_note(js, j, "asking teacher: %zu/%zu (%zu empty answers left out)", n, n, skipped);
+    rk_log(RK_LOG_INFO, "jobs: %s: %zu teacher answers (%zu from the cache file), %zu positions "
+           "with logprobs", j->v.id, n, rk_teacher_cache_count(cache), rk_observer_targets_positions(tg));
+    *ds_out = ds;
+    ds = NULL;
+    if (tc->top_logprobs > 0) {
+        *tg_out = tg;
+        tg = NULL;
+    }
+    rc = RK_OK;
+out:
+    rk_jsonl_prompts_free(prompts, n);
+    rk_teacher_cache_free(cache);
+    rk_teacher_free(t);
+    rk_dataset_free(ds);
+    rk_observer_targets_free(tg);
+    return rc;
+}
+
+/* Shutdown: the running job is journaled as queued; the next start resumes it. */
+static void requeue_on_shutdown(struct rk_tjobs *js, struct rk_tjob *j)
+{
+    pthread_mutex_lock(&js->mu);
+    struct pending_ev pe = {0};
+    if (j->v.status == RK_TJOB_RUNNING) {
+        j->v.status = RK_TJOB_QUEUED;
+        pe = tj_status_event(j, "interrupted by shutdown; resumes from its last "
+                             "checkpoint at the next start");
+    }
+    pthread_mutex_unlock(&js->mu);
+    tj_journal_write(js, j, NULL);
+    tj_pending_flush(js, j->v.id, &pe);
+}
+
 static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
 {
     struct rk_srv *srv = js->srv;
@@ -196,6 +561,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     snprintf(r.id, sizeof r.id, "%s", j->v.id);
     tj_job_path(js, r.id, ".ckpt", r.ckpt_path, sizeof r.ckpt_path);
     struct rk_dataset *ds = NULL, *kds = NULL;
+    struct rk_observer_targets *targets = NULL;
     float *init = NULL, *out = NULL, *ckmem = NULL;
     void *data = NULL;
     size_t len = 0;
@@ -221,10 +587,32 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
              eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
         goto out;
     }
+    struct rk_tjob_hparams hp;
+    pthread_mutex_lock(&js->mu);
+    hp = j->v.hp;
+    long steps = j->v.steps;
+    pthread_mutex_unlock(&js->mu);
     struct rk_jsonl_limits lim = {js->lim.dataset_bytes_max, js->lim.examples_max,
                                   js->lim.seq_tokens_max};
-    if (reparse && ((rc = rk_dataset_create(&ds)) != RK_OK ||
-                    (rc = rk_jsonl_parse(data, len, srv->tok, &lim, ds, &eb)) != RK_OK)) {
+    if (rk_tune_method_find(hp.method) == &rk_method_observer) {
+        // The prompts come from the journal; submit keeps no dataset for them.
+        rk_dataset_free(ds);
+        ds = NULL;
+        if (!reparse && (rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len,
+                                               &eb)) != RK_OK) {
+            tj_fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the "
+                    "journal: %s", eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
+            goto out;
+        }
+        rc = observer_data(js, j, data, len, &hp, &ds, &targets);
+        if (rc == RK_ECANCELED && atomic_load(&j->cancel))
+            tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
+        else if (rc == RK_ECANCELED)
+            requeue_on_shutdown(js, j);
+        if (rc != RK_OK)
+            goto out;
+    } else if (reparse && ((rc = rk_dataset_create(&ds)) != RK_OK ||
+                           (rc = rk_jsonl_parse(data, len, srv->tok, &lim, ds, &eb)) != RK_OK)) {
         tj_fail(js, j, "invalid_dataset", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
         goto out;
     }
@@ -234,11 +622,6 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         tj_fail(js, j, "invalid_dataset", "the dataset has no training sequences");
         goto out;
     }
-    struct rk_tjob_hparams hp;
-    pthread_mutex_lock(&js->mu);
-    hp = j->v.hp;
-    long steps = j->v.steps;
-    pthread_mutex_unlock(&js->mu);
     if (hp.init_state[0]) {
         struct rk_state_ref *ref = NULL;
         rc = rk_store_get(srv->store, j->v.tenant, hp.init_state, &ref, &eb);
@@ -281,6 +664,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     tp.n_threads = js->lim.threads ? js->lim.threads : srv->cfg.threads;
     tp.checkpoint_cb = on_checkpoint;
     tp.resume = resumed ? &ck : NULL;
+    tp.method_data = targets;
     // Collateral protection: the KL term runs on the bundled generic text.
     if (tp.kl_weight > 0) {
         if ((rc = rk_generic_dataset(srv->tok, &kds)) != RK_OK) {
@@ -324,17 +708,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         if (atomic_load(&j->cancel)) {
             tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
         } else {
-            // Shutdown: journaled as queued; the next start resumes it.
-            pthread_mutex_lock(&js->mu);
-            struct pending_ev pe2 = {0};
-            if (j->v.status == RK_TJOB_RUNNING) {
-                j->v.status = RK_TJOB_QUEUED;
-                pe2 = tj_status_event(j, "interrupted by shutdown; resumes from its last "
-                                      "checkpoint at the next start");
-            }
-            pthread_mutex_unlock(&js->mu);
-            tj_journal_write(js, j, NULL);
-            tj_pending_flush(js, r.id, &pe2);
+            requeue_on_shutdown(js, j);
         }
         goto out;
     }
@@ -413,6 +787,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     tj_finish(js, j, RK_TJOB_SUCCEEDED, NULL, NULL);
 out:
     rk_dataset_free(ds);
+    rk_observer_targets_free(targets);
     rk_dataset_free(kds);
     free(data), free(init), free(out), free(ckmem);
 }
@@ -444,6 +819,7 @@ void *tj_worker_main(void *arg)
         if (!j->v.started_ms)
             j->v.started_ms = tj_wall_ms();
         j->v.attempts++;
+        atomic_store(&js->worker_halt, atomic_load(&js->stop_flag));
         bool eval = j->v.eval;
         pthread_mutex_unlock(&js->mu);
         if (eval)

@@ -99,6 +99,12 @@ void rk_metrics_render(struct rk_srv *srv, struct rk_buf *o)
             "counter", (double)atomic_load(&srv->judge_errors));
     counter(o, "rwkvd_judge_tokens_total", "Judge tokens (as the judge reports them).",
             "counter", (double)atomic_load(&srv->judge_tokens));
+    counter(o, "rwkvd_teacher_answers_total", "Teacher answers of observer jobs fetched from "
+            "the teacher.", "counter", (double)atomic_load(&srv->teacher_calls));
+    counter(o, "rwkvd_teacher_cached_total", "Teacher answers of observer jobs read from their "
+            "cache file.", "counter", (double)atomic_load(&srv->teacher_cached));
+    counter(o, "rwkvd_teacher_failures_total", "Teacher calls of observer jobs that failed.",
+            "counter", (double)atomic_load(&srv->teacher_errors));
     counter(o, "rwkvd_queue_depth", "Requests waiting for a sequence slot.", "gauge",
             srv->engine ? rk_engine_queued(srv->engine) : 0);
     counter(o, "rwkvd_active_sequences", "Sequences in prefill or decode.", "gauge",

@@ -109,21 +109,23 @@ static int listen_early(struct rk_srv *srv)
     return 0;
 }
 
-/* The best_of judge (teacher.h): its key comes from --judge-key-file (first
- * line, surrounding space trimmed) or RWKVD_JUDGE_API_KEY, and is never
+/* The best_of judge and the observer jobs' teacher (teacher.h): the key comes
+ * from --judge-key-file / --teacher-key-file (first line, surrounding space
+ * trimmed) or RWKVD_JUDGE_API_KEY / RWKVD_TEACHER_API_KEY, and is never
  * printed. */
-static int open_judge(struct rk_srv *srv)
+static int open_client(const char *name, const char *url, const char *model, const char *key_file,
+                       const char *key_env, int connect_ms, int timeout_ms, int retries,
+                       int inflight, size_t resp_max, struct rk_teacher **out)
 {
-    const struct rk_srv_config *c = &srv->cfg;
     struct rk_teacher_config tc;
     struct rk_errbuf eb = {0};
     char *key = NULL;
     rk_teacher_config_default(&tc);
-    if (c->judge_key_file) {
+    if (key_file) {
         void *buf = NULL;
         size_t len = 0;
-        if (rk_file_read_all(c->judge_key_file, 8192, &buf, &len, &eb) != RK_OK) {
-            fprintf(stderr, "rwkvd serve: judge key: %s\n", eb.msg);
+        if (rk_file_read_all(key_file, 8192, &buf, &len, &eb) != RK_OK) {
+            fprintf(stderr, "rwkvd serve: %s key: %s\n", name, eb.msg);
             return -1;
         }
         char *k0 = malloc(len + 1), *k = k0;
@@ -147,24 +149,24 @@ static int open_judge(struct rk_srv *srv)
         memset(k0, 0, strlen(k0));
         free(k0);
         if (!key || !*key) {
-            fprintf(stderr, "rwkvd serve: judge key file %s: %s\n", c->judge_key_file,
+            fprintf(stderr, "rwkvd serve: %s key file %s: %s\n", name, key_file,
                     key ? "empty" : "out of memory");
             free(key);
             return -1;
         }
-    } else if (getenv("RWKVD_JUDGE_API_KEY") && *getenv("RWKVD_JUDGE_API_KEY")) {
-        key = strdup(getenv("RWKVD_JUDGE_API_KEY"));
+    } else if (getenv(key_env) && *getenv(key_env)) {
+        key = strdup(getenv(key_env));
     }
-    tc.name = "judge";
-    tc.base_url = c->judge_url;
-    tc.model = c->judge_model;
+    tc.name = name;
+    tc.base_url = url;
+    tc.model = model;
     tc.api_key = key;
-    tc.connect_timeout_ms = c->judge_connect_timeout_ms;
-    tc.timeout_ms = c->judge_timeout_ms;
-    tc.retries = c->judge_retries;
-    tc.inflight_max = c->judge_max_inflight;
-    tc.response_bytes_max = c->judge_response_bytes_max;
-    int rc = rk_teacher_create(&tc, &srv->judge, &eb);
+    tc.connect_timeout_ms = connect_ms;
+    tc.timeout_ms = timeout_ms;
+    tc.retries = retries;
+    tc.inflight_max = inflight;
+    tc.response_bytes_max = resp_max;
+    int rc = rk_teacher_create(&tc, out, &eb);
     if (key) {
         memset(key, 0, strlen(key));
         free(key);
@@ -174,6 +176,24 @@ static int open_judge(struct rk_srv *srv)
         return -1;
     }
     return 0;
+}
+
+static int open_judge(struct rk_srv *srv)
+{
+    const struct rk_srv_config *c = &srv->cfg;
+    return open_client("judge", c->judge_url, c->judge_model, c->judge_key_file,
+                       "RWKVD_JUDGE_API_KEY", c->judge_connect_timeout_ms, c->judge_timeout_ms,
+                       c->judge_retries, c->judge_max_inflight, c->judge_response_bytes_max,
+                       &srv->judge);
+}
+
+static int open_teacher(struct rk_srv *srv)
+{
+    const struct rk_srv_config *c = &srv->cfg;
+    return open_client("teacher", c->teacher_url, c->teacher_model, c->teacher_key_file,
+                       "RWKVD_TEACHER_API_KEY", c->teacher_connect_timeout_ms,
+                       c->teacher_timeout_ms, c->teacher_retries, c->teacher_max_inflight,
+                       c->teacher_response_bytes_max, &srv->teacher);
 }
 
 int rk_cmd_serve(int argc, char **argv)
@@ -232,6 +252,8 @@ int rk_cmd_serve(int argc, char **argv)
         }
     }
     if (c->judge_url && open_judge(srv) != 0)
+        goto out;
+    if (c->teacher_url && open_teacher(srv) != 0)
         goto out;
     if (listen_early(srv) != 0)
         goto out;
@@ -304,6 +326,7 @@ out:
     rk_store_free(srv->store);
     rk_auth_free(srv->auth);
     rk_teacher_free(srv->judge);
+    rk_teacher_free(srv->teacher);
     rk_bestof_budget_free(srv);
     rk_tok_free(srv->tok);
     rk_model_free(srv->model);

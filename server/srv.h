@@ -66,7 +66,16 @@ struct rk_srv_config {
     size_t judge_response_bytes_max;
     int judge_calls_per_min;     /* per tenant */
     int judge_tokens_per_min;    /* per tenant, as the judge reports them */
+    /* the teacher of observer tuning jobs (jobs_worker.c, teacher.c) */
+    const char *teacher_url, *teacher_model, *teacher_key_file;
+    const char *teacher_allowed_urls; /* comma-separated base URLs a job may pick */
+    int teacher_connect_timeout_ms, teacher_timeout_ms, teacher_retries, teacher_max_inflight;
+    size_t teacher_response_bytes_max;
 };
+
+/* Is `url` one of the comma-separated base URLs in `list` (trailing slashes
+ * ignored)? NULL list: no. (api_bestof.c) */
+bool rk_url_in_list(const char *list, const char *url);
 
 /* Fill defaults, then environment (RWKVD_*), then argv. Returns 0 to run,
  * 1 after printing --help (exit 0), -1 on a bad option (message printed). */
@@ -397,6 +406,8 @@ struct rk_srv {
     struct rk_teacher *judge; /* best_of's judge (teacher.h); NULL: none configured */
     struct rk_bestof_budget *judge_budget; /* per-tenant judge use (api_bestof.c; loop thread) */
     atomic_uint_fast64_t judge_calls, judge_errors, judge_tokens; /* metrics */
+    struct rk_teacher *teacher; /* observer jobs' teacher (teacher.h); NULL: none configured */
+    atomic_uint_fast64_t teacher_calls, teacher_cached, teacher_errors; /* metrics */
     char model_name[128];
     struct rk_metrics metrics;
     struct rk_route *routes;

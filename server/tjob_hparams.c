@@ -18,7 +18,12 @@ void rk_tjob_hparams_default(struct rk_tjob_hparams *hp, long checkpoint_every)
     snprintf(hp->method, sizeof hp->method, "%s", rk_tune_method_default()->name);
     hp->epochs = NAN;
     hp->lr_multiplier = 1;
+    hp->teacher.max_tokens = 128;
+    hp->teacher.temperature = 0;
+    hp->teacher.top_logprobs = 0;
 }
+
+static bool is_observer(const struct rk_tjob_hparams *hp) { return !strcmp(hp->method, "observer"); }
 
 static json_t *value_json(const struct rk_hparam *h, const struct rk_tjob_hparams *hp,
                           bool journal)
@@ -51,6 +56,19 @@ json_t *rk_tjob_hparams_json(const struct rk_tjob_hparams *hp, bool journal)
             json_object_set_new(o, t[i].name, value_json(&t[i], hp, journal));
     if (journal)
         json_object_set_new(o, "lr_multiplier", json_real(hp->lr_multiplier));
+    if (is_observer(hp)) {
+        const struct rk_tjob_teacher *tc = &hp->teacher;
+        json_t *to = json_object();
+        json_object_set_new(to, "url", tc->url[0] ? json_string(tc->url) : json_null());
+        json_object_set_new(to, "model", tc->model[0] ? json_string(tc->model) : json_null());
+        json_object_set_new(to, "endpoint", json_string(tc->chat ? "chat" : "completions"));
+        json_object_set_new(to, "max_tokens", json_integer(tc->max_tokens));
+        json_object_set_new(to, "temperature", json_real(tc->temperature));
+        json_object_set_new(to, "top_logprobs", json_integer(tc->top_logprobs));
+        json_object_set_new(to, "instruction",
+                            tc->instruction[0] ? json_string(tc->instruction) : json_null());
+        json_object_set_new(o, "teacher", to);
+    }
     return o;
 }
 
@@ -62,6 +80,25 @@ void rk_tjob_hparams_from_json(json_t *o, struct rk_tjob_hparams *hp)
     json_t *x = json_object_get(o, "lr_multiplier");
     if (json_is_number(x))
         hp->lr_multiplier = json_number_value(x);
+    json_t *to = json_object_get(o, "teacher");
+    if (json_is_object(to)) {
+        struct rk_tjob_teacher *tt = &hp->teacher;
+        const char *s;
+        if ((s = json_string_value(json_object_get(to, "url"))))
+            snprintf(tt->url, sizeof tt->url, "%s", s);
+        if ((s = json_string_value(json_object_get(to, "model"))))
+            snprintf(tt->model, sizeof tt->model, "%s", s);
+        if ((s = json_string_value(json_object_get(to, "instruction"))))
+            snprintf(tt->instruction, sizeof tt->instruction, "%s", s);
+        if ((s = json_string_value(json_object_get(to, "endpoint"))))
+            tt->chat = !strcmp(s, "chat");
+        if (json_is_integer(x = json_object_get(to, "max_tokens")))
+            tt->max_tokens = (int)json_integer_value(x);
+        if (json_is_number(x = json_object_get(to, "temperature")))
+            tt->temperature = json_number_value(x);
+        if (json_is_integer(x = json_object_get(to, "top_logprobs")))
+            tt->top_logprobs = (int)json_integer_value(x);
+    }
     size_t n;
     const struct rk_hparam *t = rk_hparams(&n);
     for (size_t i = 0; i < n; i++) {

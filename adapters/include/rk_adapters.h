@@ -315,6 +315,10 @@ RK_API size_t rk_dataset_n_targets(const struct rk_dataset *d); /* selected posi
 /* Borrow sequence i (valid until the dataset is freed). */
 RK_API void rk_dataset_get(const struct rk_dataset *d, size_t i, const uint32_t **tokens,
                            const uint8_t **loss_mask, size_t *n);
+/* The tag of sequence i: its index in the dataset it was first added to,
+ * kept by rk_dataset_split (so per-sequence data of a method, such as a
+ * teacher's distributions, can be found from a split's sequence). */
+RK_API uint64_t rk_dataset_tag(const struct rk_dataset *d, size_t i);
 /* Borrow mc item i (pointers valid until the dataset is freed). */
 RK_API void rk_dataset_get_mc(const struct rk_dataset *d, size_t i, struct rk_mc_item *out);
 /* Largest token id + 1 over everything held (0 when empty). */
@@ -466,6 +470,34 @@ RK_API const struct rk_tune_method *rk_tune_method_default(void);
 RK_API extern const struct rk_tune_method rk_method_standard;
 RK_API extern const struct rk_tune_method rk_method_kernel;
 RK_API extern const struct rk_tune_method rk_method_dbp;
+RK_API extern const struct rk_tune_method rk_method_observer;
+
+/*
+ * The observer method's targets: the teacher's top-k distributions, per
+ * training sequence (indexed by rk_dataset_tag) and answer position. Pass
+ * them as p->method_data; positions without one get cross-entropy.
+ */
+struct rk_observer_targets;
+RK_API int rk_observer_targets_create(size_t n_seq, struct rk_observer_targets **out);
+RK_API void rk_observer_targets_free(struct rk_observer_targets *o);
+/* Positions holding a distribution, over all sequences. */
+RK_API size_t rk_observer_targets_positions(const struct rk_observer_targets *o);
+/* The distributions of sequence `seq` at target positions t0 .. t0+n_pos-1
+ * (position t predicts token t+1): k entries per position, ids[p*k+i] with
+ * log-probability lps[p*k+i] (-INFINITY or id UINT32_MAX: no entry; 1 <= k
+ * <= 64). Probabilities of the same id add up; with S their sum, q_i = p_i /
+ * max(S, 1) and the rest bin gets max(0, 1 - S) / max(S, 1). RK_EFORMAT (eb
+ * says where) for a log-probability above 0 (1e-3 of slack) or NaN, or
+ * probabilities summing to more than 1.01. Replaces earlier targets. */
+RK_API int rk_observer_targets_set(struct rk_observer_targets *o, size_t seq, size_t t0,
+                                   size_t n_pos, int k, const uint32_t *ids, const double *lps,
+                                   struct rk_errbuf *eb);
+/* One row of the observer loss: KL(q || s) between the teacher's bins (q[k]
+ * over ids[k], UINT32_MAX unused, plus q_rest) and the softmax of logits[V]
+ * folded into the same bins; returns it and overwrites logits with
+ * dKL/dlogits / nsel (an rk_logits_loss_fn's contract). */
+RK_API double rk_observer_kl_row(float *logits, int V, const uint32_t *ids, const float *q, int k,
+                                 float q_rest, size_t nsel);
 
 /* Saved between steps so that an interrupted job can resume bit-identically
  * (same parameters, dataset and thread count). Arrays are [len] floats, the
@@ -542,6 +574,8 @@ struct rk_tune_params {
     double dbp_lr;         /* DBP: step of the decorrelating matrix (1e-3) */
     rk_tune_checkpoint_cb *checkpoint_cb; /* may be NULL */
     const struct rk_tune_checkpoint *resume; /* borrowed; NULL = fresh start */
+    const void *method_data; /* borrowed; per-run data of the method's loss
+                                (observer: struct rk_observer_targets), or NULL */
     /* Collateral protection (docs/TUNING.md): with kl_weight > 0 each step
      * adds kl_weight * KL(p_base || p_state), averaged over the positions of
      * kl_batch sequences of kl_data, to the loss. p_base is the model's

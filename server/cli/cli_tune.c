@@ -338,6 +338,13 @@ int rk_cmd_tune(int argc, char **argv)
                 free(opts);
                 return 2;
             }
+            if (tp.method == &rk_method_observer) {
+                fprintf(stderr, "rwkvd tune: the observer method asks a teacher endpoint and "
+                        "runs as a server job (POST /tune on a server started with "
+                        "--teacher-url); `rwkvd tune` has no teacher\n");
+                free(opts);
+                return 2;
+            }
             break;
         case OPT_QUIET: ui.quiet = true; break;
         case OPT_LOG:

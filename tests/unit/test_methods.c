@@ -27,7 +27,8 @@ START_TEST(test_method_table)
     ck_assert_ptr_null(rk_tune_method_find(NULL));
     char names[128];
     rk_tune_method_names(names, sizeof names);
-    ck_assert_str_eq(names, "standard, kernel, dbp");
+    ck_assert_str_eq(names, "standard, kernel, dbp, observer");
+    ck_assert_ptr_eq(rk_tune_method_find("observer"), &rk_method_observer);
     for (size_t i = 0; i < n; i++) {
         const struct rk_tune_method *m = ms[i];
         ck_assert(m->name && m->help && m->params_len && m->params_init && m->to_state &&
@@ -286,6 +287,115 @@ START_TEST(test_hparams_documented)
 }
 END_TEST
 
+
+/* --- the observer method's KL loss -------------------------------------------- */
+
+/* The loss of one row without touching `lg` (a copy goes through the hook). */
+static double kl_at(const float *lg, int V, const uint32_t *ids, const float *q, int k,
+                    float rest)
+{
+    float tmp[64];
+    memcpy(tmp, lg, (size_t)V * sizeof(float));
+    return rk_observer_kl_row(tmp, V, ids, q, k, rest, 1);
+}
+
+/* The gradient of KL(q || s) against central differences, at a point where
+ * every bin (the rest included) has weight; with nsel = 3 it is a third. */
+START_TEST(test_observer_kl_grad)
+{
+    enum { V = 40, K = 5 };
+    float lg[V], g[V];
+    for (int v = 0; v < V; v++)
+        lg[v] = (float)((v * 7919) % 23) * 0.125f - 1.5f;
+    uint32_t ids[K] = {3, 17, 5, UINT32_MAX, 30};
+    double lps[K] = {log(0.4), log(0.2), log(0.1), -INFINITY, log(0.05)};
+    struct rk_observer_targets *o = NULL;
+    struct rk_errbuf eb = {0};
+    ck_assert_int_eq(rk_observer_targets_create(1, &o), RK_OK);
+    ck_assert_int_eq(rk_observer_targets_set(o, 0, 0, 1, K, ids, lps, &eb), RK_OK);
+    ck_assert_uint_eq(rk_observer_targets_positions(o), 1);
+    rk_observer_targets_free(o);
+    /* the same renormalisation by hand: S = 0.75 < 1, rest = 0.25 */
+    float q[K] = {0.4f, 0.2f, 0.1f, 0, 0.05f}, rest = 0.25f;
+    memcpy(g, lg, sizeof g);
+    double l = rk_observer_kl_row(g, V, ids, q, K, rest, 3);
+    ck_assert(l > 0 && isfinite(l));
+    const float h = 1.0f / 64;
+    for (int v = 0; v < V; v++) {
+        float a[V], b[V];
+        memcpy(a, lg, sizeof a);
+        memcpy(b, lg, sizeof b);
+        a[v] += h;
+        b[v] -= h;
+        double fd = (kl_at(a, V, ids, q, K, rest) - kl_at(b, V, ids, q, K, rest)) / (2 * h);
+        ck_assert_msg(fabs(fd - 3 * (double)g[v]) < 2e-4, "v=%d fd=%g grad=%g", v, fd,
+                      3 * (double)g[v]);
+    }
+}
+END_TEST
+
+/* A teacher whose top-k are the student's own probabilities: KL = 0 and no
+ * gradient; malformed log-probabilities are refused. */
+START_TEST(test_observer_kl_zero)
+{
+    enum { V = 32, K = 6 };
+    float lg[V];
+    double se = 0;
+    for (int v = 0; v < V; v++) {
+        lg[v] = (float)((v * 31) % 13) * 0.3f - 2;
+        se += exp((double)lg[v]);
+    }
+    uint32_t ids[K] = {0, 9, 4, 21, 13, 2};
+    double lps[K];
+    for (int i = 0; i < K; i++)
+        lps[i] = (double)lg[ids[i]] - log(se);
+    struct rk_observer_targets *o = NULL;
+    struct rk_errbuf eb = {0};
+    ck_assert_int_eq(rk_observer_targets_create(2, &o), RK_OK);
+    ck_assert_int_eq(rk_observer_targets_set(o, 1, 4, 1, K, ids, lps, &eb), RK_OK);
+    /* the targets through the loss hook of a run, at position 4 of sequence 1 */
+    struct rk_dataset *ds = NULL;
+    uint32_t tok[6] = {1, 2, 3, 4, 5, 6};
+    ck_assert_int_eq(rk_dataset_create(&ds), RK_OK);
+    ck_assert_int_eq(rk_dataset_add(ds, tok, NULL, 3), RK_OK);
+    ck_assert_int_eq(rk_dataset_add(ds, tok, NULL, 6), RK_OK);
+    ck_assert_uint_eq(rk_dataset_tag(ds, 1), 1);
+    struct rk_tune_params p;
+    rk_tune_params_default(&p);
+    p.method = &rk_method_observer;
+    p.method_data = o;
+    struct rk_tune_loss_ctx lc = {.p = &p, .ds = ds, .seq = 1};
+    float g[V];
+    memcpy(g, lg, sizeof g);
+    double l = rk_method_observer.loss(g, V, 4, 7, 1, &lc);
+    ck_assert_msg(fabs(l) < 1e-6, "KL %g", l);
+    for (int v = 0; v < V; v++)
+        ck_assert_msg(fabs(g[v]) < 1e-6, "v=%d grad %g", v, (double)g[v]);
+    /* outside the answer: cross-entropy */
+    memcpy(g, lg, sizeof g);
+    ck_assert(fabs(rk_method_observer.loss(g, V, 3, 7, 1, &lc) -
+                   (log(se) - (double)lg[7])) < 1e-5);
+    /* a split keeps the tags */
+    struct rk_dataset *tr = NULL, *va = NULL;
+    ck_assert_int_eq(rk_dataset_split(ds, 0.5, 1, &tr, &va), RK_OK);
+    ck_assert_uint_eq(rk_dataset_tag(tr, 0) + rk_dataset_tag(va, 0), 1);
+    rk_dataset_free(tr), rk_dataset_free(va), rk_dataset_free(ds);
+    /* malformed: above 0, NaN, a sum above 1 */
+    double bad[K] = {0.5, -1, -1, -1, -1, -1};
+    ck_assert_int_eq(rk_observer_targets_set(o, 0, 0, 1, K, ids, bad, &eb), RK_EFORMAT);
+    bad[0] = NAN;
+    ck_assert_int_eq(rk_observer_targets_set(o, 0, 0, 1, K, ids, bad, &eb), RK_EFORMAT);
+    for (int i = 0; i < K; i++)
+        bad[i] = log(0.3);
+    ck_assert_int_eq(rk_observer_targets_set(o, 0, 0, 1, K, ids, bad, &eb), RK_EFORMAT);
+    ck_assert(strstr(eb.msg, "sum"));
+    /* one id twice adds up (0.3 + 0.3 + 0.3 = 0.9 < 1) */
+    uint32_t dup[3] = {5, 5, 6};
+    ck_assert_int_eq(rk_observer_targets_set(o, 0, 0, 1, 3, dup, bad, &eb), RK_OK);
+    rk_observer_targets_free(o);
+}
+END_TEST
+
 RK_TEST_SUITE(methods_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("methods");
@@ -294,6 +404,8 @@ RK_TEST_SUITE(methods_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_method_table);
     tcase_add_test(tc, test_method_standard);
     tcase_add_test(tc, test_loss_hook);
+    tcase_add_test(tc, test_observer_kl_grad);
+    tcase_add_test(tc, test_observer_kl_zero);
     tcase_add_test(tc, test_ckpt_roundtrip);
     tcase_add_test(tc, test_hparams_table);
     tcase_add_test(tc, test_hparams_documented);
