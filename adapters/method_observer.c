@@ -227,5 +227,6 @@ const struct rk_tune_method rk_method_observer = {
     .grad_to_params = obs_grad,
     .trainable = obs_trainable,
     .loss = obs_loss,
-    .infer_token = NULL,
+    .extra = NULL,
+    .to_adapter = NULL,
 };
