@@ -72,10 +72,15 @@ int rk__q8_quantize_row(uint8_t *q, uint16_t *scale, const float *x, size_t cols
             float a = fabsf(v[k]);
             amax = a > amax ? a : amax;
         }
-        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        float d = amax / 127.0f;
         uint16_t h = rk__f32_to_f16(d);
-        if (!isfinite(rk__f16_to_f32(h)))
+        float dh = rk__f16_to_f32(h);
+        if (!isfinite(dh))
             return RK_ENUMERIC; /* |x| above 127 * 65504 */
+        /* A block whose scale rounds to 0 in fp16 (|x| below about 4e-6)
+         * dequantizes to zeros whatever q holds: store q = 0 there, and never
+         * form 1/d of a subnormal d (an infinite id would make 0 * id NaN). */
+        float id = dh != 0.0f ? 1.0f / d : 0.0f;
         scale[b] = h;
         for (int k = 0; k < QB; k++) {
             float r = roundf(v[k] * id);
