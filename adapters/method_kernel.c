@@ -47,7 +47,11 @@
  * default elsewhere); the loader picks one per process. Both compute the
  * same operations in the same order (16 running sums per dot product, one
  * vector register or four), so they agree bit for bit. */
-#if defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+/* Not under the sanitizers: an ifunc resolver runs while the dynamic loader
+ * relocates, before a sanitizer's runtime is up, and its instrumented code
+ * crashes there (ThreadSanitizer: every process at start). */
+#if defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(__SANITIZE_THREAD__)
 #define HOT __attribute__((target_clones("avx512f", "default")))
 #else
 #define HOT
