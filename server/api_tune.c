@@ -70,10 +70,10 @@ static bool parse_teacher(struct rk_http_req *r, json_t *body, bool observer,
         return false;
     }
     if (url && !(srv->teacher && !strcmp(url, rk_teacher_url(srv->teacher))) &&
-        !rk_url_in_list(srv->cfg.teacher_allowed_urls, url)) {
+        !rk_url_in_list(srv->cfg.teacher.allowed_urls, url)) {
         rk_http_error(r, 403, "teacher_url_not_allowed", "teacher.url",
                       "this server does not let jobs choose the teacher's URL%s",
-                      srv->cfg.teacher_allowed_urls
+                      srv->cfg.teacher.allowed_urls
                           ? " except those in its --teacher-allowed-urls list" : "");
         return false;
     }

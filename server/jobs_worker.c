@@ -356,8 +356,8 @@ static int ask_one(struct asking *ak, size_t i, struct rk_errbuf *eb)
         .temperature = tc->temperature,
         .top_logprobs = tc->top_logprobs > 0 ? tc->top_logprobs : -1,
     };
-    int64_t deadline = rk_now_us() + (int64_t)srv->cfg.teacher_timeout_ms * 1000 *
-                                         (srv->cfg.teacher_retries + 2);
+    int64_t deadline = rk_now_us() + (int64_t)srv->cfg.teacher.timeout_ms * 1000 *
+                                         (srv->cfg.teacher.retries + 2);
     int rc = rk_teacher_call(ak->t, &q, ak->cache, deadline, &ak->js->worker_halt,
                              &ak->answers[i], eb);
     free(cprompt);
@@ -429,11 +429,11 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
         c.name = "teacher";
         c.base_url = tc->url;
         c.model = tc->model;
-        c.connect_timeout_ms = srv->cfg.teacher_connect_timeout_ms;
-        c.timeout_ms = srv->cfg.teacher_timeout_ms;
-        c.retries = srv->cfg.teacher_retries;
-        c.inflight_max = srv->cfg.teacher_max_inflight;
-        c.response_bytes_max = srv->cfg.teacher_response_bytes_max;
+        c.connect_timeout_ms = srv->cfg.teacher.connect_timeout_ms;
+        c.timeout_ms = srv->cfg.teacher.timeout_ms;
+        c.retries = srv->cfg.teacher.retries;
+        c.inflight_max = srv->cfg.teacher.max_inflight;
+        c.response_bytes_max = srv->cfg.teacher.response_bytes_max;
         rc = rk_teacher_create(&c, &t, &eb);
     } else
         rc = rk_errbuf_set(&eb, RK_EINVAL, "no teacher is configured on this server");
@@ -457,7 +457,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
     // then build the data in prompt order.
     struct asking ak = {.js = js, .t = t, .cache = cache, .tc = tc, .prompts = prompts, .n = n,
                         .answers = calloc(n, sizeof *ak.answers)};
-    int nth = srv->cfg.teacher_max_inflight < ASKERS_MAX ? srv->cfg.teacher_max_inflight
+    int nth = srv->cfg.teacher.max_inflight < ASKERS_MAX ? srv->cfg.teacher.max_inflight
                                                          : ASKERS_MAX;
     if ((size_t)nth > n)
         nth = (int)n;
