@@ -31,7 +31,7 @@
  * keeps its written order and rounding, so the AVX-512 and the portable
  * builds of the functions below (HOT) give the same bits. */
 #pragma GCC optimize("O3", "fp-contract=off")
-#include "rk_adapters.h"
+#include "method_standard.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -428,18 +428,11 @@ static void k_init(const struct rk_model *m, const struct rk_tune_params *p, con
     }
 }
 
-static void k_to_state(const struct rk_model *m, const struct rk_tune_params *p,
-                       const float *params, float *state)
-{
-    (void)p;
-    memcpy(state, params, rk_state_len(m) * sizeof(float));
-}
-
 /* The state part as "standard" has it; the rest zero (extra->grad adds P's). */
 static void k_grad(const struct rk_model *m, const struct rk_tune_params *p, const float *params,
                    const float *dstate, float *dparams)
 {
-    rk_method_standard.grad_to_params(m, p, params, dstate, dparams);
+    rk_std_grad_to_params(m, p, params, dstate, dparams);
     size_t slen = rk_state_len(m);
     memset(dparams + slen, 0, (k_len(m, p) - slen) * sizeof(float));
 }
@@ -448,7 +441,7 @@ static void k_grad(const struct rk_model *m, const struct rk_tune_params *p, con
 static size_t k_trainable(const struct rk_model *m, const struct rk_tune_params *p,
                           struct rk_span *spans, size_t cap)
 {
-    size_t n = rk_method_standard.trainable(m, p, spans, cap);
+    size_t n = rk_std_trainable(m, p, spans, cap);
     struct rk_kernel_layout kl;
     rk_kernel_layout(m, p->kernel_m, &kl);
     if (n < cap)
@@ -658,33 +651,28 @@ static const struct rk_tune_extra kernel_extra = {
     .after_update = kx_after,
 };
 
+/* Both entries: "standard" (its to_state: the state is the parameters'
+ * first part) with the kernel memory's hooks; is_dbp tells them apart. */
+#define KERNEL_HOOKS                                                                              \
+    RK_METHOD_STANDARD_HOOKS, .params_len = k_len, .params_init = k_init,                         \
+    .grad_to_params = k_grad, .trainable = k_trainable, .extra = &kernel_extra,                   \
+    .to_adapter = k_to_adapter
+
+RK_METHOD_OVERRIDES_BEGIN
 const struct rk_tune_method rk_method_kernel = {
+    KERNEL_HOOKS,
     .name = "kernel",
     .help = "Adam on the initial state and a kernel memory P [N][M] per head, read through "
             "random Fourier features of the receptance",
-    .params_len = k_len,
-    .params_init = k_init,
-    .to_state = k_to_state,
-    .grad_to_params = k_grad,
-    .trainable = k_trainable,
-    .loss = NULL,
-    .extra = &kernel_extra,
-    .to_adapter = k_to_adapter,
 };
 
 const struct rk_tune_method rk_method_dbp = {
+    KERNEL_HOOKS,
     .name = "dbp",
     .help = "the kernel state with P = Ptilde R, R a decorrelating matrix per layer "
             "(decorrelated backpropagation)",
-    .params_len = k_len,
-    .params_init = k_init,
-    .to_state = k_to_state,
-    .grad_to_params = k_grad,
-    .trainable = k_trainable,
-    .loss = NULL,
-    .extra = &kernel_extra,
-    .to_adapter = k_to_adapter,
 };
+RK_METHOD_OVERRIDES_END
 
 int rk_tune_export(const struct rk_model *m, const struct rk_tune_params *p, const float *params,
                    float **out, struct rk_state_meta *meta)
