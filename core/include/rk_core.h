@@ -91,6 +91,13 @@ RK_API void rk_log_set(rk_log_cb *fn, void *user);
 RK_API void rk_log(enum rk_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* --- kernel switches ------------------------------------------------------ */
+
+/* Whether this process runs AVX-512 kernels: the CPU has them and
+ * RWKVD_NO_AVX512 is unset or "0" (core/cpu.c decides once per process).
+ * Kernels outside the core (the kernel states' read-out term) follow it. */
+RK_API bool rk_cpu_avx512(void);
+
 /* --- cancellation and progress -------------------------------------------- */
 
 /* Returns true to stop a long operation at the next step boundary. */

@@ -17,7 +17,10 @@
  *   4. state files: a kernel state round-trips through format_version 2,
  *      the plain reader refuses it, standard files stay version 1;
  *   5. tuning: kernel and dbp runs lower the loss, and resume bit-identically
- *      from a checkpoint.
+ *      from a checkpoint;
+ *   6. the two builds of the hot loops (AVX-512 and portable) give the same
+ *      bits in a kernel and a dbp run, and RWKVD_NO_AVX512 selects the
+ *      portable one.
  */
 #include "check_common.h"
 #include "rk_adapters.h"
@@ -631,6 +634,62 @@ END_TEST
 START_TEST(test_dbp_tune) { tune_case(&rk_method_dbp); }
 END_TEST
 
+/* A few steps of `me` on the portable build and on the one the process
+ * chose: the same parameters, bit for bit (forward, backward, the gradient
+ * of P or Ptilde, and dbp's update of R all run in them). */
+static void builds_case(const struct rk_tune_method *me)
+{
+    struct rk_model *m = NULL;
+    struct rk_errbuf eb;
+    ck_assert_msg(rk_model_load(rk_test_data("rand-mh.safetensors"), NULL, &m, &eb) == RK_OK,
+                  "%s", eb.msg);
+    struct rk_dataset *ds = NULL;
+    rk_dataset_create(&ds);
+    for (int k = 0; k < 4; k++) {
+        uint32_t t[20];
+        for (int i = 0; i < 20; i++)
+            t[i] = (uint32_t)((k * 13 + i * 7) % 300);
+        ck_assert_int_eq(rk_dataset_add(ds, t, NULL, 20), RK_OK);
+    }
+    struct rk_tune_params p;
+    rk_tune_params_default(&p);
+    p.method = me;
+    p.kernel_m = 48; /* 3 vectors of 16: the AVX-512 build's main loops and no tail */
+    p.steps = 3;
+    p.batch = 2;
+    p.lr = 0.05;
+    p.warmup = 0;
+    p.val_split = 0;
+    p.n_threads = 1;
+    p.dbp_lr = 0.01;
+    size_t plen = rk_tune_params_len(m, &p);
+    float *a = malloc(plen * sizeof(float)), *b = malloc(plen * sizeof(float));
+    rk_kernel_force_portable(true);
+    ck_assert_int_eq(rk_tune_run(m, &p, ds, NULL, NULL, NULL, NULL, a, NULL), RK_OK);
+    rk_kernel_force_portable(false);
+    ck_assert_int_eq(rk_tune_run(m, &p, ds, NULL, NULL, NULL, NULL, b, NULL), RK_OK);
+    ck_assert_msg(memcmp(a, b, plen * sizeof(float)) == 0, "%s: the builds differ (AVX-512: %d)",
+                  me->name, (int)rk_cpu_avx512());
+    struct rk_kernel_layout kl;
+    rk_kernel_layout(m, p.kernel_m, &kl);
+    double pn = 0;
+    for (size_t i = kl.P; i < kl.omega; i++)
+        pn += (double)a[i] * a[i];
+    ck_assert(pn > 0); /* P (or Ptilde) was trained */
+    const char *no = getenv("RWKVD_NO_AVX512");
+    if (no && *no && *no != '0')
+        ck_assert(!rk_cpu_avx512());
+    free(a), free(b);
+    rk_dataset_free(ds);
+    rk_model_free(m);
+}
+
+START_TEST(test_kernel_builds) { builds_case(&rk_method_kernel); }
+END_TEST
+
+START_TEST(test_dbp_builds) { builds_case(&rk_method_dbp); }
+END_TEST
+
 RK_TEST_SUITE(kernel_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("kernel");
@@ -646,6 +705,8 @@ RK_TEST_SUITE(kernel_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_kernel_state_file);
     tcase_add_test(tc, test_kernel_tune);
     tcase_add_test(tc, test_dbp_tune);
+    tcase_add_test(tc, test_kernel_builds);
+    tcase_add_test(tc, test_dbp_builds);
     suite_add_tcase(s, tc);
     return s;
 }
