@@ -168,7 +168,7 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
     char path[1100];
     tj_job_path(js, j->v.id, ".ckpt", path, sizeof path);
     unlink(path);
-    tj_job_path(js, j->v.id, ".teacher-cache.json", path, sizeof path);
+    tj_job_path(js, j->v.id, ".teacher-cache.jsonl", path, sizeof path);
     unlink(path);
     tj_wake_loop(js);
     rk_log(RK_LOG_INFO, "jobs: %s %s%s%s", j->v.id, rk_tjob_status_name(st), msg ? ": " : "",
@@ -441,7 +441,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
         tj_fail(js, j, "teacher_not_configured", "%s", eb.msg);
         goto out;
     }
-    tj_job_path(js, j->v.id, ".teacher-cache.json", path, sizeof path);
+    tj_job_path(js, j->v.id, ".teacher-cache.jsonl", path, sizeof path);
     if ((rc = rk_teacher_cache_open(path, n + 16, (size_t)256 << 20, &cache, &eb)) != RK_OK) {
         rk_log(RK_LOG_WARN, "jobs: %s: %s", j->v.id, eb.msg);
         tj_fail(js, j, "teacher_cache_unreadable", "the job's teacher cache is unreadable: %s",

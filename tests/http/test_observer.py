@@ -16,6 +16,7 @@ never appears in job records, errors or the log.
 
 usage: test_observer.py RWKVD DEMO_MODEL
 """
+import json
 import os
 import shutil
 import signal
@@ -138,11 +139,18 @@ def main():
         while get_json(sp, "/jobs/" + jid)["step"] < 4:
             assert time.time() - t0 < 60, "the job does not train"
             time.sleep(0.05)
-        cache = os.path.join(tmp, "student", "jobs", jid + ".teacher-cache.json")
+        cache = os.path.join(tmp, "student", "jobs", jid + ".teacher-cache.jsonl")
         assert os.path.exists(cache), os.listdir(os.path.join(tmp, "student", "jobs"))
         student.send_signal(signal.SIGKILL)
         student.wait()
         procs.remove(student)
+        # one JSON line per answer, appended; a record torn by the kill is
+        # ignored on resume (here: one written after it, without its newline)
+        with open(cache) as f:
+            recs = [json.loads(line) for line in f.read().splitlines()]
+        assert len(recs) == 4 and all(sorted(r) == ["answer", "key"] for r in recs), recs
+        with open(cache, "a") as f:
+            f.write('{"key": "http://127.0.0.1:1/v1 {\\"model\\"')
         seqs1 = metric(tp, "rwkvd_sequences_started_total")
         student, sp = start(rwkvd, model, tmp, "student", student_args)
         procs.append(student)
@@ -153,6 +161,9 @@ def main():
         assert metric(sp, "rwkvd_teacher_answers_total") == 0
         assert metric(sp, "rwkvd_teacher_cached_total") == 4
         assert metric(tp, "rwkvd_sequences_started_total") == seqs1
+        with open(cache) as f:
+            text = f.read()
+        assert text.count("\n") == 4 and text.endswith("\n"), text[-200:]  # the torn end cut off
         j = get_json(sp, "/jobs/" + jid)
         assert j["resumed_from_step"] >= 2, j
         st, j = post(sp, "/jobs/%s/cancel" % jid, {})
