@@ -119,7 +119,8 @@ class _WKV(torch.autograd.Function):
         ck = torch.empty(B * H * (T // CHUNK) * N * N, device=r.device, dtype=torch.float32)
         _wkv_fwd[(B * H,)](*ins, y, ck, T, H, N=N, L=CHUNK, num_warps=4)
         ctx.save_for_backward(*ins, ck)
-        return y
+        ctx.dtypes = [x.dtype for x in (r, logw, k, v, a, b)]
+        return y.to(r.dtype)
 
     @staticmethod
     def backward(ctx, dy):
@@ -130,7 +131,7 @@ class _WKV(torch.autograd.Function):
         grads = [torch.empty_like(x) for x in (r, logw, k, v, a, b)]
         _wkv_bwd[(B * H,)](r, logw, k, v, a, b, dy.float().contiguous(), ck, scs, ssa, *grads, T, H,
                            N=N, L=CHUNK, num_warps=4)
-        return tuple(grads)
+        return tuple(g.to(dt) for g, dt in zip(grads, ctx.dtypes))
 
 
 def wkv_triton(r, logw, k, v, a, b, s0=None):
