@@ -161,7 +161,7 @@ def task_rows(a, tmp, task):
             runs = []
             for seed in range(a.seeds):
                 log(f"{task}: {arm} seed {seed}")
-                tcfg = {"max_tokens": max_tokens}
+                tcfg = {"max_tokens": max_tokens, "stop": stop[:4]}
                 if k:
                     tcfg["top_logprobs"] = k
                 sid = f"{arm.replace('_', '-')}-{seed}"
