@@ -226,8 +226,9 @@ static uint32_t one_token(const struct rk_tokenizer *tok, const char *s)
  * empty answer. RK_EFORMAT with the reason in eb for a wrong vocabulary or
  * malformed logprobs. */
 static int add_answer(struct rk_tjobs *js, const char *prompt, const struct rk_teacher_answer *a,
-                      int top, struct rk_dataset *ds, struct rk_observer_targets *tg, size_t idx,
-                      bool *skipped, struct rk_errbuf *eb)
+                      int top, const char *end, struct rk_dataset *ds,
+                      struct rk_observer_targets *tg, size_t idx, bool *skipped,
+                      struct rk_errbuf *eb)
 {
     const struct rk_tokenizer *tok = js->srv->tok;
     size_t cap = js->lim.seq_tokens_max, np = 0, na = 0;
@@ -293,8 +294,17 @@ static int add_answer(struct rk_tjobs *js, const char *prompt, const struct rk_t
         rc = RK_OK;
         goto out;
     }
+    // The stop string the answer ended at, learnt by cross-entropy (no teacher
+    // distribution there), so that the student learns where an answer ends.
+    size_t ne = 0;
+    if (end && end[0] && !strcmp(a->finish, "stop") && np + na < cap) {
+        size_t el = strlen(end);
+        if (rk_tok_encode(tok, end, el, ids + np + na, cap - np - na, &ne) != RK_OK)
+            ne = 0; /* it does not fit in the job's token limit: left out */
+        memset(mask + np + na, 1, ne);
+    }
     size_t seq = rk_dataset_len(ds);
-    if ((rc = rk_dataset_add(ds, ids, mask, np + na)) != RK_OK)
+    if ((rc = rk_dataset_add(ds, ids, mask, np + na + ne)) != RK_OK)
         goto out;
     rc = RK_OK;
     if (top > 0 && (rc = rk_observer_targets_set(tg, seq, np - 1, na, top, tid, tlp, eb)) != RK_OK) {
@@ -347,8 +357,13 @@ static int ask_one(struct asking *ak, size_t i, struct rk_errbuf *eb)
         memcpy(cprompt + l1, "\n\n", 2);
         memcpy(cprompt + l1 + 2, ak->prompts[i], l2 + 1);
     }
+    const char *stops[RK_TJOB_TEACHER_STOPS_MAX];
+    for (int s = 0; s < tc->n_stop; s++)
+        stops[s] = tc->stop[s];
     struct rk_teacher_req q = {
         .kind = tc->chat ? RK_TEACHER_CHAT : RK_TEACHER_COMPLETION,
+        .stop = stops,
+        .n_stop = tc->n_stop,
         .prompt = cprompt ? cprompt : ak->prompts[i],
         .msgs = msgs,
         .n_msgs = nm,
@@ -498,7 +513,8 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
     }
     for (size_t i = 0; i < n; i++) {
         bool skip = false;
-        rc = add_answer(js, prompts[i], &ak.answers[i], tc->top_logprobs, ds, tg, i, &skip, &eb);
+        rc = add_answer(js, prompts[i], &ak.answers[i], tc->top_logprobs,
+                        tc->n_stop == 1 ? tc->stop[0] : NULL, ds, tg, i, &skip, &eb);
         if (rc != RK_OK) {
             tj_fail(js, j, rc == RK_ENOMEM ? "enomem" : "teacher_failed", "%s",
                  rc == RK_ENOMEM ? "out of memory" : eb.msg);
@@ -605,6 +621,11 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
             goto out;
         }
         rc = observer_data(js, j, data, len, &hp, &ds, &targets);
+        if (rc == RK_OK) { // the scored tokens are the teacher's answers: known only now
+            pthread_mutex_lock(&js->mu);
+            j->v.n_targets = rk_dataset_n_targets(ds);
+            pthread_mutex_unlock(&js->mu);
+        }
         if (rc == RK_ECANCELED && atomic_load(&j->cancel))
             tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
         else if (rc == RK_ECANCELED)

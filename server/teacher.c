@@ -248,6 +248,12 @@ char *rk_teacher_body(const struct rk_teacher *t, const struct rk_teacher_req *q
     json_object_set_new(o, "max_tokens", json_integer(q->max_tokens));
     json_object_set_new(o, "temperature", json_real(q->temperature));
     json_object_set_new(o, "stream", json_false());
+    if (q->n_stop > 0) {
+        json_t *st = json_array();
+        for (int i = 0; i < q->n_stop; i++)
+            json_array_append_new(st, json_string(q->stop[i]));
+        json_object_set_new(o, "stop", st);
+    }
     if (q->seed_given)
         json_object_set_new(o, "seed", json_integer(q->seed));
     if (q->kind == RK_TEACHER_CHAT) {

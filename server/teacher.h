@@ -62,6 +62,8 @@ struct rk_teacher_req {
     int max_tokens;                     /* >= 1 */
     double temperature;                 /* >= 0 */
     int top_logprobs;                   /* -1: no logprobs; 0..RK_TEACHER_TOP_MAX */
+    const char *const *stop;            /* n_stop stop strings (OpenAI "stop"), or none */
+    int n_stop;
     bool seed_given;
     long long seed;
 };

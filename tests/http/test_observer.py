@@ -41,6 +41,7 @@ PROMPTS = ["User: What is the capital of France?\n\nAssistant:",
 # --- the fake endpoint (fault cases only) ------------------------------------
 
 HITS = {}
+BODIES = {}
 LOCK = threading.Lock()
 
 
@@ -55,17 +56,22 @@ def completion(tokens, lps=None, tops=None):
 
 class Fake(FakeHandler):
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         kind = self.path.split("/")[1]
         with LOCK:
             HITS[kind] = HITS.get(kind, 0) + 1
             k = HITS[kind]
+            BODIES[kind] = body
         assert self.path.endswith("/v1/completions"), self.path
         good = completion([" ", "A", "r", "r", "!"],
                           tops=[{" ": -0.01, "x": -5.0}] + [{t: -0.2, "q": -3.0} for t in "Arr!"])
         if kind == "flaky":  # the first request gets a 500, the rest the answer
             return self.reply(500, {"error": {"message": "try again"}}) if k == 1 \
                 else self.reply(200, good)
+        if kind == "stop":  # an answer that ended at the job's stop string
+            ans = completion([" ", "A", "r", "r"])
+            ans["choices"][0]["finish_reason"] = "stop"
+            return self.reply(200, ans)
         if kind == "garbage":
             return self.reply(200, raw=b"this is not json{")
         if kind == "vocab":  # a teacher of another tokenizer: multi-byte tokens
@@ -96,7 +102,7 @@ def main():
             "--teacher-url", "http://127.0.0.1:%d/v1" % tp, "--teacher-model", "demo",
             "--teacher-key-file", keyfile, "--teacher-retries", "2",
             "--teacher-allowed-urls", ",".join(furl(k) for k in (
-                "flaky", "garbage", "vocab", "badlp"))]
+                "flaky", "garbage", "vocab", "badlp", "stop"))]
         student, sp = start(rwkvd, model, tmp, "student", student_args)
         procs.append(student)
         # A server without a teacher of its own, a short teacher timeout and
@@ -209,6 +215,22 @@ def main():
                                        "dataset": data[:1]})
             assert st == 202, j
             return wait_job(port, j["id"])
+
+        # teacher.stop goes with every teacher request and into the job record
+        st, j = post(sp, "/tune", {"method": "observer", "output_state": "f-stop", "steps": 2,
+                                   "val_split": 0, "dataset": data[:1],
+                                   "teacher": {"url": furl("stop"), "model": "m", "max_tokens": 8,
+                                               "top_logprobs": 2, "stop": "\n"}})
+        assert st == 202 and j["hyperparameters"]["teacher"]["stop"] == ["\n"], j
+        j = wait_job(sp, j["id"])
+        assert j["status"] == "succeeded", j
+        assert json.loads(BODIES["stop"])["stop"] == ["\n"], BODIES["stop"]
+        # the four answer bytes and the stop string the answer ended at
+        assert j["dataset"]["targets"] == 5, j["dataset"]
+        for bad in ("", ["a", "b", "c", "d", "e"], 5, ["x" * 65]):
+            st, e = post(sp, "/tune", {"method": "observer", "output_state": "x", "dataset": data,
+                                       "teacher": {"stop": bad}})
+            assert st == 400 and e["error"]["param"] == "teacher.stop", (bad, e)
 
         j = fake_job("flaky")
         assert j["status"] == "succeeded" and HITS["flaky"] == 2, (j, HITS)
