@@ -180,6 +180,26 @@ struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_mo
         vocab = rk_model_vocab_file(m);
         fprintf(stderr, "rwkvd: vocabulary from the model directory: %s\n", vocab);
     }
+    if (!vocab && m && rk_model_format(m) == RK_FORMAT_GGUF) {
+        // A GGUF file carries its vocabulary in its metadata (core/FORMAT.md).
+        struct rk_errbuf eb = {0};
+        int rc = rk_tok_load_gguf(rk_model_path(m), &t, &eb);
+        if (rc == RK_OK) {
+            fprintf(stderr, "rwkvd: vocabulary from the GGUF metadata (%zu tokens)\n",
+                    rk_tok_n_vocab(t));
+            if (rk_tok_n_vocab(t) > (size_t)rk_model_n_vocab(m)) {
+                fprintf(stderr, "rwkvd: the GGUF vocabulary has %zu tokens but the model only "
+                        "%d\n", rk_tok_n_vocab(t), rk_model_n_vocab(m));
+                rk_tok_free(t);
+                return NULL;
+            }
+            return t;
+        }
+        if (rc != RK_ENOTFOUND) {
+            fprintf(stderr, "rwkvd: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
+            return NULL;
+        }
+    }
     if (vocab) {
         struct rk_errbuf eb = {0};
         int rc = rk_tok_load_world(vocab, &t, &eb);
