@@ -412,7 +412,7 @@ int rk_cmd_convert(int argc, char **argv)
         case 'h':
             printf("usage: rwkvd convert --model IN --out OUT.safetensors [--dtype f32|f16|bf16|q8|auto]\n\n"
                    "Reads any supported model (safetensors with official or Hugging Face names,\n"
-                   ".pth, rwkv.cpp .bin) and writes safetensors with the official RWKV-7 names.\n"
+                   ".pth, rwkv.cpp .bin, GGUF) and writes safetensors with the official RWKV-7 names.\n"
                    "--dtype (or --wtype) sets the precision of the large matrices (default: as\n"
                    "loaded); q8 writes each as I8 values plus F16 scales per block of 32 input\n"
                    "columns (core/FORMAT.md). Small tensors are written as f32.\n");
@@ -424,7 +424,10 @@ int rk_cmd_convert(int argc, char **argv)
         fprintf(stderr, "rwkvd convert: --model and --out are required (see --help)\n");
         return 2;
     }
-    struct rk_model *m = rk_cli_load_model(model, RK_DTYPE_AUTO);
+    // Loaded in the wanted precision (the same values a conversion at
+    // writing gives), so a quantized GGUF file's matrices come out as their
+    // exact dequantized values rather than through the 8-bit form.
+    struct rk_model *m = rk_cli_load_model(model, dt);
     if (!m)
         return 1;
     struct rk_errbuf eb = {0};
