@@ -367,6 +367,11 @@ LORA = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
 
 
 def export(src, dst, qtype, vocab):
+    build(src, qtype, vocab).write(dst)
+
+
+def build(src, qtype, vocab):
+    """The GGUF file's metadata and tensors for a safetensors model, unwritten."""
     st = read_safetensors(src)
     f = {k: to_f32(dt, v) for k, (dt, v) in st.items()}
     V, C = f["emb.weight"].shape
@@ -447,7 +452,7 @@ def export(src, dst, qtype, vocab):
     vec("output_norm.weight", f["ln_out.weight"])
     vec("output_norm.bias", f["ln_out.bias"])
     mat("output.weight", "head.weight", f["head.weight"])
-    w.write(dst)
+    return w
 
 
 # --- reading GGUF (for --dequant) ---

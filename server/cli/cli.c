@@ -172,6 +172,19 @@ const struct rk_readout *rk_cli_ro_start(struct rk_cli_ro *ro)
     return &ro->ro;
 }
 
+/* Whether the file starts with GGUF's magic (a vocabulary given as a GGUF
+ * file: its metadata's World vocabulary). */
+static bool is_gguf(const char *path)
+{
+    char magic[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    return n == 4 && !memcmp(magic, "GGUF", 4);
+}
+
 struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_model *m)
 {
     struct rk_tokenizer *t = NULL;
@@ -202,7 +215,8 @@ struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_mo
     }
     if (vocab) {
         struct rk_errbuf eb = {0};
-        int rc = rk_tok_load_world(vocab, &t, &eb);
+        int rc = is_gguf(vocab) ? rk_tok_load_gguf(vocab, &t, &eb)
+                                : rk_tok_load_world(vocab, &t, &eb);
         if (rc != RK_OK) {
             fprintf(stderr, "rwkvd: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
             return NULL;
