@@ -4,11 +4,12 @@ RWKV-7 safetensors model with official names, and read one back.
 
 usage:
   gguf_export.py MODEL.safetensors OUT.gguf [--type T] [--vocab VOCAB.txt]
-  gguf_export.py --vocab-only VOCAB.txt OUT.gguf
+  gguf_export.py --vocab-only VOCAB.txt OUT.gguf [--pad N]
   gguf_export.py --dequant FILE.gguf OUT.npz
 
 --type (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k; default: as stored)
-sets the element type of the large matrices (emb, head, att.receptance/key/
+sets the element type of the large matrices; q4_k_m mixes them (Q6_K for
+head and ffn.value, Q5_K for att.value, Q4_K for the rest) (emb, head, att.receptance/key/
 value/output, ffn.key/value); the LoRA factors keep their stored type (F32,
 F16 or BF16, or the --type for f32/f16/bf16) and every vector is F32, as
 llama.cpp keeps 1-D tensors. Names and layout follow llama.cpp's converter
@@ -41,7 +42,7 @@ GGML = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "q4_k": 12, "q5_k": 13, "q6_k"
 BLOCK = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 8: (32, 34), 12: (256, 144),
          13: (256, 176), 14: (256, 210)}
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k": 15, "q5_k": 17, "q6_k": 18,
-             "bf16": 32}
+             "bf16": 32, "q4_k_m": 15}
 ALIGN = 32
 
 
@@ -382,10 +383,17 @@ def build(src, qtype, vocab):
     def mat(name, key, arr):
         """A 2-D tensor: large matrices in qtype, others as stored (or qtype if 16/32-bit)."""
         dt = st[key][0]
-        t = GGML[qtype] if qtype else {"F32": 0, "F16": 1, "BF16": 30}[dt]
+        if qtype == "q4_k_m":  # mixed, in the spirit of llama.cpp's Q4_K_M
+            t = 14 if key in ("head.weight",) or key.endswith("ffn.value.weight") else \
+                13 if key.endswith("att.value.weight") else 12
+        else:
+            t = GGML[qtype] if qtype else {"F32": 0, "F16": 1, "BF16": 30}[dt]
         if key.split(".")[-1] in LORA and t not in (0, 1, 30):
             t = {"F32": 0, "F16": 1, "BF16": 30}[dt]
         arr = np.ascontiguousarray(arr, np.float32)
+        if arr.shape[-1] % BLOCK[t][0]:
+            sys.exit("%s: rows of %d values are not whole %d-value blocks of %s" %
+                     (name, arr.shape[-1], BLOCK[t][0], qtype))
         if t == 0:
             data = arr.tobytes()
         elif t == 1:
@@ -507,10 +515,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("src")
     ap.add_argument("dst")
-    ap.add_argument("--type", choices=sorted(GGML))
+    ap.add_argument("--type", choices=sorted(GGML) + ["q4_k_m"])
     ap.add_argument("--vocab")
     ap.add_argument("--vocab-only", action="store_true")
     ap.add_argument("--dequant", action="store_true")
+    ap.add_argument("--pad", type=int, default=65536,
+                    help="--vocab-only: pad the token list to this many (default 65536)")
     a = ap.parse_args()
     if a.dequant:
         _, ts = read_gguf(a.src)
@@ -520,7 +530,7 @@ def main():
     if a.vocab_only:
         w = Writer()
         w.add("general.architecture", 8, "rwkv7")
-        add_vocab(w, a.src, 65536)
+        add_vocab(w, a.src, a.pad)
         w.write(a.dst)
         return
     export(a.src, a.dst, a.type, a.vocab)
