@@ -1,7 +1,8 @@
 /*
  * fuzz_model.c - the model loaders (core/load_safetensors.c, load_pth.c,
- * load_rwkvcpp.c, and model.c's placement and shape checks) on hostile
- * bytes. Built three times, with RK_FUZZ_FORMAT naming the loader, so each
+ * load_rwkvcpp.c, gguf.c, and model.c's placement and shape checks) on
+ * hostile bytes; for GGUF also the vocabulary in the metadata. Built four
+ * times, with RK_FUZZ_FORMAT naming the loader, so each
  * target reaches its parser without having to keep the magic bytes that
  * rk_model_load's format detection looks for.
  *
