@@ -21,8 +21,8 @@
  * time_mix_lerp_fused [6][1][1][C] (order r w k v a g), and copies of a0/a1/a2
  * as layer 0's unused v0/v1/v2 (dropped here). No value is transformed.
  * F32/F16/BF16 tensors are used as they are; Q8_0 blocks hold exactly the
- * engine's 8-bit weights (de-interleaved here); Q4_0, Q4_K, Q5_K and Q6_K
- * are dequantized at load, then requantized to 8 bits for the large
+ * engine's 8-bit weights (de-interleaved here); Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q4_K, Q5_K and Q6_K are dequantized at load, then requantized to 8 bits for the large
  * matrices (or converted to the requested precision) and kept in fp32 for
  * everything else. The metadata's sizes must agree with the tensors'.
  * Format notes and limits: core/FORMAT.md "GGUF".
@@ -222,6 +222,9 @@ size_t rk__ggml_block(uint32_t type, size_t *bytes)
     case RK_GGML_F32: *bytes = 4; return 1;
     case RK_GGML_F16: case RK_GGML_BF16: *bytes = 2; return 1;
     case RK_GGML_Q4_0: *bytes = 18; return 32;
+    case RK_GGML_Q4_1: *bytes = 20; return 32;
+    case RK_GGML_Q5_0: *bytes = 22; return 32;
+    case RK_GGML_Q5_1: *bytes = 24; return 32;
     case RK_GGML_Q8_0: *bytes = 34; return 32;
     case RK_GGML_Q4_K: *bytes = 144; return 256;
     case RK_GGML_Q5_K: *bytes = 176; return 256;
@@ -263,8 +266,8 @@ static int rd_tensor(struct rd *r, struct rk_gguf_tensor *t, uint64_t *rel)
     if (!blk) {
         const char *nm = rk__ggml_type_name(t->type);
         return rk_errbuf_set(r->eb, RK_EFORMAT, "%s: tensor %s: type %s%s%u is not supported "
-                             "(F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)", r->file, t->name,
-                             nm ? nm : "", nm ? " = " : "", t->type);
+                             "(F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, "
+                             "Q6_K)", r->file, t->name, nm ? nm : "", nm ? " = " : "", t->type);
     }
     if (t->ne[0] % blk)
         return rk_errbuf_set(r->eb, RK_EFORMAT, "%s: tensor %s: %s rows of %llu values are not "
@@ -535,6 +538,33 @@ void rk__gguf_dequant(uint32_t type, const void *src, float *out, size_t n)
             for (int k = 0; k < 16; k++) {
                 out[k] = d * (float)((b[2 + k] & 0xF) - 8);
                 out[k + 16] = d * (float)((b[2 + k] >> 4) - 8);
+            }
+            break;
+        }
+        case RK_GGML_Q4_1: { /* fp16 d, fp16 m, nibbles as Q4_0; x = d·q + m */
+            float d = h2f(b), mn = h2f(b + 2);
+            for (int k = 0; k < 16; k++) {
+                out[k] = d * (float)(b[4 + k] & 0xF) + mn;
+                out[k + 16] = d * (float)(b[4 + k] >> 4) + mn;
+            }
+            break;
+        }
+        case RK_GGML_Q5_0:
+        case RK_GGML_Q5_1: { /* fp16 d[, fp16 m], u32 fifth bits, nibbles as Q4_0 */
+            bool one = type == RK_GGML_Q5_1;
+            float d = h2f(b), mn = one ? h2f(b + 2) : 0.0f;
+            const unsigned char *hp = b + (one ? 4 : 2), *qs = hp + 4;
+            uint32_t qh = le32(hp);
+            for (int k = 0; k < 16; k++) {
+                int lo = (qs[k] & 0xF) | (int)((qh >> k) & 1) << 4;
+                int hi = (qs[k] >> 4) | (int)((qh >> (k + 16)) & 1) << 4;
+                if (one) {
+                    out[k] = d * (float)lo + mn;
+                    out[k + 16] = d * (float)hi + mn;
+                } else {
+                    out[k] = d * (float)(lo - 16);
+                    out[k + 16] = d * (float)(hi - 16);
+                }
             }
             break;
         }

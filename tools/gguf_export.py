@@ -7,7 +7,8 @@ usage:
   gguf_export.py --vocab-only VOCAB.txt OUT.gguf [--pad N]
   gguf_export.py --dequant FILE.gguf OUT.npz
 
---type (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k; default: as stored)
+--type (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k;
+default: as stored)
 sets the element type of the large matrices; q4_k_m mixes them (Q6_K for
 head and ffn.value, Q5_K for att.value, Q4_K for the rest) (emb, head, att.receptance/key/
 value/output, ffn.key/value); the LoRA factors keep their stored type (F32,
@@ -23,7 +24,8 @@ model's V); without it the file says "none" (a byte-level model).
 dequantizes every tensor of a GGUF file with the NumPy reference below and
 saves them (llama.cpp names, row-major shapes) for the tests.
 
-The quantizers follow ggml's reference formulas for Q8_0 and Q4_0 exactly;
+The quantizers follow ggml's reference formulas for Q8_0, Q4_0, Q4_1, Q5_0
+and Q5_1;
 for Q4_K, Q5_K and Q6_K they compute the block scales and minimums directly
 (range / levels, then 6- or 8-bit super-block scales) without ggml's
 iterative scale search, so the values are valid but not byte-identical to
@@ -38,10 +40,11 @@ import sys
 
 import numpy as np
 
-GGML = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "q4_k": 12, "q5_k": 13, "q6_k": 14, "bf16": 30}
-BLOCK = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 8: (32, 34), 12: (256, 144),
+GGML = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_k": 12, "q5_k": 13, "q6_k": 14, "bf16": 30}
+BLOCK = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),
+         8: (32, 34), 12: (256, 144),
          13: (256, 176), 14: (256, 210)}
-FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k": 15, "q5_k": 17, "q6_k": 18,
+FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7, "q4_k": 15, "q5_k": 17, "q6_k": 18,
              "bf16": 32, "q4_k_m": 15}
 ALIGN = 32
 
@@ -119,6 +122,45 @@ def q4_0(x):
     out[:, 0:2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
     out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
     return out.tobytes()
+
+
+def q4_1(x):
+    b = x.reshape(-1, 32).astype(np.float32)
+    mn, mx = b.min(axis=1), b.max(axis=1)
+    d = ((mx - mn) / np.float32(15)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = np.minimum(15, np.trunc((b - mn[:, None]) * idv[:, None] + np.float32(0.5)))
+    q = q.astype(np.uint8)
+    out = np.zeros((b.shape[0], 20), np.uint8)
+    out[:, 0:2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[:, 2:4] = mn.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[:, 4:] = q[:, :16] | (q[:, 16:] << 4)
+    return out.tobytes()
+
+
+def q5(x, one):
+    """Q5_0 (ggml's reference: signed, d = max / -16) or Q5_1 (d = range / 31, min)."""
+    b = x.reshape(-1, 32).astype(np.float32)
+    if one:
+        mn, mx = b.min(axis=1), b.max(axis=1)
+        d = ((mx - mn) / np.float32(31)).astype(np.float32)
+        src, add = b - mn[:, None], np.float32(0.5)
+    else:
+        i = np.abs(b).argmax(axis=1)
+        d = (b[np.arange(b.shape[0]), i] / np.float32(-16)).astype(np.float32)
+        src, add = b, np.float32(16.5)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = np.minimum(31, np.trunc((src * idv[:, None]).astype(np.float32) + add)).astype(np.uint32)
+    qh = ((q[:, :16] >> 4) << np.arange(16, dtype=np.uint32)).sum(axis=1) | \
+         ((q[:, 16:] >> 4) << np.arange(16, 32, dtype=np.uint32)).sum(axis=1)
+    qs = ((q[:, :16] & 0xF) | ((q[:, 16:] & 0xF) << 4)).astype(np.uint8)
+    parts = [d.astype(np.float16).view(np.uint8).reshape(-1, 2)]
+    if one:
+        parts.append(mn.astype(np.float16).view(np.uint8).reshape(-1, 2))
+    parts += [qh.astype("<u4").view(np.uint8).reshape(-1, 4), qs]
+    return np.concatenate(parts, axis=1).tobytes()
 
 
 def pack_scales_k4(ls, lm):
@@ -208,7 +250,7 @@ def q6_k(x):
     return out.tobytes()
 
 
-QUANT = {2: q4_0, 8: q8_0, 12: q4_k, 13: q5_k, 14: q6_k}
+QUANT = {2: q4_0, 3: q4_1, 6: lambda x: q5(x, False), 7: lambda x: q5(x, True), 8: q8_0, 12: q4_k, 13: q5_k, 14: q6_k}
 
 
 # --- reference dequantizers (ggml's dequantize_row_*, in float32) ---
@@ -246,6 +288,23 @@ def dequant(t, raw, n):
         d = f16_at(r, 0)
         q = np.concatenate([r[:, 2:] & 0xF, r[:, 2:] >> 4], axis=1).astype(f32) - f32(8)
         return (d[:, None] * q).astype(f32).reshape(-1)
+    if t == 3:
+        d, m = f16_at(r, 0), f16_at(r, 2)
+        q = np.concatenate([r[:, 4:] & 0xF, r[:, 4:] >> 4], axis=1).astype(f32)
+        return ((d[:, None] * q).astype(f32) + m[:, None]).astype(f32).reshape(-1)
+    if t in (6, 7):
+        one = t == 7
+        d = f16_at(r, 0)
+        h = 4 if one else 2
+        qh = r[:, h:h + 4].copy().view("<u4")[:, 0]
+        qs = r[:, h + 4:]
+        lo = (qs & 0xF).astype(np.int32) | (((qh[:, None] >> np.arange(16)) & 1) << 4).astype(np.int32)
+        hi = (qs >> 4).astype(np.int32) | (((qh[:, None] >> np.arange(16, 32)) & 1) << 4).astype(np.int32)
+        q = np.concatenate([lo, hi], axis=1)
+        if one:
+            m = f16_at(r, 2)
+            return ((d[:, None] * q.astype(f32)).astype(f32) + m[:, None]).astype(f32).reshape(-1)
+        return (d[:, None] * (q - 16).astype(f32)).astype(f32).reshape(-1)
     if t in (12, 13):
         d, dmin = f16_at(r, 0), f16_at(r, 2)
         s, m = scale_min_k4(r[:, 4:16])
@@ -413,7 +472,9 @@ def build(src, qtype, vocab):
     w.add("general.architecture", 8, "rwkv7")
     w.add("general.name", 8, src.rsplit("/", 1)[-1])
     w.add("general.alignment", 4, ALIGN)
-    w.add("general.file_type", 4, FILE_TYPE.get(qtype, 0))
+    stored = {dt for dt, _ in st.values()}
+    w.add("general.file_type", 4, FILE_TYPE[qtype] if qtype else
+          32 if "BF16" in stored else 1 if "F16" in stored else 0)
     w.add("general.quantization_version", 4, 2)
     w.add("rwkv7.context_length", 4, 1048576)
     w.add("rwkv7.embedding_length", 4, C)

@@ -8,7 +8,7 @@ Writes GGUF files at test time from the demo model with tools/gguf_export.py
   * F32 and BF16 files give exactly the logits of the safetensors model
     (BF16: the file itself; F32: its f32 conversion);
   * a Q8_0 file gives exactly the logits of `rwkvd convert --dtype q8`;
-  * Q4_0/Q4_K/Q5_K/Q6_K: every tensor loaded with --dtype f32 (rwkvd convert)
+  * Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K: every tensor loaded with --dtype f32 (rwkvd convert)
     equals, element for element, the NumPy reference dequantizer's values,
     and the logits (requantized to 8 bits) stay within the bounds in
     core/FORMAT.md with the same most likely token;
@@ -37,7 +37,8 @@ TOKENS = ",".join(str(b) for b in PROMPT.encode())
 # Largest logit difference from the unquantized model on PROMPT (the demo
 # model, large matrices quantized, requantized to 8 bits at load);
 # core/FORMAT.md lists the measured values.
-BOUNDS = {"q8_0": 0.25, "q6_k": 0.5, "q5_k": 0.8, "q4_k": 1.5, "q4_0": 1.5}
+BOUNDS = {"q8_0": 0.25, "q6_k": 0.5, "q5_k": 0.8, "q5_1": 0.8, "q5_0": 0.8, "q4_k": 1.5,
+          "q4_1": 1.5, "q4_0": 1.5}
 
 
 def check(cond, msg):
@@ -133,7 +134,7 @@ def official(name):
 
 def quantized(tmp, demo):
     base = np.array(json.loads(logits(demo)))
-    for t in ("q4_0", "q4_k", "q5_k", "q6_k", "q8_0"):
+    for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q8_0"):
         g = export(tmp, demo, t)
         kv, tensors = gx.read_gguf(g)
         conv = os.path.join(tmp, "deq-%s.safetensors" % t)

@@ -147,6 +147,39 @@ START_TEST(gguf_dequant_blocks)
         ck_assert_float_eq(y[j + 16], 0.5f * (float)(7 - j));
     }
 
+    // Q4_1: d = 0.5, m = -2; Q5_0: d = 0.25, fifth bits of values 3 and 20;
+    // Q5_1: as Q5_0 with m = 1 and no offset.
+    put_f16(b, 0.5f);
+    put_f16(b + 2, -2.0f);
+    for (int j = 0; j < 16; j++)
+        b[4 + j] = (unsigned char)(j | (15 - j) << 4);
+    rk__gguf_dequant(RK_GGML_Q4_1, b, y, 32);
+    for (int j = 0; j < 16; j++) {
+        ck_assert_float_eq(y[j], 0.5f * (float)j - 2.0f);
+        ck_assert_float_eq(y[j + 16], 0.5f * (float)(15 - j) - 2.0f);
+    }
+    for (int one = 0; one < 2; one++) {
+        unsigned char *p = b;
+        put_f16(p, 0.25f);
+        p += 2;
+        if (one) {
+            put_f16(p, 1.0f);
+            p += 2;
+        }
+        uint32_t qh = 1u << 3 | 1u << 20;
+        for (int k = 0; k < 4; k++)
+            p[k] = (unsigned char)(qh >> (8 * k));
+        for (int j = 0; j < 16; j++)
+            p[4 + j] = (unsigned char)(j | (15 - j) << 4);
+        rk__gguf_dequant(one ? RK_GGML_Q5_1 : RK_GGML_Q5_0, b, y, 32);
+        for (int e = 0; e < 32; e++) {
+            int q = (e < 16 ? e : 31 - e) + (e == 3 || e == 20 ? 16 : 0);
+            float want = one ? 0.25f * (float)q + 1.0f : 0.25f * (float)(q - 16);
+            ck_assert_msg(y[e] == want, "Q5_%d value %d: %g, want %g", one, e, (double)y[e],
+                          (double)want);
+        }
+    }
+
     // Q4_K / Q5_K: d = 1, dmin = 0.5, sub-block s has scale s + 1 and min 2s
     // (6-bit fields: s < 4 in bytes s and s + 4; s >= 4 split over byte s + 4
     // and the top bits of bytes s - 4 and s, which stay 0 here).
