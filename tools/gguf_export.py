@@ -40,12 +40,13 @@ import sys
 
 import numpy as np
 
-GGML = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q4_k": 12, "q5_k": 13, "q6_k": 14, "bf16": 30}
-BLOCK = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),
-         8: (32, 34), 12: (256, 144),
-         13: (256, 176), 14: (256, 210)}
-FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7, "q4_k": 15, "q5_k": 17, "q6_k": 18,
-             "bf16": 32, "q4_k_m": 15}
+# ggml type numbers, (values, bytes) per block, llama.cpp's general.file_type
+GGML = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+        "q4_k": 12, "q5_k": 13, "q6_k": 14, "bf16": 30}
+BLOCK = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22),
+         7: (32, 24), 8: (32, 34), 12: (256, 144), 13: (256, 176), 14: (256, 210)}
+FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q8_0": 7,
+             "q4_k": 15, "q5_k": 17, "q6_k": 18, "bf16": 32, "q4_k_m": 15}
 ALIGN = 32
 
 
@@ -245,12 +246,14 @@ def q6_k(x):
         q1, q2, q3, q4 = (L[:, 128 * h + 32 * k:128 * h + 32 * k + 32] for k in range(4))
         ql[:, 64 * h:64 * h + 32] = (q1 & 0xF) | ((q3 & 0xF) << 4)
         ql[:, 64 * h + 32:64 * h + 64] = (q2 & 0xF) | ((q4 & 0xF) << 4)
-        qh[:, 32 * h:32 * h + 32] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
+        qh[:, 32 * h:32 * h + 32] = ((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) |
+                                     ((q4 >> 4) << 6))
     out = np.concatenate([ql, qh, sc.view(np.uint8), d.view(np.uint8).reshape(-1, 2)], axis=1)
     return out.tobytes()
 
 
-QUANT = {2: q4_0, 3: q4_1, 6: lambda x: q5(x, False), 7: lambda x: q5(x, True), 8: q8_0, 12: q4_k, 13: q5_k, 14: q6_k}
+QUANT = {2: q4_0, 3: q4_1, 6: lambda x: q5(x, False), 7: lambda x: q5(x, True), 8: q8_0,
+         12: q4_k, 13: q5_k, 14: q6_k}
 
 
 # --- reference dequantizers (ggml's dequantize_row_*, in float32) ---
@@ -298,8 +301,9 @@ def dequant(t, raw, n):
         h = 4 if one else 2
         qh = r[:, h:h + 4].copy().view("<u4")[:, 0]
         qs = r[:, h + 4:]
-        lo = (qs & 0xF).astype(np.int32) | (((qh[:, None] >> np.arange(16)) & 1) << 4).astype(np.int32)
-        hi = (qs >> 4).astype(np.int32) | (((qh[:, None] >> np.arange(16, 32)) & 1) << 4).astype(np.int32)
+        bit = lambda k: (((qh[:, None] >> np.arange(k, k + 16)) & 1) << 4).astype(np.int32)
+        lo = (qs & 0xF).astype(np.int32) | bit(0)
+        hi = (qs >> 4).astype(np.int32) | bit(16)
         q = np.concatenate([lo, hi], axis=1)
         if one:
             m = f16_at(r, 2)
@@ -327,7 +331,8 @@ def dequant(t, raw, n):
         d = f16_at(r, 208)
         y = np.zeros((r.shape[0], 256), f32)
         for h in range(2):
-            a, b2, hh = ql[:, 64 * h:64 * h + 32], ql[:, 64 * h + 32:64 * h + 64], qh[:, 32 * h:32 * h + 32]
+            a, b2 = ql[:, 64 * h:64 * h + 32], ql[:, 64 * h + 32:64 * h + 64]
+            hh = qh[:, 32 * h:32 * h + 32]
             qs = [(a & 0xF) | ((hh & 3) << 4), (b2 & 0xF) | (((hh >> 2) & 3) << 4),
                   (a >> 4) | (((hh >> 4) & 3) << 4), (b2 >> 4) | (((hh >> 6) & 3) << 4)]
             for k in range(4):

@@ -426,10 +426,12 @@ int rk_cmd_convert(int argc, char **argv)
         case 'h':
             printf("usage: rwkvd convert --model IN --out OUT.safetensors [--dtype f32|f16|bf16|q8|auto]\n\n"
                    "Reads any supported model (safetensors with official or Hugging Face names,\n"
-                   ".pth, rwkv.cpp .bin, GGUF) and writes safetensors with the official RWKV-7 names.\n"
-                   "--dtype (or --wtype) sets the precision of the large matrices (default: as\n"
-                   "loaded); q8 writes each as I8 values plus F16 scales per block of 32 input\n"
-                   "columns (core/FORMAT.md). Small tensors are written as f32.\n");
+                   ".pth, rwkv.cpp .bin, GGUF) and writes safetensors with the official RWKV-7\n"
+                   "names. --dtype (or --wtype) sets the precision of the large matrices\n"
+                   "(default: as loaded); q8 writes each as I8 values plus F16 scales per block\n"
+                   "of 32 input columns (core/FORMAT.md). The model is loaded in that precision\n"
+                   "(a quantized GGUF file with --dtype f32 gives its exact dequantized values).\n"
+                   "Small tensors are written as f32.\n");
             return 0;
         default: return 2;
         }

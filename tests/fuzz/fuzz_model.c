@@ -25,7 +25,7 @@
 #include <string.h>
 
 #ifndef RK_FUZZ_FORMAT
-#error "define RK_FUZZ_FORMAT to RK_FORMAT_SAFETENSORS, RK_FORMAT_PTH, RK_FORMAT_RWKVCPP or RK_FORMAT_GGUF"
+#error "define RK_FUZZ_FORMAT to RK_FORMAT_SAFETENSORS, _PTH, _RWKVCPP or _GGUF"
 #endif
 
 /* Forward passes only on models this small (weights in bytes). */
