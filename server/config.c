@@ -29,9 +29,9 @@ struct opt {
 #define F(x) offsetof(struct rk_srv_config, x)
 static const struct opt opts[] = {
     {"model", "RWKVD_MODEL", OPT_STR, F(model), 0, 0,
-     "model file (safetensors, .pth, rwkv.cpp .bin), Hugging Face directory, or shards "
+     "model file (safetensors, .pth, rwkv.cpp .bin, GGUF), Hugging Face directory, or shards "
      "(a directory of .pth, or FILE,FILE,...); required"},
-    {"vocab", "RWKVD_VOCAB", OPT_STR, F(vocab), 0, 0, "World vocabulary file; default: byte tokenizer when the model has 256..65535 tokens"},
+    {"vocab", "RWKVD_VOCAB", OPT_STR, F(vocab), 0, 0, "World vocabulary file (or a GGUF file holding one); default: a GGUF model's own vocabulary, else the byte tokenizer when the model has 256..65535 tokens"},
     {"model-name", "RWKVD_MODEL_NAME", OPT_STR, F(model_name), 0, 0, "base model id in the API (default: model file name without extension)"},
     {"host", "RWKVD_HOST", OPT_STR, F(host), 0, 0, "address to bind (default 127.0.0.1; without --api-keys only loopback is allowed)"},
     {"port", "RWKVD_PORT", OPT_INT, F(port), 0, 65535, "port (0 = pick a free port and print it)"},
