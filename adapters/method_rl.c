@@ -405,7 +405,7 @@ static int rl_reference(struct rl_run *r, size_t k, const uint32_t *pt, size_t n
 /* One prompt of a step: sample, score, and add the completions' token-
  * weighted gradient to r->gacc. */
 static int rl_prompt(struct rl_run *r, long step, size_t pi, double *loss_sum, size_t *tok_sum,
-                     double *score_sum)
+                     double *score_sum, bool *signal)
 {
     const int K = r->p.rl_k;
     const uint32_t *pt = r->prompts->tokens[pi];
@@ -415,7 +415,7 @@ static int rl_prompt(struct rl_run *r, long step, size_t pi, double *loss_sum, s
         return rc;
     double mean = 0, var = 0;
     for (int k = 0; k < K; k++) {
-        if ((rc = r->io->score(r->io->user, pi, k, r->comp[k], r->comp_n[k], &r->score[k])) !=
+        if ((rc = r->io->score(r->io->score_user, pi, k, r->comp[k], r->comp_n[k], &r->score[k])) !=
             RK_OK)
             return rc;
         if (!isfinite(r->score[k]))
@@ -426,6 +426,7 @@ static int rl_prompt(struct rl_run *r, long step, size_t pi, double *loss_sum, s
     for (int k = 0; k < K; k++)
         var += (r->score[k] - mean) * (r->score[k] - mean);
     double sd = sqrt(var / K);
+    *signal |= sd > 0;
     *score_sum += mean * K;
     for (int k = 0; k < K; k++) {
         size_t nc = r->comp_n[k];
@@ -589,9 +590,10 @@ int rk_rl_run(const struct rk_model *m, const struct rk_tune_params *p,
         memset(r.gacc, 0, r.slen * sizeof(float));
         double loss_sum = 0, score_sum = 0;
         size_t tok_sum = 0;
+        bool signal = false;
         for (int b = 0; b < p->batch; b++) {
             size_t pi = rl_order(&r, step * p->batch + b);
-            if ((rc = rl_prompt(&r, step, pi, &loss_sum, &tok_sum, &score_sum)) !=
+            if ((rc = rl_prompt(&r, step, pi, &loss_sum, &tok_sum, &score_sum, &signal)) !=
                 RK_OK)
                 goto out;
         }
@@ -616,7 +618,10 @@ int rk_rl_run(const struct rk_model *m, const struct rk_tune_params *p,
         }
         ap.lr = rk_lr_at(&sched, step);
         double scale = rk_clip_scale(gnorm, p->clip_norm);
-        for (size_t i = 0; i < r.n_spans; i++) {
+        /* no prompt of the batch told its samples apart: every advantage is
+         * 0 and what is left is the KL term's rounding noise, which Adam
+         * would blow up to a step of size lr; the step changes nothing */
+        for (size_t i = 0; signal && i < r.n_spans; i++) {
             size_t o = r.spans[i].off;
             rk_adamw_update(r.params + o, r.gparams + o, r.mom + o, r.var + o, r.spans[i].len,
                             step + 1, &ap, scale);

@@ -696,16 +696,18 @@ RK_API int rk_tune_run(const struct rk_model *m, const struct rk_tune_params *p,
 #define RK_RL_MAX_TOKENS_MAX 1024 /* tokens per sample */
 #define RK_RL_REF_TOPK 32         /* the starting state's tokens kept per position */
 
-/* The host's part of an rl run. score() gets prompt index `prompt` (of the
+/* The host's part of an rl run. score(score_user, ...) gets prompt index `prompt` (of the
  * prompts dataset), sample k and its completion tokens[n] (n may be 0) and
  * writes a finite score (higher is better); a non-RK_OK return stops the
  * run with that code. A sample ends after rl_max_tokens tokens, after the
  * stop sequence (kept in the completion), or, with stop_at_zero, before a
  * sampled token 0 (the World end of text). `cancel` (may be NULL) is
- * checked between samples and tokens; `user` goes to every callback. */
+ * checked between samples and tokens; `user` goes to cancel, the progress
+ * callback and p->checkpoint_cb. */
 struct rk_rl_io {
     int (*score)(void *user, size_t prompt, int k, const uint32_t *tokens, size_t n,
                  double *score);
+    void *score_user;
     rk_cancel_cb *cancel;
     void *user;
     const uint32_t *stop; /* borrowed; NULL = none */

@@ -245,7 +245,7 @@ START_TEST(test_rl_run)
         struct score_ctx s;
         struct ck_copy c;
     } u = {{(uint32_t)(V / 4), 0}, {0}};
-    struct rk_rl_io io = {.score = score_low, .user = &u};
+    struct rk_rl_io io = {.score = score_low, .score_user = &u, .user = &u};
     struct rk_tune_params p;
     rk_tune_params_default(&p);
     p.method = &rk_method_rl;
