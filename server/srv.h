@@ -408,6 +408,7 @@ struct rk_srv {
     atomic_uint_fast64_t judge_calls, judge_errors, judge_tokens; /* metrics */
     struct rk_teacher *teacher; /* observer jobs' teacher (teacher.h); NULL: none configured */
     atomic_uint_fast64_t teacher_calls, teacher_cached, teacher_errors; /* metrics */
+    atomic_uint_fast64_t rl_judge_calls, rl_judge_cached, rl_judge_errors; /* rl jobs */
     char model_name[128];
     struct rk_metrics metrics;
     struct rk_route *routes;
