@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""The rl tuning method end to end, with a real judge.
+
+A second rwkvd (the bundled demo model) is the judge of the server under
+test. An rl job with a local checker (a regex that rewards answers starting
+with "Arr") raises its mean score within a few steps; an rl job scored by
+the judge is killed (-9) after a few steps and, after a restart, gets the
+answers of the steps it runs again from its cache file, not from the judge
+(counted on both servers); bad hyperparameters and data are 400s with
+OpenAI-style errors; a server without a judge refuses prompts that have no
+checker.
+
+usage: test_rl.py RWKVD DEMO_MODEL
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+PROMPTS = ["User: What is the capital of France?\n\nAssistant:",
+           "User: What color is the sky?\n\nAssistant:",
+           "User: How many days are in a week?\n\nAssistant:",
+           "User: What do bees make?\n\nAssistant:",
+           "User: Where do owls live?\n\nAssistant:",
+           "User: Hello!\n\nAssistant:"]
+RL = {"method": "rl", "rl_k": 6, "rl_max_tokens": 6, "rl_temperature": 1.5, "lr": 2,
+      "warmup": 0, "batch": 2}
+
+
+def post(port, path, body, timeout=60):
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def get(port, path):
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=30) as r:
+        return r.read().decode()
+
+
+def metric(port, name):
+    for line in get(port, "/metrics").splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def start(rwkvd, model, tmp, name, extra):
+    log = open(os.path.join(tmp, name + ".log"), "a")
+    p = subprocess.Popen([rwkvd, "serve", "--model", model, "--port", "0", "--threads", "1",
+                          "--data-dir", os.path.join(tmp, name)] + extra,
+                         stdout=subprocess.PIPE, stderr=log, text=True)
+    line = p.stdout.readline()
+    assert "listening on http://" in line, (name, line, open(log.name).read())
+    return p, int(line.rsplit(":", 1)[1])
+
+
+def wait_job(port, jid, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        j = json.loads(get(port, "/jobs/" + jid))
+        if j["status"] in ("succeeded", "failed", "cancelled"):
+            return j
+        time.sleep(0.1)
+    raise AssertionError("job %s still %s" % (jid, j["status"]))
+
+
+def events(port, jid):
+    out = []
+    for block in get(port, "/jobs/%s/events" % jid).split("\n\n"):
+        ev = dict(l.split(": ", 1) for l in block.splitlines() if ": " in l)
+        if "event" in ev:
+            out.append((ev["event"], json.loads(ev["data"])))
+    return out
+
+
+def main():
+    rwkvd, model = sys.argv[1], sys.argv[2]
+    tmp = tempfile.mkdtemp(prefix="rwkvd-rl-")
+    procs = []
+    ok = False
+    try:
+        judge, jp = start(rwkvd, model, tmp, "judge", [])
+        procs.append(judge)
+        args = ["--judge-url", "http://127.0.0.1:%d/v1" % jp, "--judge-model", "demo"]
+        srv, sp = start(rwkvd, model, tmp, "server", args)
+        procs.append(srv)
+
+        # --- a local checker: the mean score goes up ----------------------------
+        data = [{"prompt": p, "regex": "^Arr"} for p in PROMPTS]
+        st, j = post(sp, "/tune", dict(RL, output_state="arr", steps=8, dataset=data))
+        assert st == 202, j
+        assert j["hyperparameters"]["rl_k"] == 6, j
+        j = wait_job(sp, j["id"])
+        assert j["status"] == "succeeded", j
+        scores = [d["score"] for e, d in events(sp, j["id"]) if e == "step"]
+        assert len(scores) == 8, scores
+        first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+        assert last > first + 0.3, scores
+        print("rl checker: mean score %.3f -> %.3f over 8 steps" % (first, last))
+
+        # --- the judge; kill -9 and resume: the cache answers -------------------
+        data = [{"prompt": p} for p in PROMPTS]
+        st, j = post(sp, "/tune", dict(RL, output_state="judged", steps=400, rl_k=4,
+                                       checkpoint_every=2, dataset=data))
+        assert st == 202, j
+        jid = j["id"]
+        t0 = time.time()
+        killed_at = 0
+        while killed_at < 3:
+            assert time.time() - t0 < 60, "the job does not train"
+            time.sleep(0.02)
+            killed_at = json.loads(get(sp, "/jobs/" + jid))["step"]
+        cache = os.path.join(tmp, "server", "jobs", jid + ".judge-cache.json")
+        assert os.path.exists(cache), os.listdir(os.path.join(tmp, "server", "jobs"))
+        srv.send_signal(signal.SIGKILL)
+        srv.wait()
+        procs.remove(srv)
+        asked = metric(jp, "rwkvd_sequences_started_total")
+        srv, sp = start(rwkvd, model, tmp, "server", args)
+        procs.append(srv)
+        t0 = time.time()
+        while json.loads(get(sp, "/jobs/" + jid))["step"] < killed_at:
+            assert time.time() - t0 < 60, "the job does not resume"
+            time.sleep(0.02)
+        j = json.loads(get(sp, "/jobs/" + jid))
+        ck = j["resumed_from_step"]
+        assert ck >= 2, j
+        # every sample of the steps after the checkpoint up to the kill: 2 x 4
+        cached = metric(sp, "rwkvd_rl_judge_cached_total")
+        assert cached >= 8 * (killed_at - ck), (cached, ck)
+        print("rl judge: resumed at step %d, %d answers from the cache, judge asked %d "
+              "times before the kill" % (ck, cached, asked))
+        st, j = post(sp, "/jobs/%s/cancel" % jid, {})
+        assert st == 200, j
+        assert wait_job(sp, jid)["status"] == "cancelled"
+        t0 = time.time()
+        while os.path.exists(cache):
+            assert time.time() - t0 < 10, "the cache file outlives its job"
+            time.sleep(0.05)
+
+        # --- errors -------------------------------------------------------------
+        one = [{"prompt": PROMPTS[0], "answer": "Arr!"}]
+        for bad, code, param in (({"rl_k": 1}, "out_of_range", "rl_k"),
+                                 ({"rl_k": 65}, "out_of_range", "rl_k"),
+                                 ({"rl_temperature": 0}, "out_of_range", "rl_temperature"),
+                                 ({"rl_max_tokens": 0}, "out_of_range", "rl_max_tokens"),
+                                 ({"rl_kl": -1}, "out_of_range", "rl_kl"),
+                                 ({"rl_k": "four"}, "invalid_type", "rl_k")):
+            st, e = post(sp, "/tune", dict(method="rl", output_state="x", dataset=one, **bad))
+            assert st == 400 and e["error"]["code"] == code, (bad, e)
+            assert e["error"]["param"] == param and e["error"]["message"], (bad, e)
+        for rows, words in (([{"prompt": "x", "regex": "(("}], "regular expression"),
+                            ([{"prompt": "x", "answer": "a", "regex": "a"}], "at most one"),
+                            ([{"prompt": "x", "completion": "y"}], "unexpected key"),
+                            ([{"prompt": ""}], "non-empty string \"prompt\"")):
+            st, e = post(sp, "/tune", {"method": "rl", "output_state": "x", "dataset": rows})
+            assert st == 400 and e["error"]["code"] == "invalid_dataset", e
+            assert words in e["error"]["message"], (words, e)
+        st, e = post(jp, "/tune", {"method": "rl", "output_state": "x", "dataset": data})
+        assert st == 400 and e["error"]["code"] == "judge_not_configured", e
+        st, j = post(jp, "/tune", dict(RL, output_state="checked", steps=1, dataset=one))
+        assert st == 202, j
+        assert wait_job(jp, j["id"])["status"] == "succeeded"
+        ok = True
+        print("test_rl: ok")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for name in ("judge", "server"):
+            path = os.path.join(tmp, name + ".log")
+            text = open(path).read() if os.path.exists(path) else ""
+            if "Sanitizer" in text or "runtime error" in text:
+                print("%s.log reports a sanitizer error" % name)
+                ok = False
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print("left in", tmp)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
