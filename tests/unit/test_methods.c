@@ -27,7 +27,7 @@ START_TEST(test_method_table)
     ck_assert_ptr_null(rk_tune_method_find(NULL));
     char names[128];
     rk_tune_method_names(names, sizeof names);
-    ck_assert_str_eq(names, "standard, kernel, dbp, observer");
+    ck_assert_str_eq(names, "standard, kernel, dbp, observer, rl");
     ck_assert_ptr_eq(rk_tune_method_find("observer"), &rk_method_observer);
     for (size_t i = 0; i < n; i++) {
         const struct rk_tune_method *m = ms[i];
