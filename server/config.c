@@ -69,6 +69,10 @@ static const struct opt opts[] = {
     {"judge-max-inflight", "RWKVD_JUDGE_MAX_INFLIGHT", OPT_INT, F(judge_max_inflight), 1, 1024, "judge requests in flight at once (all requests together)"},
     {"judge-max-response-bytes", "RWKVD_JUDGE_MAX_RESPONSE_BYTES", OPT_SIZE, F(judge_response_bytes_max), 1024, 1ll << 30, "largest judge answer"},
     {"judge-calls-per-min", "RWKVD_JUDGE_CALLS_PER_MIN", OPT_INT, F(judge_calls_per_min), 1, 1 << 24, "judge calls per tenant per minute (429 beyond)"},
+    {"ttt-max-steps", "RWKVD_TTT_MAX_STEPS", OPT_INT, F(ttt_max_steps), 0, 64, "largest ttt.steps of a generation request (0: test-time training off)"},
+    {"ttt-max-k", "RWKVD_TTT_MAX_K", OPT_INT, F(ttt_max_k), 2, 64, "largest ttt.k (samples per ttt step)"},
+    {"ttt-max-tokens", "RWKVD_TTT_MAX_TOKENS", OPT_INT, F(ttt_max_tokens), 1, 1024, "largest ttt.max_tokens (tokens per ttt sample)"},
+    {"ttt-samples-per-min", "RWKVD_TTT_SAMPLES_PER_MIN", OPT_INT, F(ttt_samples_per_min), 1, 1 << 24, "ttt samples (steps x k) per tenant per minute (429 beyond)"},
     {"teacher-url", "RWKVD_TEACHER_URL", OPT_STR, F(teacher_url), 0, 0, "base URL of an OpenAI-compatible teacher for observer tuning jobs, e.g. http://host:8081/v1 (unset: observer jobs are refused)"},
     {"teacher-model", "RWKVD_TEACHER_MODEL", OPT_STR, F(teacher_model), 0, 0, "the teacher's model name (required with --teacher-url; a job may name another)"},
     {"teacher-key-file", "RWKVD_TEACHER_KEY_FILE", OPT_STR, F(teacher_key_file), 0, 0, "file holding the teacher's API key (else the environment variable RWKVD_TEACHER_API_KEY; never logged)"},
@@ -115,6 +119,10 @@ static void defaults(struct rk_srv_config *c)
     c->judge_max_inflight = 8;
     c->judge_response_bytes_max = (size_t)1 << 20;
     c->judge_calls_per_min = 600;
+    c->ttt_max_steps = 8;
+    c->ttt_max_k = 8;
+    c->ttt_max_tokens = 64;
+    c->ttt_samples_per_min = 256;
     c->judge_tokens_per_min = 1000000;
     c->teacher_connect_timeout_ms = 2000;
     c->teacher_timeout_ms = 60000;

@@ -253,6 +253,11 @@ RK_API const struct rk_state_meta *rk_state_ref_meta(const struct rk_state_ref *
 RK_API struct rk_state_ref *rk_state_ref_retain(struct rk_state_ref *r);
 /* Drop a reference; the last one frees the version. NULL is a no-op. Any thread. */
 RK_API void rk_state_ref_release(struct rk_state_ref *r);
+/* A reference to a state that belongs to no store (a temporary state):
+ * takes `data` (malloc'd, [len] floats; freed with the last reference) and
+ * copies `meta`. NULL when out of memory (data is then not taken). */
+RK_API struct rk_state_ref *rk_state_ref_detached(float *data, const struct rk_state_meta *meta,
+                                                  size_t len);
 
 /* === end of state files and store ========================================= */
 

@@ -91,7 +91,7 @@ def main():
     procs = []
     ok = False
     try:
-        judge, jp = start(rwkvd, model, tmp, "judge", [])
+        judge, jp = start(rwkvd, model, tmp, "judge", ["--ttt-samples-per-min", "12"])
         procs.append(judge)
         args = ["--judge-url", "http://127.0.0.1:%d/v1" % jp, "--judge-model", "demo"]
         srv, sp = start(rwkvd, model, tmp, "server", args)
@@ -173,6 +173,45 @@ def main():
         st, j = post(jp, "/tune", dict(RL, output_state="checked", steps=1, dataset=one))
         assert st == 202, j
         assert wait_job(jp, j["id"])["status"] == "succeeded"
+        # --- test-time training on /generate and the OpenAI routes ------------
+        q = {"prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0, "seed": 1}
+        st, a = post(sp, "/generate", q)
+        assert st == 200 and "ttt_steps" not in a["usage"], a
+        for judge_kind in ("default", "self"):
+            st, b = post(sp, "/generate", dict(q, ttt={"steps": 2, "k": 3, "max_tokens": 6,
+                                                       "lr": 1, "judge": judge_kind}))
+            assert st == 200, b
+            u = b["usage"]
+            assert u["ttt_steps"] == 2 and u["ttt_tokens"] > 12, u
+            assert u["completion_tokens"] == b["choices"][0]["tokens"], u
+        calls = metric(sp, "rwkvd_judge_calls_total")
+        assert calls >= 6, calls  # the "default" run asked the judge 2 x 3 times
+        st, c = post(sp, "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4,
+            "ttt": {"steps": 1, "k": 2, "max_tokens": 4, "judge": "self"}})
+        assert st == 200 and c["usage"]["ttt_steps"] == 1, c
+        for bad, code, param in (({"steps": 9}, "out_of_range", "ttt.steps"),
+                                 ({"k": 1}, "out_of_range", "ttt.k"),
+                                 ({"k": 9}, "out_of_range", "ttt.k"),
+                                 ({"max_tokens": 65}, "out_of_range", "ttt.max_tokens"),
+                                 ({"lr": 0}, "out_of_range", "ttt.lr"),
+                                 ({"steps": 1.5}, "invalid_type", "ttt.steps"),
+                                 ({"judge": "other"}, "invalid_value", "ttt.judge"),
+                                 ({"bogus": 1}, "invalid_value", "ttt")):
+            st, e = post(sp, "/generate", dict(q, ttt=bad))
+            assert st == 400 and e["error"]["code"] == code, (bad, e)
+            assert e["error"]["param"] == param, (bad, e)
+        st, e = post(sp, "/generate", dict(q, ttt={"steps": 1}, best_of=2))
+        assert st == 400 and e["error"]["code"] == "unsupported", e
+        # the budget: 12 samples a minute on the judge's server
+        st, b = post(jp, "/generate", dict(q, ttt={"steps": 2, "k": 4, "max_tokens": 4}))
+        assert st == 200 and b["usage"]["ttt_steps"] == 2, b
+        st, e = post(jp, "/generate", dict(q, ttt={"steps": 2, "k": 3, "max_tokens": 4}))
+        assert st == 429 and e["error"]["code"] == "ttt_budget_exceeded", e
+        assert e["error"]["type"] == "rate_limit_error", e
+        st, b = post(jp, "/generate", dict(q, ttt={"steps": 2, "k": 2, "max_tokens": 4}))
+        assert st == 200, b  # exactly what is left
+        print("ttt: %d tokens for 2 steps of 3 samples" % u["ttt_tokens"])
         ok = True
         print("test_rl: ok")
     finally:
