@@ -266,8 +266,10 @@ static bool task_resolve_epochs(struct job_task *t)
     if (!(hp->epochs > 0))
         return true;
     long steps_max = rk_tjobs_limits(t->js)->steps_max;
-    double s = ceil(hp->epochs * (double)n_train_of(t->n_examples, hp->tune.val_split) /
-                    (double)hp->tune.batch);
+    // rl has no validation split: an epoch is a pass over every prompt
+    size_t n_train = !strcmp(hp->method, rk_method_rl.name)
+                         ? t->n_examples : n_train_of(t->n_examples, hp->tune.val_split);
+    double s = ceil(hp->epochs * (double)n_train / (double)hp->tune.batch);
     if (s > (double)steps_max) {
         task_fail(t, 400, "too_many_steps", "epochs",
                   "%g epochs of %zu examples in batches of %d is %.0f steps; the limit is %ld",
