@@ -109,9 +109,13 @@ int rk_rl_targets_set_ref(struct rk_rl_targets *t, size_t seq, size_t p, const f
     float *lq = s->lq + p * k;
     rk_logprobs_top(logits, (size_t)V, k, ids, lq);
     double sum = 0;
-    for (size_t i = 0; i < k; i++)
-        if (ids[i] != UINT32_MAX)
-            sum += exp((double)lq[i]);
+    for (size_t i = 0; i < k; i++) {
+        if (ids[i] == UINT32_MAX)
+            continue;
+        sum += exp((double)lq[i]);
+        if (!(lq[i] > -1e4f)) /* an underflowed probability: keep log q finite */
+            lq[i] = -1e4f;
+    }
     double rest = 1 - sum;
     s->lrest[p] = (size_t)V <= k || rest < 1e-30 ? -INFINITY : (float)log(rest);
     return RK_OK;
