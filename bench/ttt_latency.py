@@ -27,14 +27,18 @@ def post(body):
     with urllib.request.urlopen(req, timeout=120) as r:
         out = json.loads(r.read())
     return time.time() - t, out
-q = {"prompt": "User: What color is the sky?\n\nAssistant:", "max_tokens": 32, "temperature": 0, "seed": 1}
-for name, extra in (("plain", {}), ("ttt 1x4x32", {"ttt": {"steps": 1, "k": 4, "max_tokens": 32, "judge": "self"}}),
-                    ("ttt 4x4x32", {"ttt": {"steps": 4, "k": 4, "max_tokens": 32, "judge": "self"}}),
-                    ("ttt 8x8x64", {"ttt": {"steps": 8, "k": 8, "max_tokens": 64, "judge": "self"}})):
-    ts = []
-    for i in range(3):
-        dt, out = post(dict(q, **extra))
-        ts.append(dt)
-    ts.sort()
-    print("%-12s median %.3f s  ttt_tokens %s" % (name, ts[1], out["usage"].get("ttt_tokens")))
-p.terminate(); p.wait()
+try:
+    q = {"prompt": "User: What color is the sky?\n\nAssistant:", "max_tokens": 32, "temperature": 0, "seed": 1}
+    for name, extra in (("plain", {}), ("ttt 1x4x32", {"ttt": {"steps": 1, "k": 4, "max_tokens": 32, "judge": "self"}}),
+                        ("ttt 4x4x32", {"ttt": {"steps": 4, "k": 4, "max_tokens": 32, "judge": "self"}}),
+                        ("ttt 8x8x64", {"ttt": {"steps": 8, "k": 8, "max_tokens": 64, "judge": "self"}})):
+        ts = []
+        for i in range(3):
+            dt, out = post(dict(q, **extra))
+            ts.append(dt)
+        ts.sort()
+        print("%-12s median %.3f s  ttt_tokens %s" % (name, ts[1], out["usage"].get("ttt_tokens")))
+finally:
+    p.terminate()
+    p.wait()
+
