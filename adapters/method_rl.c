@@ -278,7 +278,6 @@ struct rl_run {
     uint32_t *seq, *tgt;  /* [len_max] */
     uint8_t *msk;         /* [len_max] */
     double *score;        /* [K] */
-    struct rk_sampler *smp;
     struct rk_span *spans;
     size_t *perm;
     long perm_epoch;
