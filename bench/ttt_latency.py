@@ -18,20 +18,25 @@ import urllib.request
 rwkvd, model = sys.argv[1], sys.argv[2]
 tmp = tempfile.mkdtemp()
 p = subprocess.Popen([rwkvd, "serve", "--model", model, "--port", "0", "--threads", "2",
-                      "--data-dir", tmp], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                      "--data-dir", tmp],
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 port = int(p.stdout.readline().rsplit(":", 1)[1])
 def post(body):
-    req = urllib.request.Request("http://127.0.0.1:%d/generate" % port, data=json.dumps(body).encode(),
+    req = urllib.request.Request("http://127.0.0.1:%d/generate" % port,
+                                 data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     t = time.time()
     with urllib.request.urlopen(req, timeout=120) as r:
         out = json.loads(r.read())
     return time.time() - t, out
 try:
-    q = {"prompt": "User: What color is the sky?\n\nAssistant:", "max_tokens": 32, "temperature": 0, "seed": 1}
-    for name, extra in (("plain", {}), ("ttt 1x4x32", {"ttt": {"steps": 1, "k": 4, "max_tokens": 32, "judge": "self"}}),
-                        ("ttt 4x4x32", {"ttt": {"steps": 4, "k": 4, "max_tokens": 32, "judge": "self"}}),
-                        ("ttt 8x8x64", {"ttt": {"steps": 8, "k": 8, "max_tokens": 64, "judge": "self"}})):
+    q = {"prompt": "User: What color is the sky?\n\nAssistant:", "max_tokens": 32,
+         "temperature": 0, "seed": 1}
+
+    def ttt(steps, k, n):
+        return {"ttt": {"steps": steps, "k": k, "max_tokens": n, "judge": "self"}}
+    for name, extra in (("plain", {}), ("ttt 1x4x32", ttt(1, 4, 32)),
+                        ("ttt 4x4x32", ttt(4, 4, 32)), ("ttt 8x8x64", ttt(8, 8, 64))):
         ts = []
         for i in range(3):
             dt, out = post(dict(q, **extra))

@@ -729,12 +729,14 @@ struct rk_rl_prompts {
 RK_API int rk_rl_params_check(const struct rk_tune_params *p);
 /*
  * Tune the initial state of `m` with the method "rl" (docs/TUNING.md) on
- * `prompts` (RK_EINVAL for an empty prompt or a token id >= V): per step `batch` prompts in a seeded per-epoch order, rl_k
- * samples each from the current state (sampler seed rk_rl_sample_seed), the
- * host's scores, advantages normalised per prompt, and one AdamW step on
- * the token-weighted policy-gradient loss with the KL term. Checkpoints
- * and resume as rk_tune_run (no validation: best = current). `out` gets
- * the final parameters. Errors as rk_tune_run, and the score callback's.
+ * `prompts` (RK_EINVAL for an empty prompt or a token id >= V): per step
+ * `batch` prompts in a seeded per-epoch order, rl_k samples each from the
+ * current state (sampler seed rk_rl_sample_seed), the host's scores,
+ * advantages normalised per prompt, and one AdamW step on the token-
+ * weighted policy-gradient loss with the KL term (skipped when no prompt's
+ * scores differ). Checkpoints and resume as rk_tune_run (no validation:
+ * best = current). `out` gets the final parameters. Errors as
+ * rk_tune_run, and the score callback's.
  */
 RK_API int rk_rl_run(const struct rk_model *m, const struct rk_tune_params *p,
                      const struct rk_rl_prompts *prompts, const float *init,
