@@ -8,7 +8,9 @@ the judge is killed (-9) after a few steps and, after a restart, gets the
 answers of the steps it runs again from its cache file, not from the judge
 (counted on both servers); bad hyperparameters and data are 400s with
 OpenAI-style errors; a server without a judge refuses prompts that have no
-checker.
+checker; a judge that cannot be reached fails the job and the request.
+Test-time training (ttt) on /generate and chat: with the judge and with
+self-scoring, its 400s, the per-tenant sample budget (429).
 
 usage: test_rl.py RWKVD DEMO_MODEL
 """
@@ -212,6 +214,19 @@ def main():
         st, b = post(jp, "/generate", dict(q, ttt={"steps": 2, "k": 2, "max_tokens": 4}))
         assert st == 200, b  # exactly what is left
         print("ttt: %d tokens for 2 steps of 3 samples" % u["ttt_tokens"])
+        # a judge that cannot be reached fails the job, and the ttt request (502)
+        dead, dp = start(rwkvd, model, tmp, "dead", [
+            "--judge-url", "http://127.0.0.1:1/v1", "--judge-model", "m",
+            "--judge-retries", "0", "--judge-connect-timeout-ms", "200"])
+        procs.append(dead)
+        st, j = post(dp, "/tune", dict(RL, output_state="dead", steps=2, dataset=data[:1]))
+        assert st == 202, j
+        j = wait_job(dp, j["id"])
+        assert j["status"] == "failed" and j["error"]["code"] == "judge_failed", j
+        assert "judge" in j["error"]["message"], j
+        st, e = post(dp, "/generate", dict(q, ttt={"steps": 1, "k": 2, "max_tokens": 4}))
+        assert st == 502 and e["error"]["code"] == "judge_failed", e
+        assert metric(dp, "rwkvd_rl_judge_failures_total") == 1
         ok = True
         print("test_rl: ok")
     finally:
@@ -222,7 +237,7 @@ def main():
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
-        for name in ("judge", "server"):
+        for name in ("judge", "server", "dead"):
             path = os.path.join(tmp, name + ".log")
             text = open(path).read() if os.path.exists(path) else ""
             if "Sanitizer" in text or "runtime error" in text:
