@@ -6,7 +6,7 @@ test. An rl job with a local checker (a regex that rewards answers starting
 with "Arr") raises its mean score within a few steps; an rl job scored by
 the judge is killed (-9) after a few steps and, after a restart, gets the
 answers of the steps it runs again from its cache file, not from the judge
-(counted on both servers); bad hyperparameters and data are 400s with
+(counted in the restarted server's /metrics); bad hyperparameters and data are 400s with
 OpenAI-style errors; a server without a judge refuses prompts that have no
 checker; a judge that cannot be reached fails the job and the request.
 Test-time training (ttt) on /generate and chat: with the judge and with
