@@ -97,14 +97,17 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
     struct tune_ui *ui = user;
     char klb[32];
     if (ui->log) {
-        if (isnan(p->val_loss))
+        if (isnan(p->val_loss)) {
+            char sc[40] = ""; /* rl only: the step's mean sample score */
+            if (!isnan(p->score))
+                snprintf(sc, sizeof sc, ", \"score\": %.6g", p->score);
             fprintf(ui->log, "{\"step\": %ld, \"loss\": %.9g, \"grad_norm\": %.6g, "
-                             "\"lr\": %.6g, \"score\": %.6g, \"elapsed_s\": %.6f}\n",
-                    p->step, p->loss, p->grad_norm, p->lr, isnan(p->score) ? -1 : p->score,
-                    p->elapsed_s);
-        else
+                             "\"lr\": %.6g%s, \"elapsed_s\": %.6f}\n",
+                    p->step, p->loss, p->grad_norm, p->lr, sc, p->elapsed_s);
+        } else {
             fprintf(ui->log, "{\"step\": %ld, \"val_loss\": %.9g, \"elapsed_s\": %.6f}\n",
                     p->step, p->val_loss, p->elapsed_s);
+        }
         fflush(ui->log);
     }
     if (ui->quiet)
@@ -227,7 +230,9 @@ static void tune_usage(void)
     rk_tune_method_names(methods, sizeof methods);
     printf("usage: rwkvd tune --model FILE --data FILE.jsonl --out STATE.safetensors [options]\n\n"
            "Tune the initial state of a frozen model on a JSONL dataset ({\"text\"},\n"
-           "{\"prompt\",\"completion\"} or {\"messages\"} lines; see docs/TUNING.md).\n\n"
+           "{\"prompt\",\"completion\"} or {\"messages\"} lines; see docs/TUNING.md).\n"
+           "With --method rl the lines are prompts with a checker, {\"prompt\",\"answer\"}\n"
+           "or {\"prompt\",\"regex\"}: samples are scored by it (docs/TUNING.md).\n\n"
            "  --vocab FILE          World vocabulary (byte models need none)\n"
            "  --init STATE          start from this state file (default: zero state)\n"
            "  --method NAME         tuning method: %s (default %s)\n"
@@ -239,7 +244,8 @@ static void tune_usage(void)
            "  --dump-gradient FILE  write the loss and dLoss/dstate at the starting state\n"
            "                        (safetensors, adapter tensor names) and exit\n"
            "  --log FILE            one JSON line per step (step, loss, grad_norm, lr,\n"
-           "                        elapsed_s) and per validation (step, val_loss,\n"
+           "                        score with method rl, elapsed_s) and per\n"
+           "                        validation (step, val_loss,\n"
            "                        elapsed_s)\n"
            "  --quiet               no progress output (on a terminal a redrawn progress\n"
            "                        bar; otherwise, e.g. into a log, a plain line every 5%%)\n\n"
