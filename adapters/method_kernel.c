@@ -31,9 +31,10 @@
  * keeps its written order and rounding, so the AVX-512 and the portable
  * builds of the functions below (HOT) give the same bits. */
 #pragma GCC optimize("O3", "fp-contract=off")
-#include "rk_adapters.h"
+#include "method_standard.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,19 +44,18 @@
  * memory has faded, its work is skipped, and no product of c with a
  * gradient reaches the subnormal range (slow on x86). */
 #define FADE_LOG_MIN (-40.0f)
-/* The hot functions are built for AVX-512 and for any x86-64 (or the
- * default elsewhere); the loader picks one per process. Both compute the
- * same operations in the same order (16 running sums per dot product, one
- * vector register or four), so they agree bit for bit. */
-/* Not under the sanitizers: an ifunc resolver runs while the dynamic loader
- * relocates, before a sanitizer's runtime is up, and its instrumented code
- * crashes there (ThreadSanitizer: every process at start). */
-#if defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
-    !defined(__SANITIZE_THREAD__)
-#define HOT __attribute__((target_clones("avx512f", "default")))
-#else
-#define HOT
+/* The hot functions (BODY) are built twice, for AVX-512 and for any x86-64
+ * (elsewhere only the latter), as plain functions; which build runs is
+ * chosen once, by rk_cpu_avx512() (the core's switch: the CPU and
+ * RWKVD_NO_AVX512), or forced to the portable one with
+ * rk_kernel_force_portable. Both compute the same operations in the same
+ * order (16 running sums per dot product, one vector register or four), so
+ * they agree bit for bit (tests/unit/test_kernel.c compares them). */
+#if defined(__x86_64__)
+#define KERNEL_AVX512 1
+#define AVX512_BUILD __attribute__((target("avx512f")))
 #endif
+#define BODY static inline __attribute__((always_inline))
 #define SAMPLES_PER_HEAD 32 /* DBP: feature vectors kept per (layer, head) per step */
 
 /* --- layout ------------------------------------------------------------------ */
@@ -201,8 +201,8 @@ static size_t ro_carry_len(const void *data)
     return (size_t)v->L * (size_t)v->H;
 }
 
-HOT static void ro_fwd(const void *data, int l, int h, size_t n, size_t stride, const float *r,
-                   const float *w, float *carry, float *y)
+BODY void ro_fwd_body(const void *data, int l, int h, size_t n, size_t stride, const float *r,
+                      const float *w, float *carry, float *y)
 {
     const struct rk_kernel_view *v = data;
     const int N = v->N, M = v->M;
@@ -235,9 +235,9 @@ static size_t ro_bwd_scratch(const void *data, size_t n)
     return n + (size_t)TB * (4 * (size_t)v->M + 4 * (size_t)v->N);
 }
 
-HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, const float *r,
-                       const float *w, const float *dy, float *dr, float *dw, void *grad,
-                       float *scratch)
+BODY void ro_bwd_body(const void *data, int l, int h, size_t n, size_t stride, const float *r,
+                      const float *w, const float *dy, float *dr, float *dw, void *grad,
+                      float *scratch)
 {
     const struct rk_kernel_view *v = data;
     struct rk_kernel_grad *g = grad;
@@ -365,13 +365,6 @@ HOT static void ro_bwd(const void *data, int l, int h, size_t n, size_t stride, 
     }
 }
 
-const struct rk_readout_ops rk_kernel_readout = {
-    .carry_len = ro_carry_len,
-    .fwd = ro_fwd,
-    .bwd = ro_bwd,
-    .bwd_scratch = ro_bwd_scratch,
-};
-
 /* --- the methods --------------------------------------------------------------- */
 
 static bool is_dbp(const struct rk_tune_params *p) { return p->method == &rk_method_dbp; }
@@ -428,18 +421,11 @@ static void k_init(const struct rk_model *m, const struct rk_tune_params *p, con
     }
 }
 
-static void k_to_state(const struct rk_model *m, const struct rk_tune_params *p,
-                       const float *params, float *state)
-{
-    (void)p;
-    memcpy(state, params, rk_state_len(m) * sizeof(float));
-}
-
 /* The state part as "standard" has it; the rest zero (extra->grad adds P's). */
 static void k_grad(const struct rk_model *m, const struct rk_tune_params *p, const float *params,
                    const float *dstate, float *dparams)
 {
-    rk_method_standard.grad_to_params(m, p, params, dstate, dparams);
+    rk_std_grad_to_params(m, p, params, dstate, dparams);
     size_t slen = rk_state_len(m);
     memset(dparams + slen, 0, (k_len(m, p) - slen) * sizeof(float));
 }
@@ -448,7 +434,7 @@ static void k_grad(const struct rk_model *m, const struct rk_tune_params *p, con
 static size_t k_trainable(const struct rk_model *m, const struct rk_tune_params *p,
                           struct rk_span *spans, size_t cap)
 {
-    size_t n = rk_method_standard.trainable(m, p, spans, cap);
+    size_t n = rk_std_trainable(m, p, spans, cap);
     struct rk_kernel_layout kl;
     rk_kernel_layout(m, p->kernel_m, &kl);
     if (n < cap)
@@ -457,8 +443,10 @@ static size_t k_trainable(const struct rk_model *m, const struct rk_tune_params 
 }
 
 /* Peff [L][H][N][M] = Ptilde R_l for every head. */
-HOT static void dbp_effective(const struct rk_model *m, const struct rk_tune_params *p,
-                          const float *params, float *Peff)
+static void dbp_effective(const struct rk_model *m, const struct rk_tune_params *p,
+                          const float *params, float *Peff);
+BODY void dbp_effective_body(const struct rk_model *m, const struct rk_tune_params *p,
+                             const float *params, float *Peff)
 {
     struct rk_kernel_layout kl;
     rk_kernel_layout(m, p->kernel_m, &kl);
@@ -572,7 +560,7 @@ static void kx_bind(void *xv, const float *params, struct rk_readout *ro, void *
 
 static void kx_weight(void *xv, float w) { ((struct krun *)xv)->g.weight = w; }
 
-HOT static void kx_grad(void *xv, const float *params, float scale, float *dparams)
+BODY void kx_grad_body(void *xv, const float *params, float scale, float *dparams)
 {
     struct krun *x = xv;
     float *d = dparams + x->kl.P;
@@ -596,7 +584,7 @@ HOT static void kx_grad(void *xv, const float *params, float scale, float *dpara
 
 /* DBP: R <- R - eta (E[x x^T] - diag E[x^2]) R / mean E[x^2] per layer,
  * x = R phi over the step's sampled feature vectors of the layer's heads. */
-HOT static void kx_after(void *xv, float *params)
+BODY void kx_after_body(void *xv, float *params)
 {
     struct krun *x = xv;
     if (!x->dbp || !(x->p->dbp_lr > 0))
@@ -649,6 +637,86 @@ HOT static void kx_after(void *xv, float *params)
     }
 }
 
+/* --- the two builds of the hot functions -------------------------------------- */
+
+/* name_avx512 (x86-64) and name_plain, each the body of name inlined:
+ * params is the parenthesised parameter list, args the call's arguments. */
+#ifdef KERNEL_AVX512
+#define BUILDS(name, params, args)                                                                \
+    AVX512_BUILD static void name##_avx512 params { name##_body args; }                           \
+    static void name##_plain params { name##_body args; }
+#else
+#define BUILDS(name, params, args) static void name##_plain params { name##_body args; }
+#endif
+
+#define RO_FWD_PARAMS                                                                             \
+    (const void *data, int l, int h, size_t n, size_t stride, const float *r, const float *w,    \
+     float *carry, float *y)
+#define RO_BWD_PARAMS                                                                             \
+    (const void *data, int l, int h, size_t n, size_t stride, const float *r, const float *w,    \
+     const float *dy, float *dr, float *dw, void *grad, float *scratch)
+#define EFFECTIVE_PARAMS                                                                          \
+    (const struct rk_model *m, const struct rk_tune_params *p, const float *params, float *Peff)
+
+BUILDS(ro_fwd, RO_FWD_PARAMS, (data, l, h, n, stride, r, w, carry, y))
+BUILDS(ro_bwd, RO_BWD_PARAMS, (data, l, h, n, stride, r, w, dy, dr, dw, grad, scratch))
+BUILDS(dbp_effective, EFFECTIVE_PARAMS, (m, p, params, Peff))
+BUILDS(kx_grad, (void *xv, const float *params, float scale, float *dparams),
+       (xv, params, scale, dparams))
+BUILDS(kx_after, (void *xv, float *params), (xv, params))
+
+struct hot_fns {
+    void (*ro_fwd) RO_FWD_PARAMS;
+    void (*ro_bwd) RO_BWD_PARAMS;
+    void (*dbp_effective) EFFECTIVE_PARAMS;
+    void (*kx_grad)(void *xv, const float *params, float scale, float *dparams);
+    void (*kx_after)(void *xv, float *params);
+};
+
+static const struct hot_fns hot_plain = {ro_fwd_plain, ro_bwd_plain, dbp_effective_plain,
+                                         kx_grad_plain, kx_after_plain};
+#ifdef KERNEL_AVX512
+static const struct hot_fns hot_avx512 = {ro_fwd_avx512, ro_bwd_avx512, dbp_effective_avx512,
+                                          kx_grad_avx512, kx_after_avx512};
+#endif
+
+static atomic_bool force_portable;
+
+void rk_kernel_force_portable(bool on) { atomic_store(&force_portable, on); }
+
+/* The build this call runs. */
+static const struct hot_fns *hot(void)
+{
+#ifdef KERNEL_AVX512
+    if (!atomic_load_explicit(&force_portable, memory_order_relaxed) && rk_cpu_avx512())
+        return &hot_avx512;
+#endif
+    return &hot_plain;
+}
+
+static void ro_fwd RO_FWD_PARAMS { hot()->ro_fwd(data, l, h, n, stride, r, w, carry, y); }
+
+static void ro_bwd RO_BWD_PARAMS
+{
+    hot()->ro_bwd(data, l, h, n, stride, r, w, dy, dr, dw, grad, scratch);
+}
+
+static void dbp_effective EFFECTIVE_PARAMS { hot()->dbp_effective(m, p, params, Peff); }
+
+static void kx_grad(void *xv, const float *params, float scale, float *dparams)
+{
+    hot()->kx_grad(xv, params, scale, dparams);
+}
+
+static void kx_after(void *xv, float *params) { hot()->kx_after(xv, params); }
+
+const struct rk_readout_ops rk_kernel_readout = {
+    .carry_len = ro_carry_len,
+    .fwd = ro_fwd,
+    .bwd = ro_bwd,
+    .bwd_scratch = ro_bwd_scratch,
+};
+
 static const struct rk_tune_extra kernel_extra = {
     .begin = kx_begin,
     .end = kx_end,
@@ -658,33 +726,28 @@ static const struct rk_tune_extra kernel_extra = {
     .after_update = kx_after,
 };
 
+/* Both entries: "standard" (its to_state: the state is the parameters'
+ * first part) with the kernel memory's hooks; is_dbp tells them apart. */
+#define KERNEL_HOOKS                                                                              \
+    RK_METHOD_STANDARD_HOOKS, .params_len = k_len, .params_init = k_init,                         \
+    .grad_to_params = k_grad, .trainable = k_trainable, .extra = &kernel_extra,                   \
+    .to_adapter = k_to_adapter
+
+RK_METHOD_OVERRIDES_BEGIN
 const struct rk_tune_method rk_method_kernel = {
+    KERNEL_HOOKS,
     .name = "kernel",
     .help = "Adam on the initial state and a kernel memory P [N][M] per head, read through "
             "random Fourier features of the receptance",
-    .params_len = k_len,
-    .params_init = k_init,
-    .to_state = k_to_state,
-    .grad_to_params = k_grad,
-    .trainable = k_trainable,
-    .loss = NULL,
-    .extra = &kernel_extra,
-    .to_adapter = k_to_adapter,
 };
 
 const struct rk_tune_method rk_method_dbp = {
+    KERNEL_HOOKS,
     .name = "dbp",
     .help = "the kernel state with P = Ptilde R, R a decorrelating matrix per layer "
             "(decorrelated backpropagation)",
-    .params_len = k_len,
-    .params_init = k_init,
-    .to_state = k_to_state,
-    .grad_to_params = k_grad,
-    .trainable = k_trainable,
-    .loss = NULL,
-    .extra = &kernel_extra,
-    .to_adapter = k_to_adapter,
 };
+RK_METHOD_OVERRIDES_END
 
 int rk_tune_export(const struct rk_model *m, const struct rk_tune_params *p, const float *params,
                    float **out, struct rk_state_meta *meta)

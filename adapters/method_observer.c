@@ -13,7 +13,7 @@
  * text only) it is the cross-entropy of the next token. docs/TUNING.md
  * states the formula and its gradient.
  */
-#include "rk_adapters.h"
+#include "method_standard.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -188,45 +188,13 @@ static double obs_loss(float *logits, int V, size_t t, uint32_t target, size_t n
     return rk_loss_xent(logits, V, t, target, nsel, user);
 }
 
-static size_t obs_len(const struct rk_model *m, const struct rk_tune_params *p)
-{
-    return rk_method_standard.params_len(m, p);
-}
-
-static void obs_init(const struct rk_model *m, const struct rk_tune_params *p, const float *state,
-                     float *params)
-{
-    rk_method_standard.params_init(m, p, state, params);
-}
-
-static void obs_to_state(const struct rk_model *m, const struct rk_tune_params *p,
-                         const float *params, float *state)
-{
-    rk_method_standard.to_state(m, p, params, state);
-}
-
-static void obs_grad(const struct rk_model *m, const struct rk_tune_params *p, const float *params,
-                     const float *dstate, float *dparams)
-{
-    rk_method_standard.grad_to_params(m, p, params, dstate, dparams);
-}
-
-static size_t obs_trainable(const struct rk_model *m, const struct rk_tune_params *p,
-                            struct rk_span *spans, size_t cap)
-{
-    return rk_method_standard.trainable(m, p, spans, cap);
-}
-
+/* "standard" with its own loss */
+RK_METHOD_OVERRIDES_BEGIN
 const struct rk_tune_method rk_method_observer = {
+    RK_METHOD_STANDARD_HOOKS,
     .name = "observer",
     .help = "distillation from a teacher endpoint: KL to its top-k log-probabilities, or "
             "cross-entropy on its answers",
-    .params_len = obs_len,
-    .params_init = obs_init,
-    .to_state = obs_to_state,
-    .grad_to_params = obs_grad,
-    .trainable = obs_trainable,
     .loss = obs_loss,
-    .extra = NULL,
-    .to_adapter = NULL,
 };
+RK_METHOD_OVERRIDES_END

@@ -14,6 +14,7 @@
  * RK_RL_REF_TOPK most likely tokens plus a rest bin. docs/TUNING.md states
  * the formulas. rk_rl_run is the driver; rk_tune_run refuses the method.
  */
+#include "method_standard.h"
 #include "rk_adapters.h"
 
 #include <math.h>
@@ -196,50 +197,17 @@ static double rl_loss(float *logits, int V, size_t t, uint32_t target, size_t ns
                      nsel, NULL);
 }
 
-/* --- the method entry: standard's parameters ----------------------------- */
+/* --- the method entry: "standard" with its own loss ------------------------ */
 
-static size_t rl_len(const struct rk_model *m, const struct rk_tune_params *p)
-{
-    return rk_method_standard.params_len(m, p);
-}
-
-static void rl_init(const struct rk_model *m, const struct rk_tune_params *p, const float *state,
-                    float *params)
-{
-    rk_method_standard.params_init(m, p, state, params);
-}
-
-static void rl_to_state(const struct rk_model *m, const struct rk_tune_params *p,
-                        const float *params, float *state)
-{
-    rk_method_standard.to_state(m, p, params, state);
-}
-
-static void rl_grad(const struct rk_model *m, const struct rk_tune_params *p, const float *params,
-                    const float *dstate, float *dparams)
-{
-    rk_method_standard.grad_to_params(m, p, params, dstate, dparams);
-}
-
-static size_t rl_trainable(const struct rk_model *m, const struct rk_tune_params *p,
-                           struct rk_span *spans, size_t cap)
-{
-    return rk_method_standard.trainable(m, p, spans, cap);
-}
-
+RK_METHOD_OVERRIDES_BEGIN
 const struct rk_tune_method rk_method_rl = {
+    RK_METHOD_STANDARD_HOOKS,
     .name = "rl",
     .help = "policy gradient on scored samples of prompts (a judge or a checker), with a KL "
             "term to the starting state",
-    .params_len = rl_len,
-    .params_init = rl_init,
-    .to_state = rl_to_state,
-    .grad_to_params = rl_grad,
-    .trainable = rl_trainable,
     .loss = rl_loss,
-    .extra = NULL,
-    .to_adapter = NULL,
 };
+RK_METHOD_OVERRIDES_END
 
 /* --- the driver ------------------------------------------------------------ */
 

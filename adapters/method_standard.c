@@ -6,18 +6,18 @@
  * p->tune_shift (their gradient is zeroed otherwise, so the norm and the
  * clipping see only what is trained).
  */
-#include "rk_adapters.h"
+#include "method_standard.h"
 
 #include <string.h>
 
-static size_t std_len(const struct rk_model *m, const struct rk_tune_params *p)
+size_t rk_std_params_len(const struct rk_model *m, const struct rk_tune_params *p)
 {
     (void)p;
     return rk_state_len(m);
 }
 
-static void std_init(const struct rk_model *m, const struct rk_tune_params *p, const float *state,
-                     float *params)
+void rk_std_params_init(const struct rk_model *m, const struct rk_tune_params *p,
+                        const float *state, float *params)
 {
     (void)p;
     if (state)
@@ -26,15 +26,15 @@ static void std_init(const struct rk_model *m, const struct rk_tune_params *p, c
         memset(params, 0, rk_state_len(m) * sizeof(float));
 }
 
-static void std_to_state(const struct rk_model *m, const struct rk_tune_params *p,
-                         const float *params, float *state)
+void rk_std_to_state(const struct rk_model *m, const struct rk_tune_params *p,
+                     const float *params, float *state)
 {
     (void)p;
     memcpy(state, params, rk_state_len(m) * sizeof(float));
 }
 
-static void std_grad(const struct rk_model *m, const struct rk_tune_params *p, const float *params,
-                     const float *dstate, float *dparams)
+void rk_std_grad_to_params(const struct rk_model *m, const struct rk_tune_params *p,
+                           const float *params, const float *dstate, float *dparams)
 {
     (void)params;
     memcpy(dparams, dstate, rk_state_len(m) * sizeof(float));
@@ -50,8 +50,8 @@ static void std_grad(const struct rk_model *m, const struct rk_tune_params *p, c
 }
 
 /* All of it with tune_shift, else each layer's WKV part. */
-static size_t std_trainable(const struct rk_model *m, const struct rk_tune_params *p,
-                            struct rk_span *spans, size_t cap)
+size_t rk_std_trainable(const struct rk_model *m, const struct rk_tune_params *p,
+                        struct rk_span *spans, size_t cap)
 {
     if (p->tune_shift) {
         if (cap >= 1)
@@ -69,12 +69,5 @@ static size_t std_trainable(const struct rk_model *m, const struct rk_tune_param
 const struct rk_tune_method rk_method_standard = {
     .name = "standard",
     .help = "Adam on the initial state (WKV parts; token shifts with tune_shift)",
-    .params_len = std_len,
-    .params_init = std_init,
-    .to_state = std_to_state,
-    .grad_to_params = std_grad,
-    .trainable = std_trainable,
-    .loss = NULL,
-    .extra = NULL,
-    .to_adapter = NULL,
+    RK_METHOD_STANDARD_HOOKS,
 };

@@ -292,17 +292,35 @@ static int run_start(struct run *r, const float *init)
 
 /* Collateral protection: kl_batch generic sequences of step r->step, with
  * the loss hook rk_loss_kl_ref; kl_weight times their position-weighted
- * mean dKL/dstate0 is added to r->gacc, the mean KL kept in r->kl_last. */
-static int run_kl_gradient(struct run *r)
+ * mean dKL/dstate0 is added to r->gacc, the mean KL kept in r->kl_last.
+ * A method with a read-out term runs the generic sequences with it too
+ * (`tr`: the training pass's parameters): the KL is the served state's, and
+ * its gradient reaches the term's parameters through the term's weights.
+ * The term's gradient is scaled by 1 / k_train afterwards (ex->grad), so
+ * each generic sequence's weight is its positions * kl_weight * k_train /
+ * (the step's generic positions). */
+static int run_kl_gradient(struct run *r, const struct rk_backward_params *tr, size_t k_train)
 {
     const struct rk_tune_params *p = r->p;
+    const struct rk_tune_extra *ex = r->meth->extra;
     struct rk_tune_loss_ctx lc = {.p = p, .ds = p->kl_data, .kl = r->kl};
     struct rk_backward_params bp = {.checkpoint_every = p->bptt_checkpoint,
                                     .loss = rk_loss_kl_ref,
-                                    .loss_user = &lc};
+                                    .loss_user = &lc,
+                                    .ro_ops = tr->ro_ops,
+                                    .ro_data = tr->ro_data,
+                                    .ro_grad = tr->ro_grad};
     memset(r->gkl, 0, r->slen * sizeof(float));
     double loss_sum = 0;
-    size_t k_sum = 0;
+    size_t k_sum = 0, k_all = 0;
+    for (int bi = 0; ex && bi < p->kl_batch; bi++) {
+        size_t n;
+        rk_dataset_get(p->kl_data, order_at(&r->kord, r->step * p->kl_batch + bi), NULL, NULL,
+                       &n);
+        if (p->seq_len_max && n > p->seq_len_max)
+            n = p->seq_len_max;
+        k_all += n - 1;
+    }
     for (int bi = 0; bi < p->kl_batch; bi++) {
         if (r->cancel && r->cancel(r->user))
             return RK_ECANCELED;
@@ -318,6 +336,10 @@ static int run_kl_gradient(struct run *r)
             r->msk[t] = 1;
         }
         double l;
+        if (ex)
+            ex->weight(r->x, k_all ? (float)((double)k * p->kl_weight * (double)k_train /
+                                             (double)k_all)
+                                   : 0.0f);
         int rc = rk_backward_seq(r->ctx, &bp, tok, r->tgt, r->msk, k, r->st0, &l, r->dst,
                                  r->cancel, r->user);
         if (rc != RK_OK)
@@ -395,7 +417,7 @@ static int run_gradient(struct run *r, double *loss)
             r->gacc[i] *= inv;
     }
     if (r->kl) {
-        int rc = run_kl_gradient(r);
+        int rc = run_kl_gradient(r, &bp, k_sum);
         if (rc != RK_OK)
             return rc;
     }

@@ -172,6 +172,15 @@ int rk__load_safetensors(struct rk_model *m, const struct rk_model_params *p,
                          struct rk_errbuf *eb);
 int rk__load_pth(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
 int rk__load_rwkvcpp(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
+/* GGUF (gguf.c): llama.cpp's rwkv7 files. */
+int rk__load_gguf(struct rk_model *m, const struct rk_model_params *p, struct rk_errbuf *eb);
+
+/* The World tokenizer from decoded tokens (tokenizer.c): token i (1..n_tok)
+ * is len[i] bytes at blob + off[i]; the same checks as rk_tok_load_world
+ * (no duplicates, every single byte a token). `what` names the source. */
+int rk__tok_world_build(const uint8_t *blob, const uint32_t *off, const uint32_t *len,
+                        size_t n_tok, const char *what, struct rk_tokenizer **out,
+                        struct rk_errbuf *eb);
 
 /* --- loader internals (model.c; see core/FORMAT.md) ----------------------- */
 

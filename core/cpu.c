@@ -84,6 +84,8 @@ const struct rk__cpu *rk__cpu(void)
 
 bool rk__use_avx512(void) { return rk__cpu()->avx512; }
 
+bool rk_cpu_avx512(void) { return rk__cpu()->avx512; }
+
 /* --- AMX ------------------------------------------------------------------ */
 
 static bool amx_on;

@@ -154,6 +154,7 @@ const char *rk_format_name(enum rk_format f)
     case RK_FORMAT_SAFETENSORS: return "safetensors";
     case RK_FORMAT_PTH: return "pth";
     case RK_FORMAT_RWKVCPP: return "rwkv.cpp";
+    case RK_FORMAT_GGUF: return "gguf";
     default: return "unknown";
     }
 }

@@ -1074,6 +1074,8 @@ static enum rk_format detect_format(const unsigned char *b, size_t n)
         return RK_FORMAT_PTH;
     if (n >= 4 && magic == 0x67676d66u)
         return RK_FORMAT_RWKVCPP;
+    if (n >= 4 && !memcmp(b, "GGUF", 4))
+        return RK_FORMAT_GGUF;
     if (n >= 9 && b[8] == '{')
         return RK_FORMAT_SAFETENSORS;
     return RK_FORMAT_UNKNOWN;
@@ -1190,11 +1192,10 @@ int rk_model_load(const char *path, const struct rk_model_params *p, struct rk_m
     case RK_FORMAT_SAFETENSORS: rc = rk__load_safetensors(m, p, eb); break;
     case RK_FORMAT_PTH: rc = rk__load_pth(m, p, eb); break;
     case RK_FORMAT_RWKVCPP: rc = rk__load_rwkvcpp(m, p, eb); break;
+    case RK_FORMAT_GGUF: rc = rk__load_gguf(m, p, eb); break;
     default:
         rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: unrecognised file format (expected safetensors, "
-                           "a torch .pth zip or an rwkv.cpp .bin)%s", rk__model_file(m),
-                           m->map_len >= 4 && !memcmp(m->map, "GGUF", 4) ? "; GGUF is not "
-                           "supported" : "");
+                           "a torch .pth zip, an rwkv.cpp .bin or GGUF)", rk__model_file(m));
         break;
     }
     if (rc)
@@ -1250,6 +1251,7 @@ enum rk_dtype rk_model_wtype(const struct rk_model *m) { return m ? m->wtype : R
 size_t rk_model_weight_bytes(const struct rk_model *m) { return m ? m->weight_bytes : 0; }
 uint64_t rk_model_fingerprint(const struct rk_model *m) { return m ? m->fingerprint : 0; }
 const char *rk_model_vocab_file(const struct rk_model *m) { return m ? m->vocab_file : NULL; }
+const char *rk_model_path(const struct rk_model *m) { return m ? m->path : NULL; }
 
 void rk_state_layout(const struct rk_model *m, struct rk_state_layout *out)
 {

@@ -303,6 +303,43 @@ static int jskip(struct jp *j, int depth)
     return jerr(j, "unexpected character");
 }
 
+/* The members of one JSON object, in order: jobj_open reads the '{';
+ * each jobj_key reads the separator before a member (none before the first),
+ * its key into key[cap] and the ':', and leaves the value to the caller,
+ * who must read or skip it before the next jobj_key. At the closing '}'
+ * jobj_key sets o->done instead. Every object reader below walks its
+ * members with these two. */
+struct jobj {
+    bool started, done;
+};
+
+static int jobj_open(struct jp *j, struct jobj *o)
+{
+    *o = (struct jobj){0};
+    return expect(j, '{');
+}
+
+static int jobj_key(struct jp *j, struct jobj *o, char *key, size_t cap)
+{
+    ws(j);
+    if (!o->started && j->i < j->n && j->s[j->i] == '}') {
+        j->i++;
+        o->done = true;
+        return RK_OK;
+    }
+    if (o->started) {
+        if (j->i < j->n && j->s[j->i] == ',') {
+            j->i++;
+        } else {
+            o->done = true;
+            return expect(j, '}');
+        }
+    }
+    o->started = true;
+    int rc = jstring(j, key, cap);
+    return rc ? rc : expect(j, ':');
+}
+
 /* --- safetensors: header ----------------------------------------------------- */
 
 /* Element sizes of the safetensors dtypes, for offset checks; only F32, F16
@@ -357,14 +394,17 @@ static int parse_entry(struct jp *j, const char *name, struct entry *e)
 {
     int rc, have = 0;
     char field[64];
-    if ((rc = expect(j, '{')))
+    struct jobj it;
+    if ((rc = jobj_open(j, &it)))
         return rc;
     ws(j);
     if (j->i < j->n && j->s[j->i] == '}')
         return jerr(j, "empty tensor entry");
     for (;;) {
-        if ((rc = jstring(j, field, sizeof field)) || (rc = expect(j, ':')))
+        if ((rc = jobj_key(j, &it, field, sizeof field)))
             return rc;
+        if (it.done)
+            break;
         if (!strcmp(field, "dtype")) {
             if (have & 1)
                 return jerr(j, "duplicate field dtype");
@@ -410,14 +450,6 @@ static int parse_entry(struct jp *j, const char *name, struct entry *e)
         } else if ((rc = jskip(j, 1))) {
             return rc;
         }
-        ws(j);
-        if (j->i < j->n && j->s[j->i] == ',') {
-            j->i++;
-            continue;
-        }
-        if ((rc = expect(j, '}')))
-            return rc;
-        break;
     }
     if (have != 7)
         return rk_errbuf_set(j->eb, RK_EFORMAT, "%s: tensor %s: entry lacks %s", j->file, name,
@@ -445,27 +477,12 @@ int rk_tf_safetensors_header_len(const void *first8, uint64_t file_len,
 static int read_meta(struct jp *j, const struct rk_tf_opts *o)
 {
     char key[RK_TF_META_KEY_MAX + 1], val[RK_TF_META_VAL_MAX + 1];
-    int rc;
-    if ((rc = expect(j, '{')))
-        return rc;
-    ws(j);
-    if (j->i < j->n && j->s[j->i] == '}') {
-        j->i++;
-        return RK_OK;
-    }
-    for (;;) {
-        if ((rc = jstring(j, key, sizeof key)) || (rc = expect(j, ':')) ||
-            (rc = jstring(j, val, sizeof val)))
-            return rc;
-        if ((rc = o->meta(o->user, key, val, j->eb)))
-            return rc;
-        ws(j);
-        if (j->i < j->n && j->s[j->i] == ',') {
-            j->i++;
-            continue;
-        }
-        return expect(j, '}');
-    }
+    struct jobj it;
+    int rc = jobj_open(j, &it);
+    while (!rc && !(rc = jobj_key(j, &it, key, sizeof key)) && !it.done)
+        if (!(rc = jstring(j, val, sizeof val)))
+            rc = o->meta(o->user, key, val, j->eb);
+    return rc;
 }
 
 int rk_tf_safetensors_read(const void *buf, size_t len, uint64_t file_len,
@@ -495,82 +512,72 @@ int rk_tf_safetensors_read(const void *buf, size_t len, uint64_t file_len,
     char name[RK_TF_NAME_MAX + 1];
     bool seen_meta = false;
 
-    if ((rc = expect(&j, '{')))
+    struct jobj it;
+    if ((rc = jobj_open(&j, &it)))
         goto out;
-    ws(&j);
-    if (j.i < j.n && j.s[j.i] == '}') {
-        j.i++;
-    } else {
-        for (;;) {
-            if ((rc = jstring(&j, name, sizeof name)) || (rc = expect(&j, ':')))
-                goto out;
-            if (!strcmp(name, "__metadata__")) {
-                if (seen_meta) {
-                    rc = jerr(&j, "duplicate __metadata__");
-                    goto out;
-                }
-                seen_meta = true;
-                if ((rc = o->meta ? read_meta(&j, o) : jskip(&j, 1)))
-                    goto out;
-            } else {
-                struct entry e;
-                memset(&e, 0, sizeof e);
-                if ((rc = parse_entry(&j, name, &e)))
-                    goto out;
-                enum rk_dtype dt;
-                size_t es = st_dtype(e.dtype, &dt);
-                if (!es) {
-                    rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: unknown dtype \"%s\"",
-                                       file, name, e.dtype);
-                    goto out;
-                }
-                uint64_t numel = 1, nbytes;
-                for (int k = 0; k < e.ndim; k++)
-                    if (__builtin_mul_overflow(numel, (uint64_t)e.shape[k], &numel)) {
-                        rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: shape overflows",
-                                           file, name);
-                        goto out;
-                    }
-                if (__builtin_mul_overflow(numel, (uint64_t)es, &nbytes) || e.begin > e.end ||
-                    e.end > data_len || e.end - e.begin != nbytes) {
-                    rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: data_offsets [%llu, %llu] "
-                                       "do not hold %s of that shape within the %llu data bytes",
-                                       file, name, (unsigned long long)e.begin,
-                                       (unsigned long long)e.end, e.dtype,
-                                       (unsigned long long)data_len);
-                    goto out;
-                }
-                if (n_spans == cap_spans) {
-                    size_t cap = cap_spans ? cap_spans * 2 : 256;
-                    struct span *ns = rk__realloc(spans, cap * sizeof *ns);
-                    if (!ns) {
-                        rc = rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", file);
-                        goto out;
-                    }
-                    spans = ns;
-                    cap_spans = cap;
-                }
-                struct rk_tf_tensor *t;
-                if ((rc = tf_push(out, o, &t, eb)))
-                    goto out;
-                memcpy(t->name, name, strlen(name) + 1);
-                memcpy(t->dtype_name, e.dtype, sizeof t->dtype_name);
-                t->dtype = dt;
-                t->ndim = e.ndim;
-                memcpy(t->shape, e.shape, sizeof e.shape);
-                t->offset = e.begin;
-                t->nbytes = (size_t)nbytes;
-                t->data = e.end <= data_in_buf ? data + e.begin : NULL;
-                spans[n_spans++] = (struct span){e.begin, e.end, out->n - 1};
-            }
-            ws(&j);
-            if (j.i < j.n && j.s[j.i] == ',') {
-                j.i++;
-                continue;
-            }
-            if ((rc = expect(&j, '}')))
-                goto out;
+    for (;;) {
+        if ((rc = jobj_key(&j, &it, name, sizeof name)))
+            goto out;
+        if (it.done)
             break;
+        if (!strcmp(name, "__metadata__")) {
+            if (seen_meta) {
+                rc = jerr(&j, "duplicate __metadata__");
+                goto out;
+            }
+            seen_meta = true;
+            if ((rc = o->meta ? read_meta(&j, o) : jskip(&j, 1)))
+                goto out;
+        } else {
+            struct entry e;
+            memset(&e, 0, sizeof e);
+            if ((rc = parse_entry(&j, name, &e)))
+                goto out;
+            enum rk_dtype dt;
+            size_t es = st_dtype(e.dtype, &dt);
+            if (!es) {
+                rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: unknown dtype \"%s\"",
+                                   file, name, e.dtype);
+                goto out;
+            }
+            uint64_t numel = 1, nbytes;
+            for (int k = 0; k < e.ndim; k++)
+                if (__builtin_mul_overflow(numel, (uint64_t)e.shape[k], &numel)) {
+                    rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: shape overflows",
+                                       file, name);
+                    goto out;
+                }
+            if (__builtin_mul_overflow(numel, (uint64_t)es, &nbytes) || e.begin > e.end ||
+                e.end > data_len || e.end - e.begin != nbytes) {
+                rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: data_offsets [%llu, %llu] "
+                                   "do not hold %s of that shape within the %llu data bytes",
+                                   file, name, (unsigned long long)e.begin,
+                                   (unsigned long long)e.end, e.dtype,
+                                   (unsigned long long)data_len);
+                goto out;
+            }
+            if (n_spans == cap_spans) {
+                size_t cap = cap_spans ? cap_spans * 2 : 256;
+                struct span *ns = rk__realloc(spans, cap * sizeof *ns);
+                if (!ns) {
+                    rc = rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", file);
+                    goto out;
+                }
+                spans = ns;
+                cap_spans = cap;
+            }
+            struct rk_tf_tensor *t;
+            if ((rc = tf_push(out, o, &t, eb)))
+                goto out;
+            memcpy(t->name, name, strlen(name) + 1);
+            memcpy(t->dtype_name, e.dtype, sizeof t->dtype_name);
+            t->dtype = dt;
+            t->ndim = e.ndim;
+            memcpy(t->shape, e.shape, sizeof e.shape);
+            t->offset = e.begin;
+            t->nbytes = (size_t)nbytes;
+            t->data = e.end <= data_in_buf ? data + e.begin : NULL;
+            spans[n_spans++] = (struct span){e.begin, e.end, out->n - 1};
         }
     }
     ws(&j);
@@ -653,16 +660,15 @@ static int read_weight_map(struct jp *j, struct rk_tf_index *x, size_t tensors_m
 {
     int rc;
     char name[RK_TF_NAME_MAX + 1], shard[RK_TF_NAME_MAX + 1];
-    if ((rc = expect(j, '{')))
+    struct jobj it;
+    if ((rc = jobj_open(j, &it)))
         return rc;
-    ws(j);
-    if (j->i < j->n && j->s[j->i] == '}') {
-        j->i++;
-        return RK_OK;
-    }
     for (;;) {
-        if ((rc = jstring(j, name, sizeof name)) || (rc = expect(j, ':')) ||
-            (rc = jstring(j, shard, sizeof shard)))
+        if ((rc = jobj_key(j, &it, name, sizeof name)))
+            return rc;
+        if (it.done)
+            return RK_OK;
+        if ((rc = jstring(j, shard, sizeof shard)))
             return rc;
         if (!name[0])
             return jerr(j, "empty tensor name");
@@ -696,12 +702,6 @@ static int read_weight_map(struct jp *j, struct rk_tf_index *x, size_t tensors_m
         }
         memcpy(x->v[x->n].name, name, strlen(name) + 1);
         x->v[x->n++].shard = (uint32_t)k;
-        ws(j);
-        if (j->i < j->n && j->s[j->i] == ',') {
-            j->i++;
-            continue;
-        }
-        return expect(j, '}');
     }
 }
 
@@ -716,34 +716,17 @@ int rk_tf_index_read(const void *buf, size_t len, const char *file, size_t tenso
                              RK_TF_INDEX_MAX);
     struct jp j = {buf, 0, len, file, eb, "shard index"};
     bool have_map = false;
-    int rc = expect(&j, '{');
     char key[64];
-    ws(&j);
-    if (!rc && j.i < j.n && j.s[j.i] == '}') {
-        j.i++;
-    } else {
-        while (!rc) {
-            if ((rc = jstring(&j, key, sizeof key)) || (rc = expect(&j, ':')))
-                break;
-            if (!strcmp(key, "weight_map")) {
-                if (have_map) {
-                    rc = jerr(&j, "duplicate \"weight_map\"");
-                    break;
-                }
-                have_map = true;
-                rc = read_weight_map(&j, out, tensors_max);
-            } else {
-                rc = jskip(&j, 1); // "metadata" (total_size) and anything else
-            }
-            if (rc)
-                break;
-            ws(&j);
-            if (j.i < j.n && j.s[j.i] == ',') {
-                j.i++;
-                continue;
-            }
-            rc = expect(&j, '}');
-            break;
+    struct jobj it;
+    int rc = jobj_open(&j, &it);
+    while (!rc && !(rc = jobj_key(&j, &it, key, sizeof key)) && !it.done) {
+        if (strcmp(key, "weight_map")) {
+            rc = jskip(&j, 1); // "metadata" (total_size) and anything else
+        } else if (have_map) {
+            rc = jerr(&j, "duplicate \"weight_map\"");
+        } else {
+            have_map = true;
+            rc = read_weight_map(&j, out, tensors_max);
         }
     }
     if (!rc) {
@@ -792,48 +775,29 @@ int rk_tf_json_fields(const void *buf, size_t len, const char *file, rk_tf_field
                              RK_TF_INDEX_MAX);
     struct jp j = {buf, 0, len, file, eb, "JSON"};
     char key[RK_TF_NAME_MAX + 1], val[RK_TF_META_VAL_MAX + 1];
-    int rc = expect(&j, '{');
-    ws(&j);
-    if (!rc && j.i < j.n && j.s[j.i] == '}') {
-        j.i++;
-    } else {
-        while (!rc) {
-            if ((rc = jstring(&j, key, sizeof key)) || (rc = expect(&j, ':')))
-                break;
-            ws(&j);
-            size_t at = j.i;
-            char c = j.i < j.n ? j.s[j.i] : 0;
-            if (c == '"') {
-                if ((rc = jstring(&j, NULL, 0)))
-                    break;
-                if (j.i - at <= RK_TF_META_VAL_MAX) { // short enough to hand over
-                    j.i = at;
-                    if ((rc = jstring(&j, val, sizeof val)) ||
-                        (rc = cb(user, key, RK_TF_FIELD_STR, val, 0, eb)))
-                        break;
-                }
-            } else if (c >= '0' && c <= '9') {
-                uint64_t v;
-                size_t e = j.i;
-                while (e < j.n && j.s[e] >= '0' && j.s[e] <= '9')
-                    e++;
-                if (e < j.n && (j.s[e] == '.' || j.s[e] == 'e' || j.s[e] == 'E')) {
-                    rc = jskip(&j, 1); // a real number: not handed over
-                } else if (!(rc = juint(&j, &v))) {
-                    rc = cb(user, key, RK_TF_FIELD_UINT, NULL, v, eb);
-                }
-                if (rc)
-                    break;
-            } else if ((rc = jskip(&j, 1))) {
-                break;
-            }
-            ws(&j);
-            if (j.i < j.n && j.s[j.i] == ',') {
-                j.i++;
-                continue;
-            }
-            rc = expect(&j, '}');
-            break;
+    struct jobj it;
+    int rc = jobj_open(&j, &it);
+    while (!rc && !(rc = jobj_key(&j, &it, key, sizeof key)) && !it.done) {
+        ws(&j);
+        size_t at = j.i;
+        char c = j.i < j.n ? j.s[j.i] : 0;
+        if (c == '"') {
+            if ((rc = jstring(&j, NULL, 0)) || j.i - at > RK_TF_META_VAL_MAX)
+                continue; // an error, or too long to hand over
+            j.i = at;
+            if (!(rc = jstring(&j, val, sizeof val)))
+                rc = cb(user, key, RK_TF_FIELD_STR, val, 0, eb);
+        } else if (c >= '0' && c <= '9') {
+            uint64_t v;
+            size_t e = j.i;
+            while (e < j.n && j.s[e] >= '0' && j.s[e] <= '9')
+                e++;
+            if (e < j.n && (j.s[e] == '.' || j.s[e] == 'e' || j.s[e] == 'E'))
+                rc = jskip(&j, 1); // a real number: not handed over
+            else if (!(rc = juint(&j, &v)))
+                rc = cb(user, key, RK_TF_FIELD_UINT, NULL, v, eb);
+        } else {
+            rc = jskip(&j, 1);
         }
     }
     if (!rc) {

@@ -473,6 +473,137 @@ out:
     return rc;
 }
 
+/* The checks and the trie shared by the vocabulary file and the GGUF
+ * metadata: ids 1..max_id all defined (n_tok of them), no two tokens with the
+ * same bytes, every single byte a token. Takes b's arrays (freed on failure);
+ * `gguf` words the messages by token index instead of file line. */
+static int world_finish(struct build *bp, size_t n_tok, uint32_t max_id, size_t blob_len,
+                        const char *path, bool gguf, struct rk_tokenizer **out,
+                        struct rk_errbuf *eb)
+{
+    struct build b = *bp;
+    struct rk_tokenizer *t = NULL;
+    uint32_t *sorted = NULL, *tmp = NULL;
+    int rc;
+    if (n_tok == 0) {
+        rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: no tokens", path);
+        goto fail;
+    }
+    if (max_id != n_tok) {
+        uint32_t missing = 1;
+        while (b.line[missing])
+            missing++;
+        rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: id %u is missing (ids must be 1..%u)", path,
+                           missing, max_id);
+        goto fail;
+    }
+
+    /* Sort the ids by their bytes; equal neighbours are duplicate tokens. */
+    rc = RK_ENOMEM;
+    sorted = rk__malloc(n_tok * sizeof *sorted);
+    tmp = rk__malloc(n_tok * sizeof *tmp);
+    t = rk__calloc(1, sizeof *t);
+    if (!sorted || !tmp || !t) {
+        rk_errbuf_set(eb, rc, "%s: out of memory", path);
+        goto fail;
+    }
+    for (size_t i = 0; i < n_tok; i++)
+        sorted[i] = (uint32_t)(i + 1);
+    sort_ids(&b, sorted, tmp, n_tok);
+    for (size_t i = 1; i < n_tok; i++) {
+        if (tok_cmp(&b, sorted[i - 1], sorted[i]) == 0) {
+            uint32_t x = sorted[i - 1], y = sorted[i];
+            uint32_t later = b.line[x] > b.line[y] ? x : y, earlier = later == x ? y : x;
+            if (gguf)
+                rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: token %u has the same bytes as token "
+                                   "%u", path, later, earlier);
+            else
+                rc = rk_errbuf_set(eb, RK_EFORMAT,
+                                   "%s:%u: token %u has the same bytes as token %u (line %u)",
+                                   path, b.line[later], later, earlier, b.line[earlier]);
+            goto fail;
+        }
+    }
+
+    t->kind = TOK_WORLD;
+    t->n_vocab = (size_t)max_id + 1;
+    rc = build_trie(t, &b, sorted, n_tok, blob_len);
+    if (rc) {
+        rk_errbuf_set(eb, rc, "%s: out of memory", path);
+        goto fail;
+    }
+    /* Greedy matching needs every single byte as a token (World: ids 1..256). */
+    for (int c = 0; c < 256; c++) {
+        uint32_t node = trie_child(t, 0, (uint8_t)c);
+        if (!node || !t->nodes[node].tok) {
+            rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: no token for the single byte 0x%02x", path, c);
+            goto fail;
+        }
+    }
+
+    /* Keep the decoded bytes; shrink the blob to what was used. */
+    uint8_t *shrunk = rk__realloc(b.blob, blob_len ? blob_len : 1);
+    if (shrunk)
+        b.blob = shrunk;
+    t->blob = b.blob;
+    t->off = b.off;
+    t->len = b.len;
+    b.blob = NULL;
+    b.off = b.len = NULL;
+    rk__free(b.line);
+    rk__free(sorted);
+    rk__free(tmp);
+    *out = t;
+    return RK_OK;
+
+fail:
+    rk_tok_free(t);
+    rk__free(b.blob);
+    rk__free(b.off);
+    rk__free(b.len);
+    rk__free(b.line);
+    rk__free(sorted);
+    rk__free(tmp);
+    return rc;
+}
+
+int rk__tok_world_build(const uint8_t *blob, const uint32_t *off, const uint32_t *len,
+                        size_t n_tok, const char *what, struct rk_tokenizer **out,
+                        struct rk_errbuf *eb)
+{
+    *out = NULL;
+    struct build b = {0};
+    size_t blob_len = 0;
+    if (n_tok == 0 || n_tok >= UINT32_MAX / 2)
+        return rk_errbuf_set(eb, RK_EFORMAT, "%s: %zu tokens", what, n_tok);
+    for (size_t i = 1; i <= n_tok; i++) {
+        if (len[i] == 0 || len[i] > TOK_LEN_MAX)
+            return rk_errbuf_set(eb, RK_EFORMAT, "%s: token %zu is empty or longer than %u "
+                                 "bytes", what, i, TOK_LEN_MAX);
+        blob_len += len[i];
+    }
+    b.blob = rk__malloc(blob_len + 1);
+    b.off = rk__calloc(n_tok + 1, sizeof *b.off);
+    b.len = rk__calloc(n_tok + 1, sizeof *b.len);
+    b.line = rk__calloc(n_tok + 1, sizeof *b.line);
+    if (!b.blob || !b.off || !b.len || !b.line || blob_len > UINT32_MAX) {
+        rk__free(b.blob);
+        rk__free(b.off);
+        rk__free(b.len);
+        rk__free(b.line);
+        return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", what);
+    }
+    size_t at = 0;
+    for (size_t i = 1; i <= n_tok; i++) {
+        memcpy(b.blob + at, blob + off[i], len[i]);
+        b.off[i] = (uint32_t)at;
+        b.len[i] = len[i];
+        b.line[i] = (uint32_t)i;
+        at += len[i];
+    }
+    return world_finish(&b, n_tok, (uint32_t)n_tok, blob_len, what, true, out, eb);
+}
+
 int rk_tok_load_world(const char *path, struct rk_tokenizer **out, struct rk_errbuf *eb)
 {
     if (!out)
@@ -487,9 +618,7 @@ int rk_tok_load_world(const char *path, struct rk_tokenizer **out, struct rk_err
     if (rc)
         return rc;
 
-    struct rk_tokenizer *t = NULL;
     struct build b = {0};
-    uint32_t *sorted = NULL, *tmp = NULL;
 
     /* Ids are unique and at most the number of lines, so per-id arrays sized
      * by the line count are enough; every id > n_lines implies a gap. */
@@ -588,82 +717,15 @@ int rk_tok_load_world(const char *path, struct rk_tokenizer **out, struct rk_err
         rc = rk_errbuf_set(eb, RK_EFORMAT, "%s:%zu: %s", path, line_no, why);
         goto fail;
     }
-    if (n_tok == 0) {
-        rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: no tokens", path);
-        goto fail;
-    }
-    if (max_id != n_tok) {
-        uint32_t missing = 1;
-        while (b.line[missing])
-            missing++;
-        rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: id %u is missing (ids must be 1..%u)", path,
-                           missing, max_id);
-        goto fail;
-    }
-
-    /* Sort the ids by their bytes; equal neighbours are duplicate tokens. */
-    rc = RK_ENOMEM;
-    sorted = rk__malloc(n_tok * sizeof *sorted);
-    tmp = rk__malloc(n_tok * sizeof *tmp);
-    t = rk__calloc(1, sizeof *t);
-    if (!sorted || !tmp || !t) {
-        rk_errbuf_set(eb, rc, "%s: out of memory", path);
-        goto fail;
-    }
-    for (size_t i = 0; i < n_tok; i++)
-        sorted[i] = (uint32_t)(i + 1);
-    sort_ids(&b, sorted, tmp, n_tok);
-    for (size_t i = 1; i < n_tok; i++) {
-        if (tok_cmp(&b, sorted[i - 1], sorted[i]) == 0) {
-            uint32_t x = sorted[i - 1], y = sorted[i];
-            uint32_t later = b.line[x] > b.line[y] ? x : y, earlier = later == x ? y : x;
-            rc = rk_errbuf_set(eb, RK_EFORMAT,
-                               "%s:%u: token %u has the same bytes as token %u (line %u)", path,
-                               b.line[later], later, earlier, b.line[earlier]);
-            goto fail;
-        }
-    }
-
-    t->kind = TOK_WORLD;
-    t->n_vocab = (size_t)max_id + 1;
-    rc = build_trie(t, &b, sorted, n_tok, blob_len);
-    if (rc) {
-        rk_errbuf_set(eb, rc, "%s: out of memory", path);
-        goto fail;
-    }
-    /* Greedy matching needs every single byte as a token (World: ids 1..256). */
-    for (int c = 0; c < 256; c++) {
-        uint32_t node = trie_child(t, 0, (uint8_t)c);
-        if (!node || !t->nodes[node].tok) {
-            rc = rk_errbuf_set(eb, RK_EFORMAT, "%s: no token for the single byte 0x%02x", path, c);
-            goto fail;
-        }
-    }
-
-    /* Keep the decoded bytes; shrink the blob to what was used. */
-    uint8_t *shrunk = rk__realloc(b.blob, blob_len ? blob_len : 1);
-    if (shrunk)
-        b.blob = shrunk;
-    t->blob = b.blob;
-    t->off = b.off;
-    t->len = b.len;
-    b.blob = NULL;
-    b.off = b.len = NULL;
-    rk__free(b.line);
-    rk__free(sorted);
-    rk__free(tmp);
     rk__free(text);
-    *out = t;
-    return RK_OK;
+    text = NULL;
+    return world_finish(&b, n_tok, max_id, blob_len, path, false, out, eb);
 
 fail:
-    rk_tok_free(t);
     rk__free(b.blob);
     rk__free(b.off);
     rk__free(b.len);
     rk__free(b.line);
-    rk__free(sorted);
-    rk__free(tmp);
     rk__free(text);
     return rc;
 }

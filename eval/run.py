@@ -80,16 +80,19 @@ class Runner:
 
     # --- the two rwkvd commands ---------------------------------------------
 
-    def tune(self, model, train, out, lr, steps, seed, kl=0.0):
+    def tune(self, model, train, out, lr, steps, seed, kl=0.0, method="standard"):
         argv = [self.a.rwkvd, "tune", "--model", model, "--data", train, "--out", out,
                 "--steps", str(steps), "--lr", str(lr), "--seed", str(seed), "--batch", "4",
                 "--val-split", "0", "--threads", str(self.a.threads), "--quiet"]
         if kl > 0:
             argv += ["--kl-weight", str(kl)]
+        if method != "standard":
+            argv += ["--method", method]
         stdout, dt = run_cmd(argv, f"tune {os.path.basename(out)}")
         res = json.loads(stdout.strip().splitlines()[-1])
         return {"seconds": dt, "tokens": res.get("tokens"), "train_loss": res.get("loss"),
-                "kl": res.get("kl"), "lr": lr, "steps": steps, "seed": seed, "kl_weight": kl}
+                "kl": res.get("kl"), "lr": lr, "steps": steps, "seed": seed, "kl_weight": kl,
+                "method": method}
 
     def evaluate(self, model, task_dir, split, shots, states=(), collateral=False, limit=None):
         argv = [self.a.rwkvd, "eval", "--model", model, "--task", task_dir, "--split", split,
@@ -155,43 +158,54 @@ class Runner:
             end = stops[0]
         rec["train_end"] = end
         train = self.train_file(task_dir, f"{mname}-{name}", end)
-        # grid on the validation split, seed 0
-        grid = []
-        for lr, steps in a.grid:
-            st = os.path.join(self.tmp, f"{mname}-{name}-lr{lr}-s{steps}-seed0.st")
-            log(f"{tag}: tune lr {lr}, {steps} steps")
-            grid.append((st, self.tune(model, train, st, lr, steps, 0)))
-        val, _ = self.evaluate(model, task_dir, "val", 0, [g[0] for g in grid], limit=a.limit)
         zs_val, _ = self.evaluate(model, task_dir, "val", 0, limit=a.limit)
         rec["val_zero_shot"] = zs_val["base"]
-        rec["grid"] = [dict(g[1], val=val[g[0]]) for g in grid]
-        best = max(range(len(grid)), key=lambda i: select_key(kind, val[grid[i][0]]))
-        lr, steps = a.grid[best]
-        rec["picked"] = {"lr": lr, "steps": steps}
-        log(f"{tag}: picked lr {lr}, {steps} steps")
-        if a.ci:
-            rec["val_tuned"] = val[grid[best][0]]
-            rec["seconds"] = time.monotonic() - t0
-            return rec
-        runs = {"standard": [], "kl": []}
-        states = {"standard": [], "kl": []}
+        # each tuning method: its grid on the validation split with seed 0, then the picked
+        # setting with the other seeds; the KL arm reuses standard's pick
+        picks = {}
+        for method in [m for m in a.methods if m != "kl"]:
+            grid = []
+            for lr, steps in a.grid:
+                st = os.path.join(self.tmp, f"{mname}-{name}-{method}-lr{lr}-s{steps}-seed0.st")
+                log(f"{tag}: {method} lr {lr}, {steps} steps")
+                grid.append((st, self.tune(model, train, st, lr, steps, 0, method=method)))
+            val, _ = self.evaluate(model, task_dir, "val", 0, [g[0] for g in grid], limit=a.limit)
+            best = max(range(len(grid)), key=lambda i: select_key(kind, val[grid[i][0]]))
+            picks[method] = (a.grid[best], grid[best])
+            key = "grid" if method == "standard" else f"grid_{method}"
+            rec[key] = [dict(g[1], val=val[g[0]]) for g in grid]
+            log(f"{tag}: {method}: picked lr {a.grid[best][0]}, {a.grid[best][1]} steps")
+            if method == "standard":
+                rec["picked"] = {"lr": a.grid[best][0], "steps": a.grid[best][1]}
+                if a.ci:
+                    rec["val_tuned"] = val[grid[best][0]]
+                    rec["seconds"] = time.monotonic() - t0
+                    return rec
+            else:
+                rec.setdefault("picked_methods", {})[method] = {"lr": a.grid[best][0],
+                                                                 "steps": a.grid[best][1]}
+        arms = [m for m in a.methods]
+        runs = {arm: [] for arm in arms}
+        states = {arm: [] for arm in arms}
         for seed in range(a.seeds):
-            for arm, kl in (("standard", 0.0), ("kl", a.kl)):
-                if arm == "standard" and seed == 0:
-                    st, info = grid[best]
+            for arm in arms:
+                method = "standard" if arm == "kl" else arm
+                (lr, steps), (st0, info0) = picks[method]
+                if arm != "kl" and seed == 0:
+                    st, info = st0, info0
                 else:
                     st = os.path.join(self.tmp, f"{mname}-{name}-{arm}-seed{seed}.st")
                     log(f"{tag}: {arm} seed {seed}")
-                    info = self.tune(model, train, st, lr, steps, seed, kl)
+                    info = self.tune(model, train, st, lr, steps, seed,
+                                     a.kl if arm == "kl" else 0.0, method)
                 runs[arm].append(info)
                 states[arm].append(st)
-        allst = states["standard"] + states["kl"]
+        allst = [st for arm in arms for st in states[arm]]
         test, _ = self.evaluate(model, task_dir, "test", 0, allst, collateral=True, limit=a.limit)
         for arm in runs:
             for info, st in zip(runs[arm], states[arm]):
                 info["test"] = test[st]
-        rec["standard"] = runs["standard"]
-        rec["kl"] = runs["kl"]
+            rec[arm] = runs[arm]
         rec["kl_weight"] = a.kl
         rec["seconds"] = time.monotonic() - t0
         log(f"{tag}: done in {rec['seconds']:.0f} s")
@@ -244,8 +258,11 @@ def table(doc):
                 out.append(f"| | | {r['shots']}-shot | {fmt(fs.get(met), met)} | "
                            f"{fs['loss']:.3f} | | | |")
             p = r["picked"]
-            for arm, label2 in (("standard", f"standard (lr {p['lr']}, {p['steps']} steps)"),
-                                ("kl", f"standard + KL λ {r.get('kl_weight')}")):
+            pm = r.get("picked_methods", {})
+            arms = [("standard", f"standard (lr {p['lr']}, {p['steps']} steps)"),
+                    ("kl", f"standard + KL λ {r.get('kl_weight')}")]
+            arms += [(m, f"{m} (lr {q['lr']}, {q['steps']} steps)") for m, q in pm.items()]
+            for arm, label2 in arms:
                 runs = r.get(arm) or []
                 if not runs:
                     continue
@@ -333,6 +350,9 @@ def main():
     ap.add_argument("--grid", default=DEFAULT_GRID, help=f"lr:steps,... (default {DEFAULT_GRID})")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--kl", type=float, default=DEFAULT_KL, help="kl_weight of the KL rows")
+    ap.add_argument("--methods", default="standard,kl",
+                    help="rows to tune: standard, kl (standard + KL, at standard's pick), kernel, "
+                         "dbp (each with its own pick on the validation split); default standard,kl")
     ap.add_argument("--workers", type=int, default=2, help="(model, task) jobs at once")
     ap.add_argument("--threads", type=int, default=1, help="threads of each rwkvd command")
     ap.add_argument("--limit", type=int, help="first N items of each split (a quick look)")
@@ -368,12 +388,17 @@ def main():
         print(f"run.py: {a.rwkvd} is not an executable rwkvd (build it first: ninja -C build)",
               file=sys.stderr)
         return 2
+    a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in a.methods if m not in ("standard", "kl", "kernel", "dbp")]
+    if bad or "standard" not in a.methods:
+        ap.error(f"--methods: standard and any of kl, kernel, dbp (got {','.join(a.methods)})")
     notes = []
     if a.ci:
         a.model = a.model or [os.path.join(ROOT, "models", "demo.safetensors")]
         a.task = a.task or ["persona"]
         a.grid = [(1, 20)]
         a.seeds, a.no_doc, a.limit = 1, True, None
+        a.methods = ["standard"]
     if not a.model:
         cand = [os.path.join(ROOT, "models", f"{n}.safetensors") for n in ("student", "teacher")]
         a.model = [c for c in cand if os.path.exists(c)]
@@ -406,7 +431,7 @@ def main():
            "model_paths": {v: os.path.relpath(k, ROOT) if k.startswith(ROOT) else k
                            for k, v in mnames.items()},
            "grid": ",".join(f"{lr}:{st}" for lr, st in a.grid), "seeds": a.seeds,
-           "kl_weight": a.kl, "workers": a.workers, "threads": a.threads, "limit": a.limit,
+           "kl_weight": a.kl, "methods": a.methods, "workers": a.workers, "threads": a.threads, "limit": a.limit,
            "notes": notes, "command": cmdline.strip(),
            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                        "system": f"{platform.system()} {platform.release()}"},

@@ -246,11 +246,11 @@ static bool parse_judge(struct rk_http_req *r, json_t *o, struct bestof_opts *bo
         !rk_json_str(r, v, "scoring", 1, 32, &scoring) ||
         !rk_json_str(r, v, "instructions", 1, INSTRUCTIONS_BYTES_MAX, &instr))
         return false;
-    if (url && !rk_url_in_list(srv->cfg.judge_allowed_urls, url)) {
+    if (url && !rk_url_in_list(srv->cfg.judge.allowed_urls, url)) {
         // The rule: a tenant never makes the server call a URL the operator
         // did not list (--judge-allowed-urls).
         rk_http_error(r, 403, "judge_url_not_allowed", "judge.url", "this server does not let "
-                      "requests choose the judge's URL%s", srv->cfg.judge_allowed_urls ?
+                      "requests choose the judge's URL%s", srv->cfg.judge.allowed_urls ?
                       " except those in its --judge-allowed-urls list" : "");
         return false;
     }
@@ -290,11 +290,11 @@ static bool parse_judge(struct rk_http_req *r, json_t *o, struct bestof_opts *bo
             tc.name = "judge";
             tc.base_url = url;
             tc.model = model;
-            tc.connect_timeout_ms = srv->cfg.judge_connect_timeout_ms;
-            tc.timeout_ms = srv->cfg.judge_timeout_ms;
-            tc.retries = srv->cfg.judge_retries;
-            tc.inflight_max = srv->cfg.judge_max_inflight;
-            tc.response_bytes_max = srv->cfg.judge_response_bytes_max;
+            tc.connect_timeout_ms = srv->cfg.judge.connect_timeout_ms;
+            tc.timeout_ms = srv->cfg.judge.timeout_ms;
+            tc.retries = srv->cfg.judge.retries;
+            tc.inflight_max = srv->cfg.judge.max_inflight;
+            tc.response_bytes_max = srv->cfg.judge.response_bytes_max;
             rc = rk_teacher_create(&tc, &bo->own_judge, &eb);
         }
         if (rc == RK_ENOMEM)

@@ -17,6 +17,36 @@
 
 /* --- native routes -------------------------------------------------------------- */
 
+/* teacher.stop: a string or an array of 1..RK_TJOB_TEACHER_STOPS_MAX strings of
+ * 1..RK_TJOB_TEACHER_STOP_BYTES bytes, sent with every teacher request. */
+static bool teacher_stops(struct rk_http_req *r, json_t *v, struct rk_tjob_teacher *t)
+{
+    if (!v || json_is_null(v))
+        return true;
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if ((!json_is_string(v) && !json_is_array(v)) || n < 1 || n > RK_TJOB_TEACHER_STOPS_MAX) {
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "teacher.stop",
+                      "teacher.stop must be a string or an array of 1 to %d strings",
+                      RK_TJOB_TEACHER_STOPS_MAX);
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = json_is_array(v) ? json_array_get(v, i) : v;
+        size_t len = json_is_string(s) ? json_string_length(s) : 0;
+        if (!json_is_string(s) || len < 1 || len > RK_TJOB_TEACHER_STOP_BYTES ||
+            memchr(json_string_value(s), 0, len)) {
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "teacher.stop",
+                          "each teacher.stop string must hold 1 to %d bytes and no NUL",
+                          RK_TJOB_TEACHER_STOP_BYTES);
+            return false;
+        }
+        memcpy(t->stop[i], json_string_value(s), len + 1);
+    }
+    t->n_stop = (int)n;
+    return true;
+}
+
+
 /* The "teacher" object of an observer job into *t (defaults kept for absent
  * fields). The URL rule is best_of's judge's: a job may name only the
  * configured URL or one of --teacher-allowed-urls, and those carry no key. */
@@ -24,6 +54,7 @@ static bool parse_teacher(struct rk_http_req *r, json_t *body, bool observer,
                           struct rk_tjob_teacher *t)
 {
     struct rk_srv *srv = r->srv;
+    t->n_stop = 0;
     json_t *v = json_object_get(body, "teacher");
     if (!observer) {
         if (v && !json_is_null(v)) {
@@ -38,7 +69,7 @@ static bool parse_teacher(struct rk_http_req *r, json_t *body, bool observer,
         return false;
     }
     static const char *const keys[] = {"url", "model", "endpoint", "max_tokens", "temperature",
-                                       "top_logprobs", "instruction", NULL};
+                                       "top_logprobs", "instruction", "stop", NULL};
     const char *url = NULL, *model = NULL, *endpoint = NULL, *instr = NULL;
     long long mt = t->max_tokens, top = t->top_logprobs;
     double temp = t->temperature;
@@ -52,7 +83,7 @@ static bool parse_teacher(struct rk_http_req *r, json_t *body, bool observer,
             if (!known) {
                 rk_field_fail(r, RK_FIELD_UNKNOWN, "teacher",
                               "unknown field \"teacher.%.64s\" (known: url, model, endpoint, "
-                              "max_tokens, temperature, top_logprobs, instruction)", key);
+                              "max_tokens, temperature, top_logprobs, instruction, stop)", key);
                 return false;
             }
         }
@@ -61,7 +92,8 @@ static bool parse_teacher(struct rk_http_req *r, json_t *body, bool observer,
             !rk_json_str(r, v, "instruction", 1, RK_TJOB_INSTRUCTION_MAX, &instr) ||
             !rk_json_int(r, v, "max_tokens", 1, RK_TJOB_TEACHER_TOKENS_MAX, &mt) ||
             !rk_json_num(r, v, "temperature", 0, 2, false, &temp) ||
-            !rk_json_int(r, v, "top_logprobs", 0, RK_TEACHER_TOP_MAX, &top))
+            !rk_json_int(r, v, "top_logprobs", 0, RK_TEACHER_TOP_MAX, &top) ||
+            !teacher_stops(r, json_object_get(v, "stop"), t))
             return false;
     }
     if (endpoint && strcmp(endpoint, "completions") && strcmp(endpoint, "chat")) {
@@ -70,10 +102,10 @@ static bool parse_teacher(struct rk_http_req *r, json_t *body, bool observer,
         return false;
     }
     if (url && !(srv->teacher && !strcmp(url, rk_teacher_url(srv->teacher))) &&
-        !rk_url_in_list(srv->cfg.teacher_allowed_urls, url)) {
+        !rk_url_in_list(srv->cfg.teacher.allowed_urls, url)) {
         rk_http_error(r, 403, "teacher_url_not_allowed", "teacher.url",
                       "this server does not let jobs choose the teacher's URL%s",
-                      srv->cfg.teacher_allowed_urls
+                      srv->cfg.teacher.allowed_urls
                           ? " except those in its --teacher-allowed-urls list" : "");
         return false;
     }

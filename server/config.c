@@ -1,7 +1,9 @@
 /*
  * config.c - `rwkvd serve` configuration: defaults, then RWKVD_* environment
- * variables, then command-line flags (the later wins). One table describes
- * every option, so --help, the start-up print and docs/API.md stay in step.
+ * variables, then command-line flags (the later wins). Two tables describe
+ * every option (opts: the server's own; client_opts: the settings the judge
+ * and the teacher share, one row for both), so --help, the start-up print
+ * and docs/API.md stay in step.
  */
 #include "srv.h"
 #include "jobs.h"
@@ -27,9 +29,9 @@ struct opt {
 #define F(x) offsetof(struct rk_srv_config, x)
 static const struct opt opts[] = {
     {"model", "RWKVD_MODEL", OPT_STR, F(model), 0, 0,
-     "model file (safetensors, .pth, rwkv.cpp .bin), Hugging Face directory, or shards "
+     "model file (safetensors, .pth, rwkv.cpp .bin, GGUF), Hugging Face directory, or shards "
      "(a directory of .pth, or FILE,FILE,...); required"},
-    {"vocab", "RWKVD_VOCAB", OPT_STR, F(vocab), 0, 0, "World vocabulary file; default: byte tokenizer when the model has 256..65535 tokens"},
+    {"vocab", "RWKVD_VOCAB", OPT_STR, F(vocab), 0, 0, "World vocabulary file (or a GGUF file holding one); default: a GGUF model's own vocabulary, else the byte tokenizer when the model has 256..65535 tokens"},
     {"model-name", "RWKVD_MODEL_NAME", OPT_STR, F(model_name), 0, 0, "base model id in the API (default: model file name without extension)"},
     {"host", "RWKVD_HOST", OPT_STR, F(host), 0, 0, "address to bind (default 127.0.0.1; without --api-keys only loopback is allowed)"},
     {"port", "RWKVD_PORT", OPT_INT, F(port), 0, 65535, "port (0 = pick a free port and print it)"},
@@ -59,33 +61,96 @@ static const struct opt opts[] = {
     {"health-stall-ms", "RWKVD_HEALTH_STALL_MS", OPT_INT, F(health_stall_ms), 100, 3600000, "engine heartbeat age at which /health reports not ready"},
     {"health-public", "RWKVD_HEALTH_PUBLIC", OPT_BOOL, F(health_public), 0, 1, "serve GET /health without an API key (for probes)"},
     {"max-best-of", "RWKVD_MAX_BEST_OF", OPT_INT, F(best_of_max), 1, 128, "largest best_of (candidates per request; lowered to --max-seqs when larger)"},
-    {"judge-url", "RWKVD_JUDGE_URL", OPT_STR, F(judge_url), 0, 0, "base URL of an OpenAI-compatible judge for best_of, e.g. http://host:8081/v1 (unset: candidates are scored by the model's own mean log-probability)"},
-    {"judge-model", "RWKVD_JUDGE_MODEL", OPT_STR, F(judge_model), 0, 0, "the judge's model name (required with --judge-url)"},
-    {"judge-key-file", "RWKVD_JUDGE_KEY_FILE", OPT_STR, F(judge_key_file), 0, 0, "file holding the judge's API key (else the environment variable RWKVD_JUDGE_API_KEY; never logged)"},
-    {"judge-allowed-urls", "RWKVD_JUDGE_ALLOWED_URLS", OPT_STR, F(judge_allowed_urls), 0, 0, "comma-separated judge base URLs a request may choose with judge.url (default: none; such calls carry no key)"},
-    {"judge-connect-timeout-ms", "RWKVD_JUDGE_CONNECT_TIMEOUT_MS", OPT_INT, F(judge_connect_timeout_ms), 1, 600000, "judge connect timeout per attempt"},
-    {"judge-timeout-ms", "RWKVD_JUDGE_TIMEOUT_MS", OPT_INT, F(judge_timeout_ms), 1, 3600000, "judge timeout per attempt (the request deadline bounds all attempts)"},
-    {"judge-retries", "RWKVD_JUDGE_RETRIES", OPT_INT, F(judge_retries), 0, 10, "judge retries after the first attempt (on connection errors, 429 and 5xx only)"},
-    {"judge-max-inflight", "RWKVD_JUDGE_MAX_INFLIGHT", OPT_INT, F(judge_max_inflight), 1, 1024, "judge requests in flight at once (all requests together)"},
-    {"judge-max-response-bytes", "RWKVD_JUDGE_MAX_RESPONSE_BYTES", OPT_SIZE, F(judge_response_bytes_max), 1024, 1ll << 30, "largest judge answer"},
     {"judge-calls-per-min", "RWKVD_JUDGE_CALLS_PER_MIN", OPT_INT, F(judge_calls_per_min), 1, 1 << 24, "judge calls per tenant per minute (429 beyond)"},
     {"ttt-max-steps", "RWKVD_TTT_MAX_STEPS", OPT_INT, F(ttt_max_steps), 0, 64, "largest ttt.steps of a generation request (0: test-time training off)"},
     {"ttt-max-k", "RWKVD_TTT_MAX_K", OPT_INT, F(ttt_max_k), 2, 64, "largest ttt.k (samples per ttt step)"},
     {"ttt-max-tokens", "RWKVD_TTT_MAX_TOKENS", OPT_INT, F(ttt_max_tokens), 1, 1024, "largest ttt.max_tokens (tokens per ttt sample)"},
     {"ttt-samples-per-min", "RWKVD_TTT_SAMPLES_PER_MIN", OPT_INT, F(ttt_samples_per_min), 1, 1 << 24, "ttt samples (steps x k) per tenant per minute (429 beyond)"},
-    {"teacher-url", "RWKVD_TEACHER_URL", OPT_STR, F(teacher_url), 0, 0, "base URL of an OpenAI-compatible teacher for observer tuning jobs, e.g. http://host:8081/v1 (unset: observer jobs are refused)"},
-    {"teacher-model", "RWKVD_TEACHER_MODEL", OPT_STR, F(teacher_model), 0, 0, "the teacher's model name (required with --teacher-url; a job may name another)"},
-    {"teacher-key-file", "RWKVD_TEACHER_KEY_FILE", OPT_STR, F(teacher_key_file), 0, 0, "file holding the teacher's API key (else the environment variable RWKVD_TEACHER_API_KEY; never logged)"},
-    {"teacher-allowed-urls", "RWKVD_TEACHER_ALLOWED_URLS", OPT_STR, F(teacher_allowed_urls), 0, 0, "comma-separated teacher base URLs a job may choose with teacher.url (default: none; such calls carry no key)"},
-    {"teacher-connect-timeout-ms", "RWKVD_TEACHER_CONNECT_TIMEOUT_MS", OPT_INT, F(teacher_connect_timeout_ms), 1, 600000, "teacher connect timeout per attempt"},
-    {"teacher-timeout-ms", "RWKVD_TEACHER_TIMEOUT_MS", OPT_INT, F(teacher_timeout_ms), 1, 3600000, "teacher timeout per attempt"},
-    {"teacher-retries", "RWKVD_TEACHER_RETRIES", OPT_INT, F(teacher_retries), 0, 10, "teacher retries after the first attempt (on connection errors, 429 and 5xx only)"},
-    {"teacher-max-inflight", "RWKVD_TEACHER_MAX_INFLIGHT", OPT_INT, F(teacher_max_inflight), 1, 1024, "teacher requests in flight at once"},
-    {"teacher-max-response-bytes", "RWKVD_TEACHER_MAX_RESPONSE_BYTES", OPT_SIZE, F(teacher_response_bytes_max), 1024, 1ll << 30, "largest teacher answer"},
     {"judge-tokens-per-min", "RWKVD_JUDGE_TOKENS_PER_MIN", OPT_INT, F(judge_tokens_per_min), 1, 1 << 30, "judge tokens (as it reports them) per tenant per minute (429 beyond)"},
 };
 #undef F
 #define N_OPTS (sizeof opts / sizeof opts[0])
+
+/* The two OpenAI-compatible clients (best_of's judge, the observer jobs'
+ * teacher) take the same settings: one row each in client_opts, which
+ * becomes --judge-NAME (RWKVD_JUDGE_NAME) and --teacher-NAME
+ * (RWKVD_TEACHER_NAME), with the client's own help text and default. */
+enum { CLIENT_JUDGE, CLIENT_TEACHER, N_CLIENTS };
+
+static const struct {
+    const char *prefix;
+    size_t off; /* of its struct rk_client_cfg in struct rk_srv_config */
+} clients[N_CLIENTS] = {
+    {"judge", offsetof(struct rk_srv_config, judge)},
+    {"teacher", offsetof(struct rk_srv_config, teacher)},
+};
+
+struct client_opt {
+    const char *name; /* the flag after "--judge-" or "--teacher-" */
+    enum opt_type type;
+    size_t off; /* in struct rk_client_cfg */
+    long long lo, hi;
+    long long def[N_CLIENTS]; /* numbers only; strings start unset */
+    const char *help[N_CLIENTS];
+};
+
+#define F(x) offsetof(struct rk_client_cfg, x)
+static const struct client_opt client_opts[] = {
+    {"url", OPT_STR, F(url), 0, 0, {0, 0},
+     {"base URL of an OpenAI-compatible judge for best_of, e.g. http://host:8081/v1 (unset: candidates are scored by the model's own mean log-probability)",
+      "base URL of an OpenAI-compatible teacher for observer tuning jobs, e.g. http://host:8081/v1 (unset: observer jobs are refused)"}},
+    {"model", OPT_STR, F(model), 0, 0, {0, 0},
+     {"the judge's model name (required with --judge-url)",
+      "the teacher's model name (required with --teacher-url; a job may name another)"}},
+    {"key-file", OPT_STR, F(key_file), 0, 0, {0, 0},
+     {"file holding the judge's API key (else the environment variable RWKVD_JUDGE_API_KEY; never logged)",
+      "file holding the teacher's API key (else the environment variable RWKVD_TEACHER_API_KEY; never logged)"}},
+    {"allowed-urls", OPT_STR, F(allowed_urls), 0, 0, {0, 0},
+     {"comma-separated judge base URLs a request may choose with judge.url (default: none; such calls carry no key)",
+      "comma-separated teacher base URLs a job may choose with teacher.url (default: none; such calls carry no key)"}},
+    {"connect-timeout-ms", OPT_INT, F(connect_timeout_ms), 1, 600000, {2000, 2000},
+     {"judge connect timeout per attempt", "teacher connect timeout per attempt"}},
+    {"timeout-ms", OPT_INT, F(timeout_ms), 1, 3600000, {30000, 60000},
+     {"judge timeout per attempt (the request deadline bounds all attempts)",
+      "teacher timeout per attempt"}},
+    {"retries", OPT_INT, F(retries), 0, 10, {2, 2},
+     {"judge retries after the first attempt (on connection errors, 429 and 5xx only)",
+      "teacher retries after the first attempt (on connection errors, 429 and 5xx only)"}},
+    {"max-inflight", OPT_INT, F(max_inflight), 1, 1024, {8, 8},
+     {"judge requests in flight at once (all requests together)",
+      "teacher requests in flight at once"}},
+    {"max-response-bytes", OPT_SIZE, F(response_bytes_max), 1024, 1ll << 30,
+     {1ll << 20, 4ll << 20}, {"largest judge answer", "largest teacher answer"}},
+};
+#undef F
+#define N_CLIENT_OPTS (sizeof client_opts / sizeof client_opts[0])
+#define N_ALL_OPTS (N_OPTS + N_CLIENTS * N_CLIENT_OPTS)
+
+/* Option i of all of them: opts[] first, then the judge's rows, then the
+ * teacher's. A client row is spelled out into *b, with its flag and
+ * environment variable written to flag[] and env[]. */
+struct opt_buf {
+    struct opt o;
+    char flag[48], env[48];
+};
+
+static const struct opt *opt_at(size_t i, struct opt_buf *b)
+{
+    if (i < N_OPTS)
+        return &opts[i];
+    i -= N_OPTS;
+    size_t who = i / N_CLIENT_OPTS;
+    const struct client_opt *co = &client_opts[i % N_CLIENT_OPTS];
+    snprintf(b->flag, sizeof b->flag, "%s-%s", clients[who].prefix, co->name);
+    // RWKVD_ and the flag in capitals, '-' as '_'
+    size_t n = (size_t)snprintf(b->env, sizeof b->env, "RWKVD_");
+    for (const char *p = b->flag; *p && n + 1 < sizeof b->env; p++)
+        b->env[n++] = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
+    b->env[n] = 0;
+    b->o = (struct opt){b->flag, b->env, co->type, clients[who].off + co->off, co->lo, co->hi,
+                        co->help[who]};
+    return &b->o;
+}
 
 static void defaults(struct rk_srv_config *c)
 {
@@ -113,22 +178,21 @@ static void defaults(struct rk_srv_config *c)
     c->cache_bytes = (size_t)512 << 20;
     c->health_stall_ms = 15000;
     c->best_of_max = 8;
-    c->judge_connect_timeout_ms = 2000;
-    c->judge_timeout_ms = 30000;
-    c->judge_retries = 2;
-    c->judge_max_inflight = 8;
-    c->judge_response_bytes_max = (size_t)1 << 20;
     c->judge_calls_per_min = 600;
     c->ttt_max_steps = 8;
     c->ttt_max_k = 8;
     c->ttt_max_tokens = 64;
     c->ttt_samples_per_min = 256;
     c->judge_tokens_per_min = 1000000;
-    c->teacher_connect_timeout_ms = 2000;
-    c->teacher_timeout_ms = 60000;
-    c->teacher_retries = 2;
-    c->teacher_max_inflight = 8;
-    c->teacher_response_bytes_max = (size_t)4 << 20;
+    for (size_t who = 0; who < N_CLIENTS; who++)
+        for (size_t i = 0; i < N_CLIENT_OPTS; i++) {
+            const struct client_opt *co = &client_opts[i];
+            char *p = (char *)c + clients[who].off + co->off;
+            if (co->type == OPT_INT)
+                *(int *)p = (int)co->def[who];
+            else if (co->type == OPT_SIZE)
+                *(size_t *)p = (size_t)co->def[who];
+        }
 }
 
 /* Numbers accept an optional K/M/G suffix for sizes. */
@@ -180,9 +244,11 @@ static void help(FILE *f)
     fprintf(f, "usage: rwkvd serve --model FILE [options]\n\n"
                "Serve the model over HTTP (native API, OpenAI-compatible API, state store).\n"
                "Every option can also be set by its environment variable; flags win.\n\n");
-    for (size_t i = 0; i < N_OPTS; i++)
-        fprintf(f, "  --%-20s %s%s\n  %22s (env %s)\n", opts[i].flag,
-                opts[i].type == OPT_BOOL ? "" : "", opts[i].help, "", opts[i].env);
+    for (size_t i = 0; i < N_ALL_OPTS; i++) {
+        struct opt_buf b;
+        const struct opt *o = opt_at(i, &b);
+        fprintf(f, "  --%-20s %s\n  %22s (env %s)\n", o->flag, o->help, "", o->env);
+    }
     fprintf(f, "  --%-20s %s\n", "print-config",
             "print the effective configuration (defaults, environment, flags) and exit");
     fprintf(f, "  --%-20s %s\n", "help", "show this help");
@@ -193,9 +259,11 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
 {
     defaults(c);
     bool print_only = false;
-    for (size_t i = 0; i < N_OPTS; i++) {
-        const char *v = getenv(opts[i].env);
-        if (v && *v && set_opt(c, &opts[i], v, opts[i].env) != 0)
+    for (size_t i = 0; i < N_ALL_OPTS; i++) {
+        struct opt_buf b;
+        const struct opt *o = opt_at(i, &b);
+        const char *v = getenv(o->env);
+        if (v && *v && set_opt(c, o, v, o->env) != 0)
             return -1;
     }
     for (int a = 1; a < argc; a++) {
@@ -216,9 +284,12 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
         const char *eq = strchr(name, '=');
         size_t nl = eq ? (size_t)(eq - name) : strlen(name);
         const struct opt *o = NULL;
-        for (size_t i = 0; i < N_OPTS; i++)
-            if (strlen(opts[i].flag) == nl && !strncmp(opts[i].flag, name, nl))
-                o = &opts[i];
+        struct opt_buf ob;
+        for (size_t i = 0; i < N_ALL_OPTS && !o; i++) {
+            const struct opt *x = opt_at(i, &ob);
+            if (strlen(x->flag) == nl && !strncmp(x->flag, name, nl))
+                o = x;
+        }
         const char *job_env = o ? NULL : rk_tjobs_flag_env(name, nl);
         if (job_env) {
             // A tuning-job flag: it overrides its environment variable, which
@@ -260,11 +331,11 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
     // The candidates of one request need as many sequence slots.
     if (c->best_of_max > c->seqs_max)
         c->best_of_max = c->seqs_max;
-    if (c->teacher_url && !c->teacher_model) {
+    if (c->teacher.url && !c->teacher.model) {
         fprintf(stderr, "rwkvd serve: --teacher-url needs --teacher-model\n");
         return -1;
     }
-    if (c->judge_url && !c->judge_model) {
+    if (c->judge.url && !c->judge.model) {
         fprintf(stderr, "rwkvd serve: --judge-url needs --judge-model\n");
         return -1;
     }
@@ -279,17 +350,19 @@ int rk_srv_config_parse(struct rk_srv_config *c, int argc, char **argv)
 void rk_srv_config_print(const struct rk_srv_config *c, FILE *f)
 {
     fprintf(f, "rwkvd serve configuration:\n");
-    for (size_t i = 0; i < N_OPTS; i++) {
-        const char *p = (const char *)c + opts[i].off;
-        switch (opts[i].type) {
+    for (size_t i = 0; i < N_ALL_OPTS; i++) {
+        struct opt_buf b;
+        const struct opt *o = opt_at(i, &b);
+        const char *p = (const char *)c + o->off;
+        switch (o->type) {
         case OPT_STR: {
             const char *s = *(const char *const *)p;
-            fprintf(f, "  %-20s %s\n", opts[i].flag, s ? s : "(unset)");
+            fprintf(f, "  %-20s %s\n", o->flag, s ? s : "(unset)");
             break;
         }
-        case OPT_INT: fprintf(f, "  %-20s %d\n", opts[i].flag, *(const int *)p); break;
-        case OPT_SIZE: fprintf(f, "  %-20s %zu\n", opts[i].flag, *(const size_t *)p); break;
-        case OPT_BOOL: fprintf(f, "  %-20s %s\n", opts[i].flag, *(const bool *)p ? "true" : "false"); break;
+        case OPT_INT: fprintf(f, "  %-20s %d\n", o->flag, *(const int *)p); break;
+        case OPT_SIZE: fprintf(f, "  %-20s %zu\n", o->flag, *(const size_t *)p); break;
+        case OPT_BOOL: fprintf(f, "  %-20s %s\n", o->flag, *(const bool *)p ? "true" : "false"); break;
         }
     }
 }

@@ -67,6 +67,8 @@ const char *rk_tjobs_flag_env(const char *flag, size_t len);
 /* The teacher settings of an observer job (docs/API.md, "teacher"). */
 #define RK_TJOB_TEACHER_TOKENS_MAX 4096
 #define RK_TJOB_INSTRUCTION_MAX 2048
+#define RK_TJOB_TEACHER_STOPS_MAX 4    /* stop strings sent to the teacher */
+#define RK_TJOB_TEACHER_STOP_BYTES 64  /* longest one */
 struct rk_tjob_teacher {
     char url[1025];     /* "" = --teacher-url (else one of --teacher-allowed-urls) */
     char model[257];    /* "" = --teacher-model */
@@ -75,6 +77,8 @@ struct rk_tjob_teacher {
     double temperature; /* default 0 */
     int top_logprobs;   /* 0: text only, cross-entropy; 1..20: KL to the top-k */
     char instruction[RK_TJOB_INSTRUCTION_MAX + 1]; /* for the teacher only; "" = none */
+    int n_stop;         /* stop strings sent with every teacher request */
+    char stop[RK_TJOB_TEACHER_STOPS_MAX][RK_TJOB_TEACHER_STOP_BYTES + 1];
 };
 
 struct rk_tjob_hparams {

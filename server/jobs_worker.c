@@ -173,9 +173,9 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
     char path[1100];
     tj_job_path(js, j->v.id, ".ckpt", path, sizeof path);
     unlink(path);
-    tj_job_path(js, j->v.id, ".teacher-cache.json", path, sizeof path);
+    tj_job_path(js, j->v.id, ".teacher-cache.jsonl", path, sizeof path);
     unlink(path);
-    tj_job_path(js, j->v.id, ".judge-cache.json", path, sizeof path);
+    tj_job_path(js, j->v.id, ".judge-cache.jsonl", path, sizeof path);
     unlink(path);
     tj_wake_loop(js);
     rk_log(RK_LOG_INFO, "jobs: %s %s%s%s", j->v.id, rk_tjob_status_name(st), msg ? ": " : "",
@@ -233,8 +233,9 @@ static uint32_t one_token(const struct rk_tokenizer *tok, const char *s)
  * empty answer. RK_EFORMAT with the reason in eb for a wrong vocabulary or
  * malformed logprobs. */
 static int add_answer(struct rk_tjobs *js, const char *prompt, const struct rk_teacher_answer *a,
-                      int top, struct rk_dataset *ds, struct rk_observer_targets *tg, size_t idx,
-                      bool *skipped, struct rk_errbuf *eb)
+                      int top, const char *end, struct rk_dataset *ds,
+                      struct rk_observer_targets *tg, size_t idx, bool *skipped,
+                      struct rk_errbuf *eb)
 {
     const struct rk_tokenizer *tok = js->srv->tok;
     size_t cap = js->lim.seq_tokens_max, np = 0, na = 0;
@@ -300,8 +301,17 @@ static int add_answer(struct rk_tjobs *js, const char *prompt, const struct rk_t
         rc = RK_OK;
         goto out;
     }
+    // The stop string the answer ended at, learnt by cross-entropy (no teacher
+    // distribution there), so that the student learns where an answer ends.
+    size_t ne = 0;
+    if (end && end[0] && !strcmp(a->finish, "stop") && np + na < cap) {
+        size_t el = strlen(end);
+        if (rk_tok_encode(tok, end, el, ids + np + na, cap - np - na, &ne) != RK_OK)
+            ne = 0; /* it does not fit in the job's token limit: left out */
+        memset(mask + np + na, 1, ne);
+    }
     size_t seq = rk_dataset_len(ds);
-    if ((rc = rk_dataset_add(ds, ids, mask, np + na)) != RK_OK)
+    if ((rc = rk_dataset_add(ds, ids, mask, np + na + ne)) != RK_OK)
         goto out;
     rc = RK_OK;
     if (top > 0 && (rc = rk_observer_targets_set(tg, seq, np - 1, na, top, tid, tlp, eb)) != RK_OK) {
@@ -354,8 +364,13 @@ static int ask_one(struct asking *ak, size_t i, struct rk_errbuf *eb)
         memcpy(cprompt + l1, "\n\n", 2);
         memcpy(cprompt + l1 + 2, ak->prompts[i], l2 + 1);
     }
+    const char *stops[RK_TJOB_TEACHER_STOPS_MAX];
+    for (int s = 0; s < tc->n_stop; s++)
+        stops[s] = tc->stop[s];
     struct rk_teacher_req q = {
         .kind = tc->chat ? RK_TEACHER_CHAT : RK_TEACHER_COMPLETION,
+        .stop = stops,
+        .n_stop = tc->n_stop,
         .prompt = cprompt ? cprompt : ak->prompts[i],
         .msgs = msgs,
         .n_msgs = nm,
@@ -363,8 +378,8 @@ static int ask_one(struct asking *ak, size_t i, struct rk_errbuf *eb)
         .temperature = tc->temperature,
         .top_logprobs = tc->top_logprobs > 0 ? tc->top_logprobs : -1,
     };
-    int64_t deadline = rk_now_us() + (int64_t)srv->cfg.teacher_timeout_ms * 1000 *
-                                         (srv->cfg.teacher_retries + 2);
+    int64_t deadline = rk_now_us() + (int64_t)srv->cfg.teacher.timeout_ms * 1000 *
+                                         (srv->cfg.teacher.retries + 2);
     int rc = rk_teacher_call(ak->t, &q, ak->cache, deadline, &ak->js->worker_halt,
                              &ak->answers[i], eb);
     free(cprompt);
@@ -436,11 +451,11 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
         c.name = "teacher";
         c.base_url = tc->url;
         c.model = tc->model;
-        c.connect_timeout_ms = srv->cfg.teacher_connect_timeout_ms;
-        c.timeout_ms = srv->cfg.teacher_timeout_ms;
-        c.retries = srv->cfg.teacher_retries;
-        c.inflight_max = srv->cfg.teacher_max_inflight;
-        c.response_bytes_max = srv->cfg.teacher_response_bytes_max;
+        c.connect_timeout_ms = srv->cfg.teacher.connect_timeout_ms;
+        c.timeout_ms = srv->cfg.teacher.timeout_ms;
+        c.retries = srv->cfg.teacher.retries;
+        c.inflight_max = srv->cfg.teacher.max_inflight;
+        c.response_bytes_max = srv->cfg.teacher.response_bytes_max;
         rc = rk_teacher_create(&c, &t, &eb);
     } else
         rc = rk_errbuf_set(&eb, RK_EINVAL, "no teacher is configured on this server");
@@ -448,7 +463,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
         tj_fail(js, j, "teacher_not_configured", "%s", eb.msg);
         goto out;
     }
-    tj_job_path(js, j->v.id, ".teacher-cache.json", path, sizeof path);
+    tj_job_path(js, j->v.id, ".teacher-cache.jsonl", path, sizeof path);
     if ((rc = rk_teacher_cache_open(path, n + 16, (size_t)256 << 20, &cache, &eb)) != RK_OK) {
         rk_log(RK_LOG_WARN, "jobs: %s: %s", j->v.id, eb.msg);
         tj_fail(js, j, "teacher_cache_unreadable", "the job's teacher cache is unreadable: %s",
@@ -464,7 +479,7 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
     // then build the data in prompt order.
     struct asking ak = {.js = js, .t = t, .cache = cache, .tc = tc, .prompts = prompts, .n = n,
                         .answers = calloc(n, sizeof *ak.answers)};
-    int nth = srv->cfg.teacher_max_inflight < ASKERS_MAX ? srv->cfg.teacher_max_inflight
+    int nth = srv->cfg.teacher.max_inflight < ASKERS_MAX ? srv->cfg.teacher.max_inflight
                                                          : ASKERS_MAX;
     if ((size_t)nth > n)
         nth = (int)n;
@@ -505,7 +520,8 @@ static int observer_data(struct rk_tjobs *js, struct rk_tjob *j, const char *dat
     }
     for (size_t i = 0; i < n; i++) {
         bool skip = false;
-        rc = add_answer(js, prompts[i], &ak.answers[i], tc->top_logprobs, ds, tg, i, &skip, &eb);
+        rc = add_answer(js, prompts[i], &ak.answers[i], tc->top_logprobs,
+                        tc->n_stop == 1 ? tc->stop[0] : NULL, ds, tg, i, &skip, &eb);
         if (rc != RK_OK) {
             tj_fail(js, j, rc == RK_ENOMEM ? "enomem" : "teacher_failed", "%s",
                  rc == RK_ENOMEM ? "out of memory" : eb.msg);
@@ -568,7 +584,7 @@ struct rl_scorer {
     struct rk_tjobs *js;
     struct rk_tjob *j;
     struct rk_teacher *judge;       /* NULL: checkers only */
-    struct rk_teacher_cache *cache; /* DATA/jobs/<id>.judge-cache.json */
+    struct rk_teacher_cache *cache; /* DATA/jobs/<id>.judge-cache.jsonl */
     char why[320];                  /* the last judge failure */
 };
 
@@ -651,6 +667,11 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
             goto out;
         }
         rc = observer_data(js, j, data, len, &hp, &ds, &targets);
+        if (rc == RK_OK) { // the scored tokens are the teacher's answers: known only now
+            pthread_mutex_lock(&js->mu);
+            j->v.n_targets = rk_dataset_n_targets(ds);
+            pthread_mutex_unlock(&js->mu);
+        }
         if (rc == RK_ECANCELED && atomic_load(&j->cancel))
             tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
         else if (rc == RK_ECANCELED)
@@ -678,7 +699,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
                         "judge, and %s", srv->judge ? eb.msg : "none is configured");
                 goto out;
             }
-            tj_job_path(js, r.id, ".judge-cache.json", path, sizeof path);
+            tj_job_path(js, r.id, ".judge-cache.jsonl", path, sizeof path);
             if ((rc = rk_teacher_cache_open(path, RL_JUDGE_CACHE_MAX, (size_t)256 << 20,
                                             &rl.cache, &eb)) != RK_OK) {
                 tj_fail(js, j, "judge_cache_unreadable", "the job's judge cache is "

@@ -113,10 +113,10 @@ static int listen_early(struct rk_srv *srv)
  * from --judge-key-file / --teacher-key-file (first line, surrounding space
  * trimmed) or RWKVD_JUDGE_API_KEY / RWKVD_TEACHER_API_KEY, and is never
  * printed. */
-static int open_client(const char *name, const char *url, const char *model, const char *key_file,
-                       const char *key_env, int connect_ms, int timeout_ms, int retries,
-                       int inflight, size_t resp_max, struct rk_teacher **out)
+static int open_client(const char *name, const struct rk_client_cfg *cc, const char *key_env,
+                       struct rk_teacher **out)
 {
+    const char *key_file = cc->key_file;
     struct rk_teacher_config tc;
     struct rk_errbuf eb = {0};
     char *key = NULL;
@@ -158,14 +158,14 @@ static int open_client(const char *name, const char *url, const char *model, con
         key = strdup(getenv(key_env));
     }
     tc.name = name;
-    tc.base_url = url;
-    tc.model = model;
+    tc.base_url = cc->url;
+    tc.model = cc->model;
     tc.api_key = key;
-    tc.connect_timeout_ms = connect_ms;
-    tc.timeout_ms = timeout_ms;
-    tc.retries = retries;
-    tc.inflight_max = inflight;
-    tc.response_bytes_max = resp_max;
+    tc.connect_timeout_ms = cc->connect_timeout_ms;
+    tc.timeout_ms = cc->timeout_ms;
+    tc.retries = cc->retries;
+    tc.inflight_max = cc->max_inflight;
+    tc.response_bytes_max = cc->response_bytes_max;
     int rc = rk_teacher_create(&tc, out, &eb);
     if (key) {
         memset(key, 0, strlen(key));
@@ -180,20 +180,12 @@ static int open_client(const char *name, const char *url, const char *model, con
 
 static int open_judge(struct rk_srv *srv)
 {
-    const struct rk_srv_config *c = &srv->cfg;
-    return open_client("judge", c->judge_url, c->judge_model, c->judge_key_file,
-                       "RWKVD_JUDGE_API_KEY", c->judge_connect_timeout_ms, c->judge_timeout_ms,
-                       c->judge_retries, c->judge_max_inflight, c->judge_response_bytes_max,
-                       &srv->judge);
+    return open_client("judge", &srv->cfg.judge, "RWKVD_JUDGE_API_KEY", &srv->judge);
 }
 
 static int open_teacher(struct rk_srv *srv)
 {
-    const struct rk_srv_config *c = &srv->cfg;
-    return open_client("teacher", c->teacher_url, c->teacher_model, c->teacher_key_file,
-                       "RWKVD_TEACHER_API_KEY", c->teacher_connect_timeout_ms,
-                       c->teacher_timeout_ms, c->teacher_retries, c->teacher_max_inflight,
-                       c->teacher_response_bytes_max, &srv->teacher);
+    return open_client("teacher", &srv->cfg.teacher, "RWKVD_TEACHER_API_KEY", &srv->teacher);
 }
 
 int rk_cmd_serve(int argc, char **argv)
@@ -251,9 +243,9 @@ int rk_cmd_serve(int argc, char **argv)
             goto out;
         }
     }
-    if (c->judge_url && open_judge(srv) != 0)
+    if (c->judge.url && open_judge(srv) != 0)
         goto out;
-    if (c->teacher_url && open_teacher(srv) != 0)
+    if (c->teacher.url && open_teacher(srv) != 0)
         goto out;
     if (listen_early(srv) != 0)
         goto out;

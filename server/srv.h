@@ -32,6 +32,16 @@ struct rk_http_req;
 
 /* --- configuration (config.c) ------------------------------------------ */
 
+/* The settings of one OpenAI-compatible client (teacher.h): best_of's judge
+ * and the observer jobs' teacher, set by the same --judge-* / --teacher-*
+ * options (config.c). */
+struct rk_client_cfg {
+    const char *url, *model, *key_file;
+    const char *allowed_urls; /* comma-separated base URLs a request or job may pick */
+    int connect_timeout_ms, timeout_ms, retries, max_inflight;
+    size_t response_bytes_max;
+};
+
 struct rk_srv_config {
     const char *model, *vocab, *model_name, *host, *data_dir, *api_keys;
     int port;
@@ -60,17 +70,11 @@ struct rk_srv_config {
     bool health_public;          /* /health without an API key */
     /* best_of and its judge (api_bestof.c, teacher.c) */
     int best_of_max;             /* candidates per request */
-    const char *judge_url, *judge_model, *judge_key_file;
-    const char *judge_allowed_urls; /* comma-separated base URLs a request may pick */
-    int judge_connect_timeout_ms, judge_timeout_ms, judge_retries, judge_max_inflight;
-    size_t judge_response_bytes_max;
+    struct rk_client_cfg judge;  /* --judge-* */
     int judge_calls_per_min;     /* per tenant */
     int judge_tokens_per_min;    /* per tenant, as the judge reports them */
     /* the teacher of observer tuning jobs (jobs_worker.c, teacher.c) */
-    const char *teacher_url, *teacher_model, *teacher_key_file;
-    const char *teacher_allowed_urls; /* comma-separated base URLs a job may pick */
-    int teacher_connect_timeout_ms, teacher_timeout_ms, teacher_retries, teacher_max_inflight;
-    size_t teacher_response_bytes_max;
+    struct rk_client_cfg teacher; /* --teacher-* */
     /* test-time training on the generation routes (api_ttt.c) */
     int ttt_max_steps;           /* 0 = off */
     int ttt_max_k, ttt_max_tokens;

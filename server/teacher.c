@@ -20,7 +20,7 @@
  * retries, in-flight limit, answer size; or rk_teacher_derive for a
  * per-job model, or a URL from the operator's allow list, which never
  * carries the key), opens a cache in the job's directory
- * (rk_teacher_cache_open(dir "/teacher-cache.json", ...)) so that a resumed
+ * (rk_teacher_cache_open(dir "/<id>.teacher-cache.jsonl", ...)) so that a resumed
  * job asks nothing twice, passes its cancel flag so that cancelling the job
  * stops a call within 100 ms, and a deadline per step. Blocking there is
  * fine: the worker runs one job at a time and yields to the engine anyway.
@@ -34,6 +34,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -41,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct rk_teacher {
     char *name, *url, *model, *key;
@@ -246,6 +248,12 @@ char *rk_teacher_body(const struct rk_teacher *t, const struct rk_teacher_req *q
     json_object_set_new(o, "max_tokens", json_integer(q->max_tokens));
     json_object_set_new(o, "temperature", json_real(q->temperature));
     json_object_set_new(o, "stream", json_false());
+    if (q->n_stop > 0) {
+        json_t *st = json_array();
+        for (int i = 0; i < q->n_stop; i++)
+            json_array_append_new(st, json_string(q->stop[i]));
+        json_object_set_new(o, "stop", st);
+    }
     if (q->seed_given)
         json_object_set_new(o, "seed", json_integer(q->seed));
     if (q->kind == RK_TEACHER_CHAT) {
@@ -799,10 +807,14 @@ out:
 /* --- cache ------------------------------------------------------------------ */
 
 /*
- * File format (version 1): one JSON object
- *   {"version": 1, "entries": [{"key": "<url> <request body>", "answer": "<body>"}, ...]}
- * Loaded strictly: anything else is RK_EFORMAT and the job fails rather
- * than silently asking the teacher everything again.
+ * File format: JSON Lines, one answer a line, appended as it arrives:
+ *   {"key": "<url> <request body>", "answer": "<body>"}\n
+ * A record counts once its newline is on disk (each append is fsynced). At
+ * open, a last line without its newline, or one that does not parse, is
+ * the torn end of an append cut short by a crash: it is ignored and cut off
+ * the file, so that the next append starts a clean line. Any other line that
+ * is not such a record is RK_EFORMAT, and the job fails rather than silently
+ * asking the teacher everything again.
  */
 struct centry {
     uint64_t h;
@@ -813,6 +825,8 @@ struct centry {
 struct rk_teacher_cache {
     pthread_mutex_t mu;
     char *path;
+    int fd;    /* the file, open for appending (-1: not yet created, or no path) */
+    off_t end; /* its length: the end of the last whole record */
     struct centry *e;
     size_t n, cap, entries_max, bytes, bytes_max;
 };
@@ -855,6 +869,14 @@ static int cache_add(struct rk_teacher_cache *c, const char *key, const char *bo
     return RK_OK;
 }
 
+static void cache_drop_last(struct rk_teacher_cache *c)
+{
+    c->n--;
+    c->bytes -= strlen(c->e[c->n].key) + c->e[c->n].body_len;
+    free(c->e[c->n].key);
+    free(c->e[c->n].body);
+}
+
 static struct centry *cache_find(struct rk_teacher_cache *c, const char *key)
 {
     uint64_t h = fnv1a(key);
@@ -862,6 +884,40 @@ static struct centry *cache_find(struct rk_teacher_cache *c, const char *key)
         if (c->e[i].h == h && !strcmp(c->e[i].key, key))
             return &c->e[i];
     return NULL;
+}
+
+/* One record line s[len] (without its newline): added, or RK_EFORMAT /
+ * RK_ERANGE / RK_ENOMEM with eb saying which line. */
+static int cache_load_line(struct rk_teacher_cache *c, const char *s, size_t len, size_t line,
+                           struct rk_errbuf *eb)
+{
+    json_error_t je;
+    json_t *x = json_loadb(s, len, JSON_REJECT_DUPLICATES, &je);
+    json_t *k = json_object_get(x, "key"), *b = json_object_get(x, "answer");
+    int rc = RK_OK;
+    if (!json_is_object(x) || json_object_size(x) != 2 || !json_is_string(k) ||
+        !json_is_string(b) || strlen(json_string_value(k)) != json_string_length(k))
+        rc = rk_errbuf_set(eb, RK_EFORMAT, "teacher cache %s: line %zu is not "
+                           "{\"key\": string, \"answer\": string}", c->path, line);
+    else if (cache_find(c, json_string_value(k)))
+        rc = rk_errbuf_set(eb, RK_EFORMAT, "teacher cache %s: line %zu repeats a key", c->path,
+                           line);
+    else if ((rc = cache_add(c, json_string_value(k), json_string_value(b),
+                             json_string_length(b))) != RK_OK)
+        rc = rk_errbuf_set(eb, rc, "teacher cache %s: line %zu: %s", c->path, line,
+                           rc == RK_ERANGE ? "over the cache's limits" : "out of memory");
+    json_decref(x);
+    return rc;
+}
+
+/* Is s[len] (no newline) a whole JSON value? For telling a torn last line
+ * from a bad one. */
+static bool json_whole(const char *s, size_t len)
+{
+    json_error_t je;
+    json_t *x = json_loadb(s, len, 0, &je);
+    json_decref(x);
+    return x != NULL;
 }
 
 int rk_teacher_cache_open(const char *path, size_t entries_max, size_t bytes_max,
@@ -874,6 +930,7 @@ int rk_teacher_cache_open(const char *path, size_t entries_max, size_t bytes_max
         return rk_errbuf_set(eb, RK_ENOMEM, "teacher cache: out of memory");
     }
     pthread_mutex_init(&c->mu, NULL);
+    c->fd = -1;
     c->entries_max = entries_max;
     c->bytes_max = bytes_max;
     if (!path) {
@@ -892,47 +949,41 @@ int rk_teacher_cache_open(const char *path, size_t entries_max, size_t bytes_max
         rk_teacher_cache_free(c);
         return rc;
     }
-    json_error_t je;
-    json_t *o = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    const char *s = buf;
+    size_t at = 0, line = 1;
+    while (at < len) {
+        const char *nl = memchr(s + at, '\n', len - at);
+        size_t n = nl ? (size_t)(nl - (s + at)) : len - at;
+        bool last = !nl || at + n + 1 == len;
+        if (!nl)
+            break; // torn: no newline
+        rc = cache_load_line(c, s + at, n, line, eb);
+        if (rc == RK_EFORMAT && last && !json_whole(s + at, n)) {
+            rc = RK_OK; // a torn last record (cut short, then padded by the file system)
+            break;
+        }
+        if (rc != RK_OK)
+            break;
+        at += n + 1;
+        line++;
+    }
     free(buf);
-    json_t *ents = json_object_get(o, "entries");
-    json_t *ver = json_object_get(o, "version");
-    if (!json_is_object(o) || !json_is_integer(ver) || json_integer_value(ver) != 1 ||
-        !json_is_array(ents) || json_object_size(o) != 2) {
-        rc = rk_errbuf_set(eb, RK_EFORMAT, "teacher cache %s: not a version 1 cache file "
-                           "({\"version\":1,\"entries\":[...]})", path);
-        goto fail;
+    if (rc == RK_OK && (c->fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC)) < 0)
+        rc = rk_errbuf_set(eb, RK_EIO, "teacher cache %s: %s", path, strerror(errno));
+    if (rc == RK_OK && at < len) {
+        rk_log(RK_LOG_WARN, "teacher cache %s: ignoring a torn last record (%zu bytes)", path,
+               len - at);
+        if (ftruncate(c->fd, (off_t)at) != 0 || fdatasync(c->fd) != 0)
+            rc = rk_errbuf_set(eb, RK_EIO, "teacher cache %s: cannot cut off its torn last "
+                               "record: %s", path, strerror(errno));
     }
-    size_t i;
-    json_t *x;
-    json_array_foreach(ents, i, x)
-    {
-        json_t *k = json_object_get(x, "key"), *b = json_object_get(x, "answer");
-        if (!json_is_object(x) || json_object_size(x) != 2 || !json_is_string(k) ||
-            !json_is_string(b) || strlen(json_string_value(k)) != json_string_length(k)) {
-            rc = rk_errbuf_set(eb, RK_EFORMAT, "teacher cache %s: entry %zu is not "
-                               "{\"key\": string, \"answer\": string}", path, i);
-            goto fail;
-        }
-        if (cache_find(c, json_string_value(k))) {
-            rc = rk_errbuf_set(eb, RK_EFORMAT, "teacher cache %s: entry %zu repeats a key",
-                               path, i);
-            goto fail;
-        }
-        rc = cache_add(c, json_string_value(k), json_string_value(b), json_string_length(b));
-        if (rc != RK_OK) {
-            rc = rk_errbuf_set(eb, rc, "teacher cache %s: entry %zu: %s", path, i,
-                               rc == RK_ERANGE ? "over the cache's limits" : "out of memory");
-            goto fail;
-        }
+    if (rc != RK_OK) {
+        rk_teacher_cache_free(c);
+        return rc;
     }
-    json_decref(o);
+    c->end = (off_t)at;
     *out = c;
     return RK_OK;
-fail:
-    json_decref(o);
-    rk_teacher_cache_free(c);
-    return rc;
 }
 
 void rk_teacher_cache_free(struct rk_teacher_cache *c)
@@ -943,6 +994,8 @@ void rk_teacher_cache_free(struct rk_teacher_cache *c)
         free(c->e[i].key);
         free(c->e[i].body);
     }
+    if (c->fd >= 0)
+        close(c->fd);
     free(c->e);
     free(c->path);
     pthread_mutex_destroy(&c->mu);
@@ -970,19 +1023,50 @@ char *rk_teacher_cache_get(struct rk_teacher_cache *c, const char *key, size_t *
     return r;
 }
 
-static int cache_save_locked(struct rk_teacher_cache *c, struct rk_errbuf *eb)
+/* Append entry e as one line and fsync it; the first append creates the
+ * file and makes its directory entry durable too. On failure the file is
+ * cut back to its last whole record. */
+static int cache_append_locked(struct rk_teacher_cache *c, const struct centry *e,
+                               struct rk_errbuf *eb)
 {
-    json_t *ents = json_array();
-    for (size_t i = 0; ents && i < c->n; i++)
-        json_array_append_new(ents, json_pack("{s:s,s:s#}", "key", c->e[i].key, "answer",
-                                              c->e[i].body, c->e[i].body_len));
-    json_t *o = json_pack("{s:i,s:o}", "version", 1, "entries", ents);
+    json_t *o = json_pack("{s:s,s:s#}", "key", e->key, "answer", e->body, e->body_len);
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!s)
         return rk_errbuf_set(eb, RK_ENOMEM, "teacher cache: out of memory");
-    int rc = rk_file_write_atomic(c->path, s, strlen(s), eb);
+    size_t n = strlen(s);
+    s[n] = '\n'; // json_dumps escapes every newline inside strings: one line
+    int rc = RK_OK;
+    if (c->fd < 0) {
+        c->fd = open(c->path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        char *dir = strdup(c->path), *slash = dir ? strrchr(dir, '/') : NULL;
+        if (slash)
+            *slash = 0;
+        if (c->fd < 0)
+            rc = rk_errbuf_set(eb, RK_EIO, "teacher cache %s: %s", c->path, strerror(errno));
+        else if (dir && rk_dir_fsync(slash ? dir : ".") != RK_OK)
+            rc = rk_errbuf_set(eb, RK_EIO, "teacher cache %s: fsync of its directory: %s",
+                               c->path, strerror(errno));
+        free(dir);
+    }
+    for (size_t done = 0; rc == RK_OK && done < n + 1;) {
+        ssize_t k = write(c->fd, s + done, n + 1 - done);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            rc = rk_errbuf_set(eb, RK_EIO, "teacher cache %s: %s", c->path,
+                               k < 0 ? strerror(errno) : "short write");
+        else
+            done += (size_t)k;
+    }
+    if (rc == RK_OK && fdatasync(c->fd) != 0)
+        rc = rk_errbuf_set(eb, RK_EIO, "teacher cache %s: fsync: %s", c->path, strerror(errno));
     free(s);
+    if (rc == RK_OK)
+        c->end += (off_t)(n + 1);
+    else if (c->fd >= 0 && ftruncate(c->fd, c->end) != 0)
+        rk_log(RK_LOG_WARN, "teacher cache %s: cannot cut back a failed append: %s", c->path,
+               strerror(errno));
     return rc;
 }
 
@@ -1002,13 +1086,8 @@ int rk_teacher_cache_put(struct rk_teacher_cache *c, const char *key, const char
         rk_errbuf_set(eb, rc, "teacher cache: out of memory");
         goto out;
     }
-    if (c->path && (rc = cache_save_locked(c, eb)) != RK_OK) {
-        // Not on disk: forget it here too, so memory and file agree.
-        c->n--;
-        c->bytes -= strlen(c->e[c->n].key) + c->e[c->n].body_len;
-        free(c->e[c->n].key);
-        free(c->e[c->n].body);
-    }
+    if (c->path && (rc = cache_append_locked(c, &c->e[c->n - 1], eb)) != RK_OK)
+        cache_drop_last(c); // not on disk: forget it here too, so memory and file agree
 out:
     pthread_mutex_unlock(&c->mu);
     return rc;

@@ -62,6 +62,8 @@ struct rk_teacher_req {
     int max_tokens;                     /* >= 1 */
     double temperature;                 /* >= 0 */
     int top_logprobs;                   /* -1: no logprobs; 0..RK_TEACHER_TOP_MAX */
+    const char *const *stop;            /* n_stop stop strings (OpenAI "stop"), or none */
+    int n_stop;
     bool seed_given;
     long long seed;
 };
@@ -159,8 +161,10 @@ char *rk_teacher_body(const struct rk_teacher *t, const struct rk_teacher_req *q
 /*
  * Answers keyed by endpoint URL and request body (the key is not part of
  * it). With a path (a file in a tuning job's directory), an existing file is
- * loaded and validated at open, and every new answer rewrites the file
- * atomically (rk_file_write_atomic), so a resumed job asks nothing twice.
+ * loaded and validated at open (a torn last record, from a crash during an
+ * append, is ignored and cut off), and every new answer is appended to it
+ * as one JSON line and fsynced, so a resumed job asks nothing twice; the
+ * cost of an answer does not grow with the answers before it.
  * At most `entries_max` answers and `bytes_max` bytes: beyond, new answers
  * are not kept (the oldest stay, for a job that resumes). Thread-safe.
  */

@@ -67,6 +67,10 @@ json_t *rk_tjob_hparams_json(const struct rk_tjob_hparams *hp, bool journal)
         json_object_set_new(to, "top_logprobs", json_integer(tc->top_logprobs));
         json_object_set_new(to, "instruction",
                             tc->instruction[0] ? json_string(tc->instruction) : json_null());
+        json_t *stops = json_array();
+        for (int i = 0; i < tc->n_stop; i++)
+            json_array_append_new(stops, json_string(tc->stop[i]));
+        json_object_set_new(to, "stop", stops);
         json_object_set_new(o, "teacher", to);
     }
     return o;
@@ -98,6 +102,13 @@ void rk_tjob_hparams_from_json(json_t *o, struct rk_tjob_hparams *hp)
             tt->temperature = json_number_value(x);
         if (json_is_integer(x = json_object_get(to, "top_logprobs")))
             tt->top_logprobs = (int)json_integer_value(x);
+        json_t *stops = json_object_get(to, "stop");
+        tt->n_stop = 0;
+        for (size_t i = 0; json_is_array(stops) && i < json_array_size(stops) &&
+                           tt->n_stop < RK_TJOB_TEACHER_STOPS_MAX; i++)
+            if ((s = json_string_value(json_array_get(stops, i))) &&
+                strlen(s) <= RK_TJOB_TEACHER_STOP_BYTES && s[0])
+                snprintf(tt->stop[tt->n_stop++], sizeof tt->stop[0], "%s", s);
     }
     size_t n;
     const struct rk_hparam *t = rk_hparams(&n);

@@ -98,6 +98,10 @@ struct rk_kernel_grad {
 };
 /* cos and sin of z[n] as the features compute them (for tests). */
 RK_API void rk_kernel_cos_sin(const float *z, float *c, float *s, int n);
+/* The kernel states' hot loops run their AVX-512 build where rk_cpu_avx512()
+ * says so; on = the portable build from now on (off: back to that choice),
+ * for tests that compare the two. */
+RK_API void rk_kernel_force_portable(bool on);
 /* The feature vector phi [M] of one head's receptance r [N] (for tests). */
 RK_API void rk_kernel_features(const struct rk_kernel_view *v, int layer, const float *r,
                                float *phi);

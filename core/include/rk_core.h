@@ -91,6 +91,13 @@ RK_API void rk_log_set(rk_log_cb *fn, void *user);
 RK_API void rk_log(enum rk_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* --- kernel switches ------------------------------------------------------ */
+
+/* Whether this process runs AVX-512 kernels: the CPU has them and
+ * RWKVD_NO_AVX512 is unset or "0" (core/cpu.c decides once per process).
+ * Kernels outside the core (the kernel states' read-out term) follow it. */
+RK_API bool rk_cpu_avx512(void);
+
 /* --- cancellation and progress -------------------------------------------- */
 
 /* Returns true to stop a long operation at the next step boundary. */
@@ -116,6 +123,7 @@ enum rk_format {
     RK_FORMAT_SAFETENSORS, /* official names or Hugging Face (fla) names */
     RK_FORMAT_PTH,         /* torch.save zip: pickle + raw storages */
     RK_FORMAT_RWKVCPP,     /* rwkv.cpp .bin (FP32/FP16) */
+    RK_FORMAT_GGUF,        /* GGUF v2/v3, llama.cpp's rwkv7 architecture */
 };
 RK_API const char *rk_format_name(enum rk_format f);
 
@@ -167,6 +175,8 @@ RK_API uint64_t rk_model_fingerprint(const struct rk_model *m);
 /* The vocabulary file found beside the weights of a model directory
  * (rwkv_vocab_v20230424.txt), or NULL; valid while the model lives. */
 RK_API const char *rk_model_vocab_file(const struct rk_model *m);
+/* The path the model was loaded from; valid while the model lives. */
+RK_API const char *rk_model_path(const struct rk_model *m);
 
 /* Write the model as safetensors with official RWKV-7 names, large matrices in
  * `wtype` (AUTO = as held). Written atomically (temp file, fsync, rename). */
@@ -377,6 +387,12 @@ struct rk_tokenizer; /* immutable after load; safe to share */
  * tokens may have the same bytes. Returns RK_EIO, RK_ENOMEM, or RK_EFORMAT with
  * `eb` naming the file and line. Id 0 is end-of-text and has no bytes. */
 RK_API int rk_tok_load_world(const char *path, struct rk_tokenizer **out, struct rk_errbuf *eb);
+/* The World vocabulary held in a GGUF file's metadata (tokenizer.ggml.model
+ * "rwkv", tokenizer.ggml.tokens with llama.cpp's escaped token text, id 0
+ * end-of-text, the normal tokens 1..K; later padding is left out).
+ * RK_ENOTFOUND when the file names no tokenizer or "none"; RK_EIO,
+ * RK_ENOMEM, or RK_EFORMAT naming the file and the token. */
+RK_API int rk_tok_load_gguf(const char *path, struct rk_tokenizer **out, struct rk_errbuf *eb);
 /* The byte tokenizer: id = byte value, vocab 256. */
 RK_API int rk_tok_create_bytes(struct rk_tokenizer **out);
 RK_API void rk_tok_free(struct rk_tokenizer *t);

@@ -172,6 +172,19 @@ const struct rk_readout *rk_cli_ro_start(struct rk_cli_ro *ro)
     return &ro->ro;
 }
 
+/* Whether the file starts with GGUF's magic (a vocabulary given as a GGUF
+ * file: its metadata's World vocabulary). */
+static bool is_gguf(const char *path)
+{
+    char magic[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    return n == 4 && !memcmp(magic, "GGUF", 4);
+}
+
 struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_model *m)
 {
     struct rk_tokenizer *t = NULL;
@@ -180,9 +193,30 @@ struct rk_tokenizer *rk_cli_load_tokenizer(const char *vocab, const struct rk_mo
         vocab = rk_model_vocab_file(m);
         fprintf(stderr, "rwkvd: vocabulary from the model directory: %s\n", vocab);
     }
+    if (!vocab && m && rk_model_format(m) == RK_FORMAT_GGUF) {
+        // A GGUF file carries its vocabulary in its metadata (core/FORMAT.md).
+        struct rk_errbuf eb = {0};
+        int rc = rk_tok_load_gguf(rk_model_path(m), &t, &eb);
+        if (rc == RK_OK) {
+            fprintf(stderr, "rwkvd: vocabulary from the GGUF metadata (%zu tokens)\n",
+                    rk_tok_n_vocab(t));
+            if (rk_tok_n_vocab(t) > (size_t)rk_model_n_vocab(m)) {
+                fprintf(stderr, "rwkvd: the GGUF vocabulary has %zu tokens but the model only "
+                        "%d\n", rk_tok_n_vocab(t), rk_model_n_vocab(m));
+                rk_tok_free(t);
+                return NULL;
+            }
+            return t;
+        }
+        if (rc != RK_ENOTFOUND) {
+            fprintf(stderr, "rwkvd: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
+            return NULL;
+        }
+    }
     if (vocab) {
         struct rk_errbuf eb = {0};
-        int rc = rk_tok_load_world(vocab, &t, &eb);
+        int rc = is_gguf(vocab) ? rk_tok_load_gguf(vocab, &t, &eb)
+                                : rk_tok_load_world(vocab, &t, &eb);
         if (rc != RK_OK) {
             fprintf(stderr, "rwkvd: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
             return NULL;
@@ -392,10 +426,12 @@ int rk_cmd_convert(int argc, char **argv)
         case 'h':
             printf("usage: rwkvd convert --model IN --out OUT.safetensors [--dtype f32|f16|bf16|q8|auto]\n\n"
                    "Reads any supported model (safetensors with official or Hugging Face names,\n"
-                   ".pth, rwkv.cpp .bin) and writes safetensors with the official RWKV-7 names.\n"
-                   "--dtype (or --wtype) sets the precision of the large matrices (default: as\n"
-                   "loaded); q8 writes each as I8 values plus F16 scales per block of 32 input\n"
-                   "columns (core/FORMAT.md). Small tensors are written as f32.\n");
+                   ".pth, rwkv.cpp .bin, GGUF) and writes safetensors with the official RWKV-7\n"
+                   "names. --dtype (or --wtype) sets the precision of the large matrices\n"
+                   "(default: as loaded); q8 writes each as I8 values plus F16 scales per block\n"
+                   "of 32 input columns (core/FORMAT.md). The model is loaded in that precision\n"
+                   "(a quantized GGUF file with --dtype f32 gives its exact dequantized values).\n"
+                   "Small tensors are written as f32.\n");
             return 0;
         default: return 2;
         }
@@ -404,7 +440,10 @@ int rk_cmd_convert(int argc, char **argv)
         fprintf(stderr, "rwkvd convert: --model and --out are required (see --help)\n");
         return 2;
     }
-    struct rk_model *m = rk_cli_load_model(model, RK_DTYPE_AUTO);
+    // Loaded in the wanted precision (the same values a conversion at
+    // writing gives), so a quantized GGUF file's matrices come out as their
+    // exact dequantized values rather than through the 8-bit form.
+    struct rk_model *m = rk_cli_load_model(model, dt);
     if (!m)
         return 1;
     struct rk_errbuf eb = {0};

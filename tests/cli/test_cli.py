@@ -53,6 +53,27 @@ if p.returncode != 2 or "unknown method 'kernel9' (known: standard, kernel, dbp,
 p = run("tune", "--model", "m", "--data", "d", "--out", "o", "--method", "observer", ok=False)
 if p.returncode != 2 or "runs as a server job" not in p.stderr:
     failures.append(f"tune --method observer: exit {p.returncode}, {p.stderr!r}")
+# The judge's and the teacher's settings come from one table of rows: each
+# row is a flag and a variable per client, with the client's own default.
+env = dict(os.environ, RWKVD_TEACHER_TIMEOUT_MS="1234", RWKVD_JUDGE_RETRIES="7")
+p = subprocess.run([RWKVD, "serve", "--model", "m", "--judge-max-response-bytes", "2M",
+                    "--teacher-retries=0", "--teacher-url", "http://t/v1", "--teacher-model", "t",
+                    "--print-config"], capture_output=True, text=True, env=env, timeout=60)
+conf = dict(l.split(None, 1) for l in p.stdout.splitlines()[1:] if l.strip())
+want = {"judge-timeout-ms": "30000", "teacher-timeout-ms": "1234", "judge-retries": "7",
+        "teacher-retries": "0", "judge-max-response-bytes": "2097152",
+        "teacher-max-response-bytes": "4194304", "judge-url": "(unset)",
+        "teacher-url": "http://t/v1", "teacher-model": "t"}
+for k, v in want.items():
+    if conf.get(k) != v:
+        failures.append(f"serve --print-config: {k} = {conf.get(k)!r}, want {v!r}")
+for bad, msg in ((["--judge-retries", "11"], "invalid value '11' for --judge-retries (range 0..10)"),
+                 (["--teacher-connect-timeout-ms", "0"], "--teacher-connect-timeout-ms (range 1..600000)"),
+                 (["--teacher-url", "http://t/v1"], "--teacher-url needs --teacher-model"),
+                 (["--judge-urls", "x"], "unknown option '--judge-urls'")):
+    p = run("serve", "--model", "m", *bad, ok=False)
+    if p.returncode == 0 or msg not in p.stderr:
+        failures.append(f"serve {bad}: exit {p.returncode}, {p.stderr!r}")
 p = run("tune", "--model", "m", "--data", "d", "--out", "o", "--decay", "step", ok=False)
 if p.returncode != 2 or "--decay (cosine|linear|constant)" not in p.stderr:
     failures.append(f"tune --decay step: exit {p.returncode}, {p.stderr!r}")

@@ -1,7 +1,8 @@
 /*
  * fuzz_model.c - the model loaders (core/load_safetensors.c, load_pth.c,
- * load_rwkvcpp.c, and model.c's placement and shape checks) on hostile
- * bytes. Built three times, with RK_FUZZ_FORMAT naming the loader, so each
+ * load_rwkvcpp.c, gguf.c, and model.c's placement and shape checks) on
+ * hostile bytes; for GGUF also the vocabulary in the metadata. Built four
+ * times, with RK_FUZZ_FORMAT naming the loader, so each
  * target reaches its parser without having to keep the magic bytes that
  * rk_model_load's format detection looks for.
  *
@@ -19,11 +20,12 @@
  */
 #include "core_int.h"
 #include "fuzz_common.h"
+#include "gguf.h"
 
 #include <string.h>
 
 #ifndef RK_FUZZ_FORMAT
-#error "define RK_FUZZ_FORMAT to RK_FORMAT_SAFETENSORS, RK_FORMAT_PTH or RK_FORMAT_RWKVCPP"
+#error "define RK_FUZZ_FORMAT to RK_FORMAT_SAFETENSORS, _PTH, _RWKVCPP or _GGUF"
 #endif
 
 /* Forward passes only on models this small (weights in bytes). */
@@ -85,6 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     switch (RK_FUZZ_FORMAT) {
     case RK_FORMAT_SAFETENSORS: rc = rk__load_safetensors(m, &p, &eb); break;
     case RK_FORMAT_PTH: rc = rk__load_pth(m, &p, &eb); break;
+    case RK_FORMAT_GGUF: rc = rk__load_gguf(m, &p, &eb); break;
     default: rc = rk__load_rwkvcpp(m, &p, &eb); break;
     }
     if (rc == RK_OK)
@@ -94,6 +97,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     m->map = NULL; // the buffer is ours, not a mapping for rk_model_free
     m->map_len = 0;
     rk_model_free(m);
+    if (RK_FUZZ_FORMAT == RK_FORMAT_GGUF) { /* the vocabulary in the metadata too */
+        struct rk_tokenizer *t = NULL;
+        if (rk__tok_gguf_from_buffer(buf, size, &t, &eb) == RK_OK) {
+            static const char text[] = "Hello, world!\n\n\xe4\xbd\xa0";
+            uint32_t ids[sizeof text];
+            size_t n;
+            if (rk_tok_encode(t, text, sizeof text - 1, ids, sizeof text, &n) != RK_OK)
+                abort(); /* greedy matching never needs more ids than bytes */
+            for (size_t i = 0; i < n; i++)
+                if (ids[i] == 0 || ids[i] >= rk_tok_n_vocab(t))
+                    abort();
+            rk_tok_free(t);
+        }
+    }
     free(buf);
     return 0;
 }

@@ -13,6 +13,9 @@ small, valid files: libFuzzer mutates them into the hostile ones.
                                  the f32 one as q8 (rwkvd convert --wtype q8)
   corpus/pth/                    the bf16 one as torch.save would write it
   corpus/rwkvcpp/                the f32 one as rwkv.cpp .bin, FP32 and FP16
+  corpus/gguf/                   the f32 one as GGUF (tools/gguf_export.py) in
+                                 F32, BF16, Q8_0 and Q4_0; a C=256 one with
+                                 Q4_K, Q5_K and Q6_K matrices; a vocabulary
   corpus/state/                  state files for the server model: rwkvd's own
                                  (fingerprint, shifts), a bare bf16 one, and an
                                  RWKV-PEFT .pth
@@ -121,9 +124,28 @@ def models():
                     "--f16", r"att\.(k_k|r_k)$"])
     write_rwkvcpp(st, out("corpus", "rwkvcpp", "tiny-f32.bin"), False)
     write_rwkvcpp(st, out("corpus", "rwkvcpp", "tiny-f16.bin"), True)
+    gguf_seeds(st)
     server = out("data", "server-bf16.safetensors")
     run(GEN + ["--vocab", "256", "--dtype", "bf16", "--seed", "3", "--out", server])
     return server
+
+
+def gguf_seeds(st):
+    gguf = [PY, os.path.join(ROOT, "tools", "gguf_export.py")]
+    for t in ("f32", "bf16", "q8_0", "q4_0"):
+        run(gguf + [st, out("corpus", "gguf", "tiny-%s.gguf" % t), "--type", t])
+    with tempfile.TemporaryDirectory() as d:
+        wide = os.path.join(d, "c256.safetensors")
+        run(GEN[:2] + ["--embd", "256", "--dw", "8", "--da", "8", "--dv", "8", "--dg", "8",
+                       "--ffn", "256", "--layers", "1", "--vocab", "16", "--dtype", "f32",
+                       "--seed", "4", "--out", wide])
+        run(gguf + [wide, out("corpus", "gguf", "c256-q4_k_m.gguf"), "--type", "q4_k_m"])
+        voc = os.path.join(d, "vocab.txt")
+        with open(voc, "w", encoding="utf-8") as f:
+            toks = [bytes([b]) for b in range(256)] + [b"He", b"llo", b"\n\n", "你".encode()]
+            for i, b in enumerate(toks):
+                f.write("%d %r %d\n" % (i + 1, b, len(b)))
+        run(gguf + ["--vocab-only", voc, out("corpus", "gguf", "vocab.gguf"), "--pad", "0"])
 
 
 def states(rwkvd, server):

@@ -17,7 +17,7 @@ set -eu
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 SECS=${1:-20}
 [ $# -gt 0 ] && shift
-TARGETS=${*:-"safetensors pth rwkvcpp state jsonl vocab hfjson tokenize http"}
+TARGETS=${*:-"safetensors pth rwkvcpp gguf state jsonl vocab hfjson tokenize http"}
 BUILD=${RWKVD_FUZZ_BUILD:-$SRC/build-fuzz}
 
 if ! command -v clang >/dev/null 2>&1; then

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import rwkvd_http  # noqa: E402
 
 RWKVD, ROOT = sys.argv[1], sys.argv[2]
 MODEL = os.path.join(ROOT, "models", "demo.safetensors")
@@ -33,50 +34,20 @@ def check(cond, what):
 
 
 def start(tmp, *extra):
-    log = open(os.path.join(tmp, "server.log"), "a")
-    srv = subprocess.Popen([RWKVD, "serve", "--model", MODEL, "--port", "0", "--threads", "1",
-                            "--data-dir", os.path.join(tmp, "data"), "--api-keys",
-                            os.path.join(tmp, "keys"), *extra],
-                           stdout=subprocess.PIPE, stderr=log, text=True)
-    line = srv.stdout.readline()
-    assert "listening on http://" in line, line
-    return srv, int(line.rsplit(":", 1)[1])
+    return rwkvd_http.start(RWKVD, MODEL, tmp, "server",
+                            ["--api-keys", os.path.join(tmp, "keys"), *extra])
 
 
 def req(port, method, path, body=None, key=ALICE, raw=None):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    r = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                               headers={"Authorization": "Bearer " + key})
-    try:
-        with urllib.request.urlopen(r, timeout=120) as f:
-            return f.status, json.loads(f.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+    return rwkvd_http.request(port, method, path, body, raw=raw, key=key, timeout=120)
 
 
 def events(port, job, key=ALICE):
-    r = urllib.request.Request(f"http://127.0.0.1:{port}/jobs/{job}/events",
-                               headers={"Authorization": "Bearer " + key})
-    out = []
-    with urllib.request.urlopen(r, timeout=120) as f:
-        ev = None
-        for line in f:
-            line = line.decode().rstrip("\n")
-            if line.startswith("event: "):
-                ev = line[7:]
-            elif line.startswith("data: "):
-                out.append((ev, json.loads(line[6:])))
-    return out
+    return rwkvd_http.events(port, job, key=key)
 
 
 def wait_status(port, job, want, secs=60):
-    t = time.monotonic() + secs
-    while time.monotonic() < t:
-        st, j = req(port, "GET", f"/jobs/{job}")
-        if st == 200 and j["status"] in want:
-            return j
-        time.sleep(0.05)
-    return None
+    return rwkvd_http.wait_job(port, job, want, timeout=secs, key=ALICE, or_none=True)
 
 
 CAPS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"),
@@ -328,11 +299,7 @@ def main():
         st, e = req(port, "POST", "/eval", slow)
         check(st == 504 and e["error"]["code"] == "deadline_exceeded", f"deadline: {st} {e}")
     finally:
-        srv.send_signal(signal.SIGTERM)
-        try:
-            srv.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            srv.kill()
+        rwkvd_http.stop([srv])
     for f in failures:
         print("FAIL:", f)
     if failures:

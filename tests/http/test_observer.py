@@ -16,18 +16,18 @@ never appears in job records, errors or the log.
 
 usage: test_observer.py RWKVD DEMO_MODEL
 """
-import http.server
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from rwkvd_http import (FakeHandler, events, get_json, get_text, metric, post,  # noqa: E402
+                        sanitizer_report, start, start_fake, stop, wait_job)
 
 KEY = "sk-teacher-key-0123456789-never-shown"
 FEW_SHOT = ("User: Hello!\n\nAssistant: Ahoy, matey! How can I help ye today? Yo ho ho!\n\n"
@@ -38,61 +38,10 @@ PROMPTS = ["User: What is the capital of France?\n\nAssistant:",
            "User: Where do owls live?\n\nAssistant:"]
 
 
-def post(port, path, body, timeout=60):
-    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def get(port, path):
-    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=30) as r:
-        return r.read().decode()
-
-
-def metric(port, name):
-    for line in get(port, "/metrics").splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def start(rwkvd, model, tmp, name, extra):
-    log = open(os.path.join(tmp, name + ".log"), "a")
-    p = subprocess.Popen([rwkvd, "serve", "--model", model, "--port", "0", "--threads", "1",
-                          "--data-dir", os.path.join(tmp, name)] + extra,
-                         stdout=subprocess.PIPE, stderr=log, text=True)
-    line = p.stdout.readline()
-    assert "listening on http://" in line, (name, line, open(log.name).read())
-    return p, int(line.rsplit(":", 1)[1])
-
-
-def wait_job(port, jid, until=("succeeded", "failed", "cancelled"), timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        j = json.loads(get(port, "/jobs/" + jid))
-        if j["status"] in until:
-            return j
-        time.sleep(0.1)
-    raise AssertionError("job %s still %s" % (jid, j["status"]))
-
-
-def events(port, jid):
-    out = []
-    for block in get(port, "/jobs/%s/events" % jid).split("\n\n"):
-        ev = dict(l.split(": ", 1) for l in block.splitlines() if ": " in l)
-        if "event" in ev:
-            out.append((ev["event"], json.loads(ev["data"])))
-    return out
-
-
 # --- the fake endpoint (fault cases only) ------------------------------------
 
 HITS = {}
+BODIES = {}
 LOCK = threading.Lock()
 
 
@@ -105,35 +54,24 @@ def completion(tokens, lps=None, tops=None):
             "usage": {"prompt_tokens": 5, "completion_tokens": len(tokens)}}
 
 
-class Fake(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def reply(self, code, obj=None, raw=None):
-        data = raw if raw is not None else json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        try:
-            self.wfile.write(data)
-        except OSError:
-            pass
-
+class Fake(FakeHandler):
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         kind = self.path.split("/")[1]
         with LOCK:
             HITS[kind] = HITS.get(kind, 0) + 1
             k = HITS[kind]
+            BODIES[kind] = body
         assert self.path.endswith("/v1/completions"), self.path
         good = completion([" ", "A", "r", "r", "!"],
                           tops=[{" ": -0.01, "x": -5.0}] + [{t: -0.2, "q": -3.0} for t in "Arr!"])
         if kind == "flaky":  # the first request gets a 500, the rest the answer
             return self.reply(500, {"error": {"message": "try again"}}) if k == 1 \
                 else self.reply(200, good)
+        if kind == "stop":  # an answer that ended at the job's stop string
+            ans = completion([" ", "A", "r", "r"])
+            ans["choices"][0]["finish_reason"] = "stop"
+            return self.reply(200, ans)
         if kind == "garbage":
             return self.reply(200, raw=b"this is not json{")
         if kind == "vocab":  # a teacher of another tokenizer: multi-byte tokens
@@ -146,22 +84,11 @@ class Fake(http.server.BaseHTTPRequestHandler):
         return self.reply(404, {"error": {"message": "no such path"}})
 
 
-class FakeServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass
-
-
 def main():
     rwkvd, model = sys.argv[1], sys.argv[2]
     tmp = tempfile.mkdtemp(prefix="rwkvd-observer-")
-    fake = FakeServer(("127.0.0.1", 0), Fake)
-    threading.Thread(target=fake.serve_forever, daemon=True).start()
-    fp = fake.server_address[1]
-
-    def furl(kind):
-        return "http://127.0.0.1:%d/%s/v1" % (fp, kind)
+    fake = start_fake(Fake)
+    furl = fake.url
 
     keyfile = os.path.join(tmp, "teacher-key")
     with open(keyfile, "w") as f:
@@ -175,7 +102,7 @@ def main():
             "--teacher-url", "http://127.0.0.1:%d/v1" % tp, "--teacher-model", "demo",
             "--teacher-key-file", keyfile, "--teacher-retries", "2",
             "--teacher-allowed-urls", ",".join(furl(k) for k in (
-                "flaky", "garbage", "vocab", "badlp"))]
+                "flaky", "garbage", "vocab", "badlp", "stop"))]
         student, sp = start(rwkvd, model, tmp, "student", student_args)
         procs.append(student)
         # A server without a teacher of its own, a short teacher timeout and
@@ -215,25 +142,35 @@ def main():
         assert st == 202, j
         jid = j["id"]
         t0 = time.time()
-        while json.loads(get(sp, "/jobs/" + jid))["step"] < 4:
+        while get_json(sp, "/jobs/" + jid)["step"] < 4:
             assert time.time() - t0 < 60, "the job does not train"
             time.sleep(0.05)
-        cache = os.path.join(tmp, "student", "jobs", jid + ".teacher-cache.json")
+        cache = os.path.join(tmp, "student", "jobs", jid + ".teacher-cache.jsonl")
         assert os.path.exists(cache), os.listdir(os.path.join(tmp, "student", "jobs"))
         student.send_signal(signal.SIGKILL)
         student.wait()
         procs.remove(student)
+        # one JSON line per answer, appended; a record torn by the kill is
+        # ignored on resume (here: one written after it, without its newline)
+        with open(cache) as f:
+            recs = [json.loads(line) for line in f.read().splitlines()]
+        assert len(recs) == 4 and all(sorted(r) == ["answer", "key"] for r in recs), recs
+        with open(cache, "a") as f:
+            f.write('{"key": "http://127.0.0.1:1/v1 {\\"model\\"')
         seqs1 = metric(tp, "rwkvd_sequences_started_total")
         student, sp = start(rwkvd, model, tmp, "student", student_args)
         procs.append(student)
         t0 = time.time()
-        while json.loads(get(sp, "/jobs/" + jid))["step"] < 8:
+        while get_json(sp, "/jobs/" + jid)["step"] < 8:
             assert time.time() - t0 < 60, "the job does not resume"
             time.sleep(0.05)
         assert metric(sp, "rwkvd_teacher_answers_total") == 0
         assert metric(sp, "rwkvd_teacher_cached_total") == 4
         assert metric(tp, "rwkvd_sequences_started_total") == seqs1
-        j = json.loads(get(sp, "/jobs/" + jid))
+        with open(cache) as f:
+            text = f.read()
+        assert text.count("\n") == 4 and text.endswith("\n"), text[-200:]  # the torn end cut off
+        j = get_json(sp, "/jobs/" + jid)
         assert j["resumed_from_step"] >= 2, j
         st, j = post(sp, "/jobs/%s/cancel" % jid, {})
         assert st == 200, j
@@ -279,6 +216,22 @@ def main():
             assert st == 202, j
             return wait_job(port, j["id"])
 
+        # teacher.stop goes with every teacher request and into the job record
+        st, j = post(sp, "/tune", {"method": "observer", "output_state": "f-stop", "steps": 2,
+                                   "val_split": 0, "dataset": data[:1],
+                                   "teacher": {"url": furl("stop"), "model": "m", "max_tokens": 8,
+                                               "top_logprobs": 2, "stop": "\n"}})
+        assert st == 202 and j["hyperparameters"]["teacher"]["stop"] == ["\n"], j
+        j = wait_job(sp, j["id"])
+        assert j["status"] == "succeeded", j
+        assert json.loads(BODIES["stop"])["stop"] == ["\n"], BODIES["stop"]
+        # the four answer bytes and the stop string the answer ended at
+        assert j["dataset"]["targets"] == 5, j["dataset"]
+        for bad in ("", ["a", "b", "c", "d", "e"], 5, ["x" * 65]):
+            st, e = post(sp, "/tune", {"method": "observer", "output_state": "x", "dataset": data,
+                                       "teacher": {"stop": bad}})
+            assert st == 400 and e["error"]["param"] == "teacher.stop", (bad, e)
+
         j = fake_job("flaky")
         assert j["status"] == "succeeded" and HITS["flaky"] == 2, (j, HITS)
         for kind, code, words in (("garbage", "teacher_failed", "not JSON"),
@@ -298,7 +251,7 @@ def main():
         assert st == 200 and r["text"], r
 
         # --- the key stays secret --------------------------------------------------
-        every = get(sp, "/jobs") + open(os.path.join(tmp, "student.log")).read()
+        every = get_text(sp, "/jobs") + open(os.path.join(tmp, "student.log")).read()
         for root, _, files in os.walk(os.path.join(tmp, "student")):
             for f in files:
                 every += open(os.path.join(root, f), "rb").read().decode("latin-1")
@@ -306,20 +259,13 @@ def main():
         ok = True
         print("test_observer: ok")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs, timeout=10)
         fake.shutdown()
-        for name in ("teacher", "student", "strict"):
-            path = os.path.join(tmp, name + ".log")
-            text = open(path).read() if os.path.exists(path) else ""
-            if "Sanitizer" in text or "runtime error" in text:
-                print("%s.log reports a sanitizer error" % name)
-                ok = False
+        bad = sanitizer_report(*(os.path.join(tmp, n + ".log")
+                                 for n in ("teacher", "student", "strict")))
+        if bad:
+            print("%s reports a sanitizer error" % bad)
+            ok = False
         if ok:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

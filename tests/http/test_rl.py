@@ -18,12 +18,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from rwkvd_http import (events, get_json, metric, post, sanitizer_report, start,  # noqa: E402
+                        stop, wait_job)
 
 PROMPTS = ["User: What is the capital of France?\n\nAssistant:",
            "User: What color is the sky?\n\nAssistant:",
@@ -33,58 +34,6 @@ PROMPTS = ["User: What is the capital of France?\n\nAssistant:",
            "User: Hello!\n\nAssistant:"]
 RL = {"method": "rl", "rl_k": 6, "rl_max_tokens": 6, "rl_temperature": 1.5, "lr": 2,
       "warmup": 0, "batch": 2}
-
-
-def post(port, path, body, timeout=60):
-    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def get(port, path):
-    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=30) as r:
-        return r.read().decode()
-
-
-def metric(port, name):
-    for line in get(port, "/metrics").splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def start(rwkvd, model, tmp, name, extra):
-    log = open(os.path.join(tmp, name + ".log"), "a")
-    p = subprocess.Popen([rwkvd, "serve", "--model", model, "--port", "0", "--threads", "1",
-                          "--data-dir", os.path.join(tmp, name)] + extra,
-                         stdout=subprocess.PIPE, stderr=log, text=True)
-    line = p.stdout.readline()
-    assert "listening on http://" in line, (name, line, open(log.name).read())
-    return p, int(line.rsplit(":", 1)[1])
-
-
-def wait_job(port, jid, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        j = json.loads(get(port, "/jobs/" + jid))
-        if j["status"] in ("succeeded", "failed", "cancelled"):
-            return j
-        time.sleep(0.1)
-    raise AssertionError("job %s still %s" % (jid, j["status"]))
-
-
-def events(port, jid):
-    out = []
-    for block in get(port, "/jobs/%s/events" % jid).split("\n\n"):
-        ev = dict(l.split(": ", 1) for l in block.splitlines() if ": " in l)
-        if "event" in ev:
-            out.append((ev["event"], json.loads(ev["data"])))
-    return out
 
 
 def main():
@@ -123,8 +72,8 @@ def main():
         while killed_at < 3:
             assert time.time() - t0 < 60, "the job does not train"
             time.sleep(0.02)
-            killed_at = json.loads(get(sp, "/jobs/" + jid))["step"]
-        cache = os.path.join(tmp, "server", "jobs", jid + ".judge-cache.json")
+            killed_at = get_json(sp, "/jobs/" + jid)["step"]
+        cache = os.path.join(tmp, "server", "jobs", jid + ".judge-cache.jsonl")
         assert os.path.exists(cache), os.listdir(os.path.join(tmp, "server", "jobs"))
         srv.send_signal(signal.SIGKILL)
         srv.wait()
@@ -133,10 +82,10 @@ def main():
         srv, sp = start(rwkvd, model, tmp, "server", args)
         procs.append(srv)
         t0 = time.time()
-        while json.loads(get(sp, "/jobs/" + jid))["step"] < killed_at:
+        while get_json(sp, "/jobs/" + jid)["step"] < killed_at:
             assert time.time() - t0 < 60, "the job does not resume"
             time.sleep(0.02)
-        j = json.loads(get(sp, "/jobs/" + jid))
+        j = get_json(sp, "/jobs/" + jid)
         ck = j["resumed_from_step"]
         assert ck >= 2, j
         # every sample of the steps after the checkpoint up to the kill: 2 x 4
@@ -230,19 +179,12 @@ def main():
         ok = True
         print("test_rl: ok")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for name in ("judge", "server", "dead"):
-            path = os.path.join(tmp, name + ".log")
-            text = open(path).read() if os.path.exists(path) else ""
-            if "Sanitizer" in text or "runtime error" in text:
-                print("%s.log reports a sanitizer error" % name)
-                ok = False
+        stop(procs, timeout=10)
+        bad = sanitizer_report(*(os.path.join(tmp, n + ".log")
+                                 for n in ("judge", "server", "dead")))
+        if bad:
+            print("%s reports a sanitizer error" % bad)
+            ok = False
         if ok:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

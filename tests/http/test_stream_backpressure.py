@@ -7,42 +7,21 @@ stream then completes with every token.
 usage: test_stream_backpressure.py RWKVD MODEL
 """
 import json
-import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-
-def metric(port, name):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    data = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        data += b
-    s.close()
-    for line in data.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise SystemExit("metric %s missing" % name)
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from rwkvd_http import metric, start, stop  # noqa: E402
 
 
 def main():
     rwkvd, model = sys.argv[1], sys.argv[2]
     tmp = tempfile.mkdtemp(prefix="rwkvd-bp-")
-    log = open(os.path.join(tmp, "server.log"), "w")
-    srv = subprocess.Popen([rwkvd, "serve", "--model", model, "--port", "0", "--threads", "1",
-                            "--data-dir", os.path.join(tmp, "data"),
-                            "--max-stream-buffer", "64K", "--max-tokens", "4096"],
-                           stdout=subprocess.PIPE, stderr=log, text=True)
+    srv, port = start(rwkvd, model, tmp, "server",
+                      ["--max-stream-buffer", "64K", "--max-tokens", "4096"])
     try:
-        line = srv.stdout.readline()
-        assert "listening on http://" in line, line
-        port = int(line.rsplit(":", 1)[1])
         body = json.dumps({"prompt": "Hello", "max_tokens": 2048, "n": 8, "logprobs": 20,
                            "temperature": 1.0, "stream": True, "seed": 3}).encode()
         s = socket.socket()
@@ -85,9 +64,7 @@ def main():
         assert total == 8 * 2048, total
         print("resumed and completed: %d tokens, %d bytes" % (total, len(data)))
     finally:
-        srv.terminate()
-        rc = srv.wait(timeout=60)
-        log.close()
+        rc = stop([srv], timeout=60)[0]
     assert rc == 0, "server exit %s" % rc
 
 

@@ -14,54 +14,20 @@ allowlist, the per-tenant budget and that nothing else is affected.
 
 usage: test_teacher.py RWKVD DEMO_MODEL
 """
-import http.server
 import json
-import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from rwkvd_http import FakeHandler, metric, post, start, start_fake, stop  # noqa: E402
+
 KEY = "sk-judge-key-0123456789-never-shown"
-
-
-def post(port, path, body, timeout=60):
-    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def get_text(port, path):
-    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=30) as r:
-        return r.read().decode()
-
-
-def metric(port, line_prefix):
-    for line in get_text(port, "/metrics").splitlines():
-        if line.startswith(line_prefix + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def start(rwkvd, model, tmp, name, extra):
-    log = open(os.path.join(tmp, name + ".log"), "w")
-    p = subprocess.Popen([rwkvd, "serve", "--model", model, "--port", "0", "--threads", "1",
-                          "--data-dir", os.path.join(tmp, name)] + extra,
-                         stdout=subprocess.PIPE, stderr=log, text=True)
-    line = p.stdout.readline()
-    assert "listening on http://" in line, (name, line, open(log.name).read())
-    return p, int(line.rsplit(":", 1)[1])
 
 
 # --- the fake endpoint (fault cases only) ------------------------------------
@@ -77,25 +43,7 @@ def candidate_of(body):
     return m.group(1) if m else ""
 
 
-class Fake(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def reply(self, code, obj=None, raw=None, headers=()):
-        data = raw if raw is not None else json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in headers:
-            self.send_header(k, v)
-        self.end_headers()
-        try:
-            self.wfile.write(data)
-        except OSError:
-            pass
-
+class Fake(FakeHandler):
     def good(self, body):
         text = candidate_of(body)
         if "number only" in body["messages"][0]["content"]:
@@ -149,22 +97,11 @@ class Fake(http.server.BaseHTTPRequestHandler):
         return self.reply(404, {"error": {"message": "no such path"}})
 
 
-class FakeServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # a client that closed its kept-alive connection
-
-
 def main():
     rwkvd, model = sys.argv[1], sys.argv[2]
     tmp = tempfile.mkdtemp(prefix="rwkvd-teacher-")
-    fake = FakeServer(("127.0.0.1", 0), Fake)
-    threading.Thread(target=fake.serve_forever, daemon=True).start()
-    fp = fake.server_address[1]
-
-    def furl(kind):
-        return "http://127.0.0.1:%d/%s/v1" % (fp, kind)
+    fake = start_fake(Fake)
+    furl = fake.url
 
     keyfile = os.path.join(tmp, "judge-key")
     with open(keyfile, "w") as f:
@@ -172,7 +109,7 @@ def main():
     procs = []
     ok = False
     try:
-        judge, jp = start(rwkvd, model, tmp, "judge", [])
+        judge, jp = start(rwkvd, model, tmp, "judge")
         procs.append(judge)
         main_srv, mp = start(rwkvd, model, tmp, "main", [
             "--judge-url", "http://127.0.0.1:%d/v1" % jp, "--judge-model", "demo",
@@ -368,13 +305,7 @@ def main():
         print("ok")
         ok = True
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         fake.shutdown()
     if ok:
         shutil.rmtree(tmp, ignore_errors=True)  # kept (with the servers' logs) on failure

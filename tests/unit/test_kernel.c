@@ -17,7 +17,13 @@
  *   4. state files: a kernel state round-trips through format_version 2,
  *      the plain reader refuses it, standard files stay version 1;
  *   5. tuning: kernel and dbp runs lower the loss, and resume bit-identically
- *      from a checkpoint.
+ *      from a checkpoint;
+ *   7. kl_weight with a kernel state: the generic text runs with the
+ *      read-out term, so a state whose core part is the base's but whose P
+ *      is not zero has a KL to the base above zero;
+ *   6. the two builds of the hot loops (AVX-512 and portable) give the same
+ *      bits in a kernel and a dbp run, and RWKVD_NO_AVX512 selects the
+ *      portable one.
  */
 #include "check_common.h"
 #include "rk_adapters.h"
@@ -631,6 +637,123 @@ END_TEST
 START_TEST(test_dbp_tune) { tune_case(&rk_method_dbp); }
 END_TEST
 
+/* A few steps of `me` on the portable build and on the one the process
+ * chose: the same parameters, bit for bit (forward, backward, the gradient
+ * of P or Ptilde, and dbp's update of R all run in them). */
+static void builds_case(const struct rk_tune_method *me)
+{
+    struct rk_model *m = NULL;
+    struct rk_errbuf eb;
+    ck_assert_msg(rk_model_load(rk_test_data("rand-mh.safetensors"), NULL, &m, &eb) == RK_OK,
+                  "%s", eb.msg);
+    struct rk_dataset *ds = NULL;
+    rk_dataset_create(&ds);
+    for (int k = 0; k < 4; k++) {
+        uint32_t t[20];
+        for (int i = 0; i < 20; i++)
+            t[i] = (uint32_t)((k * 13 + i * 7) % 300);
+        ck_assert_int_eq(rk_dataset_add(ds, t, NULL, 20), RK_OK);
+    }
+    struct rk_tune_params p;
+    rk_tune_params_default(&p);
+    p.method = me;
+    p.kernel_m = 48; /* 3 vectors of 16: the AVX-512 build's main loops and no tail */
+    p.steps = 3;
+    p.batch = 2;
+    p.lr = 0.05;
+    p.warmup = 0;
+    p.val_split = 0;
+    p.n_threads = 1;
+    p.dbp_lr = 0.01;
+    size_t plen = rk_tune_params_len(m, &p);
+    float *a = malloc(plen * sizeof(float)), *b = malloc(plen * sizeof(float));
+    rk_kernel_force_portable(true);
+    ck_assert_int_eq(rk_tune_run(m, &p, ds, NULL, NULL, NULL, NULL, a, NULL), RK_OK);
+    rk_kernel_force_portable(false);
+    ck_assert_int_eq(rk_tune_run(m, &p, ds, NULL, NULL, NULL, NULL, b, NULL), RK_OK);
+    ck_assert_msg(memcmp(a, b, plen * sizeof(float)) == 0, "%s: the builds differ (AVX-512: %d)",
+                  me->name, (int)rk_cpu_avx512());
+    struct rk_kernel_layout kl;
+    rk_kernel_layout(m, p.kernel_m, &kl);
+    double pn = 0;
+    for (size_t i = kl.P; i < kl.omega; i++)
+        pn += (double)a[i] * a[i];
+    ck_assert(pn > 0); /* P (or Ptilde) was trained */
+    const char *no = getenv("RWKVD_NO_AVX512");
+    if (no && *no && *no != '0')
+        ck_assert(!rk_cpu_avx512());
+    free(a), free(b);
+    rk_dataset_free(ds);
+    rk_model_free(m);
+}
+
+/* The KL of one step of `kernel` resumed at parameters whose core state is
+ * zero (the base's) and whose P is p_scale times fixed values. */
+static double kl_at(struct rk_model *m, struct rk_dataset *ds, struct rk_dataset *gen,
+                    float p_scale)
+{
+    struct rk_tune_params p;
+    rk_tune_params_default(&p);
+    p.method = &rk_method_kernel;
+    p.kernel_m = 32;
+    p.steps = 1;
+    p.batch = 1;
+    p.warmup = 0;
+    p.val_split = 0;
+    p.n_threads = 1;
+    p.kl_weight = 1;
+    p.kl_batch = 2;
+    p.kl_data = gen;
+    size_t plen = rk_tune_params_len(m, &p);
+    float *x = malloc(plen * sizeof(float)), *z = calloc(plen, sizeof(float));
+    float *out = malloc(plen * sizeof(float));
+    rk_method_kernel.params_init(m, &p, NULL, x);
+    struct rk_kernel_layout kl;
+    rk_kernel_layout(m, p.kernel_m, &kl);
+    for (size_t i = kl.P; i < kl.omega; i++)
+        x[i] = p_scale * (float)((int)(i * 2654435761u % 2001) - 1000) / 1000.0f;
+    struct rk_tune_checkpoint ck = {.step = 0, .len = plen, .state = x, .m = z, .v = z,
+                                    .best = x, .best_val = INFINITY};
+    p.resume = &ck;
+    struct rk_tune_result res;
+    ck_assert_int_eq(rk_tune_run(m, &p, ds, NULL, NULL, NULL, NULL, out, &res), RK_OK);
+    free(x), free(z), free(out);
+    return res.kl_last;
+}
+
+START_TEST(test_kernel_kl_readout)
+{
+    struct rk_model *m = NULL;
+    struct rk_errbuf eb;
+    ck_assert_msg(rk_model_load(rk_test_data("rand-mh.safetensors"), NULL, &m, &eb) == RK_OK,
+                  "%s", eb.msg);
+    struct rk_dataset *ds = NULL, *gen = NULL;
+    rk_dataset_create(&ds);
+    rk_dataset_create(&gen);
+    uint32_t t[16];
+    for (int i = 0; i < 16; i++)
+        t[i] = (uint32_t)((i * 37 + 5) % 300);
+    ck_assert_int_eq(rk_dataset_add(ds, t, NULL, 16), RK_OK);
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 16; i++)
+            t[i] = (uint32_t)((k * 101 + i * 53) % 300);
+        ck_assert_int_eq(rk_dataset_add(gen, t, NULL, 16), RK_OK);
+    }
+    double k0 = kl_at(m, ds, gen, 0.0f), k1 = kl_at(m, ds, gen, 4.0f);
+    ck_assert_msg(fabs(k0) < 1e-5, "P = 0: KL %g, want 0", k0);
+    ck_assert_msg(k1 > 1e-3, "P != 0: KL %g, want > 0 (the read-out term on the generic text)",
+                  k1);
+    rk_dataset_free(ds), rk_dataset_free(gen);
+    rk_model_free(m);
+}
+END_TEST
+
+START_TEST(test_kernel_builds) { builds_case(&rk_method_kernel); }
+END_TEST
+
+START_TEST(test_dbp_builds) { builds_case(&rk_method_dbp); }
+END_TEST
+
 RK_TEST_SUITE(kernel_suite, RK_SELF_CONTAINED)
 {
     Suite *s = suite_create("kernel");
@@ -646,6 +769,9 @@ RK_TEST_SUITE(kernel_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, test_kernel_state_file);
     tcase_add_test(tc, test_kernel_tune);
     tcase_add_test(tc, test_dbp_tune);
+    tcase_add_test(tc, test_kernel_kl_readout);
+    tcase_add_test(tc, test_kernel_builds);
+    tcase_add_test(tc, test_dbp_builds);
     suite_add_tcase(s, tc);
     return s;
 }

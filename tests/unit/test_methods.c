@@ -39,6 +39,26 @@ START_TEST(test_method_table)
     ck_assert_ptr_eq(rk_tune_params_method(&p), &rk_method_standard);
     p.method = NULL;
     ck_assert_ptr_eq(rk_tune_params_method(&p), &rk_method_standard);
+
+    // Entries built from "standard" keep its hooks but the ones they change.
+    const struct rk_tune_method *st = &rk_method_standard, *ob = &rk_method_observer,
+                                *ke = &rk_method_kernel, *db = &rk_method_dbp;
+    ck_assert(ob->params_len == st->params_len && ob->params_init == st->params_init &&
+              ob->to_state == st->to_state && ob->grad_to_params == st->grad_to_params &&
+              ob->trainable == st->trainable && !ob->extra && !ob->to_adapter);
+    ck_assert(ob->loss && ob->loss != st->loss);
+    const struct rk_tune_method *rl = &rk_method_rl;
+    ck_assert(rl->params_len == st->params_len && rl->params_init == st->params_init &&
+              rl->to_state == st->to_state && rl->grad_to_params == st->grad_to_params &&
+              rl->trainable == st->trainable && !rl->extra && !rl->to_adapter);
+    ck_assert(rl->loss && rl->loss != st->loss && rl->loss != ob->loss);
+    ck_assert(ke->to_state == st->to_state && !ke->loss);
+    ck_assert(ke->params_len != st->params_len && ke->extra && ke->to_adapter);
+    ck_assert(db->params_len == ke->params_len && db->params_init == ke->params_init &&
+              db->to_state == ke->to_state && db->grad_to_params == ke->grad_to_params &&
+              db->trainable == ke->trainable && db->loss == ke->loss &&
+              db->extra == ke->extra && db->to_adapter == ke->to_adapter);
+    ck_assert_str_ne(db->name, ke->name);
 }
 END_TEST
 

@@ -335,45 +335,113 @@ START_TEST(call_cached)
 }
 END_TEST
 
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    char *b = malloc(1 << 16);
+    *len = fread(b, 1, 1 << 16, f);
+    fclose(f);
+    return b;
+}
+
+static void spit(const char *path, const char *mode, const char *s)
+{
+    FILE *f = fopen(path, mode);
+    ck_assert_ptr_nonnull(f);
+    fputs(s, f);
+    fclose(f);
+}
+
 START_TEST(cache_file)
 {
     char dir[] = "/tmp/rk-teacher-XXXXXX", path[256];
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    snprintf(path, sizeof path, "%s/teacher-cache.json", dir);
+    snprintf(path, sizeof path, "%s/teacher-cache.jsonl", dir);
     struct rk_teacher_cache *c = NULL;
     struct rk_errbuf eb = {0};
-    ck_assert_int_eq(rk_teacher_cache_open(path, 2, 1 << 20, &c, &eb), RK_OK);
+    ck_assert_int_eq(rk_teacher_cache_open(path, 3, 1 << 20, &c, &eb), RK_OK);
     ck_assert_uint_eq(rk_teacher_cache_count(c), 0);
+    ck_assert_int_eq(access(path, F_OK), -1); // created by the first answer
     ck_assert_int_eq(rk_teacher_cache_put(c, "k1", "a\"1\n", 4, &eb), RK_OK);
+    // Append-only: the second answer leaves the first line's bytes alone.
+    size_t len1, len2, len;
+    char *f1 = slurp(path, &len1);
+    static const char line1[] = "{\"key\":\"k1\",\"answer\":\"a\\\"1\\n\"}\n";
+    ck_assert_uint_eq(len1, sizeof line1 - 1);
+    ck_assert_mem_eq(f1, line1, len1);
     ck_assert_int_eq(rk_teacher_cache_put(c, "k2", "b2", 2, &eb), RK_OK);
-    ck_assert_int_eq(rk_teacher_cache_put(c, "k3", "c3", 2, &eb), RK_OK); // over: not kept
-    ck_assert_uint_eq(rk_teacher_cache_count(c), 2);
+    char *f2 = slurp(path, &len2);
+    ck_assert_uint_gt(len2, len1);
+    ck_assert_mem_eq(f2, f1, len1);
+    ck_assert_mem_eq(f2 + len1, "{\"key\":\"k2\",\"answer\":\"b2\"}\n", len2 - len1);
+    ck_assert_int_eq(rk_teacher_cache_put(c, "k2", "zz", 2, &eb), RK_OK); // known: no line
+    ck_assert_int_eq(rk_teacher_cache_put(c, "k3", "c3", 2, &eb), RK_OK);
+    ck_assert_int_eq(rk_teacher_cache_put(c, "k4", "d4", 2, &eb), RK_OK); // over: not kept
+    ck_assert_uint_eq(rk_teacher_cache_count(c), 3);
+    free(slurp(path, &len));
     rk_teacher_cache_free(c);
     // Reopened (a resumed job): the answers are there, byte for byte.
-    ck_assert_int_eq(rk_teacher_cache_open(path, 2, 1 << 20, &c, &eb), RK_OK);
-    size_t len = 0;
+    ck_assert_int_eq(rk_teacher_cache_open(path, 3, 1 << 20, &c, &eb), RK_OK);
     char *v = rk_teacher_cache_get(c, "k1", &len);
     ck_assert_ptr_nonnull(v);
     ck_assert_uint_eq(len, 4);
     ck_assert_mem_eq(v, "a\"1\n", 4);
     free(v);
-    ck_assert_ptr_null(rk_teacher_cache_get(c, "k3", &len));
+    ck_assert_ptr_null(rk_teacher_cache_get(c, "k4", &len));
     rk_teacher_cache_free(c);
-    // Hostile files are refused with the reason.
-    static const char *bad[] = {"{\"version\":2,\"entries\":[]}", "[]", "{\"version\":1}",
-                                "{\"version\":1,\"entries\":[{\"key\":\"a\"}]}",
-                                "{\"version\":1,\"entries\":[{\"key\":\"a\",\"answer\":\"x\"},"
-                                "{\"key\":\"a\",\"answer\":\"y\"}]}", "garbage"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        FILE *f = fopen(path, "w");
-        fputs(bad[i], f);
-        fclose(f);
+    // A crash in the middle of an append: the torn last record (no newline,
+    // or a line that is no whole JSON value) is ignored and cut off, and the
+    // next answer starts a clean line.
+    static const char *torn[] = {"{\"key\":\"k4\",\"ans", "{\"key\":\"k4\",\"answer\":\"d4\"}",
+                                 "{\"key\":\"k4\",\"answ\n", "\0\0\0\0"};
+    for (size_t i = 0; i < sizeof torn / sizeof torn[0]; i++) {
+        size_t keep;
+        free(slurp(path, &keep));
+        spit(path, "a", torn[i][0] ? torn[i] : "\n");
+        if (!torn[i][0]) { // zeros, then a newline
+            FILE *f = fopen(path, "r+b");
+            fseek(f, (long)keep, SEEK_SET);
+            fwrite("\0\0\0\0\n", 1, 5, f);
+            fclose(f);
+        }
         c = NULL;
-        ck_assert_msg(rk_teacher_cache_open(path, 16, 1 << 20, &c, &eb) == RK_EFORMAT,
+        ck_assert_msg(rk_teacher_cache_open(path, 16, 1 << 20, &c, &eb) == RK_OK,
+                      "torn record %zu: %s", i, eb.msg);
+        ck_assert_uint_eq(rk_teacher_cache_count(c), 3);
+        free(slurp(path, &len));
+        ck_assert_uint_eq(len, keep);
+        ck_assert_int_eq(rk_teacher_cache_put(c, "k5", "e5", 2, &eb), RK_OK);
+        rk_teacher_cache_free(c);
+        ck_assert_int_eq(rk_teacher_cache_open(path, 16, 1 << 20, &c, &eb), RK_OK);
+        ck_assert_uint_eq(rk_teacher_cache_count(c), 4);
+        v = rk_teacher_cache_get(c, "k5", &len);
+        ck_assert(v && len == 2 && !memcmp(v, "e5", 2));
+        free(v);
+        rk_teacher_cache_free(c);
+        // back to the three answers for the next case
+        FILE *f = fopen(path, "r+b");
+        ck_assert_int_eq(ftruncate(fileno(f), (off_t)keep), 0);
+        fclose(f);
+    }
+    // Hostile files are refused with the reason: a bad line before the
+    // last, a whole last line that is no record, repeated keys, limits.
+    static const char *bad[] = {
+        "garbage\n{\"key\":\"a\",\"answer\":\"x\"}\n", "[]\n",
+        "{\"key\":\"a\"}\n{\"key\":\"b\",\"answer\":\"x\"}\n",
+        "{\"key\":\"a\",\"answer\":\"x\",\"more\":1}\n",
+        "{\"key\":\"a\",\"answer\":\"x\"}\n{\"key\":\"a\",\"answer\":\"y\"}\n",
+        "{\"key\":\"a\",\"answer\":\"x\"}\n{\"key\":\"b\",\"answer\":\"y\"}\n"
+        "{\"key\":\"c\",\"answer\":\"z\"}\n{\"key\":\"d\",\"answer\":\"w\"}\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        spit(path, "w", bad[i]);
+        c = NULL;
+        ck_assert_msg(rk_teacher_cache_open(path, 3, 1 << 20, &c, &eb) != RK_OK,
                       "file %zu accepted", i);
         ck_assert_ptr_null(c);
         ck_assert_ptr_nonnull(strstr(eb.msg, "teacher cache"));
     }
+    free(f1), free(f2);
     unlink(path);
     rmdir(dir);
 }

@@ -51,10 +51,11 @@ class Results(dict):
 
 
 class Scorer:
-    def __init__(self, path, batch=16):
+    def __init__(self, path, batch=16, device="cpu"):
         sd, self.meta = load_safetensors(path)
         self.L, self.C = n_layers(sd), sd["emb.weight"].shape[1]
-        self.m = RWKV7(self.L, self.C)
+        self.device = device
+        self.m = RWKV7(self.L, self.C).to(device)
         self.m.load_state_dict(sd)
         self.m.eval()
         self.params = sum(p.numel() for p in self.m.parameters())
@@ -69,8 +70,10 @@ class Scorer:
             x = torch.zeros(len(grp), T, dtype=torch.long)
             for j, s in enumerate(grp):
                 x[j, :len(s)] = torch.tensor(list(s))
+            x = x.to(self.device)
             with torch.no_grad():
-                lg = self.m(x[:, :-1]).float()
+                lg = self.m(x[:, :-1]).float().cpu()
+            x = x.cpu()
             lp = F.log_softmax(lg, -1)
             am = lg.argmax(-1)
             for j, s in enumerate(grp):
@@ -123,6 +126,24 @@ def induction_loss(sc, r, n=32, length=64):
     first = sum(-lp[:length - 1].mean().item() for lp, _ in res) / n
     second = sum(-lp[length - 1:].mean().item() for lp, _ in res) / n
     return first, second
+
+
+def induct_classify_items(r, n, shots):
+    """Four random 5-letter items, two labels (foo/bar, ...) assigned at random in each item;
+    `shots` example lines drawn from the four (the query's item among them when shots > 0);
+    the query is one of the four. With no example the label is a guess (chance 50%)."""
+    out = []
+    for _ in range(n):
+        labels = r.choice(D.LABELS).split()
+        pool = [D.rand_string(r, 5, D.LETTERS) for _ in range(4)]
+        lab = {w: labels[i % 2] for i, w in enumerate(pool)}
+        q = r.choice(pool)
+        ex = [r.choice(pool) for _ in range(shots)]
+        if shots:
+            ex[r.randrange(shots)] = q
+        lines = ["Labels: " + ", ".join(labels)] + [f"{w}: {lab[w]}" for w in ex]
+        out.append(("\n".join(lines) + f"\n{q}:", [f" {x}\n" for x in labels], labels.index(lab[q])))
+    return out
 
 
 def classify_items(r, n, shots, labels_kind, query_words=None):
@@ -255,6 +276,7 @@ def main():
     ap.add_argument("--n-tasks", type=int, default=30, help="items per arithmetic / sorting / relation task")
     ap.add_argument("--json", help="write the numbers here")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way, TF32 off)")
     ap.add_argument("--named-curve", type=int, default=0, metavar="N",
                     help="only few-shot classification with the category names as labels, N items at "
                          "0, 1, 2, 4 and 8 examples")
@@ -262,7 +284,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.named_curve:
-        sc = Scorer(args.model)
+        sc = Scorer(args.model, device=args.device)
         res = Results()
         res["model"] = os.path.basename(args.model)
         for shots in (0, 1, 2, 4, 8):
@@ -273,7 +295,7 @@ def main():
                 json.dump(res, f, indent=1)
         return
     t0 = time.time()
-    sc = Scorer(args.model)
+    sc = Scorer(args.model, device=args.device)
     _, _, (ants, _) = D.load_relations()
     n = args.n
     res = Results()
@@ -286,6 +308,8 @@ def main():
     res["copy32"] = sc.exact(copy_items(random.Random(7003), n, 32))
     for shots in (0, 4):
         res[f"rule_induction_{shots}shot"] = sc.exact(transform_items(random.Random(7040 + shots), n, shots))
+    for shots in (0, 4, 8):
+        res[f"classify_induction_{shots}shot"] = sc.choice(induct_classify_items(random.Random(7090 + shots), n, shots))
     for shots in (0, 4, 16):
         res[f"classify_arbitrary_seenword_{shots}shot"] = sc.choice(
             classify_items(random.Random(7080 + shots), n, shots, "arbitrary", D.TRAIN_WORDS))

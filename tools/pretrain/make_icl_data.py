@@ -38,6 +38,7 @@ Usage:  apt-get install bible-kjv wordnet-base
 import argparse
 import gzip
 import hashlib
+import json
 import os
 import random
 import re
@@ -304,7 +305,8 @@ class Tasks:
             (self.copy, 10), (self.reverse, 4), (self.classify, 14), (self.sentiment, 5),
             (self.addition, 9), (self.subtraction, 4), (self.multiplication, 4), (self.sort_numbers, 6),
             (self.sort_words, 3), (self.relations, 8), (self.instructions, 9), (self.transform, 9),
-            (self.recall, 5), (self.count, 3), (self.repeat_text, 3),
+            (self.recall, 8), (self.count, 3), (self.repeat_text, 3),
+            (self.induct_classify, 8), (self.repeat_random, 4),
         ]
         self.total = sum(w for _, w in self.kinds_fn)
 
@@ -326,6 +328,14 @@ class Tasks:
             s = rand_string(r, r.randint(3, 48), alpha).strip() or "x"
             out.append(f"Copy: {s}\nOutput: {s}")
         return "\n".join(out)
+
+    def repeat_random(self):
+        """A random string shown two to four times with no instruction: copying outside any
+        trained format (induction)."""
+        r = self.r
+        s = rand_string(r, r.randint(8, 64), r.choice([LETTERS, ALNUM, LETTERS + "  "])).strip() or "q"
+        sep = r.choice(["", " ", "\n", " | "])
+        return sep.join([s] * r.randint(2, 4))
 
     def repeat_text(self):
         r = self.r
@@ -362,6 +372,25 @@ class Tasks:
             w = r.choice(self.words[cats[c]])
             lines.append(f"{w}: {labels[c]}")
             seen.add(c)
+        return "\n".join(lines)
+
+    def induct_classify(self):
+        """Labels that only this episode defines, for items that have no meaning (random
+        strings) or whose category does not matter: the label of an item is found by looking
+        back for the same item. Items repeat; the first showing of each cannot be predicted."""
+        r = self.r
+        labels = r.choice(LABELS).split() if r.random() < 0.7 else r.sample(
+            ["A", "B", "C", "X", "Y", "Z", "1", "2", "3", "red", "green", "blue"], 3)
+        r.shuffle(labels)
+        if r.random() < 0.5:
+            pool = [rand_string(r, r.randint(3, 7), LETTERS) for _ in range(r.randint(3, 6))]
+        else:
+            pool = r.sample(WORDS, r.randint(3, 6))
+        lab = {w: r.choice(labels) for w in pool}
+        lines = ["Labels: " + ", ".join(labels)] if r.random() < 0.6 else []
+        for _ in range(r.randint(8, 20)):
+            w = r.choice(pool)
+            lines.append(f"{w}: {lab[w]}")
         return "\n".join(lines)
 
     def sentiment(self):
@@ -540,13 +569,19 @@ def write_gz(path, text):
 
 
 def load_relations():
+    """WordNet relations; where WordNet is not installed (the GPU machine), the antonym and
+    kind pairs that main() saved in data/relations.json (synsets and counts are then None)."""
+    if not os.path.isdir(WORDNET) and os.path.exists(os.path.join(DATA, "relations.json")):
+        with open(os.path.join(DATA, "relations.json")) as f:
+            rel = json.load(f)
+        return None, None, ([tuple(p) for p in rel["antonyms"]], [tuple(p) for p in rel["kinds"]])
     syn, counts = read_wordnet()
     return syn, counts, wordnet_relations(syn, counts)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tasks-bytes", type=int, default=40_000_000)
+    ap.add_argument("--tasks-bytes", type=int, default=60_000_000)
     ap.add_argument("--sample", action="store_true", help="print a few episodes and exit")
     args = ap.parse_args()
     syn, counts, (ants, kinds) = load_relations()
@@ -560,6 +595,8 @@ def main():
     kjv = build_kjv()
     wn = build_wordnet(syn, random.Random(SEED))
     tasks = gen_tasks(Tasks(SEED, ants, kinds), args.tasks_bytes)
+    with open(os.path.join(DATA, "relations.json"), "w") as f:
+        json.dump({"antonyms": [list(p) for p in ants], "kinds": [list(p) for p in kinds]}, f)
     for name, text in (("kjv.txt.gz", kjv), ("wordnet.txt.gz", wn), ("tasks.txt.gz", tasks)):
         text = text.encode("ascii", "replace").decode("ascii")
         write_gz(os.path.join(DATA, name), text)

@@ -488,6 +488,65 @@ def heldout_loss(model_fn, data_bytes, device):
     return tot / cnt, cnt
 
 
+
+# ----------------------------------------------------------------------------
+# The fused Triton WKV (wkv_triton.py), checked against wkv_chunked before use
+# ----------------------------------------------------------------------------
+
+def _wkv_inputs(B, T, H, device, seed):
+    g = torch.Generator(device=device).manual_seed(seed)
+    rn = lambda *s: torch.randn(*s, device=device, generator=g)
+    N = HEAD
+    r = rn(B, T, H, N)
+    k = rn(B, T, H, N) * 0.5
+    v = rn(B, T, H, N)
+    logw = -EXP_HALF * torch.sigmoid(rn(B, T, H, N) * 3)
+    kk = F.normalize(rn(B, T, H, N), dim=-1)
+    al = torch.sigmoid(rn(B, T, H, N))
+    return [r, logw, k, v, -kk, kk * al]
+
+
+def triton_wkv_checked(device, verbose=False, bench_shape=(64, 512, 10)):
+    """Returns (wkv_triton, "") when the kernel imports, compiles and agrees with wkv_chunked
+    (values and all six gradients, relative max error < 1e-4 / 1e-3), else (None, reason)."""
+    try:
+        from wkv_triton import wkv_triton
+    except Exception as e:  # no triton, or an import error
+        return None, f"import failed: {e}"
+    try:
+        ins = _wkv_inputs(2, 128, 3, device, 11)
+        dy = torch.randn(2, 128, 3, HEAD, device=device)
+        res = []
+        for fn in (wkv_chunked, wkv_triton):
+            xs = [t.clone().requires_grad_(True) for t in ins]
+            y, _ = fn(*xs)
+            (y * dy).sum().backward()
+            res.append((y.detach(), [t.grad for t in xs]))
+        (y1, g1), (y2, g2) = res
+        err = (y1 - y2).abs().max().item() / y1.abs().max().item()
+        gerr = max((x - z).abs().max().item() / (x.abs().max().item() + 1e-30) for x, z in zip(g1, g2))
+        if verbose:
+            print(f"triton wkv vs chunked: rel err y {err:.2e} grads {gerr:.2e}", flush=True)
+        if not (err < 1e-4 and gerr < 1e-3):
+            return None, f"mismatch against wkv_chunked (y {err:.2e}, grads {gerr:.2e})"
+        if bench_shape:
+            B, T, H = bench_shape
+            xs = [t.requires_grad_(True) for t in _wkv_inputs(B, T, H, device, 12)]
+            dyb = torch.randn(B, T, H, HEAD, device=device)
+            for name, fn in (("chunked", wkv_chunked), ("triton", wkv_triton)):
+                for it in range(4):
+                    if it == 1:
+                        torch.cuda.synchronize()
+                        t0 = time.time()
+                    y, _ = fn(*xs)
+                    (y * dyb).sum().backward()
+                torch.cuda.synchronize()
+                ms = (time.time() - t0) / 3 * 1000
+                print(f"wkv forward+backward B={B} T={T} H={H}: {name} {ms:.2f} ms", flush=True)
+        return wkv_triton, ""
+    except Exception as e:
+        return None, f"failed: {type(e).__name__}: {e}"
+
 # ----------------------------------------------------------------------------
 # Self-test
 # ----------------------------------------------------------------------------
@@ -526,6 +585,9 @@ def selftest(device):
     gerr3 = max((x - y).abs().max().item() / (x.abs().max().item() + 1e-30) for x, y in zip(g1, [t.grad for t in ins3]))
     print(f"selftest wkv (--tri inv): rel err y {err3:.2e} grads {gerr3:.2e}")
     assert err3 < 1e-4 and gerr3 < 1e-3
+    if device == "cuda":
+        fn, why = triton_wkv_checked(device, verbose=True)
+        print("selftest wkv (triton): " + ("ok" if fn else "not used: " + why))
     # parallel model vs per-token RNN forward from the spec
     m = RWKV7(2, 128).to(device)
     with torch.no_grad():  # make every parameter matter
@@ -584,6 +646,11 @@ def main():
                          "(the log records each change)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--compile-wkv", action="store_true", help="also torch.compile the chunked WKV (use with --tri inv)")
+    ap.add_argument("--wkv", choices=["auto", "triton", "chunked"], default="auto",
+                    help="training WKV: the fused Triton kernel (wkv_triton.py, CUDA only, checked against the "
+                         "chunked WKV at start), the chunked PyTorch WKV, or auto = triton where it runs")
+    ap.add_argument("--save-every", type=float, default=0.0,
+                    help="minutes between partial saves of the weights (NAME.partial.safetensors), 0 = never")
     ap.add_argument("--tri", choices=["solve", "inv"], default="solve",
                     help="in-chunk triangular system: torch.linalg.solve_triangular, or the product-series inverse")
     ap.add_argument("--mix", default=",".join(f"{n}:{w}" for n, w in SOURCES),
@@ -629,10 +696,24 @@ def main():
             blk.att.pre = torch.compile(blk.att.pre)
             blk.att.post = torch.compile(blk.att.post)
             blk.ffn.forward = torch.compile(blk.ffn.forward)
+    wkv_used = "chunked"
     if args.compile_wkv:
         wkv_fn = torch.compile(wkv_chunked)
         for blk in model.blocks:
             blk.att.wkv_default = wkv_fn
+        wkv_used = "chunked-compiled"
+    elif args.wkv != "chunked" and device == "cuda" and args.ctx % 16 == 0:
+        fn, why = triton_wkv_checked(device, verbose=True,
+                                     bench_shape=(args.batch, args.ctx, args.dim // HEAD))
+        if fn is None and args.wkv == "triton":
+            raise SystemExit("--wkv triton: " + why)
+        if fn is not None:
+            for blk in model.blocks:
+                blk.att.wkv_default = fn
+            wkv_used = "triton"
+        else:
+            print("triton WKV not used: " + why, flush=True)
+    print(f"training WKV: {wkv_used}", flush=True)
 
     def lr_at(step):
         if step < args.warmup:
@@ -646,7 +727,14 @@ def main():
     t0 = time.time()
     step = 0
     tokens = 0
+    t_saved = time.time()
     for step in range(10 ** 9):
+        if args.save_every > 0 and time.time() - t_saved > args.save_every * 60:
+            save_safetensors(os.path.join(args.out, args.name + ".partial.safetensors"),
+                             {n_: p.detach().float().cpu() for n_, p in model.state_dict().items()},
+                             {"format": "pt", "architecture": "rwkv7", "vocab": "bytes", "n_layer": args.layers,
+                              "n_embd": args.dim, "head_size": HEAD, "partial_step": step})
+            t_saved = time.time()
         for gp in opt.param_groups:
             gp["lr"] = lr_at(step)
         x, y = data.batch(args.batch)
@@ -754,6 +842,7 @@ def main():
         "ref_parallel_vs_rnn_max_abs": ref_diff, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__, "total_seconds": round(time.time() - t_start, 1),
         "name": args.name, "mix": sources, "tri": args.tri, "compile": args.compile, "compile_wkv": args.compile_wkv,
+        "wkv": wkv_used,
         "tokens_per_second": round(tokens / train_time), "tokens_per_param": round(tokens / param_count(model), 2),
     }
     with open(os.path.join(args.out, "result.json"), "w") as f:

@@ -21,12 +21,12 @@ gpu_t=0
 [ "$ngpu" -ge 2 ] && gpu_t=1
 mkdir -p "$out/student" "$out/teacher"
 export PYTHONUNBUFFERED=1
-CUDA_VISIBLE_DEVICES=0 python3 "$here/train.py" --name student --compile --tri "${TRI:-solve}" ${COMPILE_WKV:-} \
+CUDA_VISIBLE_DEVICES=0 python3 "$here/train.py" --name student --compile --tri "${TRI:-solve}" --wkv "${WKV:-auto}" --save-every "${SAVE_EVERY:-0}" ${COMPILE_WKV:-} \
     --layers 6 --dim 384 --ctx 512 --batch "${BATCH_S:-64}" --lr 1.5e-3 --lr-final 1e-4 --warmup 150 --wd 0.1 \
     --seed 1234 --mix "$mix" --time-budget "$min_s" --adapt --max-minutes "$(python3 -c "print($min_s + 0.6)")" --out "$out/student" \
     >"$out/student/stdout.txt" 2>&1 &
 ps=$!
-CUDA_VISIBLE_DEVICES=$gpu_t python3 "$here/train.py" --name teacher --compile --tri "${TRI:-solve}" ${COMPILE_WKV:-} \
+CUDA_VISIBLE_DEVICES=$gpu_t python3 "$here/train.py" --name teacher --compile --tri "${TRI:-solve}" --wkv "${WKV:-auto}" --save-every "${SAVE_EVERY:-0}" ${COMPILE_WKV:-} \
     --layers 9 --dim 640 --ctx 512 --batch "${BATCH_T:-64}" --lr 1.2e-3 --lr-final 1e-4 --warmup 150 --wd 0.1 \
     --seed 1235 --mix "$mix" --time-budget "$min_t" --adapt --max-minutes "$(python3 -c "print($min_t + 0.6)")" --out "$out/teacher" \
     >"$out/teacher/stdout.txt" 2>&1 &
