@@ -15,6 +15,7 @@ static const struct rk_tune_method *const methods[] = {
     &rk_method_kernel,
     &rk_method_dbp,
     &rk_method_observer,
+    &rk_method_rl,
 };
 #define N_METHODS (sizeof methods / sizeof methods[0])
 

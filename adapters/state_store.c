@@ -84,6 +84,19 @@ void rk_state_ref_release(struct rk_state_ref *r)
     }
 }
 
+struct rk_state_ref *rk_state_ref_detached(float *data, const struct rk_state_meta *meta,
+                                          size_t len)
+{
+    struct rk_state_ref *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    atomic_init(&r->refs, 1);
+    r->data = data;
+    r->meta = *meta;
+    r->bytes = len * sizeof(float);
+    return r;
+}
+
 static struct rk_state_ref *ref_new(struct rk_state_store *s, const char *tenant, const char *id)
 {
     struct rk_state_ref *r = calloc(1, sizeof *r);

@@ -54,6 +54,10 @@ void rk_tune_params_default(struct rk_tune_params *p)
     p->kernel_seed = 0;
     p->kernel_fade = RK_FADE_MEAN;
     p->dbp_lr = 1e-3;
+    p->rl_k = 4;
+    p->rl_temperature = 1.0;
+    p->rl_max_tokens = 32;
+    p->rl_kl = 0.05;
 }
 
 const struct rk_tune_method *rk_tune_params_method(const struct rk_tune_params *p)
@@ -497,6 +501,7 @@ static int run_step(struct run *r, const struct rk_lr_schedule *sched, bool *sto
         .lr = lr,
         .val_loss = NAN,
         .kl = r->kl ? r->kl_last : NAN,
+        .score = NAN,
         .tokens_per_s = r->t_compute > 0 ? (double)r->tokens / r->t_compute : 0,
         .tokens = r->tokens,
         .elapsed_s = now_s() - r->t_start,
@@ -529,8 +534,11 @@ int rk_tune_run(const struct rk_model *m, const struct rk_tune_params *p,
     res->val_loss_init = res->val_loss_best = NAN;
     res->loss_last = NAN;
     res->kl_last = NAN;
+    res->score_first = res->score_last = NAN;
     if (!m || !p || !ds || !out)
         return RK_EINVAL;
+    if (rk_tune_params_method(p) == &rk_method_rl)
+        return RK_EINVAL; /* samples its own data: rk_rl_run */
     int rc = rk_tune_params_check(p);
     if (rc != RK_OK)
         return rc;

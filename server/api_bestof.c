@@ -29,6 +29,7 @@
 #include "gen_format.h"
 #include "json_read.h"
 #include "srv.h"
+#include "judge.h"
 #include "teacher.h"
 
 #include <math.h>
@@ -467,48 +468,58 @@ struct one_call {
     bool started;
 };
 
+int rk_judge_score(struct rk_teacher *judge, bool number, const char *instructions,
+                   const char *prompt, const char *answer, size_t answer_len,
+                   struct rk_teacher_cache *cache, int64_t deadline_us,
+                   const atomic_bool *cancel, double *score, long long *tokens, char *msg,
+                   size_t cap)
+{
+    char *user = NULL;
+    const char *q = instructions ? instructions
+                    : number ? "How good is the answer, from 0 (useless or wrong) to 10 (correct "
+                               "and helpful)? Reply with the number only."
+                             : "Is the answer correct and helpful? Reply with Yes or No.";
+    *tokens = 0;
+    int len = asprintf(&user, "You are judging an answer to a prompt.\n\nPrompt:\n<<<\n%s\n>>>"
+                       "\n\nAnswer:\n<<<\n%.*s\n>>>\n\n%s", prompt, (int)answer_len,
+                       answer ? answer : "", q);
+    if (len < 0) {
+        snprintf(msg, cap, "out of memory");
+        return RK_ENOMEM;
+    }
+    struct rk_teacher_msg m = {"user", user};
+    struct rk_teacher_req req = {
+        .kind = RK_TEACHER_CHAT, .msgs = &m, .n_msgs = 1, .temperature = 0,
+        .max_tokens = number ? 8 : 3,
+        .top_logprobs = number ? -1 : JUDGE_TOP,
+    };
+    struct rk_teacher_answer a;
+    struct rk_errbuf eb = {0};
+    int rc = rk_teacher_call(judge, &req, cache, deadline_us, cancel, &a, &eb);
+    if (rc == RK_OK) {
+        long long pt = a.prompt_tokens, ct = a.completion_tokens;
+        // An endpoint that reports no usage is charged about 4 bytes a token.
+        if (!a.cached)
+            *tokens = (pt >= 0 ? pt : (long long)len / 4 + 1) +
+                      (ct >= 0 ? ct : (long long)strlen(a.text) / 4 + 1);
+        rc = number ? score_number(&a, score, msg, cap) : score_yes(&a, score, msg, cap);
+        rk_teacher_answer_fini(&a);
+    } else {
+        snprintf(msg, cap, "%s", eb.msg);
+    }
+    free(user);
+    return rc;
+}
+
 static void *judge_one(void *arg)
 {
     struct one_call *c = arg;
     struct judge_work *w = c->w;
     struct rk_choice *ch = &w->job->choices[c->i];
-    char *user = NULL;
-    const char *q = w->instructions ? w->instructions
-                    : w->scorer == SCORE_NUMBER
-                        ? "How good is the answer, from 0 (useless or wrong) to 10 (correct and "
-                          "helpful)? Reply with the number only."
-                        : "Is the answer correct and helpful? Reply with Yes or No.";
-    int len = asprintf(&user, "You are judging an answer to a prompt.\n\nPrompt:\n<<<\n%s\n>>>"
-                       "\n\nAnswer:\n<<<\n%.*s\n>>>\n\n%s", w->prompt,
-                       (int)ch->text.len, ch->text.p ? ch->text.p : "", q);
-    if (len < 0) {
-        w->rcs[c->i] = RK_ENOMEM;
-        snprintf(w->msgs[c->i], sizeof w->msgs[c->i], "out of memory");
-        return NULL;
-    }
-    struct rk_teacher_msg m = {"user", user};
-    struct rk_teacher_req req = {
-        .kind = RK_TEACHER_CHAT, .msgs = &m, .n_msgs = 1, .temperature = 0,
-        .max_tokens = w->scorer == SCORE_NUMBER ? 8 : 3,
-        .top_logprobs = w->scorer == SCORE_YES ? JUDGE_TOP : -1,
-    };
-    struct rk_teacher_answer a;
-    struct rk_errbuf eb = {0};
-    int rc = rk_teacher_call(w->judge, &req, NULL, w->deadline_us, NULL, &a, &eb);
-    if (rc == RK_OK) {
-        long long pt = a.prompt_tokens, ct = a.completion_tokens;
-        // An endpoint that reports no usage is charged about 4 bytes a token.
-        w->tokens[c->i] = (pt >= 0 ? pt : (long long)len / 4 + 1) +
-                          (ct >= 0 ? ct : (long long)strlen(a.text) / 4 + 1);
-        rc = w->scorer == SCORE_NUMBER
-                 ? score_number(&a, &w->scores[c->i], w->msgs[c->i], sizeof w->msgs[c->i])
-                 : score_yes(&a, &w->scores[c->i], w->msgs[c->i], sizeof w->msgs[c->i]);
-        rk_teacher_answer_fini(&a);
-    } else {
-        snprintf(w->msgs[c->i], sizeof w->msgs[c->i], "%s", eb.msg);
-    }
-    w->rcs[c->i] = rc;
-    free(user);
+    w->rcs[c->i] = rk_judge_score(w->judge, w->scorer == SCORE_NUMBER, w->instructions,
+                                  w->prompt, ch->text.p, ch->text.len, NULL, w->deadline_us,
+                                  NULL, &w->scores[c->i], &w->tokens[c->i], w->msgs[c->i],
+                                  sizeof w->msgs[c->i]);
     return NULL;
 }
 

@@ -222,6 +222,7 @@ void h_ft_create(struct rk_http_req *r)
         goto out;
     t->hp = hp;
     t->openai = true;
+    t->judge = r->srv->judge != NULL;
     snprintf(t->output_state, sizeof t->output_state, "%s", state);
     snprintf(t->suffix, sizeof t->suffix, "%s", suffix ? suffix : "");
     api_task_start(r, t);

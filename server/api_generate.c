@@ -465,11 +465,22 @@ static void done_openai(struct rk_http_req *r, struct rk_job *j)
 
 /* --- handlers ---------------------------------------------------------------- */
 
+static void submit(struct rk_http_req *r, struct rk_job *j, enum rk_api api);
+
 static void handle(struct rk_http_req *r, enum rk_api api)
 {
     struct rk_srv *srv = r->srv;
     if (rk_bestof_resume(r))
         return; // a best_of request back from its judge calls
+    struct rk_job *tj = NULL;
+    int tr = rk_ttt_resume(r, &tj);
+    if (tr < 0)
+        return; // test-time training failed: the error is prepared
+    if (tr > 0) { // back from test-time training: the job has its tuned state
+        submit(r, tj, api);
+        rk_job_release(tj);
+        return;
+    }
     json_t *o = rk_http_body_json(r);
     if (!o)
         return;
@@ -532,6 +543,9 @@ static void handle(struct rk_http_req *r, enum rk_api api)
     // best_of last: it reserves judge calls from the tenant's budget.
     if (ok)
         ok = rk_bestof_parse(r, o, j);
+    struct ttt_opts *topts = NULL;
+    if (ok)
+        ok = rk_ttt_parse(r, o, j, &topts);
     json_decref(o);
     if (ok) {
         j->choices = calloc((size_t)j->n, sizeof *j->choices);
@@ -545,9 +559,21 @@ static void handle(struct rk_http_req *r, enum rk_api api)
             rk_http_error(r, 503, "enomem", NULL, "out of memory");
     }
     if (!ok) {
+        free(topts);
         rk_job_release(j);
         return;
     }
+    if (topts) // tune a copy of the state first, off the loop; then submit
+        rk_ttt_start(r, j, topts);
+    else
+        submit(r, j, api);
+    rk_job_release(j);
+}
+
+/* Queue the parsed job and answer (streaming, or when it is done). */
+static void submit(struct rk_http_req *r, struct rk_job *j, enum rk_api api)
+{
+    struct rk_srv *srv = r->srv;
     int rc = rk_engine_submit(srv->engine, j);
     if (rc != RK_OK)
         rk_bestof_refund(r, j);
@@ -562,7 +588,6 @@ static void handle(struct rk_http_req *r, enum rk_api api)
         rk_http_wait_job(r, j, rk_bestof_wanted(j) ? rk_bestof_done
                                : api == RK_API_NATIVE ? done_native : done_openai);
     }
-    rk_job_release(j);
 }
 
 static void h_generate(struct rk_http_req *r) { handle(r, RK_API_NATIVE); }

@@ -36,6 +36,7 @@
  * exists, as after a lost answer) and its memory is freed when it is done.
  */
 #include "api_jobs_int.h"
+#include "rl_data.h"
 #include "json_read.h"
 
 #include <inttypes.h>
@@ -200,6 +201,35 @@ static bool task_parse(struct job_task *t, struct rk_dataset **out)
         *out = NULL;
         return true;
     }
+    if (t->kind == TASK_JOB && !strcmp(t->hp.method, rk_method_rl.name)) {
+        // Prompts with optional checkers; samples are made while tuning.
+        struct rk_rl_data *d = NULL;
+        int rc = rk_rl_data_parse(t->text ? t->text : "", t->len, t->tok, &jl,
+                                  t->hp.tune.rl_max_tokens, &d, &t->eb);
+        if (rc != RK_OK) {
+            if (rc == RK_ENOMEM)
+                task_fail(t, 503, "enomem", NULL, "out of memory");
+            else
+                task_fail(t, 400, rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param,
+                          "%s", t->eb.msg[0] ? t->eb.msg : rk_strerror(rc));
+            return false;
+        }
+        t->n_examples = d->n;
+        t->n_prompt_tokens = 0;
+        for (size_t i = 0; i < d->n; i++)
+            t->n_prompt_tokens += d->n_tokens[i];
+        size_t unchecked = d->n - d->n_checked;
+        rk_rl_data_free(d);
+        if (unchecked && !t->judge) {
+            task_fail(t, 400, "judge_not_configured", param,
+                      "%zu prompts have neither \"answer\" nor \"regex\", and no judge is "
+                      "configured on this server (--judge-url) to score their samples",
+                      unchecked);
+            return false;
+        }
+        *out = NULL;
+        return true;
+    }
     int rc = rk_dataset_create(&ds);
     if (rc == RK_OK)
         rc = rk_jsonl_parse(t->text ? t->text : "", t->len, t->tok, &jl, ds, &t->eb);
@@ -236,8 +266,10 @@ static bool task_resolve_epochs(struct job_task *t)
     if (!(hp->epochs > 0))
         return true;
     long steps_max = rk_tjobs_limits(t->js)->steps_max;
-    double s = ceil(hp->epochs * (double)n_train_of(t->n_examples, hp->tune.val_split) /
-                    (double)hp->tune.batch);
+    // rl has no validation split: an epoch is a pass over every prompt
+    size_t n_train = !strcmp(hp->method, rk_method_rl.name)
+                         ? t->n_examples : n_train_of(t->n_examples, hp->tune.val_split);
+    double s = ceil(hp->epochs * (double)n_train / (double)hp->tune.batch);
     if (s > (double)steps_max) {
         task_fail(t, 400, "too_many_steps", "epochs",
                   "%g epochs of %zu examples in batches of %d is %.0f steps; the limit is %ld",

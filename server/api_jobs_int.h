@@ -63,6 +63,7 @@ struct job_task {
     struct rk_tjob_hparams hp;
     char output_state[RK_STATE_ID_MAX + 1], suffix[RK_STATE_ID_MAX + 1];
     bool openai;
+    bool judge; /* the server has a judge (--judge-url): rl prompts may lack a checker */
     char *eval_task; /* owned: the job's "eval_task" as JSON text, or NULL */
     /* TASK_FILE: set by the handler */
     char filename[128], purpose[32];

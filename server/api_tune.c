@@ -233,6 +233,7 @@ void h_tune(struct rk_http_req *r)
     }
     t->eval_task = eval_task; // taken
     t->hp = hp;
+    t->judge = r->srv->judge != NULL;
     snprintf(t->output_state, sizeof t->output_state, "%s", out_state);
     api_task_start(r, t);
 out:

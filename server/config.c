@@ -62,6 +62,10 @@ static const struct opt opts[] = {
     {"health-public", "RWKVD_HEALTH_PUBLIC", OPT_BOOL, F(health_public), 0, 1, "serve GET /health without an API key (for probes)"},
     {"max-best-of", "RWKVD_MAX_BEST_OF", OPT_INT, F(best_of_max), 1, 128, "largest best_of (candidates per request; lowered to --max-seqs when larger)"},
     {"judge-calls-per-min", "RWKVD_JUDGE_CALLS_PER_MIN", OPT_INT, F(judge_calls_per_min), 1, 1 << 24, "judge calls per tenant per minute (429 beyond)"},
+    {"ttt-max-steps", "RWKVD_TTT_MAX_STEPS", OPT_INT, F(ttt_max_steps), 0, 64, "largest ttt.steps of a generation request (0: test-time training off)"},
+    {"ttt-max-k", "RWKVD_TTT_MAX_K", OPT_INT, F(ttt_max_k), 2, 64, "largest ttt.k (samples per ttt step)"},
+    {"ttt-max-tokens", "RWKVD_TTT_MAX_TOKENS", OPT_INT, F(ttt_max_tokens), 1, 1024, "largest ttt.max_tokens (tokens per ttt sample)"},
+    {"ttt-samples-per-min", "RWKVD_TTT_SAMPLES_PER_MIN", OPT_INT, F(ttt_samples_per_min), 1, 1 << 24, "ttt samples (steps x k) per tenant per minute (429 beyond)"},
     {"judge-tokens-per-min", "RWKVD_JUDGE_TOKENS_PER_MIN", OPT_INT, F(judge_tokens_per_min), 1, 1 << 30, "judge tokens (as it reports them) per tenant per minute (429 beyond)"},
 };
 #undef F
@@ -175,6 +179,10 @@ static void defaults(struct rk_srv_config *c)
     c->health_stall_ms = 15000;
     c->best_of_max = 8;
     c->judge_calls_per_min = 600;
+    c->ttt_max_steps = 8;
+    c->ttt_max_k = 8;
+    c->ttt_max_tokens = 64;
+    c->ttt_samples_per_min = 256;
     c->judge_tokens_per_min = 1000000;
     for (size_t who = 0; who < N_CLIENTS; who++)
         for (size_t i = 0; i < N_CLIENT_OPTS; i++) {

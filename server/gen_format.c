@@ -100,8 +100,11 @@ static void usage_json(struct rk_buf *o, struct rk_job *j)
     long long c = 0;
     for (int i = 0; i < j->n; i++)
         c += j->choices[i].n_tokens;
-    rk_buf_printf(o, "{\"prompt_tokens\":%zu,\"completion_tokens\":%lld,\"total_tokens\":%lld}",
+    rk_buf_printf(o, "{\"prompt_tokens\":%zu,\"completion_tokens\":%lld,\"total_tokens\":%lld",
                   j->n_prompt, c, (long long)j->n_prompt + c);
+    if (j->ttt_steps)
+        rk_buf_printf(o, ",\"ttt_steps\":%d,\"ttt_tokens\":%zu", j->ttt_steps, j->ttt_tokens);
+    rk_buf_puts(o, "}");
 }
 
 void rk_gen_sse_piece(const struct rk_tokenizer *tok, struct rk_job *j, int idx, const char *text,
@@ -217,9 +220,20 @@ static json_t *usage_obj(struct rk_job *j)
     long long c = 0;
     for (int i = 0; i < j->n; i++)
         c += j->choices[i].n_tokens;
-    return json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)j->n_prompt,
-                     "completion_tokens", (json_int_t)c, "total_tokens",
-                     (json_int_t)(j->n_prompt + (size_t)c));
+    json_t *u = json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)j->n_prompt,
+                          "completion_tokens", (json_int_t)c, "total_tokens",
+                          (json_int_t)(j->n_prompt + (size_t)c));
+    // test-time training: its steps, the tokens it processed (sampling,
+    // scoring, training) and the mean sample score of its first and last step
+    if (u && j->ttt_steps) {
+        json_object_set_new(u, "ttt_steps", json_integer(j->ttt_steps));
+        json_object_set_new(u, "ttt_tokens", json_integer((json_int_t)j->ttt_tokens));
+        json_object_set_new(u, "ttt_score_first", isfinite(j->ttt_score_first)
+                                ? json_real(j->ttt_score_first) : json_null());
+        json_object_set_new(u, "ttt_score_last", isfinite(j->ttt_score_last)
+                                ? json_real(j->ttt_score_last) : json_null());
+    }
+    return u;
 }
 
 static json_t *text_of(const struct rk_buf *b) { return json_stringn(b->p ? b->p : "", b->len); }

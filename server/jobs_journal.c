@@ -233,7 +233,8 @@ static void load_events(struct rk_tjobs *js, struct rk_tjob *j)
 static void remove_orphans(struct rk_tjobs *js)
 {
     static const char *const exts[] = {".data.jsonl", ".evaltask.json", ".result.json", ".ckpt",
-                                       ".events.jsonl", ".teacher-cache.jsonl"};
+                                       ".events.jsonl", ".teacher-cache.jsonl",
+                                       ".judge-cache.jsonl"};
     DIR *d = opendir(js->dir);
     if (!d)
         return;

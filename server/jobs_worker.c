@@ -4,6 +4,8 @@
  * (see the DESIGN note in jobs.c).
  */
 #include "jobs_int.h"
+#include "judge.h"
+#include "rl_data.h"
 #include "teacher.h"
 
 #include <dirent.h>
@@ -95,10 +97,13 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
         snprintf(data, sizeof data, "{\"step\":%ld,\"steps\":%ld,\"val_loss\":%.9g}", p->step,
                  p->steps, p->val_loss);
     else {
-        // "kl" only with collateral protection on (kl_weight > 0)
-        char kl[48] = "";
+        // "kl" only with collateral protection on (kl_weight > 0), "score"
+        // only for the rl method (the mean score of the step's samples)
+        char kl[96] = "";
         if (!isnan(p->kl))
             snprintf(kl, sizeof kl, ",\"kl\":%.9g", p->kl);
+        else if (!isnan(p->score))
+            snprintf(kl, sizeof kl, ",\"score\":%.9g", p->score);
         snprintf(data, sizeof data,
                  "{\"step\":%ld,\"steps\":%ld,\"loss\":%.9g%s,\"grad_norm\":%.9g,\"lr\":%.9g,"
                  "\"tokens_per_s\":%.1f,\"elapsed_s\":%.3f,\"eta_s\":%.3f}",
@@ -169,6 +174,8 @@ void tj_finish(struct rk_tjobs *js, struct rk_tjob *j, enum rk_tjob_status st,
     tj_job_path(js, j->v.id, ".ckpt", path, sizeof path);
     unlink(path);
     tj_job_path(js, j->v.id, ".teacher-cache.jsonl", path, sizeof path);
+    unlink(path);
+    tj_job_path(js, j->v.id, ".judge-cache.jsonl", path, sizeof path);
     unlink(path);
     tj_wake_loop(js);
     rk_log(RK_LOG_INFO, "jobs: %s %s%s%s", j->v.id, rk_tjob_status_name(st), msg ? ": " : "",
@@ -568,6 +575,44 @@ static void requeue_on_shutdown(struct rk_tjobs *js, struct rk_tjob *j)
     tj_pending_flush(js, j->v.id, &pe);
 }
 
+/* --- the rl method: samples scored by checkers or the judge ------------------- */
+
+#define RL_JUDGE_CACHE_MAX 1000000 /* judge answers kept in a job's cache file */
+
+struct rl_scorer {
+    struct rk_rl_data *d;
+    struct rk_tjobs *js;
+    struct rk_tjob *j;
+    struct rk_teacher *judge;       /* NULL: checkers only */
+    struct rk_teacher_cache *cache; /* DATA/jobs/<id>.judge-cache.jsonl */
+    char why[320];                  /* the last judge failure */
+};
+
+/* A checker where the prompt has one, else the judge's log-probability of
+ * "Yes" (best_of's scoring, rk_judge_score), its answer cached. */
+static int rl_score(void *user, size_t prompt, int k, const uint32_t *tokens, size_t n,
+                    double *score)
+{
+    struct rl_scorer *s = user;
+    struct rk_rl_data *d = s->d;
+    if (d->answer[prompt] || d->has_re[prompt])
+        return rk_rl_check_score(d, prompt, k, tokens, n, score);
+    if (!s->judge)
+        return RK_EINVAL;
+    char *text = malloc(n * 8 + 1);
+    if (!text)
+        return RK_ENOMEM;
+    rk_rl_completion_text(d->tok, tokens, n, text, n * 8 + 1);
+    long long jt = 0;
+    int rc = rk_judge_score(s->judge, false, NULL, d->prompt[prompt], text, strlen(text),
+                            s->cache, 0, &s->j->cancel, score, &jt, s->why, sizeof s->why);
+    struct rk_srv *srv = s->js->srv;
+    atomic_fetch_add(rc != RK_OK ? &srv->rl_judge_errors
+                     : jt ? &srv->rl_judge_calls : &srv->rl_judge_cached, 1);
+    free(text);
+    return rc;
+}
+
 static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
 {
     struct rk_srv *srv = js->srv;
@@ -578,6 +623,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     tj_job_path(js, r.id, ".ckpt", r.ckpt_path, sizeof r.ckpt_path);
     struct rk_dataset *ds = NULL, *kds = NULL;
     struct rk_observer_targets *targets = NULL;
+    struct rl_scorer rl = {.js = js, .j = j};
     float *init = NULL, *out = NULL, *ckmem = NULL;
     void *data = NULL;
     size_t len = 0;
@@ -632,6 +678,36 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
             requeue_on_shutdown(js, j);
         if (rc != RK_OK)
             goto out;
+    } else if (rk_tune_method_find(hp.method) == &rk_method_rl) {
+        rk_dataset_free(ds);
+        ds = NULL;
+        if (!reparse && (rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len,
+                                               &eb)) != RK_OK) {
+            tj_fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the "
+                    "journal: %s", eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
+            goto out;
+        }
+        if ((rc = rk_rl_data_parse(data, len, srv->tok, &lim, hp.tune.rl_max_tokens, &rl.d,
+                                   &eb)) != RK_OK) {
+            tj_fail(js, j, "invalid_dataset", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
+            goto out;
+        }
+        if (rl.d->n_checked < rl.d->n) {
+            if (!srv->judge ||
+                (rc = rk_teacher_derive(srv->judge, NULL, NULL, &rl.judge, &eb)) != RK_OK) {
+                tj_fail(js, j, "judge_not_configured", "prompts without a checker need a "
+                        "judge, and %s", srv->judge ? eb.msg : "none is configured");
+                goto out;
+            }
+            tj_job_path(js, r.id, ".judge-cache.jsonl", path, sizeof path);
+            if ((rc = rk_teacher_cache_open(path, RL_JUDGE_CACHE_MAX, (size_t)256 << 20,
+                                            &rl.cache, &eb)) != RK_OK) {
+                tj_fail(js, j, "judge_cache_unreadable", "the job's judge cache is "
+                        "unreadable: %s", eb.msg[0] ? rk_file_error_reason(eb.msg)
+                                                    : rk_strerror(rc));
+                goto out;
+            }
+        }
     } else if (reparse && ((rc = rk_dataset_create(&ds)) != RK_OK ||
                            (rc = rk_jsonl_parse(data, len, srv->tok, &lim, ds, &eb)) != RK_OK)) {
         tj_fail(js, j, "invalid_dataset", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
@@ -639,7 +715,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     }
     free(data);
     data = NULL;
-    if (rk_dataset_len(ds) == 0) {
+    if (!rl.d && rk_dataset_len(ds) == 0) {
         tj_fail(js, j, "invalid_dataset", "the dataset has no training sequences");
         goto out;
     }
@@ -724,7 +800,19 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
            resumed ? ", resumed" : "");
 
     struct rk_tune_result res;
-    rc = rk_tune_run(m, &tp, ds, init, on_cancel, on_progress, &r, out, &res);
+    if (rl.d) {
+        struct rk_rl_prompts pr;
+        rk_rl_data_prompts(rl.d, &pr);
+        struct rk_rl_io io = {.score = rl_score, .score_user = &rl, .cancel = on_cancel,
+                              .user = &r, .stop = rl.d->stop, .n_stop = rl.d->n_stop,
+                              .stop_at_zero = !rk_tok_is_bytes(srv->tok)};
+        rc = rk_rl_run(m, &tp, &pr, init, &io, on_progress, out, &res);
+        if (rl.cache)
+            rk_log(RK_LOG_INFO, "jobs: %s: %zu judge answers in the cache", r.id,
+                   rk_teacher_cache_count(rl.cache));
+    } else {
+        rc = rk_tune_run(m, &tp, ds, init, on_cancel, on_progress, &r, out, &res);
+    }
     if (rc == RK_ECANCELED || (rc != RK_OK && atomic_load(&j->cancel))) {
         if (atomic_load(&j->cancel)) {
             tj_finish(js, j, RK_TJOB_CANCELLED, NULL, NULL);
@@ -744,6 +832,8 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
                                   : rk_strerror(r.ckpt_rc));
         } else if (rc == RK_ENOMEM)
             tj_fail(js, j, "enomem", "out of memory for the tuning buffers");
+        else if (rl.d && rl.why[0])
+            tj_fail(js, j, "judge_failed", "scoring a sample: %s", rl.why);
         else
             tj_fail(js, j, rk_errname(rc), "tuning failed: %s", rk_strerror(rc));
         goto out;
@@ -810,6 +900,9 @@ out:
     rk_dataset_free(ds);
     rk_observer_targets_free(targets);
     rk_dataset_free(kds);
+    rk_rl_data_free(rl.d);
+    rk_teacher_cache_free(rl.cache);
+    rk_teacher_free(rl.judge);
     free(data), free(init), free(out), free(ckmem);
 }
 

@@ -105,6 +105,12 @@ void rk_metrics_render(struct rk_srv *srv, struct rk_buf *o)
             "cache file.", "counter", (double)atomic_load(&srv->teacher_cached));
     counter(o, "rwkvd_teacher_failures_total", "Teacher calls of observer jobs that failed.",
             "counter", (double)atomic_load(&srv->teacher_errors));
+    counter(o, "rwkvd_rl_judge_answers_total", "Judge answers of rl jobs fetched from the "
+            "judge.", "counter", (double)atomic_load(&srv->rl_judge_calls));
+    counter(o, "rwkvd_rl_judge_cached_total", "Judge answers of rl jobs read from their cache "
+            "file.", "counter", (double)atomic_load(&srv->rl_judge_cached));
+    counter(o, "rwkvd_rl_judge_failures_total", "Judge calls of rl jobs that failed.",
+            "counter", (double)atomic_load(&srv->rl_judge_errors));
     counter(o, "rwkvd_queue_depth", "Requests waiting for a sequence slot.", "gauge",
             srv->engine ? rk_engine_queued(srv->engine) : 0);
     counter(o, "rwkvd_active_sequences", "Sequences in prefill or decode.", "gauge",

@@ -320,6 +320,7 @@ out:
     rk_teacher_free(srv->judge);
     rk_teacher_free(srv->teacher);
     rk_bestof_budget_free(srv);
+    rk_ttt_budget_free(srv);
     rk_tok_free(srv->tok);
     rk_model_free(srv->model);
     rk_metrics_free(&srv->metrics);

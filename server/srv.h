@@ -75,6 +75,10 @@ struct rk_srv_config {
     int judge_tokens_per_min;    /* per tenant, as the judge reports them */
     /* the teacher of observer tuning jobs (jobs_worker.c, teacher.c) */
     struct rk_client_cfg teacher; /* --teacher-* */
+    /* test-time training on the generation routes (api_ttt.c) */
+    int ttt_max_steps;           /* 0 = off */
+    int ttt_max_k, ttt_max_tokens;
+    int ttt_samples_per_min;     /* per tenant: steps x k */
 };
 
 /* Is `url` one of the comma-separated base URLs in `list` (trailing slashes
@@ -188,6 +192,10 @@ struct rk_job {
     float *temps;
     bool want_lp_sum;
     void *ext;                  /* api_bestof.c's options, freed with the job */
+    /* test-time training (api_ttt.c): set before submit, shown in usage */
+    size_t ttt_tokens;          /* tokens it sampled, scored and trained on */
+    int ttt_steps;              /* 0 = none */
+    double ttt_score_first, ttt_score_last;
     void (*ext_free)(void *ext);
     int64_t t_submit_us, deadline_us;
 
@@ -379,6 +387,21 @@ bool rk_bestof_resume(struct rk_http_req *r);
 void rk_bestof_refund(struct rk_http_req *r, struct rk_job *j);
 void rk_bestof_budget_free(struct rk_srv *srv);
 
+/* Test-time training (api_ttt.c). Parse "ttt" of a request `o` (after
+ * best_of and the prompt): limits, the tenant's sample budget (reserved
+ * here); *out gets the options (NULL: none asked); false when an error is
+ * prepared. Loop thread. */
+struct ttt_opts;
+bool rk_ttt_parse(struct rk_http_req *r, json_t *o, struct rk_job *j, struct ttt_opts **out);
+/* Tune a copy of j's state on its prompt on the thread pool (takes `o`);
+ * the handler runs again when it is done. false: a 503 is prepared. */
+bool rk_ttt_start(struct rk_http_req *r, struct rk_job *j, struct ttt_opts *o);
+/* Called first by the generation handlers: 0 when r is not back from ttt;
+ * 1 with *out (one reference) the job, its state now the tuned copy, ready
+ * to submit; -1 when the error response is prepared. */
+int rk_ttt_resume(struct rk_http_req *r, struct rk_job **out);
+void rk_ttt_budget_free(struct rk_srv *srv);
+
 /* The built-in route sets. */
 void rk_api_generate_register(struct rk_srv *srv);
 void rk_api_states_register(struct rk_srv *srv);
@@ -409,9 +432,11 @@ struct rk_srv {
     struct rk_tjobs *tjobs; /* the tuning jobs (jobs.h); NULL until their routes are added */
     struct rk_teacher *judge; /* best_of's judge (teacher.h); NULL: none configured */
     struct rk_bestof_budget *judge_budget; /* per-tenant judge use (api_bestof.c; loop thread) */
+    struct rk_ttt_budget *ttt_budget;      /* per-tenant ttt samples (api_ttt.c; loop thread) */
     atomic_uint_fast64_t judge_calls, judge_errors, judge_tokens; /* metrics */
     struct rk_teacher *teacher; /* observer jobs' teacher (teacher.h); NULL: none configured */
     atomic_uint_fast64_t teacher_calls, teacher_cached, teacher_errors; /* metrics */
+    atomic_uint_fast64_t rl_judge_calls, rl_judge_cached, rl_judge_errors; /* rl jobs */
     char model_name[128];
     struct rk_metrics metrics;
     struct rk_route *routes;

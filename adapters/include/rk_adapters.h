@@ -257,6 +257,11 @@ RK_API const struct rk_state_meta *rk_state_ref_meta(const struct rk_state_ref *
 RK_API struct rk_state_ref *rk_state_ref_retain(struct rk_state_ref *r);
 /* Drop a reference; the last one frees the version. NULL is a no-op. Any thread. */
 RK_API void rk_state_ref_release(struct rk_state_ref *r);
+/* A reference to a state that belongs to no store (a temporary state):
+ * takes `data` (malloc'd, [len] floats; freed with the last reference) and
+ * copies `meta`. NULL when out of memory (data is then not taken). */
+RK_API struct rk_state_ref *rk_state_ref_detached(float *data, const struct rk_state_meta *meta,
+                                                  size_t len);
 
 /* === end of state files and store ========================================= */
 
@@ -475,6 +480,7 @@ RK_API extern const struct rk_tune_method rk_method_standard;
 RK_API extern const struct rk_tune_method rk_method_kernel;
 RK_API extern const struct rk_tune_method rk_method_dbp;
 RK_API extern const struct rk_tune_method rk_method_observer;
+RK_API extern const struct rk_tune_method rk_method_rl;
 
 /*
  * The observer method's targets: the teacher's top-k distributions, per
@@ -545,6 +551,7 @@ struct rk_tune_progress {
     double val_loss;    /* NAN unless this report follows an evaluation */
     double kl;          /* mean KL(p_base || p_state) per generic-text position of
                            this step (NAN unless kl_weight > 0) */
+    double score;       /* method rl: mean score of this step's samples (else NAN) */
     double tokens_per_s; /* forward+backward tokens per second, this run */
     size_t tokens;      /* tokens processed, this run */
     double elapsed_s;
@@ -590,6 +597,12 @@ struct rk_tune_params {
     int kl_batch;          /* generic sequences per step (default 1) */
     const struct rk_dataset *kl_data; /* borrowed generic text (rk_generic_dataset);
                                          needed when kl_weight > 0 */
+    /* method "rl" (docs/TUNING.md): samples per prompt, their temperature
+     * and length, and the weight of KL(p_state || p_start) */
+    int rl_k;              /* 2..RK_RL_K_MAX (default 4) */
+    double rl_temperature; /* (0, 10] (default 1) */
+    int rl_max_tokens;     /* 1..RK_RL_MAX_TOKENS_MAX (default 32) */
+    double rl_kl;          /* [0, 1000] (default 0.05) */
 };
 /* Fill the defaults listed above. */
 RK_API void rk_tune_params_default(struct rk_tune_params *p);
@@ -664,6 +677,8 @@ struct rk_tune_result {
     double tokens_per_s;
     size_t tokens;         /* forward+backward tokens, this run (generic text included) */
     double kl_last;        /* mean KL of the last step (NAN unless kl_weight > 0) */
+    double score_first, score_last; /* method rl: mean sample score of the run's first
+                                       and last step (else NAN) */
 };
 
 /*
@@ -683,6 +698,79 @@ RK_API int rk_tune_run(const struct rk_model *m, const struct rk_tune_params *p,
                        const struct rk_dataset *ds, const float *init, rk_cancel_cb *cancel,
                        rk_tune_progress_cb *progress, void *user, float *out,
                        struct rk_tune_result *res);
+
+/* --- method rl: policy gradient into the state ------------------------------ */
+
+#define RK_RL_K_MAX 64            /* samples per prompt */
+#define RK_RL_MAX_TOKENS_MAX 1024 /* tokens per sample */
+#define RK_RL_REF_TOPK 32         /* the starting state's tokens kept per position */
+
+/* The host's part of an rl run. score(score_user, ...) gets prompt index `prompt` (of the
+ * prompts dataset), sample k and its completion tokens[n] (n may be 0) and
+ * writes a finite score (higher is better); a non-RK_OK return stops the
+ * run with that code. A sample ends after rl_max_tokens tokens, after the
+ * stop sequence (kept in the completion), or, with stop_at_zero, before a
+ * sampled token 0 (the World end of text). `cancel` (may be NULL) is
+ * checked between samples and tokens; `user` goes to cancel, the progress
+ * callback and p->checkpoint_cb. */
+struct rk_rl_io {
+    int (*score)(void *user, size_t prompt, int k, const uint32_t *tokens, size_t n,
+                 double *score);
+    void *score_user;
+    rk_cancel_cb *cancel;
+    void *user;
+    const uint32_t *stop; /* borrowed; NULL = none */
+    size_t n_stop;
+    bool stop_at_zero;
+};
+/* The prompts of an rl run: count prompts of n[i] >= 1 tokens (borrowed). */
+struct rk_rl_prompts {
+    const uint32_t *const *tokens;
+    const size_t *n;
+    size_t count;
+};
+/* RK_OK when the rl fields of `p` are in range, else RK_EINVAL. */
+RK_API int rk_rl_params_check(const struct rk_tune_params *p);
+/*
+ * Tune the initial state of `m` with the method "rl" (docs/TUNING.md) on
+ * `prompts` (RK_EINVAL for an empty prompt or a token id >= V): per step
+ * `batch` prompts in a seeded per-epoch order, rl_k samples each from the
+ * current state (sampler seed rk_rl_sample_seed), the host's scores,
+ * advantages normalised per prompt, and one AdamW step on the token-
+ * weighted policy-gradient loss with the KL term (skipped when no prompt's
+ * scores differ). Checkpoints and resume as rk_tune_run (no validation:
+ * best = current). `out` gets the final parameters. Errors as
+ * rk_tune_run, and the score callback's.
+ */
+RK_API int rk_rl_run(const struct rk_model *m, const struct rk_tune_params *p,
+                     const struct rk_rl_prompts *prompts, const float *init,
+                     const struct rk_rl_io *io, rk_tune_progress_cb *progress, float *out,
+                     struct rk_tune_result *res);
+/* The sampler seed of sample k of prompt `prompt` at step `step`. */
+RK_API uint64_t rk_rl_sample_seed(uint64_t seed, long step, size_t prompt, int k);
+/*
+ * The loss's per-sequence data (rk_method_rl.loss finds it in
+ * p->method_data by rk_dataset_tag, or by the loss context's seq when its
+ * ds is NULL): the advantage, the first completion
+ * position t0 (position t predicts token t+1) and n_pos positions, and per
+ * position the starting state's k most likely tokens and the rest (set
+ * from its logits; without them the KL term is left out).
+ */
+struct rk_rl_targets;
+RK_API int rk_rl_targets_create(size_t n_seq, int k, struct rk_rl_targets **out);
+RK_API void rk_rl_targets_free(struct rk_rl_targets *t);
+RK_API int rk_rl_targets_set(struct rk_rl_targets *t, size_t seq, double adv, size_t t0,
+                             size_t n_pos);
+RK_API int rk_rl_targets_set_ref(struct rk_rl_targets *t, size_t seq, size_t p,
+                                 const float *logits, int V);
+/* One row of the rl loss: -adv log P(target) + kl_w KL_bins(P || start)
+ * over the bins "each id of ids[k]" and "the rest" (lq: the start's log-
+ * probabilities, lrest the log of its rest, -INFINITY = no rest bin; ids
+ * NULL = no KL term). Returns it (*kl_out, may be NULL, gets the KL) and
+ * overwrites logits[V] with dloss/dlogits / nsel. */
+RK_API double rk_rl_row(float *logits, int V, uint32_t target, double adv, double kl_w,
+                        const uint32_t *ids, const float *lq, float lrest, int k, size_t nsel,
+                        double *kl_out);
 
 /* --- collateral protection: KL to the base model on generic text ---------- */
 

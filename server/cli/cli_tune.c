@@ -12,6 +12,8 @@
 #include "dataset_jsonl.h"
 #include "datadir_lock.h"
 #include "rk_adapters.h"
+#include "rl_data.h"
+#include "rk_fileio.h"
 
 #include <getopt.h>
 #include <limits.h>
@@ -83,7 +85,10 @@ static const char *kl_text(const struct rk_tune_progress *p, char *buf, size_t c
 {
     if (isnan(p->kl))
         return "";
-    snprintf(buf, cap, " kl %.4f", p->kl);
+    if (!isnan(p->kl))
+        snprintf(buf, cap, " kl %.4f", p->kl);
+    else
+        snprintf(buf, cap, " score %.4f", p->score);
     return buf;
 }
 
@@ -92,13 +97,17 @@ static void on_progress(const struct rk_tune_progress *p, void *user)
     struct tune_ui *ui = user;
     char klb[32];
     if (ui->log) {
-        if (isnan(p->val_loss))
+        if (isnan(p->val_loss)) {
+            char sc[40] = ""; /* rl only: the step's mean sample score */
+            if (!isnan(p->score))
+                snprintf(sc, sizeof sc, ", \"score\": %.6g", p->score);
             fprintf(ui->log, "{\"step\": %ld, \"loss\": %.9g, \"grad_norm\": %.6g, "
-                             "\"lr\": %.6g, \"elapsed_s\": %.6f}\n",
-                    p->step, p->loss, p->grad_norm, p->lr, p->elapsed_s);
-        else
+                             "\"lr\": %.6g%s, \"elapsed_s\": %.6f}\n",
+                    p->step, p->loss, p->grad_norm, p->lr, sc, p->elapsed_s);
+        } else {
             fprintf(ui->log, "{\"step\": %ld, \"val_loss\": %.9g, \"elapsed_s\": %.6f}\n",
                     p->step, p->val_loss, p->elapsed_s);
+        }
         fflush(ui->log);
     }
     if (ui->quiet)
@@ -221,7 +230,9 @@ static void tune_usage(void)
     rk_tune_method_names(methods, sizeof methods);
     printf("usage: rwkvd tune --model FILE --data FILE.jsonl --out STATE.safetensors [options]\n\n"
            "Tune the initial state of a frozen model on a JSONL dataset ({\"text\"},\n"
-           "{\"prompt\",\"completion\"} or {\"messages\"} lines; see docs/TUNING.md).\n\n"
+           "{\"prompt\",\"completion\"} or {\"messages\"} lines; see docs/TUNING.md).\n"
+           "With --method rl the lines are prompts with a checker, {\"prompt\",\"answer\"}\n"
+           "or {\"prompt\",\"regex\"}: samples are scored by it (docs/TUNING.md).\n\n"
            "  --vocab FILE          World vocabulary (byte models need none)\n"
            "  --init STATE          start from this state file (default: zero state)\n"
            "  --method NAME         tuning method: %s (default %s)\n"
@@ -233,7 +244,8 @@ static void tune_usage(void)
            "  --dump-gradient FILE  write the loss and dLoss/dstate at the starting state\n"
            "                        (safetensors, adapter tensor names) and exit\n"
            "  --log FILE            one JSON line per step (step, loss, grad_norm, lr,\n"
-           "                        elapsed_s) and per validation (step, val_loss,\n"
+           "                        score with method rl, elapsed_s) and per\n"
+           "                        validation (step, val_loss,\n"
            "                        elapsed_s)\n"
            "  --quiet               no progress output (on a terminal a redrawn progress\n"
            "                        bar; otherwise, e.g. into a log, a plain line every 5%%)\n\n"
@@ -297,6 +309,94 @@ static struct option *tune_options(void)
     return o;
 }
 
+/* Method rl: prompts with local checkers (an rl JSONL file), rk_rl_run,
+ * the state saved as for the other methods. Returns the exit status. */
+static int tune_rl(const struct rk_model *m, const struct rk_tokenizer *tok,
+                   struct rk_tune_params *tp, const struct rk_jsonl_limits *lim,
+                   const char *data, const char *out, const char *init_path,
+                   const char *resume, const char *dump, struct tune_ui *ui)
+{
+    struct rk_errbuf eb = {0};
+    struct rk_rl_data *d = NULL;
+    struct rk_tune_checkpoint ck = {0};
+    float *init = NULL, *st = NULL, *ckmem = NULL;
+    void *buf = NULL;
+    size_t len = 0;
+    int rc, status = 1;
+    if (dump || tp->kl_weight > 0) {
+        fprintf(stderr, "rwkvd tune: the rl method takes neither --dump-gradient nor "
+                        "--kl-weight (its KL term is --rl-kl)\n");
+        return 2;
+    }
+    if ((rc = rk_file_read_all(data, lim->bytes_max, &buf, &len, &eb)) != RK_OK ||
+        (rc = rk_rl_data_parse(buf, len, tok, lim, tp->rl_max_tokens, &d, &eb)) != RK_OK) {
+        fprintf(stderr, "rwkvd tune: %s: %s\n", data, eb.msg[0] ? eb.msg : rk_strerror(rc));
+        goto out;
+    }
+    if (d->n_checked < d->n) {
+        fprintf(stderr, "rwkvd tune: %s: %zu of %zu prompts have neither \"answer\" nor "
+                        "\"regex\"; `rwkvd tune` scores with those local checkers only (a "
+                        "judge endpoint scores server jobs)\n", data, d->n - d->n_checked, d->n);
+        status = 2;
+        goto out;
+    }
+    size_t slen = rk_state_len(m), plen = rk_tune_params_len(m, tp);
+    if (init_path && (!(init = malloc(sizeof(float) * slen)) ||
+                      rk_cli_load_state(init_path, m, init, NULL) != RK_OK))
+        goto out;
+    if (resume) {
+        if ((rc = rk_tune_ckpt_load(resume, plen, &ck, &ckmem, &eb)) != RK_OK) {
+            fprintf(stderr, "rwkvd tune: %s\n", eb.msg[0] ? eb.msg : rk_strerror(rc));
+            goto out;
+        }
+        tp->resume = &ck;
+    }
+    ui->m = m;
+    ui->tty = isatty(STDERR_FILENO);
+    tp->checkpoint_cb = on_checkpoint;
+    if (!ui->quiet)
+        fprintf(stderr, "rwkvd tune: %zu prompts, method rl, %ld steps of %d prompts x %d "
+                        "samples, lr %g -> %g\n",
+                d->n, tp->steps, tp->batch, tp->rl_k, tp->lr, tp->lr_final);
+    if (!(st = malloc(sizeof(float) * plen)))
+        goto out;
+    struct rk_rl_prompts pr;
+    rk_rl_data_prompts(d, &pr);
+    struct rk_rl_io io = {.score = rk_rl_check_score, .score_user = d, .user = ui, .stop = d->stop,
+                          .n_stop = d->n_stop, .stop_at_zero = !rk_tok_is_bytes(tok)};
+    struct rk_tune_result res;
+    rc = rk_rl_run(m, tp, &pr, init, &io, on_progress, st, &res);
+    if (!ui->quiet && ui->tty)
+        fprintf(stderr, "\n");
+    if (rc != RK_OK) {
+        fprintf(stderr, "rwkvd tune: %s\n", rk_strerror(rc));
+        goto out;
+    }
+    struct rk_state_meta meta;
+    rk_state_meta_init(&meta, m);
+    snprintf(meta.note, sizeof meta.note, "steps=%ld loss=%.6g score=%.6g->%.6g lr=%g batch=%d "
+             "rl_k=%d", res.steps_done, res.loss_last, res.score_first, res.score_last, tp->lr,
+             tp->batch, tp->rl_k);
+    meta.has_shift = tp->tune_shift;
+    float *adapter = NULL;
+    if ((rc = rk_tune_export(m, tp, st, &adapter, &meta)) == RK_OK)
+        rc = rk_state_file_save(out, m, adapter, &meta, &eb);
+    free(adapter);
+    if (rc != RK_OK) {
+        fprintf(stderr, "rwkvd tune: %s: %s\n", out, eb.msg[0] ? eb.msg : rk_strerror(rc));
+        goto out;
+    }
+    printf("{\"steps\": %ld, \"loss\": %.6g, \"score_first\": %.6g, \"score_last\": %.6g, "
+           "\"tokens_per_s\": %.1f, \"tokens\": %zu, \"out\": \"%s\"}\n",
+           res.steps_done, res.loss_last, res.score_first, res.score_last, res.tokens_per_s,
+           res.tokens, out);
+    status = 0;
+out:
+    free(buf), free(init), free(st), free(ckmem);
+    rk_rl_data_free(d);
+    return status;
+}
+
 int rk_cmd_tune(int argc, char **argv)
 {
     const char *model = NULL, *data = NULL, *out = NULL, *vocab = NULL, *init_path = NULL;
@@ -338,6 +438,8 @@ int rk_cmd_tune(int argc, char **argv)
                 free(opts);
                 return 2;
             }
+            if (tp.method == &rk_method_rl)
+                break;
             if (tp.method == &rk_method_observer) {
                 fprintf(stderr, "rwkvd tune: the observer method asks a teacher endpoint and "
                         "runs as a server job (POST /tune on a server started with "
@@ -401,6 +503,10 @@ int rk_cmd_tune(int argc, char **argv)
     if (!(m = rk_cli_load_model(model, RK_DTYPE_AUTO)) || !(tok = rk_cli_load_tokenizer(vocab, m)))
         goto out;
     size_t slen = rk_state_len(m);
+    if (tp.method == &rk_method_rl) {
+        status = tune_rl(m, tok, &tp, &lim, data, out, init_path, resume, dump, &ui);
+        goto out;
+    }
     if (rk_dataset_create(&ds) != RK_OK)
         goto out;
     if ((rc = rk_jsonl_load(data, tok, &lim, ds, &eb)) != RK_OK) {

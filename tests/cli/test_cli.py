@@ -48,7 +48,7 @@ p = run("logits", "--model", os.path.join(DATA, "rand-mh.safetensors"), "--token
 if p.returncode != 2:
     failures.append(f"logits with a bad token list: exit {p.returncode}, want 2")
 p = run("tune", "--model", "m", "--data", "d", "--out", "o", "--method", "kernel9", ok=False)
-if p.returncode != 2 or "unknown method 'kernel9' (known: standard, kernel, dbp, observer)" not in p.stderr:
+if p.returncode != 2 or "unknown method 'kernel9' (known: standard, kernel, dbp, observer, rl)" not in p.stderr:
     failures.append(f"tune --method kernel9: exit {p.returncode}, {p.stderr!r}")
 p = run("tune", "--model", "m", "--data", "d", "--out", "o", "--method", "observer", ok=False)
 if p.returncode != 2 or "runs as a server job" not in p.stderr:

@@ -488,7 +488,7 @@ START_TEST(test_validation)
     snprintf(b, sizeof b, "{\"output_state\":\"x\",\"dataset\":%s,\"epochs\":100000}", ok_data);
     expect_400(s.port, b, "too_many_steps", 400);
     snprintf(b, sizeof b, "{\"output_state\":\"x\",\"dataset\":%s,\"method\":\"kernel9\"}", ok_data);
-    expect_400(s.port, b, "unknown method 'kernel9' (known: standard, kernel, dbp, observer)", 400);
+    expect_400(s.port, b, "unknown method 'kernel9' (known: standard, kernel, dbp, observer, rl)", 400);
     snprintf(b, sizeof b, "{\"output_state\":\"x\",\"dataset\":%s,\"tune_shift\":1}", ok_data);
     expect_400(s.port, b, "\\\"tune_shift\\\" must be true or false", 400);
     snprintf(b, sizeof b, "{\"output_state\":\"x\",\"dataset\":%s,\"beta1\":0.5}", ok_data);

@@ -27,7 +27,7 @@ START_TEST(test_method_table)
     ck_assert_ptr_null(rk_tune_method_find(NULL));
     char names[128];
     rk_tune_method_names(names, sizeof names);
-    ck_assert_str_eq(names, "standard, kernel, dbp, observer");
+    ck_assert_str_eq(names, "standard, kernel, dbp, observer, rl");
     ck_assert_ptr_eq(rk_tune_method_find("observer"), &rk_method_observer);
     for (size_t i = 0; i < n; i++) {
         const struct rk_tune_method *m = ms[i];
@@ -47,6 +47,11 @@ START_TEST(test_method_table)
               ob->to_state == st->to_state && ob->grad_to_params == st->grad_to_params &&
               ob->trainable == st->trainable && !ob->extra && !ob->to_adapter);
     ck_assert(ob->loss && ob->loss != st->loss);
+    const struct rk_tune_method *rl = &rk_method_rl;
+    ck_assert(rl->params_len == st->params_len && rl->params_init == st->params_init &&
+              rl->to_state == st->to_state && rl->grad_to_params == st->grad_to_params &&
+              rl->trainable == st->trainable && !rl->extra && !rl->to_adapter);
+    ck_assert(rl->loss && rl->loss != st->loss && rl->loss != ob->loss);
     ck_assert(ke->to_state == st->to_state && !ke->loss);
     ck_assert(ke->params_len != st->params_len && ke->extra && ke->to_adapter);
     ck_assert(db->params_len == ke->params_len && db->params_init == ke->params_init &&

@@ -1,0 +1,477 @@
+/*
+ * api_ttt.c - test-time training on the generation routes: "ttt" tunes a
+ * temporary copy of the request's state on its own prompt with the loss of
+ * the "rl" method (rk_rl_run: K samples a step, scored by the judge or by
+ * the model's own mean log-probability, advantages, policy gradient with a
+ * KL term to the request's state), then the engine answers from the tuned
+ * copy. The copy is never stored: a detached state reference that the job
+ * drops when it ends.
+ *
+ * DESIGN. Parsing, limits and the per-tenant budget run on the loop thread
+ * (srv->ttt_budget is touched there only). The tuning runs on the loop's
+ * thread pool (rk_http_offload) with its own one-thread context, so the
+ * loop and the engine thread are never held up; the work item owns a
+ * reference to the parsed job and writes only its own fields. When it is
+ * done the handler runs again (rk_ttt_resume), swaps the job's state for
+ * the tuned one and submits the job like any other. The job's deadline and
+ * a disconnect stop the tuning between tokens. docs/API.md, "ttt", has the
+ * fields, limits and errors.
+ */
+#include "judge.h"
+#include "json_read.h"
+#include "srv.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TTT_PROMPT_BYTES_MAX 8192 /* of the prompt shown to a judge (the tail) */
+#define TTT_SELF_FLOOR (-100.0)   /* self score of an empty sample */
+#define TTT_CHUNK 16              /* rows of logits the self scorer computes at once */
+
+struct rk_ttt_budget {
+    struct trow {
+        char tenant[RK_STATE_ID_MAX + 1];
+        int64_t window_us;
+        long samples;
+    } *rows;
+    size_t n, cap;
+};
+
+struct ttt_opts {
+    int steps, k, max_tokens;
+    double temperature, lr, kl;
+    bool self; /* score by the model's own mean log-probability */
+};
+
+struct ttt_work {
+    struct rk_srv *srv;
+    struct rk_job *job; /* one reference */
+    struct ttt_opts o;
+    struct rk_teacher *judge; /* borrowed srv->judge, or NULL (self) */
+    char tenant[RK_STATE_ID_MAX + 1];
+    char *prompt_text;        /* for the judge */
+    /* self scoring: the request's state after prompt[0 .. n-2] */
+    struct rk_ctx *sctx;
+    float *spre, *sst, *slog;
+    /* results */
+    struct rk_state_ref *tuned;
+    int rc;
+    char why[320];
+    size_t tokens;
+    double score_first, score_last;
+};
+
+void rk_ttt_budget_free(struct rk_srv *srv)
+{
+    if (srv->ttt_budget)
+        free(srv->ttt_budget->rows);
+    free(srv->ttt_budget);
+    srv->ttt_budget = NULL;
+}
+
+static struct trow *budget_row(struct rk_srv *srv, const char *tenant)
+{
+    if (!srv->ttt_budget && !(srv->ttt_budget = calloc(1, sizeof *srv->ttt_budget)))
+        return NULL;
+    struct rk_ttt_budget *b = srv->ttt_budget;
+    int64_t now = rk_now_us();
+    struct trow *row = NULL;
+    for (size_t i = 0; i < b->n && !row; i++)
+        if (!strcmp(b->rows[i].tenant, tenant))
+            row = &b->rows[i];
+    for (size_t i = 0; i < b->n && !row; i++)
+        if (now - b->rows[i].window_us >= 60000000) /* an idle tenant's row */
+            row = &b->rows[i];
+    if (!row) {
+        if (b->n == b->cap) {
+            size_t cap = b->cap ? b->cap * 2 : 8;
+            struct trow *p = realloc(b->rows, cap * sizeof *p);
+            if (!p)
+                return NULL;
+            b->rows = p;
+            b->cap = cap;
+        }
+        row = &b->rows[b->n++];
+        memset(row, 0, sizeof *row);
+    }
+    if (strcmp(row->tenant, tenant)) {
+        memset(row, 0, sizeof *row);
+        snprintf(row->tenant, sizeof row->tenant, "%s", tenant);
+        row->window_us = now;
+    }
+    if (now - row->window_us >= 60000000) {
+        row->window_us = now;
+        row->samples = 0;
+    }
+    return row;
+}
+
+/* One field of the "ttt" object, reported as "ttt.<key>". */
+static bool sub_int(struct rk_http_req *r, json_t *v, const char *key, long long lo,
+                    long long hi, int *out)
+{
+    json_t *x = json_object_get(v, key);
+    if (!x || json_is_null(x))
+        return true;
+    char name[32];
+    snprintf(name, sizeof name, "ttt.%s", key);
+    json_t *t = json_pack("{sO}", name, x);
+    long long y = *out;
+    bool ok = t && rk_json_int(r, t, name, lo, hi, &y);
+    json_decref(t);
+    *out = (int)y;
+    return ok;
+}
+
+static bool sub_num(struct rk_http_req *r, json_t *v, const char *key, double lo, double hi,
+                    bool lo_open, double *out)
+{
+    json_t *x = json_object_get(v, key);
+    if (!x || json_is_null(x))
+        return true;
+    char name[32];
+    snprintf(name, sizeof name, "ttt.%s", key);
+    json_t *t = json_pack("{sO}", name, x);
+    bool ok = t && rk_json_num(r, t, name, lo, hi, lo_open, out);
+    json_decref(t);
+    return ok;
+}
+
+bool rk_ttt_parse(struct rk_http_req *r, json_t *o, struct rk_job *j, struct ttt_opts **out)
+{
+    struct rk_srv *srv = r->srv;
+    const struct rk_srv_config *c = &srv->cfg;
+    *out = NULL;
+    json_t *v = json_object_get(o, "ttt");
+    if (!v || json_is_null(v))
+        return true;
+    if (!json_is_object(v)) {
+        rk_field_fail(r, RK_FIELD_INVALID_TYPE, "ttt", "'ttt' must be an object");
+        return false;
+    }
+    static const char *const keys[] = {"steps", "k", "max_tokens", "temperature", "lr", "kl",
+                                       "judge", NULL};
+    const char *key;
+    json_t *x;
+    json_object_foreach(v, key, x) {
+        bool known = false;
+        for (int i = 0; keys[i]; i++)
+            known |= !strcmp(key, keys[i]);
+        if (!known) {
+            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "ttt", "ttt.%.40s is not a ttt field "
+                          "(steps, k, max_tokens, temperature, lr, kl, judge)", key);
+            return false;
+        }
+    }
+    if (c->ttt_max_steps == 0) {
+        rk_field_fail(r, RK_FIELD_UNSUPPORTED, "ttt", "test-time training is off on this "
+                      "server (--ttt-max-steps 0)");
+        return false;
+    }
+    struct ttt_opts t = {.steps = 1, .k = 4, .max_tokens = 32, .temperature = 1, .lr = 1,
+                         .kl = 0.05, .self = !srv->judge};
+    if (t.k > c->ttt_max_k)
+        t.k = c->ttt_max_k;
+    if (t.max_tokens > c->ttt_max_tokens)
+        t.max_tokens = c->ttt_max_tokens;
+    if (!sub_int(r, v, "steps", 1, c->ttt_max_steps, &t.steps) ||
+        !sub_int(r, v, "k", 2, c->ttt_max_k, &t.k) ||
+        !sub_int(r, v, "max_tokens", 1, c->ttt_max_tokens, &t.max_tokens) ||
+        !sub_num(r, v, "temperature", 0, 10, true, &t.temperature) ||
+        !sub_num(r, v, "lr", 0, 1000, true, &t.lr) || !sub_num(r, v, "kl", 0, 1000, false, &t.kl))
+        return false;
+    json_t *jv = json_object_get(v, "judge");
+    if (jv && !json_is_null(jv)) {
+        const char *s = json_string_value(jv);
+        if (!s || (strcmp(s, "self") && strcmp(s, "default"))) {
+            rk_field_fail(r, json_is_string(jv) ? RK_FIELD_INVALID_VALUE : RK_FIELD_INVALID_TYPE,
+                          "ttt.judge", "ttt.judge must be \"default\" (the server's judge, or "
+                          "the model's own score without one) or \"self\"");
+            return false;
+        }
+        t.self = !strcmp(s, "self") || !srv->judge;
+    }
+    if (rk_bestof_wanted(j)) {
+        rk_bestof_refund(r, j);
+        rk_field_fail(r, RK_FIELD_UNSUPPORTED, "ttt", "'ttt' cannot be combined with best_of "
+                      "above n or return_scores");
+        return false;
+    }
+    if (j->state && rk_state_ref_meta(j->state)->kernel_m > 0) {
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "ttt", "'ttt' tunes plain states; the "
+                      "request's state is a kernel state (method %.32s)",
+                      rk_state_ref_meta(j->state)->method);
+        return false;
+    }
+    struct trow *row = budget_row(srv, r->tenant);
+    if (!row) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    long need = (long)t.steps * t.k;
+    if (row->samples + need > c->ttt_samples_per_min) {
+        int retry_s = (int)((60000000 - (rk_now_us() - row->window_us)) / 1000000) + 1;
+        rk_http_error(r, 429, "ttt_budget_exceeded", "ttt", "ttt needs %ld samples (steps x k) "
+                      "and %ld of this minute's %d are left; the budget renews in %d s", need,
+                      c->ttt_samples_per_min - row->samples > 0
+                          ? c->ttt_samples_per_min - row->samples : 0,
+                      c->ttt_samples_per_min, retry_s);
+        return false;
+    }
+    row->samples += need;
+    if (!(*out = malloc(sizeof **out))) {
+        row->samples -= need;
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    **out = t;
+    return true;
+}
+
+/* --- the work, on the thread pool ----------------------------------------- */
+
+static void work_free(void *p)
+{
+    struct ttt_work *w = p;
+    if (!w)
+        return;
+    rk_job_release(w->job);
+    rk_state_ref_release(w->tuned);
+    rk_ctx_free(w->sctx);
+    free(w->spre), free(w->sst), free(w->slog), free(w->prompt_text);
+    free(w);
+}
+
+static bool w_cancel(void *user)
+{
+    struct ttt_work *w = user;
+    return atomic_load(&w->job->cancel) || rk_now_us() > w->job->deadline_us;
+}
+
+static void w_progress(const struct rk_tune_progress *p, void *user)
+{
+    struct ttt_work *w = user;
+    if (p->step == 1)
+        w->score_first = p->score;
+    w->score_last = p->score;
+}
+
+/* The self score: the sample's mean log-probability per token under the
+ * request's state (the starting point, not the state being tuned). */
+static int self_score(struct ttt_work *w, const uint32_t *y, size_t n, double *score)
+{
+    const struct rk_job *j = w->job;
+    size_t V = (size_t)rk_model_n_vocab(w->srv->model), slen = rk_state_len(w->srv->model);
+    if (!n) {
+        *score = TTT_SELF_FLOOR;
+        return RK_OK;
+    }
+    memcpy(w->sst, w->spre, slen * sizeof(float));
+    double sum = 0;
+    for (size_t p0 = 0; p0 < n; p0 += TTT_CHUNK) {
+        size_t c = n - p0 < TTT_CHUNK ? n - p0 : TTT_CHUNK;
+        uint32_t in[TTT_CHUNK];
+        for (size_t i = 0; i < c; i++)
+            in[i] = p0 + i == 0 ? j->prompt[j->n_prompt - 1] : y[p0 + i - 1];
+        int rc = rk_forward_seq(w->sctx, in, c, w->sst, w->slog, true);
+        if (rc != RK_OK)
+            return rc;
+        for (size_t i = 0; i < c; i++)
+            sum += rk_logprob(w->slog + i * V, V, y[p0 + i]);
+        w->tokens += c;
+    }
+    *score = sum / (double)n;
+    return RK_OK;
+}
+
+static int w_score(void *user, size_t prompt, int k, const uint32_t *y, size_t n, double *score)
+{
+    struct ttt_work *w = user;
+    (void)prompt, (void)k;
+    if (w->o.self)
+        return self_score(w, y, n, score);
+    char *text = malloc(n * 8 + 1);
+    if (!text)
+        return RK_ENOMEM;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t bl = 0;
+        const uint8_t *b = rk_tok_bytes(w->srv->tok, y[i], &bl);
+        memcpy(text + o, b, bl);
+        o += bl;
+    }
+    char *clean = malloc(o + 4 + 1);
+    if (!clean) {
+        free(text);
+        return RK_ENOMEM;
+    }
+    rk_utf8_sanitize((const uint8_t *)text, o, clean, o + 4 + 1);
+    free(text);
+    long long jt = 0;
+    int rc = rk_judge_score(w->judge, false, NULL, w->prompt_text, clean, strlen(clean), NULL,
+                            w->job->deadline_us, &w->job->cancel, score, &jt, w->why,
+                            sizeof w->why);
+    atomic_fetch_add(&w->srv->judge_calls, 1);
+    if (jt)
+        atomic_fetch_add(&w->srv->judge_tokens, (uint64_t)jt);
+    if (rc != RK_OK)
+        atomic_fetch_add(&w->srv->judge_errors, 1);
+    free(clean);
+    return rc;
+}
+
+static int work_setup(struct ttt_work *w)
+{
+    const struct rk_job *j = w->job;
+    const struct rk_model *m = w->srv->model;
+    size_t slen = rk_state_len(m), V = (size_t)rk_model_n_vocab(m);
+    if (!w->o.self) {
+        struct rk_buf b = {0};
+        for (size_t i = 0; i < j->n_prompt; i++) {
+            size_t n;
+            const uint8_t *p = rk_tok_bytes(w->srv->tok, j->prompt[i], &n);
+            if (p)
+                rk_buf_put(&b, (const char *)p, n);
+        }
+        size_t from = b.len > TTT_PROMPT_BYTES_MAX ? b.len - TTT_PROMPT_BYTES_MAX : 0;
+        while (from < b.len && ((unsigned char)b.p[from] & 0xc0) == 0x80)
+            from++;
+        w->prompt_text = malloc(b.len - from + 4 + 1);
+        if (w->prompt_text)
+            rk_utf8_sanitize((const uint8_t *)b.p + from, b.len - from, w->prompt_text,
+                             b.len - from + 4 + 1);
+        rk_buf_free(&b);
+        return w->prompt_text ? RK_OK : RK_ENOMEM;
+    }
+    struct rk_ctx_params cp = {.n_threads = 1};
+    int rc = rk_ctx_create(m, &cp, &w->sctx);
+    if (rc != RK_OK)
+        return rc;
+    w->spre = malloc(slen * sizeof(float));
+    w->sst = malloc(slen * sizeof(float));
+    w->slog = malloc(TTT_CHUNK * V * sizeof(float));
+    if (!w->spre || !w->sst || !w->slog)
+        return RK_ENOMEM;
+    if (j->state)
+        memcpy(w->spre, rk_state_ref_data(j->state), slen * sizeof(float));
+    else
+        memset(w->spre, 0, slen * sizeof(float));
+    if (j->n_prompt > 1 &&
+        (rc = rk_forward_seq(w->sctx, j->prompt, j->n_prompt - 1, w->spre, NULL, false)) != RK_OK)
+        return rc;
+    w->tokens += j->n_prompt - 1;
+    return RK_OK;
+}
+
+static void work_run(void *arg)
+{
+    struct ttt_work *w = arg;
+    const struct rk_model *m = w->srv->model;
+    const struct rk_job *j = w->job;
+    size_t slen = rk_state_len(m);
+    w->score_first = w->score_last = NAN;
+    if ((w->rc = work_setup(w)) != RK_OK)
+        return;
+    struct rk_tune_params p;
+    rk_tune_params_default(&p);
+    p.method = &rk_method_rl;
+    p.steps = w->o.steps;
+    p.batch = 1;
+    p.lr = p.lr_final = w->o.lr;
+    p.warmup = 0;
+    p.decay = RK_LR_CONSTANT;
+    p.val_split = 0;
+    p.n_threads = 1;
+    p.seed = j->seed_given ? j->sp.seed : 0;
+    p.rl_k = w->o.k;
+    p.rl_max_tokens = w->o.max_tokens;
+    p.rl_temperature = w->o.temperature;
+    p.rl_kl = w->o.kl;
+    const uint32_t *pt[1] = {j->prompt};
+    size_t pn[1] = {j->n_prompt};
+    struct rk_rl_prompts pr = {pt, pn, 1};
+    uint32_t stop[8];
+    size_t n_stop = 0;
+    rk_tok_encode(w->srv->tok, "\n\n", 2, stop, 8, &n_stop);
+    struct rk_rl_io io = {.score = w_score, .score_user = w, .cancel = w_cancel, .user = w,
+                          .stop = stop, .n_stop = n_stop,
+                          .stop_at_zero = !rk_tok_is_bytes(w->srv->tok)};
+    float *out = malloc(rk_tune_params_len(m, &p) * sizeof(float));
+    if (!out) {
+        w->rc = RK_ENOMEM;
+        return;
+    }
+    struct rk_tune_result res;
+    w->rc = rk_rl_run(m, &p, &pr, j->state ? rk_state_ref_data(j->state) : NULL, &io,
+                      w_progress, out, &res);
+    w->tokens += res.tokens;
+    if (w->rc == RK_OK) {
+        struct rk_state_meta meta;
+        rk_state_meta_init(&meta, m);
+        snprintf(meta.method, sizeof meta.method, "rl");
+        float *st = malloc(slen * sizeof(float));
+        if (!st) {
+            w->rc = RK_ENOMEM;
+        } else {
+            rk_method_rl.to_state(m, &p, out, st);
+            if (!(w->tuned = rk_state_ref_detached(st, &meta, slen))) {
+                free(st);
+                w->rc = RK_ENOMEM;
+            }
+        }
+    }
+    free(out);
+}
+
+bool rk_ttt_start(struct rk_http_req *r, struct rk_job *j, struct ttt_opts *o)
+{
+    struct ttt_work *w = calloc(1, sizeof *w);
+    if (!w) {
+        free(o);
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    w->srv = r->srv;
+    w->job = rk_job_retain(j);
+    w->o = *o;
+    free(o);
+    w->judge = w->o.self ? NULL : r->srv->judge;
+    snprintf(w->tenant, sizeof w->tenant, "%s", r->tenant);
+    r->user = w;
+    r->user_free = work_free;
+    return rk_http_offload(r, work_run, w); // on failure a 503 is prepared
+}
+
+int rk_ttt_resume(struct rk_http_req *r, struct rk_job **out)
+{
+    struct ttt_work *w = r->user_free == work_free ? r->user : NULL;
+    *out = NULL;
+    if (!w)
+        return 0;
+    struct rk_job *j = w->job;
+    if (w->rc != RK_OK) {
+        if (w->rc == RK_ECANCELED || w->rc == RK_ETIMEOUT) {
+            if (rk_now_us() > j->deadline_us || w->rc == RK_ETIMEOUT)
+                rk_http_error(r, 504, w->why[0] ? "judge_timeout" : "deadline_exceeded", NULL,
+                              "test-time training did not finish before the request's deadline");
+            else
+                rk_http_error(r, 503, "canceled", NULL, "test-time training was cancelled");
+        } else if (w->why[0]) {
+            rk_http_error(r, 502, "judge_failed", "ttt", "%s", w->why);
+        } else {
+            rk_http_error_rk(r, w->rc, "ttt", "test-time training failed");
+        }
+        return -1;
+    }
+    rk_state_ref_release(j->state);
+    j->state = w->tuned; /* taken */
+    w->tuned = NULL;
+    j->ttt_tokens = w->tokens;
+    j->ttt_steps = w->o.steps;
+    j->ttt_score_first = w->score_first;
+    j->ttt_score_last = w->score_last;
+    *out = rk_job_retain(j);
+    return 1;
+}
