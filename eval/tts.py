@@ -12,6 +12,9 @@ For each task (generate tasks of eval/tasks/):
     teacher writes the answers), once with the teacher's top-k log-probabilities (KL) and
     once with its text only (cross-entropy: standard tuning on the teacher's answers), at the
     student's pick, for each seed; evaluated with `rwkvd eval` on the test split;
+  * rl rows: `POST /tune` with method rl from the student's expert state on the train
+    prompts, scored by a checker (the gold answer, as a regular expression) or by the
+    teacher server as judge (no gold answers), one setting (--rl-steps, --rl-lr, --rl-k);
   * best-of-K rows: the student with its expert state answers each test prompt with
     `best_of` K candidates (temperature --bo-temperature) scored by the teacher server as
     judge (`yes_logprob`) or by the student itself (`self`); exact match of the returned
@@ -116,6 +119,10 @@ def wait_job(port, jid, timeout=3600):
     raise SystemExit(f"tts.py: job {jid} did not end")
 
 
+def ere_escape(s):
+    return "".join("\\" + c if c in ".[]()*+?{}|^$\\" else c for c in s)
+
+
 def strip_ws(s):
     return s.strip(" \t\n\v\f\r")
 
@@ -185,6 +192,41 @@ def task_rows(a, tmp, task):
                 r["test"] = ev.pop(r["state"])
                 del r["state"]
             rec[arm] = runs
+        # rl from the student's expert state: a checker (the gold answer as a regex) or the
+        # teacher as judge (no gold answers), one untuned setting
+        for arm in ("rl_checker", "rl_judge"):
+            runs = []
+            data = []
+            for x in train:
+                d = {"prompt": x["prompt"]}
+                if arm == "rl_checker":
+                    d["regex"] = "^" + ere_escape(strip_ws(x["completion"])) + "(\n|$)"
+                data.append(d)
+            for seed in range(a.seeds):
+                log(f"{task}: {arm} seed {seed}")
+                sid = f"{arm.replace('_', '-')}-{seed}"
+                t1 = time.monotonic()
+                st, j = http(student.port, "POST", "/tune", {
+                    "method": "rl", "output_state": sid, "init_state": "expert", "steps": a.rl_steps,
+                    "lr": a.rl_lr, "seed": seed, "batch": 4, "rl_k": a.rl_k,
+                    "rl_max_tokens": min(max_tokens, 1024), "rl_temperature": 1.0, "dataset": data})
+                if st != 202:
+                    raise SystemExit(f"tts.py: POST /tune ({arm}): {st} {j}")
+                j = wait_job(student.port, j["id"])
+                if j["status"] != "succeeded":
+                    raise SystemExit(f"tts.py: rl job {j['id']} {j['status']}: {j.get('error')}")
+                dt = time.monotonic() - t1
+                st, blob = http(student.port, "GET", f"/states/{sid}/file")
+                path = os.path.join(tmp, f"{task}.{sid}.st")
+                with open(path, "wb") as f:
+                    f.write(blob)
+                runs.append({"seed": seed, "seconds": dt, "state": path, "steps": a.rl_steps,
+                             "lr": a.rl_lr, "k": a.rl_k})
+            ev = evaluate(a, a.student, task_dir, [r["state"] for r in runs])
+            for r in runs:
+                r["test"] = ev.pop(r["state"])
+                del r["state"]
+            rec[arm] = runs
         # best-of-K on the test split with the student's expert state
         test = read_split(task_dir, "test")
         for judge in ("teacher", "self"):
@@ -215,7 +257,47 @@ def task_rows(a, tmp, task):
     return rec
 
 
+def ms(xs, pct=True):
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return f"{100 * m:.1f} ± {100 * sd:.1f}%" if pct else f"{m:.3f} ± {sd:.3f}"
+
+
+def table(doc):
+    """Markdown rows of a run's JSON (the form docs/EVALUATION.md shows)."""
+    out = ["| task | model and method | test exact match | loss (nats/token) | seconds | "
+           "tokens (candidates / judge) | collateral kept |", "|---|---|---|---|---|---|---|"]
+    for r in doc["results"]:
+        t = r["task"]
+        for who in ("teacher", "student"):
+            z = r[f"{who}_zero_shot"]["test"]
+            out.append(f"| {t} | {who}, zero-shot | {100 * z['exact_match']:.1f}% | {z['loss']:.3f} | | | |")
+            e = r[f"{who}_standard"]
+            out.append(f"| | {who} + standard on gold (lr {e['lr']}, {e['steps']} steps, seed 0) | "
+                       f"{100 * e['test']['exact_match']:.1f}% | {e['test']['loss']:.3f} | "
+                       f"{e['seconds']:.1f} | | {100 * e['test']['collateral_kept']:.1f}% |")
+        for arm, label in (("observer_kl", "student + observer, KL to the teacher's top-k"),
+                           ("observer_text", "student + observer, text only (standard on the teacher's answers)"),
+                           ("rl_checker", "student + standard, then rl with a checker"),
+                           ("rl_judge", "student + standard, then rl with the teacher as judge")):
+            runs = r.get(arm)
+            if not runs:
+                continue
+            out.append(f"| | {label} ({len(runs)} seeds) | {ms([x['test']['exact_match'] for x in runs])} | "
+                       f"{ms([x['test']['loss'] for x in runs], False)} | "
+                       f"{sum(x['seconds'] for x in runs) / len(runs):.1f} | | "
+                       f"{ms([x['test']['collateral_kept'] for x in runs])} |")
+        for b in r.get("best_of", []):
+            j = "the teacher as judge" if b["judge"] == "teacher" else "its own score"
+            out.append(f"| | student + standard, best of {b['k']} ({j}) | {100 * b['exact_match']:.1f}% | | "
+                       f"{b['seconds']:.1f} | {b['candidate_tokens']} / {b['judge_tokens']} | |")
+    return "\n".join(out)
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(table(json.load(open(sys.argv[2]))))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--student", default=os.path.join(ROOT, "models", "student.safetensors"))
     ap.add_argument("--teacher", default=os.path.join(ROOT, "models", "teacher.safetensors"))
@@ -226,6 +308,9 @@ def main():
     ap.add_argument("--top-k", type=int, default=8, help="top_logprobs of the KL observer rows")
     ap.add_argument("--k", default="1,4,16", help="best_of values")
     ap.add_argument("--bo-temperature", type=float, default=0.7)
+    ap.add_argument("--rl-steps", type=int, default=10)
+    ap.add_argument("--rl-lr", type=float, default=0.05)
+    ap.add_argument("--rl-k", type=int, default=4)
     ap.add_argument("--rwkvd", default=os.path.join(ROOT, "build", "server", "rwkvd"))
     ap.add_argument("--json", required=True)
     a = ap.parse_args()
