@@ -13,7 +13,7 @@ out=${1:?OUT}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-SAVE_EVERY=${SAVE_EVERY:-4} "$here/train_pair.sh" "$out" "${2:?MINUTES_STUDENT}" "${3:?MINUTES_TEACHER}"
+SAVE_EVERY=${SAVE_EVERY:-4} bash "$here/train_pair.sh" "$out" "${2:?MINUTES_STUDENT}" "${3:?MINUTES_TEACHER}"
 echo "training finished: $(date -u +%T)"
 for m in student teacher; do
     f="$out/$m/$m.safetensors"
