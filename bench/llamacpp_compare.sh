@@ -8,7 +8,7 @@
 #   --speed  also time prefill (512 tokens) and decode (64 tokens) at
 #            $THREADS threads (default 2): bench/llamacpp_run.c for
 #            llama.cpp, `rwkvd bench` for rwkvd, alternating, same files
-#   --1.5b   also the 1.5B shape (speed only; needs about 10 GB of memory
+#   --1.5b   also the 1.5B shape (speed only; needs about 15 GB of memory
 #            for the export)
 # environment:
 #   LLAMACPP_LIB      folder holding libllama*.so, libggml*.so and the CPU
@@ -124,7 +124,7 @@ done
 
 [ $SPEED = 1 ] || exit 0
 echo "== speed, $T threads: prefill 512 tokens in one pass, decode 64 tokens one at a time (tokens/s)"
-echo "   llama.cpp: bench/llamacpp_run.c, best of 5 runs; rwkvd: rwkvd bench --batch 1"
+echo "   llama.cpp: bench/llamacpp_run.c, best of 5 runs (1.5B: 3); rwkvd: rwkvd bench --batch 1"
 SHAPES="r01:$M01"
 if [ $BIG = 1 ]; then
     [ -f $M15 ] || $PY tools/gen_model.py --preset 1.5b --dtype bf16 --out $M15
@@ -135,8 +135,10 @@ for s in $SHAPES; do
     for ty in bf16 q8_0; do
         export_gguf "$name" "$src" "$ty" "$VOCAB"
         g=$OUT/$name-$ty.gguf
+        runs=5
+        [ "$name" = r15 ] && runs=3
         for round in 1 2; do
-            l=$(llamacpp bench "$g" "$T" 512 64 5 2>/dev/null)
+            l=$(llamacpp bench "$g" "$T" 512 64 $runs 2>/dev/null)
             r=$("$RWKVD" bench --model "$g" --threads "$T" --batch 1 --json 2>/dev/null)
             $PY - "$l" "$r" "$name-$ty.gguf" "$round" <<'PY'
 import json, sys
