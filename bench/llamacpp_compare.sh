@@ -17,6 +17,7 @@
 #   LLAMACPP_INCLUDE  folders holding llama.h and ggml.h of that same
 #                     version, separated by ':' (in a source tree: include
 #                     and ggml/include)
+#   ROUNDS            speed: alternating rounds per file (default 2)
 #   RWKVD             the rwkvd binary (default build/server/rwkvd)
 #   RWKVD_VOCAB       World vocabulary (default ../shared/fixtures/...)
 # Exits 77 when llama.cpp or the vocabulary is not there.
@@ -137,7 +138,7 @@ for s in $SHAPES; do
         g=$OUT/$name-$ty.gguf
         runs=5
         [ "$name" = r15 ] && runs=3
-        for round in 1 2; do
+        for round in $(seq "${ROUNDS:-2}"); do
             l=$(llamacpp bench "$g" "$T" 512 64 $runs 2>/dev/null)
             r=$("$RWKVD" bench --model "$g" --threads "$T" --batch 1 --json 2>/dev/null)
             $PY - "$l" "$r" "$name-$ty.gguf" "$round" <<'PY'
