@@ -1,6 +1,7 @@
 #!/bin/sh
 # Checks rwkvd against llama.cpp on the same GGUF files (written by
-# tools/gguf_export.py): the logits after a fixed token sequence, and with
+# tools/gguf_export.py): the logits after a fixed token sequence, the token
+# ids the embedded World vocabulary gives for a few texts, and with
 # --speed, prefill and decode speed. Not part of the test suites: llama.cpp
 # is not a dependency of the project; point the script at a build of it.
 #
@@ -122,6 +123,20 @@ print("%-22s %-24s %-24s %-24s %d/%d/%d" % (sys.argv[4], d(l, r), d(l, ref), d(r
 PY
     done
 done
+
+# The World vocabulary as the exporter embeds it, read by both tokenizers.
+echo "== tokenizer: ids of the same texts from the 0.1B file's vocabulary"
+same=0 n=0
+for text in "Hello, world!" "User: What is the capital of Italy?
+
+Assistant:" "Ünïcode ✓ 日本語	tab  two  spaces
+" "   leading spaces, \\backslash\\ and \"quotes\"" "1234567890 3.14159 0x7f"; do
+    n=$((n + 1))
+    a=$(llamacpp tokenize "$OUT/r01-bf16.gguf" "$text" 2>/dev/null)
+    b=$("$RWKVD" tokenize --vocab "$OUT/r01-bf16.gguf" --text "$text")
+    if [ "$a" = "$b" ]; then same=$((same + 1)); else echo "differ: llama.cpp $a rwkvd $b"; fi
+done
+echo "$same of $n texts give the same ids"
 
 [ $SPEED = 1 ] || exit 0
 echo "== speed, $T threads: prefill 512 tokens in one pass, decode 64 tokens one at a time (tokens/s)"

@@ -5,6 +5,9 @@
  *   llamacpp_run logits BACKEND_DIR MODEL.gguf THREADS ID,ID,...
  *       feeds the tokens from the zero state in one batch and prints the
  *       logits after the last one as one JSON array (as `rwkvd logits`).
+ *   llamacpp_run tokenize BACKEND_DIR MODEL.gguf TEXT
+ *       prints the token ids of TEXT (no special tokens added or parsed) as
+ *       one JSON array (as `rwkvd tokenize`).
  *   llamacpp_run bench BACKEND_DIR MODEL.gguf THREADS PROMPT DECODE RUNS
  *       per run: clears the state, prefills PROMPT tokens in one batch, then
  *       decodes DECODE tokens one at a time; prints best and median
@@ -12,7 +15,7 @@
  *
  * BACKEND_DIR holds the ggml CPU backend variants (libggml-cpu-*.so), loaded
  * with ggml_backend_load_all_from_path(), which picks the best one the CPU
- * supports. Token ids are taken as they are (no tokenizer). */
+ * supports. logits and bench take token ids as they are. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,10 +76,38 @@ static struct llama_context *make_ctx(struct llama_model *model, int threads, in
 
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[1], "tokenize") == 0) {
+        llama_log_set(quiet_log, NULL);
+        ggml_backend_load_all_from_path(argv[2]);
+        llama_backend_init();
+        struct llama_model_params mp = llama_model_default_params();
+        mp.vocab_only = true;
+        struct llama_model *model = llama_model_load_from_file(argv[3], mp);
+        if (!model) {
+            fprintf(stderr, "llamacpp_run: llama.cpp could not load %s\n", argv[3]);
+            return 1;
+        }
+        const struct llama_vocab *vocab = llama_model_get_vocab(model);
+        int len = (int)strlen(argv[4]), cap = len + 8;
+        llama_token *tok = malloc(sizeof *tok * (size_t)cap);
+        int n = llama_tokenize(vocab, argv[4], len, tok, cap, false, false);
+        if (n < 0) {
+            fprintf(stderr, "llamacpp_run: llama_tokenize failed (%d)\n", n);
+            return 1;
+        }
+        putchar('[');
+        for (int i = 0; i < n; i++)
+            printf("%s%d", i ? "," : "", tok[i]);
+        puts("]");
+        free(tok);
+        llama_model_free(model);
+        return 0;
+    }
     if (argc < 6 || (strcmp(argv[1], "logits") != 0 && strcmp(argv[1], "bench") != 0) ||
         (strcmp(argv[1], "logits") == 0 && argc != 6) ||
         (strcmp(argv[1], "bench") == 0 && argc != 8)) {
         fprintf(stderr, "usage: llamacpp_run logits BACKEND_DIR MODEL THREADS ID,ID,...\n"
+                        "       llamacpp_run tokenize BACKEND_DIR MODEL TEXT\n"
                         "       llamacpp_run bench BACKEND_DIR MODEL THREADS PROMPT DECODE RUNS\n");
         return 2;
     }
