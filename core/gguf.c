@@ -832,10 +832,11 @@ static int check_meta(const struct rk_model *m, const struct rk_gguf *g, struct 
         {"rwkv7.attention.iclr_lora_rank", false},
         {"rwkv7.attention.value_residual_mix_lora_rank", false},
         {"rwkv7.attention.gate_lora_rank", false},
+        {"rwkv7.vocab_size", false},
     };
     const char *file = rk__model_file(m);
-    const int64_t got[8] = {m->L, m->C, m->F, m->N, m->Dw, m->Da, m->Dv, m->Dg};
-    for (int k = 0; k < 8; k++) {
+    const int64_t got[9] = {m->L, m->C, m->F, m->N, m->Dw, m->Da, m->Dv, m->Dg, m->V};
+    for (int k = 0; k < 9; k++) {
         uint64_t v;
         int rc = rk__gguf_uint(g, keys[k].key, &v, file, eb);
         if (rc == RK_ENOTFOUND) {

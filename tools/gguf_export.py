@@ -492,6 +492,9 @@ def build(src, qtype, vocab):
     w.add("rwkv7.attention.gate_lora_rank", 4, ranks["g"])
     w.add("rwkv7.feed_forward_length", 4, F)
     w.add("rwkv7.attention.head_count", 4, 0)
+    # llama.cpp sizes a model without a tokenizer ("none") from this key
+    # alone: without it the vocabulary is empty and token_embd is refused.
+    w.add("rwkv7.vocab_size", 4, V)
     add_vocab(w, vocab, V)
 
     mat("token_embd.weight", "emb.weight", f["emb.weight"])

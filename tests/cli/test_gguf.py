@@ -311,6 +311,11 @@ def malformed(tmp, demo):
               "GGUF architecture 'llama' is not RWKV-7")
     must_fail(writer(kv_set("rwkv7.block_count", 4, 7)), "block_count disagrees",
               "rwkv7.block_count is 7, but the tensors give 6")
+    # llama.cpp takes a byte-level model's vocabulary size from this key only.
+    check(("rwkv7.vocab_size", 4, 256) in gx.build(demo, "bf16", None).kv,
+          "exporter: a byte-level file lacks rwkv7.vocab_size = 256")
+    must_fail(writer(kv_set("rwkv7.vocab_size", 4, 300)), "vocab_size disagrees",
+              "rwkv7.vocab_size is 300, but the tensors give 256")
     must_fail(writer(kv_set("general.alignment", 4, 48)), "alignment 48",
               "general.alignment must be a u32 power of two")
     must_fail(writer(lambda w: w.kv.append(("x.nested", 9, (9, [(4, [1])])))), "nested array",
