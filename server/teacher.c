@@ -29,6 +29,7 @@
  * adapters/, which never sees HTTP or JSON.
  */
 #include "teacher.h"
+#include "srv.h"
 
 #include "rk_fileio.h"
 
@@ -239,6 +240,24 @@ bool rk_teacher_retryable(long status, int curl_code)
 
 /* --- request body ---------------------------------------------------------- */
 
+/* A JSON string of text that may hold invalid UTF-8 (a byte-level model's
+ * sample cut anywhere): invalid bytes become U+FFFD, since jansson refuses
+ * them and an empty message would go out instead. */
+static json_t *text_json(const char *t)
+{
+    json_t *j = json_string(t ? t : "");
+    if (j)
+        return j;
+    size_t n = strlen(t), cap = 3 * n + 8;
+    char *clean = malloc(cap);
+    if (!clean)
+        return NULL;
+    rk_utf8_sanitize((const uint8_t *)t, n, clean, cap);
+    j = json_string(clean);
+    free(clean);
+    return j;
+}
+
 char *rk_teacher_body(const struct rk_teacher *t, const struct rk_teacher_req *q)
 {
     json_t *o = json_object();
@@ -251,7 +270,7 @@ char *rk_teacher_body(const struct rk_teacher *t, const struct rk_teacher_req *q
     if (q->n_stop > 0) {
         json_t *st = json_array();
         for (int i = 0; i < q->n_stop; i++)
-            json_array_append_new(st, json_string(q->stop[i]));
+            json_array_append_new(st, text_json(q->stop[i]));
         json_object_set_new(o, "stop", st);
     }
     if (q->seed_given)
@@ -259,15 +278,15 @@ char *rk_teacher_body(const struct rk_teacher *t, const struct rk_teacher_req *q
     if (q->kind == RK_TEACHER_CHAT) {
         json_t *msgs = json_array();
         for (size_t i = 0; i < q->n_msgs; i++)
-            json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", q->msgs[i].role,
-                                                  "content", q->msgs[i].content));
+            json_array_append_new(msgs, json_pack("{s:s,s:o}", "role", q->msgs[i].role,
+                                                  "content", text_json(q->msgs[i].content)));
         json_object_set_new(o, "messages", msgs);
         if (q->top_logprobs >= 0) {
             json_object_set_new(o, "logprobs", json_true());
             json_object_set_new(o, "top_logprobs", json_integer(q->top_logprobs));
         }
     } else {
-        json_object_set_new(o, "prompt", json_string(q->prompt ? q->prompt : ""));
+        json_object_set_new(o, "prompt", text_json(q->prompt));
         if (q->top_logprobs >= 0)
             json_object_set_new(o, "logprobs", json_integer(q->top_logprobs));
     }

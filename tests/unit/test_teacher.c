@@ -193,6 +193,22 @@ START_TEST(config_and_body)
                            "0.0,\"top_logprobs\":5}");
     ck_assert_ptr_null(strstr(body, "sk-secret"));
     free(body);
+    // A byte-level sample cut inside a character: the bad bytes become U+FFFD
+    // (jansson refuses invalid UTF-8, which once sent an empty message list),
+    // in chat messages, the prompt and stop strings alike.
+    struct rk_teacher_msg bm = {"user", "a\xe2\x82 b\xff"};
+    q.msgs = &bm;
+    body = rk_teacher_body(t, &q);
+    ck_assert_msg(strstr(body, "\"messages\":[{\"content\":\"a\xef\xbf\xbd\xef\xbf\xbd b\xef\xbf\xbd\""),
+                  "%s", body);
+    free(body);
+    const char *stops[1] = {"\xc3"};
+    struct rk_teacher_req qc = {.kind = RK_TEACHER_COMPLETION, .prompt = "x\xc3", .max_tokens = 3,
+                                .top_logprobs = -1, .stop = stops, .n_stop = 1};
+    body = rk_teacher_body(t, &qc);
+    ck_assert_msg(strstr(body, "\"prompt\":\"x\xef\xbf\xbd\"") &&
+                  strstr(body, "\"stop\":[\"\xef\xbf\xbd\"]"), "%s", body);
+    free(body);
     // A derived client with another URL does not carry the key; the same URL does.
     struct rk_teacher *d = NULL;
     ck_assert_int_eq(rk_teacher_derive(t, NULL, "other", &d, NULL), RK_OK);
