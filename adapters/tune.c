@@ -488,8 +488,10 @@ static int run_step(struct run *r, const struct rk_lr_schedule *sched, bool *sto
     }
     double lr = rk_lr_at(sched, r->step);
     run_update(r, lr, gnorm);
+    double t_after = now_s();
     if (r->meth->extra && r->meth->extra->after_update)
         r->meth->extra->after_update(r->x, r->params);
+    t_after = now_s() - t_after;
     r->step++;
     res->steps_done = r->step;
     r->t_compute += now_s() - t0;
@@ -505,6 +507,7 @@ static int run_step(struct run *r, const struct rk_lr_schedule *sched, bool *sto
         .tokens_per_s = r->t_compute > 0 ? (double)r->tokens / r->t_compute : 0,
         .tokens = r->tokens,
         .elapsed_s = now_s() - r->t_start,
+        .after_s = t_after,
     };
     if (r->progress)
         r->progress(&pr, r->user);

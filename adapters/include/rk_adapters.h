@@ -555,6 +555,8 @@ struct rk_tune_progress {
     double tokens_per_s; /* forward+backward tokens per second, this run */
     size_t tokens;      /* tokens processed, this run */
     double elapsed_s;
+    double after_s;     /* seconds of this step in the method's after-update hook
+                           (dbp: the update of R; 0 for methods without one) */
 };
 typedef void rk_tune_progress_cb(const struct rk_tune_progress *p, void *user);
 
