@@ -214,15 +214,19 @@ static int cmd_matmul(int R, int C, int n, int threads)
                2.0 * R * C * n / best / 1e9, 2.0 * R * C / best / 1e9);
     }
     /* the same values as 8-bit weights */
-    uint8_t *q = rk__malloc_aligned((size_t)R * C);
-    uint16_t *sc = malloc((size_t)R * C / 16);
+    size_t PR = rk__q8_panel_rows((size_t)R);
+    uint8_t *q = rk__malloc_aligned(PR * C), *rq = malloc((size_t)C);
+    uint16_t *sc = malloc(PR * C / 16), *rs = malloc((size_t)C / 16);
     float *row = malloc(4ul * C);
+    rk__q8_panel_init(q, sc, (size_t)R, (size_t)C);
     for (int r = 0; r < R; r++) {
         for (int c = 0; c < C; c++)
             row[c] = rk__bf16_to_f32(w[(size_t)r * C + c]);
-        rk__q8_quantize_row(q + (size_t)r * C, sc + (size_t)r * (C / 32), row, (size_t)C);
+        rk__q8_quantize_row(rq, rs, row, (size_t)C);
+        rk__q8_panel_put(q, sc, (size_t)C, (size_t)r, rq, rs);
     }
-    struct rk_weight Q = {RK_DTYPE_Q8, q, R, C, false, sc};
+    free(rq), free(rs);
+    struct rk_weight Q = {RK_DTYPE_Q8, q, R, C, true, sc};
     double best = 1e30;
     for (int it = 0; it < 20; it++) {
         double t = now();

@@ -78,8 +78,10 @@ struct rk_weight {
     int rows; /* out */
     int cols; /* in */
     bool panel;
-    /* Q8 only (q8.c): data holds uint8 [rows][cols], each value + 128, and
-     * scale the fp16 scales [rows][cols / 32]; never panels. */
+    /* Q8 only (q8.c): data holds the values + 128 as uint8 and scale the
+     * fp16 scales of blocks of 32 columns, both in panels of 16 rows (panel
+     * set; the loader always packs them) or row-major (panel clear: one row
+     * read from a file). */
     const uint16_t *scale;
 };
 
@@ -91,6 +93,8 @@ static inline size_t rk__weight_index(const struct rk_weight *W, size_t r, size_
     size_t base = (r >> 4) * (size_t)W->cols * 16;
     if (W->dtype == RK_DTYPE_BF16)
         return base + (k >> 1) * 32 + (r & 15) * 2 + (k & 1);
+    if (W->dtype == RK_DTYPE_Q8) /* groups of four columns */
+        return base + (k >> 2) * 64 + (r & 15) * 4 + (k & 3);
     return base + k * 16 + (r & 15);
 }
 /* Whether the matrix kernels want W (row-major) repacked into panels:
@@ -360,14 +364,25 @@ int rk__q8_from_i8(uint8_t *q, uint16_t *scale, const void *qs, const void *scal
 void rk__q8_dequant(float *out, const struct rk_weight *W, int r, int c0, int c1);
 /* Element idx (row-major numbering) of a Q8 W as fp32. */
 float rk__q8_at(const struct rk_weight *W, size_t idx);
+/* Rows a panelled Q8 matrix of `rows` rows holds (a multiple of 16). */
+size_t rk__q8_panel_rows(size_t rows);
+/* Fills panelled q [rk__q8_panel_rows(rows) * cols] and scale
+ * [rk__q8_panel_rows(rows) * cols / 32] with zeros (the padding rows). */
+void rk__q8_panel_init(uint8_t *q, uint16_t *scale, size_t rows, size_t cols);
+/* Row r of a panelled matrix from one row as q8_quantize_row gives it. */
+void rk__q8_panel_put(uint8_t *q, uint16_t *scale, size_t cols, size_t r, const uint8_t *rq,
+                      const uint16_t *rs);
+/* Row r of a Q8 W (either layout) back into q[cols] (value + 128) and
+ * scale[cols / 32]. */
+void rk__q8_row_raw(const struct rk_weight *W, int r, uint8_t *q, uint16_t *scale);
 /* n rows of X quantized per block of 32 for the Q8 products: q [n][cols]
- * (round to nearest even of x / d), bias [n][cols / 4] (-128 times the sum
- * of each group of four q: the VNNI start values), d [n][cols / 32] (fp32
+ * (round to nearest even of x / d), bsum [n][cols / 32] (-128 times the sum
+ * of each block's q: the VNNI start values), d [n][cols / 32] (fp32
  * scale absmax / 127; NaN where the block holds a NaN or Inf). */
 struct rk__q8x {
-    int8_t *q;
-    int32_t *bias;
-    float *d;
+    int8_t *q;      /* [n][cols] */
+    int32_t *bsum;  /* [n][cols / 32]: -128 * the block's sum of q */
+    float *d;       /* [n][cols / 32] */
     size_t n, cols;
 };
 /* Bytes of buffer rk__q8x_quantize needs. */

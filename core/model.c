@@ -600,24 +600,27 @@ static int place_q8(struct rk_model *m, struct rk_weight *w, size_t rows, size_t
         return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: input dimension %zu is not a "
                              "multiple of %d, which 8-bit weights need", file, t->name, cols,
                              RK_Q8_BLOCK);
-    size_t nb = cols / RK_Q8_BLOCK;
-    uint8_t *q = rk__model_alloc(m, rows * cols);
-    uint16_t *sc = rk__model_alloc(m, rows * nb * sizeof(uint16_t));
-    float *row = t->dtype == RK_DTYPE_Q8 ? NULL : rk__malloc(cols * sizeof(float));
-    if (!q || !sc || (t->dtype != RK_DTYPE_Q8 && !row)) {
+    size_t nb = cols / RK_Q8_BLOCK, prows = rk__q8_panel_rows(rows);
+    uint8_t *q = rk__model_alloc(m, prows * cols);
+    uint16_t *sc = rk__model_alloc(m, prows * nb * sizeof(uint16_t));
+    /* one row as the file or the quantizer gives it, then into its panel */
+    float *row = rk__malloc(cols * sizeof(float) + cols + nb * sizeof(uint16_t));
+    if (!q || !sc || !row) {
         rk__free(row);
         return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", file);
     }
+    uint8_t *rq = (uint8_t *)(row + cols);
+    uint16_t *rs = (uint16_t *)(void *)(rq + cols);
+    rk__q8_panel_init(q, sc, rows, cols);
     size_t es = t->dtype == RK_DTYPE_Q8 ? 1 : rk__dtype_size(t->dtype);
     for (size_t r = 0; r < rows; r++) {
         int rc;
         const char *src = (const char *)t->data + r * cols * es;
         if (t->dtype == RK_DTYPE_Q8) {
-            rc = rk__q8_from_i8(q + r * cols, sc + r * nb, src,
-                                (const char *)t->scale + r * nb * 2, cols);
+            rc = rk__q8_from_i8(rq, rs, src, (const char *)t->scale + r * nb * 2, cols);
         } else {
             convert(row, RK_DTYPE_F32, src, t->dtype, cols);
-            rc = rk__q8_quantize_row(q + r * cols, sc + r * nb, row, cols);
+            rc = rk__q8_quantize_row(rq, rs, row, cols);
         }
         if (rc) {
             rk__free(row);
@@ -626,13 +629,14 @@ static int place_q8(struct rk_model *m, struct rk_weight *w, size_t rows, size_t
                                  : "a value is not finite or too large for an 8-bit block "
                                  "scale");
         }
+        rk__q8_panel_put(q, sc, cols, r, rq, rs);
     }
     rk__free(row);
     drop_mapped(m, t->data, rows * cols * es);
     if (t->dtype == RK_DTYPE_Q8)
         drop_mapped(m, t->scale, rows * nb * 2);
-    *w = (struct rk_weight){RK_DTYPE_Q8, q, (int)rows, (int)cols, false, sc};
-    m->weight_bytes += rows * cols + rows * nb * sizeof(uint16_t);
+    *w = (struct rk_weight){RK_DTYPE_Q8, q, (int)rows, (int)cols, true, sc};
+    m->weight_bytes += prows * cols + prows * nb * sizeof(uint16_t);
     return RK_OK;
 }
 
@@ -928,7 +932,7 @@ static uint64_t fingerprint(const struct rk_model *m)
         size_t n = (size_t)v.rows * (size_t)v.cols;
         if (n > 1024)
             n = 1024;
-        struct rk_weight q8 = {RK_DTYPE_Q8, v.data, v.rows, v.cols, false, v.scale};
+        struct rk_weight q8 = {RK_DTYPE_Q8, v.data, v.rows, v.cols, v.panel, v.scale};
         for (size_t k = 0; k < n; k++) {
             float f = v.dtype == RK_DTYPE_Q8 ? rk__q8_at(&q8, k) : elem_f32(v.data, v.dtype, k);
             uint32_t u;
@@ -1286,9 +1290,8 @@ static int q8_file_row(const struct rk__tensor_view *v, int r, float *row, uint8
     size_t cols = (size_t)v->cols;
     int rc = RK_OK;
     if (v->dtype == RK_DTYPE_Q8) {
-        memcpy(q8, (const uint8_t *)v->data + (size_t)r * cols, cols);
-        memcpy(sc, v->scale + (size_t)r * (cols / RK_Q8_BLOCK),
-               cols / RK_Q8_BLOCK * sizeof(uint16_t));
+        struct rk_weight w = {v->dtype, v->data, v->rows, v->cols, v->panel, v->scale};
+        rk__q8_row_raw(&w, r, q8, sc);
     } else {
         struct rk_weight w = {v->dtype, v->data, v->rows, v->cols, v->panel, NULL};
         rk__weight_row(&w, r, row);

@@ -1017,7 +1017,7 @@ void rk__matmul_many(struct rk__pool *pool, int kern, const struct rk__mm *mm, i
 {
     bool together = kern != RK_KERN_REF && pool && count <= AMX_MANY_MAX;
     for (int i = 0; together && i < count; i++)
-        together = !(mm[i].W->panel && !have_avx512());
+        together = !(mm[i].W->panel && mm[i].W->dtype != RK_DTYPE_Q8 && !have_avx512());
     if (!together) {
         for (int i = 0; i < count; i++)
             rk__matmul(pool, kern, mm[i].Y, mm[i].X, n, mm[i].W);
@@ -1079,7 +1079,7 @@ static void mt_worker(int ith, int nth, void *arg)
     if (c0 >= c1)
         return;
     const float *B;
-    if (W->panel) {
+    if (W->panel && W->dtype != RK_DTYPE_Q8) {
         /* this thread's columns of the block, widened as the block's
          * transpose (wbuf[c][r - r0], row stride nb): each panel's 16 values
          * of a column are one contiguous run there */

@@ -10,37 +10,38 @@
  * converted here and a GGUF Q8_0 tensor of the same weights agree.
  *
  * DESIGN. In memory (struct rk_weight with dtype Q8) a matrix is two
- * arrays, both row-major:
- *   data   uint8 [rows][cols], q + 128 (the sign bit flipped);
- *   scale  fp16  [rows][cols / 32], one per block.
- * Quants and scales apart so that a row's quants are one contiguous run
- * that the kernels stream in 64-byte loads (two blocks), and 16 scales
- * are one 32-byte load widened by one instruction. The quants are held
- * offset to unsigned because the AVX-512 VNNI instruction (vpdpbusd)
- * multiplies unsigned by signed bytes: with w + 128 unsigned and the
- * activation x signed, sum((w + 128) x) - 128 sum(x) = sum(w x) exactly,
- * and the correction -128 sum(x) of each group of four bytes is computed
- * once per activation row and is the accumulator's start value, so one
- * instruction does a 64-byte step. The AVX2 path flips the bit back and
- * multiplies |w| by x with w's sign (vpmaddubsw, no saturation at
- * |w| <= 128, |x| <= 127). Scales stay fp16 (half the scale bytes of
- * fp32; decode is memory-bound). Row counts are free; cols must be a
- * multiple of 32 (a load error otherwise).
+ * arrays in panels of 16 rows (W.panel; the last panel padded with rows of
+ * zeros), the layout every kernel reads:
+ *   data   uint8, q + 128 (the sign bit flipped): panel p, then for each
+ *          group g of four columns the 16 rows' four bytes, so value
+ *          (16p + l, 4g + j) is byte p*cols*16 + g*64 + l*4 + j;
+ *   scale  fp16: panel p, then for each block b the 16 rows' scales.
+ * One 64-byte load is then four columns of 16 rows: the AVX-512 VNNI
+ * instruction (vpdpbusd) multiplies it, unsigned, by a row of X's four
+ * signed bytes broadcast, adding each row's 4-term product into its own
+ * lane, so a block of 32 columns is 8 instructions into one register of 16
+ * rows, with no horizontal sums, and 16 scales are one 32-byte load. With
+ * w + 128 unsigned, sum((w + 128) x) - 128 sum(x) = sum(w x) exactly; the
+ * correction -128 sum(x) of each block of X is computed once per
+ * activation row and is the start value. The AVX2 path flips the bit back
+ * and multiplies |w| by x with w's sign (vpmaddubsw, no saturation at
+ * |w| <= 128, |x| <= 127), 8 rows per register. Scales stay fp16 (half the
+ * scale bytes of fp32; decode is memory-bound). Row counts are free; cols
+ * must be a multiple of 32 (a load error otherwise). Files hold the rows
+ * in order (rk__q8_panel_put and rk__q8_row_raw convert one row).
  *
  * The product. Each row of X is quantized per block of 32 the same way as
  * weights, but with an fp32 scale dx and round to nearest even (one C
  * function, used by every path). Output (r, i) is then defined as this
- * exact computation, the reference: for block b, for the group j < 8 of
- * four consecutive bytes, p = the integer dot product of those four
- * weight and activation values (exact), d = fp32(ws[b]) * dx[b] (one
- * rounding), and accumulator lane (b % 2) * 8 + j becomes
- * fma(p, d, lane) (one rounding), blocks in increasing order; the 16
- * lanes are summed as a tree: lane j + lane j+8, then the halves of the
- * 8, 4 and 2 that remain. That is the order in which the 512-bit path
- * adds (two blocks per register) and the 256-bit path with one register
- * for even and one for odd blocks, so the AVX2 and VNNI kernels give the
- * reference's bits, for any number of rows of X, threads or tile shape.
- * Against fp32 math the difference is the activation rounding: each
+ * exact computation, the reference: y = 0; for each block b in increasing
+ * order, p = the integer dot product of the block's 32 weight and
+ * activation values (exact in int32, and exact in fp32: |p| < 2^24),
+ * d = fp32(ws[b]) * dx[b] (one rounding), y = fma(p, d, y) (one rounding).
+ * Integer sums are exact in any order, so the kernels may split a block's
+ * sum as they like; the float steps are one per block in order, per row,
+ * which every kernel does with rows in lanes. So the AVX2 and VNNI kernels
+ * give the reference's bits for any number of rows of X, threads or row
+ * range. Against fp32 math the difference is the activation rounding: each
  * block's relative error is at most 1/254 of its largest |x| times the
  * weights' (tests check the bound the docs state).
  */
@@ -121,52 +122,97 @@ int rk__q8_from_i8(uint8_t *q, uint16_t *scale, const void *qs, const void *scal
     return RK_OK;
 }
 
+/* --- the panel layout -------------------------------------------------------- */
+
+size_t rk__q8_panel_rows(size_t rows) { return (rows + 15) & ~(size_t)15; }
+
+void rk__q8_panel_init(uint8_t *q, uint16_t *scale, size_t rows, size_t cols)
+{
+    size_t pr = rk__q8_panel_rows(rows);
+    memset(q, 0x80, pr * cols); /* value 0 */
+    memset(scale, 0, pr * (cols / QB) * sizeof(uint16_t));
+}
+
+void rk__q8_panel_put(uint8_t *q, uint16_t *scale, size_t cols, size_t r, const uint8_t *rq,
+                      const uint16_t *rs)
+{
+    size_t nb = cols / QB;
+    uint8_t *P = q + (r >> 4) * cols * 16 + (r & 15) * 4;
+    for (size_t g = 0; g < cols / 4; g++)
+        memcpy(P + g * 64, rq + 4 * g, 4);
+    uint16_t *S = scale + (r >> 4) * nb * 16 + (r & 15);
+    for (size_t b = 0; b < nb; b++)
+        S[b * 16] = rs[b];
+}
+
+/* Where value (r, k) and the scale of (r, block b) live. */
+static inline size_t q_at(const struct rk_weight *W, size_t r, size_t k)
+{
+    size_t cols = (size_t)W->cols;
+    return W->panel ? (r >> 4) * cols * 16 + (k >> 2) * 64 + (r & 15) * 4 + (k & 3)
+                    : r * cols + k;
+}
+
+static inline size_t s_at(const struct rk_weight *W, size_t r, size_t b)
+{
+    size_t nb = (size_t)W->cols / QB;
+    return W->panel ? ((r >> 4) * nb + b) * 16 + (r & 15) : r * nb + b;
+}
+
+void rk__q8_row_raw(const struct rk_weight *W, int r, uint8_t *q, uint16_t *scale)
+{
+    size_t cols = (size_t)W->cols, nb = cols / QB;
+    const uint8_t *d = W->data;
+    for (size_t k = 0; k < cols; k += 4)
+        memcpy(q + k, d + q_at(W, (size_t)r, k), 4);
+    for (size_t b = 0; b < nb; b++)
+        scale[b] = W->scale[s_at(W, (size_t)r, b)];
+}
+
 void rk__q8_dequant(float *out, const struct rk_weight *W, int r, int c0, int c1)
 {
     RK_ASSERT(W->dtype == RK_DTYPE_Q8 && c0 >= 0 && c1 <= W->cols);
-    size_t cols = (size_t)W->cols, nb = cols / QB;
-    const uint8_t *q = (const uint8_t *)W->data + (size_t)r * cols;
-    const uint16_t *s = W->scale + (size_t)r * nb;
+    const uint8_t *q = W->data;
     for (int c = c0; c < c1;) { /* a block (or the part of one in range) at a time */
         int e = (c / QB + 1) * QB < c1 ? (c / QB + 1) * QB : c1;
-        float d = rk__f16_to_f32(s[c / QB]);
+        float d = rk__f16_to_f32(W->scale[s_at(W, (size_t)r, (size_t)(c / QB))]);
         for (int k = c; k < e; k++)
-            out[k - c0] = d * (float)((int)q[k] - 128);
+            out[k - c0] = d * (float)((int)q[q_at(W, (size_t)r, (size_t)k)] - 128);
         c = e;
     }
 }
 
 float rk__q8_at(const struct rk_weight *W, size_t idx)
 {
-    size_t cols = (size_t)W->cols;
-    int q = (int)((const uint8_t *)W->data)[idx] - 128;
-    return rk__f16_to_f32(W->scale[(idx / cols) * (cols / QB) + (idx % cols) / QB]) * (float)q;
+    size_t cols = (size_t)W->cols, r = idx / cols, k = idx % cols;
+    int q = (int)((const uint8_t *)W->data)[q_at(W, r, k)] - 128;
+    return rk__f16_to_f32(W->scale[s_at(W, r, k / QB)]) * (float)q;
 }
 
 /* --- activations ----------------------------------------------------------- */
 
 size_t rk__q8x_bytes(size_t n, size_t cols)
 {
-    /* quants, the VNNI start values (one int32 per 4 bytes) and the scales,
-     * each part a multiple of 64 bytes */
+    /* quants, the per-block start values and the scales, each part a
+     * multiple of 64 bytes */
     size_t nb = cols / QB;
-    return 2 * ((n * cols + 63) & ~(size_t)63) + ((n * nb * 4 + 63) & ~(size_t)63);
+    return ((n * cols + 63) & ~(size_t)63) + 2 * ((n * nb * 4 + 63) & ~(size_t)63);
 }
 
 void rk__q8x_quantize(struct rk__q8x *xq, void *buf, const float *X, size_t n, size_t cols)
 {
     RK_ASSERT(cols % QB == 0 && ((uintptr_t)buf & 63) == 0);
-    size_t nb = cols / QB, qbytes = (n * cols + 63) & ~(size_t)63;
+    size_t nb = cols / QB, qbytes = (n * cols + 63) & ~(size_t)63,
+           sbytes = (n * nb * 4 + 63) & ~(size_t)63;
     xq->q = buf;
-    xq->bias = (int32_t *)((char *)buf + qbytes);
-    xq->d = (float *)((char *)buf + 2 * qbytes);
+    xq->bsum = (int32_t *)((char *)buf + qbytes);
+    xq->d = (float *)((char *)buf + qbytes + sbytes);
     xq->n = n;
     xq->cols = cols;
     for (size_t i = 0; i < n; i++)
         for (size_t b = 0; b < nb; b++) {
             const float *v = X + i * cols + b * QB;
             int8_t *q = xq->q + i * cols + b * QB;
-            int32_t *bias = xq->bias + (i * cols + b * QB) / 4;
             float amax = 0.0f;
             bool bad = false;
             for (int k = 0; k < QB; k++) {
@@ -175,234 +221,206 @@ void rk__q8x_quantize(struct rk__q8x *xq, void *buf, const float *X, size_t n, s
                 amax = a > amax ? a : amax;
             }
             float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            int32_t sum = 0;
             for (int k = 0; k < QB; k++) {
                 /* round to nearest even: |v id| <= 127 (plus rounding) < 2^22 */
                 float r = (v[k] * id + 12582912.0f) - 12582912.0f;
                 r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
                 q[k] = bad ? 0 : (int8_t)r;
+                sum += q[k];
             }
-            for (int j = 0; j < QB / 4; j++)
-                bias[j] = -128 * (q[4 * j] + q[4 * j + 1] + q[4 * j + 2] + q[4 * j + 3]);
+            xq->bsum[i * nb + b] = -128 * sum;
             xq->d[i * nb + b] = bad ? NAN : d; /* NaN or Inf in: NaN out */
         }
 }
 
 /* --- reference ------------------------------------------------------------- */
 
-/* The 16 lanes summed in the documented tree. */
-static inline float lanes_sum(const float *a)
-{
-    float h[8];
-    for (int j = 0; j < 8; j++)
-        h[j] = a[j] + a[j + 8];
-    for (int j = 0; j < 4; j++)
-        h[j] = h[j] + h[j + 4];
-    for (int j = 0; j < 2; j++)
-        h[j] = h[j] + h[j + 2];
-    return h[0] + h[1];
-}
-
+/* Output columns yoff.. of Y for weight rows [r0, r1): the definition. */
 static void rows_ref(float *Y, size_t ldy, int yoff, const struct rk__q8x *xq,
                      const struct rk_weight *W, int r0, int r1)
 {
     size_t cols = (size_t)W->cols, nb = cols / QB;
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *wq = (const uint8_t *)W->data + (size_t)r * cols;
-        const uint16_t *ws = W->scale + (size_t)r * nb;
+    const uint8_t *wq = W->data;
+    for (int r = r0; r < r1; r++)
         for (size_t i = 0; i < xq->n; i++) {
             const int8_t *x = xq->q + i * cols;
-            const float *dx = xq->d + i * nb;
-            float acc[16] = {0};
+            float y = 0.0f;
             for (size_t b = 0; b < nb; b++) {
-                float d = rk__f16_to_f32(ws[b]) * dx[b];
-                for (int j = 0; j < 8; j++) {
-                    int p = 0;
-                    for (int k = 0; k < 4; k++) {
-                        size_t c = b * QB + 4 * (size_t)j + (size_t)k;
-                        p += ((int)wq[c] - 128) * x[c];
-                    }
-                    float *a = &acc[(b & 1) * 8 + (size_t)j];
-                    *a = fmaf((float)p, d, *a);
-                }
+                int32_t p = 0;
+                for (size_t k = b * QB; k < (b + 1) * QB; k++)
+                    p += ((int32_t)wq[q_at(W, (size_t)r, k)] - 128) * x[k];
+                float d = rk__f16_to_f32(W->scale[s_at(W, (size_t)r, b)]) * xq->d[i * nb + b];
+                y = fmaf((float)p, d, y);
             }
-            Y[i * ldy + (size_t)(r - yoff)] = lanes_sum(acc);
+            Y[i * ldy + (size_t)(r - yoff)] = y;
         }
-    }
 }
 
 #ifdef RK_X86
+static inline int32_t ld32(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* Lanes [l0, l1) of the 16 results v of one panel into y[0 .. l1 - l0). */
+static inline void put_lanes(float *y, const float *v, int l0, int l1)
+{
+    for (int l = l0; l < l1; l++)
+        y[l - l0] = v[l];
+}
+
+/* The panels over weight rows [r0, r1): for each, the lanes [l0, l1) in
+ * range, and the column of Y that lane 0 would have (ycol + l0 >= 0). */
+#define FOR_PANELS(W, r0, r1, yoff, BODY)                                                  \
+    do {                                                                                   \
+        size_t cols_ = (size_t)(W)->cols, nb_ = cols_ / QB;                                \
+        for (int p_ = (r0) >> 4; p_ <= ((r1) - 1) >> 4; p_++) {                            \
+            int l0 = (r0) > 16 * p_ ? (r0) - 16 * p_ : 0;                                  \
+            int l1 = (r1) < 16 * p_ + 16 ? (r1) - 16 * p_ : 16;                            \
+            long ycol = 16L * p_ - (yoff);                                                 \
+            const uint8_t *P = (const uint8_t *)(W)->data + (size_t)p_ * cols_ * 16;       \
+            const uint16_t *S = (W)->scale + (size_t)p_ * nb_ * 16;                         \
+            BODY;                                                                          \
+        }                                                                                  \
+    } while (0)
+
 /* --- AVX2 ------------------------------------------------------------------ */
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
-AVX2 static inline float sum8x2_avx2(__m256 e, __m256 o)
-{
-    __m256 h = _mm256_add_ps(e, o);
-    __m128 v = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
-}
-
-/* One weight row against NX rows of X (NX constant per call site). */
+/* One panel (16 weight rows: lanes 0-7 and 8-15 in two registers) against
+ * NX rows of X from i0. Per block, the 32-term integer dot products of the
+ * 16 rows (vpmaddubsw on |w| and x with w's sign, then vpmaddwd), then one
+ * fma per row with the block's scale product. */
 AVX2 static inline __attribute__((always_inline)) void
-row_avx2(float *Y, size_t ldy, size_t yi, const struct rk__q8x *xq, size_t i0, int NX,
-         const uint8_t *wq, const uint16_t *ws, size_t nb)
+panel_avx2(float *Y, size_t ldy, long ycol, int l0, int l1, const struct rk__q8x *xq, size_t i0,
+           int NX, const uint8_t *P, const uint16_t *S, size_t nb)
 {
     size_t cols = xq->cols;
-    __m256 acc[4][2];
-    for (int i = 0; i < NX; i++)
-        acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    __m256 y[2][2];
+    for (int i = 0; i < NX; i++)
+        y[i][0] = y[i][1] = _mm256_setzero_ps();
     for (size_t b = 0; b < nb; b++) {
-        __m256i w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wq + b * QB)), flip);
-        __m256i aw = _mm256_abs_epi8(w);
-        float wd = _cvtsh_ss(ws[b]);
-        int o = (int)(b & 1);
+        const uint8_t *pb = P + b * 512;
+        __m256i acc[2][2];
+        for (int i = 0; i < NX; i++)
+            acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+        for (int g = 0; g < 8; g++) {
+            __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(pb + 64 * g)), flip);
+            __m256i w1 =
+                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(pb + 64 * g + 32)), flip);
+            __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+            for (int i = 0; i < NX; i++) {
+                __m256i x = _mm256_set1_epi32(ld32(xq->q + (i0 + (size_t)i) * cols + b * QB + 4 * (size_t)g));
+                __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(x, w0));
+                __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(x, w1));
+                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(p0, ones));
+                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(p1, ones));
+            }
+        }
+        __m256 s0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(S + b * 16)));
+        __m256 s1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(S + b * 16 + 8)));
         for (int i = 0; i < NX; i++) {
-            size_t xi = (i0 + (size_t)i) * cols + b * QB;
-            __m256i x = _mm256_loadu_si256((const __m256i *)(xq->q + xi));
-            __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
-            __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-            __m256 d = _mm256_set1_ps(wd * xq->d[(i0 + (size_t)i) * nb + b]);
-            acc[i][o] = _mm256_fmadd_ps(p, d, acc[i][o]);
+            __m256 dx = _mm256_set1_ps(xq->d[(i0 + (size_t)i) * nb + b]);
+            y[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][0]), _mm256_mul_ps(s0, dx), y[i][0]);
+            y[i][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][1]), _mm256_mul_ps(s1, dx), y[i][1]);
         }
     }
-    for (int i = 0; i < NX; i++)
-        Y[(i0 + (size_t)i) * ldy + yi] = sum8x2_avx2(acc[i][0], acc[i][1]);
+    for (int i = 0; i < NX; i++) {
+        float v[16];
+        _mm256_storeu_ps(v, y[i][0]);
+        _mm256_storeu_ps(v + 8, y[i][1]);
+        put_lanes(Y + (i0 + (size_t)i) * ldy + (size_t)(ycol + l0), v, l0, l1);
+    }
 }
 
 AVX2 static void rows_avx2(float *Y, size_t ldy, int yoff, const struct rk__q8x *xq,
                            const struct rk_weight *W, int r0, int r1)
 {
-    size_t cols = (size_t)W->cols, nb = cols / QB;
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *wq = (const uint8_t *)W->data + (size_t)r * cols;
-        const uint16_t *ws = W->scale + (size_t)r * nb;
-        size_t yi = (size_t)(r - yoff), i = 0;
-        for (; i + 4 <= xq->n; i += 4)
-            row_avx2(Y, ldy, yi, xq, i, 4, wq, ws, nb);
-        switch (xq->n - i) {
-        case 3: row_avx2(Y, ldy, yi, xq, i, 3, wq, ws, nb); break;
-        case 2: row_avx2(Y, ldy, yi, xq, i, 2, wq, ws, nb); break;
-        case 1: row_avx2(Y, ldy, yi, xq, i, 1, wq, ws, nb); break;
-        default: break;
-        }
-    }
+    FOR_PANELS(W, r0, r1, yoff, {
+        size_t i = 0;
+        for (; i + 2 <= xq->n; i += 2)
+            panel_avx2(Y, ldy, ycol, l0, l1, xq, i, 2, P, S, nb_);
+        if (i < xq->n)
+            panel_avx2(Y, ldy, ycol, l0, l1, xq, i, 1, P, S, nb_);
+    });
 }
 
 /* --- AVX-512 VNNI ------------------------------------------------------------ */
 
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 
-VNNI static inline float sum16_vnni(__m512 a)
-{
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a),
-                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-    __m128 v = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    return _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
-}
+/* One panel (16 weight rows, one per lane) against NX rows of X from i0.
+ * Per block: the 8 groups' 64-byte vectors (16 rows x 4 bytes, held + 128)
+ * against each row's 4 bytes broadcast, vpdpbusd in two chains that start
+ * from the block's correction -128 sum(x) and 0; then one fma per row. */
+#ifndef PF_AHEAD
+#define PF_AHEAD 8192 /* bytes of the panel stream fetched ahead */
+#endif
 
-/* NR weight rows (r .. r+NR-1) against NX rows of X (i0 ..), both constant
- * per call site: NR * NX accumulators of 16 lanes, one 64-byte step (two
- * blocks) at a time, 16 blocks' scales per load. */
 VNNI static inline __attribute__((always_inline)) void
-tile_vnni(float *Y, size_t ldy, size_t yi, const struct rk__q8x *xq, size_t i0, int NX,
-          const uint8_t *wq, const uint16_t *ws, int NR, size_t nb)
+panel_vnni(float *Y, size_t ldy, long ycol, int l0, int l1, const struct rk__q8x *xq, size_t i0,
+           int NX, const uint8_t *P, const uint16_t *S, size_t nb)
 {
-    size_t cols = xq->cols, nchunk = (nb + 1) / 2;
-    __m512 acc[4][4];
-    for (int r = 0; r < NR; r++)
-        for (int i = 0; i < NX; i++)
-            acc[r][i] = _mm512_setzero_ps();
-    for (size_t g = 0; g < nb; g += 16) {
-        size_t left = nb - g;
-        __mmask16 mb = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-        __m512 wsv[4], xdv[4];
-        for (int r = 0; r < NR; r++) {
-            const uint16_t *p = ws + (size_t)r * nb + g;
-            if (left >= 16) {
-                wsv[r] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-            } else { /* through a copy: a masked load here streams slowly */
-                uint16_t t[16] = {0};
-                memcpy(t, p, left * sizeof(uint16_t));
-                wsv[r] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)t));
-            }
-        }
+    size_t cols = xq->cols;
+    __m512 y[8];
+    for (int i = 0; i < NX; i++)
+        y[i] = _mm512_setzero_ps();
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *pb = P + b * 512;
+        if (i0 == 0) /* the first pass over this panel reads it from memory */
+            for (int g = 0; g < 8; g++)
+                _mm_prefetch((const char *)pb + PF_AHEAD + 64 * g, _MM_HINT_T0);
+        __m512i w[8];
+        for (int g = 0; g < 8; g++)
+            w[g] = _mm512_loadu_si512(pb + 64 * g);
+        __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(S + b * 16)));
         for (int i = 0; i < NX; i++) {
-            const float *p = xq->d + (i0 + (size_t)i) * nb + g;
-            xdv[i] = left >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mb, p);
-        }
-        size_t k1 = g / 2 + 8 < nchunk ? g / 2 + 8 : nchunk;
-        for (size_t k = g / 2; k < k1; k++) {
-            int kk = (int)(k - g / 2);
-            __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * kk),
-                                             _mm256_set1_epi32(2 * kk + 1), 1);
-            bool half = 2 * k + 1 == nb; /* odd block count: the last step holds one */
-            __mmask64 mq = half ? (__mmask64)0xffffffffu : ~(__mmask64)0;
-            __mmask16 ml = half ? (__mmask16)0x00ff : (__mmask16)0xffff;
-            __m512i w[4];
-            __m512 wb[4];
-            /* plain loads but for the half step: masked loads that miss the
-             * caches stream far slower (measured on a Zen 4) */
-            for (int r = 0; r < NR; r++) {
-                const char *pw = (const char *)wq + (size_t)r * cols + 64 * k;
-                /* the rows of the tile after next: NR streams that the
-                 * hardware prefetcher alone follows too late */
-                _mm_prefetch(pw + (size_t)(2 * NR) * cols, _MM_HINT_T0);
-                w[r] = half ? _mm512_maskz_loadu_epi8(mq, pw) : _mm512_loadu_si512(pw);
-                wb[r] = _mm512_permutexvar_ps(idx, wsv[r]);
+            const int8_t *x = xq->q + (i0 + (size_t)i) * cols + b * QB;
+            __m512i a = _mm512_set1_epi32(xq->bsum[(i0 + (size_t)i) * nb + b]);
+            __m512i c = _mm512_setzero_si512();
+            for (int g = 0; g < 8; g += 2) {
+                a = _mm512_dpbusd_epi32(a, w[g], _mm512_set1_epi32(ld32(x + 4 * g)));
+                c = _mm512_dpbusd_epi32(c, w[g + 1], _mm512_set1_epi32(ld32(x + 4 * g + 4)));
             }
-            for (int i = 0; i < NX; i++) {
-                size_t xo = (i0 + (size_t)i) * cols + 64 * k;
-                __m512i x = half ? _mm512_maskz_loadu_epi8(mq, xq->q + xo)
-                                 : _mm512_loadu_si512(xq->q + xo);
-                __m512i s = half ? _mm512_maskz_loadu_epi32(ml, xq->bias + xo / 4)
-                                 : _mm512_loadu_si512(xq->bias + xo / 4);
-                __m512 xb = _mm512_permutexvar_ps(idx, xdv[i]);
-                for (int r = 0; r < NR; r++) {
-                    __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(s, w[r], x));
-                    acc[r][i] = _mm512_mask3_fmadd_ps(p, _mm512_mul_ps(wb[r], xb), acc[r][i],
-                                                      ml);
-                }
-            }
+            __m512 d = _mm512_mul_ps(sv, _mm512_set1_ps(xq->d[(i0 + (size_t)i) * nb + b]));
+            y[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, c)), d, y[i]);
         }
     }
-    for (int r = 0; r < NR; r++)
-        for (int i = 0; i < NX; i++)
-            Y[(i0 + (size_t)i) * ldy + yi + (size_t)r] = sum16_vnni(acc[r][i]);
+    for (int i = 0; i < NX; i++) {
+        float *yr = Y + (i0 + (size_t)i) * ldy + (size_t)(ycol + l0);
+        if (l0 == 0 && l1 == 16) {
+            _mm512_storeu_ps(yr, y[i]);
+        } else {
+            float v[16];
+            _mm512_storeu_ps(v, y[i]);
+            put_lanes(yr, v, l0, l1);
+        }
+    }
 }
-
-#define TILE_ROWS(NR)                                                                      \
-    do {                                                                                   \
-        size_t i_ = 0;                                                                     \
-        for (; i_ + 4 <= xq->n; i_ += 4)                                                   \
-            tile_vnni(Y, ldy, yi, xq, i_, 4, wq, ws, NR, nb);                               \
-        switch (xq->n - i_) {                                                              \
-        case 3: tile_vnni(Y, ldy, yi, xq, i_, 3, wq, ws, NR, nb); break;                    \
-        case 2: tile_vnni(Y, ldy, yi, xq, i_, 2, wq, ws, NR, nb); break;                    \
-        case 1: tile_vnni(Y, ldy, yi, xq, i_, 1, wq, ws, NR, nb); break;                    \
-        default: break;                                                                    \
-        }                                                                                  \
-    } while (0)
 
 VNNI static void rows_vnni(float *Y, size_t ldy, int yoff, const struct rk__q8x *xq,
                            const struct rk_weight *W, int r0, int r1)
 {
-    size_t cols = (size_t)W->cols, nb = cols / QB;
-    int r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        const uint8_t *wq = (const uint8_t *)W->data + (size_t)r * cols;
-        const uint16_t *ws = W->scale + (size_t)r * nb;
-        size_t yi = (size_t)(r - yoff);
-        TILE_ROWS(4);
-    }
-    for (; r < r1; r++) {
-        const uint8_t *wq = (const uint8_t *)W->data + (size_t)r * cols;
-        const uint16_t *ws = W->scale + (size_t)r * nb;
-        size_t yi = (size_t)(r - yoff);
-        TILE_ROWS(1);
-    }
+    FOR_PANELS(W, r0, r1, yoff, {
+        size_t i = 0;
+        for (; i + 8 <= xq->n; i += 8)
+            panel_vnni(Y, ldy, ycol, l0, l1, xq, i, 8, P, S, nb_);
+        switch (xq->n - i) {
+        case 7: panel_vnni(Y, ldy, ycol, l0, l1, xq, i, 7, P, S, nb_); break;
+        case 6: panel_vnni(Y, ldy, ycol, l0, l1, xq, i, 6, P, S, nb_); break;
+        case 5: panel_vnni(Y, ldy, ycol, l0, l1, xq, i, 5, P, S, nb_); break;
+        case 4: panel_vnni(Y, ldy, ycol, l0, l1, xq, i, 4, P, S, nb_); break;
+        case 3: panel_vnni(Y, ldy, ycol, l0, l1, xq, i, 3, P, S, nb_); break;
+        case 2: panel_vnni(Y, ldy, ycol, l0, l1, xq, i, 2, P, S, nb_); break;
+        case 1: panel_vnni(Y, ldy, ycol, l0, l1, xq, i, 1, P, S, nb_); break;
+        default: break;
+        }
+    });
 }
 #endif /* RK_X86 */
 
@@ -429,6 +447,12 @@ void rk__q8_rows(int kind, float *Y, size_t ldy, int yoff, const struct rk__q8x 
                  const struct rk_weight *W, int r0, int r1)
 {
     RK_ASSERT(W->dtype == RK_DTYPE_Q8 && (size_t)W->cols == xq->cols);
+    if (r0 >= r1 || xq->n == 0)
+        return;
+#ifdef RK_X86
+    if (!W->panel) /* the kernels read panels; a row-major matrix takes the definition */
+        kind = RK_Q8_REF;
+#endif
     switch (kind) {
 #ifdef RK_X86
     case RK_Q8_VNNI: rows_vnni(Y, ldy, yoff, xq, W, r0, r1); return;
