@@ -291,51 +291,48 @@ static inline void put_lanes(float *y, const float *v, int l0, int l1)
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
-/* One panel (16 weight rows: lanes 0-7 and 8-15 in two registers) against
- * NX rows of X from i0. Per block, the 32-term integer dot products of the
- * 16 rows (vpmaddubsw on |w| and x with w's sign, then vpmaddwd), then one
- * fma per row with the block's scale product. */
+/* One panel (16 weight rows: lanes 0-7 and 8-15, one half at a time)
+ * against NX rows of X from i0. Per block and half, the 32-term integer dot
+ * products of 8 rows (vpmaddubsw on |w| and x with w's sign, then
+ * vpmaddwd), then one fma per row with the block's scale product; the
+ * fp32 results wait in y[] between blocks (16 registers hold no more). */
 AVX2 static inline __attribute__((always_inline)) void
 panel_avx2(float *Y, size_t ldy, long ycol, int l0, int l1, const struct rk__q8x *xq, size_t i0,
            int NX, const uint8_t *P, const uint16_t *S, size_t nb)
 {
     size_t cols = xq->cols;
     const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-    __m256 y[2][2];
+    float y[8][16];
     for (int i = 0; i < NX; i++)
-        y[i][0] = y[i][1] = _mm256_setzero_ps();
+        for (int l = 0; l < 16; l++)
+            y[i][l] = 0.0f;
     for (size_t b = 0; b < nb; b++) {
         const uint8_t *pb = P + b * 512;
-        __m256i acc[2][2];
-        for (int i = 0; i < NX; i++)
-            acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-        for (int g = 0; g < 8; g++) {
-            __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(pb + 64 * g)), flip);
-            __m256i w1 =
-                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(pb + 64 * g + 32)), flip);
-            __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+        for (int h = 0; h < 2; h++) {
+            __m256i acc[8];
+            for (int i = 0; i < NX; i++)
+                acc[i] = _mm256_setzero_si256();
+            for (int g = 0; g < 8; g++) {
+                __m256i w = _mm256_xor_si256(
+                    _mm256_loadu_si256((const __m256i *)(pb + 64 * g + 32 * h)), flip);
+                __m256i aw = _mm256_abs_epi8(w);
+                for (int i = 0; i < NX; i++) {
+                    const int8_t *x = xq->q + (i0 + (size_t)i) * cols + b * QB + 4 * (size_t)g;
+                    __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(ld32(x)), w));
+                    acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(p, ones));
+                }
+            }
+            __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(S + b * 16 + 8 * h)));
             for (int i = 0; i < NX; i++) {
-                __m256i x = _mm256_set1_epi32(ld32(xq->q + (i0 + (size_t)i) * cols + b * QB + 4 * (size_t)g));
-                __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(x, w0));
-                __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(x, w1));
-                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(p0, ones));
-                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(p1, ones));
+                __m256 d = _mm256_mul_ps(sv, _mm256_set1_ps(xq->d[(i0 + (size_t)i) * nb + b]));
+                _mm256_storeu_ps(y[i] + 8 * h,
+                                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i]), d,
+                                                 _mm256_loadu_ps(y[i] + 8 * h)));
             }
         }
-        __m256 s0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(S + b * 16)));
-        __m256 s1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(S + b * 16 + 8)));
-        for (int i = 0; i < NX; i++) {
-            __m256 dx = _mm256_set1_ps(xq->d[(i0 + (size_t)i) * nb + b]);
-            y[i][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][0]), _mm256_mul_ps(s0, dx), y[i][0]);
-            y[i][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i][1]), _mm256_mul_ps(s1, dx), y[i][1]);
-        }
     }
-    for (int i = 0; i < NX; i++) {
-        float v[16];
-        _mm256_storeu_ps(v, y[i][0]);
-        _mm256_storeu_ps(v + 8, y[i][1]);
-        put_lanes(Y + (i0 + (size_t)i) * ldy + (size_t)(ycol + l0), v, l0, l1);
-    }
+    for (int i = 0; i < NX; i++)
+        put_lanes(Y + (i0 + (size_t)i) * ldy + (size_t)(ycol + l0), y[i], l0, l1);
 }
 
 AVX2 static void rows_avx2(float *Y, size_t ldy, int yoff, const struct rk__q8x *xq,
@@ -343,8 +340,16 @@ AVX2 static void rows_avx2(float *Y, size_t ldy, int yoff, const struct rk__q8x 
 {
     FOR_PANELS(W, r0, r1, yoff, {
         size_t i = 0;
-        for (; i + 2 <= xq->n; i += 2)
+        for (; i + 8 <= xq->n; i += 8)
+            panel_avx2(Y, ldy, ycol, l0, l1, xq, i, 8, P, S, nb_);
+        if (i + 4 <= xq->n) {
+            panel_avx2(Y, ldy, ycol, l0, l1, xq, i, 4, P, S, nb_);
+            i += 4;
+        }
+        if (i + 2 <= xq->n) {
             panel_avx2(Y, ldy, ycol, l0, l1, xq, i, 2, P, S, nb_);
+            i += 2;
+        }
         if (i < xq->n)
             panel_avx2(Y, ldy, ycol, l0, l1, xq, i, 1, P, S, nb_);
     });
