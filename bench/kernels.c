@@ -112,7 +112,7 @@ static double isa_amx(void)
         w[i] = rk__f32_to_bf16((float)(i % 251) * 1e-3f - 0.1f);
     for (size_t i = 0; i < (size_t)NX * C; i++)
         xb[i] = rk__f32_to_bf16((float)(i % 127) * 1e-3f);
-    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false, NULL};
+    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false, NULL, NULL};
     rk__weight_pack(p, &W);
     W.data = p;
     W.panel = true;
@@ -189,7 +189,7 @@ static int cmd_matmul(int R, int C, int n, int threads)
         w[i] = rk__f32_to_bf16((float)(i % 251) * 1e-3f - 0.1f);
     for (size_t i = 0; i < (size_t)n * C; i++)
         X[i] = (float)(i % 127) * 1e-3f;
-    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false, NULL};
+    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false, NULL, NULL};
     bool panels = rk__weight_wants_panels(&W);
     if (panels) {
         rk__weight_pack(p, &W);
@@ -226,7 +226,7 @@ static int cmd_matmul(int R, int C, int n, int threads)
         rk__q8_panel_put(q, sc, (size_t)C, (size_t)r, rq, rs);
     }
     free(rq), free(rs);
-    struct rk_weight Q = {RK_DTYPE_Q8, q, R, C, true, sc};
+    struct rk_weight Q = {RK_DTYPE_Q8, q, R, C, true, sc, NULL};
     double best = 1e30;
     for (int it = 0; it < 20; it++) {
         double t = now();
@@ -257,7 +257,7 @@ static int cmd_sgemm(int R, int C, int n, int threads)
         w[i] = rk__f32_to_bf16((float)(i % 251) * 1e-3f - 0.1f);
     for (size_t i = 0; i < (size_t)n * (R > C ? R : C); i++)
         X[i] = (float)(i % 127) * 1e-3f;
-    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false, NULL}; /* row-major: no panels */
+    struct rk_weight W = {RK_DTYPE_BF16, w, R, C, false, NULL, NULL}; /* row-major: no panels */
     struct rk__pool *pool = NULL;
     if (rk__pool_create(threads, 0, &pool) != RK_OK)
         return 1;

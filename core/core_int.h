@@ -83,6 +83,11 @@ struct rk_weight {
      * set; the loader always packs them) or row-major (panel clear: one row
      * read from a file). */
     const uint16_t *scale;
+    /* Q8 only, the form of a table that is only looked up by row (the
+     * embedding of a q8 file, used where it lies in the file's map): data
+     * holds the file's signed int8 values row-major and these bytes the
+     * little-endian fp16 scales, at any alignment; scale is then NULL. */
+    const unsigned char *i8_scales;
 };
 
 /* Where element (r, k) of W lives in W.data, in elements. */
@@ -241,7 +246,14 @@ struct rk__tensor_view {
     int rows, cols;      /* as held: vectors 1 x C, r_k H x N, LoRA in Linear form */
     bool panel;          /* held in panels (struct rk_weight), not row-major */
     const uint16_t *scale; /* Q8: the block scales (struct rk_weight) */
+    const unsigned char *i8_scales; /* Q8: struct rk_weight.i8_scales */
 };
+/* The weight a view of a large matrix describes. */
+static inline struct rk_weight rk__view_weight(const struct rk__tensor_view *v)
+{
+    return (struct rk_weight){v->dtype, v->data, v->rows, v->cols, v->panel, v->scale,
+                              v->i8_scales};
+}
 size_t rk__model_n_tensors(const struct rk_model *m);
 void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view *out);
 

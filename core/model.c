@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -529,7 +530,7 @@ static int place_lora16(struct rk_model *m, const struct slot *s, void *field, c
     else
         memcpy(dst, src, n * sizeof(uint16_t));
     struct rk_weight *w = field;
-    *w = (struct rk_weight){dt, dst, (int)rows, (int)cols, false, NULL};
+    *w = (struct rk_weight){dt, dst, (int)rows, (int)cols, false, NULL, NULL};
     m->weight_bytes += n * sizeof(uint16_t);
     return RK_OK;
 }
@@ -566,7 +567,7 @@ static int place_small(struct rk_model *m, const struct slot *s, void *field, co
     }
     if (s->kind == TK_LORA1 || s->kind == TK_LORA2) {
         struct rk_weight *w = field;
-        *w = (struct rk_weight){RK_DTYPE_F32, dst, (int)rows, (int)cols, false, NULL};
+        *w = (struct rk_weight){RK_DTYPE_F32, dst, (int)rows, (int)cols, false, NULL, NULL};
     } else {
         *(float **)field = dst;
     }
@@ -591,16 +592,19 @@ static void drop_mapped(const struct rk_model *m, const void *p, size_t len)
 }
 
 /* A large matrix held as Q8 (q8.c): from a Q8 tensor of the file (int8 and
- * fp16 scales, made unsigned) or quantized from fp32/fp16/bf16 rows. */
+ * fp16 scales, made unsigned) or quantized from fp32/fp16/bf16 rows; in
+ * panels for the products, row-major for the embedding table (only looked
+ * up by row). */
 static int place_q8(struct rk_model *m, struct rk_weight *w, size_t rows, size_t cols,
                     const struct rk__tensor *t, struct rk_errbuf *eb)
 {
+    bool panels = w != &m->emb;
     const char *file = rk__model_file(m);
     if (cols % RK_Q8_BLOCK)
         return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: input dimension %zu is not a "
                              "multiple of %d, which 8-bit weights need", file, t->name, cols,
                              RK_Q8_BLOCK);
-    size_t nb = cols / RK_Q8_BLOCK, prows = rk__q8_panel_rows(rows);
+    size_t nb = cols / RK_Q8_BLOCK, prows = panels ? rk__q8_panel_rows(rows) : rows;
     uint8_t *q = rk__model_alloc(m, prows * cols);
     uint16_t *sc = rk__model_alloc(m, prows * nb * sizeof(uint16_t));
     /* one row as the file or the quantizer gives it, then into its panel */
@@ -611,7 +615,8 @@ static int place_q8(struct rk_model *m, struct rk_weight *w, size_t rows, size_t
     }
     uint8_t *rq = (uint8_t *)(row + cols);
     uint16_t *rs = (uint16_t *)(void *)(rq + cols);
-    rk__q8_panel_init(q, sc, rows, cols);
+    if (panels)
+        rk__q8_panel_init(q, sc, rows, cols);
     size_t es = t->dtype == RK_DTYPE_Q8 ? 1 : rk__dtype_size(t->dtype);
     for (size_t r = 0; r < rows; r++) {
         int rc;
@@ -629,14 +634,38 @@ static int place_q8(struct rk_model *m, struct rk_weight *w, size_t rows, size_t
                                  : "a value is not finite or too large for an 8-bit block "
                                  "scale");
         }
-        rk__q8_panel_put(q, sc, cols, r, rq, rs);
+        if (panels) {
+            rk__q8_panel_put(q, sc, cols, r, rq, rs);
+        } else {
+            memcpy(q + r * cols, rq, cols);
+            memcpy(sc + r * nb, rs, nb * sizeof(uint16_t));
+        }
     }
     rk__free(row);
     drop_mapped(m, t->data, rows * cols * es);
     if (t->dtype == RK_DTYPE_Q8)
         drop_mapped(m, t->scale, rows * nb * 2);
-    *w = (struct rk_weight){RK_DTYPE_Q8, q, (int)rows, (int)cols, true, sc};
+    *w = (struct rk_weight){RK_DTYPE_Q8, q, (int)rows, (int)cols, panels, sc, NULL};
     m->weight_bytes += prows * cols + prows * nb * sizeof(uint16_t);
+    return RK_OK;
+}
+
+/* The embedding table of a q8 file, which is only looked up by row: held
+ * where it lies in the file's map (struct rk_weight.i8_scales), so that only
+ * the rows looked up become resident, instead of a copy of the whole table
+ * (128 MiB for V 65536 x C 2048). Its scales are checked here as place_q8
+ * checks them. */
+static int place_q8_table(struct rk_model *m, struct rk_weight *w, size_t rows, size_t cols,
+                          const struct rk__tensor *t, struct rk_errbuf *eb)
+{
+    size_t nb = cols / RK_Q8_BLOCK;
+    const unsigned char *sc = (const unsigned char *)t->scale;
+    for (size_t i = 0; i < rows * nb; i++)
+        if (!isfinite(rk__f16_to_f32((uint16_t)(sc[2 * i] | sc[2 * i + 1] << 8))))
+            return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: row %zu: a block scale is "
+                                 "not finite", rk__model_file(m), t->name, i / nb);
+    *w = (struct rk_weight){RK_DTYPE_Q8, t->data, (int)rows, (int)cols, false, NULL, sc};
+    m->weight_bytes += rows * cols + rows * nb * sizeof(uint16_t);
     return RK_OK;
 }
 
@@ -646,6 +675,9 @@ static int place_big(struct rk_model *m, const struct slot *s, void *field,
                      const struct rk__tensor *t, struct rk_errbuf *eb)
 {
     size_t rows = (size_t)dim_value(m, s->rows), cols = (size_t)dim_value(m, s->cols);
+    if (m->wtype == RK_DTYPE_Q8 && field == (void *)&m->emb && t->dtype == RK_DTYPE_Q8 &&
+        cols % RK_Q8_BLOCK == 0 && map_of(m, t->data) && map_of(m, t->scale))
+        return place_q8_table(m, field, rows, cols, t, eb);
     if (m->wtype == RK_DTYPE_Q8)
         return place_q8(m, field, rows, cols, t, eb);
     if (t->dtype == RK_DTYPE_Q8) { /* dequantized into the wanted precision */
@@ -659,7 +691,7 @@ static int place_big(struct rk_model *m, const struct slot *s, void *field,
             return rk_errbuf_set(eb, RK_ENOMEM, "%s: out of memory", rk__model_file(m));
         }
         uint16_t *sc = (uint16_t *)(void *)(q + cols);
-        struct rk_weight one = {RK_DTYPE_Q8, q, 1, (int)cols, false, sc};
+        struct rk_weight one = {RK_DTYPE_Q8, q, 1, (int)cols, false, sc, NULL};
         int rc = RK_OK;
         for (size_t r = 0; r < rows && !rc; r++) {
             rc = rk__q8_from_i8(q, sc, (const char *)t->data + r * cols,
@@ -673,7 +705,7 @@ static int place_big(struct rk_model *m, const struct slot *s, void *field,
             return rk_errbuf_set(eb, RK_EFORMAT, "%s: tensor %s: a block scale is not finite",
                                  rk__model_file(m), t->name);
         struct rk_weight *w = field;
-        *w = (struct rk_weight){m->wtype, dst, (int)rows, (int)cols, false, NULL};
+        *w = (struct rk_weight){m->wtype, dst, (int)rows, (int)cols, false, NULL, NULL};
         m->weight_bytes += rows * cols * es;
         return RK_OK;
     }
@@ -687,7 +719,7 @@ static int place_big(struct rk_model *m, const struct slot *s, void *field,
         data = dst;
     }
     struct rk_weight *w = field;
-    *w = (struct rk_weight){m->wtype, data, (int)rows, (int)cols, false, NULL};
+    *w = (struct rk_weight){m->wtype, data, (int)rows, (int)cols, false, NULL, NULL};
     m->weight_bytes += n * es;
     return RK_OK;
 }
@@ -872,6 +904,7 @@ void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view
     canon_name(out->name, sizeof out->name, layer, s);
     out->panel = false;
     out->scale = NULL;
+    out->i8_scales = NULL;
     switch (s->kind) {
     case TK_VEC:
     case TK_VEC3:
@@ -889,6 +922,7 @@ void rk__model_tensor(const struct rk_model *m, size_t i, struct rk__tensor_view
         out->cols = w->cols;
         out->panel = w->panel;
         out->scale = w->scale;
+        out->i8_scales = w->i8_scales;
         break;
     }
     }
@@ -932,7 +966,7 @@ static uint64_t fingerprint(const struct rk_model *m)
         size_t n = (size_t)v.rows * (size_t)v.cols;
         if (n > 1024)
             n = 1024;
-        struct rk_weight q8 = {RK_DTYPE_Q8, v.data, v.rows, v.cols, v.panel, v.scale};
+        struct rk_weight q8 = rk__view_weight(&v);
         for (size_t k = 0; k < n; k++) {
             float f = v.dtype == RK_DTYPE_Q8 ? rk__q8_at(&q8, k) : elem_f32(v.data, v.dtype, k);
             uint32_t u;
@@ -1290,10 +1324,10 @@ static int q8_file_row(const struct rk__tensor_view *v, int r, float *row, uint8
     size_t cols = (size_t)v->cols;
     int rc = RK_OK;
     if (v->dtype == RK_DTYPE_Q8) {
-        struct rk_weight w = {v->dtype, v->data, v->rows, v->cols, v->panel, v->scale};
+        struct rk_weight w = rk__view_weight(v);
         rk__q8_row_raw(&w, r, q8, sc);
     } else {
-        struct rk_weight w = {v->dtype, v->data, v->rows, v->cols, v->panel, NULL};
+        struct rk_weight w = {v->dtype, v->data, v->rows, v->cols, v->panel, NULL, NULL};
         rk__weight_row(&w, r, row);
         rc = rk__q8_quantize_row(q8, sc, row, cols);
     }
@@ -1428,7 +1462,7 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
                 goto out;
         } else if (s->kind == TK_LORA1 || s->kind == TK_LORA2) {
             /* official[a][b] = held[b][a], a = held cols */
-            struct rk_weight hw = {v.dtype, v.data, v.rows, v.cols, v.panel, NULL};
+            struct rk_weight hw = {v.dtype, v.data, v.rows, v.cols, v.panel, NULL, NULL};
             size_t a = (size_t)v.cols, b = (size_t)v.rows, k = 0;
             for (size_t r = 0; r < a; r++)
                 for (size_t c = 0; c < b; c++) {
@@ -1442,7 +1476,7 @@ int rk_model_save_safetensors(const struct rk_model *m, const char *path, enum r
                     }
                 }
         } else if (v.panel || v.dtype == RK_DTYPE_Q8) { /* file order, a row at a time */
-            struct rk_weight w = {v.dtype, v.data, v.rows, v.cols, v.panel, v.scale};
+            struct rk_weight w = rk__view_weight(&v);
             size_t c = (size_t)v.cols;
             float *row = rk__malloc(c * (sizeof(float) + 4));
             if (!row) {

@@ -159,25 +159,37 @@ static inline size_t s_at(const struct rk_weight *W, size_t r, size_t b)
     return W->panel ? ((r >> 4) * nb + b) * 16 + (r & 15) : r * nb + b;
 }
 
+/* Value (as stored: + 128) and scale at the given positions, either form. */
+static inline int q_raw(const struct rk_weight *W, size_t i)
+{
+    unsigned v = ((const uint8_t *)W->data)[i];
+    return (int)(W->i8_scales ? v ^ 0x80u : v);
+}
+
+static inline uint16_t s_raw(const struct rk_weight *W, size_t i)
+{
+    if (W->i8_scales)
+        return (uint16_t)(W->i8_scales[2 * i] | W->i8_scales[2 * i + 1] << 8);
+    return W->scale[i];
+}
+
 void rk__q8_row_raw(const struct rk_weight *W, int r, uint8_t *q, uint16_t *scale)
 {
     size_t cols = (size_t)W->cols, nb = cols / QB;
-    const uint8_t *d = W->data;
-    for (size_t k = 0; k < cols; k += 4)
-        memcpy(q + k, d + q_at(W, (size_t)r, k), 4);
+    for (size_t k = 0; k < cols; k++)
+        q[k] = (uint8_t)q_raw(W, q_at(W, (size_t)r, k));
     for (size_t b = 0; b < nb; b++)
-        scale[b] = W->scale[s_at(W, (size_t)r, b)];
+        scale[b] = s_raw(W, s_at(W, (size_t)r, b));
 }
 
 void rk__q8_dequant(float *out, const struct rk_weight *W, int r, int c0, int c1)
 {
     RK_ASSERT(W->dtype == RK_DTYPE_Q8 && c0 >= 0 && c1 <= W->cols);
-    const uint8_t *q = W->data;
     for (int c = c0; c < c1;) { /* a block (or the part of one in range) at a time */
         int e = (c / QB + 1) * QB < c1 ? (c / QB + 1) * QB : c1;
-        float d = rk__f16_to_f32(W->scale[s_at(W, (size_t)r, (size_t)(c / QB))]);
+        float d = rk__f16_to_f32(s_raw(W, s_at(W, (size_t)r, (size_t)(c / QB))));
         for (int k = c; k < e; k++)
-            out[k - c0] = d * (float)((int)q[q_at(W, (size_t)r, (size_t)k)] - 128);
+            out[k - c0] = d * (float)(q_raw(W, q_at(W, (size_t)r, (size_t)k)) - 128);
         c = e;
     }
 }
@@ -185,8 +197,8 @@ void rk__q8_dequant(float *out, const struct rk_weight *W, int r, int c0, int c1
 float rk__q8_at(const struct rk_weight *W, size_t idx)
 {
     size_t cols = (size_t)W->cols, r = idx / cols, k = idx % cols;
-    int q = (int)((const uint8_t *)W->data)[q_at(W, r, k)] - 128;
-    return rk__f16_to_f32(W->scale[s_at(W, r, k / QB)]) * (float)q;
+    int q = q_raw(W, q_at(W, r, k)) - 128;
+    return rk__f16_to_f32(s_raw(W, s_at(W, r, k / QB))) * (float)q;
 }
 
 /* --- activations ----------------------------------------------------------- */
@@ -451,7 +463,7 @@ bool rk__q8_kern_runs(int kind)
 void rk__q8_rows(int kind, float *Y, size_t ldy, int yoff, const struct rk__q8x *xq,
                  const struct rk_weight *W, int r0, int r1)
 {
-    RK_ASSERT(W->dtype == RK_DTYPE_Q8 && (size_t)W->cols == xq->cols);
+    RK_ASSERT(W->dtype == RK_DTYPE_Q8 && (size_t)W->cols == xq->cols && !W->i8_scales);
     if (r0 >= r1 || xq->n == 0)
         return;
 #ifdef RK_X86

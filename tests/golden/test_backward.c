@@ -780,7 +780,7 @@ START_TEST(test_panel_products)
                     static const enum rk_dtype dts[] = {RK_DTYPE_BF16, RK_DTYPE_F16,
                                                         RK_DTYPE_F32};
                     struct rk_weight W = {dts[dt], dt == 2 ? (void *)w32 : (void *)w16, R, C,
-                                          false, NULL};
+                                          false, NULL, NULL};
                     rk__weight_pack(dt == 2 ? (void *)p32 : (void *)p16, &W);
                     W.data = dt == 2 ? (void *)p32 : (void *)p16;
                     W.panel = true;
@@ -898,7 +898,7 @@ START_TEST(test_amx_products)
                     w16[i] = rk__f32_to_bf16(lcg_unit(&seed));
                     wq[i] = rk__bf16_to_f32(w16[i]);
                 }
-                struct rk_weight W = {RK_DTYPE_BF16, w16, R, C, false, NULL};
+                struct rk_weight W = {RK_DTYPE_BF16, w16, R, C, false, NULL, NULL};
                 rk__weight_pack(p16, &W);
                 W.data = p16;
                 W.panel = true;
@@ -969,7 +969,7 @@ START_TEST(test_products_threads)
     for (int dt = 0; dt < 3; dt++)
         for (int panel = 0; panel < 2; panel++) {
             static const enum rk_dtype dts[] = {RK_DTYPE_F32, RK_DTYPE_BF16, RK_DTYPE_F16};
-            struct rk_weight W = {dts[dt], dt == 0 ? (void *)w : (void *)w16, R, C, false, NULL};
+            struct rk_weight W = {dts[dt], dt == 0 ? (void *)w : (void *)w16, R, C, false, NULL, NULL};
             for (int i = 0; dt && i < R * C; i++)
                 w16[i] = dt == 1 ? rk__f32_to_bf16(w[i]) : rk__f32_to_f16(w[i]);
             if (panel) {

@@ -107,7 +107,7 @@ static float *view_f32(const struct rk__tensor_view *v)
     float *o = malloc((n ? n : 1) * sizeof *o);
     ck_assert_ptr_nonnull(o);
     if (v->panel) {
-        struct rk_weight w = {v->dtype, v->data, v->rows, v->cols, true, v->scale};
+        struct rk_weight w = rk__view_weight(v);
         for (int r = 0; r < v->rows; r++)
             rk__weight_row(&w, r, o + (size_t)r * (size_t)v->cols);
         return o;

@@ -52,8 +52,8 @@ static void qw_make(struct qw *w, int rows, int cols, uint64_t seed, float s)
         rk__q8_panel_put(w->q, w->sc, (size_t)cols, (size_t)r, rq, rs);
     }
     free(row);
-    w->W = (struct rk_weight){RK_DTYPE_Q8, w->q, rows, cols, true, w->sc};
-    w->Wr = (struct rk_weight){RK_DTYPE_Q8, w->qr, rows, cols, false, w->scr};
+    w->W = (struct rk_weight){RK_DTYPE_Q8, w->q, rows, cols, true, w->sc, NULL};
+    w->Wr = (struct rk_weight){RK_DTYPE_Q8, w->qr, rows, cols, false, w->scr, NULL};
 }
 static void qw_free(struct qw *w)
 {
@@ -141,7 +141,7 @@ START_TEST(q8_from_blocks_lossless)
     ck_assert_int_eq(rk__q8_from_q8_0(q, sc, blocks, COLS), RK_OK);
     ck_assert_int_eq(rk__q8_from_i8(q2, sc2, qs, ds, COLS), RK_OK);
     ck_assert(!memcmp(q, q2, COLS) && !memcmp(sc, sc2, sizeof sc));
-    struct rk_weight W = {RK_DTYPE_Q8, q, 1, COLS, false, sc};
+    struct rk_weight W = {RK_DTYPE_Q8, q, 1, COLS, false, sc, NULL};
     float out[COLS];
     rk__q8_dequant(out, &W, 0, 0, COLS);
     for (int c = 0; c < COLS; c++) {
@@ -315,7 +315,7 @@ START_TEST(q8_matmul_t)
     float *wf = malloc(sizeof(float) * R * C);
     for (int r = 0; r < R; r++)
         rk__weight_row(&w.W, r, wf + r * C);
-    struct rk_weight F = {RK_DTYPE_F32, wf, R, C, false, NULL};
+    struct rk_weight F = {RK_DTYPE_F32, wf, R, C, false, NULL, NULL};
     float *dY = rand_x(N, R, 8);
     float dX[N * C], ref[N * C], wbuf[24 * C];
     for (int i = 0; i < N; i++)
@@ -446,6 +446,15 @@ START_TEST(q8_file_roundtrip)
     ck_assert_uint_eq(rk_model_fingerprint(mr), rk_model_fingerprint(mq));
     ck_assert_uint_eq(rk_model_fingerprint(md), rk_model_fingerprint(mq));
     ck_assert_uint_ne(rk_model_fingerprint(mq), rk_model_fingerprint(mf));
+    /* the file's embedding table is looked up where it lies in the map */
+    for (size_t i = 0; i < rk__model_n_tensors(mr); i++) {
+        struct rk__tensor_view vr, vq;
+        rk__model_tensor(mr, i, &vr);
+        rk__model_tensor(mq, i, &vq);
+        bool emb = !strcmp(vr.name, "emb.weight");
+        ck_assert_msg((vr.i8_scales != NULL) == emb, "%s", vr.name);
+        ck_assert(vq.i8_scales == NULL);
+    }
     size_t V = (size_t)rk_model_n_vocab(mq);
     float *a = run_logits(mq, false, 1), *b = run_logits(mr, false, 1);
     ck_assert(!memcmp(a, b, sizeof(float) * T_SEQ * V));
