@@ -185,6 +185,19 @@ void rk__q8_row_raw(const struct rk_weight *W, int r, uint8_t *q, uint16_t *scal
 void rk__q8_dequant(float *out, const struct rk_weight *W, int r, int c0, int c1)
 {
     RK_ASSERT(W->dtype == RK_DTYPE_Q8 && c0 >= 0 && c1 <= W->cols);
+    if (W->panel) { /* the backward's blocks of rows: the row's groups 64 bytes apart */
+        size_t cols = (size_t)W->cols, nb = cols / QB, ru = (size_t)r;
+        const uint8_t *P = (const uint8_t *)W->data + (ru >> 4) * cols * 16 + (ru & 15) * 4;
+        const uint16_t *S = W->scale + (ru >> 4) * nb * 16 + (ru & 15);
+        for (int c = c0; c < c1;) {
+            int e = (c / QB + 1) * QB < c1 ? (c / QB + 1) * QB : c1;
+            float d = rk__f16_to_f32(S[(size_t)(c / QB) * 16]);
+            for (int k = c; k < e; k++)
+                out[k - c0] = d * (float)((int)P[(size_t)(k >> 2) * 64 + (size_t)(k & 3)] - 128);
+            c = e;
+        }
+        return;
+    }
     for (int c = c0; c < c1;) { /* a block (or the part of one in range) at a time */
         int e = (c / QB + 1) * QB < c1 ? (c / QB + 1) * QB : c1;
         float d = rk__f16_to_f32(s_raw(W, s_at(W, (size_t)r, (size_t)(c / QB))));
