@@ -17,15 +17,14 @@ usage: test_rl.py RWKVD DEMO_MODEL
 """
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-from rwkvd_http import (events, get_json, metric, post, sanitizer_report, start,  # noqa: E402
-                        stop, wait_job)
+from rwkvd_http import (events, finish, get_json, metric, post, start,  # noqa: E402
+                        wait_job)
 
 PROMPTS = ["User: What is the capital of France?\n\nAssistant:",
            "User: What color is the sky?\n\nAssistant:",
@@ -192,19 +191,9 @@ def main():
         st, b = post(dp, "/generate", dict(q, ttt=dict(spend, judge="self")))
         assert st == 200 and b["usage"]["ttt_steps"] == 2, b
         ok = True
-        print("test_rl: ok")
     finally:
-        stop(procs, timeout=10)
-        bad = sanitizer_report(*(os.path.join(tmp, n + ".log")
-                                 for n in ("judge", "server", "dead")))
-        if bad:
-            print("%s reports a sanitizer error" % bad)
-            ok = False
-        if ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("left in", tmp)
-    return 0 if ok else 1
+        status = finish(procs, tmp, ("judge", "server", "dead"), ok, "test_rl")
+    return status
 
 
 if __name__ == "__main__":
