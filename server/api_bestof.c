@@ -90,9 +90,7 @@ bool rk_judge_budget_take(struct rk_http_req *r, long long calls, const char *pa
                     limit[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = srv->cfg.judge_calls_per_min,
                                              [RK_JUDGE_TOKENS] = srv->cfg.judge_tokens_per_min};
     struct rk_tw_status st;
-    int rc = srv->judge_budget ? rk_tenant_window_reserve(srv->judge_budget, r->tenant, need,
-                                                          limit, &st)
-                               : RK_ENOMEM;
+    int rc = rk_tenant_window_reserve(srv->judge_budget, r->tenant, need, limit, &st);
     if (rc == RK_OK)
         return true;
     if (rc != RK_EBUSY) {

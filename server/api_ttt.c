@@ -8,15 +8,16 @@
  * drops when it ends.
  *
  * DESIGN. Parsing, limits and the per-tenant budgets run on the loop thread:
- * srv->ttt_budget (samples) and, with a judge, srv->judge_budget (the judge
- * calls, best_of's budget; the tokens are charged as the calls return). The tuning runs on the loop's
- * thread pool (rk_http_offload) with its own one-thread context, so the
- * loop and the engine thread are never held up; the work item owns a
- * reference to the parsed job and writes only its own fields. When it is
- * done the handler runs again (rk_ttt_resume), swaps the job's state for
- * the tuned one and submits the job like any other. The job's deadline and
- * a disconnect stop the tuning between tokens. docs/API.md, "ttt", has the
- * fields, limits and errors.
+ * srv->ttt_budget (samples) and, with a judge, srv->judge_budget (best_of's:
+ * steps x k judge calls are reserved, those not made are given back when the
+ * work is freed, the tokens are charged as the calls return). The tuning
+ * runs on the loop's thread pool (rk_http_offload) with its own one-thread
+ * context, so the loop and the engine thread are never held up; the work
+ * item owns a reference to the parsed job and writes only its own
+ * fields. When it is done the handler runs again (rk_ttt_resume), swaps
+ * the job's state for the tuned one and submits the job like any other.
+ * The job's deadline and a disconnect stop the tuning between tokens.
+ * docs/API.md, "ttt", has the fields, limits and errors.
  */
 #include "judge.h"
 #include "json_read.h"
@@ -56,16 +57,14 @@ struct ttt_work {
     double score_first, score_last;
 };
 
-/* Reserve need[0] samples of the tenant's ttt budget, or prepare a 429. */
+/* Reserve `samples` of the tenant's ttt budget, or prepare a 429 (or 503). */
 static bool samples_take(struct rk_http_req *r, long long samples)
 {
     struct rk_srv *srv = r->srv;
     const long long need[RK_TW_COUNTERS] = {samples},
                     limit[RK_TW_COUNTERS] = {srv->cfg.ttt_samples_per_min, LLONG_MAX};
     struct rk_tw_status st;
-    int rc = srv->ttt_budget ? rk_tenant_window_reserve(srv->ttt_budget, r->tenant, need, limit,
-                                                        &st)
-                             : RK_ENOMEM;
+    int rc = rk_tenant_window_reserve(srv->ttt_budget, r->tenant, need, limit, &st);
     if (rc == RK_EBUSY)
         rk_http_error(r, 429, "ttt_budget_exceeded", "ttt", "ttt needs %lld samples (steps x k) "
                       "and %lld of this minute's %lld are left; the budget renews in %d s",

@@ -85,6 +85,11 @@ int rk_tenant_window_reserve(struct rk_tenant_window *w, const char *tenant,
                              const long long need[RK_TW_COUNTERS],
                              const long long limit[RK_TW_COUNTERS], struct rk_tw_status *st)
 {
+    if (!w) {
+        if (st)
+            memset(st, 0, sizeof *st);
+        return RK_ENOMEM;
+    }
     int64_t now = rk_now_us();
     pthread_mutex_lock(&w->mu);
     struct tw_row *row = row_of(w, tenant, now);

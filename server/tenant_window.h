@@ -29,13 +29,14 @@ void rk_tenant_window_free(struct rk_tenant_window *w);
 /* Reserve need[c] of every counter c for `tenant`'s current minute: all or
  * nothing. Counter c refuses when used + need would pass limit[c] or used
  * has already reached it (so a need of 0 still stops at a spent limit).
- * RK_OK (taken), RK_EBUSY (refused; nothing taken) or RK_ENOMEM; *st (may
- * be NULL) gets the tallies before the reservation either way. */
+ * RK_OK (taken), RK_EBUSY (refused; nothing taken) or RK_ENOMEM (also for
+ * a NULL w); *st (may be NULL) gets the tallies before the reservation. */
 int rk_tenant_window_reserve(struct rk_tenant_window *w, const char *tenant,
                              const long long need[RK_TW_COUNTERS],
                              const long long limit[RK_TW_COUNTERS], struct rk_tw_status *st);
 
-/* Give back a reservation that was not used up (each tally stops at 0). */
+/* Give back a reservation that was not used up (each tally stops at 0;
+ * a NULL w is a no-op, as for charge). */
 void rk_tenant_window_refund(struct rk_tenant_window *w, const char *tenant,
                              const long long n[RK_TW_COUNTERS]);
 

@@ -49,6 +49,8 @@ START_TEST(test_window_reserve)
     ck_assert(st.used[0] == 8);
     rk_tenant_window_free(w);
     rk_tenant_window_free(NULL);
+    ck_assert_int_eq(rk_tenant_window_reserve(NULL, "a", six, limit, &st), RK_ENOMEM);
+    rk_tenant_window_refund(NULL, "a", six);
 }
 END_TEST
 
