@@ -22,63 +22,49 @@
 #define OBS_TOP_MAX 64 /* entries per position a target may hold */
 
 struct obs_seq {
-    size_t t0, n_pos; /* target positions t0 .. t0 + n_pos - 1 */
-    int k;            /* entries per position */
+    struct rk_loss_span span; /* first: a struct rk_loss_table entry */
+    int k;                    /* entries per position */
     uint32_t *ids;    /* [n_pos * k], UINT32_MAX = unused */
     float *q;         /* [n_pos * k] */
     float *rest;      /* [n_pos] */
 };
 
 struct rk_observer_targets {
-    size_t n;
-    struct obs_seq *s;
+    struct rk_loss_table tab; /* first (rk_loss_table_new); of struct obs_seq */
 };
 
 int rk_observer_targets_create(size_t n_seq, struct rk_observer_targets **out)
 {
-    *out = calloc(1, sizeof **out);
-    if (!*out)
-        return RK_ENOMEM;
-    (*out)->s = calloc(n_seq ? n_seq : 1, sizeof *(*out)->s);
-    if (!(*out)->s) {
-        free(*out);
-        *out = NULL;
-        return RK_ENOMEM;
-    }
-    (*out)->n = n_seq;
-    return RK_OK;
+    *out = rk_loss_table_new(sizeof **out, n_seq, sizeof(struct obs_seq));
+    return *out ? RK_OK : RK_ENOMEM;
 }
 
-static void seq_clear(struct obs_seq *s)
+static void seq_clear(void *entry)
 {
+    struct obs_seq *s = entry;
     free(s->ids), free(s->q), free(s->rest);
     memset(s, 0, sizeof *s);
 }
 
 void rk_observer_targets_free(struct rk_observer_targets *o)
 {
-    if (!o)
-        return;
-    for (size_t i = 0; i < o->n; i++)
-        seq_clear(&o->s[i]);
-    free(o->s);
-    free(o);
+    rk_loss_table_free(o, seq_clear);
 }
 
 size_t rk_observer_targets_positions(const struct rk_observer_targets *o)
 {
     size_t n = 0;
-    for (size_t i = 0; o && i < o->n; i++)
-        n += o->s[i].n_pos;
+    for (size_t i = 0; o && i < o->tab.n; i++)
+        n += ((const struct obs_seq *)rk_loss_table_entry(&o->tab, i))->span.n_pos;
     return n;
 }
 
 int rk_observer_targets_set(struct rk_observer_targets *o, size_t seq, size_t t0, size_t n_pos,
                             int k, const uint32_t *ids, const double *lps, struct rk_errbuf *eb)
 {
-    if (!o || seq >= o->n || k < 1 || k > OBS_TOP_MAX || !n_pos || !ids || !lps)
+    if (!o || seq >= o->tab.n || k < 1 || k > OBS_TOP_MAX || !n_pos || !ids || !lps)
         return rk_errbuf_set(eb, RK_EINVAL, "observer: bad target arguments");
-    struct obs_seq s = {t0, n_pos, k, malloc(n_pos * (size_t)k * sizeof(uint32_t)),
+    struct obs_seq s = {{t0, n_pos}, k, malloc(n_pos * (size_t)k * sizeof(uint32_t)),
                         malloc(n_pos * (size_t)k * sizeof(float)), malloc(n_pos * sizeof(float))};
     if (!s.ids || !s.q || !s.rest) {
         seq_clear(&s);
@@ -126,24 +112,17 @@ int rk_observer_targets_set(struct rk_observer_targets *o, size_t seq, size_t t0
         }
         s.rest[p] = (float)((sum < 1 ? 1 - sum : 0) / z);
     }
-    seq_clear(&o->s[seq]);
-    o->s[seq] = s;
+    struct obs_seq *e = rk_loss_table_entry(&o->tab, seq);
+    seq_clear(e);
+    *e = s;
     return RK_OK;
 }
 
 double rk_observer_kl_row(float *lg, int V, const uint32_t *ids, const float *q, int k,
                           float q_rest, size_t nsel)
 {
-    float mx = lg[0];
-    int nan = 0;
-    for (int v = 0; v < V; v++) {
-        mx = lg[v] > mx ? lg[v] : mx;
-        nan |= lg[v] != lg[v];
-    }
-    double se = 0;
-    for (int v = 0; v < V; v++)
-        se += exp((double)lg[v] - (double)mx);
-    double lse = (double)mx + log(se);
+    bool nan;
+    double lse = rk_row_lse(lg, V, &nan);
     /* the listed bins: P = softmax at their ids */
     double pk[OBS_TOP_MAX], sk = 0, loss = 0;
     for (int i = 0; i < k; i++) {
@@ -176,25 +155,16 @@ static double obs_loss(float *logits, int V, size_t t, uint32_t target, size_t n
 {
     const struct rk_tune_loss_ctx *lc = user;
     const struct rk_observer_targets *o = lc && lc->p ? lc->p->method_data : NULL;
-    if (o && lc->ds) {
-        uint64_t tag = rk_dataset_tag(lc->ds, lc->seq);
-        const struct obs_seq *s = tag < o->n ? &o->s[tag] : NULL;
-        if (s && s->n_pos && t >= s->t0 && t - s->t0 < s->n_pos) {
-            size_t p = t - s->t0;
-            return rk_observer_kl_row(logits, V, s->ids + p * (size_t)s->k,
-                                      s->q + p * (size_t)s->k, s->k, s->rest[p], nsel);
-        }
-    }
+    size_t p;
+    const struct obs_seq *s = o && lc->ds ? rk_loss_table_at(&o->tab, lc, t, &p) : NULL;
+    if (s)
+        return rk_observer_kl_row(logits, V, s->ids + p * (size_t)s->k, s->q + p * (size_t)s->k,
+                                  s->k, s->rest[p], nsel);
     return rk_loss_xent(logits, V, t, target, nsel, user);
 }
 
 /* "standard" with its own loss */
-RK_METHOD_OVERRIDES_BEGIN
-const struct rk_tune_method rk_method_observer = {
-    RK_METHOD_STANDARD_HOOKS,
-    .name = "observer",
-    .help = "distillation from a teacher endpoint: KL to its top-k log-probabilities, or "
-            "cross-entropy on its answers",
-    .loss = obs_loss,
-};
-RK_METHOD_OVERRIDES_END
+RK_METHOD_STANDARD_WITH_LOSS(rk_method_observer, "observer",
+                             "distillation from a teacher endpoint: KL to its top-k "
+                             "log-probabilities, or cross-entropy on its answers",
+                             obs_loss)

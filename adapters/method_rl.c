@@ -28,81 +28,62 @@
 /* --- per-sequence targets: advantage and the starting state's bins ------- */
 
 struct rl_seq {
+    struct rk_loss_span span; /* first: a struct rk_loss_table entry */
     double adv;
-    size_t t0, n_pos;
     uint32_t *ids; /* [n_pos * k] */
     float *lq;     /* [n_pos * k] log-probabilities of the start */
     float *lrest;  /* [n_pos] log of the rest's mass (-INFINITY: empty) */
 };
 
 struct rk_rl_targets {
-    size_t n;
+    struct rk_loss_table tab; /* first (rk_loss_table_new); of struct rl_seq */
     int k;
-    struct rl_seq *s;
 };
 
 int rk_rl_targets_create(size_t n_seq, int k, struct rk_rl_targets **out)
 {
     if (k < 1 || k > RK_RL_REF_TOPK)
         return RK_EINVAL;
-    *out = calloc(1, sizeof **out);
-    if (!*out)
+    if (!(*out = rk_loss_table_new(sizeof **out, n_seq, sizeof(struct rl_seq))))
         return RK_ENOMEM;
-    (*out)->s = calloc(n_seq ? n_seq : 1, sizeof *(*out)->s);
-    if (!(*out)->s) {
-        free(*out);
-        *out = NULL;
-        return RK_ENOMEM;
-    }
-    (*out)->n = n_seq;
     (*out)->k = k;
     return RK_OK;
 }
 
-static void rl_seq_clear(struct rl_seq *s)
+static void rl_seq_clear(void *entry)
 {
+    struct rl_seq *s = entry;
     free(s->ids), free(s->lq), free(s->lrest);
     memset(s, 0, sizeof *s);
 }
 
-void rk_rl_targets_free(struct rk_rl_targets *t)
-{
-    if (!t)
-        return;
-    for (size_t i = 0; i < t->n; i++)
-        rl_seq_clear(&t->s[i]);
-    free(t->s);
-    free(t);
-}
+void rk_rl_targets_free(struct rk_rl_targets *t) { rk_loss_table_free(t, rl_seq_clear); }
 
 int rk_rl_targets_set(struct rk_rl_targets *t, size_t seq, double adv, size_t t0, size_t n_pos)
 {
-    if (!t || seq >= t->n || !isfinite(adv))
+    struct rl_seq *s = t ? rk_loss_table_entry(&t->tab, seq) : NULL;
+    if (!s || !isfinite(adv))
         return RK_EINVAL;
-    struct rl_seq *s = &t->s[seq];
     rl_seq_clear(s);
     s->adv = adv;
-    s->t0 = t0;
-    s->n_pos = n_pos;
+    s->span = (struct rk_loss_span){t0, n_pos};
     return RK_OK;
 }
 
 int rk_rl_targets_set_ref(struct rk_rl_targets *t, size_t seq, size_t p, const float *logits,
                           int V)
 {
-    if (!t || seq >= t->n || p >= t->s[seq].n_pos || V < 1)
+    struct rl_seq *s = t ? rk_loss_table_entry(&t->tab, seq) : NULL;
+    if (!s || p >= s->span.n_pos || V < 1)
         return RK_EINVAL;
-    struct rl_seq *s = &t->s[seq];
-    size_t k = (size_t)t->k;
+    size_t k = (size_t)t->k, n_pos = s->span.n_pos;
     if (!s->ids) {
-        s->ids = malloc(s->n_pos * k * sizeof(uint32_t));
-        s->lq = malloc(s->n_pos * k * sizeof(float));
-        s->lrest = malloc(s->n_pos * sizeof(float));
+        s->ids = malloc(n_pos * k * sizeof(uint32_t));
+        s->lq = malloc(n_pos * k * sizeof(float));
+        s->lrest = malloc(n_pos * sizeof(float));
         if (!s->ids || !s->lq || !s->lrest) {
-            double adv = s->adv;
-            size_t t0 = s->t0, n = s->n_pos;
-            rl_seq_clear(s);
-            s->adv = adv, s->t0 = t0, s->n_pos = n;
+            free(s->ids), free(s->lq), free(s->lrest);
+            s->ids = NULL, s->lq = s->lrest = NULL;
             return RK_ENOMEM;
         }
     }
@@ -125,16 +106,8 @@ int rk_rl_targets_set_ref(struct rk_rl_targets *t, size_t seq, size_t p, const f
 double rk_rl_row(float *lg, int V, uint32_t target, double adv, double kl_w, const uint32_t *ids,
                  const float *lq, float lrest, int k, size_t nsel, double *kl_out)
 {
-    float mx = lg[0];
-    int nan = 0;
-    for (int v = 0; v < V; v++) {
-        mx = lg[v] > mx ? lg[v] : mx;
-        nan |= lg[v] != lg[v];
-    }
-    double se = 0;
-    for (int v = 0; v < V; v++)
-        se += exp((double)lg[v] - (double)mx);
-    double lse = (double)mx + log(se);
+    bool nan;
+    double lse = rk_row_lse(lg, V, &nan);
     double loss = -adv * ((double)lg[target] - lse), kl = 0;
     double g[RK_RL_REF_TOPK], gsum = 0, g_rest = 0;
     bool with_kl = kl_w > 0 && ids;
@@ -187,11 +160,10 @@ static double rl_loss(float *logits, int V, size_t t, uint32_t target, size_t ns
     const struct rk_rl_targets *tg = lc && lc->p ? lc->p->method_data : NULL;
     if (!tg)
         return rk_loss_xent(logits, V, t, target, nsel, user);
-    uint64_t tag = lc->ds ? rk_dataset_tag(lc->ds, lc->seq) : lc->seq;
-    const struct rl_seq *s = tag < tg->n ? &tg->s[tag] : NULL;
-    if (!s || t < s->t0 || t - s->t0 >= s->n_pos)
+    size_t p, k = (size_t)tg->k;
+    const struct rl_seq *s = rk_loss_table_at(&tg->tab, lc, t, &p);
+    if (!s)
         return rk_loss_xent(logits, V, t, target, nsel, user);
-    size_t p = t - s->t0, k = (size_t)tg->k;
     return rk_rl_row(logits, V, target, s->adv, lc->p->rl_kl, s->ids ? s->ids + p * k : NULL,
                      s->lq ? s->lq + p * k : NULL, s->lrest ? s->lrest[p] : -INFINITY, tg->k,
                      nsel, NULL);
@@ -199,15 +171,10 @@ static double rl_loss(float *logits, int V, size_t t, uint32_t target, size_t ns
 
 /* --- the method entry: "standard" with its own loss ------------------------ */
 
-RK_METHOD_OVERRIDES_BEGIN
-const struct rk_tune_method rk_method_rl = {
-    RK_METHOD_STANDARD_HOOKS,
-    .name = "rl",
-    .help = "policy gradient on scored samples of prompts (a judge or a checker), with a KL "
-            "term to the starting state",
-    .loss = rl_loss,
-};
-RK_METHOD_OVERRIDES_END
+RK_METHOD_STANDARD_WITH_LOSS(rk_method_rl, "rl",
+                             "policy gradient on scored samples of prompts (a judge or a "
+                             "checker), with a KL term to the starting state",
+                             rl_loss)
 
 /* --- the driver ------------------------------------------------------------ */
 

@@ -23,8 +23,8 @@
  * is done) and writes only its own score array. When the work is done the
  * handler runs again (rk_bestof_resume), charges the tenant's token budget
  * and answers. A failing judge fails only its request (502, or 504 for a
- * timeout). Per-tenant budgets (calls and tokens per minute) live in
- * srv->judge_budget, touched on the loop thread only.
+ * timeout). The per-tenant budget (calls and tokens per minute) is
+ * srv->judge_budget (tenant_window.h), shared with ttt and rl jobs.
  */
 #include "gen_format.h"
 #include "json_read.h"
@@ -69,64 +69,7 @@ static struct bestof_opts *opts_of(const struct rk_job *j)
 
 bool rk_bestof_wanted(const struct rk_job *j) { return opts_of(j) != NULL; }
 
-/* --- per-tenant budgets ----------------------------------------------------- */
-
-struct budget_row {
-    char tenant[RK_STATE_ID_MAX + 1];
-    int64_t window_us; /* start of the current minute */
-    long long calls, tokens;
-};
-
-struct rk_bestof_budget {
-    struct budget_row *rows;
-    size_t n, cap;
-};
-
-void rk_bestof_budget_free(struct rk_srv *srv)
-{
-    if (srv->judge_budget)
-        free(srv->judge_budget->rows);
-    free(srv->judge_budget);
-    srv->judge_budget = NULL;
-}
-
-static struct budget_row *budget_row(struct rk_srv *srv, const char *tenant)
-{
-    if (!srv->judge_budget && !(srv->judge_budget = calloc(1, sizeof *srv->judge_budget)))
-        return NULL;
-    struct rk_bestof_budget *b = srv->judge_budget;
-    int64_t now = rk_now_us();
-    struct budget_row *row = NULL;
-    for (size_t i = 0; i < b->n && !row; i++)
-        if (!strcmp(b->rows[i].tenant, tenant))
-            row = &b->rows[i];
-    if (!row) {
-        // Rows of tenants idle for a minute are reused, so the table stays as
-        // large as the set of tenants active within a minute.
-        for (size_t i = 0; i < b->n && !row; i++)
-            if (now - b->rows[i].window_us >= 60000000)
-                row = &b->rows[i];
-        if (!row) {
-            if (b->n == b->cap) {
-                size_t cap = b->cap ? b->cap * 2 : 8;
-                struct budget_row *p = realloc(b->rows, cap * sizeof *p);
-                if (!p)
-                    return NULL;
-                b->rows = p;
-                b->cap = cap;
-            }
-            row = &b->rows[b->n++];
-        }
-        memset(row, 0, sizeof *row);
-        snprintf(row->tenant, sizeof row->tenant, "%s", tenant);
-        row->window_us = now;
-    }
-    if (now - row->window_us >= 60000000) {
-        row->window_us = now;
-        row->calls = row->tokens = 0;
-    }
-    return row;
-}
+/* --- per-tenant budget ------------------------------------------------------ */
 
 /* The 429's Retry-After: when the tenant's minute renews. */
 static void retry_after(struct rk_http_req *r, int s)
@@ -139,48 +82,40 @@ static void retry_after(struct rk_http_req *r, int s)
     MHD_add_response_header(r->resp, "Retry-After", v);
 }
 
-/* Reserve `calls` judge calls for r's tenant, or prepare a 429. */
-static bool budget_take(struct rk_http_req *r, int calls)
+bool rk_judge_budget_take(struct rk_http_req *r, long long calls, const char *param,
+                          const char *what)
 {
     struct rk_srv *srv = r->srv;
-    struct budget_row *row = budget_row(srv, r->tenant);
-    if (!row) {
+    const long long need[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = calls},
+                    limit[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = srv->cfg.judge_calls_per_min,
+                                             [RK_JUDGE_TOKENS] = srv->cfg.judge_tokens_per_min};
+    struct rk_tw_status st;
+    int rc = rk_tenant_window_reserve(srv->judge_budget, r->tenant, need, limit, &st);
+    if (rc == RK_OK)
+        return true;
+    if (rc != RK_EBUSY) {
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return false;
     }
-    int retry_s = (int)((row->window_us + 60000000 - rk_now_us()) / 1000000) + 1;
-    if (row->tokens >= srv->cfg.judge_tokens_per_min) {
-        rk_http_error(r, 429, "judge_budget_exceeded", "best_of", "the judge token budget of "
-                      "%d tokens per minute is used up; retry in %d s",
-                      srv->cfg.judge_tokens_per_min, retry_s);
-        retry_after(r, retry_s);
-        return false;
-    }
-    if (row->calls + calls > srv->cfg.judge_calls_per_min) {
-        rk_http_error(r, 429, "judge_budget_exceeded", "best_of", "best_of %d needs %d judge "
-                      "calls; %lld of %d per minute are left; retry in %d s", calls, calls,
-                      srv->cfg.judge_calls_per_min - row->calls, srv->cfg.judge_calls_per_min,
-                      retry_s);
-        retry_after(r, retry_s);
-        return false;
-    }
-    row->calls += calls;
-    return true;
+    if (st.used[RK_JUDGE_TOKENS] >= limit[RK_JUDGE_TOKENS])
+        rk_http_error(r, 429, "judge_budget_exceeded", param, "the judge token budget of %lld "
+                      "tokens per minute is used up; retry in %d s", limit[RK_JUDGE_TOKENS],
+                      st.renew_s);
+    else
+        rk_http_error(r, 429, "judge_budget_exceeded", param, "%s needs %lld judge calls; %lld "
+                      "of %lld per minute are left; retry in %d s", what, calls,
+                      limit[RK_JUDGE_CALLS] - st.used[RK_JUDGE_CALLS], limit[RK_JUDGE_CALLS],
+                      st.renew_s);
+    retry_after(r, st.renew_s);
+    return false;
 }
 
 void rk_bestof_refund(struct rk_http_req *r, struct rk_job *j)
 {
     struct bestof_opts *bo = opts_of(j);
-    struct budget_row *row = bo && bo->scorer != SCORE_SELF ? budget_row(r->srv, r->tenant) : NULL;
-    if (row && row->calls >= j->n)
-        row->calls -= j->n;
-}
-
-static void budget_charge_tokens(struct rk_srv *srv, const char *tenant, long long tokens)
-{
-    struct budget_row *row = budget_row(srv, tenant);
-    if (row)
-        row->tokens += tokens;
+    const long long n[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = j->n};
+    if (bo && bo->scorer != SCORE_SELF)
+        rk_tenant_window_refund(r->srv->judge_budget, r->tenant, n);
 }
 
 /* --- request ---------------------------------------------------------------- */
@@ -373,7 +308,9 @@ bool rk_bestof_parse(struct rk_http_req *r, json_t *o, struct rk_job *j)
     bo->return_scores = scores;
     if (!parse_judge(r, o, bo))
         return false;
-    if (bo->scorer != SCORE_SELF && !budget_take(r, (int)best_of))
+    char what[32];
+    snprintf(what, sizeof what, "best_of %lld", best_of);
+    if (bo->scorer != SCORE_SELF && !rk_judge_budget_take(r, best_of, "best_of", what))
         return false;
     j->n_out = j->n;
     j->n = (int)best_of;
@@ -546,9 +483,7 @@ static void judge_all(void *arg)
     free(calls);
 }
 
-/* The prompt as the judge sees it: the job's tokens as text, the last
- * PROMPT_BYTES_MAX bytes when longer, valid UTF-8. */
-static char *prompt_text(struct rk_srv *srv, const struct rk_job *j)
+char *rk_judge_prompt_text(struct rk_srv *srv, const struct rk_job *j)
 {
     struct rk_buf b = {0};
     for (size_t i = 0; i < j->n_prompt; i++) {
@@ -649,7 +584,7 @@ void rk_bestof_done(struct rk_http_req *r, struct rk_job *j)
         w->scorer = bo->scorer;
         w->instructions = bo->instructions;
         w->deadline_us = j->deadline_us;
-        w->prompt = prompt_text(srv, j);
+        w->prompt = rk_judge_prompt_text(srv, j);
         w->scores = calloc((size_t)j->n, sizeof *w->scores);
         w->rcs = calloc((size_t)j->n, sizeof *w->rcs);
         w->msgs = calloc((size_t)j->n, sizeof *w->msgs);
@@ -683,7 +618,8 @@ bool rk_bestof_resume(struct rk_http_req *r)
         if (w->rcs[i] != RK_OK && bad < 0)
             bad = i;
     }
-    budget_charge_tokens(srv, r->tenant, tokens);
+    const long long spent[RK_TW_COUNTERS] = {[RK_JUDGE_TOKENS] = tokens};
+    rk_tenant_window_charge(srv->judge_budget, r->tenant, spent);
     atomic_fetch_add(&srv->judge_tokens, (uint64_t)tokens);
     if (bad >= 0) {
         int rc = w->rcs[bad];

@@ -7,37 +7,30 @@
  * copy. The copy is never stored: a detached state reference that the job
  * drops when it ends.
  *
- * DESIGN. Parsing, limits and the per-tenant budget run on the loop thread
- * (srv->ttt_budget is touched there only). The tuning runs on the loop's
- * thread pool (rk_http_offload) with its own one-thread context, so the
- * loop and the engine thread are never held up; the work item owns a
- * reference to the parsed job and writes only its own fields. When it is
- * done the handler runs again (rk_ttt_resume), swaps the job's state for
- * the tuned one and submits the job like any other. The job's deadline and
- * a disconnect stop the tuning between tokens. docs/API.md, "ttt", has the
- * fields, limits and errors.
+ * DESIGN. Parsing, limits and the per-tenant budgets run on the loop thread:
+ * srv->ttt_budget (samples) and, with a judge, srv->judge_budget (best_of's:
+ * steps x k judge calls are reserved, those not made are given back when the
+ * work is freed, the tokens are charged as the calls return). The tuning
+ * runs on the loop's thread pool (rk_http_offload) with its own one-thread
+ * context, so the loop and the engine thread are never held up; the work
+ * item owns a reference to the parsed job and writes only its own
+ * fields. When it is done the handler runs again (rk_ttt_resume), swaps
+ * the job's state for the tuned one and submits the job like any other.
+ * The job's deadline and a disconnect stop the tuning between tokens.
+ * docs/API.md, "ttt", has the fields, limits and errors.
  */
 #include "judge.h"
 #include "json_read.h"
 #include "srv.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define TTT_PROMPT_BYTES_MAX 8192 /* of the prompt shown to a judge (the tail) */
 #define TTT_SELF_FLOOR (-100.0)   /* self score of an empty sample */
 #define TTT_CHUNK 16              /* rows of logits the self scorer computes at once */
-
-struct rk_ttt_budget {
-    struct trow {
-        char tenant[RK_STATE_ID_MAX + 1];
-        int64_t window_us;
-        long samples;
-    } *rows;
-    size_t n, cap;
-};
 
 struct ttt_opts {
     int steps, k, max_tokens;
@@ -52,6 +45,7 @@ struct ttt_work {
     struct rk_teacher *judge; /* borrowed srv->judge, or NULL (self) */
     char tenant[RK_STATE_ID_MAX + 1];
     char *prompt_text;        /* for the judge */
+    long long judge_calls;    /* made of the steps x k reserved (the rest is refunded) */
     /* self scoring: the request's state after prompt[0 .. n-2] */
     struct rk_ctx *sctx;
     float *spre, *sst, *slog;
@@ -63,49 +57,32 @@ struct ttt_work {
     double score_first, score_last;
 };
 
-void rk_ttt_budget_free(struct rk_srv *srv)
+/* Reserve `samples` of the tenant's ttt budget, or prepare a 429 (or 503). */
+static bool samples_take(struct rk_http_req *r, long long samples)
 {
-    if (srv->ttt_budget)
-        free(srv->ttt_budget->rows);
-    free(srv->ttt_budget);
-    srv->ttt_budget = NULL;
+    struct rk_srv *srv = r->srv;
+    const long long need[RK_TW_COUNTERS] = {samples},
+                    limit[RK_TW_COUNTERS] = {srv->cfg.ttt_samples_per_min, LLONG_MAX};
+    struct rk_tw_status st;
+    int rc = rk_tenant_window_reserve(srv->ttt_budget, r->tenant, need, limit, &st);
+    if (rc == RK_EBUSY)
+        rk_http_error(r, 429, "ttt_budget_exceeded", "ttt", "ttt needs %lld samples (steps x k) "
+                      "and %lld of this minute's %lld are left; the budget renews in %d s",
+                      samples, limit[0] - st.used[0] > 0 ? limit[0] - st.used[0] : 0, limit[0],
+                      st.renew_s);
+    else if (rc != RK_OK)
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+    return rc == RK_OK;
 }
 
-static struct trow *budget_row(struct rk_srv *srv, const char *tenant)
+/* Give back what rk_ttt_parse reserved for a request that does not run. */
+static void refund(struct rk_srv *srv, const char *tenant, const struct ttt_opts *o)
 {
-    if (!srv->ttt_budget && !(srv->ttt_budget = calloc(1, sizeof *srv->ttt_budget)))
-        return NULL;
-    struct rk_ttt_budget *b = srv->ttt_budget;
-    int64_t now = rk_now_us();
-    struct trow *row = NULL;
-    for (size_t i = 0; i < b->n && !row; i++)
-        if (!strcmp(b->rows[i].tenant, tenant))
-            row = &b->rows[i];
-    for (size_t i = 0; i < b->n && !row; i++)
-        if (now - b->rows[i].window_us >= 60000000) /* an idle tenant's row */
-            row = &b->rows[i];
-    if (!row) {
-        if (b->n == b->cap) {
-            size_t cap = b->cap ? b->cap * 2 : 8;
-            struct trow *p = realloc(b->rows, cap * sizeof *p);
-            if (!p)
-                return NULL;
-            b->rows = p;
-            b->cap = cap;
-        }
-        row = &b->rows[b->n++];
-        memset(row, 0, sizeof *row);
-    }
-    if (strcmp(row->tenant, tenant)) {
-        memset(row, 0, sizeof *row);
-        snprintf(row->tenant, sizeof row->tenant, "%s", tenant);
-        row->window_us = now;
-    }
-    if (now - row->window_us >= 60000000) {
-        row->window_us = now;
-        row->samples = 0;
-    }
-    return row;
+    const long long samples[RK_TW_COUNTERS] = {(long long)o->steps * o->k},
+                    calls[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = samples[0]};
+    rk_tenant_window_refund(srv->ttt_budget, tenant, samples);
+    if (!o->self)
+        rk_tenant_window_refund(srv->judge_budget, tenant, calls);
 }
 
 /* One field of the "ttt" object, reported as "ttt.<key>". */
@@ -205,24 +182,17 @@ bool rk_ttt_parse(struct rk_http_req *r, json_t *o, struct rk_job *j, struct ttt
                       rk_state_ref_meta(j->state)->method);
         return false;
     }
-    struct trow *row = budget_row(srv, r->tenant);
-    if (!row) {
-        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+    // The samples, and with a judge as many judge calls from the budget
+    // best_of uses: both or neither.
+    const long long need[RK_TW_COUNTERS] = {(long long)t.steps * t.k};
+    if (!samples_take(r, need[0]))
+        return false;
+    if (!t.self && !rk_judge_budget_take(r, need[0], "ttt", "ttt (steps x k)")) {
+        rk_tenant_window_refund(srv->ttt_budget, r->tenant, need);
         return false;
     }
-    long need = (long)t.steps * t.k;
-    if (row->samples + need > c->ttt_samples_per_min) {
-        int retry_s = (int)((60000000 - (rk_now_us() - row->window_us)) / 1000000) + 1;
-        rk_http_error(r, 429, "ttt_budget_exceeded", "ttt", "ttt needs %ld samples (steps x k) "
-                      "and %ld of this minute's %d are left; the budget renews in %d s", need,
-                      c->ttt_samples_per_min - row->samples > 0
-                          ? c->ttt_samples_per_min - row->samples : 0,
-                      c->ttt_samples_per_min, retry_s);
-        return false;
-    }
-    row->samples += need;
     if (!(*out = malloc(sizeof **out))) {
-        row->samples -= need;
+        refund(srv, r->tenant, &t);
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return false;
     }
@@ -237,6 +207,11 @@ static void work_free(void *p)
     struct ttt_work *w = p;
     if (!w)
         return;
+    if (!w->o.self) { // the judge calls the tuning did not make
+        const long long left[RK_TW_COUNTERS] = {
+            [RK_JUDGE_CALLS] = (long long)w->o.steps * w->o.k - w->judge_calls};
+        rk_tenant_window_refund(w->srv->judge_budget, w->tenant, left);
+    }
     rk_job_release(w->job);
     rk_state_ref_release(w->tuned);
     rk_ctx_free(w->sctx);
@@ -313,9 +288,13 @@ static int w_score(void *user, size_t prompt, int k, const uint32_t *y, size_t n
     int rc = rk_judge_score(w->judge, false, NULL, w->prompt_text, clean, strlen(clean), NULL,
                             w->job->deadline_us, &w->job->cancel, score, &jt, w->why,
                             sizeof w->why);
+    w->judge_calls++;
     atomic_fetch_add(&w->srv->judge_calls, 1);
-    if (jt)
+    if (jt) {
+        const long long spent[RK_TW_COUNTERS] = {[RK_JUDGE_TOKENS] = jt};
+        rk_tenant_window_charge(w->srv->judge_budget, w->tenant, spent);
         atomic_fetch_add(&w->srv->judge_tokens, (uint64_t)jt);
+    }
     if (rc != RK_OK)
         atomic_fetch_add(&w->srv->judge_errors, 1);
     free(clean);
@@ -327,24 +306,8 @@ static int work_setup(struct ttt_work *w)
     const struct rk_job *j = w->job;
     const struct rk_model *m = w->srv->model;
     size_t slen = rk_state_len(m), V = (size_t)rk_model_n_vocab(m);
-    if (!w->o.self) {
-        struct rk_buf b = {0};
-        for (size_t i = 0; i < j->n_prompt; i++) {
-            size_t n;
-            const uint8_t *p = rk_tok_bytes(w->srv->tok, j->prompt[i], &n);
-            if (p)
-                rk_buf_put(&b, (const char *)p, n);
-        }
-        size_t from = b.len > TTT_PROMPT_BYTES_MAX ? b.len - TTT_PROMPT_BYTES_MAX : 0;
-        while (from < b.len && ((unsigned char)b.p[from] & 0xc0) == 0x80)
-            from++;
-        w->prompt_text = malloc(b.len - from + 4 + 1);
-        if (w->prompt_text)
-            rk_utf8_sanitize((const uint8_t *)b.p + from, b.len - from, w->prompt_text,
-                             b.len - from + 4 + 1);
-        rk_buf_free(&b);
-        return w->prompt_text ? RK_OK : RK_ENOMEM;
-    }
+    if (!w->o.self)
+        return (w->prompt_text = rk_judge_prompt_text(w->srv, j)) ? RK_OK : RK_ENOMEM;
     struct rk_ctx_params cp = {.n_threads = 1};
     int rc = rk_ctx_create(m, &cp, &w->sctx);
     if (rc != RK_OK)
@@ -429,6 +392,7 @@ bool rk_ttt_start(struct rk_http_req *r, struct rk_job *j, struct ttt_opts *o)
 {
     struct ttt_work *w = calloc(1, sizeof *w);
     if (!w) {
+        refund(r->srv, r->tenant, o);
         free(o);
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return false;

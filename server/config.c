@@ -61,7 +61,7 @@ static const struct opt opts[] = {
     {"health-stall-ms", "RWKVD_HEALTH_STALL_MS", OPT_INT, F(health_stall_ms), 100, 3600000, "engine heartbeat age at which /health reports not ready"},
     {"health-public", "RWKVD_HEALTH_PUBLIC", OPT_BOOL, F(health_public), 0, 1, "serve GET /health without an API key (for probes)"},
     {"max-best-of", "RWKVD_MAX_BEST_OF", OPT_INT, F(best_of_max), 1, 128, "largest best_of (candidates per request; lowered to --max-seqs when larger)"},
-    {"judge-calls-per-min", "RWKVD_JUDGE_CALLS_PER_MIN", OPT_INT, F(judge_calls_per_min), 1, 1 << 24, "judge calls per tenant per minute (429 beyond)"},
+    {"judge-calls-per-min", "RWKVD_JUDGE_CALLS_PER_MIN", OPT_INT, F(judge_calls_per_min), 1, 1 << 24, "judge calls per tenant per minute: best_of, ttt and rl jobs together (429 beyond; jobs wait)"},
     {"ttt-max-steps", "RWKVD_TTT_MAX_STEPS", OPT_INT, F(ttt_max_steps), 0, 64, "largest ttt.steps of a generation request (0: test-time training off)"},
     {"ttt-max-k", "RWKVD_TTT_MAX_K", OPT_INT, F(ttt_max_k), 2, 64, "largest ttt.k (samples per ttt step)"},
     {"ttt-max-tokens", "RWKVD_TTT_MAX_TOKENS", OPT_INT, F(ttt_max_tokens), 1, 1024, "largest ttt.max_tokens (tokens per ttt sample)"},

@@ -10,11 +10,80 @@
 #include <stdlib.h>
 #include <string.h>
 
-void rk_jsonl_limits_default(struct rk_jsonl_limits *l)
+const struct rk_jsonl_limits *rk_jsonl_limits_of(const struct rk_jsonl_limits *lim)
 {
-    l->bytes_max = (size_t)256 << 20;
-    l->lines_max = 1000000;
-    l->seq_len_max = 8192;
+    static const struct rk_jsonl_limits defaults = {(size_t)256 << 20, 1000000, 8192};
+    return lim ? lim : &defaults;
+}
+
+void rk_jsonl_limits_default(struct rk_jsonl_limits *l) { *l = *rk_jsonl_limits_of(NULL); }
+
+int rk_jsonl_lines(const char *buf, size_t len, const struct rk_jsonl_limits *lim,
+                   rk_jsonl_line_fn *fn, void *user, size_t *n_lines, struct rk_errbuf *eb)
+{
+    lim = rk_jsonl_limits_of(lim);
+    *n_lines = 0;
+    if (len > lim->bytes_max)
+        return rk_errbuf_set(eb, RK_ERANGE, "dataset of %zu bytes exceeds the limit %zu", len,
+                             lim->bytes_max);
+    size_t line = 0, pos = 0;
+    while (pos < len) {
+        const char *s = buf + pos;
+        const char *nl = memchr(s, '\n', len - pos);
+        size_t l = nl ? (size_t)(nl - s) : len - pos;
+        pos += l + (nl ? 1 : 0);
+        line++;
+        size_t k = 0;
+        while (k < l && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r'))
+            k++;
+        if (k == l)
+            continue; /* blank */
+        if (*n_lines + 1 > lim->lines_max)
+            return rk_errbuf_set(eb, RK_ERANGE, "line %zu: more than %zu examples (the limit)",
+                                 line, lim->lines_max);
+        int rc = fn(user, s, l, line, eb);
+        if (rc != RK_OK)
+            return rc;
+        ++*n_lines;
+    }
+    return RK_OK;
+}
+
+int rk_jsonl_prompt_line(const char *s, size_t len, size_t line, const char *method,
+                         const char *const *keys, const char *shape,
+                         struct rk_jsonl_prompt *out, struct rk_errbuf *eb)
+{
+    json_error_t je;
+    json_t *o = json_loadb(s, len, JSON_REJECT_DUPLICATES, &je);
+    json_t *p = json_is_object(o) ? json_object_get(o, "prompt") : NULL;
+    int rc = RK_OK;
+    out->obj = NULL;
+    if (!json_is_object(o)) {
+        rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: %s", line,
+                           o ? "each line must be a JSON object" : je.text);
+    } else if (!json_is_string(p) || json_string_length(p) == 0) {
+        rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: the %s method needs a non-empty string "
+                           "\"prompt\" on every line", line, method);
+    } else {
+        const char *key;
+        json_t *val;
+        json_object_foreach(o, key, val) {
+            bool known = !strcmp(key, "prompt");
+            for (size_t i = 0; keys && keys[i] && !known; i++)
+                known = !strcmp(key, keys[i]);
+            if (!known) {
+                rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: unexpected key \"%.40s\" (an %s "
+                                   "line is %s)", line, key, method, shape);
+                break;
+            }
+        }
+    }
+    if (rc != RK_OK) {
+        json_decref(o);
+        return rc;
+    }
+    *out = (struct rk_jsonl_prompt){o, json_string_value(p), json_string_length(p)};
+    return RK_OK;
 }
 
 /* One example under construction. */
@@ -211,10 +280,19 @@ out:
     return rc == RK_ENOMEM ? rk_errbuf_set(eb, rc, "line %zu: out of memory", line) : rc;
 }
 
-static int parse_line(const char *s, size_t len, size_t line, const struct rk_tokenizer *tok,
-                      const struct rk_jsonl_limits *lim, struct rk_dataset *ds,
-                      struct rk_errbuf *eb)
+struct parse_to {
+    const struct rk_tokenizer *tok;
+    const struct rk_jsonl_limits *lim;
+    struct rk_dataset *ds;
+};
+
+/* One example line into the dataset (an rk_jsonl_line_fn). */
+static int parse_line(void *user, const char *s, size_t len, size_t line, struct rk_errbuf *eb)
 {
+    const struct parse_to *to = user;
+    const struct rk_tokenizer *tok = to->tok;
+    const struct rk_jsonl_limits *lim = to->lim;
+    struct rk_dataset *ds = to->ds;
     json_error_t je;
     json_t *o = json_loadb(s, len, JSON_REJECT_DUPLICATES, &je);
     if (!o)
@@ -265,47 +343,19 @@ int rk_jsonl_parse(const char *buf, size_t len, const struct rk_tokenizer *tok,
                    const struct rk_jsonl_limits *lim, struct rk_dataset *ds,
                    struct rk_errbuf *eb)
 {
-    struct rk_jsonl_limits dl;
-    if (!lim) {
-        rk_jsonl_limits_default(&dl);
-        lim = &dl;
-    }
-    if (len > lim->bytes_max)
-        return rk_errbuf_set(eb, RK_ERANGE, "dataset of %zu bytes exceeds the limit %zu", len,
-                             lim->bytes_max);
-    size_t line = 0, examples = 0, pos = 0;
-    while (pos < len) {
-        const char *s = buf + pos;
-        const char *nl = memchr(s, '\n', len - pos);
-        size_t l = nl ? (size_t)(nl - s) : len - pos;
-        pos += l + (nl ? 1 : 0);
-        line++;
-        size_t k = 0;
-        while (k < l && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r'))
-            k++;
-        if (k == l)
-            continue; /* blank */
-        if (++examples > lim->lines_max)
-            return rk_errbuf_set(eb, RK_ERANGE, "line %zu: more than %zu examples (the limit)",
-                                 line, lim->lines_max);
-        int rc = parse_line(s, l, line, tok, lim, ds, eb);
-        if (rc != RK_OK)
-            return rc;
-    }
-    if (!examples)
-        return rk_errbuf_set(eb, RK_EINVAL, "the dataset holds no examples");
-    return RK_OK;
+    struct parse_to to = {tok, rk_jsonl_limits_of(lim), ds};
+    size_t examples = 0;
+    int rc = rk_jsonl_lines(buf, len, to.lim, parse_line, &to, &examples, eb);
+    if (rc == RK_OK && !examples)
+        rc = rk_errbuf_set(eb, RK_EINVAL, "the dataset holds no examples");
+    return rc;
 }
 
 int rk_jsonl_load(const char *path, const struct rk_tokenizer *tok,
                   const struct rk_jsonl_limits *lim, struct rk_dataset *ds,
                   struct rk_errbuf *eb)
 {
-    struct rk_jsonl_limits dl;
-    if (!lim) {
-        rk_jsonl_limits_default(&dl);
-        lim = &dl;
-    }
+    lim = rk_jsonl_limits_of(lim);
     void *buf = NULL;
     size_t len = 0;
     int rc = rk_file_read_all(path, lim->bytes_max, &buf, &len, eb);
@@ -325,95 +375,72 @@ void rk_jsonl_prompts_free(char **p, size_t n)
     free(p);
 }
 
+struct prompts_to {
+    const struct rk_tokenizer *tok;
+    const struct rk_jsonl_limits *lim;
+    char **v;
+    size_t n, cap, *n_tokens;
+};
+
+/* One observer prompt line (an rk_jsonl_line_fn). */
+static int prompt_line(void *user, const char *s, size_t l, size_t line, struct rk_errbuf *eb)
+{
+    struct prompts_to *to = user;
+    static const char *const keys[] = {"completion", NULL};
+    struct rk_jsonl_prompt pr;
+    int rc = rk_jsonl_prompt_line(s, l, line, "observer", keys, "{\"prompt\"} with an optional "
+                                  "string \"completion\"", &pr, eb);
+    if (rc != RK_OK)
+        return rc;
+    json_t *c = json_object_get(pr.obj, "completion");
+    if (c && !json_is_string(c))
+        rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: \"completion\" must be a string (it is "
+                           "ignored)", line);
+    if (rc == RK_OK) {
+        size_t got = 0;
+        rk_tok_encode(to->tok, pr.text, pr.len, NULL, 0, &got);
+        if (got + 1 > to->lim->seq_len_max)
+            rc = rk_errbuf_set(eb, RK_ERANGE,
+                               "line %zu: a prompt of %zu tokens leaves no room for an "
+                               "answer (the limit is %zu tokens)", line, got,
+                               to->lim->seq_len_max);
+        else if (to->n_tokens)
+            *to->n_tokens += got;
+    }
+    if (rc == RK_OK && to->n == to->cap) {
+        size_t cap = to->cap ? 2 * to->cap : 16;
+        char **nv = realloc(to->v, cap * sizeof *nv);
+        if (!nv)
+            rc = RK_ENOMEM;
+        else
+            to->v = nv, to->cap = cap;
+    }
+    if (rc == RK_OK && !(to->v[to->n] = strndup(pr.text, pr.len)))
+        rc = RK_ENOMEM;
+    if (rc == RK_OK)
+        to->n++;
+    json_decref(pr.obj);
+    return rc;
+}
+
 int rk_jsonl_prompts(const char *buf, size_t len, const struct rk_tokenizer *tok,
                      const struct rk_jsonl_limits *lim, char ***out, size_t *n_out,
                      size_t *n_tokens, struct rk_errbuf *eb)
 {
-    struct rk_jsonl_limits dl;
-    if (!lim) {
-        rk_jsonl_limits_default(&dl);
-        lim = &dl;
-    }
+    struct prompts_to to = {tok, rk_jsonl_limits_of(lim), NULL, 0, 0, n_tokens};
     *out = NULL;
     *n_out = 0;
     if (n_tokens)
         *n_tokens = 0;
-    if (len > lim->bytes_max)
-        return rk_errbuf_set(eb, RK_ERANGE, "dataset of %zu bytes exceeds the limit %zu", len,
-                             lim->bytes_max);
-    char **v = NULL;
-    size_t n = 0, cap = 0, line = 0, pos = 0;
-    int rc = RK_OK;
-    while (pos < len && rc == RK_OK) {
-        const char *s = buf + pos;
-        const char *nl = memchr(s, '\n', len - pos);
-        size_t l = nl ? (size_t)(nl - s) : len - pos;
-        pos += l + (nl ? 1 : 0);
-        line++;
-        size_t k = 0;
-        while (k < l && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r'))
-            k++;
-        if (k == l)
-            continue;
-        if (n + 1 > lim->lines_max) {
-            rc = rk_errbuf_set(eb, RK_ERANGE, "line %zu: more than %zu examples (the limit)",
-                               line, lim->lines_max);
-            break;
-        }
-        json_error_t je;
-        json_t *o = json_loadb(s, l, JSON_REJECT_DUPLICATES, &je);
-        const char *key;
-        json_t *val;
-        json_t *p = json_is_object(o) ? json_object_get(o, "prompt") : NULL;
-        if (!json_is_object(o)) {
-            rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: %s", line,
-                               o ? "each line must be a JSON object" : je.text);
-        } else if (!json_is_string(p) || json_string_length(p) == 0) {
-            rc = rk_errbuf_set(eb, RK_EINVAL,
-                               "line %zu: the observer method needs a non-empty string "
-                               "\"prompt\" on every line", line);
-        } else {
-            json_object_foreach(o, key, val) {
-                if (strcmp(key, "prompt") && !(!strcmp(key, "completion") && json_is_string(val))) {
-                    rc = rk_errbuf_set(eb, RK_EINVAL,
-                                       "line %zu: unexpected key \"%.40s\" (an observer line is "
-                                       "{\"prompt\"} with an optional string \"completion\")",
-                                       line, key);
-                    break;
-                }
-            }
-        }
-        if (rc == RK_OK) {
-            size_t got = 0, pl = json_string_length(p);
-            rk_tok_encode(tok, json_string_value(p), pl, NULL, 0, &got);
-            if (got + 1 > lim->seq_len_max)
-                rc = rk_errbuf_set(eb, RK_ERANGE,
-                                   "line %zu: a prompt of %zu tokens leaves no room for an "
-                                   "answer (the limit is %zu tokens)", line, got, lim->seq_len_max);
-            else if (n_tokens)
-                *n_tokens += got;
-        }
-        if (rc == RK_OK && n == cap) {
-            cap = cap ? 2 * cap : 16;
-            char **nv = realloc(v, cap * sizeof *nv);
-            if (!nv)
-                rc = RK_ENOMEM;
-            else
-                v = nv;
-        }
-        if (rc == RK_OK && !(v[n] = strndup(json_string_value(p), json_string_length(p))))
-            rc = RK_ENOMEM;
-        if (rc == RK_OK)
-            n++;
-        json_decref(o);
-    }
-    if (rc == RK_OK && n == 0)
+    size_t lines = 0;
+    int rc = rk_jsonl_lines(buf, len, to.lim, prompt_line, &to, &lines, eb);
+    if (rc == RK_OK && to.n == 0)
         rc = rk_errbuf_set(eb, RK_EINVAL, "the dataset holds no prompts");
     if (rc != RK_OK) {
-        rk_jsonl_prompts_free(v, n);
+        rk_jsonl_prompts_free(to.v, to.n);
         return rc;
     }
-    *out = v;
-    *n_out = n;
+    *out = to.v;
+    *n_out = to.n;
     return RK_OK;
 }

@@ -588,6 +588,37 @@ struct rl_scorer {
     char why[320];                  /* the last judge failure */
 };
 
+/* Reserve one judge call of the job's tenant from the judge budget that
+ * best_of and ttt use (--judge-calls-per-min, --judge-tokens-per-min),
+ * waiting for the tenant's minute to renew while it is spent. RK_OK,
+ * RK_ECANCELED (cancelled or the server stops while waiting), RK_ENOMEM. */
+static int rl_judge_budget_wait(struct rl_scorer *s)
+{
+    struct rk_tjobs *js = s->js;
+    struct rk_srv *srv = js->srv;
+    const long long need[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = 1},
+                    limit[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = srv->cfg.judge_calls_per_min,
+                                             [RK_JUDGE_TOKENS] = srv->cfg.judge_tokens_per_min};
+    bool told = false;
+    for (;;) {
+        struct rk_tw_status st;
+        int rc = rk_tenant_window_reserve(srv->judge_budget, s->j->v.tenant, need, limit, &st);
+        if (rc != RK_EBUSY)
+            return rc;
+        if (!told) {
+            rk_log(RK_LOG_INFO, "jobs: %s: the tenant's judge budget is spent; waiting %d s "
+                   "for it to renew", s->j->v.id, st.renew_s);
+            told = true;
+        }
+        int64_t t0 = rk_now_us();
+        while (rk_now_us() - t0 < 100000) {
+            if (atomic_load(&s->j->cancel) || atomic_load(&js->stop_flag))
+                return RK_ECANCELED;
+            usleep(20000);
+        }
+    }
+}
+
 /* A checker where the prompt has one, else the judge's log-probability of
  * "Yes" (best_of's scoring, rk_judge_score), its answer cached. */
 static int rl_score(void *user, size_t prompt, int k, const uint32_t *tokens, size_t n,
@@ -603,12 +634,23 @@ static int rl_score(void *user, size_t prompt, int k, const uint32_t *tokens, si
     if (!text)
         return RK_ENOMEM;
     rk_rl_completion_text(d->tok, tokens, n, text, n * 8 + 1);
-    long long jt = 0;
-    int rc = rk_judge_score(s->judge, false, NULL, d->prompt[prompt], text, strlen(text),
-                            s->cache, 0, &s->j->cancel, score, &jt, s->why, sizeof s->why);
     struct rk_srv *srv = s->js->srv;
+    int rc = rl_judge_budget_wait(s);
+    if (rc != RK_OK) {
+        free(text);
+        return rc;
+    }
+    long long jt = 0;
+    rc = rk_judge_score(s->judge, false, NULL, d->prompt[prompt], text, strlen(text), s->cache,
+                        0, &s->j->cancel, score, &jt, s->why, sizeof s->why);
     atomic_fetch_add(rc != RK_OK ? &srv->rl_judge_errors
                      : jt ? &srv->rl_judge_calls : &srv->rl_judge_cached, 1);
+    // An answer from the job's cache costs no call; the tokens are charged
+    // as the judge reports them.
+    const long long back[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = rc == RK_OK && !jt},
+                    spent[RK_TW_COUNTERS] = {[RK_JUDGE_TOKENS] = jt};
+    rk_tenant_window_refund(srv->judge_budget, s->j->v.tenant, back);
+    rk_tenant_window_charge(srv->judge_budget, s->j->v.tenant, spent);
     free(text);
     return rc;
 }

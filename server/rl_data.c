@@ -22,63 +22,57 @@ void rk_rl_data_free(struct rk_rl_data *d)
     free(d);
 }
 
+/* Room for cap entries in every array of d; RK_ENOMEM leaves the arrays
+ * that did grow grown (d->n entries are kept either way). */
 static int grow(struct rk_rl_data *d, size_t cap)
 {
-    char **p = realloc(d->prompt, cap * sizeof *p);
-    if (p)
-        d->prompt = p;
-    char **a = realloc(d->answer, cap * sizeof *a);
-    if (a)
-        d->answer = a;
-    regex_t *re = realloc(d->re, cap * sizeof *re);
-    if (re)
-        d->re = re;
-    bool *h = realloc(d->has_re, cap * sizeof *h);
-    if (h)
-        d->has_re = h;
-    uint32_t **t = realloc(d->tokens, cap * sizeof *t);
-    if (t)
-        d->tokens = t;
-    size_t *nt = realloc(d->n_tokens, cap * sizeof *nt);
-    if (nt)
-        d->n_tokens = nt;
-    return p && a && re && h && t && nt ? RK_OK : RK_ENOMEM;
+    bool ok = true;
+#define GROW(field)                                                                               \
+    do {                                                                                          \
+        void *p_ = realloc(d->field, cap * sizeof *d->field);                                    \
+        if (p_)                                                                                   \
+            d->field = p_;                                                                        \
+        ok &= p_ != NULL;                                                                         \
+    } while (0)
+    GROW(prompt);
+    GROW(answer);
+    GROW(re);
+    GROW(has_re);
+    GROW(tokens);
+    GROW(n_tokens);
+#undef GROW
+    return ok ? RK_OK : RK_ENOMEM;
 }
 
-/* One line into entry d->n (not yet counted). */
-static int parse_line(struct rk_rl_data *d, const char *s, size_t l, size_t line,
-                      const struct rk_jsonl_limits *lim, int max_tokens, struct rk_errbuf *eb)
+struct parse_to {
+    struct rk_rl_data *d;
+    const struct rk_jsonl_limits *lim;
+    int max_tokens;
+    size_t cap;
+};
+
+/* One line into entry d->n, then counted (an rk_jsonl_line_fn). */
+static int parse_line(void *user, const char *s, size_t l, size_t line, struct rk_errbuf *eb)
 {
-    json_error_t je;
-    json_t *o = json_loadb(s, l, JSON_REJECT_DUPLICATES, &je);
-    int rc = RK_OK;
-    const char *key;
-    json_t *val;
+    struct parse_to *to = user;
+    struct rk_rl_data *d = to->d;
+    const struct rk_jsonl_limits *lim = to->lim;
+    int max_tokens = to->max_tokens;
+    if (d->n == to->cap && grow(d, to->cap = to->cap ? 2 * to->cap : 16) != RK_OK)
+        return RK_ENOMEM;
+    static const char *const keys[] = {"answer", "regex", NULL};
+    struct rk_jsonl_prompt pr;
+    int rc = rk_jsonl_prompt_line(s, l, line, "rl", keys, "{\"prompt\"} with an optional "
+                                  "\"answer\" or \"regex\"", &pr, eb);
+    if (rc != RK_OK)
+        return rc;
     size_t i = d->n;
     d->prompt[i] = d->answer[i] = NULL;
     d->tokens[i] = NULL;
     d->has_re[i] = false;
-    json_t *p = json_is_object(o) ? json_object_get(o, "prompt") : NULL;
-    json_t *a = json_is_object(o) ? json_object_get(o, "answer") : NULL;
-    json_t *r = json_is_object(o) ? json_object_get(o, "regex") : NULL;
-    if (!json_is_object(o)) {
-        rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: %s", line,
-                           o ? "each line must be a JSON object" : je.text);
-        goto out;
-    }
-    json_object_foreach(o, key, val) {
-        if (strcmp(key, "prompt") && strcmp(key, "answer") && strcmp(key, "regex")) {
-            rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: unexpected key \"%.40s\" (an rl line "
-                               "is {\"prompt\"} with an optional \"answer\" or \"regex\")",
-                               line, key);
-            goto out;
-        }
-    }
-    if (!json_is_string(p) || json_string_length(p) == 0) {
-        rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: the rl method needs a non-empty string "
-                           "\"prompt\" on every line", line);
-        goto out;
-    }
+    json_t *a = json_object_get(pr.obj, "answer"), *r = json_object_get(pr.obj, "regex");
+    const char *prompt = pr.text;
+    size_t pl = pr.len;
     if ((a && !json_is_string(a)) || (r && !json_is_string(r)) || (a && r)) {
         rc = rk_errbuf_set(eb, RK_EINVAL, "line %zu: \"answer\" and \"regex\" are strings, and "
                            "a line has at most one of them", line);
@@ -100,15 +94,15 @@ static int parse_line(struct rk_rl_data *d, const char *s, size_t l, size_t line
         }
         d->has_re[i] = true;
     }
-    size_t pl = json_string_length(p), got = 0;
-    rk_tok_encode(d->tok, json_string_value(p), pl, NULL, 0, &got);
+    size_t got = 0;
+    rk_tok_encode(d->tok, prompt, pl, NULL, 0, &got);
     if (got + (size_t)max_tokens > lim->seq_len_max) {
         rc = rk_errbuf_set(eb, RK_ERANGE, "line %zu: a prompt of %zu tokens and rl_max_tokens "
                            "%d exceed the limit of %zu tokens", line, got, max_tokens,
                            lim->seq_len_max);
         goto out;
     }
-    if (!(d->prompt[i] = strndup(json_string_value(p), pl)) ||
+    if (!(d->prompt[i] = strndup(prompt, pl)) ||
         (a && !(d->answer[i] = strndup(json_string_value(a), json_string_length(a)))) ||
         !(d->tokens[i] = malloc((got ? got : 1) * sizeof(uint32_t)))) {
         rc = RK_ENOMEM;
@@ -117,6 +111,7 @@ static int parse_line(struct rk_rl_data *d, const char *s, size_t l, size_t line
     rk_tok_encode(d->tok, d->prompt[i], pl, d->tokens[i], got, &got);
     d->n_tokens[i] = got;
     d->n_checked += a || r;
+    d->n++;
 out:
     if (rc != RK_OK) {
         free(d->prompt[i]), free(d->answer[i]), free(d->tokens[i]);
@@ -124,7 +119,7 @@ out:
             regfree(&d->re[i]);
         d->has_re[i] = false;
     }
-    json_decref(o);
+    json_decref(pr.obj);
     return rc;
 }
 
@@ -132,43 +127,15 @@ int rk_rl_data_parse(const char *buf, size_t len, const struct rk_tokenizer *tok
                      const struct rk_jsonl_limits *lim, int rl_max_tokens,
                      struct rk_rl_data **out, struct rk_errbuf *eb)
 {
-    struct rk_jsonl_limits dl;
-    if (!lim) {
-        rk_jsonl_limits_default(&dl);
-        lim = &dl;
-    }
     *out = NULL;
-    if (len > lim->bytes_max)
-        return rk_errbuf_set(eb, RK_ERANGE, "dataset of %zu bytes exceeds the limit %zu", len,
-                             lim->bytes_max);
     struct rk_rl_data *d = calloc(1, sizeof *d);
     if (!d)
         return RK_ENOMEM;
     d->tok = tok;
     rk_tok_encode(tok, "\n\n", 2, d->stop, 8, &d->n_stop);
-    size_t cap = 0, line = 0, pos = 0;
-    int rc = RK_OK;
-    while (pos < len && rc == RK_OK) {
-        const char *s = buf + pos;
-        const char *nl = memchr(s, '\n', len - pos);
-        size_t l = nl ? (size_t)(nl - s) : len - pos;
-        pos += l + (nl ? 1 : 0);
-        line++;
-        size_t k = 0;
-        while (k < l && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r'))
-            k++;
-        if (k == l)
-            continue;
-        if (d->n + 1 > lim->lines_max) {
-            rc = rk_errbuf_set(eb, RK_ERANGE, "line %zu: more than %zu examples (the limit)",
-                               line, lim->lines_max);
-            break;
-        }
-        if (d->n == cap && (rc = grow(d, cap = cap ? 2 * cap : 16)) != RK_OK)
-            break;
-        if ((rc = parse_line(d, s, l, line, lim, rl_max_tokens, eb)) == RK_OK)
-            d->n++;
-    }
+    struct parse_to to = {d, rk_jsonl_limits_of(lim), rl_max_tokens, 0};
+    size_t lines = 0;
+    int rc = rk_jsonl_lines(buf, len, to.lim, parse_line, &to, &lines, eb);
     if (rc == RK_OK && d->n == 0)
         rc = rk_errbuf_set(eb, RK_EINVAL, "the dataset holds no prompts");
     if (rc != RK_OK) {

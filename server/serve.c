@@ -243,6 +243,11 @@ int rk_cmd_serve(int argc, char **argv)
             goto out;
         }
     }
+    if (!(srv->judge_budget = rk_tenant_window_new()) ||
+        !(srv->ttt_budget = rk_tenant_window_new())) {
+        fprintf(stderr, "rwkvd serve: out of memory\n");
+        goto out;
+    }
     if (c->judge.url && open_judge(srv) != 0)
         goto out;
     if (c->teacher.url && open_teacher(srv) != 0)
@@ -319,8 +324,8 @@ out:
     rk_auth_free(srv->auth);
     rk_teacher_free(srv->judge);
     rk_teacher_free(srv->teacher);
-    rk_bestof_budget_free(srv);
-    rk_ttt_budget_free(srv);
+    rk_tenant_window_free(srv->judge_budget);
+    rk_tenant_window_free(srv->ttt_budget);
     rk_tok_free(srv->tok);
     rk_model_free(srv->model);
     rk_metrics_free(&srv->metrics);

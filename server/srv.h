@@ -18,6 +18,7 @@
 #include "rk_adapters.h"
 #include "rk_core.h"
 #include "rk_fileio.h"
+#include "tenant_window.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -385,7 +386,17 @@ void rk_bestof_done(struct rk_http_req *r, struct rk_job *j);
 bool rk_bestof_resume(struct rk_http_req *r);
 /* Give back the judge calls a job reserved when it could not be queued. */
 void rk_bestof_refund(struct rk_http_req *r, struct rk_job *j);
-void rk_bestof_budget_free(struct rk_srv *srv);
+/* The prompt of j as a judge sees it: its tokens as text, the last 8192
+ * bytes when longer, valid UTF-8; NULL when out of memory. Any thread. */
+char *rk_judge_prompt_text(struct rk_srv *srv, const struct rk_job *j);
+/* The counters of srv->judge_budget. */
+enum { RK_JUDGE_CALLS, RK_JUDGE_TOKENS };
+/* Reserve `calls` judge calls of r's tenant's judge budget (calls and
+ * tokens per minute), or prepare a 429 judge_budget_exceeded with
+ * Retry-After (or a 503) that names `param` and says "<what> needs N judge
+ * calls". Loop thread. */
+bool rk_judge_budget_take(struct rk_http_req *r, long long calls, const char *param,
+                          const char *what);
 
 /* Test-time training (api_ttt.c). Parse "ttt" of a request `o` (after
  * best_of and the prompt): limits, the tenant's sample budget (reserved
@@ -400,7 +411,6 @@ bool rk_ttt_start(struct rk_http_req *r, struct rk_job *j, struct ttt_opts *o);
  * 1 with *out (one reference) the job, its state now the tuned copy, ready
  * to submit; -1 when the error response is prepared. */
 int rk_ttt_resume(struct rk_http_req *r, struct rk_job **out);
-void rk_ttt_budget_free(struct rk_srv *srv);
 
 /* The built-in route sets. */
 void rk_api_generate_register(struct rk_srv *srv);
@@ -431,8 +441,10 @@ struct rk_srv {
     struct rk_auth *auth;
     struct rk_tjobs *tjobs; /* the tuning jobs (jobs.h); NULL until their routes are added */
     struct rk_teacher *judge; /* best_of's judge (teacher.h); NULL: none configured */
-    struct rk_bestof_budget *judge_budget; /* per-tenant judge use (api_bestof.c; loop thread) */
-    struct rk_ttt_budget *ttt_budget;      /* per-tenant ttt samples (api_ttt.c; loop thread) */
+    /* Per-tenant budgets (tenant_window.h), made at start-up: judge calls
+     * and tokens (best_of, ttt with a judge, rl jobs scored by the judge;
+     * counters RK_JUDGE_CALLS, RK_JUDGE_TOKENS) and ttt samples (counter 0). */
+    struct rk_tenant_window *judge_budget, *ttt_budget;
     atomic_uint_fast64_t judge_calls, judge_errors, judge_tokens; /* metrics */
     struct rk_teacher *teacher; /* observer jobs' teacher (teacher.h); NULL: none configured */
     atomic_uint_fast64_t teacher_calls, teacher_cached, teacher_errors; /* metrics */

@@ -137,3 +137,33 @@ bool rk_test_slow(void)
     const char *v = getenv("RWKVD_TEST_SLOW");
     return v && *v && strcmp(v, "0") != 0;
 }
+
+double rk_fd_along(rk_fd_loss *loss, void *user, float *x, const float *u, size_t n, double h)
+{
+    float *save = malloc((n ? n : 1) * sizeof(float));
+    ck_assert_ptr_nonnull(save);
+    memcpy(save, x, n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        x[i] = save[i] + (float)h * u[i];
+    double lp = loss(user);
+    for (size_t i = 0; i < n; i++)
+        x[i] = save[i] - (float)h * u[i];
+    double lm = loss(user);
+    memcpy(x, save, n * sizeof(float));
+    free(save);
+    return (lp - lm) / (2 * h);
+}
+
+double rk_fd_row(rk_fd_row_loss *loss, void *user, const float *x, size_t n, size_t i, double h)
+{
+    float *a = malloc((n ? n : 1) * sizeof(float));
+    ck_assert_ptr_nonnull(a);
+    memcpy(a, x, n * sizeof(float));
+    a[i] = x[i] + (float)h;
+    double lp = loss(a, n, user);
+    memcpy(a, x, n * sizeof(float));
+    a[i] = x[i] - (float)h;
+    double lm = loss(a, n, user);
+    free(a);
+    return (lp - lm) / (2 * h);
+}

@@ -62,6 +62,17 @@ void rk_check_close(const float *a, const float *b, size_t n, double atol, doubl
 /* Largest absolute difference. */
 double rk_max_abs_diff(const float *a, const float *b, size_t n);
 
+/* Central finite differences for the gradient tests: `loss` reads x[n]
+ * (through `user`); x is moved to x + h u and x - h u in place and restored
+ * bit for bit. Returns (loss(x + h u) - loss(x - h u)) / 2h. */
+typedef double rk_fd_loss(void *user);
+double rk_fd_along(rk_fd_loss *loss, void *user, float *x, const float *u, size_t n, double h);
+/* For a loss of one row of logits that overwrites the row (with its
+ * gradient): the central difference at coordinate i of x[n], each side
+ * computed on a copy of x. */
+typedef double rk_fd_row_loss(float *row, size_t n, void *user);
+double rk_fd_row(rk_fd_row_loss *loss, void *user, const float *x, size_t n, size_t i, double h);
+
 /* The thread counts that the thread-identity tests compare with one thread:
  * RWKVD_TEST_THREADS ("2,3,5": comma-separated, each 2..64), else {3}. The
  * `matrix` suite of tests/meson.build sets it. Fills out[] (at most max

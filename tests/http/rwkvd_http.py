@@ -9,6 +9,7 @@ this directory first on sys.path and `import rwkvd_http` finds this file.
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -180,3 +181,20 @@ def sanitizer_report(*log_paths):
         if "Sanitizer" in text or "runtime error" in text:
             return path
     return None
+
+
+def finish(procs, tmp, names, ok, name):
+    """The end of a test that started servers (start) named `names` under
+    tmp: stop them, fail on a sanitizer report in their logs, remove tmp
+    when all went well (else say where it is kept). The exit status."""
+    stop(procs, timeout=10)
+    bad = sanitizer_report(*(os.path.join(tmp, n + ".log") for n in names))
+    if bad:
+        print("%s reports a sanitizer error" % bad)
+        ok = False
+    if ok:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print("%s: ok" % name)
+    else:
+        print("left in", tmp)
+    return 0 if ok else 1

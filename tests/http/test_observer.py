@@ -18,7 +18,6 @@ usage: test_observer.py RWKVD DEMO_MODEL
 """
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -26,8 +25,8 @@ import threading
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-from rwkvd_http import (FakeHandler, events, get_json, get_text, metric, post,  # noqa: E402
-                        sanitizer_report, start, start_fake, stop, wait_job)
+from rwkvd_http import (FakeHandler, events, finish, get_json, get_text, metric,  # noqa: E402
+                        post, start, start_fake, wait_job)
 
 KEY = "sk-teacher-key-0123456789-never-shown"
 FEW_SHOT = ("User: Hello!\n\nAssistant: Ahoy, matey! How can I help ye today? Yo ho ho!\n\n"
@@ -257,20 +256,10 @@ def main():
                 every += open(os.path.join(root, f), "rb").read().decode("latin-1")
         assert KEY not in every
         ok = True
-        print("test_observer: ok")
     finally:
-        stop(procs, timeout=10)
+        status = finish(procs, tmp, ("teacher", "student", "strict"), ok, "test_observer")
         fake.shutdown()
-        bad = sanitizer_report(*(os.path.join(tmp, n + ".log")
-                                 for n in ("teacher", "student", "strict")))
-        if bad:
-            print("%s reports a sanitizer error" % bad)
-            ok = False
-        if ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("left in", tmp)
-    return 0 if ok else 1
+    return status
 
 
 if __name__ == "__main__":

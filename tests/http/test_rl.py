@@ -10,21 +10,21 @@ answers of the steps it runs again from its cache file, not from the judge
 OpenAI-style errors; a server without a judge refuses prompts that have no
 checker; a judge that cannot be reached fails the job and the request.
 Test-time training (ttt) on /generate and chat: with the judge and with
-self-scoring, its 400s, the per-tenant sample budget (429).
+self-scoring, its 400s, the per-tenant sample budget (429), and the judge budget
+that ttt shares with best_of and rl jobs (429 once spent).
 
 usage: test_rl.py RWKVD DEMO_MODEL
 """
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-from rwkvd_http import (events, get_json, metric, post, sanitizer_report, start,  # noqa: E402
-                        stop, wait_job)
+from rwkvd_http import (events, finish, get_json, metric, post, start,  # noqa: E402
+                        wait_job)
 
 PROMPTS = ["User: What is the capital of France?\n\nAssistant:",
            "User: What color is the sky?\n\nAssistant:",
@@ -166,7 +166,8 @@ def main():
         # a judge that cannot be reached fails the job, and the ttt request (502)
         dead, dp = start(rwkvd, model, tmp, "dead", [
             "--judge-url", "http://127.0.0.1:1/v1", "--judge-model", "m",
-            "--judge-retries", "0", "--judge-connect-timeout-ms", "200"])
+            "--judge-retries", "0", "--judge-connect-timeout-ms", "200",
+            "--judge-calls-per-min", "5"])
         procs.append(dead)
         st, j = post(dp, "/tune", dict(RL, output_state="dead", steps=2, dataset=data[:1]))
         assert st == 202, j
@@ -176,20 +177,23 @@ def main():
         st, e = post(dp, "/generate", dict(q, ttt={"steps": 1, "k": 2, "max_tokens": 4}))
         assert st == 502 and e["error"]["code"] == "judge_failed", e
         assert metric(dp, "rwkvd_rl_judge_failures_total") == 1
+        # one judge budget: the rl job's and ttt's calls (at least one each) left less
+        # than 4 of the 5 a minute, so ttt and best_of with the judge are refused;
+        # self-scored ttt does not draw on it
+        spend = {"steps": 2, "k": 2, "max_tokens": 2}
+        st, e = post(dp, "/generate", dict(q, ttt=spend))
+        assert st == 429 and e["error"]["code"] == "judge_budget_exceeded", e
+        assert e["error"]["param"] == "ttt" and "ttt (steps x k) needs 4 judge calls" in \
+            e["error"]["message"], e
+        assert e["error"]["type"] == "rate_limit_error", e
+        st, e = post(dp, "/generate", dict(q, best_of=4, return_scores=True))
+        assert st == 429 and e["error"]["code"] == "judge_budget_exceeded", e
+        st, b = post(dp, "/generate", dict(q, ttt=dict(spend, judge="self")))
+        assert st == 200 and b["usage"]["ttt_steps"] == 2, b
         ok = True
-        print("test_rl: ok")
     finally:
-        stop(procs, timeout=10)
-        bad = sanitizer_report(*(os.path.join(tmp, n + ".log")
-                                 for n in ("judge", "server", "dead")))
-        if bad:
-            print("%s reports a sanitizer error" % bad)
-            ok = False
-        if ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print("left in", tmp)
-    return 0 if ok else 1
+        status = finish(procs, tmp, ("judge", "server", "dead"), ok, "test_rl")
+    return status
 
 
 if __name__ == "__main__":

@@ -115,6 +115,8 @@ static double loss_grad(struct kfx *f, float *dst, float *dP)
     return l;
 }
 
+static double loss_at(void *user) { return loss_grad(user, NULL, NULL); }
+
 /* Central difference of the loss along u over the floats [off, off + n) of
  * the adapter, against g . u. */
 static void check_dir(struct kfx *f, size_t off, size_t n, const float *u, const float *gr,
@@ -125,17 +127,7 @@ static void check_dir(struct kfx *f, size_t off, size_t n, const float *u, const
         gu += (double)gr[i] * u[i];
         un += (double)u[i] * u[i];
     }
-    float *save = malloc(n * sizeof(float));
-    memcpy(save, f->ad + off, n * sizeof(float));
-    for (size_t i = 0; i < n; i++)
-        f->ad[off + i] = save[i] + (float)eps * u[i];
-    double lp = loss_grad(f, NULL, NULL);
-    for (size_t i = 0; i < n; i++)
-        f->ad[off + i] = save[i] - (float)eps * u[i];
-    double lm = loss_grad(f, NULL, NULL);
-    memcpy(f->ad + off, save, n * sizeof(float));
-    free(save);
-    double fd = (lp - lm) / (2 * eps);
+    double fd = rk_fd_along(loss_at, f, f->ad + off, u, n, eps);
     double tol = 1e-2 * fabs(gu) + 2e-4 * sqrt(un);
     ck_assert_msg(fabs(fd - gu) <= tol, "%s: finite difference %.6g, gradient %.6g", what, fd,
                   gu);
@@ -207,6 +199,19 @@ static double hook_loss(const struct kfx *f, size_t n, const float *r, const flo
     return l;
 }
 
+/* hook_loss at (r, w), either of which rk_fd_along moves; an rk_fd_loss. */
+struct hook_pt {
+    const struct kfx *f;
+    size_t n;
+    const float *r, *w, *dy;
+};
+
+static double hook_at(void *user)
+{
+    const struct hook_pt *p = user;
+    return hook_loss(p->f, p->n, p->r, p->w, p->dy);
+}
+
 static void hook_case(int fade)
 {
     struct kfx f;
@@ -215,7 +220,6 @@ static void hook_case(int fade)
     float *r = malloc(nn * sizeof(float)), *w = malloc(nn * sizeof(float));
     float *dy = malloc(nn * sizeof(float)), *dr = calloc(nn, sizeof(float));
     float *dw = calloc(nn, sizeof(float)), *u = malloc(nn * sizeof(float));
-    float *x = malloc(nn * sizeof(float));
     uint64_t s = 3;
     for (size_t i = 0; i < nn; i++) {
         r[i] = 2 * rng_sym(&s);
@@ -243,20 +247,14 @@ static void hook_case(int fade)
                 u[i] = dir ? rng_sym(&s) : (float)(gr[i] / sqrt(gn));
             for (size_t i = 0; i < nn; i++)
                 gu += (double)gr[i] * u[i];
-            const double eps = which ? 1e-3 : 1e-2;
-            for (size_t i = 0; i < nn; i++)
-                x[i] = v[i] + (float)eps * u[i];
-            double lp = which ? hook_loss(&f, n, r, x, dy) : hook_loss(&f, n, x, w, dy);
-            for (size_t i = 0; i < nn; i++)
-                x[i] = v[i] - (float)eps * u[i];
-            double lm = which ? hook_loss(&f, n, r, x, dy) : hook_loss(&f, n, x, w, dy);
-            double fd = (lp - lm) / (2 * eps);
+            struct hook_pt pt = {&f, n, r, w, dy};
+            double fd = rk_fd_along(hook_at, &pt, v, u, nn, which ? 1e-3 : 1e-2);
             ck_assert_msg(fabs(fd - gu) <= 5e-3 * fabs(gu) + 1e-3 * sqrt(gn),
                           "d%s (%s, fade %d): finite difference %.7g, gradient %.7g",
                           which ? "w" : "r", dir ? "random" : "along", fade, fd, gu);
         }
     }
-    free(r), free(w), free(dy), free(dr), free(dw), free(u), free(x), free(g.dP);
+    free(r), free(w), free(dy), free(dr), free(dw), free(u), free(g.dP);
     kfx_close(&f);
 }
 

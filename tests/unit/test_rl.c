@@ -12,12 +12,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-static double row_at(const float *lg, int V, uint32_t y, double adv, double klw,
-                     const uint32_t *ids, const float *lq, float lrest, int k)
+/* The target, advantage and start of one rl row; row_at is its
+ * rk_fd_row_loss. */
+struct row_pt {
+    uint32_t y;
+    double adv, klw;
+    const uint32_t *ids;
+    const float *lq;
+    float lrest;
+    int k;
+};
+
+static double row_at(float *row, size_t n, void *user)
 {
-    float tmp[64];
-    memcpy(tmp, lg, (size_t)V * sizeof(float));
-    return rk_rl_row(tmp, V, y, adv, klw, ids, lq, lrest, k, 1, NULL);
+    const struct row_pt *p = user;
+    return rk_rl_row(row, (int)n, p->y, p->adv, p->klw, p->ids, p->lq, p->lrest, p->k, 1, NULL);
 }
 
 /* The row's gradient (advantage term and KL term) against central
@@ -53,15 +62,9 @@ START_TEST(test_rl_row_grad)
         double l = rk_rl_row(g, V, 7, adv, klw, ids, lq, lrest, K, 2, &kl);
         ck_assert(isfinite(l) && kl > 0);
         const float h = 1.0f / 64;
+        struct row_pt pt = {7, adv, klw, ids, lq, lrest, K};
         for (int v = 0; v < V; v++) {
-            float a[V], b[V];
-            memcpy(a, lg, sizeof a);
-            memcpy(b, lg, sizeof b);
-            a[v] += h;
-            b[v] -= h;
-            double fd = (row_at(a, V, 7, adv, klw, ids, lq, lrest, K) -
-                         row_at(b, V, 7, adv, klw, ids, lq, lrest, K)) /
-                        (2 * h);
+            double fd = rk_fd_row(row_at, &pt, lg, V, (size_t)v, h);
             ck_assert_msg(fabs(fd - 2 * (double)g[v]) < 3e-4, "adv=%g v=%d fd=%g grad=%g", adv,
                           v, fd, 2 * (double)g[v]);
         }
@@ -85,6 +88,7 @@ struct fd_ctx {
     uint32_t tok[20], tgt[20];
     uint8_t mask[20];
     size_t n;
+    float *st; /* the state rk_fd_along moves */
 };
 
 static double seq_loss(struct fd_ctx *f, const float *st, float *grad)
@@ -101,6 +105,12 @@ static double seq_loss(struct fd_ctx *f, const float *st, float *grad)
     if (!grad)
         free(tmp);
     return l;
+}
+
+static double seq_loss_at(void *user)
+{
+    struct fd_ctx *f = user;
+    return seq_loss(f, f->st, NULL);
 }
 
 /* The policy-gradient loss with its KL term, through the backward into the
@@ -138,7 +148,7 @@ START_TEST(test_rl_state_grad)
         ck_assert_int_eq(rk_rl_targets_set_ref(tg, 0, p, lg + (t0 + p) * V, (int)V), RK_OK);
     f.p.method_data = tg;
     float *st = malloc(slen * sizeof(float)), *g = malloc(slen * sizeof(float));
-    float *a = malloc(slen * sizeof(float)), *dir = malloc(slen * sizeof(float));
+    float *dir = malloc(slen * sizeof(float));
     for (size_t i = 0; i < slen; i++)
         st[i] = (float)((i * 2654435761u) % 1000) * 2e-4f - 0.1f;
     double l = seq_loss(&f, st, g);
@@ -153,19 +163,13 @@ START_TEST(test_rl_state_grad)
             dir[i] = (float)(dir[i] / sqrt(dd));
             gn += (double)g[i] * dir[i];
         }
-        const double h = 1e-2;
-        for (size_t i = 0; i < slen; i++)
-            a[i] = st[i] + (float)h * dir[i];
-        double lp = seq_loss(&f, a, NULL);
-        for (size_t i = 0; i < slen; i++)
-            a[i] = st[i] - (float)h * dir[i];
-        double lm = seq_loss(&f, a, NULL);
-        double fd = (lp - lm) / (2 * h);
+        f.st = st;
+        double fd = rk_fd_along(seq_loss_at, &f, st, dir, slen, 1e-2);
         ck_assert_msg(fabs(fd - gn) <= 2e-3 + 2e-2 * fabs(gn), "dir %d: fd %g, backward %g", d,
                       fd, gn);
         ck_assert(d == 1 || gn > 1e-4); /* a gradient that is there */
     }
-    free(st), free(g), free(a), free(dir), free(st0), free(lg);
+    free(st), free(g), free(dir), free(st0), free(lg);
     rk_rl_targets_free(tg);
     rk_ctx_free(f.ctx);
     rk_model_free(m);
