@@ -401,6 +401,10 @@ struct rk__q8x {
 size_t rk__q8x_bytes(size_t n, size_t cols);
 /* Fills xq from X[n][cols] into buf (64-byte aligned, rk__q8x_bytes long). */
 void rk__q8x_quantize(struct rk__q8x *xq, void *buf, const float *X, size_t n, size_t cols);
+/* The same with the plain loop (ref) or the fastest this CPU runs (the
+ * AVX-512 one gives the same bits; test_q8 compares them). */
+void rk__q8x_quantize_kind(bool ref, struct rk__q8x *xq, void *buf, const float *X, size_t n,
+                           size_t cols);
 /* Whether this CPU executes kernel `kind`. */
 bool rk__q8_kern_runs(int kind);
 /* Rows [r0, r1) of Y = X W^T for the quantized rows of xq, with kernel

@@ -235,6 +235,38 @@ START_TEST(q8_kernels_agree)
 }
 END_TEST
 
+/* The activation quantizer: the fast path this CPU runs gives the plain
+ * loop's bytes on ordinary values, ties of the rounding, zeros, subnormals,
+ * values near the top of the float range, NaN and Inf. */
+START_TEST(q8x_quantize_paths_agree)
+{
+    enum { N = 7, COLS = 160 };
+    float *X = rand_x(N, COLS, 77);
+    X[0] = 127.0f, X[1] = 0.5f, X[2] = -1.5f, X[3] = 2.5f; /* ties after scaling by 1 */
+    for (int k = 32; k < 64; k++)
+        X[k] = 0.0f; /* an all-zero block */
+    for (int k = 64; k < 96; k++)
+        X[k] = (k & 1 ? 1.0f : -1.0f) * 1e-40f * (float)(k - 63); /* subnormals */
+    X[100] = 3.0e38f, X[101] = -3.3e38f;
+    X[COLS + 5] = NAN;
+    X[2 * COLS + 40] = -INFINITY;
+    void *b1 = xq_buf(N, COLS), *b2 = xq_buf(N, COLS);
+    memset(b1, 0x55, rk__q8x_bytes(N, COLS));
+    memset(b2, 0xaa, rk__q8x_bytes(N, COLS));
+    struct rk__q8x a, b;
+    rk__q8x_quantize_kind(true, &a, b1, X, N, COLS);
+    rk__q8x_quantize_kind(false, &b, b2, X, N, COLS);
+    size_t nb = COLS / 32;
+    ck_assert(!memcmp(a.q, b.q, (size_t)N * COLS));
+    ck_assert(!memcmp(a.bsum, b.bsum, sizeof(int32_t) * N * nb));
+    for (size_t i = 0; i < (size_t)N * nb; i++)
+        ck_assert_msg(!memcmp(&a.d[i], &b.d[i], 4) || (isnan(a.d[i]) && isnan(b.d[i])),
+                      "scale %zu: %.9g vs %.9g", i, a.d[i], b.d[i]);
+    ck_assert(isnan(a.d[nb]) && isnan(a.d[2 * nb + 1]) && a.d[1] == 0.0f);
+    free(b1), free(b2), free(X);
+}
+END_TEST
+
 /* NaN or Inf in a block of X: NaN in every output that block feeds. */
 START_TEST(q8_nonfinite_activation)
 {
@@ -568,6 +600,7 @@ RK_TEST_SUITE(q8_suite, RK_SELF_CONTAINED)
     tcase_add_test(tc, q8_from_blocks_lossless);
     tcase_add_test(tc, q8_kernels_agree);
     tcase_add_test(tc, q8_nonfinite_activation);
+    tcase_add_test(tc, q8x_quantize_paths_agree);
     tcase_add_test(tc, q8_matmul_threads);
     tcase_add_test(tc, q8_matmul_t);
     suite_add_tcase(s, tc);
