@@ -561,6 +561,21 @@ def bench(a):
     return 0
 
 
+def compact_json(doc):
+    """JSON with one line per top-level key, and per method under the curves' keys."""
+    out = []
+    for k, v in doc.items():
+        if k in ("mean_curves", "runs", "table"):
+            inner = v.items() if isinstance(v, dict) else enumerate(v)
+            body = ",\n".join((f"  {json.dumps(ik)}: " if isinstance(v, dict) else "  ")
+                               + json.dumps(iv) for ik, iv in inner)
+            open_, close = ("{", "}") if isinstance(v, dict) else ("[", "]")
+            out.append(f" {json.dumps(k)}: {open_}\n{body}\n {close}")
+        else:
+            out.append(f" {json.dumps(k)}: {json.dumps(v)}")
+    return "{\n" + ",\n".join(out) + "\n}\n"
+
+
 def write_out(a, label, desc, methods, settings, seeds, res, rows, curves, mean_tgt, task_info,
               started, load_start):
     os.makedirs(os.path.join(a.out, label), exist_ok=True)
@@ -583,7 +598,8 @@ def write_out(a, label, desc, methods, settings, seeds, res, rows, curves, mean_
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"system": f"{platform.system()} {platform.release()}",
                     "cpus": os.cpu_count(), "threads": a.threads,
-                    "load_average_start": load_start, "load_average_end": os.getloadavg()},
+                    "load_average_start": [round(x, 2) for x in load_start],
+                    "load_average_end": [round(x, 2) for x in os.getloadavg()]},
         "model": a.model,
         "task": task_info,
         "data": a.data,
@@ -600,8 +616,7 @@ def write_out(a, label, desc, methods, settings, seeds, res, rows, curves, mean_
                      for s, r in res[m].items()} for m in methods},
     }
     with open(os.path.join(a.out, label + ".json"), "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+        f.write(compact_json(doc))
     model = os.path.splitext(os.path.basename(a.model))[0]
     sub = (", ".join(f"{m} lr {settings[m][0]:g}" for m in methods)
            + f"; batch {a.batch}; mean of {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
