@@ -127,6 +127,38 @@ def strip_ws(s):
     return s.strip(" \t\n\v\f\r")
 
 
+def job_arm(a, student, task, task_dir, tmp, arm, body, extra=None):
+    """One arm's runs: for each seed a tuning job (`POST /tune` with body, the seed and an
+    output state named after the arm and seed) on the student's server, its state fetched
+    and then all of them evaluated on the test split. Returns the runs, each with its seed,
+    seconds (job wall time), test metrics and the extra fields."""
+    runs = []
+    for seed in range(a.seeds):
+        log(f"{task}: {arm} seed {seed}")
+        sid = f"{arm.replace('_', '-')}-{seed}"
+        t1 = time.monotonic()
+        st, j = http(student.port, "POST", "/tune", dict(body, output_state=sid, seed=seed))
+        if st != 202:
+            raise SystemExit(f"tts.py: POST /tune ({arm}): {st} {j}")
+        j = wait_job(student.port, j["id"])
+        if j["status"] != "succeeded":
+            raise SystemExit(f"tts.py: {body['method']} job {j['id']} {j['status']}: "
+                             f"{j.get('error')}")
+        dt = time.monotonic() - t1
+        st, blob = http(student.port, "GET", f"/states/{sid}/file")
+        if st != 200:
+            raise SystemExit(f"tts.py: GET /states/{sid}/file: {st} {blob}")
+        path = os.path.join(tmp, f"{task}.{sid}.st")
+        with open(path, "wb") as f:
+            f.write(blob)
+        runs.append(dict({"seed": seed, "seconds": dt, "state": path}, **(extra or {})))
+    ev = evaluate(a, a.student, task_dir, [r["state"] for r in runs])
+    for r in runs:
+        r["test"] = ev.pop(r["state"])
+        del r["state"]
+    return runs
+
+
 def task_rows(a, tmp, task):
     task_dir = os.path.join(ROOT, "eval", "tasks", task)
     meta = json.load(open(os.path.join(task_dir, "task.json")))
@@ -165,68 +197,26 @@ def task_rows(a, tmp, task):
         lr, steps = a.student_pick
         prompts = [{"prompt": x["prompt"]} for x in train]
         for arm, k in (("observer_kl", a.top_k), ("observer_text", 0)):
-            runs = []
-            for seed in range(a.seeds):
-                log(f"{task}: {arm} seed {seed}")
-                tcfg = {"max_tokens": max_tokens, "stop": stop[:4]}
-                if k:
-                    tcfg["top_logprobs"] = k
-                sid = f"{arm.replace('_', '-')}-{seed}"
-                t1 = time.monotonic()
-                st, j = http(student.port, "POST", "/tune", {
-                    "method": "observer", "output_state": sid, "steps": steps, "lr": lr, "seed": seed,
-                    "batch": 4, "val_split": 0, "teacher": tcfg, "dataset": prompts})
-                if st != 202:
-                    raise SystemExit(f"tts.py: POST /tune ({arm}): {st} {j}")
-                j = wait_job(student.port, j["id"])
-                if j["status"] != "succeeded":
-                    raise SystemExit(f"tts.py: observer job {j['id']} {j['status']}: {j.get('error')}")
-                dt = time.monotonic() - t1
-                st, blob = http(student.port, "GET", f"/states/{sid}/file")
-                path = os.path.join(tmp, f"{task}.{sid}.st")
-                with open(path, "wb") as f:
-                    f.write(blob)
-                runs.append({"seed": seed, "seconds": dt, "state": path})
-            ev = evaluate(a, a.student, task_dir, [r["state"] for r in runs])
-            for r in runs:
-                r["test"] = ev.pop(r["state"])
-                del r["state"]
-            rec[arm] = runs
+            tcfg = {"max_tokens": max_tokens, "stop": stop[:4]}
+            if k:
+                tcfg["top_logprobs"] = k
+            rec[arm] = job_arm(a, student, task, task_dir, tmp, arm, {
+                "method": "observer", "steps": steps, "lr": lr, "batch": 4, "val_split": 0,
+                "teacher": tcfg, "dataset": prompts})
         # rl from the student's expert state: a checker (the gold answer as a regex) or the
         # teacher as judge (no gold answers), one untuned setting
         for arm in ("rl_checker", "rl_judge"):
-            runs = []
             data = []
             for x in train:
                 d = {"prompt": x["prompt"]}
                 if arm == "rl_checker":
                     d["regex"] = "^" + ere_escape(strip_ws(x["completion"])) + "(\n|$)"
                 data.append(d)
-            for seed in range(a.seeds):
-                log(f"{task}: {arm} seed {seed}")
-                sid = f"{arm.replace('_', '-')}-{seed}"
-                t1 = time.monotonic()
-                st, j = http(student.port, "POST", "/tune", {
-                    "method": "rl", "output_state": sid, "init_state": "expert", "steps": a.rl_steps,
-                    "lr": a.rl_lr, "seed": seed, "batch": 4, "rl_k": a.rl_k,
-                    "rl_max_tokens": min(max_tokens, 1024), "rl_temperature": 1.0, "dataset": data})
-                if st != 202:
-                    raise SystemExit(f"tts.py: POST /tune ({arm}): {st} {j}")
-                j = wait_job(student.port, j["id"])
-                if j["status"] != "succeeded":
-                    raise SystemExit(f"tts.py: rl job {j['id']} {j['status']}: {j.get('error')}")
-                dt = time.monotonic() - t1
-                st, blob = http(student.port, "GET", f"/states/{sid}/file")
-                path = os.path.join(tmp, f"{task}.{sid}.st")
-                with open(path, "wb") as f:
-                    f.write(blob)
-                runs.append({"seed": seed, "seconds": dt, "state": path, "steps": a.rl_steps,
-                             "lr": a.rl_lr, "k": a.rl_k})
-            ev = evaluate(a, a.student, task_dir, [r["state"] for r in runs])
-            for r in runs:
-                r["test"] = ev.pop(r["state"])
-                del r["state"]
-            rec[arm] = runs
+            rec[arm] = job_arm(a, student, task, task_dir, tmp, arm, {
+                "method": "rl", "init_state": "expert", "steps": a.rl_steps, "lr": a.rl_lr,
+                "batch": 4, "rl_k": a.rl_k, "rl_max_tokens": min(max_tokens, 1024),
+                "rl_temperature": 1.0, "dataset": data},
+                {"steps": a.rl_steps, "lr": a.rl_lr, "k": a.rl_k})
         # best-of-K on the test split with the student's expert state
         test = read_split(task_dir, "test")
         for judge in ("teacher", "self"):
