@@ -169,6 +169,11 @@ def main():
             "--judge-retries", "0", "--judge-connect-timeout-ms", "200",
             "--judge-calls-per-min", "5"])
         procs.append(dead)
+        # a request refused after best_of reserved its judge calls gives them back:
+        # the next one still gets all 5 of the minute (and is refused for its ttt)
+        for t in ({"bogus": 1}, {"steps": 1}, {"steps": 1}):
+            st, e = post(dp, "/generate", dict(q, best_of=5, return_scores=True, ttt=t))
+            assert st == 400 and e["error"]["param"] == "ttt", e
         st, j = post(dp, "/tune", dict(RL, output_state="dead", steps=2, dataset=data[:1]))
         assert st == 202, j
         j = wait_job(dp, j["id"])
