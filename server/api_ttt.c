@@ -145,17 +145,11 @@ bool rk_ttt_parse(struct rk_http_req *r, json_t *o, struct rk_job *j, struct ttt
     }
     static const char *const keys[] = {"steps", "k", "max_tokens", "temperature", "lr", "kl",
                                        "judge", NULL};
-    const char *key;
-    json_t *x;
-    json_object_foreach(v, key, x) {
-        bool known = false;
-        for (int i = 0; keys[i]; i++)
-            known |= !strcmp(key, keys[i]);
-        if (!known) {
-            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "ttt", "ttt.%.40s is not a ttt field "
-                          "(steps, k, max_tokens, temperature, lr, kl, judge)", key);
-            return false;
-        }
+    const char *bad = rk_json_unknown_key(v, keys, NULL);
+    if (bad) {
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "ttt", "ttt.%.40s is not a ttt field "
+                      "(steps, k, max_tokens, temperature, lr, kl, judge)", bad);
+        return false;
     }
     if (c->ttt_max_steps == 0) {
         rk_field_fail(r, RK_FIELD_UNSUPPORTED, "ttt", "test-time training is off on this "
