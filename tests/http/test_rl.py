@@ -11,7 +11,8 @@ OpenAI-style errors; a server without a judge refuses prompts that have no
 checker; a judge that cannot be reached fails the job and the request.
 Test-time training (ttt) on /generate and chat: with the judge and with
 self-scoring, its 400s, the per-tenant sample budget (429), and the judge budget
-that ttt shares with best_of and rl jobs (429 once spent).
+that ttt shares with best_of and rl jobs (429 once spent; a request refused after
+best_of reserved its calls gives them back).
 
 usage: test_rl.py RWKVD DEMO_MODEL
 """
