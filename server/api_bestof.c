@@ -165,16 +165,12 @@ static bool parse_judge(struct rk_http_req *r, json_t *o, struct bestof_opts *bo
                       "\"default\" or an object");
         return false;
     }
-    const char *k;
-    json_t *x;
-    json_object_foreach(v, k, x)
-    {
-        if (strcmp(k, "url") && strcmp(k, "model") && strcmp(k, "scoring") &&
-            strcmp(k, "instructions")) {
-            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "judge", "judge.%.40s is not a judge field "
-                          "(url, model, scoring, instructions)", k);
-            return false;
-        }
+    static const char *const keys[] = {"url", "model", "scoring", "instructions", NULL};
+    const char *bad = rk_json_unknown_key(v, keys, NULL);
+    if (bad) {
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "judge", "judge.%.40s is not a judge field "
+                      "(url, model, scoring, instructions)", bad);
+        return false;
     }
     const char *url = NULL, *model = NULL, *scoring = NULL, *instr = NULL;
     if (!rk_json_str(r, v, "url", 1, 1024, &url) || !rk_json_str(r, v, "model", 1, 256, &model) ||

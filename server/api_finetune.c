@@ -157,14 +157,11 @@ void h_ft_create(struct rk_http_req *r)
     // each a number or "auto" (the default), renamed to their native keys;
     // the learning-rate multiplier scales the native lr.
     if (hpo) {
-        const char *k;
-        json_t *x;
-        json_object_foreach(hpo, k, x) {
-            if (!oa_hparam(k)) {
-                rk_field_fail(r, RK_FIELD_UNKNOWN, k,
-                              "unknown field \"%s\" in \"hyperparameters\"", k);
-                goto out;
-            }
+        const char *k = rk_json_unknown_key(hpo, NULL, oa_hparam);
+        if (k) {
+            rk_field_fail(r, RK_FIELD_UNKNOWN, k, "unknown field \"%s\" in \"hyperparameters\"",
+                          k);
+            goto out;
         }
     }
     struct rk_tjob_hparams hp;

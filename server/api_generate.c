@@ -540,9 +540,10 @@ static void handle(struct rk_http_req *r, enum rk_api api)
         ok = parse_stop(r, o, j, api == RK_API_CHAT ? RK_CHAT_END_OF_TURN : NULL);
     if (ok)
         ok = api == RK_API_CHAT ? parse_messages(r, o, j) : parse_prompt(r, o, j);
-    // best_of last: it reserves judge calls from the tenant's budget.
-    if (ok)
-        ok = rk_bestof_parse(r, o, j);
+    // best_of and ttt last: they reserve from the tenant's budgets, which
+    // the one failure path below gives back.
+    bool bestof_held = ok && rk_bestof_parse(r, o, j);
+    ok = bestof_held;
     struct ttt_opts *topts = NULL;
     if (ok)
         ok = rk_ttt_parse(r, o, j, &topts);
@@ -559,7 +560,9 @@ static void handle(struct rk_http_req *r, enum rk_api api)
             rk_http_error(r, 503, "enomem", NULL, "out of memory");
     }
     if (!ok) {
-        free(topts);
+        if (bestof_held)
+            rk_bestof_refund(r, j);
+        rk_ttt_drop(r, topts);
         rk_job_release(j);
         return;
     }

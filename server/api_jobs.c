@@ -71,38 +71,21 @@ bool api_get_str(struct rk_http_req *r, json_t *o, const char *key, const char *
     return rk_json_str(r, o, key, 0, SIZE_MAX, out);
 }
 
+/* Prepare a 400 unknown_parameter naming the first key of `o` not in
+ * `allowed` ("... in <where>"); false then. */
 bool api_only_keys(struct rk_http_req *r, json_t *o, const char *const *allowed, const char *where)
 {
-    const char *k;
-    json_t *v;
-    json_object_foreach(o, k, v) {
-        bool ok = false;
-        for (int i = 0; allowed[i]; i++)
-            ok |= !strcmp(k, allowed[i]);
-        if (!ok) {
-            rk_field_fail(r, RK_FIELD_UNKNOWN, k, "unknown field \"%s\" in %s", k, where);
-            return false;
-        }
-    }
-    return true;
+    return api_only_keys_or(r, o, allowed, NULL, where);
 }
 
 /* only_keys, where a key is also allowed when `also(key)` is true. */
 bool api_only_keys_or(struct rk_http_req *r, json_t *o, const char *const *allowed,
                   bool (*also)(const char *key), const char *where)
 {
-    const char *k;
-    json_t *v;
-    json_object_foreach(o, k, v) {
-        bool ok = also(k);
-        for (int i = 0; allowed[i]; i++)
-            ok |= !strcmp(k, allowed[i]);
-        if (!ok) {
-            rk_field_fail(r, RK_FIELD_UNKNOWN, k, "unknown field \"%s\" in %s", k, where);
-            return false;
-        }
-    }
-    return true;
+    const char *k = rk_json_unknown_key(o, allowed, also);
+    if (k)
+        rk_field_fail(r, RK_FIELD_UNKNOWN, k, "unknown field \"%s\" in %s", k, where);
+    return !k;
 }
 
 /* True when `key` is a hyperparameter of POST /tune (an RK_HP_JOB entry of

@@ -46,6 +46,7 @@ struct ttt_work {
     char tenant[RK_STATE_ID_MAX + 1];
     char *prompt_text;        /* for the judge */
     long long judge_calls;    /* made of the steps x k reserved (the rest is refunded) */
+    bool ran;                 /* work_run started: the samples are spent */
     /* self scoring: the request's state after prompt[0 .. n-2] */
     struct rk_ctx *sctx;
     float *spre, *sst, *slog;
@@ -75,19 +76,32 @@ static bool samples_take(struct rk_http_req *r, long long samples)
     return rc == RK_OK;
 }
 
-/* Give back what rk_ttt_parse reserved for a request that does not run. */
-static void refund(struct rk_srv *srv, const char *tenant, const struct ttt_opts *o)
+/* Give back `samples` of the tenant's ttt budget and, with the judge, `calls`
+ * of its judge budget: the one way back for what rk_ttt_parse reserved. */
+static void give_back(struct rk_srv *srv, const char *tenant, const struct ttt_opts *o,
+                      long long samples, long long calls)
 {
-    const long long samples[RK_TW_COUNTERS] = {(long long)o->steps * o->k},
-                    calls[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = samples[0]};
-    rk_tenant_window_refund(srv->ttt_budget, tenant, samples);
-    if (!o->self)
-        rk_tenant_window_refund(srv->judge_budget, tenant, calls);
+    const long long s[RK_TW_COUNTERS] = {samples}, c[RK_TW_COUNTERS] = {[RK_JUDGE_CALLS] = calls};
+    if (samples > 0)
+        rk_tenant_window_refund(srv->ttt_budget, tenant, s);
+    if (!o->self && calls > 0)
+        rk_tenant_window_refund(srv->judge_budget, tenant, c);
 }
 
-/* One field of the "ttt" object, reported as "ttt.<key>". */
-static bool sub_int(struct rk_http_req *r, json_t *v, const char *key, long long lo,
-                    long long hi, int *out)
+void rk_ttt_drop(struct rk_http_req *r, struct ttt_opts *o)
+{
+    if (!o)
+        return;
+    const long long all = (long long)o->steps * o->k;
+    give_back(r->srv, r->tenant, o, all, all);
+    free(o);
+}
+
+/* One number of the "ttt" object, reported as "ttt.<key>": read with the
+ * shared readers from a one-field object named so. An integer when `whole`
+ * (in [lo, hi]), else a number in [lo, hi] or (lo, hi] when lo_open. */
+static bool sub_field(struct rk_http_req *r, json_t *v, const char *key, bool whole, double lo,
+                      double hi, bool lo_open, double *out)
 {
     json_t *x = json_object_get(v, key);
     if (!x || json_is_null(x))
@@ -95,24 +109,25 @@ static bool sub_int(struct rk_http_req *r, json_t *v, const char *key, long long
     char name[32];
     snprintf(name, sizeof name, "ttt.%s", key);
     json_t *t = json_pack("{sO}", name, x);
-    long long y = *out;
-    bool ok = t && rk_json_int(r, t, name, lo, hi, &y);
+    if (!t) {
+        rk_http_error(r, 503, "enomem", NULL, "out of memory");
+        return false;
+    }
+    long long y = (long long)*out;
+    bool ok = whole ? rk_json_int(r, t, name, (long long)lo, (long long)hi, &y)
+                    : rk_json_num(r, t, name, lo, hi, lo_open, out);
     json_decref(t);
-    *out = (int)y;
+    if (ok && whole)
+        *out = (double)y;
     return ok;
 }
 
-static bool sub_num(struct rk_http_req *r, json_t *v, const char *key, double lo, double hi,
-                    bool lo_open, double *out)
+static bool sub_int(struct rk_http_req *r, json_t *v, const char *key, long long lo,
+                    long long hi, int *out)
 {
-    json_t *x = json_object_get(v, key);
-    if (!x || json_is_null(x))
-        return true;
-    char name[32];
-    snprintf(name, sizeof name, "ttt.%s", key);
-    json_t *t = json_pack("{sO}", name, x);
-    bool ok = t && rk_json_num(r, t, name, lo, hi, lo_open, out);
-    json_decref(t);
+    double y = *out;
+    bool ok = sub_field(r, v, key, true, (double)lo, (double)hi, false, &y);
+    *out = (int)y;
     return ok;
 }
 
@@ -130,17 +145,11 @@ bool rk_ttt_parse(struct rk_http_req *r, json_t *o, struct rk_job *j, struct ttt
     }
     static const char *const keys[] = {"steps", "k", "max_tokens", "temperature", "lr", "kl",
                                        "judge", NULL};
-    const char *key;
-    json_t *x;
-    json_object_foreach(v, key, x) {
-        bool known = false;
-        for (int i = 0; keys[i]; i++)
-            known |= !strcmp(key, keys[i]);
-        if (!known) {
-            rk_field_fail(r, RK_FIELD_INVALID_VALUE, "ttt", "ttt.%.40s is not a ttt field "
-                          "(steps, k, max_tokens, temperature, lr, kl, judge)", key);
-            return false;
-        }
+    const char *bad = rk_json_unknown_key(v, keys, NULL);
+    if (bad) {
+        rk_field_fail(r, RK_FIELD_INVALID_VALUE, "ttt", "ttt.%.40s is not a ttt field "
+                      "(steps, k, max_tokens, temperature, lr, kl, judge)", bad);
+        return false;
     }
     if (c->ttt_max_steps == 0) {
         rk_field_fail(r, RK_FIELD_UNSUPPORTED, "ttt", "test-time training is off on this "
@@ -156,8 +165,9 @@ bool rk_ttt_parse(struct rk_http_req *r, json_t *o, struct rk_job *j, struct ttt
     if (!sub_int(r, v, "steps", 1, c->ttt_max_steps, &t.steps) ||
         !sub_int(r, v, "k", 2, c->ttt_max_k, &t.k) ||
         !sub_int(r, v, "max_tokens", 1, c->ttt_max_tokens, &t.max_tokens) ||
-        !sub_num(r, v, "temperature", 0, 10, true, &t.temperature) ||
-        !sub_num(r, v, "lr", 0, 1000, true, &t.lr) || !sub_num(r, v, "kl", 0, 1000, false, &t.kl))
+        !sub_field(r, v, "temperature", false, 0, 10, true, &t.temperature) ||
+        !sub_field(r, v, "lr", false, 0, 1000, true, &t.lr) ||
+        !sub_field(r, v, "kl", false, 0, 1000, false, &t.kl))
         return false;
     json_t *jv = json_object_get(v, "judge");
     if (jv && !json_is_null(jv)) {
@@ -170,8 +180,7 @@ bool rk_ttt_parse(struct rk_http_req *r, json_t *o, struct rk_job *j, struct ttt
         }
         t.self = !strcmp(s, "self") || !srv->judge;
     }
-    if (rk_bestof_wanted(j)) {
-        rk_bestof_refund(r, j);
+    if (rk_bestof_wanted(j)) { // the caller gives best_of's reservation back
         rk_field_fail(r, RK_FIELD_UNSUPPORTED, "ttt", "'ttt' cannot be combined with best_of "
                       "above n or return_scores");
         return false;
@@ -188,11 +197,11 @@ bool rk_ttt_parse(struct rk_http_req *r, json_t *o, struct rk_job *j, struct ttt
     if (!samples_take(r, need[0]))
         return false;
     if (!t.self && !rk_judge_budget_take(r, need[0], "ttt", "ttt (steps x k)")) {
-        rk_tenant_window_refund(srv->ttt_budget, r->tenant, need);
+        give_back(srv, r->tenant, &t, need[0], 0);
         return false;
     }
     if (!(*out = malloc(sizeof **out))) {
-        refund(srv, r->tenant, &t);
+        give_back(srv, r->tenant, &t, need[0], need[0]);
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return false;
     }
@@ -207,11 +216,10 @@ static void work_free(void *p)
     struct ttt_work *w = p;
     if (!w)
         return;
-    if (!w->o.self) { // the judge calls the tuning did not make
-        const long long left[RK_TW_COUNTERS] = {
-            [RK_JUDGE_CALLS] = (long long)w->o.steps * w->o.k - w->judge_calls};
-        rk_tenant_window_refund(w->srv->judge_budget, w->tenant, left);
-    }
+    // The judge calls the tuning did not make; all the samples when it
+    // never ran (the work could not be queued).
+    const long long all = (long long)w->o.steps * w->o.k;
+    give_back(w->srv, w->tenant, &w->o, w->ran ? 0 : all, all - w->judge_calls);
     rk_job_release(w->job);
     rk_state_ref_release(w->tuned);
     rk_ctx_free(w->sctx);
@@ -334,6 +342,7 @@ static void work_run(void *arg)
     const struct rk_model *m = w->srv->model;
     const struct rk_job *j = w->job;
     size_t slen = rk_state_len(m);
+    w->ran = true;
     w->score_first = w->score_last = NAN;
     if ((w->rc = work_setup(w)) != RK_OK)
         return;
@@ -392,8 +401,7 @@ bool rk_ttt_start(struct rk_http_req *r, struct rk_job *j, struct ttt_opts *o)
 {
     struct ttt_work *w = calloc(1, sizeof *w);
     if (!w) {
-        refund(r->srv, r->tenant, o);
-        free(o);
+        rk_ttt_drop(r, o);
         rk_http_error(r, 503, "enomem", NULL, "out of memory");
         return false;
     }

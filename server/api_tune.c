@@ -74,18 +74,12 @@ static bool parse_teacher(struct rk_http_req *r, json_t *body, bool observer,
     long long mt = t->max_tokens, top = t->top_logprobs;
     double temp = t->temperature;
     if (json_is_object(v)) {
-        const char *key;
-        json_t *x;
-        json_object_foreach(v, key, x) {
-            bool known = false;
-            for (int i = 0; keys[i]; i++)
-                known |= !strcmp(key, keys[i]);
-            if (!known) {
-                rk_field_fail(r, RK_FIELD_UNKNOWN, "teacher",
-                              "unknown field \"teacher.%.64s\" (known: url, model, endpoint, "
-                              "max_tokens, temperature, top_logprobs, instruction, stop)", key);
-                return false;
-            }
+        const char *bad = rk_json_unknown_key(v, keys, NULL);
+        if (bad) {
+            rk_field_fail(r, RK_FIELD_UNKNOWN, "teacher",
+                          "unknown field \"teacher.%.64s\" (known: url, model, endpoint, "
+                          "max_tokens, temperature, top_logprobs, instruction, stop)", bad);
+            return false;
         }
         if (!rk_json_str(r, v, "url", 1, 1024, &url) || !rk_json_str(r, v, "model", 1, 256, &model) ||
             !rk_json_str(r, v, "endpoint", 1, 32, &endpoint) ||

@@ -677,9 +677,18 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     // The dataset as submit parsed it, or (after a restart, or when the
     // queue held too much) re-read from the journal exactly as submitted and
     // parsed again with the same limits.
+    // The observer and rl methods parse the submitted text themselves: the
+    // prompts come from the journal, and submit keeps no dataset for them.
     pthread_mutex_lock(&js->mu);
     ds = tj_take_dataset(js, j);
+    struct rk_tjob_hparams hp = j->v.hp;
+    long steps = j->v.steps;
     pthread_mutex_unlock(&js->mu);
+    const struct rk_tune_method *meth = rk_tune_method_find(hp.method);
+    if (meth == &rk_method_observer || meth == &rk_method_rl) {
+        rk_dataset_free(ds);
+        ds = NULL;
+    }
     int rc = RK_OK;
     bool reparse = !ds;
     tj_job_path(js, r.id, ".data.jsonl", path, sizeof path);
@@ -691,23 +700,9 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
              eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
         goto out;
     }
-    struct rk_tjob_hparams hp;
-    pthread_mutex_lock(&js->mu);
-    hp = j->v.hp;
-    long steps = j->v.steps;
-    pthread_mutex_unlock(&js->mu);
     struct rk_jsonl_limits lim = {js->lim.dataset_bytes_max, js->lim.examples_max,
                                   js->lim.seq_tokens_max};
-    if (rk_tune_method_find(hp.method) == &rk_method_observer) {
-        // The prompts come from the journal; submit keeps no dataset for them.
-        rk_dataset_free(ds);
-        ds = NULL;
-        if (!reparse && (rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len,
-                                               &eb)) != RK_OK) {
-            tj_fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the "
-                    "journal: %s", eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
-            goto out;
-        }
+    if (meth == &rk_method_observer) {
         rc = observer_data(js, j, data, len, &hp, &ds, &targets);
         if (rc == RK_OK) { // the scored tokens are the teacher's answers: known only now
             pthread_mutex_lock(&js->mu);
@@ -720,15 +715,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
             requeue_on_shutdown(js, j);
         if (rc != RK_OK)
             goto out;
-    } else if (rk_tune_method_find(hp.method) == &rk_method_rl) {
-        rk_dataset_free(ds);
-        ds = NULL;
-        if (!reparse && (rc = rk_file_read_all(path, js->lim.dataset_bytes_max, &data, &len,
-                                               &eb)) != RK_OK) {
-            tj_fail(js, j, "dataset_unreadable", "cannot read the job's dataset from the "
-                    "journal: %s", eb.msg[0] ? rk_file_error_reason(eb.msg) : rk_strerror(rc));
-            goto out;
-        }
+    } else if (meth == &rk_method_rl) {
         if ((rc = rk_rl_data_parse(data, len, srv->tok, &lim, hp.tune.rl_max_tokens, &rl.d,
                                    &eb)) != RK_OK) {
             tj_fail(js, j, "invalid_dataset", "%s", eb.msg[0] ? eb.msg : rk_strerror(rc));
@@ -773,7 +760,6 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         memcpy(init, rk_state_ref_data(ref), slen * sizeof(float));
         rk_state_ref_release(ref);
     }
-    const struct rk_tune_method *meth = rk_tune_method_find(hp.method);
     if (!meth) {
         tj_fail(js, j, "unknown_method", "the method '%s' is not known to this server", hp.method);
         goto out;

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 const char *rk_field_err_code(enum rk_field_err e)
 {
@@ -41,6 +42,21 @@ static json_t *field(json_t *o, const char *key)
 }
 
 bool rk_json_has(json_t *o, const char *key) { return field(o, key) != NULL; }
+
+const char *rk_json_unknown_key(json_t *o, const char *const *known,
+                                bool (*also)(const char *key))
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        bool ok = also && also(k);
+        for (size_t i = 0; !ok && known && known[i]; i++)
+            ok = !strcmp(k, known[i]);
+        if (!ok)
+            return k;
+    }
+    return NULL;
+}
 
 bool rk_json_int(struct rk_http_req *r, json_t *o, const char *key, long long lo, long long hi,
                  long long *out)

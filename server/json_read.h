@@ -46,6 +46,14 @@ void rk_field_fail(struct rk_http_req *r, enum rk_field_err e, const char *param
 /* True when `key` is present and not null. */
 bool rk_json_has(json_t *o, const char *key);
 
+/* The first key of object `o` that is neither in `known` (NULL-terminated;
+ * NULL: none) nor accepted by `also` (may be NULL); NULL when every key is
+ * known. Borrowed from `o`. The caller words the error: routes differ in
+ * code and param (unknown_parameter on the tuning routes, invalid_value
+ * inside a generation field). */
+const char *rk_json_unknown_key(json_t *o, const char *const *known,
+                                bool (*also)(const char *key));
+
 /* An integer in [lo, hi]. Only JSON integers: 3.0 is invalid_type, like
  * 3.5 and "3". */
 bool rk_json_int(struct rk_http_req *r, json_t *o, const char *key, long long lo, long long hi,

@@ -384,7 +384,8 @@ void rk_bestof_done(struct rk_http_req *r, struct rk_job *j);
 /* Called first by the generation handlers: true when r is a best_of request
  * coming back from its judge calls (the response is then prepared). */
 bool rk_bestof_resume(struct rk_http_req *r);
-/* Give back the judge calls a job reserved when it could not be queued. */
+/* Give back the judge calls rk_bestof_parse reserved, for a job that fails
+ * after it (a later field, out of memory) or could not be queued. */
 void rk_bestof_refund(struct rk_http_req *r, struct rk_job *j);
 /* The prompt of j as a judge sees it: its tokens as text, the last 8192
  * bytes when longer, valid UTF-8; NULL when out of memory. Any thread. */
@@ -404,6 +405,9 @@ bool rk_judge_budget_take(struct rk_http_req *r, long long calls, const char *pa
  * prepared. Loop thread. */
 struct ttt_opts;
 bool rk_ttt_parse(struct rk_http_req *r, json_t *o, struct rk_job *j, struct ttt_opts **out);
+/* Give back what rk_ttt_parse reserved and free `o` (NULL: nothing), for a
+ * request that fails before rk_ttt_start. Loop thread. */
+void rk_ttt_drop(struct rk_http_req *r, struct ttt_opts *o);
 /* Tune a copy of j's state on its prompt on the thread pool (takes `o`);
  * the handler runs again when it is done. false: a 503 is prepared. */
 bool rk_ttt_start(struct rk_http_req *r, struct rk_job *j, struct ttt_opts *o);

@@ -11,7 +11,8 @@ OpenAI-style errors; a server without a judge refuses prompts that have no
 checker; a judge that cannot be reached fails the job and the request.
 Test-time training (ttt) on /generate and chat: with the judge and with
 self-scoring, its 400s, the per-tenant sample budget (429), and the judge budget
-that ttt shares with best_of and rl jobs (429 once spent).
+that ttt shares with best_of and rl jobs (429 once spent; a request refused after
+best_of reserved its calls gives them back).
 
 usage: test_rl.py RWKVD DEMO_MODEL
 """
@@ -169,6 +170,11 @@ def main():
             "--judge-retries", "0", "--judge-connect-timeout-ms", "200",
             "--judge-calls-per-min", "5"])
         procs.append(dead)
+        # a request refused after best_of reserved its judge calls gives them back:
+        # the next one still gets all 5 of the minute (and is refused for its ttt)
+        for t in ({"bogus": 1}, {"steps": 1}, {"steps": 1}):
+            st, e = post(dp, "/generate", dict(q, best_of=5, return_scores=True, ttt=t))
+            assert st == 400 and e["error"]["param"] == "ttt", e
         st, j = post(dp, "/tune", dict(RL, output_state="dead", steps=2, dataset=data[:1]))
         assert st == 202, j
         j = wait_job(dp, j["id"])
