@@ -54,25 +54,32 @@ void resp_free(struct resp *r)
     memset(r, 0, sizeof *r);
 }
 
-struct resp read_resp(int fd, int timeout_ms)
+/* Appends what fd gives until EOF or timeout_ms to buf[*n] (capacity *cap,
+ * grown as needed); buf stays NUL-terminated. */
+static char *read_more(int fd, int timeout_ms, char *buf, size_t *n, size_t *cap)
 {
-    struct resp r = {0};
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap);
     int64_t t0 = now_ms();
     for (;;) {
         struct pollfd pf = {fd, POLLIN, 0};
         int left = timeout_ms - (int)(now_ms() - t0);
         if (left <= 0 || poll(&pf, 1, left) <= 0)
             break;
-        if (n + 4096 > cap)
-            buf = realloc(buf, cap *= 2);
-        ssize_t k = recv(fd, buf + n, cap - n - 1, 0);
+        if (*n + 4096 > *cap)
+            buf = realloc(buf, *cap *= 2);
+        ssize_t k = recv(fd, buf + *n, *cap - *n - 1, 0);
         if (k <= 0)
             break;
-        n += (size_t)k;
+        *n += (size_t)k;
     }
-    buf[n] = 0;
+    buf[*n] = 0;
+    return buf;
+}
+
+/* A whole response as received (head, blank line, body, chunked or not) in
+ * buf[n] (NUL-terminated); takes buf. */
+static struct resp parse_resp(char *buf, size_t n)
+{
+    struct resp r = {0};
     char *sep = strstr(buf, "\r\n\r\n");
     if (!sep) {
         r.head = buf;
@@ -109,6 +116,22 @@ struct resp read_resp(int fd, int timeout_ms)
     r.body_len = o;
     free(buf);
     return r;
+}
+
+struct resp read_resp(int fd, int timeout_ms)
+{
+    size_t cap = 65536, n = 0;
+    char *buf = read_more(fd, timeout_ms, malloc(cap), &n, &cap);
+    return parse_resp(buf, n);
+}
+
+struct resp read_resp_after(int fd, const void *start, size_t len, int timeout_ms)
+{
+    size_t cap = len + 65536, n = len;
+    char *buf = malloc(cap);
+    memcpy(buf, start, len);
+    buf = read_more(fd, timeout_ms, buf, &n, &cap);
+    return parse_resp(buf, n);
 }
 
 struct resp request_t(int port, const char *method, const char *path, const char *hdrs,

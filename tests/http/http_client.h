@@ -21,6 +21,9 @@ void send_all(int fd, const void *b, size_t n);
 void resp_free(struct resp *r);
 /* Read a whole response until the server closes; timeout_ms bounds the wait. */
 struct resp read_resp(int fd, int timeout_ms);
+/* The same for a response whose first len bytes (start) were already
+ * received from fd: head and chunks are decoded over the whole. */
+struct resp read_resp_after(int fd, const void *start, size_t len, int timeout_ms);
 struct resp request_t(int port, const char *method, const char *path, const char *hdrs,
                       const void *body, size_t blen, int timeout_ms);
 /* request_t with a 30 s timeout */
