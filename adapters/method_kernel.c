@@ -402,8 +402,12 @@ static void k_init(const struct rk_model *m, const struct rk_tune_params *p, con
         memcpy(params, state, slen * sizeof(float));
     else
         memset(params, 0, slen * sizeof(float));
-    memset(params + kl.P, 0, (kl.omega - kl.P) * sizeof(float));
     const int L = rk_model_n_layer(m), N = rk_model_head_size(m), M = p->kernel_m;
+    if (p->init_kernel) { /* a kernel state's P, features and phases */
+        memcpy(params + kl.P, p->init_kernel, (kl.len - kl.P) * sizeof(float));
+        goto dbp;
+    }
+    memset(params + kl.P, 0, (kl.omega - kl.P) * sizeof(float));
     uint64_t rng = p->kernel_seed * 0xd1b54a32d192ed03ull + 0x6b657264; /* fixed offset */
     for (size_t i = 0; i < (size_t)L * M * N; i++) {
         double u1 = unif(&rng), u2 = unif(&rng);
@@ -412,6 +416,7 @@ static void k_init(const struct rk_model *m, const struct rk_tune_params *p, con
     }
     for (size_t i = 0; i < (size_t)L * M; i++)
         params[kl.beta + i] = (float)(2.0 * 3.14159265358979323846 * unif(&rng));
+dbp:
     if (is_dbp(p)) {
         float *R = params + kl.len;
         memset(R, 0, r_len(m, p) * sizeof(float));

@@ -222,7 +222,8 @@ out:
 /* --- a tuning job's eval_task ---------------------------------------------- */
 
 void tj_eval_tuned(struct rk_tjobs *js, struct rk_tjob *j, const float *init,
-                   const float *tuned, const struct rk_readout *tuned_ro, int n_threads)
+                   const struct rk_readout *init_ro, const float *tuned,
+                   const struct rk_readout *tuned_ro, int n_threads)
 {
     struct rk_srv *srv = js->srv;
     struct erun r = {.js = js, .j = j};
@@ -245,7 +246,7 @@ void tj_eval_tuned(struct rk_tjobs *js, struct rk_tjob *j, const float *init,
     struct rk_ctx_params cp = {.n_threads = n_threads};
     if ((rc = rk_ctx_create(srv->model, &cp, &ctx)) != RK_OK)
         goto out;
-    struct rk_evrun_state runs[2] = {{.label = "start", .state = init},
+    struct rk_evrun_state runs[2] = {{.label = "start", .state = init, .ro = init_ro},
                                      {.label = "end", .state = tuned, .ro = tuned_ro}};
     struct rk_evrun_params p;
     rk_evreq_params(&q, runs, 2, &p);

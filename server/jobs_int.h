@@ -106,11 +106,12 @@ void tj_eval_run(struct rk_tjobs *js, struct rk_tjob *j);
 void tj_eval_load_result(struct rk_tjobs *js, struct rk_tjob *j);
 /* A tuning job's eval_task on the starting state `init` (NULL = zero) and
  * the tuned `tuned` [rk_state_len] with its read-out term `tuned_ro` (a
- * kernel state's; NULL = none), before the result is published: an
+ * kernel state's; NULL = none; `init_ro` the same for the start), before the result is published: an
  * "eval" event and j->v.eval_task_results. Errors are logged and reported
  * in the event; they do not fail the job. */
 void tj_eval_tuned(struct rk_tjobs *js, struct rk_tjob *j, const float *init,
-                   const float *tuned, const struct rk_readout *tuned_ro, int n_threads);
+                   const struct rk_readout *init_ro, const float *tuned,
+                   const struct rk_readout *tuned_ro, int n_threads);
 bool tj_cancelled(struct rk_tjobs *js, struct rk_tjob *j);
 void tj_fail(struct rk_tjobs *js, struct rk_tjob *j, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -666,7 +666,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     struct rk_dataset *ds = NULL, *kds = NULL;
     struct rk_observer_targets *targets = NULL;
     struct rl_scorer rl = {.js = js, .j = j};
-    float *init = NULL, *out = NULL, *ckmem = NULL;
+    float *init = NULL, *init_k = NULL, *out = NULL, *ckmem = NULL;
     void *data = NULL;
     size_t len = 0;
     struct rk_errbuf eb = {0};
@@ -758,6 +758,28 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
             goto out;
         }
         memcpy(init, rk_state_ref_data(ref), slen * sizeof(float));
+        // A kernel state as the start of a kernel or dbp job: its P,
+        // features and phases too, so tuning goes on where it ended.
+        const struct rk_state_meta *im = rk_state_ref_meta(ref);
+        bool kmeth = !strcmp(hp.method, "kernel") || !strcmp(hp.method, "dbp");
+        if (kmeth && im->kernel_m > 0) {
+            if (im->kernel_m != hp.tune.kernel_m || im->kernel_fade != hp.tune.kernel_fade) {
+                tj_fail(js, j, "init_state_mismatch", "init_state '%s' is a kernel state with "
+                        "kernel_m %d and kernel_fade %s; this job asks for kernel_m %d and "
+                        "kernel_fade %s (give the state's, or start from a plain state)",
+                        hp.init_state, im->kernel_m, im->kernel_fade ? "none" : "mean",
+                        hp.tune.kernel_m, hp.tune.kernel_fade ? "none" : "mean");
+                rk_state_ref_release(ref);
+                goto out;
+            }
+            size_t alen = rk_adapter_len(m, im);
+            if (!(init_k = malloc((alen - slen) * sizeof(float)))) {
+                rk_state_ref_release(ref);
+                tj_fail(js, j, "enomem", "out of memory");
+                goto out;
+            }
+            memcpy(init_k, rk_state_ref_data(ref) + slen, (alen - slen) * sizeof(float));
+        }
         rk_state_ref_release(ref);
     }
     if (!meth) {
@@ -790,6 +812,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     tp.checkpoint_cb = on_checkpoint;
     tp.resume = resumed ? &ck : NULL;
     tp.method_data = targets;
+    tp.init_kernel = init_k;
     // Collateral protection: the KL term runs on the bundled generic text.
     if (tp.kl_weight > 0) {
         if ((rc = rk_generic_dataset(srv->tok, &kds)) != RK_OK) {
@@ -880,7 +903,21 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
                 rk_kernel_view_of(m, tm.kernel_m, tm.kernel_fade, tuned, &kv);
                 kro = (struct rk_readout){&rk_kernel_readout, &kv, NULL};
             }
-            tj_eval_tuned(js, j, init, tuned, kro.ops ? &kro : NULL, tp.n_threads);
+            // the start: a kernel init_state's term too (init_k)
+            struct rk_kernel_layout il;
+            rk_kernel_layout(m, hp.tune.kernel_m, &il);
+            struct rk_kernel_view iv = {rk_model_n_layer(m), rk_model_n_head(m),
+                                        rk_model_head_size(m), hp.tune.kernel_m,
+                                        hp.tune.kernel_fade, NULL, NULL, NULL};
+            struct rk_readout iro = {0};
+            if (init_k) {
+                iv.P = init_k;
+                iv.omega = init_k + (il.omega - il.P);
+                iv.beta = init_k + (il.beta - il.P);
+                iro = (struct rk_readout){&rk_kernel_readout, &iv, NULL};
+            }
+            tj_eval_tuned(js, j, init, iro.ops ? &iro : NULL, tuned, kro.ops ? &kro : NULL,
+                          tp.n_threads);
             free(tuned);
         }
     }
@@ -931,7 +968,7 @@ out:
     rk_rl_data_free(rl.d);
     rk_teacher_cache_free(rl.cache);
     rk_teacher_free(rl.judge);
-    free(data), free(init), free(out), free(ckmem);
+    free(data), free(init), free(init_k), free(out), free(ckmem);
 }
 
 void *tj_worker_main(void *arg)

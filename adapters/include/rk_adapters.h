@@ -585,6 +585,12 @@ struct rk_tune_params {
     uint64_t kernel_seed;  /* seed of the random features (default 0) */
     int kernel_fade;       /* enum rk_kernel_fade (default mean) */
     double dbp_lr;         /* DBP: step of the decorrelating matrix (1e-3) */
+    /* Kernel and dbp: the kernel part (floats [P, len) of rk_kernel_layout) of
+     * a kernel state with this run's kernel_m and kernel_fade to start from:
+     * its P, features and phases, so a run goes on where that state's ended
+     * (dbp starts with R = I, P~ = P). NULL = P zero and fresh features from
+     * kernel_seed. Borrowed. */
+    const float *init_kernel;
     rk_tune_checkpoint_cb *checkpoint_cb; /* may be NULL */
     const struct rk_tune_checkpoint *resume; /* borrowed; NULL = fresh start */
     const void *method_data; /* borrowed; per-run data of the method's loss

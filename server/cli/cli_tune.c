@@ -234,7 +234,8 @@ static void tune_usage(void)
            "With --method rl the lines are prompts with a checker, {\"prompt\",\"answer\"}\n"
            "or {\"prompt\",\"regex\"}: samples are scored by it (docs/TUNING.md).\n\n"
            "  --vocab FILE          World vocabulary (byte models need none)\n"
-           "  --init STATE          start from this state file (default: zero state)\n"
+           "  --init STATE          start from this state file (default: zero state); a\n"
+           "                        kernel state starts a kernel/dbp run from its P too\n"
            "  --method NAME         tuning method: %s (default %s)\n"
            "  --max-tokens N        longest JSONL example in tokens (default 8192)\n"
            "  --checkpoint FILE     save a resumable checkpoint here\n"
@@ -497,6 +498,7 @@ int rk_cmd_tune(int argc, char **argv)
     struct rk_tokenizer *tok = NULL;
     struct rk_dataset *ds = NULL, *kds = NULL;
     float *init = NULL, *st = NULL, *ckmem = NULL;
+    struct rk_cli_ro iro = {0};
     struct rk_tune_checkpoint ck = {0};
     struct rk_errbuf eb = {0};
     int rc;
@@ -546,8 +548,20 @@ int rk_cmd_tune(int argc, char **argv)
             fprintf(stderr, "rwkvd tune: out of memory\n");
             goto out;
         }
-        if (rk_cli_load_state(init_path, m, init, NULL) != RK_OK)
+        if (rk_cli_load_state_ro(init_path, m, init, &iro) != RK_OK)
             goto out;
+        // A kernel state as the start of a kernel or dbp run: its P,
+        // features and phases too (docs/TUNING.md).
+        bool kmeth = tp.method == &rk_method_kernel || tp.method == &rk_method_dbp;
+        if (kmeth && iro.on) {
+            if (iro.view.M != tp.kernel_m || iro.view.fade != tp.kernel_fade) {
+                fprintf(stderr, "rwkvd tune: %s is a kernel state with --kernel-m %d and "
+                        "--kernel-fade %s; give the same (or start from a plain state)\n",
+                        init_path, iro.view.M, iro.view.fade ? "none" : "mean");
+                goto out;
+            }
+            tp.init_kernel = iro.adapter + slen;
+        }
     }
     if (dump) {
         status = dump_gradient(m, ds, init, tp.n_threads, tp.bptt_checkpoint, dump) == RK_OK ? 0
@@ -623,6 +637,7 @@ int rk_cmd_tune(int argc, char **argv)
 out:
     if (ui.log)
         fclose(ui.log);
+    rk_cli_ro_free(&iro);
     free(init), free(st), free(ckmem);
     rk_dataset_free(ds);
     rk_dataset_free(kds);

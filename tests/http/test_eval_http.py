@@ -134,6 +134,14 @@ def main():
                         "--method", "kernel", "--kernel-m", "16", "--steps", "2", "--lr", "0.05",
                         "--val-split", "0", "--quiet", "--threads", "1"], check=True,
                        capture_output=True)
+        # rwkvd tune --init with a kernel state of another kernel_m: refused
+        p = subprocess.run([RWKVD, "tune", "--model", MODEL, "--data",
+                            os.path.join(ROOT, "models", "demo-style.jsonl"), "--out",
+                            os.path.join(tmp, "k8.safetensors"), "--init", kfile, "--method",
+                            "kernel", "--kernel-m", "8", "--steps", "1", "--quiet",
+                            "--threads", "1"], capture_output=True, text=True)
+        check(p.returncode == 1 and "is a kernel state with --kernel-m 16" in p.stderr,
+              f"tune --init kernel state, other kernel_m: {p.returncode} {p.stderr!r}")
         st, m = req(port, "PUT", "/states/kpirate", raw=open(kfile, "rb").read())
         check(st in (200, 201) and m.get("kernel_m") == 16, f"PUT a kernel state: {st} {m}")
         st, kdoc = req(port, "POST", "/eval", {"tasks": TASKS, "states": ["kpirate"]})
@@ -266,6 +274,28 @@ def main():
                 check(abs(a - b) <= 1e-6 * max(1.0, abs(b)) and
                       res[0]["metrics"]["loss"] != a,
                       f"kernel eval_task loss {res}, POST /eval on the result {b}")
+                # a kernel job from that kernel state starts where it ended: its
+                # eval_task "start" is the state's loss (P and features kept)
+                more = dict(ktune, output_state="kpirate3", init_state="kpirate2", lr=1e-7,
+                            kernel_seed=5, steps=1)
+                st, j2 = req(port, "POST", "/tune", more)
+                if check(st == 202, f"POST /tune from a kernel state: {st} {j2}"):
+                    events(port, j2["id"])
+                    _, jj2 = req(port, "GET", f"/jobs/{j2['id']}")
+                    r2 = jj2.get("eval_task") or []
+                    check(jj2["status"] == "succeeded" and len(r2) == 2 and
+                          abs(r2[0]["metrics"]["loss"] - b) <= 1e-6 * max(1.0, abs(b)),
+                          f"from a kernel state: {jj2.get('status')} {r2}, state's loss {b}")
+                # ... and one asking for another kernel_m fails clearly
+                st, j3 = req(port, "POST", "/tune", dict(more, output_state="kpirate4",
+                                                         kernel_m=8))
+                if check(st == 202, f"POST /tune kernel_m 8 from a kernel_m 16 state: {st}"):
+                    events(port, j3["id"])
+                    _, jj3 = req(port, "GET", f"/jobs/{j3['id']}")
+                    err = jj3.get("error") or {}
+                    check(jj3["status"] == "failed" and err.get("code") == "init_state_mismatch"
+                          and "kernel_m 16" in err.get("message", ""),
+                          f"kernel_m mismatch: {jj3.get('status')} {err}")
         bad_tune = dict(tune, eval_task={"kind": "choice", "items": [{"prompt": "x"}]})
         st, e = req(port, "POST", "/tune", bad_tune)
         check(st == 400 and e["error"]["param"] == "eval_task.items[0]",

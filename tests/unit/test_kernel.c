@@ -623,6 +623,32 @@ static void tune_case(const struct rk_tune_method *me)
     ck_assert_int_eq(rk_eval_run(ctx, ds, NULL, NULL, NULL, &e0), RK_OK);
     ck_assert_int_eq(rk_eval_run_ro(ctx, ds, ad, &ro, NULL, NULL, &e1), RK_OK);
     ck_assert_msg(e1.loss < e0.loss, "%s: %g !< %g", me->name, e1.loss, e0.loss);
+    /* a run that starts from this kernel state (init_kernel) goes on from its
+     * P, features and phases, not from P = 0 and the features of its own
+     * kernel_seed: one step at a tiny learning rate leaves them as they were */
+    size_t slen = rk_state_len(m);
+    struct rk_tune_params q = p;
+    q.steps = 1;
+    q.lr = q.lr_final = 1e-7;
+    q.kernel_seed = 99;
+    q.dbp_lr = 0; /* dbp: R stays I, so P = P~ R stays the state's P */
+    q.init_kernel = ad + slen;
+    float *g = malloc(plen * sizeof(float)), *ad2 = NULL;
+    ck_assert_int_eq(rk_tune_run(m, &q, ds, ad, NULL, NULL, NULL, g, NULL), RK_OK);
+    struct rk_state_meta meta2;
+    rk_state_meta_init(&meta2, m);
+    ck_assert_int_eq(rk_tune_export(m, &q, g, &ad2, &meta2), RK_OK);
+    struct rk_kernel_view v2;
+    rk_kernel_view_of(m, 32, meta2.kernel_fade, ad2, &v2);
+    size_t np = (size_t)v.L * v.H * v.N * v.M, nw = (size_t)v.L * v.M * v.N;
+    ck_assert(!memcmp(v2.omega, v.omega, nw * sizeof(float)));
+    ck_assert(!memcmp(v2.beta, v.beta, (size_t)v.L * v.M * sizeof(float)));
+    double dmax = 0;
+    for (size_t i = 0; i < np; i++)
+        dmax = fmax(dmax, fabs((double)v2.P[i] - v.P[i]));
+    ck_assert_msg(dmax < 1e-3 * sqrt(pn / (double)np) + 1e-6, "%s: P moved by %g", me->name,
+                  dmax);
+    free(g), free(ad2);
     rk_ctx_free(ctx);
     free(ad), free(kc.buf), free(a), free(c);
     rk_dataset_free(ds);
