@@ -153,6 +153,19 @@ static void task_fail_rk(struct job_task *t, int rc, const char *param)
         snprintf(t->eb.msg, sizeof t->eb.msg, "%s", rk_strerror(rc));
 }
 
+/* A dataset reader's failure rc as the task's error (always false): 503 out
+ * of memory, else 400 dataset_limit (a limit) or invalid_dataset with the
+ * reader's message. */
+static bool dataset_fail(struct job_task *t, int rc, const char *param)
+{
+    if (rc == RK_ENOMEM)
+        task_fail(t, 503, "enomem", NULL, "out of memory");
+    else
+        task_fail(t, 400, rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param, "%s",
+                  t->eb.msg[0] ? t->eb.msg : rk_strerror(rc));
+    return false;
+}
+
 /* Parse and check the JSONL exactly as the worker would read it; on success
  * *out holds the dataset. */
 static bool task_parse(struct job_task *t, struct rk_dataset **out)
@@ -173,14 +186,8 @@ static bool task_parse(struct job_task *t, struct rk_dataset **out)
         int rc = rk_jsonl_prompts(t->text ? t->text : "", t->len, t->tok, &jl, &pr,
                                   &t->n_examples, &t->n_prompt_tokens, &t->eb);
         rk_jsonl_prompts_free(pr, t->n_examples);
-        if (rc != RK_OK) {
-            if (rc == RK_ENOMEM)
-                task_fail(t, 503, "enomem", NULL, "out of memory");
-            else
-                task_fail(t, 400, rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param,
-                          "%s", t->eb.msg[0] ? t->eb.msg : rk_strerror(rc));
-            return false;
-        }
+        if (rc != RK_OK)
+            return dataset_fail(t, rc, param);
         *out = NULL;
         return true;
     }
@@ -189,14 +196,8 @@ static bool task_parse(struct job_task *t, struct rk_dataset **out)
         struct rk_rl_data *d = NULL;
         int rc = rk_rl_data_parse(t->text ? t->text : "", t->len, t->tok, &jl,
                                   t->hp.tune.rl_max_tokens, &d, &t->eb);
-        if (rc != RK_OK) {
-            if (rc == RK_ENOMEM)
-                task_fail(t, 503, "enomem", NULL, "out of memory");
-            else
-                task_fail(t, 400, rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param,
-                          "%s", t->eb.msg[0] ? t->eb.msg : rk_strerror(rc));
-            return false;
-        }
+        if (rc != RK_OK)
+            return dataset_fail(t, rc, param);
         t->n_examples = d->n;
         t->n_prompt_tokens = 0;
         for (size_t i = 0; i < d->n; i++)
@@ -218,12 +219,7 @@ static bool task_parse(struct job_task *t, struct rk_dataset **out)
         rc = rk_jsonl_parse(t->text ? t->text : "", t->len, t->tok, &jl, ds, &t->eb);
     if (rc != RK_OK) {
         rk_dataset_free(ds);
-        if (rc == RK_ENOMEM)
-            task_fail(t, 503, "enomem", NULL, "out of memory");
-        else
-            task_fail(t, 400, rc == RK_ERANGE ? "dataset_limit" : "invalid_dataset", param, "%s",
-                      t->eb.msg[0] ? t->eb.msg : rk_strerror(rc));
-        return false;
+        return dataset_fail(t, rc, param);
     }
     t->n_examples = rk_dataset_len(ds);
     if (t->n_examples == 0) {
