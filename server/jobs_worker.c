@@ -761,8 +761,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
         // A kernel state as the start of a kernel or dbp job: its P,
         // features and phases too, so tuning goes on where it ended.
         const struct rk_state_meta *im = rk_state_ref_meta(ref);
-        bool kmeth = !strcmp(hp.method, "kernel") || !strcmp(hp.method, "dbp");
-        if (kmeth && im->kernel_m > 0) {
+        if ((meth == &rk_method_kernel || meth == &rk_method_dbp) && im->kernel_m > 0) {
             if (im->kernel_m != hp.tune.kernel_m || im->kernel_fade != hp.tune.kernel_fade) {
                 tj_fail(js, j, "init_state_mismatch", "init_state '%s' is a kernel state with "
                         "kernel_m %d and kernel_fade %s; this job asks for kernel_m %d and "
@@ -773,12 +772,12 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
                 goto out;
             }
             size_t alen = rk_adapter_len(m, im);
-            if (!(init_k = malloc((alen - slen) * sizeof(float)))) {
+            if (!(init_k = malloc(alen * sizeof(float)))) {
                 rk_state_ref_release(ref);
                 tj_fail(js, j, "enomem", "out of memory");
                 goto out;
             }
-            memcpy(init_k, rk_state_ref_data(ref) + slen, (alen - slen) * sizeof(float));
+            memcpy(init_k, rk_state_ref_data(ref), alen * sizeof(float));
         }
         rk_state_ref_release(ref);
     }
@@ -812,7 +811,7 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
     tp.checkpoint_cb = on_checkpoint;
     tp.resume = resumed ? &ck : NULL;
     tp.method_data = targets;
-    tp.init_kernel = init_k;
+    tp.init_kernel = init_k ? init_k + slen : NULL; // the kernel part
     // Collateral protection: the KL term runs on the bundled generic text.
     if (tp.kl_weight > 0) {
         if ((rc = rk_generic_dataset(srv->tok, &kds)) != RK_OK) {
@@ -903,17 +902,12 @@ static void run_job(struct rk_tjobs *js, struct rk_tjob *j)
                 rk_kernel_view_of(m, tm.kernel_m, tm.kernel_fade, tuned, &kv);
                 kro = (struct rk_readout){&rk_kernel_readout, &kv, NULL};
             }
-            // the start: a kernel init_state's term too (init_k)
-            struct rk_kernel_layout il;
-            rk_kernel_layout(m, hp.tune.kernel_m, &il);
-            struct rk_kernel_view iv = {rk_model_n_layer(m), rk_model_n_head(m),
-                                        rk_model_head_size(m), hp.tune.kernel_m,
-                                        hp.tune.kernel_fade, NULL, NULL, NULL};
+            // the start: a kernel init_state (the whole adapter in init_k)
+            // with its term too
+            struct rk_kernel_view iv;
             struct rk_readout iro = {0};
             if (init_k) {
-                iv.P = init_k;
-                iv.omega = init_k + (il.omega - il.P);
-                iv.beta = init_k + (il.beta - il.P);
+                rk_kernel_view_of(m, hp.tune.kernel_m, hp.tune.kernel_fade, init_k, &iv);
                 iro = (struct rk_readout){&rk_kernel_readout, &iv, NULL};
             }
             tj_eval_tuned(js, j, init, iro.ops ? &iro : NULL, tuned, kro.ops ? &kro : NULL,
