@@ -308,8 +308,8 @@ START_TEST(q8_matmul_threads)
     rk__q8_rows(RK_Q8_REF, ref, R, 0, &xq, &w.W, 0, R);
     rk__q8x_quantize(&xq, buf, X2, N, C);
     rk__q8_rows(RK_Q8_REF, ref2, 48, 0, &xq, &w2.W, 0, 48);
-    int threads[] = {1, 2, 3};
-    for (int ti = 0; ti < 3; ti++) {
+    int threads[] = {1, 2, 3, 5};
+    for (int ti = 0; ti < (int)(sizeof threads / sizeof threads[0]); ti++) {
         struct rk__pool *pool = NULL;
         ck_assert_int_eq(rk__pool_create(threads[ti], 0, &pool), RK_OK);
         for (int kern = RK_KERN_FAST; kern <= RK_KERN_REF; kern++) {
@@ -323,6 +323,10 @@ START_TEST(q8_matmul_threads)
             rk__matmul_rows(pool, kern, y, X, N, &w.W, 16, 64);
             for (int i = 0; i < N; i++)
                 ck_assert(!memcmp(y + i * 48, ref + i * R + 16, 48 * sizeof(float)));
+            /* a range that starts and ends inside panels */
+            rk__matmul_rows(pool, kern, y, X, N, &w.W, 5, 71);
+            for (int i = 0; i < N; i++)
+                ck_assert(!memcmp(y + i * 66, ref + i * R + 5, 66 * sizeof(float)));
             struct rk__mm mm[3] = {{y, X, &w.W}, {y2, X2, &w2.W}, {y + 0, X, &w.W}};
             memset(y2, 0, sizeof y2);
             rk__matmul_many(pool, kern, mm, 2, N);
